@@ -1,0 +1,183 @@
+//! Reading safetensors checkpoints (one file or shards) into f32 host tensors, with every
+//! structural problem reported by name instead of a panic.
+
+use crate::error::{LoadError, Result};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use std::collections::BTreeMap;
+
+/// A dense f32 tensor in host memory, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// The tensors of one checkpoint, keyed by name with the `transformer.` prefix removed
+/// (HF writes GPT-2 both with and without it).
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    tensors: BTreeMap<String, HostTensor>,
+}
+
+/// The part of a name that lutlab ignores: `transformer.h.0.ln_1.weight` → `h.0.ln_1.weight`.
+pub fn canonical_name(name: &str) -> &str {
+    name.strip_prefix("transformer.").unwrap_or(name)
+}
+
+impl Checkpoint {
+    /// Reads one or more safetensors files (`(file name, bytes)`), converting F32/F16/BF16 to f32.
+    pub fn from_safetensors<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self> {
+        let mut checkpoint = Self::default();
+        for (file, bytes) in files {
+            let parsed = parse_safetensors(file, bytes)?;
+            for (name, view) in parsed.tensors() {
+                let data = to_f32(&name, view.dtype(), view.data())?;
+                checkpoint
+                    .tensors
+                    .insert(canonical_name(&name).to_string(), HostTensor::new(view.shape().to_vec(), data));
+            }
+        }
+        Ok(checkpoint)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&HostTensor> {
+        self.tensors.get(name)
+    }
+
+    /// Removes and returns `name`, checking its shape and that every value is finite.
+    pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        let tensor = self.tensors.remove(name).ok_or_else(|| LoadError::MissingTensor { name: name.to_string() })?;
+        if tensor.shape != expected {
+            return Err(LoadError::WrongShape { name: name.to_string(), expected: expected.to_vec(), found: tensor.shape });
+        }
+        check_finite(name, &tensor.data)?;
+        Ok(tensor)
+    }
+}
+
+/// Fails with the count and first position of NaN/Inf values.
+pub fn check_finite(name: &str, data: &[f32]) -> Result<()> {
+    let mut bad = data.iter().enumerate().filter(|(_, v)| !v.is_finite());
+    if let Some((first, _)) = bad.next() {
+        return Err(LoadError::NonFinite { name: name.to_string(), count: 1 + bad.count(), first });
+    }
+    Ok(())
+}
+
+/// Checks the 8-byte header length against the file before handing it to the `safetensors`
+/// crate, so the two commonest corruptions (truncation, a lying header) get a precise message.
+pub fn parse_safetensors<'a>(file: &str, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    let bad = |reason: String| LoadError::BadSafetensors { file: file.to_string(), reason };
+    if bytes.len() < 8 {
+        return Err(bad(format!("the file is {} bytes, too short to hold the 8-byte header length", bytes.len())));
+    }
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("slice of 8 bytes"));
+    let available = (bytes.len() - 8) as u64;
+    if header_len > available {
+        return Err(bad(format!(
+            "the header says it is {header_len} bytes but only {available} bytes follow (truncated or corrupt file)"
+        )));
+    }
+    SafeTensors::deserialize(bytes).map_err(|e| bad(describe(e)))
+}
+
+fn describe(error: SafeTensorError) -> String {
+    match error {
+        SafeTensorError::InvalidOffset(name) => {
+            format!("tensor `{name}` has data offsets outside the data section (truncated or corrupt file)")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the tensors' offsets do not cover the data section exactly (truncated file or extra bytes)".into()
+        }
+        SafeTensorError::TensorInvalidInfo => "a tensor's shape and dtype do not match its byte range".into(),
+        SafeTensorError::InvalidHeaderDeserialization(e) => format!("the JSON header is invalid: {e}"),
+        SafeTensorError::InvalidHeader(e) => format!("the header is not UTF-8: {e}"),
+        SafeTensorError::HeaderTooLarge => "the header is larger than 100 MB".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    let words = |size: usize| bytes.chunks_exact(size);
+    Ok(match dtype {
+        Dtype::F32 => words(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => words(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => words(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        other => return Err(LoadError::WrongDtype { name: name.to_string(), found: format!("{other:?}") }),
+    })
+}
+
+/// Reads integer tensors (fixtures, token ids) as i64.
+pub fn read_i64(tensors: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+    let view = tensors.tensor(name).map_err(|_| LoadError::MissingTensor { name: name.to_string() })?;
+    let data = match view.dtype() {
+        Dtype::I64 => view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+        Dtype::I32 => view.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
+        other => return Err(LoadError::WrongDtype { name: name.to_string(), found: format!("{other:?}") }),
+    };
+    Ok((view.shape().to_vec(), data))
+}
+
+/// Reads a float tensor (any of F32/F16/BF16) as f32.
+pub fn read_f32(tensors: &SafeTensors<'_>, name: &str) -> Result<HostTensor> {
+    let view = tensors.tensor(name).map_err(|_| LoadError::MissingTensor { name: name.to_string() })?;
+    Ok(HostTensor::new(view.shape().to_vec(), to_f32(name, view.dtype(), view.data())?))
+}
+
+/// The shard files named by a `model.safetensors.index.json`, in order, without repeats.
+pub fn shard_files(index_json: &[u8], file: &str) -> Result<Vec<String>> {
+    let json: serde_json::Value = serde_json::from_slice(index_json)
+        .map_err(|e| LoadError::BadJson { file: file.to_string(), reason: e.to_string() })?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::BadConfig {
+        file: file.to_string(),
+        reason: "no `weight_map` object".into(),
+    })?;
+    let mut shards: Vec<String> = Vec::new();
+    for value in map.values() {
+        let shard = value.as_str().ok_or_else(|| LoadError::BadConfig {
+            file: file.to_string(),
+            reason: "a `weight_map` value is not a file name".into(),
+        })?;
+        if shard.contains('/') || shard.contains("..") {
+            return Err(LoadError::BadConfig { file: file.to_string(), reason: format!("shard name `{shard}` is not a plain file name") });
+        }
+        if !shards.iter().any(|s| s == shard) {
+            shards.push(shard.to_string());
+        }
+    }
+    shards.sort();
+    Ok(shards)
+}
+
+/// Serializes f32 tensors (`name`, `shape`, values) to safetensors bytes with `metadata`.
+pub fn write_safetensors(
+    tensors: &[(&str, &[usize], &[f32])],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.to_vec(), b)
+                .map(|view| (name.to_string(), view))
+                .map_err(|e| LoadError::InvalidSetting(format!("tensor `{name}`: {e:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| LoadError::InvalidSetting(format!("safetensors: {e:?}")))
+}

@@ -1,0 +1,21 @@
+//! lutlab-core: everything that needs no GPU. Model config and checkpoints, tokenization, the
+//! perplexity protocol and the CPU reference math that every GPU kernel is tested against.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod perplexity;
+pub mod progress;
+pub mod reference;
+pub mod tokenizer;
+pub mod weights;
+
+pub use checkpoint::{Checkpoint, HostTensor};
+pub use config::Gpt2Config;
+pub use error::{LoadError, Result};
+pub use files::{LoadedModel, ModelFiles};
+pub use perplexity::{NllSum, Window};
+pub use progress::{NoProgress, Progress};
+pub use tokenizer::{TextTokenizer, TokenizerFiles};
+pub use weights::Gpt2Weights;

@@ -1,0 +1,40 @@
+//! The strided perplexity protocol scores every token but the first exactly once.
+
+use lutlab_core::perplexity::{batches, strided_windows};
+
+#[test]
+fn every_token_after_the_first_is_scored_once() {
+    for (n, max_length, stride) in [(256, 256, 128), (1000, 256, 128), (1001, 256, 128), (777, 100, 33), (50, 10, 10), (50, 10, 1)] {
+        let windows = strided_windows(n, max_length, stride, "t").unwrap();
+        let mut scored = vec![0u32; n];
+        for w in &windows {
+            assert!(w.len() <= max_length && w.begin < w.end && w.score_from > w.begin);
+            for t in w.score_from..w.end {
+                scored[t] += 1;
+            }
+        }
+        assert_eq!(scored[0], 0);
+        assert!(scored[1..].iter().all(|&c| c == 1), "n={n} max={max_length} stride={stride}");
+        assert_eq!(windows.last().unwrap().end, n);
+    }
+}
+
+#[test]
+fn matches_hf_loop_for_a_known_case() {
+    // HF: begin 0,128,256,...; trg_len = end - prev_end.
+    let windows = strided_windows(600, 256, 128, "t").unwrap();
+    let got: Vec<(usize, usize, usize)> = windows.iter().map(|w| (w.begin, w.end, w.score_from)).collect();
+    assert_eq!(got, vec![(0, 256, 1), (128, 384, 256), (256, 512, 384), (384, 600, 512)]);
+}
+
+#[test]
+fn batches_group_equal_shapes_only() {
+    let windows = strided_windows(2000, 256, 128, "t").unwrap();
+    let groups = batches(&windows, 4);
+    assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), windows.len());
+    for g in &groups {
+        assert!(g.len() <= 4);
+        assert!(g.iter().all(|w| w.len() == g[0].len() && w.first_scored_position() == g[0].first_scored_position()));
+    }
+    assert_eq!(groups[0].len(), 1, "the first window scores every position and runs alone");
+}

@@ -1,0 +1,83 @@
+//! Perplexity of a token stream on the GPU, with HF's strided protocol (see
+//! `lutlab_core::perplexity`). Windows that share a shape run as one batch; only the scored
+//! positions go through the language-model head.
+
+use crate::device::download;
+use crate::error::{ModelError, Result};
+use crate::gpt2::Gpt2;
+use burn::tensor::{activation, Int, Tensor, TensorData};
+use lutlab_core::perplexity::{batches, strided_windows, NllSum, Window};
+use lutlab_core::{LoadError, Progress};
+
+/// How to cut the text into windows.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalSettings {
+    /// Window length; defaults to the model's context (`n_positions`).
+    pub max_length: usize,
+    /// Distance between window starts; HF's and seed 000's default is `max_length / 2`.
+    pub stride: usize,
+    /// Upper bound on the bytes of one batch's logits, which dominate memory.
+    pub max_logits_bytes: usize,
+}
+
+impl EvalSettings {
+    pub fn for_model(model: &Gpt2) -> Self {
+        let max_length = model.config.n_positions;
+        Self { max_length, stride: max_length / 2, max_logits_bytes: 256 << 20 }
+    }
+}
+
+/// Evaluates the mean negative log-likelihood of `tokens` (`what` names the text in errors).
+pub async fn perplexity(
+    model: &Gpt2,
+    tokens: &[u32],
+    settings: EvalSettings,
+    what: &str,
+    progress: &mut dyn Progress,
+) -> Result<NllSum> {
+    let config = &model.config;
+    if settings.max_length > config.n_positions {
+        return Err(LoadError::InvalidSetting(format!(
+            "max-length {} exceeds the model's context of {} positions",
+            settings.max_length, config.n_positions
+        ))
+        .into());
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
+        return Err(LoadError::InvalidSetting(format!("token id {bad} is outside the vocabulary of {}", config.vocab_size)).into());
+    }
+    let windows = strided_windows(tokens.len(), settings.max_length, settings.stride, what)?;
+    let total: u64 = windows.iter().map(|w| w.scored() as u64).sum();
+    let mut sum = NllSum::default();
+    progress.update(0, total);
+    for batch in batches(&windows, batch_size(&windows, settings, config.vocab_size)) {
+        if progress.is_cancelled() {
+            return Err(ModelError::Cancelled);
+        }
+        let nll = batch_nll(model, tokens, &batch).await?;
+        sum.add(nll.iter().map(|&v| v as f64).sum(), nll.len());
+        progress.update(sum.scored as u64, total);
+    }
+    Ok(sum)
+}
+
+/// Windows per batch so that one batch's logits stay under `max_logits_bytes`.
+fn batch_size(windows: &[Window], settings: EvalSettings, vocab: usize) -> usize {
+    let scored = windows.iter().map(Window::scored).max().unwrap_or(1).max(1);
+    (settings.max_logits_bytes / (scored * vocab * 4)).clamp(1, 64)
+}
+
+/// Per-token NLL of the scored tokens of windows that share a length and first scored position.
+pub async fn batch_nll(model: &Gpt2, tokens: &[u32], batch: &[Window]) -> Result<Vec<f32>> {
+    let first = batch[0];
+    let (p, s, b) = (first.first_scored_position(), first.scored(), batch.len());
+    let rows: Vec<&[u32]> = batch.iter().map(|w| &tokens[w.begin..w.end]).collect();
+    let hidden = model.hidden(model.tokens(&rows));
+    let [_, t, c] = hidden.dims();
+    let scored_hidden = hidden.slice([0..b, p..p + s, 0..c]);
+    debug_assert!(p + s <= t);
+    let log_probs = activation::log_softmax(model.lm_head(scored_hidden), 2);
+    let targets: Vec<i32> = batch.iter().flat_map(|w| tokens[w.score_from..w.end].iter().map(|&id| id as i32)).collect();
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s, 1]), &model.device());
+    download(log_probs.gather(2, targets).neg()).await
+}

@@ -1,0 +1,162 @@
+//! GPT-2 on burn: learned position embeddings, pre-LayerNorm blocks, `gelu_new`, causal
+//! self-attention and a language-model head tied to the token embedding.
+
+use crate::device::upload;
+use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
+use lutlab_core::weights::{LayerNormWeights, LinearWeights};
+use lutlab_core::{Gpt2Config, Gpt2Weights, HostTensor};
+
+/// LayerNorm over the last dimension (biased variance, as PyTorch).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub gamma: Tensor<1>,
+    pub beta: Tensor<1>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(w: &LayerNormWeights, eps: f64, device: &Device) -> Self {
+        Self { gamma: upload1(&w.gamma, device), beta: upload1(&w.beta, device), eps }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let (var, mean) = x.clone().var_mean_bias(2);
+        let normed = (x - mean) / (var + self.eps).sqrt();
+        normed * self.gamma.clone().unsqueeze::<3>() + self.beta.clone().unsqueeze::<3>()
+    }
+}
+
+/// A linear layer in GPT-2's Conv1D layout: `y = x · W + b`, `W: [in, out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Tensor<1>,
+}
+
+impl Linear {
+    fn new(w: &LinearWeights, device: &Device) -> Self {
+        Self { weight: upload2(&w.weight, device), bias: upload1(&w.bias, device) }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, n_in] = x.dims();
+        let n_out = self.weight.dims()[1];
+        let y = x.reshape([b * t, n_in]).matmul(self.weight.clone()) + self.bias.clone().unsqueeze::<2>();
+        y.reshape([b, t, n_out])
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub attn_c_attn: Linear,
+    pub attn_c_proj: Linear,
+    pub ln_2: LayerNorm,
+    pub mlp_c_fc: Linear,
+    pub mlp_c_proj: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    pub wte: Tensor<2>,
+    pub wpe: Tensor<2>,
+    pub blocks: Vec<Block>,
+    pub ln_f: LayerNorm,
+}
+
+/// `gelu_new`: the tanh approximation GPT-2 was trained with.
+pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation::gelu_approximate(x)
+}
+
+impl Gpt2 {
+    /// Uploads checked host weights to `device`.
+    pub fn new(weights: &Gpt2Weights, device: &Device) -> Self {
+        let eps = weights.config.layer_norm_epsilon;
+        let blocks = weights
+            .blocks
+            .iter()
+            .map(|b| Block {
+                ln_1: LayerNorm::new(&b.ln_1, eps, device),
+                attn_c_attn: Linear::new(&b.attn_c_attn, device),
+                attn_c_proj: Linear::new(&b.attn_c_proj, device),
+                ln_2: LayerNorm::new(&b.ln_2, eps, device),
+                mlp_c_fc: Linear::new(&b.mlp_c_fc, device),
+                mlp_c_proj: Linear::new(&b.mlp_c_proj, device),
+            })
+            .collect();
+        Self {
+            config: weights.config.clone(),
+            wte: upload2(&weights.wte, device),
+            wpe: upload2(&weights.wpe, device),
+            blocks,
+            ln_f: LayerNorm::new(&weights.ln_f, eps, device),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.wte.device()
+    }
+
+    /// Token ids `[B, T]` as a GPU tensor. Callers check ids with `reference::check_tokens`.
+    pub fn tokens(&self, rows: &[&[u32]]) -> Tensor<2, Int> {
+        let t = rows.first().map_or(0, |r| r.len());
+        let flat: Vec<i32> = rows.iter().flat_map(|r| r.iter().map(|&id| id as i32)).collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), t]), &self.device())
+    }
+
+    /// The final hidden states `[B, T, C]` (after `ln_f`).
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let c = self.config.n_embd;
+        let tok = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, c]);
+        let pos = self.wpe.clone().slice([0..t]).unsqueeze::<3>();
+        let mut x = tok + pos;
+        let causal = causal_bias(t, &self.device());
+        for block in &self.blocks {
+            x = x.clone() + self.attention(block, block.ln_1.forward(x), &causal);
+            let h = gelu_new(block.mlp_c_fc.forward(block.ln_2.forward(x.clone())));
+            x = x + block.mlp_c_proj.forward(h);
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Logits `[B, T, vocab]` from hidden states, through the head tied to `wte`.
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [b, t, c] = hidden.dims();
+        let logits = hidden.reshape([b * t, c]).matmul(self.wte.clone().transpose());
+        logits.reshape([b, t, self.config.vocab_size])
+    }
+
+    /// Logits `[B, T, vocab]` for token ids `[B, T]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.lm_head(self.hidden(tokens))
+    }
+
+    fn attention(&self, block: &Block, x: Tensor<3>, causal: &Tensor<4>) -> Tensor<3> {
+        let [b, t, c] = x.dims();
+        let (h, d) = (self.config.n_head, self.config.head_dim());
+        let qkv = block.attn_c_attn.forward(x);
+        // [B, T, C] → [B, H, T, D] for each of q, k, v.
+        let heads = |i: usize| qkv.clone().slice([0..b, 0..t, i * c..(i + 1) * c]).reshape([b, t, h, d]).swap_dims(1, 2);
+        let (q, k, v) = (heads(0), heads(1), heads(2));
+        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + causal.clone();
+        let y = activation::softmax(scores, 3).matmul(v);
+        block.attn_c_proj.forward(y.swap_dims(1, 2).reshape([b, t, c]))
+    }
+}
+
+/// `[1, 1, T, T]`: 0 where a position may attend, -inf above the diagonal.
+fn causal_bias(t: usize, device: &Device) -> Tensor<4> {
+    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, device);
+    Tensor::<2>::zeros([t, t], device).mask_fill(future, f32::NEG_INFINITY).unsqueeze::<4>()
+}
+
+fn upload1(t: &HostTensor, device: &Device) -> Tensor<1> {
+    upload(&t.data, [t.shape[0]], device)
+}
+
+fn upload2(t: &HostTensor, device: &Device) -> Tensor<2> {
+    upload(&t.data, [t.shape[0], t.shape[1]], device)
+}

@@ -1,0 +1,13 @@
+//! lutlab-model: GPT-2 on burn, running on wgpu natively and WebGPU in the browser, and the
+//! perplexity evaluation built on it.
+
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod gpt2;
+
+pub use burn;
+pub use device::gpu_device;
+pub use error::{ModelError, Result};
+pub use eval::{perplexity, EvalSettings};
+pub use gpt2::Gpt2;

@@ -1,0 +1,73 @@
+//! Perplexity on WikiText-2 against HF transformers under the same strided protocol
+//! (fixture `reference_perplexity.json`), and tokenization against HF tokenizers.
+
+use lutlab_core::{NoProgress, TextTokenizer, TokenizerFiles};
+use lutlab_model::{perplexity, EvalSettings, Gpt2};
+use lutlab_tests::*;
+
+/// The bound on perplexity agreement with transformers.
+const PPL_REL: f64 = 1e-3;
+
+fn test_tokens() -> Vec<u32> {
+    let text = std::fs::read_to_string(repo("data/wikitext-2/test.txt")).unwrap();
+    shipped_model().tokenizer.encode(&text).unwrap()
+}
+
+fn check(reference: &serde_json::Value, tokens: &[u32]) {
+    let loaded = shipped_model();
+    let model = Gpt2::new(&loaded.weights, &gpu());
+    let settings = EvalSettings { max_length: 256, stride: 128, ..EvalSettings::for_model(&model) };
+    let nll = pollster::block_on(perplexity(&model, tokens, settings, "test.txt", &mut NoProgress)).unwrap();
+    let want = reference["perplexity"].as_f64().unwrap();
+    assert_eq!(nll.scored as u64, reference["scored"].as_u64().unwrap());
+    let rel = (nll.perplexity() / want - 1.0).abs();
+    eprintln!("{} tokens: perplexity {} vs transformers {want} (relative {rel:e})", tokens.len(), nll.perplexity());
+    assert!(rel < PPL_REL, "perplexity {} vs {want}: relative error {rel:e}", nll.perplexity());
+}
+
+#[test]
+fn tokenization_matches_hf_tokenizers() {
+    let reference = fixture_json("reference_perplexity.json");
+    let tokens = test_tokens();
+    assert_eq!(tokens.len() as u64, reference["num_tokens"].as_u64().unwrap());
+    let first: Vec<u32> = reference["first_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(&tokens[..first.len()], first.as_slice());
+}
+
+#[test]
+fn vocab_merges_and_tokenizer_json_agree_with_hf() {
+    let dir = repo("models/gpt2-tiny-wikitext");
+    let from_json = TextTokenizer::from_files(&TokenizerFiles::Json(std::fs::read(dir.join("tokenizer.json")).unwrap())).unwrap();
+    let from_bpe = TextTokenizer::from_files(&TokenizerFiles::VocabMerges {
+        vocab: std::fs::read(dir.join("vocab.json")).unwrap(),
+        merges: std::fs::read(dir.join("merges.txt")).unwrap(),
+    })
+    .unwrap();
+    let cases = fixture_json("reference_tokens.json");
+    let cases = cases["cases"].as_array().expect("a list of {text, ids}");
+    assert!(!cases.is_empty());
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(from_json.encode(text).unwrap(), want, "tokenizer.json on {text:?}");
+        assert_eq!(from_bpe.encode(text).unwrap(), want, "vocab.json + merges.txt on {text:?}");
+        if case["decoded_roundtrip"].as_bool() == Some(true) {
+            assert_eq!(from_json.decode(&want).unwrap(), text, "decode {text:?}");
+        }
+    }
+}
+
+#[test]
+fn prefix_perplexity_matches_transformers() {
+    let reference = fixture_json("reference_perplexity.json");
+    let tokens = test_tokens();
+    for prefix in reference["prefixes"].as_array().unwrap() {
+        let n = prefix["num_tokens"].as_u64().unwrap() as usize;
+        check(prefix, &tokens[..n]);
+    }
+}
+
+#[test]
+fn full_test_perplexity_matches_transformers() {
+    check(&fixture_json("reference_perplexity.json"), &test_tokens());
+}

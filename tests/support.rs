@@ -1,0 +1,55 @@
+//! Shared by the cross-crate tests: paths into the repository, the shipped model, the GPU
+//! device and a named tolerance check.
+
+use lutlab_core::{LoadedModel, ModelFiles};
+use lutlab_model::burn::tensor::Device;
+use std::path::PathBuf;
+
+pub fn repo(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+pub fn shipped_model() -> LoadedModel {
+    ModelFiles::read_dir(&repo("models/gpt2-tiny-wikitext")).and_then(|f| f.load()).expect("shipped model loads")
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(repo("tests/fixtures").join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+pub fn fixture_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&fixture(name)).expect("fixture is JSON")
+}
+
+pub fn gpu() -> Device {
+    pollster::block_on(lutlab_model::gpu_device()).expect("a wgpu adapter (lavapipe in CI)")
+}
+
+/// Elementwise `|got - want| <= abs`; panics naming the worst element. Returns the max error.
+pub fn assert_all_close(what: &str, got: &[f32], want: &[f32], abs: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let (worst, err) = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .enumerate()
+        .fold((0, 0f32), |best, (i, e)| if e > best.1 || e.is_nan() { (i, e) } else { best });
+    assert!(err <= abs, "{what}: max |error| {err:e} at {worst} (got {}, want {}) exceeds {abs:e}", got[worst], want[worst]);
+    err
+}
+
+/// Log-sum-exp of each row of `cols`-wide rows, in f64.
+pub fn row_logsumexp(values: &[f32], cols: usize) -> Vec<f32> {
+    values
+        .chunks_exact(cols)
+        .map(|row| {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            (max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()) as f32
+        })
+        .collect()
+}
+
+/// The first `keep` columns of each `cols`-wide row.
+pub fn head_columns(values: &[f32], cols: usize, keep: usize) -> Vec<f32> {
+    values.chunks_exact(cols).flat_map(|row| row[..keep].iter().copied()).collect()
+}
