@@ -73,15 +73,14 @@ fn offsets_out_of_range_are_reported() {
     let bytes = safetensors_with(|_, _, _| true);
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
-    // Point the first tensor's end far past the data section, keeping the header length.
-    let start = header.find("\"data_offsets\":[").unwrap() + "\"data_offsets\":[".len();
-    let end = start + header[start..].find(']').unwrap();
-    let first: usize = header[start..end].split(',').next().unwrap().parse().unwrap();
-    let replacement = format!("{first},99999999");
-    let padded = format!("{replacement:<width$}", width = end - start);
-    assert_eq!(padded.len(), end - start, "replacement must fit");
-    let mut corrupt = bytes.clone();
-    corrupt[8 + start..8 + end].copy_from_slice(padded.as_bytes());
+    // Point one tensor's end far past the data section; the header stays valid JSON.
+    let mut json: serde_json::Value = serde_json::from_str(header).unwrap();
+    let entry = json.as_object_mut().unwrap().values_mut().find(|v| v.get("data_offsets").is_some()).unwrap();
+    entry["data_offsets"][1] = serde_json::json!(99_999_999u64);
+    let new_header = serde_json::to_string(&json).unwrap();
+    let mut corrupt = (new_header.len() as u64).to_le_bytes().to_vec();
+    corrupt.extend_from_slice(new_header.as_bytes());
+    corrupt.extend_from_slice(&bytes[8 + header_len..]);
     let err = load_error(model_files(corrupt));
     assert!(matches!(err, LoadError::BadSafetensors { .. }), "{err}");
 }

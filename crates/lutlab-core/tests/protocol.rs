@@ -4,7 +4,7 @@ use lutlab_core::perplexity::{batches, strided_windows};
 
 #[test]
 fn every_token_after_the_first_is_scored_once() {
-    for (n, max_length, stride) in [(256, 256, 128), (1000, 256, 128), (1001, 256, 128), (777, 100, 33), (50, 10, 10), (50, 10, 1)] {
+    for (n, max_length, stride) in [(256, 256, 128), (1000, 256, 128), (1001, 256, 128), (777, 100, 33), (50, 10, 9), (50, 10, 1)] {
         let windows = strided_windows(n, max_length, stride, "t").unwrap();
         let mut scored = vec![0u32; n];
         for w in &windows {
@@ -17,6 +17,15 @@ fn every_token_after_the_first_is_scored_once() {
         assert!(scored[1..].iter().all(|&c| c == 1), "n={n} max={max_length} stride={stride}");
         assert_eq!(windows.last().unwrap().end, n);
     }
+}
+
+#[test]
+fn non_overlapping_windows_cannot_score_their_first_token() {
+    // As in HF's loop: with stride == max_length a window's first token has no context inside it.
+    let windows = strided_windows(50, 10, 10, "t").unwrap();
+    let scored: usize = windows.iter().map(|w| w.scored()).sum();
+    assert_eq!(scored, 50 - windows.len());
+    assert!(windows.iter().all(|w| w.score_from == w.begin + 1));
 }
 
 #[test]
