@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks for lutlab: Mesa's Vulkan drivers (lavapipe runs wgpu on the
-# CPU when there is no GPU). Idempotent: each step is skipped when already done. Sourced by
+# Installs what a fresh machine lacks for lutlab, idempotently (each step is skipped when done):
+# Mesa's Vulkan drivers (lavapipe runs wgpu on the CPU when there is no GPU) and Node.js (serves
+# the page). With LUTLAB_FOR_TESTS=1 also Chromium (the real-browser tests). Sourced by
 # scripts/play.sh and scripts/test.sh.
 set -euo pipefail
 
@@ -8,14 +9,17 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lutlab-target}"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 need_apt=()
-# libvulkan1 + a Vulkan driver: lavapipe (CPU) ships in mesa-vulkan-drivers.
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 dpkg -s libvulkan1 >/dev/null 2>&1 || need_apt+=(libvulkan1)
-for pkg in "${LUTLAB_EXTRA_APT[@]:-}"; do
-  [ -n "$pkg" ] && { dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg"); }
-done
+command -v node >/dev/null || need_apt+=(nodejs)
+if [ "${LUTLAB_FOR_TESTS:-0}" = 1 ]; then
+  command -v npm >/dev/null || need_apt+=(npm)
+  [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# Vulkan loaders complain without it (harmless, but noisy in test output).
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Runs every lutlab test: Rust unit and integration tests (GPU kernels on wgpu, lavapipe when
-# there is no GPU), and the wasm32 build of the browser crates.
+# Runs every lutlab test: Rust unit and integration tests (GPU kernels on wgpu; lavapipe when
+# there is no GPU), the wasm build of the page, and the page itself in Chromium (SwiftShader
+# WebGPU) against the native CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export LUTLAB_FOR_TESTS=1
 source scripts/setup.sh
-rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
-echo "== cargo test (release) =="
+echo "== cargo build + test (release) =="
+# One feature set for every native build: the e2e tests run this build's `lutlab` binary.
+cargo build --release --workspace
 cargo test --release --workspace
 
-echo "== wasm32 build =="
-RUSTFLAGS='--cfg getrandom_backend="wasm_js"' cargo build --release --target wasm32-unknown-unknown -p lutlab-model
+echo "== wasm build =="
+bash scripts/build-web.sh
+
+echo "== browser tests =="
+(cd tests/e2e && npm ci --no-audit --no-fund --silent && npm test)
 echo "all tests passed"

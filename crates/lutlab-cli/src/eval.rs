@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use lutlab_core::files::read_text;
 use lutlab_core::ModelFiles;
-use lutlab_model::{gpu_device, perplexity, EvalSettings, Gpt2};
+use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -36,16 +36,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let text = read_text(&data_path)?;
     let tokens = loaded.tokenizer.encode(&text)?;
 
-    let device = pollster::block_on(gpu_device())?;
-    let model = Gpt2::new(&loaded.weights, &device);
-    let mut settings = EvalSettings::for_model(&model);
-    if let Some(max_length) = args.max_length {
-        settings.max_length = max_length;
-        settings.stride = max_length / 2;
-    }
-    if let Some(stride) = args.stride {
-        settings.stride = stride;
-    }
+    let gpu = pollster::block_on(open_gpu())?;
+    gpu.check_fits(&loaded.weights)?;
+    let model = Gpt2::new(&loaded.weights, &gpu.device);
+    let settings = EvalSettings::with_overrides(&model, args.max_length, args.stride);
 
     let mut bar = Bar::new("perplexity", "tokens", args.json);
     let start = Instant::now();
@@ -59,6 +53,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let report = serde_json::json!({
             "model": model_dir.display().to_string(),
             "data": what,
+            "device": gpu.describe(),
             "max_length": settings.max_length,
             "stride": settings.stride,
             "perplexity": nll.perplexity(),
@@ -71,7 +66,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("{report}");
     } else {
         println!(
-            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}) in {:.1} s, {:.0} tokens/s",
+            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}) in {:.1} s, {:.0} tokens/s on {}",
             nll.perplexity(),
             what,
             tokens.len(),
@@ -79,7 +74,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             settings.max_length,
             settings.stride,
             seconds,
-            tokens_per_s
+            tokens_per_s,
+            gpu.describe()
         );
     }
     Ok(())

@@ -1,9 +1,13 @@
 //! The files of a Hugging Face model directory, as bytes. The same type serves files read from
 //! disk and files fetched by the browser, so loading code never touches the file system.
 
-use crate::checkpoint::{shard_files, Checkpoint};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::checkpoint::shard_files;
+use crate::checkpoint::Checkpoint;
 use crate::config::Gpt2Config;
-use crate::error::{LoadError, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::LoadError;
+use crate::error::Result;
 use crate::tokenizer::{TextTokenizer, TokenizerFiles};
 use crate::weights::Gpt2Weights;
 

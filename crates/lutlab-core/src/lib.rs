@@ -7,6 +7,7 @@ pub mod error;
 pub mod files;
 pub mod perplexity;
 pub mod progress;
+pub mod quant;
 pub mod reference;
 pub mod tokenizer;
 pub mod weights;

@@ -1,34 +1,84 @@
 //! The GPU device: wgpu natively (Vulkan, Metal, DX12; lavapipe in CI), WebGPU in the browser.
 
 use crate::error::{ModelError, Result};
+use burn::tensor::wgpu::WgpuSetup;
 use burn::tensor::{Device, Tensor, TensorData};
+use lutlab_core::Gpt2Weights;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Mutex;
 
+/// The GPU: burn's device, and the wgpu handles behind it (adapter limits, and later our own
+/// WGSL pipelines on the same device and queue).
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    pub device: Device,
+    pub setup: WgpuSetup,
+}
+
+impl Gpu {
+    /// "name (backend, device type)", for logs and the page.
+    pub fn describe(&self) -> String {
+        let info = self.setup.adapter.get_info();
+        format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+    }
+
+    /// The largest buffer one shader may bind; burn asks the adapter for its real limits, so this
+    /// is the hardware's figure (1 GiB on SwiftShader), not WebGPU's 128 MiB default.
+    pub fn max_binding_bytes(&self) -> u64 {
+        let limits = self.setup.device.limits();
+        u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
+    }
+
+    /// Refuses, by name, a model whose largest tensor cannot be bound on this GPU, before any
+    /// upload starts (GPT-2's `wte` is 154 MB in f32).
+    pub fn check_fits(&self, weights: &Gpt2Weights) -> Result<()> {
+        let limit = self.max_binding_bytes();
+        let mut tensors = vec![("wte", &weights.wte), ("wpe", &weights.wpe)];
+        for block in &weights.blocks {
+            tensors.extend(block.linears().into_iter().map(|(name, linear)| (name, &linear.weight)));
+        }
+        match tensors.into_iter().map(|(name, t)| (name, t.numel() as u64 * 4)).max_by_key(|&(_, bytes)| bytes) {
+            Some((name, bytes)) if bytes > limit => Err(ModelError::Gpu(format!(
+                "tensor `{name}` needs {bytes} bytes in one buffer but this GPU binds at most {limit}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Opens the default GPU through wgpu, once per process: burn registers one runtime per device,
-/// so later calls return the same device. Natively this blocks; in the browser it must be awaited.
-pub async fn gpu_device() -> Result<Device> {
-    static OPENED: Mutex<Option<Device>> = Mutex::new(None);
-    let lock = || OPENED.lock().map_err(|_| ModelError::Gpu("device lock poisoned".into()));
+/// so later calls return the same one. Natively this blocks; in the browser it must be awaited.
+/// A lost device later surfaces as an error at the next read-back (cubecl watches for it).
+pub async fn open_gpu() -> Result<Gpu> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        // Held across the blocking init, so concurrent callers (test threads) wait for one device.
-        let mut opened = lock()?;
-        if let Some(device) = opened.as_ref() {
-            return Ok(device.clone());
+        static OPENED: Mutex<Option<Gpu>> = Mutex::new(None);
+        // Held across the blocking init, so concurrent callers (test threads) share one device.
+        let mut opened = OPENED.lock().map_err(|_| ModelError::Gpu("device lock poisoned".into()))?;
+        if let Some(gpu) = opened.as_ref() {
+            return Ok(gpu.clone());
         }
-        let device = Device::wgpu_options().init().map_err(no_adapter)?;
-        *opened = Some(device.clone());
-        Ok(device)
+        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(no_adapter)?;
+        let gpu = Gpu { device, setup };
+        *opened = Some(gpu.clone());
+        Ok(gpu)
     }
     #[cfg(target_arch = "wasm32")]
     {
-        // One thread: the lock is never held across the await.
-        if let Some(device) = lock()?.clone() {
-            return Ok(device);
+        // One thread, and wgpu's browser handles are not `Send`: a thread-local, never borrowed
+        // across the await.
+        thread_local!(static OPENED: std::cell::RefCell<Option<Gpu>> = const { std::cell::RefCell::new(None) });
+        if let Some(gpu) = OPENED.with_borrow(Clone::clone) {
+            return Ok(gpu);
         }
-        let device = Device::wgpu_options().init_async().await.map_err(no_adapter)?;
-        Ok(lock()?.get_or_insert(device).clone())
+        let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(no_adapter)?;
+        Ok(OPENED.with_borrow_mut(|opened| opened.get_or_insert(Gpu { device, setup }).clone()))
     }
+}
+
+/// burn's device on the default GPU (see [`open_gpu`]).
+pub async fn gpu_device() -> Result<Device> {
+    Ok(open_gpu().await?.device)
 }
 
 fn no_adapter(e: impl std::fmt::Display) -> ModelError {

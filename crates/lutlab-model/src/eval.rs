@@ -25,6 +25,20 @@ impl EvalSettings {
         let max_length = model.config.n_positions;
         Self { max_length, stride: max_length / 2, max_logits_bytes: 256 << 20 }
     }
+
+    /// The model's defaults with a user's choices: a new `max_length` also halves into the stride
+    /// unless a stride is given.
+    pub fn with_overrides(model: &Gpt2, max_length: Option<usize>, stride: Option<usize>) -> Self {
+        let mut settings = Self::for_model(model);
+        if let Some(max_length) = max_length {
+            settings.max_length = max_length;
+            settings.stride = max_length / 2;
+        }
+        if let Some(stride) = stride {
+            settings.stride = stride;
+        }
+        settings
+    }
 }
 
 /// Evaluates the mean negative log-likelihood of `tokens` (`what` names the text in errors).

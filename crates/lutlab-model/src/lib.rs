@@ -7,7 +7,7 @@ pub mod eval;
 pub mod gpt2;
 
 pub use burn;
-pub use device::gpu_device;
+pub use device::{gpu_device, open_gpu, Gpu};
 pub use error::{ModelError, Result};
 pub use eval::{perplexity, EvalSettings};
 pub use gpt2::Gpt2;

@@ -1,0 +1,148 @@
+//! The quantized form of one weight matrix: tables, codes and sparse outliers.
+
+use crate::error::{LoadError, Result};
+
+/// Which weights share one table. Tables always cover whole output channels (columns of the
+/// `[in, out]` matrix), so a matmul kernel picks a table per output column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    /// One table for the whole matrix.
+    Tensor,
+    /// One table per output channel.
+    Channel,
+    /// One table per group of this many consecutive output channels.
+    Group(usize),
+}
+
+impl Granularity {
+    /// Output channels per table for a matrix of `out` columns; errors when a group size does not
+    /// divide the channels.
+    pub fn channels_per_table(self, out: usize) -> Result<usize> {
+        match self {
+            Granularity::Tensor => Ok(out),
+            Granularity::Channel => Ok(1),
+            Granularity::Group(0) => Err(LoadError::InvalidSetting("group size must be at least 1".into())),
+            Granularity::Group(g) if out % g != 0 => Err(LoadError::InvalidSetting(format!(
+                "group size {g} does not divide the {out} output channels"
+            ))),
+            Granularity::Group(g) => Ok(g),
+        }
+    }
+
+    pub fn tables(self, out: usize) -> Result<usize> {
+        Ok(out / self.channels_per_table(out)?)
+    }
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = LoadError;
+    /// `tensor`, `channel`, `group` (128 channels) or `group:G`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tensor" => Ok(Self::Tensor),
+            "channel" => Ok(Self::Channel),
+            "group" => Ok(Self::Group(128)),
+            _ => s
+                .strip_prefix("group:")
+                .and_then(|g| g.parse().ok())
+                .map(Self::Group)
+                .ok_or_else(|| LoadError::InvalidSetting(format!("granularity `{s}`: use tensor, channel, group or group:G"))),
+        }
+    }
+}
+
+/// Weights kept (nearly) exactly, in compressed sparse rows over the `[in, out]` matrix. Each
+/// value is the *correction* `w - table[code]` at its position, so dense + sparse reconstructs
+/// the original weight to f32 rounding and a kernel simply adds the two products.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseOutliers {
+    /// `row_ptr[r]..row_ptr[r + 1]` index the outliers of input row `r`; `rows + 1` entries.
+    pub row_ptr: Vec<u32>,
+    pub col_idx: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseOutliers {
+    /// No outliers in a matrix of `rows` input rows.
+    pub fn none(rows: usize) -> Self {
+        Self { row_ptr: vec![0; rows + 1], col_idx: Vec::new(), values: Vec::new() }
+    }
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// A weight matrix as LUTs. `codes[r * cols + c]` indexes `tables[t * 2^bits ..]` with
+/// `t = c / channels_per_table`; `outliers` adds exact corrections at a few positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LutMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: u32,
+    pub granularity: Granularity,
+    pub tables: Vec<f32>,
+    pub codes: Vec<u8>,
+    pub outliers: SparseOutliers,
+}
+
+impl LutMatrix {
+    pub fn levels(&self) -> usize {
+        1 << self.bits
+    }
+
+    /// Table index of output column `col`.
+    pub fn table_of(&self, col: usize) -> usize {
+        let per_table = self.granularity.channels_per_table(self.cols).unwrap_or(self.cols);
+        col / per_table
+    }
+
+    /// Checks that codes, tables and outliers agree with the shape; `what` names the matrix.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |reason: String| Err(LoadError::BadConfig { file: what.to_string(), reason });
+        if !(1..=8).contains(&self.bits) {
+            return bad(format!("{} bits; lutlab supports 1 to 8", self.bits));
+        }
+        let tables = self.granularity.tables(self.cols)?;
+        if self.tables.len() != tables * self.levels() {
+            return bad(format!("{} table entries, expected {}", self.tables.len(), tables * self.levels()));
+        }
+        if self.codes.len() != self.rows * self.cols {
+            return bad(format!("{} codes for a {}x{} matrix", self.codes.len(), self.rows, self.cols));
+        }
+        if let Some(&code) = self.codes.iter().find(|&&c| usize::from(c) >= self.levels()) {
+            return bad(format!("code {code} does not fit {} bits", self.bits));
+        }
+        let o = &self.outliers;
+        let csr_ok = o.row_ptr.len() == self.rows + 1
+            && o.row_ptr.windows(2).all(|w| w[0] <= w[1])
+            && o.row_ptr.last().map(|&n| n as usize) == Some(o.values.len())
+            && o.col_idx.len() == o.values.len()
+            && o.col_idx.iter().all(|&c| (c as usize) < self.cols);
+        if !csr_ok {
+            return bad("outliers are not a valid CSR matrix of its shape".into());
+        }
+        Ok(())
+    }
+
+    /// The `[in, out]` weights this matrix stands for (the CPU reference of every LUT kernel).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let levels = self.levels();
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let code = usize::from(self.codes[r * self.cols + c]);
+                out.push(self.tables[self.table_of(c) * levels + code]);
+            }
+        }
+        let o = &self.outliers;
+        for r in 0..self.rows.min(o.row_ptr.len().saturating_sub(1)) {
+            for i in o.row_ptr[r] as usize..o.row_ptr[r + 1] as usize {
+                out[r * self.cols + o.col_idx[i] as usize] += o.values[i];
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,142 @@
+//! The page's handle on lutlab: one GPU, at most one loaded model, one cancel flag.
+
+use crate::js_files::model_files;
+use crate::progress::JsProgress;
+use lutlab_core::LoadedModel;
+use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2, Gpu};
+use serde::Serialize;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+/// A model on the GPU with the tokenizer and host weights it came from (the quantizers read them).
+struct Session {
+    model: Gpt2,
+    loaded: LoadedModel,
+}
+
+#[wasm_bindgen]
+pub struct Lab {
+    gpu: Gpu,
+    session: Rc<RefCell<Option<Rc<Session>>>>,
+    cancelled: Rc<Cell<bool>>,
+}
+
+#[derive(Serialize)]
+struct ModelSummary {
+    n_layer: usize,
+    n_head: usize,
+    n_embd: usize,
+    n_positions: usize,
+    vocab_size: usize,
+    parameters: usize,
+}
+
+#[derive(Serialize)]
+struct PerplexityReport {
+    perplexity: f64,
+    nll_sum: f64,
+    tokens: usize,
+    scored: usize,
+    max_length: usize,
+    stride: usize,
+    seconds: f64,
+    tokens_per_s: f64,
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn to_js(value: &impl Serialize) -> Result<JsValue, JsError> {
+    value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_error)
+}
+
+#[wasm_bindgen]
+impl Lab {
+    /// Opens the WebGPU device with the adapter's own limits. Rejects with a message when the
+    /// browser has no usable WebGPU.
+    pub async fn open() -> Result<Lab, JsError> {
+        let gpu = open_gpu().await.map_err(js_error)?;
+        Ok(Lab { gpu, session: Rc::default(), cancelled: Rc::default() })
+    }
+
+    /// The adapter, e.g. "SwiftShader Device (Subzero) (BrowserWebGpu, Cpu)".
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> String {
+        self.gpu.describe()
+    }
+
+    /// The largest buffer a shader may bind on this GPU, in bytes.
+    #[wasm_bindgen(getter, js_name = maxBindingBytes)]
+    pub fn max_binding_bytes(&self) -> f64 {
+        self.gpu.max_binding_bytes() as f64
+    }
+
+    /// Checks and uploads a model: `{ config, safetensors: [{name, bytes}], tokenizerJson? |
+    /// vocab + merges }`, all `Uint8Array`. Replaces the loaded model; on error the previous one
+    /// stays. Returns the model's shape.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, files: JsValue) -> Result<JsValue, JsError> {
+        let loaded = model_files(&files)?.load().map_err(js_error)?;
+        self.gpu.check_fits(&loaded.weights).map_err(js_error)?;
+        let config = loaded.config().clone();
+        let parameters = config.parameter_count();
+        let model = Gpt2::new(&loaded.weights, &self.gpu.device);
+        *self.session.borrow_mut() = Some(Rc::new(Session { model, loaded }));
+        to_js(&ModelSummary {
+            n_layer: config.n_layer,
+            n_head: config.n_head,
+            n_embd: config.n_embd,
+            n_positions: config.n_positions,
+            vocab_size: config.vocab_size,
+            parameters,
+        })
+    }
+
+    /// Token ids of `text` under the loaded model's tokenizer.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsError> {
+        self.current()?.loaded.tokenizer.encode(text).map_err(js_error)
+    }
+
+    /// Perplexity of `tokens` with HF's strided protocol (`maxLength` defaults to the model's
+    /// context, `stride` to half of it). `onProgress(doneTokens, totalTokens)` is called after
+    /// each batch; `cancel()` stops at the next batch. Resolves to a report object.
+    pub fn perplexity(
+        &self,
+        tokens: Vec<u32>,
+        max_length: Option<usize>,
+        stride: Option<usize>,
+        on_progress: Option<js_sys::Function>,
+    ) -> Result<js_sys::Promise, JsError> {
+        let session = self.current()?;
+        self.cancelled.set(false);
+        let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
+        Ok(future_to_promise(async move {
+            let settings = EvalSettings::with_overrides(&session.model, max_length, stride);
+            let start = js_sys::Date::now();
+            let nll = perplexity(&session.model, &tokens, settings, "the text", &mut progress).await.map_err(js_error)?;
+            let seconds = (js_sys::Date::now() - start) / 1000.0;
+            Ok(to_js(&PerplexityReport {
+                perplexity: nll.perplexity(),
+                nll_sum: nll.nll_sum,
+                tokens: tokens.len(),
+                scored: nll.scored,
+                max_length: settings.max_length,
+                stride: settings.stride,
+                seconds,
+                tokens_per_s: nll.scored as f64 / seconds.max(1e-9),
+            })?)
+        }))
+    }
+
+    /// Asks the running work to stop at its next step; its promise rejects with "cancelled".
+    pub fn cancel(&self) {
+        self.cancelled.set(true);
+    }
+
+    fn current(&self) -> Result<Rc<Session>, JsError> {
+        self.session.borrow().clone().ok_or_else(|| JsError::new("no model is loaded"))
+    }
+}

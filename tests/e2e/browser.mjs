@@ -1,0 +1,99 @@
+// Shared by the e2e tests: the page server, a local mimic of the Hugging Face hub, Chromium with
+// SwiftShader's WebGPU, and the native CLI for reference figures.
+
+import http from 'node:http';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { createServer } from '../../web/serve.mjs';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const SHIPPED = path.join(ROOT, 'models/gpt2-tiny-wikitext');
+export const OUT = path.join(ROOT, 'tests/e2e/out');
+
+// Chromium's WebGPU on the CPU (no GPU here): SwiftShader's Vulkan behind Dawn.
+const CHROMIUM_FLAGS = [
+  '--no-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
+  '--use-webgpu-adapter=swiftshader', '--use-angle=swiftshader', '--disable-background-networking',
+  '--disable-component-update', '--no-first-run',
+];
+
+export function listen(server) {
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${server.address().port}`)));
+}
+
+export async function startPage() {
+  return listen(createServer());
+}
+
+/// Serves `/{repo}/resolve/main/{file}` like huggingface.co for the repos in `repos`
+/// (repo id -> directory), with CORS, and counts requests per path.
+export async function startHubMimic(repos) {
+  const requests = new Map();
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://hub');
+    requests.set(url.pathname, (requests.get(url.pathname) ?? 0) + 1);
+    const match = url.pathname.match(/^\/(.+)\/resolve\/main\/([^/]+)$/);
+    const dir = match && repos[match[1]];
+    const file = dir && path.join(dir, match[2]);
+    const headers = { 'access-control-allow-origin': '*' };
+    if (!file || !fs.existsSync(file)) {
+      res.writeHead(404, headers).end('Entry not found');
+      return;
+    }
+    res.writeHead(200, { ...headers, 'content-length': fs.statSync(file).size }).end(fs.readFileSync(file));
+  });
+  return { url: await listen(server), requests, server };
+}
+
+export async function launchBrowser() {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_FLAGS });
+}
+
+/// Opens the page and waits until the shipped model is loaded (the page loads it at start).
+export async function openPage(browser, url) {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  page.consoleLog = [];
+  page.on('console', (m) => page.consoleLog.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => page.consoleLog.push(`pageerror: ${e.message}`));
+  await page.goto(url);
+  try {
+    await page.waitForSelector('#model-status[data-loaded]', { timeout: 120_000 });
+  } catch (e) {
+    throw new Error(`${e.message}\npage error: ${await page.textContent('#error')}\nconsole:\n${page.consoleLog.join('\n')}`);
+  }
+  return page;
+}
+
+/// Evaluates `text` in the page and returns the report object.
+export async function evaluateInPage(page, text, { timeout = 300_000 } = {}) {
+  await page.check('input[name=text][value=custom]');
+  await page.fill('#custom-text', text);
+  await page.evaluate(() => delete document.getElementById('eval-result').dataset.report);
+  await page.click('#run-eval');
+  await page.waitForFunction(
+    () => document.getElementById('eval-result').dataset.report || !document.getElementById('error').hidden,
+    null, { timeout },
+  );
+  const error = await page.evaluate(() => { const e = document.getElementById('error'); return e.hidden ? null : e.textContent; });
+  if (error) throw new Error(`page error: ${error}\nconsole:\n${page.consoleLog.join('\n')}`);
+  return JSON.parse(await page.getAttribute('#eval-result', 'data-report'));
+}
+
+/// The native CLI's report on the same text (`lutlab eval --json`).
+export function nativeEval(text, modelDir = SHIPPED) {
+  const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/lutlab-target');
+  const bin = process.env.LUTLAB_BIN ?? path.join(target, 'release/lutlab');
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'lutlab-e2e-')), 'text.txt');
+  fs.writeFileSync(file, text);
+  const out = execFileSync(bin, ['eval', '--model', modelDir, '--data', file, '--json'], { encoding: 'utf8' });
+  return JSON.parse(out.trim().split('\n').pop());
+}
+
+/// The first `chars` characters of WikiText-2 test: several evaluation windows of the shipped model.
+export function shortText(chars = 4000) {
+  return fs.readFileSync(path.join(ROOT, 'data/wikitext-2/test.txt'), 'utf8').slice(0, chars);
+}

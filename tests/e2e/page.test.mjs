@@ -1,0 +1,96 @@
+// The page in a real browser: Chromium with SwiftShader's WebGPU. Each test asserts real numbers
+// against the native CLI, or the exact message a user sees.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  SHIPPED, OUT, startPage, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
+} from './browser.mjs';
+
+const HUB_REPO = 'lutlab-test/gpt2-tiny';
+let pageUrl;
+let hub;
+let browser;
+let native;
+const text = shortText();
+
+before(async () => {
+  pageUrl = await startPage();
+  hub = await startHubMimic({ [HUB_REPO]: SHIPPED });
+  browser = await launchBrowser();
+  native = nativeEval(text);
+});
+
+after(async () => {
+  await browser?.close();
+  hub?.server.close();
+});
+
+const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
+
+test('the shipped model evaluates in the browser as it does natively', async () => {
+  const page = await openPage(browser, pageUrl);
+  assert.match(await page.textContent('#model-status'), /Loaded shipped gpt2-tiny-wikitext: 4 layers/);
+  const report = await evaluateInPage(page, text);
+  console.log(`browser ${report.perplexity} vs native ${native.perplexity} (relative ${relative(report.perplexity, native.perplexity).toExponential(2)}); `
+    + `${report.scored} tokens in ${report.seconds.toFixed(2)} s in the browser`);
+  assert.equal(report.scored, native.scored);
+  assert.ok(relative(report.perplexity, native.perplexity) < 1e-3);
+  fs.mkdirSync(OUT, { recursive: true });
+  await page.screenshot({ path: path.join(OUT, 'page.png'), fullPage: true });
+  await page.close();
+});
+
+test('local files load (vocab.json + merges.txt tokenizer) and give the same perplexity', async () => {
+  const page = await openPage(browser, pageUrl);
+  const files = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt'].map((f) => path.join(SHIPPED, f));
+  await page.setInputFiles('#local-files', files);
+  await page.waitForFunction(() => document.getElementById('model-status').dataset.loaded?.startsWith('local files'));
+  const report = await evaluateInPage(page, text);
+  assert.ok(relative(report.perplexity, native.perplexity) < 1e-3);
+  await page.close();
+});
+
+test('a truncated model.safetensors is reported on the page and the loaded model stays', async () => {
+  const page = await openPage(browser, pageUrl);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lutlab-broken-'));
+  for (const f of ['config.json', 'tokenizer.json']) fs.copyFileSync(path.join(SHIPPED, f), path.join(dir, f));
+  const weights = fs.readFileSync(path.join(SHIPPED, 'model.safetensors'));
+  fs.writeFileSync(path.join(dir, 'model.safetensors'), weights.subarray(0, weights.length >> 1));
+  await page.setInputFiles('#local-files', ['config.json', 'tokenizer.json', 'model.safetensors'].map((f) => path.join(dir, f)));
+  await page.waitForSelector('#error:not([hidden])');
+  const message = await page.textContent('#error');
+  assert.match(message, /model\.safetensors: not a valid safetensors file/);
+  fs.mkdirSync(OUT, { recursive: true });
+  await page.screenshot({ path: path.join(OUT, 'broken-file.png') });
+  assert.equal(await page.getAttribute('#model-status', 'data-loaded'), 'shipped gpt2-tiny-wikitext');
+  assert.equal(await page.isEnabled('#run-eval'), true);
+  await page.close();
+});
+
+test('a hub repository loads once, then comes from the browser cache', async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context, `${pageUrl}/?hub=${encodeURIComponent(hub.url)}`);
+  const weightsPath = `/${HUB_REPO}/resolve/main/model.safetensors`;
+  for (let load = 0; load < 2; load++) {
+    if (load === 1) {
+      await page.reload();
+      await page.waitForSelector('#model-status[data-loaded]');
+    }
+    await page.fill('#hub-repo', HUB_REPO);
+    await page.click('#load-hub');
+    await page.waitForFunction((repo) => document.getElementById('model-status').dataset.loaded === repo, HUB_REPO, { timeout: 60_000 });
+    assert.equal(hub.requests.get(weightsPath), 1, `load ${load}: model.safetensors fetched once in all`);
+  }
+  const report = await evaluateInPage(page, text);
+  assert.ok(relative(report.perplexity, native.perplexity) < 1e-3);
+
+  await page.fill('#hub-repo', 'lutlab-test/no-such-model');
+  await page.click('#load-hub');
+  await page.waitForSelector('#error:not([hidden])');
+  assert.match(await page.textContent('#error'), /no-such-model\/resolve\/main\/config\.json: not found \(HTTP 404\)/);
+  await context.close();
+});

@@ -1,0 +1,68 @@
+// Downloads with progress (bytes and speed) and an optional Cache API store, so a model fetched
+// from the hub is not downloaded again after a reload.
+
+export class MissingFile extends Error {
+  constructor(url, status) {
+    super(status === 401 || status === 403
+      ? `${url}: access denied (HTTP ${status}); the repository may be gated or private`
+      : `${url}: not found (HTTP ${status})`);
+    this.status = status;
+  }
+}
+
+/// Fetches `url` into a Uint8Array. `onBytes(received, total|null)` is called as chunks arrive.
+/// With `cache` (a Cache from `caches.open`), a stored copy is used and new downloads are stored.
+export async function fetchBytes(url, { onBytes = () => {}, cache = null, signal } = {}) {
+  let response = cache ? await cache.match(url) : undefined;
+  const fromCache = Boolean(response);
+  if (!response) {
+    try {
+      response = await fetch(url, { signal });
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      const offline = typeof navigator !== 'undefined' && navigator.onLine === false;
+      throw new Error(`${url}: could not be reached${offline ? ' (the browser is offline)' : ''}: ${e.message}`);
+    }
+    if (!response.ok) throw new MissingFile(url, response.status);
+  }
+  const total = Number(response.headers.get('content-length')) || null;
+  const bytes = await readBody(response, total, onBytes);
+  if (cache && !fromCache) {
+    await cache.put(url, new Response(bytes, { headers: { 'content-length': String(bytes.length) } }));
+  }
+  return { bytes, fromCache };
+}
+
+/// Reads a response body into one Uint8Array, reporting `onBytes(received, total)` per chunk.
+export async function readBody(response, total, onBytes) {
+  const chunks = [];
+  let received = 0;
+  const reader = response.body.getReader();
+  onBytes(0, total);
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    onBytes(received, total);
+  }
+  const bytes = new Uint8Array(received);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return bytes;
+}
+
+/// Tries `urls` in order and returns the first that exists, or null when none does.
+export async function fetchFirst(urls, options) {
+  for (const url of urls) {
+    try {
+      return { url, ...(await fetchBytes(url, options)) };
+    } catch (e) {
+      if (!(e instanceof MissingFile) || e.status !== 404) throw e;
+    }
+  }
+  return null;
+}
