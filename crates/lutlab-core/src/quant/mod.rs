@@ -9,3 +9,4 @@
 
 pub mod lut;
 
+pub use lut::{Granularity, LutMatrix, SparseOutliers};
