@@ -7,6 +7,18 @@
 //!
 //! Layout: weights are GPT-2 Conv1D `[in, out]` row-major; an *output channel* is a column.
 
+pub mod kmeans;
 pub mod lut;
+pub mod outliers;
+pub mod uniform;
 
+pub use kmeans::{
+    KmeansInit, KmeansOutput, KmeansSettings, LloydSettings, lloyd_1d, lloyd_1d_from, optimal_1d, quantize_kmeans,
+    quantize_kmeans_report, quantize_optimal,
+};
 pub use lut::{Granularity, LutMatrix, SparseOutliers};
+pub use outliers::{OutlierSelection, OutlierSettings, quantize_dense_and_sparse, select_outliers};
+pub use uniform::{
+    FloatVariant, MiniFloat, NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformResult, UniformSettings,
+    quantize_uniform,
+};

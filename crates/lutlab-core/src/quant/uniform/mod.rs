@@ -1,0 +1,358 @@
+//! Uniform round-to-nearest weight quantizers: integers (symmetric, or asymmetric with a zero
+//! point) and minifloats (eXmY, OCP and FNUZ), per tensor, per output channel or per group,
+//! with scales from `stats`, `mse` or `hqo`, float or power-of-two — the weight options of
+//! Brevitas' LLM example.
+//!
+//! A uniform code is a LUT too: each scale group gets a `2^bits`-entry table holding its
+//! representable values (`scale * (q - zero_point)` for integers, `scale * value` for
+//! minifloats), and each weight a code into it. Codes are `q - qmin` for integers (so tables
+//! increase) and the format's own bit pattern for minifloats.
+//!
+//! Groups: [`UniformGranularity::InputGroup`] is what Brevitas (and GPTQ, AWQ, HQQ) call
+//! per-group: `g` consecutive *input* rows within one output column of the `[in, out]` Conv1D
+//! matrix. The shared [`LutMatrix`] keys tables by output column only, so such a result cannot
+//! become a `LutMatrix` (see [`UniformResult::to_lut`]); tensor, channel and output-column
+//! groups ([`UniformGranularity::OutputGroup`]) can.
+
+pub mod format;
+pub mod scale;
+
+pub use format::{FloatVariant, MiniFloat, NumberFormat};
+pub use scale::{ScaleStats, ScaleType, po2_ceil};
+
+use super::lut::{Granularity, LutMatrix, SparseOutliers};
+use crate::error::{LoadError, Result};
+use format::Grid;
+use std::fmt;
+use std::str::FromStr;
+
+/// Which weights share one scale (and zero point, and table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UniformGranularity {
+    /// One scale for the whole matrix.
+    Tensor,
+    /// One scale per output channel (column).
+    Channel,
+    /// One scale per `g` consecutive output channels (the shared [`Granularity::Group`]).
+    OutputGroup(usize),
+    /// One scale per `g` consecutive input rows within each output channel (Brevitas'
+    /// `per_group`, `group_dim` over the input features). Scales are laid out `[in / g, out]`.
+    InputGroup(usize),
+}
+
+impl UniformGranularity {
+    /// Number of scale groups of a `rows x cols` matrix; errors when a group size is 0 or does
+    /// not divide its dimension.
+    pub fn groups(self, rows: usize, cols: usize) -> Result<usize> {
+        match self {
+            UniformGranularity::Tensor => Ok(1),
+            UniformGranularity::Channel => Ok(cols),
+            UniformGranularity::OutputGroup(g) => Granularity::Group(g).tables(cols),
+            UniformGranularity::InputGroup(0) => Err(LoadError::InvalidSetting("group size must be at least 1".into())),
+            UniformGranularity::InputGroup(g) if !rows.is_multiple_of(g) => Err(LoadError::InvalidSetting(format!(
+                "group size {g} does not divide the {rows} input rows (groups run along the input dimension \
+                 within each output channel)"
+            ))),
+            UniformGranularity::InputGroup(g) => Ok(rows / g * cols),
+        }
+    }
+
+    /// The scale group of weight `(row, col)`; assumes [`Self::groups`] succeeded.
+    pub fn group_of(self, row: usize, col: usize, cols: usize) -> usize {
+        match self {
+            UniformGranularity::Tensor => 0,
+            UniformGranularity::Channel => col,
+            UniformGranularity::OutputGroup(g) => col / g.max(1),
+            UniformGranularity::InputGroup(g) => row / g.max(1) * cols + col,
+        }
+    }
+
+    /// Flat indices (`row * cols + col`) of group `group`, row-major.
+    fn indices(self, group: usize, rows: usize, cols: usize, out: &mut Vec<usize>) {
+        out.clear();
+        match self {
+            UniformGranularity::Tensor => out.extend(0..rows * cols),
+            UniformGranularity::Channel => out.extend((0..rows).map(|r| r * cols + group)),
+            UniformGranularity::OutputGroup(g) => {
+                for r in 0..rows {
+                    out.extend((group * g..(group + 1) * g).map(|c| r * cols + c));
+                }
+            }
+            UniformGranularity::InputGroup(g) => {
+                let (block, col) = (group / cols, group % cols);
+                out.extend((block * g..(block + 1) * g).map(|r| r * cols + col));
+            }
+        }
+    }
+
+    /// The shared LUT granularity, where one exists.
+    pub fn lut_granularity(self, rows: usize) -> Option<Granularity> {
+        match self {
+            UniformGranularity::Tensor => Some(Granularity::Tensor),
+            UniformGranularity::Channel => Some(Granularity::Channel),
+            UniformGranularity::OutputGroup(g) => Some(Granularity::Group(g)),
+            UniformGranularity::InputGroup(g) if g == rows => Some(Granularity::Channel),
+            UniformGranularity::InputGroup(_) => None,
+        }
+    }
+}
+
+impl From<Granularity> for UniformGranularity {
+    fn from(g: Granularity) -> Self {
+        match g {
+            Granularity::Tensor => Self::Tensor,
+            Granularity::Channel => Self::Channel,
+            Granularity::Group(g) => Self::OutputGroup(g),
+        }
+    }
+}
+
+impl fmt::Display for UniformGranularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UniformGranularity::Tensor => f.write_str("tensor"),
+            UniformGranularity::Channel => f.write_str("channel"),
+            UniformGranularity::OutputGroup(g) => write!(f, "channel-group:{g}"),
+            UniformGranularity::InputGroup(g) => write!(f, "group:{g}"),
+        }
+    }
+}
+
+impl FromStr for UniformGranularity {
+    type Err = LoadError;
+    /// `tensor`, `channel`, `group` (128 input rows, Brevitas' per-group), `group:G`, or
+    /// `channel-group:G` (G consecutive output channels, the LUT kernels' grouping).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            LoadError::InvalidSetting(format!(
+                "granularity `{s}`: use tensor, channel, group, group:G (G input rows per output channel) or \
+                 channel-group:G (G output channels)"
+            ))
+        };
+        match s.trim() {
+            "tensor" => Ok(Self::Tensor),
+            "channel" => Ok(Self::Channel),
+            "group" => Ok(Self::InputGroup(128)),
+            other => {
+                if let Some(g) = other.strip_prefix("group:") {
+                    g.parse().map(Self::InputGroup).map_err(|_| bad())
+                } else if let Some(g) = other.strip_prefix("channel-group:") {
+                    g.parse().map(Self::OutputGroup).map_err(|_| bad())
+                } else {
+                    Err(bad())
+                }
+            }
+        }
+    }
+}
+
+/// Every option of a uniform quantizer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UniformSettings {
+    /// 2 to 8.
+    pub bits: u32,
+    pub format: NumberFormat,
+    /// Symmetric (signed grid, no zero point) or asymmetric (unsigned grid and a zero point;
+    /// integers only).
+    pub symmetric: bool,
+    pub granularity: UniformGranularity,
+    pub scale_stats: ScaleStats,
+    pub scale_type: ScaleType,
+}
+
+impl Default for UniformSettings {
+    /// 4-bit asymmetric integers, groups of 128 input rows, min-max float scales.
+    fn default() -> Self {
+        Self {
+            bits: 4,
+            format: NumberFormat::Int,
+            symmetric: false,
+            granularity: UniformGranularity::InputGroup(128),
+            scale_stats: ScaleStats::Stats,
+            scale_type: ScaleType::Float,
+        }
+    }
+}
+
+impl UniformSettings {
+    /// Checks every option on its own and against a `rows x cols` matrix.
+    pub fn validate(&self, rows: usize, cols: usize) -> Result<()> {
+        self.format.check_bits(self.bits)?;
+        if !self.symmetric && matches!(self.format, NumberFormat::Float(_)) {
+            return Err(LoadError::InvalidSetting(format!(
+                "format {} is a sign-magnitude float and has no zero point: use symmetric quantization",
+                self.format
+            )));
+        }
+        self.scale_stats.check()?;
+        if rows.checked_mul(cols).is_none() {
+            return Err(LoadError::InvalidSetting(format!("a {rows}x{cols} matrix is too large")));
+        }
+        if rows == 0 || cols == 0 {
+            return Err(LoadError::InvalidSetting(format!("cannot quantize an empty {rows}x{cols} matrix")));
+        }
+        self.granularity.groups(rows, cols)?;
+        Ok(())
+    }
+}
+
+/// A uniformly quantized `[in, out]` matrix: one `2^bits` table per scale group, a code per
+/// weight, and the scales and zero points that generated the tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UniformResult {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: u32,
+    pub granularity: UniformGranularity,
+    /// `tables[group * 2^bits + code]`; group as [`UniformGranularity::group_of`].
+    pub tables: Vec<f32>,
+    /// `codes[row * cols + col]`.
+    pub codes: Vec<u8>,
+    /// One per group.
+    pub scales: Vec<f32>,
+    /// One per group, in units of the scale (`table = (q - zp) * scale`); 0 when symmetric.
+    pub zero_points: Vec<f32>,
+}
+
+impl UniformResult {
+    pub fn levels(&self) -> usize {
+        1 << self.bits
+    }
+
+    pub fn group_of(&self, row: usize, col: usize) -> usize {
+        self.granularity.group_of(row, col, self.cols)
+    }
+
+    /// The `[in, out]` weights the codes stand for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let levels = self.levels();
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let code = usize::from(self.codes[r * self.cols + c]);
+                out.push(self.tables[self.group_of(r, c) * levels + code]);
+            }
+        }
+        out
+    }
+
+    /// The same result as the shared LUT type, for the packed format and LUT kernels. Tables
+    /// there are per output column (or group of columns), so input-row groups smaller than the
+    /// matrix's rows are refused.
+    pub fn to_lut(&self) -> Result<LutMatrix> {
+        let granularity = self.granularity.lut_granularity(self.rows).ok_or_else(|| {
+            LoadError::InvalidSetting(format!(
+                "granularity {}: groups along the input rows need one table per (row group, output channel), \
+                 and LutMatrix holds tables per output channel only",
+                self.granularity
+            ))
+        })?;
+        let lut = LutMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            bits: self.bits,
+            granularity,
+            tables: self.tables.clone(),
+            codes: self.codes.clone(),
+            outliers: SparseOutliers::none(self.rows),
+        };
+        lut.validate("uniform quantizer output")?;
+        Ok(lut)
+    }
+}
+
+/// Quantizes a row-major `[rows, cols]` (`[in, out]`) matrix with round-to-nearest.
+pub fn quantize_uniform(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    settings: &UniformSettings,
+) -> Result<UniformResult> {
+    settings.validate(rows, cols)?;
+    if weights.len() != rows * cols {
+        return Err(LoadError::InvalidSetting(format!("{} weights given for a {rows}x{cols} matrix", weights.len())));
+    }
+    if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+        return Err(LoadError::InvalidSetting(format!(
+            "weight {i} (row {}, column {}) is {}: only finite weights can be quantized",
+            i / cols,
+            i % cols,
+            weights[i]
+        )));
+    }
+    let grid = Grid::new(settings.format, settings.bits, settings.symmetric)?;
+    let levels = 1usize << settings.bits;
+    let groups = settings.granularity.groups(rows, cols)?;
+    let mut codes = vec![0u8; rows * cols];
+    let mut tables = Vec::with_capacity(groups * levels);
+    let mut scales = Vec::with_capacity(groups);
+    let mut zero_points = Vec::with_capacity(groups);
+    let params = group_params(weights, rows, cols, settings, &grid, groups)?;
+    let mut indices = Vec::new();
+    for (group, p) in params.iter().enumerate() {
+        settings.granularity.indices(group, rows, cols, &mut indices);
+        for &i in &indices {
+            codes[i] = grid.encode(weights[i], p.scale, p.zero_point);
+        }
+        // Minifloat tables are indexed by bit pattern; NaN/Inf patterns (never produced) hold 0.
+        tables.extend((0..levels).map(|code| grid.table_value(code as u8, p.scale, p.zero_point)));
+        scales.push(p.scale);
+        zero_points.push(p.zero_point);
+    }
+    Ok(UniformResult {
+        rows,
+        cols,
+        bits: settings.bits,
+        granularity: settings.granularity,
+        tables,
+        codes,
+        scales,
+        zero_points,
+    })
+}
+
+/// Every group's scale and zero point. Groups are independent, so natively the searching
+/// methods (`mse`, `hqo`) split them over threads; the result does not depend on the split.
+fn group_params(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    settings: &UniformSettings,
+    grid: &Grid,
+    groups: usize,
+) -> Result<Vec<scale::GroupParams>> {
+    let work = |range: std::ops::Range<usize>| {
+        let (mut indices, mut values) = (Vec::new(), Vec::new());
+        range
+            .map(|group| {
+                settings.granularity.indices(group, rows, cols, &mut indices);
+                values.clear();
+                values.extend(indices.iter().map(|&i| weights[i]));
+                scale::estimate(&values, grid, settings.symmetric, settings.scale_stats, settings.scale_type)
+            })
+            .collect::<Vec<_>>()
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let searching = matches!(settings.scale_stats, ScaleStats::Mse | ScaleStats::Hqo);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(groups);
+        if searching && threads > 1 {
+            let chunk = groups.div_ceil(threads);
+            return std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..groups)
+                    .step_by(chunk)
+                    .map(|start| scope.spawn(move || work(start..(start + chunk).min(groups))))
+                    .collect();
+                let mut params = Vec::with_capacity(groups);
+                for handle in handles {
+                    let part = handle
+                        .join()
+                        .map_err(|_| LoadError::InvalidSetting("a uniform quantizer thread failed".into()))?;
+                    params.extend(part);
+                }
+                Ok(params)
+            });
+        }
+    }
+    Ok(work(0..groups))
+}
