@@ -45,6 +45,7 @@ async function action(work) {
     } else {
       showError(e?.message ?? String(e));
     }
+    for (const bar of [loadBar, evalBar]) bar.fail();
   } finally {
     busy = false;
     refreshControls();
@@ -65,7 +66,7 @@ async function loadFrom(source) {
   const params = (summary.parameters / 1e6).toFixed(1);
   $('model-status').textContent = `Loaded ${label}: ${summary.n_layer} layers, ${summary.n_head} heads, width ${summary.n_embd}, context ${summary.n_positions}, ${params}M parameters.`;
   $('model-status').dataset.loaded = label;
-  loadBar.finish('model ready');
+  loadBar.complete('model ready');
 }
 
 async function evaluationText() {
@@ -89,7 +90,7 @@ async function evaluate() {
   evalBar.start('perplexity');
   const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'),
     (done, total) => evalBar.count(done, total, 'tokens'));
-  evalBar.finish(`done in ${report.seconds.toFixed(1)} s`);
+  evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const result = $('eval-result');
   result.textContent = `Perplexity ${report.perplexity.toFixed(3)} on ${what}: ${report.scored.toLocaleString()} tokens scored `
     + `(window ${report.max_length}, stride ${report.stride}) in ${report.seconds.toFixed(1)} s, ${Math.round(report.tokens_per_s)} tokens/s.`;

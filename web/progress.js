@@ -14,6 +14,7 @@ export class ProgressBar {
     this.what = what;
     this.started = performance.now();
     this.root.hidden = false;
+    this.active = true;
     this.set(0, `${what}…`);
   }
 
@@ -43,5 +44,17 @@ export class ProgressBar {
 
   finish(text) {
     this.set(1, text);
+  }
+
+  /// The work is over: later failures no longer concern this bar.
+  complete(text) {
+    this.finish(text);
+    this.active = false;
+  }
+
+  /// Marks unfinished work as stopped (the error itself is shown elsewhere).
+  fail() {
+    if (this.active) this.label.textContent += ' stopped.';
+    this.active = false;
   }
 }

@@ -59,9 +59,11 @@ export async function openPage(browser, url) {
   page.consoleLog = [];
   page.on('console', (m) => page.consoleLog.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => page.consoleLog.push(`pageerror: ${e.message}`));
+  const start = Date.now();
   await page.goto(url);
   try {
     await page.waitForSelector('#model-status[data-loaded]', { timeout: 120_000 });
+    page.loadedAfterMs = Date.now() - start;
   } catch (e) {
     throw new Error(`${e.message}\npage error: ${await page.textContent('#error')}\nconsole:\n${page.consoleLog.join('\n')}`);
   }
@@ -94,6 +96,6 @@ export function nativeEval(text, modelDir = SHIPPED) {
 }
 
 /// The first `chars` characters of WikiText-2 test: several evaluation windows of the shipped model.
-export function shortText(chars = 4000) {
+export function shortText(chars = 1200) {
   return fs.readFileSync(path.join(ROOT, 'data/wikitext-2/test.txt'), 'utf8').slice(0, chars);
 }

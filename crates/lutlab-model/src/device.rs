@@ -19,7 +19,9 @@ impl Gpu {
     /// "name (backend, device type)", for logs and the page.
     pub fn describe(&self) -> String {
         let info = self.setup.adapter.get_info();
-        format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+        // Browsers may hide the adapter's name (SwiftShader's is empty in Chromium).
+        let name = if info.name.is_empty() { "unnamed adapter" } else { info.name.as_str() };
+        format!("{name} ({:?}, {:?})", info.backend, info.device_type)
     }
 
     /// The largest buffer one shader may bind; burn asks the adapter for its real limits, so this
