@@ -1,82 +1,105 @@
-//! `lutlab eval`: perplexity of a model on a text file.
+//! `lutlab eval`: perplexity of a model on a text file. [`measure`] is shared with `quantize`.
 
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
 use lutlab_core::files::read_text;
-use lutlab_core::ModelFiles;
+use lutlab_core::{Gpt2Weights, ModelFiles, TextTokenizer};
 use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// Where and how to measure perplexity; flattened into every command that evaluates.
+#[derive(Args, Clone)]
+pub struct EvalOptions {
+    /// UTF-8 text to evaluate (default: WikiText-2 test).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Window length in tokens (default: the model's n_positions).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Tokens between window starts (default: max-length / 2).
+    #[arg(long)]
+    pub stride: Option<usize>,
+}
 
 #[derive(Args)]
 pub struct EvalArgs {
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// UTF-8 text to evaluate.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Window length in tokens (default: the model's n_positions).
-    #[arg(long)]
-    max_length: Option<usize>,
-    /// Tokens between window starts (default: max-length / 2).
-    #[arg(long)]
-    stride: Option<usize>,
+    #[command(flatten)]
+    eval: EvalOptions,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
-    let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
-    let data_path = args.data.unwrap_or_else(|| repo_path(WIKITEXT_TEST));
-    let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
-    let text = read_text(&data_path)?;
-    let tokens = loaded.tokenizer.encode(&text)?;
+/// One perplexity measurement, as printed by `--json`.
+#[derive(Serialize)]
+pub struct EvalReport {
+    pub data: String,
+    pub device: String,
+    pub max_length: usize,
+    pub stride: usize,
+    pub perplexity: f64,
+    pub nll_sum: f64,
+    pub tokens: usize,
+    pub scored: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
 
-    let gpu = pollster::block_on(open_gpu())?;
-    gpu.check_fits(&loaded.weights)?;
-    let model = Gpt2::new(&loaded.weights, &gpu.device);
-    let settings = EvalSettings::with_overrides(&model, args.max_length, args.stride);
+impl EvalReport {
+    pub fn line(&self) -> String {
+        format!(
+            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}) in {:.1} s, {:.0} tokens/s on {}",
+            self.perplexity, self.data, self.tokens, self.scored, self.max_length, self.stride, self.seconds, self.tokens_per_s, self.device
+        )
+    }
+}
 
-    let mut bar = Bar::new("perplexity", "tokens", args.json);
-    let start = Instant::now();
+/// Perplexity of `weights` on the GPU, with a progress bar unless `quiet`.
+pub fn measure(weights: &Gpt2Weights, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+    let data_path = options.data.clone().unwrap_or_else(|| repo_path(WIKITEXT_TEST));
     let what = data_path.display().to_string();
+    let tokens = tokenizer.encode(&read_text(&data_path)?)?;
+    let gpu = pollster::block_on(open_gpu())?;
+    gpu.check_fits(weights)?;
+    let model = Gpt2::new(weights, &gpu.device);
+    let settings = EvalSettings::with_overrides(&model, options.max_length, options.stride);
+
+    let mut bar = Bar::new("perplexity", "tokens", quiet);
+    let start = Instant::now();
     let nll = pollster::block_on(perplexity(&model, &tokens, settings, &what, &mut bar))?;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
+    Ok(EvalReport {
+        data: what,
+        device: gpu.describe(),
+        max_length: settings.max_length,
+        stride: settings.stride,
+        perplexity: nll.perplexity(),
+        nll_sum: nll.nll_sum,
+        tokens: tokens.len(),
+        scored: nll.scored,
+        seconds,
+        tokens_per_s: nll.scored as f64 / seconds,
+    })
+}
 
-    let tokens_per_s = nll.scored as f64 / seconds;
+pub fn run(args: EvalArgs) -> Result<()> {
+    let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
+    let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
+    let report = measure(&loaded.weights, &loaded.tokenizer, &args.eval, args.json)?;
     if args.json {
-        let report = serde_json::json!({
-            "model": model_dir.display().to_string(),
-            "data": what,
-            "device": gpu.describe(),
-            "max_length": settings.max_length,
-            "stride": settings.stride,
-            "perplexity": nll.perplexity(),
-            "nll_sum": nll.nll_sum,
-            "tokens": tokens.len(),
-            "scored": nll.scored,
-            "seconds": seconds,
-            "tokens_per_s": tokens_per_s,
-        });
-        println!("{report}");
+        let mut json = serde_json::to_value(&report)?;
+        json["model"] = model_dir.display().to_string().into();
+        println!("{json}");
     } else {
-        println!(
-            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}) in {:.1} s, {:.0} tokens/s on {}",
-            nll.perplexity(),
-            what,
-            tokens.len(),
-            nll.scored,
-            settings.max_length,
-            settings.stride,
-            seconds,
-            tokens_per_s,
-            gpu.describe()
-        );
+        println!("{}", report.line());
     }
     Ok(())
 }

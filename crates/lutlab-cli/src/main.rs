@@ -3,6 +3,7 @@
 mod eval;
 mod paths;
 mod progress;
+mod quantize;
 
 use clap::{Parser, Subcommand};
 
@@ -17,12 +18,16 @@ struct Cli {
 enum Command {
     /// Perplexity of a model on a text file (HF strided protocol), on the GPU.
     Eval(eval::EvalArgs),
+    /// Quantizes the linear weights (k-means LUTs, dense-and-sparse, or uniform RTN); reports the
+    /// error per layer, evaluates and/or writes the dequantized checkpoint.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => eval::run(args),
+        Command::Quantize(args) => quantize::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

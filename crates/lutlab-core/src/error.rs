@@ -49,6 +49,10 @@ pub enum LoadError {
 
     #[error("invalid setting: {0}")]
     InvalidSetting(String),
+
+    /// The user stopped the work; nothing they made is lost.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 pub type Result<T, E = LoadError> = std::result::Result<T, E>;

@@ -146,3 +146,14 @@ impl LutMatrix {
         out
     }
 }
+
+impl LutMatrix {
+    /// Bits to store this matrix packed: codes, f16 tables, and the sparse part (f32 value and
+    /// u32 column per outlier, u32 row pointers).
+    pub fn storage_bits(&self) -> u64 {
+        let codes = (self.rows * self.cols) as u64 * u64::from(self.bits);
+        let tables = self.tables.len() as u64 * 16;
+        let sparse = if self.outliers.is_empty() { 0 } else { self.outliers.len() as u64 * 64 + self.outliers.row_ptr.len() as u64 * 32 };
+        codes + tables + sparse
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod kmeans;
 pub mod lut;
+pub mod model;
 pub mod outliers;
 pub mod uniform;
 
@@ -17,6 +18,7 @@ pub use kmeans::{
     quantize_kmeans_report, quantize_optimal,
 };
 pub use lut::{Granularity, LutMatrix, SparseOutliers};
+pub use model::{quantize_model, Method, QuantizedLayer, QuantizedModel};
 pub use outliers::{OutlierSelection, OutlierSettings, quantize_dense_and_sparse, select_outliers};
 pub use uniform::{
     FloatVariant, MiniFloat, NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformResult, UniformSettings,

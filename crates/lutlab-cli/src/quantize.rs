@@ -1,0 +1,243 @@
+//! `lutlab quantize`: quantizes every linear weight of a model (k-means LUTs or uniform RTN), reports
+//! the error per layer, evaluates the result and/or writes it as a Hugging Face checkpoint of
+//! dequantized weights (loads in transformers and in `lutlab eval`).
+
+use crate::eval::{measure, EvalOptions};
+use crate::paths::{repo_path, SHIPPED_MODEL};
+use crate::progress::Bar;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use lutlab_core::checkpoint::{write_safetensors, Checkpoint};
+use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
+use lutlab_core::quant::outliers::{range_for_outlier_percent, OutlierSettings};
+use lutlab_core::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
+use lutlab_core::quant::{quantize_model, KmeansSettings, Method, QuantizedModel};
+use lutlab_core::{Gpt2Weights, ModelFiles};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodName {
+    /// Weighted k-means look-up tables (seed 000, SqueezeLLM).
+    Kmeans,
+    /// Round-to-nearest onto a uniform integer or minifloat grid (Brevitas' options).
+    Rtn,
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// Hugging Face model directory (default: the shipped model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "kmeans")]
+    method: MethodName,
+    /// Bits per weight: 1..8 for k-means, 2..8 for rtn.
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// tensor | channel | group | group:G (k-means: G output channels per table; rtn: G input
+    /// rows per scale, as Brevitas, or channel-group:G).
+    #[arg(long, default_value = "tensor")]
+    granularity: String,
+    /// Fisher diagonal (`lutlab fisher`, or SqueezeLLM-style gradients with the model's names):
+    /// weights the k-means objective and picks sensitive weights. Without it, uniform weights.
+    #[arg(long)]
+    fisher: Option<PathBuf>,
+    /// Dense-and-sparse: keep this percent of weights, the farthest from each layer's quartiles,
+    /// exactly (SqueezeLLM's paper: 0.45).
+    #[arg(long)]
+    outlier_percent: Option<f64>,
+    /// Dense-and-sparse: SqueezeLLM's `range` factor directly, instead of --outlier-percent.
+    #[arg(long, conflicts_with = "outlier_percent")]
+    range: Option<f64>,
+    /// Dense-and-sparse: also keep the top PCT % of weights by Fisher value (paper: 0.05).
+    #[arg(long, default_value_t = 0.0)]
+    sensitive: f64,
+    /// k-means++ seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// rtn number format: int, e4m3, e5m2, fnuz_e4m3, e2m1, e3m2, e2m3, ...
+    #[arg(long, default_value = "int")]
+    format: String,
+    /// rtn: asymmetric grid with a zero point (integers only).
+    #[arg(long)]
+    asym: bool,
+    /// rtn scale estimation: stats | percentile:P | mse | hqo.
+    #[arg(long, default_value = "stats")]
+    scale_stats: String,
+    /// rtn scale type: float | po2.
+    #[arg(long, default_value = "float")]
+    scale_type: String,
+    /// Only blocks START,END (end exclusive), as SqueezeLLM's nuq.py `--range`.
+    #[arg(long)]
+    blocks: Option<String>,
+    /// Evaluate the quantized model's perplexity (on --data, default WikiText-2 test).
+    #[arg(long)]
+    eval: bool,
+    #[command(flatten)]
+    eval_options: EvalOptions,
+    /// Write the dequantized model as a Hugging Face checkpoint directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let model_dir = args.model.clone().unwrap_or_else(|| repo_path(SHIPPED_MODEL));
+    if !args.eval && args.out.is_none() {
+        bail!("nothing to do with the result: pass --eval, --out DIR, or both");
+    }
+    let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
+    let weights = &loaded.weights;
+    let fisher = args.fisher.as_deref().map(|path| read_fisher(path, weights)).transpose()?;
+    let method = method(&args, weights)?;
+    let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
+
+    let mut bar = Bar::new("quantize", "weights", args.json);
+    let start = Instant::now();
+    let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(Vec::as_slice);
+    let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
+    let quantized = quantize_model(weights, &method, blocks, sample_weights, &mut bar)?;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish();
+    let quantized_weights = quantized.apply(weights);
+
+    if let Some(out) = &args.out {
+        write_checkpoint(&model_dir, out, &quantized_weights, &args)?;
+    }
+    let eval = if args.eval { Some(measure(&quantized_weights, &loaded.tokenizer, &args.eval_options, args.json)?) } else { None };
+    report(&args, &quantized, seconds, eval.as_ref())
+}
+
+fn method(args: &QuantizeArgs, weights: &Gpt2Weights) -> Result<Method> {
+    Ok(match args.method {
+        MethodName::Kmeans => {
+            let settings = KmeansSettings { bits: args.bits, granularity: args.granularity.parse()?, seed: args.seed, ..KmeansSettings::default() };
+            let range = match (args.range, args.outlier_percent) {
+                (Some(range), _) => Some(range),
+                (None, Some(percent)) => {
+                    let matrices: Vec<&[f32]> = weights.linears().map(|(_, l)| l.weight.data.as_slice()).collect();
+                    Some(range_for_outlier_percent(&matrices, percent)?)
+                }
+                (None, None) => None,
+            };
+            if args.sensitive > 0.0 && args.fisher.is_none() {
+                bail!("--sensitive picks weights by their Fisher value: pass --fisher FILE too");
+            }
+            let outliers = (range.is_some() || args.sensitive > 0.0).then_some(OutlierSettings { range, sensitivity: args.sensitive });
+            Method::Kmeans { settings, outliers }
+        }
+        MethodName::Rtn => Method::Uniform(UniformSettings {
+            bits: args.bits,
+            format: args.format.parse::<NumberFormat>()?,
+            symmetric: !args.asym,
+            granularity: args.granularity.parse::<UniformGranularity>()?,
+            scale_stats: args.scale_stats.parse::<ScaleStats>()?,
+            scale_type: args.scale_type.parse::<ScaleType>()?,
+        }),
+    })
+}
+
+fn parse_blocks(text: &str) -> Result<Range<usize>> {
+    let parse = |s: &str| s.trim().parse::<usize>().with_context(|| format!("--blocks {text}: expected START,END"));
+    match text.split_once(',') {
+        Some((a, b)) => Ok(parse(a)?..parse(b)?),
+        None => bail!("--blocks {text}: expected START,END (END exclusive)"),
+    }
+}
+
+/// The Fisher diagonal of every linear weight, checked against the model's names and shapes.
+fn read_fisher(path: &Path, weights: &Gpt2Weights) -> Result<HashMap<String, Vec<f32>>> {
+    let bytes = read_file(path)?;
+    let file = path.display().to_string();
+    let mut checkpoint = Checkpoint::from_safetensors([(file.as_str(), bytes.as_slice())])?;
+    weights
+        .linears()
+        .map(|(name, linear)| {
+            let key = format!("{name}.weight");
+            let tensor = checkpoint.take(&key, &linear.weight.shape).with_context(|| format!("{file} is not a Fisher file of this model"))?;
+            Ok((key, tensor.data))
+        })
+        .collect()
+}
+
+fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, args: &QuantizeArgs) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
+        ("wte.weight".into(), weights.wte.shape.clone(), &weights.wte.data),
+        ("wpe.weight".into(), weights.wpe.shape.clone(), &weights.wpe.data),
+        ("ln_f.weight".into(), weights.ln_f.gamma.shape.clone(), &weights.ln_f.gamma.data),
+        ("ln_f.bias".into(), weights.ln_f.beta.shape.clone(), &weights.ln_f.beta.data),
+    ];
+    for (i, block) in weights.blocks.iter().enumerate() {
+        for (ln, w) in [("ln_1", &block.ln_1), ("ln_2", &block.ln_2)] {
+            tensors.push((format!("h.{i}.{ln}.weight"), w.gamma.shape.clone(), &w.gamma.data));
+            tensors.push((format!("h.{i}.{ln}.bias"), w.beta.shape.clone(), &w.beta.data));
+        }
+        for (name, linear) in block.linears() {
+            tensors.push((format!("h.{i}.{name}.weight"), linear.weight.shape.clone(), &linear.weight.data));
+            tensors.push((format!("h.{i}.{name}.bias"), linear.bias.shape.clone(), &linear.bias.data));
+        }
+    }
+    let views: Vec<(&str, &[usize], &[f32])> = tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), *d)).collect();
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("lutlab".to_string(), format!("dequantized: method {}, {} bits, granularity {}", method_label(args), args.bits, args.granularity)),
+    ]);
+    std::fs::write(out.join("model.safetensors"), write_safetensors(&views, Some(metadata))?)?;
+    for file in [CONFIG_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE, MERGES_FILE] {
+        if model_dir.join(file).is_file() {
+            std::fs::copy(model_dir.join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn method_label(args: &QuantizeArgs) -> String {
+    match args.method {
+        MethodName::Kmeans => format!("kmeans{}", if args.fisher.is_some() { " (Fisher-weighted)" } else { "" }),
+        MethodName::Rtn => format!("rtn {} {}", args.format, if args.asym { "asym" } else { "sym" }),
+    }
+}
+
+fn report(args: &QuantizeArgs, quantized: &QuantizedModel, seconds: f64, eval: Option<&crate::eval::EvalReport>) -> Result<()> {
+    let outliers: usize = quantized.layers.iter().map(|l| l.outliers).sum();
+    let weights: usize = quantized.layers.iter().map(|l| l.dequantized.len()).sum();
+    if args.json {
+        let layers: Vec<_> = quantized
+            .layers
+            .iter()
+            .map(|l| serde_json::json!({"name": l.name, "mse": l.mse, "outliers": l.outliers, "bits_per_weight": l.bits_per_weight}))
+            .collect();
+        let json = serde_json::json!({
+            "method": method_label(args),
+            "bits": args.bits,
+            "granularity": args.granularity,
+            "bits_per_weight": quantized.bits_per_weight(),
+            "outlier_percent": 100.0 * outliers as f64 / weights.max(1) as f64,
+            "quantize_seconds": seconds,
+            "layers": layers,
+            "eval": eval,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    println!("{:<20} {:>12} {:>9} {:>6}", "layer", "mse", "outliers", "bits");
+    for l in &quantized.layers {
+        println!("{:<20} {:>12.4e} {:>9} {:>6.3}", l.name, l.mse, l.outliers, l.bits_per_weight);
+    }
+    println!(
+        "{}: {} layers, {:.3} bits/weight, {:.3}% outliers, in {seconds:.1} s",
+        method_label(args),
+        quantized.layers.len(),
+        quantized.bits_per_weight(),
+        100.0 * outliers as f64 / weights.max(1) as f64
+    );
+    if let Some(eval) = eval {
+        println!("{}", eval.line());
+    }
+    Ok(())
+}
