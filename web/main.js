@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const hub = new URLSearchParams(location.search).get('hub') ?? DEFAULT_HUB;
 const loadBar = new ProgressBar($('load-progress'));
 const evalBar = new ProgressBar($('eval-progress'));
+const quantBar = new ProgressBar($('quant-progress'));
 const WIKITEXT_TEST = 'data/wikitext-2/test.txt';
 
 let lab = null;
@@ -16,6 +17,15 @@ let modelLoaded = false;
 let busy = false;
 let dead = false;
 let wikitext = null;
+let quantized = null; // the last quantization report
+
+const EXPLAIN = {
+  kmeans: 'k-means picks 2^bits values per table where the weights are dense, so each weight is stored as a short code into its table. '
+    + 'Outliers: that percent of weights, the farthest from the bulk of each layer, is kept exactly in a sparse matrix (SqueezeLLM keeps 0.45%).',
+  rtn: 'Uniform quantization rounds each weight to the nearest point of an evenly spaced grid (integer) or of a small float format (eXmY: X exponent, Y mantissa bits), '
+    + 'scaled per tensor, channel or group of 128 input rows. Absmax scales cover the largest weight; min. error searches the clipping range; '
+    + 'HQO optimises scale and zero point together. A zero point shifts the grid to fit weights that are not centred on 0.',
+};
 
 function showError(message) {
   $('error').textContent = message;
@@ -25,6 +35,8 @@ function showError(message) {
 function refreshControls() {
   for (const id of ['load-shipped', 'load-hub', 'local-files']) $(id).disabled = busy || dead || !lab;
   $('run-eval').disabled = busy || dead || !modelLoaded;
+  $('run-quantize').disabled = busy || dead || !modelLoaded;
+  document.querySelector('input[name=which][value=quantized]').disabled = !quantized;
   $('cancel').disabled = !busy || dead;
 }
 
@@ -45,7 +57,7 @@ async function action(work) {
     } else {
       showError(e?.message ?? String(e));
     }
-    for (const bar of [loadBar, evalBar]) bar.fail();
+    for (const bar of [loadBar, evalBar, quantBar]) bar.fail();
   } finally {
     busy = false;
     refreshControls();
@@ -63,6 +75,9 @@ async function loadFrom(source) {
   await nextFrame(); // let the page paint before the synchronous parse
   const summary = lab.loadModel(files);
   modelLoaded = true;
+  quantized = null;
+  document.querySelector('input[name=which][value=original]').checked = true;
+  $('quant-result').textContent = '';
   const params = (summary.parameters / 1e6).toFixed(1);
   $('model-status').textContent = `Loaded ${label}: ${summary.n_layer} layers, ${summary.n_head} heads, width ${summary.n_embd}, context ${summary.n_positions}, ${params}M parameters.`;
   $('model-status').dataset.loaded = label;
@@ -88,8 +103,10 @@ async function evaluate() {
   await nextFrame();
   const tokens = lab.tokenize(text);
   evalBar.start('perplexity');
-  const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'),
+  const useQuantized = document.querySelector('input[name=which]:checked').value === 'quantized';
+  const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'), useQuantized,
     (done, total) => evalBar.count(done, total, 'tokens'));
+  addHistory(useQuantized ? quantized.label : `${$('model-status').dataset.loaded} (f32)`, useQuantized ? quantized.bits_per_weight : 32, report.perplexity, what);
   evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const result = $('eval-result');
   result.textContent = `Perplexity ${report.perplexity.toFixed(3)} on ${what}: ${report.scored.toLocaleString()} tokens scored `
@@ -98,7 +115,52 @@ async function evaluate() {
   result.dataset.report = JSON.stringify(report);
 }
 
+function addHistory(label, bits, perplexity, what) {
+  const row = document.createElement('tr');
+  for (const cell of [`${label} · ${what}`, bits.toFixed(3), perplexity.toFixed(3)]) {
+    const td = document.createElement('td');
+    td.textContent = cell;
+    row.append(td);
+  }
+  $('history').tBodies[0].append(row);
+  $('history').hidden = false;
+}
+
+function quantizeRequest() {
+  const method = $('q-method').value;
+  const request = { method, bits: Number($('q-bits').value), granularity: $('q-granularity').value };
+  if (method === 'kmeans') {
+    // Output-channel groups for tables; uniform scales group input rows, as Brevitas does.
+    if ($('q-outliers').value !== '') request.outlier_percent = Number($('q-outliers').value);
+  } else {
+    Object.assign(request, { format: $('q-format').value, scale_stats: $('q-scale-stats').value, asym: $('q-asym').checked });
+  }
+  return request;
+}
+
+async function quantize() {
+  quantBar.start('quantizing');
+  const report = await lab.quantize(quantizeRequest(), (done, total) => quantBar.count(done, total, 'weights'));
+  quantized = report;
+  quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
+  const worst = report.layers.reduce((a, b) => (b.mse > a.mse ? b : a));
+  $('quant-result').textContent = `${report.label}: ${report.layers.length} layers, ${report.bits_per_weight.toFixed(3)} bits per weight; `
+    + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}).`;
+  $('quant-result').dataset.report = JSON.stringify(report);
+  document.querySelector('input[name=which][value=quantized]').checked = true;
+}
+
+function showMethodOptions() {
+  const method = $('q-method').value;
+  for (const el of document.querySelectorAll('.kmeans-only')) el.hidden = method !== 'kmeans';
+  for (const el of document.querySelectorAll('.rtn-only')) el.hidden = method !== 'rtn';
+  $('q-explain').textContent = EXPLAIN[method];
+}
+
 function wireControls() {
+  $('q-method').onchange = showMethodOptions;
+  showMethodOptions();
+  $('run-quantize').onclick = () => action(quantize);
   $('load-shipped').onclick = () => action(() => loadFrom(shippedModel));
   $('hub-form').onsubmit = (event) => {
     event.preventDefault();

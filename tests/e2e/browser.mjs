@@ -85,14 +85,24 @@ export async function evaluateInPage(page, text, { timeout = 300_000 } = {}) {
   return JSON.parse(await page.getAttribute('#eval-result', 'data-report'));
 }
 
-/// The native CLI's report on the same text (`lutlab eval --json`).
-export function nativeEval(text, modelDir = SHIPPED) {
+/// Runs the native CLI with `args` plus `--data <text> --json` and returns its JSON report.
+function nativeCli(args, text) {
   const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/lutlab-target');
   const bin = process.env.LUTLAB_BIN ?? path.join(target, 'release/lutlab');
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'lutlab-e2e-')), 'text.txt');
   fs.writeFileSync(file, text);
-  const out = execFileSync(bin, ['eval', '--model', modelDir, '--data', file, '--json'], { encoding: 'utf8' });
+  const out = execFileSync(bin, [...args, '--data', file, '--json'], { encoding: 'utf8' });
   return JSON.parse(out.trim().split('\n').pop());
+}
+
+/// The native CLI's report on the same text (`lutlab eval --json`).
+export function nativeEval(text, modelDir = SHIPPED) {
+  return nativeCli(['eval', '--model', modelDir], text);
+}
+
+/// `lutlab quantize ... --eval` on the same text: the quantized model's report.
+export function nativeQuantizedEval(text, quantizeArgs) {
+  return nativeCli(['quantize', ...quantizeArgs, '--eval'], text);
 }
 
 /// The first `chars` characters of WikiText-2 test: several evaluation windows of the shipped model.

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  SHIPPED, OUT, startPage, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
+  SHIPPED, OUT, nativeQuantizedEval, startPage, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
 } from './browser.mjs';
 
 const HUB_REPO = 'lutlab-test/gpt2-tiny';
@@ -43,6 +43,27 @@ test('the shipped model evaluates in the browser as it does natively', async () 
   assert.ok(relative(report.perplexity, native.perplexity) < 1e-3);
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, 'page.png'), fullPage: true });
+  await page.close();
+});
+
+test('k-means 4-bit quantization in the page matches the native CLI', async () => {
+  const page = await openPage(browser, pageUrl);
+  await page.selectOption('#q-method', 'kmeans');
+  await page.selectOption('#q-bits', '4');
+  await page.selectOption('#q-granularity', 'channel');
+  await page.click('#run-quantize');
+  await page.waitForSelector('#quant-result[data-report]', { timeout: 300_000 });
+  const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
+  const report = await evaluateInPage(page, text); // the quantized model is selected after quantizing
+  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '4', '--granularity', 'channel']);
+  console.log(`k-means 4-bit channel: browser ${report.perplexity} vs native ${cli.eval.perplexity}; `
+    + `${quant.bits_per_weight.toFixed(3)} bits/weight, quantized in ${quant.seconds.toFixed(1)} s in the browser`);
+  assert.equal(quant.layers.length, 16);
+  assert.ok(Math.abs(quant.bits_per_weight - cli.bits_per_weight) < 1e-9);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(report.perplexity > native.perplexity, 'quantization costs some perplexity');
+  fs.mkdirSync(OUT, { recursive: true });
+  await page.screenshot({ path: path.join(OUT, 'quantized.png'), fullPage: true });
   await page.close();
 });
 

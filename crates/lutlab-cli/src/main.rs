@@ -1,6 +1,7 @@
 //! `lutlab`: the command-line face of lutlab, for models and runs too big for a browser tab.
 
 mod eval;
+mod fisher;
 mod paths;
 mod progress;
 mod quantize;
@@ -18,6 +19,9 @@ struct Cli {
 enum Command {
     /// Perplexity of a model on a text file (HF strided protocol), on the GPU.
     Eval(eval::EvalArgs),
+    /// Fisher information (sum of squared per-sample gradients) of the linear weights on a
+    /// calibration text, on the GPU; writes safetensors with the model's tensor names.
+    Fisher(fisher::FisherArgs),
     /// Quantizes the linear weights (k-means LUTs, dense-and-sparse, or uniform RTN); reports the
     /// error per layer, evaluates and/or writes the dequantized checkpoint.
     Quantize(quantize::QuantizeArgs),
@@ -27,6 +31,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => eval::run(args),
+        Command::Fisher(args) => fisher::run(args),
         Command::Quantize(args) => quantize::run(args),
     };
     if let Err(error) = result {

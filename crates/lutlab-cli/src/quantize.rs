@@ -9,9 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lutlab_core::checkpoint::{write_safetensors, Checkpoint};
 use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
-use lutlab_core::quant::outliers::{range_for_outlier_percent, OutlierSettings};
-use lutlab_core::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
-use lutlab_core::quant::{quantize_model, KmeansSettings, Method, QuantizedModel};
+use lutlab_core::quant::{quantize_model, QuantizeRequest, QuantizedModel};
 use lutlab_core::{Gpt2Weights, ModelFiles};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -93,7 +91,8 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
     let weights = &loaded.weights;
     let fisher = args.fisher.as_deref().map(|path| read_fisher(path, weights)).transpose()?;
-    let method = method(&args, weights)?;
+    let request = args.request();
+    let method = request.method(weights, fisher.is_some())?;
     let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
 
     let mut bar = Bar::new("quantize", "weights", args.json);
@@ -106,39 +105,32 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let quantized_weights = quantized.apply(weights);
 
     if let Some(out) = &args.out {
-        write_checkpoint(&model_dir, out, &quantized_weights, &args)?;
+        write_checkpoint(&model_dir, out, &quantized_weights, &request.label(fisher.is_some()))?;
     }
     let eval = if args.eval { Some(measure(&quantized_weights, &loaded.tokenizer, &args.eval_options, args.json)?) } else { None };
-    report(&args, &quantized, seconds, eval.as_ref())
+    report(&args, &request.label(fisher.is_some()), &quantized, seconds, eval.as_ref())
 }
 
-fn method(args: &QuantizeArgs, weights: &Gpt2Weights) -> Result<Method> {
-    Ok(match args.method {
-        MethodName::Kmeans => {
-            let settings = KmeansSettings { bits: args.bits, granularity: args.granularity.parse()?, seed: args.seed, ..KmeansSettings::default() };
-            let range = match (args.range, args.outlier_percent) {
-                (Some(range), _) => Some(range),
-                (None, Some(percent)) => {
-                    let matrices: Vec<&[f32]> = weights.linears().map(|(_, l)| l.weight.data.as_slice()).collect();
-                    Some(range_for_outlier_percent(&matrices, percent)?)
-                }
-                (None, None) => None,
-            };
-            if args.sensitive > 0.0 && args.fisher.is_none() {
-                bail!("--sensitive picks weights by their Fisher value: pass --fisher FILE too");
+impl QuantizeArgs {
+    fn request(&self) -> QuantizeRequest {
+        QuantizeRequest {
+            method: match self.method {
+                MethodName::Kmeans => "kmeans",
+                MethodName::Rtn => "rtn",
             }
-            let outliers = (range.is_some() || args.sensitive > 0.0).then_some(OutlierSettings { range, sensitivity: args.sensitive });
-            Method::Kmeans { settings, outliers }
+            .into(),
+            bits: self.bits,
+            granularity: self.granularity.clone(),
+            outlier_percent: self.outlier_percent,
+            range: self.range,
+            sensitive: self.sensitive,
+            seed: self.seed,
+            format: self.format.clone(),
+            asym: self.asym,
+            scale_stats: self.scale_stats.clone(),
+            scale_type: self.scale_type.clone(),
         }
-        MethodName::Rtn => Method::Uniform(UniformSettings {
-            bits: args.bits,
-            format: args.format.parse::<NumberFormat>()?,
-            symmetric: !args.asym,
-            granularity: args.granularity.parse::<UniformGranularity>()?,
-            scale_stats: args.scale_stats.parse::<ScaleStats>()?,
-            scale_type: args.scale_type.parse::<ScaleType>()?,
-        }),
-    })
+    }
 }
 
 fn parse_blocks(text: &str) -> Result<Range<usize>> {
@@ -164,7 +156,7 @@ fn read_fisher(path: &Path, weights: &Gpt2Weights) -> Result<HashMap<String, Vec
         .collect()
 }
 
-fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, args: &QuantizeArgs) -> Result<()> {
+fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, label: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
         ("wte.weight".into(), weights.wte.shape.clone(), &weights.wte.data),
@@ -185,7 +177,7 @@ fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, args: &
     let views: Vec<(&str, &[usize], &[f32])> = tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), *d)).collect();
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("lutlab".to_string(), format!("dequantized: method {}, {} bits, granularity {}", method_label(args), args.bits, args.granularity)),
+        ("lutlab".to_string(), format!("dequantized from {label}")),
     ]);
     std::fs::write(out.join("model.safetensors"), write_safetensors(&views, Some(metadata))?)?;
     for file in [CONFIG_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE, MERGES_FILE] {
@@ -196,14 +188,7 @@ fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, args: &
     Ok(())
 }
 
-fn method_label(args: &QuantizeArgs) -> String {
-    match args.method {
-        MethodName::Kmeans => format!("kmeans{}", if args.fisher.is_some() { " (Fisher-weighted)" } else { "" }),
-        MethodName::Rtn => format!("rtn {} {}", args.format, if args.asym { "asym" } else { "sym" }),
-    }
-}
-
-fn report(args: &QuantizeArgs, quantized: &QuantizedModel, seconds: f64, eval: Option<&crate::eval::EvalReport>) -> Result<()> {
+fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds: f64, eval: Option<&crate::eval::EvalReport>) -> Result<()> {
     let outliers: usize = quantized.layers.iter().map(|l| l.outliers).sum();
     let weights: usize = quantized.layers.iter().map(|l| l.dequantized.len()).sum();
     if args.json {
@@ -213,9 +198,7 @@ fn report(args: &QuantizeArgs, quantized: &QuantizedModel, seconds: f64, eval: O
             .map(|l| serde_json::json!({"name": l.name, "mse": l.mse, "outliers": l.outliers, "bits_per_weight": l.bits_per_weight}))
             .collect();
         let json = serde_json::json!({
-            "method": method_label(args),
-            "bits": args.bits,
-            "granularity": args.granularity,
+            "method": label,
             "bits_per_weight": quantized.bits_per_weight(),
             "outlier_percent": 100.0 * outliers as f64 / weights.max(1) as f64,
             "quantize_seconds": seconds,
@@ -231,7 +214,7 @@ fn report(args: &QuantizeArgs, quantized: &QuantizedModel, seconds: f64, eval: O
     }
     println!(
         "{}: {} layers, {:.3} bits/weight, {:.3}% outliers, in {seconds:.1} s",
-        method_label(args),
+        label,
         quantized.layers.len(),
         quantized.bits_per_weight(),
         100.0 * outliers as f64 / weights.max(1) as f64

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod fisher_file;
 pub mod perplexity;
 pub mod progress;
 pub mod quant;

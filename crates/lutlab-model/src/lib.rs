@@ -4,10 +4,13 @@
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod fisher;
 pub mod gpt2;
 
 pub use burn;
 pub use device::{gpu_device, open_gpu, Gpu};
 pub use error::{ModelError, Result};
 pub use eval::{perplexity, EvalSettings};
+pub use fisher::{fisher, fisher_windows, sample_starts, FisherRun, FisherSettings};
+pub use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 pub use gpt2::Gpt2;

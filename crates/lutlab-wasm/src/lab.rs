@@ -2,7 +2,9 @@
 
 use crate::js_files::model_files;
 use crate::progress::JsProgress;
-use lutlab_core::LoadedModel;
+use lutlab_core::quant::model::{quantize_layer, selected_layers};
+use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
+use lutlab_core::{LoadedModel, Progress};
 use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2, Gpu};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -10,10 +12,12 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-/// A model on the GPU with the tokenizer and host weights it came from (the quantizers read them).
+/// A model on the GPU with the tokenizer and host weights it came from (the quantizers read them),
+/// and the latest quantized version of it.
 struct Session {
     model: Gpt2,
     loaded: LoadedModel,
+    quantized: RefCell<Option<Rc<Gpt2>>>,
 }
 
 #[wasm_bindgen]
@@ -43,6 +47,35 @@ struct PerplexityReport {
     stride: usize,
     seconds: f64,
     tokens_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct LayerReport {
+    name: String,
+    mse: f64,
+    outliers: usize,
+    bits_per_weight: f64,
+}
+
+#[derive(Serialize)]
+struct QuantizeReport {
+    label: String,
+    bits_per_weight: f64,
+    seconds: f64,
+    layers: Vec<LayerReport>,
+}
+
+/// Lets the page paint and handle input between steps of CPU work (a `setTimeout(0)`).
+async fn yield_to_page() {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(window) = web_sys::window() {
+            // A failed timer only means no pause; the work goes on.
+            let _ = window.set_timeout_with_callback(&resolve);
+        } else {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
@@ -84,7 +117,7 @@ impl Lab {
         let config = loaded.config().clone();
         let parameters = config.parameter_count();
         let model = Gpt2::new(&loaded.weights, &self.gpu.device);
-        *self.session.borrow_mut() = Some(Rc::new(Session { model, loaded }));
+        *self.session.borrow_mut() = Some(Rc::new(Session { model, loaded, quantized: RefCell::default() }));
         to_js(&ModelSummary {
             n_layer: config.n_layer,
             n_head: config.n_head,
@@ -101,22 +134,30 @@ impl Lab {
     }
 
     /// Perplexity of `tokens` with HF's strided protocol (`maxLength` defaults to the model's
-    /// context, `stride` to half of it). `onProgress(doneTokens, totalTokens)` is called after
-    /// each batch; `cancel()` stops at the next batch. Resolves to a report object.
+    /// context, `stride` to half of it), of the quantized model when `quantized`, else of the
+    /// original. `onProgress(doneTokens, totalTokens)` is called after each batch; `cancel()`
+    /// stops at the next batch. Resolves to a report object.
     pub fn perplexity(
         &self,
         tokens: Vec<u32>,
         max_length: Option<usize>,
         stride: Option<usize>,
+        quantized: bool,
         on_progress: Option<js_sys::Function>,
     ) -> Result<js_sys::Promise, JsError> {
         let session = self.current()?;
+        let quantized_model = if quantized {
+            Some(session.quantized.borrow().clone().ok_or_else(|| JsError::new("nothing is quantized yet"))?)
+        } else {
+            None
+        };
         self.cancelled.set(false);
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
-            let settings = EvalSettings::with_overrides(&session.model, max_length, stride);
+            let model = quantized_model.as_deref().unwrap_or(&session.model);
+            let settings = EvalSettings::with_overrides(model, max_length, stride);
             let start = js_sys::Date::now();
-            let nll = perplexity(&session.model, &tokens, settings, "the text", &mut progress).await.map_err(js_error)?;
+            let nll = perplexity(model, &tokens, settings, "the text", &mut progress).await.map_err(js_error)?;
             let seconds = (js_sys::Date::now() - start) / 1000.0;
             Ok(to_js(&PerplexityReport {
                 perplexity: nll.perplexity(),
@@ -127,6 +168,45 @@ impl Lab {
                 stride: settings.stride,
                 seconds,
                 tokens_per_s: nll.scored as f64 / seconds.max(1e-9),
+            })?)
+        }))
+    }
+
+    /// Quantizes the loaded model's linear weights as `request` says (see
+    /// `lutlab_core::quant::QuantizeRequest`: `{method, bits, granularity, outlier_percent, ...}`),
+    /// one layer at a time, yielding to the page between layers. `onProgress(doneWeights,
+    /// totalWeights)`; `cancel()` stops between layers. Resolves to a report with one entry per
+    /// layer; the quantized model is then kept for `perplexity(..., quantized = true)`.
+    pub fn quantize(&self, request: JsValue, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
+        let session = self.current()?;
+        let request: QuantizeRequest = serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("quantization settings: {e}")))?;
+        let device = self.gpu.device.clone();
+        self.cancelled.set(false);
+        let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
+        Ok(future_to_promise(async move {
+            let weights = &session.loaded.weights;
+            let method = request.method(weights, false).map_err(js_error)?;
+            let layers = selected_layers(weights, None).map_err(js_error)?;
+            let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
+            let (mut done, mut quantized) = (0, Vec::with_capacity(layers.len()));
+            let start = js_sys::Date::now();
+            for (name, linear) in layers {
+                progress.update(done, total);
+                yield_to_page().await;
+                if progress.is_cancelled() {
+                    return Err(js_error("cancelled").into());
+                }
+                quantized.push(quantize_layer(&name, linear, &method, None, weights.config.n_embd).map_err(js_error)?);
+                done += linear.weight.numel() as u64;
+            }
+            progress.update(done, total);
+            let quantized = QuantizedModel { layers: quantized };
+            *session.quantized.borrow_mut() = Some(Rc::new(Gpt2::new(&quantized.apply(weights), &device)));
+            Ok(to_js(&QuantizeReport {
+                label: request.label(false),
+                bits_per_weight: quantized.bits_per_weight(),
+                seconds: (js_sys::Date::now() - start) / 1000.0,
+                layers: quantized.layers.iter().map(|l| LayerReport { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight }).collect(),
             })?)
         }))
     }

@@ -10,6 +10,7 @@
 pub mod kmeans;
 pub mod lut;
 pub mod model;
+pub mod request;
 pub mod outliers;
 pub mod uniform;
 
@@ -19,6 +20,7 @@ pub use kmeans::{
 };
 pub use lut::{Granularity, LutMatrix, SparseOutliers};
 pub use model::{quantize_model, Method, QuantizedLayer, QuantizedModel};
+pub use request::QuantizeRequest;
 pub use outliers::{OutlierSelection, OutlierSettings, quantize_dense_and_sparse, select_outliers};
 pub use uniform::{
     FloatVariant, MiniFloat, NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformResult, UniformSettings,

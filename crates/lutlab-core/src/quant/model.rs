@@ -61,18 +61,7 @@ pub fn quantize_model(
     fisher: Option<SampleWeights>,
     progress: &mut dyn Progress,
 ) -> Result<QuantizedModel> {
-    let n_layer = weights.blocks.len();
-    let blocks = blocks.unwrap_or(0..n_layer);
-    if blocks.is_empty() || blocks.end > n_layer {
-        return Err(LoadError::InvalidSetting(format!(
-            "blocks {}..{} are not a non-empty range inside the model's {n_layer} blocks",
-            blocks.start, blocks.end
-        )));
-    }
-    let selected: Vec<(String, &LinearWeights)> = weights
-        .linears()
-        .filter(|(name, _)| block_of(name).is_some_and(|b| blocks.contains(&b)))
-        .collect();
+    let selected = selected_layers(weights, blocks)?;
     let total = selected.iter().map(|(_, l)| l.weight.numel() as u64).sum();
     let mut done = 0;
     progress.update(0, total);
@@ -81,31 +70,45 @@ pub fn quantize_model(
         if progress.is_cancelled() {
             return Err(LoadError::Cancelled);
         }
-        let sample_weights = match fisher {
-            Some(lookup) => Some(lookup(&format!("{name}.weight")).ok_or_else(|| {
-                LoadError::InvalidSetting(format!("the Fisher file has no `{name}.weight`"))
-            })?),
-            None => None,
-        };
-        let layer = quantize_layer(&name, linear, method, sample_weights, weights.config.n_embd)?;
+        layers.push(quantize_layer(&name, linear, method, fisher, weights.config.n_embd)?);
         done += linear.weight.numel() as u64;
         progress.update(done, total);
-        layers.push(layer);
     }
     Ok(QuantizedModel { layers })
+}
+
+/// The linear layers of `blocks` (all by default), with their names, in model order.
+pub fn selected_layers(weights: &Gpt2Weights, blocks: Option<Range<usize>>) -> Result<Vec<(String, &LinearWeights)>> {
+    let n_layer = weights.blocks.len();
+    let blocks = blocks.unwrap_or(0..n_layer);
+    if blocks.is_empty() || blocks.end > n_layer {
+        return Err(LoadError::InvalidSetting(format!(
+            "blocks {}..{} are not a non-empty range inside the model's {n_layer} blocks",
+            blocks.start, blocks.end
+        )));
+    }
+    Ok(weights.linears().filter(|(name, _)| block_of(name).is_some_and(|b| blocks.contains(&b))).collect())
 }
 
 fn block_of(name: &str) -> Option<usize> {
     name.strip_prefix("h.")?.split('.').next()?.parse().ok()
 }
 
-fn quantize_layer(
+/// Quantizes one linear weight; `fisher` looks up its sample weights by `{name}.weight`.
+pub fn quantize_layer(
     name: &str,
     linear: &LinearWeights,
     method: &Method,
-    sample_weights: Option<&[f32]>,
+    fisher: Option<SampleWeights>,
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
+    let sample_weights = match fisher {
+        Some(lookup) => Some(
+            lookup(&format!("{name}.weight"))
+                .ok_or_else(|| LoadError::InvalidSetting(format!("the Fisher file has no `{name}.weight`")))?,
+        ),
+        None => None,
+    };
     let (rows, cols) = (linear.in_features(), linear.out_features());
     let original = &linear.weight.data;
     let in_layer = |e: LoadError| match e {

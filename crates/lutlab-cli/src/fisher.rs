@@ -1,0 +1,139 @@
+//! `lutlab fisher`: the diagonal Fisher information of a model's linear weights on a calibration
+//! text, written as safetensors with the model's tensor names (see `lutlab_core::fisher_file`).
+
+use crate::paths::{SHIPPED_MODEL, repo_path};
+use crate::progress::Bar;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lutlab_core::ModelFiles;
+use lutlab_core::files::read_text;
+use lutlab_core::fisher_file::check_diagonal_finite;
+use lutlab_model::{FisherSettings, Gpt2, fisher, open_gpu};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Default calibration text. WikiText-2's train split is not shipped; the validation split is the
+/// calibration text, and the test split stays for evaluation only.
+const WIKITEXT_VALID: &str = "data/wikitext-2/valid.txt";
+
+#[derive(Args)]
+pub struct FisherArgs {
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// UTF-8 calibration text (default: WikiText-2 validation; the test split is for evaluation).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Number of random calibration windows.
+    #[arg(long, default_value_t = FisherSettings::DEFAULT_NSAMPLES)]
+    nsamples: usize,
+    /// Tokens per window (default: the model's n_positions).
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed of the window sampler.
+    #[arg(long, default_value_t = FisherSettings::DEFAULT_SEED)]
+    seed: u64,
+    /// Samples per forward/backward pass: more is faster on big GPUs and takes
+    /// micro-batch × (linear weights + their gradients + activations) of memory.
+    #[arg(long, default_value_t = 1)]
+    micro_batch: usize,
+    /// Output safetensors file (f32, the model's tensor names and shapes).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: FisherArgs) -> Result<()> {
+    let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
+    let data_path = args.data.unwrap_or_else(|| repo_path(WIKITEXT_VALID));
+    // Fail before the long part if the result could not be written.
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!(
+                "{}: the output directory {} does not exist",
+                args.out.display(),
+                parent.display()
+            );
+        }
+    }
+    let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
+    let text = read_text(&data_path)?;
+    let tokens = loaded.tokenizer.encode(&text)?;
+
+    let gpu = pollster::block_on(open_gpu())?;
+    gpu.check_fits(&loaded.weights)?;
+    let model = Gpt2::new(&loaded.weights, &gpu.device);
+    let settings = FisherSettings::with_overrides(
+        &model,
+        Some(args.nsamples),
+        args.seqlen,
+        Some(args.seed),
+        Some(args.micro_batch),
+    );
+    let logits_bytes = settings.logits_bytes(model.config.vocab_size);
+    if logits_bytes > gpu.max_binding_bytes() {
+        bail!(
+            "one micro-batch's logits need {logits_bytes} bytes but this GPU binds at most {} in one buffer; lower --micro-batch or --seqlen",
+            gpu.max_binding_bytes()
+        );
+    }
+
+    let mut bar = Bar::new("fisher", "tokens", args.json);
+    let start = Instant::now();
+    let what = data_path.display().to_string();
+    let mut run = pollster::block_on(fisher(&model, &tokens, settings, &what, &mut bar))?;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish();
+
+    run.diagonal.meta.model = model_dir.display().to_string();
+    run.diagonal.meta.data = what.clone();
+    check_diagonal_finite(&run.diagonal)?;
+    let bytes = run.diagonal.to_safetensors()?;
+    std::fs::write(&args.out, bytes).with_context(|| format!("writing {}", args.out.display()))?;
+
+    let tokens_processed = settings.nsamples * settings.seqlen;
+    let tokens_per_s = tokens_processed as f64 / seconds;
+    let mean_loss = run.diagonal.meta.mean_loss.unwrap_or(f64::NAN);
+    if args.json {
+        let report = serde_json::json!({
+            "model": model_dir.display().to_string(),
+            "data": what,
+            "device": gpu.describe(),
+            "out": args.out.display().to_string(),
+            "nsamples": settings.nsamples,
+            "seqlen": settings.seqlen,
+            "seed": settings.seed,
+            "micro_batch": settings.micro_batch,
+            "text_tokens": tokens.len(),
+            "tokens": tokens_processed,
+            "mean_loss": mean_loss,
+            "seconds": seconds,
+            "tokens_per_s": tokens_per_s,
+            "peak_reserved_bytes": run.peak_reserved_bytes,
+        });
+        println!("{report}");
+    } else {
+        let peak = run.peak_reserved_bytes.map_or(String::new(), |b| {
+            format!(
+                "; GPU pools peaked at {:.1} MiB",
+                b as f64 / (1 << 20) as f64
+            )
+        });
+        println!(
+            "Fisher diagonal of {} linear weights from {} windows of {} tokens of {} (seed {}, mean loss {:.4}) in {:.1} s, {:.0} tokens/s on {}{peak}; wrote {}",
+            run.diagonal.tensors.len(),
+            settings.nsamples,
+            settings.seqlen,
+            what,
+            settings.seed,
+            mean_loss,
+            seconds,
+            tokens_per_s,
+            gpu.describe(),
+            args.out.display()
+        );
+    }
+    Ok(())
+}

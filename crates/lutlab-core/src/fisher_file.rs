@@ -1,0 +1,364 @@
+//! The diagonal Fisher information of a model as a file: safetensors, f32, with the **same tensor
+//! names, shapes and layout as the model** (SqueezeLLM's gradient-checkpoint convention), so a
+//! quantizer looks a layer's sensitivities up by the layer's own name.
+//!
+//! What is stored: one tensor per linear weight of every block (`h.{i}.attn.c_attn.weight`,
+//! `h.{i}.attn.c_proj.weight`, `h.{i}.mlp.c_fc.weight`, `h.{i}.mlp.c_proj.weight`), in GPT-2's
+//! Conv1D layout `[in, out]`, holding `Σ_samples (∂ loss_sample / ∂ w)²`. Like SqueezeLLM, only
+//! the linear weights are kept: they are what gets quantized (embeddings, biases and LayerNorms
+//! stay in full precision). `__metadata__` holds `format: "lutlab-fisher"`, `model`, `data`,
+//! `nsamples`, `seqlen`, `seed` (and `loss`, the mean per-sample loss).
+//!
+//! Reading checks a file against a model's weights and names the first mismatch (a missing tensor,
+//! a wrong shape, a non-finite or negative value, a block the model does not have). Files from
+//! other tools are accepted when their names carry HF's `transformer.` prefix, their dtype is F16
+//! or BF16, or they have no metadata; extra tensors (biases, LayerNorms) are ignored.
+
+use crate::checkpoint::{Checkpoint, HostTensor, check_finite, write_safetensors};
+use crate::error::{LoadError, Result};
+use crate::weights::Gpt2Weights;
+use std::collections::HashMap;
+
+/// The value of `__metadata__["format"]` in files lutlab writes.
+pub const FISHER_FORMAT: &str = "lutlab-fisher";
+
+/// Where a Fisher diagonal came from. Fields other tools do not write are `None` (or empty).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FisherMeta {
+    /// The model directory (or name) the gradients were taken of.
+    pub model: String,
+    /// The calibration text.
+    pub data: String,
+    pub nsamples: Option<usize>,
+    pub seqlen: Option<usize>,
+    pub seed: Option<u64>,
+    /// Mean over samples of each sample's mean next-token cross-entropy (a sanity figure).
+    pub mean_loss: Option<f64>,
+}
+
+/// Per-weight sums of squared gradients, keyed by the model's tensor names, in model order.
+#[derive(Clone, Debug, Default)]
+pub struct FisherDiagonal {
+    pub tensors: Vec<(String, HostTensor)>,
+    pub meta: FisherMeta,
+}
+
+/// The tensors a Fisher file of `weights`' model holds: `(name, shape)` of every linear weight,
+/// in model order.
+pub fn fisher_tensor_shapes(weights: &Gpt2Weights) -> Vec<(String, Vec<usize>)> {
+    weights
+        .linears()
+        .map(|(name, linear)| (format!("{name}.weight"), linear.weight.shape.clone()))
+        .collect()
+}
+
+impl FisherDiagonal {
+    pub fn get(&self, name: &str) -> Option<&HostTensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Serializes to safetensors bytes (f32, the model's tensor names, metadata as described in
+    /// the module documentation).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let meta = &self.meta;
+        let mut metadata = HashMap::from([
+            ("format".to_string(), FISHER_FORMAT.to_string()),
+            ("model".to_string(), meta.model.clone()),
+            ("data".to_string(), meta.data.clone()),
+            (
+                "reduction".to_string(),
+                "sum over samples of the squared gradient of each sample's mean next-token cross-entropy".to_string(),
+            ),
+        ]);
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                metadata.insert(key.to_string(), value);
+            }
+        };
+        put("nsamples", meta.nsamples.map(|v| v.to_string()));
+        put("seqlen", meta.seqlen.map(|v| v.to_string()));
+        put("seed", meta.seed.map(|v| v.to_string()));
+        put("loss", meta.mean_loss.map(|v| v.to_string()));
+        let views: Vec<(&str, &[usize], &[f32])> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.data.as_slice()))
+            .collect();
+        write_safetensors(&views, Some(metadata))
+    }
+
+    /// Reads a Fisher file (`file` names it in errors) and checks it against `weights`: every
+    /// linear weight must be there with the model's shape, finite and non-negative. The first
+    /// mismatch, in model order, is the error.
+    pub fn from_safetensors(file: &str, bytes: &[u8], weights: &Gpt2Weights) -> Result<Self> {
+        let mut checkpoint = Checkpoint::from_safetensors([(file, bytes)])?;
+        let mut tensors = Vec::new();
+        for (name, shape) in fisher_tensor_shapes(weights) {
+            // `take` reports a missing tensor, a wrong shape or a NaN/Inf by name.
+            let tensor = checkpoint.take(&name, &shape)?;
+            if let Some(first) = tensor.data.iter().position(|&v| v < 0.0) {
+                return Err(LoadError::BadConfig {
+                    file: file.to_string(),
+                    reason: format!(
+                        "tensor `{name}` has a negative value ({}) at flat index {first}; a Fisher diagonal is a sum of squares",
+                        tensor.data[first]
+                    ),
+                });
+            }
+            tensors.push((name, tensor));
+        }
+        // A file of a deeper model has every tensor this one needs, and more blocks.
+        let n_layer = weights.config.n_layer;
+        if let Some(extra) = checkpoint
+            .names()
+            .find(|name| block_index(name).is_some_and(|i| i >= n_layer))
+        {
+            return Err(LoadError::BadConfig {
+                file: file.to_string(),
+                reason: format!(
+                    "tensor `{extra}` belongs to a block the model does not have (it has {n_layer} blocks)"
+                ),
+            });
+        }
+        Ok(Self {
+            tensors,
+            meta: read_meta(file, bytes)?,
+        })
+    }
+}
+
+/// `h.12.attn.c_attn.weight` → `Some(12)`.
+fn block_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("h.")?;
+    let digits = rest.split('.').next()?;
+    digits.parse().ok()
+}
+
+/// The metadata fields lutlab knows; a field that is present in a lutlab file but malformed is
+/// an error, fields of other tools' files are taken when they parse.
+fn read_meta(file: &str, bytes: &[u8]) -> Result<FisherMeta> {
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| LoadError::BadSafetensors {
+            file: file.to_string(),
+            reason: format!("{e:?}"),
+        })?;
+    let Some(map) = header.metadata() else {
+        return Ok(FisherMeta::default());
+    };
+    let ours = map.get("format").is_some_and(|f| f == FISHER_FORMAT);
+    let text = |key: &str| map.get(key).cloned().unwrap_or_default();
+    fn number<T: std::str::FromStr>(
+        map: &HashMap<String, String>,
+        key: &str,
+        strict: bool,
+        file: &str,
+    ) -> Result<Option<T>> {
+        match map.get(key).map(|v| v.trim().parse::<T>()) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(_)) if strict => Err(LoadError::BadSafetensors {
+                file: file.to_string(),
+                reason: format!(
+                    "metadata `{key}` is `{}`, not a number",
+                    map.get(key).map_or("", String::as_str)
+                ),
+            }),
+            Some(Err(_)) => Ok(None),
+        }
+    }
+    Ok(FisherMeta {
+        model: text("model"),
+        data: text("data"),
+        nsamples: number(map, "nsamples", ours, file)?,
+        seqlen: number(map, "seqlen", ours, file)?,
+        seed: number(map, "seed", ours, file)?,
+        mean_loss: number(map, "loss", ours, file)?,
+    })
+}
+
+/// Checks that a computed diagonal is finite (a sum of finite squares can still overflow), so a
+/// writer never produces a file that `from_safetensors` would refuse.
+pub fn check_diagonal_finite(diagonal: &FisherDiagonal) -> Result<()> {
+    diagonal
+        .tensors
+        .iter()
+        .try_for_each(|(name, t)| check_finite(name, &t.data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Gpt2Config;
+    use crate::weights::{BlockWeights, LayerNormWeights, LinearWeights};
+
+    fn tensor(shape: &[usize], value: f32) -> HostTensor {
+        HostTensor::new(shape.to_vec(), vec![value; shape.iter().product()])
+    }
+
+    /// A 2-block model with n_embd 4 (weights are never read, only shapes).
+    fn weights(n_layer: usize, c: usize) -> Gpt2Weights {
+        let config = Gpt2Config {
+            n_layer,
+            n_head: 2,
+            n_embd: c,
+            n_positions: 8,
+            vocab_size: 10,
+            layer_norm_epsilon: 1e-5,
+            n_inner: 4 * c,
+        };
+        let ln = || LayerNormWeights {
+            gamma: tensor(&[c], 1.0),
+            beta: tensor(&[c], 0.0),
+        };
+        let lin = |i: usize, o: usize| LinearWeights {
+            weight: tensor(&[i, o], 0.0),
+            bias: tensor(&[o], 0.0),
+        };
+        let blocks = (0..n_layer)
+            .map(|_| BlockWeights {
+                ln_1: ln(),
+                attn_c_attn: lin(c, 3 * c),
+                attn_c_proj: lin(c, c),
+                ln_2: ln(),
+                mlp_c_fc: lin(c, 4 * c),
+                mlp_c_proj: lin(4 * c, c),
+            })
+            .collect();
+        Gpt2Weights {
+            config,
+            wte: tensor(&[10, c], 0.0),
+            wpe: tensor(&[8, c], 0.0),
+            blocks,
+            ln_f: ln(),
+        }
+    }
+
+    fn diagonal(w: &Gpt2Weights) -> FisherDiagonal {
+        let tensors = fisher_tensor_shapes(w)
+            .into_iter()
+            .enumerate()
+            .map(|(k, (name, shape))| {
+                let n: usize = shape.iter().product();
+                (
+                    name,
+                    HostTensor::new(shape, (0..n).map(|i| (i * 7 + k) as f32 * 0.5).collect()),
+                )
+            })
+            .collect();
+        let meta = FisherMeta {
+            model: "models/x".into(),
+            data: "valid.txt".into(),
+            nsamples: Some(3),
+            seqlen: Some(8),
+            seed: Some(u64::MAX),
+            mean_loss: Some(4.25),
+        };
+        FisherDiagonal { tensors, meta }
+    }
+
+    #[test]
+    fn roundtrip_keeps_names_shapes_values_and_metadata() {
+        let w = weights(2, 4);
+        let d = diagonal(&w);
+        let bytes = d.to_safetensors().unwrap();
+        let back = FisherDiagonal::from_safetensors("f.safetensors", &bytes, &w).unwrap();
+        assert_eq!(back.meta, d.meta);
+        assert_eq!(back.tensors, d.tensors);
+        assert_eq!(back.tensors[0].0, "h.0.attn.c_attn.weight");
+        assert_eq!(back.tensors.len(), 8);
+    }
+
+    #[test]
+    fn accepts_squeezellm_style_prefixed_names_without_metadata() {
+        let w = weights(2, 4);
+        let d = diagonal(&w);
+        let mut renamed: Vec<(String, &HostTensor)> = d
+            .tensors
+            .iter()
+            .map(|(n, t)| (format!("transformer.{n}"), t))
+            .collect();
+        let bias = tensor(&[4], 1.0);
+        renamed.push(("transformer.h.0.attn.c_proj.bias".into(), &bias));
+        let views: Vec<(&str, &[usize], &[f32])> = renamed
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.data.as_slice()))
+            .collect();
+        let bytes = write_safetensors(&views, None).unwrap();
+        let back = FisherDiagonal::from_safetensors("sq.safetensors", &bytes, &w).unwrap();
+        assert_eq!(back.tensors, d.tensors);
+        assert_eq!(back.meta, FisherMeta::default());
+    }
+
+    #[test]
+    fn another_models_file_is_rejected_naming_the_first_mismatch() {
+        let bytes = diagonal(&weights(2, 4)).to_safetensors().unwrap();
+        // Wider model: the first tensor in model order has the wrong shape.
+        let err = FisherDiagonal::from_safetensors("f", &bytes, &weights(2, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("h.0.attn.c_attn.weight")
+                && err.contains("[4, 12]")
+                && err.contains("[8, 24]"),
+            "{err}"
+        );
+        // Deeper model: the first missing block.
+        let err = FisherDiagonal::from_safetensors("f", &bytes, &weights(3, 4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("h.2.attn.c_attn.weight") && err.contains("missing"),
+            "{err}"
+        );
+        // Shallower model: the file has a block too many.
+        let err = FisherDiagonal::from_safetensors("f", &bytes, &weights(1, 4))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("h.1.") && err.contains("1 blocks"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_and_negative_values_are_rejected_by_name() {
+        let w = weights(2, 4);
+        let mut d = diagonal(&w);
+        d.tensors[5].1.data[3] = f32::NAN;
+        let err = FisherDiagonal::from_safetensors("f", &d.to_safetensors().unwrap(), &w)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("h.1.attn.c_proj.weight") && err.contains("first at flat index 3"),
+            "{err}"
+        );
+        assert!(check_diagonal_finite(&d).is_err());
+        let mut d = diagonal(&w);
+        d.tensors[2].1.data[1] = -1.0;
+        let err = FisherDiagonal::from_safetensors("f", &d.to_safetensors().unwrap(), &w)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("h.0.mlp.c_fc.weight") && err.contains("negative"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_lutlab_metadata_is_an_error() {
+        let w = weights(1, 4);
+        let d = diagonal(&w);
+        let views: Vec<(&str, &[usize], &[f32])> = d
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.data.as_slice()))
+            .collect();
+        let meta = HashMap::from([
+            ("format".to_string(), FISHER_FORMAT.to_string()),
+            ("seqlen".to_string(), "many".to_string()),
+        ]);
+        let bytes = write_safetensors(&views, Some(meta)).unwrap();
+        let err = FisherDiagonal::from_safetensors("f", &bytes, &w)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("seqlen") && err.contains("many"), "{err}");
+        assert!(FisherDiagonal::from_safetensors("f", &bytes[..bytes.len() - 1], &w).is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! A quantization request in plain words and numbers, as the CLI's flags and the page's form give
+//! it (serde), turned into a [`Method`] once the model is known.
+
+use crate::error::{LoadError, Result};
+use crate::quant::kmeans::KmeansSettings;
+use crate::quant::model::Method;
+use crate::quant::outliers::{range_for_outlier_percent, OutlierSettings};
+use crate::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
+use crate::weights::Gpt2Weights;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuantizeRequest {
+    /// `kmeans` or `rtn`.
+    pub method: String,
+    pub bits: u32,
+    /// `tensor`, `channel`, `group`, `group:G` (rtn also `channel-group:G`).
+    pub granularity: String,
+    /// k-means: dense-and-sparse keeping this percent of weights by range (paper: 0.45).
+    pub outlier_percent: Option<f64>,
+    /// k-means: SqueezeLLM's range factor directly.
+    pub range: Option<f64>,
+    /// k-means: top percent of weights by Fisher value kept exactly (paper: 0.05).
+    pub sensitive: f64,
+    pub seed: u64,
+    /// rtn: `int`, `e4m3`, `e2m1`, ...
+    pub format: String,
+    pub asym: bool,
+    /// rtn: `stats`, `percentile:P`, `mse`, `hqo`.
+    pub scale_stats: String,
+    /// rtn: `float` or `po2`.
+    pub scale_type: String,
+}
+
+impl Default for QuantizeRequest {
+    fn default() -> Self {
+        Self {
+            method: "kmeans".into(),
+            bits: 4,
+            granularity: "tensor".into(),
+            outlier_percent: None,
+            range: None,
+            sensitive: 0.0,
+            seed: 0,
+            format: "int".into(),
+            asym: false,
+            scale_stats: "stats".into(),
+            scale_type: "float".into(),
+        }
+    }
+}
+
+impl QuantizeRequest {
+    /// The method for `weights`; `has_fisher` says whether sample weights come with it.
+    pub fn method(&self, weights: &Gpt2Weights, has_fisher: bool) -> Result<Method> {
+        match self.method.as_str() {
+            "kmeans" => {
+                let settings =
+                    KmeansSettings { bits: self.bits, granularity: self.granularity.parse()?, seed: self.seed, ..KmeansSettings::default() };
+                let range = match (self.range, self.outlier_percent) {
+                    (Some(_), Some(_)) => return Err(invalid("give the outlier range or the outlier percent, not both")),
+                    (Some(range), None) => Some(range),
+                    (None, Some(percent)) => {
+                        let matrices: Vec<&[f32]> = weights.linears().map(|(_, l)| l.weight.data.as_slice()).collect();
+                        Some(range_for_outlier_percent(&matrices, percent)?)
+                    }
+                    (None, None) => None,
+                };
+                if self.sensitive > 0.0 && !has_fisher {
+                    return Err(invalid("sensitive weights are chosen by their Fisher value: compute or load Fisher first"));
+                }
+                let outliers = (range.is_some() || self.sensitive > 0.0).then_some(OutlierSettings { range, sensitivity: self.sensitive });
+                Ok(Method::Kmeans { settings, outliers })
+            }
+            "rtn" => Ok(Method::Uniform(UniformSettings {
+                bits: self.bits,
+                format: self.format.parse::<NumberFormat>()?,
+                symmetric: !self.asym,
+                granularity: self.granularity.parse::<UniformGranularity>()?,
+                scale_stats: self.scale_stats.parse::<ScaleStats>()?,
+                scale_type: self.scale_type.parse::<ScaleType>()?,
+            })),
+            other => Err(invalid(&format!("method `{other}`: use kmeans or rtn"))),
+        }
+    }
+
+    /// "kmeans 4-bit tensor", "rtn int 4-bit channel asym", for reports and file names.
+    pub fn label(&self, has_fisher: bool) -> String {
+        match self.method.as_str() {
+            "rtn" => format!("rtn {} {}-bit {} {}", self.format, self.bits, self.granularity, if self.asym { "asym" } else { "sym" }),
+            _ => {
+                let weighted = if has_fisher { " Fisher-weighted" } else { "" };
+                let sparse = match (self.outlier_percent, self.range) {
+                    (Some(p), _) => format!(" +{p}% outliers"),
+                    (_, Some(r)) => format!(" +outliers range {r}"),
+                    _ => String::new(),
+                };
+                format!("kmeans{weighted} {}-bit {}{sparse}", self.bits, self.granularity)
+            }
+        }
+    }
+}
+
+fn invalid(reason: &str) -> LoadError {
+    LoadError::InvalidSetting(reason.to_string())
+}
