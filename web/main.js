@@ -10,6 +10,8 @@ const hub = new URLSearchParams(location.search).get('hub') ?? DEFAULT_HUB;
 const loadBar = new ProgressBar($('load-progress'));
 const evalBar = new ProgressBar($('eval-progress'));
 const quantBar = new ProgressBar($('quant-progress'));
+const fisherBar = new ProgressBar($('fisher-progress'));
+const WIKITEXT_VALID = 'data/wikitext-2/valid.txt';
 const WIKITEXT_TEST = 'data/wikitext-2/test.txt';
 
 let lab = null;
@@ -18,6 +20,8 @@ let busy = false;
 let dead = false;
 let wikitext = null;
 let quantized = null; // the last quantization report
+let fisherReady = false;
+let calibration = null;
 
 const EXPLAIN = {
   kmeans: 'k-means picks 2^bits values per table where the weights are dense, so each weight is stored as a short code into its table. '
@@ -36,6 +40,10 @@ function refreshControls() {
   for (const id of ['load-shipped', 'load-hub', 'local-files']) $(id).disabled = busy || dead || !lab;
   $('run-eval').disabled = busy || dead || !modelLoaded;
   $('run-quantize').disabled = busy || dead || !modelLoaded;
+  $('run-fisher').disabled = busy || dead || !modelLoaded;
+  $('fisher-file').disabled = busy || dead || !modelLoaded;
+  $('download-fisher').disabled = busy || dead || !fisherReady;
+  $('q-fisher').disabled = !fisherReady;
   document.querySelector('input[name=which][value=quantized]').disabled = !quantized;
   $('cancel').disabled = !busy || dead;
 }
@@ -57,7 +65,7 @@ async function action(work) {
     } else {
       showError(e?.message ?? String(e));
     }
-    for (const bar of [loadBar, evalBar, quantBar]) bar.fail();
+    for (const bar of [loadBar, evalBar, quantBar, fisherBar]) bar.fail();
   } finally {
     busy = false;
     refreshControls();
@@ -76,6 +84,9 @@ async function loadFrom(source) {
   const summary = lab.loadModel(files);
   modelLoaded = true;
   quantized = null;
+  fisherReady = false;
+  $('q-fisher').checked = false;
+  $('fisher-result').textContent = '';
   document.querySelector('input[name=which][value=original]').checked = true;
   $('quant-result').textContent = '';
   const params = (summary.parameters / 1e6).toFixed(1);
@@ -140,7 +151,8 @@ function quantizeRequest() {
 
 async function quantize() {
   quantBar.start('quantizing');
-  const report = await lab.quantize(quantizeRequest(), (done, total) => quantBar.count(done, total, 'weights'));
+  const useFisher = $('q-method').value === 'kmeans' && $('q-fisher').checked;
+  const report = await lab.quantize(quantizeRequest(), useFisher, (done, total) => quantBar.count(done, total, 'weights'));
   quantized = report;
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const worst = report.layers.reduce((a, b) => (b.mse > a.mse ? b : a));
@@ -148,6 +160,43 @@ async function quantize() {
     + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}).`;
   $('quant-result').dataset.report = JSON.stringify(report);
   document.querySelector('input[name=which][value=quantized]').checked = true;
+}
+
+async function computeFisher() {
+  if (!calibration) {
+    fisherBar.start(WIKITEXT_VALID);
+    const response = await fetch(WIKITEXT_VALID);
+    if (!response.ok) throw new Error(`${WIKITEXT_VALID}: HTTP ${response.status}`);
+    calibration = await response.text();
+  }
+  fisherBar.start('tokenizing');
+  await nextFrame();
+  const tokens = lab.tokenize(calibration);
+  fisherBar.start('Fisher');
+  const report = await lab.fisher(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'), 0,
+    (done, total) => fisherBar.count(done, total, 'tokens'));
+  fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
+  fisherReady = true;
+  $('q-fisher').checked = true;
+  $('fisher-result').textContent = `Fisher information from ${report.nsamples} windows of ${report.seqlen} tokens of WikiText-2 valid `
+    + `(mean loss ${report.mean_loss?.toFixed(3)}), ${Math.round(report.tokens_per_s)} tokens/s.`;
+  $('fisher-result').dataset.report = JSON.stringify(report);
+}
+
+function downloadFisher() {
+  const blob = new Blob([lab.fisherFile()], { type: 'application/octet-stream' });
+  const link = document.createElement('a');
+  link.href = URL.createObjectURL(blob);
+  link.download = `${($('model-status').dataset.loaded ?? 'model').replace(/[^\w.-]+/g, '-')}.fisher.safetensors`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+async function loadFisherFile(file) {
+  lab.loadFisher(file.name, new Uint8Array(await file.arrayBuffer()));
+  fisherReady = true;
+  $('q-fisher').checked = true;
+  $('fisher-result').textContent = `Fisher information loaded from ${file.name}.`;
 }
 
 function showMethodOptions() {
@@ -161,6 +210,9 @@ function wireControls() {
   $('q-method').onchange = showMethodOptions;
   showMethodOptions();
   $('run-quantize').onclick = () => action(quantize);
+  $('run-fisher').onclick = () => action(computeFisher);
+  $('download-fisher').onclick = () => downloadFisher();
+  $('fisher-file').onchange = (event) => event.target.files[0] && action(() => loadFisherFile(event.target.files[0]));
   $('load-shipped').onclick = () => action(() => loadFrom(shippedModel));
   $('hub-form').onsubmit = (event) => {
     event.preventDefault();

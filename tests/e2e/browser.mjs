@@ -85,14 +85,40 @@ export async function evaluateInPage(page, text, { timeout = 300_000 } = {}) {
   return JSON.parse(await page.getAttribute('#eval-result', 'data-report'));
 }
 
-/// Runs the native CLI with `args` plus `--data <text> --json` and returns its JSON report.
-function nativeCli(args, text) {
+/// Runs the native CLI with `args` plus `--json` and returns its JSON report.
+export function lutlab(args) {
   const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/lutlab-target');
   const bin = process.env.LUTLAB_BIN ?? path.join(target, 'release/lutlab');
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'lutlab-e2e-')), 'text.txt');
-  fs.writeFileSync(file, text);
-  const out = execFileSync(bin, [...args, '--data', file, '--json'], { encoding: 'utf8' });
+  const out = execFileSync(bin, [...args, '--json'], { encoding: 'utf8' });
   return JSON.parse(out.trim().split('\n').pop());
+}
+
+/// A fresh temporary directory.
+export function tempDir() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'lutlab-e2e-'));
+}
+
+/// `lutlab <args> --data <text written to a file>`.
+function nativeCli(args, text) {
+  const file = path.join(tempDir(), 'text.txt');
+  fs.writeFileSync(file, text);
+  return lutlab([...args, '--data', file]);
+}
+
+/// The f32 tensors of a safetensors file: name -> Float32Array.
+export function readSafetensors(file) {
+  const bytes = fs.readFileSync(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
+  const data = bytes.subarray(8 + headerLength);
+  const tensors = new Map();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [begin, end] = info.data_offsets;
+    const copy = new Uint8Array(data.subarray(begin, end));
+    tensors.set(name, new Float32Array(copy.buffer));
+  }
+  return tensors;
 }
 
 /// The native CLI's report on the same text (`lutlab eval --json`).

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  SHIPPED, OUT, nativeQuantizedEval, startPage, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
+  SHIPPED, OUT, nativeQuantizedEval, lutlab, tempDir, readSafetensors, startPage, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
 } from './browser.mjs';
 
 const HUB_REPO = 'lutlab-test/gpt2-tiny';
@@ -64,6 +64,46 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   assert.ok(report.perplexity > native.perplexity, 'quantization costs some perplexity');
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, 'quantized.png'), fullPage: true });
+  await page.close();
+});
+
+test('Fisher in the page equals the CLI; a CLI Fisher file drives weighted k-means in the page', async () => {
+  const page = await openPage(browser, pageUrl);
+  await page.fill('#f-samples', '2');
+  await page.fill('#f-seqlen', '64');
+  await page.click('#run-fisher');
+  await page.waitForSelector('#fisher-result[data-report]', { timeout: 300_000 });
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-fisher')]);
+  const pageFile = path.join(tempDir(), 'page.fisher.safetensors');
+  await download.saveAs(pageFile);
+  const cliFile = path.join(tempDir(), 'cli.fisher.safetensors');
+  lutlab(['fisher', '--nsamples', '2', '--seqlen', '64', '--seed', '0', '--out', cliFile]);
+  const [mine, theirs] = [readSafetensors(pageFile), readSafetensors(cliFile)];
+  assert.deepEqual([...mine.keys()].sort(), [...theirs.keys()].sort());
+  let worst = 0;
+  for (const [name, a] of mine) {
+    const b = theirs.get(name);
+    let diff = 0, norm = 0;
+    for (let i = 0; i < a.length; i++) { diff += (a[i] - b[i]) ** 2; norm += b[i] ** 2; }
+    worst = Math.max(worst, Math.sqrt(diff / norm));
+  }
+  console.log(`Fisher page vs CLI: worst relative error in norm ${worst.toExponential(2)} over ${mine.size} tensors`);
+  assert.ok(worst < 1e-3);
+
+  await page.setInputFiles('#fisher-file', cliFile);
+  await page.waitForFunction(() => document.getElementById('fisher-result').textContent.includes('loaded from'));
+  await page.selectOption('#q-method', 'kmeans');
+  await page.selectOption('#q-bits', '3');
+  await page.selectOption('#q-granularity', 'tensor');
+  assert.equal(await page.isChecked('#q-fisher'), true);
+  await page.click('#run-quantize');
+  await page.waitForSelector('#quant-result[data-report]', { timeout: 300_000 });
+  const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
+  assert.match(quant.label, /Fisher-weighted 3-bit tensor/);
+  const report = await evaluateInPage(page, text);
+  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '3', '--fisher', cliFile]);
+  console.log(`Fisher-weighted k-means 3-bit: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
   await page.close();
 });
 

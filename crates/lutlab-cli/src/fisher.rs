@@ -72,13 +72,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
         Some(args.seed),
         Some(args.micro_batch),
     );
-    let logits_bytes = settings.logits_bytes(model.config.vocab_size);
-    if logits_bytes > gpu.max_binding_bytes() {
-        bail!(
-            "one micro-batch's logits need {logits_bytes} bytes but this GPU binds at most {} in one buffer; lower --micro-batch or --seqlen",
-            gpu.max_binding_bytes()
-        );
-    }
+    gpu.check_buffer_fits(settings.logits_bytes(model.config.vocab_size), "one micro-batch's logits", "--micro-batch or --seqlen")?;
 
     let mut bar = Bar::new("fisher", "tokens", args.json);
     let start = Instant::now();

@@ -7,7 +7,8 @@ use crate::paths::{repo_path, SHIPPED_MODEL};
 use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use lutlab_core::checkpoint::{write_safetensors, Checkpoint};
+use lutlab_core::checkpoint::write_safetensors;
+use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::{quantize_model, QuantizeRequest, QuantizedModel};
 use lutlab_core::{Gpt2Weights, ModelFiles};
@@ -97,7 +98,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
 
     let mut bar = Bar::new("quantize", "weights", args.json);
     let start = Instant::now();
-    let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(Vec::as_slice);
+    let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
     let quantized = quantize_model(weights, &method, blocks, sample_weights, &mut bar)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -141,19 +142,9 @@ fn parse_blocks(text: &str) -> Result<Range<usize>> {
     }
 }
 
-/// The Fisher diagonal of every linear weight, checked against the model's names and shapes.
-fn read_fisher(path: &Path, weights: &Gpt2Weights) -> Result<HashMap<String, Vec<f32>>> {
-    let bytes = read_file(path)?;
-    let file = path.display().to_string();
-    let mut checkpoint = Checkpoint::from_safetensors([(file.as_str(), bytes.as_slice())])?;
-    weights
-        .linears()
-        .map(|(name, linear)| {
-            let key = format!("{name}.weight");
-            let tensor = checkpoint.take(&key, &linear.weight.shape).with_context(|| format!("{file} is not a Fisher file of this model"))?;
-            Ok((key, tensor.data))
-        })
-        .collect()
+/// The Fisher diagonal, checked against the model's names and shapes.
+fn read_fisher(path: &Path, weights: &Gpt2Weights) -> Result<FisherDiagonal> {
+    Ok(FisherDiagonal::from_safetensors(&path.display().to_string(), &read_file(path)?, weights)?)
 }
 
 fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, label: &str) -> Result<()> {

@@ -31,6 +31,16 @@ impl Gpu {
         u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
     }
 
+    /// Refuses a buffer of `bytes` (e.g. one micro-batch's logits) that this GPU cannot bind,
+    /// saying what to lower.
+    pub fn check_buffer_fits(&self, bytes: u64, what: &str, lower: &str) -> Result<()> {
+        let limit = self.max_binding_bytes();
+        if bytes > limit {
+            return Err(ModelError::Gpu(format!("{what} need {bytes} bytes but this GPU binds at most {limit} in one buffer; lower {lower}")));
+        }
+        Ok(())
+    }
+
     /// Refuses, by name, a model whose largest tensor cannot be bound on this GPU, before any
     /// upload starts (GPT-2's `wte` is 154 MB in f32).
     pub fn check_fits(&self, weights: &Gpt2Weights) -> Result<()> {

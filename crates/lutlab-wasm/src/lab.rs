@@ -2,10 +2,11 @@
 
 use crate::js_files::model_files;
 use crate::progress::JsProgress;
-use lutlab_core::quant::model::{quantize_layer, selected_layers};
+use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
+use lutlab_core::quant::model::{quantize_layer, selected_layers, SampleWeights};
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::{LoadedModel, Progress};
-use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2, Gpu};
+use lutlab_model::{fisher, open_gpu, perplexity, EvalSettings, FisherSettings, Gpt2, Gpu};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -18,6 +19,8 @@ struct Session {
     model: Gpt2,
     loaded: LoadedModel,
     quantized: RefCell<Option<Rc<Gpt2>>>,
+    /// The Fisher diagonal computed here or loaded from a file, for weighted quantization.
+    fisher: RefCell<Option<Rc<FisherDiagonal>>>,
 }
 
 #[wasm_bindgen]
@@ -45,6 +48,16 @@ struct PerplexityReport {
     scored: usize,
     max_length: usize,
     stride: usize,
+    seconds: f64,
+    tokens_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct FisherReport {
+    nsamples: usize,
+    seqlen: usize,
+    seed: u64,
+    mean_loss: Option<f64>,
     seconds: f64,
     tokens_per_s: f64,
 }
@@ -117,7 +130,7 @@ impl Lab {
         let config = loaded.config().clone();
         let parameters = config.parameter_count();
         let model = Gpt2::new(&loaded.weights, &self.gpu.device);
-        *self.session.borrow_mut() = Some(Rc::new(Session { model, loaded, quantized: RefCell::default() }));
+        *self.session.borrow_mut() = Some(Rc::new(Session { model, loaded, quantized: RefCell::default(), fisher: RefCell::default() }));
         to_js(&ModelSummary {
             n_layer: config.n_layer,
             n_head: config.n_head,
@@ -172,20 +185,81 @@ impl Lab {
         }))
     }
 
+    /// The Fisher diagonal of the linear weights on `nsamples` random windows of `seqlen` tokens
+    /// of `tokens` (defaults: 128 and the model's context; `seed` 0). Kept for quantization.
+    /// `onProgress(doneTokens, totalTokens)`; `cancel()` stops between samples.
+    pub fn fisher(
+        &self,
+        tokens: Vec<u32>,
+        nsamples: Option<usize>,
+        seqlen: Option<usize>,
+        seed: Option<u32>,
+        on_progress: Option<js_sys::Function>,
+    ) -> Result<js_sys::Promise, JsError> {
+        let session = self.current()?;
+        let settings = FisherSettings::with_overrides(&session.model, nsamples, seqlen, seed.map(u64::from), Some(1));
+        self.gpu
+            .check_buffer_fits(settings.logits_bytes(session.model.config.vocab_size), "one sample's logits", "the window length")
+            .map_err(js_error)?;
+        self.cancelled.set(false);
+        let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
+        Ok(future_to_promise(async move {
+            let start = js_sys::Date::now();
+            let run = fisher(&session.model, &tokens, settings, "the calibration text", &mut progress).await.map_err(js_error)?;
+            check_diagonal_finite(&run.diagonal).map_err(js_error)?;
+            let seconds = (js_sys::Date::now() - start) / 1000.0;
+            let report = FisherReport {
+                nsamples: settings.nsamples,
+                seqlen: settings.seqlen,
+                seed: settings.seed,
+                mean_loss: run.diagonal.meta.mean_loss,
+                seconds,
+                tokens_per_s: (settings.nsamples * settings.seqlen) as f64 / seconds.max(1e-9),
+            };
+            *session.fisher.borrow_mut() = Some(Rc::new(run.diagonal));
+            Ok(to_js(&report)?)
+        }))
+    }
+
+    /// The kept Fisher diagonal as a safetensors file (the same format as `lutlab fisher`).
+    #[wasm_bindgen(js_name = fisherFile)]
+    pub fn fisher_file(&self) -> Result<Vec<u8>, JsError> {
+        let session = self.current()?;
+        let fisher = session.fisher.borrow().clone().ok_or_else(|| JsError::new("no Fisher information yet"))?;
+        fisher.to_safetensors().map_err(js_error)
+    }
+
+    /// Loads a Fisher file made earlier (here, by `lutlab fisher`, or SqueezeLLM-style with the
+    /// model's tensor names), checked against the loaded model.
+    #[wasm_bindgen(js_name = loadFisher)]
+    pub fn load_fisher(&self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
+        let session = self.current()?;
+        let diagonal = FisherDiagonal::from_safetensors(name, bytes, &session.loaded.weights).map_err(js_error)?;
+        *session.fisher.borrow_mut() = Some(Rc::new(diagonal));
+        Ok(())
+    }
+
     /// Quantizes the loaded model's linear weights as `request` says (see
     /// `lutlab_core::quant::QuantizeRequest`: `{method, bits, granularity, outlier_percent, ...}`),
     /// one layer at a time, yielding to the page between layers. `onProgress(doneWeights,
     /// totalWeights)`; `cancel()` stops between layers. Resolves to a report with one entry per
     /// layer; the quantized model is then kept for `perplexity(..., quantized = true)`.
-    pub fn quantize(&self, request: JsValue, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
+    pub fn quantize(&self, request: JsValue, use_fisher: bool, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
         let session = self.current()?;
+        let fisher_diagonal = if use_fisher {
+            Some(session.fisher.borrow().clone().ok_or_else(|| JsError::new("compute or load Fisher information first"))?)
+        } else {
+            None
+        };
         let request: QuantizeRequest = serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("quantization settings: {e}")))?;
         let device = self.gpu.device.clone();
         self.cancelled.set(false);
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
             let weights = &session.loaded.weights;
-            let method = request.method(weights, false).map_err(js_error)?;
+            let method = request.method(weights, fisher_diagonal.is_some()).map_err(js_error)?;
+            let lookup = |name: &str| fisher_diagonal.as_deref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
+            let sample_weights: Option<SampleWeights> = fisher_diagonal.as_ref().map(|_| &lookup as _);
             let layers = selected_layers(weights, None).map_err(js_error)?;
             let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
             let (mut done, mut quantized) = (0, Vec::with_capacity(layers.len()));
@@ -196,14 +270,14 @@ impl Lab {
                 if progress.is_cancelled() {
                     return Err(js_error("cancelled").into());
                 }
-                quantized.push(quantize_layer(&name, linear, &method, None, weights.config.n_embd).map_err(js_error)?);
+                quantized.push(quantize_layer(&name, linear, &method, sample_weights, weights.config.n_embd).map_err(js_error)?);
                 done += linear.weight.numel() as u64;
             }
             progress.update(done, total);
             let quantized = QuantizedModel { layers: quantized };
             *session.quantized.borrow_mut() = Some(Rc::new(Gpt2::new(&quantized.apply(weights), &device)));
             Ok(to_js(&QuantizeReport {
-                label: request.label(false),
+                label: request.label(fisher_diagonal.is_some()),
                 bits_per_weight: quantized.bits_per_weight(),
                 seconds: (js_sys::Date::now() - start) / 1000.0,
                 layers: quantized.layers.iter().map(|l| LayerReport { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight }).collect(),
