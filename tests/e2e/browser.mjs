@@ -25,8 +25,15 @@ export function listen(server) {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${server.address().port}`)));
 }
 
+/// Stops a server now, keep-alive connections included, so the test process can exit.
+export function stop(server) {
+  server?.closeAllConnections();
+  server?.close();
+}
+
 export async function startPage() {
-  return listen(createServer());
+  const server = createServer();
+  return { url: await listen(server), server };
 }
 
 /// Serves `/{repo}/resolve/main/{file}` like huggingface.co for the repos in `repos`

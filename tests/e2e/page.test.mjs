@@ -7,18 +7,19 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  SHIPPED, OUT, nativeQuantizedEval, lutlab, tempDir, readSafetensors, startPage, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
+  SHIPPED, OUT, nativeQuantizedEval, lutlab, tempDir, readSafetensors, startPage, stop, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
 } from './browser.mjs';
 
 const HUB_REPO = 'lutlab-test/gpt2-tiny';
 let pageUrl;
+let pageServer;
 let hub;
 let browser;
 let native;
 const text = shortText();
 
 before(async () => {
-  pageUrl = await startPage();
+  ({ url: pageUrl, server: pageServer } = await startPage());
   hub = await startHubMimic({ [HUB_REPO]: SHIPPED });
   browser = await launchBrowser();
   native = nativeEval(text);
@@ -26,7 +27,8 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  hub?.server.close();
+  stop(hub?.server);
+  stop(pageServer);
 });
 
 const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
