@@ -86,7 +86,7 @@ pub fn parse_safetensors<'a>(file: &str, bytes: &'a [u8]) -> Result<SafeTensors<
     if bytes.len() < 8 {
         return Err(bad(format!("the file is {} bytes, too short to hold the 8-byte header length", bytes.len())));
     }
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("slice of 8 bytes"));
+    let header_len = u64::from_le_bytes(std::array::from_fn(|i| bytes[i]));
     let available = (bytes.len() - 8) as u64;
     if header_len > available {
         return Err(bad(format!(
@@ -126,8 +126,8 @@ fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
 pub fn read_i64(tensors: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
     let view = tensors.tensor(name).map_err(|_| LoadError::MissingTensor { name: name.to_string() })?;
     let data = match view.dtype() {
-        Dtype::I64 => view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
-        Dtype::I32 => view.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
+        Dtype::I64 => view.data().chunks_exact(8).map(|b| i64::from_le_bytes(std::array::from_fn(|i| b[i]))).collect(),
+        Dtype::I32 => view.data().chunks_exact(4).map(|b| i64::from(i32::from_le_bytes(std::array::from_fn(|i| b[i])))).collect(),
         other => return Err(LoadError::WrongDtype { name: name.to_string(), found: format!("{other:?}") }),
     };
     Ok((view.shape().to_vec(), data))
