@@ -1,0 +1,15 @@
+//! lutlab-gpu: lutlab's own WGSL kernels, run through raw wgpu on the device burn opened
+//! (`lutlab_model::Gpu`), so the CLI and the page share one GPU with the model.
+//!
+//! - [`kmeans`]: weighted 1-D Lloyd k-means for LUT quantization (issue 6): many tables at once,
+//!   the CPU reference's semantics, and [`quantize_kmeans_gpu`], the GPU twin of
+//!   `lutlab_core::quant::quantize_kmeans`.
+//!
+//! Everything is async: the browser must not block on the GPU. Natively, wrap calls in
+//! `pollster::block_on`; buffer read-backs then poll the device until the GPU is done.
+
+pub mod init;
+pub mod kmeans;
+mod util;
+
+pub use kmeans::{KmeansBatch, LloydGpuOutput, lloyd_gpu, quantize_kmeans_gpu, quantize_kmeans_gpu_report};
