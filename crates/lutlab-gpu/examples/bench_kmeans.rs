@@ -111,7 +111,7 @@ fn host_init(w: &[f32], rows: usize, cols: usize, s: &KmeansSettings) -> (f64, V
                             let values: Vec<f32> = (0..rows)
                                 .flat_map(|r| (t * per..(t + 1) * per).map(move |c| w[r * cols + c]))
                                 .collect();
-                            let points = Points::new_parallel(&values, &vec![1.0; values.len()], inner);
+                            let points = init::points_parallel(&values, &vec![1.0; values.len()], inner);
                             let runs = if points.len() > k {
                                 (0..s.restarts.max(1))
                                     .map(|r| {

@@ -908,7 +908,7 @@ fn prepare_tables(
         let sample: Option<Vec<f32>> = sample_weights.map(|s| idx.iter().map(|&i| s[i]).collect());
         let excl: Option<Vec<bool>> = excluded.map(|e| idx.iter().map(|&i| e[i]).collect());
         let w = init::effective_weights(sample.as_deref(), excl.as_deref(), idx.len());
-        let points = Points::new_parallel(&values, &w, inner);
+        let points = init::points_parallel(&values, &w, inner);
         let exact = (points.len() <= k).then(|| {
             let pad = points.x.last().copied().unwrap_or(0.0);
             let mut c: Vec<f32> = points.x.iter().map(|&v| v as f32).collect();

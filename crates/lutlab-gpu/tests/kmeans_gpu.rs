@@ -264,7 +264,7 @@ fn init_matches_cpu_reference() {
     let (w, f) = random(300_000, 8);
     let coarse: Vec<f32> = w.iter().map(|&v| (v * 300.0).round() / 300.0).collect();
     let weights: Vec<f64> = f.iter().map(|&v| f64::from(v)).collect();
-    let (a, b) = (Points::new(&coarse, &weights), Points::new_parallel(&coarse, &weights, 7));
+    let (a, b) = (Points::new(&coarse, &weights), init::points_parallel(&coarse, &weights, 7));
     assert!(a.len() < 1000 && a.x == b.x && a.w.iter().zip(&b.w).all(|(p, q)| p.to_bits() == q.to_bits()));
     // Restarts: the CPU keeps the best of R initial tables (no update), so must the port's R draws.
     let t = tensor("h.1.attn.c_proj");

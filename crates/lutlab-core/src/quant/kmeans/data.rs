@@ -56,6 +56,12 @@ impl Points {
         let mut pairs: Vec<(f32, f64)> =
             values.iter().zip(weights).filter(|(_, w)| **w > 0.0).map(|(v, w)| (*v, *w)).collect();
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Self::from_sorted_pairs(pairs)
+    }
+
+    /// Merges `(value, weight)` pairs already sorted stably by value (a parallel sort may do that
+    /// part), summing the weights of equal values in order.
+    pub fn from_sorted_pairs(pairs: Vec<(f32, f64)>) -> Self {
         let mut points = Self::default();
         for (v, w) in pairs {
             // `==` (not total order) so -0.0 and 0.0 merge.

@@ -58,7 +58,7 @@ pub fn fit_best(points: &Points, k: usize, settings: LloydSettings, table: usize
         KmeansInit::Quantile => 1,
     };
     let run = |r: usize| {
-        let fit = fit(points, k, settings.init, settings.max_iter, &mut SplitMix64::for_run(settings.seed, table, r));
+        let fit = fit_from(points, initial_centroids(points, k, settings.init, settings.seed, table, r), settings.max_iter);
         let objective = points.objective(&fit.centroids);
         (objective, fit)
     };
@@ -79,13 +79,14 @@ pub struct Fit {
     pub converged: bool,
 }
 
-/// Lloyd on `points` (more distinct values than `k`, so every cluster can be non-empty).
-fn fit(points: &Points, k: usize, init: KmeansInit, max_iter: usize, rng: &mut SplitMix64) -> Fit {
-    let c = match init {
-        KmeansInit::PlusPlus => super::plusplus::init(points, k, rng),
+/// The initial centroids (ascending) of restart `run` of table `table`: what [`fit_best`] starts
+/// from, public so a GPU Lloyd can start from the very same table. `points` has more distinct
+/// values than `k`, so every cluster can be non-empty.
+pub fn initial_centroids(points: &Points, k: usize, init: KmeansInit, seed: u64, table: usize, run: usize) -> Vec<f64> {
+    match init {
+        KmeansInit::PlusPlus => super::plusplus::init(points, k, &mut SplitMix64::for_run(seed, table, run)),
         KmeansInit::Quantile => quantiles(points, k),
-    };
-    fit_from(points, c, max_iter)
+    }
 }
 
 /// Lloyd from the ascending centroids `c` (so a GPU run and this one can start from one table).

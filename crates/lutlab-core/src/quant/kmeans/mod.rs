@@ -29,12 +29,12 @@ mod optimal;
 mod plusplus;
 mod rng;
 
-pub use lloyd::{KmeansInit, LloydSettings};
+pub use data::{effective_weights, Points};
+pub use lloyd::{initial_centroids, KmeansInit, LloydSettings};
 pub use optimal::MAX_BACKTRACK_CELLS;
 
 use crate::error::{LoadError, Result};
 use crate::quant::lut::{Granularity, LutMatrix, SparseOutliers};
-use data::Points;
 
 /// Settings of a Lloyd k-means quantization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
