@@ -4,6 +4,7 @@
 //! stays on the host.
 
 pub use lutlab_core::quant::kmeans::{effective_weights, initial_centroids, Points};
+use lutlab_core::quant::kmeans::place_on_worst;
 
 /// The CPU reference's `Points::new`, sorting on up to `threads` threads natively (a stable sort
 /// has one result, so the points, summed weights included, are the same bits).
@@ -77,7 +78,7 @@ pub fn reseed(points: &Points, cluster: &[usize], c: &mut [f64]) -> usize {
     }
     // Same order as the CPU reference: clusters ascending, points ascending inside each (the
     // clusters of sorted points are contiguous runs), so the index tie-break is the value order.
-    let mut errors: Vec<(f64, usize)> = (0..points.len())
+    let errors: Vec<(f64, usize)> = (0..points.len())
         .map(|i| {
             let d = points.x[i] - c[cluster[i]];
             (points.w[i] * d * d, i)
@@ -85,20 +86,7 @@ pub fn reseed(points: &Points, cluster: &[usize], c: &mut [f64]) -> usize {
         .collect();
     let mut occupied: Vec<f64> = (0..k).filter(|&j| occupied_flags[j]).map(|j| c[j]).collect();
     occupied.sort_by(f64::total_cmp);
-    errors.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut slots = empty.iter();
-    let mut placed: Vec<f64> = Vec::with_capacity(empty.len());
-    let mut moved = 0;
-    for (_, i) in errors {
-        let x = points.x[i];
-        if occupied.binary_search_by(|c| c.total_cmp(&x)).is_ok() || placed.contains(&x) {
-            continue;
-        }
-        let Some(&slot) = slots.next() else { break };
-        c[slot] = x;
-        placed.push(x);
-        moved += 1;
-    }
+    let moved = place_on_worst(points, c, errors, &occupied, &empty);
     c.sort_by(f64::total_cmp);
     moved
 }

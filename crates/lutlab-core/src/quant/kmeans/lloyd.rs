@@ -138,9 +138,16 @@ fn reseed(points: &Points, c: &mut [f64], ends: &[usize], empty: &[usize]) {
         }
         start = end;
     }
-    // Largest error first; equal errors by position, so the choice is deterministic.
+    // `occupied` is ascending (centroids of ordered runs).
+    place_on_worst(points, c, errors, &occupied, empty);
+}
+
+/// Moves the centroids `empty` onto the points of largest `errors` (`(w (x - c)², point)`; ties
+/// by point index, so the choice is deterministic), skipping values that are already a centroid
+/// in `occupied` (ascending) or were just placed. Returns how many moved. Shared with the GPU
+/// Lloyd, which re-seeds on the host exactly as this reference does.
+pub fn place_on_worst(points: &Points, c: &mut [f64], mut errors: Vec<(f64, usize)>, occupied: &[f64], empty: &[usize]) -> usize {
     errors.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    // `occupied` is ascending (centroids of ordered runs); re-seeded values are few.
     let mut slots = empty.iter();
     let mut placed: Vec<f64> = Vec::with_capacity(empty.len());
     for (_, i) in errors {
@@ -152,6 +159,7 @@ fn reseed(points: &Points, c: &mut [f64], ends: &[usize], empty: &[usize]) {
         c[slot] = x;
         placed.push(x);
     }
+    placed.len()
 }
 
 /// Weighted quantile initialisation (ascending by construction; repeats become empty clusters

@@ -30,7 +30,7 @@ mod plusplus;
 mod rng;
 
 pub use data::{effective_weights, Points};
-pub use lloyd::{initial_centroids, KmeansInit, LloydSettings};
+pub use lloyd::{initial_centroids, place_on_worst, KmeansInit, LloydSettings};
 pub use optimal::MAX_BACKTRACK_CELLS;
 
 use crate::error::{LoadError, Result};
