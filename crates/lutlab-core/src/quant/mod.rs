@@ -12,6 +12,7 @@ pub mod lut;
 pub mod model;
 pub mod request;
 pub mod outliers;
+pub mod packed;
 pub mod uniform;
 
 pub use kmeans::{
@@ -21,6 +22,7 @@ pub use kmeans::{
 pub use lut::{Granularity, LutMatrix, SparseOutliers};
 pub use model::{quantize_model, Method, QuantizedLayer, QuantizedModel};
 pub use request::QuantizeRequest;
+pub use packed::{PackedLinear, SparseColumns};
 pub use outliers::{OutlierSelection, OutlierSettings, quantize_dense_and_sparse, select_outliers};
 pub use uniform::{
     FloatVariant, MiniFloat, NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformResult, UniformSettings,

@@ -27,7 +27,7 @@ pub(crate) mod data;
 mod lloyd;
 mod optimal;
 mod plusplus;
-mod rng;
+pub mod rng;
 
 pub use data::{effective_weights, Points};
 pub use lloyd::{initial_centroids, place_on_worst, KmeansInit, LloydSettings};

@@ -10,6 +10,11 @@ pub struct SplitMix64(u64);
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl SplitMix64 {
+    /// A stream from a plain seed (tests, fuzzing).
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
     /// The generator for restart `run` of table `table` in a quantization seeded with `seed`:
     /// seed, table and run are mixed through the finaliser, so neighbouring tables and restarts
     /// do not get shifted copies of one stream.

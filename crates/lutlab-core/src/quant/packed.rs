@@ -1,0 +1,403 @@
+//! The packed form of a LUT-quantized linear layer: what the file stores and what the GPU
+//! kernels read (`shaders/lut_*.wgsl`). `docs/FORMAT.md` is the specification; in short:
+//!
+//! - **codes** of the `[in, out]` Conv1D matrix are packed per output column, in *blocks* of 32
+//!   input rows: block `k` of column `c` is `bits` little-endian u32 words holding the codes of
+//!   rows `32k..32k+32`, code `i` at bit `i * bits` of that 32·bits-bit string (so 3-bit codes
+//!   cross word boundaries, as in SqueezeLLM's `pack.py`). Word `j` of block `k` of column `c`
+//!   is `qweight[(k * bits + j) * cols + c]`: neighbouring columns are neighbouring words, which
+//!   is what a GPU thread per column wants (coalesced reads). Rows past `in` pad with code 0.
+//! - **tables**: `2^bits` f32 entries per table; table `c / channels_per_table` serves column `c`.
+//! - **sparse part**: exact corrections in compressed sparse *columns* (one list per output
+//!   channel, which is SqueezeLLM's CSR over its `[out, in]` weight), added to the table value.
+//! - optional **scales** (one per output column) and **input shift** (one per input row), seed
+//!   000's scaling and centering: `y = scale ⊙ ((x − shift) · W) + bias`.
+
+use crate::error::{LoadError, Result};
+use crate::quant::lut::{Granularity, LutMatrix};
+
+/// Input rows per packed block: one block of one column is exactly `bits` u32 words.
+pub const BLOCK_ROWS: usize = 32;
+
+/// Exact corrections stored by output column: `col_ptr[c]..col_ptr[c + 1]` index the entries of
+/// column `c`, each an input row and a value added to the table's.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct SparseColumns {
+    pub col_ptr: Vec<u32>,
+    pub row_idx: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseColumns {
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// One linear weight, packed. See the module docs for the layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedLinear {
+    /// Input features (rows of the Conv1D weight).
+    pub rows: usize,
+    /// Output features (columns).
+    pub cols: usize,
+    pub bits: u32,
+    /// Consecutive output columns that share one table (`cols`: one table for the matrix; 1: per
+    /// channel).
+    pub channels_per_table: usize,
+    /// `[blocks(rows) * bits, cols]` row-major.
+    pub qweight: Vec<u32>,
+    /// `[cols / channels_per_table, 2^bits]` row-major.
+    pub tables: Vec<f32>,
+    pub sparse: SparseColumns,
+    /// Per output column; `None` means 1.
+    pub scales: Option<Vec<f32>>,
+    /// Per input row, subtracted from the input; `None` means 0.
+    pub input_shift: Option<Vec<f32>>,
+}
+
+/// Blocks of [`BLOCK_ROWS`] rows needed for `rows` input rows.
+pub fn blocks(rows: usize) -> usize {
+    rows.div_ceil(BLOCK_ROWS)
+}
+
+/// Packs row-major `[rows, cols]` codes (each `< 2^bits`) into the block layout.
+pub fn pack_codes(codes: &[u8], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
+    let bits_usize = bits as usize;
+    let mut packed = vec![0u32; blocks(rows) * bits_usize * cols];
+    for r in 0..rows {
+        let (block, i) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
+        let bit = i * bits_usize;
+        let (word, shift) = (bit / 32, bit % 32);
+        for c in 0..cols {
+            let code = u64::from(codes[r * cols + c]) << shift;
+            let at = (block * bits_usize + word) * cols + c;
+            packed[at] |= code as u32;
+            // A code that straddles two words puts its high bits at the start of the next one.
+            if shift + bits_usize > 32 {
+                packed[at + cols] |= (code >> 32) as u32;
+            }
+        }
+    }
+    packed
+}
+
+/// The code of row `r`, column `c` in packed words (the inverse of [`pack_codes`]).
+pub fn packed_code(qweight: &[u32], cols: usize, bits: u32, r: usize, c: usize) -> u8 {
+    let bits_usize = bits as usize;
+    let (block, i) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
+    let bit = i * bits_usize;
+    let (word, shift) = (bit / 32, bit % 32);
+    let at = (block * bits_usize + word) * cols + c;
+    let mut value = u64::from(qweight[at]) >> shift;
+    if shift + bits_usize > 32 {
+        value |= u64::from(qweight[at + cols]) << (32 - shift);
+    }
+    (value & ((1u64 << bits) - 1)) as u8
+}
+
+/// Row-major `[rows, cols]` codes from packed words.
+pub fn unpack_codes(qweight: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<u8> {
+    (0..rows).flat_map(|r| (0..cols).map(move |c| packed_code(qweight, cols, bits, r, c))).collect()
+}
+
+impl PackedLinear {
+    /// Packs a LUT matrix (no scales or shift).
+    pub fn from_lut(lut: &LutMatrix) -> Result<Self> {
+        lut.validate("quantized matrix")?;
+        let channels_per_table = lut.granularity.channels_per_table(lut.cols)?;
+        Ok(Self {
+            rows: lut.rows,
+            cols: lut.cols,
+            bits: lut.bits,
+            channels_per_table,
+            qweight: pack_codes(&lut.codes, lut.rows, lut.cols, lut.bits),
+            tables: lut.tables.clone(),
+            sparse: csr_to_columns(lut),
+            scales: None,
+            input_shift: None,
+        })
+    }
+
+    pub fn levels(&self) -> usize {
+        1 << self.bits
+    }
+
+    pub fn num_tables(&self) -> usize {
+        self.cols / self.channels_per_table.max(1)
+    }
+
+    /// How the tables are shared, as the quantizers name it.
+    pub fn granularity(&self) -> Granularity {
+        match self.channels_per_table {
+            1 => Granularity::Channel,
+            n if n == self.cols => Granularity::Tensor,
+            n => Granularity::Group(n),
+        }
+    }
+
+    /// The LUT matrix these words hold (scales and shift are not part of it).
+    pub fn to_lut(&self) -> LutMatrix {
+        let mut outliers = crate::quant::lut::SparseOutliers::none(self.rows);
+        let mut entries: Vec<(u32, u32, f32)> = Vec::with_capacity(self.sparse.len());
+        for c in 0..self.cols {
+            for i in self.sparse.col_ptr[c] as usize..self.sparse.col_ptr[c + 1] as usize {
+                entries.push((self.sparse.row_idx[i], c as u32, self.sparse.values[i]));
+            }
+        }
+        entries.sort_by_key(|&(r, c, _)| (r, c));
+        for &(r, c, v) in &entries {
+            outliers.row_ptr[r as usize + 1] += 1;
+            outliers.col_idx.push(c);
+            outliers.values.push(v);
+        }
+        for r in 0..self.rows {
+            outliers.row_ptr[r + 1] += outliers.row_ptr[r];
+        }
+        LutMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            bits: self.bits,
+            granularity: self.granularity(),
+            tables: self.tables.clone(),
+            codes: unpack_codes(&self.qweight, self.rows, self.cols, self.bits),
+            outliers,
+        }
+    }
+
+    /// Checks every size, index and value against the shape; `what` names the layer in errors.
+    /// A file parser calls this before anything reads the words.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |reason: String| Err(LoadError::BadConfig { file: what.to_string(), reason });
+        if self.rows == 0 || self.cols == 0 {
+            return bad(format!("empty shape {}x{}", self.rows, self.cols));
+        }
+        if !(1..=8).contains(&self.bits) {
+            return bad(format!("{} bits; lutlab supports 1 to 8", self.bits));
+        }
+        if self.channels_per_table == 0 || self.cols % self.channels_per_table != 0 {
+            return bad(format!("{} channels per table do not divide {} columns", self.channels_per_table, self.cols));
+        }
+        let words = blocks(self.rows).checked_mul(self.bits as usize).and_then(|w| w.checked_mul(self.cols));
+        if words != Some(self.qweight.len()) {
+            return bad(format!("{} packed words, expected {:?} for {}x{} at {} bits", self.qweight.len(), words, self.rows, self.cols, self.bits));
+        }
+        if self.tables.len() != self.num_tables() * self.levels() {
+            return bad(format!("{} table entries, expected {}", self.tables.len(), self.num_tables() * self.levels()));
+        }
+        if let Some(i) = self.tables.iter().position(|v| !v.is_finite()) {
+            return bad(format!("table entry {i} is not finite"));
+        }
+        if let Some(bad_pad) = self.padding_with_codes() {
+            return bad(format!("padding row {bad_pad} holds non-zero codes"));
+        }
+        let s = &self.sparse;
+        let columns_ok = s.col_ptr.len() == self.cols + 1
+            && s.col_ptr.first() == Some(&0)
+            && s.col_ptr.windows(2).all(|w| w[0] <= w[1])
+            && s.col_ptr.last().map(|&n| n as usize) == Some(s.values.len())
+            && s.row_idx.len() == s.values.len();
+        if !columns_ok {
+            return bad("the sparse part is not a valid compressed-sparse-column matrix of this shape".into());
+        }
+        if let Some(&r) = s.row_idx.iter().find(|&&r| r as usize >= self.rows) {
+            return bad(format!("sparse row index {r} is outside the {} input rows", self.rows));
+        }
+        if let Some(i) = s.values.iter().position(|v| !v.is_finite()) {
+            return bad(format!("sparse value {i} is not finite"));
+        }
+        for (name, values, len) in [("scales", &self.scales, self.cols), ("input shift", &self.input_shift, self.rows)] {
+            if let Some(v) = values {
+                if v.len() != len {
+                    return bad(format!("{} {name}, expected {len}", v.len()));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return bad(format!("{name} hold a non-finite value"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A padding row (past `rows`, in the last block) with a non-zero code, if any: a writer that
+    /// is not lutlab's, or corruption. Kernels never read them, but the inverse must be exact.
+    fn padding_with_codes(&self) -> Option<usize> {
+        (self.rows..blocks(self.rows) * BLOCK_ROWS)
+            .find(|&r| (0..self.cols).any(|c| packed_code(&self.qweight, self.cols, self.bits, r, c) != 0))
+    }
+
+    /// The `[in, out]` weights the kernels multiply by: `scale_c · (table[code] + sparse)`.
+    /// The input shift is not folded in (it acts on the input; see [`Self::reference_matmul`]).
+    pub fn effective_weights(&self) -> Vec<f32> {
+        let mut w = self.to_lut().dequantize();
+        if let Some(scales) = &self.scales {
+            for row in w.chunks_exact_mut(self.cols) {
+                row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
+            }
+        }
+        w
+    }
+
+    /// CPU reference of the LUT matmul kernels: `y = scale ⊙ ((x − shift) · W) + bias` for `m`
+    /// rows of `x` (`[m, rows]`), in f64 accumulation.
+    pub fn reference_matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let lut = self.to_lut();
+        let w = lut.dequantize();
+        let mut y = vec![0f32; m * self.cols];
+        for t in 0..m {
+            let xs: Vec<f64> = (0..self.rows)
+                .map(|r| f64::from(x[t * self.rows + r]) - self.input_shift.as_ref().map_or(0.0, |s| f64::from(s[r])))
+                .collect();
+            for c in 0..self.cols {
+                let acc: f64 = (0..self.rows).map(|r| xs[r] * f64::from(w[r * self.cols + c])).sum();
+                let scale = self.scales.as_ref().map_or(1.0, |s| f64::from(s[c]));
+                y[t * self.cols + c] = (acc * scale + bias.map_or(0.0, |b| f64::from(b[c]))) as f32;
+            }
+        }
+        y
+    }
+
+    /// Bytes of this layer in the file: words, f32 tables, sparse part, scales and shift.
+    pub fn stored_bytes(&self) -> usize {
+        4 * (self.qweight.len()
+            + self.tables.len()
+            + self.sparse.col_ptr.len()
+            + 2 * self.sparse.len()
+            + self.scales.as_ref().map_or(0, Vec::len)
+            + self.input_shift.as_ref().map_or(0, Vec::len))
+    }
+}
+
+/// The CSR-by-input-row outliers of a LUT matrix, regrouped by output column (rows ascending).
+fn csr_to_columns(lut: &LutMatrix) -> SparseColumns {
+    let o = &lut.outliers;
+    let mut counts = vec![0u32; lut.cols + 1];
+    for &c in &o.col_idx {
+        counts[c as usize + 1] += 1;
+    }
+    for c in 0..lut.cols {
+        counts[c + 1] += counts[c];
+    }
+    let mut next = counts.clone();
+    let mut row_idx = vec![0u32; o.len()];
+    let mut values = vec![0f32; o.len()];
+    for r in 0..lut.rows {
+        for i in o.row_ptr[r] as usize..o.row_ptr[r + 1] as usize {
+            let slot = &mut next[o.col_idx[i] as usize];
+            row_idx[*slot as usize] = r as u32;
+            values[*slot as usize] = o.values[i];
+            *slot += 1;
+        }
+    }
+    SparseColumns { col_ptr: counts, row_idx, values }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::kmeans::rng::SplitMix64;
+    use crate::quant::lut::SparseOutliers;
+
+    fn random_lut(rng: &mut SplitMix64, rows: usize, cols: usize, bits: u32, granularity: Granularity, outliers: usize) -> LutMatrix {
+        let levels = 1usize << bits;
+        let tables = granularity.tables(cols).unwrap();
+        let codes = (0..rows * cols).map(|_| (rng.next_u64() % levels as u64) as u8).collect();
+        let table_values = (0..tables * levels).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let mut positions: Vec<usize> = (0..outliers).map(|_| (rng.next_u64() % (rows * cols) as u64) as usize).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        let mut o = SparseOutliers::none(rows);
+        for &p in &positions {
+            o.row_ptr[p / cols + 1] += 1;
+            o.col_idx.push((p % cols) as u32);
+            o.values.push(rng.next_f64() as f32);
+        }
+        for r in 0..rows {
+            o.row_ptr[r + 1] += o.row_ptr[r];
+        }
+        LutMatrix { rows, cols, bits, granularity, tables: table_values, codes, outliers: o }
+    }
+
+    /// Property: packing then unpacking is the identity, for every bit width and odd shapes.
+    #[test]
+    fn pack_unpack_round_trips_over_random_shapes_and_bits() {
+        let mut rng = SplitMix64::new(7);
+        for case in 0..200 {
+            let bits = 1 + (case % 8) as u32;
+            let rows = 1 + (rng.next_u64() % 100) as usize;
+            let cols = 1 + (rng.next_u64() % 9) as usize;
+            let levels = 1u64 << bits;
+            let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next_u64() % levels) as u8).collect();
+            let packed = pack_codes(&codes, rows, cols, bits);
+            assert_eq!(packed.len(), blocks(rows) * bits as usize * cols);
+            assert_eq!(unpack_codes(&packed, rows, cols, bits), codes, "rows {rows} cols {cols} bits {bits}");
+        }
+    }
+
+    #[test]
+    fn three_bit_codes_cross_word_boundaries_as_in_squeezellm() {
+        // Row 10's code sits at bits 30..33: two bits in word 0, one in word 1.
+        let mut codes = vec![0u8; 32];
+        codes[10] = 0b111;
+        let packed = pack_codes(&codes, 32, 1, 3);
+        assert_eq!(packed, vec![0b11 << 30, 0b1, 0]);
+    }
+
+    #[test]
+    fn lut_round_trips_through_the_packed_form() {
+        let mut rng = SplitMix64::new(3);
+        for (bits, granularity) in [(2, Granularity::Tensor), (3, Granularity::Channel), (4, Granularity::Group(3)), (8, Granularity::Channel)] {
+            let lut = random_lut(&mut rng, 45, 6, bits, granularity, 20);
+            let packed = PackedLinear::from_lut(&lut).unwrap();
+            packed.validate("test").unwrap();
+            assert_eq!(packed.to_lut(), lut);
+            assert_eq!(packed.effective_weights(), lut.dequantize());
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut rng = SplitMix64::new(5);
+        let packed = PackedLinear::from_lut(&random_lut(&mut rng, 40, 4, 3, Granularity::Channel, 5)).unwrap();
+        let error = |p: PackedLinear| p.validate("h.0.mlp.c_fc").unwrap_err().to_string();
+        let mut p = packed.clone();
+        p.qweight.pop();
+        assert!(error(p).contains("packed words"));
+        let mut p = packed.clone();
+        p.sparse.row_idx[0] = 40;
+        assert!(error(p).contains("sparse row index 40"));
+        let mut p = packed.clone();
+        p.tables[1] = f32::NAN;
+        assert!(error(p).contains("table entry 1"));
+        let mut p = packed.clone();
+        p.qweight[(blocks(40) * 3 - 1) * 4] |= 1 << 31; // row 63's code: padding
+        assert!(error(p).contains("padding row"));
+        let mut p = packed;
+        p.scales = Some(vec![1.0; 3]);
+        assert!(error(p).contains("3 scales, expected 4"));
+    }
+
+    #[test]
+    fn reference_matmul_applies_shift_scale_and_bias() {
+        let mut rng = SplitMix64::new(11);
+        let mut packed = PackedLinear::from_lut(&random_lut(&mut rng, 33, 5, 4, Granularity::Tensor, 3)).unwrap();
+        let x: Vec<f32> = (0..2 * 33).map(|_| rng.next_f64() as f32).collect();
+        let shift: Vec<f32> = (0..33).map(|_| rng.next_f64() as f32).collect();
+        let scales: Vec<f32> = (0..5).map(|i| 1.0 + i as f32).collect();
+        let bias = [0.5f32; 5];
+        packed.input_shift = Some(shift.clone());
+        packed.scales = Some(scales.clone());
+        let y = packed.reference_matmul(&x, 2, Some(&bias));
+        let w = packed.to_lut().dequantize();
+        for t in 0..2 {
+            for c in 0..5 {
+                let dot: f64 = (0..33).map(|r| f64::from(x[t * 33 + r] - shift[r]) * f64::from(w[r * 5 + c])).sum();
+                let expected = dot * f64::from(scales[c]) + 0.5;
+                assert!((f64::from(y[t * 5 + c]) - expected).abs() < 1e-5);
+            }
+        }
+    }
+}
