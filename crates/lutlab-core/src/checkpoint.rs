@@ -51,6 +51,12 @@ impl Checkpoint {
         Ok(checkpoint)
     }
 
+    /// A checkpoint of tensors already in memory, names canonicalised as when reading a file.
+    pub fn from_tensors(tensors: impl IntoIterator<Item = (String, HostTensor)>) -> Self {
+        let tensors = tensors.into_iter().map(|(name, t)| (canonical_name(&name).to_string(), t)).collect();
+        Self { tensors }
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
@@ -164,20 +170,68 @@ pub fn shard_files(index_json: &[u8], file: &str) -> Result<Vec<String>> {
     Ok(shards)
 }
 
-/// Serializes f32 tensors (`name`, `shape`, values) to safetensors bytes with `metadata`.
-pub fn write_safetensors(
-    tensors: &[(&str, &[usize], &[f32])],
+/// The values of one tensor for [`write_tensors`].
+#[derive(Clone, Copy, Debug)]
+pub enum TensorData<'a> {
+    /// Stored as F32.
+    F32(&'a [f32]),
+    /// Stored as F16, each value rounded to nearest (ties to even) by `half`.
+    F16(&'a [f32]),
+    /// Stored as U32.
+    U32(&'a [u32]),
+}
+
+impl TensorData<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            TensorData::F32(_) => Dtype::F32,
+            TensorData::F16(_) => Dtype::F16,
+            TensorData::U32(_) => Dtype::U32,
+        }
+    }
+
+    fn to_le_bytes(self) -> Vec<u8> {
+        match self {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F16(v) => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            TensorData::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Serializes tensors of mixed dtypes (`name`, `shape`, values) to safetensors bytes with
+/// `metadata`. A shape whose element count differs from the values is an error.
+pub fn write_tensors(
+    tensors: &[(&str, &[usize], TensorData<'_>)],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, data)| data.to_le_bytes()).collect();
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.to_vec(), b)
+        .map(|((name, shape, data), b)| {
+            let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let len = match data {
+                TensorData::F32(v) | TensorData::F16(v) => v.len(),
+                TensorData::U32(v) => v.len(),
+            };
+            if numel != Some(len) {
+                return Err(LoadError::InvalidSetting(format!("tensor `{name}`: shape {shape:?} does not hold {len} values")));
+            }
+            safetensors::tensor::TensorView::new(data.dtype(), shape.to_vec(), b)
                 .map(|view| (name.to_string(), view))
                 .map_err(|e| LoadError::InvalidSetting(format!("tensor `{name}`: {e:?}")))
         })
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, metadata).map_err(|e| LoadError::InvalidSetting(format!("safetensors: {e:?}")))
+}
+
+/// Serializes f32 tensors (`name`, `shape`, values) to safetensors bytes with `metadata`.
+pub fn write_safetensors(
+    tensors: &[(&str, &[usize], &[f32])],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let typed: Vec<(&str, &[usize], TensorData<'_>)> =
+        tensors.iter().map(|&(name, shape, data)| (name, shape, TensorData::F32(data))).collect();
+    write_tensors(&typed, metadata)
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod eval;
 pub mod fisher;
 pub mod gpt2;
+pub mod lut_linear;
 
 pub use burn;
 pub use device::{gpu_device, open_gpu, Gpu};

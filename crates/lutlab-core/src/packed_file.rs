@@ -1,0 +1,700 @@
+//! The packed model file: a GPT-2 whose quantized linear weights are stored in their packed LUT
+//! form ([`PackedLinear`]: codes in 32-row blocks per output column, tables, a CSC sparse part,
+//! optional scales and input shift) and every other tensor dense in f32. One safetensors file,
+//! `__metadata__["format"] = "lutlab-packed"`, versioned; `docs/FORMAT.md` is the specification.
+//!
+//! For a packed layer `L` (`h.0.attn.c_attn`) the file holds `L.qweight` (U32), `L.lut` (F16 or
+//! F32), `L.sparse_col_ptr`, `L.sparse_row_idx` (U32) and `L.sparse_values` (F32) when it has
+//! outliers, and optionally `L.scales` and `L.input_shift` (F32); its shape is in the metadata
+//! `layers` JSON. `L.bias` stays dense, under its Hugging Face name, as do the embeddings, the
+//! LayerNorms and the weights of linears left unquantized.
+//!
+//! Reading treats the bytes as untrusted: every size is checked against the metadata before it
+//! is used, every value is checked (finite floats, indices in range, zero padding), the result
+//! must be a complete GPT-2, and anything unknown is refused by name. It returns an error, never
+//! panics, on any input (`tests/packed_file.rs` fuzzes it).
+
+use crate::checkpoint::{Checkpoint, HostTensor, TensorData, parse_safetensors, write_tensors};
+use crate::config::Gpt2Config;
+use crate::error::{LoadError, Result};
+use crate::quant::model::QuantizedModel;
+use crate::quant::packed::{PackedLinear, SparseColumns, blocks, packed_code};
+use crate::weights::Gpt2Weights;
+use safetensors::{Dtype, SafeTensors};
+use safetensors::tensor::TensorView;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// `__metadata__["format"]` of a packed model file.
+pub const FORMAT_NAME: &str = "lutlab-packed";
+/// `__metadata__["format_version"]` written, and the only one read.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The linear layers of a GPT-2 block, by their name relative to the block.
+const LINEARS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// Suffixes of the tensors of a packed layer (`{layer}.{suffix}`).
+const PACKED_SUFFIXES: [&str; 7] =
+    ["qweight", "lut", "sparse_col_ptr", "sparse_row_idx", "sparse_values", "scales", "input_shift"];
+
+/// Largest config dimension accepted from a file. GPT-2's are far below; the limit keeps every
+/// product of dimensions the reader forms far from overflow.
+const MAX_CONFIG_DIM: u64 = 1 << 31;
+
+/// How LUT entries are stored in the file. The sparse values, scales and shift are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TableDtype {
+    /// IEEE half precision: what `QuantizedLayer::bits_per_weight` counts, and the default.
+    #[default]
+    F16,
+    F32,
+}
+
+impl TableDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            TableDtype::F16 => "f16",
+            TableDtype::F32 => "f32",
+        }
+    }
+
+    /// Bytes per table entry.
+    pub fn bytes(self) -> usize {
+        match self {
+            TableDtype::F16 => 2,
+            TableDtype::F32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for TableDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TableDtype {
+    type Err = LoadError;
+    /// `f16` or `f32`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            _ => Err(LoadError::InvalidSetting(format!("table dtype `{s}`: use f16 or f32"))),
+        }
+    }
+}
+
+/// Where a packed model came from (free text; `settings` is JSON or empty).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedMeta {
+    /// The model directory or Hugging Face id that was quantized.
+    pub base_model: String,
+    /// A label of the method, e.g. `kmeans 4-bit channel`.
+    pub method: String,
+    /// The quantization request as JSON text (empty when unknown).
+    pub settings: String,
+}
+
+/// A GPT-2 with packed LUT linear layers: the content of a `lutlab-packed` file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedModel {
+    pub config: Gpt2Config,
+    pub meta: PackedMeta,
+    /// Every tensor that is not a packed weight, under canonical HF names (`wte.weight`,
+    /// `wpe.weight`, `ln_*`, all biases including those of packed layers, and the weights of
+    /// linears left unquantized), f32.
+    pub dense: BTreeMap<String, HostTensor>,
+    /// Packed linear weights by layer name (`h.0.attn.c_attn`).
+    pub layers: BTreeMap<String, PackedLinear>,
+}
+
+/// One entry of the metadata `layers` JSON object.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerMeta {
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    channels_per_table: usize,
+}
+
+impl LayerMeta {
+    fn describe(&self) -> String {
+        format!(
+            "rows {}, cols {}, bits {}, channels_per_table {}",
+            self.rows, self.cols, self.bits, self.channels_per_table
+        )
+    }
+}
+
+impl PackedModel {
+    /// From the original weights and a quantization of them: every layer with `lut: Some` is
+    /// packed, everything else stays dense. With [`TableDtype::F16`] the table entries are
+    /// rounded to f16 here (see [`Self::round_tables_to_f16`]), so what is evaluated equals what
+    /// is stored; the sparse values stay f32.
+    pub fn from_quantized(
+        weights: &Gpt2Weights,
+        quantized: &QuantizedModel,
+        meta: PackedMeta,
+        table_dtype: TableDtype,
+    ) -> Result<Self> {
+        let linears: HashMap<String, (usize, usize)> =
+            weights.linears().map(|(name, l)| (name, (l.in_features(), l.out_features()))).collect();
+        let mut layers = BTreeMap::new();
+        for layer in &quantized.layers {
+            let Some(lut) = &layer.lut else { continue };
+            let name = &layer.name;
+            let &(rows, cols) = linears
+                .get(name)
+                .ok_or_else(|| invalid(format!("quantized layer `{name}` is not a linear layer of the model")))?;
+            if (lut.rows, lut.cols) != (rows, cols) {
+                return Err(invalid(format!(
+                    "quantized layer `{name}` is {}x{}, the model's weight is {rows}x{cols}",
+                    lut.rows, lut.cols
+                )));
+            }
+            let packed = PackedLinear::from_lut(lut).map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
+            if layers.insert(name.clone(), packed).is_some() {
+                return Err(invalid(format!("layer `{name}` is quantized twice")));
+            }
+        }
+        let dense = named_tensors(weights)
+            .into_iter()
+            .filter(|(name, _)| name.strip_suffix(".weight").is_none_or(|layer| !layers.contains_key(layer)))
+            .map(|(name, t)| (name, t.clone()))
+            .collect();
+        let mut model = Self { config: weights.config.clone(), meta, dense, layers };
+        if table_dtype == TableDtype::F16 {
+            model.round_tables_to_f16()?;
+        }
+        model.validate("packed model")?;
+        Ok(model)
+    }
+
+    /// Rounds every table entry to the nearest f16 (ties to even). Each sparse value is re-taken
+    /// against the rounded entry it is added to, so the weights the sparse part keeps stay what
+    /// they were (to f32 rounding). Fails if an entry is beyond f16's range (±65504).
+    pub fn round_tables_to_f16(&mut self) -> Result<()> {
+        for (name, layer) in &mut self.layers {
+            layer.validate(&format!("packed layer `{name}`"))?;
+            let rounded: Vec<f32> = layer.tables.iter().map(|&v| round_f16(v)).collect();
+            if let Some(i) = rounded.iter().position(|v| !v.is_finite()) {
+                return Err(invalid(format!(
+                    "packed layer `{name}`: table entry {i} ({}) is outside f16's range",
+                    layer.tables[i]
+                )));
+            }
+            let (levels, cols, bits, per_table) = (layer.levels(), layer.cols, layer.bits, layer.channels_per_table);
+            let s = &mut layer.sparse;
+            for c in 0..cols {
+                for i in s.col_ptr[c] as usize..s.col_ptr[c + 1] as usize {
+                    let code = usize::from(packed_code(&layer.qweight, cols, bits, s.row_idx[i] as usize, c));
+                    let entry = (c / per_table) * levels + code;
+                    let weight = layer.tables[entry] + s.values[i];
+                    s.values[i] = weight - rounded[entry];
+                }
+            }
+            layer.tables = rounded;
+        }
+        Ok(())
+    }
+
+    /// Checks that this is a complete, consistent GPT-2: every packed layer is a linear layer of
+    /// the config with its shape and passes [`PackedLinear::validate`]; every dense tensor is a
+    /// known GPT-2 tensor with its shape and finite values; every tensor GPT-2 needs is there,
+    /// dense or packed, and no weight is both; `settings` is JSON or empty. `file` names the
+    /// source in errors.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |reason: String| Err(LoadError::BadConfig { file: file.to_string(), reason });
+        let config = &self.config;
+        // Each block has 16 tensors: a config with more blocks than tensors is wrong, whatever
+        // else is, and this bounds the lists below.
+        if config.n_layer > self.dense.len() + self.layers.len() {
+            return bad(format!(
+                "the config has {} blocks but the model holds only {} tensors",
+                config.n_layer,
+                self.dense.len() + self.layers.len()
+            ));
+        }
+        if !self.meta.settings.trim().is_empty() {
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(&self.meta.settings) {
+                return bad(format!("the settings are not JSON: {e}"));
+            }
+        }
+        let expected: BTreeMap<String, Vec<usize>> = gpt2_tensor_shapes(config).into_iter().collect();
+        let linears = linear_names(config);
+        for (name, layer) in &self.layers {
+            if !linears.contains(name) {
+                return bad(not_a_linear(name, config));
+            }
+            let weight = format!("{name}.weight");
+            if let Some(shape) = expected.get(&weight) {
+                if shape[..] != [layer.rows, layer.cols] {
+                    return bad(format!(
+                        "packed layer `{name}` is {}x{}, the config's is {}x{}",
+                        layer.rows, layer.cols, shape[0], shape[1]
+                    ));
+                }
+            }
+            layer.validate(&format!("{file}: packed layer `{name}`"))?;
+            if self.dense.contains_key(&weight) {
+                return bad(format!("`{weight}` is stored both dense and packed"));
+            }
+        }
+        for (name, tensor) in &self.dense {
+            let Some(shape) = expected.get(name) else {
+                return bad(unknown_tensor(name));
+            };
+            if &tensor.shape != shape {
+                return bad(format!("tensor `{name}` has shape {:?}, expected {shape:?}", tensor.shape));
+            }
+            if tensor.data.len() != shape.iter().product::<usize>() {
+                return bad(format!("tensor `{name}` holds {} values for shape {shape:?}", tensor.data.len()));
+            }
+            let mut non_finite = tensor.data.iter().enumerate().filter(|(_, v)| !v.is_finite());
+            if let Some((first, _)) = non_finite.next() {
+                return bad(format!(
+                    "tensor `{name}` contains {} non-finite values (NaN or Inf), first at flat index {first}",
+                    1 + non_finite.count()
+                ));
+            }
+        }
+        for name in expected.keys() {
+            let packed = name.strip_suffix(".weight").is_some_and(|layer| self.layers.contains_key(layer));
+            if !packed && !self.dense.contains_key(name) {
+                return bad(format!("tensor `{name}` is missing: a complete GPT-2 needs it, dense or packed"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The file: safetensors bytes laid out as `docs/FORMAT.md` specifies, tables stored as
+    /// `table_dtype`. F16 needs tables that f16 holds exactly (build with
+    /// `from_quantized(.., TableDtype::F16)` or call [`Self::round_tables_to_f16`]): this never
+    /// rounds silently.
+    pub fn to_safetensors(&self, table_dtype: TableDtype) -> Result<Vec<u8>> {
+        self.validate("packed model")?;
+        if table_dtype == TableDtype::F16 {
+            for (name, layer) in &self.layers {
+                if let Some(i) = layer.tables.iter().position(|&v| round_f16(v) != v) {
+                    return Err(invalid(format!(
+                        "packed layer `{name}`: table entry {i} ({}) is not exactly an f16; build the model with \
+                         TableDtype::F16 (or call round_tables_to_f16) to store f16 tables",
+                        layer.tables[i]
+                    )));
+                }
+            }
+        }
+        let mut tensors: Vec<(String, Vec<usize>, TensorData<'_>)> = Vec::new();
+        for (name, t) in &self.dense {
+            tensors.push((name.clone(), t.shape.clone(), TensorData::F32(&t.data)));
+        }
+        let mut layer_meta = BTreeMap::new();
+        for (name, l) in &self.layers {
+            layer_meta.insert(
+                name.as_str(),
+                LayerMeta { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table },
+            );
+            let words = blocks(l.rows) * l.bits as usize;
+            tensors.push((format!("{name}.qweight"), vec![words, l.cols], TensorData::U32(&l.qweight)));
+            let tables = match table_dtype {
+                TableDtype::F16 => TensorData::F16(&l.tables),
+                TableDtype::F32 => TensorData::F32(&l.tables),
+            };
+            tensors.push((format!("{name}.lut"), vec![l.num_tables(), l.levels()], tables));
+            if !l.sparse.is_empty() {
+                let s = &l.sparse;
+                tensors.push((format!("{name}.sparse_col_ptr"), vec![s.col_ptr.len()], TensorData::U32(&s.col_ptr)));
+                tensors.push((format!("{name}.sparse_row_idx"), vec![s.row_idx.len()], TensorData::U32(&s.row_idx)));
+                tensors.push((format!("{name}.sparse_values"), vec![s.values.len()], TensorData::F32(&s.values)));
+            }
+            if let Some(scales) = &l.scales {
+                tensors.push((format!("{name}.scales"), vec![scales.len()], TensorData::F32(scales)));
+            }
+            if let Some(shift) = &l.input_shift {
+                tensors.push((format!("{name}.input_shift"), vec![shift.len()], TensorData::F32(shift)));
+            }
+        }
+        let layers_json = serde_json::to_string(&layer_meta).map_err(|e| invalid(format!("layers metadata: {e}")))?;
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT_NAME.to_string()),
+            ("format_version".to_string(), FORMAT_VERSION.to_string()),
+            ("config".to_string(), config_json(&self.config)?),
+            ("layers".to_string(), layers_json),
+            ("base_model".to_string(), self.meta.base_model.clone()),
+            ("method".to_string(), self.meta.method.clone()),
+            ("settings".to_string(), self.meta.settings.clone()),
+        ]);
+        let refs: Vec<(&str, &[usize], TensorData<'_>)> =
+            tensors.iter().map(|(name, shape, data)| (name.as_str(), shape.as_slice(), *data)).collect();
+        write_tensors(&refs, Some(metadata))
+    }
+
+    /// Parses and validates a packed model file (`file` names it in errors). Everything is
+    /// checked, as for untrusted input: the format name and version, the config, each packed
+    /// layer's tensors (presence, dtype, shape against the metadata `layers`, then
+    /// [`PackedLinear::validate`]), dense tensors (f32, known names, shapes, finite), and that
+    /// the whole forms a complete GPT-2. Unknown tensors are refused by name. Never panics.
+    pub fn from_safetensors(file: &str, bytes: &[u8]) -> Result<Self> {
+        let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
+        let parsed = parse_safetensors(file, bytes)?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| LoadError::BadSafetensors { file: file.to_string(), reason: format!("{e:?}") })?;
+        let not_ours = format!("not a lutlab packed model file (format `{FORMAT_NAME}`)");
+        let Some(meta) = header.metadata() else {
+            return Err(bad(format!("the file has no `__metadata__`: {not_ours}")));
+        };
+        let get = |key: &str| meta.get(key).ok_or_else(|| bad(format!("metadata `{key}` is missing")));
+        match meta.get("format") {
+            Some(f) if f == FORMAT_NAME => {}
+            Some(f) => return Err(bad(format!("metadata `format` is `{f}`: {not_ours}"))),
+            None => return Err(bad(format!("metadata `format` is missing: {not_ours}"))),
+        }
+        let version = get("format_version")?;
+        match version.trim().parse::<u32>() {
+            Ok(FORMAT_VERSION) => {}
+            Ok(v) => {
+                return Err(bad(format!(
+                    "format version {v} is not supported: this lutlab reads version {FORMAT_VERSION} of `{FORMAT_NAME}` \
+                     (a newer lutlab may have written the file)"
+                )));
+            }
+            Err(_) => return Err(bad(format!("metadata `format_version` is `{version}`, not a version number"))),
+        }
+        let config_text = get("config")?;
+        check_config_dims(file, config_text)?;
+        let config = Gpt2Config::from_json(config_text.as_bytes(), &format!("{file}: metadata `config`"))?;
+        let layer_meta: BTreeMap<String, LayerMeta> = serde_json::from_str(get("layers")?)
+            .map_err(|e| bad(format!("metadata `layers` is not a valid layer table: {e}")))?;
+        let text = |key: &str| meta.get(key).cloned().unwrap_or_default();
+        let meta = PackedMeta { base_model: text("base_model"), method: text("method"), settings: text("settings") };
+
+        if config.n_layer > parsed.len() {
+            return Err(bad(format!(
+                "the config has {} blocks but the file holds only {} tensors",
+                config.n_layer,
+                parsed.len()
+            )));
+        }
+        let expected: BTreeMap<String, Vec<usize>> = gpt2_tensor_shapes(&config).into_iter().collect();
+        let linears = linear_names(&config);
+        for (name, m) in &layer_meta {
+            if !linears.contains(name) {
+                return Err(bad(format!("metadata `layers`: {}", not_a_linear(name, &config))));
+            }
+            if let Some(shape) = expected.get(&format!("{name}.weight")) {
+                if shape[..] != [m.rows, m.cols] {
+                    return Err(bad(format!(
+                        "metadata `layers`: `{name}` is {}x{}, the config's is {}x{}",
+                        m.rows, m.cols, shape[0], shape[1]
+                    )));
+                }
+            }
+        }
+
+        let mut names = parsed.names();
+        names.sort_unstable();
+        let mut dense = BTreeMap::new();
+        for name in names {
+            if let Some((layer, _)) = packed_part(name) {
+                if !layer_meta.contains_key(layer) {
+                    return Err(bad(format!(
+                        "tensor `{name}` belongs to packed layer `{layer}`, which metadata `layers` does not list"
+                    )));
+                }
+                continue;
+            }
+            if !expected.contains_key(name) {
+                return Err(bad(unknown_tensor(name)));
+            }
+            let view = tensor(&parsed, name).ok_or_else(|| bad(format!("tensor `{name}` cannot be read")))?;
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!("tensor `{name}` has dtype {:?}, expected F32 (dense tensors are f32)", view.dtype())));
+            }
+            dense.insert(name.to_string(), HostTensor { shape: view.shape().to_vec(), data: f32s(view.data()) });
+        }
+        let mut layers = BTreeMap::new();
+        for (name, m) in &layer_meta {
+            layers.insert(name.clone(), read_layer(file, &parsed, name, m)?);
+        }
+        let model = Self { config, meta, dense, layers };
+        model.validate(file)?;
+        Ok(model)
+    }
+
+    /// The dense model these packed layers stand for: each packed weight becomes
+    /// [`PackedLinear::effective_weights`] (`scale_c · (table + sparse)`), and an input shift μ is
+    /// folded into the bias. From `y = s ⊙ ((x − μ)·W) + b` and `W' = W·diag(s)`:
+    /// `y = x·W' + (b − μ·W')`, so `b'_c = b_c − Σ_r μ_r W'_{r,c}` (summed in f64). For
+    /// `lutlab export --dequantized` and the dense comparison.
+    pub fn dequantized_weights(&self) -> Result<Gpt2Weights> {
+        self.validate("packed model")?;
+        let mut tensors = self.dense.clone();
+        for (name, layer) in &self.layers {
+            let w = layer.effective_weights();
+            if let Some(shift) = &layer.input_shift {
+                let bias_name = format!("{name}.bias");
+                let bias = tensors
+                    .get_mut(&bias_name)
+                    .ok_or_else(|| LoadError::MissingTensor { name: bias_name.clone() })?;
+                let mut folded = vec![0f64; layer.cols];
+                for (r, row) in w.chunks_exact(layer.cols).enumerate() {
+                    let mu = f64::from(shift[r]);
+                    folded.iter_mut().zip(row).for_each(|(acc, &v)| *acc += mu * f64::from(v));
+                }
+                bias.data.iter_mut().zip(&folded).for_each(|(b, f)| *b = (f64::from(*b) - f) as f32);
+            }
+            tensors.insert(format!("{name}.weight"), HostTensor::new(vec![layer.rows, layer.cols], w));
+        }
+        Gpt2Weights::from_checkpoint(&self.config, Checkpoint::from_tensors(tensors))
+    }
+
+    /// Bytes of the packed layers' tensors as the file stores them (data only, no header):
+    /// words, tables (2 bytes an entry when every entry of the layer is exactly an f16, as
+    /// `from_quantized(.., TableDtype::F16)` makes them and `to_safetensors(TableDtype::F16)`
+    /// requires, else 4), the sparse part when it has entries, scales and shift.
+    pub fn packed_bytes(&self) -> usize {
+        self.layers
+            .values()
+            .map(|l| {
+                let table_bytes = if l.tables.iter().all(|&v| round_f16(v) == v) { 2 } else { 4 };
+                let sparse = if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() };
+                4 * l.qweight.len()
+                    + table_bytes * l.tables.len()
+                    + sparse
+                    + 4 * l.scales.as_ref().map_or(0, Vec::len)
+                    + 4 * l.input_shift.as_ref().map_or(0, Vec::len)
+            })
+            .sum()
+    }
+
+    /// Bytes the packed layers' weights take as a dense f16 matrix (`rows * cols * 2`), to set
+    /// beside [`Self::packed_bytes`] as a compression ratio.
+    pub fn f16_bytes_of_packed_layers(&self) -> usize {
+        self.layers.values().map(|l| l.rows * l.cols * 2).sum()
+    }
+}
+
+/// The config as Hugging Face `config.json` text (`model_type: gpt2` and the fields lutlab
+/// reads), as the packed file's `config` metadata stores it.
+pub fn config_json(config: &Gpt2Config) -> Result<String> {
+    let mut json = serde_json::to_value(config).map_err(|e| invalid(format!("config: {e}")))?;
+    if let Some(object) = json.as_object_mut() {
+        object.insert("model_type".into(), "gpt2".into());
+        object.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
+        object.insert("activation_function".into(), "gelu_new".into());
+        object.insert("tie_word_embeddings".into(), true.into());
+    }
+    serde_json::to_string_pretty(&json).map_err(|e| invalid(format!("config: {e}")))
+}
+
+fn invalid(reason: String) -> LoadError {
+    LoadError::InvalidSetting(reason)
+}
+
+fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+fn unknown_tensor(name: &str) -> String {
+    format!("tensor `{name}` is neither a GPT-2 tensor nor a packed-layer tensor (unknown name)")
+}
+
+fn not_a_linear(name: &str, config: &Gpt2Config) -> String {
+    format!(
+        "`{name}` is not a linear layer of this GPT-2 (h.0 to h.{} × {})",
+        config.n_layer.saturating_sub(1),
+        LINEARS.join(", ")
+    )
+}
+
+/// Every weight of a GPT-2 with its canonical name, in model order.
+fn named_tensors(weights: &Gpt2Weights) -> Vec<(String, &HostTensor)> {
+    let mut out = vec![
+        ("wte.weight".to_string(), &weights.wte),
+        ("wpe.weight".to_string(), &weights.wpe),
+        ("ln_f.weight".to_string(), &weights.ln_f.gamma),
+        ("ln_f.bias".to_string(), &weights.ln_f.beta),
+    ];
+    for (i, block) in weights.blocks.iter().enumerate() {
+        for (ln, w) in [("ln_1", &block.ln_1), ("ln_2", &block.ln_2)] {
+            out.push((format!("h.{i}.{ln}.weight"), &w.gamma));
+            out.push((format!("h.{i}.{ln}.bias"), &w.beta));
+        }
+        for (name, linear) in block.linears() {
+            out.push((format!("h.{i}.{name}.weight"), &linear.weight));
+            out.push((format!("h.{i}.{name}.bias"), &linear.bias));
+        }
+    }
+    out
+}
+
+/// Every tensor a GPT-2 of `config` needs, `(canonical name, shape)`.
+fn gpt2_tensor_shapes(config: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
+    let c = config.n_embd;
+    let f = config.n_inner;
+    let mut out = vec![
+        ("wte.weight".to_string(), vec![config.vocab_size, c]),
+        ("wpe.weight".to_string(), vec![config.n_positions, c]),
+        ("ln_f.weight".to_string(), vec![c]),
+        ("ln_f.bias".to_string(), vec![c]),
+    ];
+    for i in 0..config.n_layer {
+        for ln in ["ln_1", "ln_2"] {
+            out.push((format!("h.{i}.{ln}.weight"), vec![c]));
+            out.push((format!("h.{i}.{ln}.bias"), vec![c]));
+        }
+        for (name, rows, cols) in [
+            ("attn.c_attn", c, c.saturating_mul(3)),
+            ("attn.c_proj", c, c),
+            ("mlp.c_fc", c, f),
+            ("mlp.c_proj", f, c),
+        ] {
+            out.push((format!("h.{i}.{name}.weight"), vec![rows, cols]));
+            out.push((format!("h.{i}.{name}.bias"), vec![cols]));
+        }
+    }
+    out
+}
+
+fn linear_names(config: &Gpt2Config) -> BTreeSet<String> {
+    (0..config.n_layer).flat_map(|i| LINEARS.iter().map(move |n| format!("h.{i}.{n}"))).collect()
+}
+
+/// `h.0.attn.c_attn.qweight` → `("h.0.attn.c_attn", "qweight")`; `None` for other names.
+fn packed_part(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('.').filter(|(_, suffix)| PACKED_SUFFIXES.contains(suffix))
+}
+
+/// Refuses absurd dimensions before `Gpt2Config::from_json` multiplies them.
+fn check_config_dims(file: &str, text: &str) -> Result<()> {
+    let Ok(serde_json::Value::Object(json)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Ok(()); // from_json reports it
+    };
+    for key in ["n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner"] {
+        if let Some(v) = json.get(key).and_then(serde_json::Value::as_u64) {
+            if v > MAX_CONFIG_DIM {
+                return Err(LoadError::BadConfig {
+                    file: format!("{file}: metadata `config`"),
+                    reason: format!("`{key}` is {v}, beyond the {MAX_CONFIG_DIM} lutlab accepts"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tensor<'a>(parsed: &SafeTensors<'a>, name: &str) -> Option<TensorView<'a>> {
+    parsed.tensor(name).ok()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn f16s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+}
+
+/// Reads packed layer `name`'s tensors, checking each one's dtype and shape against the
+/// metadata entry `m` before reading it. The layer's values are checked by the caller.
+fn read_layer(file: &str, parsed: &SafeTensors<'_>, name: &str, m: &LayerMeta) -> Result<PackedLinear> {
+    let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
+    let entry = || format!("the metadata `layers` entry of `{name}` ({})", m.describe());
+    if m.rows == 0 || m.cols == 0 {
+        return Err(bad(format!("{} has an empty shape", entry())));
+    }
+    if !(1..=8).contains(&m.bits) {
+        return Err(bad(format!("{} has {} bits; lutlab supports 1 to 8", entry(), m.bits)));
+    }
+    if m.channels_per_table == 0 || m.cols % m.channels_per_table != 0 {
+        return Err(bad(format!("{}: channels_per_table must divide cols", entry())));
+    }
+    let words = blocks(m.rows)
+        .checked_mul(m.bits as usize)
+        .ok_or_else(|| bad(format!("{} is too large", entry())))?;
+    let levels = 1usize << m.bits;
+    let num_tables = m.cols / m.channels_per_table;
+
+    // A tensor of the layer, checked: `None` when absent and optional.
+    let get = |suffix: &str, dtypes: &[Dtype], shape: Option<&[usize]>, required: bool| -> Result<Option<TensorView<'_>>> {
+        let tensor_name = format!("{name}.{suffix}");
+        let Some(view) = tensor(parsed, &tensor_name) else {
+            return if required {
+                Err(bad(format!("tensor `{tensor_name}` is missing ({} lists the layer)", entry())))
+            } else {
+                Ok(None)
+            };
+        };
+        if !dtypes.contains(&view.dtype()) {
+            let names: Vec<String> = dtypes.iter().map(|d| format!("{d:?}")).collect();
+            return Err(bad(format!(
+                "tensor `{tensor_name}` has dtype {:?}, expected {}",
+                view.dtype(),
+                names.join(" or ")
+            )));
+        }
+        if let Some(shape) = shape {
+            if view.shape() != shape {
+                return Err(bad(format!(
+                    "tensor `{tensor_name}` has shape {:?}, expected {shape:?} for {}",
+                    view.shape(),
+                    entry()
+                )));
+            }
+        }
+        Ok(Some(view))
+    };
+
+    let qweight = get("qweight", &[Dtype::U32], Some(&[words, m.cols]), true)?.map_or_else(Vec::new, |v| u32s(v.data()));
+    let tables = match get("lut", &[Dtype::F16, Dtype::F32], Some(&[num_tables, levels]), true)? {
+        Some(v) if v.dtype() == Dtype::F16 => f16s(v.data()),
+        Some(v) => f32s(v.data()),
+        None => Vec::new(),
+    };
+    // The sparse part: all three tensors or none (none: no outliers).
+    let parts = ["sparse_col_ptr", "sparse_row_idx", "sparse_values"];
+    let present: Vec<bool> = parts.iter().map(|p| tensor(parsed, &format!("{name}.{p}")).is_some()).collect();
+    let sparse = if present.iter().all(|&p| !p) {
+        // `cols` is bounded by the file now: `qweight` holds at least `cols` words.
+        SparseColumns { col_ptr: vec![0; m.cols + 1], row_idx: Vec::new(), values: Vec::new() }
+    } else {
+        if let Some(i) = present.iter().position(|&p| !p) {
+            return Err(bad(format!(
+                "tensor `{name}.{}` is missing: the sparse part needs sparse_col_ptr, sparse_row_idx and sparse_values together",
+                parts[i]
+            )));
+        }
+        let col_ptr = get("sparse_col_ptr", &[Dtype::U32], Some(&[m.cols + 1]), true)?;
+        let row_idx = get("sparse_row_idx", &[Dtype::U32], None, true)?;
+        let nnz = match row_idx.as_ref().map(|v| v.shape()) {
+            Some(&[n]) => n,
+            other => {
+                return Err(bad(format!("tensor `{name}.sparse_row_idx` has shape {:?}, expected [nnz]", other.unwrap_or(&[]))));
+            }
+        };
+        let values = get("sparse_values", &[Dtype::F32], Some(&[nnz]), true)?;
+        SparseColumns {
+            col_ptr: col_ptr.map_or_else(Vec::new, |v| u32s(v.data())),
+            row_idx: row_idx.map_or_else(Vec::new, |v| u32s(v.data())),
+            values: values.map_or_else(Vec::new, |v| f32s(v.data())),
+        }
+    };
+    let scales = get("scales", &[Dtype::F32], Some(&[m.cols]), false)?.map(|v| f32s(v.data()));
+    let input_shift = get("input_shift", &[Dtype::F32], Some(&[m.rows]), false)?.map(|v| f32s(v.data()));
+    Ok(PackedLinear {
+        rows: m.rows,
+        cols: m.cols,
+        bits: m.bits,
+        channels_per_table: m.channels_per_table,
+        qweight,
+        tables,
+        sparse,
+        scales,
+        input_shift,
+    })
+}

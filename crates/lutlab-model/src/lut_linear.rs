@@ -1,0 +1,167 @@
+//! Linear layers that multiply straight from packed LUT weights on the GPU: the WGSL kernels in
+//! `shaders/lut_gemv.wgsl` (a few tokens) and `shaders/lut_gemm.wgsl` (many), launched on burn's
+//! own wgpu device through cubecl, so their inputs and outputs are ordinary burn tensors and the
+//! rest of the model (attention, LayerNorm, the head) runs unchanged around them.
+//!
+//! A packed layer lives on the GPU as three buffers: the packed code words; one f32 buffer with
+//! the tables, sparse values, scales, input shift and bias; one u32 buffer with the sparse column
+//! pointers and row indices. Few bindings per kernel (WebGPU guarantees 8 storage buffers).
+
+use crate::error::{ModelError, Result};
+use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
+use burn::backend::Wgpu;
+use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
+use cubecl::prelude::{CubeCount, CubeDim, KernelId};
+use cubecl::server::KernelArguments;
+use lutlab_core::quant::packed::{blocks, PackedLinear};
+
+/// Up to this many tokens a call takes the GEMV kernel (one workgroup row per token).
+pub const GEMV_MAX_TOKENS: usize = 4;
+const GEMV_COLUMNS: usize = 32;
+const GEMM_TILE: usize = 64;
+/// Marks an absent optional part (scales, shift, bias) in the parameters.
+const NONE: u32 = u32::MAX;
+
+/// A packed linear layer uploaded to the GPU.
+#[derive(Clone, Debug)]
+pub struct PackedGpuLinear {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: u32,
+    qweight: CubeTensor,
+    aux: CubeTensor,
+    index: CubeTensor,
+    /// Parameters shared by both kernels except the token count (`params[2]`).
+    params: [u32; 10],
+}
+
+impl PackedGpuLinear {
+    /// Uploads `packed` (validated) with its `bias` (`[cols]`) to `device`.
+    pub fn upload(packed: &PackedLinear, bias: Option<&[f32]>, device: &Device, what: &str) -> Result<Self> {
+        packed.validate(what)?;
+        if bias.is_some_and(|b| b.len() != packed.cols) {
+            return Err(ModelError::Gpu(format!("{what}: bias length does not match {} columns", packed.cols)));
+        }
+        let mut aux = packed.tables.clone();
+        let sparse_values_at = aux.len();
+        aux.extend_from_slice(&packed.sparse.values);
+        let mut append = |part: Option<&[f32]>| {
+            part.map_or(NONE, |values| {
+                let at = aux.len() as u32;
+                aux.extend_from_slice(values);
+                at
+            })
+        };
+        let scales_at = append(packed.scales.as_deref());
+        let shift_at = append(packed.input_shift.as_deref());
+        let bias_at = append(bias);
+        let mut index = packed.sparse.col_ptr.clone();
+        let row_idx_at = index.len() as u32;
+        index.extend_from_slice(&packed.sparse.row_idx);
+        let params = [
+            packed.rows as u32,
+            packed.cols as u32,
+            0,
+            packed.channels_per_table as u32,
+            blocks(packed.rows) as u32,
+            sparse_values_at as u32,
+            scales_at,
+            shift_at,
+            bias_at,
+            row_idx_at,
+        ];
+        Ok(Self {
+            rows: packed.rows,
+            cols: packed.cols,
+            bits: packed.bits,
+            qweight: upload_u32(&packed.qweight, device)?,
+            aux: primitive(Tensor::<1>::from_data(TensorData::new(aux.clone(), [aux.len()]), device))?,
+            index: upload_u32(&index, device)?,
+            params,
+        })
+    }
+
+    /// `y = scale ⊙ ((x − shift) · W) + bias` for `x: [m, rows]`.
+    pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        let [m, k] = x.dims();
+        if k != self.rows {
+            return Err(ModelError::Gpu(format!("LUT matmul: input has {k} features, the layer {}", self.rows)));
+        }
+        let x = burn::backend::wgpu::into_contiguous(primitive(x)?);
+        let client = x.client.clone();
+        let mut params = self.params;
+        params[2] = m as u32;
+        let params = client.create_from_slice(bytemuck_u32(&params));
+        let out = client.empty(m * self.cols * 4);
+        let (kernel, count): (Box<dyn cubecl::CubeKernel>, CubeCount) = if m <= GEMV_MAX_TOKENS {
+            let shared_tables = GEMV_COLUMNS << self.bits <= 2048;
+            let source = LutKernel { file: Shader::Gemv, bits: self.bits, shared_tables };
+            (Box::new(SourceKernel::new(source, CubeDim::new_2d(32, 8))), CubeCount::Static(self.cols.div_ceil(GEMV_COLUMNS) as u32, m as u32, 1))
+        } else {
+            let source = LutKernel { file: Shader::Gemm, bits: self.bits, shared_tables: false };
+            let count = CubeCount::Static(self.cols.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1);
+            (Box::new(SourceKernel::new(source, CubeDim::new_2d(16, 16))), count)
+        };
+        let arguments = KernelArguments::new()
+            .with_buffer(x.handle.clone().binding())
+            .with_buffer(self.qweight.handle.clone().binding())
+            .with_buffer(self.aux.handle.clone().binding())
+            .with_buffer(self.index.handle.clone().binding())
+            .with_buffer(out.clone().binding())
+            .with_buffer(params.binding());
+        client.launch(kernel, count, arguments);
+        let y = CubeTensor::new_contiguous(client, x.device.clone(), Shape::new([m, self.cols]), out, DType::F32);
+        Ok(Tensor::from_primitive::<Wgpu>(y))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Shader {
+    Gemv,
+    Gemm,
+}
+
+/// One compiled variant of a LUT kernel: the bit width is a compile-time constant.
+#[derive(Debug)]
+struct LutKernel {
+    file: Shader,
+    bits: u32,
+    shared_tables: bool,
+}
+
+impl KernelSource for LutKernel {
+    fn source(&self) -> SourceTemplate {
+        let text = match self.file {
+            Shader::Gemv => include_str!("../../../shaders/lut_gemv.wgsl"),
+            Shader::Gemm => include_str!("../../../shaders/lut_gemm.wgsl"),
+        };
+        SourceTemplate::new(text)
+            .register("bits", self.bits.to_string())
+            .register("shared_tables", self.shared_tables.to_string())
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info((self.file, self.bits, self.shared_tables))
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+fn primitive<const D: usize, K>(tensor: Tensor<D, K>) -> Result<CubeTensor>
+where
+    K: burn::tensor::BackendPrimitive<Wgpu, Primitive = CubeTensor> + burn::tensor::kind::Basic,
+{
+    tensor.try_into_primitive::<Wgpu>().map_err(|e| ModelError::Gpu(format!("LUT kernels need the wgpu device: {e:?}")))
+}
+
+/// u32 words as a burn int tensor (i32 bits; the kernels read them as u32).
+fn upload_u32(words: &[u32], device: &Device) -> Result<CubeTensor> {
+    let as_i32: Vec<i32> = words.iter().map(|&w| w as i32).collect();
+    primitive(Tensor::<1, Int>::from_data(TensorData::new(as_i32, [words.len()]), device))
+}
+
+fn bytemuck_u32(words: &[u32]) -> &[u8] {
+    bytemuck::cast_slice(words)
+}

@@ -1,0 +1,96 @@
+//! The LUT GEMV and GEMM kernels (`shaders/lut_gemv.wgsl`, `shaders/lut_gemm.wgsl`) against their
+//! CPU reference `PackedLinear::reference_matmul`, for every bit width, every granularity, odd
+//! shapes, outliers, scales, input shift and bias.
+//!
+//! Tolerance: the GPU sums in f32 in a different order than the f64 reference, so each output is
+//! allowed `1e-5 · Σ|x·w|` (a few f32 ulps of the terms' magnitude) plus 1e-6.
+
+use lutlab_core::quant::kmeans::rng::SplitMix64;
+use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseOutliers};
+use lutlab_model::burn::tensor::{Tensor, TensorData};
+use lutlab_model::lut_linear::{PackedGpuLinear, GEMV_MAX_TOKENS};
+use lutlab_tests::gpu;
+
+fn random_layer(rng: &mut SplitMix64, rows: usize, cols: usize, bits: u32, granularity: Granularity, extras: bool) -> PackedLinear {
+    let levels = 1usize << bits;
+    let tables = granularity.tables(cols).unwrap();
+    let mut outliers = SparseOutliers::none(rows);
+    for r in 0..rows {
+        for c in 0..cols {
+            if rng.next_u64() % 50 == 0 {
+                outliers.col_idx.push(c as u32);
+                outliers.values.push(rng.next_f64() as f32 - 0.5);
+            }
+        }
+        outliers.row_ptr[r + 1] = outliers.values.len() as u32;
+    }
+    let lut = LutMatrix {
+        rows,
+        cols,
+        bits,
+        granularity,
+        tables: (0..tables * levels).map(|_| rng.next_f64() as f32 - 0.5).collect(),
+        codes: (0..rows * cols).map(|_| (rng.next_u64() % levels as u64) as u8).collect(),
+        outliers,
+    };
+    let mut packed = PackedLinear::from_lut(&lut).unwrap();
+    if extras {
+        packed.scales = Some((0..cols).map(|_| 0.5 + rng.next_f64() as f32).collect());
+        packed.input_shift = Some((0..rows).map(|_| rng.next_f64() as f32 - 0.5).collect());
+    }
+    packed
+}
+
+fn check(packed: &PackedLinear, m: usize, with_bias: bool, rng: &mut SplitMix64) {
+    let device = gpu();
+    let x: Vec<f32> = (0..m * packed.rows).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
+    let bias: Vec<f32> = (0..packed.cols).map(|_| rng.next_f64() as f32).collect();
+    let bias = with_bias.then_some(bias.as_slice());
+    let layer = PackedGpuLinear::upload(packed, bias, &device, "test layer").unwrap();
+    let input = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, packed.rows]), &device);
+    let got: Vec<f32> = layer.forward(input).unwrap().into_data().to_vec::<f32>().unwrap();
+    let want = packed.reference_matmul(&x, m, bias);
+    let w = packed.effective_weights();
+    let what = format!("{}x{} {}-bit {:?} m={m}", packed.rows, packed.cols, packed.bits, packed.granularity());
+    for t in 0..m {
+        for c in 0..packed.cols {
+            let magnitude: f32 = (0..packed.rows).map(|r| (x[t * packed.rows + r] * w[r * packed.cols + c]).abs()).sum();
+            let (g, e) = (got[t * packed.cols + c], want[t * packed.cols + c]);
+            assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: token {t} column {c}: GPU {g}, CPU {e}");
+        }
+    }
+}
+
+#[test]
+fn gemv_matches_the_cpu_for_every_bit_width_and_granularity() {
+    let mut rng = SplitMix64::new(1);
+    for bits in 1..=8 {
+        for granularity in [Granularity::Tensor, Granularity::Channel, Granularity::Group(5)] {
+            let packed = random_layer(&mut rng, 77, 45, bits, granularity, bits % 2 == 0);
+            check(&packed, 1, bits != 3, &mut rng);
+            check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_the_cpu_for_every_bit_width_and_granularity() {
+    let mut rng = SplitMix64::new(2);
+    for bits in 1..=8 {
+        for granularity in [Granularity::Tensor, Granularity::Channel, Granularity::Group(10)] {
+            let packed = random_layer(&mut rng, 70, 130, bits, granularity, bits % 2 == 1);
+            check(&packed, GEMV_MAX_TOKENS + 1, true, &mut rng);
+            check(&packed, 67, bits != 4, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn kernels_handle_gpt2_shapes() {
+    let mut rng = SplitMix64::new(3);
+    for (rows, cols) in [(768, 2304), (3072, 768)] {
+        let packed = random_layer(&mut rng, rows, cols, 3, Granularity::Channel, true);
+        check(&packed, 1, true, &mut rng);
+        check(&packed, 130, true, &mut rng);
+    }
+}
