@@ -48,7 +48,7 @@ fn check(packed: &PackedLinear, m: usize, with_bias: bool, rng: &mut SplitMix64)
     let bias = with_bias.then_some(bias.as_slice());
     let layer = PackedGpuLinear::upload(packed, bias, &device, "test layer").unwrap();
     let input = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, packed.rows]), &device);
-    let got: Vec<f32> = layer.forward(input).unwrap().into_data().to_vec::<f32>().unwrap();
+    let got: Vec<f32> = layer.forward(input).into_data().try_to_vec::<f32>().unwrap();
     let want = packed.reference_matmul(&x, m, bias);
     let w = packed.effective_weights();
     let what = format!("{}x{} {}-bit {:?} m={m}", packed.rows, packed.cols, packed.bits, packed.granularity());

@@ -4,9 +4,10 @@ use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
-use lutlab_core::files::read_text;
+use lutlab_core::files::{read_file, read_text};
 use lutlab_core::{Gpt2Weights, ModelFiles, TextTokenizer};
-use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2};
+use lutlab_core::packed_file::PackedModel;
+use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2, Gpu};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,6 +31,10 @@ pub struct EvalArgs {
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Evaluate this packed file (`lutlab quantize --packed`) through the LUT kernels instead;
+    /// only the tokenizer is read from --model.
+    #[arg(long)]
+    packed: Option<PathBuf>,
     #[command(flatten)]
     eval: EvalOptions,
     /// Print one JSON object instead of text.
@@ -61,19 +66,28 @@ impl EvalReport {
     }
 }
 
-/// Perplexity of `weights` on the GPU, with a progress bar unless `quiet`.
+/// Perplexity of dense `weights` on the GPU, with a progress bar unless `quiet`.
 pub fn measure(weights: &Gpt2Weights, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+    let gpu = pollster::block_on(open_gpu())?;
+    gpu.check_fits(weights)?;
+    measure_model(&Gpt2::new(weights, &gpu.device), &gpu, tokenizer, options, quiet)
+}
+
+/// Perplexity of a packed model, its linear layers running from their codes.
+pub fn measure_packed(packed: &PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+    let gpu = pollster::block_on(open_gpu())?;
+    measure_model(&Gpt2::from_packed(packed, &gpu.device)?, &gpu, tokenizer, options, quiet)
+}
+
+fn measure_model(model: &Gpt2, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let data_path = options.data.clone().unwrap_or_else(|| repo_path(WIKITEXT_TEST));
     let what = data_path.display().to_string();
     let tokens = tokenizer.encode(&read_text(&data_path)?)?;
-    let gpu = pollster::block_on(open_gpu())?;
-    gpu.check_fits(weights)?;
-    let model = Gpt2::new(weights, &gpu.device);
-    let settings = EvalSettings::with_overrides(&model, options.max_length, options.stride);
+    let settings = EvalSettings::with_overrides(model, options.max_length, options.stride);
 
     let mut bar = Bar::new("perplexity", "tokens", quiet);
     let start = Instant::now();
-    let nll = pollster::block_on(perplexity(&model, &tokens, settings, &what, &mut bar))?;
+    let nll = pollster::block_on(perplexity(model, &tokens, settings, &what, &mut bar))?;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
     Ok(EvalReport {
@@ -92,14 +106,29 @@ pub fn measure(weights: &Gpt2Weights, tokenizer: &TextTokenizer, options: &EvalO
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
-    let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
-    let report = measure(&loaded.weights, &loaded.tokenizer, &args.eval, args.json)?;
+    let files = ModelFiles::read_dir(&model_dir)?;
+    let (report, evaluated) = match &args.packed {
+        Some(path) => {
+            let packed = read_packed(path)?;
+            let tokenizer = TextTokenizer::from_files(&files.tokenizer)?;
+            (measure_packed(&packed, &tokenizer, &args.eval, args.json)?, path.display().to_string())
+        }
+        None => {
+            let loaded = files.load()?;
+            (measure(&loaded.weights, &loaded.tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
+        }
+    };
     if args.json {
         let mut json = serde_json::to_value(&report)?;
-        json["model"] = model_dir.display().to_string().into();
+        json["model"] = evaluated.into();
         println!("{json}");
     } else {
         println!("{}", report.line());
     }
     Ok(())
+}
+
+/// Reads and validates a packed model file.
+pub fn read_packed(path: &std::path::Path) -> Result<PackedModel> {
+    Ok(PackedModel::from_safetensors(&path.display().to_string(), &read_file(path)?)?)
 }

@@ -1,6 +1,7 @@
 //! `lutlab`: the command-line face of lutlab, for models and runs too big for a browser tab.
 
 mod eval;
+mod export;
 mod fisher;
 mod paths;
 mod progress;
@@ -25,6 +26,9 @@ enum Command {
     /// Quantizes the linear weights (k-means LUTs, dense-and-sparse, or uniform RTN); reports the
     /// error per layer, evaluates and/or writes the dequantized checkpoint.
     Quantize(quantize::QuantizeArgs),
+    /// Writes a packed model (`quantize --packed`) back out as a plain Hugging Face checkpoint of
+    /// its dequantized weights (loads in transformers).
+    Export(export::ExportArgs),
 }
 
 fn main() {
@@ -33,6 +37,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Fisher(args) => fisher::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Export(args) => export::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -2,7 +2,7 @@
 //! the error per layer, evaluates the result and/or writes it as a Hugging Face checkpoint of
 //! dequantized weights (loads in transformers and in `lutlab eval`).
 
-use crate::eval::{measure, EvalOptions};
+use crate::eval::{measure, measure_packed, EvalOptions};
 use crate::paths::{repo_path, SHIPPED_MODEL};
 use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
@@ -11,6 +11,7 @@ use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::{quantize_model, QuantizeRequest, QuantizedModel};
+use lutlab_core::packed_file::{config_json, PackedMeta, PackedModel, TableDtype};
 use lutlab_core::{Gpt2Weights, ModelFiles};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -79,6 +80,14 @@ pub struct QuantizeArgs {
     /// Write the dequantized model as a Hugging Face checkpoint directory.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the packed model (docs/FORMAT.md) to this file; `lutlab eval --packed` and the
+    /// page run it through the LUT kernels.
+    #[arg(long)]
+    packed: Option<PathBuf>,
+    /// How the packed file stores table entries: f16 (tables rounded, and evaluated as stored)
+    /// or f32.
+    #[arg(long, default_value = "f16")]
+    table_dtype: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -86,9 +95,10 @@ pub struct QuantizeArgs {
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let model_dir = args.model.clone().unwrap_or_else(|| repo_path(SHIPPED_MODEL));
-    if !args.eval && args.out.is_none() {
-        bail!("nothing to do with the result: pass --eval, --out DIR, or both");
+    if !args.eval && args.out.is_none() && args.packed.is_none() {
+        bail!("nothing to do with the result: pass --eval, --out DIR and/or --packed FILE");
     }
+    let table_dtype: TableDtype = args.table_dtype.parse()?;
     let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
     let weights = &loaded.weights;
     let fisher = args.fisher.as_deref().map(|path| read_fisher(path, weights)).transpose()?;
@@ -103,13 +113,34 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let quantized = quantize_model(weights, &method, blocks, sample_weights, &mut bar)?;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
-    let quantized_weights = quantized.apply(weights);
+    let label = request.label(fisher.is_some());
 
-    if let Some(out) = &args.out {
-        write_checkpoint(&model_dir, out, &quantized_weights, &request.label(fisher.is_some()))?;
+    // Every layer a LUT: the model is packed, and evaluated as packed through the LUT kernels.
+    // (Brevitas-style input-group scales are not LUTs; those run dequantized.)
+    let packed = if quantized.layers.iter().all(|l| l.lut.is_some()) {
+        let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(&request)? };
+        Some(PackedModel::from_quantized(weights, &quantized, meta, table_dtype)?)
+    } else {
+        None
+    };
+    if let Some(path) = &args.packed {
+        let Some(packed) = &packed else { bail!("--packed: {label} does not produce look-up tables for every layer") };
+        std::fs::write(path, packed.to_safetensors(table_dtype)?).with_context(|| format!("writing {}", path.display()))?;
     }
-    let eval = if args.eval { Some(measure(&quantized_weights, &loaded.tokenizer, &args.eval_options, args.json)?) } else { None };
-    report(&args, &request.label(fisher.is_some()), &quantized, seconds, eval.as_ref())
+    let dequantized = match &packed {
+        Some(packed) => packed.dequantized_weights()?,
+        None => quantized.apply(weights),
+    };
+    if let Some(out) = &args.out {
+        write_checkpoint(&model_dir, out, &dequantized, &label)?;
+    }
+    let eval = match (&packed, args.eval) {
+        (Some(packed), true) => Some(measure_packed(packed, &loaded.tokenizer, &args.eval_options, args.json)?),
+        (None, true) => Some(measure(&dequantized, &loaded.tokenizer, &args.eval_options, args.json)?),
+        (_, false) => None,
+    };
+    let sizes = packed.as_ref().map(|p| (p.packed_bytes(), p.f16_bytes_of_packed_layers()));
+    report(&args, &label, &quantized, seconds, eval.as_ref(), sizes)
 }
 
 impl QuantizeArgs {
@@ -147,7 +178,9 @@ fn read_fisher(path: &Path, weights: &Gpt2Weights) -> Result<FisherDiagonal> {
     Ok(FisherDiagonal::from_safetensors(&path.display().to_string(), &read_file(path)?, weights)?)
 }
 
-fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, label: &str) -> Result<()> {
+/// Writes `weights` as a Hugging Face checkpoint directory: model.safetensors, a config.json
+/// made from `weights.config`, and the tokenizer files copied from `tokenizer_dir`.
+pub fn write_checkpoint(tokenizer_dir: &Path, out: &Path, weights: &Gpt2Weights, label: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
         ("wte.weight".into(), weights.wte.shape.clone(), &weights.wte.data),
@@ -171,15 +204,19 @@ fn write_checkpoint(model_dir: &Path, out: &Path, weights: &Gpt2Weights, label: 
         ("lutlab".to_string(), format!("dequantized from {label}")),
     ]);
     std::fs::write(out.join("model.safetensors"), write_safetensors(&views, Some(metadata))?)?;
-    for file in [CONFIG_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE, MERGES_FILE] {
-        if model_dir.join(file).is_file() {
-            std::fs::copy(model_dir.join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
+    std::fs::write(out.join(CONFIG_FILE), config_json(&weights.config)?)?;
+    for file in [TOKENIZER_JSON_FILE, VOCAB_FILE, MERGES_FILE] {
+        if tokenizer_dir.join(file).is_file() {
+            std::fs::copy(tokenizer_dir.join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
         }
     }
     Ok(())
 }
 
-fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds: f64, eval: Option<&crate::eval::EvalReport>) -> Result<()> {
+/// `(packed bytes, f16 bytes)` of the quantized layers.
+type Sizes = Option<(usize, usize)>;
+
+fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds: f64, eval: Option<&crate::eval::EvalReport>, sizes: Sizes) -> Result<()> {
     let outliers: usize = quantized.layers.iter().map(|l| l.outliers).sum();
     let weights: usize = quantized.layers.iter().map(|l| l.dequantized.len()).sum();
     if args.json {
@@ -194,6 +231,8 @@ fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds:
             "outlier_percent": 100.0 * outliers as f64 / weights.max(1) as f64,
             "quantize_seconds": seconds,
             "layers": layers,
+            "packed_bytes": sizes.map(|s| s.0),
+            "f16_bytes": sizes.map(|s| s.1),
             "eval": eval,
         });
         println!("{json}");
@@ -210,6 +249,9 @@ fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds:
         quantized.bits_per_weight(),
         100.0 * outliers as f64 / weights.max(1) as f64
     );
+    if let Some((packed, f16)) = sizes {
+        println!("packed layers: {packed} bytes, {:.2}x smaller than f16 ({f16} bytes)", f16 as f64 / packed.max(1) as f64);
+    }
     if let Some(eval) = eval {
         println!("{}", eval.line());
     }

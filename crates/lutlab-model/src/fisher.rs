@@ -27,7 +27,7 @@
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
-use crate::gpt2::{Gpt2, gelu_new};
+use crate::gpt2::{Gpt2, Linear, gelu_new};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 use lutlab_core::{HostTensor, LoadError, Progress};
@@ -218,8 +218,8 @@ pub async fn fisher_windows(
     }
 
     let device = model.device();
+    let weights = linear_weights(model)?;
     let diff = DiffModel::new(model);
-    let weights = linear_weights(model);
     let names: Vec<String> = weights.iter().map(|(name, _)| name.clone()).collect();
     let mut accumulators: Vec<Tensor<2>> = weights
         .iter()
@@ -304,30 +304,33 @@ fn check_settings(model: &Gpt2, seqlen: usize, micro_batch: usize) -> Result<()>
     Ok(())
 }
 
-/// `(name, weight)` of every linear weight, in model order (the Fisher file's order).
-fn linear_weights(model: &Gpt2) -> Vec<(String, Tensor<2>)> {
-    model
-        .blocks
-        .iter()
-        .enumerate()
-        .flat_map(|(i, b)| {
-            [
-                (
-                    format!("h.{i}.attn.c_attn.weight"),
-                    b.attn_c_attn.weight.clone(),
-                ),
-                (
-                    format!("h.{i}.attn.c_proj.weight"),
-                    b.attn_c_proj.weight.clone(),
-                ),
-                (format!("h.{i}.mlp.c_fc.weight"), b.mlp_c_fc.weight.clone()),
-                (
-                    format!("h.{i}.mlp.c_proj.weight"),
-                    b.mlp_c_proj.weight.clone(),
-                ),
-            ]
-        })
-        .collect()
+/// `(name, weight)` of every linear weight, in model order (the Fisher file's order). Fisher
+/// differentiates the dense model, so a packed layer is refused by name.
+fn linear_weights(model: &Gpt2) -> Result<Vec<(String, Tensor<2>)>> {
+    let mut out = Vec::new();
+    for (i, b) in model.blocks.iter().enumerate() {
+        for (part, linear) in [
+            ("attn.c_attn", &b.attn_c_attn),
+            ("attn.c_proj", &b.attn_c_proj),
+            ("mlp.c_fc", &b.mlp_c_fc),
+            ("mlp.c_proj", &b.mlp_c_proj),
+        ] {
+            let name = format!("h.{i}.{part}.weight");
+            let (weight, _) = linear.dense().ok_or_else(|| {
+                LoadError::InvalidSetting(format!("Fisher information needs the dense model, but `{name}` is packed"))
+            })?;
+            out.push((name, weight.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// A dense layer's bias; `fisher` refuses packed models before any forward (`linear_weights`).
+fn dense_bias(linear: &Linear) -> &Tensor<1> {
+    match linear.dense() {
+        Some((_, bias)) => bias,
+        None => unreachable!("Fisher runs on dense models only"),
+    }
 }
 
 /// `health` = each sample's loss (`b` values), then for each tensor each sample's sum of squared
@@ -404,7 +407,9 @@ impl DiffModel {
                 &mut block.mlp_c_fc,
                 &mut block.mlp_c_proj,
             ] {
-                linear.bias = linear.bias.clone().autodiff();
+                if let Linear::Dense { bias, .. } = linear {
+                    *bias = bias.clone().autodiff();
+                }
             }
         }
         m.ln_f.gamma = m.ln_f.gamma.clone().autodiff();
@@ -445,16 +450,16 @@ impl DiffModel {
             let h = block.ln_1.forward(x.clone());
             x = x + self.attention(
                 h,
-                (&w[0], &block.attn_c_attn.bias),
-                (&w[1], &block.attn_c_proj.bias),
+                (&w[0], dense_bias(&block.attn_c_attn)),
+                (&w[1], dense_bias(&block.attn_c_proj)),
                 &causal,
             );
             let h = gelu_new(linear(
                 block.ln_2.forward(x.clone()),
                 &w[2],
-                &block.mlp_c_fc.bias,
+                dense_bias(&block.mlp_c_fc),
             ));
-            x = x + linear(h, &w[3], &block.mlp_c_proj.bias);
+            x = x + linear(h, &w[3], dense_bias(&block.mlp_c_proj));
         }
         // Only positions 0..t-1 predict a token of the window.
         let hidden = m.ln_f.forward(x).slice([0..b, 0..t - 1, 0..c]);

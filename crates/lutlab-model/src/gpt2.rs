@@ -2,6 +2,10 @@
 //! self-attention and a language-model head tied to the token embedding.
 
 use crate::device::upload;
+use crate::error::Result;
+use crate::lut_linear::PackedGpuLinear;
+use lutlab_core::packed_file::PackedModel;
+use lutlab_core::LoadError;
 use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
 use lutlab_core::weights::{LayerNormWeights, LinearWeights};
 use lutlab_core::{Gpt2Config, Gpt2Weights, HostTensor};
@@ -26,22 +30,35 @@ impl LayerNorm {
     }
 }
 
-/// A linear layer in GPT-2's Conv1D layout: `y = x · W + b`, `W: [in, out]`.
+/// A linear layer in GPT-2's Conv1D layout: `y = x · W + b`, `W: [in, out]`, with `W` either a
+/// dense tensor (burn's matmul) or packed LUT codes (lutlab's LUT kernels, bias fused).
 #[derive(Clone, Debug)]
-pub struct Linear {
-    pub weight: Tensor<2>,
-    pub bias: Tensor<1>,
+pub enum Linear {
+    Dense { weight: Tensor<2>, bias: Tensor<1> },
+    Packed(PackedGpuLinear),
 }
 
 impl Linear {
     fn new(w: &LinearWeights, device: &Device) -> Self {
-        Self { weight: upload2(&w.weight, device), bias: upload1(&w.bias, device) }
+        Self::Dense { weight: upload2(&w.weight, device), bias: upload1(&w.bias, device) }
+    }
+
+    /// The dense weight and bias, or `None` for a packed layer.
+    pub fn dense(&self) -> Option<(&Tensor<2>, &Tensor<1>)> {
+        match self {
+            Self::Dense { weight, bias } => Some((weight, bias)),
+            Self::Packed(_) => None,
+        }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, n_in] = x.dims();
-        let n_out = self.weight.dims()[1];
-        let y = x.reshape([b * t, n_in]).matmul(self.weight.clone()) + self.bias.clone().unsqueeze::<2>();
+        let x = x.reshape([b * t, n_in]);
+        let y = match self {
+            Self::Dense { weight, bias } => x.matmul(weight.clone()) + bias.clone().unsqueeze::<2>(),
+            Self::Packed(layer) => layer.forward(x),
+        };
+        let n_out = y.dims()[1];
         y.reshape([b, t, n_out])
     }
 }
@@ -93,6 +110,47 @@ impl Gpt2 {
             blocks,
             ln_f: LayerNorm::new(&weights.ln_f, eps, device),
         }
+    }
+
+    /// Uploads a packed model: its packed linear layers run through the LUT kernels straight
+    /// from their codes (never expanded to dense weights), everything else as stored. `device`
+    /// must be a plain (not autodiff) wgpu device. The model was validated when it was parsed.
+    pub fn from_packed(model: &PackedModel, device: &Device) -> Result<Self> {
+        let config = &model.config;
+        let eps = config.layer_norm_epsilon;
+        let tensor = |name: &str| model.dense.get(name).ok_or_else(|| LoadError::MissingTensor { name: name.to_string() });
+        let layer_norm = |prefix: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                gamma: upload1(tensor(&format!("{prefix}.weight"))?, device),
+                beta: upload1(tensor(&format!("{prefix}.bias"))?, device),
+                eps,
+            })
+        };
+        let linear = |name: &str| -> Result<Linear> {
+            let bias = tensor(&format!("{name}.bias"))?;
+            Ok(match model.layers.get(name) {
+                Some(packed) => Linear::Packed(PackedGpuLinear::upload(packed, Some(&bias.data), device, name)?),
+                None => Linear::Dense { weight: upload2(tensor(&format!("{name}.weight"))?, device), bias: upload1(bias, device) },
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            blocks.push(Block {
+                ln_1: layer_norm(&format!("h.{i}.ln_1"))?,
+                attn_c_attn: linear(&format!("h.{i}.attn.c_attn"))?,
+                attn_c_proj: linear(&format!("h.{i}.attn.c_proj"))?,
+                ln_2: layer_norm(&format!("h.{i}.ln_2"))?,
+                mlp_c_fc: linear(&format!("h.{i}.mlp.c_fc"))?,
+                mlp_c_proj: linear(&format!("h.{i}.mlp.c_proj"))?,
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            wte: upload2(tensor("wte.weight")?, device),
+            wpe: upload2(tensor("wpe.weight")?, device),
+            blocks,
+            ln_f: layer_norm("ln_f")?,
+        })
     }
 
     pub fn device(&self) -> Device {

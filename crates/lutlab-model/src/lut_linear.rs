@@ -36,7 +36,8 @@ pub struct PackedGpuLinear {
 }
 
 impl PackedGpuLinear {
-    /// Uploads `packed` (validated) with its `bias` (`[cols]`) to `device`.
+    /// Uploads `packed` (validated) with its `bias` (`[cols]`) to `device`, which must be a plain
+    /// wgpu device (the kernels are not differentiable).
     pub fn upload(packed: &PackedLinear, bias: Option<&[f32]>, device: &Device, what: &str) -> Result<Self> {
         packed.validate(what)?;
         if bias.is_some_and(|b| b.len() != packed.cols) {
@@ -81,13 +82,15 @@ impl PackedGpuLinear {
         })
     }
 
-    /// `y = scale ⊙ ((x − shift) · W) + bias` for `x: [m, rows]`.
-    pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+    /// `y = scale ⊙ ((x − shift) · W) + bias` for `x: [m, rows]` on the layer's device.
+    ///
+    /// Panics if `x` has another width or lives on another device: both are fixed when a model is
+    /// assembled (`Gpt2::with_packed`), so this is a bug, never bad input.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [m, k] = x.dims();
-        if k != self.rows {
-            return Err(ModelError::Gpu(format!("LUT matmul: input has {k} features, the layer {}", self.rows)));
-        }
-        let x = burn::backend::wgpu::into_contiguous(primitive(x)?);
+        assert_eq!(k, self.rows, "LUT matmul: input width differs from the layer's rows");
+        let x = primitive(x).expect("LUT matmul: the input is on the layer's wgpu device");
+        let x = burn::backend::wgpu::into_contiguous(x);
         let client = x.client.clone();
         let mut params = self.params;
         params[2] = m as u32;
@@ -111,7 +114,7 @@ impl PackedGpuLinear {
             .with_buffer(params.binding());
         client.launch(kernel, count, arguments);
         let y = CubeTensor::new_contiguous(client, x.device.clone(), Shape::new([m, self.cols]), out, DType::F32);
-        Ok(Tensor::from_primitive::<Wgpu>(y))
+        Tensor::from_primitive::<Wgpu>(y)
     }
 }
 

@@ -7,9 +7,9 @@ use crate::quant::model::Method;
 use crate::quant::outliers::{range_for_outlier_percent, OutlierSettings};
 use crate::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
 use crate::weights::Gpt2Weights;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuantizeRequest {
     /// `kmeans` or `rtn`.
