@@ -216,10 +216,10 @@ impl PackedModel {
                 self.dense.len() + self.layers.len()
             ));
         }
-        if !self.meta.settings.trim().is_empty() {
-            if let Err(e) = serde_json::from_str::<serde_json::Value>(&self.meta.settings) {
-                return bad(format!("the settings are not JSON: {e}"));
-            }
+        if !self.meta.settings.trim().is_empty()
+            && let Err(e) = serde_json::from_str::<serde_json::Value>(&self.meta.settings)
+        {
+            return bad(format!("the settings are not JSON: {e}"));
         }
         let expected: BTreeMap<String, Vec<usize>> = gpt2_tensor_shapes(config).into_iter().collect();
         let linears = linear_names(config);
@@ -228,13 +228,13 @@ impl PackedModel {
                 return bad(not_a_linear(name, config));
             }
             let weight = format!("{name}.weight");
-            if let Some(shape) = expected.get(&weight) {
-                if shape[..] != [layer.rows, layer.cols] {
-                    return bad(format!(
-                        "packed layer `{name}` is {}x{}, the config's is {}x{}",
-                        layer.rows, layer.cols, shape[0], shape[1]
-                    ));
-                }
+            if let Some(shape) = expected.get(&weight)
+                && shape[..] != [layer.rows, layer.cols]
+            {
+                return bad(format!(
+                    "packed layer `{name}` is {}x{}, the config's is {}x{}",
+                    layer.rows, layer.cols, shape[0], shape[1]
+                ));
             }
             layer.validate(&format!("{file}: packed layer `{name}`"))?;
             if self.dense.contains_key(&weight) {
@@ -363,7 +363,12 @@ impl PackedModel {
         }
         let config_text = get("config")?;
         check_config_dims(file, config_text)?;
-        let config = Gpt2Config::from_json(config_text.as_bytes(), &format!("{file}: metadata `config`"))?;
+        let config_file = format!("{file}: metadata `config`");
+        let config = Gpt2Config::from_json(config_text.as_bytes(), &config_file).map_err(|e| match e {
+            // The one config error that does not name its source.
+            LoadError::UnsupportedArchitecture { .. } => LoadError::BadConfig { file: config_file.clone(), reason: e.to_string() },
+            other => other,
+        })?;
         let layer_meta: BTreeMap<String, LayerMeta> = serde_json::from_str(get("layers")?)
             .map_err(|e| bad(format!("metadata `layers` is not a valid layer table: {e}")))?;
         let text = |key: &str| meta.get(key).cloned().unwrap_or_default();
@@ -382,13 +387,13 @@ impl PackedModel {
             if !linears.contains(name) {
                 return Err(bad(format!("metadata `layers`: {}", not_a_linear(name, &config))));
             }
-            if let Some(shape) = expected.get(&format!("{name}.weight")) {
-                if shape[..] != [m.rows, m.cols] {
-                    return Err(bad(format!(
-                        "metadata `layers`: `{name}` is {}x{}, the config's is {}x{}",
-                        m.rows, m.cols, shape[0], shape[1]
-                    )));
-                }
+            if let Some(shape) = expected.get(&format!("{name}.weight"))
+                && shape[..] != [m.rows, m.cols]
+            {
+                return Err(bad(format!(
+                    "metadata `layers`: `{name}` is {}x{}, the config's is {}x{}",
+                    m.rows, m.cols, shape[0], shape[1]
+                )));
             }
         }
 
@@ -572,13 +577,13 @@ fn check_config_dims(file: &str, text: &str) -> Result<()> {
         return Ok(()); // from_json reports it
     };
     for key in ["n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner"] {
-        if let Some(v) = json.get(key).and_then(serde_json::Value::as_u64) {
-            if v > MAX_CONFIG_DIM {
-                return Err(LoadError::BadConfig {
-                    file: format!("{file}: metadata `config`"),
-                    reason: format!("`{key}` is {v}, beyond the {MAX_CONFIG_DIM} lutlab accepts"),
-                });
-            }
+        if let Some(v) = json.get(key).and_then(serde_json::Value::as_u64)
+            && v > MAX_CONFIG_DIM
+        {
+            return Err(LoadError::BadConfig {
+                file: format!("{file}: metadata `config`"),
+                reason: format!("`{key}` is {v}, beyond the {MAX_CONFIG_DIM} lutlab accepts"),
+            });
         }
     }
     Ok(())
@@ -611,7 +616,7 @@ fn read_layer(file: &str, parsed: &SafeTensors<'_>, name: &str, m: &LayerMeta) -
     if !(1..=8).contains(&m.bits) {
         return Err(bad(format!("{} has {} bits; lutlab supports 1 to 8", entry(), m.bits)));
     }
-    if m.channels_per_table == 0 || m.cols % m.channels_per_table != 0 {
+    if m.channels_per_table == 0 || !m.cols.is_multiple_of(m.channels_per_table) {
         return Err(bad(format!("{}: channels_per_table must divide cols", entry())));
     }
     let words = blocks(m.rows)
@@ -625,7 +630,7 @@ fn read_layer(file: &str, parsed: &SafeTensors<'_>, name: &str, m: &LayerMeta) -
         let tensor_name = format!("{name}.{suffix}");
         let Some(view) = tensor(parsed, &tensor_name) else {
             return if required {
-                Err(bad(format!("tensor `{tensor_name}` is missing ({} lists the layer)", entry())))
+                Err(bad(format!("tensor `{tensor_name}` is missing: metadata `layers` lists `{name}` as packed")))
             } else {
                 Ok(None)
             };
@@ -638,14 +643,14 @@ fn read_layer(file: &str, parsed: &SafeTensors<'_>, name: &str, m: &LayerMeta) -
                 names.join(" or ")
             )));
         }
-        if let Some(shape) = shape {
-            if view.shape() != shape {
-                return Err(bad(format!(
-                    "tensor `{tensor_name}` has shape {:?}, expected {shape:?} for {}",
-                    view.shape(),
-                    entry()
-                )));
-            }
+        if let Some(shape) = shape
+            && view.shape() != shape
+        {
+            return Err(bad(format!(
+                "tensor `{tensor_name}` has shape {:?}, expected {shape:?} for {}",
+                view.shape(),
+                entry()
+            )));
         }
         Ok(Some(view))
     };

@@ -1,0 +1,634 @@
+//! The packed model file (`docs/FORMAT.md`): round trips of the shipped model quantized, the
+//! dense model it stands for, every kind of broken file refused by name, and a bounded fuzz.
+
+use lutlab_core::checkpoint::{Checkpoint, HostTensor, TensorData, write_tensors};
+use lutlab_core::packed_file::{FORMAT_NAME, FORMAT_VERSION, PackedMeta, PackedModel, TableDtype};
+use lutlab_core::quant::kmeans::rng::SplitMix64;
+use lutlab_core::quant::model::quantize_layer;
+use lutlab_core::quant::outliers::range_for_outlier_percent;
+use lutlab_core::quant::{Granularity, KmeansSettings, Method, OutlierSettings, QuantizeRequest, QuantizedModel, quantize_model};
+use lutlab_core::{Gpt2Config, Gpt2Weights, LoadError, NoProgress};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+// ---- models ----
+
+fn repo_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+fn shipped_weights() -> Gpt2Weights {
+    let dir = "models/gpt2-tiny-wikitext";
+    let config_json = std::fs::read(repo_path(&format!("{dir}/config.json"))).expect("shipped config");
+    let config = Gpt2Config::from_json(&config_json, "config.json").expect("config");
+    let bytes = std::fs::read(repo_path(&format!("{dir}/model.safetensors"))).expect("shipped model");
+    let checkpoint = Checkpoint::from_safetensors([("model.safetensors", bytes.as_slice())]).expect("checkpoint");
+    Gpt2Weights::from_checkpoint(&config, checkpoint).expect("weights")
+}
+
+/// Block 0 by k-means 3-bit per channel; `h.1.mlp.c_fc` by 4-bit tensor k-means with 0.5 %
+/// outliers; `h.2.attn.c_proj` by RTN with input-row groups, which has no LUT form and stays dense.
+fn quantize(weights: &Gpt2Weights) -> QuantizedModel {
+    let request = QuantizeRequest { method: "kmeans".into(), bits: 3, granularity: "channel".into(), ..Default::default() };
+    let method = request.method(weights, false).expect("method");
+    let mut q = quantize_model(weights, &method, Some(0..1), None, &mut NoProgress).expect("quantize block 0");
+    let c_fc = &weights.blocks[1].mlp_c_fc;
+    let range = range_for_outlier_percent(&[c_fc.weight.data.as_slice()], 0.5).expect("range");
+    let sparse = Method::Kmeans {
+        settings: KmeansSettings { bits: 4, granularity: Granularity::Tensor, ..KmeansSettings::default() },
+        outliers: Some(OutlierSettings { range: Some(range), sensitivity: 0.0 }),
+    };
+    let n_embd = weights.config.n_embd;
+    q.layers.push(quantize_layer("h.1.mlp.c_fc", c_fc, &sparse, None, n_embd).expect("dense-and-sparse"));
+    let rtn = QuantizeRequest { method: "rtn".into(), bits: 4, granularity: "group:32".into(), ..Default::default() };
+    let rtn = rtn.method(weights, false).expect("rtn");
+    q.layers.push(quantize_layer("h.2.attn.c_proj", &weights.blocks[2].attn_c_proj, &rtn, None, n_embd).expect("rtn"));
+    q
+}
+
+fn meta() -> PackedMeta {
+    PackedMeta {
+        base_model: "models/gpt2-tiny-wikitext".into(),
+        method: "kmeans 3-bit channel".into(),
+        settings: r#"{"method":"kmeans","bits":3,"granularity":"channel"}"#.into(),
+    }
+}
+
+struct Shipped {
+    weights: Gpt2Weights,
+    quantized: QuantizedModel,
+}
+
+fn shipped() -> &'static Shipped {
+    static SHIPPED: OnceLock<Shipped> = OnceLock::new();
+    SHIPPED.get_or_init(|| {
+        let weights = shipped_weights();
+        let quantized = quantize(&weights);
+        Shipped { weights, quantized }
+    })
+}
+
+/// Every tensor of a model by canonical name.
+fn tensors_of(w: &Gpt2Weights) -> Vec<(String, HostTensor)> {
+    let mut out = vec![
+        ("wte.weight".to_string(), w.wte.clone()),
+        ("wpe.weight".to_string(), w.wpe.clone()),
+        ("ln_f.weight".to_string(), w.ln_f.gamma.clone()),
+        ("ln_f.bias".to_string(), w.ln_f.beta.clone()),
+    ];
+    for (i, b) in w.blocks.iter().enumerate() {
+        for (ln, t) in [("ln_1", &b.ln_1), ("ln_2", &b.ln_2)] {
+            out.push((format!("h.{i}.{ln}.weight"), t.gamma.clone()));
+            out.push((format!("h.{i}.{ln}.bias"), t.beta.clone()));
+        }
+        for (name, l) in b.linears() {
+            out.push((format!("h.{i}.{name}.weight"), l.weight.clone()));
+            out.push((format!("h.{i}.{name}.bias"), l.bias.clone()));
+        }
+    }
+    out
+}
+
+/// A small random GPT-2 (2 blocks, n_embd 40, so 40-row matrices end in padding rows): block 0
+/// packed at 3 bits per channel, block 1's `mlp.c_fc` at 4 bits with outliers and its
+/// `attn.c_proj` at 2 bits per group of 8 channels, `h.0.mlp.c_proj` with scales and an input
+/// shift; the rest dense.
+fn small_packed(table_dtype: TableDtype) -> PackedModel {
+    let config = Gpt2Config {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 40,
+        n_positions: 16,
+        vocab_size: 24,
+        layer_norm_epsilon: 1e-5,
+        n_inner: 64,
+    };
+    let mut rng = SplitMix64::new(1);
+    let shapes = {
+        let c = 40;
+        let mut s = vec![
+            ("wte.weight".to_string(), vec![24, c]),
+            ("wpe.weight".to_string(), vec![16, c]),
+            ("ln_f.weight".to_string(), vec![c]),
+            ("ln_f.bias".to_string(), vec![c]),
+        ];
+        for i in 0..2 {
+            for ln in ["ln_1", "ln_2"] {
+                s.push((format!("h.{i}.{ln}.weight"), vec![c]));
+                s.push((format!("h.{i}.{ln}.bias"), vec![c]));
+            }
+            for (name, r, k) in [("attn.c_attn", c, 3 * c), ("attn.c_proj", c, c), ("mlp.c_fc", c, 64), ("mlp.c_proj", 64, c)] {
+                s.push((format!("h.{i}.{name}.weight"), vec![r, k]));
+                s.push((format!("h.{i}.{name}.bias"), vec![k]));
+            }
+        }
+        s
+    };
+    let tensors = shapes.into_iter().map(|(name, shape)| {
+        let n = shape.iter().product();
+        (name, HostTensor::new(shape, (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect()))
+    });
+    let weights = Gpt2Weights::from_checkpoint(&config, Checkpoint::from_tensors(tensors)).expect("small weights");
+    let kmeans = |bits, granularity| KmeansSettings { bits, granularity, ..KmeansSettings::default() };
+    let block0 = Method::Kmeans { settings: kmeans(3, Granularity::Channel), outliers: None };
+    let mut q = quantize_model(&weights, &block0, Some(0..1), None, &mut NoProgress).expect("quantize");
+    let b1 = &weights.blocks[1];
+    let range = range_for_outlier_percent(&[b1.mlp_c_fc.weight.data.as_slice()], 2.0).expect("range");
+    let sparse = Method::Kmeans {
+        settings: kmeans(4, Granularity::Tensor),
+        outliers: Some(OutlierSettings { range: Some(range), sensitivity: 0.0 }),
+    };
+    q.layers.push(quantize_layer("h.1.mlp.c_fc", &b1.mlp_c_fc, &sparse, None, 40).expect("sparse"));
+    let grouped = Method::Kmeans { settings: kmeans(2, Granularity::Group(8)), outliers: None };
+    q.layers.push(quantize_layer("h.1.attn.c_proj", &b1.attn_c_proj, &grouped, None, 40).expect("grouped"));
+    let mut packed = PackedModel::from_quantized(&weights, &q, meta(), table_dtype).expect("pack");
+    assert!(!packed.layers["h.1.mlp.c_fc"].sparse.is_empty(), "the small model should have outliers");
+    let layer = packed.layers.get_mut("h.0.mlp.c_proj").expect("layer");
+    layer.scales = Some((0..layer.cols).map(|_| 0.5 + rng.next_f64() as f32).collect());
+    layer.input_shift = Some((0..layer.rows).map(|_| rng.next_f64() as f32 - 0.5).collect());
+    packed
+}
+
+// ---- round trips ----
+
+#[test]
+fn shipped_model_round_trips_exactly_with_f32_tables() {
+    let s = shipped();
+    let packed = PackedModel::from_quantized(&s.weights, &s.quantized, meta(), TableDtype::F32).expect("pack");
+    // Block 0's four linears and the dense-and-sparse layer are packed; the RTN layer is not.
+    let names: Vec<&str> = packed.layers.keys().map(String::as_str).collect();
+    assert_eq!(names, ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "h.1.mlp.c_fc"]);
+    assert!(packed.dense.contains_key("h.2.attn.c_proj.weight") && packed.dense.contains_key("h.0.attn.c_attn.bias"));
+    assert!(!packed.dense.contains_key("h.0.attn.c_attn.weight"));
+    assert!(!packed.layers["h.1.mlp.c_fc"].sparse.is_empty());
+    assert_eq!(packed.layers["h.0.mlp.c_fc"].channels_per_table, 1);
+    for layer in &s.quantized.layers {
+        if let Some(lut) = &layer.lut {
+            assert_eq!(&packed.layers[&layer.name].to_lut(), lut, "{}", layer.name);
+        }
+    }
+    let bytes = packed.to_safetensors(TableDtype::F32).expect("write");
+    let back = PackedModel::from_safetensors("packed.safetensors", &bytes).expect("read");
+    assert_eq!(back, packed);
+    assert_eq!(back.meta, meta());
+    // Compression figures: 3-bit codes with per-channel tables against f16.
+    let ratio = packed.f16_bytes_of_packed_layers() as f64 / packed.packed_bytes() as f64;
+    assert!(ratio > 2.0 && ratio < 16.0 / 3.0, "ratio {ratio}");
+}
+
+#[test]
+fn f16_tables_round_trip_as_rounded_and_keep_the_outliers() {
+    let s = shipped();
+    let exact = PackedModel::from_quantized(&s.weights, &s.quantized, meta(), TableDtype::F32).expect("pack f32");
+    let packed = PackedModel::from_quantized(&s.weights, &s.quantized, meta(), TableDtype::F16).expect("pack f16");
+    for (name, layer) in &packed.layers {
+        let rounded: Vec<f32> = exact.layers[name].tables.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        assert_eq!(layer.tables, rounded, "{name}");
+    }
+    // A weight kept in the sparse part keeps its value: its correction is taken against the
+    // rounded table entry.
+    let (w16, w32) = (packed.layers["h.1.mlp.c_fc"].effective_weights(), exact.layers["h.1.mlp.c_fc"].effective_weights());
+    let sparse = &packed.layers["h.1.mlp.c_fc"].sparse;
+    let cols = packed.layers["h.1.mlp.c_fc"].cols;
+    for c in 0..cols {
+        for i in sparse.col_ptr[c] as usize..sparse.col_ptr[c + 1] as usize {
+            let at = sparse.row_idx[i] as usize * cols + c;
+            assert!((w16[at] - w32[at]).abs() <= 1e-6 * w32[at].abs().max(1.0), "outlier at {at}: {} vs {}", w16[at], w32[at]);
+        }
+    }
+    let bytes = packed.to_safetensors(TableDtype::F16).expect("write");
+    let back = PackedModel::from_safetensors("packed.safetensors", &bytes).expect("read");
+    assert_eq!(back, packed);
+    let bytes32 = exact.to_safetensors(TableDtype::F32).expect("write f32");
+    assert!(bytes.len() < bytes32.len());
+    // Writing f32 tables as f16 would round silently: refused.
+    let err = exact.to_safetensors(TableDtype::F16).unwrap_err().to_string();
+    assert!(err.contains("not exactly an f16"), "{err}");
+    assert_eq!("f16".parse::<TableDtype>().unwrap(), TableDtype::F16);
+    assert!("bf16".parse::<TableDtype>().is_err());
+}
+
+#[test]
+fn dequantized_weights_equal_the_quantized_model_applied() {
+    let s = shipped();
+    let packed = PackedModel::from_quantized(&s.weights, &s.quantized, meta(), TableDtype::F32).expect("pack");
+    let dense = packed.dequantized_weights().expect("dequantize");
+    let applied = s.quantized.apply(&s.weights);
+    // The RTN layer is not packed: the packed model keeps its original weights there.
+    for ((name, got), (_, want)) in tensors_of(&dense).into_iter().zip(tensors_of(&applied)) {
+        if name == "h.2.attn.c_proj.weight" {
+            assert_eq!(got, s.weights.blocks[2].attn_c_proj.weight, "{name}");
+        } else {
+            assert_eq!(got, want, "{name}");
+        }
+    }
+}
+
+#[test]
+fn scales_and_input_shift_round_trip_and_fold_into_the_dense_model() {
+    let packed = small_packed(TableDtype::F32);
+    let bytes = packed.to_safetensors(TableDtype::F32).expect("write");
+    let back = PackedModel::from_safetensors("small.safetensors", &bytes).expect("read");
+    assert_eq!(back, packed);
+    let dense = back.dequantized_weights().expect("dequantize");
+    let all: HashMap<String, HostTensor> = tensors_of(&dense).into_iter().collect();
+    let mut rng = SplitMix64::new(99);
+    for (name, layer) in &packed.layers {
+        let bias = &packed.dense[&format!("{name}.bias")].data;
+        let m = 3;
+        let x: Vec<f32> = (0..m * layer.rows).map(|_| 2.0 * rng.next_f64() as f32 - 1.0).collect();
+        let reference = layer.reference_matmul(&x, m, Some(bias));
+        let w = &all[&format!("{name}.weight")].data;
+        let b = &all[&format!("{name}.bias")].data;
+        for t in 0..m {
+            for c in 0..layer.cols {
+                let y: f64 = (0..layer.rows).map(|r| f64::from(x[t * layer.rows + r]) * f64::from(w[r * layer.cols + c])).sum::<f64>()
+                    + f64::from(b[c]);
+                let want = f64::from(reference[t * layer.cols + c]);
+                assert!((y - want).abs() < 1e-5, "{name} [{t}, {c}]: {y} vs {want}");
+            }
+        }
+    }
+    assert!(packed.layers["h.0.mlp.c_proj"].input_shift.is_some());
+}
+
+// ---- broken files ----
+
+/// The JSON header and the data section of a safetensors file.
+fn split(bytes: &[u8]) -> (Value, Vec<u8>) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
+}
+
+fn join(header: &Value, data: &[u8]) -> Vec<u8> {
+    let text = serde_json::to_vec(header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(data);
+    out
+}
+
+fn edit_header(bytes: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let (mut header, data) = split(bytes);
+    edit(&mut header);
+    join(&header, &data)
+}
+
+fn set_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    edit_header(bytes, |h| h["__metadata__"][key] = Value::String(value.into()))
+}
+
+/// A tensor as stored: name, dtype (`F32`, `F16` or `U32`), shape, little-endian bytes.
+type RawTensor = (String, String, Vec<usize>, Vec<u8>);
+
+enum Values {
+    F32(Vec<f32>),
+    F16(Vec<f32>),
+    U32(Vec<u32>),
+}
+
+/// Rewrites the file's tensors through `edit`, keeping the metadata.
+fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut Vec<RawTensor>)) -> Vec<u8> {
+    let (header, data) = split(bytes);
+    let mut tensors: Vec<RawTensor> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let offsets: Vec<usize> = serde_json::from_value(v["data_offsets"].clone()).unwrap();
+            let shape: Vec<usize> = serde_json::from_value(v["shape"].clone()).unwrap();
+            (k.clone(), v["dtype"].as_str().unwrap().to_string(), shape, data[offsets[0]..offsets[1]].to_vec())
+        })
+        .collect();
+    edit(&mut tensors);
+    let metadata: HashMap<String, String> = serde_json::from_value(header["__metadata__"].clone()).unwrap();
+    let words = |raw: &[u8]| -> Vec<[u8; 4]> { raw.chunks_exact(4).map(|b| b.try_into().unwrap()).collect() };
+    let values: Vec<(String, Vec<usize>, Values)> = tensors
+        .into_iter()
+        .map(|(name, dtype, shape, raw)| {
+            let values = match dtype.as_str() {
+                "F32" => Values::F32(words(&raw).into_iter().map(f32::from_le_bytes).collect()),
+                "F16" => Values::F16(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+                "U32" => Values::U32(words(&raw).into_iter().map(u32::from_le_bytes).collect()),
+                other => panic!("rewrite does not write {other}"),
+            };
+            (name, shape, values)
+        })
+        .collect();
+    let refs: Vec<(&str, &[usize], TensorData<'_>)> = values
+        .iter()
+        .map(|(name, shape, values)| {
+            let data = match values {
+                Values::F32(v) => TensorData::F32(v),
+                Values::F16(v) => TensorData::F16(v),
+                Values::U32(v) => TensorData::U32(v),
+            };
+            (name.as_str(), shape.as_slice(), data)
+        })
+        .collect();
+    write_tensors(&refs, Some(metadata)).unwrap()
+}
+
+/// Overwrites bytes of tensor `name`'s data at byte `at`.
+fn poke(bytes: &[u8], name: &str, at: usize, value: &[u8]) -> Vec<u8> {
+    let (header, mut data) = split(bytes);
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + at;
+    data[start..start + value.len()].copy_from_slice(value);
+    join(&header, &data)
+}
+
+fn small_file() -> &'static [u8] {
+    static FILE: OnceLock<Vec<u8>> = OnceLock::new();
+    FILE.get_or_init(|| small_packed(TableDtype::F32).to_safetensors(TableDtype::F32).expect("write"))
+}
+
+fn error_of(bytes: &[u8]) -> String {
+    match PackedModel::from_safetensors("bad.safetensors", bytes) {
+        Ok(_) => panic!("the file should have been refused"),
+        Err(e) => {
+            let text = e.to_string();
+            if std::env::var_os("LUTLAB_PRINT_ERRORS").is_some() {
+                eprintln!("{text}");
+            }
+            assert!(text.contains("bad.safetensors"), "the error names the file: {text}");
+            text
+        }
+    }
+}
+
+#[test]
+fn the_valid_small_file_loads() {
+    let model = PackedModel::from_safetensors("small.safetensors", small_file()).expect("valid");
+    assert_eq!(model, small_packed(TableDtype::F32));
+    let (header, _) = split(small_file());
+    let meta = &header["__metadata__"];
+    assert_eq!(meta["format"], FORMAT_NAME);
+    assert_eq!(meta["format_version"], FORMAT_VERSION.to_string());
+    let layers: Value = serde_json::from_str(meta["layers"].as_str().unwrap()).unwrap();
+    assert_eq!(layers["h.1.attn.c_proj"], serde_json::json!({"rows": 40, "cols": 40, "bits": 2, "channels_per_table": 8}));
+    let config: Value = serde_json::from_str(meta["config"].as_str().unwrap()).unwrap();
+    assert_eq!(config["model_type"], "gpt2");
+    // Layers without outliers store no sparse tensors.
+    assert!(header.get("h.0.attn.c_attn.sparse_values").is_none());
+    assert_eq!(header["h.1.mlp.c_fc.sparse_row_idx"]["dtype"], "U32");
+    assert_eq!(header["h.0.attn.c_attn.qweight"]["shape"], serde_json::json!([6, 120]));
+}
+
+#[test]
+fn a_file_of_another_format_is_named() {
+    let err = error_of(&set_metadata(small_file(), "format", "lutlab-fisher"));
+    assert!(err.contains("`lutlab-fisher`") && err.contains("not a lutlab packed model file"), "{err}");
+    let err = error_of(&edit_header(small_file(), |h| {
+        h.as_object_mut().unwrap().remove("__metadata__");
+    }));
+    assert!(err.contains("no `__metadata__`"), "{err}");
+}
+
+#[test]
+fn a_newer_version_is_refused_with_its_number() {
+    let err = error_of(&set_metadata(small_file(), "format_version", "2"));
+    assert!(err.contains("format version 2 is not supported") && err.contains("version 1"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "format_version", "one"));
+    assert!(err.contains("`one`"), "{err}");
+}
+
+#[test]
+fn a_truncated_file_is_reported() {
+    let bytes = small_file();
+    for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+        let err = PackedModel::from_safetensors("bad.safetensors", &bytes[..cut]).unwrap_err();
+        assert!(matches!(err, LoadError::BadSafetensors { .. }), "cut {cut}: {err}");
+    }
+    let err = error_of(&bytes[..bytes.len() - 1]);
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn a_missing_table_is_named() {
+    let err = error_of(&rewrite(small_file(), |t| t.retain(|(n, ..)| n != "h.0.attn.c_proj.lut")));
+    assert!(err.contains("`h.0.attn.c_proj.lut` is missing"), "{err}");
+    let err = error_of(&rewrite(small_file(), |t| t.retain(|(n, ..)| n != "h.1.mlp.c_fc.sparse_values")));
+    assert!(err.contains("`h.1.mlp.c_fc.sparse_values` is missing"), "{err}");
+}
+
+#[test]
+fn a_wrong_dtype_is_named() {
+    let err = error_of(&edit_header(small_file(), |h| h["h.0.mlp.c_fc.qweight"]["dtype"] = "F32".into()));
+    assert!(err.contains("`h.0.mlp.c_fc.qweight` has dtype F32, expected U32"), "{err}");
+    let err = error_of(&edit_header(small_file(), |h| h["h.0.mlp.c_fc.lut"]["dtype"] = "I32".into()));
+    assert!(err.contains("`h.0.mlp.c_fc.lut` has dtype I32, expected F16 or F32"), "{err}");
+    let err = error_of(&edit_header(small_file(), |h| h["wte.weight"]["dtype"] = "I32".into()));
+    assert!(err.contains("`wte.weight` has dtype I32, expected F32"), "{err}");
+}
+
+#[test]
+fn a_shape_that_disagrees_with_the_metadata_is_named() {
+    // Same bytes, transposed shape: [6, 64] → [64, 6].
+    let err = error_of(&edit_header(small_file(), |h| h["h.0.mlp.c_fc.qweight"]["shape"] = serde_json::json!([64, 6])));
+    assert!(err.contains("`h.0.mlp.c_fc.qweight` has shape [64, 6], expected [6, 64]") && err.contains("bits 3"), "{err}");
+    // Metadata that disagrees with the config.
+    let layers = r#"{"h.0.attn.c_attn":{"rows":40,"cols":64,"bits":3,"channels_per_table":1}}"#;
+    let err = error_of(&set_metadata(small_file(), "layers", layers));
+    assert!(err.contains("`h.0.attn.c_attn` is 40x64, the config's is 40x120"), "{err}");
+    let layers = r#"{"h.0.attn.c_attn":{"rows":40,"cols":120,"bits":3,"channels_per_table":1,"zero":0}}"#;
+    let err = error_of(&set_metadata(small_file(), "layers", layers));
+    assert!(err.contains("metadata `layers`") && err.contains("zero"), "{err}");
+}
+
+#[test]
+fn a_sparse_row_index_out_of_range_is_named() {
+    let err = error_of(&poke(small_file(), "h.1.mlp.c_fc.sparse_row_idx", 0, &999u32.to_le_bytes()));
+    assert!(err.contains("h.1.mlp.c_fc") && err.contains("sparse row index 999 is outside the 40 input rows"), "{err}");
+    let err = error_of(&poke(small_file(), "h.1.mlp.c_fc.sparse_col_ptr", 4, &u32::MAX.to_le_bytes()));
+    assert!(err.contains("compressed-sparse-column"), "{err}");
+}
+
+#[test]
+fn an_unknown_tensor_is_named() {
+    let extra = |name: &str| {
+        let name = name.to_string();
+        rewrite(small_file(), move |t| t.push((name, "F32".into(), vec![2], vec![0; 8])))
+    };
+    let err = error_of(&extra("lm_head.bias"));
+    assert!(err.contains("`lm_head.bias`") && err.contains("unknown"), "{err}");
+    let err = error_of(&extra("h.1.attn.c_attn.scales"));
+    assert!(err.contains("`h.1.attn.c_attn.scales`") && err.contains("does not list"), "{err}");
+    let err = error_of(&extra("h.9.ln_1.weight"));
+    assert!(err.contains("`h.9.ln_1.weight`") && err.contains("unknown"), "{err}");
+}
+
+#[test]
+fn a_non_finite_table_entry_is_named() {
+    let err = error_of(&poke(small_file(), "h.0.attn.c_proj.lut", 2 * 4, &f32::NAN.to_le_bytes()));
+    assert!(err.contains("`h.0.attn.c_proj`") && err.contains("table entry 2 is not finite"), "{err}");
+    let err = error_of(&poke(small_file(), "wpe.weight", 12, &f32::INFINITY.to_le_bytes()));
+    assert!(err.contains("`wpe.weight`") && err.contains("first at flat index 3"), "{err}");
+}
+
+#[test]
+fn a_missing_dense_tensor_is_named() {
+    let err = error_of(&rewrite(small_file(), |t| t.retain(|(n, ..)| n != "ln_f.weight")));
+    assert!(err.contains("`ln_f.weight` is missing"), "{err}");
+    let err = error_of(&rewrite(small_file(), |t| t.retain(|(n, ..)| n != "h.0.attn.c_attn.bias")));
+    assert!(err.contains("`h.0.attn.c_attn.bias` is missing"), "{err}");
+    // A weight both packed and dense.
+    let err = error_of(&rewrite(small_file(), |t| {
+        t.push(("h.0.attn.c_attn.weight".into(), "F32".into(), vec![40, 120], vec![0; 40 * 120 * 4]))
+    }));
+    assert!(err.contains("both dense and packed"), "{err}");
+}
+
+#[test]
+fn non_zero_padding_codes_are_named() {
+    // h.0.attn.c_attn: 40 rows at 3 bits, 2 blocks of 3 words; the last word of block 1 holds
+    // rows 53..63 (and part of 52), all padding. Word 5 of column 0 is qweight[5 * 120].
+    let err = error_of(&poke(small_file(), "h.0.attn.c_attn.qweight", 5 * 120 * 4, &(1u32 << 31).to_le_bytes()));
+    assert!(err.contains("`h.0.attn.c_attn`") && err.contains("padding row 63 holds non-zero codes"), "{err}");
+}
+
+#[test]
+fn a_bad_config_or_settings_is_named() {
+    let err = error_of(&set_metadata(small_file(), "config", r#"{"model_type":"llama","n_layer":2,"n_head":2,"n_embd":40}"#));
+    assert!(err.contains("llama"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "config", r#"{"n_layer":2,"n_head":2,"n_embd":99999999999}"#));
+    assert!(err.contains("n_embd") && err.contains("99999999999"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "config", r#"{"n_layer":1000000,"n_head":2,"n_embd":40}"#));
+    assert!(err.contains("1000000 blocks"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "settings", "not json"));
+    assert!(err.contains("settings are not JSON"), "{err}");
+}
+
+// ---- fuzz ----
+
+/// Mutates `valid` in one of several ways (byte flips in the header or data, truncation, header
+/// JSON edits of shapes, offsets, dtypes and metadata numbers, duplicated ranges, special values
+/// in the data); returns the mutated bytes and the kind of mutation.
+fn mutate(valid: &[u8], rng: &mut SplitMix64) -> (Vec<u8>, &'static str) {
+    let mut pick = |n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
+    let header_len = u64::from_le_bytes(valid[..8].try_into().unwrap()) as usize;
+    let mut bytes = valid.to_vec();
+    match pick(8) {
+        0 => {
+            for _ in 0..1 + pick(4) {
+                let at = pick(bytes.len());
+                bytes[at] ^= 1 + pick(255) as u8;
+            }
+            (bytes, "flip anywhere")
+        }
+        1 => {
+            for _ in 0..1 + pick(3) {
+                let at = pick(header_len + 8);
+                bytes[at] ^= 1 + pick(255) as u8;
+            }
+            (bytes, "flip in header")
+        }
+        2 => {
+            bytes.truncate(pick(bytes.len()));
+            (bytes, "truncate")
+        }
+        3 | 4 => {
+            let (mut header, data) = split(valid);
+            let names: Vec<String> = header.as_object().unwrap().keys().cloned().collect();
+            let name = names[pick(names.len())].clone();
+            let numbers = [0u64, 1, 2, 3, 7, 31, 32, 33, 63, 64, 65, 96, 97, 255, 256, 65535, u32::MAX as u64, u64::MAX / 3, u64::MAX];
+            let number = numbers[pick(numbers.len())];
+            if name == "__metadata__" {
+                let keys = ["layers", "config", "format_version", "settings", "format"];
+                let key = keys[pick(keys.len())];
+                let text = header["__metadata__"][key].as_str().unwrap_or("").to_string();
+                // Replace one run of digits by another number, or cut the text.
+                let digits: Vec<usize> = text.char_indices().filter(|(_, c)| c.is_ascii_digit()).map(|(i, _)| i).collect();
+                let edited = if digits.is_empty() || pick(4) == 0 {
+                    text[..text.len() - pick(text.len() + 1).min(text.len())].to_string()
+                } else {
+                    let start = digits[pick(digits.len())];
+                    let end = text[start..].find(|c: char| !c.is_ascii_digit()).map_or(text.len(), |e| start + e);
+                    format!("{}{number}{}", &text[..start], &text[end..])
+                };
+                header["__metadata__"][key] = Value::String(edited);
+            } else {
+                let entry = &mut header[&name];
+                match pick(4) {
+                    0 => {
+                        let dims = entry["shape"].as_array().map_or(0, Vec::len);
+                        if dims > 0 {
+                            entry["shape"][pick(dims)] = number.into();
+                        } else {
+                            entry["shape"] = serde_json::json!([number]);
+                        }
+                    }
+                    1 => {
+                        let shape: Vec<u64> = entry["shape"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+                        entry["shape"] = shape.into_iter().rev().collect::<Vec<_>>().into();
+                    }
+                    2 => entry["data_offsets"][pick(2)] = number.into(),
+                    _ => {
+                        let dtypes = ["F32", "F16", "BF16", "U32", "I32", "U8", "F64", "BOOL"];
+                        entry["dtype"] = dtypes[pick(dtypes.len())].into();
+                    }
+                }
+            }
+            (join(&header, &data), "header JSON edit")
+        }
+        5 => {
+            let start = pick(bytes.len());
+            let len = 1 + pick(64.min(bytes.len() - start));
+            let copy = bytes[start..start + len].to_vec();
+            let at = pick(bytes.len() + 1);
+            bytes.splice(at..at, copy);
+            (bytes, "duplicate bytes")
+        }
+        6 => {
+            // Special values at aligned places inside one tensor: codes, indices, floats.
+            let (header, _) = split(valid);
+            let tensors: Vec<(usize, usize)> = header
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k != "__metadata__")
+                .map(|(_, v)| (v["data_offsets"][0].as_u64().unwrap() as usize, v["data_offsets"][1].as_u64().unwrap() as usize))
+                .filter(|(a, b)| b - a >= 4)
+                .collect();
+            let values = [0u32, 1, 32, 63, 64, 0xFFFF_FFFF, 0x7FC0_0000, 0x7F80_0000, 0x4B80_0000, 1 << 31];
+            for _ in 0..1 + pick(3) {
+                let (start, end) = tensors[pick(tensors.len())];
+                let at = 8 + header_len + start + 4 * pick((end - start) / 4);
+                bytes[at..at + 4].copy_from_slice(&values[pick(values.len())].to_le_bytes());
+            }
+            (bytes, "special values in a tensor")
+        }
+        _ => {
+            let new_len = [0u64, 1, header_len as u64 - 1, header_len as u64 + 1, valid.len() as u64, u64::MAX][pick(6)];
+            bytes[..8].copy_from_slice(&new_len.to_le_bytes());
+            (bytes, "header length")
+        }
+    }
+}
+
+#[test]
+fn fuzzed_files_give_errors_never_panics() {
+    let valid = small_file();
+    // LUTLAB_FUZZ_CASES runs more (or fewer) cases by hand.
+    let cases: u64 = std::env::var("LUTLAB_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let (mut ok, mut deep) = (0, 0);
+    let mut by_kind: std::collections::BTreeMap<&str, [u32; 3]> = Default::default();
+    for seed in 0..cases {
+        let mut rng = SplitMix64::new(seed);
+        let (bytes, kind) = mutate(valid, &mut rng);
+        let result = std::panic::catch_unwind(|| PackedModel::from_safetensors("fuzz.safetensors", &bytes));
+        match result {
+            Err(_) => panic!("from_safetensors panicked on fuzz seed {seed} ({kind})"),
+            Ok(Ok(_)) => { ok += 1; by_kind.entry(kind).or_default()[0] += 1 }
+            // Refused past the safetensors structure: the format's own checks ran.
+            Ok(Err(LoadError::BadSafetensors { .. })) => by_kind.entry(kind).or_default()[1] += 1,
+            Ok(Err(_)) => { deep += 1; by_kind.entry(kind).or_default()[2] += 1 }
+        }
+    }
+    // Most mutations must be caught; many of them by the format's checks, not only the container's.
+    // (Accepted mutations are harmless ones: a float that stays finite, a digit of the settings.)
+    // [accepted, refused by the container, refused by the format] by kind of mutation:
+    assert!(ok < cases / 4, "{ok} of {cases} mutated files were accepted: {by_kind:?}");
+    assert!(deep > cases / 8, "only {deep} of {cases} mutated files reached the format's own checks: {by_kind:?}");
+}
