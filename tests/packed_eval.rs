@@ -1,0 +1,70 @@
+//! A packed model evaluated through the LUT kernels gives the perplexity of its dequantized
+//! weights evaluated densely (the bound: 1e-4 relative), for k-means LUTs with outliers,
+//! a uniform grid stored as a LUT, and seed 000's scales and input shift; the packed file goes
+//! through bytes and back first, so what is evaluated is what a file holds.
+
+use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
+use lutlab_core::quant::kmeans::rng::SplitMix64;
+use lutlab_core::quant::{quantize_model, QuantizeRequest};
+use lutlab_core::NoProgress;
+use lutlab_model::{perplexity, EvalSettings, Gpt2};
+use lutlab_tests::*;
+
+const REL: f64 = 1e-4;
+
+fn tokens() -> Vec<u32> {
+    let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap();
+    let tokens = shipped_model().tokenizer.encode(&text[..6000]).unwrap();
+    tokens[..tokens.len().min(700)].to_vec()
+}
+
+fn ppl(model: &Gpt2, tokens: &[u32]) -> f64 {
+    let settings = EvalSettings { max_length: 128, stride: 64, ..EvalSettings::for_model(model) };
+    pollster::block_on(perplexity(model, tokens, settings, "valid.txt", &mut NoProgress)).unwrap().perplexity()
+}
+
+fn packed_model(request: QuantizeRequest, table_dtype: TableDtype) -> PackedModel {
+    let weights = shipped_model().weights;
+    let method = request.method(&weights, false).unwrap();
+    let quantized = quantize_model(&weights, &method, None, None, &mut NoProgress).unwrap();
+    let packed = PackedModel::from_quantized(&weights, &quantized, PackedMeta::default(), table_dtype).unwrap();
+    let bytes = packed.to_safetensors(table_dtype).unwrap();
+    PackedModel::from_safetensors("packed.safetensors", &bytes).unwrap()
+}
+
+fn check(what: &str, packed: &PackedModel) {
+    let device = gpu();
+    let tokens = tokens();
+    let packed_ppl = ppl(&Gpt2::from_packed(packed, &device).unwrap(), &tokens);
+    let dense_ppl = ppl(&Gpt2::new(&packed.dequantized_weights().unwrap(), &device), &tokens);
+    let rel = (packed_ppl / dense_ppl - 1.0).abs();
+    eprintln!("{what}: packed {packed_ppl} vs dequantized {dense_ppl} (relative {rel:e})");
+    assert!(rel < REL, "{what}: packed {packed_ppl} vs dequantized {dense_ppl}: relative {rel:e}");
+}
+
+fn request(method: &str, bits: u32, granularity: &str) -> QuantizeRequest {
+    QuantizeRequest { method: method.into(), bits, granularity: granularity.into(), ..QuantizeRequest::default() }
+}
+
+#[test]
+fn kmeans_dense_and_sparse_packed_equals_dequantized() {
+    let request = QuantizeRequest { outlier_percent: Some(0.45), ..request("kmeans", 3, "channel") };
+    check("k-means 3-bit channel + 0.45% outliers, f16 tables", &packed_model(request, TableDtype::F16));
+}
+
+#[test]
+fn whole_tensor_and_uniform_grids_run_through_the_same_kernels() {
+    check("k-means 4-bit tensor, f32 tables", &packed_model(request("kmeans", 4, "tensor"), TableDtype::F32));
+    check("rtn int4 channel as a LUT", &packed_model(request("rtn", 4, "channel"), TableDtype::F32));
+}
+
+#[test]
+fn scales_and_input_shift_match_their_folded_dense_form() {
+    let mut packed = packed_model(request("kmeans", 2, "group:32"), TableDtype::F32);
+    let mut rng = SplitMix64::new(9);
+    for layer in packed.layers.values_mut() {
+        layer.scales = Some((0..layer.cols).map(|_| 0.8 + 0.4 * rng.next_f64() as f32).collect());
+        layer.input_shift = Some((0..layer.rows).map(|_| 0.1 * (rng.next_f64() as f32 - 0.5)).collect());
+    }
+    check("k-means 2-bit group:32 with scales and shift", &packed);
+}
