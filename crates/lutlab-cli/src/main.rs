@@ -1,5 +1,6 @@
 //! `lutlab`: the command-line face of lutlab, for models and runs too big for a browser tab.
 
+mod bench;
 mod eval;
 mod export;
 mod fisher;
@@ -29,6 +30,8 @@ enum Command {
     /// Writes a packed model (`quantize --packed`) back out as a plain Hugging Face checkpoint of
     /// its dequantized weights (loads in transformers).
     Export(export::ExportArgs),
+    /// Benchmarks on the GPU (kernels: the LUT GEMV against dense GEMV and the copy ceiling).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -38,6 +41,7 @@ fn main() {
         Command::Fisher(args) => fisher::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Export(args) => export::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

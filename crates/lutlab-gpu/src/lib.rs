@@ -5,9 +5,13 @@
 //!   the CPU reference's semantics, and [`quantize_kmeans_gpu`], the GPU twin of
 //!   `lutlab_core::quant::quantize_kmeans`.
 //!
+//! - [`bench`]: kernel benchmarks (native): the LUT GEMV against dense f32/f16 GEMV and a copy.
+//!
 //! Everything is async: the browser must not block on the GPU. Natively, wrap calls in
 //! `pollster::block_on`; buffer read-backs then poll the device until the GPU is done.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod init;
 pub mod kmeans;
 mod util;

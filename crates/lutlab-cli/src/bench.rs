@@ -1,0 +1,81 @@
+//! `lutlab bench`: measurements on the GPU, printed as a table or one JSON object.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use lutlab_gpu::bench::{bench_kernels, KernelTiming};
+use lutlab_model::open_gpu;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchKind,
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// One token through a linear layer: LUT GEMV at each bit width beside dense f32 and f16
+    /// GEMV, and a copy as the memory-bandwidth ceiling.
+    Kernels(KernelArgs),
+}
+
+#[derive(Args)]
+struct KernelArgs {
+    /// Weight shapes IN x OUT (Conv1D layout), comma-separated.
+    #[arg(long, default_value = "768x2304,768x3072,3072x768,4096x4096,4096x11008,11008x4096")]
+    shapes: String,
+    /// Bit widths of the LUT GEMV.
+    #[arg(long, default_value = "2,3,4")]
+    bits: String,
+    /// Dispatches per timed submit.
+    #[arg(long, default_value_t = 200)]
+    iters: usize,
+    /// Size of the buffer copied for the bandwidth ceiling, in MiB.
+    #[arg(long, default_value_t = 256)]
+    copy_mib: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchKind::Kernels(args) => kernels(args),
+    }
+}
+
+fn kernels(args: KernelArgs) -> Result<()> {
+    let shapes = args.shapes.split(',').map(parse_shape).collect::<Result<Vec<_>>>()?;
+    let bits = args.bits.split(',').map(|b| b.trim().parse::<u32>().with_context(|| format!("--bits: `{b}`"))).collect::<Result<Vec<_>>>()?;
+    if let Some(b) = bits.iter().find(|b| !(1..=8).contains(*b)) {
+        bail!("--bits: {b} is outside 1..8");
+    }
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let gpu = pollster::block_on(open_gpu())?;
+    let timings = pollster::block_on(bench_kernels(&gpu, &shapes, &bits, args.copy_mib << 20, args.iters))?;
+    if args.json {
+        println!("{}", serde_json::json!({ "device": gpu.describe(), "iters": args.iters, "kernels": timings }));
+    } else {
+        print_table(&gpu.describe(), &timings);
+    }
+    Ok(())
+}
+
+fn parse_shape(text: &str) -> Result<(usize, usize)> {
+    let parse = |s: &str| s.trim().parse::<usize>().with_context(|| format!("--shapes: `{text}` is not IN x OUT"));
+    match text.split_once('x') {
+        Some((a, b)) if parse(a)? > 0 && parse(b)? > 0 => Ok((parse(a)?, parse(b)?)),
+        _ => bail!("--shapes: `{text}` is not IN x OUT (positive numbers)"),
+    }
+}
+
+/// Times and bandwidths, and each kernel's share of the copy ceiling.
+fn print_table(device: &str, timings: &[KernelTiming]) {
+    let ceiling = timings.iter().find(|t| t.kernel == "copy").map_or(0.0, |t| t.gb_per_s);
+    println!("{device}");
+    println!("{:<16} {:>12} {:>10} {:>10} {:>9}", "kernel", "shape", "µs", "GB/s", "of copy");
+    for t in timings {
+        let shape = if t.kernel == "copy" { format!("{} MB", t.bytes / 2_000_000) } else { format!("{}x{}", t.rows, t.cols) };
+        println!("{:<16} {:>12} {:>10.2} {:>10.0} {:>8.0}%", t.kernel, shape, t.micros, t.gb_per_s, 100.0 * t.gb_per_s / ceiling.max(1e-9));
+    }
+}
