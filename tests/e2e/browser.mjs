@@ -112,6 +112,13 @@ function nativeCli(args, text) {
   return lutlab([...args, '--data', file]);
 }
 
+/// The JSON header of a safetensors file.
+export function safetensorsHeader(file) {
+  const bytes = fs.readFileSync(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  return JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
+}
+
 /// The f32 tensors of a safetensors file: name -> Float32Array.
 export function readSafetensors(file) {
   const bytes = fs.readFileSync(file);
@@ -136,6 +143,11 @@ export function nativeEval(text, modelDir = SHIPPED) {
 /// `lutlab quantize ... --eval` on the same text: the quantized model's report.
 export function nativeQuantizedEval(text, quantizeArgs) {
   return nativeCli(['quantize', ...quantizeArgs, '--eval'], text);
+}
+
+/// `lutlab eval --packed FILE` on the same text.
+export function nativePackedEval(text, packedFile) {
+  return nativeCli(['eval', '--packed', packedFile], text);
 }
 
 /// The first `chars` characters of WikiText-2 test: several evaluation windows of the shipped model.

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  SHIPPED, OUT, nativeQuantizedEval, lutlab, tempDir, readSafetensors, startPage, stop, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
+  SHIPPED, OUT, nativeQuantizedEval, nativePackedEval, safetensorsHeader, lutlab, tempDir, readSafetensors, startPage, stop, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
 } from './browser.mjs';
 
 const HUB_REPO = 'lutlab-test/gpt2-tiny';
@@ -64,8 +64,41 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   assert.ok(Math.abs(quant.bits_per_weight - cli.bits_per_weight) < 1e-9);
   assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
   assert.ok(report.perplexity > native.perplexity, 'quantization costs some perplexity');
+  // 4-bit codes + 16 f16 table entries per 128-row column: 5.5 bits a weight, 2.9x smaller than f16.
+  assert.ok(Math.abs(quant.packed.compression - 16 / 5.5) < 0.01, `compression ${quant.packed.compression}`);
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, 'quantized.png'), fullPage: true });
+
+  // Download the packed file: it parses, and the CLI evaluates it through its LUT kernels to the
+  // perplexity the page measured.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-packed')]);
+  assert.match(download.suggestedFilename(), /^shipped-gpt2-tiny-wikitext-kmeans-4-bit-channel-[\d.]+MB\.lutlab\.safetensors$/);
+  const packedFile = path.join(tempDir(), download.suggestedFilename());
+  await download.saveAs(packedFile);
+  const header = safetensorsHeader(packedFile);
+  assert.equal(header.__metadata__.format, 'lutlab-packed');
+  assert.equal(header['h.0.mlp.c_fc.qweight'].dtype, 'U32');
+  const cliPacked = nativePackedEval(text, packedFile);
+  console.log(`packed file ${download.suggestedFilename()}: page ${report.perplexity} vs lutlab eval --packed ${cliPacked.perplexity}`);
+  assert.ok(relative(report.perplexity, cliPacked.perplexity) < 1e-4);
+
+  // Open it again in the page, with no original weights: the same perplexity.
+  await page.setInputFiles('#packed-file', packedFile);
+  await page.waitForFunction(() => document.getElementById('model-status').textContent.startsWith('Opened packed file'));
+  assert.equal(await page.isDisabled('#run-quantize'), true, 'a packed file cannot be quantized again');
+  const reopened = await evaluateInPage(page, text);
+  assert.ok(relative(reopened.perplexity, report.perplexity) < 1e-6);
+
+  // A corrupted packed file is refused with a message, and the page keeps what it had.
+  const corrupted = path.join(tempDir(), 'corrupted.lutlab.safetensors');
+  const bytes = fs.readFileSync(packedFile);
+  fs.writeFileSync(corrupted, bytes.subarray(0, bytes.length - 1000));
+  await page.setInputFiles('#packed-file', corrupted);
+  await page.waitForSelector('#error:not([hidden])');
+  assert.match(await page.textContent('#error'), /corrupted\.lutlab\.safetensors: not a valid safetensors file/);
+  assert.equal(await page.getAttribute('#model-status', 'data-loaded'), download.suggestedFilename());
+  await page.screenshot({ path: path.join(OUT, 'packed-reopened.png'), fullPage: true });
+  assert.ok(relative((await evaluateInPage(page, text)).perplexity, report.perplexity) < 1e-6, 'the page still works');
   await page.close();
 });
 

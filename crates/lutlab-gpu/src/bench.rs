@@ -3,16 +3,17 @@
 //! widths beside our own dense f32 and f16 GEMV (`shaders/dense_gemv.wgsl`), and a plain copy
 //! (`shaders/copy.wgsl`) as the memory-bandwidth ceiling.
 //!
-//! Timing: each kernel is dispatched `iters` times in one command buffer, submitted once, and
-//! the wall clock runs from the submit to the device going idle, after one untimed warm-up
-//! submit (pipeline compilation, first touches). Dispatches of one pass run back to back, so the
-//! submit's fixed cost is spread over `iters`; with `iters` ≥ 100 it is under 1% for kernels of
-//! a few microseconds. Every kernel's output is checked against the CPU before it is timed.
+//! Timing: after one untimed run (pipeline compilation, first touches, and the output checked
+//! against the CPU), each kernel is dispatched `iters` times in one compute pass, and the GPU's
+//! own timestamps at the start and end of that pass give the time (wall clock from submit to
+//! idle where the device has no timestamp queries). Dispatches of one pass run back to back with
+//! the barriers the writes need between them, as consecutive layers would.
 
 use crate::util::{f32_bytes, gpu_error, read_staging, scoped, to_f32, u32_bytes};
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
+use lutlab_model::lut_linear::{gemv_splits, kernel_body, Shader};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -39,7 +40,8 @@ const NONE: u32 = u32::MAX;
 /// and f16 GEMV and the LUT GEMV (per-channel tables) at each of `bits`.
 pub async fn bench_kernels(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], copy_bytes: u64, iters: usize) -> Result<Vec<KernelTiming>> {
     let device = &gpu.setup.device;
-    let mut out = vec![bench_copy(gpu, copy_bytes, iters).await?];
+    // The copy binds its buffers whole: no larger than the device allows.
+    let mut out = vec![bench_copy(gpu, copy_bytes.min(gpu.max_binding_bytes()), iters).await?];
     let mut rng = SplitMix64::new(1);
     for &(rows, cols) in shapes {
         if cols % 2 != 0 {
@@ -51,26 +53,19 @@ pub async fn bench_kernels(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], c
         let params = [rows as u32, cols as u32];
 
         let f32_words: Vec<u32> = weights.iter().map(|w| w.to_bits()).collect();
-        let run = Run::new(gpu, &dense_source(false), &[f32_bytes(&x), u32_bytes(&f32_words)], cols, &params, (cols.div_ceil(32), 1))?;
+        let run = Run::single(gpu, &dense_source(false), &[f32_bytes(&x), u32_bytes(&f32_words)], cols, &params, (cols.div_ceil(32), 1, 1))?;
         out.push(run.time("dense f32 gemv", rows, cols, (rows * cols * 4 + (rows + cols) * 4) as u64, &want, iters).await?);
 
         let halves: Vec<half::f16> = weights.iter().map(|&w| half::f16::from_f32(w)).collect();
         let f16_words: Vec<u32> = halves.chunks_exact(2).map(|p| u32::from(p[0].to_bits()) | (u32::from(p[1].to_bits()) << 16)).collect();
         let want_f16 = dense_reference(&x, &halves.iter().map(|h| h.to_f32()).collect::<Vec<_>>(), cols);
-        let run = Run::new(gpu, &dense_source(true), &[f32_bytes(&x), u32_bytes(&f16_words)], cols, &params, ((cols / 2).div_ceil(32), 1))?;
+        let run = Run::single(gpu, &dense_source(true), &[f32_bytes(&x), u32_bytes(&f16_words)], cols, &params, ((cols / 2).div_ceil(32), 1, 1))?;
         out.push(run.time("dense f16 gemv", rows, cols, (rows * cols * 2 + (rows + cols) * 4) as u64, &want_f16, iters).await?);
 
         for &b in bits {
             let packed = random_packed(&mut rng, rows, cols, b)?;
             let want = packed.reference_matmul(&x, 1, None);
-            let mut aux = packed.tables.clone();
-            let sparse_at = aux.len() as u32;
-            aux.push(0.0);
-            let index = vec![0u32; cols + 1];
-            let lut_params = [rows as u32, cols as u32, 1, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32];
-            let source = lut_gemv_source(b);
-            let inputs = [f32_bytes(&x), u32_bytes(&packed.qweight), f32_bytes(&aux), u32_bytes(&index)];
-            let run = Run::new(gpu, &source, &inputs, cols, &lut_params, (cols.div_ceil(32), 1))?;
+            let run = lut_gemv_run(gpu, &packed, &x)?;
             let bytes = (packed.qweight.len() + packed.tables.len() + rows + cols) * 4;
             out.push(run.time(&format!("lut gemv {b}-bit"), rows, cols, bytes as u64, &want, iters).await?);
         }
@@ -106,27 +101,50 @@ pub fn dense_source(f16: bool) -> String {
     include_str!("../../../shaders/dense_gemv.wgsl").replace("{{f16}}", if f16 { "true" } else { "false" })
 }
 
-/// The model's LUT GEMV kernel with its compile-time constants filled in as `lutlab_model` does.
-pub fn lut_gemv_source(bits: u32) -> String {
-    include_str!("../../../shaders/lut_gemv.wgsl")
+/// A LUT kernel's WGSL as `lutlab_model` launches it: the common part, the body, the constants.
+fn lut_source(shader: Shader, bits: u32, shared_tables: bool) -> String {
+    format!("{}{}", include_str!("../../../shaders/lut_common.wgsl"), kernel_body(shader))
         .replace("{{bits}}", &bits.to_string())
-        .replace("{{shared_tables}}", if (32usize << bits) <= 2048 { "true" } else { "false" })
+        .replace("{{shared_tables}}", if shared_tables { "true" } else { "false" })
 }
 
-/// A kernel bound to its buffers: `inputs` in binding order, then the output (`cols` f32), then
-/// the parameters.
-struct Run<'a> {
-    gpu: &'a Gpu,
+/// The model's GEMV for one token (`lutlab_model::lut_linear`): the split over rows it picks for
+/// this shape, and the reduce pass when it splits.
+fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Run<'a>> {
+    let (rows, cols) = (packed.rows, packed.cols);
+    let (splits, per_split) = gemv_splits(cols, blocks(rows));
+    let mut aux = packed.tables.clone();
+    let sparse_at = aux.len() as u32;
+    aux.push(0.0);
+    let index = vec![0u32; cols + 1];
+    let params = [rows as u32, cols as u32, 1, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32, splits as u32, per_split as u32];
+    let device = &gpu.setup.device;
+    let buffer = |bytes: &[u8]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE });
+    let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&packed.qweight)), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));
+    let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
+    let shared_tables = (32usize << packed.bits) <= 2048;
+    let gemv = lut_source(Shader::Gemv, packed.bits, shared_tables);
+    let grid = (cols.div_ceil(32), splits, 1);
+    if splits == 1 {
+        let step = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &output, &params], grid);
+        return Ok(Run { gpu, steps: vec![step], output, cols });
+    }
+    let partials = device.create_buffer(&wgpu::BufferDescriptor { label: Some("partials"), size: (splits * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
+    let first = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &partials, &params], grid);
+    let reduce = lut_source(Shader::GemvReduce, packed.bits, false);
+    let second = Step::new(device, &reduce, &[&x, &partials, &aux, &index, &output, &params], (cols.div_ceil(256), 1, 1));
+    Ok(Run { gpu, steps: vec![first, second], output, cols })
+}
+
+/// One dispatch: a pipeline, its buffers, its grid.
+struct Step {
     pipeline: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
-    output: wgpu::Buffer,
-    grid: (usize, usize),
-    cols: usize,
+    grid: (usize, usize, usize),
 }
 
-impl<'a> Run<'a> {
-    fn new(gpu: &'a Gpu, source: &str, inputs: &[&[u8]], cols: usize, params: &[u32], grid: (usize, usize)) -> Result<Self> {
-        let device = &gpu.setup.device;
+impl Step {
+    fn new(device: &wgpu::Device, source: &str, buffers: &[&wgpu::Buffer], grid: (usize, usize, usize)) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("bench"), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("bench"),
@@ -136,6 +154,25 @@ impl<'a> Run<'a> {
             compilation_options: wgpu::PipelineCompilationOptions::default(),
             cache: None,
         });
+        let entries: Vec<wgpu::BindGroupEntry> =
+            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
+        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.get_bind_group_layout(0), entries: &entries });
+        Self { pipeline, bind, grid }
+    }
+}
+
+/// A kernel (one or more dispatches) bound to its buffers, writing `cols` f32 to `output`.
+struct Run<'a> {
+    gpu: &'a Gpu,
+    steps: Vec<Step>,
+    output: wgpu::Buffer,
+    cols: usize,
+}
+
+impl<'a> Run<'a> {
+    /// One dispatch over `inputs` (in binding order), then the output, then the parameters.
+    fn single(gpu: &'a Gpu, source: &str, inputs: &[&[u8]], cols: usize, params: &[u32], grid: (usize, usize, usize)) -> Result<Self> {
+        let device = &gpu.setup.device;
         let mut buffers: Vec<wgpu::Buffer> = inputs
             .iter()
             .map(|bytes| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE }))
@@ -143,40 +180,99 @@ impl<'a> Run<'a> {
         let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
         buffers.push(output.clone());
         buffers.push(device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: u32_bytes(params), usage: STORAGE }));
-        let entries: Vec<wgpu::BindGroupEntry> =
-            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.get_bind_group_layout(0), entries: &entries });
-        Ok(Self { gpu, pipeline, bind, output, grid, cols })
+        let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
+        Ok(Self { gpu, steps: vec![Step::new(device, source, &refs, grid)], output, cols })
     }
 
-    fn submit(&self, dispatches: usize) {
+    /// Encodes `repeats` runs of the steps in one pass, with GPU timestamps around it when the
+    /// device has them.
+    fn encode(&self, repeats: usize, timer: Option<&Timer>) -> wgpu::CommandBuffer {
         let device = &self.gpu.setup.device;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, &self.bind, &[]);
-            for _ in 0..dispatches {
-                pass.dispatch_workgroups(self.grid.0 as u32, self.grid.1 as u32, 1);
+            let timestamp_writes = timer.map(Timer::pass_writes);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+            for _ in 0..repeats {
+                for step in &self.steps {
+                    pass.set_pipeline(&step.pipeline);
+                    pass.set_bind_group(0, &step.bind, &[]);
+                    pass.dispatch_workgroups(step.grid.0 as u32, step.grid.1 as u32, step.grid.2 as u32);
+                }
             }
         }
-        self.gpu.setup.queue.submit([encoder.finish()]);
+        if let Some(timer) = timer {
+            timer.resolve(&mut encoder);
+        }
+        encoder.finish()
     }
 
     /// Checks the output against `want` (relative to its largest magnitude), then times it.
     async fn time(&self, kernel: &str, rows: usize, cols: usize, bytes: u64, want: &[f32], iters: usize) -> Result<KernelTiming> {
         let device = &self.gpu.setup.device;
-        scoped(device, kernel, || self.submit(1)).await?;
+        let queue = &self.gpu.setup.queue;
+        scoped(device, kernel, || queue.submit([self.encode(1, None)])).await?;
         let got = to_f32(&read_back(self.gpu, &self.output, (self.cols * 4) as u64).await?);
         let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
         if let Some(c) = (0..cols).find(|&c| (got[c] - want[c]).abs() > 1e-4 * scale * (rows as f32).sqrt()) {
             return Err(ModelError::Gpu(format!("{kernel} {rows}x{cols}: column {c} is {} on the GPU, {} on the CPU", got[c], want[c])));
         }
-        let start = Instant::now();
-        self.submit(iters);
-        device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the GPU", e))?;
-        let micros = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
+        let micros = time_commands(self.gpu, |timer| self.encode(iters, timer)).await? / iters as f64;
         Ok(KernelTiming { kernel: kernel.into(), rows, cols, micros, bytes, gb_per_s: bytes as f64 / micros / 1e3 })
+    }
+}
+
+/// Microseconds the GPU spends on the commands `encode` records: from GPU timestamps around its
+/// pass when the device has `TIMESTAMP_QUERY`, else by the wall clock from submit to idle
+/// (encoding happens before the clock starts).
+async fn time_commands(gpu: &Gpu, encode: impl Fn(Option<&Timer>) -> wgpu::CommandBuffer) -> Result<f64> {
+    let device = &gpu.setup.device;
+    let timer = device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| Timer::new(device));
+    let commands = encode(timer.as_ref());
+    let start = Instant::now();
+    gpu.setup.queue.submit([commands]);
+    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the GPU", e))?;
+    let wall = start.elapsed().as_secs_f64() * 1e6;
+    match timer {
+        Some(timer) => {
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&read_staging(device, &timer.staging, 16).await?);
+            Ok(ticks[1].saturating_sub(ticks[0]) as f64 * f64::from(gpu.setup.queue.get_timestamp_period()) / 1e3)
+        }
+        None => Ok(wall),
+    }
+}
+
+/// Two GPU timestamps around a compute pass, resolved into a mappable buffer.
+struct Timer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+impl Timer {
+    fn new(device: &wgpu::Device) -> Self {
+        let queries = device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("timer"), ty: wgpu::QueryType::Timestamp, count: 2 });
+        let resolved = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps staging"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Self { queries, resolved, staging }
+    }
+
+    fn pass_writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites { query_set: &self.queries, beginning_of_pass_write_index: Some(0), end_of_pass_write_index: Some(1) }
+    }
+
+    fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
+        encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.staging, 0, 16);
     }
 }
 
@@ -223,27 +319,28 @@ async fn bench_copy(gpu: &Gpu, bytes: u64, iters: usize) -> Result<KernelTiming>
             wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
         ],
     });
-    let submit = |dispatches: usize| {
+    let encode = |dispatches: usize, timer: Option<&Timer>| {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            let timestamp_writes = timer.map(Timer::pass_writes);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[]);
             for _ in 0..dispatches {
                 pass.dispatch_workgroups(grid.0 as u32, grid.1 as u32, 1);
             }
         }
-        gpu.setup.queue.submit([encoder.finish()]);
+        if let Some(timer) = timer {
+            timer.resolve(&mut encoder);
+        }
+        encoder.finish()
     };
-    scoped(device, "copy", || submit(1)).await?;
+    scoped(device, "copy", || gpu.setup.queue.submit([encode(1, None)])).await?;
     let copied: Vec<u32> = bytemuck::pod_collect_to_vec(&read_back(gpu, &dst, (words * 4) as u64).await?);
     if copied != source {
         return Err(ModelError::Gpu("copy kernel: the destination differs from the source".into()));
     }
-    let start = Instant::now();
-    submit(iters);
-    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the GPU", e))?;
-    let micros = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
+    let micros = time_commands(gpu, |timer| encode(iters, timer)).await? / iters as f64;
     let moved = (words * 8) as u64;
     Ok(KernelTiming { kernel: "copy".into(), rows: 1, cols: words, micros, bytes: moved, gb_per_s: moved as f64 / micros / 1e3 })
 }

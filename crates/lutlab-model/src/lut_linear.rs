@@ -12,12 +12,16 @@ use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate
 use burn::backend::Wgpu;
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
-use cubecl::server::KernelArguments;
+use cubecl::server::{Handle, KernelArguments};
 use lutlab_core::quant::packed::{blocks, PackedLinear};
 
 /// Up to this many tokens a call takes the GEMV kernel (one workgroup row per token).
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_COLUMNS: usize = 32;
+/// Packed blocks (of 32 rows) a GEMV workgroup's 8 slices walk at least.
+const GEMV_MIN_BLOCKS_PER_SPLIT: usize = 8;
+/// Workgroups a GEMV aims for: narrow layers split their rows until a large GPU is full.
+const GEMV_TARGET_WORKGROUPS: usize = 1024;
 const GEMM_TILE: usize = 64;
 /// Marks an absent optional part (scales, shift, bias) in the parameters.
 const NONE: u32 = u32::MAX;
@@ -31,8 +35,9 @@ pub struct PackedGpuLinear {
     qweight: CubeTensor,
     aux: CubeTensor,
     index: CubeTensor,
-    /// Parameters shared by both kernels except the token count (`params[2]`).
-    params: [u32; 10],
+    /// Parameters shared by the kernels; the token count (`params[2]`) and the GEMV split
+    /// (`params[10..12]`) are set per call.
+    params: [u32; 12],
 }
 
 impl PackedGpuLinear {
@@ -70,6 +75,8 @@ impl PackedGpuLinear {
             shift_at,
             bias_at,
             row_idx_at,
+            1,
+            0,
         ];
         Ok(Self {
             rows: packed.rows,
@@ -92,63 +99,90 @@ impl PackedGpuLinear {
         let x = primitive(x).expect("LUT matmul: the input is on the layer's wgpu device");
         let x = burn::backend::wgpu::into_contiguous(x);
         let client = x.client.clone();
+        let out = client.empty(m * self.cols * 4);
         let mut params = self.params;
         params[2] = m as u32;
-        let params = client.create_from_slice(bytemuck_u32(&params));
-        let out = client.empty(m * self.cols * 4);
-        let (kernel, count): (Box<dyn cubecl::CubeKernel>, CubeCount) = if m <= GEMV_MAX_TOKENS {
-            let shared_tables = GEMV_COLUMNS << self.bits <= 2048;
-            let source = LutKernel { file: Shader::Gemv, bits: self.bits, shared_tables };
-            (Box::new(SourceKernel::new(source, CubeDim::new_2d(32, 8))), CubeCount::Static(self.cols.div_ceil(GEMV_COLUMNS) as u32, m as u32, 1))
-        } else {
-            let source = LutKernel { file: Shader::Gemm, bits: self.bits, shared_tables: false };
-            let count = CubeCount::Static(self.cols.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1);
-            (Box::new(SourceKernel::new(source, CubeDim::new_2d(16, 16))), count)
+        let buffers = |weights: &Handle, y: &Handle, params: &[u32]| {
+            KernelArguments::new()
+                .with_buffer(x.handle.clone().binding())
+                .with_buffer(weights.clone().binding())
+                .with_buffer(self.aux.handle.clone().binding())
+                .with_buffer(self.index.handle.clone().binding())
+                .with_buffer(y.clone().binding())
+                .with_buffer(client.create_from_slice(bytemuck::cast_slice(params)).binding())
         };
-        let arguments = KernelArguments::new()
-            .with_buffer(x.handle.clone().binding())
-            .with_buffer(self.qweight.handle.clone().binding())
-            .with_buffer(self.aux.handle.clone().binding())
-            .with_buffer(self.index.handle.clone().binding())
-            .with_buffer(out.clone().binding())
-            .with_buffer(params.binding());
-        client.launch(kernel, count, arguments);
+        if m <= GEMV_MAX_TOKENS {
+            let (splits, blocks_per_split) = gemv_splits(self.cols, params[4] as usize);
+            params[10] = splits as u32;
+            params[11] = blocks_per_split as u32;
+            let shared_tables = GEMV_COLUMNS << self.bits <= 2048;
+            let gemv = LutKernel { shader: Shader::Gemv, bits: self.bits, shared_tables };
+            let grid = CubeCount::Static(self.cols.div_ceil(GEMV_COLUMNS) as u32, splits as u32, m as u32);
+            if splits == 1 {
+                client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &out, &params));
+            } else {
+                let partials = client.empty(m * splits * self.cols * 4);
+                client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &partials, &params));
+                let reduce = LutKernel { shader: Shader::GemvReduce, bits: self.bits, shared_tables: false };
+                let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, m as u32, 1);
+                client.launch(Box::new(SourceKernel::new(reduce, CubeDim::new_1d(256))), grid, buffers(&partials, &out, &params));
+            }
+        } else {
+            let gemm = LutKernel { shader: Shader::Gemm, bits: self.bits, shared_tables: false };
+            let grid = CubeCount::Static(self.cols.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1);
+            client.launch(Box::new(SourceKernel::new(gemm, CubeDim::new_2d(16, 16))), grid, buffers(&self.qweight.handle, &out, &params));
+        }
         let y = CubeTensor::new_contiguous(client, x.device.clone(), Shape::new([m, self.cols]), out, DType::F32);
         Tensor::from_primitive::<Wgpu>(y)
     }
 }
 
+/// `(splits, blocks per split)` of a GEMV over `blocks` blocks of rows and `cols` columns.
+pub fn gemv_splits(cols: usize, blocks: usize) -> (usize, usize) {
+    let tiles = cols.div_ceil(GEMV_COLUMNS);
+    let wanted = (GEMV_TARGET_WORKGROUPS / tiles).clamp(1, blocks.div_ceil(GEMV_MIN_BLOCKS_PER_SPLIT).max(1));
+    let per_split = blocks.div_ceil(wanted).max(1);
+    (blocks.div_ceil(per_split).max(1), per_split)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Shader {
+pub enum Shader {
     Gemv,
+    GemvReduce,
     Gemm,
 }
 
 /// One compiled variant of a LUT kernel: the bit width is a compile-time constant.
 #[derive(Debug)]
 struct LutKernel {
-    file: Shader,
+    shader: Shader,
     bits: u32,
     shared_tables: bool,
 }
 
 impl KernelSource for LutKernel {
     fn source(&self) -> SourceTemplate {
-        let text = match self.file {
-            Shader::Gemv => include_str!("../../../shaders/lut_gemv.wgsl"),
-            Shader::Gemm => include_str!("../../../shaders/lut_gemm.wgsl"),
-        };
-        SourceTemplate::new(text)
+        SourceTemplate::new(include_str!("../../../shaders/lut_common.wgsl"))
+            .add_template(kernel_body(self.shader))
             .register("bits", self.bits.to_string())
             .register("shared_tables", self.shared_tables.to_string())
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.file, self.bits, self.shared_tables))
+        KernelId::new::<Self>().info((self.shader, self.bits, self.shared_tables))
     }
 
     fn lang(&self) -> &'static str {
         "wgsl"
+    }
+}
+
+/// The WGSL of a kernel, without `lut_common.wgsl` (bindings and epilogue), which goes first.
+pub fn kernel_body(shader: Shader) -> &'static str {
+    match shader {
+        Shader::Gemv => include_str!("../../../shaders/lut_gemv.wgsl"),
+        Shader::GemvReduce => include_str!("../../../shaders/lut_gemv_reduce.wgsl"),
+        Shader::Gemm => include_str!("../../../shaders/lut_gemm.wgsl"),
     }
 }
 
@@ -165,6 +199,3 @@ fn upload_u32(words: &[u32], device: &Device) -> Result<CubeTensor> {
     primitive(Tensor::<1, Int>::from_data(TensorData::new(as_i32, [words.len()]), device))
 }
 
-fn bytemuck_u32(words: &[u32]) -> &[u8] {
-    bytemuck::cast_slice(words)
-}
