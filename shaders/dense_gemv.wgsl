@@ -18,6 +18,12 @@ const SLICES: u32 = 8u;
 
 var<workgroup> partial: array<vec2<f32>, 256>;
 
+// A weight word as two f16 values, or as one f32 (second lane 0).
+fn value(bits: u32) -> vec2<f32> {
+    if (F16) { return unpack2x16float(bits); }
+    return vec2<f32>(bitcast<f32>(bits), 0.0);
+}
+
 @compute @workgroup_size(32, 8, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let rows = p[0];
@@ -26,13 +32,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let word = wg.x * LANES + lid.x;
     var acc = vec2<f32>(0.0);
     if (word < words_per_row) {
-        for (var r = lid.y; r < rows; r += SLICES) {
-            let bits = w[r * words_per_row + word];
-            if (F16) {
-                acc += x[r] * unpack2x16float(bits);
-            } else {
-                acc.x += x[r] * bitcast<f32>(bits);
-            }
+        // Four rows per step, so four loads are in flight at once.
+        var r = lid.y;
+        for (; r + 3u * SLICES < rows; r += 4u * SLICES) {
+            let b0 = w[r * words_per_row + word];
+            let b1 = w[(r + SLICES) * words_per_row + word];
+            let b2 = w[(r + 2u * SLICES) * words_per_row + word];
+            let b3 = w[(r + 3u * SLICES) * words_per_row + word];
+            acc += x[r] * value(b0) + x[r + SLICES] * value(b1) + x[r + 2u * SLICES] * value(b2) + x[r + 3u * SLICES] * value(b3);
+        }
+        for (; r < rows; r += SLICES) {
+            acc += x[r] * value(w[r * words_per_row + word]);
         }
     }
     partial[lid.y * LANES + lid.x] = acc;

@@ -3,15 +3,15 @@
 //
 // Workgroup (x, y, z) = (32 output columns, one split of the input rows, one token). Its 256 lanes
 // are 32 columns × 8 slices: lane x owns a column, so the 32 lanes of a slice read 32 neighbouring
-// packed words (coalesced) and the same input value (a broadcast); slice j walks every 8th block
+// packed words (coalesced) and the same staged input (a broadcast); slice j walks every 8th block
 // of 32 rows of the split. The 8 partial sums meet in workgroup memory. With one split, lane y = 0
 // then adds the column's sparse outliers, scale and bias and writes y; with several (narrow
 // layers need them to fill a large GPU), it writes its partial sum and lut_gemv_reduce.wgsl
 // finishes.
 //
 // The host fills {{bits}} (1..8) and {{shared_tables}}: the tables of the workgroup's columns are
-// copied to workgroup memory when 32 · 2^bits entries fit the 2048 reserved (bits ≤ 6), and read
-// from the storage buffer otherwise.
+// copied to workgroup memory when 32 tables fit (bits ≤ 6), and read from the storage buffer
+// otherwise. The input is staged in workgroup memory 1024 values at a time.
 
 const BITS: u32 = {{bits}}u;
 const LEVELS: u32 = 1u << BITS;
@@ -19,10 +19,23 @@ const MASK: u32 = LEVELS - 1u;
 const COLS: u32 = 32u;
 const SLICES: u32 = 8u;
 const SHARED_TABLES: bool = {{shared_tables}};
-const TABLE_SLOTS: u32 = 2048u;
+// A table per lane at a stride of LEVELS + 1 (odd): lanes of different tables never fall in the
+// same memory bank for the same code. 32 tables of 64 entries (6 bits) fit.
+const TABLE_STRIDE: u32 = LEVELS + 1u;
+const TABLE_SLOTS: u32 = 32u * 65u;
+// Blocks per chunk of the input staged in workgroup memory (1024 values as 256 vec4s).
+const CHUNK_BLOCKS: u32 = 32u;
 
 var<workgroup> partial: array<f32, 256>;
 var<workgroup> tables: array<f32, TABLE_SLOTS>;
+var<workgroup> xs: array<vec4<f32>, 256>;
+var<workgroup> chunk_count: u32;
+
+// Table entry `i` of this workgroup's columns.
+fn lut(i: u32) -> f32 {
+    if (SHARED_TABLES) { return tables[i]; }
+    return aux[i];
+}
 
 @compute @workgroup_size(32, 8, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -31,7 +44,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let cols = p[1];
     let channels_per_table = p[3];
     let blocks = p[4];
-    let shift_at = p[7];
     let splits = p[10];
     let blocks_per_split = p[11];
 
@@ -48,42 +60,43 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let last_table = (min(c0 + COLS, cols) - 1u) / channels_per_table;
         let entries = (last_table - first_table + 1u) * LEVELS;
         for (var i = lane; i < entries; i += COLS * SLICES) {
-            tables[i] = aux[first_table * LEVELS + i];
+            tables[i / LEVELS * TABLE_STRIDE + i % LEVELS] = aux[first_table * LEVELS + i];
+        }
+    }
+    let table_base = select(my_table * LEVELS, (my_table - first_table) * TABLE_STRIDE, SHARED_TABLES);
+
+    let k0 = split * blocks_per_split;
+    let k_end = min(blocks, k0 + blocks_per_split);
+    // The chunk count, made provably uniform for the barriers in the loop (browsers check).
+    if (lane == 0u) { chunk_count = (k_end - min(k0, k_end) + CHUNK_BLOCKS - 1u) / CHUNK_BLOCKS; }
+    let chunks = workgroupUniformLoad(&chunk_count);
+
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    var acc2 = 0.0;
+    var acc3 = 0.0;
+    for (var chunk = 0u; chunk < chunks; chunk++) {
+        let kc = k0 + chunk * CHUNK_BLOCKS;
+        // Stage the chunk's inputs (minus the shift; zero past the last row).
+        let r = kc * 32u + lane * 4u;
+        var v = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            if (r + e < rows) { v[e] = input(t, r + e); }
+        }
+        xs[lane] = v;
+        workgroupBarrier();
+        if (live) {
+            for (var k = kc + lid.y; k < min(kc + CHUNK_BLOCKS, k_end); k += SLICES) {
+                let xk = (k - kc) * 8u;
+                // The host writes out the block's `bits` word loads and its 32 codes' shifts,
+                // masks, table lookups and multiply-adds with literal constants (no arrays to
+                // index, nothing left to unroll), into four accumulators.
+{{decode_block}}
+            }
         }
         workgroupBarrier();
     }
-    let table_base = select(my_table * LEVELS, (my_table - first_table) * LEVELS, SHARED_TABLES);
-
-    var acc = 0.0;
-    if (live) {
-        let x_row = t * rows;
-        let k_end = min(blocks, (split + 1u) * blocks_per_split);
-        var words: array<u32, 9>;
-        for (var k = split * blocks_per_split + lid.y; k < k_end; k += SLICES) {
-            for (var j = 0u; j < BITS; j++) {
-                words[j] = qweight[(k * BITS + j) * cols + c];
-            }
-            words[BITS] = 0u;
-            let r0 = k * 32u;
-            let n = min(32u, rows - r0);
-            for (var i = 0u; i < 32u; i++) {
-                if (i < n) {
-                    let bit = i * BITS;
-                    let w = bit / 32u;
-                    let s = bit % 32u;
-                    // The high bits of a code that straddles two words (shifts of 32 are not allowed).
-                    let high = select(0u, words[w + 1u] << ((32u - s) % 32u), s + BITS > 32u);
-                    let code = ((words[w] >> s) | high) & MASK;
-                    var wv: f32;
-                    if (SHARED_TABLES) { wv = tables[table_base + code]; } else { wv = aux[table_base + code]; }
-                    var xv = x[x_row + r0 + i];
-                    if (shift_at != NONE) { xv -= aux[shift_at + r0 + i]; }
-                    acc += xv * wv;
-                }
-            }
-        }
-    }
-    partial[lane] = acc;
+    partial[lane] = (acc0 + acc1) + (acc2 + acc3);
     workgroupBarrier();
     if (lid.y == 0u && live) {
         var sum = 0.0;

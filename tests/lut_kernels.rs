@@ -94,3 +94,12 @@ fn kernels_handle_gpt2_shapes() {
         check(&packed, 130, true, &mut rng);
     }
 }
+
+#[test]
+fn gemv_walks_several_input_chunks_of_one_split() {
+    // 2050 column tiles need no split over rows, so one workgroup walks all 35 blocks: two chunks
+    // of staged input (32 blocks each), the second partial.
+    let mut rng = SplitMix64::new(4);
+    let packed = random_layer(&mut rng, 1100, 65_600, 1, Granularity::Group(41), true);
+    check(&packed, 1, true, &mut rng);
+}

@@ -18,6 +18,7 @@ pub enum TokenizerFiles {
     VocabMerges { vocab: Vec<u8>, merges: Vec<u8> },
 }
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
 }

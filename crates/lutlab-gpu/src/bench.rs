@@ -13,7 +13,7 @@ use crate::util::{f32_bytes, gpu_error, read_staging, scoped, to_f32, u32_bytes}
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
-use lutlab_model::lut_linear::{gemv_splits, kernel_body, Shader};
+use lutlab_model::lut_linear::{decode_block, gemv_splits, kernel_body, Shader};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -106,6 +106,7 @@ fn lut_source(shader: Shader, bits: u32, shared_tables: bool) -> String {
     format!("{}{}", include_str!("../../../shaders/lut_common.wgsl"), kernel_body(shader))
         .replace("{{bits}}", &bits.to_string())
         .replace("{{shared_tables}}", if shared_tables { "true" } else { "false" })
+        .replace("{{decode_block}}", &decode_block(bits))
 }
 
 /// The model's GEMV for one token (`lutlab_model::lut_linear`): the split over rows it picks for
@@ -122,7 +123,7 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let buffer = |bytes: &[u8]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE });
     let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&packed.qweight)), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));
     let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
-    let shared_tables = (32usize << packed.bits) <= 2048;
+    let shared_tables = packed.bits <= 6;
     let gemv = lut_source(Shader::Gemv, packed.bits, shared_tables);
     let grid = (cols.div_ceil(32), splits, 1);
     if splits == 1 {

@@ -21,7 +21,7 @@ const GEMV_COLUMNS: usize = 32;
 /// Packed blocks (of 32 rows) a GEMV workgroup's 8 slices walk at least.
 const GEMV_MIN_BLOCKS_PER_SPLIT: usize = 8;
 /// Workgroups a GEMV aims for: narrow layers split their rows until a large GPU is full.
-const GEMV_TARGET_WORKGROUPS: usize = 1024;
+const GEMV_TARGET_WORKGROUPS: usize = 2048;
 const GEMM_TILE: usize = 64;
 /// Marks an absent optional part (scales, shift, bias) in the parameters.
 const NONE: u32 = u32::MAX;
@@ -115,7 +115,7 @@ impl PackedGpuLinear {
             let (splits, blocks_per_split) = gemv_splits(self.cols, params[4] as usize);
             params[10] = splits as u32;
             params[11] = blocks_per_split as u32;
-            let shared_tables = GEMV_COLUMNS << self.bits <= 2048;
+            let shared_tables = self.bits <= 6;
             let gemv = LutKernel { shader: Shader::Gemv, bits: self.bits, shared_tables };
             let grid = CubeCount::Static(self.cols.div_ceil(GEMV_COLUMNS) as u32, splits as u32, m as u32);
             if splits == 1 {
@@ -166,6 +166,7 @@ impl KernelSource for LutKernel {
             .add_template(kernel_body(self.shader))
             .register("bits", self.bits.to_string())
             .register("shared_tables", self.shared_tables.to_string())
+            .register("decode_block", decode_block(self.bits))
     }
 
     fn id(&self) -> KernelId {
@@ -184,6 +185,33 @@ pub fn kernel_body(shader: Shader) -> &'static str {
         Shader::GemvReduce => include_str!("../../../shaders/lut_gemv_reduce.wgsl"),
         Shader::Gemm => include_str!("../../../shaders/lut_gemm.wgsl"),
     }
+}
+
+/// WGSL statements for one packed block of 32 rows in the GEMV: load its `bits` words (`w0`..),
+/// its staged inputs (`x0`..`x7`, vec4s), then for each code the literal shift/mask, the table
+/// lookup and a multiply-add into `acc0`..`acc3` (4 chains for instruction-level parallelism).
+/// Generated per bit width because GPU compilers keep arrays with computed indices in slow
+/// local memory; constants leave them nothing to guess.
+pub fn decode_block(bits: u32) -> String {
+    let indent = "                ";
+    let mut out = String::new();
+    for j in 0..bits {
+        out += &format!("{indent}let w{j} = qweight[(k * BITS + {j}u) * cols + c];\n");
+    }
+    for q in 0..8 {
+        out += &format!("{indent}let x{q} = xs[xk + {q}u];\n");
+    }
+    for i in 0..32 {
+        let (word, shift) = ((i * bits) / 32, (i * bits) % 32);
+        let code = match shift {
+            0 => format!("w{word}"),
+            s if s + bits > 32 => format!("((w{word} >> {s}u) | (w{} << {}u))", word + 1, 32 - s),
+            s => format!("(w{word} >> {s}u)"),
+        };
+        let lane = ["x", "y", "z", "w"][(i % 4) as usize];
+        out += &format!("{indent}acc{} += x{}.{lane} * lut(table_base + ({code} & MASK));\n", i % 4, i / 4);
+    }
+    out
 }
 
 fn primitive<const D: usize, K>(tensor: Tensor<D, K>) -> Result<CubeTensor>

@@ -5,7 +5,8 @@ use crate::progress::JsProgress;
 use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
 use lutlab_core::quant::model::{quantize_layer, selected_layers, SampleWeights};
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
-use lutlab_core::{LoadedModel, Progress};
+use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
+use lutlab_core::{Gpt2Config, Gpt2Weights, LoadedModel, Progress, TextTokenizer};
 use lutlab_model::{fisher, open_gpu, perplexity, EvalSettings, FisherSettings, Gpt2, Gpu};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -13,14 +14,37 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-/// A model on the GPU with the tokenizer and host weights it came from (the quantizers read them),
-/// and the latest quantized version of it.
+/// A model on the GPU with its tokenizer and, unless it came from a packed file, the host weights
+/// it came from (the quantizers read them); and the latest quantized version of it.
 struct Session {
+    name: String,
     model: Gpt2,
-    loaded: LoadedModel,
-    quantized: RefCell<Option<Rc<Gpt2>>>,
+    tokenizer: TextTokenizer,
+    weights: Option<Gpt2Weights>,
+    quantized: RefCell<Option<Rc<Quantized>>>,
     /// The Fisher diagonal computed here or loaded from a file, for weighted quantization.
     fisher: RefCell<Option<Rc<FisherDiagonal>>>,
+}
+
+/// A quantized model: on the GPU (packed, through the LUT kernels, when every layer is a LUT)
+/// and, when packed, the file's content for download.
+struct Quantized {
+    model: Gpt2,
+    packed: Option<PackedModel>,
+    label: String,
+}
+
+impl Session {
+    fn new(name: String, model: Gpt2, tokenizer: TextTokenizer, weights: Option<Gpt2Weights>) -> Self {
+        Self { name, model, tokenizer, weights, quantized: RefCell::default(), fisher: RefCell::default() }
+    }
+
+    /// The host weights, which a packed file does not have.
+    fn weights(&self) -> Result<&Gpt2Weights, JsError> {
+        self.weights.as_ref().ok_or_else(|| {
+            JsError::new("this is a packed file, which holds only its quantized form: load the original model to compute Fisher information or quantize")
+        })
+    }
 }
 
 #[wasm_bindgen]
@@ -38,6 +62,45 @@ struct ModelSummary {
     n_positions: usize,
     vocab_size: usize,
     parameters: usize,
+    /// For a packed file: its method and sizes.
+    packed: Option<PackedSummary>,
+}
+
+impl ModelSummary {
+    fn new(config: &Gpt2Config, packed: Option<PackedSummary>) -> Self {
+        Self {
+            n_layer: config.n_layer,
+            n_head: config.n_head,
+            n_embd: config.n_embd,
+            n_positions: config.n_positions,
+            vocab_size: config.vocab_size,
+            parameters: config.parameter_count(),
+            packed,
+        }
+    }
+}
+
+/// Sizes of a packed model: its quantized layers as stored, and as f16 (the usual comparison).
+#[derive(Serialize)]
+struct PackedSummary {
+    method: String,
+    bits_per_weight: f64,
+    packed_bytes: usize,
+    f16_bytes: usize,
+    compression: f64,
+}
+
+impl PackedSummary {
+    fn of(packed: &PackedModel) -> Self {
+        let (packed_bytes, f16_bytes) = (packed.packed_bytes(), packed.f16_bytes_of_packed_layers());
+        Self {
+            method: packed.meta.method.clone(),
+            bits_per_weight: 16.0 * packed_bytes as f64 / f16_bytes.max(1) as f64,
+            packed_bytes,
+            f16_bytes,
+            compression: f16_bytes as f64 / packed_bytes.max(1) as f64,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -76,7 +139,11 @@ struct QuantizeReport {
     bits_per_weight: f64,
     seconds: f64,
     layers: Vec<LayerReport>,
+    /// Present when the result is packed (every layer a LUT) and runs through the LUT kernels.
+    packed: Option<PackedSummary>,
 }
+
+
 
 /// Lets the page paint and handle input between steps of CPU work (a `setTimeout(0)`).
 async fn yield_to_page() {
@@ -120,30 +187,37 @@ impl Lab {
         self.gpu.max_binding_bytes() as f64
     }
 
-    /// Checks and uploads a model: `{ config, safetensors: [{name, bytes}], tokenizerJson? |
-    /// vocab + merges }`, all `Uint8Array`. Replaces the loaded model; on error the previous one
-    /// stays. Returns the model's shape.
+    /// Checks and uploads a model named `name`: `{ config, safetensors: [{name, bytes}],
+    /// tokenizerJson? | vocab + merges }`, all `Uint8Array`. Replaces the loaded model; on error
+    /// the previous one stays. Returns the model's shape.
     #[wasm_bindgen(js_name = loadModel)]
-    pub fn load_model(&self, files: JsValue) -> Result<JsValue, JsError> {
-        let loaded = model_files(&files)?.load().map_err(js_error)?;
-        self.gpu.check_fits(&loaded.weights).map_err(js_error)?;
-        let config = loaded.config().clone();
-        let parameters = config.parameter_count();
-        let model = Gpt2::new(&loaded.weights, &self.gpu.device);
-        *self.session.borrow_mut() = Some(Rc::new(Session { model, loaded, quantized: RefCell::default(), fisher: RefCell::default() }));
-        to_js(&ModelSummary {
-            n_layer: config.n_layer,
-            n_head: config.n_head,
-            n_embd: config.n_embd,
-            n_positions: config.n_positions,
-            vocab_size: config.vocab_size,
-            parameters,
-        })
+    pub fn load_model(&self, name: String, files: JsValue) -> Result<JsValue, JsError> {
+        let LoadedModel { weights, tokenizer } = model_files(&files)?.load().map_err(js_error)?;
+        self.gpu.check_fits(&weights).map_err(js_error)?;
+        let model = Gpt2::new(&weights, &self.gpu.device);
+        let summary = ModelSummary::new(&weights.config, None);
+        *self.session.borrow_mut() = Some(Rc::new(Session::new(name, model, tokenizer, Some(weights))));
+        to_js(&summary)
+    }
+
+    /// Opens a packed file (made here or by `lutlab quantize --packed`) and runs it through the
+    /// LUT kernels, without the original weights; the loaded model's tokenizer stays (GPT-2's).
+    /// Replaces the loaded model; a file that does not parse leaves everything as it was.
+    #[wasm_bindgen(js_name = openPacked)]
+    pub fn open_packed(&self, name: String, bytes: &[u8]) -> Result<JsValue, JsError> {
+        let current = self.current().map_err(|_| JsError::new("load a model first: the packed file is read with its tokenizer"))?;
+        let packed = PackedModel::from_safetensors(&name, bytes).map_err(js_error)?;
+        let model = Gpt2::from_packed(&packed, &self.gpu.device).map_err(js_error)?;
+        let summary = ModelSummary::new(&packed.config, Some(PackedSummary::of(&packed)));
+        let session = Session::new(name, model.clone(), current.tokenizer.clone(), None);
+        *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, label: packed.meta.method.clone(), packed: Some(packed) }));
+        *self.session.borrow_mut() = Some(Rc::new(session));
+        to_js(&summary)
     }
 
     /// Token ids of `text` under the loaded model's tokenizer.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsError> {
-        self.current()?.loaded.tokenizer.encode(text).map_err(js_error)
+        self.current()?.tokenizer.encode(text).map_err(js_error)
     }
 
     /// Perplexity of `tokens` with HF's strided protocol (`maxLength` defaults to the model's
@@ -167,7 +241,7 @@ impl Lab {
         self.cancelled.set(false);
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
-            let model = quantized_model.as_deref().unwrap_or(&session.model);
+            let model = quantized_model.as_deref().map_or(&session.model, |q| &q.model);
             let settings = EvalSettings::with_overrides(model, max_length, stride);
             let start = js_sys::Date::now();
             let nll = perplexity(model, &tokens, settings, "the text", &mut progress).await.map_err(js_error)?;
@@ -234,7 +308,7 @@ impl Lab {
     #[wasm_bindgen(js_name = loadFisher)]
     pub fn load_fisher(&self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
         let session = self.current()?;
-        let diagonal = FisherDiagonal::from_safetensors(name, bytes, &session.loaded.weights).map_err(js_error)?;
+        let diagonal = FisherDiagonal::from_safetensors(name, bytes, session.weights()?).map_err(js_error)?;
         *session.fisher.borrow_mut() = Some(Rc::new(diagonal));
         Ok(())
     }
@@ -246,6 +320,7 @@ impl Lab {
     /// layer; the quantized model is then kept for `perplexity(..., quantized = true)`.
     pub fn quantize(&self, request: JsValue, use_fisher: bool, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
         let session = self.current()?;
+        session.weights()?;
         let fisher_diagonal = if use_fisher {
             Some(session.fisher.borrow().clone().ok_or_else(|| JsError::new("compute or load Fisher information first"))?)
         } else {
@@ -256,7 +331,7 @@ impl Lab {
         self.cancelled.set(false);
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
-            let weights = &session.loaded.weights;
+            let weights = session.weights()?;
             let method = request.method(weights, fisher_diagonal.is_some()).map_err(js_error)?;
             let lookup = |name: &str| fisher_diagonal.as_deref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
             let sample_weights: Option<SampleWeights> = fisher_diagonal.as_ref().map(|_| &lookup as _);
@@ -275,14 +350,47 @@ impl Lab {
             }
             progress.update(done, total);
             let quantized = QuantizedModel { layers: quantized };
-            *session.quantized.borrow_mut() = Some(Rc::new(Gpt2::new(&quantized.apply(weights), &device)));
-            Ok(to_js(&QuantizeReport {
-                label: request.label(fisher_diagonal.is_some()),
+            let label = request.label(fisher_diagonal.is_some());
+            // Every layer a LUT: packed (f16 tables, as the file stores them) and run through the
+            // LUT kernels; otherwise (input-group uniform scales) dense.
+            let packed = if quantized.layers.iter().all(|l| l.lut.is_some()) {
+                let meta = PackedMeta { base_model: session.name.clone(), method: label.clone(), settings: serde_json::to_string(&request).unwrap_or_default() };
+                Some(PackedModel::from_quantized(weights, &quantized, meta, TableDtype::F16).map_err(js_error)?)
+            } else {
+                None
+            };
+            let model = match &packed {
+                Some(packed) => Gpt2::from_packed(packed, &device).map_err(js_error)?,
+                None => Gpt2::new(&quantized.apply(weights), &device),
+            };
+            let report = QuantizeReport {
+                label: label.clone(),
                 bits_per_weight: quantized.bits_per_weight(),
                 seconds: (js_sys::Date::now() - start) / 1000.0,
                 layers: quantized.layers.iter().map(|l| LayerReport { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight }).collect(),
-            })?)
+                packed: packed.as_ref().map(PackedSummary::of),
+            };
+            *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, packed, label }));
+            Ok(to_js(&report)?)
         }))
+    }
+
+    /// The quantized model as a packed file (docs/FORMAT.md): `{ name, bytes }`, the name made of
+    /// the model, the method and the size.
+    #[wasm_bindgen(js_name = packedFile)]
+    pub fn packed_file(&self) -> Result<JsValue, JsError> {
+        let session = self.current()?;
+        let quantized = session.quantized.borrow().clone().ok_or_else(|| JsError::new("nothing is quantized yet"))?;
+        let packed = quantized.packed.as_ref().ok_or_else(|| JsError::new("this quantization has no packed form (its scales are not per output channel)"))?;
+        let bytes = packed.to_safetensors(TableDtype::F16).map_err(js_error)?;
+        let stem = format!("{}-{}-{:.1}MB", session.name, quantized.label, bytes.len() as f64 / 1e6);
+        let stem: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+        let name = format!("{}.lutlab.safetensors", stem.trim_matches('-'));
+        let object = js_sys::Object::new();
+        js_sys::Reflect::set(&object, &"name".into(), &name.into()).map_err(|_| JsError::new("packed file: cannot build the result"))?;
+        js_sys::Reflect::set(&object, &"bytes".into(), &js_sys::Uint8Array::from(bytes.as_slice()).into())
+            .map_err(|_| JsError::new("packed file: cannot build the result"))?;
+        Ok(object.into())
     }
 
     /// Asks the running work to stop at its next step; its promise rejects with "cancelled".
