@@ -20,6 +20,7 @@ let busy = false;
 let dead = false;
 let wikitext = null;
 let quantized = null; // the last quantization report
+let packedOnly = false; // the model came from a packed file: no original weights to quantize
 let fisherReady = false;
 let calibration = null;
 
@@ -39,9 +40,11 @@ function showError(message) {
 function refreshControls() {
   for (const id of ['load-shipped', 'load-hub', 'local-files']) $(id).disabled = busy || dead || !lab;
   $('run-eval').disabled = busy || dead || !modelLoaded;
-  $('run-quantize').disabled = busy || dead || !modelLoaded;
-  $('run-fisher').disabled = busy || dead || !modelLoaded;
-  $('fisher-file').disabled = busy || dead || !modelLoaded;
+  $('run-quantize').disabled = busy || dead || !modelLoaded || packedOnly;
+  $('run-fisher').disabled = busy || dead || !modelLoaded || packedOnly;
+  $('fisher-file').disabled = busy || dead || !modelLoaded || packedOnly;
+  $('packed-file').disabled = busy || dead || !modelLoaded;
+  $('download-packed').disabled = busy || dead || !quantized?.packed || packedOnly;
   $('download-fisher').disabled = busy || dead || !fisherReady;
   $('q-fisher').disabled = !fisherReady;
   document.querySelector('input[name=which][value=quantized]').disabled = !quantized;
@@ -81,8 +84,9 @@ async function loadFrom(source) {
   });
   loadBar.finish('checking the weights and uploading them to the GPU…');
   await nextFrame(); // let the page paint before the synchronous parse
-  const summary = lab.loadModel(files);
+  const summary = lab.loadModel(label, files);
   modelLoaded = true;
+  packedOnly = false;
   quantized = null;
   fisherReady = false;
   $('q-fisher').checked = false;
@@ -117,7 +121,9 @@ async function evaluate() {
   const useQuantized = document.querySelector('input[name=which]:checked').value === 'quantized';
   const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'), useQuantized,
     (done, total) => evalBar.count(done, total, 'tokens'));
-  addHistory(useQuantized ? quantized.label : `${$('model-status').dataset.loaded} (f32)`, useQuantized ? quantized.bits_per_weight : 32, report.perplexity, what);
+  const original = packedOnly ? [`${$('model-status').dataset.loaded} (packed)`, quantized.bits_per_weight] : [`${$('model-status').dataset.loaded} (f32)`, 32];
+  const [label, bits] = useQuantized ? [quantized.label, quantized.bits_per_weight] : original;
+  addHistory(label, bits, report.perplexity, what);
   evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const result = $('eval-result');
   result.textContent = `Perplexity ${report.perplexity.toFixed(3)} on ${what}: ${report.scored.toLocaleString()} tokens scored `
@@ -157,9 +163,38 @@ async function quantize() {
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const worst = report.layers.reduce((a, b) => (b.mse > a.mse ? b : a));
   $('quant-result').textContent = `${report.label}: ${report.layers.length} layers, ${report.bits_per_weight.toFixed(3)} bits per weight; `
-    + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}).`;
+    + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}). ${sizeLine(report.packed)}`;
   $('quant-result').dataset.report = JSON.stringify(report);
   document.querySelector('input[name=which][value=quantized]').checked = true;
+}
+
+const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
+
+/// "Packed: 0.42 MB, 3.8× smaller than f16 (1.57 MB); runs through the LUT kernels."
+function sizeLine(packed) {
+  if (!packed) return 'Not packable (scales over input rows): evaluated as dequantized weights.';
+  return `Packed: ${megabytes(packed.packed_bytes)}, ${packed.compression.toFixed(1)}× smaller than f16 (${megabytes(packed.f16_bytes)}); `
+    + 'evaluated straight from the packed codes by the LUT kernels.';
+}
+
+function downloadPacked() {
+  const { name, bytes } = lab.packedFile();
+  save(bytes, name);
+  $('quant-result').dataset.downloaded = name;
+}
+
+async function openPacked(file) {
+  await nextFrame();
+  const summary = lab.openPacked(file.name, new Uint8Array(await file.arrayBuffer()));
+  packedOnly = true;
+  fisherReady = false;
+  $('q-fisher').checked = false;
+  quantized = { label: summary.packed.method, bits_per_weight: summary.packed.bits_per_weight, packed: summary.packed };
+  $('model-status').textContent = `Opened packed file ${file.name}: ${summary.packed.method}, ${summary.n_layer} layers, width ${summary.n_embd}. ${sizeLine(summary.packed)}`;
+  $('model-status').dataset.loaded = file.name;
+  $('model-status').dataset.packed = JSON.stringify(summary.packed);
+  $('quant-result').textContent = '';
+  document.querySelector('input[name=which][value=original]').checked = true;
 }
 
 async function computeFisher() {
@@ -183,13 +218,17 @@ async function computeFisher() {
   $('fisher-result').dataset.report = JSON.stringify(report);
 }
 
-function downloadFisher() {
-  const blob = new Blob([lab.fisherFile()], { type: 'application/octet-stream' });
+function save(bytes, name) {
+  const blob = new Blob([bytes], { type: 'application/octet-stream' });
   const link = document.createElement('a');
   link.href = URL.createObjectURL(blob);
-  link.download = `${($('model-status').dataset.loaded ?? 'model').replace(/[^\w.-]+/g, '-')}.fisher.safetensors`;
+  link.download = name;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+function downloadFisher() {
+  save(lab.fisherFile(), `${($('model-status').dataset.loaded ?? 'model').replace(/[^\w.-]+/g, '-')}.fisher.safetensors`);
 }
 
 async function loadFisherFile(file) {
@@ -212,6 +251,8 @@ function wireControls() {
   $('run-quantize').onclick = () => action(quantize);
   $('run-fisher').onclick = () => action(computeFisher);
   $('download-fisher').onclick = () => downloadFisher();
+  $('download-packed').onclick = () => action(async () => downloadPacked());
+  $('packed-file').onchange = (event) => event.target.files[0] && action(() => openPacked(event.target.files[0]));
   $('fisher-file').onchange = (event) => event.target.files[0] && action(() => loadFisherFile(event.target.files[0]));
   $('load-shipped').onclick = () => action(() => loadFrom(shippedModel));
   $('hub-form').onsubmit = (event) => {
