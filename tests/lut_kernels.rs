@@ -8,7 +8,8 @@
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseOutliers};
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::lut_linear::{PackedGpuLinear, GEMV_MAX_TOKENS};
+use lutlab_model::lut_linear::{PackedGpuLinear, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
+use std::sync::atomic::Ordering;
 use lutlab_tests::gpu;
 
 fn random_layer(rng: &mut SplitMix64, rows: usize, cols: usize, bits: u32, granularity: Granularity, extras: bool) -> PackedLinear {
@@ -97,9 +98,12 @@ fn kernels_handle_gpt2_shapes() {
 
 #[test]
 fn gemv_walks_several_input_chunks_of_one_split() {
-    // 2050 column tiles need no split over rows, so one workgroup walks all 35 blocks: two chunks
-    // of staged input (32 blocks each), the second partial.
+    // Without splits one workgroup walks all 35 blocks: two chunks of staged input (32 blocks
+    // each), the second partial; then the same layer split the usual way.
     let mut rng = SplitMix64::new(4);
-    let packed = random_layer(&mut rng, 1100, 65_600, 1, Granularity::Group(41), true);
-    check(&packed, 1, true, &mut rng);
+    let packed = random_layer(&mut rng, 1100, 300, 3, Granularity::Group(15), true);
+    GEMV_TARGET_OVERRIDE.store(1, Ordering::Relaxed);
+    check(&packed, 2, true, &mut rng);
+    GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
+    check(&packed, 2, true, &mut rng);
 }

@@ -137,10 +137,20 @@ impl PackedGpuLinear {
     }
 }
 
+/// Test hook: when non-zero, the GEMV aims for this many workgroups instead of
+/// `GEMV_TARGET_WORKGROUPS` (1: no split, so one workgroup walks many chunks of input). Any
+/// value gives the same results.
+#[doc(hidden)]
+pub static GEMV_TARGET_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// `(splits, blocks per split)` of a GEMV over `blocks` blocks of rows and `cols` columns.
 pub fn gemv_splits(cols: usize, blocks: usize) -> (usize, usize) {
     let tiles = cols.div_ceil(GEMV_COLUMNS);
-    let wanted = (GEMV_TARGET_WORKGROUPS / tiles).clamp(1, blocks.div_ceil(GEMV_MIN_BLOCKS_PER_SPLIT).max(1));
+    let target = match GEMV_TARGET_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => GEMV_TARGET_WORKGROUPS,
+        n => n,
+    };
+    let wanted = (target / tiles).clamp(1, blocks.div_ceil(GEMV_MIN_BLOCKS_PER_SPLIT).max(1));
     let per_split = blocks.div_ceil(wanted).max(1);
     (blocks.div_ceil(per_split).max(1), per_split)
 }
