@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use lutlab_gpu::bench::{bench_kernels, KernelTiming};
+use lutlab_gpu::bench::{bench_kernels, timing_method, KernelTiming};
 use lutlab_model::open_gpu;
 
 #[derive(Args)]
@@ -54,9 +54,9 @@ fn kernels(args: KernelArgs) -> Result<()> {
     let gpu = pollster::block_on(open_gpu())?;
     let timings = pollster::block_on(bench_kernels(&gpu, &shapes, &bits, args.copy_mib << 20, args.iters))?;
     if args.json {
-        println!("{}", serde_json::json!({ "device": gpu.describe(), "iters": args.iters, "kernels": timings }));
+        println!("{}", serde_json::json!({ "device": gpu.describe(), "timing": timing_method(&gpu), "iters": args.iters, "kernels": timings }));
     } else {
-        print_table(&gpu.describe(), &timings);
+        print_table(&format!("{} · timed by {}", gpu.describe(), timing_method(&gpu)), &timings);
     }
     Ok(())
 }

@@ -222,6 +222,11 @@ impl<'a> Run<'a> {
     }
 }
 
+/// How [`bench_kernels`] times on this device.
+pub fn timing_method(gpu: &Gpu) -> &'static str {
+    if gpu.setup.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) { "GPU timestamps" } else { "wall clock" }
+}
+
 /// Microseconds the GPU spends on the commands `encode` records: from GPU timestamps around its
 /// pass when the device has `TIMESTAMP_QUERY`, else by the wall clock from submit to idle
 /// (encoding happens before the clock starts).
