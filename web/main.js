@@ -158,7 +158,7 @@ function quantizeRequest() {
 async function quantize() {
   quantBar.start('quantizing');
   const useFisher = $('q-method').value === 'kmeans' && $('q-fisher').checked;
-  const report = await lab.quantize(quantizeRequest(), useFisher, (done, total) => quantBar.count(done, total, 'weights'));
+  const report = await lab.quantize(quantizeRequest(), useFisher, $('q-gpu').checked, (done, total) => quantBar.count(done, total, 'weights'));
   quantized = report;
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const worst = report.layers.reduce((a, b) => (b.mse > a.mse ? b : a));

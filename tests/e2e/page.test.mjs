@@ -57,7 +57,8 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   await page.waitForSelector('#quant-result[data-report]', { timeout: 300_000 });
   const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
   const report = await evaluateInPage(page, text); // the quantized model is selected after quantizing
-  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '4', '--granularity', 'channel']);
+  // The page runs k-means on the GPU by default: so does the CLI here.
+  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '4', '--granularity', 'channel', '--gpu']);
   console.log(`k-means 4-bit channel: browser ${report.perplexity} vs native ${cli.eval.perplexity}; `
     + `${quant.bits_per_weight.toFixed(3)} bits/weight, quantized in ${quant.seconds.toFixed(1)} s in the browser`);
   assert.equal(quant.layers.length, 16);
@@ -136,7 +137,7 @@ test('Fisher in the page equals the CLI; a CLI Fisher file drives weighted k-mea
   const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
   assert.match(quant.label, /Fisher-weighted 3-bit tensor/);
   const report = await evaluateInPage(page, text);
-  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '3', '--fisher', cliFile]);
+  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '3', '--fisher', cliFile, '--gpu']);
   console.log(`Fisher-weighted k-means 3-bit: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
   assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
   await page.close();

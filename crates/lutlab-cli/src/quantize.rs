@@ -11,6 +11,8 @@ use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::{quantize_model, QuantizeRequest, QuantizedModel};
+use lutlab_gpu::quantize_model_gpu;
+use lutlab_model::open_gpu;
 use lutlab_core::packed_file::{config_json, PackedMeta, PackedModel, TableDtype};
 use lutlab_core::{Gpt2Weights, ModelFiles};
 use std::collections::HashMap;
@@ -57,6 +59,9 @@ pub struct QuantizeArgs {
     /// k-means++ seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run the k-means on the GPU (WGSL Lloyd iterations; the CPU reference otherwise).
+    #[arg(long)]
+    gpu: bool,
     /// rtn number format: int, e4m3, e5m2, fnuz_e4m3, e2m1, e3m2, e2m3, ...
     #[arg(long, default_value = "int")]
     format: String,
@@ -110,7 +115,12 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let start = Instant::now();
     let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
-    let quantized = quantize_model(weights, &method, blocks, sample_weights, &mut bar)?;
+    let quantized = if args.gpu {
+        let gpu = pollster::block_on(open_gpu())?;
+        pollster::block_on(quantize_model_gpu(&gpu, weights, &method, blocks, sample_weights, &mut bar))?
+    } else {
+        quantize_model(weights, &method, blocks, sample_weights, &mut bar)?
+    };
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
     let label = request.label(fisher.is_some());

@@ -14,6 +14,8 @@
 pub mod bench;
 pub mod init;
 pub mod kmeans;
+pub mod layer;
 mod util;
 
+pub use layer::{quantize_layer_gpu, quantize_model_gpu};
 pub use kmeans::{KmeansBatch, LloydGpuOutput, lloyd_gpu, quantize_kmeans_gpu, quantize_kmeans_gpu_report};

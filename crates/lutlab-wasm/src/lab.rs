@@ -4,6 +4,7 @@ use crate::js_files::model_files;
 use crate::progress::JsProgress;
 use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
 use lutlab_core::quant::model::{quantize_layer, selected_layers, SampleWeights};
+use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::{Gpt2Config, Gpt2Weights, LoadedModel, Progress, TextTokenizer};
@@ -318,7 +319,8 @@ impl Lab {
     /// one layer at a time, yielding to the page between layers. `onProgress(doneWeights,
     /// totalWeights)`; `cancel()` stops between layers. Resolves to a report with one entry per
     /// layer; the quantized model is then kept for `perplexity(..., quantized = true)`.
-    pub fn quantize(&self, request: JsValue, use_fisher: bool, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
+    /// `onGpu`: run the k-means on the GPU (WGSL), else on the CPU (the reference).
+    pub fn quantize(&self, request: JsValue, use_fisher: bool, on_gpu: bool, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
         let session = self.current()?;
         session.weights()?;
         let fisher_diagonal = if use_fisher {
@@ -327,6 +329,7 @@ impl Lab {
             None
         };
         let request: QuantizeRequest = serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("quantization settings: {e}")))?;
+        let gpu = self.gpu.clone();
         let device = self.gpu.device.clone();
         self.cancelled.set(false);
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
@@ -345,7 +348,12 @@ impl Lab {
                 if progress.is_cancelled() {
                     return Err(js_error("cancelled").into());
                 }
-                quantized.push(quantize_layer(&name, linear, &method, sample_weights, weights.config.n_embd).map_err(js_error)?);
+                let layer = if on_gpu {
+                    quantize_layer_gpu(&gpu, &name, linear, &method, sample_weights, weights.config.n_embd).await.map_err(js_error)?
+                } else {
+                    quantize_layer(&name, linear, &method, sample_weights, weights.config.n_embd).map_err(js_error)?
+                };
+                quantized.push(layer);
                 done += linear.weight.numel() as u64;
             }
             progress.update(done, total);

@@ -3,9 +3,9 @@
 
 use crate::error::{LoadError, Result};
 use crate::progress::Progress;
-use crate::quant::kmeans::{quantize_kmeans_report, KmeansSettings};
+use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings};
 use crate::quant::lut::{Granularity, LutMatrix};
-use crate::quant::outliers::{quantize_dense_and_sparse, OutlierSettings};
+use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::uniform::{quantize_uniform, UniformSettings};
 use crate::weights::{Gpt2Weights, LinearWeights};
 use std::ops::Range;
@@ -102,49 +102,101 @@ pub fn quantize_layer(
     fisher: Option<SampleWeights>,
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
-    let sample_weights = match fisher {
-        Some(lookup) => Some(
-            lookup(&format!("{name}.weight"))
-                .ok_or_else(|| LoadError::InvalidSetting(format!("the Fisher file has no `{name}.weight`")))?,
-        ),
-        None => None,
-    };
-    let (rows, cols) = (linear.in_features(), linear.out_features());
-    let original = &linear.weight.data;
-    let in_layer = |e: LoadError| match e {
-        LoadError::InvalidSetting(reason) => LoadError::InvalidSetting(format!("{name}: {reason}")),
-        other => other,
-    };
-    let (dequantized, lut, outliers, scale_bits) = match method {
-        Method::Kmeans { settings, outliers } => {
-            let mut settings = *settings;
-            // Seed 000 gives q, k and v of the fused `c_attn` a table each: three column groups.
-            if name.ends_with("attn.c_attn") && settings.granularity == Granularity::Tensor {
-                settings.granularity = Granularity::Group(n_embd);
-            }
-            let matrix = match outliers {
-                Some(o) => quantize_dense_and_sparse(original, rows, cols, sample_weights, settings, *o).map(|d| d.output.matrix),
-                None => quantize_kmeans_report(original, rows, cols, sample_weights, None, settings).map(|k| k.matrix),
-            }
-            .map_err(in_layer)?;
-            (matrix.dequantize(), Some(matrix), 0, 0.0)
+    match method {
+        Method::Kmeans { .. } => {
+            let job = KmeansJob::new(name, linear, method, sample_weights_of(fisher, name)?, n_embd)?;
+            let output = quantize_kmeans_report(job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), job.settings)
+                .map_err(|e| job.in_layer(e))?;
+            job.finish(output)
         }
         Method::Uniform(settings) => {
-            let result = quantize_uniform(original, rows, cols, settings).map_err(in_layer)?;
+            let (rows, cols) = (linear.in_features(), linear.out_features());
+            let result = quantize_uniform(&linear.weight.data, rows, cols, settings).map_err(|e| in_layer(name, e))?;
             // Scales (and zero points) are stored as f16 beside the codes.
             let per_scale = if settings.symmetric { 16.0 } else { 32.0 };
             let scale_bits = result.scales.len() as f64 * per_scale;
-            (result.dequantize(), result.to_lut().ok(), 0, scale_bits)
+            let lut = result.to_lut().ok();
+            let outliers = lut.as_ref().map_or(0, |m| m.outliers.len());
+            let bits_per_weight = f64::from(settings.bits) + scale_bits / linear.weight.numel() as f64;
+            Ok(layer_report(name, &linear.weight.data, result.dequantize(), lut, outliers, bits_per_weight))
         }
-    };
-    let outliers = lut.as_ref().map_or(outliers, |m| m.outliers.len());
+    }
+}
+
+/// The k-means of one layer, prepared and finished here and run by whoever holds the job: the
+/// CPU reference in [`quantize_layer`], the GPU in `lutlab-gpu`. Preparing picks the tables (seed
+/// 000: q, k and v of a whole-tensor `c_attn` get one each), the sample weights and, for
+/// dense-and-sparse, the outliers the k-means must leave out; finishing stores those outliers
+/// exactly and reports the error and size.
+pub struct KmeansJob<'a> {
+    pub name: &'a str,
+    pub weights: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub sample_weights: Option<&'a [f32]>,
+    pub settings: KmeansSettings,
+    pub selection: Option<OutlierSelection>,
+}
+
+impl<'a> KmeansJob<'a> {
+    /// Fails for a uniform `method`. `sample_weights`: see [`sample_weights_of`].
+    pub fn new(name: &'a str, linear: &'a LinearWeights, method: &Method, sample_weights: Option<&'a [f32]>, n_embd: usize) -> Result<Self> {
+        let Method::Kmeans { settings, outliers } = method else {
+            return Err(LoadError::InvalidSetting(format!("{name}: not a k-means method")));
+        };
+        let mut settings = *settings;
+        if name.ends_with("attn.c_attn") && settings.granularity == Granularity::Tensor {
+            settings.granularity = Granularity::Group(n_embd);
+        }
+        let weights = linear.weight.data.as_slice();
+        let selection = outliers.map(|o| select_outliers(weights, sample_weights, o)).transpose().map_err(|e| in_layer(name, e))?;
+        Ok(Self { name, weights, rows: linear.in_features(), cols: linear.out_features(), sample_weights, settings, selection })
+    }
+
+    /// Weights the k-means must leave out (dense-and-sparse outliers).
+    pub fn excluded(&self) -> Option<&[bool]> {
+        self.selection.as_ref().map(|s| s.mask.as_slice())
+    }
+
+    /// Names the layer in a setting error.
+    pub fn in_layer(&self, e: LoadError) -> LoadError {
+        in_layer(self.name, e)
+    }
+
+    /// The layer's result from the k-means `output` (run with [`Self::excluded`]).
+    pub fn finish(self, mut output: KmeansOutput) -> Result<QuantizedLayer> {
+        if let Some(selection) = &self.selection {
+            output.matrix.outliers = sparse_corrections(self.weights, &output.matrix, &selection.mask).map_err(|e| in_layer(self.name, e))?;
+        }
+        let matrix = output.matrix;
+        let bits_per_weight = matrix.storage_bits() as f64 / self.weights.len() as f64;
+        let outliers = matrix.outliers.len();
+        Ok(layer_report(self.name, self.weights, matrix.dequantize(), Some(matrix), outliers, bits_per_weight))
+    }
+}
+
+/// The sample weights (Fisher diagonal) of layer `name` from `fisher`, which looks them up by
+/// `{name}.weight`; an error when the lookup lacks the layer.
+pub fn sample_weights_of<'f>(fisher: Option<SampleWeights<'f>>, name: &str) -> Result<Option<&'f [f32]>> {
+    match fisher {
+        Some(lookup) => lookup(&format!("{name}.weight"))
+            .map(Some)
+            .ok_or_else(|| LoadError::InvalidSetting(format!("the Fisher file has no `{name}.weight`"))),
+        None => Ok(None),
+    }
+}
+
+fn in_layer(name: &str, e: LoadError) -> LoadError {
+    match e {
+        LoadError::InvalidSetting(reason) => LoadError::InvalidSetting(format!("{name}: {reason}")),
+        other => other,
+    }
+}
+
+fn layer_report(name: &str, original: &[f32], dequantized: Vec<f32>, lut: Option<LutMatrix>, outliers: usize, bits_per_weight: f64) -> QuantizedLayer {
     let n = original.len() as f64;
     let mse = original.iter().zip(&dequantized).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / n;
-    let bits_per_weight = match (&lut, method) {
-        (Some(m), Method::Kmeans { .. }) => m.storage_bits() as f64 / n,
-        _ => f64::from(method.bits()) + scale_bits / n,
-    };
-    Ok(QuantizedLayer { name: name.to_string(), dequantized, lut, mse, outliers, bits_per_weight })
+    QuantizedLayer { name: name.to_string(), dequantized, lut, mse, outliers, bits_per_weight }
 }
 
 impl QuantizedModel {

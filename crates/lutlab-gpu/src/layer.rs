@@ -1,0 +1,60 @@
+//! Quantizing a model's layers with the k-means on the GPU: the same preparation and finishing as
+//! the CPU path (`lutlab_core::quant::model::KmeansJob`: tables, sample weights, dense-and-sparse
+//! outliers), with [`quantize_kmeans_gpu_report`] in the middle. Uniform methods have no GPU
+//! part yet and run on the CPU.
+
+use crate::kmeans::quantize_kmeans_gpu_report;
+use lutlab_core::quant::model::{quantize_layer, sample_weights_of, selected_layers, KmeansJob, SampleWeights};
+use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
+use lutlab_core::weights::LinearWeights;
+use lutlab_core::{Gpt2Weights, LoadError, Progress};
+use lutlab_model::{Gpu, ModelError, Result};
+use std::ops::Range;
+
+/// One linear weight, its k-means on the GPU.
+pub async fn quantize_layer_gpu(
+    gpu: &Gpu,
+    name: &str,
+    linear: &LinearWeights,
+    method: &Method,
+    fisher: Option<SampleWeights<'_>>,
+    n_embd: usize,
+) -> Result<QuantizedLayer> {
+    if !matches!(method, Method::Kmeans { .. }) {
+        return Ok(quantize_layer(name, linear, method, fisher, n_embd)?);
+    }
+    let job = KmeansJob::new(name, linear, method, sample_weights_of(fisher, name)?, n_embd)?;
+    let output = quantize_kmeans_gpu_report(gpu, job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), &job.settings)
+        .await
+        .map_err(|e| match e {
+            ModelError::Load(e) => ModelError::Load(job.in_layer(e)),
+            other => other,
+        })?;
+    Ok(job.finish(output)?)
+}
+
+/// The GPU twin of `lutlab_core::quant::quantize_model`: every linear weight of `blocks`, with
+/// progress in weights and a cancel check between layers.
+pub async fn quantize_model_gpu(
+    gpu: &Gpu,
+    weights: &Gpt2Weights,
+    method: &Method,
+    blocks: Option<Range<usize>>,
+    fisher: Option<SampleWeights<'_>>,
+    progress: &mut dyn Progress,
+) -> Result<QuantizedModel> {
+    let selected = selected_layers(weights, blocks)?;
+    let total = selected.iter().map(|(_, l)| l.weight.numel() as u64).sum();
+    let mut done = 0;
+    progress.update(0, total);
+    let mut layers = Vec::with_capacity(selected.len());
+    for (name, linear) in selected {
+        if progress.is_cancelled() {
+            return Err(LoadError::Cancelled.into());
+        }
+        layers.push(quantize_layer_gpu(gpu, &name, linear, method, fisher, weights.config.n_embd).await?);
+        done += linear.weight.numel() as u64;
+        progress.update(done, total);
+    }
+    Ok(QuantizedModel { layers })
+}
