@@ -1,17 +1,8 @@
 #!/usr/bin/env bash
-# Runs lutlab's benchmarks on the GPU device machine (no Rust there): a release `lutlab` built
-# here travels xz-compressed in .carry/, and Vulkan's loader in .gl/ (see the device README).
-#
-# Here:   cargo build --release --workspace && mkdir -p .carry &&
-#         strip -o .carry/lutlab $CARGO_TARGET_DIR/release/lutlab && xz -f .carry/lutlab
-# Device: bash scripts/bench_device.sh      (carry .carry and .gl); JSON lines land in $OUT
+# Runs lutlab's benchmarks on the GPU device machine (carry .carry and .gl; see device_env.sh).
+# Device: bash scripts/bench_device.sh; JSON lines land in $OUT
 set -euo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-xz -d -k -f .carry/lutlab.xz && chmod +x .carry/lutlab
-OUT=${OUT:-/tmp/lutlab-bench}
-mkdir -p "$OUT"
+source scripts/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 # Perplexity of the shipped model on WikiText-2 test and valid. The first run includes shader

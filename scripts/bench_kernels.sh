@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
 # LUT GEMV against dense GEMV, the copy ceiling and PyTorch (cuBLAS) on the device, in one run;
-# then the shipped model evaluated dense and packed. Carry .carry (lutlab built here, xz) and .gl
-# (Vulkan loader debs), as scripts/bench_device.sh says. JSON lands in $OUT.
+# then the shipped model evaluated dense and packed. Carry .carry and .gl (see device_env.sh);
+# JSON lands in $OUT.
 set -euo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-xz -d -k -f .carry/lutlab.xz && chmod +x .carry/lutlab
-OUT=${OUT:-/tmp/lutlab-bench}
-mkdir -p "$OUT"
+source scripts/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 SHAPES=${SHAPES:-768x2304,768x3072,3072x768,4096x4096,4096x11008,11008x4096}
 .carry/lutlab bench kernels --shapes "$SHAPES" --iters 500 | tee "$OUT/kernels.txt"
