@@ -4,6 +4,7 @@
 use crate::checkpoint::HostTensor;
 use crate::error::{LoadError, Result};
 use crate::weights::{Gpt2Weights, LayerNormWeights, LinearWeights};
+use std::collections::BTreeMap;
 
 /// `gelu_new`: GPT-2's tanh approximation of GELU.
 pub fn gelu_new(x: f32) -> f32 {
@@ -29,6 +30,47 @@ pub fn check_tokens(weights: &Gpt2Weights, tokens: &[u32]) -> Result<()> {
 
 /// Logits `[T, vocab]` (row-major) for one sequence.
 pub fn forward(weights: &Gpt2Weights, tokens: &[u32]) -> Result<Vec<f32>> {
+    let x = hidden_observed(weights, tokens, &mut |_, _, _| {})?;
+    Ok(tied_lm_head(&x, &weights.wte))
+}
+
+/// The four linear layers of a block, in forward order, as their names end
+/// (`h.{i}.attn.c_attn`, ...).
+pub const LINEAR_LAYERS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// Seed 000's centering statistics on the CPU: for every linear layer `h.{i}.{LINEAR_LAYERS}`,
+/// the mean of its input vector over every position of every window (each window a separate
+/// sequence starting at position 0), summed in f64. `windows` must be non-empty.
+pub fn linear_input_means(weights: &Gpt2Weights, windows: &[&[u32]]) -> Result<BTreeMap<String, Vec<f64>>> {
+    if windows.is_empty() {
+        return Err(LoadError::InvalidSetting("no calibration windows".into()));
+    }
+    let mut sums: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut positions = 0usize;
+    for window in windows {
+        hidden_observed(weights, window, &mut |block, layer, input| {
+            let sum = sums.entry(format!("h.{block}.{}", LINEAR_LAYERS[layer])).or_default();
+            let width = input.len() / window.len();
+            sum.resize(width, 0.0);
+            for row in input.chunks_exact(width) {
+                sum.iter_mut().zip(row).for_each(|(s, &v)| *s += f64::from(v));
+            }
+        })?;
+        positions += window.len();
+    }
+    for sum in sums.values_mut() {
+        sum.iter_mut().for_each(|s| *s /= positions as f64);
+    }
+    Ok(sums)
+}
+
+/// The final hidden states `[T, C]` (after `ln_f`); `observe(block, layer, input)` sees the input
+/// `[T, in]` of linear layer `LINEAR_LAYERS[layer]` of every block.
+fn hidden_observed(
+    weights: &Gpt2Weights,
+    tokens: &[u32],
+    observe: &mut dyn FnMut(usize, usize, &[f32]),
+) -> Result<Vec<f32>> {
     check_tokens(weights, tokens)?;
     let config = &weights.config;
     let (t_len, c) = (tokens.len(), config.n_embd);
@@ -42,19 +84,22 @@ pub fn forward(weights: &Gpt2Weights, tokens: &[u32]) -> Result<Vec<f32>> {
             x[t * c + i] = tok_row[i] + pos_row[i];
         }
     }
-    for block in &weights.blocks {
+    for (i, block) in weights.blocks.iter().enumerate() {
         let h = layer_norm(&x, &block.ln_1, eps);
+        observe(i, 0, &h);
         let qkv = linear(&h, &block.attn_c_attn);
         let attn = causal_attention(&qkv, t_len, config.n_head, c);
+        observe(i, 1, &attn);
         add_in_place(&mut x, &linear(&attn, &block.attn_c_proj));
 
         let h = layer_norm(&x, &block.ln_2, eps);
+        observe(i, 2, &h);
         let mut f = linear(&h, &block.mlp_c_fc);
         f.iter_mut().for_each(|v| *v = gelu_new(*v));
+        observe(i, 3, &f);
         add_in_place(&mut x, &linear(&f, &block.mlp_c_proj));
     }
-    let x = layer_norm(&x, &weights.ln_f, eps);
-    Ok(tied_lm_head(&x, &weights.wte))
+    Ok(layer_norm(&x, &weights.ln_f, eps))
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {

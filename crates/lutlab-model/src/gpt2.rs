@@ -192,7 +192,40 @@ impl Gpt2 {
         self.lm_head(self.hidden(tokens))
     }
 
+    /// Token plus position embeddings `[B, T, C]`: the residual stream entering block 0.
+    #[allow(clippy::single_range_in_vec_init)] // burn's slice takes one range per dimension
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let c = self.config.n_embd;
+        let tok = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, c]);
+        tok + self.wpe.clone().slice([0..t]).unsqueeze::<3>()
+    }
+
+    /// The causal mask for `t` positions (`[1, 1, T, T]`, 0 or -inf), as [`Self::hidden`] uses.
+    pub fn causal_mask(&self, t: usize) -> Tensor<4> {
+        causal_bias(t, &self.device())
+    }
+
+    /// One block on the residual stream `x` `[B, T, C]`, exactly as [`Self::hidden`] runs it,
+    /// also returning the inputs of its four linear layers in forward order (`attn.c_attn`,
+    /// `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`; `lutlab_core::reference::LINEAR_LAYERS`): what seed
+    /// 000's centering averages.
+    pub fn block_with_inputs(&self, block: &Block, x: Tensor<3>, causal: &Tensor<4>) -> (Tensor<3>, [Tensor<3>; 4]) {
+        let h1 = block.ln_1.forward(x.clone());
+        let mixed = self.attention_heads(block, h1.clone(), causal);
+        let x = x + block.attn_c_proj.forward(mixed.clone());
+        let h2 = block.ln_2.forward(x.clone());
+        let f = gelu_new(block.mlp_c_fc.forward(h2.clone()));
+        let x = x + block.mlp_c_proj.forward(f.clone());
+        (x, [h1, mixed, h2, f])
+    }
+
     fn attention(&self, block: &Block, x: Tensor<3>, causal: &Tensor<4>) -> Tensor<3> {
+        block.attn_c_proj.forward(self.attention_heads(block, x, causal))
+    }
+
+    /// Causal self-attention up to (not including) `c_proj`: the heads merged back to `[B, T, C]`.
+    fn attention_heads(&self, block: &Block, x: Tensor<3>, causal: &Tensor<4>) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let (h, d) = (self.config.n_head, self.config.head_dim());
         let qkv = block.attn_c_attn.forward(x);
@@ -201,7 +234,7 @@ impl Gpt2 {
         let (q, k, v) = (heads(0), heads(1), heads(2));
         let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + causal.clone();
         let y = activation::softmax(scores, 3).matmul(v);
-        block.attn_c_proj.forward(y.swap_dims(1, 2).reshape([b, t, c]))
+        y.swap_dims(1, 2).reshape([b, t, c])
     }
 }
 

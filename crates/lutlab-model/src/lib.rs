@@ -1,6 +1,7 @@
 //! lutlab-model: GPT-2 on burn, running on wgpu natively and WebGPU in the browser, and the
 //! perplexity evaluation built on it.
 
+pub mod activations;
 pub mod device;
 pub mod error;
 pub mod eval;
@@ -8,6 +9,7 @@ pub mod fisher;
 pub mod gpt2;
 pub mod lut_linear;
 
+pub use activations::{linear_input_means, linear_input_means_windows, ActivationSettings};
 pub use burn;
 pub use device::{gpu_device, open_gpu, Gpu};
 pub use error::{ModelError, Result};

@@ -11,6 +11,7 @@ pub mod kmeans;
 pub mod lut;
 pub mod model;
 pub mod request;
+pub mod transforms;
 pub mod outliers;
 pub mod packed;
 pub mod uniform;

@@ -1,0 +1,171 @@
+//! Seed 000's centering statistics on the GPU: the mean input vector of every linear layer over
+//! calibration text (`docs/SEED000.md`).
+//!
+//! The reference (`collect_activation_stats` in `apple-silicon-4bit-quant`) runs the original,
+//! unquantized fp32 model on 100 windows of `n_positions` (1024) tokens, each a separate
+//! sequence, records `x.mean(dim=-2)` (the mean over all positions of the window, position 0
+//! included) at the input of every linear layer, and averages those per-window means: with
+//! equal-length windows, the mean over every calibration position. Its windows come from C4
+//! (documents of at least `seqlen` tokens, Python's `random.seed(42)`); here they are drawn by
+//! [`sample_starts`] from the token stream the caller gives, as `lutlab fisher` draws its own (same
+//! seed, `seqlen` and text → the same windows as the first `nsamples` Fisher windows).
+//!
+//! Layer inputs, per block: `attn.c_attn` ← `ln_1(x)`; `attn.c_proj` ← the merged attention
+//! heads; `mlp.c_fc` ← `ln_2(x)`; `mlp.c_proj` ← `gelu_new(c_fc(·))`. (The reference's separate
+//! q, k and v projections all see `ln_1(x)`, so `c_attn`'s single shift is theirs.)
+
+use crate::device::download;
+use crate::error::{ModelError, Result};
+use crate::fisher::{FisherSettings, sample_starts};
+use crate::gpt2::Gpt2;
+use burn::tensor::Tensor;
+use lutlab_core::reference::LINEAR_LAYERS;
+use lutlab_core::{LoadError, Progress};
+use std::collections::BTreeMap;
+
+/// How to sample the calibration text for the means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationSettings {
+    /// Number of windows (seed 000: 100).
+    pub nsamples: usize,
+    /// Tokens per window; defaults to the model's context (`n_positions`; seed 000: 1024).
+    pub seqlen: usize,
+    /// Seed of the window sampler (the Fisher default, so both see the same windows).
+    pub seed: u64,
+    /// Windows per forward pass (memory only; the result does not depend on it beyond rounding).
+    pub batch: usize,
+}
+
+impl ActivationSettings {
+    pub const DEFAULT_NSAMPLES: usize = 100;
+    pub const DEFAULT_BATCH: usize = 4;
+
+    pub fn for_model(model: &Gpt2) -> Self {
+        Self {
+            nsamples: Self::DEFAULT_NSAMPLES,
+            seqlen: model.config.n_positions,
+            seed: FisherSettings::DEFAULT_SEED,
+            batch: Self::DEFAULT_BATCH,
+        }
+    }
+
+    /// The model's defaults with a user's choices.
+    pub fn with_overrides(
+        model: &Gpt2,
+        nsamples: Option<usize>,
+        seqlen: Option<usize>,
+        seed: Option<u64>,
+        batch: Option<usize>,
+    ) -> Self {
+        let d = Self::for_model(model);
+        Self {
+            nsamples: nsamples.unwrap_or(d.nsamples),
+            seqlen: seqlen.unwrap_or(d.seqlen),
+            seed: seed.unwrap_or(d.seed),
+            batch: batch.unwrap_or(d.batch),
+        }
+    }
+}
+
+/// The mean input of every linear layer (`h.{i}.attn.c_attn`, `h.{i}.attn.c_proj`,
+/// `h.{i}.mlp.c_fc`, `h.{i}.mlp.c_proj`: `in` values each, the `PackedLinear::input_shift` of
+/// centering) over `settings.nsamples` random windows of `tokens`. Cancellable between batches.
+pub async fn linear_input_means(
+    model: &Gpt2,
+    tokens: &[u32],
+    settings: ActivationSettings,
+    progress: &mut dyn Progress,
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    if settings.nsamples == 0 {
+        return Err(LoadError::InvalidSetting("nsamples must be at least 1".into()).into());
+    }
+    check_seqlen(model, settings.seqlen)?;
+    let starts = sample_starts(tokens.len(), settings.nsamples, settings.seqlen, settings.seed, "calibration text")?;
+    linear_input_means_windows(model, tokens, &starts, settings.seqlen, settings.batch, progress).await
+}
+
+/// [`linear_input_means`] on given windows `tokens[start..start + seqlen]`. Each batch's sums over
+/// its positions are read back and accumulated in f64 on the host.
+pub async fn linear_input_means_windows(
+    model: &Gpt2,
+    tokens: &[u32],
+    starts: &[usize],
+    seqlen: usize,
+    batch: usize,
+    progress: &mut dyn Progress,
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    check_seqlen(model, seqlen)?;
+    if batch == 0 {
+        return Err(LoadError::InvalidSetting("batch must be at least 1".into()).into());
+    }
+    if starts.is_empty() {
+        return Err(LoadError::InvalidSetting("no calibration windows".into()).into());
+    }
+    let vocab = model.config.vocab_size;
+    for (i, &start) in starts.iter().enumerate() {
+        let window = tokens.get(start..start + seqlen).ok_or_else(|| {
+            LoadError::InvalidSetting(format!(
+                "window {i} ({start}..{}) runs past the end of the text ({} tokens)",
+                start + seqlen,
+                tokens.len()
+            ))
+        })?;
+        if let Some(&bad) = window.iter().find(|&&t| t as usize >= vocab) {
+            return Err(LoadError::InvalidSetting(format!("token id {bad} is outside the vocabulary of {vocab}")).into());
+        }
+    }
+
+    let names: Vec<String> = (0..model.blocks.len())
+        .flat_map(|i| LINEAR_LAYERS.iter().map(move |part| format!("h.{i}.{part}")))
+        .collect();
+    let mut sums: Vec<Vec<f64>> = Vec::new();
+    let causal = model.causal_mask(seqlen);
+    let total = (starts.len() * seqlen) as u64;
+    let mut done = 0u64;
+    progress.update(0, total);
+    for chunk in starts.chunks(batch) {
+        if progress.is_cancelled() {
+            return Err(ModelError::Cancelled);
+        }
+        let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + seqlen]).collect();
+        let mut x = model.embed(model.tokens(&rows));
+        let mut parts: Vec<Tensor<1>> = Vec::with_capacity(names.len());
+        for block in &model.blocks {
+            let (next, inputs) = model.block_with_inputs(block, x, &causal);
+            x = next;
+            for input in inputs {
+                let n_in = input.dims()[2];
+                parts.push(input.sum_dim(0).sum_dim(1).reshape([n_in]));
+            }
+        }
+        drop(x);
+        let widths: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
+        let flat = download(Tensor::cat(parts, 0)).await?;
+        if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::Gpu(format!("a non-finite activation sum (element {i}) in windows {chunk:?}")));
+        }
+        if sums.is_empty() {
+            sums = widths.iter().map(|&w| vec![0f64; w]).collect();
+        }
+        let mut offset = 0;
+        for (sum, &w) in sums.iter_mut().zip(&widths) {
+            sum.iter_mut().zip(&flat[offset..offset + w]).for_each(|(s, &v)| *s += f64::from(v));
+            offset += w;
+        }
+        done += (chunk.len() * seqlen) as u64;
+        progress.update(done, total);
+    }
+    let positions = (starts.len() * seqlen) as f64;
+    Ok(names.into_iter().zip(sums).map(|(name, sum)| (name, sum.iter().map(|s| (s / positions) as f32).collect())).collect())
+}
+
+fn check_seqlen(model: &Gpt2, seqlen: usize) -> Result<()> {
+    let n_positions = model.config.n_positions;
+    if seqlen == 0 || seqlen > n_positions {
+        return Err(LoadError::InvalidSetting(format!(
+            "seqlen {seqlen} must be between 1 and the model's context of {n_positions}"
+        ))
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Seed 000's centering statistics: the GPU means of every linear layer's input
+//! (`lutlab_model::activations`) against the plain-Rust CPU forward
+//! (`lutlab_core::reference::linear_input_means`) on the shipped model, plus the sampler, batch
+//! independence, the fold into the bias on real layers, and bad input.
+
+use lutlab_core::quant::transforms::{fold_input_shift, prepare_linear};
+use lutlab_core::reference::{self, LINEAR_LAYERS};
+use lutlab_core::{NoProgress, Progress};
+use lutlab_model::{
+    ActivationSettings, Gpt2, ModelError, linear_input_means, linear_input_means_windows, sample_starts,
+};
+use lutlab_tests::*;
+use std::collections::BTreeMap;
+
+/// GPU against CPU, per layer: `‖gpu − cpu‖ / ‖cpu‖` (f32 GPU sums per batch, f64 on the host;
+/// the CPU reference sums in f64). Measured 2.8e-7 on lavapipe (6 windows of 256 tokens); the bound leaves room for GPUs.
+const NORM_REL: f64 = 1e-4;
+
+fn valid_tokens() -> Vec<u32> {
+    let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).expect("valid.txt");
+    shipped_model().tokenizer.encode(&text).expect("valid.txt tokenizes")
+}
+
+fn rel_norm(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let err: f64 = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - w).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
+    err / norm
+}
+
+fn gpu_means(model: &Gpt2, tokens: &[u32], starts: &[usize], seqlen: usize, batch: usize) -> BTreeMap<String, Vec<f32>> {
+    pollster::block_on(linear_input_means_windows(model, tokens, starts, seqlen, batch, &mut NoProgress)).expect("GPU means")
+}
+
+#[test]
+fn gpu_means_match_the_cpu_reference() {
+    let loaded = shipped_model();
+    let config = &loaded.weights.config;
+    let tokens = valid_tokens();
+    let seqlen = config.n_positions;
+    let starts = sample_starts(tokens.len(), 6, seqlen, 0, "valid.txt").unwrap();
+    let windows: Vec<&[u32]> = starts.iter().map(|&s| &tokens[s..s + seqlen]).collect();
+    let cpu = reference::linear_input_means(&loaded.weights, &windows).unwrap();
+    let model = Gpt2::new(&loaded.weights, &gpu());
+    let gpu = gpu_means(&model, &tokens, &starts, seqlen, 4); // batches of 4 and 2
+
+    let expected: Vec<String> =
+        (0..config.n_layer).flat_map(|i| LINEAR_LAYERS.iter().map(move |p| format!("h.{i}.{p}"))).collect();
+    assert_eq!(gpu.keys().cloned().collect::<std::collections::BTreeSet<_>>(), expected.iter().cloned().collect());
+    assert_eq!(cpu.keys().collect::<Vec<_>>(), gpu.keys().collect::<Vec<_>>());
+    let mut worst = 0f64;
+    for (name, want) in &cpu {
+        let got = &gpu[name];
+        let width = if name.ends_with("mlp.c_proj") { 4 * config.n_embd } else { config.n_embd };
+        assert_eq!(got.len(), width, "{name}");
+        let rel = rel_norm(got, want);
+        worst = worst.max(rel);
+        assert!(rel <= NORM_REL, "{name}: relative error {rel:e} in norm exceeds {NORM_REL:e}");
+        assert!(want.iter().any(|v| v.abs() > 1e-3), "{name}: means are not trivially zero");
+    }
+    eprintln!("GPU vs CPU input means: worst relative error in norm {worst:e} over {} layers", cpu.len());
+}
+
+#[test]
+fn means_do_not_depend_on_the_batch_and_follow_the_sampler() {
+    let loaded = shipped_model();
+    let tokens = valid_tokens();
+    let model = Gpt2::new(&loaded.weights, &gpu());
+    let settings = ActivationSettings { nsamples: 5, seqlen: 64, seed: 3, batch: 2 };
+    let sampled = pollster::block_on(linear_input_means(&model, &tokens, settings, &mut NoProgress)).unwrap();
+    let starts = sample_starts(tokens.len(), 5, 64, 3, "valid.txt").unwrap();
+    let one_by_one = gpu_means(&model, &tokens, &starts, 64, 1);
+    let all_at_once = gpu_means(&model, &tokens, &starts, 64, 5);
+    for (name, want) in &sampled {
+        let want64: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+        assert!(rel_norm(&one_by_one[name], &want64) < 1e-5, "{name}: batch 1 vs 2");
+        assert!(rel_norm(&all_at_once[name], &want64) < 1e-5, "{name}: batch 5 vs 2");
+    }
+    let defaults = ActivationSettings::for_model(&model);
+    assert_eq!((defaults.nsamples, defaults.seqlen), (100, loaded.weights.config.n_positions));
+}
+
+/// On real layers with real means: the folded layer `(x − μ) · W + b'` is `x · W + b` for actual
+/// layer inputs (the CPU forward's), and `prepare_linear` stores that bias with the scales.
+#[test]
+fn folding_real_means_keeps_real_layers_exact() {
+    let loaded = shipped_model();
+    let tokens = valid_tokens();
+    let windows: Vec<&[u32]> = vec![&tokens[1000..1064], &tokens[5000..5064]];
+    let means = reference::linear_input_means(&loaded.weights, &windows).unwrap();
+    let block = &loaded.weights.blocks[2];
+    let (layer, name) = (&block.mlp_c_fc, "h.2.mlp.c_fc");
+    let (rows, cols) = (layer.in_features(), layer.out_features());
+    let mu: Vec<f32> = means[name].iter().map(|&v| v as f32).collect();
+    let mut bias = layer.bias.data.clone();
+    fold_input_shift(&layer.weight.data, &mut bias, cols, &mu).unwrap();
+    // Inputs: random rows around the mean.
+    let x: Vec<f32> = (0..3 * rows).map(|i| mu[i % rows] + ((i * 7919 % 101) as f32 / 101.0 - 0.5)).collect();
+    let direct = reference::linear(&x, layer);
+    let centred: Vec<f32> = x.iter().enumerate().map(|(i, v)| v - mu[i % rows]).collect();
+    let shifted = lutlab_core::weights::LinearWeights {
+        weight: layer.weight.clone(),
+        bias: lutlab_core::HostTensor::new(vec![cols], bias.clone()),
+    };
+    let folded = reference::linear(&centred, &shifted);
+    assert_all_close("folded c_fc", &folded, &direct, 1e-4);
+    let t = prepare_linear(&layer.weight.data, &layer.bias.data, rows, cols, None, Some(&mu), Some(4)).unwrap();
+    assert_eq!(t.bias, bias);
+    assert_eq!(t.input_shift.as_deref(), Some(&mu[..]));
+    assert_eq!(t.scales.map(|s| s.len()), Some(cols));
+}
+
+struct CancelAt(u64);
+
+impl Progress for CancelAt {
+    fn update(&mut self, done: u64, _total: u64) {
+        if done >= self.0 {
+            self.0 = 0;
+        }
+    }
+    fn is_cancelled(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+#[test]
+fn bad_input_and_cancel_are_clear_errors() {
+    let loaded = shipped_model();
+    let model = Gpt2::new(&loaded.weights, &gpu());
+    let tokens = valid_tokens();
+    let n_positions = loaded.weights.config.n_positions;
+    let err = |r: lutlab_model::Result<BTreeMap<String, Vec<f32>>>| r.unwrap_err().to_string();
+    let too_long = ActivationSettings { nsamples: 1, seqlen: n_positions + 1, seed: 0, batch: 1 };
+    assert!(err(pollster::block_on(linear_input_means(&model, &tokens, too_long, &mut NoProgress))).contains("seqlen"));
+    let none = ActivationSettings { nsamples: 0, seqlen: 8, seed: 0, batch: 1 };
+    assert!(err(pollster::block_on(linear_input_means(&model, &tokens, none, &mut NoProgress))).contains("nsamples"));
+    let short = ActivationSettings { nsamples: 1, seqlen: 8, seed: 0, batch: 1 };
+    assert!(pollster::block_on(linear_input_means(&model, &tokens[..4], short, &mut NoProgress)).is_err());
+    let past_end = pollster::block_on(linear_input_means_windows(&model, &tokens[..10], &[5], 8, 1, &mut NoProgress));
+    assert!(err(past_end).contains("runs past the end"));
+    let bad_id = pollster::block_on(linear_input_means_windows(&model, &[1, 2, 60_000], &[0], 3, 1, &mut NoProgress));
+    assert!(err(bad_id).contains("outside the vocabulary"));
+    let cancelled = pollster::block_on(linear_input_means_windows(&model, &tokens, &[0, 8, 16], 8, 1, &mut CancelAt(8)));
+    assert!(matches!(cancelled, Err(ModelError::Cancelled)));
+}
