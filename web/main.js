@@ -22,11 +22,13 @@ let wikitext = null;
 let quantized = null; // the last quantization report
 let packedOnly = false; // the model came from a packed file: no original weights to quantize
 let fisherReady = false;
+let meansReady = false;
 let calibration = null;
 
 const EXPLAIN = {
   kmeans: 'k-means picks 2^bits values per table where the weights are dense, so each weight is stored as a short code into its table. '
-    + 'Outliers: that percent of weights, the farthest from the bulk of each layer, is kept exactly in a sparse matrix (SqueezeLLM keeps 0.45%).',
+    + 'Outliers: that percent of weights, the farthest from the bulk of each layer, is kept exactly in a sparse matrix (SqueezeLLM keeps 0.45%). '
+    + 'Scaling divides each output channel by ± its spread first, so one table fits every channel; centering subtracts each layer\'s average input (step 2) and moves it into the bias.',
   rtn: 'Uniform quantization rounds each weight to the nearest point of an evenly spaced grid (integer) or of a small float format (eXmY: X exponent, Y mantissa bits), '
     + 'scaled per tensor, channel or group of 128 input rows. Absmax scales cover the largest weight; min. error searches the clipping range; '
     + 'HQO optimises scale and zero point together. A zero point shifts the grid to fit weights that are not centred on 0.',
@@ -47,6 +49,8 @@ function refreshControls() {
   $('download-packed').disabled = busy || dead || !quantized?.packed || packedOnly;
   $('download-fisher').disabled = busy || dead || !fisherReady;
   $('q-fisher').disabled = !fisherReady;
+  $('run-means').disabled = busy || dead || !modelLoaded || packedOnly;
+  $('q-centering').disabled = !meansReady;
   document.querySelector('input[name=which][value=quantized]').disabled = !quantized;
   $('cancel').disabled = !busy || dead;
 }
@@ -87,6 +91,9 @@ async function loadFrom(source) {
   const summary = lab.loadModel(label, files);
   modelLoaded = true;
   packedOnly = false;
+  meansReady = false;
+  $('q-centering').checked = false;
+  $('means-result').textContent = '';
   quantized = null;
   fisherReady = false;
   $('q-fisher').checked = false;
@@ -149,6 +156,8 @@ function quantizeRequest() {
   if (method === 'kmeans') {
     // Output-channel groups for tables; uniform scales group input rows, as Brevitas does.
     if ($('q-outliers').value !== '') request.outlier_percent = Number($('q-outliers').value);
+    request.scaling = $('q-scaling').checked;
+    request.centering = $('q-centering').checked;
   } else {
     Object.assign(request, { format: $('q-format').value, scale_stats: $('q-scale-stats').value, asym: $('q-asym').checked });
   }
@@ -197,7 +206,8 @@ async function openPacked(file) {
   document.querySelector('input[name=which][value=original]').checked = true;
 }
 
-async function computeFisher() {
+/// The calibration text's tokens (WikiText-2 valid, fetched once).
+async function calibrationTokens() {
   if (!calibration) {
     fisherBar.start(WIKITEXT_VALID);
     const response = await fetch(WIKITEXT_VALID);
@@ -206,7 +216,22 @@ async function computeFisher() {
   }
   fisherBar.start('tokenizing');
   await nextFrame();
-  const tokens = lab.tokenize(calibration);
+  return lab.tokenize(calibration);
+}
+
+async function computeMeans() {
+  const tokens = await calibrationTokens();
+  fisherBar.start('mean activations');
+  const report = await lab.inputMeans(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'),
+    (done, total) => fisherBar.count(done, total, 'windows'));
+  fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
+  meansReady = true;
+  $('q-centering').checked = true;
+  $('means-result').textContent = `Mean inputs of ${report.layers} linear layers from ${report.nsamples} windows of ${report.seqlen} tokens (for centering).`;
+}
+
+async function computeFisher() {
+  const tokens = await calibrationTokens();
   fisherBar.start('Fisher');
   const report = await lab.fisher(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'), 0,
     (done, total) => fisherBar.count(done, total, 'tokens'));
@@ -251,6 +276,7 @@ function wireControls() {
   $('run-quantize').onclick = () => action(quantize);
   $('run-fisher').onclick = () => action(computeFisher);
   $('download-fisher').onclick = () => downloadFisher();
+  $('run-means').onclick = () => action(computeMeans);
   $('download-packed').onclick = () => action(async () => downloadPacked());
   $('packed-file').onchange = (event) => event.target.files[0] && action(() => openPacked(event.target.files[0]));
   $('fisher-file').onchange = (event) => event.target.files[0] && action(() => loadFisherFile(event.target.files[0]));

@@ -9,12 +9,10 @@ use lutlab_core::ModelFiles;
 use lutlab_core::files::read_text;
 use lutlab_core::fisher_file::check_diagonal_finite;
 use lutlab_model::{FisherSettings, Gpt2, fisher, open_gpu};
+use crate::paths::WIKITEXT_VALID;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Default calibration text. WikiText-2's train split is not shipped; the validation split is the
-/// calibration text, and the test split stays for evaluation only.
-const WIKITEXT_VALID: &str = "data/wikitext-2/valid.txt";
 
 #[derive(Args)]
 pub struct FisherArgs {

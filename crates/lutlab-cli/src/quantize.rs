@@ -3,18 +3,18 @@
 //! dequantized weights (loads in transformers and in `lutlab eval`).
 
 use crate::eval::{measure, measure_packed, EvalOptions};
-use crate::paths::{repo_path, SHIPPED_MODEL};
+use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_VALID};
 use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
-use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
-use lutlab_core::quant::{quantize_model, QuantizeRequest, QuantizedModel};
+use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
+use lutlab_core::quant::{quantize_model, Calibration, InputMeans, QuantizeRequest, QuantizedModel};
 use lutlab_gpu::quantize_model_gpu;
-use lutlab_model::open_gpu;
+use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Gpt2};
 use lutlab_core::packed_file::{config_json, PackedMeta, PackedModel, TableDtype};
-use lutlab_core::{Gpt2Weights, ModelFiles};
+use lutlab_core::{Gpt2Weights, LoadedModel, ModelFiles};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -62,6 +62,19 @@ pub struct QuantizeArgs {
     /// Run the k-means on the GPU (WGSL Lloyd iterations; the CPU reference otherwise).
     #[arg(long)]
     gpu: bool,
+    /// k-means: seed 000's scaling (a ± standard-deviation scale per output channel).
+    #[arg(long)]
+    scaling: bool,
+    /// k-means: seed 000's centering (each layer's mean input, from --calibration-data, is
+    /// subtracted from its input and folded into its bias).
+    #[arg(long)]
+    centering: bool,
+    /// Calibration text for centering (default: WikiText-2 valid).
+    #[arg(long)]
+    calibration_data: Option<PathBuf>,
+    /// Random windows of calibration text for centering (seed 000: 100).
+    #[arg(long, default_value_t = ActivationSettings::DEFAULT_NSAMPLES)]
+    calibration_samples: usize,
     /// rtn number format: int, e4m3, e5m2, fnuz_e4m3, e2m1, e3m2, e2m3, ...
     #[arg(long, default_value = "int")]
     format: String,
@@ -111,15 +124,18 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let method = request.method(weights, fisher.is_some())?;
     let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
 
+    let input_means = if args.centering { Some(input_means(&args, &loaded)?) } else { None };
+
     let mut bar = Bar::new("quantize", "weights", args.json);
     let start = Instant::now();
     let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
+    let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_ref() };
     let quantized = if args.gpu {
         let gpu = pollster::block_on(open_gpu())?;
-        pollster::block_on(quantize_model_gpu(&gpu, weights, &method, blocks, sample_weights, &mut bar))?
+        pollster::block_on(quantize_model_gpu(&gpu, weights, &method, blocks, calibration, &mut bar))?
     } else {
-        quantize_model(weights, &method, blocks, sample_weights, &mut bar)?
+        quantize_model(weights, &method, blocks, calibration, &mut bar)?
     };
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
@@ -171,8 +187,25 @@ impl QuantizeArgs {
             asym: self.asym,
             scale_stats: self.scale_stats.clone(),
             scale_type: self.scale_type.clone(),
+            scaling: self.scaling,
+            centering: self.centering,
         }
     }
+}
+
+/// Each linear layer's mean input over random windows of the calibration text, from the
+/// original model on the GPU (centering).
+fn input_means(args: &QuantizeArgs, loaded: &LoadedModel) -> Result<InputMeans> {
+    let path = args.calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
+    let tokens = loaded.tokenizer.encode(&read_text(&path)?)?;
+    let gpu = pollster::block_on(open_gpu())?;
+    gpu.check_fits(&loaded.weights)?;
+    let model = Gpt2::new(&loaded.weights, &gpu.device);
+    let settings = ActivationSettings { nsamples: args.calibration_samples, ..ActivationSettings::for_model(&model) };
+    let mut bar = Bar::new("mean inputs", "windows", args.json);
+    let means = pollster::block_on(linear_input_means(&model, &tokens, settings, &mut bar))?;
+    bar.finish();
+    Ok(means)
 }
 
 fn parse_blocks(text: &str) -> Result<Range<usize>> {

@@ -141,6 +141,7 @@ impl PackedModel {
         let linears: HashMap<String, (usize, usize)> =
             weights.linears().map(|(name, l)| (name, (l.in_features(), l.out_features()))).collect();
         let mut layers = BTreeMap::new();
+        let mut biases: HashMap<String, HostTensor> = HashMap::new();
         for layer in &quantized.layers {
             let Some(lut) = &layer.lut else { continue };
             let name = &layer.name;
@@ -153,7 +154,13 @@ impl PackedModel {
                     lut.rows, lut.cols
                 )));
             }
-            let packed = PackedLinear::from_lut(lut).map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
+            let mut packed = PackedLinear::from_lut(lut).map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
+            // Seed 000's transforms: scales and shift beside the codes, the bias they come with.
+            if let Some(t) = &layer.transform {
+                packed.scales.clone_from(&t.scales);
+                packed.input_shift.clone_from(&t.input_shift);
+                biases.insert(format!("{name}.bias"), HostTensor::new(vec![t.bias.len()], t.bias.clone()));
+            }
             if layers.insert(name.clone(), packed).is_some() {
                 return Err(invalid(format!("layer `{name}` is quantized twice")));
             }
@@ -161,7 +168,10 @@ impl PackedModel {
         let dense = named_tensors(weights)
             .into_iter()
             .filter(|(name, _)| name.strip_suffix(".weight").is_none_or(|layer| !layers.contains_key(layer)))
-            .map(|(name, t)| (name, t.clone()))
+            .map(|(name, t)| {
+                let t = biases.remove(&name).unwrap_or_else(|| t.clone());
+                (name, t)
+            })
             .collect();
         let mut model = Self { config: weights.config.clone(), meta, dense, layers };
         if table_dtype == TableDtype::F16 {

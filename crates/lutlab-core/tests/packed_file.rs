@@ -32,18 +32,19 @@ fn shipped_weights() -> Gpt2Weights {
 fn quantize(weights: &Gpt2Weights) -> QuantizedModel {
     let request = QuantizeRequest { method: "kmeans".into(), bits: 3, granularity: "channel".into(), ..Default::default() };
     let method = request.method(weights, false).expect("method");
-    let mut q = quantize_model(weights, &method, Some(0..1), None, &mut NoProgress).expect("quantize block 0");
+    let mut q = quantize_model(weights, &method, Some(0..1), Default::default(), &mut NoProgress).expect("quantize block 0");
     let c_fc = &weights.blocks[1].mlp_c_fc;
     let range = range_for_outlier_percent(&[c_fc.weight.data.as_slice()], 0.5).expect("range");
     let sparse = Method::Kmeans {
         settings: KmeansSettings { bits: 4, granularity: Granularity::Tensor, ..KmeansSettings::default() },
         outliers: Some(OutlierSettings { range: Some(range), sensitivity: 0.0 }),
+        scaling: false,
     };
     let n_embd = weights.config.n_embd;
-    q.layers.push(quantize_layer("h.1.mlp.c_fc", c_fc, &sparse, None, n_embd).expect("dense-and-sparse"));
+    q.layers.push(quantize_layer("h.1.mlp.c_fc", c_fc, &sparse, Default::default(), n_embd).expect("dense-and-sparse"));
     let rtn = QuantizeRequest { method: "rtn".into(), bits: 4, granularity: "group:32".into(), ..Default::default() };
     let rtn = rtn.method(weights, false).expect("rtn");
-    q.layers.push(quantize_layer("h.2.attn.c_proj", &weights.blocks[2].attn_c_proj, &rtn, None, n_embd).expect("rtn"));
+    q.layers.push(quantize_layer("h.2.attn.c_proj", &weights.blocks[2].attn_c_proj, &rtn, Default::default(), n_embd).expect("rtn"));
     q
 }
 
@@ -131,17 +132,18 @@ fn small_packed(table_dtype: TableDtype) -> PackedModel {
     });
     let weights = Gpt2Weights::from_checkpoint(&config, Checkpoint::from_tensors(tensors)).expect("small weights");
     let kmeans = |bits, granularity| KmeansSettings { bits, granularity, ..KmeansSettings::default() };
-    let block0 = Method::Kmeans { settings: kmeans(3, Granularity::Channel), outliers: None };
-    let mut q = quantize_model(&weights, &block0, Some(0..1), None, &mut NoProgress).expect("quantize");
+    let block0 = Method::Kmeans { settings: kmeans(3, Granularity::Channel), outliers: None, scaling: false };
+    let mut q = quantize_model(&weights, &block0, Some(0..1), Default::default(), &mut NoProgress).expect("quantize");
     let b1 = &weights.blocks[1];
     let range = range_for_outlier_percent(&[b1.mlp_c_fc.weight.data.as_slice()], 2.0).expect("range");
     let sparse = Method::Kmeans {
         settings: kmeans(4, Granularity::Tensor),
         outliers: Some(OutlierSettings { range: Some(range), sensitivity: 0.0 }),
+        scaling: false,
     };
-    q.layers.push(quantize_layer("h.1.mlp.c_fc", &b1.mlp_c_fc, &sparse, None, 40).expect("sparse"));
-    let grouped = Method::Kmeans { settings: kmeans(2, Granularity::Group(8)), outliers: None };
-    q.layers.push(quantize_layer("h.1.attn.c_proj", &b1.attn_c_proj, &grouped, None, 40).expect("grouped"));
+    q.layers.push(quantize_layer("h.1.mlp.c_fc", &b1.mlp_c_fc, &sparse, Default::default(), 40).expect("sparse"));
+    let grouped = Method::Kmeans { settings: kmeans(2, Granularity::Group(8)), outliers: None, scaling: false };
+    q.layers.push(quantize_layer("h.1.attn.c_proj", &b1.attn_c_proj, &grouped, Default::default(), 40).expect("grouped"));
     let mut packed = PackedModel::from_quantized(&weights, &q, meta(), table_dtype).expect("pack");
     assert!(!packed.layers["h.1.mlp.c_fc"].sparse.is_empty(), "the small model should have outliers");
     let layer = packed.layers.get_mut("h.0.mlp.c_proj").expect("layer");

@@ -4,7 +4,7 @@
 //! part yet and run on the CPU.
 
 use crate::kmeans::quantize_kmeans_gpu_report;
-use lutlab_core::quant::model::{quantize_layer, sample_weights_of, selected_layers, KmeansJob, SampleWeights};
+use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::weights::LinearWeights;
 use lutlab_core::{Gpt2Weights, LoadError, Progress};
@@ -17,14 +17,14 @@ pub async fn quantize_layer_gpu(
     name: &str,
     linear: &LinearWeights,
     method: &Method,
-    fisher: Option<SampleWeights<'_>>,
+    calibration: Calibration<'_>,
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
     if !matches!(method, Method::Kmeans { .. }) {
-        return Ok(quantize_layer(name, linear, method, fisher, n_embd)?);
+        return Ok(quantize_layer(name, linear, method, calibration, n_embd)?);
     }
-    let job = KmeansJob::new(name, linear, method, sample_weights_of(fisher, name)?, n_embd)?;
-    let output = quantize_kmeans_gpu_report(gpu, job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), &job.settings)
+    let job = KmeansJob::new(name, linear, method, calibration, n_embd)?;
+    let output = quantize_kmeans_gpu_report(gpu, &job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), &job.settings)
         .await
         .map_err(|e| match e {
             ModelError::Load(e) => ModelError::Load(job.in_layer(e)),
@@ -40,7 +40,7 @@ pub async fn quantize_model_gpu(
     weights: &Gpt2Weights,
     method: &Method,
     blocks: Option<Range<usize>>,
-    fisher: Option<SampleWeights<'_>>,
+    calibration: Calibration<'_>,
     progress: &mut dyn Progress,
 ) -> Result<QuantizedModel> {
     let selected = selected_layers(weights, blocks)?;
@@ -52,7 +52,7 @@ pub async fn quantize_model_gpu(
         if progress.is_cancelled() {
             return Err(LoadError::Cancelled.into());
         }
-        layers.push(quantize_layer_gpu(gpu, &name, linear, method, fisher, weights.config.n_embd).await?);
+        layers.push(quantize_layer_gpu(gpu, &name, linear, method, calibration, weights.config.n_embd).await?);
         done += linear.weight.numel() as u64;
         progress.update(done, total);
     }

@@ -16,8 +16,8 @@ fn gpu_kmeans_model_matches_the_cpu_path() {
     let gpu = pollster::block_on(lutlab_model::open_gpu()).expect("a wgpu adapter (lavapipe in CI)");
     let request = QuantizeRequest { bits: 2, granularity: "channel".into(), outlier_percent: Some(0.45), ..QuantizeRequest::default() };
     let method = request.method(&weights, false).unwrap();
-    let cpu = quantize_model(&weights, &method, Some(0..1), None, &mut NoProgress).unwrap();
-    let on_gpu = pollster::block_on(quantize_model_gpu(&gpu, &weights, &method, Some(0..1), None, &mut NoProgress)).unwrap();
+    let cpu = quantize_model(&weights, &method, Some(0..1), Default::default(), &mut NoProgress).unwrap();
+    let on_gpu = pollster::block_on(quantize_model_gpu(&gpu, &weights, &method, Some(0..1), Default::default(), &mut NoProgress)).unwrap();
     assert_eq!(cpu.layers.len(), 4);
     let mut worst = 0f64;
     for (c, g) in cpu.layers.iter().zip(&on_gpu.layers) {

@@ -3,12 +3,12 @@
 use crate::js_files::model_files;
 use crate::progress::JsProgress;
 use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
-use lutlab_core::quant::model::{quantize_layer, selected_layers, SampleWeights};
+use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, InputMeans, SampleWeights};
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::{Gpt2Config, Gpt2Weights, LoadedModel, Progress, TextTokenizer};
-use lutlab_model::{fisher, open_gpu, perplexity, EvalSettings, FisherSettings, Gpt2, Gpu};
+use lutlab_model::{fisher, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Gpt2, Gpu};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -25,6 +25,8 @@ struct Session {
     quantized: RefCell<Option<Rc<Quantized>>>,
     /// The Fisher diagonal computed here or loaded from a file, for weighted quantization.
     fisher: RefCell<Option<Rc<FisherDiagonal>>>,
+    /// Each linear layer's mean input on calibration text, for seed 000's centering.
+    input_means: RefCell<Option<Rc<InputMeans>>>,
 }
 
 /// A quantized model: on the GPU (packed, through the LUT kernels, when every layer is a LUT)
@@ -37,7 +39,7 @@ struct Quantized {
 
 impl Session {
     fn new(name: String, model: Gpt2, tokenizer: TextTokenizer, weights: Option<Gpt2Weights>) -> Self {
-        Self { name, model, tokenizer, weights, quantized: RefCell::default(), fisher: RefCell::default() }
+        Self { name, model, tokenizer, weights, quantized: RefCell::default(), fisher: RefCell::default(), input_means: RefCell::default() }
     }
 
     /// The host weights, which a packed file does not have.
@@ -296,6 +298,26 @@ impl Lab {
         }))
     }
 
+    /// Each linear layer's mean input over `nsamples` random windows of `seqlen` tokens of
+    /// `tokens` (defaults: 100 and the model's context), on the original model: kept for seed
+    /// 000's centering. `onProgress(doneWindows, totalWindows)`; `cancel()` stops between batches.
+    #[wasm_bindgen(js_name = inputMeans)]
+    pub fn input_means(&self, tokens: Vec<u32>, nsamples: Option<usize>, seqlen: Option<usize>, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
+        let session = self.current()?;
+        session.weights()?;
+        let settings = ActivationSettings::with_overrides(&session.model, nsamples, seqlen, None, None);
+        self.cancelled.set(false);
+        let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
+        Ok(future_to_promise(async move {
+            let start = js_sys::Date::now();
+            let means = linear_input_means(&session.model, &tokens, settings, &mut progress).await.map_err(js_error)?;
+            let layers = means.len();
+            *session.input_means.borrow_mut() = Some(Rc::new(means));
+            let seconds = (js_sys::Date::now() - start) / 1000.0;
+            Ok(to_js(&serde_json::json!({ "layers": layers, "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seconds": seconds }))?)
+        }))
+    }
+
     /// The kept Fisher diagonal as a safetensors file (the same format as `lutlab fisher`).
     #[wasm_bindgen(js_name = fisherFile)]
     pub fn fisher_file(&self) -> Result<Vec<u8>, JsError> {
@@ -323,6 +345,7 @@ impl Lab {
     pub fn quantize(&self, request: JsValue, use_fisher: bool, on_gpu: bool, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
         let session = self.current()?;
         session.weights()?;
+        let input_means = session.input_means.borrow().clone();
         let fisher_diagonal = if use_fisher {
             Some(session.fisher.borrow().clone().ok_or_else(|| JsError::new("compute or load Fisher information first"))?)
         } else {
@@ -338,6 +361,10 @@ impl Lab {
             let method = request.method(weights, fisher_diagonal.is_some()).map_err(js_error)?;
             let lookup = |name: &str| fisher_diagonal.as_deref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
             let sample_weights: Option<SampleWeights> = fisher_diagonal.as_ref().map(|_| &lookup as _);
+            if request.centering && input_means.is_none() {
+                return Err(js_error("centering needs the layers' mean inputs: compute them first").into());
+            }
+            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| request.centering) };
             let layers = selected_layers(weights, None).map_err(js_error)?;
             let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
             let (mut done, mut quantized) = (0, Vec::with_capacity(layers.len()));
@@ -349,9 +376,9 @@ impl Lab {
                     return Err(js_error("cancelled").into());
                 }
                 let layer = if on_gpu {
-                    quantize_layer_gpu(&gpu, &name, linear, &method, sample_weights, weights.config.n_embd).await.map_err(js_error)?
+                    quantize_layer_gpu(&gpu, &name, linear, &method, calibration, weights.config.n_embd).await.map_err(js_error)?
                 } else {
-                    quantize_layer(&name, linear, &method, sample_weights, weights.config.n_embd).map_err(js_error)?
+                    quantize_layer(&name, linear, &method, calibration, weights.config.n_embd).map_err(js_error)?
                 };
                 quantized.push(layer);
                 done += linear.weight.numel() as u64;

@@ -6,6 +6,7 @@ use crate::progress::Progress;
 use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings};
 use crate::quant::lut::{Granularity, LutMatrix};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
+use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
 use crate::quant::uniform::{quantize_uniform, UniformSettings};
 use crate::weights::{Gpt2Weights, LinearWeights};
 use std::ops::Range;
@@ -13,8 +14,9 @@ use std::ops::Range;
 /// How each weight matrix is quantized.
 #[derive(Clone, Debug)]
 pub enum Method {
-    /// Fisher-weighted (or plain) k-means LUTs, optionally dense-and-sparse.
-    Kmeans { settings: KmeansSettings, outliers: Option<OutlierSettings> },
+    /// Fisher-weighted (or plain) k-means LUTs, optionally dense-and-sparse, optionally with seed
+    /// 000's per-channel scaling (`scaling`; centering comes with the calibration's input means).
+    Kmeans { settings: KmeansSettings, outliers: Option<OutlierSettings>, scaling: bool },
     /// Round-to-nearest onto an integer or minifloat grid.
     Uniform(UniformSettings),
 }
@@ -43,6 +45,37 @@ pub struct QuantizedLayer {
     pub outliers: usize,
     /// Storage cost in bits per weight: codes, tables (f16), scales, sparse part.
     pub bits_per_weight: f64,
+    /// Seed 000's transforms, when applied: the layer runs as `scales ⊙ ((x − input_shift) · W) +
+    /// bias` with `W` the LUT form above (see `quant::transforms`).
+    pub transform: Option<LayerTransform>,
+}
+
+/// What seed 000's scaling and centering store beside a layer's codes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerTransform {
+    /// Per output column (scaling), or `None`.
+    pub scales: Option<Vec<f32>>,
+    /// Per input row: the layer's mean input (centering), or `None`.
+    pub input_shift: Option<Vec<f32>>,
+    /// The bias to store: `b + μ · W` with centering.
+    pub bias: Vec<f32>,
+}
+
+/// The mean input of each linear layer by name (`h.0.attn.c_attn`), for centering.
+pub type InputMeans = std::collections::BTreeMap<String, Vec<f32>>;
+
+/// What calibration gives the quantizers: the Fisher diagonal (sample weights) and, for seed
+/// 000's centering, the mean input of each linear layer.
+#[derive(Clone, Copy, Default)]
+pub struct Calibration<'a> {
+    pub fisher: Option<SampleWeights<'a>>,
+    pub input_means: Option<&'a InputMeans>,
+}
+
+impl<'a> Calibration<'a> {
+    pub fn fisher(fisher: Option<SampleWeights<'a>>) -> Self {
+        Self { fisher, input_means: None }
+    }
 }
 
 pub struct QuantizedModel {
@@ -58,7 +91,7 @@ pub fn quantize_model(
     weights: &Gpt2Weights,
     method: &Method,
     blocks: Option<Range<usize>>,
-    fisher: Option<SampleWeights>,
+    calibration: Calibration,
     progress: &mut dyn Progress,
 ) -> Result<QuantizedModel> {
     let selected = selected_layers(weights, blocks)?;
@@ -70,7 +103,7 @@ pub fn quantize_model(
         if progress.is_cancelled() {
             return Err(LoadError::Cancelled);
         }
-        layers.push(quantize_layer(&name, linear, method, fisher, weights.config.n_embd)?);
+        layers.push(quantize_layer(&name, linear, method, calibration, weights.config.n_embd)?);
         done += linear.weight.numel() as u64;
         progress.update(done, total);
     }
@@ -94,18 +127,19 @@ fn block_of(name: &str) -> Option<usize> {
     name.strip_prefix("h.")?.split('.').next()?.parse().ok()
 }
 
-/// Quantizes one linear weight; `fisher` looks up its sample weights by `{name}.weight`.
+/// Quantizes one linear weight; the calibration's Fisher lookup finds its sample weights by
+/// `{name}.weight`, its input means by `name`.
 pub fn quantize_layer(
     name: &str,
     linear: &LinearWeights,
     method: &Method,
-    fisher: Option<SampleWeights>,
+    calibration: Calibration,
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
     match method {
         Method::Kmeans { .. } => {
-            let job = KmeansJob::new(name, linear, method, sample_weights_of(fisher, name)?, n_embd)?;
-            let output = quantize_kmeans_report(job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), job.settings)
+            let job = KmeansJob::new(name, linear, method, calibration, n_embd)?;
+            let output = quantize_kmeans_report(&job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), job.settings)
                 .map_err(|e| job.in_layer(e))?;
             job.finish(output)
         }
@@ -118,7 +152,7 @@ pub fn quantize_layer(
             let lut = result.to_lut().ok();
             let outliers = lut.as_ref().map_or(0, |m| m.outliers.len());
             let bits_per_weight = f64::from(settings.bits) + scale_bits / linear.weight.numel() as f64;
-            Ok(layer_report(name, &linear.weight.data, result.dequantize(), lut, outliers, bits_per_weight))
+            Ok(layer_report(name, &linear.weight.data, result.dequantize(), lut, outliers, bits_per_weight, None))
         }
     }
 }
@@ -126,11 +160,15 @@ pub fn quantize_layer(
 /// The k-means of one layer, prepared and finished here and run by whoever holds the job: the
 /// CPU reference in [`quantize_layer`], the GPU in `lutlab-gpu`. Preparing picks the tables (seed
 /// 000: q, k and v of a whole-tensor `c_attn` get one each), the sample weights and, for
-/// dense-and-sparse, the outliers the k-means must leave out; finishing stores those outliers
-/// exactly and reports the error and size.
+/// dense-and-sparse, the outliers the k-means must leave out, and applies seed 000's transforms
+/// (the k-means then runs on the scaled weights); finishing stores those outliers exactly and
+/// reports the error (of the layer as it will run, against the original) and size.
 pub struct KmeansJob<'a> {
     pub name: &'a str,
-    pub weights: &'a [f32],
+    /// What the k-means quantizes: the layer's weights, divided by the scales with scaling.
+    pub weights: std::borrow::Cow<'a, [f32]>,
+    original: &'a [f32],
+    transform: Option<LayerTransform>,
     pub rows: usize,
     pub cols: usize,
     pub sample_weights: Option<&'a [f32]>,
@@ -139,18 +177,38 @@ pub struct KmeansJob<'a> {
 }
 
 impl<'a> KmeansJob<'a> {
-    /// Fails for a uniform `method`. `sample_weights`: see [`sample_weights_of`].
-    pub fn new(name: &'a str, linear: &'a LinearWeights, method: &Method, sample_weights: Option<&'a [f32]>, n_embd: usize) -> Result<Self> {
-        let Method::Kmeans { settings, outliers } = method else {
+    /// Fails for a uniform `method`, a Fisher lookup without the layer, or input means (centering)
+    /// without it.
+    pub fn new<'c: 'a>(name: &'a str, linear: &'a LinearWeights, method: &Method, calibration: Calibration<'c>, n_embd: usize) -> Result<Self> {
+        let Method::Kmeans { settings, outliers, scaling } = method else {
             return Err(LoadError::InvalidSetting(format!("{name}: not a k-means method")));
         };
+        let sample_weights = sample_weights_of(calibration.fisher, name)?;
         let mut settings = *settings;
         if name.ends_with("attn.c_attn") && settings.granularity == Granularity::Tensor {
             settings.granularity = Granularity::Group(n_embd);
         }
-        let weights = linear.weight.data.as_slice();
-        let selection = outliers.map(|o| select_outliers(weights, sample_weights, o)).transpose().map_err(|e| in_layer(name, e))?;
-        Ok(Self { name, weights, rows: linear.in_features(), cols: linear.out_features(), sample_weights, settings, selection })
+        let (rows, cols) = (linear.in_features(), linear.out_features());
+        let original = linear.weight.data.as_slice();
+        let input_mean = match calibration.input_means {
+            Some(means) => Some(
+                means
+                    .get(name)
+                    .map(Vec::as_slice)
+                    .ok_or_else(|| LoadError::InvalidSetting(format!("no mean input for `{name}` (centering)")))?,
+            ),
+            None => None,
+        };
+        let (weights, transform) = if *scaling || input_mean.is_some() {
+            let bits = scaling.then_some(settings.bits);
+            let t = prepare_linear(original, &linear.bias.data, rows, cols, sample_weights, input_mean, bits).map_err(|e| in_layer(name, e))?;
+            let transform = LayerTransform { scales: t.scales, input_shift: t.input_shift, bias: t.bias };
+            (std::borrow::Cow::Owned(t.weight), Some(transform))
+        } else {
+            (std::borrow::Cow::Borrowed(original), None)
+        };
+        let selection = outliers.map(|o| select_outliers(&weights, sample_weights, o)).transpose().map_err(|e| in_layer(name, e))?;
+        Ok(Self { name, weights, original, transform, rows, cols, sample_weights, settings, selection })
     }
 
     /// Weights the k-means must leave out (dense-and-sparse outliers).
@@ -166,12 +224,21 @@ impl<'a> KmeansJob<'a> {
     /// The layer's result from the k-means `output` (run with [`Self::excluded`]).
     pub fn finish(self, mut output: KmeansOutput) -> Result<QuantizedLayer> {
         if let Some(selection) = &self.selection {
-            output.matrix.outliers = sparse_corrections(self.weights, &output.matrix, &selection.mask).map_err(|e| in_layer(self.name, e))?;
+            output.matrix.outliers = sparse_corrections(&self.weights, &output.matrix, &selection.mask).map_err(|e| in_layer(self.name, e))?;
         }
         let matrix = output.matrix;
-        let bits_per_weight = matrix.storage_bits() as f64 / self.weights.len() as f64;
+        let n = self.weights.len();
+        // Scales and the input shift are stored as f32 beside the codes.
+        let transform_bits = self.transform.as_ref().map_or(0, |t| {
+            32 * (t.scales.as_ref().map_or(0, Vec::len) + t.input_shift.as_ref().map_or(0, Vec::len))
+        });
+        let bits_per_weight = (matrix.storage_bits() as f64 + transform_bits as f64) / n as f64;
         let outliers = matrix.outliers.len();
-        Ok(layer_report(self.name, self.weights, matrix.dequantize(), Some(matrix), outliers, bits_per_weight))
+        let mut dequantized = matrix.dequantize();
+        if let Some(scales) = self.transform.as_ref().and_then(|t| t.scales.as_ref()) {
+            unapply_scales(&mut dequantized, self.cols, scales);
+        }
+        Ok(layer_report(self.name, self.original, dequantized, Some(matrix), outliers, bits_per_weight, self.transform))
     }
 }
 
@@ -193,19 +260,38 @@ fn in_layer(name: &str, e: LoadError) -> LoadError {
     }
 }
 
-fn layer_report(name: &str, original: &[f32], dequantized: Vec<f32>, lut: Option<LutMatrix>, outliers: usize, bits_per_weight: f64) -> QuantizedLayer {
+/// `dequantized`: the `[in, out]` weights the layer multiplies by (scales applied).
+fn layer_report(
+    name: &str,
+    original: &[f32],
+    dequantized: Vec<f32>,
+    lut: Option<LutMatrix>,
+    outliers: usize,
+    bits_per_weight: f64,
+    transform: Option<LayerTransform>,
+) -> QuantizedLayer {
     let n = original.len() as f64;
     let mse = original.iter().zip(&dequantized).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / n;
-    QuantizedLayer { name: name.to_string(), dequantized, lut, mse, outliers, bits_per_weight }
+    QuantizedLayer { name: name.to_string(), dequantized, lut, mse, outliers, bits_per_weight, transform }
 }
 
 impl QuantizedModel {
-    /// A copy of `weights` with every quantized linear weight replaced by its dequantized form.
+    /// A copy of `weights` with every quantized linear weight replaced by its dequantized form;
+    /// with centering, the stored bias less `μ · W` (the dense layer computes the same outputs).
     pub fn apply(&self, weights: &Gpt2Weights) -> Gpt2Weights {
         let mut out = weights.clone();
         for layer in &self.layers {
             if let Some(linear) = linear_mut(&mut out, &layer.name) {
                 linear.weight.data.clone_from(&layer.dequantized);
+                if let Some(t) = &layer.transform {
+                    linear.bias.data.clone_from(&t.bias);
+                    if let Some(mean) = &t.input_shift {
+                        let cols = linear.bias.data.len();
+                        let negated: Vec<f32> = mean.iter().map(|m| -m).collect();
+                        // b − μ·W' is `fold_input_shift` of −μ.
+                        let _ = fold_input_shift(&layer.dequantized, &mut linear.bias.data, cols, &negated);
+                    }
+                }
             }
         }
         out

@@ -31,6 +31,10 @@ pub struct QuantizeRequest {
     pub scale_stats: String,
     /// rtn: `float` or `po2`.
     pub scale_type: String,
+    /// k-means: seed 000's per-channel scaling.
+    pub scaling: bool,
+    /// k-means: seed 000's centering (needs the layers' mean inputs from calibration).
+    pub centering: bool,
 }
 
 impl Default for QuantizeRequest {
@@ -47,6 +51,8 @@ impl Default for QuantizeRequest {
             asym: false,
             scale_stats: "stats".into(),
             scale_type: "float".into(),
+            scaling: false,
+            centering: false,
         }
     }
 }
@@ -71,8 +77,9 @@ impl QuantizeRequest {
                     return Err(invalid("sensitive weights are chosen by their Fisher value: compute or load Fisher first"));
                 }
                 let outliers = (range.is_some() || self.sensitive > 0.0).then_some(OutlierSettings { range, sensitivity: self.sensitive });
-                Ok(Method::Kmeans { settings, outliers })
+                Ok(Method::Kmeans { settings, outliers, scaling: self.scaling })
             }
+            "rtn" if self.scaling || self.centering => Err(invalid("scaling and centering are seed 000's k-means transforms: use method kmeans")),
             "rtn" => Ok(Method::Uniform(UniformSettings {
                 bits: self.bits,
                 format: self.format.parse::<NumberFormat>()?,
@@ -96,7 +103,9 @@ impl QuantizeRequest {
                     (_, Some(r)) => format!(" +outliers range {r}"),
                     _ => String::new(),
                 };
-                format!("kmeans{weighted} {}-bit {}{sparse}", self.bits, self.granularity)
+                let scaled = if self.scaling { " scaled" } else { "" };
+                let centered = if self.centering { " centered" } else { "" };
+                format!("kmeans{weighted}{scaled}{centered} {}-bit {}{sparse}", self.bits, self.granularity)
             }
         }
     }
