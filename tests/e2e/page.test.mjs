@@ -53,12 +53,12 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   await page.selectOption('#q-method', 'kmeans');
   await page.selectOption('#q-bits', '4');
   await page.selectOption('#q-granularity', 'channel');
+  assert.equal(await page.isChecked('#q-gpu'), false, 'k-means runs on the CPU reference by default');
   await page.click('#run-quantize');
   await page.waitForSelector('#quant-result[data-report]', { timeout: 300_000 });
   const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
   const report = await evaluateInPage(page, text); // the quantized model is selected after quantizing
-  // The page runs k-means on the GPU by default: so does the CLI here.
-  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '4', '--granularity', 'channel', '--gpu']);
+  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '4', '--granularity', 'channel']);
   console.log(`k-means 4-bit channel: browser ${report.perplexity} vs native ${cli.eval.perplexity}; `
     + `${quant.bits_per_weight.toFixed(3)} bits/weight, quantized in ${quant.seconds.toFixed(1)} s in the browser`);
   assert.equal(quant.layers.length, 16);
@@ -137,9 +137,30 @@ test('Fisher in the page equals the CLI; a CLI Fisher file drives weighted k-mea
   const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
   assert.match(quant.label, /Fisher-weighted 3-bit tensor/);
   const report = await evaluateInPage(page, text);
-  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '3', '--fisher', cliFile, '--gpu']);
+  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '3', '--fisher', cliFile]);
   console.log(`Fisher-weighted k-means 3-bit: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
   assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  await page.close();
+});
+
+test('seed 000 scaling and centering in the page match the CLI, through the LUT kernels', async () => {
+  const page = await openPage(browser, pageUrl);
+  await page.fill('#f-samples', '2');
+  await page.click('#run-means');
+  await page.waitForFunction(() => document.getElementById('means-result').textContent.startsWith('Mean inputs'), null, { timeout: 300_000 });
+  assert.equal(await page.isChecked('#q-centering'), true);
+  await page.check('#q-scaling');
+  await page.selectOption('#q-bits', '3');
+  await page.click('#run-quantize');
+  await page.waitForSelector('#quant-result[data-report]', { timeout: 300_000 });
+  const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
+  assert.match(quant.label, /scaled centered 3-bit tensor/);
+  const report = await evaluateInPage(page, text);
+  const cli = nativeQuantizedEval(text, ['--bits', '3', '--scaling', '--centering', '--calibration-samples', '2']);
+  console.log(`scaled + centered 3-bit: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  fs.mkdirSync(OUT, { recursive: true });
+  await page.screenshot({ path: path.join(OUT, 'scaled-centered.png'), fullPage: true });
   await page.close();
 });
 
