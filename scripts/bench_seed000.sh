@@ -6,16 +6,19 @@
 set -euo pipefail
 source scripts/device_env.sh
 .carry/lutlab fisher --out /tmp/grads.safetensors --json > "$OUT/fisher.json"
-for bits in 4 3; do
+# BITS="4 3" and GRANULARITIES="tensor" by default; e.g. GRANULARITIES="channel group:128".
+for gran in ${GRANULARITIES:-tensor}; do
+for bits in ${BITS:-4 3}; do
   run() {  # name, extra flags
-    .carry/lutlab quantize --gpu --bits "$bits" --granularity tensor --packed "/tmp/q.safetensors" --eval --json "${@:2}" \
-      > "$OUT/seed000_${bits}bit_$1.json"
+    local out="$OUT/seed000_${bits}bit_${gran/:/}_$1.json"
+    .carry/lutlab quantize --gpu --bits "$bits" --granularity "$gran" --packed "/tmp/q.safetensors" --eval --json "${@:2}" > "$out"
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r['method'], round(r['bits_per_weight'],3), round(r['eval']['perplexity'],4), round(r['quantize_seconds'],2))" \
-      "$OUT/seed000_${bits}bit_$1.json" "$1"
+      "$out" "$1"
   }
   run plain
   run weighted --fisher /tmp/grads.safetensors
   run scaled --fisher /tmp/grads.safetensors --scaling
   run centered --fisher /tmp/grads.safetensors --scaling --centering
   run sparse --fisher /tmp/grads.safetensors --scaling --centering --outlier-percent 0.45 --sensitive 0.05
+done
 done
