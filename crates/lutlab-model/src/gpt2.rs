@@ -35,7 +35,8 @@ impl LayerNorm {
 #[derive(Clone, Debug)]
 pub enum Linear {
     Dense { weight: Tensor<2>, bias: Tensor<1> },
-    Packed(PackedGpuLinear),
+    /// Boxed: three GPU buffers and parameters, much larger than the dense variant.
+    Packed(Box<PackedGpuLinear>),
 }
 
 impl Linear {
@@ -129,7 +130,7 @@ impl Gpt2 {
         let linear = |name: &str| -> Result<Linear> {
             let bias = tensor(&format!("{name}.bias"))?;
             Ok(match model.layers.get(name) {
-                Some(packed) => Linear::Packed(PackedGpuLinear::upload(packed, Some(&bias.data), device, name)?),
+                Some(packed) => Linear::Packed(Box::new(PackedGpuLinear::upload(packed, Some(&bias.data), device, name)?)),
                 None => Linear::Dense { weight: upload2(tensor(&format!("{name}.weight"))?, device), bias: upload1(bias, device) },
             })
         };

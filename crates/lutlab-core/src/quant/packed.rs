@@ -178,7 +178,7 @@ impl PackedLinear {
         if !(1..=8).contains(&self.bits) {
             return bad(format!("{} bits; lutlab supports 1 to 8", self.bits));
         }
-        if self.channels_per_table == 0 || self.cols % self.channels_per_table != 0 {
+        if self.channels_per_table == 0 || !self.cols.is_multiple_of(self.channels_per_table) {
             return bad(format!("{} channels per table do not divide {} columns", self.channels_per_table, self.cols));
         }
         let words = blocks(self.rows).checked_mul(self.bits as usize).and_then(|w| w.checked_mul(self.cols));
