@@ -130,7 +130,8 @@ async function evaluate() {
     (done, total) => evalBar.count(done, total, 'tokens'));
   const original = packedOnly ? [`${$('model-status').dataset.loaded} (packed)`, quantized.bits_per_weight] : [`${$('model-status').dataset.loaded} (f32)`, 32];
   const [label, bits] = useQuantized ? [quantized.label, quantized.bits_per_weight] : original;
-  addHistory(label, bits, report.perplexity, what);
+  addHistory({ model: label, text: what, bits_per_weight: bits, perplexity: report.perplexity,
+    window: report.max_length, stride: report.stride, scored_tokens: report.scored });
   evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const result = $('eval-result');
   result.textContent = `Perplexity ${report.perplexity.toFixed(3)} on ${what}: ${report.scored.toLocaleString()} tokens scored `
@@ -139,15 +140,30 @@ async function evaluate() {
   result.dataset.report = JSON.stringify(report);
 }
 
-function addHistory(label, bits, perplexity, what) {
+/// Every evaluation of the session, for the comparison table and its CSV.
+const runs = [];
+
+function addHistory(run) {
+  runs.push(run);
   const row = document.createElement('tr');
-  for (const cell of [`${label} · ${what}`, bits.toFixed(3), perplexity.toFixed(3)]) {
+  for (const cell of [`${run.model} · ${run.text}`, run.bits_per_weight.toFixed(3), run.perplexity.toFixed(3)]) {
     const td = document.createElement('td');
     td.textContent = cell;
     row.append(td);
   }
   $('history').tBodies[0].append(row);
   $('history').hidden = false;
+  $('download-csv').hidden = false;
+}
+
+/// The session's runs as CSV (RFC 4180 quoting), one row per evaluation.
+function runsCsv() {
+  const columns = ['model', 'text', 'bits_per_weight', 'perplexity', 'window', 'stride', 'scored_tokens'];
+  const quote = (value) => {
+    const text = String(value);
+    return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+  };
+  return [columns.join(','), ...runs.map((run) => columns.map((c) => quote(run[c])).join(','))].join('\n') + '\n';
 }
 
 function quantizeRequest() {
@@ -277,6 +293,7 @@ function wireControls() {
   $('run-fisher').onclick = () => action(computeFisher);
   $('download-fisher').onclick = () => downloadFisher();
   $('run-means').onclick = () => action(computeMeans);
+  $('download-csv').onclick = () => save(new TextEncoder().encode(runsCsv()), 'lutlab-runs.csv');
   $('download-packed').onclick = () => action(async () => downloadPacked());
   $('packed-file').onchange = (event) => event.target.files[0] && action(() => openPacked(event.target.files[0]));
   $('fisher-file').onchange = (event) => event.target.files[0] && action(() => loadFisherFile(event.target.files[0]));

@@ -100,6 +100,13 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   assert.equal(await page.getAttribute('#model-status', 'data-loaded'), download.suggestedFilename());
   await page.screenshot({ path: path.join(OUT, 'packed-reopened.png'), fullPage: true });
   assert.ok(relative((await evaluateInPage(page, text)).perplexity, report.perplexity) < 1e-6, 'the page still works');
+
+  // The session's comparison table as CSV: the quantized run and the two packed-file runs.
+  const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')]);
+  const lines = fs.readFileSync(await csv.path(), 'utf8').trim().split('\n');
+  assert.equal(lines[0], 'model,text,bits_per_weight,perplexity,window,stride,scored_tokens');
+  assert.equal(lines.length, 4);
+  assert.match(lines[1], /^kmeans 4-bit channel,your text,5\.5,90\.44/);
   await page.close();
 });
 
