@@ -153,16 +153,19 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         let Some(packed) = &packed else { bail!("--packed: {label} does not produce look-up tables for every layer") };
         std::fs::write(path, packed.to_safetensors(table_dtype)?).with_context(|| format!("writing {}", path.display()))?;
     }
-    let dequantized = match &packed {
-        Some(packed) => packed.dequantized_weights()?,
-        None => quantized.apply(weights),
+    // A full dense copy of the model: made only for --out, or to evaluate what is not packed.
+    let dequantized = || -> Result<Gpt2Weights> {
+        Ok(match &packed {
+            Some(packed) => packed.dequantized_weights()?,
+            None => quantized.apply(weights),
+        })
     };
     if let Some(out) = &args.out {
-        write_checkpoint(&model_dir, out, &dequantized, &label)?;
+        write_checkpoint(&model_dir, out, &dequantized()?, &label)?;
     }
     let eval = match (&packed, args.eval) {
         (Some(packed), true) => Some(measure_packed(packed, &loaded.tokenizer, &args.eval_options, args.json)?),
-        (None, true) => Some(measure(&dequantized, &loaded.tokenizer, &args.eval_options, args.json)?),
+        (None, true) => Some(measure(&dequantized()?, &loaded.tokenizer, &args.eval_options, args.json)?),
         (_, false) => None,
     };
     let sizes = packed.as_ref().map(|p| (p.packed_bytes(), p.f16_bytes_of_packed_layers()));

@@ -143,6 +143,7 @@ pub fn channel_signs(
 /// touched: lutlab applies it after the scale (see the module docs). Fisher weights go to the
 /// k-means unchanged, as in the reference (it does not rescale them by `s²`).
 pub fn apply_scales(weight: &mut [f32], cols: usize, scales: &[f32]) {
+    // A caller's bug, never user input: scales come from `channel_scales` of the same matrix.
     assert_eq!(scales.len(), cols, "one scale per output column");
     for row in weight.chunks_exact_mut(cols) {
         row.iter_mut().zip(scales).for_each(|(w, s)| *w /= s);
@@ -151,6 +152,7 @@ pub fn apply_scales(weight: &mut [f32], cols: usize, scales: &[f32]) {
 
 /// Multiplies column `c` by `scales[c]`: the inverse of [`apply_scales`] (up to f32 rounding).
 pub fn unapply_scales(weight: &mut [f32], cols: usize, scales: &[f32]) {
+    // As in `apply_scales`: the scales were made for this matrix.
     assert_eq!(scales.len(), cols, "one scale per output column");
     for row in weight.chunks_exact_mut(cols) {
         row.iter_mut().zip(scales).for_each(|(w, s)| *w *= s);
