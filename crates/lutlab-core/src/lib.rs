@@ -8,6 +8,7 @@ pub mod files;
 pub mod fisher_file;
 pub mod packed_file;
 pub mod perplexity;
+pub mod plot_data;
 pub mod progress;
 pub mod quant;
 pub mod reference;
