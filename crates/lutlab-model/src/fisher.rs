@@ -20,15 +20,27 @@
 //! micro-batch of `B` samples runs with `B` copies of each linear weight (a `[B, in, out]` leaf
 //! that the `B` samples multiply by in one batched matmul): the gradient of the summed loss with
 //! respect to copy `b` is exactly sample `b`'s gradient. `B = 1` is the leanest in memory;
-//! larger `B` trades `B` × (weights + gradients) of memory for fewer, larger GPU launches. After
-//! each micro-batch its gradients, activations and graph are dropped, and one small read-back
-//! (each sample's loss and per-tensor sum of squared gradients) checks every sample for NaN/Inf
-//! and bounds how far the host runs ahead of the GPU.
+//! larger `B` trades memory for fewer, larger GPU launches.
+//!
+//! Memory: a whole-model graph at GPT-2's context holds every block's attention scores and
+//! softmax (`[B, heads, T, T]` each) and the `[B, T, vocab]` logits, several GB for GPT-2 124M.
+//! So a micro-batch runs as activation checkpointing at block granularity:
+//! 1. a forward pass without a graph keeps only each block's input `[B, T, C]`;
+//! 2. the head (`ln_f`, tied `lm_head`, cross-entropy) runs over chunks of positions, each with
+//!    its own small graph, giving the loss and its gradient with respect to the last block's
+//!    output;
+//! 3. blocks are then recomputed last to first, each with a graph of its own: the upstream
+//!    gradient is pulled through the block (`backward` of `Σ output ⊙ upstream`), giving the
+//!    block's weight gradients (squared and accumulated at once) and the gradient of its input.
+//!
+//! One block's graph and gradients are alive at a time, at the cost of a second forward pass.
+//! After each micro-batch one small read-back (each sample's loss and per-tensor sum of squared
+//! gradients) checks every sample for NaN/Inf and bounds how far the host runs ahead of the GPU.
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
-use crate::gpt2::{Gpt2, Linear, gelu_new};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+use crate::gpt2::{Block, Gpt2, LayerNorm, gelu_new};
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 use lutlab_core::{HostTensor, LoadError, Progress};
 
@@ -75,13 +87,12 @@ impl FisherSettings {
         }
     }
 
-    /// Bytes of one micro-batch's logits (the largest single buffer of the pass), so callers can
-    /// compare it with the GPU's binding limit before starting.
+    /// Bytes of the largest logits buffer of a pass (one chunk of positions of one
+    /// micro-batch), so callers can compare it with the GPU's binding limit before starting.
     pub fn logits_bytes(&self, vocab_size: usize) -> u64 {
-        self.micro_batch.min(self.nsamples.max(1)) as u64
-            * self.seqlen.saturating_sub(1) as u64
-            * vocab_size as u64
-            * 4
+        let b = self.micro_batch.min(self.nsamples.max(1));
+        let positions = head_chunk_positions(b, vocab_size).min(self.seqlen.saturating_sub(1));
+        (b * positions * vocab_size * 4) as u64
     }
 }
 
@@ -92,7 +103,7 @@ impl FisherSettings {
 pub struct FisherRun {
     pub diagonal: FisherDiagonal,
     pub starts: Vec<usize>,
-    /// The largest reservation of burn's memory pools seen between micro-batches (pools keep
+    /// The largest reservation of burn's memory pools seen right after each backward (pools keep
     /// pages for reuse, so this bounds the peak in use from above). `None` where the backend does
     /// not report it.
     pub peak_reserved_bytes: Option<u64>,
@@ -219,14 +230,14 @@ pub async fn fisher_windows(
 
     let device = model.device();
     let weights = linear_weights(model)?;
-    let diff = DiffModel::new(model);
     let names: Vec<String> = weights.iter().map(|(name, _)| name.clone()).collect();
     let mut accumulators: Vec<Tensor<2>> = weights
         .iter()
         .map(|(_, w)| Tensor::zeros(w.dims(), &device))
         .collect();
+    let passes = FisherPasses::new(model, seqlen);
     let total = (starts.len() * seqlen) as u64;
-    let mut peak = device.memory_pool_usage().map(|u| u.bytes_reserved);
+    let mut peak = PeakMemory::new(&device);
     let mut loss_sum = 0f64;
     progress.update(0, total);
     for (batch_index, batch) in starts.chunks(micro_batch).enumerate() {
@@ -235,40 +246,19 @@ pub async fn fisher_windows(
         }
         let first_sample = batch_index * micro_batch;
         let b = batch.len();
-        // Per-sample copies of every linear weight: the leaves whose gradients we square.
-        let leaves: Vec<Tensor<3>> = weights
-            .iter()
-            .map(|(_, w)| {
-                w.clone()
-                    .unsqueeze::<3>()
-                    .repeat_dim(0, b)
-                    .autodiff()
-                    .require_grad()
-            })
-            .collect();
-        let losses = diff.sample_losses(&leaves, tokens, batch, seqlen);
-        let mut grads = losses.clone().sum().backward();
-        let mut health = vec![losses.inner()];
-        for (k, leaf) in leaves.iter().enumerate() {
-            let name = &weights[k].0;
-            let grad = leaf.grad_remove(&mut grads).ok_or_else(|| {
-                ModelError::Gpu(format!("autodiff returned no gradient for `{name}`"))
-            })?;
-            let squared = grad.square();
-            health.push(squared.clone().sum_dims_squeeze::<1, _>(&[1, 2]));
-            let [_, n_in, n_out] = squared.dims();
-            let acc = std::mem::replace(&mut accumulators[k], Tensor::empty([0, 0], &device));
-            accumulators[k] = acc + squared.sum_dim(0).reshape([n_in, n_out]);
-        }
-        drop(grads);
-        drop(leaves);
+        let squared = passes.squared_gradients(tokens, batch, &mut peak)?;
         // One read-back per micro-batch: losses [b], then each tensor's per-sample sums [b].
+        let mut health = vec![squared.losses];
+        for (k, grad2) in squared.per_tensor.into_iter().enumerate() {
+            health.push(grad2.clone().sum_dims_squeeze::<1, _>(&[1, 2]));
+            let [_, n_in, n_out] = grad2.dims();
+            let acc = std::mem::replace(&mut accumulators[k], Tensor::empty([0, 0], &device));
+            accumulators[k] = acc + grad2.sum_dim(0).reshape([n_in, n_out]);
+        }
         let health = download(Tensor::cat(health, 0)).await?;
         check_samples(&health, b, first_sample, batch, seqlen, &names, what)?;
         loss_sum += health[..b].iter().map(|&l| f64::from(l)).sum::<f64>();
-        if let Some(usage) = device.memory_pool_usage() {
-            peak = Some(peak.unwrap_or(0).max(usage.bytes_reserved));
-        }
+        peak.sample();
         progress.update(((first_sample + b) * seqlen) as u64, total);
     }
 
@@ -286,7 +276,7 @@ pub async fn fisher_windows(
     Ok(FisherRun {
         diagonal: FisherDiagonal { tensors, meta },
         starts: starts.to_vec(),
-        peak_reserved_bytes: peak,
+        peak_reserved_bytes: peak.bytes,
     })
 }
 
@@ -304,33 +294,15 @@ fn check_settings(model: &Gpt2, seqlen: usize, micro_batch: usize) -> Result<()>
     Ok(())
 }
 
-/// `(name, weight)` of every linear weight, in model order (the Fisher file's order). Fisher
-/// differentiates the dense model, so a packed layer is refused by name.
+/// `(name, weight)` of every linear weight, in model order (the Fisher file's order).
 fn linear_weights(model: &Gpt2) -> Result<Vec<(String, Tensor<2>)>> {
     let mut out = Vec::new();
-    for (i, b) in model.blocks.iter().enumerate() {
-        for (part, linear) in [
-            ("attn.c_attn", &b.attn_c_attn),
-            ("attn.c_proj", &b.attn_c_proj),
-            ("mlp.c_fc", &b.mlp_c_fc),
-            ("mlp.c_proj", &b.mlp_c_proj),
-        ] {
-            let name = format!("h.{i}.{part}.weight");
-            let (weight, _) = linear.dense().ok_or_else(|| {
-                LoadError::InvalidSetting(format!("Fisher information needs the dense model, but `{name}` is packed"))
-            })?;
-            out.push((name, weight.clone()));
+    for (i, block) in model.blocks.iter().enumerate() {
+        for ((weight, _), part) in dense_linears(block, i)?.into_iter().zip(LINEAR_PARTS) {
+            out.push((format!("h.{i}.{part}.weight"), weight.clone()));
         }
     }
     Ok(out)
-}
-
-/// A dense layer's bias; `fisher` refuses packed models before any forward (`linear_weights`).
-fn dense_bias(linear: &Linear) -> &Tensor<1> {
-    match linear.dense() {
-        Some((_, bias)) => bias,
-        None => unreachable!("Fisher runs on dense models only"),
-    }
 }
 
 /// `health` = each sample's loss (`b` values), then for each tensor each sample's sum of squared
@@ -384,127 +356,226 @@ fn non_finite(what: &str, reason: String) -> ModelError {
     .into()
 }
 
-/// The model's constant tensors (embeddings, biases, LayerNorms) on the autodiff device; they
-/// take part in the graph without gradients of their own.
-struct DiffModel {
-    model: Gpt2,
-    device: Device,
+/// The four linear layers of a block, in Fisher-file order.
+const LINEAR_PARTS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// Largest logits chunk of the head pass: the `[B, T, vocab]` logits (and the log-softmax and
+/// gradient beside them) are what dominate memory at GPT-2's context, so the head runs over
+/// slices of positions.
+const HEAD_CHUNK_BYTES: usize = 32 << 20;
+
+/// Positions per head chunk for a micro-batch of `b` samples.
+fn head_chunk_positions(b: usize, vocab: usize) -> usize {
+    (HEAD_CHUNK_BYTES / (b.max(1) * vocab.max(1) * 4)).max(1)
 }
 
-impl DiffModel {
-    fn new(model: &Gpt2) -> Self {
-        let mut m = model.clone();
-        m.wte = m.wte.autodiff();
-        m.wpe = m.wpe.autodiff();
-        for block in &mut m.blocks {
-            for ln in [&mut block.ln_1, &mut block.ln_2] {
-                ln.gamma = ln.gamma.clone().autodiff();
-                ln.beta = ln.beta.clone().autodiff();
-            }
-            for linear in [
-                &mut block.attn_c_attn,
-                &mut block.attn_c_proj,
-                &mut block.mlp_c_fc,
-                &mut block.mlp_c_proj,
-            ] {
-                if let Linear::Dense { bias, .. } = linear {
-                    *bias = bias.clone().autodiff();
-                }
-            }
+/// The largest reservation of burn's memory pools seen at the points where a pass holds the
+/// most (right after each backward, while its gradients are alive).
+struct PeakMemory {
+    device: Device,
+    bytes: Option<u64>,
+}
+
+impl PeakMemory {
+    fn new(device: &Device) -> Self {
+        let mut peak = Self { device: device.clone(), bytes: None };
+        peak.sample();
+        peak
+    }
+
+    fn sample(&mut self) {
+        if let Some(usage) = self.device.memory_pool_usage() {
+            self.bytes = Some(self.bytes.unwrap_or(0).max(usage.bytes_reserved));
         }
-        m.ln_f.gamma = m.ln_f.gamma.clone().autodiff();
-        m.ln_f.beta = m.ln_f.beta.clone().autodiff();
+    }
+}
+
+/// One micro-batch's result: each sample's loss `[b]` and, per linear weight in file order,
+/// each sample's squared gradient `[b, in, out]`.
+struct SquaredGradients {
+    losses: Tensor<1>,
+    per_tensor: Vec<Tensor<3>>,
+}
+
+/// The two passes that give per-sample gradients while holding one block's graph at a time
+/// (activation checkpointing at block granularity, see the module documentation).
+struct FisherPasses<'a> {
+    model: &'a Gpt2,
+    seqlen: usize,
+    causal: Tensor<4>,
+    causal_diff: Tensor<4>,
+    diff_device: Device,
+}
+
+impl<'a> FisherPasses<'a> {
+    fn new(model: &'a Gpt2, seqlen: usize) -> Self {
+        let causal = model.causal_mask(seqlen);
         Self {
-            device: model.device().autodiff(),
-            model: m,
+            model,
+            seqlen,
+            causal_diff: causal.clone().autodiff(),
+            causal,
+            diff_device: model.device().autodiff(),
         }
     }
 
-    /// Each sample's mean next-token cross-entropy `[b]`, the forward of `Gpt2::forward` with
-    /// the per-sample linear weights `leaves` (4 per block, `[b, in, out]`).
-    fn sample_losses(
-        &self,
-        leaves: &[Tensor<3>],
-        tokens: &[u32],
-        starts: &[usize],
-        seqlen: usize,
-    ) -> Tensor<1> {
-        let m = &self.model;
-        let (b, t, c) = (starts.len(), seqlen, m.config.n_embd);
+    fn squared_gradients(&self, tokens: &[u32], starts: &[usize], peak: &mut PeakMemory) -> Result<SquaredGradients> {
+        let m = self.model;
+        let (b, t) = (starts.len(), self.seqlen);
+        let n_head = m.config.n_head;
         let ids: Vec<i32> = starts
             .iter()
             .flat_map(|&s| tokens[s..s + t].iter().map(|&id| id as i32))
             .collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &self.device);
-        let targets = ids.clone().slice([0..b, 1..t]).reshape([b, t - 1, 1]);
+        let ids = TensorData::new(ids, [b, t]);
 
-        let tok = m
-            .wte
-            .clone()
-            .select(0, ids.reshape([b * t]))
-            .reshape([b, t, c]);
-        let pos = m.wpe.clone().slice([0..t]).unsqueeze::<3>();
-        let mut x = tok + pos;
-        let causal = causal_bias(t, &self.device);
-        for (block, w) in m.blocks.iter().zip(leaves.chunks_exact(4)) {
-            let h = block.ln_1.forward(x.clone());
-            x = x + self.attention(
-                h,
-                (&w[0], dense_bias(&block.attn_c_attn)),
-                (&w[1], dense_bias(&block.attn_c_proj)),
-                &causal,
-            );
-            let h = gelu_new(linear(
-                block.ln_2.forward(x.clone()),
-                &w[2],
-                dense_bias(&block.mlp_c_fc),
-            ));
-            x = x + linear(h, &w[3], dense_bias(&block.mlp_c_proj));
+        // Forward without a graph, keeping only each block's input.
+        let mut inputs = Vec::with_capacity(m.blocks.len());
+        let mut x = m.embed(Tensor::<2, Int>::from_data(ids.clone(), &m.device()));
+        for (i, block) in m.blocks.iter().enumerate() {
+            let next = BlockTensors::new(block, i, b, false)?.forward(x.clone(), &self.causal, n_head);
+            inputs.push(x);
+            x = next;
         }
-        // Only positions 0..t-1 predict a token of the window.
-        let hidden = m.ln_f.forward(x).slice([0..b, 0..t - 1, 0..c]);
-        let logits = hidden
-            .reshape([b * (t - 1), c])
-            .matmul(m.wte.clone().transpose())
-            .reshape([b, t - 1, m.config.vocab_size]);
-        let nll = activation::log_softmax(logits, 2).gather(2, targets).neg();
-        nll.sum_dims_squeeze::<1, _>(&[1, 2]) / (t - 1) as f64
+        let targets = Tensor::<2, Int>::from_data(ids, &self.diff_device).slice([0..b, 1..t]);
+        let (mut upstream, losses) = self.head_gradient(x, targets, peak)?;
+
+        // Backward block by block, last first: recompute the block's forward with a graph, pull
+        // the upstream gradient through it, keep its weights' squared gradients.
+        let mut per_block = Vec::with_capacity(m.blocks.len());
+        for (i, block) in m.blocks.iter().enumerate().rev() {
+            let input = inputs.pop().expect("one input per block");
+            // Block 0's input is the embedding: nothing below it needs a gradient.
+            let needs_input_grad = i > 0;
+            let input = if needs_input_grad { input.autodiff().require_grad() } else { input.autodiff() };
+            let tensors = BlockTensors::new(block, i, b, true)?;
+            let output = tensors.forward(input.clone(), &self.causal_diff, n_head);
+            let mut grads = (output * upstream.autodiff()).sum().backward();
+            peak.sample();
+            let mut squared = Vec::with_capacity(4);
+            for (leaf, part) in tensors.weights.iter().zip(LINEAR_PARTS) {
+                let grad = leaf.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&format!("h.{i}.{part}.weight")))?;
+                squared.push(grad.square());
+            }
+            upstream = if needs_input_grad {
+                input.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&format!("the input of block {i}")))?
+            } else {
+                Tensor::empty([0, 0, 0], &m.device())
+            };
+            per_block.push(squared);
+        }
+        per_block.reverse();
+        Ok(SquaredGradients { losses, per_tensor: per_block.into_iter().flatten().collect() })
     }
 
-    fn attention(
-        &self,
-        x: Tensor<3>,
-        qkv: (&Tensor<3>, &Tensor<1>),
-        proj: (&Tensor<3>, &Tensor<1>),
-        causal: &Tensor<4>,
-    ) -> Tensor<3> {
+    /// Each sample's mean next-token cross-entropy `[b]` and its gradient with respect to the
+    /// last block's output `x` `[b, t, c]`, over chunks of positions. `targets` are the tokens at
+    /// `1..t` (on the autodiff device).
+    fn head_gradient(&self, x: Tensor<3>, targets: Tensor<2, Int>, peak: &mut PeakMemory) -> Result<(Tensor<3>, Tensor<1>)> {
+        let m = self.model;
         let [b, t, c] = x.dims();
-        let (h, d) = (self.model.config.n_head, self.model.config.head_dim());
-        let qkv = linear(x, qkv.0, qkv.1);
+        let (vocab, scored) = (m.config.vocab_size, t - 1);
+        let mut ln_f = m.ln_f.clone();
+        ln_f.gamma = ln_f.gamma.autodiff();
+        ln_f.beta = ln_f.beta.autodiff();
+        let head = m.wte.clone().autodiff().transpose();
+        let chunk = head_chunk_positions(b, vocab);
+        let mut losses = Tensor::<1>::zeros([b], &m.device());
+        let mut grads = Vec::with_capacity(scored.div_ceil(chunk) + 1);
+        for p0 in (0..scored).step_by(chunk) {
+            let p1 = (p0 + chunk).min(scored);
+            let p = p1 - p0;
+            let leaf = x.clone().slice([0..b, p0..p1, 0..c]).autodiff().require_grad();
+            let logits = ln_f.forward(leaf.clone()).reshape([b * p, c]).matmul(head.clone()).reshape([b, p, vocab]);
+            let chunk_targets = targets.clone().slice([0..b, p0..p1]).reshape([b, p, 1]);
+            let nll = activation::log_softmax(logits, 2).gather(2, chunk_targets).neg();
+            let loss = nll.sum_dims_squeeze::<1, _>(&[1, 2]) / scored as f64;
+            let mut g = loss.clone().sum().backward();
+            peak.sample();
+            grads.push(leaf.grad_remove(&mut g).ok_or_else(|| missing_gradient("the final hidden states"))?);
+            losses = losses + loss.inner();
+        }
+        // The last position predicts no token of the window.
+        grads.push(Tensor::zeros([b, 1, c], &m.device()));
+        Ok((Tensor::cat(grads, 1), losses))
+    }
+}
+
+fn missing_gradient(what: &str) -> ModelError {
+    ModelError::Gpu(format!("autodiff returned no gradient for {what}"))
+}
+
+/// One block's tensors for a Fisher pass: its linear weights as per-sample copies `[b, in, out]`
+/// (autodiff leaves in the differentiable pass), its biases and LayerNorms as constants.
+struct BlockTensors {
+    ln_1: LayerNorm,
+    ln_2: LayerNorm,
+    weights: Vec<Tensor<3>>,
+    biases: Vec<Tensor<1>>,
+}
+
+impl BlockTensors {
+    fn new(block: &Block, index: usize, b: usize, differentiable: bool) -> Result<Self> {
+        let constant1 = |t: &Tensor<1>| if differentiable { t.clone().autodiff() } else { t.clone() };
+        let layer_norm = |ln: &LayerNorm| {
+            let mut ln = ln.clone();
+            ln.gamma = constant1(&ln.gamma);
+            ln.beta = constant1(&ln.beta);
+            ln
+        };
+        let mut weights = Vec::with_capacity(4);
+        let mut biases = Vec::with_capacity(4);
+        for (weight, bias) in dense_linears(block, index)? {
+            let copies = weight.clone().unsqueeze::<3>().repeat_dim(0, b);
+            weights.push(if differentiable { copies.autodiff().require_grad() } else { copies });
+            biases.push(constant1(bias));
+        }
+        Ok(Self { ln_1: layer_norm(&block.ln_1), ln_2: layer_norm(&block.ln_2), weights, biases })
+    }
+
+    /// `x · W_b + bias` per sample: `x: [b, t, in]`, `W_b: [b, in, out]`.
+    fn linear(&self, k: usize, x: Tensor<3>) -> Tensor<3> {
+        x.matmul(self.weights[k].clone()) + self.biases[k].clone().unsqueeze::<3>()
+    }
+
+    /// The block, as `Gpt2::hidden` runs it.
+    fn forward(&self, x: Tensor<3>, causal: &Tensor<4>, n_head: usize) -> Tensor<3> {
+        let h = self.ln_1.forward(x.clone());
+        let x = x + self.attention(h, causal, n_head);
+        let h = gelu_new(self.linear(2, self.ln_2.forward(x.clone())));
+        x + self.linear(3, h)
+    }
+
+    fn attention(&self, x: Tensor<3>, causal: &Tensor<4>, n_head: usize) -> Tensor<3> {
+        let [b, t, c] = x.dims();
+        let d = c / n_head;
+        let qkv = self.linear(0, x);
         let heads = |i: usize| {
             qkv.clone()
                 .slice([0..b, 0..t, i * c..(i + 1) * c])
-                .reshape([b, t, h, d])
+                .reshape([b, t, n_head, d])
                 .swap_dims(1, 2)
         };
         let (q, k, v) = (heads(0), heads(1), heads(2));
         let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + causal.clone();
         let y = activation::softmax(scores, 3).matmul(v);
-        linear(y.swap_dims(1, 2).reshape([b, t, c]), proj.0, proj.1)
+        self.linear(1, y.swap_dims(1, 2).reshape([b, t, c]))
     }
 }
 
-/// `x · W_b + bias` per sample: `x: [b, t, in]`, `w: [b, in, out]`.
-fn linear(x: Tensor<3>, w: &Tensor<3>, bias: &Tensor<1>) -> Tensor<3> {
-    x.matmul(w.clone()) + bias.clone().unsqueeze::<3>()
-}
-
-/// `[1, 1, T, T]`: 0 where a position may attend, -inf above the diagonal (as `gpt2.rs`).
-fn causal_bias(t: usize, device: &Device) -> Tensor<4> {
-    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, device);
-    Tensor::<2>::zeros([t, t], device)
-        .mask_fill(future, f32::NEG_INFINITY)
-        .unsqueeze::<4>()
+/// A block's four `(weight, bias)` pairs in `LINEAR_PARTS` order; Fisher differentiates the
+/// dense model, so a packed layer is refused by name.
+fn dense_linears(block: &Block, index: usize) -> Result<[(&Tensor<2>, &Tensor<1>); 4]> {
+    let linears = [&block.attn_c_attn, &block.attn_c_proj, &block.mlp_c_fc, &block.mlp_c_proj];
+    let mut out = Vec::with_capacity(4);
+    for (linear, part) in linears.into_iter().zip(LINEAR_PARTS) {
+        out.push(linear.dense().ok_or_else(|| {
+            LoadError::InvalidSetting(format!(
+                "Fisher information needs the dense model, but `h.{index}.{part}.weight` is packed"
+            ))
+        })?);
+    }
+    Ok(out.try_into().expect("four linears"))
 }
 
 #[cfg(test)]
