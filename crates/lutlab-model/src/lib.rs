@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fisher;
+pub mod generate;
 pub mod gpt2;
 pub mod lut_linear;
 
