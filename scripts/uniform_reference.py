@@ -6,6 +6,8 @@ Reads two real weight slices of the shipped model (f16 safetensors, parsed by ha
 tests/fixtures/uniform_reference.json with, for every case, the codes, scales and zero points
 (and for the FP8/FP4 cases the dequantized values), which
 crates/lutlab-core/tests/uniform.rs compares with lutlab's Rust quantizer bit for bit.
+scripts/uniform_reference_torch.py computes the same cases with PyTorch (FP8 through PyTorch's
+own float8 casts) into tests/fixtures/uniform_reference_torch.json, checked the same way.
 
     python3 scripts/uniform_reference.py [--model models/gpt2-tiny-wikitext] \
         [--out tests/fixtures/uniform_reference.json]

@@ -1,7 +1,9 @@
-//! Uniform quantizers against the independent reference (scripts/uniform_reference.py, numpy,
-//! written from the formats' specifications) on real weights of the shipped model: integer
-//! codes, scales and zero points bit for bit; minifloat codes, scales and dequantized values
-//! exactly. Plus the format tables' headline numbers and every bad-input message.
+//! Uniform quantizers against two independent references written from the formats'
+//! specifications, on real weights of the shipped model: scripts/uniform_reference.py (numpy)
+//! and scripts/uniform_reference_torch.py (PyTorch on the device; FP8 rounded by PyTorch's own
+//! float8 dtypes). Integer codes, scales and zero points bit for bit; minifloat codes, scales and
+//! dequantized values exactly. Plus the format tables' headline numbers and every bad-input
+//! message.
 
 use lutlab_core::LoadError;
 use lutlab_core::quant::uniform::{
@@ -15,8 +17,13 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn fixture() -> Value {
-    let path = repo_root().join("tests/fixtures/uniform_reference.json");
+/// The numpy reference's fixture.
+const NUMPY: &str = "uniform_reference.json";
+/// The PyTorch reference's fixture.
+const TORCH: &str = "uniform_reference_torch.json";
+
+fn fixture(name: &str) -> Value {
+    let path = repo_root().join("tests/fixtures").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
@@ -74,9 +81,9 @@ fn describe(case: &Value) -> String {
     )
 }
 
-/// Compares every case of one kind and reports all mismatches at once.
-fn check_cases(float_formats: bool) -> usize {
-    let doc = fixture();
+/// Compares every case of one kind in fixture `name` and reports all mismatches at once.
+fn check_cases(name: &str, float_formats: bool) -> usize {
+    let doc = fixture(name);
     let inputs = inputs(&doc);
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -84,7 +91,7 @@ fn check_cases(float_formats: bool) -> usize {
         if (case["format"] != "int") != float_formats {
             continue;
         }
-        let what = describe(case);
+        let what = format!("{name}: {}", describe(case));
         let input = &inputs[case["input"].as_str().expect("input")];
         let settings = settings(case);
         let result = match quantize_uniform(&input.weights, input.rows, input.cols, &settings) {
@@ -142,19 +149,57 @@ fn check_cases(float_formats: bool) -> usize {
 
 #[test]
 fn integer_codes_scales_and_zero_points_equal_the_reference_bit_for_bit() {
-    let n = check_cases(false);
+    let n = check_cases(NUMPY, false);
     assert!(n >= 48, "only {n} integer cases");
 }
 
 #[test]
 fn minifloat_codes_scales_and_values_equal_the_reference_exactly() {
-    let n = check_cases(true);
+    let n = check_cases(NUMPY, true);
     assert!(n >= 14, "only {n} minifloat cases");
 }
 
 #[test]
+fn integer_codes_scales_and_zero_points_equal_the_torch_reference_bit_for_bit() {
+    let n = check_cases(TORCH, false);
+    assert!(n >= 48, "only {n} integer cases");
+}
+
+#[test]
+fn minifloat_codes_scales_and_values_equal_the_torch_reference_exactly() {
+    let n = check_cases(TORCH, true);
+    assert!(n >= 14, "only {n} minifloat cases");
+    // The FP8 cases were rounded by PyTorch's own float8 dtypes (and its tables checked).
+    let doc = fixture(TORCH);
+    let checked: Vec<&str> = doc["torch"]["fp8_casts_checked"]
+        .as_array()
+        .expect("fp8_casts_checked")
+        .iter()
+        .map(|v| v.as_str().expect("format"))
+        .collect();
+    for format in ["e4m3", "e5m2", "fnuz_e4m3", "fnuz_e5m2"] {
+        assert!(checked.contains(&format), "{format} not rounded by a torch cast: {checked:?}");
+    }
+}
+
+#[test]
+fn both_references_cover_the_same_cases() {
+    let key = |c: &Value| {
+        ["input", "format", "bits", "symmetric", "granularity", "scale_stats", "scale_type"]
+            .iter()
+            .map(|k| c[*k].to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let cases =
+        |name: &str| -> Vec<String> { fixture(name)["cases"].as_array().expect("cases").iter().map(key).collect() };
+    assert_eq!(cases(NUMPY), cases(TORCH));
+    assert_eq!(fixture(NUMPY)["inputs"], fixture(TORCH)["inputs"]);
+}
+
+#[test]
 fn reference_inputs_are_the_shipped_model_weights() {
-    let doc = fixture();
+    let doc = fixture(NUMPY);
     let path = repo_root().join("models/gpt2-tiny-wikitext/model.safetensors");
     let bytes = std::fs::read(&path).expect("shipped model");
     let checkpoint =
