@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod export;
 mod fisher;
+mod generate;
 mod paths;
 mod progress;
 mod quantize;
@@ -30,6 +31,8 @@ enum Command {
     /// Writes a packed model (`quantize --packed`) back out as a plain Hugging Face checkpoint of
     /// its dequantized weights (loads in transformers).
     Export(export::ExportArgs),
+    /// Continues a prompt with a model or a packed file (greedy or seeded sampling), on the GPU.
+    Generate(generate::GenerateArgs),
     /// Benchmarks on the GPU (kernels: the LUT GEMV against dense GEMV and the copy ceiling).
     Bench(bench::BenchArgs),
 }
@@ -41,6 +44,7 @@ fn main() {
         Command::Fisher(args) => fisher::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Export(args) => export::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(error) = result {

@@ -11,7 +11,8 @@ use crate::device::download;
 use crate::error::{ModelError, Result};
 use crate::gpt2::Gpt2;
 use lutlab_core::quant::kmeans::rng::SplitMix64;
-use lutlab_core::{LoadError, Progress};
+use lutlab_core::tokenizer::END_OF_TEXT;
+use lutlab_core::{LoadError, Progress, TextTokenizer};
 
 /// How the next token is chosen from the last position's logits.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,6 +22,17 @@ pub enum Sampling {
     /// A draw from `softmax(logits / temperature)` restricted to the `top_k` most likely tokens
     /// (`0`: the whole vocabulary), from a generator seeded with `seed`.
     Sample { temperature: f64, top_k: usize, seed: u64 },
+}
+
+impl std::fmt::Display for Sampling {
+    /// "greedy", or "sampled at temperature 0.8, top-50, seed 3".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Greedy => write!(f, "greedy"),
+            Self::Sample { temperature, top_k: 0, seed } => write!(f, "sampled at temperature {temperature}, seed {seed}"),
+            Self::Sample { temperature, top_k, seed } => write!(f, "sampled at temperature {temperature}, top-{top_k}, seed {seed}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +199,25 @@ pub fn sample(logits: &[f32], temperature: f64, top_k: usize, rng: &mut SplitMix
     }
     // Rounding left a sliver past the last weight: the last candidate.
     candidates[candidates.len() - 1]
+}
+
+/// GPT-2's `<|endoftext|>` id under this tokenizer, when it is one token: where to stop.
+pub fn end_of_text(tokenizer: &TextTokenizer) -> Option<u32> {
+    match tokenizer.encode(END_OF_TEXT).ok()?.as_slice() {
+        [id] => Some(*id),
+        _ => None,
+    }
+}
+
+/// The text `new` tokens add after `prompt`. Decoded together with the prompt, so a character
+/// whose bytes straddle the boundary (byte-level BPE splits them) comes out whole.
+pub fn continuation(tokenizer: &TextTokenizer, prompt: &[u32], new: &[u32]) -> Result<String> {
+    let whole = tokenizer.decode(&[prompt, new].concat())?;
+    let before = tokenizer.decode(prompt)?;
+    Ok(match whole.strip_prefix(&before) {
+        Some(rest) => rest.to_string(),
+        None => tokenizer.decode(new)?,
+    })
 }
 
 #[cfg(test)]

@@ -437,3 +437,35 @@ impl Lab {
         self.session.borrow().clone().ok_or_else(|| JsError::new("no model is loaded"))
     }
 }
+
+/// What text generation (generate.rs) reads of the session: its models and tokenizer.
+pub(crate) struct GenerationModels {
+    session: Rc<Session>,
+    quantized: Option<Rc<Quantized>>,
+}
+
+impl GenerationModels {
+    /// The original model, unless the session is a packed file opened on its own.
+    pub(crate) fn original(&self) -> Option<&Gpt2> {
+        self.session.weights.as_ref().map(|_| &self.session.model)
+    }
+
+    /// The latest quantized model and its label.
+    pub(crate) fn quantized(&self) -> Option<(&Gpt2, &str)> {
+        self.quantized.as_deref().map(|q| (&q.model, q.label.as_str()))
+    }
+
+    pub(crate) fn tokenizer(&self) -> &TextTokenizer {
+        &self.session.tokenizer
+    }
+}
+
+impl Lab {
+    /// The session's models for generation, and a cleared cancel flag for the work to poll.
+    pub(crate) fn generation_models(&self) -> Result<(GenerationModels, Rc<Cell<bool>>), JsError> {
+        let session = self.session.borrow().clone().ok_or_else(|| JsError::new("no model is loaded"))?;
+        let quantized = session.quantized.borrow().clone();
+        self.cancelled.set(false);
+        Ok((GenerationModels { session, quantized }, self.cancelled.clone()))
+    }
+}
