@@ -5,13 +5,7 @@
 set -euo pipefail
 source scripts/device_env.sh
 M=/tmp/gpt2-124m
-mkdir -p "$M"
-python3 - <<'PY'
-import torch, transformers
-torch.manual_seed(0)
-transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained("/tmp/gpt2-124m", safe_serialization=True)
-PY
-cp models/gpt2-tiny-wikitext/tokenizer.json "$M/"
+make_gpt2_124m "$M"
 .carry/lutlab quantize --model "$M" --gpu --bits 4 --granularity channel --packed /tmp/q4-124m.safetensors --json > "$OUT/quantize_gpu_124m.json"
 .carry/lutlab quantize --model "$M" --gpu --bits 4 --granularity tensor --packed /tmp/q4t-124m.safetensors --json > "$OUT/quantize_gpu_tensor_124m.json"
 python3 scripts/bench_sklearn.py --model "$M" --channels 64 | tee "$OUT/sklearn_124m.json"

@@ -10,3 +10,15 @@ export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 xz -d -k -f .carry/lutlab.xz && chmod +x .carry/lutlab
 OUT=${OUT:-/tmp/lutlab-bench}
 mkdir -p "$OUT"
+
+# A GPT-2 124M-shaped model with random weights (the real checkpoint is not reachable from the
+# device), with the shipped model's tokenizer, in directory $1.
+make_gpt2_124m() {
+  mkdir -p "$1"
+  python3 - "$1" <<'PY'
+import sys, torch, transformers
+torch.manual_seed(0)
+transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(sys.argv[1], safe_serialization=True)
+PY
+  cp models/gpt2-tiny-wikitext/{tokenizer.json,vocab.json,merges.txt} "$1/"
+}
