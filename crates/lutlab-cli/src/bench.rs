@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lutlab_gpu::bench::{bench_kernels, timing_method, KernelTiming};
+use lutlab_gpu::requantize_bench::{bench_requantize, RequantizeTiming};
 use lutlab_model::open_gpu;
 
 #[derive(Args)]
@@ -16,6 +17,29 @@ enum BenchKind {
     /// One token through a linear layer: LUT GEMV at each bit width beside dense f32 and f16
     /// GEMV, and a copy as the memory-bandwidth ceiling.
     Kernels(KernelArgs),
+    /// The page's bit slider: Fisher-weighted k-means of one layer on the GPU (quantize_layer_gpu)
+    /// at each bit width, beside one CPU reference run.
+    Requantize(RequantizeArgs),
+}
+
+#[derive(Args)]
+struct RequantizeArgs {
+    /// The layer's shape IN x OUT (Conv1D layout).
+    #[arg(long, default_value = "768x3072")]
+    shape: String,
+    #[arg(long, default_value = "2,3,4")]
+    bits: String,
+    /// tensor, channel or group:G.
+    #[arg(long, default_value = "channel")]
+    granularity: String,
+    /// Timed runs per bit width (after one untimed warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Skip the CPU reference run.
+    #[arg(long)]
+    no_cpu: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -39,7 +63,43 @@ struct KernelArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchKind::Kernels(args) => kernels(args),
+        BenchKind::Requantize(args) => requantize(args),
     }
+}
+
+fn requantize(args: RequantizeArgs) -> Result<()> {
+    let (rows, cols) = parse_shape(&args.shape)?;
+    let bits = parse_bits(&args.bits)?;
+    let granularity = args.granularity.parse().map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let gpu = pollster::block_on(open_gpu())?;
+    let timings = pollster::block_on(bench_requantize(&gpu, rows, cols, &bits, granularity, args.iters, !args.no_cpu))?;
+    if args.json {
+        println!("{}", serde_json::json!({ "device": gpu.describe(), "iters": args.iters, "requantize": timings }));
+    } else {
+        print_requantize(&gpu.describe(), &timings);
+    }
+    Ok(())
+}
+
+fn print_requantize(device: &str, timings: &[RequantizeTiming]) {
+    println!("{device} · one layer's Fisher-weighted k-means, wall clock per call (target: 200 ms)");
+    println!("{:>12} {:>5} {:>12} {:>14} {:>12} {:>11}", "shape", "bits", "tables", "GPU median ms", "GPU min ms", "CPU ms");
+    for t in timings {
+        let min = t.gpu_ms.iter().copied().fold(f64::INFINITY, f64::min);
+        let cpu = t.cpu_ms.map_or("-".to_string(), |ms| format!("{ms:.1}"));
+        println!("{:>12} {:>5} {:>12} {:>14.1} {:>12.1} {:>11}", format!("{}x{}", t.rows, t.cols), t.bits, t.granularity, t.gpu_median_ms, min, cpu);
+    }
+}
+
+fn parse_bits(text: &str) -> Result<Vec<u32>> {
+    let bits = text.split(',').map(|b| b.trim().parse::<u32>().with_context(|| format!("--bits: `{b}`"))).collect::<Result<Vec<_>>>()?;
+    if let Some(b) = bits.iter().find(|b| !(1..=8).contains(*b)) {
+        bail!("--bits: {b} is outside 1..8");
+    }
+    Ok(bits)
 }
 
 fn kernels(args: KernelArgs) -> Result<()> {

@@ -6,6 +6,7 @@
 //!   `lutlab_core::quant::quantize_kmeans`.
 //!
 //! - [`bench`]: kernel benchmarks (native): the LUT GEMV against dense f32/f16 GEMV and a copy.
+//!   [`requantize_bench`]: the page's bit slider natively (one layer's k-means on the GPU).
 //!
 //! Everything is async: the browser must not block on the GPU. Natively, wrap calls in
 //! `pollster::block_on`; buffer read-backs then poll the device until the GPU is done.
@@ -15,6 +16,8 @@ pub mod bench;
 pub mod init;
 pub mod kmeans;
 pub mod layer;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod requantize_bench;
 mod util;
 
 pub use layer::{quantize_layer_gpu, quantize_model_gpu};
