@@ -4,6 +4,7 @@
 import init, { Lab, lastPanic } from './pkg/lutlab_wasm.js';
 import { ProgressBar } from './progress.js';
 import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from './sources.js';
+import { initGenerate } from './generate.js';
 
 const $ = (id) => document.getElementById(id);
 const hub = new URLSearchParams(location.search).get('hub') ?? DEFAULT_HUB;
@@ -331,6 +332,7 @@ function wireControls() {
 
 async function start() {
   wireControls();
+  initGenerate({ lab: () => lab, action, ready: () => modelLoaded && !busy && !dead });
   refreshControls();
   if (!navigator.gpu) {
     $('gpu-status').textContent = 'This browser has no WebGPU.';

@@ -142,6 +142,9 @@ pub async fn generate(model: &Gpt2, prompt: &[u32], settings: GenerateSettings, 
             return Err(ModelError::Cancelled);
         }
         let logits = next_token_logits(model, &context).await?;
+        if logits.iter().all(|v| v.is_nan()) {
+            return Err(ModelError::Gpu(format!("the model's logits after {} tokens are all NaN: its weights or the GPU are broken", context.len())));
+        }
         let token = match (&settings.sampling, rng.as_mut()) {
             (Sampling::Sample { temperature, top_k, .. }, Some(rng)) => sample(&logits, *temperature, *top_k, rng),
             _ => argmax(&logits),
@@ -156,10 +159,11 @@ pub async fn generate(model: &Gpt2, prompt: &[u32], settings: GenerateSettings, 
     Ok(Generation { tokens, stopped })
 }
 
-/// The logits `[vocab]` predicting the token after `context` (at most `n_positions` tokens,
-/// checked by the caller): the whole context through the blocks, only its last position through
-/// the head, and only that row read back.
+/// The logits `[vocab]` predicting the token after `context` (1 to `n_positions` tokens): the
+/// whole context through the blocks, only its last position through the head, and only that row
+/// read back.
 pub async fn next_token_logits(model: &Gpt2, context: &[u32]) -> Result<Vec<f32>> {
+    check_prompt(model, context)?;
     let hidden = model.hidden(model.tokens(&[context]));
     let [b, t, c] = hidden.dims();
     let last = hidden.slice([0..b, t - 1..t, 0..c]);

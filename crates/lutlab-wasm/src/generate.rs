@@ -48,6 +48,10 @@ struct GenerateReport {
     sampling: String,
     original: Option<Continuation>,
     quantized: Option<Continuation>,
+    /// How many leading tokens the two continuations share, and those tokens' text (where the
+    /// page starts highlighting); 0 and empty unless both models ran.
+    shared_tokens: usize,
+    shared_text: String,
     /// Said when one side is missing (nothing quantized yet, or only a packed file is open).
     message: Option<String>,
 }
@@ -146,7 +150,15 @@ impl Lab {
                 }
                 None => None,
             };
-            let report = GenerateReport { prompt_tokens, sampling: sampling.to_string(), original, quantized, message };
+            let shared_tokens = match (&original, &quantized) {
+                (Some(a), Some(b)) => a.tokens.iter().zip(&b.tokens).take_while(|(x, y)| x == y).count(),
+                _ => 0,
+            };
+            let shared_text = match &original {
+                Some(a) => continuation(tokenizer, &prompt_tokens, &a.tokens[..shared_tokens]).map_err(js_error)?,
+                None => String::new(),
+            };
+            let report = GenerateReport { prompt_tokens, sampling: sampling.to_string(), original, quantized, shared_tokens, shared_text, message };
             Ok(to_js(&report)?)
         }))
     }
