@@ -59,6 +59,10 @@ pub struct QuantizeArgs {
     /// k-means++ seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// k-means++ runs per table, the best kept (default 10; sklearn's `n_init="auto"`, as
+    /// SqueezeLLM's nuq.py calls it, is 1).
+    #[arg(long)]
+    restarts: Option<usize>,
     /// Run the k-means on the GPU (WGSL Lloyd iterations; the CPU reference otherwise).
     #[arg(long)]
     gpu: bool,
@@ -186,6 +190,7 @@ impl QuantizeArgs {
             range: self.range,
             sensitive: self.sensitive,
             seed: self.seed,
+            restarts: self.restarts,
             format: self.format.clone(),
             asym: self.asym,
             scale_stats: self.scale_stats.clone(),

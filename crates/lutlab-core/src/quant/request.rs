@@ -24,6 +24,9 @@ pub struct QuantizeRequest {
     /// k-means: top percent of weights by Fisher value kept exactly (paper: 0.05).
     pub sensitive: f64,
     pub seed: u64,
+    /// k-means: k-means++ runs per table, the best kept (`None`: the default of 10; sklearn's
+    /// `n_init="auto"` with k-means++, as `nuq.py` calls it, is 1).
+    pub restarts: Option<usize>,
     /// rtn: `int`, `e4m3`, `e2m1`, ...
     pub format: String,
     pub asym: bool,
@@ -47,6 +50,7 @@ impl Default for QuantizeRequest {
             range: None,
             sensitive: 0.0,
             seed: 0,
+            restarts: None,
             format: "int".into(),
             asym: false,
             scale_stats: "stats".into(),
@@ -62,8 +66,14 @@ impl QuantizeRequest {
     pub fn method(&self, weights: &Gpt2Weights, has_fisher: bool) -> Result<Method> {
         match self.method.as_str() {
             "kmeans" => {
+                let defaults = KmeansSettings::default();
+                let restarts = match self.restarts {
+                    Some(0) => return Err(invalid("restarts must be at least 1")),
+                    Some(n) => n,
+                    None => defaults.restarts,
+                };
                 let settings =
-                    KmeansSettings { bits: self.bits, granularity: self.granularity.parse()?, seed: self.seed, ..KmeansSettings::default() };
+                    KmeansSettings { bits: self.bits, granularity: self.granularity.parse()?, seed: self.seed, restarts, ..defaults };
                 let range = match (self.range, self.outlier_percent) {
                     (Some(_), Some(_)) => return Err(invalid("give the outlier range or the outlier percent, not both")),
                     (Some(range), None) => Some(range),
@@ -80,6 +90,7 @@ impl QuantizeRequest {
                 Ok(Method::Kmeans { settings, outliers, scaling: self.scaling })
             }
             "rtn" if self.scaling || self.centering => Err(invalid("scaling and centering are seed 000's k-means transforms: use method kmeans")),
+            "rtn" if self.restarts.is_some() => Err(invalid("restarts are k-means++ runs: round-to-nearest has none")),
             "rtn" => Ok(Method::Uniform(UniformSettings {
                 bits: self.bits,
                 format: self.format.parse::<NumberFormat>()?,
