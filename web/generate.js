@@ -57,6 +57,12 @@ export function initGenerate({ lab, action, ready }) {
     document.querySelector('main')?.append(section);
   }
   section.innerHTML = MARKUP;
+  // Inside another step's section (the page's layout may nest it), a sub-heading.
+  if (section.parentElement?.closest('section')) {
+    const heading = section.querySelector('h2');
+    heading.replaceWith(Object.assign(document.createElement('h3'), { textContent: heading.textContent }));
+  }
+  section.setAttribute('aria-label', 'See the difference in words');
   const style = document.createElement('style');
   style.textContent = STYLE;
   document.head.append(style);

@@ -82,10 +82,10 @@ pub struct Generation {
 impl GenerateSettings {
     /// Refuses settings that cannot generate anything meaningful, naming the setting.
     pub fn validate(&self) -> Result<()> {
-        if let Sampling::Sample { temperature, .. } = self.sampling {
-            if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(invalid(format!("temperature must be a positive number, got {temperature} (use greedy decoding for temperature 0)")));
-            }
+        if let Sampling::Sample { temperature, .. } = self.sampling
+            && !(temperature.is_finite() && temperature > 0.0)
+        {
+            return Err(invalid(format!("temperature must be a positive number, got {temperature} (use greedy decoding for temperature 0)")));
         }
         Ok(())
     }
