@@ -34,6 +34,7 @@
 //! must fit one binding: 32 M values at WebGPU's 128 MiB default, far more on real adapters).
 
 use crate::init::{self, Points};
+use crate::profile;
 use crate::util::{f32_bytes, read_staging, scoped, to_f32, to_u32, u32_bytes};
 use lutlab_core::LoadError;
 use lutlab_core::quant::kmeans::{KmeansOutput, KmeansSettings, TableReport, levels};
@@ -705,14 +706,17 @@ pub async fn quantize_kmeans_gpu_report(
     };
 
     // Host: each table's weights in table order, effective weights, points and initial tables.
+    let t = profile::start();
     let tables =
         prepare_tables(weights, rows, cols, per_table, n_tables, sample_weights, excluded, k, settings, restarts);
+    profile::stop("host: tables, sort, k-means++", t);
 
     // GPU Lloyd over the points of the tables that need a fit, in batches that fit a binding.
     let limit = gpu.max_binding_bytes();
     let fitted: Vec<usize> = (0..n_tables).filter(|&t| tables[t].initial.is_some()).collect();
     let mut chosen: Vec<(Vec<f32>, usize, bool)> =
         tables.iter().map(|t| (t.exact.clone().unwrap_or_default(), 0, true)).collect();
+    let t_lloyd = profile::start();
     for group in split_by_bytes(&fitted, |t| tables[t].points.len() as u64 * 4, limit) {
         let mut values = Vec::new();
         let mut pw = Vec::new();
@@ -752,7 +756,10 @@ pub async fn quantize_kmeans_gpu_report(
         }
     }
 
+    profile::stop("gpu lloyd (with uploads, read-back, best restart)", t_lloyd);
+
     // Last pass: every weight coded to its table, objective with the stored f32 entries.
+    let t_code = profile::start();
     let mut codes = vec![0u8; weights.len()];
     let mut objectives = vec![0.0; n_tables];
     let all: Vec<usize> = (0..n_tables).collect();
@@ -795,6 +802,7 @@ pub async fn quantize_kmeans_gpu_report(
         }
     }
 
+    profile::stop("gpu coding (with uploads, read-back, scatter)", t_code);
     let reports: Vec<TableReport> = (0..n_tables)
         .map(|t| TableReport {
             objective: objectives[t],

@@ -4,6 +4,7 @@
 //! part yet and run on the CPU.
 
 use crate::kmeans::quantize_kmeans_gpu_report;
+use crate::profile;
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::weights::LinearWeights;
@@ -23,14 +24,19 @@ pub async fn quantize_layer_gpu(
     if !matches!(method, Method::Kmeans { .. }) {
         return Ok(quantize_layer(name, linear, method, calibration, n_embd)?);
     }
+    let t = profile::start();
     let job = KmeansJob::new(name, linear, method, calibration, n_embd)?;
+    profile::stop("job preparation", t);
     let output = quantize_kmeans_gpu_report(gpu, &job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), &job.settings)
         .await
         .map_err(|e| match e {
             ModelError::Load(e) => ModelError::Load(job.in_layer(e)),
             other => other,
         })?;
-    Ok(job.finish(output)?)
+    let t = profile::start();
+    let layer = job.finish(output)?;
+    profile::stop("job finish (outliers, error report)", t);
+    Ok(layer)
 }
 
 /// The GPU twin of `lutlab_core::quant::quantize_model`: every linear weight of `blocks`, with
@@ -56,5 +62,6 @@ pub async fn quantize_model_gpu(
         done += linear.weight.numel() as u64;
         progress.update(done, total);
     }
+    profile::report("quantize_model_gpu");
     Ok(QuantizedModel { layers })
 }

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod init;
 pub mod kmeans;
 pub mod layer;
+pub mod profile;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod requantize_bench;
 mod util;
