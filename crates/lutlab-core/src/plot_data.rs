@@ -21,7 +21,7 @@ impl Histogram {
     /// Histogram of `values` over `[lo, hi]`; `fisher` (same length) gives each bin's mean
     /// sensitivity. Errors on a bad range, no bins, or a Fisher slice of another length.
     pub fn new(values: &[f32], fisher: Option<&[f32]>, lo: f64, hi: f64, bins: usize) -> Result<Self> {
-        if bins == 0 || !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+        if bins == 0 || lo >= hi || !lo.is_finite() || !hi.is_finite() {
             return Err(LoadError::InvalidSetting(format!("histogram: {bins} bins over [{lo}, {hi}]")));
         }
         if let Some(f) = fisher.filter(|f| f.len() != values.len()) {

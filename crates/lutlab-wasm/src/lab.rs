@@ -3,7 +3,7 @@
 use crate::js_files::model_files;
 use crate::progress::JsProgress;
 use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
-use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, InputMeans, SampleWeights};
+use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, InputMeans, Method, QuantizedLayer, SampleWeights};
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
@@ -17,24 +17,30 @@ use wasm_bindgen_futures::future_to_promise;
 
 /// A model on the GPU with its tokenizer and, unless it came from a packed file, the host weights
 /// it came from (the quantizers read them); and the latest quantized version of it.
-struct Session {
+pub(crate) struct Session {
     name: String,
     model: Gpt2,
     tokenizer: TextTokenizer,
-    weights: Option<Gpt2Weights>,
-    quantized: RefCell<Option<Rc<Quantized>>>,
+    pub(crate) weights: Option<Gpt2Weights>,
+    pub(crate) quantized: RefCell<Option<Rc<Quantized>>>,
     /// The Fisher diagonal computed here or loaded from a file, for weighted quantization.
-    fisher: RefCell<Option<Rc<FisherDiagonal>>>,
+    pub(crate) fisher: RefCell<Option<Rc<FisherDiagonal>>>,
     /// Each linear layer's mean input on calibration text, for seed 000's centering.
-    input_means: RefCell<Option<Rc<InputMeans>>>,
+    pub(crate) input_means: RefCell<Option<Rc<InputMeans>>>,
 }
 
 /// A quantized model: on the GPU (packed, through the LUT kernels, when every layer is a LUT)
 /// and, when packed, the file's content for download.
-struct Quantized {
+pub(crate) struct Quantized {
     model: Gpt2,
     packed: Option<PackedModel>,
-    label: String,
+    pub(crate) label: String,
+    /// Each layer's result (for the pictures) and the method that made them (for the bit
+    /// slider); empty and `None` for a packed file opened without its original weights.
+    pub(crate) layers: Vec<QuantizedLayer>,
+    pub(crate) method: Option<Method>,
+    /// Whether the method was weighted by the session's Fisher diagonal.
+    pub(crate) fisher_weighted: bool,
 }
 
 impl Session {
@@ -43,7 +49,7 @@ impl Session {
     }
 
     /// The host weights, which a packed file does not have.
-    fn weights(&self) -> Result<&Gpt2Weights, JsError> {
+    pub(crate) fn weights(&self) -> Result<&Gpt2Weights, JsError> {
         self.weights.as_ref().ok_or_else(|| {
             JsError::new("this is a packed file, which holds only its quantized form: load the original model to compute Fisher information or quantize")
         })
@@ -52,7 +58,7 @@ impl Session {
 
 #[wasm_bindgen]
 pub struct Lab {
-    gpu: Gpu,
+    pub(crate) gpu: Gpu,
     session: Rc<RefCell<Option<Rc<Session>>>>,
     cancelled: Rc<Cell<bool>>,
 }
@@ -149,7 +155,7 @@ struct QuantizeReport {
 
 
 /// Lets the page paint and handle input between steps of CPU work (a `setTimeout(0)`).
-async fn yield_to_page() {
+pub(crate) async fn yield_to_page() {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         if let Some(window) = web_sys::window() {
             // A failed timer only means no pause; the work goes on.
@@ -161,11 +167,11 @@ async fn yield_to_page() {
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
-fn js_error(e: impl std::fmt::Display) -> JsError {
+pub(crate) fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
-fn to_js(value: &impl Serialize) -> Result<JsValue, JsError> {
+pub(crate) fn to_js(value: &impl Serialize) -> Result<JsValue, JsError> {
     value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_error)
 }
 
@@ -213,7 +219,14 @@ impl Lab {
         let model = Gpt2::from_packed(&packed, &self.gpu.device).map_err(js_error)?;
         let summary = ModelSummary::new(&packed.config, Some(PackedSummary::of(&packed)));
         let session = Session::new(name, model.clone(), current.tokenizer.clone(), None);
-        *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, label: packed.meta.method.clone(), packed: Some(packed) }));
+        *session.quantized.borrow_mut() = Some(Rc::new(Quantized {
+            model,
+            label: packed.meta.method.clone(),
+            packed: Some(packed),
+            layers: Vec::new(),
+            method: None,
+            fisher_weighted: false,
+        }));
         *self.session.borrow_mut() = Some(Rc::new(session));
         to_js(&summary)
     }
@@ -405,7 +418,8 @@ impl Lab {
                 layers: quantized.layers.iter().map(|l| LayerReport { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight }).collect(),
                 packed: packed.as_ref().map(PackedSummary::of),
             };
-            *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, packed, label }));
+            let fisher_weighted = fisher_diagonal.is_some();
+            *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, packed, label, layers: quantized.layers, method: Some(method), fisher_weighted }));
             Ok(to_js(&report)?)
         }))
     }
@@ -433,7 +447,7 @@ impl Lab {
         self.cancelled.set(true);
     }
 
-    fn current(&self) -> Result<Rc<Session>, JsError> {
+    pub(crate) fn current(&self) -> Result<Rc<Session>, JsError> {
         self.session.borrow().clone().ok_or_else(|| JsError::new("no model is loaded"))
     }
 }

@@ -5,7 +5,9 @@ mod generate;
 mod js_files;
 mod lab;
 mod panic;
+mod plots;
 mod progress;
+mod slider;
 
 pub use js_files::shard_files;
 pub use lab::Lab;
