@@ -1,17 +1,22 @@
-// The page: wires the controls to lutlab's wasm API (web/pkg, built by scripts/build-web.sh).
-// All model work happens in Rust; this file only moves bytes, shows progress and reports errors.
+// The page: wires the controls of the five steps (Model → Calibrate → Quantize → Evaluate →
+// Export) to lutlab's wasm API (web/pkg, built by scripts/build-web.sh). All model work and the
+// numbers behind the pictures happen in Rust; this file moves bytes, shows progress, keeps the
+// session's runs and reports errors. Pictures: plots.js; the bit slider: slider.js.
 
 import init, { Lab, lastPanic } from './pkg/lutlab_wasm.js';
 import { ProgressBar } from './progress.js';
 import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from './sources.js';
 import { initGenerate } from './generate.js';
+import { clearPlot, drawError, drawPerplexity, drawSensitivity } from './plots.js';
+import { LayerView } from './slider.js';
 
 const $ = (id) => document.getElementById(id);
 const hub = new URLSearchParams(location.search).get('hub') ?? DEFAULT_HUB;
+const cancel = () => lab?.cancel();
 const loadBar = new ProgressBar($('load-progress'));
-const evalBar = new ProgressBar($('eval-progress'));
-const quantBar = new ProgressBar($('quant-progress'));
-const fisherBar = new ProgressBar($('fisher-progress'));
+const evalBar = new ProgressBar($('eval-progress'), cancel);
+const quantBar = new ProgressBar($('quant-progress'), cancel);
+const fisherBar = new ProgressBar($('fisher-progress'), cancel);
 const WIKITEXT_VALID = 'data/wikitext-2/valid.txt';
 const WIKITEXT_TEST = 'data/wikitext-2/test.txt';
 
@@ -20,24 +25,29 @@ let modelLoaded = false;
 let busy = false;
 let dead = false;
 let wikitext = null;
-let quantized = null; // the last quantization report
+let quantized = null; // the last quantization: its report and the request that made it
 let packedOnly = false; // the model came from a packed file: no original weights to quantize
 let fisherReady = false;
 let meansReady = false;
 let calibration = null;
+const layerView = new LayerView({ lab: () => lab, onFatal: (e) => fatal(e), isBusy: () => busy || dead });
 
 const EXPLAIN = {
-  kmeans: 'k-means picks 2^bits values per table where the weights are dense, so each weight is stored as a short code into its table. '
-    + 'Outliers: that percent of weights, the farthest from the bulk of each layer, is kept exactly in a sparse matrix (SqueezeLLM keeps 0.45%). '
-    + 'Scaling divides each output channel by ± its spread first, so one table fits every channel; centering subtracts each layer\'s average input (step 2) and moves it into the bias.',
-  rtn: 'Uniform quantization rounds each weight to the nearest point of an evenly spaced grid (integer) or of a small float format (eXmY: X exponent, Y mantissa bits), '
-    + 'scaled per tensor, channel or group of 128 input rows. Absmax scales cover the largest weight; min. error searches the clipping range; '
-    + 'HQO optimises scale and zero point together. A zero point shifts the grid to fit weights that are not centred on 0.',
+  kmeans: 'k-means picks 2^bits values per table where the weights are dense, so each weight is stored as a short code into its table.',
+  rtn: 'Uniform quantization rounds each weight to the nearest point of an evenly spaced grid (integer) or of a small float format, '
+    + 'scaled per tensor, channel or group of 128 input rows.',
 };
 
 function showError(message) {
   $('error').textContent = message;
   $('error').hidden = !message;
+}
+
+/// The workflow's step badges: `state` is one of todo, running, done, failed (a CSS class).
+function setStep(step, state, text) {
+  const badge = $(`state-${step}`);
+  badge.textContent = text;
+  badge.dataset.state = state;
 }
 
 function refreshControls() {
@@ -47,32 +57,45 @@ function refreshControls() {
   $('run-fisher').disabled = busy || dead || !modelLoaded || packedOnly;
   $('fisher-file').disabled = busy || dead || !modelLoaded || packedOnly;
   $('packed-file').disabled = busy || dead || !modelLoaded;
-  $('download-packed').disabled = busy || dead || !quantized?.packed || packedOnly;
+  $('download-packed').disabled = busy || dead || !quantized?.report.packed || packedOnly;
   $('download-fisher').disabled = busy || dead || !fisherReady;
+  $('download-csv').disabled = runs.length === 0;
   $('q-fisher').disabled = !fisherReady;
   $('run-means').disabled = busy || dead || !modelLoaded || packedOnly;
   $('q-centering').disabled = !meansReady;
   document.querySelector('input[name=which][value=quantized]').disabled = !quantized;
-  $('cancel').disabled = !busy || dead;
+  layerView.refresh({ modelLoaded: modelLoaded && !packedOnly, quantized: Boolean(quantized) && !packedOnly });
 }
 
-/// Runs one user action: one at a time, errors shown on the page. A trap in the wasm module
-/// (a Rust panic, typically a lost GPU or an allocation it refused) ends the session with a
-/// message, since the module's state is gone.
-async function action(work) {
+/// The wasm module trapped (a Rust panic, typically a lost GPU or an allocation it refused): its
+/// state is gone, so the session ends with a message.
+function fatal(e) {
+  dead = true;
+  showError(`lutlab stopped: ${lastPanic() ?? e.message}\nThe GPU may have run out of memory or been lost. Reload the page to start again.`);
+  refreshControls();
+}
+
+/// Runs one user action of workflow step `step`: one at a time, errors shown on the page, the
+/// step's badge following along. Results of other steps are untouched when it fails.
+async function action(work, step) {
   if (busy || dead) return;
   busy = true;
+  await layerView.idle(); // a slider move in flight finishes first
   showError('');
   refreshControls();
+  const before = step && $(`state-${step}`).dataset.state;
+  if (step) setStep(step, 'running', 'running…');
   try {
-    await work();
+    const summary = await work();
+    if (step) setStep(step, 'done', summary ?? 'done');
   } catch (e) {
     if (e instanceof WebAssembly.RuntimeError) {
-      dead = true;
-      showError(`lutlab stopped: ${lastPanic() ?? e.message}\nThe GPU may have run out of memory or been lost. Reload the page to start again.`);
+      fatal(e);
     } else {
       showError(e?.message ?? String(e));
     }
+    const cancelled = /cancelled/.test(e?.message ?? '');
+    if (step) setStep(step, 'failed', `${cancelled ? 'cancelled' : 'failed'}${before === 'done' ? ' · earlier result kept' : ''}`);
     for (const bar of [loadBar, evalBar, quantBar, fisherBar]) bar.fail();
   } finally {
     busy = false;
@@ -81,6 +104,7 @@ async function action(work) {
 }
 
 const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
+const megabytes = (bytes) => `${(bytes / 1e6).toFixed(bytes < 1e7 ? 2 : 1)} MB`;
 
 async function loadFrom(source) {
   const { label, files } = await source({
@@ -101,10 +125,16 @@ async function loadFrom(source) {
   $('fisher-result').textContent = '';
   document.querySelector('input[name=which][value=original]').checked = true;
   $('quant-result').textContent = '';
+  for (const id of ['plot-sensitivity', 'plot-error']) clearPlot($(id));
+  setStep('calibrate', 'todo', 'optional');
+  setStep('quantize', 'todo', 'to do');
   const params = (summary.parameters / 1e6).toFixed(1);
-  $('model-status').textContent = `Loaded ${label}: ${summary.n_layer} layers, ${summary.n_head} heads, width ${summary.n_embd}, context ${summary.n_positions}, ${params}M parameters.`;
+  $('model-status').textContent = `Loaded ${label}: ${summary.n_layer} layers, ${summary.n_head} heads, width ${summary.n_embd}, `
+    + `context ${summary.n_positions}, ${params}M parameters: ${megabytes(summary.parameters * 4)} as f32, ${megabytes(summary.parameters * 2)} as f16.`;
   $('model-status').dataset.loaded = label;
   loadBar.complete('model ready');
+  layerView.setLayers(lab.layerList());
+  return `${params}M parameters`;
 }
 
 async function evaluationText() {
@@ -120,6 +150,10 @@ async function evaluationText() {
 
 const optionalNumber = (id) => ($(id).value === '' ? undefined : Number($(id).value));
 
+/// Original perplexities by text and window, for "the f32 baseline beside" a quantized result.
+const baselines = new Map();
+const baselineKey = (text, report) => `${text}|${report.max_length}|${report.stride}`;
+
 async function evaluate() {
   const { what, text } = await evaluationText();
   evalBar.start('tokenizing');
@@ -129,37 +163,76 @@ async function evaluate() {
   const useQuantized = document.querySelector('input[name=which]:checked').value === 'quantized';
   const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'), useQuantized,
     (done, total) => evalBar.count(done, total, 'tokens'));
-  const original = packedOnly ? [`${$('model-status').dataset.loaded} (packed)`, quantized.bits_per_weight] : [`${$('model-status').dataset.loaded} (f32)`, 32];
-  const [label, bits] = useQuantized ? [quantized.label, quantized.bits_per_weight] : original;
-  addHistory({ model: label, text: what, bits_per_weight: bits, perplexity: report.perplexity,
-    window: report.max_length, stride: report.stride, scored_tokens: report.scored });
+  addRun(useQuantized || packedOnly ? quantizedRun() : originalRun(), { what, report });
   evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const result = $('eval-result');
   result.textContent = `Perplexity ${report.perplexity.toFixed(3)} on ${what}: ${report.scored.toLocaleString()} tokens scored `
     + `(window ${report.max_length}, stride ${report.stride}) in ${report.seconds.toFixed(1)} s, ${Math.round(report.tokens_per_s)} tokens/s.`;
   result.dataset.perplexity = String(report.perplexity);
   result.dataset.report = JSON.stringify(report);
+  const key = baselineKey(what, report);
+  if (!useQuantized && !packedOnly) baselines.set(key, report.perplexity);
+  const base = baselines.get(key);
+  $('eval-baseline').textContent = !useQuantized ? 'This is the f32 baseline: quantized models on the same text and window are compared with it.'
+    : base === undefined ? 'Evaluate the original model on the same text and window to see the f32 baseline beside this.'
+      : `f32 original on the same text: ${base.toFixed(3)}; quantization costs ${(100 * (report.perplexity / base - 1)).toFixed(2)}% perplexity.`;
+  return `perplexity ${report.perplexity.toFixed(2)}`;
 }
 
-/// Every evaluation of the session, for the comparison table and its CSV.
+/// Every evaluation of the session, for the comparison table, its CSV and the trade-off plot.
 const runs = [];
 
-function addHistory(run) {
+function originalRun() {
+  return { model: `${$('model-status').dataset.loaded} (f32)`, method: 'f32', bits: 32, granularity: '', options: '', bits_per_weight: 32, file_bytes: '', series: null };
+}
+
+/// The current quantization as a row: its settings in words, its size.
+function quantizedRun() {
+  const { report, request } = quantized;
+  const bits = request?.bits ?? Number(/(\d+)-bit/.exec(report.label)?.[1] ?? NaN);
+  return {
+    model: packedOnly ? `${$('model-status').dataset.loaded} (packed)` : report.label,
+    method: request?.method ?? report.label.split(' ')[0],
+    bits,
+    granularity: request?.granularity ?? '',
+    options: request ? optionsOf(request, report) : 'opened from a packed file',
+    bits_per_weight: report.bits_per_weight,
+    file_bytes: report.packed?.packed_bytes ?? '',
+    // The line it belongs to in the trade-off plot: the label without its bit width.
+    series: report.label.replace(/ \d+-bit/, ''),
+  };
+}
+
+function optionsOf(request, report) {
+  if (request.method === 'rtn') return [request.format, request.scale_stats, request.asym ? 'zero point' : 'symmetric'].join('; ');
+  return [
+    /Fisher-weighted/.test(report.label) && 'Fisher-weighted',
+    request.outlier_percent !== undefined && `outliers ${request.outlier_percent}%`,
+    request.scaling && 'scaling',
+    request.centering && 'centering',
+    request.gpu && 'k-means on GPU',
+  ].filter(Boolean).join('; ');
+}
+
+function addRun(settings, { what, report }) {
+  const run = { ...settings, text: what, perplexity: report.perplexity, window: report.max_length, stride: report.stride, scored_tokens: report.scored };
   runs.push(run);
   const row = document.createElement('tr');
-  for (const cell of [`${run.model} · ${run.text}`, run.bits_per_weight.toFixed(3), run.perplexity.toFixed(3)]) {
+  const size = run.file_bytes ? megabytes(run.file_bytes) : '—';
+  for (const cell of [run.model, run.method, run.bits, run.granularity, run.options, run.text, run.bits_per_weight.toFixed(3), size, run.perplexity.toFixed(3)]) {
     const td = document.createElement('td');
     td.textContent = cell;
     row.append(td);
   }
   $('history').tBodies[0].append(row);
   $('history').hidden = false;
-  $('download-csv').hidden = false;
+  drawPerplexity($('plot-ppl'), runs, $('ppl-x').value);
+  setStep('export', 'todo', 'ready');
 }
 
 /// The session's runs as CSV (RFC 4180 quoting), one row per evaluation.
 function runsCsv() {
-  const columns = ['model', 'text', 'bits_per_weight', 'perplexity', 'window', 'stride', 'scored_tokens'];
+  const columns = ['model', 'method', 'bits', 'granularity', 'options', 'text', 'bits_per_weight', 'file_bytes', 'perplexity', 'window', 'stride', 'scored_tokens'];
   const quote = (value) => {
     const text = String(value);
     return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
@@ -184,17 +257,20 @@ function quantizeRequest() {
 async function quantize() {
   quantBar.start('quantizing');
   const useFisher = $('q-method').value === 'kmeans' && $('q-fisher').checked;
-  const report = await lab.quantize(quantizeRequest(), useFisher, $('q-gpu').checked, (done, total) => quantBar.count(done, total, 'weights'));
-  quantized = report;
+  const onGpu = $('q-gpu').checked;
+  const request = quantizeRequest();
+  const report = await lab.quantize(request, useFisher, onGpu, (done, total) => quantBar.count(done, total, 'weights'));
+  quantized = { report, request: { ...request, gpu: request.method === 'kmeans' && onGpu } };
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const worst = report.layers.reduce((a, b) => (b.mse > a.mse ? b : a));
   $('quant-result').textContent = `${report.label}: ${report.layers.length} layers, ${report.bits_per_weight.toFixed(3)} bits per weight; `
     + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}). ${sizeLine(report.packed)}`;
   $('quant-result').dataset.report = JSON.stringify(report);
   document.querySelector('input[name=which][value=quantized]').checked = true;
+  drawError($('plot-error'), lab.errorMap());
+  layerView.quantized(request.bits);
+  return `${report.bits_per_weight.toFixed(2)} bits/weight`;
 }
-
-const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
 
 /// "Packed: 0.42 MB, 3.8× smaller than f16 (1.57 MB); runs through the LUT kernels."
 function sizeLine(packed) {
@@ -207,6 +283,8 @@ function downloadPacked() {
   const { name, bytes } = lab.packedFile();
   save(bytes, name);
   $('quant-result').dataset.downloaded = name;
+  $('export-status').textContent = `Saved ${name} (${megabytes(bytes.length)}).`;
+  return 'packed file saved';
 }
 
 async function openPacked(file) {
@@ -215,12 +293,15 @@ async function openPacked(file) {
   packedOnly = true;
   fisherReady = false;
   $('q-fisher').checked = false;
-  quantized = { label: summary.packed.method, bits_per_weight: summary.packed.bits_per_weight, packed: summary.packed };
+  quantized = { report: { label: summary.packed.method, bits_per_weight: summary.packed.bits_per_weight, packed: summary.packed }, request: null };
   $('model-status').textContent = `Opened packed file ${file.name}: ${summary.packed.method}, ${summary.n_layer} layers, width ${summary.n_embd}. ${sizeLine(summary.packed)}`;
   $('model-status').dataset.loaded = file.name;
   $('model-status').dataset.packed = JSON.stringify(summary.packed);
   $('quant-result').textContent = '';
   document.querySelector('input[name=which][value=original]').checked = true;
+  for (const id of ['plot-sensitivity', 'plot-error']) clearPlot($(id), 'A packed file alone has no original weights to compare with.');
+  layerView.setLayers([]);
+  return 'packed file';
 }
 
 /// The calibration text's tokens (WikiText-2 valid, fetched once).
@@ -245,7 +326,10 @@ async function computeMeans() {
   meansReady = true;
   $('q-centering').checked = true;
   $('means-result').textContent = `Mean inputs of ${report.layers} linear layers from ${report.nsamples} windows of ${report.seqlen} tokens (for centering).`;
+  return calibrationSummary();
 }
+
+const calibrationSummary = () => [fisherReady && 'Fisher', meansReady && 'means'].filter(Boolean).join(' + ');
 
 async function computeFisher() {
   const tokens = await calibrationTokens();
@@ -258,6 +342,15 @@ async function computeFisher() {
   $('fisher-result').textContent = `Fisher information from ${report.nsamples} windows of ${report.seqlen} tokens of WikiText-2 valid `
     + `(mean loss ${report.mean_loss?.toFixed(3)}), ${Math.round(report.tokens_per_s)} tokens/s.`;
   $('fisher-result').dataset.report = JSON.stringify(report);
+  fisherArrived();
+  return calibrationSummary();
+}
+
+/// New Fisher information recolours the pictures that use it.
+function fisherArrived() {
+  drawSensitivity($('plot-sensitivity'), lab.sensitivityMap());
+  if (quantized && !packedOnly) drawError($('plot-error'), lab.errorMap());
+  layerView.redraw();
 }
 
 function save(bytes, name) {
@@ -270,7 +363,9 @@ function save(bytes, name) {
 }
 
 function downloadFisher() {
-  save(lab.fisherFile(), `${($('model-status').dataset.loaded ?? 'model').replace(/[^\w.-]+/g, '-')}.fisher.safetensors`);
+  const name = `${($('model-status').dataset.loaded ?? 'model').replace(/[^\w.-]+/g, '-')}.fisher.safetensors`;
+  save(lab.fisherFile(), name);
+  $('export-status').textContent = `Saved ${name}.`;
 }
 
 async function loadFisherFile(file) {
@@ -278,6 +373,8 @@ async function loadFisherFile(file) {
   fisherReady = true;
   $('q-fisher').checked = true;
   $('fisher-result').textContent = `Fisher information loaded from ${file.name}.`;
+  fisherArrived();
+  return calibrationSummary();
 }
 
 function showMethodOptions() {
@@ -290,32 +387,35 @@ function showMethodOptions() {
 function wireControls() {
   $('q-method').onchange = showMethodOptions;
   showMethodOptions();
-  $('run-quantize').onclick = () => action(quantize);
-  $('run-fisher').onclick = () => action(computeFisher);
-  $('download-fisher').onclick = () => downloadFisher();
-  $('run-means').onclick = () => action(computeMeans);
-  $('download-csv').onclick = () => save(new TextEncoder().encode(runsCsv()), 'lutlab-runs.csv');
-  $('download-packed').onclick = () => action(async () => downloadPacked());
-  $('packed-file').onchange = (event) => event.target.files[0] && action(() => openPacked(event.target.files[0]));
-  $('fisher-file').onchange = (event) => event.target.files[0] && action(() => loadFisherFile(event.target.files[0]));
-  $('load-shipped').onclick = () => action(() => loadFrom(shippedModel));
+  $('run-quantize').onclick = () => action(quantize, 'quantize');
+  $('run-fisher').onclick = () => action(computeFisher, 'calibrate');
+  $('download-fisher').onclick = () => action(async () => downloadFisher());
+  $('run-means').onclick = () => action(computeMeans, 'calibrate');
+  $('download-csv').onclick = () => {
+    save(new TextEncoder().encode(runsCsv()), 'lutlab-runs.csv');
+    $('export-status').textContent = `Saved lutlab-runs.csv (${runs.length} runs).`;
+  };
+  $('download-packed').onclick = () => action(async () => downloadPacked(), 'export');
+  $('packed-file').onchange = (event) => event.target.files[0] && action(() => openPacked(event.target.files[0]), 'model');
+  $('fisher-file').onchange = (event) => event.target.files[0] && action(() => loadFisherFile(event.target.files[0]), 'calibrate');
+  $('load-shipped').onclick = () => action(() => loadFrom(shippedModel), 'model');
   $('hub-form').onsubmit = (event) => {
     event.preventDefault();
     const repo = $('hub-repo').value.trim();
-    action(() => loadFrom((callbacks) => hubModel(repo, hub, callbacks)));
+    action(() => loadFrom((callbacks) => hubModel(repo, hub, callbacks)), 'model');
   };
   $('clear-cache').onclick = (event) => {
     event.preventDefault();
     clearHubCache().then(() => ($('model-status').textContent = 'Hub downloads forgotten.'));
   };
-  $('local-files').onchange = (event) => action(() => loadFrom((callbacks) => localModel(event.target.files, callbacks)));
+  $('local-files').onchange = (event) => action(() => loadFrom((callbacks) => localModel(event.target.files, callbacks)), 'model');
   const zone = $('drop-zone');
   zone.ondragover = (event) => { event.preventDefault(); zone.classList.add('dragging'); };
   zone.ondragleave = () => zone.classList.remove('dragging');
   zone.ondrop = (event) => {
     event.preventDefault();
     zone.classList.remove('dragging');
-    action(() => loadFrom((callbacks) => localModel(event.dataTransfer.files, callbacks)));
+    action(() => loadFrom((callbacks) => localModel(event.dataTransfer.files, callbacks)), 'model');
   };
   for (const radio of document.querySelectorAll('input[name=text]')) {
     radio.onchange = () => ($('custom-text').hidden = radio.value !== 'custom' || !radio.checked);
@@ -326,8 +426,10 @@ function wireControls() {
     event.preventDefault();
     $('custom-text').value = await file.text();
   };
-  $('run-eval').onclick = () => action(evaluate);
-  $('cancel').onclick = () => lab?.cancel();
+  $('run-eval').onclick = () => action(evaluate, 'evaluate');
+  $('ppl-x').onchange = () => drawPerplexity($('plot-ppl'), runs, $('ppl-x').value);
+  layerView.wire();
+  for (const figure of document.querySelectorAll('figure.plot')) clearPlot(figure);
 }
 
 async function start() {
@@ -348,8 +450,10 @@ async function start() {
     return;
   }
   $('gpu-status').textContent = `GPU: ${lab.device} · largest binding ${(lab.maxBindingBytes / 2 ** 20).toFixed(0)} MiB`;
+  // On a software GPU the k-means shaders take minutes per layer: the slider starts on the CPU.
+  if (/swiftshader|llvmpipe|lavapipe|\bCpu\b/i.test(lab.device)) layerView.softwareGpu(lab.device);
   refreshControls();
-  await action(() => loadFrom(shippedModel));
+  await action(() => loadFrom(shippedModel), 'model');
 }
 
 start();

@@ -1,13 +1,33 @@
 // A progress bar with a label: bytes with speed for downloads, counts with rate and time left
-// for GPU work.
+// for GPU work, and an optional cancel button (a `.cancel` button inside the bar's root) that is
+// live only while the bar's work runs. The root keeps its space when idle (style.css), so
+// starting work does not shift the page.
 
 const MB = 1024 * 1024;
 
+/// "42 s", "3 min 5 s".
+export function duration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+
 export class ProgressBar {
-  constructor(root) {
+  /// `onCancel`: what the cancel button does (e.g. `() => lab.cancel()`).
+  constructor(root, onCancel) {
     this.root = root;
     this.fill = root.querySelector('.bar span');
     this.label = root.querySelector('.label');
+    this.cancelButton = root.querySelector('.cancel');
+    this.root.setAttribute('role', 'progressbar');
+    this.root.setAttribute('aria-valuemin', '0');
+    this.root.setAttribute('aria-valuemax', '100');
+    if (this.cancelButton) {
+      this.cancelButton.onclick = () => {
+        this.cancelButton.disabled = true;
+        this.label.textContent += ' cancelling…';
+        onCancel?.();
+      };
+    }
   }
 
   start(what) {
@@ -15,11 +35,15 @@ export class ProgressBar {
     this.started = performance.now();
     this.root.hidden = false;
     this.active = true;
+    this.root.dataset.state = 'running';
+    if (this.cancelButton) this.cancelButton.disabled = false;
     this.set(0, `${what}…`);
   }
 
   set(fraction, text) {
-    this.fill.style.width = `${Math.min(100, Math.max(0, fraction * 100)).toFixed(1)}%`;
+    const percent = Math.min(100, Math.max(0, fraction * 100));
+    this.fill.style.width = `${percent.toFixed(1)}%`;
+    this.root.setAttribute('aria-valuenow', percent.toFixed(0));
     this.label.textContent = text;
   }
 
@@ -31,13 +55,14 @@ export class ProgressBar {
   bytes(received, total) {
     const speed = received / MB / this.seconds();
     const size = total ? `${(received / MB).toFixed(1)} / ${(total / MB).toFixed(1)} MB` : `${(received / MB).toFixed(1)} MB`;
-    this.set(total ? received / total : 0, `${this.what} ${size} · ${speed.toFixed(1)} MB/s`);
+    const left = total && speed > 0 ? ` · ${duration((total - received) / MB / speed)} left` : '';
+    this.set(total ? received / total : 0, `${this.what} ${size} · ${speed.toFixed(1)} MB/s${left}`);
   }
 
   /// Work progress: "perplexity 1,024 / 8,192 tokens · 310 tokens/s · 22 s left".
   count(done, total, unit) {
     const rate = done / this.seconds();
-    const left = rate > 0 ? `${Math.ceil((total - done) / rate)} s left` : '';
+    const left = rate > 0 ? `${duration((total - done) / rate)} left` : 'estimating time left…';
     this.set(total ? done / total : 0,
       `${this.what} ${done.toLocaleString()} / ${total.toLocaleString()} ${unit} · ${Math.round(rate).toLocaleString()} ${unit}/s · ${left}`);
   }
@@ -49,12 +74,20 @@ export class ProgressBar {
   /// The work is over: later failures no longer concern this bar.
   complete(text) {
     this.finish(text);
-    this.active = false;
+    this.stop('done');
   }
 
   /// Marks unfinished work as stopped (the error itself is shown elsewhere).
   fail() {
-    if (this.active) this.label.textContent += ' stopped.';
+    if (this.active) {
+      this.label.textContent += ' stopped.';
+      this.stop('failed');
+    }
+  }
+
+  stop(state) {
     this.active = false;
+    this.root.dataset.state = state;
+    if (this.cancelButton) this.cancelButton.disabled = true;
   }
 }

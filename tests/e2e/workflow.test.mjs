@@ -1,0 +1,164 @@
+// The whole workflow of the page on the shipped model, as a learner would walk it: load →
+// baseline → Fisher → quantize 4-bit per channel (Fisher-weighted, dense-and-sparse) → evaluate
+// (against the CLI on the same Fisher file) → download (the CLI evaluates the file) → the bit
+// slider re-quantizes one layer and the pictures change. Screenshots of every step land in
+// tests/e2e/out/workflow-*.png; the time of each step is logged.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  OUT, startPage, stop, launchBrowser, openPage, evaluateInPage, nativeEval, nativeQuantizedEval, nativePackedEval,
+  safetensorsHeader, shortText, tempDir,
+} from './browser.mjs';
+
+let pageUrl;
+let pageServer;
+let browser;
+const text = shortText();
+const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
+const timings = [];
+
+before(async () => {
+  ({ url: pageUrl, server: pageServer } = await startPage());
+  browser = await launchBrowser();
+  fs.mkdirSync(OUT, { recursive: true });
+});
+
+after(async () => {
+  console.log(`step timings in the browser (SwiftShader):\n${timings.map(([step, ms]) => `  ${step}: ${(ms / 1000).toFixed(1)} s`).join('\n')}`);
+  await browser?.close();
+  stop(pageServer);
+});
+
+/// Runs `work`, logging how long it took under `step`.
+async function timed(step, work) {
+  const start = Date.now();
+  const result = await work();
+  timings.push([step, Date.now() - start]);
+  return result;
+}
+
+const shot = (page, name) => page.screenshot({ path: path.join(OUT, `workflow-${name}.png`), fullPage: true });
+const dataset = (page, selector) => page.$eval(selector, (el) => ({ ...el.dataset }));
+const stepState = (page, step) => page.$eval(`#state-${step}`, (el) => el.dataset.state);
+
+/// Moves the bit slider with the keyboard and waits for the re-quantized layer.
+async function slide(page, key, bits) {
+  await page.focus('#slider-bits');
+  await page.keyboard.press(key);
+  await page.waitForFunction((b) => {
+    const r = document.getElementById('slider-readout');
+    return (r.dataset.bits === String(b) && r.dataset.state === 'done') || r.dataset.state === 'failed';
+  }, bits, { timeout: 300_000 });
+  const readout = await dataset(page, '#slider-readout');
+  assert.equal(readout.state, 'done', await page.textContent('#slider-readout'));
+  return readout;
+}
+
+test('the workflow: load, calibrate, quantize, evaluate, export, and the bit slider', async () => {
+  const page = await timed('load the page and the shipped model', () => openPage(browser, pageUrl));
+  assert.equal(await stepState(page, 'model'), 'done');
+  assert.match(await page.textContent('#model-status'), /7\.\dM parameters: [\d.]+ MB as f32/);
+  // Before quantization the layer view shows the original weights, and says why there is no more.
+  await page.waitForSelector('#plot-histogram[data-state=drawn] svg');
+  assert.match(await page.textContent('#slider-readout'), /not quantized yet/);
+  assert.equal(await page.isDisabled('#slider-bits'), true, 'nothing to re-quantize yet');
+  await shot(page, '1-model');
+
+  // The f32 baseline on the same text as the CLI.
+  const baseline = await timed('evaluate the original (f32)', () => evaluateInPage(page, text));
+  const native = nativeEval(text);
+  assert.ok(relative(baseline.perplexity, native.perplexity) < 1e-3);
+
+  // Calibrate: Fisher on two windows; the sensitivity heatmap appears with one cell per layer.
+  await page.fill('#f-samples', '2');
+  await page.fill('#f-seqlen', '64');
+  await timed('Fisher (2 windows of 64 tokens)', async () => {
+    await page.click('#run-fisher');
+    await page.waitForSelector('#fisher-result[data-report]', { timeout: 300_000 });
+  });
+  assert.equal(await stepState(page, 'calibrate'), 'done');
+  await page.waitForSelector('#plot-sensitivity[data-state=drawn] svg');
+  assert.equal(await page.$$eval('#plot-sensitivity svg g[aria-label=cell] rect', (r) => r.length), 16);
+  const [fisherDownload] = await Promise.all([page.waitForEvent('download'), page.click('#download-fisher')]);
+  const fisherFile = path.join(tempDir(), 'page.fisher.safetensors');
+  await fisherDownload.saveAs(fisherFile);
+  await shot(page, '2-calibrate');
+
+  // Quantize: Fisher-weighted k-means, 4 bits, a table per output channel, 0.45% outliers.
+  await page.selectOption('#q-method', 'kmeans');
+  await page.selectOption('#q-bits', '4');
+  await page.selectOption('#q-granularity', 'channel');
+  await page.fill('#q-outliers', '0.45');
+  assert.equal(await page.isChecked('#q-fisher'), true, 'Fisher weighting is on once Fisher exists');
+  const quant = await timed('quantize (k-means 4-bit per channel, CPU)', async () => {
+    await page.click('#run-quantize');
+    await page.waitForSelector('#quant-result[data-report]', { timeout: 300_000 });
+    return JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
+  });
+  assert.match(quant.label, /^kmeans Fisher-weighted 4-bit channel \+0\.45% outliers$/);
+  assert.equal(quant.layers.length, 16);
+  assert.ok(quant.layers.every((l) => l.outliers > 0), 'every layer keeps some outliers');
+  await page.waitForSelector('#plot-error[data-state=drawn] svg');
+  const picture4 = await dataset(page, '#plot-histogram');
+  assert.equal(picture4.bits, '4');
+  assert.ok(Number((await dataset(page, '#plot-outliers')).outliers) > 0, 'the outlier picture shows the sparse weights');
+  await shot(page, '3-quantize');
+
+  // Evaluate: the page's quantized model against the CLI's, with the same Fisher file.
+  const report = await timed('evaluate the quantized model (LUT kernels)', () => evaluateInPage(page, text));
+  const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '4', '--granularity', 'channel', '--fisher', fisherFile, '--outlier-percent', '0.45']);
+  console.log(`workflow: f32 ${baseline.perplexity.toFixed(4)}; quantized page ${report.perplexity} vs CLI ${cli.eval.perplexity}; `
+    + `${quant.bits_per_weight.toFixed(3)} bits/weight; packed ${quant.packed.packed_bytes} bytes`);
+  assert.ok(Math.abs(quant.bits_per_weight - cli.bits_per_weight) < 1e-9);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(report.perplexity > baseline.perplexity && report.perplexity < 1.15 * baseline.perplexity,
+    `4-bit per channel costs a little perplexity: ${report.perplexity} vs ${baseline.perplexity}`);
+  assert.match(await page.textContent('#eval-baseline'), /f32 original on the same text: [\d.]+; quantization costs [\d.]+% perplexity/);
+  assert.equal(await page.$$eval('#history tbody tr', (rows) => rows.length), 2);
+  await page.waitForSelector('#plot-ppl[data-state=drawn] svg');
+  await shot(page, '4-evaluate');
+
+  // Export: the packed file parses and the CLI evaluates it to the page's perplexity.
+  const [download] = await timed('download the packed file', () => Promise.all([page.waitForEvent('download'), page.click('#download-packed')]));
+  const packedFile = path.join(tempDir(), download.suggestedFilename());
+  await download.saveAs(packedFile);
+  const header = safetensorsHeader(packedFile);
+  assert.equal(header.__metadata__.format, 'lutlab-packed');
+  assert.equal(fs.statSync(packedFile).size > quant.packed.packed_bytes, true, 'the file holds at least the packed layers');
+  const cliPacked = nativePackedEval(text, packedFile);
+  assert.ok(relative(report.perplexity, cliPacked.perplexity) < 1e-4);
+  const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')]);
+  const lines = fs.readFileSync(await csv.path(), 'utf8').trim().split('\n');
+  assert.equal(lines.length, 3);
+  assert.match(lines[2], /^kmeans Fisher-weighted 4-bit channel \+0\.45% outliers,kmeans,4,channel,Fisher-weighted; outliers 0\.45%,your text,[\d.]+,\d+,/);
+  await shot(page, '5-export');
+
+  // The bit slider: down to 3 bits on the GPU, then 2, then 3 again on the CPU; the picture and
+  // the error follow, and the evaluated model stays as it was.
+  const at3 = await timed('slider 4 → 3 bits (GPU)', () => slide(page, 'ArrowLeft', 3));
+  const picture3 = await dataset(page, '#plot-histogram');
+  assert.equal(picture3.bits, '3');
+  assert.notEqual(picture3.signature, picture4.signature, 'the histogram was redrawn');
+  assert.ok(Number(picture3.mse) > Number(picture4.mse), `3 bits err more than 4: ${picture3.mse} vs ${picture4.mse}`);
+  const at2 = await timed('slider 3 → 2 bits (GPU)', () => slide(page, 'ArrowLeft', 2));
+  assert.ok(Number((await dataset(page, '#plot-histogram')).mse) > Number(picture3.mse));
+  await page.uncheck('#slider-gpu');
+  const cpu3 = await timed('slider 2 → 3 bits (CPU)', () => slide(page, 'ArrowRight', 3));
+  console.log(`slider on ${await page.$eval('#layer-select', (s) => s.value)}: 3 bits ${at3.ms} ms (${at3.engine}), `
+    + `2 bits ${at2.ms} ms (${at2.engine}), 3 bits ${cpu3.ms} ms (${cpu3.engine}); with drawing ${at3.totalMs} / ${at2.totalMs} / ${cpu3.totalMs} ms`);
+  assert.equal(at3.engine, 'gpu');
+  assert.equal(cpu3.engine, 'cpu');
+  assert.ok(relative(Number((await dataset(page, '#plot-histogram')).mse), Number(picture3.mse)) < 1e-3, 'GPU and CPU k-means agree');
+  await shot(page, '6-slider');
+  assert.ok(relative((await evaluateInPage(page, text)).perplexity, report.perplexity) < 1e-9, 'the slider is a preview only');
+
+  // Narrow screens: the same page at phone width.
+  await page.setViewportSize({ width: 420, height: 900 });
+  await page.evaluate(() => window.dispatchEvent(new Event('resize')));
+  await page.screenshot({ path: path.join(OUT, 'workflow-7-narrow.png'), fullPage: false });
+  assert.equal(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1), true, 'no sideways scrolling');
+  await page.close();
+});

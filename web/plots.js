@@ -1,0 +1,173 @@
+// The page's pictures, drawn with Observable Plot (web/vendor/, global `Plot`) from numbers the
+// wasm module computes (crates/lutlab-wasm/src/plots.rs). Each draw replaces the figure's chart
+// and records what it drew in `data-` attributes (the e2e tests read them).
+
+/* global Plot */
+
+const ACCENT = '#e4572e';
+const BAR = '#8fa8dc';
+
+function chartOf(figure) {
+  return figure.querySelector('.chart');
+}
+
+/// Width the chart may take: its figure's, so the page reflows at any width.
+function widthOf(figure) {
+  return Math.max(260, Math.floor(chartOf(figure).clientWidth || figure.clientWidth || 600));
+}
+
+function show(figure, svg, signature) {
+  const chart = chartOf(figure);
+  chart.replaceChildren(svg);
+  figure.dataset.state = 'drawn';
+  figure.dataset.signature = signature;
+}
+
+/// Empties a figure, showing why (its `data-empty` text unless `message` says otherwise).
+export function clearPlot(figure, message) {
+  const note = document.createElement('p');
+  note.className = 'plot-empty';
+  note.textContent = message ?? figure.dataset.empty ?? '';
+  chartOf(figure).replaceChildren(note);
+  figure.dataset.state = 'empty';
+  delete figure.dataset.signature;
+}
+
+/// A short, stable fingerprint of numbers (FNV-1a over their text), to tell drawings apart.
+function fingerprint(values) {
+  let h = 0x811c9dc5;
+  for (const ch of values.join(',')) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
+  return h.toString(16);
+}
+
+const MATRICES = ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'];
+
+function heatmap(figure, cells, { label, scheme }) {
+  const positive = cells.filter((c) => c.value > 0);
+  if (positive.length === 0) {
+    clearPlot(figure, 'Every value is zero: nothing to compare.');
+    return;
+  }
+  const blocks = [...new Set(cells.map((c) => c.block))].sort((a, b) => a - b);
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: Math.min(420, 60 + 26 * blocks.length),
+    marginLeft: 50,
+    padding: 0.05,
+    x: { label: 'matrix', domain: MATRICES.filter((m) => cells.some((c) => c.matrix === m)) },
+    y: { label: 'block', domain: blocks },
+    color: { type: 'log', scheme, legend: true, label },
+    marks: [
+      Plot.cell(positive, { x: 'matrix', y: 'block', fill: 'value', tip: true, title: (c) => `${c.name}: ${c.value.toExponential(3)}` }),
+      Plot.text(positive, { x: 'matrix', y: 'block', text: (c) => c.value.toExponential(1), fill: '#1d2330', stroke: 'white', strokeWidth: 3, paintOrder: 'stroke', fontSize: 10 }),
+    ],
+  });
+  show(figure, svg, fingerprint(cells.map((c) => c.value)));
+}
+
+/// Heatmap of the mean Fisher value per weight over blocks × matrices.
+export function drawSensitivity(figure, cells) {
+  heatmap(figure, cells, { label: 'mean Fisher information per weight (squared gradient, log scale)', scheme: 'viridis' });
+}
+
+/// Heatmap of each layer's quantization error (Fisher-weighted when `map.weighted`).
+export function drawError(figure, map) {
+  const label = map.weighted ? `Σ F·(w − q)² per layer, ${map.label} (log scale)` : `Σ (w − q)² per layer, ${map.label} (no Fisher; log scale)`;
+  heatmap(figure, map.cells, { label, scheme: 'reds' });
+}
+
+/// One layer's weights before (bars, coloured by Fisher) and after (line) quantization, with the
+/// chosen channel's table as dashed rules. `picture` comes from `Lab.layerPicture` or
+/// `Lab.requantizeLayer`.
+export function drawHistogram(figure, picture) {
+  const { edges } = picture;
+  const domain = [edges[0], edges[edges.length - 1]];
+  const bins = picture.before.map((count, i) => ({ x1: edges[i], x2: edges[i + 1], count, fisher: picture.fisher_mean?.[i] }));
+  const marks = [
+    Plot.rectY(bins, {
+      x1: 'x1', x2: 'x2', y: 'count', inset: 0,
+      fill: picture.fisher_mean ? (d) => (d.fisher > 0 ? d.fisher : null) : BAR,
+      title: (d) => `${d.x1.toPrecision(3)} … ${d.x2.toPrecision(3)}: ${d.count} weights`
+        + (d.fisher > 0 ? `, mean Fisher ${d.fisher.toExponential(2)}` : ''),
+    }),
+    Plot.ruleY([0]),
+  ];
+  if (picture.after) {
+    const after = picture.after.map((count, i) => ({ x: (edges[i] + edges[i + 1]) / 2, count }));
+    marks.push(Plot.lineY(after, { x: 'x', y: 'count', curve: 'step', stroke: ACCENT, strokeWidth: 1.5 }));
+  }
+  if (picture.centroids) {
+    const inside = picture.centroids.filter((c) => c >= domain[0] && c <= domain[1]);
+    marks.push(Plot.ruleX(inside, { stroke: '#1d2330', strokeDasharray: '3,3', strokeOpacity: 0.7 }));
+  }
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: 260,
+    marginLeft: 52,
+    x: { domain, label: 'weight value →', grid: false },
+    y: { type: 'sqrt', label: '↑ weights per bin (√ scale)', grid: true },
+    color: picture.fisher_mean ? { type: 'log', scheme: 'viridis', legend: true, label: 'mean Fisher information in the bin' } : undefined,
+    marks,
+  });
+  figure.dataset.bits = picture.bits ?? '';
+  figure.dataset.mse = picture.mse ?? '';
+  show(figure, svg, fingerprint([picture.name, picture.bits, ...(picture.after ?? []), ...(picture.centroids ?? [])]));
+}
+
+/// Where the sparse outliers of one layer sit: a dot per weight kept exactly.
+export function drawOutliers(figure, picture) {
+  const n = picture.outlier_rows.length;
+  figure.dataset.outliers = String(n);
+  if (n === 0) {
+    clearPlot(figure, picture.bits ? `No sparse outliers in ${picture.name}: set Outliers % above 0 and quantize again.` : undefined);
+    figure.dataset.outliers = '0';
+    return;
+  }
+  const points = picture.outlier_rows.map((row, i) => ({ row, col: picture.outlier_cols[i] }));
+  const width = widthOf(figure);
+  const svg = Plot.plot({
+    width,
+    height: Math.max(180, Math.min(320, Math.round((width * picture.rows) / picture.cols) + 60)),
+    marginLeft: 52,
+    x: { domain: [0, picture.cols], label: `output channel (of ${picture.cols}) →` },
+    y: { domain: [picture.rows, 0], label: `↓ input row (of ${picture.rows})` },
+    marks: [
+      Plot.frame({ stroke: '#dde2ea' }),
+      Plot.dot(points, { x: 'col', y: 'row', r: 1.6, fill: ACCENT, title: (d) => `row ${d.row}, channel ${d.col}` }),
+    ],
+  });
+  show(figure, svg, fingerprint([picture.name, n]));
+  figure.dataset.outliers = String(n);
+}
+
+/// Perplexity against bits per weight (or packed file size) for the session's runs: a line per
+/// method and setting, the original's perplexity as a dashed rule.
+export function drawPerplexity(figure, runs, xAxis = 'bits') {
+  const bySize = xAxis === 'size';
+  const quantized = runs.filter((r) => r.series && (bySize ? r.file_bytes > 0 : true));
+  const originals = runs.filter((r) => !r.series);
+  if (quantized.length === 0) {
+    clearPlot(figure);
+    return;
+  }
+  const x = bySize ? (r) => r.file_bytes / 1e6 : (r) => r.bits_per_weight;
+  const points = quantized.map((r) => ({ ...r, x: x(r), line: `${r.series} · ${r.text}` }))
+    .sort((a, b) => a.line.localeCompare(b.line) || a.x - b.x);
+  const baselines = [...new Map(originals.map((r) => [r.text, r])).values()];
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: 280,
+    marginLeft: 56,
+    grid: true,
+    x: { label: bySize ? 'packed file size (MB) →' : 'bits per weight (codes, tables, outliers) →', nice: true },
+    y: { label: '↑ perplexity (lower is better)', nice: true, zero: false },
+    color: { legend: true },
+    marks: [
+      Plot.ruleY(baselines, { y: 'perplexity', stroke: '#5b6577', strokeDasharray: '5,4' }),
+      Plot.text(baselines, { y: 'perplexity', frameAnchor: 'right', dy: -7, text: (r) => `original f32 · ${r.text}: ${r.perplexity.toFixed(2)}`, fill: '#5b6577' }),
+      Plot.line(points, { x: 'x', y: 'perplexity', stroke: 'line', marker: 'circle', tip: true,
+        title: (r) => `${r.model}\n${r.bits_per_weight.toFixed(3)} bits/weight · perplexity ${r.perplexity.toFixed(3)}` }),
+    ],
+  });
+  show(figure, svg, fingerprint(points.map((p) => `${p.x}:${p.perplexity}`)));
+}
