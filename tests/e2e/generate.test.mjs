@@ -105,5 +105,13 @@ test('the page continues a prompt with both models exactly as lutlab generate do
   await page.waitForSelector('#error:not([hidden])', { timeout: 60_000 });
   assert.equal(await page.textContent('#error'), 'cancelled');
   assert.equal(await page.isDisabled('#run-generate'), false, 'generation can run again');
+
+  // A packed file opened on its own: its text alone (through the LUT kernels), and why.
+  await page.setInputFiles('#packed-file', packedFile);
+  await page.waitForFunction(() => document.getElementById('model-status').textContent.startsWith('Opened packed file'));
+  const packedAlone = await generateInPage(page, PROMPT, { newTokens: 3 });
+  assert.equal(packedAlone.original, null);
+  assert.match(packedAlone.message, /Only a packed file is open/);
+  assert.deepEqual(packedAlone.quantized.tokens, nativeQuantized.tokens.slice(0, 3));
   await page.close();
 });
