@@ -136,22 +136,25 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   assert.match(lines[2], /^kmeans Fisher-weighted 4-bit channel \+0\.45% outliers,kmeans,4,channel,Fisher-weighted; outliers 0\.45%,your text,[\d.]+,\d+,/);
   await shot(page, '5-export');
 
-  // The bit slider: down to 3 bits on the GPU, then 2, then 3 again on the CPU; the picture and
-  // the error follow, and the evaluated model stays as it was.
-  const at3 = await timed('slider 4 → 3 bits (GPU)', () => slide(page, 'ArrowLeft', 3));
+  // The bit slider: down to 3 and 2 bits and back to 4; the picture and the error follow, and the
+  // evaluated model stays as it was. SwiftShader is a software GPU, where the k-means shaders
+  // take minutes per layer: the page says so and the slider starts on the CPU reference.
+  assert.match(await page.textContent('#slider-note'), /software GPU/);
+  assert.equal(await page.isChecked('#slider-gpu'), false);
+  const at3 = await timed('slider 4 → 3 bits', () => slide(page, 'ArrowLeft', 3));
   const picture3 = await dataset(page, '#plot-histogram');
   assert.equal(picture3.bits, '3');
   assert.notEqual(picture3.signature, picture4.signature, 'the histogram was redrawn');
   assert.ok(Number(picture3.mse) > Number(picture4.mse), `3 bits err more than 4: ${picture3.mse} vs ${picture4.mse}`);
-  const at2 = await timed('slider 3 → 2 bits (GPU)', () => slide(page, 'ArrowLeft', 2));
+  assert.match(await page.textContent('#slider-readout'), /at 3 bits: mean squared error [\d.e+-]+, Fisher-weighted error/);
+  const at2 = await timed('slider 3 → 2 bits', () => slide(page, 'ArrowLeft', 2));
   assert.ok(Number((await dataset(page, '#plot-histogram')).mse) > Number(picture3.mse));
-  await page.uncheck('#slider-gpu');
-  const cpu3 = await timed('slider 2 → 3 bits (CPU)', () => slide(page, 'ArrowRight', 3));
-  console.log(`slider on ${await page.$eval('#layer-select', (s) => s.value)}: 3 bits ${at3.ms} ms (${at3.engine}), `
-    + `2 bits ${at2.ms} ms (${at2.engine}), 3 bits ${cpu3.ms} ms (${cpu3.engine}); with drawing ${at3.totalMs} / ${at2.totalMs} / ${cpu3.totalMs} ms`);
-  assert.equal(at3.engine, 'gpu');
-  assert.equal(cpu3.engine, 'cpu');
-  assert.ok(relative(Number((await dataset(page, '#plot-histogram')).mse), Number(picture3.mse)) < 1e-3, 'GPU and CPU k-means agree');
+  await page.keyboard.press('ArrowRight'); // 3: queued behind nothing, or replaced by the next move
+  const at4 = await timed('slider 2 → 4 bits', () => slide(page, 'ArrowRight', 4));
+  assert.equal((await dataset(page, '#plot-histogram')).mse, picture4.mse, 'back at 4 bits: the layer as the model has it');
+  console.log(`slider on ${await page.$eval('#layer-select', (s) => s.value)} (${at3.engine}): 3 bits ${at3.ms} ms, 2 bits ${at2.ms} ms, `
+    + `4 bits ${at4.ms} ms; with drawing ${at3.totalMs} / ${at2.totalMs} / ${at4.totalMs} ms`);
+  assert.equal(at3.engine, 'cpu');
   await shot(page, '6-slider');
   assert.ok(relative((await evaluateInPage(page, text)).perplexity, report.perplexity) < 1e-9, 'the slider is a preview only');
 
