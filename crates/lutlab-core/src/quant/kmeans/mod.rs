@@ -29,7 +29,7 @@ mod optimal;
 mod plusplus;
 pub mod rng;
 
-pub use data::{effective_weights, Points};
+pub use data::{assign, effective_weights, objective, Points};
 pub use lloyd::{initial_centroids, place_on_worst, KmeansInit, LloydSettings};
 pub use optimal::MAX_BACKTRACK_CELLS;
 
