@@ -204,7 +204,10 @@ function quantizedRun() {
 }
 
 function optionsOf(request, report) {
-  if (request.method === 'rtn') return [request.format, request.scale_stats, request.asym ? 'zero point' : 'symmetric'].join('; ');
+  if (request.method === 'rtn') {
+    return [request.format, request.scale_stats, request.scale_type === 'po2' && 'po2 scales', request.asym ? 'zero point' : 'symmetric']
+      .filter(Boolean).join('; ');
+  }
   return [
     /Fisher-weighted/.test(report.label) && 'Fisher-weighted',
     request.outlier_percent !== undefined && `outliers ${request.outlier_percent}%`,
@@ -249,7 +252,10 @@ function quantizeRequest() {
     request.scaling = $('q-scaling').checked;
     request.centering = $('q-centering').checked;
   } else {
-    Object.assign(request, { format: $('q-format').value, scale_stats: $('q-scale-stats').value, asym: $('q-asym').checked });
+    Object.assign(request, {
+      format: $('q-format').value, scale_stats: $('q-scale-stats').value,
+      scale_type: $('q-scale-type').value, asym: $('q-asym').checked,
+    });
   }
   return request;
 }

@@ -34,3 +34,11 @@ fn restarts_reach_kmeans_and_are_refused_where_they_mean_nothing() {
     let from_json: QuantizeRequest = serde_json::from_str(r#"{"method":"kmeans","bits":3,"restarts":2}"#).expect("json");
     assert_eq!(kmeans_restarts(&from_json, &weights), 2);
 }
+
+#[test]
+fn rtn_labels_name_the_scale_settings_that_differ_from_the_defaults() {
+    let plain = QuantizeRequest { method: "rtn".into(), granularity: "channel".into(), ..Default::default() };
+    assert_eq!(plain.label(false), "rtn int 4-bit channel sym");
+    let tuned = QuantizeRequest { scale_stats: "mse".into(), scale_type: "po2".into(), asym: true, ..plain };
+    assert_eq!(tuned.label(false), "rtn int 4-bit channel asym mse po2");
+}

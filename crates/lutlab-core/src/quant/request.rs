@@ -106,7 +106,14 @@ impl QuantizeRequest {
     /// "kmeans 4-bit tensor", "rtn int 4-bit channel asym", for reports and file names.
     pub fn label(&self, has_fisher: bool) -> String {
         match self.method.as_str() {
-            "rtn" => format!("rtn {} {}-bit {} {}", self.format, self.bits, self.granularity, if self.asym { "asym" } else { "sym" }),
+            "rtn" => {
+                // Scale estimation and type only where they differ from the defaults, so that
+                // each setting gets its own line in the page's perplexity-vs-bits plot.
+                let stats = if self.scale_stats == "stats" { String::new() } else { format!(" {}", self.scale_stats) };
+                let po2 = if self.scale_type == "po2" { " po2" } else { "" };
+                let symmetry = if self.asym { "asym" } else { "sym" };
+                format!("rtn {} {}-bit {} {symmetry}{stats}{po2}", self.format, self.bits, self.granularity)
+            }
             _ => {
                 let weighted = if has_fisher { " Fisher-weighted" } else { "" };
                 let sparse = match (self.outlier_percent, self.range) {
