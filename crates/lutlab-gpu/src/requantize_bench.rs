@@ -61,6 +61,7 @@ pub async fn bench_requantize(gpu: &Gpu, rows: usize, cols: usize, bits: &[u32],
     for &b in bits {
         let method = Method::Kmeans { settings: KmeansSettings { bits: b, granularity, ..KmeansSettings::default() }, outliers: None, scaling: false };
         let warm = quantize_layer_gpu(gpu, name, &linear, &method, calibration, rows).await?;
+        crate::profile::report(&format!("requantize {b}-bit, warm-up"));
         let mut gpu_ms = Vec::with_capacity(iters);
         for _ in 0..iters {
             let start = Instant::now();
@@ -68,6 +69,7 @@ pub async fn bench_requantize(gpu: &Gpu, rows: usize, cols: usize, bits: &[u32],
             gpu_ms.push(start.elapsed().as_secs_f64() * 1e3);
             std::hint::black_box(layer);
         }
+        crate::profile::report(&format!("requantize {b}-bit, {iters} timed runs"));
         let cpu_ms = if cpu {
             let start = Instant::now();
             std::hint::black_box(quantize_layer(name, &linear, &method, calibration, rows)?);
