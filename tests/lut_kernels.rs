@@ -18,7 +18,7 @@ fn random_layer(rng: &mut SplitMix64, rows: usize, cols: usize, bits: u32, granu
     let mut outliers = SparseOutliers::none(rows);
     for r in 0..rows {
         for c in 0..cols {
-            if rng.next_u64() % 50 == 0 {
+            if rng.next_u64().is_multiple_of(50) {
                 outliers.col_idx.push(c as u32);
                 outliers.values.push(rng.next_f64() as f32 - 0.5);
             }

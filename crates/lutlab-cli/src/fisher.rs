@@ -47,14 +47,10 @@ pub fn run(args: FisherArgs) -> Result<()> {
     let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
     let data_path = args.data.unwrap_or_else(|| repo_path(WIKITEXT_VALID));
     // Fail before the long part if the result could not be written.
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            bail!(
-                "{}: the output directory {} does not exist",
-                args.out.display(),
-                parent.display()
-            );
-        }
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!("{}: the output directory {} does not exist", args.out.display(), parent.display());
     }
     let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
     let text = read_text(&data_path)?;

@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Perplexity of a model on a text file (HF strided protocol), on the GPU.
     Eval(eval::EvalArgs),

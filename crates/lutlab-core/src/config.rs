@@ -58,20 +58,22 @@ impl Gpt2Config {
                 return Err(LoadError::BadConfig { file: file.to_string(), reason: format!("`{flag}: {unsupported}` is not supported") });
             }
         }
-        if config.n_embd % config.n_head != 0 {
+        if !config.n_embd.is_multiple_of(config.n_head) {
             return Err(LoadError::BadConfig {
                 file: file.to_string(),
                 reason: format!("n_embd {} is not a multiple of n_head {}", config.n_embd, config.n_head),
             });
         }
-        if let Some(act) = json.get("activation_function").and_then(Value::as_str) {
-            if act != "gelu_new" {
-                return Err(LoadError::BadConfig {
-                    file: file.to_string(),
-                    reason: format!("activation_function `{act}` is not supported (GPT-2 uses gelu_new)"),
-                });
-            }
+        if let Some(act) = json.get("activation_function").and_then(Value::as_str)
+            && act != "gelu_new"
+        {
+            return Err(LoadError::BadConfig {
+                file: file.to_string(),
+                reason: format!("activation_function `{act}` is not supported (GPT-2 uses gelu_new)"),
+            });
         }
+        // Negated so that NaN is refused too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(config.layer_norm_epsilon > 0.0) {
             return Err(LoadError::BadConfig { file: file.to_string(), reason: "layer_norm_epsilon must be > 0".into() });
         }

@@ -9,8 +9,8 @@ fn every_token_after_the_first_is_scored_once() {
         let mut scored = vec![0u32; n];
         for w in &windows {
             assert!(w.len() <= max_length && w.begin < w.end && w.score_from > w.begin);
-            for t in w.score_from..w.end {
-                scored[t] += 1;
+            for count in &mut scored[w.score_from..w.end] {
+                *count += 1;
             }
         }
         assert_eq!(scored[0], 0);

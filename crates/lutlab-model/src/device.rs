@@ -28,7 +28,10 @@ impl Gpu {
     /// is the hardware's figure (1 GiB on SwiftShader), not WebGPU's 128 MiB default.
     pub fn max_binding_bytes(&self) -> u64 {
         let limits = self.setup.device.limits();
-        u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
+        // The binding limit is u32 in some wgpu versions and targets, u64 in others.
+        #[allow(clippy::useless_conversion)]
+        let binding = u64::from(limits.max_storage_buffer_binding_size);
+        binding.min(limits.max_buffer_size)
     }
 
     /// Refuses a buffer of `bytes` (e.g. one micro-batch's logits) that this GPU cannot bind,

@@ -32,10 +32,12 @@ impl LayerNorm {
 
 /// A linear layer in GPT-2's Conv1D layout: `y = x · W + b`, `W: [in, out]`, with `W` either a
 /// dense tensor (burn's matmul) or packed LUT codes (lutlab's LUT kernels, bias fused).
+/// A model holds a few dozen of these, so the variants' size difference costs nothing worth an
+/// indirection on the dense path.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Linear {
     Dense { weight: Tensor<2>, bias: Tensor<1> },
-    /// Boxed: three GPU buffers and parameters, much larger than the dense variant.
     Packed(Box<PackedGpuLinear>),
 }
 
@@ -170,6 +172,7 @@ impl Gpt2 {
         let [b, t] = tokens.dims();
         let c = self.config.n_embd;
         let tok = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, c]);
+        #[allow(clippy::single_range_in_vec_init)] // burn's slice takes one range per dimension
         let pos = self.wpe.clone().slice([0..t]).unsqueeze::<3>();
         let mut x = tok + pos;
         let causal = causal_bias(t, &self.device());

@@ -22,7 +22,7 @@ impl Granularity {
             Granularity::Tensor => Ok(out),
             Granularity::Channel => Ok(1),
             Granularity::Group(0) => Err(LoadError::InvalidSetting("group size must be at least 1".into())),
-            Granularity::Group(g) if out % g != 0 => Err(LoadError::InvalidSetting(format!(
+            Granularity::Group(g) if !out.is_multiple_of(g) => Err(LoadError::InvalidSetting(format!(
                 "group size {g} does not divide the {out} output channels"
             ))),
             Granularity::Group(g) => Ok(g),

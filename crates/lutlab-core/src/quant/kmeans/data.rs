@@ -84,6 +84,10 @@ impl Points {
         self.x.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.x.is_empty()
+    }
+
     /// Weighted mean of points `lo..hi` (non-empty), summed directly: prefix sums would lose a
     /// light cluster's digits next to a heavy total when Fisher weights span many decades.
     pub fn mean(&self, lo: usize, hi: usize) -> f64 {
