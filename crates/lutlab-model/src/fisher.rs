@@ -443,8 +443,7 @@ impl<'a> FisherPasses<'a> {
         // Backward block by block, last first: recompute the block's forward with a graph, pull
         // the upstream gradient through it, keep its weights' squared gradients.
         let mut per_block = Vec::with_capacity(m.blocks.len());
-        for (i, block) in m.blocks.iter().enumerate().rev() {
-            let input = inputs.pop().expect("one input per block");
+        for (i, (block, input)) in m.blocks.iter().zip(inputs).enumerate().rev() {
             // Block 0's input is the embedding: nothing below it needs a gradient.
             let needs_input_grad = i > 0;
             let input = if needs_input_grad { input.autodiff().require_grad() } else { input.autodiff() };
@@ -565,7 +564,7 @@ impl BlockTensors {
 
 /// A block's four `(weight, bias)` pairs in `LINEAR_PARTS` order; Fisher differentiates the
 /// dense model, so a packed layer is refused by name.
-fn dense_linears(block: &Block, index: usize) -> Result<[(&Tensor<2>, &Tensor<1>); 4]> {
+fn dense_linears(block: &Block, index: usize) -> Result<Vec<(&Tensor<2>, &Tensor<1>)>> {
     let linears = [&block.attn_c_attn, &block.attn_c_proj, &block.mlp_c_fc, &block.mlp_c_proj];
     let mut out = Vec::with_capacity(4);
     for (linear, part) in linears.into_iter().zip(LINEAR_PARTS) {
@@ -575,7 +574,7 @@ fn dense_linears(block: &Block, index: usize) -> Result<[(&Tensor<2>, &Tensor<1>
             ))
         })?);
     }
-    Ok(out.try_into().expect("four linears"))
+    Ok(out)
 }
 
 #[cfg(test)]
