@@ -12,6 +12,12 @@ echo "== cargo build + test (release) =="
 cargo build --release --workspace
 cargo test --release --workspace
 
+echo "== benchmark smoke run (every \`lutlab bench\` on lavapipe; no timing assertions) =="
+lutlab="$CARGO_TARGET_DIR/release/lutlab"
+"$lutlab" bench kernels --quick
+"$lutlab" bench requantize --shape 128x512 --bits 4 --iters 1 --no-cpu
+"$lutlab" bench pipeline --quick
+
 echo "== wasm build =="
 bash scripts/build-web.sh
 

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use lutlab_gpu::bench::{bench_kernels, timing_method, KernelTiming};
+use lutlab_gpu::bench::{bench_gemm, bench_kernels, timing_method, KernelTiming};
 use lutlab_gpu::requantize_bench::{bench_requantize, RequantizeTiming};
 use lutlab_model::open_gpu;
 
@@ -14,12 +14,15 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchKind {
-    /// One token through a linear layer: LUT GEMV at each bit width beside dense f32 and f16
-    /// GEMV, and a copy as the memory-bandwidth ceiling.
+    /// Linear layers: one token (LUT GEMV at each bit width beside dense f32 and f16 GEMV), many
+    /// tokens (LUT GEMM beside burn's dense matmul), and a copy as the memory-bandwidth ceiling.
     Kernels(KernelArgs),
     /// The page's bit slider: Fisher-weighted k-means of one layer on the GPU (quantize_layer_gpu)
     /// at each bit width, beside one CPU reference run.
     Requantize(RequantizeArgs),
+    /// The whole path in one process: Fisher → Fisher-weighted k-means → pack → packed
+    /// perplexity through the LUT kernels, each phase timed, beside the dense model's perplexity.
+    Pipeline(crate::bench_pipeline::PipelineArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +59,12 @@ struct KernelArgs {
     /// Size of the buffer copied for the bandwidth ceiling, in MiB.
     #[arg(long, default_value_t = 256)]
     copy_mib: u64,
+    /// Tokens of the GEMM (prefill, evaluation); 0 skips it.
+    #[arg(long, default_value_t = 512)]
+    gemm_tokens: usize,
+    /// A smoke run for CI: one small shape, 4-bit, few iterations.
+    #[arg(long)]
+    quick: bool,
     #[arg(long)]
     json: bool,
 }
@@ -64,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchKind::Kernels(args) => kernels(args),
         BenchKind::Requantize(args) => requantize(args),
+        BenchKind::Pipeline(args) => crate::bench_pipeline::run(args),
     }
 }
 
@@ -102,7 +112,10 @@ fn parse_bits(text: &str) -> Result<Vec<u32>> {
     Ok(bits)
 }
 
-fn kernels(args: KernelArgs) -> Result<()> {
+fn kernels(mut args: KernelArgs) -> Result<()> {
+    if args.quick {
+        (args.shapes, args.bits, args.iters, args.copy_mib, args.gemm_tokens) = ("256x512".into(), "4".into(), 3, 16, 64);
+    }
     let shapes = args.shapes.split(',').map(parse_shape).collect::<Result<Vec<_>>>()?;
     let bits = args.bits.split(',').map(|b| b.trim().parse::<u32>().with_context(|| format!("--bits: `{b}`"))).collect::<Result<Vec<_>>>()?;
     if let Some(b) = bits.iter().find(|b| !(1..=8).contains(*b)) {
@@ -112,7 +125,12 @@ fn kernels(args: KernelArgs) -> Result<()> {
         bail!("--iters must be at least 1");
     }
     let gpu = pollster::block_on(open_gpu())?;
-    let timings = pollster::block_on(bench_kernels(&gpu, &shapes, &bits, args.copy_mib << 20, args.iters))?;
+    let mut timings = pollster::block_on(bench_kernels(&gpu, &shapes, &bits, args.copy_mib << 20, args.iters))?;
+    if args.gemm_tokens > 0 {
+        // A GEMM is thousands of times the work of a GEMV: fewer repetitions time it as well.
+        let iters = args.iters.div_ceil(10).max(3);
+        timings.extend(pollster::block_on(bench_gemm(&gpu, &shapes, &bits, args.gemm_tokens, iters))?);
+    }
     if args.json {
         println!("{}", serde_json::json!({ "device": gpu.describe(), "timing": timing_method(&gpu), "iters": args.iters, "kernels": timings }));
     } else {
@@ -133,9 +151,9 @@ fn parse_shape(text: &str) -> Result<(usize, usize)> {
 fn print_table(device: &str, timings: &[KernelTiming]) {
     let ceiling = timings.iter().find(|t| t.kernel == "copy").map_or(0.0, |t| t.gb_per_s);
     println!("{device}");
-    println!("{:<16} {:>12} {:>10} {:>10} {:>9}", "kernel", "shape", "µs", "GB/s", "of copy");
+    println!("{:<16} {:>18} {:>10} {:>10} {:>9} {:>9}", "kernel", "tokens x shape", "µs", "GB/s", "of copy", "TFLOP/s");
     for t in timings {
-        let shape = if t.kernel == "copy" { format!("{} MB", t.bytes / 2_000_000) } else { format!("{}x{}", t.rows, t.cols) };
-        println!("{:<16} {:>12} {:>10.2} {:>10.0} {:>8.0}%", t.kernel, shape, t.micros, t.gb_per_s, 100.0 * t.gb_per_s / ceiling.max(1e-9));
+        let shape = if t.kernel == "copy" { format!("{} MB", t.bytes / 2_000_000) } else { format!("{} x {}x{}", t.tokens, t.rows, t.cols) };
+        println!("{:<16} {:>18} {:>10.2} {:>10.0} {:>8.0}% {:>9.2}", t.kernel, shape, t.micros, t.gb_per_s, 100.0 * t.gb_per_s / ceiling.max(1e-9), t.tflops);
     }
 }

@@ -83,7 +83,7 @@ fn measure_model(model: &Gpt2, gpu: &Gpu, tokenizer: &TextTokenizer, options: &E
     let data_path = options.data.clone().unwrap_or_else(|| repo_path(WIKITEXT_TEST));
     let what = data_path.display().to_string();
     let tokens = tokenizer.encode(&read_text(&data_path)?)?;
-    let settings = EvalSettings::with_overrides(model, options.max_length, options.stride);
+    let settings = EvalSettings::with_overrides(model, options.max_length, options.stride).fitted_to(gpu);
 
     let mut bar = Bar::new("perplexity", "tokens", quiet);
     let start = Instant::now();

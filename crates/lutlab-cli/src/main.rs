@@ -1,6 +1,7 @@
 //! `lutlab`: the command-line face of lutlab, for models and runs too big for a browser tab.
 
 mod bench;
+mod bench_pipeline;
 mod eval;
 mod export;
 mod fisher;
@@ -34,7 +35,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Continues a prompt with a model or a packed file (greedy or seeded sampling), on the GPU.
     Generate(generate::GenerateArgs),
-    /// Benchmarks on the GPU (kernels: the LUT GEMV against dense GEMV and the copy ceiling).
+    /// Benchmarks on the GPU: kernels (LUT GEMV/GEMM, dense, copy), the bit slider's re-quantization,
+    /// and the whole pipeline (Fisher → k-means → pack → eval).
     Bench(bench::BenchArgs),
 }
 

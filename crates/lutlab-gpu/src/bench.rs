@@ -24,6 +24,8 @@ use wgpu::util::DeviceExt;
 pub struct KernelTiming {
     /// `copy`, `dense f32 gemv`, `dense f16 gemv`, `lut gemv 4-bit`, ...
     pub kernel: String,
+    /// Tokens multiplied at once: 1 for a GEMV.
+    pub tokens: usize,
     pub rows: usize,
     pub cols: usize,
     /// Mean time of one dispatch.
@@ -31,6 +33,15 @@ pub struct KernelTiming {
     /// Bytes the kernel must move (weights, tables, input and output; for the copy, read + write).
     pub bytes: u64,
     pub gb_per_s: f64,
+    /// 2 · tokens · rows · cols per second, in units of 10^12.
+    pub tflops: f64,
+}
+
+impl KernelTiming {
+    fn new(kernel: &str, tokens: usize, rows: usize, cols: usize, bytes: u64, micros: f64) -> Self {
+        let flops = 2.0 * (tokens * rows * cols) as f64;
+        Self { kernel: kernel.into(), tokens, rows, cols, micros, bytes, gb_per_s: bytes as f64 / micros / 1e3, tflops: flops / micros / 1e6 }
+    }
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
@@ -72,6 +83,65 @@ pub async fn bench_kernels(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], c
     }
     device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the GPU", e))?;
     Ok(out)
+}
+
+/// Many tokens through a linear layer (prefill, evaluation): the LUT GEMM of the model
+/// (`shaders/lut_gemm.wgsl`) at each of `bits`, beside burn's dense f32 matmul, which the model's
+/// dense layers use. The LUT GEMM is timed by GPU timestamps as the GEMV; burn's matmul by the
+/// wall clock over `iters` launches ended by a read-back (its launches queue without waiting).
+pub async fn bench_gemm(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], tokens: usize, iters: usize) -> Result<Vec<KernelTiming>> {
+    let mut out = Vec::new();
+    let mut rng = SplitMix64::new(2);
+    // Checking every token on the CPU would take minutes at 4096 × 11008; the first few suffice,
+    // as every tile of tokens runs the same code.
+    let checked = tokens.min(4);
+    for &(rows, cols) in shapes {
+        let x: Vec<f32> = (0..tokens * rows).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let bytes_io = (tokens * (rows + cols) * 4) as u64;
+        for &b in bits {
+            let packed = random_packed(&mut rng, rows, cols, b)?;
+            let want = packed.reference_matmul(&x[..checked * rows], checked, None);
+            let run = lut_gemm_run(gpu, &packed, &x, tokens)?;
+            let bytes = (packed.qweight.len() + packed.tables.len()) as u64 * 4 + bytes_io;
+            out.push(run.time(&format!("lut gemm {b}-bit"), rows, cols, bytes, &want, iters).await?);
+        }
+        let micros = burn_matmul_micros(gpu, &x, tokens, rows, cols, iters).await?;
+        out.push(KernelTiming::new("burn f32 gemm", tokens, rows, cols, (rows * cols * 4) as u64 + bytes_io, micros));
+    }
+    Ok(out)
+}
+
+/// Mean wall-clock microseconds of burn's f32 matmul `[tokens, rows] · [rows, cols]`.
+async fn burn_matmul_micros(gpu: &Gpu, x: &[f32], tokens: usize, rows: usize, cols: usize, iters: usize) -> Result<f64> {
+    let mut rng = SplitMix64::new(3);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+    let x = lutlab_model::device::upload(x, [tokens, rows], &gpu.device);
+    let w = lutlab_model::device::upload(&w, [rows, cols], &gpu.device);
+    lutlab_model::device::download(x.clone().matmul(w.clone())).await?;
+    let start = Instant::now();
+    let mut y = x.clone().matmul(w.clone());
+    for _ in 1..iters {
+        y = x.clone().matmul(w.clone());
+    }
+    lutlab_model::device::download(y.slice([0..1, 0..1])).await?;
+    Ok(start.elapsed().as_secs_f64() * 1e6 / iters as f64)
+}
+
+/// The model's GEMM for `tokens` tokens: 64 × 64 tiles of tokens × columns.
+fn lut_gemm_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32], tokens: usize) -> Result<Run<'a>> {
+    let (rows, cols) = (packed.rows, packed.cols);
+    let mut aux = packed.tables.clone();
+    let sparse_at = aux.len() as u32;
+    aux.push(0.0);
+    let index = vec![0u32; cols + 1];
+    let params = [rows as u32, cols as u32, tokens as u32, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32, 1, 0];
+    let device = &gpu.setup.device;
+    let buffer = |bytes: &[u8]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE });
+    let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&packed.qweight)), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));
+    let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (tokens * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
+    let gemm = lut_source(Shader::Gemm, packed.bits, false);
+    let step = Step::new(device, &gemm, &[&x, &qweight, &aux, &index, &output, &params], (cols.div_ceil(64), tokens.div_ceil(64), 1));
+    Ok(Run { gpu, steps: vec![step], output, cols, tokens })
 }
 
 fn dense_reference(x: &[f32], w: &[f32], cols: usize) -> Vec<f32> {
@@ -128,13 +198,13 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let grid = (cols.div_ceil(32), splits, 1);
     if splits == 1 {
         let step = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &output, &params], grid);
-        return Ok(Run { gpu, steps: vec![step], output, cols });
+        return Ok(Run { gpu, steps: vec![step], output, cols, tokens: 1 });
     }
     let partials = device.create_buffer(&wgpu::BufferDescriptor { label: Some("partials"), size: (splits * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
     let first = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &partials, &params], grid);
     let reduce = lut_source(Shader::GemvReduce, packed.bits, false);
     let second = Step::new(device, &reduce, &[&x, &partials, &aux, &index, &output, &params], (cols.div_ceil(256), 1, 1));
-    Ok(Run { gpu, steps: vec![first, second], output, cols })
+    Ok(Run { gpu, steps: vec![first, second], output, cols, tokens: 1 })
 }
 
 /// One dispatch: a pipeline, its buffers, its grid.
@@ -168,6 +238,7 @@ struct Run<'a> {
     steps: Vec<Step>,
     output: wgpu::Buffer,
     cols: usize,
+    tokens: usize,
 }
 
 impl<'a> Run<'a> {
@@ -182,7 +253,7 @@ impl<'a> Run<'a> {
         buffers.push(output.clone());
         buffers.push(device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: u32_bytes(params), usage: STORAGE }));
         let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
-        Ok(Self { gpu, steps: vec![Step::new(device, source, &refs, grid)], output, cols })
+        Ok(Self { gpu, steps: vec![Step::new(device, source, &refs, grid)], output, cols, tokens: 1 })
     }
 
     /// Encodes `repeats` runs of the steps in one pass, with GPU timestamps around it when the
@@ -207,18 +278,20 @@ impl<'a> Run<'a> {
         encoder.finish()
     }
 
-    /// Checks the output against `want` (relative to its largest magnitude), then times it.
+    /// Checks the output's first `want.len()` values (the first tokens' rows) against `want`
+    /// (relative to its largest magnitude), then times it.
     async fn time(&self, kernel: &str, rows: usize, cols: usize, bytes: u64, want: &[f32], iters: usize) -> Result<KernelTiming> {
         let device = &self.gpu.setup.device;
         let queue = &self.gpu.setup.queue;
         scoped(device, kernel, || queue.submit([self.encode(1, None)])).await?;
-        let got = to_f32(&read_back(self.gpu, &self.output, (self.cols * 4) as u64).await?);
+        let got = to_f32(&read_back(self.gpu, &self.output, (want.len() * 4) as u64).await?);
         let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        if let Some(c) = (0..cols).find(|&c| (got[c] - want[c]).abs() > 1e-4 * scale * (rows as f32).sqrt()) {
-            return Err(ModelError::Gpu(format!("{kernel} {rows}x{cols}: column {c} is {} on the GPU, {} on the CPU", got[c], want[c])));
+        if let Some(i) = (0..want.len()).find(|&i| (got[i] - want[i]).abs() > 1e-4 * scale * (rows as f32).sqrt()) {
+            let (t, c) = (i / self.cols, i % self.cols);
+            return Err(ModelError::Gpu(format!("{kernel} {rows}x{cols}: token {t} column {c} is {} on the GPU, {} on the CPU", got[i], want[i])));
         }
         let micros = time_commands(self.gpu, |timer| self.encode(iters, timer)).await? / iters as f64;
-        Ok(KernelTiming { kernel: kernel.into(), rows, cols, micros, bytes, gb_per_s: bytes as f64 / micros / 1e3 })
+        Ok(KernelTiming::new(kernel, self.tokens, rows, cols, bytes, micros))
     }
 }
 
@@ -348,5 +421,5 @@ async fn bench_copy(gpu: &Gpu, bytes: u64, iters: usize) -> Result<KernelTiming>
     }
     let micros = time_commands(gpu, |timer| encode(iters, timer)).await? / iters as f64;
     let moved = (words * 8) as u64;
-    Ok(KernelTiming { kernel: "copy".into(), rows: 1, cols: words, micros, bytes: moved, gb_per_s: moved as f64 / micros / 1e3 })
+    Ok(KernelTiming::new("copy", 0, 1, words, moved, micros))
 }

@@ -39,6 +39,13 @@ impl EvalSettings {
         }
         settings
     }
+
+    /// These settings with one batch's logits no larger than `gpu` can hold in a buffer (software
+    /// adapters such as lavapipe allocate at most 128 MiB at once).
+    pub fn fitted_to(mut self, gpu: &crate::Gpu) -> Self {
+        self.max_logits_bytes = self.max_logits_bytes.min(usize::try_from(gpu.max_binding_bytes()).unwrap_or(usize::MAX) / 2);
+        self
+    }
 }
 
 /// Evaluates the mean negative log-likelihood of `tokens` (`what` names the text in errors).
