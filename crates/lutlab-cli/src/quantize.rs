@@ -94,6 +94,12 @@ pub struct QuantizeArgs {
     /// Only blocks START,END (end exclusive), as SqueezeLLM's nuq.py `--range`.
     #[arg(long)]
     blocks: Option<String>,
+    /// Also quantize the token embedding and the LM head (one tied matrix, quantized as the head's
+    /// [n_embd, vocab] linear: a table per token at channel granularity). Off by default: they
+    /// stay f32, as in seed 000 and SqueezeLLM. The head's k-means is never Fisher-weighted
+    /// (`lutlab fisher` measures the blocks' linears) nor centered.
+    #[arg(long)]
+    quantize_embeddings: bool,
     /// Evaluate the quantized model's perplexity (on --data, default WikiText-2 test).
     #[arg(long)]
     eval: bool,
@@ -126,7 +132,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let fisher = args.fisher.as_deref().map(|path| read_fisher(path, weights)).transpose()?;
     let request = args.request();
     let method = request.method(weights, fisher.is_some())?;
-    let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
+    let selection = request.selection(args.blocks.as_deref().map(parse_blocks).transpose()?);
 
     let input_means = if args.centering { Some(input_means(&args, &loaded)?) } else { None };
 
@@ -138,9 +144,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
     let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_ref() };
     let quantized = if let Some(gpu) = &gpu {
-        pollster::block_on(quantize_model_gpu(gpu, weights, &method, blocks, calibration, &mut bar))?
+        pollster::block_on(quantize_model_gpu(gpu, weights, &method, selection, calibration, &mut bar))?
     } else {
-        quantize_model(weights, &method, blocks, calibration, &mut bar)?
+        quantize_model(weights, &method, selection, calibration, &mut bar)?
     };
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
@@ -198,6 +204,7 @@ impl QuantizeArgs {
             scale_type: self.scale_type.clone(),
             scaling: self.scaling,
             centering: self.centering,
+            embeddings: self.quantize_embeddings,
         }
     }
 }
@@ -301,6 +308,9 @@ fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds:
         quantized.bits_per_weight(),
         100.0 * outliers as f64 / weights.max(1) as f64
     );
+    if args.quantize_embeddings && args.fisher.is_some() {
+        println!("note: lm_head (the tied embedding) was quantized without Fisher weights: the Fisher file covers the blocks' linears");
+    }
     if let Some((packed, f16)) = sizes {
         println!("packed layers: {packed} bytes, {:.2}x smaller than f16 ({f16} bytes)", f16 as f64 / packed.max(1) as f64);
     }

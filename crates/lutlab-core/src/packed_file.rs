@@ -17,6 +17,7 @@
 use crate::checkpoint::{Checkpoint, HostTensor, TensorData, parse_safetensors, write_tensors};
 use crate::config::Gpt2Config;
 use crate::error::{LoadError, Result};
+use crate::quant::head::{is_head, transpose, HEAD};
 use crate::quant::model::QuantizedModel;
 use crate::quant::packed::{PackedLinear, SparseColumns, blocks, packed_code};
 use crate::weights::Gpt2Weights;
@@ -26,8 +27,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `__metadata__["format"]` of a packed model file.
 pub const FORMAT_NAME: &str = "lutlab-packed";
-/// `__metadata__["format_version"]` written, and the only one read.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest `__metadata__["format_version"]`: files with a packed LM head (`lm_head`, the
+/// tied embedding) are version 2; all others are written as version 1, which older lutlabs read.
+/// Both are read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of files without a packed head.
+pub const FORMAT_VERSION_WITHOUT_HEAD: u32 = 1;
 
 /// The linear layers of a GPT-2 block, by their name relative to the block.
 const LINEARS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
@@ -138,8 +143,9 @@ impl PackedModel {
         meta: PackedMeta,
         table_dtype: TableDtype,
     ) -> Result<Self> {
-        let linears: HashMap<String, (usize, usize)> =
+        let mut linears: HashMap<String, (usize, usize)> =
             weights.linears().map(|(name, l)| (name, (l.in_features(), l.out_features()))).collect();
+        linears.insert(HEAD.to_string(), (weights.config.n_embd, weights.config.vocab_size));
         let mut layers = BTreeMap::new();
         let mut biases: HashMap<String, HostTensor> = HashMap::new();
         for layer in &quantized.layers {
@@ -159,15 +165,19 @@ impl PackedModel {
             if let Some(t) = &layer.transform {
                 packed.scales.clone_from(&t.scales);
                 packed.input_shift.clone_from(&t.input_shift);
-                biases.insert(format!("{name}.bias"), HostTensor::new(vec![t.bias.len()], t.bias.clone()));
+                // The head has no bias (its transform's is zero, and it is never centered).
+                if !is_head(name) {
+                    biases.insert(format!("{name}.bias"), HostTensor::new(vec![t.bias.len()], t.bias.clone()));
+                }
             }
             if layers.insert(name.clone(), packed).is_some() {
                 return Err(invalid(format!("layer `{name}` is quantized twice")));
             }
         }
+        let packed_weights: BTreeSet<String> = layers.keys().map(|layer| weight_of(layer)).collect();
         let dense = named_tensors(weights)
             .into_iter()
-            .filter(|(name, _)| name.strip_suffix(".weight").is_none_or(|layer| !layers.contains_key(layer)))
+            .filter(|(name, _)| !packed_weights.contains(name))
             .map(|(name, t)| {
                 let t = biases.remove(&name).unwrap_or_else(|| t.clone());
                 (name, t)
@@ -237,16 +247,16 @@ impl PackedModel {
             if !linears.contains(name) {
                 return bad(not_a_linear(name, config));
             }
-            let weight = format!("{name}.weight");
-            if let Some(shape) = expected.get(&weight)
-                && shape[..] != [layer.rows, layer.cols]
+            let weight = weight_of(name);
+            if let Some((rows, cols)) = packed_shape(config, name)
+                && (rows, cols) != (layer.rows, layer.cols)
             {
-                return bad(format!(
-                    "packed layer `{name}` is {}x{}, the config's is {}x{}",
-                    layer.rows, layer.cols, shape[0], shape[1]
-                ));
+                return bad(format!("packed layer `{name}` is {}x{}, the config's is {rows}x{cols}", layer.rows, layer.cols));
             }
             layer.validate(&format!("{file}: packed layer `{name}`"))?;
+            if is_head(name) && layer.input_shift.is_some() {
+                return bad(format!("packed layer `{HEAD}` has an input shift: the LM head has no bias to fold it into"));
+            }
             if self.dense.contains_key(&weight) {
                 return bad(format!("`{weight}` is stored both dense and packed"));
             }
@@ -269,8 +279,9 @@ impl PackedModel {
                 ));
             }
         }
+        let packed_weights: BTreeSet<String> = self.layers.keys().map(|layer| weight_of(layer)).collect();
         for name in expected.keys() {
-            let packed = name.strip_suffix(".weight").is_some_and(|layer| self.layers.contains_key(layer));
+            let packed = packed_weights.contains(name);
             if !packed && !self.dense.contains_key(name) {
                 return bad(format!("tensor `{name}` is missing: a complete GPT-2 needs it, dense or packed"));
             }
@@ -328,7 +339,7 @@ impl PackedModel {
         let layers_json = serde_json::to_string(&layer_meta).map_err(|e| invalid(format!("layers metadata: {e}")))?;
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT_NAME.to_string()),
-            ("format_version".to_string(), FORMAT_VERSION.to_string()),
+            ("format_version".to_string(), self.format_version().to_string()),
             ("config".to_string(), config_json(&self.config)?),
             ("layers".to_string(), layers_json),
             ("base_model".to_string(), self.meta.base_model.clone()),
@@ -361,16 +372,16 @@ impl PackedModel {
             None => return Err(bad(format!("metadata `format` is missing: {not_ours}"))),
         }
         let version = get("format_version")?;
-        match version.trim().parse::<u32>() {
-            Ok(FORMAT_VERSION) => {}
+        let version = match version.trim().parse::<u32>() {
+            Ok(v) if (FORMAT_VERSION_WITHOUT_HEAD..=FORMAT_VERSION).contains(&v) => v,
             Ok(v) => {
                 return Err(bad(format!(
-                    "format version {v} is not supported: this lutlab reads version {FORMAT_VERSION} of `{FORMAT_NAME}` \
-                     (a newer lutlab may have written the file)"
+                    "format version {v} is not supported: this lutlab reads versions {FORMAT_VERSION_WITHOUT_HEAD} to \
+                     {FORMAT_VERSION} of `{FORMAT_NAME}` (a newer lutlab may have written the file)"
                 )));
             }
             Err(_) => return Err(bad(format!("metadata `format_version` is `{version}`, not a version number"))),
-        }
+        };
         let config_text = get("config")?;
         check_config_dims(file, config_text)?;
         let config_file = format!("{file}: metadata `config`");
@@ -397,13 +408,15 @@ impl PackedModel {
             if !linears.contains(name) {
                 return Err(bad(format!("metadata `layers`: {}", not_a_linear(name, &config))));
             }
-            if let Some(shape) = expected.get(&format!("{name}.weight"))
-                && shape[..] != [m.rows, m.cols]
-            {
+            if is_head(name) && version < 2 {
                 return Err(bad(format!(
-                    "metadata `layers`: `{name}` is {}x{}, the config's is {}x{}",
-                    m.rows, m.cols, shape[0], shape[1]
+                    "metadata `layers` lists `{HEAD}` (a packed LM head), which needs format version 2; the file says {version}"
                 )));
+            }
+            if let Some((rows, cols)) = packed_shape(&config, name)
+                && (rows, cols) != (m.rows, m.cols)
+            {
+                return Err(bad(format!("metadata `layers`: `{name}` is {}x{}, the config's is {rows}x{cols}", m.rows, m.cols)));
             }
         }
 
@@ -447,6 +460,12 @@ impl PackedModel {
         let mut tensors = self.dense.clone();
         for (name, layer) in &self.layers {
             let w = layer.effective_weights();
+            if is_head(name) {
+                // `wte` is the head's weight transposed (validation refused an input shift).
+                let wte = transpose(&w, layer.rows, layer.cols);
+                tensors.insert(weight_of(name), HostTensor::new(vec![layer.cols, layer.rows], wte));
+                continue;
+            }
             if let Some(shift) = &layer.input_shift {
                 let bias_name = format!("{name}.bias");
                 let bias = tensors
@@ -462,6 +481,11 @@ impl PackedModel {
             tensors.insert(format!("{name}.weight"), HostTensor::new(vec![layer.rows, layer.cols], w));
         }
         Gpt2Weights::from_checkpoint(&self.config, Checkpoint::from_tensors(tensors))
+    }
+
+    /// The `format_version` this model is written as: 2 with a packed head, else 1.
+    pub fn format_version(&self) -> u32 {
+        if self.layers.contains_key(HEAD) { FORMAT_VERSION } else { FORMAT_VERSION_WITHOUT_HEAD }
     }
 
     /// Bytes of the packed layers' tensors as the file stores them (data only, no header):
@@ -517,10 +541,25 @@ fn unknown_tensor(name: &str) -> String {
 
 fn not_a_linear(name: &str, config: &Gpt2Config) -> String {
     format!(
-        "`{name}` is not a linear layer of this GPT-2 (h.0 to h.{} × {})",
+        "`{name}` is not a linear layer of this GPT-2 (h.0 to h.{} × {}, or {HEAD})",
         config.n_layer.saturating_sub(1),
         LINEARS.join(", ")
     )
+}
+
+/// The dense weight a packed layer stands for: `{layer}.weight`, or `wte.weight` for the head.
+fn weight_of(layer: &str) -> String {
+    if is_head(layer) { "wte.weight".to_string() } else { format!("{layer}.weight") }
+}
+
+/// `(rows, cols)` of packed layer `name` in `config`: its Conv1D `[in, out]` shape; the head's is
+/// `[n_embd, vocab]` (`wte` transposed). `None` for a name that is no linear layer.
+fn packed_shape(config: &Gpt2Config, name: &str) -> Option<(usize, usize)> {
+    if is_head(name) {
+        return Some((config.n_embd, config.vocab_size));
+    }
+    let weight = format!("{name}.weight");
+    gpt2_tensor_shapes(config).into_iter().find(|(n, _)| *n == weight).map(|(_, shape)| (shape[0], shape[1]))
 }
 
 /// Every weight of a GPT-2 with its canonical name, in model order.
@@ -572,8 +611,11 @@ fn gpt2_tensor_shapes(config: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// The layers a file may pack: the blocks' linears and the head.
 fn linear_names(config: &Gpt2Config) -> BTreeSet<String> {
-    (0..config.n_layer).flat_map(|i| LINEARS.iter().map(move |n| format!("h.{i}.{n}"))).collect()
+    let mut names: BTreeSet<String> = (0..config.n_layer).flat_map(|i| LINEARS.iter().map(move |n| format!("h.{i}.{n}"))).collect();
+    names.insert(HEAD.to_string());
+    names
 }
 
 /// `h.0.attn.c_attn.qweight` → `("h.0.attn.c_attn", "qweight")`; `None` for other names.

@@ -2,7 +2,7 @@
 //! dense model it stands for, every kind of broken file refused by name, and a bounded fuzz.
 
 use lutlab_core::checkpoint::{Checkpoint, HostTensor, TensorData, write_tensors};
-use lutlab_core::packed_file::{FORMAT_NAME, FORMAT_VERSION, PackedMeta, PackedModel, TableDtype};
+use lutlab_core::packed_file::{FORMAT_NAME, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::model::quantize_layer;
 use lutlab_core::quant::outliers::range_for_outlier_percent;
@@ -367,7 +367,8 @@ fn the_valid_small_file_loads() {
     let (header, _) = split(small_file());
     let meta = &header["__metadata__"];
     assert_eq!(meta["format"], FORMAT_NAME);
-    assert_eq!(meta["format_version"], FORMAT_VERSION.to_string());
+    // No packed head: version 1, which older lutlabs read.
+    assert_eq!(meta["format_version"], FORMAT_VERSION_WITHOUT_HEAD.to_string());
     let layers: Value = serde_json::from_str(meta["layers"].as_str().unwrap()).unwrap();
     assert_eq!(layers["h.1.attn.c_proj"], serde_json::json!({"rows": 40, "cols": 40, "bits": 2, "channels_per_table": 8}));
     let config: Value = serde_json::from_str(meta["config"].as_str().unwrap()).unwrap();
@@ -390,8 +391,8 @@ fn a_file_of_another_format_is_named() {
 
 #[test]
 fn a_newer_version_is_refused_with_its_number() {
-    let err = error_of(&set_metadata(small_file(), "format_version", "2"));
-    assert!(err.contains("format version 2 is not supported") && err.contains("version 1"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "format_version", "3"));
+    assert!(err.contains("format version 3 is not supported") && err.contains("versions 1 to 2"), "{err}");
     let err = error_of(&set_metadata(small_file(), "format_version", "one"));
     assert!(err.contains("`one`"), "{err}");
 }

@@ -5,12 +5,11 @@
 
 use crate::kmeans::quantize_kmeans_gpu_report;
 use crate::profile;
-use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob};
+use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob, LayerSelection};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::weights::LinearWeights;
 use lutlab_core::{Gpt2Weights, LoadError, Progress};
 use lutlab_model::{Gpu, ModelError, Result};
-use std::ops::Range;
 
 /// One linear weight, its k-means on the GPU.
 pub async fn quantize_layer_gpu(
@@ -39,17 +38,18 @@ pub async fn quantize_layer_gpu(
     Ok(layer)
 }
 
-/// The GPU twin of `lutlab_core::quant::quantize_model`: every linear weight of `blocks`, with
-/// progress in weights and a cancel check between layers.
+/// The GPU twin of `lutlab_core::quant::quantize_model`: every weight `selection` names (the
+/// linears of some blocks, the embeddings if asked), with progress in weights and a cancel check
+/// between layers.
 pub async fn quantize_model_gpu(
     gpu: &Gpu,
     weights: &Gpt2Weights,
     method: &Method,
-    blocks: Option<Range<usize>>,
+    selection: impl Into<LayerSelection>,
     calibration: Calibration<'_>,
     progress: &mut dyn Progress,
 ) -> Result<QuantizedModel> {
-    let selected = selected_layers(weights, blocks)?;
+    let selected = selected_layers(weights, selection)?;
     let total = selected.iter().map(|(_, l)| l.weight.numel() as u64).sum();
     let mut done = 0;
     progress.update(0, total);
@@ -58,7 +58,7 @@ pub async fn quantize_model_gpu(
         if progress.is_cancelled() {
             return Err(LoadError::Cancelled.into());
         }
-        layers.push(quantize_layer_gpu(gpu, &name, linear, method, calibration, weights.config.n_embd).await?);
+        layers.push(quantize_layer_gpu(gpu, &name, &linear, method, calibration, weights.config.n_embd).await?);
         done += linear.weight.numel() as u64;
         progress.update(done, total);
     }

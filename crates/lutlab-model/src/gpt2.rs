@@ -5,6 +5,7 @@ use crate::device::upload;
 use crate::error::Result;
 use crate::lut_linear::PackedGpuLinear;
 use lutlab_core::packed_file::PackedModel;
+use lutlab_core::quant::head::{transpose, HEAD};
 use lutlab_core::LoadError;
 use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
 use lutlab_core::weights::{LayerNormWeights, LinearWeights};
@@ -79,7 +80,11 @@ pub struct Block {
 #[derive(Clone, Debug)]
 pub struct Gpt2 {
     pub config: Gpt2Config,
+    /// The token embedding `[vocab, C]`, and the head's weight (transposed) unless `head` is set.
     pub wte: Tensor<2>,
+    /// The LM head packed (a packed model with quantized embeddings): logits come from its codes
+    /// through the LUT kernels, and `wte` holds the same matrix's rows dequantized for the lookup.
+    pub head: Option<Box<PackedGpuLinear>>,
     pub wpe: Tensor<2>,
     pub blocks: Vec<Block>,
     pub ln_f: LayerNorm,
@@ -109,6 +114,7 @@ impl Gpt2 {
         Self {
             config: weights.config.clone(),
             wte: upload2(&weights.wte, device),
+            head: None,
             wpe: upload2(&weights.wpe, device),
             blocks,
             ln_f: LayerNorm::new(&weights.ln_f, eps, device),
@@ -147,9 +153,19 @@ impl Gpt2 {
                 mlp_c_proj: linear(&format!("h.{i}.mlp.c_proj"))?,
             });
         }
+        // A packed head: its kernels give the logits, its dequantized rows the embedding lookup.
+        let (wte, head) = match model.layers.get(HEAD) {
+            Some(packed) => {
+                let rows = transpose(&packed.effective_weights(), packed.rows, packed.cols);
+                let wte = upload(&rows, [packed.cols, packed.rows], device);
+                (wte, Some(Box::new(PackedGpuLinear::upload(packed, None, device, HEAD)?)))
+            }
+            None => (upload2(tensor("wte.weight")?, device), None),
+        };
         Ok(Self {
             config: config.clone(),
-            wte: upload2(tensor("wte.weight")?, device),
+            wte,
+            head,
             wpe: upload2(tensor("wpe.weight")?, device),
             blocks,
             ln_f: layer_norm("ln_f")?,
@@ -184,10 +200,15 @@ impl Gpt2 {
         self.ln_f.forward(x)
     }
 
-    /// Logits `[B, T, vocab]` from hidden states, through the head tied to `wte`.
+    /// Logits `[B, T, vocab]` from hidden states, through the head tied to `wte` (packed: the LUT
+    /// kernels on its codes).
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, t, c] = hidden.dims();
-        let logits = hidden.reshape([b * t, c]).matmul(self.wte.clone().transpose());
+        let hidden = hidden.reshape([b * t, c]);
+        let logits = match &self.head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.wte.clone().transpose()),
+        };
         logits.reshape([b, t, self.config.vocab_size])
     }
 

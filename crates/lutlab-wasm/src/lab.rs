@@ -378,7 +378,7 @@ impl Lab {
                 return Err(js_error("centering needs the layers' mean inputs: compute them first").into());
             }
             let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| request.centering) };
-            let layers = selected_layers(weights, None).map_err(js_error)?;
+            let layers = selected_layers(weights, request.selection(None)).map_err(js_error)?;
             let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
             let (mut done, mut quantized) = (0, Vec::with_capacity(layers.len()));
             let start = js_sys::Date::now();
@@ -389,9 +389,9 @@ impl Lab {
                     return Err(js_error("cancelled").into());
                 }
                 let layer = if on_gpu {
-                    quantize_layer_gpu(&gpu, &name, linear, &method, calibration, weights.config.n_embd).await.map_err(js_error)?
+                    quantize_layer_gpu(&gpu, &name, &linear, &method, calibration, weights.config.n_embd).await.map_err(js_error)?
                 } else {
-                    quantize_layer(&name, linear, &method, calibration, weights.config.n_embd).map_err(js_error)?
+                    quantize_layer(&name, &linear, &method, calibration, weights.config.n_embd).map_err(js_error)?
                 };
                 quantized.push(layer);
                 done += linear.weight.numel() as u64;

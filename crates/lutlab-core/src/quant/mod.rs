@@ -7,6 +7,7 @@
 //!
 //! Layout: weights are GPT-2 Conv1D `[in, out]` row-major; an *output channel* is a column.
 
+pub mod head;
 pub mod kmeans;
 pub mod lut;
 pub mod model;
@@ -21,7 +22,7 @@ pub use kmeans::{
     quantize_kmeans_report, quantize_optimal,
 };
 pub use lut::{Granularity, LutMatrix, SparseOutliers};
-pub use model::{quantize_model, Calibration, InputMeans, LayerTransform, Method, QuantizedLayer, QuantizedModel};
+pub use model::{quantize_model, Calibration, InputMeans, LayerSelection, LayerTransform, Method, QuantizedLayer, QuantizedModel};
 pub use request::QuantizeRequest;
 pub use packed::{PackedLinear, SparseColumns};
 pub use outliers::{OutlierSelection, OutlierSettings, quantize_dense_and_sparse, select_outliers};

@@ -3,12 +3,14 @@
 
 use crate::error::{LoadError, Result};
 use crate::progress::Progress;
+use crate::quant::head::{head_calibration, head_linear, head_outliers, is_head, transpose, HEAD};
 use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings};
 use crate::quant::lut::{Granularity, LutMatrix};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
 use crate::quant::uniform::{quantize_uniform, UniformSettings};
 use crate::weights::{Gpt2Weights, LinearWeights};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// How each weight matrix is quantized.
@@ -85,16 +87,31 @@ pub struct QuantizedModel {
 /// Sample weights (the Fisher diagonal) of a linear weight by its full name, when known.
 pub type SampleWeights<'a> = &'a dyn Fn(&str) -> Option<&'a [f32]>;
 
-/// Quantizes the linear weights of blocks `blocks` (all by default). Embeddings and the tied
-/// `lm_head` stay in full precision, as in seed 000 and SqueezeLLM.
+/// Which weights a model's quantization covers: the linear weights of `blocks` (all by default)
+/// and, when `embeddings` is set, the tied token embedding / LM head (`quant::head`). Off by
+/// default, as in seed 000 and SqueezeLLM, which keep them in full precision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerSelection {
+    pub blocks: Option<Range<usize>>,
+    pub embeddings: bool,
+}
+
+impl From<Option<Range<usize>>> for LayerSelection {
+    fn from(blocks: Option<Range<usize>>) -> Self {
+        Self { blocks, embeddings: false }
+    }
+}
+
+/// Quantizes the weights `selection` names (an `Option<Range>` of blocks converts into one; the
+/// embeddings stay in full precision unless it says otherwise).
 pub fn quantize_model(
     weights: &Gpt2Weights,
     method: &Method,
-    blocks: Option<Range<usize>>,
+    selection: impl Into<LayerSelection>,
     calibration: Calibration,
     progress: &mut dyn Progress,
 ) -> Result<QuantizedModel> {
-    let selected = selected_layers(weights, blocks)?;
+    let selected = selected_layers(weights, selection)?;
     let total = selected.iter().map(|(_, l)| l.weight.numel() as u64).sum();
     let mut done = 0;
     progress.update(0, total);
@@ -103,24 +120,34 @@ pub fn quantize_model(
         if progress.is_cancelled() {
             return Err(LoadError::Cancelled);
         }
-        layers.push(quantize_layer(&name, linear, method, calibration, weights.config.n_embd)?);
+        layers.push(quantize_layer(&name, &linear, method, calibration, weights.config.n_embd)?);
         done += linear.weight.numel() as u64;
         progress.update(done, total);
     }
     Ok(QuantizedModel { layers })
 }
 
-/// The linear layers of `blocks` (all by default), with their names, in model order.
-pub fn selected_layers(weights: &Gpt2Weights, blocks: Option<Range<usize>>) -> Result<Vec<(String, &LinearWeights)>> {
+/// The linear layers `selection` names, with their names, in model order; the head (`lm_head`,
+/// built from `wte`, so owned) last.
+pub fn selected_layers(weights: &Gpt2Weights, selection: impl Into<LayerSelection>) -> Result<Vec<(String, Cow<'_, LinearWeights>)>> {
+    let selection = selection.into();
     let n_layer = weights.blocks.len();
-    let blocks = blocks.unwrap_or(0..n_layer);
+    let blocks = selection.blocks.unwrap_or(0..n_layer);
     if blocks.is_empty() || blocks.end > n_layer {
         return Err(LoadError::InvalidSetting(format!(
             "blocks {}..{} are not a non-empty range inside the model's {n_layer} blocks",
             blocks.start, blocks.end
         )));
     }
-    Ok(weights.linears().filter(|(name, _)| block_of(name).is_some_and(|b| blocks.contains(&b))).collect())
+    let mut layers: Vec<(String, Cow<'_, LinearWeights>)> = weights
+        .linears()
+        .filter(|(name, _)| block_of(name).is_some_and(|b| blocks.contains(&b)))
+        .map(|(name, linear)| (name, Cow::Borrowed(linear)))
+        .collect();
+    if selection.embeddings {
+        layers.push((HEAD.to_string(), Cow::Owned(head_linear(weights))));
+    }
+    Ok(layers)
 }
 
 fn block_of(name: &str) -> Option<usize> {
@@ -183,6 +210,9 @@ impl<'a> KmeansJob<'a> {
         let Method::Kmeans { settings, outliers, scaling } = method else {
             return Err(LoadError::InvalidSetting(format!("{name}: not a k-means method")));
         };
+        // The head gets no Fisher weights, sensitive weights or centering (`quant::head`).
+        let calibration = head_calibration(name, calibration);
+        let outliers = &head_outliers(name, *outliers);
         let sample_weights = sample_weights_of(calibration.fisher, name)?;
         let mut settings = *settings;
         if name.ends_with("attn.c_attn") && settings.granularity == Granularity::Tensor {
@@ -254,8 +284,9 @@ pub fn sample_weights_of<'f>(fisher: Option<SampleWeights<'f>>, name: &str) -> R
 }
 
 fn in_layer(name: &str, e: LoadError) -> LoadError {
+    let what = if is_head(name) { format!("{HEAD} (the token embedding, tied; one output channel per token)") } else { name.to_string() };
     match e {
-        LoadError::InvalidSetting(reason) => LoadError::InvalidSetting(format!("{name}: {reason}")),
+        LoadError::InvalidSetting(reason) => LoadError::InvalidSetting(format!("{what}: {reason}")),
         other => other,
     }
 }
@@ -276,11 +307,17 @@ fn layer_report(
 }
 
 impl QuantizedModel {
-    /// A copy of `weights` with every quantized linear weight replaced by its dequantized form;
-    /// with centering, the stored bias less `μ · W` (the dense layer computes the same outputs).
+    /// A copy of `weights` with every quantized linear weight replaced by its dequantized form
+    /// (the head's, transposed, as `wte`: embedding and logits both use it); with centering, the
+    /// stored bias less `μ · W` (the dense layer computes the same outputs).
     pub fn apply(&self, weights: &Gpt2Weights) -> Gpt2Weights {
         let mut out = weights.clone();
         for layer in &self.layers {
+            if is_head(&layer.name) {
+                let (vocab, c) = (weights.config.vocab_size, weights.config.n_embd);
+                out.wte.data = transpose(&layer.dequantized, c, vocab);
+                continue;
+            }
             if let Some(linear) = linear_mut(&mut out, &layer.name) {
                 linear.weight.data.clone_from(&layer.dequantized);
                 if let Some(t) = &layer.transform {

@@ -3,7 +3,7 @@
 
 use crate::error::{LoadError, Result};
 use crate::quant::kmeans::KmeansSettings;
-use crate::quant::model::Method;
+use crate::quant::model::{LayerSelection, Method};
 use crate::quant::outliers::{range_for_outlier_percent, OutlierSettings};
 use crate::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
 use crate::weights::Gpt2Weights;
@@ -38,6 +38,8 @@ pub struct QuantizeRequest {
     pub scaling: bool,
     /// k-means: seed 000's centering (needs the layers' mean inputs from calibration).
     pub centering: bool,
+    /// Also quantize the tied token embedding / LM head (`quant::head`). Off by default.
+    pub embeddings: bool,
 }
 
 impl Default for QuantizeRequest {
@@ -57,6 +59,7 @@ impl Default for QuantizeRequest {
             scale_type: "float".into(),
             scaling: false,
             centering: false,
+            embeddings: false,
         }
     }
 }
@@ -103,8 +106,20 @@ impl QuantizeRequest {
         }
     }
 
-    /// "kmeans 4-bit tensor", "rtn int 4-bit channel asym", for reports and file names.
+    /// The weights to quantize: the linears of `blocks` (all by default), and the embeddings
+    /// when asked.
+    pub fn selection(&self, blocks: Option<std::ops::Range<usize>>) -> LayerSelection {
+        LayerSelection { blocks, embeddings: self.embeddings }
+    }
+
+    /// "kmeans 4-bit tensor", "rtn int 4-bit channel asym", for reports and file names; ends in
+    /// " +embeddings" when the embeddings are quantized too.
     pub fn label(&self, has_fisher: bool) -> String {
+        let embeddings = if self.embeddings { " +embeddings" } else { "" };
+        format!("{}{embeddings}", self.method_label(has_fisher))
+    }
+
+    fn method_label(&self, has_fisher: bool) -> String {
         match self.method.as_str() {
             "rtn" => {
                 // Scale estimation and type only where they differ from the defaults, so that
