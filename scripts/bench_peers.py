@@ -1,8 +1,9 @@
 """The peers of `lutlab bench kernels`, measured on the same GPU in the same run (device only):
-PyTorch's GEMV of one token through a linear layer in f16 and f32 (cuBLAS), and a device copy
-(the memory-bandwidth ceiling), for the same shapes. Prints one JSON object.
+PyTorch's GEMV of one token through a linear layer in f16 and f32 (cuBLAS), its GEMM of
+--gemm-tokens tokens (0 skips it), and a device copy (the memory-bandwidth ceiling), for the same
+shapes. Prints one JSON object.
 
-    python3 scripts/bench_peers.py --shapes 4096x11008,11008x4096 --iters 200
+    python3 scripts/bench_peers.py --shapes 4096x11008,11008x4096 --iters 200 --gemm-tokens 512
 """
 
 import argparse
@@ -30,6 +31,7 @@ def main():
     parser.add_argument("--shapes", default="768x2304,768x3072,3072x768,4096x4096,4096x11008,11008x4096")
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--copy-mib", type=int, default=256)
+    parser.add_argument("--gemm-tokens", type=int, default=0)
     args = parser.parse_args()
     results = []
     src = torch.empty(args.copy_mib << 18, dtype=torch.float32, device="cuda")
@@ -37,16 +39,22 @@ def main():
     micros = time_cuda(lambda: dst.copy_(src), args.iters)
     moved = 2 * src.numel() * 4
     results.append({"kernel": "torch copy", "bytes": moved, "micros": micros, "gb_per_s": moved / micros / 1e3})
+    token_counts = [1] + ([args.gemm_tokens] if args.gemm_tokens > 0 else [])
     for shape in args.shapes.split(","):
         rows, cols = (int(v) for v in shape.split("x"))
-        for dtype, size in ((torch.float16, 2), (torch.float32, 4)):
-            x = torch.randn(1, rows, dtype=dtype, device="cuda")
-            w = torch.randn(rows, cols, dtype=dtype, device="cuda")
-            y = torch.empty(1, cols, dtype=dtype, device="cuda")
-            micros = time_cuda(lambda: torch.matmul(x, w, out=y), args.iters)
-            moved = (rows * cols + rows + cols) * size
-            name = "torch f16 gemv" if dtype == torch.float16 else "torch f32 gemv"
-            results.append({"kernel": name, "rows": rows, "cols": cols, "bytes": moved, "micros": micros, "gb_per_s": moved / micros / 1e3})
+        for tokens in token_counts:
+            # As lutlab's GEMM bench: fewer repetitions of the far larger work.
+            iters = args.iters if tokens == 1 else max(3, -(-args.iters // 10))
+            for dtype, size in ((torch.float16, 2), (torch.float32, 4)):
+                x = torch.randn(tokens, rows, dtype=dtype, device="cuda")
+                w = torch.randn(rows, cols, dtype=dtype, device="cuda")
+                y = torch.empty(tokens, cols, dtype=dtype, device="cuda")
+                micros = time_cuda(lambda: torch.matmul(x, w, out=y), iters)
+                moved = (rows * cols + tokens * (rows + cols)) * size
+                kind = "gemv" if tokens == 1 else "gemm"
+                name = f"torch {'f16' if dtype == torch.float16 else 'f32'} {kind}"
+                results.append({"kernel": name, "tokens": tokens, "rows": rows, "cols": cols, "bytes": moved, "micros": micros,
+                                "gb_per_s": moved / micros / 1e3, "tflops": 2 * tokens * rows * cols / micros / 1e6})
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "iters": args.iters, "kernels": results}))
 
 

@@ -85,7 +85,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
         xs[lane] = v;
         workgroupBarrier();
-        if (live) {
+        if (live && kc + CHUNK_BLOCKS <= k_end) {
+            // A whole chunk: each lane's 4 blocks, all their words loaded first (host-written).
+{{decode_chunk}}
+        } else if (live) {
             for (var k = kc + lid.y; k < min(kc + CHUNK_BLOCKS, k_end); k += SLICES) {
                 let xk = (k - kc) * 8u;
                 // The host writes out the block's `bits` word loads and its 32 codes' shifts,

@@ -107,3 +107,17 @@ fn gemv_walks_several_input_chunks_of_one_split() {
     GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
     check(&packed, 2, true, &mut rng);
 }
+
+#[test]
+fn gemv_full_chunks_match_the_cpu_for_every_bit_width() {
+    // 2,100 rows are 66 blocks: two whole chunks (the path that loads 4 blocks per lane at once)
+    // and a partial one, in one split and in the usual splits (whole chunks each).
+    let mut rng = SplitMix64::new(5);
+    for bits in 1..=8 {
+        let packed = random_layer(&mut rng, 2100, 40, bits, Granularity::Channel, bits % 2 == 0);
+        GEMV_TARGET_OVERRIDE.store(1, Ordering::Relaxed);
+        check(&packed, 1, true, &mut rng);
+        GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
+        check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+    }
+}

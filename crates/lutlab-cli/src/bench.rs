@@ -59,6 +59,9 @@ struct KernelArgs {
     /// Size of the buffer copied for the bandwidth ceiling, in MiB.
     #[arg(long, default_value_t = 256)]
     copy_mib: u64,
+    /// Workgroups the GEMV aims for when it splits the input rows (default: the model's choice).
+    #[arg(long)]
+    gemv_workgroups: Option<usize>,
     /// Tokens of the GEMM (prefill, evaluation); 0 skips it.
     #[arg(long, default_value_t = 512)]
     gemm_tokens: usize,
@@ -123,6 +126,9 @@ fn kernels(mut args: KernelArgs) -> Result<()> {
     }
     if args.iters == 0 {
         bail!("--iters must be at least 1");
+    }
+    if let Some(n) = args.gemv_workgroups {
+        lutlab_model::lut_linear::GEMV_TARGET_OVERRIDE.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
     let gpu = pollster::block_on(open_gpu())?;
     let mut timings = pollster::block_on(bench_kernels(&gpu, &shapes, &bits, args.copy_mib << 20, args.iters))?;

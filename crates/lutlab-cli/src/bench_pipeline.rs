@@ -6,7 +6,7 @@
 
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST, WIKITEXT_VALID};
 use crate::progress::Bar;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use lutlab_core::files::read_text;
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
@@ -55,6 +55,10 @@ pub struct PipelineArgs {
     /// A smoke run for CI: 2 Fisher windows of 64 tokens, 2,000 evaluation tokens, CPU k-means.
     #[arg(long)]
     quick: bool,
+    /// Also write the Fisher file and the packed model into this directory (after the clock), for
+    /// the peers' scripts (`bench_sklearn.py --fisher --packed` compares objectives).
+    #[arg(long)]
+    save: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -146,7 +150,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     let label = request.label(true);
     let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(&request)? };
     let packed = PackedModel::from_quantized(weights, &quantized, meta, TableDtype::F16)?;
-    let packed_bytes = packed.to_safetensors(TableDtype::F16)?.len();
+    let packed_file = packed.to_safetensors(TableDtype::F16)?;
     let pack_seconds = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
@@ -157,6 +161,12 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     let what = data_path.display().to_string();
     let (packed_eval_seconds, packed_nll) = timed_eval(&packed_model, &eval_tokens, eval_settings, &what, args.json)?;
     let (dense_eval_seconds, dense_nll) = timed_eval(&dense, &eval_tokens, eval_settings, &what, args.json)?;
+    if let Some(dir) = &args.save {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).with_context(|| format!("writing {}", dir.join(name).display()));
+        write("fisher.safetensors", &diagonal.to_safetensors()?)?;
+        write("packed.safetensors", &packed_file)?;
+    }
     let fisher_tokens = settings.nsamples * settings.seqlen;
     Ok(PipelineReport {
         model: model_dir.display().to_string(),
@@ -168,7 +178,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
         kmeans_on: if args.cpu_kmeans { "cpu" } else { "gpu" },
         kmeans_seconds,
         pack_seconds,
-        packed_bytes,
+        packed_bytes: packed_file.len(),
         upload_seconds,
         eval_window: eval_settings.max_length,
         eval_scored_tokens: packed_nll.scored,

@@ -13,7 +13,7 @@ use crate::util::{f32_bytes, gpu_error, read_staging, scoped, to_f32, u32_bytes}
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
-use lutlab_model::lut_linear::{decode_block, gemv_splits, kernel_body, Shader};
+use lutlab_model::lut_linear::{decode_block, decode_chunk, gemv_splits, kernel_body, Shader};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -177,6 +177,7 @@ fn lut_source(shader: Shader, bits: u32, shared_tables: bool) -> String {
         .replace("{{bits}}", &bits.to_string())
         .replace("{{shared_tables}}", if shared_tables { "true" } else { "false" })
         .replace("{{decode_block}}", &decode_block(bits))
+        .replace("{{decode_chunk}}", &decode_chunk(bits))
 }
 
 /// The model's GEMV for one token (`lutlab_model::lut_linear`): the split over rows it picks for

@@ -20,6 +20,8 @@ pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_COLUMNS: usize = 32;
 /// Packed blocks (of 32 rows) a GEMV workgroup's 8 slices walk at least.
 const GEMV_MIN_BLOCKS_PER_SPLIT: usize = 8;
+/// Packed blocks of input a GEMV workgroup stages at once (`CHUNK_BLOCKS` in the shader).
+const GEMV_CHUNK_BLOCKS: usize = 32;
 /// Workgroups a GEMV aims for: narrow layers split their rows until a large GPU is full.
 const GEMV_TARGET_WORKGROUPS: usize = 2048;
 const GEMM_TILE: usize = 64;
@@ -151,7 +153,12 @@ pub fn gemv_splits(cols: usize, blocks: usize) -> (usize, usize) {
         n => n,
     };
     let wanted = (target / tiles).clamp(1, blocks.div_ceil(GEMV_MIN_BLOCKS_PER_SPLIT).max(1));
-    let per_split = blocks.div_ceil(wanted).max(1);
+    let mut per_split = blocks.div_ceil(wanted).max(1);
+    // Whole chunks of 32 blocks take the kernel's faster path (4 blocks per lane, loads issued
+    // together), so a matrix of several chunks splits on chunk boundaries.
+    if blocks >= GEMV_CHUNK_BLOCKS {
+        per_split = per_split.next_multiple_of(GEMV_CHUNK_BLOCKS);
+    }
     (blocks.div_ceil(per_split).max(1), per_split)
 }
 
@@ -177,6 +184,7 @@ impl KernelSource for LutKernel {
             .register("bits", self.bits.to_string())
             .register("shared_tables", self.shared_tables.to_string())
             .register("decode_block", decode_block(self.bits))
+            .register("decode_chunk", decode_chunk(self.bits))
     }
 
     fn id(&self) -> KernelId {
@@ -203,23 +211,51 @@ pub fn kernel_body(shader: Shader) -> &'static str {
 /// Generated per bit width because GPU compilers keep arrays with computed indices in slow
 /// local memory; constants leave them nothing to guess.
 pub fn decode_block(bits: u32) -> String {
-    let indent = "                ";
     let mut out = String::new();
     for j in 0..bits {
-        out += &format!("{indent}let w{j} = qweight[(k * BITS + {j}u) * cols + c];\n");
+        out += &format!("{INDENT}let w{j} = qweight[(k * BITS + {j}u) * cols + c];\n");
     }
     for q in 0..8 {
-        out += &format!("{indent}let x{q} = xs[xk + {q}u];\n");
+        out += &format!("{INDENT}let x{q} = xs[xk + {q}u];\n");
     }
+    out + &block_multiply_adds(bits, "w", "x")
+}
+
+/// The GEMV's full chunk of 32 blocks, where each lane owns 4 (one every 8 blocks): all their
+/// `4 · bits` word loads are issued before the first multiply-add, so four times as many loads
+/// are in flight per lane as with [`decode_block`]'s one block at a time; a GEMV waits on
+/// memory latency, not on arithmetic.
+pub fn decode_chunk(bits: u32) -> String {
+    let mut out = String::new();
+    for b in 0..4 {
+        for j in 0..bits {
+            out += &format!("{INDENT}let w{b}_{j} = qweight[((kc + lid.y + {}u) * BITS + {j}u) * cols + c];\n", 8 * b);
+        }
+    }
+    for b in 0..4 {
+        for q in 0..8 {
+            out += &format!("{INDENT}let x{b}_{q} = xs[(lid.y + {}u) * 8u + {q}u];\n", 8 * b);
+        }
+        out += &block_multiply_adds(bits, &format!("w{b}_"), &format!("x{b}_"));
+    }
+    out
+}
+
+const INDENT: &str = "                ";
+
+/// The 32 codes of a block held in words `{words}0..`, each looked up and multiplied by its input
+/// in vec4s `{inputs}0..{inputs}7`.
+fn block_multiply_adds(bits: u32, words: &str, inputs: &str) -> String {
+    let mut out = String::new();
     for i in 0..32 {
         let (word, shift) = ((i * bits) / 32, (i * bits) % 32);
         let code = match shift {
-            0 => format!("w{word}"),
-            s if s + bits > 32 => format!("((w{word} >> {s}u) | (w{} << {}u))", word + 1, 32 - s),
-            s => format!("(w{word} >> {s}u)"),
+            0 => format!("{words}{word}"),
+            s if s + bits > 32 => format!("(({words}{word} >> {s}u) | ({words}{} << {}u))", word + 1, 32 - s),
+            s => format!("({words}{word} >> {s}u)"),
         };
         let lane = ["x", "y", "z", "w"][(i % 4) as usize];
-        out += &format!("{indent}acc{} += x{}.{lane} * lut(table_base + ({code} & MASK));\n", i % 4, i / 4);
+        out += &format!("{INDENT}acc{} += {inputs}{}.{lane} * lut(table_base + ({code} & MASK));\n", i % 4, i / 4);
     }
     out
 }
