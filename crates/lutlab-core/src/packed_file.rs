@@ -9,6 +9,10 @@
 //! `layers` JSON. `L.bias` stays dense, under its Hugging Face name, as do the embeddings, the
 //! LayerNorms and the weights of linears left unquantized.
 //!
+//! The tied token embedding may be packed too, as the layer `lm_head` (the head's `[n_embd,
+//! vocab]` linear, `wte` transposed; `wte.weight` is then absent): such files are version 2, all
+//! others version 1 (`docs/FORMAT.md` §10).
+//!
 //! Reading treats the bytes as untrusted: every size is checked against the metadata before it
 //! is used, every value is checked (finite floats, indices in range, zero padding), the result
 //! must be a complete GPT-2, and anything unknown is refused by name. It returns an error, never
