@@ -205,7 +205,8 @@ function quantizedRun() {
 
 function optionsOf(request, report) {
   if (request.method === 'rtn') {
-    return [request.format, request.scale_stats, request.scale_type === 'po2' && 'po2 scales', request.asym ? 'zero point' : 'symmetric']
+    return [request.format, request.scale_stats, request.scale_type === 'po2' && 'po2 scales', request.asym ? 'zero point' : 'symmetric',
+      request.embeddings && 'embeddings']
       .filter(Boolean).join('; ');
   }
   return [
@@ -214,6 +215,7 @@ function optionsOf(request, report) {
     request.scaling && 'scaling',
     request.centering && 'centering',
     request.gpu && 'k-means on GPU',
+    request.embeddings && 'embeddings',
   ].filter(Boolean).join('; ');
 }
 
@@ -245,7 +247,7 @@ function runsCsv() {
 
 function quantizeRequest() {
   const method = $('q-method').value;
-  const request = { method, bits: Number($('q-bits').value), granularity: $('q-granularity').value };
+  const request = { method, bits: Number($('q-bits').value), granularity: $('q-granularity').value, embeddings: $('q-embeddings').checked };
   if (method === 'kmeans') {
     // Output-channel groups for tables; uniform scales group input rows, as Brevitas does.
     if ($('q-outliers').value !== '') request.outlier_percent = Number($('q-outliers').value);
