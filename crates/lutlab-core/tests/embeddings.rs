@@ -19,11 +19,12 @@ const C: usize = 40;
 fn weights() -> Gpt2Weights {
     let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: C, n_positions: 16, vocab_size: VOCAB, layer_norm_epsilon: 1e-5, n_inner: 64 };
     let mut rng = SplitMix64::new(4);
-    let mut shapes = vec![("wte.weight".to_string(), vec![VOCAB, C]), ("wpe.weight".to_string(), vec![16, C])];
-    for ln in ["ln_f"] {
-        shapes.push((format!("{ln}.weight"), vec![C]));
-        shapes.push((format!("{ln}.bias"), vec![C]));
-    }
+    let mut shapes = vec![
+        ("wte.weight".to_string(), vec![VOCAB, C]),
+        ("wpe.weight".to_string(), vec![16, C]),
+        ("ln_f.weight".to_string(), vec![C]),
+        ("ln_f.bias".to_string(), vec![C]),
+    ];
     for i in 0..2 {
         for ln in ["ln_1", "ln_2"] {
             shapes.push((format!("h.{i}.{ln}.weight"), vec![C]));
