@@ -1,4 +1,4 @@
-// Shared by the LUT kernels (lut_gemv, lut_gemv_reduce, lut_gemm; the host puts this file in
+// Shared by the LUT kernels (lut_gemv, lut_gemv_reduce; the host puts this file in
 // front of each): the bindings, and the epilogue that adds a column's sparse outliers, scale and
 // bias. Layout of the packed weight: docs/FORMAT.md, lutlab_core::quant::packed.
 

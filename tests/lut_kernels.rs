@@ -1,4 +1,4 @@
-//! The LUT GEMV and GEMM kernels (`shaders/lut_gemv.wgsl`, `shaders/lut_gemm.wgsl`) against their
+//! The LUT GEMV and GEMM kernels (`shaders/lut_gemv.wgsl`; `shaders/lut_dequantize.wgsl` + matmul) against their
 //! CPU reference `PackedLinear::reference_matmul`, for every bit width, every granularity, odd
 //! shapes, outliers, scales, input shift and bias.
 //!

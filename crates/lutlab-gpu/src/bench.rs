@@ -13,7 +13,8 @@ use crate::util::{f32_bytes, gpu_error, read_staging, scoped, to_f32, u32_bytes}
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
-use lutlab_model::lut_linear::{decode_block, decode_chunk, gemv_splits, kernel_body, Shader};
+use lutlab_model::device::download;
+use lutlab_model::lut_linear::{decode_block, decode_chunk, gemv_splits, kernel_body, PackedGpuLinear, Shader};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -85,63 +86,62 @@ pub async fn bench_kernels(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], c
     Ok(out)
 }
 
-/// Many tokens through a linear layer (prefill, evaluation): the LUT GEMM of the model
-/// (`shaders/lut_gemm.wgsl`) at each of `bits`, beside burn's dense f32 matmul, which the model's
-/// dense layers use. The LUT GEMM is timed by GPU timestamps as the GEMV; burn's matmul by the
-/// wall clock over `iters` launches ended by a read-back (its launches queue without waiting).
+/// Many tokens through a linear layer (prefill, evaluation): the model's LUT GEMM (the layer
+/// dequantized by `shaders/lut_dequantize.wgsl`, then burn's matmul) at each of `bits`, beside
+/// burn's dense f32 matmul alone, which the model's dense layers use. Both are timed by the wall
+/// clock over `iters` calls ended by a read-back (burn's launches queue without waiting).
 pub async fn bench_gemm(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], tokens: usize, iters: usize) -> Result<Vec<KernelTiming>> {
     let mut out = Vec::new();
     let mut rng = SplitMix64::new(2);
-    // Checking every token on the CPU would take minutes at 4096 × 11008; the first few suffice,
-    // as every tile of tokens runs the same code.
+    // Checking every token on the CPU would take minutes at 4096 × 11008; the first few suffice.
     let checked = tokens.min(4);
     for &(rows, cols) in shapes {
         let x: Vec<f32> = (0..tokens * rows).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let x_gpu = lutlab_model::device::upload(&x, [tokens, rows], &gpu.device);
         let bytes_io = (tokens * (rows + cols) * 4) as u64;
         for &b in bits {
             let packed = random_packed(&mut rng, rows, cols, b)?;
-            let want = packed.reference_matmul(&x[..checked * rows], checked, None);
-            let run = lut_gemm_run(gpu, &packed, &x, tokens)?;
+            let layer = PackedGpuLinear::upload(&packed, None, &gpu.device, "bench")?;
+            let got = download(layer.forward(x_gpu.clone()).slice([0..checked, 0..cols])).await?;
+            check(&format!("lut gemm {b}-bit"), rows, cols, &got, &packed.reference_matmul(&x[..checked * rows], checked, None))?;
+            let micros = wall_micros(iters, || layer.forward(x_gpu.clone())).await?;
             let bytes = (packed.qweight.len() + packed.tables.len()) as u64 * 4 + bytes_io;
-            out.push(run.time(&format!("lut gemm {b}-bit"), rows, cols, bytes, &want, iters).await?);
+            out.push(KernelTiming::new(&format!("lut gemm {b}-bit"), tokens, rows, cols, bytes, micros));
         }
-        let micros = burn_matmul_micros(gpu, &x, tokens, rows, cols, iters).await?;
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let w = lutlab_model::device::upload(&w, [rows, cols], &gpu.device);
+        let micros = wall_micros(iters, || x_gpu.clone().matmul(w.clone())).await?;
         out.push(KernelTiming::new("burn f32 gemm", tokens, rows, cols, (rows * cols * 4) as u64 + bytes_io, micros));
     }
     Ok(out)
 }
 
-/// Mean wall-clock microseconds of burn's f32 matmul `[tokens, rows] · [rows, cols]`.
-async fn burn_matmul_micros(gpu: &Gpu, x: &[f32], tokens: usize, rows: usize, cols: usize, iters: usize) -> Result<f64> {
-    let mut rng = SplitMix64::new(3);
-    let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
-    let x = lutlab_model::device::upload(x, [tokens, rows], &gpu.device);
-    let w = lutlab_model::device::upload(&w, [rows, cols], &gpu.device);
-    lutlab_model::device::download(x.clone().matmul(w.clone())).await?;
+/// Mean wall-clock microseconds of `run` over `iters` calls after a warm-up, the last result
+/// read back (one element) so that the GPU has finished them all.
+async fn wall_micros(iters: usize, run: impl Fn() -> lutlab_model::burn::tensor::Tensor<2>) -> Result<f64> {
+    download(run().slice([0..1, 0..1])).await?;
     let start = Instant::now();
-    let mut y = x.clone().matmul(w.clone());
+    let mut y = run();
     for _ in 1..iters {
-        y = x.clone().matmul(w.clone());
+        y = run();
     }
-    lutlab_model::device::download(y.slice([0..1, 0..1])).await?;
+    download(y.slice([0..1, 0..1])).await?;
     Ok(start.elapsed().as_secs_f64() * 1e6 / iters as f64)
 }
 
-/// The model's GEMM for `tokens` tokens: 64 × 64 tiles of tokens × columns.
-fn lut_gemm_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32], tokens: usize) -> Result<Run<'a>> {
-    let (rows, cols) = (packed.rows, packed.cols);
-    let mut aux = packed.tables.clone();
-    let sparse_at = aux.len() as u32;
-    aux.push(0.0);
-    let index = vec![0u32; cols + 1];
-    let params = [rows as u32, cols as u32, tokens as u32, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32, 1, 0];
-    let device = &gpu.setup.device;
-    let buffer = |bytes: &[u8]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE });
-    let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&packed.qweight)), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));
-    let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (tokens * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
-    let gemm = lut_source(Shader::Gemm, packed.bits, false);
-    let step = Step::new(device, &gemm, &[&x, &qweight, &aux, &index, &output, &params], (cols.div_ceil(64), tokens.div_ceil(64), 1));
-    Ok(Run { gpu, steps: vec![step], output, cols, tokens })
+/// `got` against `want` relative to its largest magnitude, scaled by √rows (f32 sums).
+fn check(kernel: &str, rows: usize, cols: usize, got: &[f32], want: &[f32]) -> Result<()> {
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    match (0..want.len()).find(|&i| (got[i] - want[i]).abs() > 1e-4 * scale * (rows as f32).sqrt()) {
+        Some(i) => Err(ModelError::Gpu(format!(
+            "{kernel} {rows}x{cols}: token {} column {} is {} on the GPU, {} on the CPU",
+            i / cols,
+            i % cols,
+            got[i],
+            want[i]
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn dense_reference(x: &[f32], w: &[f32], cols: usize) -> Vec<f32> {
@@ -199,13 +199,13 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let grid = (cols.div_ceil(32), splits, 1);
     if splits == 1 {
         let step = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &output, &params], grid);
-        return Ok(Run { gpu, steps: vec![step], output, cols, tokens: 1 });
+        return Ok(Run { gpu, steps: vec![step], output });
     }
     let partials = device.create_buffer(&wgpu::BufferDescriptor { label: Some("partials"), size: (splits * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
     let first = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &partials, &params], grid);
     let reduce = lut_source(Shader::GemvReduce, packed.bits, false);
     let second = Step::new(device, &reduce, &[&x, &partials, &aux, &index, &output, &params], (cols.div_ceil(256), 1, 1));
-    Ok(Run { gpu, steps: vec![first, second], output, cols, tokens: 1 })
+    Ok(Run { gpu, steps: vec![first, second], output })
 }
 
 /// One dispatch: a pipeline, its buffers, its grid.
@@ -233,13 +233,11 @@ impl Step {
     }
 }
 
-/// A kernel (one or more dispatches) bound to its buffers, writing `cols` f32 to `output`.
+/// A kernel (one or more dispatches) bound to its buffers, writing to `output`.
 struct Run<'a> {
     gpu: &'a Gpu,
     steps: Vec<Step>,
     output: wgpu::Buffer,
-    cols: usize,
-    tokens: usize,
 }
 
 impl<'a> Run<'a> {
@@ -254,7 +252,7 @@ impl<'a> Run<'a> {
         buffers.push(output.clone());
         buffers.push(device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: u32_bytes(params), usage: STORAGE }));
         let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
-        Ok(Self { gpu, steps: vec![Step::new(device, source, &refs, grid)], output, cols, tokens: 1 })
+        Ok(Self { gpu, steps: vec![Step::new(device, source, &refs, grid)], output })
     }
 
     /// Encodes `repeats` runs of the steps in one pass, with GPU timestamps around it when the
@@ -279,20 +277,15 @@ impl<'a> Run<'a> {
         encoder.finish()
     }
 
-    /// Checks the output's first `want.len()` values (the first tokens' rows) against `want`
-    /// (relative to its largest magnitude), then times it.
+    /// Checks the output against `want`, then times it.
     async fn time(&self, kernel: &str, rows: usize, cols: usize, bytes: u64, want: &[f32], iters: usize) -> Result<KernelTiming> {
         let device = &self.gpu.setup.device;
         let queue = &self.gpu.setup.queue;
         scoped(device, kernel, || queue.submit([self.encode(1, None)])).await?;
         let got = to_f32(&read_back(self.gpu, &self.output, (want.len() * 4) as u64).await?);
-        let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        if let Some(i) = (0..want.len()).find(|&i| (got[i] - want[i]).abs() > 1e-4 * scale * (rows as f32).sqrt()) {
-            let (t, c) = (i / self.cols, i % self.cols);
-            return Err(ModelError::Gpu(format!("{kernel} {rows}x{cols}: token {t} column {c} is {} on the GPU, {} on the CPU", got[i], want[i])));
-        }
+        check(kernel, rows, cols, &got, want)?;
         let micros = time_commands(self.gpu, |timer| self.encode(iters, timer)).await? / iters as f64;
-        Ok(KernelTiming::new(kernel, self.tokens, rows, cols, bytes, micros))
+        Ok(KernelTiming::new(kernel, 1, rows, cols, bytes, micros))
     }
 }
 

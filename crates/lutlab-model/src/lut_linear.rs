@@ -1,5 +1,6 @@
 //! Linear layers that multiply straight from packed LUT weights on the GPU: the WGSL kernels in
-//! `shaders/lut_gemv.wgsl` (a few tokens) and `shaders/lut_gemm.wgsl` (many), launched on burn's
+//! `shaders/lut_gemv.wgsl` (a few tokens) and `shaders/lut_dequantize.wgsl` followed by burn's
+//! matmul (many), launched on burn's
 //! own wgpu device through cubecl, so their inputs and outputs are ordinary burn tensors and the
 //! rest of the model (attention, LayerNorm, the head) runs unchanged around them.
 //!
@@ -24,7 +25,6 @@ const GEMV_MIN_BLOCKS_PER_SPLIT: usize = 8;
 const GEMV_CHUNK_BLOCKS: usize = 32;
 /// Workgroups a GEMV aims for: narrow layers split their rows until a large GPU is full.
 const GEMV_TARGET_WORKGROUPS: usize = 2048;
-const GEMM_TILE: usize = 64;
 /// Marks an absent optional part (scales, shift, bias) in the parameters.
 const NONE: u32 = u32::MAX;
 
@@ -37,6 +37,9 @@ pub struct PackedGpuLinear {
     qweight: CubeTensor,
     aux: CubeTensor,
     index: CubeTensor,
+    /// The input shift and the bias again, as tensors for the GEMM path's burn operations.
+    shift: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
     /// Parameters shared by the kernels; the token count (`params[2]`) and the GEMV split
     /// (`params[10..12]`) are set per call.
     params: [u32; 12],
@@ -87,6 +90,8 @@ impl PackedGpuLinear {
             qweight: upload_u32(&packed.qweight, device)?,
             aux: primitive(Tensor::<1>::from_data(TensorData::new(aux.clone(), [aux.len()]), device))?,
             index: upload_u32(&index, device)?,
+            shift: packed.input_shift.as_deref().map(|v| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)),
+            bias: bias.map(|v| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)),
             params,
         })
     }
@@ -130,12 +135,42 @@ impl PackedGpuLinear {
                 client.launch(Box::new(SourceKernel::new(reduce, CubeDim::new_1d(256))), grid, buffers(&partials, &out, &params));
             }
         } else {
-            let gemm = LutKernel { shader: Shader::Gemm, bits: self.bits, shared_tables: false };
-            let grid = CubeCount::Static(self.cols.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1);
-            client.launch(Box::new(SourceKernel::new(gemm, CubeDim::new_2d(16, 16))), grid, buffers(&self.qweight.handle, &out, &params));
+            return self.gemm(Tensor::from_primitive::<Wgpu>(x));
         }
         let y = CubeTensor::new_contiguous(client, x.device.clone(), Shape::new([m, self.cols]), out, DType::F32);
         Tensor::from_primitive::<Wgpu>(y)
+    }
+
+    /// Many tokens: the layer dequantized to its effective dense weight (scales and sparse
+    /// outliers included) by one kernel, then burn's matmul, shift and bias.
+    fn gemm(&self, x: Tensor<2>) -> Tensor<2> {
+        let w = self.dequantized();
+        let x = match &self.shift {
+            Some(shift) => x - shift.clone().unsqueeze::<2>(),
+            None => x,
+        };
+        let y = x.matmul(w);
+        match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+
+    /// `scale ⊙ W` as a dense `[rows, cols]` tensor (tables looked up, sparse outliers added).
+    pub fn dequantized(&self) -> Tensor<2> {
+        let client = self.qweight.client.clone();
+        let w = client.empty(self.rows * self.cols * 4);
+        let arguments = KernelArguments::new()
+            .with_buffer(self.qweight.handle.clone().binding())
+            .with_buffer(self.aux.handle.clone().binding())
+            .with_buffer(self.index.handle.clone().binding())
+            .with_buffer(w.clone().binding())
+            .with_buffer(client.create_from_slice(bytemuck::cast_slice(&self.params)).binding());
+        let kernel = LutKernel { shader: Shader::Dequantize, bits: self.bits, shared_tables: false };
+        let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, self.params[4], 1);
+        client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))), grid, arguments);
+        let w = CubeTensor::new_contiguous(client, self.qweight.device.clone(), Shape::new([self.rows, self.cols]), w, DType::F32);
+        Tensor::from_primitive::<Wgpu>(w)
     }
 }
 
@@ -166,7 +201,7 @@ pub fn gemv_splits(cols: usize, blocks: usize) -> (usize, usize) {
 pub enum Shader {
     Gemv,
     GemvReduce,
-    Gemm,
+    Dequantize,
 }
 
 /// One compiled variant of a LUT kernel: the bit width is a compile-time constant.
@@ -179,6 +214,9 @@ struct LutKernel {
 
 impl KernelSource for LutKernel {
     fn source(&self) -> SourceTemplate {
+        if self.shader == Shader::Dequantize {
+            return SourceTemplate::new(kernel_body(self.shader)).register("bits", self.bits.to_string());
+        }
         SourceTemplate::new(include_str!("../../../shaders/lut_common.wgsl"))
             .add_template(kernel_body(self.shader))
             .register("bits", self.bits.to_string())
@@ -196,12 +234,13 @@ impl KernelSource for LutKernel {
     }
 }
 
-/// The WGSL of a kernel, without `lut_common.wgsl` (bindings and epilogue), which goes first.
+/// The WGSL of a kernel, without `lut_common.wgsl` (bindings and epilogue), which goes first
+/// (except for the dequantization, which has its own bindings).
 pub fn kernel_body(shader: Shader) -> &'static str {
     match shader {
         Shader::Gemv => include_str!("../../../shaders/lut_gemv.wgsl"),
         Shader::GemvReduce => include_str!("../../../shaders/lut_gemv_reduce.wgsl"),
-        Shader::Gemm => include_str!("../../../shaders/lut_gemm.wgsl"),
+        Shader::Dequantize => include_str!("../../../shaders/lut_dequantize.wgsl"),
     }
 }
 
