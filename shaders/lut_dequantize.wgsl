@@ -5,8 +5,8 @@
 // tokens, bound by memory) multiplies straight from the codes (lut_gemv.wgsl).
 //
 // One thread per (column, packed block of 32 rows): consecutive threads take consecutive columns,
-// so both the packed words (tile-major, see `tiled_codes` in lut_linear.rs) and the written rows
-// are read and written coalesced. The thread then adds the column's sparse outliers that fall in its block. Layout:
+// so both the packed words ([blocks · bits, cols]) and the written rows are read and written
+// coalesced. The thread then adds the column's sparse outliers that fall in its block. Layout:
 // docs/FORMAT.md, lutlab_core::quant::packed. The host fills the bit width.
 
 const BITS: u32 = {{bits}}u;
@@ -14,7 +14,7 @@ const MASK: u32 = (1u << BITS) - 1u;
 const NONE: u32 = 0xffffffffu;
 
 // Every binding is read_write: the host launches through cubecl, which binds them so.
-@group(0) @binding(0) var<storage, read_write> qweight: array<u32>;  // tile-major codes
+@group(0) @binding(0) var<storage, read_write> qweight: array<u32>;  // [blocks · bits, cols]
 @group(0) @binding(1) var<storage, read_write> aux: array<f32>;      // tables | sparse values | scales | shift | bias
 @group(0) @binding(2) var<storage, read_write> index: array<u32>;    // sparse col_ptr | row_idx
 @group(0) @binding(3) var<storage, read_write> w: array<f32>;        // [rows, cols]
@@ -25,7 +25,6 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let rows = p[0];
     let cols = p[1];
     let channels_per_table = p[3];
-    let blocks = p[4];
     let sparse_values_at = p[5];
     let scales_at = p[6];
     let row_idx_at = p[9];
@@ -35,16 +34,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let table = c / channels_per_table * (MASK + 1u);
     var scale = 1.0;
     if (scales_at != NONE) { scale = aux[scales_at + c]; }
-    let base = (c / 32u * blocks + k) * BITS * 32u + c % 32u;
+    let base = k * BITS * cols + c;
     let r0 = k * 32u;
     let n = min(32u, rows - r0);
     for (var i = 0u; i < n; i++) {
         let bit = i * BITS;
         let word = bit / 32u;
         let s = bit % 32u;
-        var code = qweight[base + word * 32u] >> s;
+        var code = qweight[base + word * cols] >> s;
         if (s + BITS > 32u) {
-            code |= qweight[base + (word + 1u) * 32u] << (32u - s);
+            code |= qweight[base + (word + 1u) * cols] << (32u - s);
         }
         w[(r0 + i) * cols + c] = aux[table + (code & MASK)] * scale;
     }

@@ -3,8 +3,7 @@
 //
 // Workgroup (x, y, z) = (32 output columns, one split of the input rows, one token). Its 256 lanes
 // are 32 columns × 8 slices: lane x owns a column, so the 32 lanes of a slice read 32 neighbouring
-// packed words (coalesced; the codes are tile-major on the GPU, so a workgroup's words are one
-// contiguous region) and the same staged input (a broadcast); slice j walks every 8th block
+// packed words (coalesced) and the same staged input (a broadcast); slice j walks every 8th block
 // of 32 rows of the split. The 8 partial sums meet in workgroup memory. With one split, lane y = 0
 // then adds the column's sparse outliers, scale and bias and writes y; with several (narrow
 // layers need them to fill a large GPU), it writes its partial sum and lut_gemv_reduce.wgsl
@@ -50,9 +49,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 
     let c0 = wg.x * COLS;
     let c = c0 + lid.x;
-    // The first packed block of this workgroup's tile of columns (tile-major codes, see
-    // `tiled_codes` in lut_linear.rs).
-    let tile_blocks = wg.x * blocks;
     let split = wg.y;
     let t = wg.z;
     let lane = lid.y * COLS + lid.x;

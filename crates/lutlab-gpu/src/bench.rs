@@ -14,7 +14,7 @@ use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
 use lutlab_model::device::download;
-use lutlab_model::lut_linear::{decode_block, decode_chunk, gemv_splits, kernel_body, tiled_codes, PackedGpuLinear, Shader};
+use lutlab_model::lut_linear::{decode_block, decode_chunk, gemv_splits, kernel_body, PackedGpuLinear, Shader};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -192,7 +192,7 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let params = [rows as u32, cols as u32, 1, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32, splits as u32, per_split as u32];
     let device = &gpu.setup.device;
     let buffer = |bytes: &[u8]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE });
-    let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&tiled_codes(packed))), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));
+    let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&packed.qweight)), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));
     let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
     let shared_tables = packed.bits <= 6;
     let gemv = lut_source(Shader::Gemv, packed.bits, shared_tables);

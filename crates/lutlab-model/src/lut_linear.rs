@@ -87,7 +87,7 @@ impl PackedGpuLinear {
             rows: packed.rows,
             cols: packed.cols,
             bits: packed.bits,
-            qweight: upload_u32(&tiled_codes(packed), device)?,
+            qweight: upload_u32(&packed.qweight, device)?,
             aux: primitive(Tensor::<1>::from_data(TensorData::new(aux.clone(), [aux.len()]), device))?,
             index: upload_u32(&index, device)?,
             shift: packed.input_shift.as_deref().map(|v| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)),
@@ -252,7 +252,7 @@ pub fn kernel_body(shader: Shader) -> &'static str {
 pub fn decode_block(bits: u32) -> String {
     let mut out = String::new();
     for j in 0..bits {
-        out += &format!("{INDENT}let w{j} = qweight[((tile_blocks + k) * BITS + {j}u) * 32u + lid.x];\n");
+        out += &format!("{INDENT}let w{j} = qweight[(k * BITS + {j}u) * cols + c];\n");
     }
     for q in 0..8 {
         out += &format!("{INDENT}let x{q} = xs[xk + {q}u];\n");
@@ -268,7 +268,7 @@ pub fn decode_chunk(bits: u32) -> String {
     let mut out = String::new();
     for b in 0..4 {
         for j in 0..bits {
-            out += &format!("{INDENT}let w{b}_{j} = qweight[((tile_blocks + kc + lid.y + {}u) * BITS + {j}u) * 32u + lid.x];\n", 8 * b);
+            out += &format!("{INDENT}let w{b}_{j} = qweight[((kc + lid.y + {}u) * BITS + {j}u) * cols + c];\n", 8 * b);
         }
     }
     for b in 0..4 {
@@ -295,27 +295,6 @@ fn block_multiply_adds(bits: u32, words: &str, inputs: &str) -> String {
         };
         let lane = ["x", "y", "z", "w"][(i % 4) as usize];
         out += &format!("{INDENT}acc{} += {inputs}{}.{lane} * lut(table_base + ({code} & MASK));\n", i % 4, i / 4);
-    }
-    out
-}
-
-/// The packed codes as the GPU kernels read them: tile-major. The file's layout
-/// (`[blocks · bits, cols]`, docs/FORMAT.md) interleaves every column's words row by row, so the
-/// GEMV's workgroup of 32 columns read 128 bytes out of each 44 KB row of a 4096 × 11008 layer,
-/// a scattered walk through DRAM. Here the `bits` words of 32 columns × one block are 128 · bits
-/// contiguous bytes, and a tile's blocks follow one another: each workgroup streams one
-/// contiguous region. Word `j` of block `k`, column `c` lands at
-/// `((c / 32 · blocks + k) · bits + j) · 32 + c % 32`; the last tile is padded with zeros.
-pub fn tiled_codes(packed: &PackedLinear) -> Vec<u32> {
-    let (cols, bits) = (packed.cols, packed.bits as usize);
-    let nblocks = blocks(packed.rows);
-    let tiles = cols.div_ceil(32);
-    let mut out = vec![0u32; tiles * nblocks * bits * 32];
-    for (row, words) in packed.qweight.chunks_exact(cols).enumerate() {
-        let (k, j) = (row / bits, row % bits);
-        for (c, &word) in words.iter().enumerate() {
-            out[(((c / 32) * nblocks + k) * bits + j) * 32 + c % 32] = word;
-        }
     }
     out
 }
