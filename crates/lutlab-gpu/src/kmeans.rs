@@ -35,6 +35,7 @@
 
 use crate::init::{self, Points};
 use crate::profile;
+use crate::seeding;
 use crate::util::{f32_bytes, read_staging, scoped, to_f32, to_u32, u32_bytes};
 use lutlab_core::LoadError;
 use lutlab_core::quant::kmeans::{KmeansOutput, KmeansSettings, TableReport, assign, levels, objective};
@@ -45,6 +46,8 @@ use wgpu::util::DeviceExt;
 
 /// Values per `kmeans_assign` workgroup (4 tiles of 1024; a multiple of 4 so code words align).
 const CHUNK: usize = 4096;
+/// Invocations per workgroup of the sequential passes (`kmeans_*_seq.wgsl`).
+const SEQ_WG: usize = 64;
 /// Most iterations between two state read-backs (it starts at 2 and doubles).
 const MAX_CHECK_INTERVAL: usize = 16;
 
@@ -189,10 +192,29 @@ fn check_inputs(values: &[f32], sample_weights: Option<&[f32]>) -> Result<()> {
     Ok(())
 }
 
-/// The two compute pipelines, built once per device.
+/// The compute pipelines, built once per device: the workgroup passes and their sequential
+/// twins for CPU adapters (see [`LloydKernels`]).
 struct Kernels {
     assign: wgpu::ComputePipeline,
     update: wgpu::ComputePipeline,
+    assign_seq: wgpu::ComputePipeline,
+    update_seq: wgpu::ComputePipeline,
+}
+
+/// Which Lloyd passes run. The workgroup passes (`kmeans_assign`, `kmeans_update`) reduce in
+/// workgroup memory with many barriers, which suits GPUs; CPU rasterisers (lavapipe, Chromium's
+/// SwiftShader) switch between lane groups at every barrier, which made one Lloyd iteration of a
+/// 768×3072 layer take ~1 s there. The sequential passes (`kmeans_assign_seq`,
+/// `kmeans_update_seq`) give each item and each run one invocation that walks its values in
+/// order, with no barrier; they need sorted segments (quantization always sorts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LloydKernels {
+    /// Sequential on a CPU adapter when every segment is sorted, else the workgroup passes.
+    #[default]
+    Auto,
+    Workgroup,
+    /// Sequential when every segment is sorted (else the workgroup passes).
+    Sequential,
 }
 
 async fn kernels(device: &wgpu::Device) -> Result<Arc<Kernels>> {
@@ -244,6 +266,8 @@ async fn build_kernels(device: &wgpu::Device) -> Result<Kernels> {
         Kernels {
             assign: pipeline("kmeans_assign", include_str!("../../../shaders/kmeans_assign.wgsl")),
             update: pipeline("kmeans_update", include_str!("../../../shaders/kmeans_update.wgsl")),
+            assign_seq: pipeline("kmeans_assign_seq", include_str!("../../../shaders/kmeans_assign_seq.wgsl")),
+            update_seq: pipeline("kmeans_update_seq", include_str!("../../../shaders/kmeans_update_seq.wgsl")),
         }
     })
     .await
@@ -268,6 +292,11 @@ struct Round {
 /// positive-weight values than `k` (as the CPU's Lloyd requires; otherwise it keeps re-seeding
 /// until `max_iter`); a run over an empty segment is returned as is, with objective 0.
 pub async fn lloyd_gpu(gpu: &Gpu, batch: KmeansBatch<'_>) -> Result<LloydGpuOutput> {
+    lloyd_gpu_with(gpu, batch, LloydKernels::Auto).await
+}
+
+/// [`lloyd_gpu`] with a choice of passes (tests compare them; results agree to f32 rounding).
+pub async fn lloyd_gpu_with(gpu: &Gpu, batch: KmeansBatch<'_>, passes: LloydKernels) -> Result<LloydGpuOutput> {
     batch.check()?;
     let device = &gpu.setup.device;
     let kernels = kernels(device).await?;
@@ -338,8 +367,15 @@ pub async fn lloyd_gpu(gpu: &Gpu, batch: KmeansBatch<'_>) -> Result<LloydGpuOutp
     // Sorted segments take the shader's segmented-scan path (cost independent of k).
     let sorted: Vec<bool> =
         batch.offsets.windows(2).map(|w| batch.values[w[0]..w[1]].windows(2).all(|p| p[0] <= p[1])).collect();
+    let all_sorted = sorted.iter().all(|&s| s);
+    let sequential = all_sorted
+        && match passes {
+            LloydKernels::Auto => gpu.setup.adapter.get_info().device_type == wgpu::DeviceType::Cpu,
+            LloydKernels::Workgroup => false,
+            LloydKernels::Sequential => true,
+        };
     for round in rounds.iter().filter(|r| !r.runs.is_empty()) {
-        run_round(gpu, &kernels, &batch, &sorted, &values, &weights, &round.runs, &mut out).await?;
+        run_round(gpu, &kernels, &batch, &sorted, sequential, &values, &weights, &round.runs, &mut out).await?;
     }
     Ok(out)
 }
@@ -373,6 +409,7 @@ async fn run_round(
     kernels: &Kernels,
     batch: &KmeansBatch<'_>,
     sorted: &[bool],
+    sequential: bool,
     values: &wgpu::Buffer,
     weights: &wgpu::Buffer,
     round: &[usize],
@@ -424,8 +461,14 @@ async fn run_round(
         0 => limit,
         row => row.min(limit),
     };
-    let item_grid = grid(n_items, max_dim)?;
-    let run_grid = grid(n_runs, max_dim)?;
+    // The sequential passes take 64 items or runs per workgroup (one per invocation).
+    let (assign, update, per_group) = if sequential {
+        (&kernels.assign_seq, &kernels.update_seq, SEQ_WG)
+    } else {
+        (&kernels.assign, &kernels.update, 1)
+    };
+    let item_grid = grid(n_items.div_ceil(per_group), max_dim)?;
+    let run_grid = grid(n_runs.div_ceil(per_group), max_dim)?;
     let params: [u32; 8] =
         [k as u32, n_items as u32, n_runs as u32, batch.max_iter.min(u32::MAX as usize - 1) as u32, max_dim, 0, 0, 0];
     use wgpu::BufferUsages as U;
@@ -440,12 +483,12 @@ async fn run_round(
         let objective = empty_buffer(device, "kmeans objective", (n_runs * k * 4) as u64, U::STORAGE | U::COPY_SRC);
         let bind_assign = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("kmeans_assign"),
-            layout: &kernels.assign.get_bind_group_layout(0),
+            layout: &assign.get_bind_group_layout(0),
             entries: &entries(&[&params, values, weights, &items, &runs, &centroids, &codes, &partials, &changed]),
         });
         let bind_update = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("kmeans_update"),
-            layout: &kernels.update.get_bind_group_layout(0),
+            layout: &update.get_bind_group_layout(0),
             entries: &entries(&[&params, &runs, &centroids, &partials, &changed, &objective]),
         });
         (Buffers { runs, centroids, codes, objective }, bind_assign, bind_update)
@@ -462,10 +505,10 @@ async fn run_round(
                 let mut pass = encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("lloyd"), timestamp_writes: None });
                 for _ in 0..interval {
-                    pass.set_pipeline(&kernels.assign);
+                    pass.set_pipeline(assign);
                     pass.set_bind_group(0, &bind_assign, &[]);
                     pass.dispatch_workgroups(item_grid.0, item_grid.1, 1);
-                    pass.set_pipeline(&kernels.update);
+                    pass.set_pipeline(update);
                     pass.set_bind_group(0, &bind_update, &[]);
                     pass.dispatch_workgroups(run_grid.0, run_grid.1, 1);
                 }
@@ -706,22 +749,28 @@ pub async fn quantize_kmeans_gpu_report(
         KmeansInit::Quantile => 1,
     };
 
-    // Host: each table's weights in table order, effective weights, points and initial tables.
+    // Host: each table's weights in table order, effective weights and points.
     let t = profile::start();
-    let tables =
-        prepare_tables(weights, rows, cols, per_table, n_tables, sample_weights, excluded, k, settings, restarts);
-    profile::stop("host: tables, sort, k-means++", t);
+    let (tables, points) = prepare_tables(weights, rows, cols, per_table, n_tables, sample_weights, excluded, k);
+    profile::stop("host: tables, sort, points", t);
 
-    // GPU Lloyd over the points of the tables that need a fit, in batches that fit a binding.
+    // GPU Lloyd over the points of the tables that need a fit, in batches that fit a binding and
+    // in chunks whose k-means++ seeding (on the host) overlaps the Lloyd of the chunk before.
     let limit = gpu.max_binding_bytes();
-    let fitted: Vec<usize> = (0..n_tables).filter(|&t| tables[t].initial.is_some()).collect();
+    let fitted: Vec<usize> = (0..n_tables).filter(|&t| tables[t].exact.is_none()).collect();
     let mut chosen: Vec<(Vec<f32>, usize, bool)> =
         tables.iter().map(|t| (t.exact.clone().unwrap_or_default(), 0, true)).collect();
+    let groups: Vec<Vec<usize>> = split_by_bytes(&fitted, |t| points[t].len() as u64 * 4, limit)
+        .into_iter()
+        .flat_map(|g| seeding::chunks(g, restarts))
+        .collect();
+    let seed_plan = seeding::Plan { k, init: settings.init, seed: settings.seed, restarts };
+    let mut seeds = seeding::Seeds::start(points.clone(), groups.clone(), seed_plan);
     let t_lloyd = profile::start();
-    for group in split_by_bytes(&fitted, |t| tables[t].points.len() as u64 * 4, limit) {
+    for group in groups {
         // The f32 points of every table, converted on all cores (a model has ~10⁸ of them).
         let converted = parallel_map(group.len(), |s| {
-            let points = &tables[group[s]].points;
+            let points = &points[group[s]];
             let x: Vec<f32> = points.x.iter().map(|&v| v as f32).collect();
             let w: Vec<f32> = points.w.iter().map(|&v| v as f32).collect();
             (x, w)
@@ -733,15 +782,10 @@ pub async fn quantize_kmeans_gpu_report(
         let values: Vec<f32> = converted.iter().flat_map(|(x, _)| x.iter().copied()).collect();
         let pw: Vec<f32> = converted.iter().flat_map(|(_, w)| w.iter().copied()).collect();
         drop(converted);
-        let mut run_segments = Vec::new();
-        let mut initial = Vec::new();
-        for (s, &t) in group.iter().enumerate() {
-            let table = &tables[t];
-            for run in table.initial.iter().flatten() {
-                run_segments.push(s);
-                initial.extend_from_slice(run);
-            }
-        }
+        let run_segments: Vec<usize> = (0..group.len()).flat_map(|s| std::iter::repeat_n(s, restarts)).collect();
+        let t_wait = profile::start();
+        let initial = seeds.next()?;
+        profile::stop("  of which waiting for k-means++", t_wait);
         let t_fit = profile::start();
         let fit = lloyd_gpu(
             gpu,
@@ -759,7 +803,7 @@ pub async fn quantize_kmeans_gpu_report(
         .await?;
         profile::stop("  of which lloyd_gpu", t_fit);
         let best = parallel_map(group.len(), |s| {
-            best_restart(&fit, s * restarts..(s + 1) * restarts, &tables[group[s]].points)
+            best_restart(&fit, s * restarts..(s + 1) * restarts, &points[group[s]])
         });
         for (s, &t) in group.iter().enumerate() {
             let b = best[s];
@@ -810,7 +854,7 @@ pub async fn quantize_kmeans_gpu_report(
             objective: objectives[t],
             iterations: chosen[t].1,
             converged: chosen[t].2,
-            distinct: tables[t].points.len(),
+            distinct: points[t].len(),
         })
         .collect();
     let matrix = LutMatrix {
@@ -888,13 +932,11 @@ struct Table {
     values: Vec<f32>,
     /// Effective sample weights.
     weights: Vec<f64>,
-    points: Points,
-    /// Initial centroids per restart when Lloyd must fit it.
-    initial: Option<Vec<Vec<f32>>>,
-    /// The exact table when it has at most `k` distinct values.
+    /// The exact table when it has at most `k` distinct values (else Lloyd fits it).
     exact: Option<Vec<f32>>,
 }
 
+/// Every table's weights and points (shared with the seeding thread).
 #[allow(clippy::too_many_arguments)]
 fn prepare_tables(
     weights: &[f32],
@@ -905,13 +947,10 @@ fn prepare_tables(
     sample_weights: Option<&[f32]>,
     excluded: Option<&[bool]>,
     k: usize,
-    settings: &KmeansSettings,
-    restarts: usize,
-) -> Vec<Table> {
-    // Points per table (a big table sorts on several threads), then the initial tables of every
-    // (table, restart) pair, each from its own random stream.
+) -> (Vec<Table>, Arc<Vec<Points>>) {
+    // Points per table (a big table sorts on several threads).
     let inner = (threads() / n_tables.max(1)).max(1);
-    let mut tables = parallel_map(n_tables, |t| {
+    let prepared = parallel_map(n_tables, |t| {
         let columns = t * per_table..(t + 1) * per_table;
         let idx: Vec<usize> = (0..rows).flat_map(|r| columns.clone().map(move |c| r * cols + c)).collect();
         let values: Vec<f32> = idx.iter().map(|&i| weights[i]).collect();
@@ -925,23 +964,14 @@ fn prepare_tables(
             c.resize(k, pad as f32);
             c
         });
-        Table { values, weights: w, points, initial: None, exact }
+        (Table { values, weights: w, exact }, points)
     });
-    let jobs: Vec<(usize, usize)> =
-        (0..n_tables).filter(|&t| tables[t].exact.is_none()).flat_map(|t| (0..restarts).map(move |r| (t, r))).collect();
-    let drawn = parallel_map(jobs.len(), |j| {
-        let (t, r) = jobs[j];
-        let c = init::initial_centroids(&tables[t].points, k, settings.init, settings.seed, t, r);
-        c.iter().map(|&v| v as f32).collect::<Vec<f32>>()
-    });
-    for ((t, _), c) in jobs.into_iter().zip(drawn) {
-        tables[t].initial.get_or_insert_with(Vec::new).push(c);
-    }
-    tables
+    let (tables, points) = prepared.into_iter().unzip();
+    (tables, Arc::new(points))
 }
 
 /// Threads for host work: all cores natively, one in the browser.
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     {
         std::thread::available_parallelism().map_or(1, |p| p.get())
@@ -954,7 +984,7 @@ fn threads() -> usize {
 
 /// `(0..n).map(f)`, on several threads natively (tables are independent; each draws from its own
 /// random stream, so the result does not depend on the thread count).
-fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+pub(crate) fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let threads = threads().min(n);

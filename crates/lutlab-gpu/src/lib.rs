@@ -19,7 +19,8 @@ pub mod layer;
 pub mod profile;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod requantize_bench;
+mod seeding;
 mod util;
 
 pub use layer::{quantize_layer_gpu, quantize_model_gpu};
-pub use kmeans::{KmeansBatch, LloydGpuOutput, lloyd_gpu, quantize_kmeans_gpu, quantize_kmeans_gpu_report};
+pub use kmeans::{KmeansBatch, LloydGpuOutput, LloydKernels, lloyd_gpu, lloyd_gpu_with, quantize_kmeans_gpu, quantize_kmeans_gpu_report};

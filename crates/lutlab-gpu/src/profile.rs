@@ -25,7 +25,14 @@ mod native {
     /// Adds the time since `start` to phase `name`.
     pub fn stop(name: &'static str, start: Option<Instant>) {
         let Some(start) = start else { return };
-        let seconds = start.elapsed().as_secs_f64();
+        add(name, start.elapsed().as_secs_f64());
+    }
+
+    /// Adds `seconds` measured elsewhere (another thread) to phase `name`.
+    pub fn add(name: &'static str, seconds: f64) {
+        if !enabled() {
+            return;
+        }
         TOTALS.with(|t| {
             let mut t = t.borrow_mut();
             match t.iter_mut().find(|(n, _)| *n == name) {
@@ -47,7 +54,7 @@ mod native {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::{report, start, stop};
+pub use native::{add, report, start, stop};
 
 #[cfg(target_arch = "wasm32")]
 pub fn start() -> Option<()> {
@@ -56,6 +63,9 @@ pub fn start() -> Option<()> {
 
 #[cfg(target_arch = "wasm32")]
 pub fn stop(_name: &'static str, _start: Option<()>) {}
+
+#[cfg(target_arch = "wasm32")]
+pub fn add(_name: &'static str, _seconds: f64) {}
 
 #[cfg(target_arch = "wasm32")]
 pub fn report(_what: &str) {}

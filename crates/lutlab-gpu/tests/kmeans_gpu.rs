@@ -24,7 +24,9 @@ use lutlab_core::ModelFiles;
 use lutlab_core::quant::kmeans::{self, KmeansOutput, KmeansSettings, LloydSettings, weighted_sq_error};
 use lutlab_core::quant::{Granularity, KmeansInit, LutMatrix};
 use lutlab_gpu::init::{self, Points};
-use lutlab_gpu::{KmeansBatch, LloydGpuOutput, lloyd_gpu, quantize_kmeans_gpu, quantize_kmeans_gpu_report};
+use lutlab_gpu::{
+    KmeansBatch, LloydGpuOutput, LloydKernels, lloyd_gpu, lloyd_gpu_with, quantize_kmeans_gpu, quantize_kmeans_gpu_report,
+};
 use lutlab_model::Gpu;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -392,6 +394,91 @@ fn gpu_lloyd_matches_cpu_from_the_same_start() {
         all.centroid, all.near_ties, all.values
     );
     all.check("GPU vs CPU Lloyd");
+}
+
+/// The sequential passes (`kmeans_*_seq.wgsl`, chosen on CPU adapters) and the workgroup passes
+/// against the CPU reference on sorted segments, with the tolerances above: one item per run
+/// (per-channel columns), several items per run (whole sorted tensors, chunks of 4096), Fisher
+/// weights and uniform ones, equal initial centroids (re-seeds), 2 to 8 bits.
+#[test]
+fn sequential_and_workgroup_passes_match_the_cpu() {
+    let gpu = gpu();
+    let mut all = Agreement::default();
+    let names = ["h.0.attn.c_attn", "h.2.attn.c_proj", "h.3.mlp.c_proj"];
+    for bits in [2u32, 4, 8] {
+        let k = 1usize << bits;
+        let (mut values, mut fisher, mut offsets, mut initial) = (Vec::new(), Vec::new(), vec![0], Vec::new());
+        let mut add = |x: Vec<f32>, f: Vec<f32>, seed: u64| {
+            initial.extend(plusplus_table(&x, Some(&f), k, seed));
+            values.extend_from_slice(&x);
+            fisher.extend_from_slice(&f);
+            offsets.push(values.len());
+        };
+        for (i, name) in names.iter().enumerate() {
+            let mut x = tensor(name).data.clone();
+            x.sort_by(f32::total_cmp);
+            let f = if i % 2 == 0 { random(x.len(), 21 + i as u64).1 } else { vec![1.0; x.len()] };
+            add(x, f, i as u64);
+        }
+        // Columns of 128 values: only where they have more values than clusters (Lloyd's
+        // precondition; the CPU solves smaller ones exactly).
+        let t = tensor("h.1.mlp.c_fc");
+        for c in 0..if k < t.rows / 2 { 32 } else { 0 } {
+            let mut col: Vec<f32> = (0..t.rows).map(|r| t.data[r * t.cols + c]).collect();
+            col.sort_by(f32::total_cmp);
+            let f = random(col.len(), 100 + c as u64).1;
+            add(col, f, 10 + c as u64);
+        }
+        // Equal initial centroids in segment 1: empty clusters, re-seeded on the host.
+        initial[k] = initial[k + 1];
+        initial[2 * k - 1] = initial[2 * k - 2];
+        let run = |passes| {
+            let batch = KmeansBatch {
+                values: &values,
+                weights: Some(&fisher),
+                offsets: &offsets,
+                k,
+                run_segments: None,
+                initial: &initial,
+                max_iter: 100,
+                codes: true,
+            };
+            pollster::block_on(lloyd_gpu_with(&gpu, batch, passes)).unwrap()
+        };
+        let (seq, wg) = (run(LloydKernels::Sequential), run(LloydKernels::Workgroup));
+        assert!(seq.reseeds > 0 && wg.reseeds > 0, "no re-seed at {bits} bits");
+        for s in 0..offsets.len() - 1 {
+            let seg = offsets[s]..offsets[s + 1];
+            let cpu = kmeans::lloyd_1d_from(
+                &values[seg.clone()],
+                Some(&fisher[seg.clone()]),
+                &initial[s * k..(s + 1) * k],
+                100,
+            )
+            .unwrap();
+            for (out, passes) in [(&seq, "sequential"), (&wg, "workgroup")] {
+                let what = format!("segment {s}, {bits} bits, {passes} passes");
+                let a = compare_table(
+                    &what,
+                    &values[seg.clone()],
+                    out.centroids_of(s),
+                    &cpu.centroids,
+                    out.codes_of(s),
+                    &cpu.codes,
+                );
+                assert!(rel(out.objective[s], cpu.objective) <= OBJECTIVE_TOL, "{what}: {} vs {}", out.objective[s], cpu.objective);
+                if a.near_ties == 0 {
+                    assert_eq!((out.iterations[s], out.converged[s]), (cpu.iterations, cpu.converged), "{what}");
+                }
+                all.merge(a);
+            }
+        }
+    }
+    eprintln!(
+        "sequential and workgroup passes vs CPU Lloyd: centroids within {:e} of the scale, {} near-ties in {} values",
+        all.centroid, all.near_ties, all.values
+    );
+    all.check("sequential and workgroup passes vs CPU Lloyd");
 }
 
 #[test]

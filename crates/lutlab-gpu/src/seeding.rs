@@ -1,0 +1,106 @@
+//! The initial tables of GPU k-means (k-means++ on the host, from the CPU reference's streams), in
+//! chunks of tables, so that natively the seeding of chunk `i + 1` runs on the cores while the GPU
+//! runs Lloyd on chunk `i`. On the bit slider's 768×3072 layer the seeding of 3,072 tables × 10
+//! restarts took longer than their Lloyd on the GPU; done in one piece it was all on the critical
+//! path. Every (table, restart) draws from its own stream, so chunking changes no result.
+
+use crate::init::{self, Points};
+use crate::kmeans::{parallel_map, threads};
+use lutlab_core::quant::KmeansInit;
+use lutlab_model::{ModelError, Result};
+use std::sync::Arc;
+
+/// What every run is seeded with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub k: usize,
+    pub init: KmeansInit,
+    pub seed: u64,
+    pub restarts: usize,
+}
+
+/// Runs (tables × restarts) below which a batch stays one chunk: seeding it is too short to be
+/// worth another Lloyd call.
+const MIN_RUNS_PER_CHUNK: usize = 4096;
+/// Most chunks per batch: each is a Lloyd call with its own transfers and state read-backs.
+const MAX_CHUNKS: usize = 4;
+
+/// `tables` split into consecutive chunks for the pipeline (one chunk in the browser, where the
+/// seeding has no other thread to run on). `LUTLAB_KMEANS_CHUNKS=n` natively forces `n` (tuning).
+pub(crate) fn chunks(tables: Vec<usize>, restarts: usize) -> Vec<Vec<usize>> {
+    let runs = tables.len() * restarts;
+    let mut n = (runs / MIN_RUNS_PER_CHUNK).clamp(1, MAX_CHUNKS);
+    if threads() == 1 {
+        n = 1;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(forced) = std::env::var("LUTLAB_KMEANS_CHUNKS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        n = forced.max(1);
+    }
+    let n = n.min(tables.len()).max(1);
+    let size = tables.len().div_ceil(n).max(1);
+    tables.chunks(size).map(<[usize]>::to_vec).collect()
+}
+
+/// The initial tables of each chunk's runs (`restarts` per table, table after table, `k` each),
+/// chunk after chunk.
+fn seed_chunk(points: &[Points], chunk: &[usize], plan: Plan) -> Vec<f32> {
+    let drawn = parallel_map(chunk.len() * plan.restarts, |j| {
+        let (t, r) = (chunk[j / plan.restarts], j % plan.restarts);
+        init::initial_centroids(&points[t], plan.k, plan.init, plan.seed, t, r)
+    });
+    drawn.iter().flatten().map(|&v| v as f32).collect()
+}
+
+/// The chunks' initial tables, in order: from a background thread natively (it runs ahead of
+/// the caller), computed on demand in the browser.
+pub(crate) struct Seeds {
+    #[cfg(not(target_arch = "wasm32"))]
+    rx: std::sync::mpsc::Receiver<(Vec<f32>, f64)>,
+    #[cfg(target_arch = "wasm32")]
+    pending: std::vec::IntoIter<Vec<usize>>,
+    #[cfg(target_arch = "wasm32")]
+    points: Arc<Vec<Points>>,
+    #[cfg(target_arch = "wasm32")]
+    plan: Plan,
+}
+
+impl Seeds {
+    pub fn start(points: Arc<Vec<Points>>, chunks: Vec<Vec<usize>>, plan: Plan) -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Stops early when the receiver is gone (the caller failed or was dropped).
+            std::thread::spawn(move || {
+                for chunk in &chunks {
+                    let t0 = std::time::Instant::now();
+                    let seeds = seed_chunk(&points, chunk, plan);
+                    if tx.send((seeds, t0.elapsed().as_secs_f64())).is_err() {
+                        break;
+                    }
+                }
+            });
+            Self { rx }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            Self { pending: chunks.into_iter(), points, plan }
+        }
+    }
+
+    /// The next chunk's initial tables (natively blocks until the background thread has them).
+    pub fn next(&mut self) -> Result<Vec<f32>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (seeds, seconds) =
+                self.rx.recv().map_err(|_| ModelError::Gpu("the k-means++ seeding thread stopped".into()))?;
+            crate::profile::add("  k-means++ seeding (background, overlapped)", seconds);
+            Ok(seeds)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let chunk = self.pending.next().ok_or_else(|| ModelError::Gpu("no k-means++ chunk left".into()))?;
+            Ok(seed_chunk(&self.points, &chunk, self.plan))
+        }
+    }
+}
