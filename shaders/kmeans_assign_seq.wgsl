@@ -131,7 +131,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             codes[word0 + wd] = packed;
             for (var q = 0u; q < 4u; q++) {
                 let real = wd * 4u + q < count;
-                n_changed += select(0u, 1u, real && ((old ^ packed) >> (8u * q) & 0xFFu) != 0u);
+                n_changed += select(0u, 1u, real && (((old ^ packed) >> (8u * q)) & 0xFFu) != 0u);
             }
         }
     }

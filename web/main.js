@@ -458,7 +458,7 @@ async function start() {
     return;
   }
   $('gpu-status').textContent = `GPU: ${lab.device} · largest binding ${(lab.maxBindingBytes / 2 ** 20).toFixed(0)} MiB`;
-  // On a software GPU the k-means shaders take minutes per layer: the slider starts on the CPU.
+  // On a software GPU the k-means shaders are slower than the CPU reference: the slider starts on the CPU.
   if (/swiftshader|llvmpipe|lavapipe|\bCpu\b/i.test(lab.device)) layerView.softwareGpu(lab.device);
   refreshControls();
   await action(() => loadFrom(shippedModel), 'model');

@@ -138,7 +138,7 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
 
   // The bit slider: down to 3 and 2 bits and back to 4; the picture and the error follow, and the
   // evaluated model stays as it was. SwiftShader is a software GPU, where the k-means shaders
-  // take minutes per layer: the page says so and the slider starts on the CPU reference.
+  // are slower than the CPU reference: the page says so and the slider starts on the CPU reference.
   assert.match(await page.textContent('#slider-note'), /software GPU/);
   assert.equal(await page.isChecked('#slider-gpu'), false);
   const at3 = await timed('slider 4 → 3 bits', () => slide(page, 'ArrowLeft', 3));

@@ -760,9 +760,10 @@ pub async fn quantize_kmeans_gpu_report(
     let fitted: Vec<usize> = (0..n_tables).filter(|&t| tables[t].exact.is_none()).collect();
     let mut chosen: Vec<(Vec<f32>, usize, bool)> =
         tables.iter().map(|t| (t.exact.clone().unwrap_or_default(), 0, true)).collect();
+    let cpu_adapter = gpu.setup.adapter.get_info().device_type == wgpu::DeviceType::Cpu;
     let groups: Vec<Vec<usize>> = split_by_bytes(&fitted, |t| points[t].len() as u64 * 4, limit)
         .into_iter()
-        .flat_map(|g| seeding::chunks(g, restarts))
+        .flat_map(|g| seeding::chunks(g, restarts, cpu_adapter))
         .collect();
     let seed_plan = seeding::Plan { k, init: settings.init, seed: settings.seed, restarts };
     let mut seeds = seeding::Seeds::start(points.clone(), groups.clone(), seed_plan);
