@@ -14,7 +14,8 @@
 //! codes, changed-code count and per-centroid partial sums, reduced in workgroup memory) and
 //! `kmeans_update` (one workgroup per run: adds its chunks' partials and moves the centroids).
 //! Every few iterations the host reads the runs' states (a few bytes): done, or waiting for a
-//! re-seed. Reductions are trees in a fixed order (no float atomics exist in WebGPU), so a run
+//! re-seed. On CPU adapters both passes have sequential twins without barriers (see
+//! [`LloydKernels`]). Reductions are trees in a fixed order (no float atomics exist in WebGPU), so a run
 //! is deterministic.
 //!
 //! The per-centroid sums of a chunk take one of two ways in the shader: over a *sorted* segment
@@ -708,7 +709,8 @@ pub async fn quantize_kmeans_gpu(
 /// on the host, see [`best_restart`]); every weight is then coded to its table on the host with
 /// the CPU reference's assignment, and the objective summed in f64. Host work (sorting each
 /// table's values, k-means++, coding) runs on all cores natively, on the page's thread in the
-/// browser.
+/// browser; natively the k-means++ of a chunk of tables overlaps the GPU's Lloyd on the chunk
+/// before (see `seeding`).
 ///
 /// Where the result can differ from the CPU's: table entries by a few f32 ulps (and so the codes
 /// of values next to a midpoint); the tests bound both on the shipped model.
@@ -769,34 +771,20 @@ pub async fn quantize_kmeans_gpu_report(
     let mut seeds = seeding::Seeds::start(points.clone(), groups.clone(), seed_plan);
     let t_lloyd = profile::start();
     for group in groups {
-        // The f32 points of every table, converted on all cores (a model has ~10⁸ of them).
-        let converted = parallel_map(group.len(), |s| {
-            let points = &points[group[s]];
-            let x: Vec<f32> = points.x.iter().map(|&v| v as f32).collect();
-            let w: Vec<f32> = points.w.iter().map(|&v| v as f32).collect();
-            (x, w)
-        });
-        let mut offsets = vec![0];
-        for (x, _) in &converted {
-            offsets.push(offsets.last().copied().unwrap_or(0) + x.len());
-        }
-        let values: Vec<f32> = converted.iter().flat_map(|(x, _)| x.iter().copied()).collect();
-        let pw: Vec<f32> = converted.iter().flat_map(|(_, w)| w.iter().copied()).collect();
-        drop(converted);
         let run_segments: Vec<usize> = (0..group.len()).flat_map(|s| std::iter::repeat_n(s, restarts)).collect();
         let t_wait = profile::start();
-        let initial = seeds.next()?;
+        let chunk = seeds.next()?;
         profile::stop("  of which waiting for k-means++", t_wait);
         let t_fit = profile::start();
         let fit = lloyd_gpu(
             gpu,
             KmeansBatch {
-                values: &values,
-                weights: Some(&pw),
-                offsets: &offsets,
+                values: &chunk.values,
+                weights: Some(&chunk.weights),
+                offsets: &chunk.offsets,
                 k,
                 run_segments: Some(&run_segments),
-                initial: &initial,
+                initial: &chunk.initial,
                 max_iter: settings.max_iter,
                 codes: false,
             },

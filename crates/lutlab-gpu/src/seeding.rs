@@ -1,6 +1,6 @@
-//! The initial tables of GPU k-means (k-means++ on the host, from the CPU reference's streams), in
-//! chunks of tables, so that natively the seeding of chunk `i + 1` runs on the cores while the GPU
-//! runs Lloyd on chunk `i`. On the bit slider's 768×3072 layer the seeding of 3,072 tables × 10
+//! The Lloyd inputs of GPU k-means, in chunks of tables: the initial tables (k-means++ on the
+//! host, from the CPU reference's streams) and the points in f32, so that natively the seeding of
+//! chunk `i + 1` runs on the cores while the GPU runs Lloyd on chunk `i`. On the bit slider's 768×3072 layer the seeding of 3,072 tables × 10
 //! restarts took longer than their Lloyd on the GPU; done in one piece it was all on the critical
 //! path. Every (table, restart) draws from its own stream, so chunking changes no result.
 
@@ -44,21 +44,37 @@ pub(crate) fn chunks(tables: Vec<usize>, restarts: usize, cpu_adapter: bool) -> 
     tables.chunks(size).map(<[usize]>::to_vec).collect()
 }
 
-/// The initial tables of each chunk's runs (`restarts` per table, table after table, `k` each),
-/// chunk after chunk.
-fn seed_chunk(points: &[Points], chunk: &[usize], plan: Plan) -> Vec<f32> {
+/// One chunk's Lloyd input: its tables' points in f32, one segment each, and the initial tables
+/// of its runs (`restarts` per table, table after table, `k` each).
+pub(crate) struct Chunk {
+    pub values: Vec<f32>,
+    pub weights: Vec<f32>,
+    pub offsets: Vec<usize>,
+    pub initial: Vec<f32>,
+}
+
+fn seed_chunk(points: &[Points], chunk: &[usize], plan: Plan) -> Chunk {
     let drawn = parallel_map(chunk.len() * plan.restarts, |j| {
         let (t, r) = (chunk[j / plan.restarts], j % plan.restarts);
         init::initial_centroids(&points[t], plan.k, plan.init, plan.seed, t, r)
     });
-    drawn.iter().flatten().map(|&v| v as f32).collect()
+    let initial = drawn.iter().flatten().map(|&v| v as f32).collect();
+    // The f32 points too, off the caller's thread (it is waiting for the GPU).
+    let n: usize = chunk.iter().map(|&t| points[t].len()).sum();
+    let (mut values, mut weights, mut offsets) = (Vec::with_capacity(n), Vec::with_capacity(n), vec![0]);
+    for &t in chunk {
+        values.extend(points[t].x.iter().map(|&v| v as f32));
+        weights.extend(points[t].w.iter().map(|&v| v as f32));
+        offsets.push(values.len());
+    }
+    Chunk { values, weights, offsets, initial }
 }
 
-/// The chunks' initial tables, in order: from a background thread natively (it runs ahead of
-/// the caller), computed on demand in the browser.
+/// The chunks' Lloyd inputs, in order: from a background thread natively (it runs ahead of the
+/// caller), computed on demand in the browser.
 pub(crate) struct Seeds {
     #[cfg(not(target_arch = "wasm32"))]
-    rx: std::sync::mpsc::Receiver<(Vec<f32>, f64)>,
+    rx: std::sync::mpsc::Receiver<(Chunk, f64)>,
     #[cfg(target_arch = "wasm32")]
     pending: std::vec::IntoIter<Vec<usize>>,
     #[cfg(target_arch = "wasm32")]
@@ -90,8 +106,8 @@ impl Seeds {
         }
     }
 
-    /// The next chunk's initial tables (natively blocks until the background thread has them).
-    pub fn next(&mut self) -> Result<Vec<f32>> {
+    /// The next chunk (natively blocks until the background thread has it).
+    pub fn next(&mut self) -> Result<Chunk> {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let (seeds, seconds) =
