@@ -23,6 +23,15 @@ enum BenchKind {
     /// The whole path in one process: Fisher → Fisher-weighted k-means → pack → packed
     /// perplexity through the LUT kernels, each phase timed, beside the dense model's perplexity.
     Pipeline(crate::bench_pipeline::PipelineArgs),
+    /// burn's own kernels at GPT-2's evaluation shapes: each cubek matmul routine that needs no
+    /// cooperative-matrix hardware beside burn's default, and flash attention beside the separate
+    /// kernels the model runs.
+    ModelOps {
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -77,6 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchKind::Kernels(args) => kernels(args),
         BenchKind::Requantize(args) => requantize(args),
         BenchKind::Pipeline(args) => crate::bench_pipeline::run(args),
+        BenchKind::ModelOps { iters, json } => model_ops(iters.max(1), json),
     }
 }
 
@@ -105,6 +115,20 @@ fn print_requantize(device: &str, timings: &[RequantizeTiming]) {
         let cpu = t.cpu_ms.map_or("-".to_string(), |ms| format!("{ms:.1}"));
         println!("{:>12} {:>5} {:>12} {:>14.1} {:>12.1} {:>11}", format!("{}x{}", t.rows, t.cols), t.bits, t.granularity, t.gpu_median_ms, min, cpu);
     }
+}
+
+fn model_ops(iters: usize, json: bool) -> Result<()> {
+    let gpu = pollster::block_on(open_gpu())?;
+    let timings = pollster::block_on(lutlab_gpu::bench::model_ops::bench_model_ops(&gpu, iters))?;
+    if json {
+        println!("{}", serde_json::json!({ "device": gpu.describe(), "iters": iters, "ops": timings }));
+        return Ok(());
+    }
+    println!("{} · wall clock per call, {iters} calls", gpu.describe());
+    for t in &timings {
+        println!("{:<60} {:>16} {:>10.1} µs {:>7.2} TFLOP/s", t.op, t.shape, t.micros, t.tflops);
+    }
+    Ok(())
 }
 
 fn parse_bits(text: &str) -> Result<Vec<u32>> {

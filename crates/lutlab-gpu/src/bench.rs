@@ -9,10 +9,13 @@
 //! idle where the device has no timestamp queries). Dispatches of one pass run back to back with
 //! the barriers the writes need between them, as consecutive layers would.
 
+pub mod model_ops;
+
 use crate::util::{f32_bytes, gpu_error, read_staging, scoped, to_f32, u32_bytes};
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
+use lutlab_model::burn::tensor::Tensor;
 use lutlab_model::device::download;
 use lutlab_model::lut_linear::{decode_block, decode_chunk, gemv_splits, kernel_body, PackedGpuLinear, Shader};
 use lutlab_model::{Gpu, ModelError, Result};
@@ -104,13 +107,13 @@ pub async fn bench_gemm(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], toke
             let layer = PackedGpuLinear::upload(&packed, None, &gpu.device, "bench")?;
             let got = download(layer.forward(x_gpu.clone()).slice([0..checked, 0..cols])).await?;
             check(&format!("lut gemm {b}-bit"), rows, cols, &got, &packed.reference_matmul(&x[..checked * rows], checked, None))?;
-            let micros = wall_micros(iters, || layer.forward(x_gpu.clone())).await?;
+            let micros = wall_micros(iters, || Ok(layer.forward(x_gpu.clone()))).await?;
             let bytes = (packed.qweight.len() + packed.tables.len()) as u64 * 4 + bytes_io;
             out.push(KernelTiming::new(&format!("lut gemm {b}-bit"), tokens, rows, cols, bytes, micros));
         }
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
         let w = lutlab_model::device::upload(&w, [rows, cols], &gpu.device);
-        let micros = wall_micros(iters, || x_gpu.clone().matmul(w.clone())).await?;
+        let micros = wall_micros(iters, || Ok(x_gpu.clone().matmul(w.clone()))).await?;
         out.push(KernelTiming::new("burn f32 gemm", tokens, rows, cols, (rows * cols * 4) as u64 + bytes_io, micros));
     }
     Ok(out)
@@ -118,14 +121,15 @@ pub async fn bench_gemm(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], toke
 
 /// Mean wall-clock microseconds of `run` over `iters` calls after a warm-up, the last result
 /// read back (one element) so that the GPU has finished them all.
-async fn wall_micros(iters: usize, run: impl Fn() -> lutlab_model::burn::tensor::Tensor<2>) -> Result<f64> {
-    download(run().slice([0..1, 0..1])).await?;
+pub(crate) async fn wall_micros<const D: usize>(iters: usize, run: impl Fn() -> Result<Tensor<D>>) -> Result<f64> {
+    let first = |t: Tensor<D>| t.flatten::<1>(0, D - 1).slice([0..1]);
+    download(first(run()?)).await?;
     let start = Instant::now();
-    let mut y = run();
+    let mut y = run()?;
     for _ in 1..iters {
-        y = run();
+        y = run()?;
     }
-    download(y.slice([0..1, 0..1])).await?;
+    download(first(y)).await?;
     Ok(start.elapsed().as_secs_f64() * 1e6 / iters as f64)
 }
 

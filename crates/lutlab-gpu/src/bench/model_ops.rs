@@ -1,0 +1,134 @@
+//! Which of burn's own kernels would serve the model best (`lutlab bench model-ops`, native): the
+//! matmul routines of cubek at GPT-2's evaluation shapes, beside the default burn picks without
+//! autotune (`SimpleUnit`), and flash attention beside the separate kernels the model runs now
+//! (scores, mask, softmax, weighted sum). Each is checked against the default first, then timed
+//! by the wall clock over `iters` calls ended by a read-back.
+
+use burn_cubecl::kernel::attention::{attention, AttentionStrategy};
+use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+use cubek::matmul::multi_level::Strategy as Routine;
+use cubek::matmul::strategy::Strategy;
+use lutlab_core::quant::kmeans::rng::SplitMix64;
+use lutlab_model::burn::backend::wgpu::CubeTensor;
+use lutlab_model::burn::backend::Wgpu;
+use lutlab_model::burn::tensor::ops::AttentionModuleOptions;
+use lutlab_model::burn::tensor::{activation, Tensor};
+use lutlab_model::device::{download, upload};
+use lutlab_model::{Gpu, ModelError, Result};
+use serde::Serialize;
+use super::wall_micros;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpTiming {
+    pub op: String,
+    pub shape: String,
+    pub micros: f64,
+    pub tflops: f64,
+}
+
+type Launch = fn() -> Routine;
+
+/// Matmul routines that need no cooperative-matrix hardware (WGSL has none).
+const ROUTINES: [(&str, Launch); 6] = [
+    ("SimpleUnit (burn's default)", || Routine::SimpleUnit(Default::default())),
+    ("DoubleUnit", || Routine::DoubleUnit(Default::default())),
+    ("SimpleCyclicMma", || Routine::SimpleCyclicMma(Default::default())),
+    ("DoubleCyclicMma", || Routine::DoubleCyclicMma(Default::default())),
+    ("SimpleVecMat", || Routine::SimpleVecMat(Default::default())),
+    ("Gemm", || Routine::Gemm(Default::default())),
+];
+
+pub async fn bench_model_ops(gpu: &Gpu, iters: usize) -> Result<Vec<OpTiming>> {
+    let mut out = Vec::new();
+    // GPT-2 124M evaluation: 2 windows × 1024 tokens through c_attn, c_fc, c_proj; a 4096-wide layer.
+    for (m, k, n) in [(2048, 768, 2304), (2048, 768, 3072), (2048, 3072, 768), (512, 4096, 11008)] {
+        // Software adapters allocate at most 128 MiB at once.
+        if (m.max(k) * n * 4) as u64 > gpu.max_binding_bytes() {
+            continue;
+        }
+        out.extend(matmuls(gpu, m, k, n, iters).await?);
+    }
+    out.extend(attentions(gpu, 2, 12, 1024, 64, iters).await?);
+    Ok(out)
+}
+
+fn random(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect()
+}
+
+fn primitive(t: Tensor<2>) -> Result<CubeTensor> {
+    t.try_into_primitive::<Wgpu>().map_err(|e| ModelError::Gpu(format!("bench: {e:?}")))
+}
+
+async fn matmuls(gpu: &Gpu, m: usize, k: usize, n: usize, iters: usize) -> Result<Vec<OpTiming>> {
+    let mut rng = SplitMix64::new(7);
+    let a = upload(&random(&mut rng, m * k), [m, k], &gpu.device);
+    let b = upload(&random(&mut rng, k * n), [k, n], &gpu.device);
+    let want = download(a.clone().matmul(b.clone())).await?;
+    let scale = want.iter().fold(1e-6f32, |acc, v| acc.max(v.abs()));
+    let flops = 2.0 * (m * k * n) as f64;
+    let mut out = Vec::new();
+    for (name, routine) in ROUTINES {
+        let run = || -> Result<Tensor<2>> {
+            let (lhs, rhs) = (primitive(a.clone())?, primitive(b.clone())?);
+            let y = Tensor::<2>::zeros([m, n], &gpu.device);
+            let out_t = primitive(y.clone())?;
+            let f32_type = burn_cubecl::cubecl::ir::ElemType::Float(burn_cubecl::cubecl::ir::FloatKind::F32);
+            let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems { lhs: f32_type, rhs: f32_type, out: f32_type });
+            let client = lhs.client.clone();
+            let lhs_b = cubek::std::InputBinding::new(lhs.binding(), f32_type);
+            let rhs_b = cubek::std::InputBinding::new(rhs.binding(), f32_type);
+            cubek::matmul::launch::launch_ref(&Strategy::MultiLevel(routine()), &client, lhs_b, rhs_b, out_t.binding(), &mut dtypes)
+                .map_err(|e| ModelError::Gpu(e.to_string().lines().next().unwrap_or_default().to_string()))?;
+            Ok(y)
+        };
+        let got = match run() {
+            Ok(y) => download(y).await?,
+            Err(e) => {
+                out.push(OpTiming { op: format!("matmul {name}: unavailable ({e})"), shape: format!("{m}x{k}x{n}"), micros: f64::NAN, tflops: 0.0 });
+                continue;
+            }
+        };
+        if let Some(i) = (0..want.len()).find(|&i| (got[i] - want[i]).abs() > 1e-3 * scale) {
+            out.push(OpTiming { op: format!("matmul {name}: wrong at {i} ({} vs {})", got[i], want[i]), shape: format!("{m}x{k}x{n}"), micros: f64::NAN, tflops: 0.0 });
+            continue;
+        }
+        let micros = wall_micros(iters, run).await?;
+        out.push(OpTiming { op: format!("matmul {name}"), shape: format!("{m}x{k}x{n}"), micros, tflops: flops / micros / 1e6 });
+    }
+    Ok(out)
+}
+
+async fn attentions(gpu: &Gpu, b: usize, h: usize, t: usize, d: usize, iters: usize) -> Result<Vec<OpTiming>> {
+    let mut rng = SplitMix64::new(8);
+    let shape = [b, h, t, d];
+    let q = lutlab_model::device::upload(&random(&mut rng, b * h * t * d), shape, &gpu.device);
+    let kk = lutlab_model::device::upload(&random(&mut rng, b * h * t * d), shape, &gpu.device);
+    let v = lutlab_model::device::upload(&random(&mut rng, b * h * t * d), shape, &gpu.device);
+    let causal = {
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        upload(&mask, [1, 1, t, t], &gpu.device)
+    };
+    let separate = || activation::softmax(q.clone().matmul(kk.clone().swap_dims(2, 3)) / (d as f64).sqrt() + causal.clone(), 3).matmul(v.clone());
+    let flash = || -> Result<Tensor<4>> {
+        let p = |x: &Tensor<4>| x.clone().try_into_primitive::<Wgpu>().map_err(|e| ModelError::Gpu(format!("bench: {e:?}")));
+        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let y = attention(p(&q)?, p(&kk)?, p(&v)?, None, None, options, AttentionStrategy::FlashUnit).map_err(|e| ModelError::Gpu(format!("flash attention: {e:?}")))?;
+        Ok(Tensor::from_primitive::<Wgpu>(y))
+    };
+    let want = download(separate()).await?;
+    let flops = 4.0 * (b * h * t * t * d) as f64 / 2.0; // causal: half the scores
+    let mut out = Vec::new();
+    let micros = wall_micros(iters, || Ok(separate())).await?;
+    out.push(OpTiming { op: "attention, separate kernels (the model now)".into(), shape: format!("{b}x{h}x{t}x{d}"), micros, tflops: flops / micros / 1e6 });
+    match flash() {
+        Ok(y) => {
+            let got = download(y).await?;
+            let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+            let micros = wall_micros(iters, flash).await?;
+            out.push(OpTiming { op: format!("attention, flash (unit), max abs diff {err:.2e}"), shape: format!("{b}x{h}x{t}x{d}"), micros, tflops: flops / micros / 1e6 });
+        }
+        Err(e) => out.push(OpTiming { op: format!("attention, flash: {e}"), shape: String::new(), micros: f64::NAN, tflops: 0.0 }),
+    }
+    Ok(out)
+}
