@@ -122,7 +122,7 @@ pub async fn bench_gemm(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], toke
 /// Mean wall-clock microseconds of `run` over `iters` calls after a warm-up, the last result
 /// read back (one element) so that the GPU has finished them all.
 pub(crate) async fn wall_micros<const D: usize>(iters: usize, run: impl Fn() -> Result<Tensor<D>>) -> Result<f64> {
-    let first = |t: Tensor<D>| t.flatten::<1>(0, D - 1).slice([0..1]);
+    let first = |t: Tensor<D>| t.flatten::<1>(0, D - 1).slice(0..1);
     download(first(run()?)).await?;
     let start = Instant::now();
     let mut y = run()?;
