@@ -44,7 +44,11 @@ const STYLE = `
   #generate small { color: #5b6577; font-variant-numeric: tabular-nums; }
   #generate #cancel-generate { background: white; color: #3a6ff7; }
   #generate #cancel-generate:disabled { color: #b9c3d6; }
-  #generate textarea { font: inherit; }`;
+  #generate textarea { font: inherit; }
+  #generate .gen-outputs[hidden] .gen-output { display: grid; place-items: center; color: #5b6577; border-style: dashed; font-size: 0.9rem; }
+  #generate .gen-outputs[hidden] .gen-output > * { display: none; }
+  #generate .gen-outputs[hidden] #gen-original::before { content: "The original model's continuation"; }
+  #generate .gen-outputs[hidden] #gen-quantized::before { content: "The quantized model's continuation"; }`;
 
 /// Builds the section and wires it. `lab()`: the page's Lab (null until it opens); `action(work)`:
 /// main.js's runner (one action at a time, errors shown on the page); `ready()`: whether a model

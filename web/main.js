@@ -48,6 +48,7 @@ function setStep(step, state, text) {
   const badge = $(`state-${step}`);
   badge.textContent = text;
   badge.dataset.state = state;
+  badge.title = text; // the whole text where a narrow badge cuts it short
 }
 
 function refreshControls() {

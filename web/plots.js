@@ -2,7 +2,7 @@
 // wasm module computes (crates/lutlab-wasm/src/plots.rs). Each draw replaces the figure's chart
 // and records what it drew in `data-` attributes (the e2e tests read them).
 
-/* global Plot */
+/* global Plot, d3 */
 
 const ACCENT = '#e4572e';
 const BAR = '#8fa8dc';
@@ -19,18 +19,40 @@ function widthOf(figure) {
 function show(figure, svg, signature) {
   const chart = chartOf(figure);
   chart.replaceChildren(svg);
+  redrawn.set(figure, widthOf(figure));
   figure.dataset.state = 'drawn';
   figure.dataset.signature = signature;
 }
 
 /// Empties a figure, showing why (its `data-empty` text unless `message` says otherwise).
 export function clearPlot(figure, message) {
+  drawings.delete(figure);
   const note = document.createElement('p');
   note.className = 'plot-empty';
   note.textContent = message ?? figure.dataset.empty ?? '';
   chartOf(figure).replaceChildren(note);
   figure.dataset.state = 'empty';
   delete figure.dataset.signature;
+}
+
+// When the window's width changes, each drawn picture is drawn again at its figure's new width
+// (same data, same signature), so a narrowed or rotated screen gets readable axes and legends.
+const drawings = new Map(); // figure -> () => draws it again
+const redrawn = new Map(); // figure -> the width it was drawn at
+let resizeTimer = null;
+window.addEventListener('resize', () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    for (const [figure, draw] of drawings) {
+      if (figure.isConnected && redrawn.get(figure) !== widthOf(figure)) draw();
+    }
+  }, 150);
+});
+
+/// Keeps `draw` as the way to draw `figure` again, then draws it.
+function remember(figure, draw) {
+  drawings.set(figure, draw);
+  draw();
 }
 
 /// A short, stable fingerprint of numbers (FNV-1a over their text), to tell drawings apart.
@@ -42,24 +64,47 @@ function fingerprint(values) {
 
 const MATRICES = ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'];
 
-function heatmap(figure, cells, { label, scheme }) {
+/// WCAG relative luminance of a CSS colour (0: black, 1: white).
+function luminance(colour) {
+  const { r, g, b } = d3.rgb(colour);
+  const linear = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+  return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+}
+
+const DARK_TEXT = '#1d2330';
+const DARK_LUMINANCE = luminance(DARK_TEXT);
+
+/// The label colour with the higher contrast on `background`: dark text on light cells, white on dark.
+function labelColour(background) {
+  const l = luminance(background);
+  return (l + 0.05) / (DARK_LUMINANCE + 0.05) >= 1.05 / (l + 0.05) ? DARK_TEXT : 'white';
+}
+
+function heatmap(figure, cells, { label, shortLabel, scheme }) {
   const positive = cells.filter((c) => c.value > 0);
   if (positive.length === 0) {
     clearPlot(figure, 'Every value is zero: nothing to compare.');
     return;
   }
   const blocks = [...new Set(cells.map((c) => c.block))].sort((a, b) => a - b);
+  const width = widthOf(figure);
+  // One colour scale for the cells and their labels, so each label can pick its contrast.
+  const color = { type: 'log', scheme, domain: d3.extent(positive, (c) => c.value) };
+  const scale = Plot.scale({ color });
   const svg = Plot.plot({
-    width: widthOf(figure),
+    width,
     height: Math.min(420, 60 + 26 * blocks.length),
     marginLeft: 50,
     padding: 0.05,
     x: { label: 'matrix', domain: MATRICES.filter((m) => cells.some((c) => c.matrix === m)) },
     y: { label: 'block', domain: blocks },
-    color: { type: 'log', scheme, legend: true, label },
+    color: { ...color, legend: true, label: width < 560 && shortLabel ? shortLabel : label },
     marks: [
       Plot.cell(positive, { x: 'matrix', y: 'block', fill: 'value', tip: true, title: (c) => `${c.name}: ${c.value.toExponential(3)}` }),
-      Plot.text(positive, { x: 'matrix', y: 'block', text: (c) => c.value.toExponential(1), fill: '#1d2330', stroke: 'white', strokeWidth: 3, paintOrder: 'stroke', fontSize: 10 }),
+      Plot.text(positive, {
+        x: 'matrix', y: 'block', text: (c) => c.value.toExponential(1), fill: (c) => labelColour(scale.apply(c.value)),
+        fontSize: 11, fontVariant: 'tabular-nums',
+      }),
     ],
   });
   show(figure, svg, fingerprint(cells.map((c) => c.value)));
@@ -67,19 +112,32 @@ function heatmap(figure, cells, { label, scheme }) {
 
 /// Heatmap of the mean Fisher value per weight over blocks × matrices.
 export function drawSensitivity(figure, cells) {
-  heatmap(figure, cells, { label: 'mean Fisher information per weight (squared gradient, log scale)', scheme: 'viridis' });
+  remember(figure, () => drawSensitivityNow(figure, cells));
+}
+
+function drawSensitivityNow(figure, cells) {
+  heatmap(figure, cells, { label: 'mean Fisher information per weight (squared gradient, log scale)', shortLabel: 'mean Fisher per weight (log scale)', scheme: 'viridis' });
 }
 
 /// Heatmap of each layer's quantization error (Fisher-weighted when `map.weighted`).
 export function drawError(figure, map) {
+  remember(figure, () => drawErrorNow(figure, map));
+}
+
+function drawErrorNow(figure, map) {
   const label = map.weighted ? `Σ F·(w − q)² per layer, ${map.label} (log scale)` : `Σ (w − q)² per layer, ${map.label} (no Fisher; log scale)`;
-  heatmap(figure, map.cells, { label, scheme: 'reds' });
+  const shortLabel = map.weighted ? 'Σ F·(w − q)² per layer (log scale)' : 'Σ (w − q)² per layer (log scale)';
+  heatmap(figure, map.cells, { label, shortLabel, scheme: 'reds' });
 }
 
 /// One layer's weights before (bars, coloured by Fisher) and after (line) quantization, with the
 /// chosen channel's table as dashed rules. `picture` comes from `Lab.layerPicture` or
 /// `Lab.requantizeLayer`.
 export function drawHistogram(figure, picture) {
+  remember(figure, () => drawHistogramNow(figure, picture));
+}
+
+function drawHistogramNow(figure, picture) {
   const { edges } = picture;
   const domain = [edges[0], edges[edges.length - 1]];
   const bins = picture.before.map((count, i) => ({ x1: edges[i], x2: edges[i + 1], count, fisher: picture.fisher_mean?.[i] }));
@@ -116,6 +174,10 @@ export function drawHistogram(figure, picture) {
 
 /// Where the sparse outliers of one layer sit: a dot per weight kept exactly.
 export function drawOutliers(figure, picture) {
+  remember(figure, () => drawOutliersNow(figure, picture));
+}
+
+function drawOutliersNow(figure, picture) {
   const n = picture.outlier_rows.length;
   figure.dataset.outliers = String(n);
   if (n === 0) {
@@ -143,6 +205,11 @@ export function drawOutliers(figure, picture) {
 /// Perplexity against bits per weight (or packed file size) for the session's runs: a line per
 /// method and setting, the original's perplexity as a dashed rule.
 export function drawPerplexity(figure, runs, xAxis = 'bits') {
+  const session = [...runs]; // the runs so far (the page's array grows)
+  remember(figure, () => drawPerplexityNow(figure, session, xAxis));
+}
+
+function drawPerplexityNow(figure, runs, xAxis) {
   const bySize = xAxis === 'size';
   const quantized = runs.filter((r) => r.series && (bySize ? r.file_bytes > 0 : true));
   const originals = runs.filter((r) => !r.series);
@@ -154,13 +221,17 @@ export function drawPerplexity(figure, runs, xAxis = 'bits') {
   const points = quantized.map((r) => ({ ...r, x: x(r), line: `${r.series} · ${r.text}` }))
     .sort((a, b) => a.line.localeCompare(b.line) || a.x - b.x);
   const baselines = [...new Map(originals.map((r) => [r.text, r])).values()];
+  // One perplexity alone (a single run, no baseline) gives a zero-height axis: open it by ±2%.
+  const ys = [...points, ...baselines].map((r) => r.perplexity);
+  const [yMin, yMax] = d3.extent(ys);
+  const yDomain = yMax - yMin > 1e-9 * Math.abs(yMax) ? undefined : [0.98 * yMin, 1.02 * yMax];
   const svg = Plot.plot({
     width: widthOf(figure),
     height: 280,
     marginLeft: 56,
     grid: true,
-    x: { label: bySize ? 'packed file size (MB) →' : 'bits per weight (codes, tables, outliers) →', nice: true },
-    y: { label: '↑ perplexity (lower is better)', nice: true, zero: false },
+    x: { label: bySize ? 'packed file size (MB) →' : 'bits per weight (codes, tables, outliers) →', nice: true, tickFormat: '.4~r' },
+    y: { label: '↑ perplexity (lower is better)', nice: true, zero: false, domain: yDomain, tickFormat: '.4~r' },
     color: { legend: true },
     marks: [
       Plot.ruleY(baselines, { y: 'perplexity', stroke: '#5b6577', strokeDasharray: '5,4' }),

@@ -158,10 +158,18 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   await shot(page, '6-slider');
   assert.ok(relative((await evaluateInPage(page, text)).perplexity, report.perplexity) < 1e-9, 'the slider is a preview only');
 
+  // Laptop width: the whole page once more, to look at (the pictures redraw at the new width).
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.evaluate(() => window.dispatchEvent(new Event('resize')));
+  await page.waitForTimeout(500);
+  await shot(page, '6b-laptop');
+
   // Narrow screens: the same page at phone width.
   await page.setViewportSize({ width: 420, height: 900 });
   await page.evaluate(() => window.dispatchEvent(new Event('resize')));
   await page.screenshot({ path: path.join(OUT, 'workflow-7-narrow.png'), fullPage: false });
   assert.equal(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1), true, 'no sideways scrolling');
+  await page.waitForTimeout(500);
+  await shot(page, '8-narrow-full');
   await page.close();
 });
