@@ -22,22 +22,6 @@
 //   - any order: lane (j, s), s < S = 256 / k, sums the values coded j among every S-th code word
 //     of a tile, then a tree over s (k compares per value: fine for k <= 16, slower for 8 bits).
 
-struct Params {
-    k: u32,
-    n_items: u32,
-    n_runs: u32,
-    max_iter: u32,
-    // Workgroups per row of a 2-D dispatch (the device's per-dimension limit).
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-// Run states (runs[r].z); passes skip runs above FRESH.
-const ACTIVE: u32 = 0u;  // iterating
-const FRESH: u32 = 1u;   // iterating; the next update pass must not declare convergence
-
 const WG: u32 = 256u;
 const TILE_WORDS: u32 = 256u;  // one code word (4 values) per invocation
 const TILE: u32 = 1024u;

@@ -17,19 +17,6 @@
 // Per value x (weight w): the nearest centroid v (ties to the lower, of equal centroids the
 // first, as kmeans_assign.wgsl), its code, and W += w, D += w (x - v), Q += w (x - v)^2.
 
-struct Params {
-    k: u32,
-    n_items: u32,
-    n_runs: u32,
-    max_iter: u32,
-    // Workgroups per row of a 2-D dispatch (the device's per-dimension limit).
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-const FRESH: u32 = 1u;
 const WG: u32 = 64u;
 const SORTED_BIT: u32 = 0x80000000u;
 

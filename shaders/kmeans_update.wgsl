@@ -9,22 +9,6 @@
 // It always writes the per-centroid objective terms of the centroids the assignment used, so a
 // run that ends leaves the objective of its final centroids.
 
-struct Params {
-    k: u32,
-    n_items: u32,
-    n_runs: u32,
-    max_iter: u32,
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-const ACTIVE: u32 = 0u;
-const FRESH: u32 = 1u;
-const CONVERGED: u32 = 2u;
-const STOPPED: u32 = 3u;
-const RESEED: u32 = 4u;
 const UPDATE: u32 = 100u;
 
 const WG: u32 = 256u;

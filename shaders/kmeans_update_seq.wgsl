@@ -3,23 +3,6 @@
 // sums in item order, with no workgroup memory and no barrier (barriers are what CPU rasterisers
 // are slow at; see kmeans_assign_seq.wgsl).
 
-struct Params {
-    k: u32,
-    n_items: u32,
-    n_runs: u32,
-    max_iter: u32,
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-const ACTIVE: u32 = 0u;
-const FRESH: u32 = 1u;
-const CONVERGED: u32 = 2u;
-const STOPPED: u32 = 3u;
-const RESEED: u32 = 4u;
-
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> params: Params;

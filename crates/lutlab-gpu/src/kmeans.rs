@@ -248,6 +248,11 @@ async fn kernels(device: &wgpu::Device) -> Result<Arc<Kernels>> {
     }
 }
 
+/// A k-means pass's WGSL behind `kmeans_common.wgsl` (parameters and run states).
+fn with_common(pass: &str) -> String {
+    format!("{}{pass}", include_str!("../../../shaders/kmeans_common.wgsl"))
+}
+
 async fn build_kernels(device: &wgpu::Device) -> Result<Kernels> {
     scoped(device, "compiling the k-means kernels", || {
         let pipeline = |name: &str, source: &str| {
@@ -265,10 +270,10 @@ async fn build_kernels(device: &wgpu::Device) -> Result<Kernels> {
             })
         };
         Kernels {
-            assign: pipeline("kmeans_assign", include_str!("../../../shaders/kmeans_assign.wgsl")),
-            update: pipeline("kmeans_update", include_str!("../../../shaders/kmeans_update.wgsl")),
-            assign_seq: pipeline("kmeans_assign_seq", include_str!("../../../shaders/kmeans_assign_seq.wgsl")),
-            update_seq: pipeline("kmeans_update_seq", include_str!("../../../shaders/kmeans_update_seq.wgsl")),
+            assign: pipeline("kmeans_assign", &with_common(include_str!("../../../shaders/kmeans_assign.wgsl"))),
+            update: pipeline("kmeans_update", &with_common(include_str!("../../../shaders/kmeans_update.wgsl"))),
+            assign_seq: pipeline("kmeans_assign_seq", &with_common(include_str!("../../../shaders/kmeans_assign_seq.wgsl"))),
+            update_seq: pipeline("kmeans_update_seq", &with_common(include_str!("../../../shaders/kmeans_update_seq.wgsl"))),
         }
     })
     .await
