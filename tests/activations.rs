@@ -4,10 +4,10 @@
 //! independence, the fold into the bias on real layers, and bad input.
 
 use lutlab_core::quant::transforms::{fold_input_shift, prepare_linear};
-use lutlab_core::reference::{self, LINEAR_LAYERS};
+use lutlab_core::reference;
 use lutlab_core::{NoProgress, Progress};
 use lutlab_model::{
-    ActivationSettings, Gpt2, ModelError, linear_input_means, linear_input_means_windows, sample_starts,
+    ActivationSettings, Decoder, ModelError, linear_input_means, linear_input_means_windows, sample_starts,
 };
 use lutlab_tests::*;
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ fn rel_norm(got: &[f32], want: &[f64]) -> f64 {
     err / norm
 }
 
-fn gpu_means(model: &Gpt2, tokens: &[u32], starts: &[usize], seqlen: usize, batch: usize) -> BTreeMap<String, Vec<f32>> {
+fn gpu_means(model: &Decoder, tokens: &[u32], starts: &[usize], seqlen: usize, batch: usize) -> BTreeMap<String, Vec<f32>> {
     pollster::block_on(linear_input_means_windows(model, tokens, starts, seqlen, batch, &mut NoProgress)).expect("GPU means")
 }
 
@@ -41,11 +41,10 @@ fn gpu_means_match_the_cpu_reference() {
     let starts = sample_starts(tokens.len(), 6, seqlen, 0, "valid.txt").unwrap();
     let windows: Vec<&[u32]> = starts.iter().map(|&s| &tokens[s..s + seqlen]).collect();
     let cpu = reference::linear_input_means(&loaded.weights, &windows).unwrap();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let gpu = gpu_means(&model, &tokens, &starts, seqlen, 4); // batches of 4 and 2
 
-    let expected: Vec<String> =
-        (0..config.n_layer).flat_map(|i| LINEAR_LAYERS.iter().map(move |p| format!("h.{i}.{p}"))).collect();
+    let expected: Vec<String> = config.linear_names().into_iter().map(|(name, _)| name).collect();
     assert_eq!(gpu.keys().cloned().collect::<std::collections::BTreeSet<_>>(), expected.iter().cloned().collect());
     assert_eq!(cpu.keys().collect::<Vec<_>>(), gpu.keys().collect::<Vec<_>>());
     let mut worst = 0f64;
@@ -65,7 +64,7 @@ fn gpu_means_match_the_cpu_reference() {
 fn means_do_not_depend_on_the_batch_and_follow_the_sampler() {
     let loaded = shipped_model();
     let tokens = valid_tokens();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let settings = ActivationSettings { nsamples: 5, seqlen: 64, seed: 3, batch: 2 };
     let sampled = pollster::block_on(linear_input_means(&model, &tokens, settings, &mut NoProgress)).unwrap();
     let starts = sample_starts(tokens.len(), 5, 64, 3, "valid.txt").unwrap();
@@ -89,7 +88,7 @@ fn folding_real_means_keeps_real_layers_exact() {
     let windows: Vec<&[u32]> = vec![&tokens[1000..1064], &tokens[5000..5064]];
     let means = reference::linear_input_means(&loaded.weights, &windows).unwrap();
     let block = &loaded.weights.blocks[2];
-    let (layer, name) = (&block.mlp_c_fc, "h.2.mlp.c_fc");
+    let (layer, name) = (&block.linears[2], "h.2.mlp.c_fc");
     let (rows, cols) = (layer.in_features(), layer.out_features());
     let mu: Vec<f32> = means[name].iter().map(|&v| v as f32).collect();
     let mut bias = layer.bias.data.clone();
@@ -126,7 +125,7 @@ impl Progress for CancelAt {
 #[test]
 fn bad_input_and_cancel_are_clear_errors() {
     let loaded = shipped_model();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let tokens = valid_tokens();
     let n_positions = loaded.weights.config.n_positions;
     let err = |r: lutlab_model::Result<BTreeMap<String, Vec<f32>>>| r.unwrap_err().to_string();

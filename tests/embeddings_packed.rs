@@ -13,7 +13,7 @@ use lutlab_core::quant::head::{transpose, HEAD};
 use lutlab_core::quant::{quantize_model, Calibration, QuantizeRequest};
 use lutlab_core::{reference, NoProgress};
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::{perplexity, EvalSettings, Gpt2};
+use lutlab_model::{perplexity, EvalSettings, Decoder};
 use lutlab_tests::*;
 use std::sync::OnceLock;
 
@@ -45,7 +45,7 @@ fn packed_head_logits_match_the_cpu_reference() {
     let device = gpu();
     let packed = packed();
     let head = &packed.layers[HEAD];
-    let model = Gpt2::from_packed(packed, &device).unwrap();
+    let model = Decoder::from_packed(packed, &device).unwrap();
     assert!(model.head.is_some(), "the head runs through the LUT kernels");
     let (c, vocab) = (head.rows, head.cols);
     let w = head.effective_weights();
@@ -80,13 +80,13 @@ fn perplexity_through_the_packed_head_equals_the_dequantized_model() {
     let device = gpu();
     let packed = packed();
     let ids = tokens(700);
-    let ppl = |model: &Gpt2| {
+    let ppl = |model: &Decoder| {
         let settings = EvalSettings { max_length: 128, stride: 64, ..EvalSettings::for_model(model) };
         pollster::block_on(perplexity(model, &ids, settings, "valid.txt", &mut NoProgress)).unwrap().perplexity()
     };
-    let packed_ppl = ppl(&Gpt2::from_packed(packed, &device).unwrap());
-    let dense_ppl = ppl(&Gpt2::new(&packed.dequantized_weights().unwrap(), &device));
-    let original = ppl(&Gpt2::new(&shipped_model().weights, &device));
+    let packed_ppl = ppl(&Decoder::from_packed(packed, &device).unwrap());
+    let dense_ppl = ppl(&Decoder::new(&packed.dequantized_weights().unwrap(), &device));
+    let original = ppl(&Decoder::new(&shipped_model().weights, &device));
     let rel = (packed_ppl / dense_ppl - 1.0).abs();
     eprintln!("packed head {packed_ppl}, dequantized {dense_ppl} (relative {rel:e}), f32 {original}");
     assert!(rel < 1e-4, "packed {packed_ppl} vs dequantized {dense_ppl}: relative {rel:e}");

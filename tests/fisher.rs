@@ -6,7 +6,7 @@ use lutlab_core::checkpoint::{Checkpoint, write_safetensors};
 use lutlab_core::fisher_file::{FisherDiagonal, fisher_tensor_shapes};
 use lutlab_core::{HostTensor, NoProgress, Window};
 use lutlab_model::eval::batch_nll;
-use lutlab_model::{FisherRun, FisherSettings, Gpt2, fisher, fisher_windows, sample_starts};
+use lutlab_model::{FisherRun, FisherSettings, Decoder, fisher, fisher_windows, sample_starts};
 use lutlab_tests::*;
 
 const WINDOWS: &str = "fisher_windows.json";
@@ -121,7 +121,7 @@ fn windows_fixture_is_what_the_sampler_draws() {
 
 fn run_fixture_windows(micro_batch: usize) -> FisherRun {
     let (stream, starts, seqlen) = fixture_stream();
-    let model = Gpt2::new(&shipped_model().weights, &gpu());
+    let model = Decoder::new(&shipped_model().weights, &gpu());
     pollster::block_on(fisher_windows(
         &model,
         &stream,
@@ -242,7 +242,7 @@ fn gpu_fisher_matches_pytorch() {
 #[test]
 fn fisher_is_deterministic_for_a_seed() {
     let (stream, _, _) = fixture_stream();
-    let model = Gpt2::new(&shipped_model().weights, &gpu());
+    let model = Decoder::new(&shipped_model().weights, &gpu());
     let settings = FisherSettings {
         nsamples: 4,
         seqlen: 16,
@@ -270,10 +270,10 @@ fn fisher_is_deterministic_for_a_seed() {
     );
 }
 
-fn small_run() -> (FisherRun, lutlab_core::Gpt2Weights) {
+fn small_run() -> (FisherRun, lutlab_core::ModelWeights) {
     let (stream, _, _) = fixture_stream();
     let weights = shipped_model().weights;
-    let model = Gpt2::new(&weights, &gpu());
+    let model = Decoder::new(&weights, &gpu());
     let settings = FisherSettings {
         nsamples: 2,
         seqlen: 8,
@@ -373,8 +373,8 @@ fn fisher_file_roundtrips_and_other_models_are_rejected_by_name() {
 fn nan_in_gradients_is_reported_with_its_sample() {
     let (stream, _, _) = fixture_stream();
     let mut weights = shipped_model().weights;
-    weights.blocks[1].mlp_c_fc.weight.data[0] = f32::NAN;
-    let model = Gpt2::new(&weights, &gpu());
+    weights.blocks[1].linears[2].weight.data[0] = f32::NAN;
+    let model = Decoder::new(&weights, &gpu());
     let result = pollster::block_on(fisher_windows(
         &model,
         &stream,
@@ -397,7 +397,7 @@ fn nan_in_gradients_is_reported_with_its_sample() {
 #[test]
 fn bad_settings_are_refused_by_name() {
     let (stream, _, _) = fixture_stream();
-    let model = Gpt2::new(&shipped_model().weights, &gpu());
+    let model = Decoder::new(&shipped_model().weights, &gpu());
     let run = |s: FisherSettings| {
         pollster::block_on(fisher(&model, &stream, s, "stream", &mut NoProgress))
             .unwrap_err()
@@ -446,8 +446,8 @@ fn bad_settings_are_refused_by_name() {
     );
 }
 
-/// Mean loss of each window through `Gpt2`'s own forward (the one checked against transformers).
-fn window_losses(model: &Gpt2, stream: &[u32], starts: &[usize], seqlen: usize) -> Vec<f64> {
+/// Mean loss of each window through `Decoder`'s own forward (the one checked against transformers).
+fn window_losses(model: &Decoder, stream: &[u32], starts: &[usize], seqlen: usize) -> Vec<f64> {
     let batch: Vec<Window> = starts
         .iter()
         .map(|&s| Window {
@@ -462,13 +462,13 @@ fn window_losses(model: &Gpt2, stream: &[u32], starts: &[usize], seqlen: usize) 
         .collect()
 }
 
-/// Independent of PyTorch: the Fisher pass's forward agrees with `Gpt2::forward`, and for one
+/// Independent of PyTorch: the Fisher pass's forward agrees with `Decoder::forward`, and for one
 /// sample `sqrt(F)` is the magnitude of the loss's derivative by central differences.
 #[test]
 fn fisher_agrees_with_the_forward_and_finite_differences() {
     let (stream, starts, seqlen) = fixture_stream();
     let weights = shipped_model().weights;
-    let model = Gpt2::new(&weights, &gpu());
+    let model = Decoder::new(&weights, &gpu());
     let one = pollster::block_on(fisher_windows(
         &model,
         &stream,
@@ -497,14 +497,9 @@ fn fisher_agrees_with_the_forward_and_finite_differences() {
         let loss_with = |delta: f32| {
             let mut w = weights.clone();
             let b = &mut w.blocks[block];
-            let target = match layer {
-                0 => &mut b.attn_c_attn,
-                1 => &mut b.attn_c_proj,
-                2 => &mut b.mlp_c_fc,
-                _ => &mut b.mlp_c_proj,
-            };
+            let target = &mut b.linears[layer];
             target.weight.data[index] += delta;
-            window_losses(&Gpt2::new(&w, &gpu()), &stream, &starts[..1], seqlen)[0]
+            window_losses(&Decoder::new(&w, &gpu()), &stream, &starts[..1], seqlen)[0]
         };
         let fd = (loss_with(eps) - loss_with(-eps)) / (2.0 * f64::from(eps));
         let g = f64::from(value).sqrt();

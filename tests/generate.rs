@@ -6,7 +6,7 @@ use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::{quantize_model, Calibration, QuantizeRequest};
 use lutlab_core::{reference, NoProgress};
 use lutlab_model::generate::{argmax, generate, next_token_logits, GenerateSettings, Generation, Sampling, StopReason};
-use lutlab_model::Gpt2;
+use lutlab_model::Decoder;
 use lutlab_tests::*;
 
 const PROMPT: &str = "The game was released in";
@@ -15,7 +15,7 @@ const LOGITS_ABS: f32 = 1e-4;
 /// Below this gap between the two best reference logits, an argmax may flip on rounding alone.
 const TIE_GAP: f32 = 1e-3;
 
-fn run(model: &Gpt2, prompt: &[u32], max_new_tokens: usize, sampling: Sampling) -> Generation {
+fn run(model: &Decoder, prompt: &[u32], max_new_tokens: usize, sampling: Sampling) -> Generation {
     let settings = GenerateSettings { max_new_tokens, sampling, stop_token: None };
     pollster::block_on(generate(model, prompt, settings, &mut NoProgress)).expect("generation runs")
 }
@@ -29,7 +29,7 @@ fn top_two_gap(logits: &[f32]) -> f32 {
 #[test]
 fn greedy_follows_the_cpu_reference_argmax_step_by_step() {
     let loaded = shipped_model();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let vocab = loaded.config().vocab_size;
     let prompt = loaded.tokenizer.encode(PROMPT).unwrap();
     let out = run(&model, &prompt, 16, Sampling::Greedy);
@@ -57,7 +57,7 @@ fn greedy_follows_the_cpu_reference_argmax_step_by_step() {
 #[test]
 fn a_seed_fixes_the_sampled_text_and_different_seeds_differ() {
     let loaded = shipped_model();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let prompt = loaded.tokenizer.encode(PROMPT).unwrap();
     let sampled = |seed| run(&model, &prompt, 12, Sampling::Sample { temperature: 1.0, top_k: 0, seed }).tokens;
     let (a, again, b) = (sampled(7), sampled(7), sampled(8));
@@ -84,10 +84,10 @@ fn a_packed_model_generates_through_the_lut_kernels_like_its_dense_twin() {
     let loaded = shipped_model();
     let device = gpu();
     let packed_file = packed_4bit();
-    let packed = Gpt2::from_packed(&packed_file, &device).unwrap();
-    assert!(packed.blocks.iter().all(|b| b.mlp_c_fc.dense().is_none() && b.attn_c_attn.dense().is_none()), "layers run packed");
-    let dense = Gpt2::new(&packed_file.dequantized_weights().unwrap(), &device);
-    let original = Gpt2::new(&loaded.weights, &device);
+    let packed = Decoder::from_packed(&packed_file, &device).unwrap();
+    assert!(packed.blocks.iter().all(|b| b.linears[2].dense().is_none() && b.linears[0].dense().is_none()), "layers run packed");
+    let dense = Decoder::new(&packed_file.dequantized_weights().unwrap(), &device);
+    let original = Decoder::new(&loaded.weights, &device);
     let prompt = loaded.tokenizer.encode(PROMPT).unwrap();
 
     // First step: the LUT kernels and burn's dense matmul on the same (dequantized) weights agree
@@ -109,7 +109,7 @@ fn a_packed_model_generates_through_the_lut_kernels_like_its_dense_twin() {
 #[test]
 fn bad_prompts_are_refused_and_the_context_limit_stops_generation() {
     let loaded = shipped_model();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let n_positions = loaded.config().n_positions;
     let settings = GenerateSettings { max_new_tokens: 8, sampling: Sampling::Greedy, stop_token: None };
     let error = |prompt: &[u32], settings| pollster::block_on(generate(&model, prompt, settings, &mut NoProgress)).unwrap_err().to_string();

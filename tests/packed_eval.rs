@@ -7,7 +7,7 @@ use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::{quantize_model, Calibration, QuantizeRequest};
 use lutlab_core::NoProgress;
-use lutlab_model::{linear_input_means, perplexity, ActivationSettings, EvalSettings, Gpt2};
+use lutlab_model::{linear_input_means, perplexity, ActivationSettings, EvalSettings, Decoder};
 use lutlab_tests::*;
 
 const REL: f64 = 1e-4;
@@ -18,7 +18,7 @@ fn tokens() -> Vec<u32> {
     tokens[..tokens.len().min(700)].to_vec()
 }
 
-fn ppl(model: &Gpt2, tokens: &[u32]) -> f64 {
+fn ppl(model: &Decoder, tokens: &[u32]) -> f64 {
     let settings = EvalSettings { max_length: 128, stride: 64, ..EvalSettings::for_model(model) };
     pollster::block_on(perplexity(model, tokens, settings, "valid.txt", &mut NoProgress)).unwrap().perplexity()
 }
@@ -39,8 +39,8 @@ fn packed_with(request: QuantizeRequest, table_dtype: TableDtype, calibration: C
 fn check(what: &str, packed: &PackedModel) {
     let device = gpu();
     let tokens = tokens();
-    let packed_ppl = ppl(&Gpt2::from_packed(packed, &device).unwrap(), &tokens);
-    let dense_ppl = ppl(&Gpt2::new(&packed.dequantized_weights().unwrap(), &device), &tokens);
+    let packed_ppl = ppl(&Decoder::from_packed(packed, &device).unwrap(), &tokens);
+    let dense_ppl = ppl(&Decoder::new(&packed.dequantized_weights().unwrap(), &device), &tokens);
     let rel = (packed_ppl / dense_ppl - 1.0).abs();
     eprintln!("{what}: packed {packed_ppl} vs dequantized {dense_ppl} (relative {rel:e})");
     assert!(rel < REL, "{what}: packed {packed_ppl} vs dequantized {dense_ppl}: relative {rel:e}");
@@ -81,7 +81,7 @@ fn scales_and_input_shift_match_their_folded_dense_form() {
 fn seed000_scaling_and_centering_run_packed() {
     let loaded = shipped_model();
     let device = gpu();
-    let model = Gpt2::new(&loaded.weights, &device);
+    let model = Decoder::new(&loaded.weights, &device);
     let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap();
     let calibration_tokens = loaded.tokenizer.encode(&text[6000..60_000]).unwrap();
     let settings = ActivationSettings { nsamples: 8, ..ActivationSettings::for_model(&model) };
@@ -92,8 +92,8 @@ fn seed000_scaling_and_centering_run_packed() {
     assert!(layer.scales.is_some() && layer.input_shift.is_some(), "scales and shift are stored");
     check("k-means 3-bit tensor, scaled and centered", &packed);
     let tokens = tokens();
-    let transformed = ppl(&Gpt2::from_packed(&packed, &device).unwrap(), &tokens);
-    let plain = ppl(&Gpt2::from_packed(&packed_model(request("kmeans", 3, "tensor"), TableDtype::F16), &device).unwrap(), &tokens);
+    let transformed = ppl(&Decoder::from_packed(&packed, &device).unwrap(), &tokens);
+    let plain = ppl(&Decoder::from_packed(&packed_model(request("kmeans", 3, "tensor"), TableDtype::F16), &device).unwrap(), &tokens);
     eprintln!("3-bit tensor k-means: plain {plain}, scaled + centered {transformed}");
     assert!(transformed < plain * 1.05, "scaled + centered {transformed} vs plain {plain}");
 }

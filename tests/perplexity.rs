@@ -2,7 +2,7 @@
 //! (fixture `reference_perplexity.json`), and tokenization against HF tokenizers.
 
 use lutlab_core::{NoProgress, TextTokenizer, TokenizerFiles};
-use lutlab_model::{perplexity, EvalSettings, Gpt2};
+use lutlab_model::{perplexity, EvalSettings, Decoder};
 use lutlab_tests::*;
 
 /// The bound on perplexity agreement with transformers.
@@ -15,7 +15,7 @@ fn test_tokens() -> Vec<u32> {
 
 fn check(reference: &serde_json::Value, tokens: &[u32]) {
     let loaded = shipped_model();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let settings = EvalSettings { max_length: 256, stride: 128, ..EvalSettings::for_model(&model) };
     let nll = pollster::block_on(perplexity(&model, tokens, settings, "test.txt", &mut NoProgress)).unwrap();
     let want = reference["perplexity"].as_f64().unwrap();

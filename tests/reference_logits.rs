@@ -4,7 +4,7 @@
 use lutlab_core::checkpoint::{parse_safetensors, read_f32, read_i64};
 use lutlab_core::reference;
 use lutlab_model::device::download;
-use lutlab_model::Gpt2;
+use lutlab_model::Decoder;
 use lutlab_tests::*;
 
 /// f32 logits from two f32 implementations (GPU vs CUDA with TF32 off): the bound.
@@ -41,7 +41,7 @@ fn cases() -> Vec<(String, Case)> {
 #[test]
 fn gpu_logits_match_transformers() {
     let loaded = shipped_model();
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let vocab = loaded.config().vocab_size;
     for (name, case) in cases() {
         let rows: Vec<&[u32]> = case.ids.chunks(case.ids.len() / case.rows).collect();
@@ -74,7 +74,7 @@ fn cpu_reference_matches_gpu_on_a_full_window() {
     let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap();
     let tokens = loaded.tokenizer.encode(&text[..20_000]).unwrap();
     let window = &tokens[..loaded.config().n_positions];
-    let model = Gpt2::new(&loaded.weights, &gpu());
+    let model = Decoder::new(&loaded.weights, &gpu());
     let gpu_logits = pollster::block_on(download(model.forward(model.tokens(&[window])))).unwrap();
     let cpu_logits = reference::forward(&loaded.weights, window).unwrap();
     let err = assert_all_close("full-window logits, GPU vs CPU", &gpu_logits, &cpu_logits, LOGITS_ABS);

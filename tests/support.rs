@@ -53,3 +53,13 @@ pub fn row_logsumexp(values: &[f32], cols: usize) -> Vec<f32> {
 pub fn head_columns(values: &[f32], cols: usize, keep: usize) -> Vec<f32> {
     values.chunks_exact(cols).flat_map(|row| row[..keep].iter().copied()).collect()
 }
+
+/// A model's weights from a Hugging Face folder (`config.json` + `model.safetensors`), without
+/// a tokenizer: the random-weight architecture fixtures and stories260K have none.
+pub fn load_weights(dir: &std::path::Path) -> lutlab_core::ModelWeights {
+    let config = std::fs::read(dir.join("config.json")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let config = lutlab_core::ModelConfig::from_json(&config, "config.json").expect("config parses");
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("model.safetensors");
+    let checkpoint = lutlab_core::Checkpoint::from_safetensors([("model.safetensors", bytes.as_slice())]).expect("checkpoint parses");
+    lutlab_core::ModelWeights::from_checkpoint(&config, checkpoint).expect("weights match the config")
+}

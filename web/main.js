@@ -130,7 +130,8 @@ async function loadFrom(source) {
   setStep('calibrate', 'todo', 'optional');
   setStep('quantize', 'todo', 'to do');
   const params = (summary.parameters / 1e6).toFixed(1);
-  $('model-status').textContent = `Loaded ${label}: ${summary.n_layer} layers, ${summary.n_head} heads, width ${summary.n_embd}, `
+  const heads = summary.n_kv_head < summary.n_head ? `${summary.n_head} heads (${summary.n_kv_head} key/value)` : `${summary.n_head} heads`;
+  $('model-status').textContent = `Loaded ${label} (${summary.model_type}): ${summary.n_layer} layers, ${heads}, width ${summary.n_embd}, `
     + `context ${summary.n_positions}, ${params}M parameters: ${megabytes(summary.parameters * 4)} as f32, ${megabytes(summary.parameters * 2)} as f16.`;
   $('model-status').dataset.loaded = label;
   loadBar.complete('model ready');

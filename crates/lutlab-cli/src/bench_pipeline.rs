@@ -14,7 +14,7 @@ use lutlab_core::quant::model::SampleWeights;
 use lutlab_core::quant::{quantize_model, Calibration, QuantizeRequest};
 use lutlab_core::ModelFiles;
 use lutlab_gpu::quantize_model_gpu;
-use lutlab_model::{fisher, open_gpu, perplexity, EvalSettings, FisherSettings, Gpt2};
+use lutlab_model::{fisher, open_gpu, perplexity, EvalSettings, FisherSettings, Decoder};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -123,7 +123,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     let method = request.method(weights, true)?;
     let gpu = pollster::block_on(open_gpu())?;
     gpu.check_fits(weights)?;
-    let dense = Gpt2::new(weights, &gpu.device);
+    let dense = Decoder::new(weights, &gpu.device);
 
     let clock = Instant::now();
     let settings = FisherSettings::with_overrides(&dense, Some(args.nsamples), args.seqlen, None, Some(args.micro_batch));
@@ -154,7 +154,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     let pack_seconds = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let packed_model = Gpt2::from_packed(&packed, &gpu.device)?;
+    let packed_model = Decoder::from_packed(&packed, &gpu.device)?;
     let upload_seconds = clock.elapsed().as_secs_f64();
 
     let eval_settings = EvalSettings::with_overrides(&dense, args.seqlen, None).fitted_to(&gpu);
@@ -192,7 +192,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     })
 }
 
-fn timed_eval(model: &Gpt2, tokens: &[u32], settings: EvalSettings, what: &str, quiet: bool) -> Result<(f64, lutlab_core::NllSum)> {
+fn timed_eval(model: &Decoder, tokens: &[u32], settings: EvalSettings, what: &str, quiet: bool) -> Result<(f64, lutlab_core::NllSum)> {
     let mut bar = Bar::new("perplexity", "tokens", quiet);
     let clock = Instant::now();
     let nll = pollster::block_on(perplexity(model, tokens, settings, what, &mut bar))?;

@@ -5,9 +5,9 @@ use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
 use lutlab_core::files::{read_file, read_text};
-use lutlab_core::{Gpt2Weights, ModelFiles, TextTokenizer};
+use lutlab_core::{ModelWeights, ModelFiles, TextTokenizer};
 use lutlab_core::packed_file::PackedModel;
-use lutlab_model::{open_gpu, perplexity, EvalSettings, Gpt2, Gpu};
+use lutlab_model::{open_gpu, perplexity, EvalSettings, Decoder, Gpu};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -67,19 +67,19 @@ impl EvalReport {
 }
 
 /// Perplexity of dense `weights` on the GPU, with a progress bar unless `quiet`.
-pub fn measure(weights: &Gpt2Weights, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+pub fn measure(weights: &ModelWeights, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
     gpu.check_fits(weights)?;
-    measure_model(&Gpt2::new(weights, &gpu.device), &gpu, tokenizer, options, quiet)
+    measure_model(&Decoder::new(weights, &gpu.device), &gpu, tokenizer, options, quiet)
 }
 
 /// Perplexity of a packed model, its linear layers running from their codes.
 pub fn measure_packed(packed: &PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
-    measure_model(&Gpt2::from_packed(packed, &gpu.device)?, &gpu, tokenizer, options, quiet)
+    measure_model(&Decoder::from_packed(packed, &gpu.device)?, &gpu, tokenizer, options, quiet)
 }
 
-fn measure_model(model: &Gpt2, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+fn measure_model(model: &Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let data_path = options.data.clone().unwrap_or_else(|| repo_path(WIKITEXT_TEST));
     let what = data_path.display().to_string();
     let tokens = tokenizer.encode(&read_text(&data_path)?)?;

@@ -8,7 +8,7 @@ use clap::Args;
 use lutlab_core::ModelFiles;
 use lutlab_core::files::read_text;
 use lutlab_core::fisher_file::check_diagonal_finite;
-use lutlab_model::{FisherSettings, Gpt2, fisher, open_gpu};
+use lutlab_model::{FisherSettings, Decoder, fisher, open_gpu};
 use crate::paths::WIKITEXT_VALID;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -58,7 +58,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
 
     let gpu = pollster::block_on(open_gpu())?;
     gpu.check_fits(&loaded.weights)?;
-    let model = Gpt2::new(&loaded.weights, &gpu.device);
+    let model = Decoder::new(&loaded.weights, &gpu.device);
     let settings = FisherSettings::with_overrides(
         &model,
         Some(args.nsamples),

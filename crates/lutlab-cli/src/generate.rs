@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use lutlab_core::{ModelFiles, TextTokenizer};
 use lutlab_model::generate::{continuation, end_of_text, generate, GenerateSettings, Sampling};
-use lutlab_model::{open_gpu, Gpt2};
+use lutlab_model::{open_gpu, Decoder};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,12 +64,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let (model, tokenizer, what) = match &args.packed {
         Some(path) => {
             let packed = read_packed(path)?;
-            (Gpt2::from_packed(&packed, &gpu.device)?, TextTokenizer::from_files(&files.tokenizer)?, path.display().to_string())
+            (Decoder::from_packed(&packed, &gpu.device)?, TextTokenizer::from_files(&files.tokenizer)?, path.display().to_string())
         }
         None => {
             let loaded = files.load()?;
             gpu.check_fits(&loaded.weights)?;
-            (Gpt2::new(&loaded.weights, &gpu.device), loaded.tokenizer, model_dir.display().to_string())
+            (Decoder::new(&loaded.weights, &gpu.device), loaded.tokenizer, model_dir.display().to_string())
         }
     };
     let prompt_tokens = tokenizer.encode(&args.prompt)?;

@@ -12,9 +12,9 @@ use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::{quantize_model, Calibration, InputMeans, QuantizeRequest, QuantizedModel};
 use lutlab_gpu::quantize_model_gpu;
-use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Gpt2};
+use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Decoder};
 use lutlab_core::packed_file::{config_json, PackedMeta, PackedModel, TableDtype};
-use lutlab_core::{Gpt2Weights, LoadedModel, ModelFiles};
+use lutlab_core::{ModelWeights, LoadedModel, ModelFiles};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -165,7 +165,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         std::fs::write(path, packed.to_safetensors(table_dtype)?).with_context(|| format!("writing {}", path.display()))?;
     }
     // A full dense copy of the model: made only for --out, or to evaluate what is not packed.
-    let dequantized = || -> Result<Gpt2Weights> {
+    let dequantized = || -> Result<ModelWeights> {
         Ok(match &packed {
             Some(packed) => packed.dequantized_weights()?,
             None => quantized.apply(weights),
@@ -216,7 +216,7 @@ fn input_means(args: &QuantizeArgs, loaded: &LoadedModel) -> Result<InputMeans> 
     let tokens = loaded.tokenizer.encode(&read_text(&path)?)?;
     let gpu = pollster::block_on(open_gpu())?;
     gpu.check_fits(&loaded.weights)?;
-    let model = Gpt2::new(&loaded.weights, &gpu.device);
+    let model = Decoder::new(&loaded.weights, &gpu.device);
     let settings = ActivationSettings { nsamples: args.calibration_samples, ..ActivationSettings::for_model(&model) };
     let mut bar = Bar::new("mean inputs", "windows", args.json);
     let means = pollster::block_on(linear_input_means(&model, &tokens, settings, &mut bar))?;
@@ -233,38 +233,25 @@ fn parse_blocks(text: &str) -> Result<Range<usize>> {
 }
 
 /// The Fisher diagonal, checked against the model's names and shapes.
-fn read_fisher(path: &Path, weights: &Gpt2Weights) -> Result<FisherDiagonal> {
+fn read_fisher(path: &Path, weights: &ModelWeights) -> Result<FisherDiagonal> {
     Ok(FisherDiagonal::from_safetensors(&path.display().to_string(), &read_file(path)?, weights)?)
 }
 
 /// Writes `weights` as a Hugging Face checkpoint directory: model.safetensors, a config.json
 /// made from `weights.config`, and the tokenizer files copied from `tokenizer_dir`.
-pub fn write_checkpoint(tokenizer_dir: &Path, out: &Path, weights: &Gpt2Weights, label: &str) -> Result<()> {
+pub fn write_checkpoint(tokenizer_dir: &Path, out: &Path, weights: &ModelWeights, label: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
-        ("wte.weight".into(), weights.wte.shape.clone(), &weights.wte.data),
-        ("wpe.weight".into(), weights.wpe.shape.clone(), &weights.wpe.data),
-        ("ln_f.weight".into(), weights.ln_f.gamma.shape.clone(), &weights.ln_f.gamma.data),
-        ("ln_f.bias".into(), weights.ln_f.beta.shape.clone(), &weights.ln_f.beta.data),
-    ];
-    for (i, block) in weights.blocks.iter().enumerate() {
-        for (ln, w) in [("ln_1", &block.ln_1), ("ln_2", &block.ln_2)] {
-            tensors.push((format!("h.{i}.{ln}.weight"), w.gamma.shape.clone(), &w.gamma.data));
-            tensors.push((format!("h.{i}.{ln}.bias"), w.beta.shape.clone(), &w.beta.data));
-        }
-        for (name, linear) in block.linears() {
-            tensors.push((format!("h.{i}.{name}.weight"), linear.weight.shape.clone(), &linear.weight.data));
-            tensors.push((format!("h.{i}.{name}.bias"), linear.bias.shape.clone(), &linear.bias.data));
-        }
-    }
-    let views: Vec<(&str, &[usize], &[f32])> = tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), *d)).collect();
+    // The checkpoint's own names and layout (`nn.Linear` families back to `[out, in]`).
+    let tensors = weights.to_checkpoint_tensors();
+    let views: Vec<(&str, &[usize], &[f32])> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.data.as_slice())).collect();
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("lutlab".to_string(), format!("dequantized from {label}")),
     ]);
     std::fs::write(out.join("model.safetensors"), write_safetensors(&views, Some(metadata))?)?;
     std::fs::write(out.join(CONFIG_FILE), config_json(&weights.config)?)?;
-    for file in [TOKENIZER_JSON_FILE, VOCAB_FILE, MERGES_FILE] {
+    for file in [TOKENIZER_JSON_FILE, VOCAB_FILE, MERGES_FILE, "tokenizer_config.json", "special_tokens_map.json"] {
         if tokenizer_dir.join(file).is_file() {
             std::fs::copy(tokenizer_dir.join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
         }

@@ -20,7 +20,7 @@ pub enum LoadError {
     #[error("{file}: {reason}")]
     BadConfig { file: String, reason: String },
 
-    #[error("model type `{model_type}` is not supported yet (lutlab runs GPT-2 models: model_type \"gpt2\")")]
+    #[error("model type `{model_type}` is not supported (lutlab runs model_type {})", crate::config::SUPPORTED_MODEL_TYPES)]
     UnsupportedArchitecture { model_type: String },
 
     #[error("{file}: not a valid safetensors file: {reason}")]

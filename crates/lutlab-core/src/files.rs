@@ -4,12 +4,12 @@
 #[cfg(not(target_arch = "wasm32"))]
 use crate::checkpoint::shard_files;
 use crate::checkpoint::Checkpoint;
-use crate::config::Gpt2Config;
+use crate::config::ModelConfig;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::error::LoadError;
 use crate::error::Result;
 use crate::tokenizer::{TextTokenizer, TokenizerFiles};
-use crate::weights::Gpt2Weights;
+use crate::weights::ModelWeights;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -29,12 +29,12 @@ pub struct ModelFiles {
 
 /// A model ready to run: config, weights and tokenizer.
 pub struct LoadedModel {
-    pub weights: Gpt2Weights,
+    pub weights: ModelWeights,
     pub tokenizer: TextTokenizer,
 }
 
 impl LoadedModel {
-    pub fn config(&self) -> &Gpt2Config {
+    pub fn config(&self) -> &ModelConfig {
         &self.weights.config
     }
 }
@@ -42,10 +42,10 @@ impl LoadedModel {
 impl ModelFiles {
     /// Parses and checks everything: config, every tensor, the tokenizer.
     pub fn load(&self) -> Result<LoadedModel> {
-        let config = Gpt2Config::from_json(&self.config_json, CONFIG_FILE)?;
+        let config = ModelConfig::from_json(&self.config_json, CONFIG_FILE)?;
         let checkpoint =
             Checkpoint::from_safetensors(self.safetensors.iter().map(|(name, bytes)| (name.as_str(), bytes.as_slice())))?;
-        let weights = Gpt2Weights::from_checkpoint(&config, checkpoint)?;
+        let weights = ModelWeights::from_checkpoint(&config, checkpoint)?;
         let tokenizer = TextTokenizer::from_files(&self.tokenizer)?;
         Ok(LoadedModel { weights, tokenizer })
     }

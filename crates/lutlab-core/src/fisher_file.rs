@@ -2,9 +2,11 @@
 //! names, shapes and layout as the model** (SqueezeLLM's gradient-checkpoint convention), so a
 //! quantizer looks a layer's sensitivities up by the layer's own name.
 //!
-//! What is stored: one tensor per linear weight of every block (`h.{i}.attn.c_attn.weight`,
-//! `h.{i}.attn.c_proj.weight`, `h.{i}.mlp.c_fc.weight`, `h.{i}.mlp.c_proj.weight`), in GPT-2's
-//! Conv1D layout `[in, out]`, holding `Σ_samples (∂ loss_sample / ∂ w)²`. Like SqueezeLLM, only
+//! What is stored: one tensor per linear weight of every block (`ModelConfig::linear_names`:
+//! `h.{i}.attn.c_attn.weight`, ... for GPT-2, `model.layers.{i}.self_attn.q_proj.weight`, ... for
+//! Llama), in the checkpoint's layout (GPT-2's Conv1D `[in, out]`, `nn.Linear`'s `[out, in]` for
+//! OPT and Llama), holding `Σ_samples (∂ loss_sample / ∂ w)²`. In memory the tensors are
+//! `[in, out]` like the model's weights; `linear_layout` says how the file stores them. Like SqueezeLLM, only
 //! the linear weights are kept: they are what gets quantized (embeddings, biases and LayerNorms
 //! stay in full precision). `__metadata__` holds `format: "lutlab-fisher"`, `model`, `data`,
 //! `nsamples`, `seqlen`, `seed` (and `loss`, the mean per-sample loss).
@@ -16,7 +18,9 @@
 
 use crate::checkpoint::{Checkpoint, HostTensor, check_finite, write_safetensors};
 use crate::error::{LoadError, Result};
-use crate::weights::Gpt2Weights;
+use crate::config::LinearLayout;
+use crate::quant::head::transpose;
+use crate::weights::ModelWeights;
 use std::collections::HashMap;
 
 /// The value of `__metadata__["format"]` in files lutlab writes.
@@ -39,13 +43,22 @@ pub struct FisherMeta {
 /// Per-weight sums of squared gradients, keyed by the model's tensor names, in model order.
 #[derive(Clone, Debug, Default)]
 pub struct FisherDiagonal {
+    /// `[in, out]`, as the model's linear weights are held.
     pub tensors: Vec<(String, HostTensor)>,
     pub meta: FisherMeta,
+    /// How the file stores the tensors: the model's checkpoint layout.
+    pub linear_layout: LinearLayout,
+}
+
+/// `[rows, cols]` → `[cols, rows]` as a tensor.
+fn transposed(t: &HostTensor) -> HostTensor {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    HostTensor::new(vec![cols, rows], transpose(&t.data, rows, cols))
 }
 
 /// The tensors a Fisher file of `weights`' model holds: `(name, shape)` of every linear weight,
 /// in model order.
-pub fn fisher_tensor_shapes(weights: &Gpt2Weights) -> Vec<(String, Vec<usize>)> {
+pub fn fisher_tensor_shapes(weights: &ModelWeights) -> Vec<(String, Vec<usize>)> {
     weights
         .linears()
         .map(|(name, linear)| (format!("{name}.weight"), linear.weight.shape.clone()))
@@ -79,23 +92,35 @@ impl FisherDiagonal {
         put("seqlen", meta.seqlen.map(|v| v.to_string()));
         put("seed", meta.seed.map(|v| v.to_string()));
         put("loss", meta.mean_loss.map(|v| v.to_string()));
-        let views: Vec<(&str, &[usize], &[f32])> = self
+        let stored: Vec<(&str, std::borrow::Cow<'_, HostTensor>)> = self
             .tensors
             .iter()
-            .map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.data.as_slice()))
+            .map(|(name, t)| {
+                let t = match self.linear_layout {
+                    LinearLayout::InOut => std::borrow::Cow::Borrowed(t),
+                    LinearLayout::OutIn => std::borrow::Cow::Owned(transposed(t)),
+                };
+                (name.as_str(), t)
+            })
             .collect();
+        let views: Vec<(&str, &[usize], &[f32])> =
+            stored.iter().map(|(name, t)| (*name, t.shape.as_slice(), t.data.as_slice())).collect();
         write_safetensors(&views, Some(metadata))
     }
 
     /// Reads a Fisher file (`file` names it in errors) and checks it against `weights`: every
     /// linear weight must be there with the model's shape, finite and non-negative. The first
     /// mismatch, in model order, is the error.
-    pub fn from_safetensors(file: &str, bytes: &[u8], weights: &Gpt2Weights) -> Result<Self> {
+    pub fn from_safetensors(file: &str, bytes: &[u8], weights: &ModelWeights) -> Result<Self> {
         let mut checkpoint = Checkpoint::from_safetensors([(file, bytes)])?;
         let mut tensors = Vec::new();
+        let linear_layout = weights.config.linear_layout();
         for (name, shape) in fisher_tensor_shapes(weights) {
             // `take` reports a missing tensor, a wrong shape or a NaN/Inf by name.
-            let tensor = checkpoint.take(&name, &shape)?;
+            let tensor = match linear_layout {
+                LinearLayout::InOut => checkpoint.take(&name, &shape)?,
+                LinearLayout::OutIn => transposed(&checkpoint.take(&name, &[shape[1], shape[0]])?),
+            };
             if let Some(first) = tensor.data.iter().position(|&v| v < 0.0) {
                 return Err(LoadError::BadConfig {
                     file: file.to_string(),
@@ -109,9 +134,11 @@ impl FisherDiagonal {
         }
         // A file of a deeper model has every tensor this one needs, and more blocks.
         let n_layer = weights.config.n_layer;
+        let block_prefix = weights.config.block_prefix(0);
+        let block_prefix = block_prefix.trim_end_matches('0');
         if let Some(extra) = checkpoint
             .names()
-            .find(|name| block_index(name).is_some_and(|i| i >= n_layer))
+            .find(|name| block_index(name, block_prefix).is_some_and(|i| i >= n_layer))
         {
             return Err(LoadError::BadConfig {
                 file: file.to_string(),
@@ -123,13 +150,14 @@ impl FisherDiagonal {
         Ok(Self {
             tensors,
             meta: read_meta(file, bytes)?,
+            linear_layout,
         })
     }
 }
 
-/// `h.12.attn.c_attn.weight` → `Some(12)`.
-fn block_index(name: &str) -> Option<usize> {
-    let rest = name.strip_prefix("h.")?;
+/// `h.12.attn.c_attn.weight` with prefix `h.` → `Some(12)`.
+fn block_index(name: &str, prefix: &str) -> Option<usize> {
+    let rest = name.strip_prefix(prefix)?;
     let digits = rest.split('.').next()?;
     digits.parse().ok()
 }
@@ -188,52 +216,23 @@ pub fn check_diagonal_finite(diagonal: &FisherDiagonal) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Gpt2Config;
-    use crate::weights::{BlockWeights, LayerNormWeights, LinearWeights};
+    use crate::config::ModelConfig;
 
     fn tensor(shape: &[usize], value: f32) -> HostTensor {
         HostTensor::new(shape.to_vec(), vec![value; shape.iter().product()])
     }
 
-    /// A 2-block model with n_embd 4 (weights are never read, only shapes).
-    fn weights(n_layer: usize, c: usize) -> Gpt2Weights {
-        let config = Gpt2Config {
-            n_layer,
-            n_head: 2,
-            n_embd: c,
-            n_positions: 8,
-            vocab_size: 10,
-            layer_norm_epsilon: 1e-5,
-            n_inner: 4 * c,
-        };
-        let ln = || LayerNormWeights {
-            gamma: tensor(&[c], 1.0),
-            beta: tensor(&[c], 0.0),
-        };
-        let lin = |i: usize, o: usize| LinearWeights {
-            weight: tensor(&[i, o], 0.0),
-            bias: tensor(&[o], 0.0),
-        };
-        let blocks = (0..n_layer)
-            .map(|_| BlockWeights {
-                ln_1: ln(),
-                attn_c_attn: lin(c, 3 * c),
-                attn_c_proj: lin(c, c),
-                ln_2: ln(),
-                mlp_c_fc: lin(c, 4 * c),
-                mlp_c_proj: lin(4 * c, c),
-            })
-            .collect();
-        Gpt2Weights {
-            config,
-            wte: tensor(&[10, c], 0.0),
-            wpe: tensor(&[8, c], 0.0),
-            blocks,
-            ln_f: ln(),
-        }
+    /// A GPT-2 of `n_layer` blocks and width `c` (weights are never read, only shapes).
+    fn weights(n_layer: usize, c: usize) -> ModelWeights {
+        let config = ModelConfig::gpt2(n_layer, 2, c, 8, 10);
+        let tensors = config.tensor_shapes().into_iter().map(|(name, shape, _)| {
+            let t = tensor(&shape, if name.ends_with("ln_1.weight") { 1.0 } else { 0.0 });
+            (name, t)
+        });
+        ModelWeights::from_checkpoint(&config, Checkpoint::from_tensors(tensors)).unwrap()
     }
 
-    fn diagonal(w: &Gpt2Weights) -> FisherDiagonal {
+    fn diagonal(w: &ModelWeights) -> FisherDiagonal {
         let tensors = fisher_tensor_shapes(w)
             .into_iter()
             .enumerate()
@@ -253,7 +252,7 @@ mod tests {
             seed: Some(u64::MAX),
             mean_loss: Some(4.25),
         };
-        FisherDiagonal { tensors, meta }
+        FisherDiagonal { tensors, meta, linear_layout: LinearLayout::InOut }
     }
 
     #[test]

@@ -16,10 +16,10 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use checkpoint::{Checkpoint, HostTensor};
-pub use config::Gpt2Config;
+pub use config::{Family, ModelConfig};
 pub use error::{LoadError, Result};
 pub use files::{LoadedModel, ModelFiles};
 pub use perplexity::{NllSum, Window};
 pub use progress::{NoProgress, Progress};
 pub use tokenizer::{TextTokenizer, TokenizerFiles};
-pub use weights::Gpt2Weights;
+pub use weights::ModelWeights;

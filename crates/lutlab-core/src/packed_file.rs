@@ -19,12 +19,12 @@
 //! panics, on any input (`tests/packed_file.rs` fuzzes it).
 
 use crate::checkpoint::{Checkpoint, HostTensor, TensorData, parse_safetensors, write_tensors};
-use crate::config::Gpt2Config;
+use crate::config::{LinearLayout, ModelConfig};
 use crate::error::{LoadError, Result};
 use crate::quant::head::{is_head, transpose, HEAD};
 use crate::quant::model::QuantizedModel;
 use crate::quant::packed::{PackedLinear, SparseColumns, blocks, packed_code};
-use crate::weights::Gpt2Weights;
+use crate::weights::ModelWeights;
 use safetensors::{Dtype, SafeTensors};
 use safetensors::tensor::TensorView;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -37,9 +37,6 @@ pub const FORMAT_NAME: &str = "lutlab-packed";
 pub const FORMAT_VERSION: u32 = 2;
 /// The version of files without a packed head.
 pub const FORMAT_VERSION_WITHOUT_HEAD: u32 = 1;
-
-/// The linear layers of a GPT-2 block, by their name relative to the block.
-const LINEARS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
 
 /// Suffixes of the tensors of a packed layer (`{layer}.{suffix}`).
 const PACKED_SUFFIXES: [&str; 7] =
@@ -107,7 +104,7 @@ pub struct PackedMeta {
 /// A GPT-2 with packed LUT linear layers: the content of a `lutlab-packed` file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedModel {
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     pub meta: PackedMeta,
     /// Every tensor that is not a packed weight, under canonical HF names (`wte.weight`,
     /// `wpe.weight`, `ln_*`, all biases including those of packed layers, and the weights of
@@ -142,14 +139,14 @@ impl PackedModel {
     /// rounded to f16 here (see [`Self::round_tables_to_f16`]), so what is evaluated equals what
     /// is stored; the sparse values stay f32.
     pub fn from_quantized(
-        weights: &Gpt2Weights,
+        weights: &ModelWeights,
         quantized: &QuantizedModel,
         meta: PackedMeta,
         table_dtype: TableDtype,
     ) -> Result<Self> {
         let mut linears: HashMap<String, (usize, usize)> =
             weights.linears().map(|(name, l)| (name, (l.in_features(), l.out_features()))).collect();
-        linears.insert(HEAD.to_string(), (weights.config.n_embd, weights.config.vocab_size));
+        linears.insert(HEAD.to_string(), (weights.config.embed_dim, weights.config.vocab_size));
         let mut layers = BTreeMap::new();
         let mut biases: HashMap<String, HostTensor> = HashMap::new();
         for layer in &quantized.layers {
@@ -178,15 +175,15 @@ impl PackedModel {
                 return Err(invalid(format!("layer `{name}` is quantized twice")));
             }
         }
-        let packed_weights: BTreeSet<String> = layers.keys().map(|layer| weight_of(layer)).collect();
-        let dense = named_tensors(weights)
+        let config = &weights.config;
+        let packed_weights: BTreeSet<String> = layers.keys().map(|layer| weight_of(config, layer)).collect();
+        let mut dense: BTreeMap<String, HostTensor> = weights
+            .to_checkpoint_tensors()
             .into_iter()
             .filter(|(name, _)| !packed_weights.contains(name))
-            .map(|(name, t)| {
-                let t = biases.remove(&name).unwrap_or_else(|| t.clone());
-                (name, t)
-            })
             .collect();
+        // Transformed biases replace the stored ones (or join them, on bias-less families).
+        dense.extend(biases);
         let mut model = Self { config: weights.config.clone(), meta, dense, layers };
         if table_dtype == TableDtype::F16 {
             model.round_tables_to_f16()?;
@@ -245,13 +242,14 @@ impl PackedModel {
         {
             return bad(format!("the settings are not JSON: {e}"));
         }
-        let expected: BTreeMap<String, Vec<usize>> = gpt2_tensor_shapes(config).into_iter().collect();
+        let expected: BTreeMap<String, (Vec<usize>, bool)> =
+            config.tensor_shapes().into_iter().map(|(name, shape, required)| (name, (shape, required))).collect();
         let linears = linear_names(config);
         for (name, layer) in &self.layers {
             if !linears.contains(name) {
                 return bad(not_a_linear(name, config));
             }
-            let weight = weight_of(name);
+            let weight = weight_of(config, name);
             if let Some((rows, cols)) = packed_shape(config, name)
                 && (rows, cols) != (layer.rows, layer.cols)
             {
@@ -266,7 +264,7 @@ impl PackedModel {
             }
         }
         for (name, tensor) in &self.dense {
-            let Some(shape) = expected.get(name) else {
+            let Some((shape, _)) = expected.get(name) else {
                 return bad(unknown_tensor(name));
             };
             if &tensor.shape != shape {
@@ -283,11 +281,11 @@ impl PackedModel {
                 ));
             }
         }
-        let packed_weights: BTreeSet<String> = self.layers.keys().map(|layer| weight_of(layer)).collect();
-        for name in expected.keys() {
+        let packed_weights: BTreeSet<String> = self.layers.keys().map(|layer| weight_of(config, layer)).collect();
+        for (name, (_, required)) in &expected {
             let packed = packed_weights.contains(name);
-            if !packed && !self.dense.contains_key(name) {
-                return bad(format!("tensor `{name}` is missing: a complete GPT-2 needs it, dense or packed"));
+            if *required && !packed && !self.dense.contains_key(name) {
+                return bad(format!("tensor `{name}` is missing: a complete {} model needs it, dense or packed", config.model_type));
             }
         }
         Ok(())
@@ -389,7 +387,7 @@ impl PackedModel {
         let config_text = get("config")?;
         check_config_dims(file, config_text)?;
         let config_file = format!("{file}: metadata `config`");
-        let config = Gpt2Config::from_json(config_text.as_bytes(), &config_file).map_err(|e| match e {
+        let config = ModelConfig::from_json(config_text.as_bytes(), &config_file).map_err(|e| match e {
             // The one config error that does not name its source.
             LoadError::UnsupportedArchitecture { .. } => LoadError::BadConfig { file: config_file.clone(), reason: e.to_string() },
             other => other,
@@ -406,7 +404,7 @@ impl PackedModel {
                 parsed.len()
             )));
         }
-        let expected: BTreeMap<String, Vec<usize>> = gpt2_tensor_shapes(&config).into_iter().collect();
+        let expected: BTreeSet<String> = config.tensor_shapes().into_iter().map(|(name, _, _)| name).collect();
         let linears = linear_names(&config);
         for (name, m) in &layer_meta {
             if !linears.contains(name) {
@@ -436,7 +434,7 @@ impl PackedModel {
                 }
                 continue;
             }
-            if !expected.contains_key(name) {
+            if !expected.contains(name) {
                 return Err(bad(unknown_tensor(name)));
             }
             let view = tensor(&parsed, name).ok_or_else(|| bad(format!("tensor `{name}` cannot be read")))?;
@@ -459,22 +457,22 @@ impl PackedModel {
     /// folded into the bias. From `y = s ⊙ ((x − μ)·W) + b` and `W' = W·diag(s)`:
     /// `y = x·W' + (b − μ·W')`, so `b'_c = b_c − Σ_r μ_r W'_{r,c}` (summed in f64). For
     /// `lutlab export --dequantized` and the dense comparison.
-    pub fn dequantized_weights(&self) -> Result<Gpt2Weights> {
+    pub fn dequantized_weights(&self) -> Result<ModelWeights> {
         self.validate("packed model")?;
+        let config = &self.config;
         let mut tensors = self.dense.clone();
         for (name, layer) in &self.layers {
             let w = layer.effective_weights();
             if is_head(name) {
-                // `wte` is the head's weight transposed (validation refused an input shift).
-                let wte = transpose(&w, layer.rows, layer.cols);
-                tensors.insert(weight_of(name), HostTensor::new(vec![layer.cols, layer.rows], wte));
+                // The head's weight `[vocab, embed_dim]` is the layer transposed (validation
+                // refused an input shift).
+                let head = transpose(&w, layer.rows, layer.cols);
+                tensors.insert(weight_of(config, name), HostTensor::new(vec![layer.cols, layer.rows], head));
                 continue;
             }
             if let Some(shift) = &layer.input_shift {
                 let bias_name = format!("{name}.bias");
-                let bias = tensors
-                    .get_mut(&bias_name)
-                    .ok_or_else(|| LoadError::MissingTensor { name: bias_name.clone() })?;
+                let bias = tensors.entry(bias_name).or_insert_with(|| HostTensor::new(vec![layer.cols], vec![0.0; layer.cols]));
                 let mut folded = vec![0f64; layer.cols];
                 for (r, row) in w.chunks_exact(layer.cols).enumerate() {
                     let mu = f64::from(shift[r]);
@@ -482,9 +480,14 @@ impl PackedModel {
                 }
                 bias.data.iter_mut().zip(&folded).for_each(|(b, f)| *b = (f64::from(*b) - f) as f32);
             }
-            tensors.insert(format!("{name}.weight"), HostTensor::new(vec![layer.rows, layer.cols], w));
+            // Packed codes are `[in, out]`; the checkpoint's layout may be `[out, in]`.
+            let weight = match config.linear_layout() {
+                LinearLayout::InOut => HostTensor::new(vec![layer.rows, layer.cols], w),
+                LinearLayout::OutIn => HostTensor::new(vec![layer.cols, layer.rows], transpose(&w, layer.rows, layer.cols)),
+            };
+            tensors.insert(format!("{name}.weight"), weight);
         }
-        Gpt2Weights::from_checkpoint(&self.config, Checkpoint::from_tensors(tensors))
+        ModelWeights::from_checkpoint(config, Checkpoint::from_tensors(tensors))
     }
 
     /// The `format_version` this model is written as: 2 with a packed head, else 1.
@@ -518,17 +521,9 @@ impl PackedModel {
     }
 }
 
-/// The config as Hugging Face `config.json` text (`model_type: gpt2` and the fields lutlab
-/// reads), as the packed file's `config` metadata stores it.
-pub fn config_json(config: &Gpt2Config) -> Result<String> {
-    let mut json = serde_json::to_value(config).map_err(|e| invalid(format!("config: {e}")))?;
-    if let Some(object) = json.as_object_mut() {
-        object.insert("model_type".into(), "gpt2".into());
-        object.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
-        object.insert("activation_function".into(), "gelu_new".into());
-        object.insert("tie_word_embeddings".into(), true.into());
-    }
-    serde_json::to_string_pretty(&json).map_err(|e| invalid(format!("config: {e}")))
+/// The config as Hugging Face `config.json` text, as the packed file's `config` metadata stores it.
+pub fn config_json(config: &ModelConfig) -> Result<String> {
+    Ok(config.to_json())
 }
 
 fn invalid(reason: String) -> LoadError {
@@ -540,84 +535,37 @@ fn round_f16(v: f32) -> f32 {
 }
 
 fn unknown_tensor(name: &str) -> String {
-    format!("tensor `{name}` is neither a GPT-2 tensor nor a packed-layer tensor (unknown name)")
+    format!("tensor `{name}` is neither a tensor of the model nor a packed-layer tensor (unknown name)")
 }
 
-fn not_a_linear(name: &str, config: &Gpt2Config) -> String {
+fn not_a_linear(name: &str, config: &ModelConfig) -> String {
+    let specs: Vec<&str> = config.block_linears().iter().map(|s| s.name).collect();
     format!(
-        "`{name}` is not a linear layer of this GPT-2 (h.0 to h.{} × {}, or {HEAD})",
-        config.n_layer.saturating_sub(1),
-        LINEARS.join(", ")
+        "`{name}` is not a linear layer of this {} model ({} to {} × {}, or {HEAD})",
+        config.model_type,
+        config.block_prefix(0),
+        config.block_prefix(config.n_layer.saturating_sub(1)),
+        specs.join(", ")
     )
 }
 
-/// The dense weight a packed layer stands for: `{layer}.weight`, or `wte.weight` for the head.
-fn weight_of(layer: &str) -> String {
-    if is_head(layer) { "wte.weight".to_string() } else { format!("{layer}.weight") }
+/// The dense weight a packed layer stands for: `{layer}.weight`, or the head's weight.
+fn weight_of(config: &ModelConfig, layer: &str) -> String {
+    if is_head(layer) { config.head_weight_name() } else { format!("{layer}.weight") }
 }
 
-/// `(rows, cols)` of packed layer `name` in `config`: its Conv1D `[in, out]` shape; the head's is
-/// `[n_embd, vocab]` (`wte` transposed). `None` for a name that is no linear layer.
-fn packed_shape(config: &Gpt2Config, name: &str) -> Option<(usize, usize)> {
+/// `(rows, cols)` of packed layer `name` in `config`: its `[in, out]` shape; the head's is
+/// `[embed_dim, vocab]`. `None` for a name that is no linear layer.
+fn packed_shape(config: &ModelConfig, name: &str) -> Option<(usize, usize)> {
     if is_head(name) {
-        return Some((config.n_embd, config.vocab_size));
+        return Some((config.embed_dim, config.vocab_size));
     }
-    let weight = format!("{name}.weight");
-    gpt2_tensor_shapes(config).into_iter().find(|(n, _)| *n == weight).map(|(_, shape)| (shape[0], shape[1]))
-}
-
-/// Every weight of a GPT-2 with its canonical name, in model order.
-fn named_tensors(weights: &Gpt2Weights) -> Vec<(String, &HostTensor)> {
-    let mut out = vec![
-        ("wte.weight".to_string(), &weights.wte),
-        ("wpe.weight".to_string(), &weights.wpe),
-        ("ln_f.weight".to_string(), &weights.ln_f.gamma),
-        ("ln_f.bias".to_string(), &weights.ln_f.beta),
-    ];
-    for (i, block) in weights.blocks.iter().enumerate() {
-        for (ln, w) in [("ln_1", &block.ln_1), ("ln_2", &block.ln_2)] {
-            out.push((format!("h.{i}.{ln}.weight"), &w.gamma));
-            out.push((format!("h.{i}.{ln}.bias"), &w.beta));
-        }
-        for (name, linear) in block.linears() {
-            out.push((format!("h.{i}.{name}.weight"), &linear.weight));
-            out.push((format!("h.{i}.{name}.bias"), &linear.bias));
-        }
-    }
-    out
-}
-
-/// Every tensor a GPT-2 of `config` needs, `(canonical name, shape)`.
-fn gpt2_tensor_shapes(config: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
-    let c = config.n_embd;
-    let f = config.n_inner;
-    let mut out = vec![
-        ("wte.weight".to_string(), vec![config.vocab_size, c]),
-        ("wpe.weight".to_string(), vec![config.n_positions, c]),
-        ("ln_f.weight".to_string(), vec![c]),
-        ("ln_f.bias".to_string(), vec![c]),
-    ];
-    for i in 0..config.n_layer {
-        for ln in ["ln_1", "ln_2"] {
-            out.push((format!("h.{i}.{ln}.weight"), vec![c]));
-            out.push((format!("h.{i}.{ln}.bias"), vec![c]));
-        }
-        for (name, rows, cols) in [
-            ("attn.c_attn", c, c.saturating_mul(3)),
-            ("attn.c_proj", c, c),
-            ("mlp.c_fc", c, f),
-            ("mlp.c_proj", f, c),
-        ] {
-            out.push((format!("h.{i}.{name}.weight"), vec![rows, cols]));
-            out.push((format!("h.{i}.{name}.bias"), vec![cols]));
-        }
-    }
-    out
+    config.linear_names().into_iter().find(|(n, _)| n == name).map(|(_, s)| (s.n_in, s.n_out))
 }
 
 /// The layers a file may pack: the blocks' linears and the head.
-fn linear_names(config: &Gpt2Config) -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = (0..config.n_layer).flat_map(|i| LINEARS.iter().map(move |n| format!("h.{i}.{n}"))).collect();
+fn linear_names(config: &ModelConfig) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = config.linear_names().into_iter().map(|(name, _)| name).collect();
     names.insert(HEAD.to_string());
     names
 }
@@ -627,12 +575,16 @@ fn packed_part(name: &str) -> Option<(&str, &str)> {
     name.rsplit_once('.').filter(|(_, suffix)| PACKED_SUFFIXES.contains(suffix))
 }
 
-/// Refuses absurd dimensions before `Gpt2Config::from_json` multiplies them.
+/// Refuses absurd dimensions before `ModelConfig::from_json` multiplies them.
 fn check_config_dims(file: &str, text: &str) -> Result<()> {
     let Ok(serde_json::Value::Object(json)) = serde_json::from_str::<serde_json::Value>(text) else {
         return Ok(()); // from_json reports it
     };
-    for key in ["n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner"] {
+    for key in [
+        "n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "hidden_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim", "ffn_dim", "intermediate_size",
+        "max_position_embeddings", "word_embed_proj_dim",
+    ] {
         if let Some(v) = json.get(key).and_then(serde_json::Value::as_u64)
             && v > MAX_CONFIG_DIM
         {

@@ -2,6 +2,10 @@
 //! `max_length` tokens every `stride` tokens; each window scores only the tokens after the previous
 //! window's end, so every token but the first is scored exactly once, with as much context as the
 //! window allows.
+//!
+//! With `stride == max_length` the windows do not overlap and this is GPTQ's protocol (also
+//! SqueezeLLM's and the Brevitas example's): `⌊N / max_length⌋` windows, each scoring all its
+//! tokens but the first, and the tail shorter than a window dropped.
 
 use crate::error::{LoadError, Result};
 
@@ -48,6 +52,9 @@ pub fn strided_windows(num_tokens: usize, max_length: usize, stride: usize, what
     let mut begin = 0;
     loop {
         let end = (begin + max_length).min(num_tokens);
+        if stride == max_length && end - begin < max_length {
+            return Ok(windows); // GPTQ's protocol drops the tail.
+        }
         windows.push(Window { begin, end, score_from: prev_end.max(begin + 1) });
         prev_end = end;
         if end == num_tokens {

@@ -99,10 +99,11 @@ pub fn mean(values: &[f32]) -> f64 {
     values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len().max(1) as f64
 }
 
-/// `h.3.mlp.c_fc` (or `h.3.mlp.c_fc.weight`) → `(3, "mlp.c_fc")`: the block and the matrix, the
-/// two axes of a heatmap over the model.
+/// `h.3.mlp.c_fc` (or `h.3.mlp.c_fc.weight`) → `(3, "mlp.c_fc")`, and likewise
+/// `model.layers.3.mlp.up_proj` → `(3, "mlp.up_proj")` (any family's block prefix): the block and
+/// the matrix, the two axes of a heatmap over the model.
 pub fn block_and_matrix(name: &str) -> Option<(usize, &str)> {
-    let rest = name.strip_prefix("h.")?;
+    let rest = ["h.", "model.layers.", "model.decoder.layers."].iter().find_map(|p| name.strip_prefix(p))?;
     let (block, matrix) = rest.split_once('.')?;
     Some((block.parse().ok()?, matrix.strip_suffix(".weight").unwrap_or(matrix)))
 }
@@ -159,6 +160,8 @@ mod tests {
         assert_eq!(block_and_matrix("h.11.attn.c_attn.weight"), Some((11, "attn.c_attn")));
         assert_eq!(block_and_matrix("wte"), None);
         assert_eq!(block_and_matrix("h.x.attn"), None);
+        assert_eq!(block_and_matrix("model.layers.2.self_attn.q_proj.weight"), Some((2, "self_attn.q_proj")));
+        assert_eq!(block_and_matrix("model.decoder.layers.0.fc1"), Some((0, "fc1")));
         assert_eq!(mean(&[1.0, 2.0]), 1.5);
         assert_eq!(mean(&[]), 0.0);
     }

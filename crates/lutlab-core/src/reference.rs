@@ -1,9 +1,11 @@
-//! GPT-2's forward pass in plain Rust, written out step by step: the CPU reference that the GPU
-//! model is tested against. Slow by design; clarity over speed.
+//! The decoder's forward pass in plain Rust, written out step by step for every family (GPT-2,
+//! OPT, Llama): the CPU reference that the GPU model is tested against. Slow by design; clarity
+//! over speed.
 
 use crate::checkpoint::HostTensor;
 use crate::error::{LoadError, Result};
-use crate::weights::{Gpt2Weights, LayerNormWeights, LinearWeights};
+use crate::config::{Activation, ModelConfig, NormKind, Positions};
+use crate::weights::{LinearWeights, ModelWeights, NormWeights};
 use std::collections::BTreeMap;
 
 /// `gelu_new`: GPT-2's tanh approximation of GELU.
@@ -13,7 +15,7 @@ pub fn gelu_new(x: f32) -> f32 {
 }
 
 /// Checks tokens against the vocabulary and the sequence against the context length.
-pub fn check_tokens(weights: &Gpt2Weights, tokens: &[u32]) -> Result<()> {
+pub fn check_tokens(weights: &ModelWeights, tokens: &[u32]) -> Result<()> {
     let config = &weights.config;
     if tokens.is_empty() || tokens.len() > config.n_positions {
         return Err(LoadError::InvalidSetting(format!(
@@ -29,27 +31,27 @@ pub fn check_tokens(weights: &Gpt2Weights, tokens: &[u32]) -> Result<()> {
 }
 
 /// Logits `[T, vocab]` (row-major) for one sequence.
-pub fn forward(weights: &Gpt2Weights, tokens: &[u32]) -> Result<Vec<f32>> {
+pub fn forward(weights: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>> {
     let x = hidden_observed(weights, tokens, &mut |_, _, _| {})?;
-    Ok(tied_lm_head(&x, &weights.wte))
+    let head = weights.lm_head.as_ref().unwrap_or(&weights.wte);
+    Ok(lm_head(&x, head))
 }
 
-/// The four linear layers of a block, in forward order, as their names end
-/// (`h.{i}.attn.c_attn`, ...).
-pub const LINEAR_LAYERS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
-
-/// Seed 000's centering statistics on the CPU: for every linear layer `h.{i}.{LINEAR_LAYERS}`,
-/// the mean of its input vector over every position of every window (each window a separate
-/// sequence starting at position 0), summed in f64. `windows` must be non-empty.
-pub fn linear_input_means(weights: &Gpt2Weights, windows: &[&[u32]]) -> Result<BTreeMap<String, Vec<f64>>> {
+/// Seed 000's centering statistics on the CPU: for every linear layer of the blocks (by full
+/// name, `ModelConfig::linear_names`), the mean of its input vector over every position of every
+/// window (each window a separate sequence starting at position 0), summed in f64. `windows`
+/// must be non-empty.
+pub fn linear_input_means(weights: &ModelWeights, windows: &[&[u32]]) -> Result<BTreeMap<String, Vec<f64>>> {
     if windows.is_empty() {
         return Err(LoadError::InvalidSetting("no calibration windows".into()));
     }
+    let names = weights.config.linear_names();
+    let per_block = weights.config.block_linears().len();
     let mut sums: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut positions = 0usize;
     for window in windows {
         hidden_observed(weights, window, &mut |block, layer, input| {
-            let sum = sums.entry(format!("h.{block}.{}", LINEAR_LAYERS[layer])).or_default();
+            let sum = sums.entry(names[block * per_block + layer].0.clone()).or_default();
             let width = input.len() / window.len();
             sum.resize(width, 0.0);
             for row in input.chunks_exact(width) {
@@ -64,58 +66,127 @@ pub fn linear_input_means(weights: &Gpt2Weights, windows: &[&[u32]]) -> Result<B
     Ok(sums)
 }
 
-/// The final hidden states `[T, C]` (after `ln_f`); `observe(block, layer, input)` sees the input
-/// `[T, in]` of linear layer `LINEAR_LAYERS[layer]` of every block.
+/// The final hidden states `[T, embed_dim]` (after the final norm and any output projection);
+/// `observe(block, layer, input)` sees the input `[T, in]` of linear `layer` (in
+/// `ModelConfig::block_linears` order) of every block.
 fn hidden_observed(
-    weights: &Gpt2Weights,
+    weights: &ModelWeights,
     tokens: &[u32],
     observe: &mut dyn FnMut(usize, usize, &[f32]),
 ) -> Result<Vec<f32>> {
     check_tokens(weights, tokens)?;
     let config = &weights.config;
-    let (t_len, c) = (tokens.len(), config.n_embd);
-    let eps = config.layer_norm_epsilon as f32;
-
-    let mut x = vec![0f32; t_len * c];
-    for (t, &tok) in tokens.iter().enumerate() {
-        let tok_row = &weights.wte.data[tok as usize * c..][..c];
-        let pos_row = &weights.wpe.data[t * c..][..c];
-        for i in 0..c {
-            x[t * c + i] = tok_row[i] + pos_row[i];
+    let (t_len, e) = (tokens.len(), config.embed_dim);
+    let mut x: Vec<f32> = tokens.iter().flat_map(|&tok| weights.wte.data[tok as usize * e..][..e].iter().copied()).collect();
+    if let Some(project_in) = &weights.project_in {
+        x = linear(&x, project_in);
+    }
+    if let (Some(wpe), Positions::Learned { offset }) = (&weights.wpe, &config.positions) {
+        let c = config.n_embd;
+        for t in 0..t_len {
+            let row = &wpe.data[(t + offset) * c..][..c];
+            x[t * c..][..c].iter_mut().zip(row).for_each(|(a, b)| *a += b);
         }
     }
+    let rope = Rope::new(config, t_len);
     for (i, block) in weights.blocks.iter().enumerate() {
-        let h = layer_norm(&x, &block.ln_1, eps);
-        observe(i, 0, &h);
-        let qkv = linear(&h, &block.attn_c_attn);
-        let attn = causal_attention(&qkv, t_len, config.n_head, c);
-        observe(i, 1, &attn);
-        add_in_place(&mut x, &linear(&attn, &block.attn_c_proj));
-
-        let h = layer_norm(&x, &block.ln_2, eps);
-        observe(i, 2, &h);
-        let mut f = linear(&h, &block.mlp_c_fc);
-        f.iter_mut().for_each(|v| *v = gelu_new(*v));
-        observe(i, 3, &f);
-        add_in_place(&mut x, &linear(&f, &block.mlp_c_proj));
+        let l = &block.linears;
+        let norm_in = |x: &[f32], n| if config.pre_norm { norm(x, n, config) } else { x.to_vec() };
+        // Attention.
+        let h = norm_in(&x, &block.norm_1);
+        let (q, k, v, next) = if config.fused_qkv() {
+            observe(i, 0, &h);
+            let qkv = linear(&h, &l[0]);
+            let c = config.n_embd;
+            let part = |p: usize| qkv.chunks_exact(3 * c).flat_map(|row| row[p * c..][..c].iter().copied()).collect::<Vec<f32>>();
+            (part(0), part(1), part(2), 1)
+        } else {
+            (0..3).for_each(|j| observe(i, j, &h));
+            (linear(&h, &l[0]), linear(&h, &l[1]), linear(&h, &l[2]), 3)
+        };
+        let attn = causal_attention(config, &rope, q, k, v, t_len);
+        observe(i, next, &attn);
+        add_in_place(&mut x, &linear(&attn, &l[next]));
+        if !config.pre_norm {
+            x = norm(&x, &block.norm_1, config);
+        }
+        // MLP.
+        let h = norm_in(&x, &block.norm_2);
+        let m = &l[next + 1..];
+        let hidden = match config.activation {
+            Activation::SwiGlu => {
+                observe(i, next + 1, &h);
+                observe(i, next + 2, &h);
+                let up = linear(&h, &m[1]);
+                linear(&h, &m[0]).iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect::<Vec<f32>>()
+            }
+            Activation::GeluTanh | Activation::Relu => {
+                observe(i, next + 1, &h);
+                let mut f = linear(&h, &m[0]);
+                let act = if config.activation == Activation::Relu { |v: f32| v.max(0.0) } else { gelu_new };
+                f.iter_mut().for_each(|v| *v = act(*v));
+                f
+            }
+        };
+        let down = m.len() - 1;
+        observe(i, next + 1 + down, &hidden);
+        add_in_place(&mut x, &linear(&hidden, &m[down]));
+        if !config.pre_norm {
+            x = norm(&x, &block.norm_2, config);
+        }
     }
-    Ok(layer_norm(&x, &weights.ln_f, eps))
+    if let Some(ln_f) = &weights.ln_f {
+        x = norm(&x, ln_f, config);
+    }
+    if let Some(project_out) = &weights.project_out {
+        x = linear(&x, project_out);
+    }
+    Ok(x)
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
+/// `x · sigmoid(x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// The family's norm over the last dimension.
+pub fn norm(x: &[f32], n: &NormWeights, config: &ModelConfig) -> Vec<f32> {
+    match config.norm {
+        NormKind::LayerNorm => layer_norm(x, n, config.norm_eps as f32),
+        NormKind::RmsNorm => rms_norm(x, n, config.norm_eps),
+    }
+}
+
 /// LayerNorm over the last dimension, biased variance, as PyTorch computes it.
-pub fn layer_norm(x: &[f32], ln: &LayerNormWeights, eps: f32) -> Vec<f32> {
+pub fn layer_norm(x: &[f32], ln: &NormWeights, eps: f32) -> Vec<f32> {
     let c = ln.gamma.numel();
+    let zeros = vec![0f32; c];
+    let beta = ln.beta.as_ref().map_or(&zeros[..], |b| &b.data[..]);
     let mut out = vec![0f32; x.len()];
     for (row, out_row) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
         let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
         let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
         let inv = 1.0 / (var + eps as f64).sqrt();
         for i in 0..c {
-            out_row[i] = ((row[i] as f64 - mean) * inv) as f32 * ln.gamma.data[i] + ln.beta.data[i];
+            out_row[i] = ((row[i] as f64 - mean) * inv) as f32 * ln.gamma.data[i] + beta[i];
+        }
+    }
+    out
+}
+
+/// RMSNorm as Llama computes it: `γ · x / sqrt(mean(x²) + eps)`.
+pub fn rms_norm(x: &[f32], n: &NormWeights, eps: f64) -> Vec<f32> {
+    let c = n.gamma.numel();
+    let mut out = vec![0f32; x.len()];
+    for (row, out_row) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        let ms = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / c as f64;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for i in 0..c {
+            out_row[i] = (f64::from(row[i]) * inv) as f32 * n.gamma.data[i];
         }
     }
     out
@@ -136,36 +207,80 @@ pub fn linear(x: &[f32], layer: &LinearWeights) -> Vec<f32> {
     out
 }
 
-/// Multi-head causal self-attention on a fused `[T, 3C]` q|k|v projection.
-fn causal_attention(qkv: &[f32], t_len: usize, n_head: usize, c: usize) -> Vec<f32> {
-    let d = c / n_head;
-    let scale = 1.0 / (d as f32).sqrt();
-    let at = |t: usize, part: usize, h: usize| &qkv[t * 3 * c + part * c + h * d..][..d];
-    let mut out = vec![0f32; t_len * c];
-    for h in 0..n_head {
+/// Rotary tables for `t_len` positions: `cos`/`sin` `[T, head_dim / 2]`, or none.
+pub struct Rope {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub half: usize,
+}
+
+impl Rope {
+    /// The tables of `config` (HF's `rotate_half` convention: pair `i` is `(x_i, x_{i+d/2})`),
+    /// computed in f64; `None` for learned positions.
+    pub fn new(config: &ModelConfig, t_len: usize) -> Option<Self> {
+        let Positions::Rope { theta, scaling } = &config.positions else { return None };
+        let half = config.head_dim / 2;
+        let mut inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f64 / config.head_dim as f64)).collect();
+        if let Some(s) = scaling {
+            s.apply(&mut inv_freq);
+        }
+        // transformers computes the angles in f32 from f32 inverse frequencies.
+        let inv_freq: Vec<f32> = inv_freq.iter().map(|&f| f as f32).collect();
+        let angles: Vec<f32> = (0..t_len).flat_map(|t| inv_freq.iter().map(move |&f| t as f32 * f)).collect();
+        Some(Self { cos: angles.iter().map(|a| a.cos()).collect(), sin: angles.iter().map(|a| a.sin()).collect(), half })
+    }
+
+    /// Rotates one head's vector at position `t` in place.
+    fn apply(&self, x: &mut [f32], t: usize) {
+        let h = self.half;
+        for i in 0..h {
+            let (c, s) = (self.cos[t * h + i], self.sin[t * h + i]);
+            let (a, b) = (x[i], x[i + h]);
+            x[i] = a * c - b * s;
+            x[i + h] = b * c + a * s;
+        }
+    }
+}
+
+/// Causal self-attention: `q` `[T, H·D]`, `k`/`v` `[T, KV·D]` (each query head reads key/value
+/// head `h / (H / KV)`), rotary embeddings applied when the family has them; `[T, H·D]` out.
+fn causal_attention(config: &ModelConfig, rope: &Option<Rope>, mut q: Vec<f32>, mut k: Vec<f32>, v: Vec<f32>, t_len: usize) -> Vec<f32> {
+    let (n_head, n_kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
+    if let Some(rope) = rope {
         for t in 0..t_len {
-            let q = at(t, 0, h);
-            let scores: Vec<f32> =
-                (0..=t).map(|s| q.iter().zip(at(s, 1, h)).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+            q[t * n_head * d..][..n_head * d].chunks_exact_mut(d).for_each(|h| rope.apply(h, t));
+            k[t * n_kv * d..][..n_kv * d].chunks_exact_mut(d).for_each(|h| rope.apply(h, t));
+        }
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let group = n_head / n_kv;
+    let mut out = vec![0f32; t_len * n_head * d];
+    for h in 0..n_head {
+        let kv = h / group;
+        let q_at = |t: usize| &q[(t * n_head + h) * d..][..d];
+        let k_at = |t: usize| &k[(t * n_kv + kv) * d..][..d];
+        let v_at = |t: usize| &v[(t * n_kv + kv) * d..][..d];
+        for t in 0..t_len {
+            let scores: Vec<f32> = (0..=t).map(|s| q_at(t).iter().zip(k_at(s)).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
             let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f32 = exps.iter().sum();
-            let out_row = &mut out[t * c + h * d..][..d];
+            let out_row = &mut out[(t * n_head + h) * d..][..d];
             for (s, e) in exps.iter().enumerate() {
                 let p = e / total;
-                out_row.iter_mut().zip(at(s, 2, h)).for_each(|(o, v)| *o += p * v);
+                out_row.iter_mut().zip(v_at(s)).for_each(|(o, v)| *o += p * v);
             }
         }
     }
     out
 }
 
-/// Logits against the tied embedding: `x · wteᵀ`.
-fn tied_lm_head(x: &[f32], wte: &HostTensor) -> Vec<f32> {
-    let c = wte.shape[1];
-    let mut logits = Vec::with_capacity(x.len() / c * wte.shape[0]);
+/// Logits against an embedding-shaped head `[vocab, embed_dim]`: `x · headᵀ`.
+fn lm_head(x: &[f32], head: &HostTensor) -> Vec<f32> {
+    let c = head.shape[1];
+    let mut logits = Vec::with_capacity(x.len() / c * head.shape[0]);
     for row in x.chunks_exact(c) {
-        logits.extend(wte.data.chunks_exact(c).map(|e| row.iter().zip(e).map(|(a, b)| a * b).sum::<f32>()));
+        logits.extend(head.data.chunks_exact(c).map(|e| row.iter().zip(e).map(|(a, b)| a * b).sum::<f32>()));
     }
     logits
 }

@@ -36,9 +36,16 @@ impl TextTokenizer {
         Ok(Self { inner })
     }
 
+    /// Token ids of `text` with the tokenizer's special tokens (Llama's and OPT's BOS in front;
+    /// GPT-2's adds none), as transformers' `tokenizer(text)` gives them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode_fast(text, false).map_err(tokenizer_error)?;
+        let encoding = self.inner.encode_fast(text, true).map_err(tokenizer_error)?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of one token of the vocabulary (special tokens included), if it is there.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -1,18 +1,24 @@
-//! GPT-2's weights, named and shape-checked against its config.
+//! A model's weights, named and shape-checked against its architecture description.
 //!
-//! Linear layers keep GPT-2's Conv1D layout, `weight: [in, out]`, so `y = x · W + b` needs no transpose.
+//! Linear layers are held as `[in, out]` (`y = x · W + b`, GPT-2's Conv1D layout) whatever the
+//! checkpoint's layout: `nn.Linear` weights (`[out, in]`) are transposed one tensor at a time as
+//! they are taken. Layers without a bias get a zero one, so quantizers that fold a shift into the
+//! bias (seed 000's centering) work on every family.
 
 use crate::checkpoint::{Checkpoint, HostTensor};
-use crate::config::Gpt2Config;
+use crate::config::{LinearLayout, ModelConfig, LM_HEAD_WEIGHT};
 use crate::error::Result;
+use crate::quant::head::transpose;
 
+/// A LayerNorm (`beta` set) or an RMSNorm (`beta` `None`).
 #[derive(Clone, Debug)]
-pub struct LayerNormWeights {
+pub struct NormWeights {
     pub gamma: HostTensor,
-    pub beta: HostTensor,
+    pub beta: Option<HostTensor>,
 }
 
-/// A linear layer in Conv1D layout: `weight` is `[in, out]`.
+/// A linear layer as `[in, out]`: `weight` is `[in, out]`, `bias` `[out]` (zeros when the
+/// checkpoint has none).
 #[derive(Clone, Debug)]
 pub struct LinearWeights {
     pub weight: HostTensor,
@@ -28,79 +34,165 @@ impl LinearWeights {
     }
 }
 
+/// One decoder block: its two norms and its linears in `ModelConfig::block_linears` order.
 #[derive(Clone, Debug)]
 pub struct BlockWeights {
-    pub ln_1: LayerNormWeights,
-    pub attn_c_attn: LinearWeights,
-    pub attn_c_proj: LinearWeights,
-    pub ln_2: LayerNormWeights,
-    pub mlp_c_fc: LinearWeights,
-    pub mlp_c_proj: LinearWeights,
+    pub norm_1: NormWeights,
+    pub norm_2: NormWeights,
+    pub linears: Vec<LinearWeights>,
 }
 
-impl BlockWeights {
-    /// The block's linear layers with their HF names relative to the block (`attn.c_attn`, ...).
-    pub fn linears(&self) -> [(&'static str, &LinearWeights); 4] {
-        [
-            ("attn.c_attn", &self.attn_c_attn),
-            ("attn.c_proj", &self.attn_c_proj),
-            ("mlp.c_fc", &self.mlp_c_fc),
-            ("mlp.c_proj", &self.mlp_c_proj),
-        ]
-    }
-}
-
-/// Every weight of a GPT-2 model. The language-model head is tied to `wte`.
+/// Every weight of a model.
 #[derive(Clone, Debug)]
-pub struct Gpt2Weights {
-    pub config: Gpt2Config,
+pub struct ModelWeights {
+    pub config: ModelConfig,
+    /// The token embedding `[vocab, embed_dim]`; the LM head's weight too when tied.
     pub wte: HostTensor,
-    pub wpe: HostTensor,
+    /// Learned positions `[position_rows, n_embd]` (GPT-2, OPT), `None` with RoPE.
+    pub wpe: Option<HostTensor>,
     pub blocks: Vec<BlockWeights>,
-    pub ln_f: LayerNormWeights,
+    pub ln_f: Option<NormWeights>,
+    /// An untied LM head, as stored: `[vocab, embed_dim]`.
+    pub lm_head: Option<HostTensor>,
+    /// OPT-350m's projections between the embedding width and the hidden size (no bias).
+    pub project_in: Option<LinearWeights>,
+    pub project_out: Option<LinearWeights>,
 }
 
-impl Gpt2Weights {
-    /// Takes GPT-2's tensors out of a checkpoint, checking names, shapes and finiteness.
-    /// Extra tensors (`attn.bias` mask buffers, a tied `lm_head.weight`) are ignored.
-    pub fn from_checkpoint(config: &Gpt2Config, mut ckpt: Checkpoint) -> Result<Self> {
+impl ModelWeights {
+    /// Takes the model's tensors out of a checkpoint, checking names, shapes and finiteness.
+    /// Extra tensors (GPT-2's `attn.bias` mask buffers, a tied `lm_head.weight`) are ignored.
+    pub fn from_checkpoint(config: &ModelConfig, mut ckpt: Checkpoint) -> Result<Self> {
         let c = config.n_embd;
-        let layer_norm = |ckpt: &mut Checkpoint, prefix: &str| -> Result<LayerNormWeights> {
-            Ok(LayerNormWeights {
+        let norm = |ckpt: &mut Checkpoint, prefix: &str| -> Result<NormWeights> {
+            Ok(NormWeights {
                 gamma: ckpt.take(&format!("{prefix}.weight"), &[c])?,
-                beta: ckpt.take(&format!("{prefix}.bias"), &[c])?,
+                beta: if config.has_norm_bias() { Some(ckpt.take(&format!("{prefix}.bias"), &[c])?) } else { None },
             })
         };
-        let linear = |ckpt: &mut Checkpoint, prefix: &str, i: usize, o: usize| -> Result<LinearWeights> {
-            Ok(LinearWeights {
-                weight: ckpt.take(&format!("{prefix}.weight"), &[i, o])?,
-                bias: ckpt.take(&format!("{prefix}.bias"), &[o])?,
-            })
-        };
-        let wte = ckpt.take("wte.weight", &[config.vocab_size, c])?;
-        let wpe = ckpt.take("wpe.weight", &[config.n_positions, c])?;
+        let [norm_1, norm_2] = config.block_norms();
+        let specs = config.block_linears();
         let blocks = (0..config.n_layer)
             .map(|i| {
-                let p = format!("h.{i}");
-                Ok(BlockWeights {
-                    ln_1: layer_norm(&mut ckpt, &format!("{p}.ln_1"))?,
-                    attn_c_attn: linear(&mut ckpt, &format!("{p}.attn.c_attn"), c, 3 * c)?,
-                    attn_c_proj: linear(&mut ckpt, &format!("{p}.attn.c_proj"), c, c)?,
-                    ln_2: layer_norm(&mut ckpt, &format!("{p}.ln_2"))?,
-                    mlp_c_fc: linear(&mut ckpt, &format!("{p}.mlp.c_fc"), c, config.n_inner)?,
-                    mlp_c_proj: linear(&mut ckpt, &format!("{p}.mlp.c_proj"), config.n_inner, c)?,
-                })
+                let p = config.block_prefix(i);
+                let linears = specs
+                    .iter()
+                    .map(|s| take_linear(&mut ckpt, config, &format!("{p}.{}", s.name), s.n_in, s.n_out, s.bias))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(BlockWeights { norm_1: norm(&mut ckpt, &format!("{p}.{norm_1}"))?, norm_2: norm(&mut ckpt, &format!("{p}.{norm_2}"))?, linears })
             })
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = layer_norm(&mut ckpt, "ln_f")?;
-        Ok(Self { config: config.clone(), wte, wpe, blocks, ln_f })
+        let names = config.names();
+        let wte = ckpt.take(&format!("{}.weight", names.embed), &[config.vocab_size, config.embed_dim])?;
+        let wpe = match names.positions {
+            Some(name) => Some(ckpt.take(&format!("{name}.weight"), &[config.position_rows(), c])?),
+            None => None,
+        };
+        let ln_f = if config.final_norm { Some(norm(&mut ckpt, names.final_norm)?) } else { None };
+        let lm_head = if config.tied_head { None } else { Some(ckpt.take(LM_HEAD_WEIGHT, &[config.vocab_size, config.embed_dim])?) };
+        let projection = |ckpt: &mut Checkpoint, name: Option<&str>, n_in, n_out| -> Result<Option<LinearWeights>> {
+            name.map(|name| take_linear(ckpt, config, name, n_in, n_out, false)).transpose()
+        };
+        let project_in = projection(&mut ckpt, names.project_in, config.embed_dim, c)?;
+        let project_out = projection(&mut ckpt, names.project_out, c, config.embed_dim)?;
+        Ok(Self { config: config.clone(), wte, wpe, blocks, ln_f, lm_head, project_in, project_out })
     }
 
-    /// All linear layers with their full HF names (`h.0.attn.c_attn`, ...), in model order.
+    /// All linear layers of the blocks with their full names (`h.0.attn.c_attn`,
+    /// `model.layers.0.self_attn.q_proj`, ...), in model order.
     pub fn linears(&self) -> impl Iterator<Item = (String, &LinearWeights)> {
-        self.blocks
-            .iter()
-            .enumerate()
-            .flat_map(|(i, b)| b.linears().into_iter().map(move |(n, l)| (format!("h.{i}.{n}"), l)))
+        let names = self.config.linear_names();
+        names.into_iter().map(|(name, _)| name).zip(self.blocks.iter().flat_map(|b| b.linears.iter()))
     }
+
+    /// `(block, index in the block)` of a block-linear by full name, or `None`.
+    pub fn linear_position(&self, name: &str) -> Option<(usize, usize)> {
+        let per_block = self.config.block_linears().len();
+        self.config.linear_names().iter().position(|(n, _)| n == name).map(|i| (i / per_block, i % per_block))
+    }
+
+    /// The tensors of a block-linear by full name, or `None`.
+    pub fn linear(&self, name: &str) -> Option<&LinearWeights> {
+        let (b, k) = self.linear_position(name)?;
+        self.blocks.get(b)?.linears.get(k)
+    }
+
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut LinearWeights> {
+        let (b, k) = self.linear_position(name)?;
+        self.blocks.get_mut(b)?.linears.get_mut(k)
+    }
+
+    /// The LM head's weight `[vocab, embed_dim]`: the untied head, or the token embedding.
+    pub fn head_weight(&self) -> &HostTensor {
+        self.lm_head.as_ref().unwrap_or(&self.wte)
+    }
+
+    /// Every tensor under its checkpoint name and in the checkpoint's layout (linears back to
+    /// `[out, in]` for `nn.Linear` families; zero biases of bias-less layers left out): what
+    /// `export` writes and [`Self::from_checkpoint`] reads back.
+    pub fn to_checkpoint_tensors(&self) -> Vec<(String, HostTensor)> {
+        let config = &self.config;
+        let mut out = Vec::new();
+        let norm = |out: &mut Vec<(String, HostTensor)>, prefix: &str, n: &NormWeights| {
+            out.push((format!("{prefix}.weight"), n.gamma.clone()));
+            if let Some(beta) = &n.beta {
+                out.push((format!("{prefix}.bias"), beta.clone()));
+            }
+        };
+        let linear = |out: &mut Vec<(String, HostTensor)>, name: &str, l: &LinearWeights, bias: bool| {
+            let (n_in, n_out) = (l.in_features(), l.out_features());
+            let weight = match config.linear_layout() {
+                LinearLayout::InOut => l.weight.clone(),
+                LinearLayout::OutIn => HostTensor::new(vec![n_out, n_in], transpose(&l.weight.data, n_in, n_out)),
+            };
+            out.push((format!("{name}.weight"), weight));
+            if bias || l.bias.data.iter().any(|&b| b != 0.0) {
+                out.push((format!("{name}.bias"), l.bias.clone()));
+            }
+        };
+        let names = config.names();
+        out.push((format!("{}.weight", names.embed), self.wte.clone()));
+        if let (Some(name), Some(wpe)) = (names.positions, &self.wpe) {
+            out.push((format!("{name}.weight"), wpe.clone()));
+        }
+        let [n1, n2] = config.block_norms();
+        let specs = config.block_linears();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let p = config.block_prefix(i);
+            norm(&mut out, &format!("{p}.{n1}"), &block.norm_1);
+            norm(&mut out, &format!("{p}.{n2}"), &block.norm_2);
+            for (spec, l) in specs.iter().zip(&block.linears) {
+                linear(&mut out, &format!("{p}.{}", spec.name), l, spec.bias);
+            }
+        }
+        if let Some(ln_f) = &self.ln_f {
+            norm(&mut out, names.final_norm, ln_f);
+        }
+        if let Some(head) = &self.lm_head {
+            out.push((LM_HEAD_WEIGHT.to_string(), head.clone()));
+        }
+        for (name, l) in [(names.project_in, &self.project_in), (names.project_out, &self.project_out)] {
+            if let (Some(name), Some(l)) = (name, l) {
+                linear(&mut out, name, l, false);
+            }
+        }
+        out
+    }
+}
+
+/// Takes linear `name` as `[n_in, n_out]`, transposing an `nn.Linear` `[out, in]` weight; a
+/// missing bias of a bias-less layer becomes zeros (one that is there, as a packed model's folded
+/// centering writes it, is taken).
+fn take_linear(ckpt: &mut Checkpoint, config: &ModelConfig, name: &str, n_in: usize, n_out: usize, bias: bool) -> Result<LinearWeights> {
+    let weight_name = format!("{name}.weight");
+    let weight = match config.linear_layout() {
+        LinearLayout::InOut => ckpt.take(&weight_name, &[n_in, n_out])?,
+        LinearLayout::OutIn => {
+            let w = ckpt.take(&weight_name, &[n_out, n_in])?;
+            HostTensor::new(vec![n_in, n_out], transpose(&w.data, n_out, n_in))
+        }
+    };
+    let bias_name = format!("{name}.bias");
+    let bias = if bias || ckpt.get(&bias_name).is_some() { ckpt.take(&bias_name, &[n_out])? } else { HostTensor::new(vec![n_out], vec![0.0; n_out]) };
+    Ok(LinearWeights { weight, bias })
 }

@@ -3,7 +3,7 @@
 mod tiny_model;
 
 use lutlab_core::perplexity::strided_windows;
-use lutlab_core::{Gpt2Config, LoadError};
+use lutlab_core::{ModelConfig, LoadError};
 use tiny_model::*;
 
 fn load_error(files: lutlab_core::ModelFiles) -> LoadError {
@@ -130,11 +130,14 @@ fn nan_weights_are_reported_with_position() {
 
 #[test]
 fn other_architectures_are_refused_by_name() {
-    let err = Gpt2Config::from_json(&config_json("llama"), "config.json").unwrap_err();
-    assert_eq!(err.to_string(), "model type `llama` is not supported yet (lutlab runs GPT-2 models: model_type \"gpt2\")");
-    let err = Gpt2Config::from_json(br#"{"model_type":"gpt2","n_layer":2}"#, "config.json").unwrap_err();
+    let err = ModelConfig::from_json(&config_json("bert"), "config.json").unwrap_err();
+    assert_eq!(err.to_string(), "model type `bert` is not supported (lutlab runs model_type gpt2, opt, llama, mistral, qwen2)");
+    // A supported family with GPT-2's field names misses its own.
+    let err = ModelConfig::from_json(&config_json("llama"), "config.json").unwrap_err();
+    assert!(err.to_string().contains("hidden_size") && err.to_string().contains("config.json"), "{err}");
+    let err = ModelConfig::from_json(br#"{"model_type":"gpt2","n_layer":2}"#, "config.json").unwrap_err();
     assert!(err.to_string().contains("n_head"), "{err}");
-    let err = Gpt2Config::from_json(b"{not json", "config.json").unwrap_err();
+    let err = ModelConfig::from_json(b"{not json", "config.json").unwrap_err();
     assert!(matches!(err, LoadError::BadJson { .. }), "{err}");
 }
 

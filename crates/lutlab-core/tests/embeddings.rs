@@ -8,7 +8,7 @@ use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::head::{transpose, HEAD};
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::{quantize_model, Calibration, InputMeans, QuantizeRequest, QuantizedModel};
-use lutlab_core::{Gpt2Config, Gpt2Weights, NoProgress};
+use lutlab_core::{ModelConfig, ModelWeights, NoProgress};
 use serde_json::Value;
 
 const VOCAB: usize = 50;
@@ -16,8 +16,9 @@ const C: usize = 40;
 
 /// A random GPT-2 with 2 blocks, n_embd 40 (so the head's 40 rows end in padding) and a vocabulary
 /// of 50 tokens (which no group of 8 divides).
-fn weights() -> Gpt2Weights {
-    let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: C, n_positions: 16, vocab_size: VOCAB, layer_norm_epsilon: 1e-5, n_inner: 64 };
+fn weights() -> ModelWeights {
+    let mut config = ModelConfig::gpt2(2, 2, C, 16, VOCAB);
+    config.n_inner = 64;
     let mut rng = SplitMix64::new(4);
     let mut shapes = vec![
         ("wte.weight".to_string(), vec![VOCAB, C]),
@@ -39,19 +40,19 @@ fn weights() -> Gpt2Weights {
         let n = shape.iter().product();
         (name, HostTensor::new(shape, (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect()))
     });
-    Gpt2Weights::from_checkpoint(&config, Checkpoint::from_tensors(tensors)).expect("random GPT-2")
+    ModelWeights::from_checkpoint(&config, Checkpoint::from_tensors(tensors)).expect("random GPT-2")
 }
 
 fn request(method: &str, bits: u32, granularity: &str, embeddings: bool) -> QuantizeRequest {
     QuantizeRequest { method: method.into(), bits, granularity: granularity.into(), embeddings, ..QuantizeRequest::default() }
 }
 
-fn quantize(weights: &Gpt2Weights, request: &QuantizeRequest) -> lutlab_core::Result<QuantizedModel> {
+fn quantize(weights: &ModelWeights, request: &QuantizeRequest) -> lutlab_core::Result<QuantizedModel> {
     let method = request.method(weights, false)?;
     quantize_model(weights, &method, request.selection(None), Calibration::default(), &mut NoProgress)
 }
 
-fn packed(weights: &Gpt2Weights, quantized: &QuantizedModel, dtype: TableDtype) -> PackedModel {
+fn packed(weights: &ModelWeights, quantized: &QuantizedModel, dtype: TableDtype) -> PackedModel {
     PackedModel::from_quantized(weights, quantized, PackedMeta::default(), dtype).expect("packs")
 }
 
@@ -129,7 +130,7 @@ fn the_dense_model_has_the_dequantized_head_as_wte() {
     // The file's dense form (f32 tables: nothing rounded) is the same model.
     let dense = packed(&w, &q, TableDtype::F32).dequantized_weights().unwrap();
     assert_eq!(dense.wte, applied.wte);
-    assert_eq!(dense.blocks[1].mlp_c_fc.weight, applied.blocks[1].mlp_c_fc.weight);
+    assert_eq!(dense.blocks[1].linears[2].weight, applied.blocks[1].linears[2].weight);
     // 2 bits per tensor: the whole embedding takes 4 values.
     let mut distinct: Vec<u32> = dense.wte.data.iter().map(|v| v.to_bits()).collect();
     distinct.sort_unstable();

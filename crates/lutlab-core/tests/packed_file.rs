@@ -7,7 +7,7 @@ use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::model::quantize_layer;
 use lutlab_core::quant::outliers::range_for_outlier_percent;
 use lutlab_core::quant::{Granularity, KmeansSettings, Method, OutlierSettings, QuantizeRequest, QuantizedModel, quantize_model};
-use lutlab_core::{Gpt2Config, Gpt2Weights, LoadError, NoProgress};
+use lutlab_core::{ModelConfig, ModelWeights, LoadError, NoProgress};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -18,22 +18,22 @@ fn repo_path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
 }
 
-fn shipped_weights() -> Gpt2Weights {
+fn shipped_weights() -> ModelWeights {
     let dir = "models/gpt2-tiny-wikitext";
     let config_json = std::fs::read(repo_path(&format!("{dir}/config.json"))).expect("shipped config");
-    let config = Gpt2Config::from_json(&config_json, "config.json").expect("config");
+    let config = ModelConfig::from_json(&config_json, "config.json").expect("config");
     let bytes = std::fs::read(repo_path(&format!("{dir}/model.safetensors"))).expect("shipped model");
     let checkpoint = Checkpoint::from_safetensors([("model.safetensors", bytes.as_slice())]).expect("checkpoint");
-    Gpt2Weights::from_checkpoint(&config, checkpoint).expect("weights")
+    ModelWeights::from_checkpoint(&config, checkpoint).expect("weights")
 }
 
 /// Block 0 by k-means 3-bit per channel; `h.1.mlp.c_fc` by 4-bit tensor k-means with 0.5 %
 /// outliers; `h.2.attn.c_proj` by RTN with input-row groups, which has no LUT form and stays dense.
-fn quantize(weights: &Gpt2Weights) -> QuantizedModel {
+fn quantize(weights: &ModelWeights) -> QuantizedModel {
     let request = QuantizeRequest { method: "kmeans".into(), bits: 3, granularity: "channel".into(), ..Default::default() };
     let method = request.method(weights, false).expect("method");
     let mut q = quantize_model(weights, &method, Some(0..1), Default::default(), &mut NoProgress).expect("quantize block 0");
-    let c_fc = &weights.blocks[1].mlp_c_fc;
+    let c_fc = &weights.blocks[1].linears[2];
     let range = range_for_outlier_percent(&[c_fc.weight.data.as_slice()], 0.5).expect("range");
     let sparse = Method::Kmeans {
         settings: KmeansSettings { bits: 4, granularity: Granularity::Tensor, ..KmeansSettings::default() },
@@ -44,7 +44,7 @@ fn quantize(weights: &Gpt2Weights) -> QuantizedModel {
     q.layers.push(quantize_layer("h.1.mlp.c_fc", c_fc, &sparse, Default::default(), n_embd).expect("dense-and-sparse"));
     let rtn = QuantizeRequest { method: "rtn".into(), bits: 4, granularity: "group:32".into(), ..Default::default() };
     let rtn = rtn.method(weights, false).expect("rtn");
-    q.layers.push(quantize_layer("h.2.attn.c_proj", &weights.blocks[2].attn_c_proj, &rtn, Default::default(), n_embd).expect("rtn"));
+    q.layers.push(quantize_layer("h.2.attn.c_proj", &weights.blocks[2].linears[1], &rtn, Default::default(), n_embd).expect("rtn"));
     q
 }
 
@@ -57,7 +57,7 @@ fn meta() -> PackedMeta {
 }
 
 struct Shipped {
-    weights: Gpt2Weights,
+    weights: ModelWeights,
     quantized: QuantizedModel,
 }
 
@@ -71,24 +71,8 @@ fn shipped() -> &'static Shipped {
 }
 
 /// Every tensor of a model by canonical name.
-fn tensors_of(w: &Gpt2Weights) -> Vec<(String, HostTensor)> {
-    let mut out = vec![
-        ("wte.weight".to_string(), w.wte.clone()),
-        ("wpe.weight".to_string(), w.wpe.clone()),
-        ("ln_f.weight".to_string(), w.ln_f.gamma.clone()),
-        ("ln_f.bias".to_string(), w.ln_f.beta.clone()),
-    ];
-    for (i, b) in w.blocks.iter().enumerate() {
-        for (ln, t) in [("ln_1", &b.ln_1), ("ln_2", &b.ln_2)] {
-            out.push((format!("h.{i}.{ln}.weight"), t.gamma.clone()));
-            out.push((format!("h.{i}.{ln}.bias"), t.beta.clone()));
-        }
-        for (name, l) in b.linears() {
-            out.push((format!("h.{i}.{name}.weight"), l.weight.clone()));
-            out.push((format!("h.{i}.{name}.bias"), l.bias.clone()));
-        }
-    }
-    out
+fn tensors_of(w: &ModelWeights) -> Vec<(String, HostTensor)> {
+    w.to_checkpoint_tensors()
 }
 
 /// A small random GPT-2 (2 blocks, n_embd 40, so 40-row matrices end in padding rows): block 0
@@ -96,15 +80,8 @@ fn tensors_of(w: &Gpt2Weights) -> Vec<(String, HostTensor)> {
 /// `attn.c_proj` at 2 bits per group of 8 channels, `h.0.mlp.c_proj` with scales and an input
 /// shift; the rest dense.
 fn small_packed(table_dtype: TableDtype) -> PackedModel {
-    let config = Gpt2Config {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 40,
-        n_positions: 16,
-        vocab_size: 24,
-        layer_norm_epsilon: 1e-5,
-        n_inner: 64,
-    };
+    let mut config = ModelConfig::gpt2(2, 2, 40, 16, 24);
+    config.n_inner = 64;
     let mut rng = SplitMix64::new(1);
     let shapes = {
         let c = 40;
@@ -130,20 +107,20 @@ fn small_packed(table_dtype: TableDtype) -> PackedModel {
         let n = shape.iter().product();
         (name, HostTensor::new(shape, (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect()))
     });
-    let weights = Gpt2Weights::from_checkpoint(&config, Checkpoint::from_tensors(tensors)).expect("small weights");
+    let weights = ModelWeights::from_checkpoint(&config, Checkpoint::from_tensors(tensors)).expect("small weights");
     let kmeans = |bits, granularity| KmeansSettings { bits, granularity, ..KmeansSettings::default() };
     let block0 = Method::Kmeans { settings: kmeans(3, Granularity::Channel), outliers: None, scaling: false };
     let mut q = quantize_model(&weights, &block0, Some(0..1), Default::default(), &mut NoProgress).expect("quantize");
     let b1 = &weights.blocks[1];
-    let range = range_for_outlier_percent(&[b1.mlp_c_fc.weight.data.as_slice()], 2.0).expect("range");
+    let range = range_for_outlier_percent(&[b1.linears[2].weight.data.as_slice()], 2.0).expect("range");
     let sparse = Method::Kmeans {
         settings: kmeans(4, Granularity::Tensor),
         outliers: Some(OutlierSettings { range: Some(range), sensitivity: 0.0 }),
         scaling: false,
     };
-    q.layers.push(quantize_layer("h.1.mlp.c_fc", &b1.mlp_c_fc, &sparse, Default::default(), 40).expect("sparse"));
+    q.layers.push(quantize_layer("h.1.mlp.c_fc", &b1.linears[2], &sparse, Default::default(), 40).expect("sparse"));
     let grouped = Method::Kmeans { settings: kmeans(2, Granularity::Group(8)), outliers: None, scaling: false };
-    q.layers.push(quantize_layer("h.1.attn.c_proj", &b1.attn_c_proj, &grouped, Default::default(), 40).expect("grouped"));
+    q.layers.push(quantize_layer("h.1.attn.c_proj", &b1.linears[1], &grouped, Default::default(), 40).expect("grouped"));
     let mut packed = PackedModel::from_quantized(&weights, &q, meta(), table_dtype).expect("pack");
     assert!(!packed.layers["h.1.mlp.c_fc"].sparse.is_empty(), "the small model should have outliers");
     let layer = packed.layers.get_mut("h.0.mlp.c_proj").expect("layer");
@@ -220,7 +197,7 @@ fn dequantized_weights_equal_the_quantized_model_applied() {
     // The RTN layer is not packed: the packed model keeps its original weights there.
     for ((name, got), (_, want)) in tensors_of(&dense).into_iter().zip(tensors_of(&applied)) {
         if name == "h.2.attn.c_proj.weight" {
-            assert_eq!(got, s.weights.blocks[2].attn_c_proj.weight, "{name}");
+            assert_eq!(got, s.weights.blocks[2].linears[1].weight, "{name}");
         } else {
             assert_eq!(got, want, "{name}");
         }
@@ -493,8 +470,12 @@ fn non_zero_padding_codes_are_named() {
 
 #[test]
 fn a_bad_config_or_settings_is_named() {
-    let err = error_of(&set_metadata(small_file(), "config", r#"{"model_type":"llama","n_layer":2,"n_head":2,"n_embd":40}"#));
-    assert!(err.contains("llama"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "config", r#"{"model_type":"bert","n_layer":2,"n_head":2,"n_embd":40}"#));
+    assert!(err.contains("bert") && err.contains("metadata `config`"), "{err}");
+    // Another family's config: the GPT-2 tensors are not its tensors.
+    let llama = r#"{"model_type":"llama","num_hidden_layers":2,"num_attention_heads":2,"hidden_size":40,"intermediate_size":64,"max_position_embeddings":16,"vocab_size":24}"#;
+    let err = error_of(&set_metadata(small_file(), "config", llama));
+    assert!(err.contains("unknown") || err.contains("not a linear layer"), "{err}");
     let err = error_of(&set_metadata(small_file(), "config", r#"{"n_layer":2,"n_head":2,"n_embd":99999999999}"#));
     assert!(err.contains("n_embd") && err.contains("99999999999"), "{err}");
     let err = error_of(&set_metadata(small_file(), "config", r#"{"n_layer":1000000,"n_head":2,"n_embd":40}"#));

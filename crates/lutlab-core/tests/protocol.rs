@@ -20,6 +20,15 @@ fn every_token_after_the_first_is_scored_once() {
 }
 
 #[test]
+fn non_overlapping_windows_are_gptqs_protocol_tail_dropped() {
+    // GPTQ: ⌊N / L⌋ windows of exactly L tokens; the 5 tokens after the last are not evaluated.
+    let windows = strided_windows(55, 10, 10, "t").unwrap();
+    assert_eq!(windows.len(), 5);
+    assert!(windows.iter().all(|w| w.len() == 10));
+    assert_eq!(windows.last().unwrap().end, 50);
+}
+
+#[test]
 fn non_overlapping_windows_cannot_score_their_first_token() {
     // As in HF's loop: with stride == max_length a window's first token has no context inside it.
     let windows = strided_windows(50, 10, 10, "t").unwrap();

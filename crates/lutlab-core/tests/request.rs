@@ -3,17 +3,17 @@
 
 use lutlab_core::checkpoint::Checkpoint;
 use lutlab_core::quant::{Method, QuantizeRequest};
-use lutlab_core::{Gpt2Config, Gpt2Weights};
+use lutlab_core::{ModelConfig, ModelWeights};
 
-fn shipped_weights() -> Gpt2Weights {
+fn shipped_weights() -> ModelWeights {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/gpt2-tiny-wikitext");
-    let config = Gpt2Config::from_json(&std::fs::read(dir.join("config.json")).expect("config"), "config.json").expect("config");
+    let config = ModelConfig::from_json(&std::fs::read(dir.join("config.json")).expect("config"), "config.json").expect("config");
     let bytes = std::fs::read(dir.join("model.safetensors")).expect("shipped model");
     let checkpoint = Checkpoint::from_safetensors([("model.safetensors", bytes.as_slice())]).expect("checkpoint");
-    Gpt2Weights::from_checkpoint(&config, checkpoint).expect("weights")
+    ModelWeights::from_checkpoint(&config, checkpoint).expect("weights")
 }
 
-fn kmeans_restarts(request: &QuantizeRequest, weights: &Gpt2Weights) -> usize {
+fn kmeans_restarts(request: &QuantizeRequest, weights: &ModelWeights) -> usize {
     match request.method(weights, false).expect("method") {
         Method::Kmeans { settings, .. } => settings.restarts,
         other => panic!("expected k-means, got {other:?}"),

@@ -67,7 +67,7 @@ fn fisher_weights_decide_some_signs() {
     // On h.0.attn.c_attn the weighted and the uniform sign rules disagree on some columns, so
     // the fixture's weighted case really tests the weighting.
     let model = ModelFiles::read_dir(&repo_path("models/gpt2-tiny-wikitext")).and_then(|f| f.load()).expect("shipped model");
-    let w = &model.weights.blocks[0].attn_c_attn.weight;
+    let w = &model.weights.blocks[0].linears[0].weight;
     let (rows, cols) = (w.shape[0], w.shape[1]);
     let fisher = fisher_tensor("transformer.h.0.attn.c_attn.weight");
     let weighted = channel_scales(&w.data, rows, cols, Some(&fisher), 4).unwrap();

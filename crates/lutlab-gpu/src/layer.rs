@@ -8,7 +8,7 @@ use crate::profile;
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob, LayerSelection};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::weights::LinearWeights;
-use lutlab_core::{Gpt2Weights, LoadError, Progress};
+use lutlab_core::{ModelWeights, LoadError, Progress};
 use lutlab_model::{Gpu, ModelError, Result};
 
 /// One linear weight, its k-means on the GPU.
@@ -43,7 +43,7 @@ pub async fn quantize_layer_gpu(
 /// between layers.
 pub async fn quantize_model_gpu(
     gpu: &Gpu,
-    weights: &Gpt2Weights,
+    weights: &ModelWeights,
     method: &Method,
     selection: impl Into<LayerSelection>,
     calibration: Calibration<'_>,

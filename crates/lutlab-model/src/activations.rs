@@ -10,16 +10,17 @@
 //! [`sample_starts`] from the token stream the caller gives, as `lutlab fisher` draws its own (same
 //! seed, `seqlen` and text → the same windows as the first `nsamples` Fisher windows).
 //!
-//! Layer inputs, per block: `attn.c_attn` ← `ln_1(x)`; `attn.c_proj` ← the merged attention
-//! heads; `mlp.c_fc` ← `ln_2(x)`; `mlp.c_proj` ← `gelu_new(c_fc(·))`. (The reference's separate
-//! q, k and v projections all see `ln_1(x)`, so `c_attn`'s single shift is theirs.)
+//! Layer inputs are what the one decoder block (`decoder::Block::forward`) feeds each linear: in
+//! GPT-2 `attn.c_attn` ← `ln_1(x)`; `attn.c_proj` ← the merged attention heads; `mlp.c_fc` ←
+//! `ln_2(x)`; `mlp.c_proj` ← `gelu_new(c_fc(·))` (the reference's separate q, k and v projections
+//! all see `ln_1(x)`, so `c_attn`'s single shift is theirs); in OPT and Llama q, k and v each get
+//! the same normed input, gate and up likewise.
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
 use crate::fisher::{FisherSettings, sample_starts};
-use crate::gpt2::Gpt2;
+use crate::decoder::Decoder;
 use burn::tensor::Tensor;
-use lutlab_core::reference::LINEAR_LAYERS;
 use lutlab_core::{LoadError, Progress};
 use std::collections::BTreeMap;
 
@@ -40,10 +41,10 @@ impl ActivationSettings {
     pub const DEFAULT_NSAMPLES: usize = 100;
     pub const DEFAULT_BATCH: usize = 4;
 
-    pub fn for_model(model: &Gpt2) -> Self {
+    pub fn for_model(model: &Decoder) -> Self {
         Self {
             nsamples: Self::DEFAULT_NSAMPLES,
-            seqlen: model.config.n_positions,
+            seqlen: model.config.n_positions.min(crate::eval::DEFAULT_MAX_LENGTH),
             seed: FisherSettings::DEFAULT_SEED,
             batch: Self::DEFAULT_BATCH,
         }
@@ -51,7 +52,7 @@ impl ActivationSettings {
 
     /// The model's defaults with a user's choices.
     pub fn with_overrides(
-        model: &Gpt2,
+        model: &Decoder,
         nsamples: Option<usize>,
         seqlen: Option<usize>,
         seed: Option<u64>,
@@ -71,7 +72,7 @@ impl ActivationSettings {
 /// `h.{i}.mlp.c_fc`, `h.{i}.mlp.c_proj`: `in` values each, the `PackedLinear::input_shift` of
 /// centering) over `settings.nsamples` random windows of `tokens`. Cancellable between batches.
 pub async fn linear_input_means(
-    model: &Gpt2,
+    model: &Decoder,
     tokens: &[u32],
     settings: ActivationSettings,
     progress: &mut dyn Progress,
@@ -87,7 +88,7 @@ pub async fn linear_input_means(
 /// [`linear_input_means`] on given windows `tokens[start..start + seqlen]`. Each batch's sums over
 /// its positions are read back and accumulated in f64 on the host.
 pub async fn linear_input_means_windows(
-    model: &Gpt2,
+    model: &Decoder,
     tokens: &[u32],
     starts: &[usize],
     seqlen: usize,
@@ -115,11 +116,9 @@ pub async fn linear_input_means_windows(
         }
     }
 
-    let names: Vec<String> = (0..model.blocks.len())
-        .flat_map(|i| LINEAR_LAYERS.iter().map(move |part| format!("h.{i}.{part}")))
-        .collect();
+    let names: Vec<String> = model.config.linear_names().into_iter().map(|(name, _)| name).collect();
     let mut sums: Vec<Vec<f64>> = Vec::new();
-    let causal = model.causal_mask(seqlen);
+    let ctx = model.context(seqlen);
     let total = (starts.len() * seqlen) as u64;
     let mut done = 0u64;
     progress.update(0, total);
@@ -131,8 +130,8 @@ pub async fn linear_input_means_windows(
         let mut x = model.embed(model.tokens(&rows));
         let mut parts: Vec<Tensor<1>> = Vec::with_capacity(names.len());
         for block in &model.blocks {
-            let (next, inputs) = model.block_with_inputs(block, x, &causal);
-            x = next;
+            let mut inputs = Vec::new();
+            x = block.forward(&ctx, x, Some(&mut inputs));
             for input in inputs {
                 let n_in = input.dims()[2];
                 parts.push(input.sum_dim(0).sum_dim(1).reshape([n_in]));
@@ -159,7 +158,7 @@ pub async fn linear_input_means_windows(
     Ok(names.into_iter().zip(sums).map(|(name, sum)| (name, sum.iter().map(|s| (s / positions) as f32).collect())).collect())
 }
 
-fn check_seqlen(model: &Gpt2, seqlen: usize) -> Result<()> {
+fn check_seqlen(model: &Decoder, seqlen: usize) -> Result<()> {
     let n_positions = model.config.n_positions;
     if seqlen == 0 || seqlen > n_positions {
         return Err(LoadError::InvalidSetting(format!(

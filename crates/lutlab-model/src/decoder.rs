@@ -1,38 +1,61 @@
-//! GPT-2 on burn: learned position embeddings, pre-LayerNorm blocks, `gelu_new`, causal
-//! self-attention and a language-model head tied to the token embedding.
+//! The decoder on burn: ONE block implementation for every family the architecture description
+//! knows (GPT-2, OPT, Llama; `lutlab_core::config`), used by evaluation, generation, Fisher
+//! (through per-sample linears) and the activation statistics (through the block's input sink).
+//!
+//! The block: `x + attn(norm_1(x))`, then `x + mlp(norm_2(x))` (post-LN OPT normalizes after each
+//! residual add instead). Attention projects q, k, v (GPT-2: one fused linear), applies rotary
+//! embeddings when the family has them, lets each query head read key/value head `h / (H / KV)`
+//! (grouped-query attention) and masks the future. The MLP is two matrices around GELU or ReLU,
+//! or SwiGLU's three.
 
 use crate::device::upload;
 use crate::error::Result;
 use crate::lut_linear::PackedGpuLinear;
+use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
+use lutlab_core::config::{Activation, LinearLayout, Positions};
 use lutlab_core::packed_file::PackedModel;
 use lutlab_core::quant::head::{transpose, HEAD};
-use lutlab_core::LoadError;
-use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
-use lutlab_core::weights::{LayerNormWeights, LinearWeights};
-use lutlab_core::{Gpt2Config, Gpt2Weights, HostTensor};
+use lutlab_core::reference::Rope;
+use lutlab_core::weights::{LinearWeights, NormWeights};
+use lutlab_core::{HostTensor, LoadError, ModelConfig, ModelWeights};
 
-/// LayerNorm over the last dimension (biased variance, as PyTorch).
+/// LayerNorm (biased variance, as PyTorch) or RMSNorm over the last dimension.
 #[derive(Clone, Debug)]
-pub struct LayerNorm {
+pub struct Norm {
     pub gamma: Tensor<1>,
-    pub beta: Tensor<1>,
+    /// `None` for RMSNorm.
+    pub beta: Option<Tensor<1>>,
     eps: f64,
 }
 
-impl LayerNorm {
-    fn new(w: &LayerNormWeights, eps: f64, device: &Device) -> Self {
-        Self { gamma: upload1(&w.gamma, device), beta: upload1(&w.beta, device), eps }
+impl Norm {
+    fn new(w: &NormWeights, eps: f64, device: &Device) -> Self {
+        Self { gamma: upload1(&w.gamma, device), beta: w.beta.as_ref().map(|b| upload1(b, device)), eps }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let (var, mean) = x.clone().var_mean_bias(2);
-        let normed = (x - mean) / (var + self.eps).sqrt();
-        normed * self.gamma.clone().unsqueeze::<3>() + self.beta.clone().unsqueeze::<3>()
+        let gamma = self.gamma.clone().unsqueeze::<3>();
+        match &self.beta {
+            Some(beta) => {
+                let (var, mean) = x.clone().var_mean_bias(2);
+                (x - mean) / (var + self.eps).sqrt() * gamma + beta.clone().unsqueeze::<3>()
+            }
+            None => {
+                let mean_square = x.clone().powi_scalar(2).mean_dim(2);
+                x / (mean_square + self.eps).sqrt() * gamma
+            }
+        }
+    }
+
+    /// The same norm with its parameters moved by `f` (onto the autodiff device, say).
+    pub fn map(&self, f: impl Fn(Tensor<1>) -> Tensor<1>) -> Self {
+        Self { gamma: f(self.gamma.clone()), beta: self.beta.clone().map(&f), eps: self.eps }
     }
 }
 
-/// A linear layer in GPT-2's Conv1D layout: `y = x · W + b`, `W: [in, out]`, with `W` either a
-/// dense tensor (burn's matmul) or packed LUT codes (lutlab's LUT kernels, bias fused).
+/// A linear layer `y = x · W + b`, `W: [in, out]`: a dense tensor (burn's matmul), packed LUT
+/// codes (lutlab's LUT kernels, bias fused), or per-sample copies of a dense weight (Fisher: a
+/// `[B, in, out]` leaf that sample `b` multiplies by, so each sample's gradient is its own).
 /// A model holds a few dozen of these, so the variants' size difference costs nothing worth an
 /// indirection on the dense path.
 #[derive(Clone, Debug)]
@@ -40,6 +63,7 @@ impl LayerNorm {
 pub enum Linear {
     Dense { weight: Tensor<2>, bias: Tensor<1> },
     Packed(Box<PackedGpuLinear>),
+    PerSample { weight: Tensor<3>, bias: Tensor<1> },
 }
 
 impl Linear {
@@ -51,73 +75,198 @@ impl Linear {
     pub fn dense(&self) -> Option<(&Tensor<2>, &Tensor<1>)> {
         match self {
             Self::Dense { weight, bias } => Some((weight, bias)),
-            Self::Packed(_) => None,
+            Self::Packed(_) | Self::PerSample { .. } => None,
         }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let Self::PerSample { weight, bias } = self {
+            return x.matmul(weight.clone()) + bias.clone().unsqueeze::<3>();
+        }
         let [b, t, n_in] = x.dims();
         let x = x.reshape([b * t, n_in]);
         let y = match self {
             Self::Dense { weight, bias } => x.matmul(weight.clone()) + bias.clone().unsqueeze::<2>(),
             Self::Packed(layer) => layer.forward(x),
+            Self::PerSample { .. } => unreachable!("handled above"),
         };
         let n_out = y.dims()[1];
         y.reshape([b, t, n_out])
     }
 }
 
+/// One decoder block: its norms and its linears in `ModelConfig::block_linears` order.
 #[derive(Clone, Debug)]
 pub struct Block {
-    pub ln_1: LayerNorm,
-    pub attn_c_attn: Linear,
-    pub attn_c_proj: Linear,
-    pub ln_2: LayerNorm,
-    pub mlp_c_fc: Linear,
-    pub mlp_c_proj: Linear,
+    pub norm_1: Norm,
+    pub norm_2: Norm,
+    pub linears: Vec<Linear>,
 }
 
+/// What a block needs besides its weights, for `t` positions on one device: the causal mask and
+/// the rotary tables.
 #[derive(Clone, Debug)]
-pub struct Gpt2 {
-    pub config: Gpt2Config,
-    /// The token embedding `[vocab, C]`, and the head's weight (transposed) unless `head` is set.
+pub struct BlockContext {
+    pub config: ModelConfig,
+    /// `[1, 1, T, T]`, 0 or -inf.
+    pub causal: Tensor<4>,
+    /// `cos` and `sin` `[1, 1, T, head_dim]` (each half repeated), with RoPE.
+    pub rope: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+impl BlockContext {
+    pub fn new(config: &ModelConfig, t: usize, device: &Device) -> Self {
+        let future = Tensor::<2, Bool>::tril_mask([t, t], 0, device);
+        let causal = Tensor::<2>::zeros([t, t], device).mask_fill(future, f32::NEG_INFINITY).unsqueeze::<4>();
+        let rope = Rope::new(config, t).map(|r| {
+            let full = |half: &[f32]| -> Tensor<4> {
+                let rows: Vec<f32> = half.chunks_exact(r.half).flat_map(|row| row.iter().chain(row).copied()).collect();
+                upload(&rows, [t, 2 * r.half], device).unsqueeze::<4>()
+            };
+            (full(&r.cos), full(&r.sin))
+        });
+        Self { config: config.clone(), causal, rope }
+    }
+
+    /// The same context with its tensors moved by `f` (onto the autodiff device, say).
+    pub fn map(&self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
+        Self { config: self.config.clone(), causal: f(self.causal.clone()), rope: self.rope.clone().map(|(c, s)| (f(c), f(s))) }
+    }
+}
+
+impl Block {
+    /// The block on the residual stream `x` `[B, T, C]`. With `inputs`, the input of each
+    /// linear is pushed there in `block_linears` order (what seed 000's centering averages).
+    pub fn forward(&self, ctx: &BlockContext, x: Tensor<3>, mut inputs: Option<&mut Vec<Tensor<3>>>) -> Tensor<3> {
+        let config = &ctx.config;
+        let mut keep = |t: &Tensor<3>| {
+            if let Some(sink) = inputs.as_deref_mut() {
+                sink.push(t.clone());
+            }
+        };
+        let l = &self.linears;
+        let pre = |norm: &Norm, x: &Tensor<3>| if config.pre_norm { norm.forward(x.clone()) } else { x.clone() };
+
+        let h = pre(&self.norm_1, &x);
+        let [b, t, _] = h.dims();
+        let (q, k, v, out) = if config.fused_qkv() {
+            keep(&h);
+            let qkv = l[0].forward(h);
+            let c = config.n_embd;
+            let part = |i: usize| qkv.clone().slice([0..b, 0..t, i * c..(i + 1) * c]);
+            (part(0), part(1), part(2), 1)
+        } else {
+            (0..3).for_each(|_| keep(&h));
+            (l[0].forward(h.clone()), l[1].forward(h.clone()), l[2].forward(h), 3)
+        };
+        let mixed = attention(ctx, q, k, v);
+        keep(&mixed);
+        let mut x = x + l[out].forward(mixed);
+        if !config.pre_norm {
+            x = self.norm_1.forward(x);
+        }
+
+        let h = pre(&self.norm_2, &x);
+        let mlp = &l[out + 1..];
+        let hidden = match config.activation {
+            Activation::SwiGlu => {
+                keep(&h);
+                keep(&h);
+                activation::silu(mlp[0].forward(h.clone())) * mlp[1].forward(h)
+            }
+            Activation::GeluTanh => {
+                keep(&h);
+                activation::gelu_approximate(mlp[0].forward(h))
+            }
+            Activation::Relu => {
+                keep(&h);
+                activation::relu(mlp[0].forward(h))
+            }
+        };
+        keep(&hidden);
+        let mut x = x + mlp[mlp.len() - 1].forward(hidden);
+        if !config.pre_norm {
+            x = self.norm_2.forward(x);
+        }
+        x
+    }
+}
+
+/// Causal self-attention from projected `q` `[B, T, H·D]` and `k`, `v` `[B, T, KV·D]`, up to (not
+/// including) the output projection: the heads merged back to `[B, T, H·D]`.
+fn attention(ctx: &BlockContext, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+    let config = &ctx.config;
+    let [b, t, _] = q.dims();
+    let (h, kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
+    let heads = |x: Tensor<3>, n: usize| x.reshape([b, t, n, d]).swap_dims(1, 2);
+    let (mut q, mut k, mut v) = (heads(q, h), heads(k, kv), heads(v, kv));
+    if let Some((cos, sin)) = &ctx.rope {
+        q = rotate(q, cos, sin);
+        k = rotate(k, cos, sin);
+    }
+    if kv < h {
+        // Query head `j` reads key/value head `j / group`.
+        let group = h / kv;
+        let repeat = |x: Tensor<4>| x.unsqueeze_dim::<5>(2).repeat_dim(2, group).reshape([b, h, t, d]);
+        k = repeat(k);
+        v = repeat(v);
+    }
+    let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + ctx.causal.clone();
+    activation::softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, h * d])
+}
+
+/// Rotary embedding with HF's `rotate_half` pairing: `x · cos + [−x₂, x₁] · sin`.
+fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// A whole model on the GPU: embeddings, blocks, final norm, LM head.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    pub config: ModelConfig,
+    /// The token embedding `[vocab, embed_dim]`; the head's weight too when tied and not packed.
     pub wte: Tensor<2>,
+    /// An untied dense LM head `[vocab, embed_dim]`.
+    pub lm_head: Option<Tensor<2>>,
     /// The LM head packed (a packed model with quantized embeddings): logits come from its codes
-    /// through the LUT kernels, and `wte` holds the same matrix's rows dequantized for the lookup.
+    /// through the LUT kernels (and, tied, `wte` holds the same matrix's rows dequantized).
     pub head: Option<Box<PackedGpuLinear>>,
-    pub wpe: Tensor<2>,
+    /// Learned positions `[rows, C]` (OPT's first `offset` rows unused).
+    pub wpe: Option<Tensor<2>>,
     pub blocks: Vec<Block>,
-    pub ln_f: LayerNorm,
+    pub ln_f: Option<Norm>,
+    pub project_in: Option<Linear>,
+    pub project_out: Option<Linear>,
 }
 
-/// `gelu_new`: the tanh approximation GPT-2 was trained with.
-pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    activation::gelu_approximate(x)
-}
-
-impl Gpt2 {
+impl Decoder {
     /// Uploads checked host weights to `device`.
-    pub fn new(weights: &Gpt2Weights, device: &Device) -> Self {
-        let eps = weights.config.layer_norm_epsilon;
+    pub fn new(weights: &ModelWeights, device: &Device) -> Self {
+        let eps = weights.config.norm_eps;
         let blocks = weights
             .blocks
             .iter()
             .map(|b| Block {
-                ln_1: LayerNorm::new(&b.ln_1, eps, device),
-                attn_c_attn: Linear::new(&b.attn_c_attn, device),
-                attn_c_proj: Linear::new(&b.attn_c_proj, device),
-                ln_2: LayerNorm::new(&b.ln_2, eps, device),
-                mlp_c_fc: Linear::new(&b.mlp_c_fc, device),
-                mlp_c_proj: Linear::new(&b.mlp_c_proj, device),
+                norm_1: Norm::new(&b.norm_1, eps, device),
+                norm_2: Norm::new(&b.norm_2, eps, device),
+                linears: b.linears.iter().map(|l| Linear::new(l, device)).collect(),
             })
             .collect();
         Self {
             config: weights.config.clone(),
             wte: upload2(&weights.wte, device),
+            lm_head: weights.lm_head.as_ref().map(|t| upload2(t, device)),
             head: None,
-            wpe: upload2(&weights.wpe, device),
+            wpe: weights.wpe.as_ref().map(|t| upload2(t, device)),
             blocks,
-            ln_f: LayerNorm::new(&weights.ln_f, eps, device),
+            ln_f: weights.ln_f.as_ref().map(|n| Norm::new(n, eps, device)),
+            project_in: weights.project_in.as_ref().map(|l| Linear::new(l, device)),
+            project_out: weights.project_out.as_ref().map(|l| Linear::new(l, device)),
         }
     }
 
@@ -126,49 +275,65 @@ impl Gpt2 {
     /// must be a plain (not autodiff) wgpu device. The model was validated when it was parsed.
     pub fn from_packed(model: &PackedModel, device: &Device) -> Result<Self> {
         let config = &model.config;
-        let eps = config.layer_norm_epsilon;
+        let eps = config.norm_eps;
         let tensor = |name: &str| model.dense.get(name).ok_or_else(|| LoadError::MissingTensor { name: name.to_string() });
-        let layer_norm = |prefix: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                gamma: upload1(tensor(&format!("{prefix}.weight"))?, device),
-                beta: upload1(tensor(&format!("{prefix}.bias"))?, device),
-                eps,
-            })
+        let norm = |prefix: &str| -> Result<Norm> {
+            let beta = if config.has_norm_bias() { Some(upload1(tensor(&format!("{prefix}.bias"))?, device)) } else { None };
+            Ok(Norm { gamma: upload1(tensor(&format!("{prefix}.weight"))?, device), beta, eps })
         };
-        let linear = |name: &str| -> Result<Linear> {
-            let bias = tensor(&format!("{name}.bias"))?;
+        let linear = |name: &str, n_in: usize, n_out: usize| -> Result<Linear> {
+            let zeros = HostTensor::new(vec![n_out], vec![0.0; n_out]);
+            let bias = model.dense.get(&format!("{name}.bias")).unwrap_or(&zeros);
             Ok(match model.layers.get(name) {
                 Some(packed) => Linear::Packed(Box::new(PackedGpuLinear::upload(packed, Some(&bias.data), device, name)?)),
-                None => Linear::Dense { weight: upload2(tensor(&format!("{name}.weight"))?, device), bias: upload1(bias, device) },
+                None => {
+                    let w = tensor(&format!("{name}.weight"))?;
+                    let weight = match config.linear_layout() {
+                        LinearLayout::InOut => upload2(w, device),
+                        LinearLayout::OutIn => upload(&transpose(&w.data, n_out, n_in), [n_in, n_out], device),
+                    };
+                    Linear::Dense { weight, bias: upload1(bias, device) }
+                }
             })
         };
+        let [n1, n2] = config.block_norms();
+        let specs = config.block_linears();
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
+            let p = config.block_prefix(i);
             blocks.push(Block {
-                ln_1: layer_norm(&format!("h.{i}.ln_1"))?,
-                attn_c_attn: linear(&format!("h.{i}.attn.c_attn"))?,
-                attn_c_proj: linear(&format!("h.{i}.attn.c_proj"))?,
-                ln_2: layer_norm(&format!("h.{i}.ln_2"))?,
-                mlp_c_fc: linear(&format!("h.{i}.mlp.c_fc"))?,
-                mlp_c_proj: linear(&format!("h.{i}.mlp.c_proj"))?,
+                norm_1: norm(&format!("{p}.{n1}"))?,
+                norm_2: norm(&format!("{p}.{n2}"))?,
+                linears: specs.iter().map(|s| linear(&format!("{p}.{}", s.name), s.n_in, s.n_out)).collect::<Result<_>>()?,
             });
         }
-        // A packed head: its kernels give the logits, its dequantized rows the embedding lookup.
-        let (wte, head) = match model.layers.get(HEAD) {
-            Some(packed) => {
+        let names = config.names();
+        let embed = format!("{}.weight", names.embed);
+        // A packed head: its kernels give the logits; tied, its dequantized rows the embedding.
+        let head = model.layers.get(HEAD);
+        let wte = match head {
+            Some(packed) if config.tied_head => {
                 let rows = transpose(&packed.effective_weights(), packed.rows, packed.cols);
-                let wte = upload(&rows, [packed.cols, packed.rows], device);
-                (wte, Some(Box::new(PackedGpuLinear::upload(packed, None, device, HEAD)?)))
+                upload(&rows, [packed.cols, packed.rows], device)
             }
-            None => (upload2(tensor("wte.weight")?, device), None),
+            _ => upload2(tensor(&embed)?, device),
         };
+        let lm_head = match head {
+            None if !config.tied_head => Some(upload2(tensor(&config.head_weight_name())?, device)),
+            _ => None,
+        };
+        let head = head.map(|packed| PackedGpuLinear::upload(packed, None, device, HEAD).map(Box::new)).transpose()?;
+        let projection = |name: Option<&str>, n_in, n_out| name.map(|n| linear(n, n_in, n_out)).transpose();
         Ok(Self {
             config: config.clone(),
             wte,
+            lm_head,
             head,
-            wpe: upload2(tensor("wpe.weight")?, device),
+            wpe: names.positions.map(|p| tensor(&format!("{p}.weight")).map(|t| upload2(t, device))).transpose()?,
             blocks,
-            ln_f: layer_norm("ln_f")?,
+            ln_f: if config.final_norm { Some(norm(names.final_norm)?) } else { None },
+            project_in: projection(names.project_in, config.embed_dim, config.n_embd)?,
+            project_out: projection(names.project_out, config.n_embd, config.embed_dim)?,
         })
     }
 
@@ -183,31 +348,62 @@ impl Gpt2 {
         Tensor::from_data(TensorData::new(flat, [rows.len(), t]), &self.device())
     }
 
-    /// The final hidden states `[B, T, C]` (after `ln_f`).
-    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let [b, t] = tokens.dims();
-        let c = self.config.n_embd;
-        let tok = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, c]);
-        #[allow(clippy::single_range_in_vec_init)] // burn's slice takes one range per dimension
-        let pos = self.wpe.clone().slice([0..t]).unsqueeze::<3>();
-        let mut x = tok + pos;
-        let causal = causal_bias(t, &self.device());
-        for block in &self.blocks {
-            x = x.clone() + self.attention(block, block.ln_1.forward(x), &causal);
-            let h = gelu_new(block.mlp_c_fc.forward(block.ln_2.forward(x.clone())));
-            x = x + block.mlp_c_proj.forward(h);
-        }
-        self.ln_f.forward(x)
+    /// The context every block of this model needs for `t` positions.
+    pub fn context(&self, t: usize) -> BlockContext {
+        BlockContext::new(&self.config, t, &self.device())
     }
 
-    /// Logits `[B, T, vocab]` from hidden states, through the head tied to `wte` (packed: the LUT
-    /// kernels on its codes).
+    /// The residual stream entering block 0 `[B, T, C]`: token embeddings (projected in OPT-350m)
+    /// plus learned positions where the family has them.
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let e = self.config.embed_dim;
+        let mut x = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, e]);
+        if let Some(project_in) = &self.project_in {
+            x = project_in.forward(x);
+        }
+        if let (Some(wpe), Positions::Learned { offset }) = (&self.wpe, &self.config.positions) {
+            let c = self.config.n_embd;
+            x = x + wpe.clone().slice([*offset..offset + t, 0..c]).unsqueeze::<3>();
+        }
+        x
+    }
+
+    /// The final norm and output projection: the LM head's input.
+    pub fn finish(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = match &self.ln_f {
+            Some(norm) => norm.forward(x),
+            None => x,
+        };
+        match &self.project_out {
+            Some(p) => p.forward(x),
+            None => x,
+        }
+    }
+
+    /// The final hidden states `[B, T, embed_dim]` (the LM head's input).
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let t = tokens.dims()[1];
+        let ctx = self.context(t);
+        let mut x = self.embed(tokens);
+        for block in &self.blocks {
+            x = block.forward(&ctx, x, None);
+        }
+        self.finish(x)
+    }
+
+    /// The dense head weight `[vocab, embed_dim]` (an untied head, or the embedding).
+    pub fn head_weight(&self) -> &Tensor<2> {
+        self.lm_head.as_ref().unwrap_or(&self.wte)
+    }
+
+    /// Logits `[B, T, vocab]` from hidden states (packed: the LUT kernels on the head's codes).
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, t, c] = hidden.dims();
         let hidden = hidden.reshape([b * t, c]);
         let logits = match &self.head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.wte.clone().transpose()),
+            None => hidden.matmul(self.head_weight().clone().transpose()),
         };
         logits.reshape([b, t, self.config.vocab_size])
     }
@@ -216,57 +412,6 @@ impl Gpt2 {
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.lm_head(self.hidden(tokens))
     }
-
-    /// Token plus position embeddings `[B, T, C]`: the residual stream entering block 0.
-    #[allow(clippy::single_range_in_vec_init)] // burn's slice takes one range per dimension
-    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let [b, t] = tokens.dims();
-        let c = self.config.n_embd;
-        let tok = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, c]);
-        tok + self.wpe.clone().slice([0..t]).unsqueeze::<3>()
-    }
-
-    /// The causal mask for `t` positions (`[1, 1, T, T]`, 0 or -inf), as [`Self::hidden`] uses.
-    pub fn causal_mask(&self, t: usize) -> Tensor<4> {
-        causal_bias(t, &self.device())
-    }
-
-    /// One block on the residual stream `x` `[B, T, C]`, exactly as [`Self::hidden`] runs it,
-    /// also returning the inputs of its four linear layers in forward order (`attn.c_attn`,
-    /// `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`; `lutlab_core::reference::LINEAR_LAYERS`): what seed
-    /// 000's centering averages.
-    pub fn block_with_inputs(&self, block: &Block, x: Tensor<3>, causal: &Tensor<4>) -> (Tensor<3>, [Tensor<3>; 4]) {
-        let h1 = block.ln_1.forward(x.clone());
-        let mixed = self.attention_heads(block, h1.clone(), causal);
-        let x = x + block.attn_c_proj.forward(mixed.clone());
-        let h2 = block.ln_2.forward(x.clone());
-        let f = gelu_new(block.mlp_c_fc.forward(h2.clone()));
-        let x = x + block.mlp_c_proj.forward(f.clone());
-        (x, [h1, mixed, h2, f])
-    }
-
-    fn attention(&self, block: &Block, x: Tensor<3>, causal: &Tensor<4>) -> Tensor<3> {
-        block.attn_c_proj.forward(self.attention_heads(block, x, causal))
-    }
-
-    /// Causal self-attention up to (not including) `c_proj`: the heads merged back to `[B, T, C]`.
-    fn attention_heads(&self, block: &Block, x: Tensor<3>, causal: &Tensor<4>) -> Tensor<3> {
-        let [b, t, c] = x.dims();
-        let (h, d) = (self.config.n_head, self.config.head_dim());
-        let qkv = block.attn_c_attn.forward(x);
-        // [B, T, C] → [B, H, T, D] for each of q, k, v.
-        let heads = |i: usize| qkv.clone().slice([0..b, 0..t, i * c..(i + 1) * c]).reshape([b, t, h, d]).swap_dims(1, 2);
-        let (q, k, v) = (heads(0), heads(1), heads(2));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + causal.clone();
-        let y = activation::softmax(scores, 3).matmul(v);
-        y.swap_dims(1, 2).reshape([b, t, c])
-    }
-}
-
-/// `[1, 1, T, T]`: 0 where a position may attend, -inf above the diagonal.
-fn causal_bias(t: usize, device: &Device) -> Tensor<4> {
-    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, device);
-    Tensor::<2>::zeros([t, t], device).mask_fill(future, f32::NEG_INFINITY).unsqueeze::<4>()
 }
 
 fn upload1(t: &HostTensor, device: &Device) -> Tensor<1> {

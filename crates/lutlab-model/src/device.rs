@@ -3,7 +3,7 @@
 use crate::error::{ModelError, Result};
 use burn::tensor::wgpu::WgpuSetup;
 use burn::tensor::{Device, Tensor, TensorData};
-use lutlab_core::Gpt2Weights;
+use lutlab_core::ModelWeights;
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::Mutex;
 
@@ -46,13 +46,14 @@ impl Gpu {
 
     /// Refuses, by name, a model whose largest tensor cannot be bound on this GPU, before any
     /// upload starts (GPT-2's `wte` is 154 MB in f32).
-    pub fn check_fits(&self, weights: &Gpt2Weights) -> Result<()> {
+    pub fn check_fits(&self, weights: &ModelWeights) -> Result<()> {
         let limit = self.max_binding_bytes();
-        let mut tensors = vec![("wte", &weights.wte), ("wpe", &weights.wpe)];
-        for block in &weights.blocks {
-            tensors.extend(block.linears().into_iter().map(|(name, linear)| (name, &linear.weight)));
-        }
-        match tensors.into_iter().map(|(name, t)| (name, t.numel() as u64 * 4)).max_by_key(|&(_, bytes)| bytes) {
+        let names = weights.config.names();
+        let mut tensors = vec![(names.embed.to_string(), &weights.wte)];
+        tensors.extend(names.positions.zip(weights.wpe.as_ref()).map(|(n, t)| (n.to_string(), t)));
+        tensors.extend(weights.lm_head.as_ref().map(|t| ("lm_head".to_string(), t)));
+        tensors.extend(weights.linears().map(|(name, linear)| (name, &linear.weight)));
+        match tensors.into_iter().map(|(name, t)| (name, t.numel() as u64 * 4)).max_by_key(|(_, bytes)| *bytes) {
             Some((name, bytes)) if bytes > limit => Err(ModelError::Gpu(format!(
                 "tensor `{name}` needs {bytes} bytes in one buffer but this GPU binds at most {limit}"
             ))),

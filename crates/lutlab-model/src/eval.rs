@@ -4,15 +4,20 @@
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
-use crate::gpt2::Gpt2;
+use crate::decoder::Decoder;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use lutlab_core::perplexity::{batches, strided_windows, NllSum, Window};
 use lutlab_core::{LoadError, Progress};
 
+/// The longest default window: what GPTQ, SqueezeLLM and the Brevitas example evaluate OPT and
+/// Llama at, whose configs allow 4k to 128k positions.
+pub const DEFAULT_MAX_LENGTH: usize = 2048;
+
 /// How to cut the text into windows.
 #[derive(Clone, Copy, Debug)]
 pub struct EvalSettings {
-    /// Window length; defaults to the model's context (`n_positions`).
+    /// Window length; defaults to the model's context (`n_positions`), at most
+    /// [`DEFAULT_MAX_LENGTH`].
     pub max_length: usize,
     /// Distance between window starts; HF's and seed 000's default is `max_length / 2`.
     pub stride: usize,
@@ -21,14 +26,14 @@ pub struct EvalSettings {
 }
 
 impl EvalSettings {
-    pub fn for_model(model: &Gpt2) -> Self {
-        let max_length = model.config.n_positions;
+    pub fn for_model(model: &Decoder) -> Self {
+        let max_length = model.config.n_positions.min(DEFAULT_MAX_LENGTH);
         Self { max_length, stride: max_length / 2, max_logits_bytes: 256 << 20 }
     }
 
     /// The model's defaults with a user's choices: a new `max_length` also halves into the stride
     /// unless a stride is given.
-    pub fn with_overrides(model: &Gpt2, max_length: Option<usize>, stride: Option<usize>) -> Self {
+    pub fn with_overrides(model: &Decoder, max_length: Option<usize>, stride: Option<usize>) -> Self {
         let mut settings = Self::for_model(model);
         if let Some(max_length) = max_length {
             settings.max_length = max_length;
@@ -53,7 +58,7 @@ impl EvalSettings {
 
 /// Evaluates the mean negative log-likelihood of `tokens` (`what` names the text in errors).
 pub async fn perplexity(
-    model: &Gpt2,
+    model: &Decoder,
     tokens: &[u32],
     settings: EvalSettings,
     what: &str,
@@ -92,7 +97,7 @@ fn batch_size(windows: &[Window], settings: EvalSettings, vocab: usize) -> usize
 }
 
 /// Per-token NLL of the scored tokens of windows that share a length and first scored position.
-pub async fn batch_nll(model: &Gpt2, tokens: &[u32], batch: &[Window]) -> Result<Vec<f32>> {
+pub async fn batch_nll(model: &Decoder, tokens: &[u32], batch: &[Window]) -> Result<Vec<f32>> {
     let first = batch[0];
     let (p, s, b) = (first.first_scored_position(), first.scored(), batch.len());
     let rows: Vec<&[u32]> = batch.iter().map(|w| &tokens[w.begin..w.end]).collect();

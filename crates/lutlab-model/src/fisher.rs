@@ -39,8 +39,8 @@
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
-use crate::gpt2::{Block, Gpt2, LayerNorm, gelu_new};
-use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use crate::decoder::{Block, BlockContext, Decoder, Linear};
+use burn::tensor::{activation, Device, Int, Tensor, TensorData};
 use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 use lutlab_core::{HostTensor, LoadError, Progress};
 
@@ -49,7 +49,7 @@ use lutlab_core::{HostTensor, LoadError, Progress};
 pub struct FisherSettings {
     /// Number of calibration windows (SqueezeLLM's and seed 000's default: 128).
     pub nsamples: usize,
-    /// Tokens per window; defaults to the model's context (`n_positions`).
+    /// Tokens per window; defaults to the model's context (`n_positions`), at most 2048.
     pub seqlen: usize,
     /// Seed of the window sampler.
     pub seed: u64,
@@ -61,10 +61,10 @@ impl FisherSettings {
     pub const DEFAULT_NSAMPLES: usize = 128;
     pub const DEFAULT_SEED: u64 = 0;
 
-    pub fn for_model(model: &Gpt2) -> Self {
+    pub fn for_model(model: &Decoder) -> Self {
         Self {
             nsamples: Self::DEFAULT_NSAMPLES,
-            seqlen: model.config.n_positions,
+            seqlen: model.config.n_positions.min(crate::eval::DEFAULT_MAX_LENGTH),
             seed: Self::DEFAULT_SEED,
             micro_batch: 1,
         }
@@ -72,7 +72,7 @@ impl FisherSettings {
 
     /// The model's defaults with a user's choices.
     pub fn with_overrides(
-        model: &Gpt2,
+        model: &Decoder,
         nsamples: Option<usize>,
         seqlen: Option<usize>,
         seed: Option<u64>,
@@ -157,7 +157,7 @@ pub fn sample_starts(
 /// The Fisher diagonal of `model`'s linear weights on random windows of `tokens` (see the module
 /// documentation); `what` names the text in errors. Cancellable between micro-batches.
 pub async fn fisher(
-    model: &Gpt2,
+    model: &Decoder,
     tokens: &[u32],
     settings: FisherSettings,
     what: &str,
@@ -191,7 +191,7 @@ pub async fn fisher(
 /// The Fisher diagonal on given windows `tokens[start..start + seqlen]` (the fixed windows of a
 /// reference, say). The result's metadata has no seed.
 pub async fn fisher_windows(
-    model: &Gpt2,
+    model: &Decoder,
     tokens: &[u32],
     starts: &[usize],
     seqlen: usize,
@@ -278,13 +278,13 @@ pub async fn fisher_windows(
         ..FisherMeta::default()
     };
     Ok(FisherRun {
-        diagonal: FisherDiagonal { tensors, meta },
+        diagonal: FisherDiagonal { tensors, meta, linear_layout: model.config.linear_layout() },
         starts: starts.to_vec(),
         peak_reserved_bytes: peak.bytes,
     })
 }
 
-fn check_settings(model: &Gpt2, seqlen: usize, micro_batch: usize) -> Result<()> {
+fn check_settings(model: &Decoder, seqlen: usize, micro_batch: usize) -> Result<()> {
     let n_positions = model.config.n_positions;
     if seqlen < 2 || seqlen > n_positions {
         return Err(LoadError::InvalidSetting(format!(
@@ -299,14 +299,15 @@ fn check_settings(model: &Gpt2, seqlen: usize, micro_batch: usize) -> Result<()>
 }
 
 /// `(name, weight)` of every linear weight, in model order (the Fisher file's order).
-fn linear_weights(model: &Gpt2) -> Result<Vec<(String, Tensor<2>)>> {
-    let mut out = Vec::new();
-    for (i, block) in model.blocks.iter().enumerate() {
-        for ((weight, _), part) in dense_linears(block, i)?.into_iter().zip(LINEAR_PARTS) {
-            out.push((format!("h.{i}.{part}.weight"), weight.clone()));
-        }
-    }
-    Ok(out)
+fn linear_weights(model: &Decoder) -> Result<Vec<(String, Tensor<2>)>> {
+    let names = weight_names(model);
+    let dense = model.blocks.iter().enumerate().map(|(i, block)| dense_linears(model, block, i)).collect::<Result<Vec<_>>>()?;
+    Ok(names.into_iter().zip(dense.into_iter().flatten().map(|(w, _)| w.clone())).collect())
+}
+
+/// `{linear}.weight` of every block linear, in model order.
+fn weight_names(model: &Decoder) -> Vec<String> {
+    model.config.linear_names().into_iter().map(|(name, _)| format!("{name}.weight")).collect()
 }
 
 /// `health` = each sample's loss (`b` values), then for each tensor each sample's sum of squared
@@ -360,9 +361,6 @@ fn non_finite(what: &str, reason: String) -> ModelError {
     .into()
 }
 
-/// The four linear layers of a block, in Fisher-file order.
-const LINEAR_PARTS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
-
 /// Largest logits chunk of the head pass: the `[B, T, vocab]` logits (and the log-softmax and
 /// gradient beside them) are what dominate memory at GPT-2's context, so the head runs over
 /// slices of positions.
@@ -404,40 +402,36 @@ struct SquaredGradients {
 /// The two passes that give per-sample gradients while holding one block's graph at a time
 /// (activation checkpointing at block granularity, see the module documentation).
 struct FisherPasses<'a> {
-    model: &'a Gpt2,
+    model: &'a Decoder,
     seqlen: usize,
-    causal: Tensor<4>,
-    causal_diff: Tensor<4>,
+    ctx: BlockContext,
+    ctx_diff: BlockContext,
     diff_device: Device,
 }
 
 impl<'a> FisherPasses<'a> {
-    fn new(model: &'a Gpt2, seqlen: usize) -> Self {
-        let causal = model.causal_mask(seqlen);
-        Self {
-            model,
-            seqlen,
-            causal_diff: causal.clone().autodiff(),
-            causal,
-            diff_device: model.device().autodiff(),
-        }
+    fn new(model: &'a Decoder, seqlen: usize) -> Self {
+        let ctx = model.context(seqlen);
+        Self { model, seqlen, ctx_diff: ctx.map(|t| t.autodiff()), ctx, diff_device: model.device().autodiff() }
     }
 
     fn squared_gradients(&self, tokens: &[u32], starts: &[usize], peak: &mut PeakMemory) -> Result<SquaredGradients> {
         let m = self.model;
         let (b, t) = (starts.len(), self.seqlen);
-        let n_head = m.config.n_head;
         let ids: Vec<i32> = starts
             .iter()
             .flat_map(|&s| tokens[s..s + t].iter().map(|&id| id as i32))
             .collect();
         let ids = TensorData::new(ids, [b, t]);
+        let names = weight_names(m);
+        let per_block = m.config.block_linears().len();
 
         // Forward without a graph, keeping only each block's input.
         let mut inputs = Vec::with_capacity(m.blocks.len());
         let mut x = m.embed(Tensor::<2, Int>::from_data(ids.clone(), &m.device()));
         for (i, block) in m.blocks.iter().enumerate() {
-            let next = BlockTensors::new(block, i, b, false)?.forward(x.clone(), &self.causal, n_head);
+            let (per_sample, _) = per_sample_block(m, block, i, b, false)?;
+            let next = per_sample.forward(&self.ctx, x.clone(), None);
             inputs.push(x);
             x = next;
         }
@@ -446,19 +440,19 @@ impl<'a> FisherPasses<'a> {
 
         // Backward block by block, last first: recompute the block's forward with a graph, pull
         // the upstream gradient through it, keep its weights' squared gradients.
-        let mut per_block = Vec::with_capacity(m.blocks.len());
+        let mut per_block_squares = Vec::with_capacity(m.blocks.len());
         for (i, (block, input)) in m.blocks.iter().zip(inputs).enumerate().rev() {
             // Block 0's input is the embedding: nothing below it needs a gradient.
             let needs_input_grad = i > 0;
             let input = if needs_input_grad { input.autodiff().require_grad() } else { input.autodiff() };
-            let tensors = BlockTensors::new(block, i, b, true)?;
-            let output = tensors.forward(input.clone(), &self.causal_diff, n_head);
+            let (per_sample, leaves) = per_sample_block(m, block, i, b, true)?;
+            let output = per_sample.forward(&self.ctx_diff, input.clone(), None);
             // Σ output ⊙ upstream, reduced in two stages as above (its gradient is `upstream`).
             let mut grads = (output * upstream.autodiff()).sum_dim(2).sum().backward();
             peak.sample();
-            let mut squared = Vec::with_capacity(4);
-            for (leaf, part) in tensors.weights.iter().zip(LINEAR_PARTS) {
-                let grad = leaf.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&format!("h.{i}.{part}.weight")))?;
+            let mut squared = Vec::with_capacity(leaves.len());
+            for (k, leaf) in leaves.iter().enumerate() {
+                let grad = leaf.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&names[i * per_block + k]))?;
                 squared.push(grad.square());
             }
             upstream = if needs_input_grad {
@@ -466,10 +460,10 @@ impl<'a> FisherPasses<'a> {
             } else {
                 Tensor::empty([0, 0, 0], &m.device())
             };
-            per_block.push(squared);
+            per_block_squares.push(squared);
         }
-        per_block.reverse();
-        Ok(SquaredGradients { losses, per_tensor: per_block.into_iter().flatten().collect() })
+        per_block_squares.reverse();
+        Ok(SquaredGradients { losses, per_tensor: per_block_squares.into_iter().flatten().collect() })
     }
 
     /// Each sample's mean next-token cross-entropy `[b]` and its gradient with respect to the
@@ -479,10 +473,14 @@ impl<'a> FisherPasses<'a> {
         let m = self.model;
         let [b, t, c] = x.dims();
         let (vocab, scored) = (m.config.vocab_size, t - 1);
-        let mut ln_f = m.ln_f.clone();
-        ln_f.gamma = ln_f.gamma.autodiff();
-        ln_f.beta = ln_f.beta.autodiff();
-        let head = m.wte.clone().autodiff().transpose();
+        // The final norm, output projection and head as constants of the differentiable pass.
+        let mut finish = m.clone();
+        finish.ln_f = m.ln_f.as_ref().map(|n| n.map(|t| t.autodiff()));
+        finish.project_out = m.project_out.as_ref().map(|p| match p.dense() {
+            Some((w, bias)) => Linear::Dense { weight: w.clone().autodiff(), bias: bias.clone().autodiff() },
+            None => p.clone(),
+        });
+        let head = m.head_weight().clone().autodiff().transpose();
         let chunk = head_chunk_positions(b, vocab);
         let mut losses = Tensor::<1>::zeros([b], &m.device());
         let mut grads = Vec::with_capacity(scored.div_ceil(chunk) + 1);
@@ -490,7 +488,9 @@ impl<'a> FisherPasses<'a> {
             let p1 = (p0 + chunk).min(scored);
             let p = p1 - p0;
             let leaf = x.clone().slice([0..b, p0..p1, 0..c]).autodiff().require_grad();
-            let logits = ln_f.forward(leaf.clone()).reshape([b * p, c]).matmul(head.clone()).reshape([b, p, vocab]);
+            let hidden = finish.finish(leaf.clone());
+            let e = hidden.dims()[2];
+            let logits = hidden.reshape([b * p, e]).matmul(head.clone()).reshape([b, p, vocab]);
             let chunk_targets = targets.clone().slice([0..b, p0..p1]).reshape([b, p, 1]);
             let nll = activation::log_softmax(logits, 2).gather(2, chunk_targets).neg();
             let loss = nll.sum_dims_squeeze::<1, _>(&[1, 2]) / scored as f64;
@@ -509,73 +509,34 @@ fn missing_gradient(what: &str) -> ModelError {
     ModelError::Gpu(format!("autodiff returned no gradient for {what}"))
 }
 
-/// One block's tensors for a Fisher pass: its linear weights as per-sample copies `[b, in, out]`
-/// (autodiff leaves in the differentiable pass), its biases and LayerNorms as constants.
-struct BlockTensors {
-    ln_1: LayerNorm,
-    ln_2: LayerNorm,
-    weights: Vec<Tensor<3>>,
-    biases: Vec<Tensor<1>>,
+/// Block `index` for a Fisher pass: its linears as per-sample copies `[b, in, out]` of the
+/// weights (returned too: autodiff leaves in the differentiable pass), its biases and norms as
+/// constants. The one block implementation then runs it.
+fn per_sample_block(model: &Decoder, block: &Block, index: usize, b: usize, differentiable: bool) -> Result<(Block, Vec<Tensor<3>>)> {
+    let constant1 = |t: Tensor<1>| if differentiable { t.autodiff() } else { t };
+    let mut linears = Vec::with_capacity(block.linears.len());
+    let mut leaves = Vec::with_capacity(block.linears.len());
+    for (weight, bias) in dense_linears(model, block, index)? {
+        let copies = weight.clone().unsqueeze::<3>().repeat_dim(0, b);
+        let leaf = if differentiable { copies.autodiff().require_grad() } else { copies };
+        linears.push(Linear::PerSample { weight: leaf.clone(), bias: constant1(bias.clone()) });
+        leaves.push(leaf);
+    }
+    let per_sample = Block { norm_1: block.norm_1.map(constant1), norm_2: block.norm_2.map(constant1), linears };
+    Ok((per_sample, leaves))
 }
 
-impl BlockTensors {
-    fn new(block: &Block, index: usize, b: usize, differentiable: bool) -> Result<Self> {
-        let constant1 = |t: &Tensor<1>| if differentiable { t.clone().autodiff() } else { t.clone() };
-        let layer_norm = |ln: &LayerNorm| {
-            let mut ln = ln.clone();
-            ln.gamma = constant1(&ln.gamma);
-            ln.beta = constant1(&ln.beta);
-            ln
-        };
-        let mut weights = Vec::with_capacity(4);
-        let mut biases = Vec::with_capacity(4);
-        for (weight, bias) in dense_linears(block, index)? {
-            let copies = weight.clone().unsqueeze::<3>().repeat_dim(0, b);
-            weights.push(if differentiable { copies.autodiff().require_grad() } else { copies });
-            biases.push(constant1(bias));
-        }
-        Ok(Self { ln_1: layer_norm(&block.ln_1), ln_2: layer_norm(&block.ln_2), weights, biases })
-    }
-
-    /// `x · W_b + bias` per sample: `x: [b, t, in]`, `W_b: [b, in, out]`.
-    fn linear(&self, k: usize, x: Tensor<3>) -> Tensor<3> {
-        x.matmul(self.weights[k].clone()) + self.biases[k].clone().unsqueeze::<3>()
-    }
-
-    /// The block, as `Gpt2::hidden` runs it.
-    fn forward(&self, x: Tensor<3>, causal: &Tensor<4>, n_head: usize) -> Tensor<3> {
-        let h = self.ln_1.forward(x.clone());
-        let x = x + self.attention(h, causal, n_head);
-        let h = gelu_new(self.linear(2, self.ln_2.forward(x.clone())));
-        x + self.linear(3, h)
-    }
-
-    fn attention(&self, x: Tensor<3>, causal: &Tensor<4>, n_head: usize) -> Tensor<3> {
-        let [b, t, c] = x.dims();
-        let d = c / n_head;
-        let qkv = self.linear(0, x);
-        let heads = |i: usize| {
-            qkv.clone()
-                .slice([0..b, 0..t, i * c..(i + 1) * c])
-                .reshape([b, t, n_head, d])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (heads(0), heads(1), heads(2));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + causal.clone();
-        let y = activation::softmax(scores, 3).matmul(v);
-        self.linear(1, y.swap_dims(1, 2).reshape([b, t, c]))
-    }
-}
-
-/// A block's four `(weight, bias)` pairs in `LINEAR_PARTS` order; Fisher differentiates the
-/// dense model, so a packed layer is refused by name.
-fn dense_linears(block: &Block, index: usize) -> Result<Vec<(&Tensor<2>, &Tensor<1>)>> {
-    let linears = [&block.attn_c_attn, &block.attn_c_proj, &block.mlp_c_fc, &block.mlp_c_proj];
-    let mut out = Vec::with_capacity(4);
-    for (linear, part) in linears.into_iter().zip(LINEAR_PARTS) {
+/// A block's `(weight, bias)` pairs in `block_linears` order; Fisher differentiates the dense
+/// model, so a packed layer is refused by name.
+fn dense_linears<'b>(model: &Decoder, block: &'b Block, index: usize) -> Result<Vec<(&'b Tensor<2>, &'b Tensor<1>)>> {
+    let prefix = model.config.block_prefix(index);
+    let specs = model.config.block_linears();
+    let mut out = Vec::with_capacity(block.linears.len());
+    for (linear, spec) in block.linears.iter().zip(&specs) {
         out.push(linear.dense().ok_or_else(|| {
             LoadError::InvalidSetting(format!(
-                "Fisher information needs the dense model, but `h.{index}.{part}.weight` is packed"
+                "Fisher information needs the dense model, but `{prefix}.{}.weight` is packed",
+                spec.name
             ))
         })?);
     }

@@ -9,7 +9,7 @@
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
-use crate::gpt2::Gpt2;
+use crate::decoder::Decoder;
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::tokenizer::END_OF_TEXT;
 use lutlab_core::{LoadError, Progress, TextTokenizer};
@@ -66,7 +66,7 @@ impl StopReason {
     pub fn explain(self, n_positions: usize) -> Option<String> {
         match self {
             Self::MaxNewTokens => None,
-            Self::EndOfText => Some("the model ended the text (<|endoftext|>)".into()),
+            Self::EndOfText => Some("the model ended the text (its end-of-text token)".into()),
             Self::ContextFull => Some(format!("stopped at the model's context of {n_positions} positions")),
         }
     }
@@ -97,7 +97,7 @@ fn invalid(message: String) -> ModelError {
 
 /// Checks that `prompt` can be continued by `model`: not empty, in the vocabulary, and leaving
 /// room in the context for at least one new token's prediction.
-pub fn check_prompt(model: &Gpt2, prompt: &[u32]) -> Result<()> {
+pub fn check_prompt(model: &Decoder, prompt: &[u32]) -> Result<()> {
     let config = &model.config;
     if prompt.is_empty() {
         return Err(invalid("the prompt is empty: give at least one token of text to continue".into()));
@@ -117,7 +117,7 @@ pub fn check_prompt(model: &Gpt2, prompt: &[u32]) -> Result<()> {
 
 /// Continues `prompt` by up to `settings.max_new_tokens` tokens. `progress` counts new tokens and
 /// is polled for cancellation before each step.
-pub async fn generate(model: &Gpt2, prompt: &[u32], settings: GenerateSettings, progress: &mut dyn Progress) -> Result<Generation> {
+pub async fn generate(model: &Decoder, prompt: &[u32], settings: GenerateSettings, progress: &mut dyn Progress) -> Result<Generation> {
     check_prompt(model, prompt)?;
     settings.validate()?;
     let n_positions = model.config.n_positions;
@@ -162,7 +162,7 @@ pub async fn generate(model: &Gpt2, prompt: &[u32], settings: GenerateSettings, 
 /// The logits `[vocab]` predicting the token after `context` (1 to `n_positions` tokens): the
 /// whole context through the blocks, only its last position through the head, and only that row
 /// read back.
-pub async fn next_token_logits(model: &Gpt2, context: &[u32]) -> Result<Vec<f32>> {
+pub async fn next_token_logits(model: &Decoder, context: &[u32]) -> Result<Vec<f32>> {
     check_prompt(model, context)?;
     let hidden = model.hidden(model.tokens(&[context]));
     let [b, t, c] = hidden.dims();
@@ -205,12 +205,10 @@ pub fn sample(logits: &[f32], temperature: f64, top_k: usize, rng: &mut SplitMix
     candidates[candidates.len() - 1]
 }
 
-/// GPT-2's `<|endoftext|>` id under this tokenizer, when it is one token: where to stop.
+/// The end-of-text token of this tokenizer, when it has one: where to stop. GPT-2's and OPT's
+/// `<|endoftext|>`, Llama 2's `</s>`, Llama 3's `<|end_of_text|>`.
 pub fn end_of_text(tokenizer: &TextTokenizer) -> Option<u32> {
-    match tokenizer.encode(END_OF_TEXT).ok()?.as_slice() {
-        [id] => Some(*id),
-        _ => None,
-    }
+    [END_OF_TEXT, "</s>", "<|end_of_text|>"].into_iter().find_map(|token| tokenizer.token_id(token))
 }
 
 /// The text `new` tokens add after `prompt`. Decoded together with the prompt, so a character

@@ -1,4 +1,4 @@
-//! lutlab-model: GPT-2 on burn, running on wgpu natively and WebGPU in the browser, and the
+//! lutlab-model: the decoder (GPT-2, OPT, Llama) on burn, running on wgpu natively and WebGPU in the browser, and the
 //! perplexity evaluation built on it.
 
 pub mod activations;
@@ -7,7 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod fisher;
 pub mod generate;
-pub mod gpt2;
+pub mod decoder;
 pub mod lut_linear;
 
 pub use activations::{linear_input_means, linear_input_means_windows, ActivationSettings};
@@ -17,4 +17,4 @@ pub use error::{ModelError, Result};
 pub use eval::{perplexity, EvalSettings};
 pub use fisher::{fisher, fisher_windows, sample_starts, FisherRun, FisherSettings};
 pub use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
-pub use gpt2::Gpt2;
+pub use decoder::Decoder;

@@ -99,7 +99,7 @@ impl PackedGpuLinear {
     /// `y = scale ⊙ ((x − shift) · W) + bias` for `x: [m, rows]` on the layer's device.
     ///
     /// Panics if `x` has another width or lives on another device: both are fixed when a model is
-    /// assembled (`Gpt2::with_packed`), so this is a bug, never bad input.
+    /// assembled (`Decoder::with_packed`), so this is a bug, never bad input.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [m, k] = x.dims();
         assert_eq!(k, self.rows, "LUT matmul: input width differs from the layer's rows");

@@ -5,7 +5,7 @@
 use crate::progress::JsProgress;
 use lutlab_core::{Progress, TextTokenizer};
 use lutlab_model::generate::{continuation, end_of_text, generate, GenerateSettings, Sampling};
-use lutlab_model::Gpt2;
+use lutlab_model::Decoder;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -83,7 +83,7 @@ fn to_js(value: &impl Serialize) -> Result<JsValue, JsError> {
 
 /// One model's continuation of `prompt`, timed.
 async fn continue_prompt(
-    model: &Gpt2,
+    model: &Decoder,
     label: &str,
     tokenizer: &TextTokenizer,
     prompt: &[u32],

@@ -7,8 +7,8 @@ use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, In
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
-use lutlab_core::{Gpt2Config, Gpt2Weights, LoadedModel, Progress, TextTokenizer};
-use lutlab_model::{fisher, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Gpt2, Gpu};
+use lutlab_core::{ModelConfig, ModelWeights, LoadedModel, Progress, TextTokenizer};
+use lutlab_model::{fisher, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Decoder, Gpu};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,9 +19,9 @@ use wasm_bindgen_futures::future_to_promise;
 /// it came from (the quantizers read them); and the latest quantized version of it.
 pub(crate) struct Session {
     name: String,
-    model: Gpt2,
+    model: Decoder,
     tokenizer: TextTokenizer,
-    pub(crate) weights: Option<Gpt2Weights>,
+    pub(crate) weights: Option<ModelWeights>,
     pub(crate) quantized: RefCell<Option<Rc<Quantized>>>,
     /// The Fisher diagonal computed here or loaded from a file, for weighted quantization.
     pub(crate) fisher: RefCell<Option<Rc<FisherDiagonal>>>,
@@ -32,7 +32,7 @@ pub(crate) struct Session {
 /// A quantized model: on the GPU (packed, through the LUT kernels, when every layer is a LUT)
 /// and, when packed, the file's content for download.
 pub(crate) struct Quantized {
-    model: Gpt2,
+    model: Decoder,
     packed: Option<PackedModel>,
     pub(crate) label: String,
     /// Each layer's result (for the pictures) and the method that made them (for the bit
@@ -44,12 +44,12 @@ pub(crate) struct Quantized {
 }
 
 impl Session {
-    fn new(name: String, model: Gpt2, tokenizer: TextTokenizer, weights: Option<Gpt2Weights>) -> Self {
+    fn new(name: String, model: Decoder, tokenizer: TextTokenizer, weights: Option<ModelWeights>) -> Self {
         Self { name, model, tokenizer, weights, quantized: RefCell::default(), fisher: RefCell::default(), input_means: RefCell::default() }
     }
 
     /// The host weights, which a packed file does not have.
-    pub(crate) fn weights(&self) -> Result<&Gpt2Weights, JsError> {
+    pub(crate) fn weights(&self) -> Result<&ModelWeights, JsError> {
         self.weights.as_ref().ok_or_else(|| {
             JsError::new("this is a packed file, which holds only its quantized form: load the original model to compute Fisher information or quantize")
         })
@@ -65,8 +65,11 @@ pub struct Lab {
 
 #[derive(Serialize)]
 struct ModelSummary {
+    /// `gpt2`, `opt`, `llama`, ...
+    model_type: String,
     n_layer: usize,
     n_head: usize,
+    n_kv_head: usize,
     n_embd: usize,
     n_positions: usize,
     vocab_size: usize,
@@ -76,10 +79,12 @@ struct ModelSummary {
 }
 
 impl ModelSummary {
-    fn new(config: &Gpt2Config, packed: Option<PackedSummary>) -> Self {
+    fn new(config: &ModelConfig, packed: Option<PackedSummary>) -> Self {
         Self {
+            model_type: config.model_type.clone(),
             n_layer: config.n_layer,
             n_head: config.n_head,
+            n_kv_head: config.n_kv_head,
             n_embd: config.n_embd,
             n_positions: config.n_positions,
             vocab_size: config.vocab_size,
@@ -203,7 +208,7 @@ impl Lab {
     pub fn load_model(&self, name: String, files: JsValue) -> Result<JsValue, JsError> {
         let LoadedModel { weights, tokenizer } = model_files(&files)?.load().map_err(js_error)?;
         self.gpu.check_fits(&weights).map_err(js_error)?;
-        let model = Gpt2::new(&weights, &self.gpu.device);
+        let model = Decoder::new(&weights, &self.gpu.device);
         let summary = ModelSummary::new(&weights.config, None);
         *self.session.borrow_mut() = Some(Rc::new(Session::new(name, model, tokenizer, Some(weights))));
         to_js(&summary)
@@ -216,7 +221,7 @@ impl Lab {
     pub fn open_packed(&self, name: String, bytes: &[u8]) -> Result<JsValue, JsError> {
         let current = self.current().map_err(|_| JsError::new("load a model first: the packed file is read with its tokenizer"))?;
         let packed = PackedModel::from_safetensors(&name, bytes).map_err(js_error)?;
-        let model = Gpt2::from_packed(&packed, &self.gpu.device).map_err(js_error)?;
+        let model = Decoder::from_packed(&packed, &self.gpu.device).map_err(js_error)?;
         let summary = ModelSummary::new(&packed.config, Some(PackedSummary::of(&packed)));
         let session = Session::new(name, model.clone(), current.tokenizer.clone(), None);
         *session.quantized.borrow_mut() = Some(Rc::new(Quantized {
@@ -408,8 +413,8 @@ impl Lab {
                 None
             };
             let model = match &packed {
-                Some(packed) => Gpt2::from_packed(packed, &device).map_err(js_error)?,
-                None => Gpt2::new(&quantized.apply(weights), &device),
+                Some(packed) => Decoder::from_packed(packed, &device).map_err(js_error)?,
+                None => Decoder::new(&quantized.apply(weights), &device),
             };
             let report = QuantizeReport {
                 label: label.clone(),
@@ -460,12 +465,12 @@ pub(crate) struct GenerationModels {
 
 impl GenerationModels {
     /// The original model, unless the session is a packed file opened on its own.
-    pub(crate) fn original(&self) -> Option<&Gpt2> {
+    pub(crate) fn original(&self) -> Option<&Decoder> {
         self.session.weights.as_ref().map(|_| &self.session.model)
     }
 
     /// The latest quantized model and its label.
-    pub(crate) fn quantized(&self) -> Option<(&Gpt2, &str)> {
+    pub(crate) fn quantized(&self) -> Option<(&Decoder, &str)> {
         self.quantized.as_deref().map(|q| (&q.model, q.label.as_str()))
     }
 

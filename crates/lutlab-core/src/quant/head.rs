@@ -17,7 +17,7 @@
 use crate::checkpoint::HostTensor;
 use crate::quant::model::Calibration;
 use crate::quant::outliers::OutlierSettings;
-use crate::weights::{Gpt2Weights, LinearWeights};
+use crate::weights::{ModelWeights, LinearWeights};
 
 /// The name of the quantized head in reports and in the packed file's `layers`.
 pub const HEAD: &str = "lm_head";
@@ -26,11 +26,12 @@ pub fn is_head(name: &str) -> bool {
     name == HEAD
 }
 
-/// The head as a Conv1D linear: `wteᵀ` (`[n_embd, vocab]`) and a zero bias.
-pub fn head_linear(weights: &Gpt2Weights) -> LinearWeights {
-    let (vocab, c) = (weights.config.vocab_size, weights.config.n_embd);
+/// The head as an `[in, out]` linear: its weight (`wte`, or an untied `lm_head`) transposed
+/// (`[embed_dim, vocab]`) and a zero bias.
+pub fn head_linear(weights: &ModelWeights) -> LinearWeights {
+    let (vocab, c) = (weights.config.vocab_size, weights.config.embed_dim);
     LinearWeights {
-        weight: HostTensor::new(vec![c, vocab], transpose(&weights.wte.data, vocab, c)),
+        weight: HostTensor::new(vec![c, vocab], transpose(&weights.head_weight().data, vocab, c)),
         bias: HostTensor::new(vec![vocab], vec![0.0; vocab]),
     }
 }

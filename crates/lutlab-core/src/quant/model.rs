@@ -9,7 +9,7 @@ use crate::quant::lut::{Granularity, LutMatrix};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
 use crate::quant::uniform::{quantize_uniform, UniformSettings};
-use crate::weights::{Gpt2Weights, LinearWeights};
+use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -105,7 +105,7 @@ impl From<Option<Range<usize>>> for LayerSelection {
 /// Quantizes the weights `selection` names (an `Option<Range>` of blocks converts into one; the
 /// embeddings stay in full precision unless it says otherwise).
 pub fn quantize_model(
-    weights: &Gpt2Weights,
+    weights: &ModelWeights,
     method: &Method,
     selection: impl Into<LayerSelection>,
     calibration: Calibration,
@@ -129,7 +129,7 @@ pub fn quantize_model(
 
 /// The linear layers `selection` names, with their names, in model order; the head (`lm_head`,
 /// built from `wte`, so owned) last.
-pub fn selected_layers(weights: &Gpt2Weights, selection: impl Into<LayerSelection>) -> Result<Vec<(String, Cow<'_, LinearWeights>)>> {
+pub fn selected_layers(weights: &ModelWeights, selection: impl Into<LayerSelection>) -> Result<Vec<(String, Cow<'_, LinearWeights>)>> {
     let selection = selection.into();
     let n_layer = weights.blocks.len();
     let blocks = selection.blocks.unwrap_or(0..n_layer);
@@ -141,17 +141,13 @@ pub fn selected_layers(weights: &Gpt2Weights, selection: impl Into<LayerSelectio
     }
     let mut layers: Vec<(String, Cow<'_, LinearWeights>)> = weights
         .linears()
-        .filter(|(name, _)| block_of(name).is_some_and(|b| blocks.contains(&b)))
+        .filter(|(name, _)| weights.linear_position(name).is_some_and(|(b, _)| blocks.contains(&b)))
         .map(|(name, linear)| (name, Cow::Borrowed(linear)))
         .collect();
     if selection.embeddings {
         layers.push((HEAD.to_string(), Cow::Owned(head_linear(weights))));
     }
     Ok(layers)
-}
-
-fn block_of(name: &str) -> Option<usize> {
-    name.strip_prefix("h.")?.split('.').next()?.parse().ok()
 }
 
 /// Quantizes one linear weight; the calibration's Fisher lookup finds its sample weights by
@@ -310,15 +306,16 @@ impl QuantizedModel {
     /// A copy of `weights` with every quantized linear weight replaced by its dequantized form
     /// (the head's, transposed, as `wte`: embedding and logits both use it); with centering, the
     /// stored bias less `μ · W` (the dense layer computes the same outputs).
-    pub fn apply(&self, weights: &Gpt2Weights) -> Gpt2Weights {
+    pub fn apply(&self, weights: &ModelWeights) -> ModelWeights {
         let mut out = weights.clone();
         for layer in &self.layers {
             if is_head(&layer.name) {
-                let (vocab, c) = (weights.config.vocab_size, weights.config.n_embd);
-                out.wte.data = transpose(&layer.dequantized, c, vocab);
+                let (vocab, c) = (weights.config.vocab_size, weights.config.embed_dim);
+                let head = if out.config.tied_head { &mut out.wte } else { out.lm_head.get_or_insert_with(|| weights.wte.clone()) };
+                head.data = transpose(&layer.dequantized, c, vocab);
                 continue;
             }
-            if let Some(linear) = linear_mut(&mut out, &layer.name) {
+            if let Some(linear) = out.linear_mut(&layer.name) {
                 linear.weight.data.clone_from(&layer.dequantized);
                 if let Some(t) = &layer.transform {
                     linear.bias.data.clone_from(&t.bias);
@@ -341,16 +338,5 @@ impl QuantizedModel {
             (bits + l.bits_per_weight * numel, n + numel)
         });
         bits / n.max(1.0)
-    }
-}
-
-fn linear_mut<'a>(weights: &'a mut Gpt2Weights, name: &str) -> Option<&'a mut LinearWeights> {
-    let block = weights.blocks.get_mut(block_of(name)?)?;
-    match name.split_once('.').and_then(|(_, rest)| rest.split_once('.')).map(|(_, n)| n)? {
-        "attn.c_attn" => Some(&mut block.attn_c_attn),
-        "attn.c_proj" => Some(&mut block.attn_c_proj),
-        "mlp.c_fc" => Some(&mut block.mlp_c_fc),
-        "mlp.c_proj" => Some(&mut block.mlp_c_proj),
-        _ => None,
     }
 }

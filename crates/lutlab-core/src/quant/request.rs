@@ -6,7 +6,7 @@ use crate::quant::kmeans::KmeansSettings;
 use crate::quant::model::{LayerSelection, Method};
 use crate::quant::outliers::{range_for_outlier_percent, OutlierSettings};
 use crate::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
-use crate::weights::Gpt2Weights;
+use crate::weights::ModelWeights;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -66,7 +66,7 @@ impl Default for QuantizeRequest {
 
 impl QuantizeRequest {
     /// The method for `weights`; `has_fisher` says whether sample weights come with it.
-    pub fn method(&self, weights: &Gpt2Weights, has_fisher: bool) -> Result<Method> {
+    pub fn method(&self, weights: &ModelWeights, has_fisher: bool) -> Result<Method> {
         match self.method.as_str() {
             "kmeans" => {
                 let defaults = KmeansSettings::default();
