@@ -12,6 +12,8 @@ import { LayerView } from './slider.js';
 
 const $ = (id) => document.getElementById(id);
 const hub = new URLSearchParams(location.search).get('hub') ?? DEFAULT_HUB;
+/// `?model=NAME` picks the shipped model loaded at start (and in the menu).
+const shippedChoice = () => $('shipped-model').value;
 const cancel = () => lab?.cancel();
 const loadBar = new ProgressBar($('load-progress'));
 const evalBar = new ProgressBar($('eval-progress'), cancel);
@@ -52,7 +54,7 @@ function setStep(step, state, text) {
 }
 
 function refreshControls() {
-  for (const id of ['load-shipped', 'load-hub', 'local-files']) $(id).disabled = busy || dead || !lab;
+  for (const id of ['shipped-model', 'load-shipped', 'load-hub', 'local-files']) $(id).disabled = busy || dead || !lab;
   $('run-eval').disabled = busy || dead || !modelLoaded;
   $('run-quantize').disabled = busy || dead || !modelLoaded || packedOnly;
   $('run-fisher').disabled = busy || dead || !modelLoaded || packedOnly;
@@ -408,7 +410,7 @@ function wireControls() {
   $('download-packed').onclick = () => action(async () => downloadPacked(), 'export');
   $('packed-file').onchange = (event) => event.target.files[0] && action(() => openPacked(event.target.files[0]), 'model');
   $('fisher-file').onchange = (event) => event.target.files[0] && action(() => loadFisherFile(event.target.files[0]), 'calibrate');
-  $('load-shipped').onclick = () => action(() => loadFrom(shippedModel), 'model');
+  $('load-shipped').onclick = () => action(() => loadFrom((callbacks) => shippedModel(callbacks, shippedChoice())), 'model');
   $('hub-form').onsubmit = (event) => {
     event.preventDefault();
     const repo = $('hub-repo').value.trim();
@@ -443,6 +445,8 @@ function wireControls() {
 }
 
 async function start() {
+  const requested = new URLSearchParams(location.search).get('model');
+  if (requested && [...$('shipped-model').options].some((o) => o.value === requested)) $('shipped-model').value = requested;
   wireControls();
   initGenerate({ lab: () => lab, action, ready: () => modelLoaded && !busy && !dead });
   refreshControls();
@@ -463,7 +467,7 @@ async function start() {
   // On a software GPU the k-means shaders are slower than the CPU reference: the slider starts on the CPU.
   if (/swiftshader|llvmpipe|lavapipe|\bCpu\b/i.test(lab.device)) layerView.softwareGpu(lab.device);
   refreshControls();
-  await action(() => loadFrom(shippedModel), 'model');
+  await action(() => loadFrom((callbacks) => shippedModel(callbacks, shippedChoice())), 'model');
 }
 
 start();

@@ -6,7 +6,8 @@
 import { fetchBytes, fetchFirst, readBody } from './fetch.js';
 import { shardFiles } from './pkg/lutlab_wasm.js';
 
-export const SHIPPED_MODEL = 'models/gpt2-tiny-wikitext/';
+/// The small models served with the page (folders under models/), the first the default.
+export const SHIPPED_MODELS = ['gpt2-tiny-wikitext', 'opt-tiny-wikitext', 'llama-tiny-wikitext'];
 export const DEFAULT_HUB = 'https://huggingface.co';
 const CACHE_NAME = 'lutlab-hub-v1';
 
@@ -44,8 +45,10 @@ async function fetchModel(base, { cache, onFile, onBytes }) {
   return { config, safetensors, vocab: vocab.bytes, merges: merges.bytes };
 }
 
-export async function shippedModel(callbacks) {
-  return { label: 'shipped gpt2-tiny-wikitext', files: await fetchModel(SHIPPED_MODEL, { ...callbacks, cache: null }) };
+/// One of SHIPPED_MODELS by name.
+export async function shippedModel(callbacks, name = SHIPPED_MODELS[0]) {
+  if (!SHIPPED_MODELS.includes(name)) throw new Error(`"${name}" is not a shipped model (${SHIPPED_MODELS.join(', ')})`);
+  return { label: `shipped ${name}`, files: await fetchModel(`models/${name}/`, { ...callbacks, cache: null }) };
 }
 
 /// `repo` like "openai-community/gpt2"; `hub` is the hub's origin (a local mimic in tests).

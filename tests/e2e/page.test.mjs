@@ -36,7 +36,7 @@ const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
 test('the shipped model evaluates in the browser as it does natively', async () => {
   const start = Date.now();
   const page = await openPage(browser, pageUrl);
-  assert.match(await page.textContent('#model-status'), /Loaded shipped gpt2-tiny-wikitext: 4 layers/);
+  assert.match(await page.textContent('#model-status'), /Loaded shipped gpt2-tiny-wikitext \(gpt2\): 4 layers/);
   const report = await evaluateInPage(page, text);
   console.log(`page load to model ready ${page.loadedAfterMs} ms; load to result ${Date.now() - start} ms`);
   console.log(`browser ${report.perplexity} vs native ${native.perplexity} (relative ${relative(report.perplexity, native.perplexity).toExponential(2)}); `

@@ -103,24 +103,31 @@ pub struct Block {
     pub linears: Vec<Linear>,
 }
 
-/// What a block needs besides its weights, for `t` positions on one device: the causal mask and
-/// the rotary tables.
+/// What a block needs besides its weights, for `t` positions starting at position `start` on one
+/// device: the causal mask and the rotary tables.
 #[derive(Clone, Debug)]
 pub struct BlockContext {
     pub config: ModelConfig,
-    /// `[1, 1, T, T]`, 0 or -inf.
+    /// `[1, 1, T, start + T]`, 0 or -inf: query `i` (position `start + i`) sees keys `0..=start + i`.
     pub causal: Tensor<4>,
-    /// `cos` and `sin` `[1, 1, T, head_dim]` (each half repeated), with RoPE.
+    /// `cos` and `sin` `[1, 1, T, head_dim]` (each half repeated) of positions `start..start + T`,
+    /// with RoPE.
     pub rope: Option<(Tensor<4>, Tensor<4>)>,
 }
 
 impl BlockContext {
+    /// For a whole sequence of `t` positions.
     pub fn new(config: &ModelConfig, t: usize, device: &Device) -> Self {
-        let future = Tensor::<2, Bool>::tril_mask([t, t], 0, device);
-        let causal = Tensor::<2>::zeros([t, t], device).mask_fill(future, f32::NEG_INFINITY).unsqueeze::<4>();
-        let rope = Rope::new(config, t).map(|r| {
+        Self::at(config, 0, t, device)
+    }
+
+    /// For `t` new positions after `start` cached ones (a KV-cached generation step).
+    pub fn at(config: &ModelConfig, start: usize, t: usize, device: &Device) -> Self {
+        let future = Tensor::<2, Bool>::tril_mask([t, start + t], start as i64, device);
+        let causal = Tensor::<2>::zeros([t, start + t], device).mask_fill(future, f32::NEG_INFINITY).unsqueeze::<4>();
+        let rope = Rope::new(config, start + t).map(|r| {
             let full = |half: &[f32]| -> Tensor<4> {
-                let rows: Vec<f32> = half.chunks_exact(r.half).flat_map(|row| row.iter().chain(row).copied()).collect();
+                let rows: Vec<f32> = half.chunks_exact(r.half).skip(start).flat_map(|row| row.iter().chain(row).copied()).collect();
                 upload(&rows, [t, 2 * r.half], device).unsqueeze::<4>()
             };
             (full(&r.cos), full(&r.sin))
@@ -134,10 +141,48 @@ impl BlockContext {
     }
 }
 
+/// One block's keys and values of the positions seen so far `[B, KV, S, D]` (after RoPE, before
+/// grouped heads are repeated): what a generation step attends to without recomputing them.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    keys: Option<Tensor<4>>,
+    values: Option<Tensor<4>>,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's keys and values; returns all of them.
+    fn extend(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let join = |old: Option<Tensor<4>>, new: Tensor<4>| match old {
+            Some(old) => Tensor::cat(vec![old, new], 2),
+            None => new,
+        };
+        let (k, v) = (join(self.keys.take(), k), join(self.values.take(), v));
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        (k, v)
+    }
+}
+
 impl Block {
     /// The block on the residual stream `x` `[B, T, C]`. With `inputs`, the input of each
-    /// linear is pushed there in `block_linears` order (what seed 000's centering averages).
-    pub fn forward(&self, ctx: &BlockContext, x: Tensor<3>, mut inputs: Option<&mut Vec<Tensor<3>>>) -> Tensor<3> {
+    /// linear is pushed there in `block_linears` order (what seed 000's centering averages);
+    /// with `cache`, attention also sees the cached positions and this step's are added.
+    pub fn forward(&self, ctx: &BlockContext, x: Tensor<3>, inputs: Option<&mut Vec<Tensor<3>>>) -> Tensor<3> {
+        self.forward_cached(ctx, x, inputs, None)
+    }
+
+    /// [`Self::forward`] with an optional KV cache (`ctx` made by [`BlockContext::at`] with
+    /// `start` = the positions cached).
+    pub fn forward_cached(&self, ctx: &BlockContext, x: Tensor<3>, mut inputs: Option<&mut Vec<Tensor<3>>>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let config = &ctx.config;
         let mut keep = |t: &Tensor<3>| {
             if let Some(sink) = inputs.as_deref_mut() {
@@ -159,7 +204,7 @@ impl Block {
             (0..3).for_each(|_| keep(&h));
             (l[0].forward(h.clone()), l[1].forward(h.clone()), l[2].forward(h), 3)
         };
-        let mixed = attention(ctx, q, k, v);
+        let mixed = attention(ctx, q, k, v, cache);
         keep(&mixed);
         let mut x = x + l[out].forward(mixed);
         if !config.pre_norm {
@@ -194,7 +239,7 @@ impl Block {
 
 /// Causal self-attention from projected `q` `[B, T, H·D]` and `k`, `v` `[B, T, KV·D]`, up to (not
 /// including) the output projection: the heads merged back to `[B, T, H·D]`.
-fn attention(ctx: &BlockContext, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+fn attention(ctx: &BlockContext, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, cache: Option<&mut KvCache>) -> Tensor<3> {
     let config = &ctx.config;
     let [b, t, _] = q.dims();
     let (h, kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
@@ -204,10 +249,14 @@ fn attention(ctx: &BlockContext, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Te
         q = rotate(q, cos, sin);
         k = rotate(k, cos, sin);
     }
+    if let Some(cache) = cache {
+        (k, v) = cache.extend(k, v);
+    }
+    let s = k.dims()[2];
     if kv < h {
         // Query head `j` reads key/value head `j / group`.
         let group = h / kv;
-        let repeat = |x: Tensor<4>| x.unsqueeze_dim::<5>(2).repeat_dim(2, group).reshape([b, h, t, d]);
+        let repeat = |x: Tensor<4>| x.unsqueeze_dim::<5>(2).repeat_dim(2, group).reshape([b, h, s, d]);
         k = repeat(k);
         v = repeat(v);
     }
@@ -356,6 +405,11 @@ impl Decoder {
     /// The residual stream entering block 0 `[B, T, C]`: token embeddings (projected in OPT-350m)
     /// plus learned positions where the family has them.
     pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_at(tokens, 0)
+    }
+
+    /// [`Self::embed`] for tokens at positions `start..start + T`.
+    pub fn embed_at(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let e = self.config.embed_dim;
         let mut x = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, e]);
@@ -364,21 +418,15 @@ impl Decoder {
         }
         if let (Some(wpe), Positions::Learned { offset }) = (&self.wpe, &self.config.positions) {
             let c = self.config.n_embd;
-            x = x + wpe.clone().slice([*offset..offset + t, 0..c]).unsqueeze::<3>();
+            let first = start + offset;
+            x = x + wpe.clone().slice([first..first + t, 0..c]).unsqueeze::<3>();
         }
         x
     }
 
     /// The final norm and output projection: the LM head's input.
     pub fn finish(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = match &self.ln_f {
-            Some(norm) => norm.forward(x),
-            None => x,
-        };
-        match &self.project_out {
-            Some(p) => p.forward(x),
-            None => x,
-        }
+        finish(self.ln_f.as_ref(), self.project_out.as_ref(), x)
     }
 
     /// The final hidden states `[B, T, embed_dim]` (the LM head's input).
@@ -388,6 +436,20 @@ impl Decoder {
         let mut x = self.embed(tokens);
         for block in &self.blocks {
             x = block.forward(&ctx, x, None);
+        }
+        self.finish(x)
+    }
+
+    /// The final hidden states `[B, T, embed_dim]` of `tokens` at positions `start..start + T`,
+    /// attending also to the positions in `caches` (one per block, each holding `start`
+    /// positions), which this step extends.
+    pub fn hidden_cached(&self, tokens: Tensor<2, Int>, caches: &mut [KvCache]) -> Tensor<3> {
+        let start = caches.first().map_or(0, KvCache::len);
+        let t = tokens.dims()[1];
+        let ctx = BlockContext::at(&self.config, start, t, &self.device());
+        let mut x = self.embed_at(tokens, start);
+        for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            x = block.forward_cached(&ctx, x, None, Some(cache));
         }
         self.finish(x)
     }
@@ -411,6 +473,18 @@ impl Decoder {
     /// Logits `[B, T, vocab]` for token ids `[B, T]`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.lm_head(self.hidden(tokens))
+    }
+}
+
+/// What follows the last block: the final norm, then OPT-350m's output projection.
+pub fn finish(ln_f: Option<&Norm>, project_out: Option<&Linear>, x: Tensor<3>) -> Tensor<3> {
+    let x = match ln_f {
+        Some(norm) => norm.forward(x),
+        None => x,
+    };
+    match project_out {
+        Some(p) => p.forward(x),
+        None => x,
     }
 }
 

@@ -39,7 +39,7 @@
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
-use crate::decoder::{Block, BlockContext, Decoder, Linear};
+use crate::decoder::{finish, Block, BlockContext, Decoder, Linear};
 use burn::tensor::{activation, Device, Int, Tensor, TensorData};
 use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 use lutlab_core::{HostTensor, LoadError, Progress};
@@ -474,9 +474,8 @@ impl<'a> FisherPasses<'a> {
         let [b, t, c] = x.dims();
         let (vocab, scored) = (m.config.vocab_size, t - 1);
         // The final norm, output projection and head as constants of the differentiable pass.
-        let mut finish = m.clone();
-        finish.ln_f = m.ln_f.as_ref().map(|n| n.map(|t| t.autodiff()));
-        finish.project_out = m.project_out.as_ref().map(|p| match p.dense() {
+        let ln_f = m.ln_f.as_ref().map(|n| n.map(|t| t.autodiff()));
+        let project_out = m.project_out.as_ref().map(|p| match p.dense() {
             Some((w, bias)) => Linear::Dense { weight: w.clone().autodiff(), bias: bias.clone().autodiff() },
             None => p.clone(),
         });
@@ -488,7 +487,7 @@ impl<'a> FisherPasses<'a> {
             let p1 = (p0 + chunk).min(scored);
             let p = p1 - p0;
             let leaf = x.clone().slice([0..b, p0..p1, 0..c]).autodiff().require_grad();
-            let hidden = finish.finish(leaf.clone());
+            let hidden = finish(ln_f.as_ref(), project_out.as_ref(), leaf.clone());
             let e = hidden.dims()[2];
             let logits = hidden.reshape([b * p, e]).matmul(head.clone()).reshape([b, p, vocab]);
             let chunk_targets = targets.clone().slice([0..b, p0..p1]).reshape([b, p, 1]);

@@ -1,15 +1,15 @@
 //! Text generation: continue a prompt one token at a time, greedily or by sampling, with the same
 //! forward pass (dense or packed LUT kernels) that evaluation uses.
 //!
-//! Each step runs the model over the whole context and reads back only the last position's
-//! logits (one `[vocab]` row): no KV cache, so there is exactly one forward path to trust, and at
-//! the short prompts this is for the re-run is cheap next to the language-model head. Sampling
+//! The first step runs the prompt through the blocks, keeping each block's keys and values (a KV
+//! cache); every later step runs just the new token, attending to the cache, through the same
+//! block code. Only the last position's logits (one `[vocab]` row) are read back. Sampling
 //! happens on the host from that row, with lutlab's own seeded generator, so a seed gives the same
 //! text natively and in the browser.
 
 use crate::device::download;
 use crate::error::{ModelError, Result};
-use crate::decoder::Decoder;
+use crate::decoder::{Decoder, KvCache};
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::tokenizer::END_OF_TEXT;
 use lutlab_core::{LoadError, Progress, TextTokenizer};
@@ -126,6 +126,7 @@ pub async fn generate(model: &Decoder, prompt: &[u32], settings: GenerateSetting
         Sampling::Greedy => None,
     };
     let mut context = prompt.to_vec();
+    let mut caches = vec![KvCache::default(); model.blocks.len()];
     let mut tokens = Vec::with_capacity(settings.max_new_tokens);
     let total = settings.max_new_tokens as u64;
     progress.update(0, total);
@@ -141,7 +142,8 @@ pub async fn generate(model: &Decoder, prompt: &[u32], settings: GenerateSetting
         if progress.is_cancelled() {
             return Err(ModelError::Cancelled);
         }
-        let logits = next_token_logits(model, &context).await?;
+        // The cache holds every position but the newest token's (the whole prompt at first).
+        let logits = cached_next_token_logits(model, &context[caches[0].len()..], &mut caches).await?;
         if logits.iter().all(|v| v.is_nan()) {
             return Err(ModelError::Gpu(format!("the model's logits after {} tokens are all NaN: its weights or the GPU are broken", context.len())));
         }
@@ -165,6 +167,15 @@ pub async fn generate(model: &Decoder, prompt: &[u32], settings: GenerateSetting
 pub async fn next_token_logits(model: &Decoder, context: &[u32]) -> Result<Vec<f32>> {
     check_prompt(model, context)?;
     let hidden = model.hidden(model.tokens(&[context]));
+    let [b, t, c] = hidden.dims();
+    let last = hidden.slice([0..b, t - 1..t, 0..c]);
+    download(model.lm_head(last)).await
+}
+
+/// The logits `[vocab]` predicting the token after the cached positions and `new` tokens, which
+/// the caches then hold too.
+pub async fn cached_next_token_logits(model: &Decoder, new: &[u32], caches: &mut [KvCache]) -> Result<Vec<f32>> {
+    let hidden = model.hidden_cached(model.tokens(&[new]), caches);
     let [b, t, c] = hidden.dims();
     let last = hidden.slice([0..b, t - 1..t, 0..c]);
     download(model.lm_head(last)).await
