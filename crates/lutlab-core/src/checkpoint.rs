@@ -39,13 +39,20 @@ impl Checkpoint {
     /// Reads one or more safetensors files (`(file name, bytes)`), converting F32/F16/BF16 to f32.
     pub fn from_safetensors<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self> {
         let mut checkpoint = Self::default();
+        // Which file each tensor came from, so a tensor stored twice names both.
+        let mut source: BTreeMap<String, String> = BTreeMap::new();
         for (file, bytes) in files {
             let parsed = parse_safetensors(file, bytes)?;
             for (name, view) in parsed.tensors() {
+                let canonical = canonical_name(&name).to_string();
+                if let Some(first) = source.insert(canonical.clone(), file.to_string()) {
+                    return Err(LoadError::BadSafetensors {
+                        file: file.to_string(),
+                        reason: format!("tensor `{canonical}` is stored again (first in {first}): shards must not repeat a tensor"),
+                    });
+                }
                 let data = to_f32(&name, view.dtype(), view.data())?;
-                checkpoint
-                    .tensors
-                    .insert(canonical_name(&name).to_string(), HostTensor::new(view.shape().to_vec(), data));
+                checkpoint.tensors.insert(canonical, HostTensor::new(view.shape().to_vec(), data));
             }
         }
         Ok(checkpoint)

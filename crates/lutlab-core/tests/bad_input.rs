@@ -177,3 +177,50 @@ fn sharded_checkpoints_load_from_an_index() {
     assert_eq!(model.weights.blocks.len(), 1);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_tensor_stored_in_two_shards_is_refused_naming_both() {
+    let shapes = tensor_shapes();
+    let (first, _) = shapes.split_at(shapes.len() / 2);
+    let a = safetensors_with(|_, _, _| true);
+    let b = safetensors_with(|name, _, _| first.iter().any(|(n, _)| n == name));
+    let err = lutlab_core::Checkpoint::from_safetensors([("model-00001-of-00002.safetensors", a.as_slice()), ("model-00002-of-00002.safetensors", b.as_slice())])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("first in model-00001-of-00002.safetensors"), "{err}");
+}
+
+#[test]
+fn inconsistent_llama_configs_name_the_field() {
+    let llama = |extra: &str| {
+        format!(r#"{{"model_type":"llama","hidden_size":64,"num_attention_heads":8,"num_hidden_layers":2,"intermediate_size":172,"max_position_embeddings":128,"vocab_size":512{extra}}}"#)
+    };
+    assert!(ModelConfig::from_json(llama("").as_bytes(), "config.json").is_ok());
+    for (extra, needle) in [
+        (r#","num_key_value_heads":3"#, "key/value heads"),
+        (r#","rope_scaling":{"rope_type":"dynamic","factor":2.0}"#, "dynamic"),
+        (r#","rope_scaling":{"rope_type":"llama3","factor":8.0}"#, "low_freq_factor"),
+        (r#","head_dim":7"#, "odd"),
+        (r#","rms_norm_eps":-1"#, "epsilon"),
+    ] {
+        let err = ModelConfig::from_json(llama(extra).as_bytes(), "my/config.json").unwrap_err().to_string();
+        assert!(err.contains(needle) && err.contains("my/config.json"), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn a_checkpoint_missing_a_declared_tensor_names_it() {
+    // A Llama config whose checkpoint lacks one layer's v_proj.
+    let config = ModelConfig::from_json(
+        br#"{"model_type":"llama","hidden_size":8,"num_attention_heads":2,"num_key_value_heads":1,"num_hidden_layers":1,"intermediate_size":16,"max_position_embeddings":8,"vocab_size":10}"#,
+        "config.json",
+    )
+    .unwrap();
+    let tensors = config
+        .tensor_shapes()
+        .into_iter()
+        .filter(|(name, _, required)| *required && !name.contains("v_proj"))
+        .map(|(name, shape, _)| (name, lutlab_core::HostTensor::new(shape.clone(), vec![0.0; shape.iter().product()])));
+    let err = lutlab_core::ModelWeights::from_checkpoint(&config, lutlab_core::Checkpoint::from_tensors(tensors)).unwrap_err();
+    assert_eq!(err.to_string(), "tensor `model.layers.0.self_attn.v_proj.weight` is missing from the checkpoint");
+}
