@@ -3,7 +3,7 @@
 // numbers behind the pictures happen in Rust; this file moves bytes, shows progress, keeps the
 // session's runs and reports errors. Pictures: plots.js; the bit slider: slider.js.
 
-import init, { Lab, lastPanic } from './pkg/lutlab_wasm.js';
+import init, { Lab, lastPanic, checkConfigFits } from './pkg/lutlab_wasm.js';
 import { ProgressBar } from './progress.js';
 import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from './sources.js';
 import { initGenerate } from './generate.js';
@@ -113,6 +113,7 @@ async function loadFrom(source) {
   const { label, files } = await source({
     onFile: (name) => loadBar.start(name),
     onBytes: (received, total) => loadBar.bytes(received, total),
+    onConfig: (config) => checkConfigFits(config, lab.maxBindingBytes),
   });
   loadBar.finish('checking the weights and uploading them to the GPU…');
   await nextFrame(); // let the page paint before the synchronous parse

@@ -12,8 +12,9 @@ export const DEFAULT_HUB = 'https://huggingface.co';
 const CACHE_NAME = 'lutlab-hub-v1';
 
 /// Fetches a model laid out as a Hugging Face repository under `base` (ending in '/').
-/// `onFile(name)` announces each file; `onBytes(received, total)` follows its download.
-async function fetchModel(base, { cache, onFile, onBytes }) {
+/// `onFile(name)` announces each file; `onBytes(received, total)` follows its download;
+/// `onConfig(bytes)` may refuse the model (by throwing) before its weights are fetched.
+async function fetchModel(base, { cache, onFile, onBytes, onConfig }) {
   const get = async (name) => {
     onFile(name);
     return (await fetchBytes(base + name, { cache, onBytes })).bytes;
@@ -27,6 +28,7 @@ async function fetchModel(base, { cache, onFile, onBytes }) {
     return null;
   };
   const config = await get('config.json');
+  onConfig?.(config);
   let safetensors;
   const single = await first(['model.safetensors']);
   if (single) {
@@ -65,7 +67,7 @@ export async function clearHubCache() {
 }
 
 /// Local files (a FileList or File[] from a picker or a drop), named as in a model repository.
-export async function localModel(fileList, { onFile, onBytes }) {
+export async function localModel(fileList, { onFile, onBytes, onConfig }) {
   const files = new Map([...fileList].map((f) => [f.name, f]));
   const read = async (name) => {
     const file = files.get(name);
@@ -79,6 +81,7 @@ export async function localModel(fileList, { onFile, onBytes }) {
     return bytes;
   };
   const config = await need('config.json', 'the model configuration');
+  onConfig?.(config);
   let safetensors;
   if (files.has('model.safetensors')) {
     safetensors = [{ name: 'model.safetensors', bytes: await read('model.safetensors') }];

@@ -146,8 +146,8 @@ export function nativeQuantizedEval(text, quantizeArgs) {
 }
 
 /// `lutlab eval --packed FILE` on the same text.
-export function nativePackedEval(text, packedFile) {
-  return nativeCli(['eval', '--packed', packedFile], text);
+export function nativePackedEval(text, packedFile, modelDir = SHIPPED) {
+  return nativeCli(['eval', '--packed', packedFile, '--model', modelDir], text);
 }
 
 /// The first `chars` characters of WikiText-2 test: several evaluation windows of the shipped model.

@@ -10,13 +10,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   ROOT, OUT, startPage, stop, launchBrowser, openPage, evaluateInPage, nativeEval, nativeQuantizedEval, nativePackedEval,
-  shortText, tempDir,
+  shortText, tempDir, startHubMimic,
 } from './browser.mjs';
 
 let pageUrl;
 let pageServer;
 let browser;
-const text = shortText(700);
+const text = shortText(1200);
 const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
 /// Page (WebGPU on SwiftShader) against the native CLI (wgpu on lavapipe): f32 on two backends.
 const PPL_REL = 1e-4;
@@ -72,9 +72,34 @@ for (const [name, family] of [['opt-tiny-wikitext', 'opt'], ['llama-tiny-wikitex
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-packed')]);
     const packedFile = path.join(dir, 'packed.safetensors');
     await download.saveAs(packedFile);
-    const packed = nativePackedEval(text, packedFile);
+    const packed = nativePackedEval(text, packedFile, modelDir);
     assert.ok(relative(packed.perplexity, report.perplexity) < PPL_REL, `${packed.perplexity} vs ${report.perplexity}`);
     await page.screenshot({ path: path.join(OUT, `family-${family}.png`), fullPage: true });
     await page.close();
   });
 }
+
+test('a model too large for the GPU is refused by name from its config, before its weights are fetched', async () => {
+  // Llama 3 8B's shape: the 128,256 × 4,096 embedding is 2.1 GB as f32, past SwiftShader's 1 GiB bindings.
+  const dir = tempDir();
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
+    model_type: 'llama', hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: 32, num_attention_heads: 32,
+    num_key_value_heads: 8, max_position_embeddings: 8192, vocab_size: 128256, rms_norm_eps: 1e-5,
+    rope_theta: 500000.0, tie_word_embeddings: false,
+  }));
+  const hub = await startHubMimic({ 'lutlab-test/llama-8b-shaped': dir });
+  try {
+    const page = await openPage(browser, `${pageUrl}?hub=${encodeURIComponent(hub.url)}`);
+    await page.fill('#hub-repo', 'lutlab-test/llama-8b-shaped');
+    await page.click('#load-hub');
+    await page.waitForSelector('#error:not([hidden])');
+    const message = await page.textContent('#error');
+    assert.match(message, /too large for this GPU/);
+    assert.match(message, /model\.embed_tokens\.weight|lm_head\.weight/);
+    assert.equal(hub.requests.get('/lutlab-test/llama-8b-shaped/resolve/main/model.safetensors'), undefined, 'weights were not fetched');
+    assert.equal(await page.getAttribute('#model-status', 'data-loaded'), 'shipped gpt2-tiny-wikitext', 'the loaded model stays');
+    await page.close();
+  } finally {
+    stop(hub.server);
+  }
+});

@@ -105,16 +105,15 @@ fn measure_model(model: &Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options:
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
-    let files = ModelFiles::read_dir(&model_dir)?;
     let (report, evaluated) = match &args.packed {
         Some(path) => {
             let packed = read_packed(path)?;
-            let tokenizer = TextTokenizer::from_files(&files.tokenizer)?;
+            let tokenizer = TextTokenizer::from_files(&ModelFiles::read_tokenizer(&tokenizer_dir(&packed, args.model.as_deref(), path)?)?)?;
             (measure_packed(&packed, &tokenizer, &args.eval, args.json)?, path.display().to_string())
         }
         None => {
-            let loaded = files.load()?;
+            let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
+            let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
             (measure(&loaded.weights, &loaded.tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
         }
     };
@@ -126,6 +125,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("{}", report.line());
     }
     Ok(())
+}
+
+/// Where a packed model's tokenizer comes from: `--model`, or for GPT-2 files the shipped model
+/// (GPT-2's tokenizer). Other families' tokenizers differ per model, so they must be named.
+pub fn tokenizer_dir(packed: &PackedModel, model: Option<&std::path::Path>, path: &std::path::Path) -> Result<std::path::PathBuf> {
+    match model {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None if packed.config.family == lutlab_core::Family::Gpt2 => Ok(repo_path(SHIPPED_MODEL)),
+        None => anyhow::bail!(
+            "{}: a packed {} model; give --model DIR holding its tokenizer (it was made from {})",
+            path.display(),
+            packed.config.model_type,
+            if packed.meta.base_model.is_empty() { "an unrecorded model" } else { packed.meta.base_model.as_str() }
+        ),
+    }
 }
 
 /// Reads and validates a packed model file.

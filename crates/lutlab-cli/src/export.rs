@@ -1,7 +1,6 @@
 //! `lutlab export --dequantized`: a packed model as a plain Hugging Face checkpoint.
 
-use crate::eval::read_packed;
-use crate::paths::{repo_path, SHIPPED_MODEL};
+use crate::eval::{read_packed, tokenizer_dir};
 use crate::quantize::write_checkpoint;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -18,7 +17,8 @@ pub struct ExportArgs {
     /// Output directory: model.safetensors, config.json and the tokenizer files.
     #[arg(long)]
     out: PathBuf,
-    /// Where to copy tokenizer files from (default: the shipped model; GPT-2's tokenizer).
+    /// Where to copy tokenizer files from (default for GPT-2 files: the shipped model, GPT-2's
+    /// tokenizer; other families must name their model directory).
     #[arg(long)]
     tokenizer_from: Option<PathBuf>,
 }
@@ -29,7 +29,16 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     let packed = read_packed(&args.packed)?;
     let weights = packed.dequantized_weights()?;
-    let tokenizer_dir = args.tokenizer_from.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
+    // Centering folds a shift into the bias; a family whose linears have none cannot hold it.
+    let specs = weights.config.linear_names();
+    if let Some((name, _)) = specs.iter().zip(weights.linears()).find(|((_, spec), (_, l))| !spec.bias && l.bias.data.iter().any(|&b| b != 0.0)).map(|(s, _)| s) {
+        bail!(
+            "`{name}` has a bias (seed 000's centering folded its input shift into one), but {} checkpoints have no bias there: \
+             transformers would ignore it. Quantize without --centering to export, or keep the packed file",
+            weights.config.model_type
+        );
+    }
+    let tokenizer_dir = tokenizer_dir(&packed, args.tokenizer_from.as_deref(), &args.packed)?;
     write_checkpoint(&tokenizer_dir, &args.out, &weights, &packed.meta.method)?;
     println!("wrote {} ({}, {} packed layers dequantized)", args.out.display(), packed.meta.method, packed.layers.len());
     Ok(())

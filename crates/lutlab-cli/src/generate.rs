@@ -1,7 +1,7 @@
 //! `lutlab generate`: continue a prompt with a model or a packed file (through the LUT kernels),
 //! greedily or by seeded sampling; the page's "see the difference in words" from the shell.
 
-use crate::eval::read_packed;
+use crate::eval::{read_packed, tokenizer_dir};
 use crate::paths::{repo_path, SHIPPED_MODEL};
 use crate::progress::Bar;
 use anyhow::{bail, Result};
@@ -58,16 +58,16 @@ struct GenerateReport {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let model_dir = args.model.clone().unwrap_or_else(|| repo_path(SHIPPED_MODEL));
-    let files = ModelFiles::read_dir(&model_dir)?;
     let gpu = pollster::block_on(open_gpu())?;
     let (model, tokenizer, what) = match &args.packed {
         Some(path) => {
             let packed = read_packed(path)?;
-            (Decoder::from_packed(&packed, &gpu.device)?, TextTokenizer::from_files(&files.tokenizer)?, path.display().to_string())
+            let tokenizer = TextTokenizer::from_files(&ModelFiles::read_tokenizer(&tokenizer_dir(&packed, args.model.as_deref(), path)?)?)?;
+            (Decoder::from_packed(&packed, &gpu.device)?, tokenizer, path.display().to_string())
         }
         None => {
-            let loaded = files.load()?;
+            let model_dir = args.model.clone().unwrap_or_else(|| repo_path(SHIPPED_MODEL));
+            let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
             gpu.check_fits(&loaded.weights)?;
             (Decoder::new(&loaded.weights, &gpu.device), loaded.tokenizer, model_dir.display().to_string())
         }

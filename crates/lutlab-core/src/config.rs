@@ -545,6 +545,15 @@ impl ModelConfig {
         out
     }
 
+    /// The largest tensor by element count, `(name, elements)`: what must fit in one GPU buffer.
+    pub fn largest_tensor(&self) -> (String, usize) {
+        self.tensor_shapes()
+            .into_iter()
+            .map(|(name, shape, _)| (name, shape.iter().product::<usize>()))
+            .max_by_key(|(_, n)| *n)
+            .unwrap_or_default()
+    }
+
     /// The tensor the quantized LM head (`lm_head` in the packed file) stands for: the tied
     /// embedding, or the untied head's own weight; either is `[vocab, embed_dim]`.
     pub fn head_weight_name(&self) -> String {

@@ -66,12 +66,19 @@ impl ModelFiles {
             shard_files(&read(WEIGHTS_INDEX_FILE)?, WEIGHTS_INDEX_FILE)?
         };
         let safetensors = shards.into_iter().map(|name| Ok((name.clone(), read(&name)?))).collect::<Result<_>>()?;
-        let tokenizer = if exists(TOKENIZER_JSON_FILE) {
+        let tokenizer = Self::read_tokenizer(dir)?;
+        Ok(Self { config_json, safetensors, tokenizer })
+    }
+
+    /// Reads just a model directory's tokenizer: `tokenizer.json` or `vocab.json` + `merges.txt`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_tokenizer(dir: &std::path::Path) -> Result<TokenizerFiles> {
+        let read = |name: &str| read_file(&dir.join(name));
+        Ok(if dir.join(TOKENIZER_JSON_FILE).is_file() {
             TokenizerFiles::Json(read(TOKENIZER_JSON_FILE)?)
         } else {
             TokenizerFiles::VocabMerges { vocab: read(VOCAB_FILE)?, merges: read(MERGES_FILE)? }
-        };
-        Ok(Self { config_json, safetensors, tokenizer })
+        })
     }
 }
 

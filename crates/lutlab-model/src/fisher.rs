@@ -12,9 +12,9 @@
 //!   against the tokens at `1..seqlen`;
 //! - its gradient is squared elementwise and added to a per-weight accumulator on the GPU.
 //!
-//! Like SqueezeLLM, only the four linear weights of every block are kept (the tensors that get
-//! quantized); no gradient is computed for embeddings, biases or LayerNorms, which saves the
-//! `[vocab, n_embd]` gradient of the tied head.
+//! Like SqueezeLLM, only the linear weights of every block are kept (the tensors that get
+//! quantized: `ModelConfig::block_linears`); no gradient is computed for embeddings, biases or
+//! norms, which saves the `[vocab, n_embd]` gradient of the head.
 //!
 //! Micro-batching: a sample's squared gradient is not the square of a batch's gradient, so a
 //! micro-batch of `B` samples runs with `B` copies of each linear weight (a `[B, in, out]` leaf

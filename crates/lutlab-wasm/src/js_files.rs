@@ -46,3 +46,23 @@ pub fn model_files(files: &JsValue) -> Result<ModelFiles, JsError> {
 pub fn shard_files(index_json: &[u8]) -> Result<Vec<String>, JsError> {
     lutlab_core::checkpoint::shard_files(index_json, lutlab_core::files::WEIGHTS_INDEX_FILE).map_err(|e| JsError::new(&e.to_string()))
 }
+
+/// Refuses, before the weights are downloaded, a model whose `config.json` is unusable or whose
+/// largest tensor cannot be bound on this GPU (f32, in one buffer), naming the tensor.
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = checkConfigFits)]
+pub fn check_config_fits(config_json: &[u8], max_binding_bytes: f64) -> Result<(), JsError> {
+    let config = lutlab_core::ModelConfig::from_json(config_json, lutlab_core::files::CONFIG_FILE).map_err(|e| JsError::new(&e.to_string()))?;
+    let (name, elements) = config.largest_tensor();
+    let bytes = elements as f64 * 4.0;
+    if bytes > max_binding_bytes {
+        return Err(JsError::new(&format!(
+            "this {} model is too large for this GPU in the page: tensor `{name}` needs {:.0} MB in one buffer as f32, \
+             and the GPU binds at most {:.0} MB ({:.0} M parameters in all). Use the lutlab CLI for it",
+            config.model_type,
+            bytes / 1e6,
+            max_binding_bytes / 1e6,
+            config.parameter_count() as f64 / 1e6
+        )));
+    }
+    Ok(())
+}

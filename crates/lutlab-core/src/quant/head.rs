@@ -2,7 +2,8 @@
 //! `QuantizeRequest::embeddings`, `lutlab quantize --quantize-embeddings`).
 //!
 //! GPT-2's head computes `logits = h · wteᵀ`: a Conv1D linear `[n_embd, vocab]` without bias whose
-//! weight is `wte` transposed. Quantized as that linear, through the same code as the blocks'
+//! weight is `wte` transposed. (A family with an untied head, such as Llama, packs its own
+//! `lm_head.weight` the same way, and the embedding stays as it is.) Quantized as that linear, through the same code as the blocks'
 //! linears, each output channel is one token: per-channel tables are per-token tables, the LUT
 //! kernels evaluate the logits straight from the codes, and the embedding of token `v` is column
 //! `v` of the same matrix, dequantized. One copy, tied, as GPT-2 has it.
