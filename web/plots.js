@@ -62,7 +62,15 @@ function fingerprint(values) {
   return h.toString(16);
 }
 
-const MATRICES = ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'];
+/// The matrices of a block in the order the cells list them (the model's own order: GPT-2's
+/// c_attn … c_proj, Llama's q_proj … down_proj), and a short tick label for each: the name
+/// without its `attn.`/`self_attn.`/`mlp.` part where that stays unique (GPT-2 has two c_proj).
+function matrixAxis(cells) {
+  const matrices = [...new Set(cells.map((c) => c.matrix))];
+  const short = (m) => m.replace(/^(self_attn|attn|mlp)\./, '');
+  const unique = new Set(matrices.map(short)).size === matrices.length;
+  return { domain: matrices, tickFormat: unique ? short : (m) => m };
+}
 
 /// WCAG relative luminance of a CSS colour (0: black, 1: white).
 function luminance(colour) {
@@ -96,7 +104,7 @@ function heatmap(figure, cells, { label, shortLabel, scheme }) {
     height: Math.min(420, 60 + 26 * blocks.length),
     marginLeft: 50,
     padding: 0.05,
-    x: { label: 'matrix', domain: MATRICES.filter((m) => cells.some((c) => c.matrix === m)) },
+    x: { label: 'matrix', ...matrixAxis(cells) },
     y: { label: 'block', domain: blocks },
     color: { ...color, legend: true, label: width < 560 && shortLabel ? shortLabel : label },
     marks: [

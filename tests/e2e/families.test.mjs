@@ -50,6 +50,10 @@ for (const [name, family] of [['opt-tiny-wikitext', 'opt'], ['llama-tiny-wikitex
     await page.fill('#f-seqlen', '32');
     await page.click('#run-fisher');
     await page.waitForSelector('#fisher-result[data-report]', { timeout: 300_000 });
+    // The sensitivity heatmap: a cell for every linear of every block.
+    const layers = family === 'llama' ? 7 * 4 : 6 * 4;
+    await page.waitForSelector('#plot-sensitivity[data-state=drawn] svg');
+    assert.equal(await page.$$eval('#plot-sensitivity svg g[aria-label=cell] rect', (r) => r.length), layers);
     const dir = tempDir();
     const [fisherDownload] = await Promise.all([page.waitForEvent('download'), page.click('#download-fisher')]);
     const fisherFile = path.join(dir, 'fisher.safetensors');
@@ -62,7 +66,6 @@ for (const [name, family] of [['opt-tiny-wikitext', 'opt'], ['llama-tiny-wikitex
     await page.click('#run-quantize');
     await page.waitForSelector('#quant-result[data-report]', { timeout: 300_000 });
     const quant = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
-    const layers = family === 'llama' ? 7 * 4 : 6 * 4;
     assert.equal(quant.layers.length, layers);
     const report = await evaluateInPage(page, text);
     const cli = nativeQuantizedEval(text, ['--model', modelDir, '--method', 'kmeans', '--bits', '4', '--granularity', 'channel', '--fisher', fisherFile]);
