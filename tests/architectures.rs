@@ -5,7 +5,7 @@
 //! The trained ones (shipped under `models/`) also against transformers' tokenizer and perplexity.
 
 use lutlab_core::checkpoint::{parse_safetensors, read_f32, read_i64};
-use lutlab_core::{reference, ModelFiles, ModelWeights, NoProgress};
+use lutlab_core::{reference, ModelFiles, ModelWeights, NoProgress, TextTokenizer, TokenizerFiles};
 use lutlab_model::device::download;
 use lutlab_model::decoder::KvCache;
 use lutlab_model::generate::cached_next_token_logits;
@@ -124,6 +124,38 @@ fn trained_models_tokenize_and_score_as_transformers() {
             assert!(rel < PPL_REL, "{name} {protocol}: perplexity {} vs {expected}", nll.perplexity());
         }
     }
+}
+
+/// OPT's repositories ship `vocab.json` + `merges.txt` and a `tokenizer_config.json` saying
+/// `add_bos_token`, no `tokenizer.json`: built from those, lutlab's tokenizer gives the ids
+/// transformers gives with the shipped OPT's `tokenizer.json` (GPT-2's BPE, BOS in front).
+#[test]
+fn vocab_merges_with_a_tokenizer_config_add_the_bos_as_transformers() {
+    let gpt2 = repo("data/gpt2-tokenizer");
+    // The shipped OPT's own tokenizer_config.json (`add_bos_token: true`, bos `<|endoftext|>`).
+    let config = std::fs::read(repo("models/opt-tiny-wikitext/tokenizer_config.json")).unwrap();
+    let tokenizer = TextTokenizer::from_files(&TokenizerFiles::VocabMerges {
+        vocab: std::fs::read(gpt2.join("encoder.json")).unwrap(),
+        merges: std::fs::read(gpt2.join("vocab.bpe")).unwrap(),
+        config: Some(config),
+    })
+    .unwrap();
+    let reference = fixture_json("arch/opt-tiny-wikitext.json");
+    for case in reference["tokens"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tokenizer.encode(text).unwrap(), want, "tokens of {text:?}");
+    }
+    let bad = br#"{"add_bos_token": true, "bos_token": "<s>"}"#;
+    let err = TextTokenizer::from_files(&TokenizerFiles::VocabMerges {
+        vocab: std::fs::read(gpt2.join("encoder.json")).unwrap(),
+        merges: std::fs::read(gpt2.join("vocab.bpe")).unwrap(),
+        config: Some(bad.to_vec()),
+    })
+    .err()
+    .expect("a BOS outside the vocabulary is refused")
+    .to_string();
+    assert!(err.contains("`<s>`") && err.contains("vocab.json"), "{err}");
 }
 
 #[test]

@@ -41,6 +41,7 @@ fn vocab_merges_and_tokenizer_json_agree_with_hf() {
     let from_bpe = TextTokenizer::from_files(&TokenizerFiles::VocabMerges {
         vocab: std::fs::read(dir.join("vocab.json")).unwrap(),
         merges: std::fs::read(dir.join("merges.txt")).unwrap(),
+        config: None,
     })
     .unwrap();
     let cases = fixture_json("reference_tokens.json");

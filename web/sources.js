@@ -44,7 +44,9 @@ async function fetchModel(base, { cache, onFile, onBytes, onConfig }) {
   const vocab = await first(['vocab.json']);
   const merges = await first(['merges.txt']);
   if (!vocab || !merges) throw new Error(`${base}: has no tokenizer.json and no vocab.json + merges.txt`);
-  return { config, safetensors, vocab: vocab.bytes, merges: merges.bytes };
+  // OPT's repositories: the BOS and special tokens are in tokenizer_config.json.
+  const tokenizerConfig = await first(['tokenizer_config.json']);
+  return { config, safetensors, vocab: vocab.bytes, merges: merges.bytes, tokenizerConfig: tokenizerConfig?.bytes };
 }
 
 /// One of SHIPPED_MODELS by name.
@@ -95,5 +97,6 @@ export async function localModel(fileList, { onFile, onBytes, onConfig }) {
   if (tokenizerJson) return { label, files: { config, safetensors, tokenizerJson } };
   const vocab = await need('vocab.json', 'or tokenizer.json: the tokenizer');
   const merges = await need('merges.txt', 'with vocab.json: the tokenizer');
-  return { label, files: { config, safetensors, vocab, merges } };
+  const tokenizerConfig = await read('tokenizer_config.json');
+  return { label, files: { config, safetensors, vocab, merges, tokenizerConfig } };
 }

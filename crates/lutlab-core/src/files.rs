@@ -17,6 +17,7 @@ pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 pub const TOKENIZER_JSON_FILE: &str = "tokenizer.json";
 pub const VOCAB_FILE: &str = "vocab.json";
 pub const MERGES_FILE: &str = "merges.txt";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Raw bytes of a model's files.
 #[derive(Clone, Debug)]
@@ -70,14 +71,17 @@ impl ModelFiles {
         Ok(Self { config_json, safetensors, tokenizer })
     }
 
-    /// Reads just a model directory's tokenizer: `tokenizer.json` or `vocab.json` + `merges.txt`.
+    /// Reads just a model directory's tokenizer: `tokenizer.json`, or `vocab.json` + `merges.txt`
+    /// (with `tokenizer_config.json` when there is one).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_tokenizer(dir: &std::path::Path) -> Result<TokenizerFiles> {
         let read = |name: &str| read_file(&dir.join(name));
         Ok(if dir.join(TOKENIZER_JSON_FILE).is_file() {
             TokenizerFiles::Json(read(TOKENIZER_JSON_FILE)?)
         } else {
-            TokenizerFiles::VocabMerges { vocab: read(VOCAB_FILE)?, merges: read(MERGES_FILE)? }
+            let config = dir.join(TOKENIZER_CONFIG_FILE);
+            let config = if config.is_file() { Some(read_file(&config)?) } else { None };
+            TokenizerFiles::VocabMerges { vocab: read(VOCAB_FILE)?, merges: read(MERGES_FILE)?, config }
         })
     }
 }

@@ -4,6 +4,7 @@
 use crate::error::{LoadError, Result};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 /// GPT-2's only special token (id 50256).
@@ -14,8 +15,10 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub enum TokenizerFiles {
     /// A `tokenizer.json`.
     Json(Vec<u8>),
-    /// `vocab.json` and `merges.txt` (GPT-2's original `encoder.json` / `vocab.bpe`).
-    VocabMerges { vocab: Vec<u8>, merges: Vec<u8> },
+    /// `vocab.json` and `merges.txt` (GPT-2's original `encoder.json` / `vocab.bpe`), with the
+    /// `tokenizer_config.json` beside them when there is one: OPT's repositories ship no
+    /// `tokenizer.json`, and theirs says to put `</s>` in front of every text (`add_bos_token`).
+    VocabMerges { vocab: Vec<u8>, merges: Vec<u8>, config: Option<Vec<u8>> },
 }
 
 #[derive(Clone)]
@@ -31,7 +34,7 @@ impl TextTokenizer {
     pub fn from_files(files: &TokenizerFiles) -> Result<Self> {
         let inner = match files {
             TokenizerFiles::Json(bytes) => Tokenizer::from_bytes(bytes).map_err(|e| tokenizer_error(format!("tokenizer.json: {e}")))?,
-            TokenizerFiles::VocabMerges { vocab, merges } => from_vocab_merges(vocab, merges)?,
+            TokenizerFiles::VocabMerges { vocab, merges, config } => from_vocab_merges(vocab, merges, config.as_deref())?,
         };
         Ok(Self { inner })
     }
@@ -58,8 +61,10 @@ impl TextTokenizer {
 }
 
 /// Builds the same tokenizer HF's GPT-2 `tokenizer.json` describes: BPE with a byte-level
-/// pre-tokenizer (no prefix space) and byte-level decoding.
-fn from_vocab_merges(vocab: &[u8], merges: &[u8]) -> Result<Tokenizer> {
+/// pre-tokenizer (no prefix space) and byte-level decoding. With a `tokenizer_config.json`, its
+/// bos/eos/unk/pad tokens are special (matched as whole tokens in text, as transformers' slow
+/// `GPT2Tokenizer` does) and `add_bos_token: true` puts the BOS in front of every text.
+fn from_vocab_merges(vocab: &[u8], merges: &[u8], config: Option<&[u8]>) -> Result<Tokenizer> {
     let vocab: tokenizers::models::bpe::Vocab =
         serde_json::from_slice(vocab).map_err(|e| tokenizer_error(format!("vocab.json: {e}")))?;
     let merges = std::str::from_utf8(merges).map_err(|e| tokenizer_error(format!("merges.txt: {e}")))?;
@@ -82,5 +87,41 @@ fn from_vocab_merges(vocab: &[u8], merges: &[u8]) -> Result<Tokenizer> {
         .with_post_processor(Some(ByteLevel::default().trim_offsets(false)));
     // As in HF's GPT-2 tokenizer.json, the literal text `<|endoftext|>` is the special token 50256.
     tokenizer.add_special_tokens([AddedToken::from(END_OF_TEXT, true)]).map_err(tokenizer_error)?;
+    if let Some(config) = config {
+        apply_tokenizer_config(&mut tokenizer, config)?;
+    }
     Ok(tokenizer)
+}
+
+/// The parts of a `tokenizer_config.json` that change token ids: special tokens, and a BOS put
+/// in front of every text (`add_bos_token`).
+fn apply_tokenizer_config(tokenizer: &mut Tokenizer, config: &[u8]) -> Result<()> {
+    let json: serde_json::Value = serde_json::from_slice(config).map_err(|e| tokenizer_error(format!("tokenizer_config.json: {e}")))?;
+    // A token is written as a string or as `{"content": ...}`.
+    let token = |key: &str| match json.get(key) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        None => None,
+    };
+    let specials: Vec<String> = ["bos_token", "eos_token", "unk_token", "pad_token"]
+        .iter()
+        .filter_map(|key| token(key))
+        .filter(|t| tokenizer.token_to_id(t).is_some())
+        .collect();
+    tokenizer.add_special_tokens(specials.iter().map(|t| AddedToken::from(t.clone(), true))).map_err(tokenizer_error)?;
+    if json.get("add_bos_token").and_then(serde_json::Value::as_bool) == Some(true) {
+        let bos = token("bos_token").ok_or_else(|| tokenizer_error("tokenizer_config.json: add_bos_token without a bos_token"))?;
+        let id = tokenizer
+            .token_to_id(&bos)
+            .ok_or_else(|| tokenizer_error(format!("tokenizer_config.json: bos_token `{bos}` is not in vocab.json")))?;
+        let template = TemplateProcessing::builder()
+            .try_single(format!("{bos} $A"))
+            .and_then(|b| b.try_pair(format!("{bos} $A {bos} $B")))
+            .map_err(tokenizer_error)?
+            .special_tokens(vec![(bos.clone(), id)])
+            .build()
+            .map_err(tokenizer_error)?;
+        tokenizer.with_post_processor(Some(template));
+    }
+    Ok(())
 }

@@ -63,6 +63,7 @@ pub fn tokenizer() -> TokenizerFiles {
     TokenizerFiles::VocabMerges {
         vocab: std::fs::read(format!("{root}encoder.json")).expect("vocab"),
         merges: std::fs::read(format!("{root}vocab.bpe")).expect("merges"),
+        config: None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! Reads a model's files from the JS object the page builds:
-//! `{ config: Uint8Array, safetensors: [{ name, bytes }], tokenizerJson?, vocab?, merges? }`.
+//! `{ config: Uint8Array, safetensors: [{ name, bytes }], tokenizerJson?, vocab?, merges?, tokenizerConfig? }`.
 
 use js_sys::{Array, Reflect, Uint8Array};
 use lutlab_core::{ModelFiles, TokenizerFiles};
@@ -36,7 +36,11 @@ pub fn model_files(files: &JsValue) -> Result<ModelFiles, JsError> {
         .collect::<Result<Vec<_>, JsError>>()?;
     let tokenizer = match optional_bytes(files, "tokenizerJson")? {
         Some(json) => TokenizerFiles::Json(json),
-        None => TokenizerFiles::VocabMerges { vocab: bytes(files, "vocab")?, merges: bytes(files, "merges")? },
+        None => TokenizerFiles::VocabMerges {
+            vocab: bytes(files, "vocab")?,
+            merges: bytes(files, "merges")?,
+            config: optional_bytes(files, "tokenizerConfig")?,
+        },
     };
     Ok(ModelFiles { config_json, safetensors, tokenizer })
 }
