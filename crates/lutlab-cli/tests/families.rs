@@ -3,25 +3,11 @@
 //! checkpoint in the family's own layout that `eval --model` scores the same; a packed file of a
 //! family whose tokenizer lutlab cannot guess is refused without `--model`.
 
+mod common;
+
+use common::{lutlab, lutlab_json, repo};
 use lutlab_core::checkpoint::{parse_safetensors, read_f32};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative)
-}
-
-fn lutlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lutlab")).args(args).output().expect("runs lutlab")
-}
-
-/// Runs `lutlab args…`, which must succeed and print one JSON object.
-fn lutlab_json(args: &[&str]) -> Value {
-    let out = lutlab(args);
-    assert!(out.status.success(), "lutlab {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lutlab {args:?}: not JSON ({e})"))
-}
 
 fn round_trip(model: &str, head_weight: &str, layout: [usize; 2]) {
     let dir = std::env::temp_dir().join(format!("lutlab-families-{model}-{}", std::process::id()));

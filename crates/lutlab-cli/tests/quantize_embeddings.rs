@@ -3,22 +3,11 @@
 //! dequantized export (`lutlab export --dequantized`, then `lutlab eval --model`, dense), and the
 //! exported `wte` is the quantized one.
 
+mod common;
+
+use common::{lutlab, lutlab_json, repo};
 use lutlab_core::checkpoint::{parse_safetensors, read_f32};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn repo(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative)
-}
-
-/// Runs `lutlab args…`, which must succeed and print one JSON object.
-fn lutlab_json(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_lutlab")).args(args).output().expect("runs lutlab");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "lutlab {args:?} failed: {stderr}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lutlab {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 #[test]
 fn packed_eval_equals_the_dequantized_export_with_quantized_embeddings() {
@@ -40,10 +29,7 @@ fn packed_eval_equals_the_dequantized_export_with_quantized_embeddings() {
     assert!((layers.last().unwrap()["bits_per_weight"].as_f64().unwrap() - 4.0).abs() < 1e-12);
 
     let from_file = lutlab_json(&[&["eval", "--packed", packed_s][..], &eval[..]].concat());
-    let export = Command::new(env!("CARGO_BIN_EXE_lutlab"))
-        .args(["export", "--dequantized", "--packed", packed_s, "--out", exported_s])
-        .output()
-        .unwrap();
+    let export = lutlab(&["export", "--dequantized", "--packed", packed_s, "--out", exported_s]);
     assert!(export.status.success(), "export: {}", String::from_utf8_lossy(&export.stderr));
     let dense = lutlab_json(&[&["eval", "--model", exported_s][..], &eval[..]].concat());
 
