@@ -200,31 +200,17 @@ impl ModelConfig {
         let n_layer = f.int("n_layer", None)?;
         let n_head = f.int("n_head", None)?;
         let n_embd = f.int("n_embd", None)?;
-        Ok(Self {
-            family: Family::Gpt2,
-            model_type: "gpt2".into(),
+        let mut config = Self::gpt2(
             n_layer,
             n_head,
-            n_kv_head: n_head,
-            head_dim: n_embd / n_head,
             n_embd,
-            n_inner: f.int("n_inner", Some(4 * n_embd))?,
             // HF's GPT2Config defaults, used when a config leaves them out.
-            n_positions: f.int("n_positions", Some(1024))?,
-            vocab_size: f.int("vocab_size", Some(50257))?,
-            norm: NormKind::LayerNorm,
-            norm_eps: f.float("layer_norm_epsilon", 1e-5)?,
-            pre_norm: true,
-            final_norm: true,
-            positions: Positions::Learned { offset: 0 },
-            activation: Activation::GeluTanh,
-            qkv_bias: true,
-            out_bias: true,
-            mlp_bias: true,
-            tied_head: true,
-            embed_dim: n_embd,
-            bos_token_id: None,
-        })
+            f.int("n_positions", Some(1024))?,
+            f.int("vocab_size", Some(50257))?,
+        );
+        config.n_inner = f.int("n_inner", Some(4 * n_embd))?;
+        config.norm_eps = f.float("layer_norm_epsilon", 1e-5)?;
+        Ok(config)
     }
 
     fn opt_from(f: &Fields) -> Result<Self> {
@@ -344,11 +330,32 @@ impl ModelConfig {
     }
 
     /// A GPT-2 config with HF's defaults for everything not given (tests, synthetic models).
+    /// Not checked: [`Self::from_json`] checks what a file says.
     pub fn gpt2(n_layer: usize, n_head: usize, n_embd: usize, n_positions: usize, vocab_size: usize) -> Self {
-        let json = json!({"model_type": "gpt2", "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd,
-                          "n_positions": n_positions, "vocab_size": vocab_size});
-        Self::gpt2_from(&Fields { json: json.as_object().expect("literal object"), file: "gpt2 config" })
-            .expect("positive dimensions")
+        Self {
+            family: Family::Gpt2,
+            model_type: "gpt2".into(),
+            n_layer,
+            n_head,
+            n_kv_head: n_head,
+            head_dim: n_embd / n_head.max(1),
+            n_embd,
+            n_inner: 4 * n_embd,
+            n_positions,
+            vocab_size,
+            norm: NormKind::LayerNorm,
+            norm_eps: 1e-5,
+            pre_norm: true,
+            final_norm: true,
+            positions: Positions::Learned { offset: 0 },
+            activation: Activation::GeluTanh,
+            qkv_bias: true,
+            out_bias: true,
+            mlp_bias: true,
+            tied_head: true,
+            embed_dim: n_embd,
+            bos_token_id: None,
+        }
     }
 
     /// The config as Hugging Face `config.json` text (the fields lutlab reads, under their HF
