@@ -80,18 +80,19 @@ impl Linear {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if let Self::PerSample { weight, bias } = self {
-            return x.matmul(weight.clone()) + bias.clone().unsqueeze::<3>();
-        }
-        let [b, t, n_in] = x.dims();
-        let x = x.reshape([b * t, n_in]);
-        let y = match self {
-            Self::Dense { weight, bias } => x.matmul(weight.clone()) + bias.clone().unsqueeze::<2>(),
-            Self::Packed(layer) => layer.forward(x),
-            Self::PerSample { .. } => unreachable!("handled above"),
+        // Dense and packed layers multiply `[B·T, in]` rows; per-sample copies multiply each
+        // sample's rows by its own weight.
+        let rows = |x: Tensor<3>, f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let [b, t, n_in] = x.dims();
+            let y = f(x.reshape([b * t, n_in]));
+            let n_out = y.dims()[1];
+            y.reshape([b, t, n_out])
         };
-        let n_out = y.dims()[1];
-        y.reshape([b, t, n_out])
+        match self {
+            Self::Dense { weight, bias } => rows(x, &|x| x.matmul(weight.clone()) + bias.clone().unsqueeze::<2>()),
+            Self::Packed(layer) => rows(x, &|x| layer.forward(x)),
+            Self::PerSample { weight, bias } => x.matmul(weight.clone()) + bias.clone().unsqueeze::<3>(),
+        }
     }
 }
 
