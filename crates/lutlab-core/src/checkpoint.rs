@@ -23,11 +23,23 @@ impl HostTensor {
     }
 }
 
+/// Where one tensor's values are: converted already (`from_tensors`), in file bytes the caller
+/// holds (`from_safetensors`: the page, tests), or in a file on disk (`open`: read when taken,
+/// so a 7B checkpoint never sits in host memory).
+#[derive(Debug)]
+enum Stored<'a> {
+    Host(HostTensor),
+    Bytes { dtype: Dtype, shape: Vec<usize>, bytes: &'a [u8] },
+    #[cfg(not(target_arch = "wasm32"))]
+    File { dtype: Dtype, shape: Vec<usize>, file: std::sync::Arc<crate::tensor_file::TensorFile>, range: std::ops::Range<u64> },
+}
+
 /// The tensors of one checkpoint, keyed by name with the `transformer.` prefix removed
-/// (HF writes GPT-2 both with and without it).
+/// (HF writes GPT-2 both with and without it). Tensors keep their stored dtype (F32, F16, BF16)
+/// until they are read, one at a time.
 #[derive(Debug, Default)]
-pub struct Checkpoint {
-    tensors: BTreeMap<String, HostTensor>,
+pub struct Checkpoint<'a> {
+    tensors: BTreeMap<String, Stored<'a>>,
 }
 
 /// The part of a name that lutlab ignores: `transformer.h.0.ln_1.weight` → `h.0.ln_1.weight`.
@@ -35,24 +47,18 @@ pub fn canonical_name(name: &str) -> &str {
     name.strip_prefix("transformer.").unwrap_or(name)
 }
 
-impl Checkpoint {
-    /// Reads one or more safetensors files (`(file name, bytes)`), converting F32/F16/BF16 to f32.
-    pub fn from_safetensors<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self> {
+impl<'a> Checkpoint<'a> {
+    /// Indexes one or more safetensors files held in memory (`(file name, bytes)`).
+    pub fn from_safetensors(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self> {
         let mut checkpoint = Self::default();
         // Which file each tensor came from, so a tensor stored twice names both.
         let mut source: BTreeMap<String, String> = BTreeMap::new();
         for (file, bytes) in files {
             let parsed = parse_safetensors(file, bytes)?;
             for (name, view) in parsed.tensors() {
-                let canonical = canonical_name(&name).to_string();
-                if let Some(first) = source.insert(canonical.clone(), file.to_string()) {
-                    return Err(LoadError::BadSafetensors {
-                        file: file.to_string(),
-                        reason: format!("tensor `{canonical}` is stored again (first in {first}): shards must not repeat a tensor"),
-                    });
-                }
-                let data = to_f32(&name, view.dtype(), view.data())?;
-                checkpoint.tensors.insert(canonical, HostTensor::new(view.shape().to_vec(), data));
+                let canonical = note_source(&mut source, &name, file)?;
+                let stored = Stored::Bytes { dtype: view.dtype(), shape: view.shape().to_vec(), bytes: view.data() };
+                checkpoint.tensors.insert(canonical, stored);
             }
         }
         Ok(checkpoint)
@@ -60,7 +66,7 @@ impl Checkpoint {
 
     /// A checkpoint of tensors already in memory, names canonicalised as when reading a file.
     pub fn from_tensors(tensors: impl IntoIterator<Item = (String, HostTensor)>) -> Self {
-        let tensors = tensors.into_iter().map(|(name, t)| (canonical_name(&name).to_string(), t)).collect();
+        let tensors = tensors.into_iter().map(|(name, t)| (canonical_name(&name).to_string(), Stored::Host(t))).collect();
         Self { tensors }
     }
 
@@ -68,19 +74,87 @@ impl Checkpoint {
         self.tensors.keys().map(String::as_str)
     }
 
-    pub fn get(&self, name: &str) -> Option<&HostTensor> {
-        self.tensors.get(name)
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The stored shape of `name`.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| match t {
+            Stored::Host(t) => t.shape.as_slice(),
+            Stored::Bytes { shape, .. } => shape.as_slice(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Stored::File { shape, .. } => shape.as_slice(),
+        })
+    }
+
+    /// Reads `name` as f32, checking its shape and that every value is finite; the checkpoint
+    /// keeps it (streamed models read a block's tensors each time the block is used).
+    pub fn read(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        match self.shape(name) {
+            None => return Err(LoadError::MissingTensor { name: name.to_string() }),
+            Some(found) if found != expected => {
+                return Err(LoadError::WrongShape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() });
+            }
+            Some(_) => {}
+        }
+        let tensor = self.read_any(name)?;
+        check_finite(name, &tensor.data)?;
+        Ok(tensor)
+    }
+
+    /// Reads `name` as f32 whatever its shape, without the finiteness check.
+    pub fn read_any(&self, name: &str) -> Result<HostTensor> {
+        let missing = || LoadError::MissingTensor { name: name.to_string() };
+        Ok(match self.tensors.get(name).ok_or_else(missing)? {
+            Stored::Host(t) => t.clone(),
+            Stored::Bytes { dtype, shape, bytes } => HostTensor::new(shape.clone(), to_f32(name, *dtype, bytes)?),
+            #[cfg(not(target_arch = "wasm32"))]
+            Stored::File { dtype, shape, file, range } => {
+                let bytes = file.read_range(range.clone())?;
+                HostTensor::new(shape.clone(), to_f32(name, *dtype, &bytes)?)
+            }
+        })
     }
 
     /// Removes and returns `name`, checking its shape and that every value is finite.
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        let tensor = self.tensors.remove(name).ok_or_else(|| LoadError::MissingTensor { name: name.to_string() })?;
-        if tensor.shape != expected {
-            return Err(LoadError::WrongShape { name: name.to_string(), expected: expected.to_vec(), found: tensor.shape });
-        }
-        check_finite(name, &tensor.data)?;
+        let tensor = self.read(name, expected)?;
+        self.tensors.remove(name);
         Ok(tensor)
     }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Checkpoint<'static> {
+    /// Indexes safetensors files on disk by their headers alone; each tensor is read from its
+    /// file when it is taken. This is how the CLI holds a model larger than host memory.
+    pub fn open(paths: &[std::path::PathBuf]) -> Result<Self> {
+        let mut checkpoint = Self::default();
+        let mut source: BTreeMap<String, String> = BTreeMap::new();
+        for path in paths {
+            let file = std::sync::Arc::new(crate::tensor_file::TensorFile::open(path)?);
+            let shown = path.display().to_string();
+            for entry in file.entries() {
+                let canonical = note_source(&mut source, &entry.name, &shown)?;
+                let stored = Stored::File { dtype: entry.dtype, shape: entry.shape.clone(), file: file.clone(), range: entry.range.clone() };
+                checkpoint.tensors.insert(canonical, stored);
+            }
+        }
+        Ok(checkpoint)
+    }
+}
+
+/// Records that `name` comes from `file`; a tensor stored twice is an error naming both files.
+fn note_source(source: &mut BTreeMap<String, String>, name: &str, file: &str) -> Result<String> {
+    let canonical = canonical_name(name).to_string();
+    if let Some(first) = source.insert(canonical.clone(), file.to_string()) {
+        return Err(LoadError::BadSafetensors {
+            file: file.to_string(),
+            reason: format!("tensor `{canonical}` is stored again (first in {first}): shards must not repeat a tensor"),
+        });
+    }
+    Ok(canonical)
 }
 
 /// Fails with the count and first position of NaN/Inf values.
@@ -109,7 +183,7 @@ pub fn parse_safetensors<'a>(file: &str, bytes: &'a [u8]) -> Result<SafeTensors<
     SafeTensors::deserialize(bytes).map_err(|e| bad(describe(e)))
 }
 
-fn describe(error: SafeTensorError) -> String {
+pub(crate) fn describe(error: SafeTensorError) -> String {
     match error {
         SafeTensorError::InvalidOffset(name) => {
             format!("tensor `{name}` has data offsets outside the data section (truncated or corrupt file)")
@@ -125,7 +199,7 @@ fn describe(error: SafeTensorError) -> String {
     }
 }
 
-fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+pub(crate) fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     let words = |size: usize| bytes.chunks_exact(size);
     Ok(match dtype {
         Dtype::F32 => words(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
@@ -189,7 +263,18 @@ pub enum TensorData<'a> {
 }
 
 impl TensorData<'_> {
-    fn dtype(&self) -> Dtype {
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) | TensorData::F16(v) => v.len(),
+            TensorData::U32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn dtype(&self) -> Dtype {
         match self {
             TensorData::F32(_) => Dtype::F32,
             TensorData::F16(_) => Dtype::F16,
@@ -197,7 +282,7 @@ impl TensorData<'_> {
         }
     }
 
-    fn to_le_bytes(self) -> Vec<u8> {
+    pub(crate) fn to_le_bytes(self) -> Vec<u8> {
         match self {
             TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::F16(v) => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
@@ -218,10 +303,7 @@ pub fn write_tensors(
         .zip(&bytes)
         .map(|((name, shape, data), b)| {
             let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-            let len = match data {
-                TensorData::F32(v) | TensorData::F16(v) => v.len(),
-                TensorData::U32(v) => v.len(),
-            };
+            let len = data.len();
             if numel != Some(len) {
                 return Err(LoadError::InvalidSetting(format!("tensor `{name}`: shape {shape:?} does not hold {len} values")));
             }

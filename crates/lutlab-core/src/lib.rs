@@ -12,6 +12,8 @@ pub mod plot_data;
 pub mod progress;
 pub mod quant;
 pub mod reference;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod tensor_file;
 pub mod tokenizer;
 pub mod weights;
 

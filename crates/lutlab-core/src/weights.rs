@@ -59,43 +59,63 @@ pub struct ModelWeights {
     pub project_out: Option<LinearWeights>,
 }
 
-impl ModelWeights {
-    /// Takes the model's tensors out of a checkpoint, checking names, shapes and finiteness.
-    /// Extra tensors (GPT-2's `attn.bias` mask buffers, a tied `lm_head.weight`) are ignored.
-    pub fn from_checkpoint(config: &ModelConfig, mut ckpt: Checkpoint) -> Result<Self> {
-        let c = config.n_embd;
-        let norm = |ckpt: &mut Checkpoint, prefix: &str| -> Result<NormWeights> {
-            Ok(NormWeights {
-                gamma: ckpt.take(&format!("{prefix}.weight"), &[c])?,
-                beta: if config.has_norm_bias() { Some(ckpt.take(&format!("{prefix}.bias"), &[c])?) } else { None },
-            })
-        };
-        let [norm_1, norm_2] = config.block_norms();
-        let specs = config.block_linears();
-        let blocks = (0..config.n_layer)
-            .map(|i| {
-                let p = config.block_prefix(i);
-                let linears = specs
-                    .iter()
-                    .map(|s| take_linear(&mut ckpt, config, &format!("{p}.{}", s.name), s.n_in, s.n_out, s.bias))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(BlockWeights { norm_1: norm(&mut ckpt, &format!("{p}.{norm_1}"))?, norm_2: norm(&mut ckpt, &format!("{p}.{norm_2}"))?, linears })
-            })
-            .collect::<Result<Vec<_>>>()?;
+/// Everything outside the blocks: embeddings, final norm, head, OPT-350m's projections. A
+/// streamed model holds these and reads its blocks as it uses them.
+#[derive(Clone, Debug)]
+pub struct EdgeWeights {
+    pub wte: HostTensor,
+    pub wpe: Option<HostTensor>,
+    pub ln_f: Option<NormWeights>,
+    pub lm_head: Option<HostTensor>,
+    pub project_in: Option<LinearWeights>,
+    pub project_out: Option<LinearWeights>,
+}
+
+impl EdgeWeights {
+    /// Reads them from `ckpt`, checking names, shapes and finiteness.
+    pub fn read(config: &ModelConfig, ckpt: &Checkpoint<'_>) -> Result<Self> {
         let names = config.names();
-        let wte = ckpt.take(&format!("{}.weight", names.embed), &[config.vocab_size, config.embed_dim])?;
+        let wte = ckpt.read(&format!("{}.weight", names.embed), &[config.vocab_size, config.embed_dim])?;
         let wpe = match names.positions {
-            Some(name) => Some(ckpt.take(&format!("{name}.weight"), &[config.position_rows(), c])?),
+            Some(name) => Some(ckpt.read(&format!("{name}.weight"), &[config.position_rows(), config.n_embd])?),
             None => None,
         };
-        let ln_f = if config.final_norm { Some(norm(&mut ckpt, names.final_norm)?) } else { None };
-        let lm_head = if config.tied_head { None } else { Some(ckpt.take(LM_HEAD_WEIGHT, &[config.vocab_size, config.embed_dim])?) };
-        let projection = |ckpt: &mut Checkpoint, name: Option<&str>, n_in, n_out| -> Result<Option<LinearWeights>> {
-            name.map(|name| take_linear(ckpt, config, name, n_in, n_out, false)).transpose()
+        let ln_f = if config.final_norm { Some(read_norm(ckpt, config, names.final_norm)?) } else { None };
+        let lm_head = if config.tied_head { None } else { Some(ckpt.read(LM_HEAD_WEIGHT, &[config.vocab_size, config.embed_dim])?) };
+        let projection = |name: Option<&str>, n_in, n_out| -> Result<Option<LinearWeights>> {
+            name.map(|name| read_linear(ckpt, config, name, n_in, n_out, false)).transpose()
         };
-        let project_in = projection(&mut ckpt, names.project_in, config.embed_dim, c)?;
-        let project_out = projection(&mut ckpt, names.project_out, c, config.embed_dim)?;
-        Ok(Self { config: config.clone(), wte, wpe, blocks, ln_f, lm_head, project_in, project_out })
+        let project_in = projection(names.project_in, config.embed_dim, config.n_embd)?;
+        let project_out = projection(names.project_out, config.n_embd, config.embed_dim)?;
+        Ok(Self { wte, wpe, ln_f, lm_head, project_in, project_out })
+    }
+}
+
+impl BlockWeights {
+    /// Block `index` read from `ckpt` (its linears as `[in, out]`), checked as the whole model is.
+    pub fn read(config: &ModelConfig, ckpt: &Checkpoint<'_>, index: usize) -> Result<Self> {
+        let p = config.block_prefix(index);
+        let [norm_1, norm_2] = config.block_norms();
+        let linears = config
+            .block_linears()
+            .iter()
+            .map(|s| read_linear(ckpt, config, &format!("{p}.{}", s.name), s.n_in, s.n_out, s.bias))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { norm_1: read_norm(ckpt, config, &format!("{p}.{norm_1}"))?, norm_2: read_norm(ckpt, config, &format!("{p}.{norm_2}"))?, linears })
+    }
+}
+
+impl ModelWeights {
+    /// Reads the model's tensors from a checkpoint, checking names, shapes and finiteness.
+    /// Extra tensors (GPT-2's `attn.bias` mask buffers, a tied `lm_head.weight`) are ignored.
+    pub fn from_checkpoint(config: &ModelConfig, ckpt: Checkpoint<'_>) -> Result<Self> {
+        let blocks = (0..config.n_layer).map(|i| BlockWeights::read(config, &ckpt, i)).collect::<Result<Vec<_>>>()?;
+        Ok(Self::from_parts(config, EdgeWeights::read(config, &ckpt)?, blocks))
+    }
+
+    pub fn from_parts(config: &ModelConfig, edges: EdgeWeights, blocks: Vec<BlockWeights>) -> Self {
+        let EdgeWeights { wte, wpe, ln_f, lm_head, project_in, project_out } = edges;
+        Self { config: config.clone(), wte, wpe, blocks, ln_f, lm_head, project_in, project_out }
     }
 
     /// All linear layers of the blocks with their full names (`h.0.attn.c_attn`,
@@ -180,19 +200,28 @@ impl ModelWeights {
     }
 }
 
-/// Takes linear `name` as `[n_in, n_out]`, transposing an `nn.Linear` `[out, in]` weight; a
+/// A LayerNorm's `{prefix}.weight` and `.bias`, or an RMSNorm's weight.
+fn read_norm(ckpt: &Checkpoint<'_>, config: &ModelConfig, prefix: &str) -> Result<NormWeights> {
+    let c = [config.n_embd];
+    Ok(NormWeights {
+        gamma: ckpt.read(&format!("{prefix}.weight"), &c)?,
+        beta: if config.has_norm_bias() { Some(ckpt.read(&format!("{prefix}.bias"), &c)?) } else { None },
+    })
+}
+
+/// Reads linear `name` as `[n_in, n_out]`, transposing an `nn.Linear` `[out, in]` weight; a
 /// missing bias of a bias-less layer becomes zeros (one that is there, as a packed model's folded
-/// centering writes it, is taken).
-fn take_linear(ckpt: &mut Checkpoint, config: &ModelConfig, name: &str, n_in: usize, n_out: usize, bias: bool) -> Result<LinearWeights> {
+/// centering writes it, is read).
+fn read_linear(ckpt: &Checkpoint<'_>, config: &ModelConfig, name: &str, n_in: usize, n_out: usize, bias: bool) -> Result<LinearWeights> {
     let weight_name = format!("{name}.weight");
     let weight = match config.linear_layout() {
-        LinearLayout::InOut => ckpt.take(&weight_name, &[n_in, n_out])?,
+        LinearLayout::InOut => ckpt.read(&weight_name, &[n_in, n_out])?,
         LinearLayout::OutIn => {
-            let w = ckpt.take(&weight_name, &[n_out, n_in])?;
+            let w = ckpt.read(&weight_name, &[n_out, n_in])?;
             HostTensor::new(vec![n_in, n_out], transpose(&w.data, n_out, n_in))
         }
     };
     let bias_name = format!("{name}.bias");
-    let bias = if bias || ckpt.get(&bias_name).is_some() { ckpt.take(&bias_name, &[n_out])? } else { HostTensor::new(vec![n_out], vec![0.0; n_out]) };
+    let bias = if bias || ckpt.contains(&bias_name) { ckpt.read(&bias_name, &[n_out])? } else { HostTensor::new(vec![n_out], vec![0.0; n_out]) };
     Ok(LinearWeights { weight, bias })
 }

@@ -481,7 +481,7 @@ fn optimum_matches_numpy_dp_on_whole_tensors() {
     for t in fx["whole_tensors"].as_array().unwrap() {
         let name = t["tensor"].as_str().unwrap();
         let bits = t["bits"].as_u64().unwrap() as u32;
-        let tensor = ckpt.get(name).expect("tensor in the model");
+        let tensor = &ckpt.read_any(name).expect("tensor in the model");
         let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
         let x = &tensor.data;
         let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();

@@ -1,0 +1,263 @@
+//! Safetensors files on disk, read and written a tensor at a time (native only): what lets the
+//! CLI quantize models larger than host memory.
+//!
+//! Reading: [`TensorFile::open`] reads and checks the header only (every tensor's dtype, shape
+//! and byte range against the file's real size); [`TensorFile::read_range`] then reads one
+//! tensor's bytes with a positioned read. Positioned reads rather than a memory map: the crate
+//! forbids `unsafe`, and the process holds only the tensors in use while the kernel's page cache
+//! does the caching a map would.
+//!
+//! Writing: [`TensorWriter`] appends each tensor's bytes to a data file as it is produced and
+//! writes the header (which names every offset, and the metadata that is only known at the end)
+//! when it finishes, so a file larger than host memory is written layer by layer.
+
+use crate::checkpoint::TensorData;
+use crate::error::{LoadError, Result};
+use safetensors::Dtype;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// safetensors' own bound on the JSON header.
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// One tensor of a file: name as stored, dtype, shape, and absolute byte range in the file.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub range: Range<u64>,
+}
+
+/// A safetensors file whose header has been read and checked.
+#[derive(Debug)]
+pub struct TensorFile {
+    path: PathBuf,
+    file: Mutex<File>,
+    entries: Vec<TensorEntry>,
+    metadata: HashMap<String, String>,
+}
+
+/// The JSON of one header entry.
+#[derive(serde::Deserialize)]
+struct HeaderEntry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+impl TensorFile {
+    /// Reads the header of `path` and checks it as the `safetensors` crate would (offsets inside
+    /// the data section, covering it exactly, each range the size its dtype and shape say).
+    pub fn open(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let bad = |reason: String| LoadError::BadSafetensors { file: shown.clone(), reason };
+        let io = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => LoadError::MissingFile { file: shown.clone() },
+            _ => LoadError::Io { file: shown.clone(), reason: e.to_string() },
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        if size < 8 {
+            return Err(bad(format!("the file is {size} bytes, too short to hold the 8-byte header length")));
+        }
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(io)?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len > size - 8 {
+            return Err(bad(format!(
+                "the header says it is {header_len} bytes but only {} bytes follow (truncated or corrupt file)",
+                size - 8
+            )));
+        }
+        if header_len > MAX_HEADER_BYTES {
+            return Err(bad("the header is larger than 100 MB".into()));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let text = std::str::from_utf8(&header).map_err(|e| bad(format!("the header is not UTF-8: {e}")))?;
+        let mut json: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| bad(format!("the JSON header is invalid: {e}")))?;
+        let metadata = match json.remove("__metadata__") {
+            Some(m) => serde_json::from_value(m).map_err(|e| bad(format!("the JSON header is invalid: `__metadata__`: {e}")))?,
+            None => HashMap::new(),
+        };
+        let data_start = 8 + header_len;
+        let data_len = size - data_start;
+        let mut entries = Vec::with_capacity(json.len());
+        for (name, value) in json {
+            let e: HeaderEntry = serde_json::from_value(value).map_err(|e| bad(format!("the JSON header is invalid: tensor `{name}`: {e}")))?;
+            let (begin, end) = e.data_offsets;
+            if begin > end || end > data_len {
+                return Err(bad(format!("tensor `{name}` has data offsets outside the data section (truncated or corrupt file)")));
+            }
+            let numel = e.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            if numel.and_then(|n| n.checked_mul(e.dtype.bitsize() as u64 / 8)) != Some(end - begin) {
+                return Err(bad("a tensor's shape and dtype do not match its byte range".into()));
+            }
+            entries.push(TensorEntry { name, dtype: e.dtype, shape: e.shape, range: data_start + begin..data_start + end });
+        }
+        entries.sort_by_key(|e| e.range.start);
+        let mut covered = data_start;
+        for e in &entries {
+            if e.range.start != covered {
+                return Err(bad("the tensors' offsets do not cover the data section exactly (truncated file or extra bytes)".into()));
+            }
+            covered = e.range.end;
+        }
+        if covered != size {
+            return Err(bad("the tensors' offsets do not cover the data section exactly (truncated file or extra bytes)".into()));
+        }
+        Ok(Self { path: path.to_path_buf(), file: Mutex::new(file), entries, metadata })
+    }
+
+    pub fn entries(&self) -> &[TensorEntry] {
+        &self.entries
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// The bytes at `range` (absolute offsets in the file).
+    pub fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>> {
+        let io = |e: std::io::Error| LoadError::Io { file: self.path.display().to_string(), reason: e.to_string() };
+        let mut bytes = vec![0u8; (range.end - range.start) as usize];
+        let mut file = self.file.lock().map_err(|_| LoadError::Io { file: self.path.display().to_string(), reason: "file lock poisoned".into() })?;
+        file.seek(SeekFrom::Start(range.start)).map_err(io)?;
+        file.read_exact(&mut bytes).map_err(io)?;
+        Ok(bytes)
+    }
+}
+
+/// Writes a safetensors file one tensor at a time (see the module documentation). Nothing is at
+/// `path` until [`Self::finish`] succeeds; the data goes to `path` + `.partial` meanwhile, which
+/// is removed on success and on drop.
+pub struct TensorWriter {
+    path: PathBuf,
+    partial: PathBuf,
+    data: Option<BufWriter<File>>,
+    entries: Vec<(String, Dtype, Vec<usize>, u64, u64)>,
+    offset: u64,
+}
+
+impl TensorWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let file = File::create(&partial).map_err(|e| LoadError::Io { file: partial.display().to_string(), reason: e.to_string() })?;
+        Ok(Self { path: path.to_path_buf(), partial, data: Some(BufWriter::with_capacity(8 << 20, file)), entries: Vec::new(), offset: 0 })
+    }
+
+    /// Appends one tensor. A shape whose element count differs from the values is an error.
+    pub fn add(&mut self, name: &str, shape: &[usize], data: TensorData<'_>) -> Result<()> {
+        let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if numel != Some(data.len()) {
+            return Err(LoadError::InvalidSetting(format!("tensor `{name}`: shape {shape:?} does not hold {} values", data.len())));
+        }
+        if self.entries.iter().any(|(n, ..)| n == name) {
+            return Err(LoadError::InvalidSetting(format!("tensor `{name}` is written twice")));
+        }
+        let bytes = data.to_le_bytes();
+        let out = self.data.as_mut().expect("open until finish");
+        out.write_all(&bytes).map_err(|e| LoadError::Io { file: self.partial.display().to_string(), reason: e.to_string() })?;
+        let end = self.offset + bytes.len() as u64;
+        self.entries.push((name.to_string(), data.dtype(), shape.to_vec(), self.offset, end));
+        self.offset = end;
+        Ok(())
+    }
+
+    /// Writes the header with `metadata`, then the data, to `path`.
+    pub fn finish(mut self, metadata: HashMap<String, String>) -> Result<()> {
+        let io = |file: &Path, e: std::io::Error| LoadError::Io { file: file.display().to_string(), reason: e.to_string() };
+        let mut data = self.data.take().expect("open until finish");
+        data.flush().map_err(|e| io(&self.partial, e))?;
+        drop(data);
+        let mut header = serde_json::Map::new();
+        if !metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| LoadError::InvalidSetting(e.to_string()))?);
+        }
+        for (name, dtype, shape, begin, end) in &self.entries {
+            let dtype = serde_json::to_value(dtype).map_err(|e| LoadError::InvalidSetting(e.to_string()))?;
+            header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}));
+        }
+        let mut json = serde_json::to_vec(&header).map_err(|e| LoadError::InvalidSetting(e.to_string()))?;
+        // safetensors pads the header with spaces so the data starts 8-byte aligned.
+        json.resize(json.len().next_multiple_of(8), b' ');
+        let mut out = BufWriter::new(File::create(&self.path).map_err(|e| io(&self.path, e))?);
+        out.write_all(&(json.len() as u64).to_le_bytes()).map_err(|e| io(&self.path, e))?;
+        out.write_all(&json).map_err(|e| io(&self.path, e))?;
+        let mut partial = File::open(&self.partial).map_err(|e| io(&self.partial, e))?;
+        std::io::copy(&mut partial, &mut out).map_err(|e| io(&self.path, e))?;
+        out.flush().map_err(|e| io(&self.path, e))?;
+        std::fs::remove_file(&self.partial).map_err(|e| io(&self.partial, e))?;
+        Ok(())
+    }
+}
+
+impl Drop for TensorWriter {
+    fn drop(&mut self) {
+        // An unfinished file leaves nothing behind (a finished one already removed it).
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{write_tensors, Checkpoint};
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lutlab-tensor-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn the_writer_makes_the_bytes_safetensors_makes_and_the_reader_reads_them_back() {
+        let a: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
+        let b = [7u32, 8, 9];
+        let tensors = [("a", &[2usize, 3][..], TensorData::F16(&a)), ("b", &[3][..], TensorData::U32(&b))];
+        let metadata = HashMap::from([("format".to_string(), "test".to_string())]);
+        let path = temp("w.safetensors");
+        let mut writer = TensorWriter::create(&path).unwrap();
+        for (name, shape, data) in tensors {
+            writer.add(name, shape, data).unwrap();
+        }
+        writer.finish(metadata.clone()).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        // The `safetensors` crate reads what the writer wrote, tensor for tensor.
+        let parsed = crate::checkpoint::parse_safetensors("w", &written).unwrap();
+        let reference = write_tensors(&tensors, Some(metadata)).unwrap();
+        let expected = crate::checkpoint::parse_safetensors("r", &reference).unwrap();
+        for name in ["a", "b"] {
+            let (got, want) = (parsed.tensor(name).unwrap(), expected.tensor(name).unwrap());
+            assert_eq!((got.dtype(), got.shape(), got.data()), (want.dtype(), want.shape(), want.data()));
+        }
+        assert_eq!(written.len(), reference.len());
+        let file = TensorFile::open(&path).unwrap();
+        assert_eq!(file.metadata()["format"], "test");
+        let ckpt = Checkpoint::open(&[path.clone()]).unwrap();
+        assert_eq!(ckpt.read("a", &[2, 3]).unwrap().data, a);
+        assert!(!PathBuf::from(format!("{}.partial", path.display())).exists());
+    }
+
+    #[test]
+    fn truncated_and_lying_files_are_named_errors() {
+        let data = [1.0f32, 2.0];
+        let bytes = write_tensors(&[("x", &[2], TensorData::F32(&data))], None).unwrap();
+        for (cut, want) in [(4, "too short"), (bytes.len() - 1, "outside the data section"), (12, "only")] {
+            let path = temp(&format!("cut{cut}.safetensors"));
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let err = TensorFile::open(&path).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("cut"), "{cut}: {err}");
+        }
+        let err = TensorFile::open(&temp("absent.safetensors")).unwrap_err().to_string();
+        assert!(err.contains("absent.safetensors") && err.contains("not found"), "{err}");
+    }
+}
