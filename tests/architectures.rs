@@ -75,7 +75,7 @@ fn every_family_matches_transformers_on_the_gpu() {
         let model = Decoder::new(&weights, &device);
         let vocab = weights.config.vocab_size;
         for case in cases(fixture_name) {
-            let logits = pollster::block_on(download(model.forward(model.tokens(&[&case.ids])))).unwrap();
+            let logits = pollster::block_on(download(model.forward(model.tokens(&[&case.ids])).unwrap())).unwrap();
             let (err, lse) = check_logits(&case, &logits, vocab, "GPU");
             eprintln!("{}: {} tokens, max |logit error| {err:e}, max |logsumexp error| {lse:e}", case.name, case.ids.len());
         }
@@ -115,7 +115,7 @@ fn trained_models_tokenize_and_score_as_transformers() {
             let want = &ppl["float32"][protocol];
             let (max_length, stride) = (want["max_length"].as_u64().unwrap() as usize, want["stride"].as_u64().unwrap() as usize);
             // Batches of at most 64 MiB of logits: lavapipe refuses some allocations past 128 MiB.
-            let settings = EvalSettings { max_length, stride, max_logits_bytes: 64 << 20 };
+            let settings = EvalSettings { max_length, stride, max_logits_bytes: 64 << 20, max_stream_bytes: 1 << 30 };
             let nll = pollster::block_on(perplexity(&model, &tokens, settings, "valid.txt", &mut NoProgress)).unwrap();
             let expected = want["perplexity"].as_f64().unwrap();
             let rel = (nll.perplexity() / expected - 1.0).abs();
@@ -166,11 +166,11 @@ fn kv_cached_steps_give_the_whole_sequences_logits() {
         let model = Decoder::new(&weights, &device);
         let vocab = weights.config.vocab_size;
         let ids = &cases(fixture_name)[1].ids;
-        let full = pollster::block_on(download(model.forward(model.tokens(&[ids])))).unwrap();
+        let full = pollster::block_on(download(model.forward(model.tokens(&[ids])).unwrap())).unwrap();
         let row = |i: usize| &full[i * vocab..(i + 1) * vocab];
         // The first half as one step (the prompt), then one token a step.
         let split = ids.len() / 2;
-        let mut caches = vec![KvCache::default(); model.blocks.len()];
+        let mut caches = vec![KvCache::default(); model.n_blocks()];
         let got = pollster::block_on(cached_next_token_logits(&model, &ids[..split], &mut caches)).unwrap();
         assert_all_close(&format!("{fixture_name}: prompt step"), &got, row(split - 1), LOGITS_ABS);
         for i in split..ids.len() {

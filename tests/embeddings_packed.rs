@@ -56,7 +56,7 @@ fn packed_head_logits_match_the_cpu_reference() {
     // 3 tokens take the GEMV, 40 the GEMM.
     for m in [3, 40] {
         let ids = tokens(m);
-        let hidden = values(model.hidden(model.tokens(&[&ids])));
+        let hidden = values(model.hidden(model.tokens(&[&ids])).unwrap());
         let input = Tensor::<3>::from_data(TensorData::new(hidden.clone(), [1, m, c]), &device);
         let got = values(model.lm_head(input));
         let want = head.reference_matmul(&hidden, m, None);
@@ -68,7 +68,7 @@ fn packed_head_logits_match_the_cpu_reference() {
             }
         }
         // The whole model against the CPU reference forward of its dense form.
-        let logits = values(model.forward(model.tokens(&[&ids])));
+        let logits = values(model.forward(model.tokens(&[&ids])).unwrap());
         let cpu = reference::forward(&dequantized, &ids).unwrap();
         let err = assert_all_close(&format!("logits, {m} tokens"), &logits, &cpu, 1e-4);
         eprintln!("{m} tokens: max |GPU packed − CPU dequantized| logit {err:e}");

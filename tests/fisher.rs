@@ -248,6 +248,7 @@ fn fisher_is_deterministic_for_a_seed() {
         seqlen: 16,
         seed: 5,
         micro_batch: 2,
+        blocks_per_pass: None,
     };
     let run = || {
         pollster::block_on(fisher(&model, &stream, settings, "stream", &mut NoProgress)).unwrap()
@@ -279,6 +280,7 @@ fn small_run() -> (FisherRun, lutlab_core::ModelWeights) {
         seqlen: 8,
         seed: 1,
         micro_batch: 1,
+        blocks_per_pass: None,
     };
     let mut run =
         pollster::block_on(fisher(&model, &stream, settings, "stream", &mut NoProgress)).unwrap();
@@ -408,6 +410,7 @@ fn bad_settings_are_refused_by_name() {
         seqlen: 8,
         seed: 0,
         micro_batch: 1,
+        blocks_per_pass: None,
     };
     assert!(
         run(FisherSettings {

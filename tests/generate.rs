@@ -85,7 +85,7 @@ fn a_packed_model_generates_through_the_lut_kernels_like_its_dense_twin() {
     let device = gpu();
     let packed_file = packed_4bit();
     let packed = Decoder::from_packed(&packed_file, &device).unwrap();
-    assert!(packed.blocks.iter().all(|b| b.linears[2].dense().is_none() && b.linears[0].dense().is_none()), "layers run packed");
+    assert!((0..packed.n_blocks()).map(|i| packed.block(i).unwrap()).all(|b| b.linears[2].dense().is_none() && b.linears[0].dense().is_none()), "layers run packed");
     let dense = Decoder::new(&packed_file.dequantized_weights().unwrap(), &device);
     let original = Decoder::new(&loaded.weights, &device);
     let prompt = loaded.tokenizer.encode(PROMPT).unwrap();

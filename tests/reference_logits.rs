@@ -45,7 +45,7 @@ fn gpu_logits_match_transformers() {
     let vocab = loaded.config().vocab_size;
     for (name, case) in cases() {
         let rows: Vec<&[u32]> = case.ids.chunks(case.ids.len() / case.rows).collect();
-        let logits = pollster::block_on(download(model.forward(model.tokens(&rows)))).unwrap();
+        let logits = pollster::block_on(download(model.forward(model.tokens(&rows)).unwrap())).unwrap();
         let err = assert_all_close(&format!("{name} logits"), &head_columns(&logits, vocab, HEAD), &case.logits_head, LOGITS_ABS);
         let lse = assert_all_close(&format!("{name} logsumexp"), &row_logsumexp(&logits, vocab), &case.logsumexp, LOGITS_ABS);
         eprintln!("{name}: max |logit error| {err:e}, max |logsumexp error| {lse:e}");
@@ -75,7 +75,7 @@ fn cpu_reference_matches_gpu_on_a_full_window() {
     let tokens = loaded.tokenizer.encode(&text[..20_000]).unwrap();
     let window = &tokens[..loaded.config().n_positions];
     let model = Decoder::new(&loaded.weights, &gpu());
-    let gpu_logits = pollster::block_on(download(model.forward(model.tokens(&[window])))).unwrap();
+    let gpu_logits = pollster::block_on(download(model.forward(model.tokens(&[window])).unwrap())).unwrap();
     let cpu_logits = reference::forward(&loaded.weights, window).unwrap();
     let err = assert_all_close("full-window logits, GPU vs CPU", &gpu_logits, &cpu_logits, LOGITS_ABS);
     eprintln!("GPU vs CPU over {} positions: max |error| {err:e}", window.len());

@@ -1,6 +1,7 @@
 //! `lutlab eval`: perplexity of a model on a text file. [`measure`] is shared with `quantize`.
 
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST};
+use crate::model::{open_decoder, StreamOptions};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
@@ -37,6 +38,8 @@ pub struct EvalArgs {
     packed: Option<PathBuf>,
     #[command(flatten)]
     eval: EvalOptions,
+    #[command(flatten)]
+    stream: StreamOptions,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -113,8 +116,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         None => {
             let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
-            let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
-            (measure(&loaded.weights, &loaded.tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
+            let gpu = pollster::block_on(open_gpu())?;
+            let (model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
+            (measure_model(&model, &gpu, &tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
         }
     };
     if args.json {

@@ -5,10 +5,11 @@ use crate::paths::{SHIPPED_MODEL, repo_path};
 use crate::progress::Bar;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use lutlab_core::ModelFiles;
+use crate::model::{open_decoder, StreamOptions};
+use lutlab_core::HostTensor;
 use lutlab_core::files::read_text;
-use lutlab_core::fisher_file::check_diagonal_finite;
-use lutlab_model::{FisherSettings, Decoder, fisher, open_gpu};
+use lutlab_core::fisher_file::FisherWriter;
+use lutlab_model::{FisherSettings, Decoder, fisher_into, open_gpu};
 use crate::paths::WIKITEXT_VALID;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,6 +36,13 @@ pub struct FisherArgs {
     /// micro-batch × (linear weights + their gradients + activations) of memory.
     #[arg(long, default_value_t = 1)]
     micro_batch: usize,
+    /// Blocks whose diagonal accumulates on the GPU in one pass over the windows (default: all
+    /// of a resident model; for a streamed one, as many as 8 GiB of f32 accumulators hold). Fewer
+    /// take less GPU memory and more passes.
+    #[arg(long)]
+    blocks_per_pass: Option<usize>,
+    #[command(flatten)]
+    stream: StreamOptions,
     /// Output safetensors file (f32, the model's tensor names and shapes).
     #[arg(long)]
     out: PathBuf,
@@ -52,34 +60,35 @@ pub fn run(args: FisherArgs) -> Result<()> {
     {
         bail!("{}: the output directory {} does not exist", args.out.display(), parent.display());
     }
-    let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
-    let text = read_text(&data_path)?;
-    let tokens = loaded.tokenizer.encode(&text)?;
-
     let gpu = pollster::block_on(open_gpu())?;
-    gpu.check_fits(&loaded.weights)?;
-    let model = Decoder::new(&loaded.weights, &gpu.device);
-    let settings = FisherSettings::with_overrides(
+    let (model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
+    let tokens = tokenizer.encode(&read_text(&data_path)?)?;
+    let mut settings = FisherSettings::with_overrides(
         &model,
         Some(args.nsamples),
         args.seqlen,
         Some(args.seed),
         Some(args.micro_batch),
     );
+    settings.blocks_per_pass = args.blocks_per_pass.or_else(|| model.is_streamed().then(|| blocks_in(&model, ACCUMULATOR_BYTES)));
     gpu.check_buffer_fits(settings.logits_bytes(model.config.vocab_size), "one micro-batch's logits", "--micro-batch or --seqlen")?;
 
     let mut bar = Bar::new("fisher", "tokens", args.json);
     let start = Instant::now();
     let what = data_path.display().to_string();
-    let mut run = pollster::block_on(fisher(&model, &tokens, settings, &what, &mut bar))?;
+    // Each block group's diagonal goes to disk as its pass ends; the file appears at the end.
+    let mut writer = FisherWriter::create(&args.out, model.config.linear_layout())?;
+    let mut written = 0;
+    let mut sink = |name: String, tensor: HostTensor| {
+        written += 1;
+        writer.add(&name, &tensor).map_err(Into::into)
+    };
+    let mut run = pollster::block_on(fisher_into(&model, &tokens, settings, &what, &mut bar, &mut sink))?;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
-
     run.diagonal.meta.model = model_dir.display().to_string();
     run.diagonal.meta.data = what.clone();
-    check_diagonal_finite(&run.diagonal)?;
-    let bytes = run.diagonal.to_safetensors()?;
-    std::fs::write(&args.out, bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    writer.finish(&run.diagonal.meta).with_context(|| format!("writing {}", args.out.display()))?;
 
     let tokens_processed = settings.nsamples * settings.seqlen;
     let tokens_per_s = tokens_processed as f64 / seconds;
@@ -94,6 +103,8 @@ pub fn run(args: FisherArgs) -> Result<()> {
             "seqlen": settings.seqlen,
             "seed": settings.seed,
             "micro_batch": settings.micro_batch,
+            "blocks_per_pass": settings.blocks_per_pass,
+            "streamed": model.is_streamed(),
             "text_tokens": tokens.len(),
             "tokens": tokens_processed,
             "mean_loss": mean_loss,
@@ -111,7 +122,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
         });
         println!(
             "Fisher diagonal of {} linear weights from {} windows of {} tokens of {} (seed {}, mean loss {:.4}) in {:.1} s, {:.0} tokens/s on {}{peak}; wrote {}",
-            run.diagonal.tensors.len(),
+            written,
             settings.nsamples,
             settings.seqlen,
             what,
@@ -124,4 +135,13 @@ pub fn run(args: FisherArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// GPU memory a streamed model's Fisher accumulators may take in one pass.
+const ACCUMULATOR_BYTES: usize = 8 << 30;
+
+/// How many blocks' f32 accumulators fit in `bytes` (at least one).
+fn blocks_in(model: &Decoder, bytes: usize) -> usize {
+    let per_block: usize = model.config.block_linears().iter().map(|s| s.n_in * s.n_out * 4).sum();
+    (bytes / per_block.max(1)).max(1)
 }

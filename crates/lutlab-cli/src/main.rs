@@ -6,6 +6,7 @@ mod eval;
 mod export;
 mod fisher;
 mod generate;
+mod model;
 mod paths;
 mod progress;
 mod quantize;

@@ -117,6 +117,12 @@ impl<'a> Checkpoint<'a> {
         })
     }
 
+    /// `name` as f32 if it is there and readable (fixtures and tests; model loading uses
+    /// [`Self::read`], which says what is wrong).
+    pub fn get(&self, name: &str) -> Option<HostTensor> {
+        self.read_any(name).ok()
+    }
+
     /// Removes and returns `name`, checking its shape and that every value is finite.
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor> {
         let tensor = self.read(name, expected)?;

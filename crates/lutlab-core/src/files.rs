@@ -56,19 +56,22 @@ impl ModelFiles {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
         let read = |name: &str| read_file(&dir.join(name));
-        let exists = |name: &str| dir.join(name).is_file();
-        if !dir.is_dir() {
-            return Err(LoadError::MissingFile { file: dir.display().to_string() });
-        }
+        let shards = weight_files(dir)?;
         let config_json = read(CONFIG_FILE)?;
-        let shards = if exists(WEIGHTS_FILE) || !exists(WEIGHTS_INDEX_FILE) {
-            vec![WEIGHTS_FILE.to_string()]
-        } else {
-            shard_files(&read(WEIGHTS_INDEX_FILE)?, WEIGHTS_INDEX_FILE)?
-        };
         let safetensors = shards.into_iter().map(|name| Ok((name.clone(), read(&name)?))).collect::<Result<_>>()?;
         let tokenizer = Self::read_tokenizer(dir)?;
         Ok(Self { config_json, safetensors, tokenizer })
+    }
+
+    /// Opens a model directory without reading its weights: the config and tokenizer are parsed,
+    /// the safetensors headers checked, and each tensor is read when it is used.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_dir(dir: &std::path::Path) -> Result<OpenedModel> {
+        let paths: Vec<_> = weight_files(dir)?.iter().map(|name| dir.join(name)).collect();
+        let config = ModelConfig::from_json(&read_file(&dir.join(CONFIG_FILE))?, CONFIG_FILE)?;
+        let checkpoint = Checkpoint::open(&paths)?;
+        let tokenizer = TextTokenizer::from_files(&Self::read_tokenizer(dir)?)?;
+        Ok(OpenedModel { config, checkpoint, tokenizer })
     }
 
     /// Reads just a model directory's tokenizer: `tokenizer.json`, or `vocab.json` + `merges.txt`
@@ -83,6 +86,38 @@ impl ModelFiles {
             let config = if config.is_file() { Some(read_file(&config)?) } else { None };
             TokenizerFiles::VocabMerges { vocab: read(VOCAB_FILE)?, merges: read(MERGES_FILE)?, config }
         })
+    }
+}
+
+/// The safetensors files of a model directory: `model.safetensors`, or the shards its index
+/// names.
+#[cfg(not(target_arch = "wasm32"))]
+fn weight_files(dir: &std::path::Path) -> Result<Vec<String>> {
+    if !dir.is_dir() {
+        return Err(LoadError::MissingFile { file: dir.display().to_string() });
+    }
+    let exists = |name: &str| dir.join(name).is_file();
+    if exists(WEIGHTS_FILE) || !exists(WEIGHTS_INDEX_FILE) {
+        Ok(vec![WEIGHTS_FILE.to_string()])
+    } else {
+        shard_files(&read_file(&dir.join(WEIGHTS_INDEX_FILE))?, WEIGHTS_INDEX_FILE)
+    }
+}
+
+/// A model directory opened natively ([`ModelFiles::open_dir`]): config, tokenizer, and the
+/// checkpoint's index (no weights read yet).
+#[cfg(not(target_arch = "wasm32"))]
+pub struct OpenedModel {
+    pub config: ModelConfig,
+    pub checkpoint: Checkpoint<'static>,
+    pub tokenizer: TextTokenizer,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl OpenedModel {
+    /// Reads every weight into host memory (models that fit: the page's and GPT-2's path).
+    pub fn load(self) -> Result<LoadedModel> {
+        Ok(LoadedModel { weights: ModelWeights::from_checkpoint(&self.config, self.checkpoint)?, tokenizer: self.tokenizer })
     }
 }
 

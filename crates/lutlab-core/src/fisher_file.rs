@@ -40,6 +40,64 @@ pub struct FisherMeta {
     pub mean_loss: Option<f64>,
 }
 
+impl FisherMeta {
+    /// The file's `__metadata__`.
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let mut metadata = HashMap::from([
+            ("format".to_string(), FISHER_FORMAT.to_string()),
+            ("model".to_string(), self.model.clone()),
+            ("data".to_string(), self.data.clone()),
+            (
+                "reduction".to_string(),
+                "sum over samples of the squared gradient of each sample's mean next-token cross-entropy".to_string(),
+            ),
+        ]);
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                metadata.insert(key.to_string(), value);
+            }
+        };
+        put("nsamples", self.nsamples.map(|v| v.to_string()));
+        put("seqlen", self.seqlen.map(|v| v.to_string()));
+        put("seed", self.seed.map(|v| v.to_string()));
+        put("loss", self.mean_loss.map(|v| v.to_string()));
+        metadata
+    }
+}
+
+/// An `[in, out]` tensor as a file of `layout` stores it.
+fn in_layout(t: &HostTensor, layout: LinearLayout) -> std::borrow::Cow<'_, HostTensor> {
+    match layout {
+        LinearLayout::InOut => std::borrow::Cow::Borrowed(t),
+        LinearLayout::OutIn => std::borrow::Cow::Owned(transposed(t)),
+    }
+}
+
+/// Writes a Fisher file a tensor at a time, as a streamed model's passes produce them.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct FisherWriter {
+    writer: crate::tensor_file::TensorWriter,
+    layout: LinearLayout,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl FisherWriter {
+    pub fn create(path: &std::path::Path, layout: LinearLayout) -> Result<Self> {
+        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path)?, layout })
+    }
+
+    /// Adds tensor `name` (`[in, out]`), refusing a non-finite one.
+    pub fn add(&mut self, name: &str, tensor: &HostTensor) -> Result<()> {
+        check_finite(name, &tensor.data)?;
+        let stored = in_layout(tensor, self.layout);
+        self.writer.add(name, &stored.shape, crate::checkpoint::TensorData::F32(&stored.data))
+    }
+
+    pub fn finish(self, meta: &FisherMeta) -> Result<()> {
+        self.writer.finish(meta.to_metadata())
+    }
+}
+
 /// Per-weight sums of squared gradients, keyed by the model's tensor names, in model order.
 #[derive(Clone, Debug, Default)]
 pub struct FisherDiagonal {
@@ -73,39 +131,11 @@ impl FisherDiagonal {
     /// Serializes to safetensors bytes (f32, the model's tensor names, metadata as described in
     /// the module documentation).
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        let meta = &self.meta;
-        let mut metadata = HashMap::from([
-            ("format".to_string(), FISHER_FORMAT.to_string()),
-            ("model".to_string(), meta.model.clone()),
-            ("data".to_string(), meta.data.clone()),
-            (
-                "reduction".to_string(),
-                "sum over samples of the squared gradient of each sample's mean next-token cross-entropy".to_string(),
-            ),
-        ]);
-        let mut put = |key: &str, value: Option<String>| {
-            if let Some(value) = value {
-                metadata.insert(key.to_string(), value);
-            }
-        };
-        put("nsamples", meta.nsamples.map(|v| v.to_string()));
-        put("seqlen", meta.seqlen.map(|v| v.to_string()));
-        put("seed", meta.seed.map(|v| v.to_string()));
-        put("loss", meta.mean_loss.map(|v| v.to_string()));
-        let stored: Vec<(&str, std::borrow::Cow<'_, HostTensor>)> = self
-            .tensors
-            .iter()
-            .map(|(name, t)| {
-                let t = match self.linear_layout {
-                    LinearLayout::InOut => std::borrow::Cow::Borrowed(t),
-                    LinearLayout::OutIn => std::borrow::Cow::Owned(transposed(t)),
-                };
-                (name.as_str(), t)
-            })
-            .collect();
+        let stored: Vec<(&str, std::borrow::Cow<'_, HostTensor>)> =
+            self.tensors.iter().map(|(name, t)| (name.as_str(), in_layout(t, self.linear_layout))).collect();
         let views: Vec<(&str, &[usize], &[f32])> =
             stored.iter().map(|(name, t)| (*name, t.shape.as_slice(), t.data.as_slice())).collect();
-        write_safetensors(&views, Some(metadata))
+        write_safetensors(&views, Some(self.meta.to_metadata()))
     }
 
     /// Reads a Fisher file (`file` names it in errors) and checks it against `weights`: every

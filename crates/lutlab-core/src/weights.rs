@@ -225,3 +225,18 @@ fn read_linear(ckpt: &Checkpoint<'_>, config: &ModelConfig, name: &str, n_in: us
     let bias = if bias || ckpt.contains(&bias_name) { ckpt.read(&bias_name, &[n_out])? } else { HostTensor::new(vec![n_out], vec![0.0; n_out]) };
     Ok(LinearWeights { weight, bias })
 }
+
+/// Checks, without reading any values, that `ckpt` holds every tensor `config` declares with its
+/// shape: what a streamed model verifies before it starts.
+pub fn check_layout(config: &ModelConfig, ckpt: &Checkpoint<'_>) -> Result<()> {
+    for (name, expected, required) in config.tensor_shapes() {
+        match ckpt.shape(&name) {
+            None if required => return Err(crate::LoadError::MissingTensor { name }),
+            Some(found) if found != expected.as_slice() => {
+                return Err(crate::LoadError::WrongShape { name, expected, found: found.to_vec() });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -127,17 +127,16 @@ pub async fn linear_input_means_windows(
             return Err(ModelError::Cancelled);
         }
         let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + seqlen]).collect();
-        let mut x = model.embed(model.tokens(&rows));
+        let mut states = [(ctx.clone(), model.embed(model.tokens(&rows)))];
         let mut parts: Vec<Tensor<1>> = Vec::with_capacity(names.len());
-        for block in &model.blocks {
-            let mut inputs = Vec::new();
-            x = block.forward(&ctx, x, Some(&mut inputs));
+        let mut reduce = |inputs: Vec<Tensor<3>>| {
             for input in inputs {
                 let n_in = input.dims()[2];
                 parts.push(input.sum_dim(0).sum_dim(1).reshape([n_in]));
             }
-        }
-        drop(x);
+        };
+        model.run_blocks(&mut states, Some(&mut reduce))?;
+        drop(states);
         let widths: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
         let flat = download(Tensor::cat(parts, 0)).await?;
         if let Some(i) = flat.iter().position(|v| !v.is_finite()) {

@@ -16,7 +16,10 @@ use lutlab_core::config::{Activation, LinearLayout, Positions};
 use lutlab_core::packed_file::PackedModel;
 use lutlab_core::quant::head::{transpose, HEAD};
 use lutlab_core::reference::Rope;
-use lutlab_core::weights::{LinearWeights, NormWeights};
+use lutlab_core::weights::{BlockWeights, EdgeWeights, LinearWeights, NormWeights};
+use lutlab_core::Checkpoint;
+use std::borrow::Cow;
+use std::sync::Arc;
 use lutlab_core::{HostTensor, LoadError, ModelConfig, ModelWeights};
 
 /// LayerNorm (biased variance, as PyTorch) or RMSNorm over the last dimension.
@@ -102,6 +105,27 @@ pub struct Block {
     pub norm_1: Norm,
     pub norm_2: Norm,
     pub linears: Vec<Linear>,
+}
+
+impl Block {
+    /// Uploads checked host weights of one block.
+    pub fn upload(w: &BlockWeights, eps: f64, device: &Device) -> Self {
+        Block {
+            norm_1: Norm::new(&w.norm_1, eps, device),
+            norm_2: Norm::new(&w.norm_2, eps, device),
+            linears: w.linears.iter().map(|l| Linear::new(l, device)).collect(),
+        }
+    }
+}
+
+/// Where a decoder's blocks are: uploaded once, or (a model larger than the GPU or host memory
+/// should hold at once) read from the checkpoint and uploaded each time they are used, so the
+/// GPU holds one block's weights at a time. Callers walk the blocks with [`Decoder::block`], one
+/// layer loop for both.
+#[derive(Clone, Debug)]
+pub enum Blocks {
+    Resident(Vec<Block>),
+    Streamed(Arc<Checkpoint<'static>>),
 }
 
 /// What a block needs besides its weights, for `t` positions starting at position `start` on one
@@ -288,7 +312,7 @@ pub struct Decoder {
     pub head: Option<Box<PackedGpuLinear>>,
     /// Learned positions `[rows, C]` (OPT's first `offset` rows unused).
     pub wpe: Option<Tensor<2>>,
-    pub blocks: Vec<Block>,
+    pub blocks: Blocks,
     pub ln_f: Option<Norm>,
     pub project_in: Option<Linear>,
     pub project_out: Option<Linear>,
@@ -298,26 +322,63 @@ impl Decoder {
     /// Uploads checked host weights to `device`.
     pub fn new(weights: &ModelWeights, device: &Device) -> Self {
         let eps = weights.config.norm_eps;
-        let blocks = weights
-            .blocks
-            .iter()
-            .map(|b| Block {
-                norm_1: Norm::new(&b.norm_1, eps, device),
-                norm_2: Norm::new(&b.norm_2, eps, device),
-                linears: b.linears.iter().map(|l| Linear::new(l, device)).collect(),
-            })
-            .collect();
+        let blocks = weights.blocks.iter().map(|b| Block::upload(b, eps, device)).collect();
+        let edges = EdgeWeights {
+            wte: weights.wte.clone(),
+            wpe: weights.wpe.clone(),
+            ln_f: weights.ln_f.clone(),
+            lm_head: weights.lm_head.clone(),
+            project_in: weights.project_in.clone(),
+            project_out: weights.project_out.clone(),
+        };
+        Self::with_blocks(&weights.config, &edges, Blocks::Resident(blocks), device)
+    }
+
+    /// A model streamed from `checkpoint`: the embeddings, final norm and head are uploaded now,
+    /// each block when it is used (and dropped after). Every block's tensors are checked (names,
+    /// shapes) before anything runs, so a bad checkpoint fails here, not hours in.
+    pub fn streamed(config: &ModelConfig, checkpoint: Checkpoint<'static>, device: &Device) -> Result<Self> {
+        let edges = EdgeWeights::read(config, &checkpoint)?;
+        lutlab_core::weights::check_layout(config, &checkpoint)?;
+        Ok(Self::with_blocks(config, &edges, Blocks::Streamed(Arc::new(checkpoint)), device))
+    }
+
+    fn with_blocks(config: &ModelConfig, edges: &EdgeWeights, blocks: Blocks, device: &Device) -> Self {
+        let eps = config.norm_eps;
         Self {
-            config: weights.config.clone(),
-            wte: upload2(&weights.wte, device),
-            lm_head: weights.lm_head.as_ref().map(|t| upload2(t, device)),
+            config: config.clone(),
+            wte: upload2(&edges.wte, device),
+            lm_head: edges.lm_head.as_ref().map(|t| upload2(t, device)),
             head: None,
-            wpe: weights.wpe.as_ref().map(|t| upload2(t, device)),
+            wpe: edges.wpe.as_ref().map(|t| upload2(t, device)),
             blocks,
-            ln_f: weights.ln_f.as_ref().map(|n| Norm::new(n, eps, device)),
-            project_in: weights.project_in.as_ref().map(|l| Linear::new(l, device)),
-            project_out: weights.project_out.as_ref().map(|l| Linear::new(l, device)),
+            ln_f: edges.ln_f.as_ref().map(|n| Norm::new(n, eps, device)),
+            project_in: edges.project_in.as_ref().map(|l| Linear::new(l, device)),
+            project_out: edges.project_out.as_ref().map(|l| Linear::new(l, device)),
         }
+    }
+
+    /// Block `index`: the resident one, or read and uploaded now (streamed).
+    pub fn block(&self, index: usize) -> Result<Cow<'_, Block>> {
+        match &self.blocks {
+            Blocks::Resident(blocks) => blocks
+                .get(index)
+                .map(Cow::Borrowed)
+                .ok_or_else(|| LoadError::InvalidSetting(format!("block {index} of a {}-block model", blocks.len())).into()),
+            Blocks::Streamed(checkpoint) => {
+                let weights = BlockWeights::read(&self.config, checkpoint, index)?;
+                Ok(Cow::Owned(Block::upload(&weights, self.config.norm_eps, &self.device())))
+            }
+        }
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.config.n_layer
+    }
+
+    /// Whether blocks are read from the checkpoint as they are used.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.blocks, Blocks::Streamed(_))
     }
 
     /// Uploads a packed model: its packed linear layers run through the LUT kernels straight
@@ -380,7 +441,7 @@ impl Decoder {
             lm_head,
             head,
             wpe: names.positions.map(|p| tensor(&format!("{p}.weight")).map(|t| upload2(t, device))).transpose()?,
-            blocks,
+            blocks: Blocks::Resident(blocks),
             ln_f: if config.final_norm { Some(norm(names.final_norm)?) } else { None },
             project_in: projection(names.project_in, config.embed_dim, config.n_embd)?,
             project_out: projection(names.project_out, config.n_embd, config.embed_dim)?,
@@ -431,28 +492,48 @@ impl Decoder {
     }
 
     /// The final hidden states `[B, T, embed_dim]` (the LM head's input).
-    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let t = tokens.dims()[1];
-        let ctx = self.context(t);
-        let mut x = self.embed(tokens);
-        for block in &self.blocks {
-            x = block.forward(&ctx, x, None);
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
+        Ok(self.hidden_batches(vec![tokens])?.remove(0))
+    }
+
+    /// [`Self::hidden`] of several batches (each `[B, T]`, shapes may differ), walking the blocks
+    /// once. A streamed model reads each block once for all the batches.
+    pub fn hidden_batches(&self, batches: Vec<Tensor<2, Int>>) -> Result<Vec<Tensor<3>>> {
+        let mut states: Vec<(BlockContext, Tensor<3>)> =
+            batches.into_iter().map(|tokens| (self.context(tokens.dims()[1]), self.embed(tokens))).collect();
+        self.run_blocks(&mut states, None)?;
+        Ok(states.into_iter().map(|(_, x)| self.finish(x)).collect())
+    }
+
+    /// THE layer loop: every block, in order, on each residual stream of `states`. With `sink`,
+    /// each block's linear inputs (see [`Block::forward`]) are handed over per state.
+    pub fn run_blocks(&self, states: &mut [(BlockContext, Tensor<3>)], mut sink: Option<&mut dyn FnMut(Vec<Tensor<3>>)>) -> Result<()> {
+        for i in 0..self.n_blocks() {
+            let block = self.block(i)?;
+            for (ctx, x) in states.iter_mut() {
+                let mut inputs = Vec::new();
+                let keep = sink.is_some().then_some(&mut inputs);
+                *x = block.forward(ctx, x.clone(), keep);
+                if let Some(sink) = sink.as_deref_mut() {
+                    sink(inputs);
+                }
+            }
         }
-        self.finish(x)
+        Ok(())
     }
 
     /// The final hidden states `[B, T, embed_dim]` of `tokens` at positions `start..start + T`,
     /// attending also to the positions in `caches` (one per block, each holding `start`
     /// positions), which this step extends.
-    pub fn hidden_cached(&self, tokens: Tensor<2, Int>, caches: &mut [KvCache]) -> Tensor<3> {
+    pub fn hidden_cached(&self, tokens: Tensor<2, Int>, caches: &mut [KvCache]) -> Result<Tensor<3>> {
         let start = caches.first().map_or(0, KvCache::len);
         let t = tokens.dims()[1];
         let ctx = BlockContext::at(&self.config, start, t, &self.device());
         let mut x = self.embed_at(tokens, start);
-        for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            x = block.forward_cached(&ctx, x, None, Some(cache));
+        for (i, cache) in caches.iter_mut().enumerate() {
+            x = self.block(i)?.forward_cached(&ctx, x, None, Some(cache));
         }
-        self.finish(x)
+        Ok(self.finish(x))
     }
 
     /// The dense head weight `[vocab, embed_dim]` (an untied head, or the embedding).
@@ -472,8 +553,8 @@ impl Decoder {
     }
 
     /// Logits `[B, T, vocab]` for token ids `[B, T]`.
-    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.lm_head(self.hidden(tokens))
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
+        Ok(self.lm_head(self.hidden(tokens)?))
     }
 }
 

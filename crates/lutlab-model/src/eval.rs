@@ -23,12 +23,15 @@ pub struct EvalSettings {
     pub stride: usize,
     /// Upper bound on the bytes of one batch's logits, which dominate memory.
     pub max_logits_bytes: usize,
+    /// A streamed model: upper bound on the residual streams of the windows that go through the
+    /// blocks together (each block is read once per such chunk).
+    pub max_stream_bytes: usize,
 }
 
 impl EvalSettings {
     pub fn for_model(model: &Decoder) -> Self {
         let max_length = model.config.n_positions.min(DEFAULT_MAX_LENGTH);
-        Self { max_length, stride: max_length / 2, max_logits_bytes: 256 << 20 }
+        Self { max_length, stride: max_length / 2, max_logits_bytes: 256 << 20, max_stream_bytes: 2 << 30 }
     }
 
     /// The model's defaults with a user's choices: a new `max_length` also halves into the stride
@@ -79,11 +82,20 @@ pub async fn perplexity(
     let total: u64 = windows.iter().map(|w| w.scored() as u64).sum();
     let mut sum = NllSum::default();
     progress.update(0, total);
-    for batch in batches(&windows, batch_size(&windows, settings, config.vocab_size)) {
+    let batches = batches(&windows, batch_size(&windows, settings, config.vocab_size));
+    // A streamed model reads every block once per chunk of batches, so its chunks are as large
+    // as the residual streams they keep allow; a resident one runs a batch at a time.
+    let per_chunk = if model.is_streamed() {
+        let batch_bytes = batches.iter().map(|b| b.len() * b[0].len() * config.n_embd * 4).max().unwrap_or(1).max(1);
+        (settings.max_stream_bytes / batch_bytes).max(1)
+    } else {
+        1
+    };
+    for chunk in batches.chunks(per_chunk) {
         if progress.is_cancelled() {
             return Err(ModelError::Cancelled);
         }
-        let nll = batch_nll(model, tokens, &batch).await?;
+        let nll = chunk_nll(model, tokens, chunk).await?;
         sum.add(nll.iter().map(|&v| v as f64).sum(), nll.len());
         progress.update(sum.scored as u64, total);
     }
@@ -96,15 +108,32 @@ fn batch_size(windows: &[Window], settings: EvalSettings, vocab: usize) -> usize
     (settings.max_logits_bytes / (scored * vocab * 4)).clamp(1, 64)
 }
 
+/// Per-token NLL of the scored tokens of `batches` of windows (each batch's windows share a
+/// length and first scored position), in order: one walk through the blocks for all of them.
+pub async fn chunk_nll(model: &Decoder, tokens: &[u32], batches: &[Vec<Window>]) -> Result<Vec<f32>> {
+    let ids = batches
+        .iter()
+        .map(|batch| model.tokens(&batch.iter().map(|w| &tokens[w.begin..w.end]).collect::<Vec<_>>()))
+        .collect();
+    let mut out = Vec::new();
+    for (batch, hidden) in batches.iter().zip(model.hidden_batches(ids)?) {
+        out.extend(scored_nll(model, tokens, batch, hidden).await?);
+    }
+    Ok(out)
+}
+
 /// Per-token NLL of the scored tokens of windows that share a length and first scored position.
 pub async fn batch_nll(model: &Decoder, tokens: &[u32], batch: &[Window]) -> Result<Vec<f32>> {
+    chunk_nll(model, tokens, &[batch.to_vec()]).await
+}
+
+/// The NLL of a batch's scored tokens from its final hidden states `[B, T, C]`.
+async fn scored_nll(model: &Decoder, tokens: &[u32], batch: &[Window], hidden: Tensor<3>) -> Result<Vec<f32>> {
     let first = batch[0];
     let (p, s, b) = (first.first_scored_position(), first.scored(), batch.len());
-    let rows: Vec<&[u32]> = batch.iter().map(|w| &tokens[w.begin..w.end]).collect();
-    let hidden = model.hidden(model.tokens(&rows));
     let [_, t, c] = hidden.dims();
-    let scored_hidden = hidden.slice([0..b, p..p + s, 0..c]);
     debug_assert!(p + s <= t);
+    let scored_hidden = hidden.slice([0..b, p..p + s, 0..c]);
     let log_probs = activation::log_softmax(model.lm_head(scored_hidden), 2);
     let targets: Vec<i32> = batch.iter().flat_map(|w| tokens[w.score_from..w.end].iter().map(|&id| id as i32)).collect();
     let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s, 1]), &model.device());

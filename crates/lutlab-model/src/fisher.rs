@@ -55,6 +55,10 @@ pub struct FisherSettings {
     pub seed: u64,
     /// Samples per forward/backward pass (see the module documentation); 1 by default.
     pub micro_batch: usize,
+    /// Blocks whose Fisher accumulates in one pass over the windows (all by default). A model
+    /// whose accumulators do not fit the GPU next to it runs several passes, last blocks first,
+    /// each handing its blocks' diagonal over when it ends (see [`fisher_into`]).
+    pub blocks_per_pass: Option<usize>,
 }
 
 impl FisherSettings {
@@ -67,6 +71,7 @@ impl FisherSettings {
             seqlen: model.config.n_positions.min(crate::eval::DEFAULT_MAX_LENGTH),
             seed: Self::DEFAULT_SEED,
             micro_batch: 1,
+            blocks_per_pass: None,
         }
     }
 
@@ -84,6 +89,7 @@ impl FisherSettings {
             seqlen: seqlen.unwrap_or(d.seqlen),
             seed: seed.unwrap_or(d.seed),
             micro_batch: micro_batch.unwrap_or(d.micro_batch),
+            blocks_per_pass: None,
         }
     }
 
@@ -163,33 +169,40 @@ pub async fn fisher(
     what: &str,
     progress: &mut dyn Progress,
 ) -> Result<FisherRun> {
+    let mut collected = Vec::new();
+    let mut run = fisher_into(model, tokens, settings, what, progress, &mut |name, t| {
+        collected.push((name, t));
+        Ok(())
+    })
+    .await?;
+    run.diagonal.tensors = in_model_order(model, collected);
+    Ok(run)
+}
+
+/// [`fisher`], each tensor of the diagonal handed to `sink` as soon as its pass ends (so a large
+/// model's diagonal is written to disk block group by block group, never held whole); the
+/// returned run's `diagonal.tensors` is empty.
+pub async fn fisher_into(
+    model: &Decoder,
+    tokens: &[u32],
+    settings: FisherSettings,
+    what: &str,
+    progress: &mut dyn Progress,
+    sink: &mut dyn FnMut(String, HostTensor) -> Result<()>,
+) -> Result<FisherRun> {
     check_settings(model, settings.seqlen, settings.micro_batch)?;
     if settings.nsamples == 0 {
         return Err(LoadError::InvalidSetting("nsamples must be at least 1".into()).into());
     }
-    let starts = sample_starts(
-        tokens.len(),
-        settings.nsamples,
-        settings.seqlen,
-        settings.seed,
-        what,
-    )?;
-    let mut run = fisher_windows(
-        model,
-        tokens,
-        &starts,
-        settings.seqlen,
-        settings.micro_batch,
-        what,
-        progress,
-    )
-    .await?;
+    let starts = sample_starts(tokens.len(), settings.nsamples, settings.seqlen, settings.seed, what)?;
+    let plan = Plan { seqlen: settings.seqlen, micro_batch: settings.micro_batch, blocks_per_pass: settings.blocks_per_pass };
+    let mut run = fisher_passes(model, tokens, &starts, plan, what, progress, sink).await?;
     run.diagonal.meta.seed = Some(settings.seed);
     Ok(run)
 }
 
 /// The Fisher diagonal on given windows `tokens[start..start + seqlen]` (the fixed windows of a
-/// reference, say). The result's metadata has no seed.
+/// reference, say), in one pass. The result's metadata has no seed.
 pub async fn fisher_windows(
     model: &Decoder,
     tokens: &[u32],
@@ -199,15 +212,50 @@ pub async fn fisher_windows(
     what: &str,
     progress: &mut dyn Progress,
 ) -> Result<FisherRun> {
+    let mut collected = Vec::new();
+    let plan = Plan { seqlen, micro_batch, blocks_per_pass: None };
+    let mut run = fisher_passes(model, tokens, starts, plan, what, progress, &mut |name, t| {
+        collected.push((name, t));
+        Ok(())
+    })
+    .await?;
+    run.diagonal.tensors = in_model_order(model, collected);
+    Ok(run)
+}
+
+/// How the windows are run: their length, samples per pass, blocks per pass.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    seqlen: usize,
+    micro_batch: usize,
+    blocks_per_pass: Option<usize>,
+}
+
+/// `tensors` sorted into the Fisher file's order (model order).
+fn in_model_order(model: &Decoder, mut tensors: Vec<(String, HostTensor)>) -> Vec<(String, HostTensor)> {
+    let names = weight_names(model);
+    tensors.sort_by_key(|(name, _)| names.iter().position(|n| n == name));
+    tensors
+}
+
+/// The passes over `starts`, one per group of `blocks_per_pass` blocks, last group first: each
+/// runs the whole forward, the backward down to its first block, and hands its blocks' diagonal
+/// to `sink`. Losses (the metadata's mean) come from the first pass.
+async fn fisher_passes(
+    model: &Decoder,
+    tokens: &[u32],
+    starts: &[usize],
+    plan: Plan,
+    what: &str,
+    progress: &mut dyn Progress,
+    sink: &mut dyn FnMut(String, HostTensor) -> Result<()>,
+) -> Result<FisherRun> {
+    let Plan { seqlen, micro_batch, blocks_per_pass } = plan;
     check_settings(model, seqlen, micro_batch)?;
     if starts.is_empty() {
         return Err(LoadError::InvalidSetting("no calibration windows".into()).into());
     }
-    if let Some((i, &start)) = starts
-        .iter()
-        .enumerate()
-        .find(|&(_, &s)| s + seqlen > tokens.len())
-    {
+    if let Some((i, &start)) = starts.iter().enumerate().find(|&(_, &s)| s + seqlen > tokens.len()) {
         return Err(LoadError::InvalidSetting(format!(
             "{what}: window {i} ({start}..{}) runs past the end of the text ({} tokens)",
             start + seqlen,
@@ -217,59 +265,58 @@ pub async fn fisher_windows(
     }
     let vocab = model.config.vocab_size;
     for &start in starts {
-        if let Some(&bad) = tokens[start..start + seqlen]
-            .iter()
-            .find(|&&t| t as usize >= vocab)
-        {
-            return Err(LoadError::InvalidSetting(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            ))
-            .into());
+        if let Some(&bad) = tokens[start..start + seqlen].iter().find(|&&t| t as usize >= vocab) {
+            return Err(LoadError::InvalidSetting(format!("token id {bad} is outside the vocabulary of {vocab}")).into());
         }
     }
+    let n_layer = model.n_blocks();
+    let per_pass = blocks_per_pass.unwrap_or(n_layer).clamp(1, n_layer.max(1));
+    let groups: Vec<std::ops::Range<usize>> = (0..n_layer).step_by(per_pass).map(|g| g..(g + per_pass).min(n_layer)).rev().collect();
 
     let device = model.device();
-    let weights = linear_weights(model)?;
-    let names: Vec<String> = weights.iter().map(|(name, _)| name.clone()).collect();
-    let mut accumulators: Vec<Tensor<2>> = weights
-        .iter()
-        .map(|(_, w)| Tensor::zeros(w.dims(), &device))
-        .collect();
+    let names = weight_names(model);
+    let specs = model.config.block_linears();
+    let per_block = specs.len();
     let passes = FisherPasses::new(model, seqlen);
-    let total = (starts.len() * seqlen) as u64;
+    let total = (groups.len() * starts.len() * seqlen) as u64;
     let mut peak = PeakMemory::new(&device);
     let mut loss_sum = 0f64;
     progress.update(0, total);
-    for (batch_index, batch) in starts.chunks(micro_batch).enumerate() {
-        if progress.is_cancelled() {
-            return Err(ModelError::Cancelled);
+    for (pass, group) in groups.iter().enumerate() {
+        let tensor_names = &names[group.start * per_block..group.end * per_block];
+        let mut accumulators: Vec<Tensor<2>> =
+            group.clone().flat_map(|_| specs.iter().map(|s| Tensor::zeros([s.n_in, s.n_out], &device))).collect();
+        for (batch_index, batch) in starts.chunks(micro_batch).enumerate() {
+            if progress.is_cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            let first_sample = batch_index * micro_batch;
+            let b = batch.len();
+            let squared = passes.squared_gradients(tokens, batch, group.clone(), &mut peak)?;
+            // One read-back per micro-batch: losses [b], then each tensor's per-sample sums [b].
+            let mut health = vec![squared.losses];
+            for (k, grad2) in squared.per_tensor.into_iter().enumerate() {
+                // Sums in two stages (rows, then the row sums): burn reduces each output in one
+                // workgroup, so a single sum over a whole weight took milliseconds per tensor
+                // (88 % of Fisher's GPU time on GPT-2 124M before this).
+                health.push(grad2.clone().sum_dim(2).sum_dim(1).reshape([b]));
+                let [_, n_in, n_out] = grad2.dims();
+                let per_sample_sum = if b == 1 { grad2.reshape([n_in, n_out]) } else { grad2.sum_dim(0).reshape([n_in, n_out]) };
+                let acc = std::mem::replace(&mut accumulators[k], Tensor::empty([0, 0], &device));
+                accumulators[k] = acc + per_sample_sum;
+            }
+            let health = download(Tensor::cat(health, 0)).await?;
+            check_samples(&health, b, first_sample, batch, seqlen, tensor_names, what)?;
+            if pass == 0 {
+                loss_sum += health[..b].iter().map(|&l| f64::from(l)).sum::<f64>();
+            }
+            peak.sample();
+            progress.update(((pass * starts.len() + first_sample + b) * seqlen) as u64, total);
         }
-        let first_sample = batch_index * micro_batch;
-        let b = batch.len();
-        let squared = passes.squared_gradients(tokens, batch, &mut peak)?;
-        // One read-back per micro-batch: losses [b], then each tensor's per-sample sums [b].
-        let mut health = vec![squared.losses];
-        for (k, grad2) in squared.per_tensor.into_iter().enumerate() {
-            // Sums in two stages (rows, then the row sums): burn reduces each output in one
-            // workgroup, so a single sum over a whole weight took milliseconds per tensor
-            // (88 % of Fisher's GPU time on GPT-2 124M before this).
-            health.push(grad2.clone().sum_dim(2).sum_dim(1).reshape([b]));
-            let [_, n_in, n_out] = grad2.dims();
-            let per_sample_sum = if b == 1 { grad2.reshape([n_in, n_out]) } else { grad2.sum_dim(0).reshape([n_in, n_out]) };
-            let acc = std::mem::replace(&mut accumulators[k], Tensor::empty([0, 0], &device));
-            accumulators[k] = acc + per_sample_sum;
+        for (name, acc) in tensor_names.iter().zip(accumulators) {
+            let shape = acc.dims().to_vec();
+            sink(name.clone(), HostTensor::new(shape, download(acc).await?))?;
         }
-        let health = download(Tensor::cat(health, 0)).await?;
-        check_samples(&health, b, first_sample, batch, seqlen, &names, what)?;
-        loss_sum += health[..b].iter().map(|&l| f64::from(l)).sum::<f64>();
-        peak.sample();
-        progress.update(((first_sample + b) * seqlen) as u64, total);
-    }
-
-    let mut tensors = Vec::with_capacity(weights.len());
-    for ((name, _), acc) in weights.iter().zip(accumulators) {
-        let shape = acc.dims().to_vec();
-        tensors.push((name.clone(), HostTensor::new(shape, download(acc).await?)));
     }
     let meta = FisherMeta {
         nsamples: Some(starts.len()),
@@ -278,7 +325,7 @@ pub async fn fisher_windows(
         ..FisherMeta::default()
     };
     Ok(FisherRun {
-        diagonal: FisherDiagonal { tensors, meta, linear_layout: model.config.linear_layout() },
+        diagonal: FisherDiagonal { tensors: Vec::new(), meta, linear_layout: model.config.linear_layout() },
         starts: starts.to_vec(),
         peak_reserved_bytes: peak.bytes,
     })
@@ -296,13 +343,6 @@ fn check_settings(model: &Decoder, seqlen: usize, micro_batch: usize) -> Result<
         return Err(LoadError::InvalidSetting("micro-batch must be at least 1".into()).into());
     }
     Ok(())
-}
-
-/// `(name, weight)` of every linear weight, in model order (the Fisher file's order).
-fn linear_weights(model: &Decoder) -> Result<Vec<(String, Tensor<2>)>> {
-    let names = weight_names(model);
-    let dense = model.blocks.iter().enumerate().map(|(i, block)| dense_linears(model, block, i)).collect::<Result<Vec<_>>>()?;
-    Ok(names.into_iter().zip(dense.into_iter().flatten().map(|(w, _)| w.clone())).collect())
 }
 
 /// `{linear}.weight` of every block linear, in model order.
@@ -415,7 +455,9 @@ impl<'a> FisherPasses<'a> {
         Self { model, seqlen, ctx_diff: ctx.map(|t| t.autodiff()), ctx, diff_device: model.device().autodiff() }
     }
 
-    fn squared_gradients(&self, tokens: &[u32], starts: &[usize], peak: &mut PeakMemory) -> Result<SquaredGradients> {
+    /// The squared per-sample gradients of the linears of the blocks in `group` (the forward
+    /// runs every block; the backward stops at the group's first block).
+    fn squared_gradients(&self, tokens: &[u32], starts: &[usize], group: std::ops::Range<usize>, peak: &mut PeakMemory) -> Result<SquaredGradients> {
         let m = self.model;
         let (b, t) = (starts.len(), self.seqlen);
         let ids: Vec<i32> = starts
@@ -426,26 +468,30 @@ impl<'a> FisherPasses<'a> {
         let names = weight_names(m);
         let per_block = m.config.block_linears().len();
 
-        // Forward without a graph, keeping only each block's input.
-        let mut inputs = Vec::with_capacity(m.blocks.len());
+        // Forward without a graph, keeping each input of the blocks the backward will reach.
+        let mut inputs = Vec::with_capacity(m.n_blocks() - group.start);
         let mut x = m.embed(Tensor::<2, Int>::from_data(ids.clone(), &m.device()));
-        for (i, block) in m.blocks.iter().enumerate() {
-            let (per_sample, _) = per_sample_block(m, block, i, b, false)?;
+        for i in 0..m.n_blocks() {
+            let (per_sample, _) = per_sample_block(m, &*m.block(i)?, i, b, Role::Constant)?;
             let next = per_sample.forward(&self.ctx, x.clone(), None);
-            inputs.push(x);
+            if i >= group.start {
+                inputs.push(x);
+            }
             x = next;
         }
         let targets = Tensor::<2, Int>::from_data(ids, &self.diff_device).slice([0..b, 1..t]);
         let (mut upstream, losses) = self.head_gradient(x, targets, peak)?;
 
         // Backward block by block, last first: recompute the block's forward with a graph, pull
-        // the upstream gradient through it, keep its weights' squared gradients.
-        let mut per_block_squares = Vec::with_capacity(m.blocks.len());
-        for (i, (block, input)) in m.blocks.iter().zip(inputs).enumerate().rev() {
-            // Block 0's input is the embedding: nothing below it needs a gradient.
-            let needs_input_grad = i > 0;
+        // the upstream gradient through it, keep its weights' squared gradients if it is in the
+        // group.
+        let mut per_block_squares = Vec::with_capacity(group.len());
+        for (i, input) in (group.start..m.n_blocks()).zip(inputs).rev() {
+            // Below the group's first block nothing needs a gradient.
+            let needs_input_grad = i > group.start;
             let input = if needs_input_grad { input.autodiff().require_grad() } else { input.autodiff() };
-            let (per_sample, leaves) = per_sample_block(m, block, i, b, true)?;
+            let role = if group.contains(&i) { Role::Leaves } else { Role::DifferentiableConstant };
+            let (per_sample, leaves) = per_sample_block(m, &*m.block(i)?, i, b, role)?;
             let output = per_sample.forward(&self.ctx_diff, input.clone(), None);
             // Σ output ⊙ upstream, reduced in two stages as above (its gradient is `upstream`).
             let mut grads = (output * upstream.autodiff()).sum_dim(2).sum().backward();
@@ -460,7 +506,9 @@ impl<'a> FisherPasses<'a> {
             } else {
                 Tensor::empty([0, 0, 0], &m.device())
             };
-            per_block_squares.push(squared);
+            if group.contains(&i) {
+                per_block_squares.push(squared);
+            }
         }
         per_block_squares.reverse();
         Ok(SquaredGradients { losses, per_tensor: per_block_squares.into_iter().flatten().collect() })
@@ -508,18 +556,37 @@ fn missing_gradient(what: &str) -> ModelError {
     ModelError::Gpu(format!("autodiff returned no gradient for {what}"))
 }
 
+/// What a Fisher pass needs of a block's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The forward without a graph.
+    Constant,
+    /// A recomputed block the gradient only passes through.
+    DifferentiableConstant,
+    /// A recomputed block whose weights' gradients are wanted: autodiff leaves.
+    Leaves,
+}
+
 /// Block `index` for a Fisher pass: its linears as per-sample copies `[b, in, out]` of the
-/// weights (returned too: autodiff leaves in the differentiable pass), its biases and norms as
+/// weights (returned too, as autodiff leaves, for [`Role::Leaves`]), its biases and norms as
 /// constants. The one block implementation then runs it.
-fn per_sample_block(model: &Decoder, block: &Block, index: usize, b: usize, differentiable: bool) -> Result<(Block, Vec<Tensor<3>>)> {
+fn per_sample_block(model: &Decoder, block: &Block, index: usize, b: usize, role: Role) -> Result<(Block, Vec<Tensor<3>>)> {
+    let differentiable = role != Role::Constant;
     let constant1 = |t: Tensor<1>| if differentiable { t.autodiff() } else { t };
     let mut linears = Vec::with_capacity(block.linears.len());
     let mut leaves = Vec::with_capacity(block.linears.len());
     for (weight, bias) in dense_linears(model, block, index)? {
         let copies = weight.clone().unsqueeze::<3>().repeat_dim(0, b);
-        let leaf = if differentiable { copies.autodiff().require_grad() } else { copies };
-        linears.push(Linear::PerSample { weight: leaf.clone(), bias: constant1(bias.clone()) });
-        leaves.push(leaf);
+        let weight = match role {
+            Role::Constant => copies,
+            Role::DifferentiableConstant => copies.autodiff(),
+            Role::Leaves => {
+                let leaf = copies.autodiff().require_grad();
+                leaves.push(leaf.clone());
+                leaf
+            }
+        };
+        linears.push(Linear::PerSample { weight, bias: constant1(bias.clone()) });
     }
     let per_sample = Block { norm_1: block.norm_1.map(constant1), norm_2: block.norm_2.map(constant1), linears };
     Ok((per_sample, leaves))

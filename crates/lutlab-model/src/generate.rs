@@ -126,7 +126,7 @@ pub async fn generate(model: &Decoder, prompt: &[u32], settings: GenerateSetting
         Sampling::Greedy => None,
     };
     let mut context = prompt.to_vec();
-    let mut caches = vec![KvCache::default(); model.blocks.len()];
+    let mut caches = vec![KvCache::default(); model.n_blocks()];
     let mut tokens = Vec::with_capacity(settings.max_new_tokens);
     let total = settings.max_new_tokens as u64;
     progress.update(0, total);
@@ -166,7 +166,7 @@ pub async fn generate(model: &Decoder, prompt: &[u32], settings: GenerateSetting
 /// read back.
 pub async fn next_token_logits(model: &Decoder, context: &[u32]) -> Result<Vec<f32>> {
     check_prompt(model, context)?;
-    let hidden = model.hidden(model.tokens(&[context]));
+    let hidden = model.hidden(model.tokens(&[context]))?;
     let [b, t, c] = hidden.dims();
     let last = hidden.slice([0..b, t - 1..t, 0..c]);
     download(model.lm_head(last)).await
@@ -175,7 +175,7 @@ pub async fn next_token_logits(model: &Decoder, context: &[u32]) -> Result<Vec<f
 /// The logits `[vocab]` predicting the token after the cached positions and `new` tokens, which
 /// the caches then hold too.
 pub async fn cached_next_token_logits(model: &Decoder, new: &[u32], caches: &mut [KvCache]) -> Result<Vec<f32>> {
-    let hidden = model.hidden_cached(model.tokens(&[new]), caches);
+    let hidden = model.hidden_cached(model.tokens(&[new]), caches)?;
     let [b, t, c] = hidden.dims();
     let last = hidden.slice([0..b, t - 1..t, 0..c]);
     download(model.lm_head(last)).await

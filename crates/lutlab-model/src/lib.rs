@@ -15,6 +15,6 @@ pub use burn;
 pub use device::{gpu_device, open_gpu, Gpu};
 pub use error::{ModelError, Result};
 pub use eval::{perplexity, EvalSettings};
-pub use fisher::{fisher, fisher_windows, sample_starts, FisherRun, FisherSettings};
+pub use fisher::{fisher, fisher_into, fisher_windows, sample_starts, FisherRun, FisherSettings};
 pub use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 pub use decoder::Decoder;
