@@ -4,13 +4,14 @@
 
 use crate::eval::{measure, measure_packed, EvalOptions};
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_VALID};
+use crate::model::StreamOptions;
 use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
-use lutlab_core::quant::{quantize_model, Calibration, InputMeans, QuantizeRequest, QuantizedModel};
+use lutlab_core::quant::{quantize_model, Calibration, InputMeans, QuantizeRequest};
 use lutlab_gpu::quantize_model_gpu;
 use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Decoder};
 use lutlab_core::packed_file::{config_json, PackedMeta, PackedModel, TableDtype};
@@ -32,93 +33,95 @@ enum MethodName {
 pub struct QuantizeArgs {
     /// Hugging Face model directory (default: the shipped model).
     #[arg(long)]
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "kmeans")]
     method: MethodName,
     /// Bits per weight: 1..8 for k-means, 2..8 for rtn.
     #[arg(long, default_value_t = 4)]
-    bits: u32,
+    pub(crate) bits: u32,
     /// tensor | channel | group | group:G (k-means: G output channels per table; rtn: G input
     /// rows per scale, as Brevitas, or channel-group:G).
     #[arg(long, default_value = "tensor")]
-    granularity: String,
+    pub(crate) granularity: String,
     /// Fisher diagonal (`lutlab fisher`, or SqueezeLLM-style gradients with the model's names):
     /// weights the k-means objective and picks sensitive weights. Without it, uniform weights.
     #[arg(long)]
-    fisher: Option<PathBuf>,
+    pub(crate) fisher: Option<PathBuf>,
     /// Dense-and-sparse: keep this percent of weights, the farthest from each layer's quartiles,
     /// exactly (SqueezeLLM's paper: 0.45).
     #[arg(long)]
-    outlier_percent: Option<f64>,
+    pub(crate) outlier_percent: Option<f64>,
     /// Dense-and-sparse: SqueezeLLM's `range` factor directly, instead of --outlier-percent.
     #[arg(long, conflicts_with = "outlier_percent")]
-    range: Option<f64>,
+    pub(crate) range: Option<f64>,
     /// Dense-and-sparse: also keep the top PCT % of weights by Fisher value (paper: 0.05).
     #[arg(long, default_value_t = 0.0)]
-    sensitive: f64,
+    pub(crate) sensitive: f64,
     /// k-means++ seed.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// k-means++ runs per table, the best kept (default 10; sklearn's `n_init="auto"`, as
     /// SqueezeLLM's nuq.py calls it, is 1).
     #[arg(long)]
-    restarts: Option<usize>,
+    pub(crate) restarts: Option<usize>,
     /// Run the k-means on the GPU (WGSL Lloyd iterations; the CPU reference otherwise).
     #[arg(long)]
-    gpu: bool,
+    pub(crate) gpu: bool,
     /// k-means: seed 000's scaling (a ± standard-deviation scale per output channel).
     #[arg(long)]
-    scaling: bool,
+    pub(crate) scaling: bool,
     /// k-means: seed 000's centering (each layer's mean input, from --calibration-data, is
     /// subtracted from its input and folded into its bias).
     #[arg(long)]
-    centering: bool,
+    pub(crate) centering: bool,
     /// Calibration text for centering (default: WikiText-2 valid).
     #[arg(long)]
-    calibration_data: Option<PathBuf>,
+    pub(crate) calibration_data: Option<PathBuf>,
     /// Random windows of calibration text for centering (seed 000: 100).
     #[arg(long, default_value_t = ActivationSettings::DEFAULT_NSAMPLES)]
-    calibration_samples: usize,
+    pub(crate) calibration_samples: usize,
     /// rtn number format: int, e4m3, e5m2, fnuz_e4m3, e2m1, e3m2, e2m3, ...
     #[arg(long, default_value = "int")]
-    format: String,
+    pub(crate) format: String,
     /// rtn: asymmetric grid with a zero point (integers only).
     #[arg(long)]
-    asym: bool,
+    pub(crate) asym: bool,
     /// rtn scale estimation: stats | percentile:P | mse | hqo.
     #[arg(long, default_value = "stats")]
-    scale_stats: String,
+    pub(crate) scale_stats: String,
     /// rtn scale type: float | po2.
     #[arg(long, default_value = "float")]
-    scale_type: String,
+    pub(crate) scale_type: String,
     /// Only blocks START,END (end exclusive), as SqueezeLLM's nuq.py `--range`.
     #[arg(long)]
-    blocks: Option<String>,
+    pub(crate) blocks: Option<String>,
     /// Also quantize the token embedding and the LM head (one tied matrix, quantized as the head's
     /// [n_embd, vocab] linear: a table per token at channel granularity). Off by default: they
     /// stay f32, as in seed 000 and SqueezeLLM. The head's k-means is never Fisher-weighted
     /// (`lutlab fisher` measures the blocks' linears) nor centered.
     #[arg(long)]
-    quantize_embeddings: bool,
+    pub(crate) quantize_embeddings: bool,
     /// Evaluate the quantized model's perplexity (on --data, default WikiText-2 test).
     #[arg(long)]
-    eval: bool,
+    pub(crate) eval: bool,
     #[command(flatten)]
-    eval_options: EvalOptions,
+    pub(crate) eval_options: EvalOptions,
+    #[command(flatten)]
+    pub(crate) stream: StreamOptions,
     /// Write the dequantized model as a Hugging Face checkpoint directory.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Write the packed model (docs/FORMAT.md) to this file; `lutlab eval --packed` and the
     /// page run it through the LUT kernels.
     #[arg(long)]
-    packed: Option<PathBuf>,
+    pub(crate) packed: Option<PathBuf>,
     /// How the packed file stores table entries: f16 (tables rounded, and evaluated as stored)
     /// or f32.
     #[arg(long, default_value = "f16")]
-    table_dtype: String,
+    pub(crate) table_dtype: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
@@ -127,12 +130,17 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         bail!("nothing to do with the result: pass --eval, --out DIR and/or --packed FILE");
     }
     let table_dtype: TableDtype = args.table_dtype.parse()?;
-    let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
+    let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
+    let config = ModelFiles::open_dir(&model_dir)?.config;
+    if args.stream.streams(&config) {
+        return crate::quantize_streamed::run(&args, &model_dir, &args.request(), blocks, table_dtype);
+    }
+    let loaded = ModelFiles::open_dir(&model_dir)?.load()?;
     let weights = &loaded.weights;
     let fisher = args.fisher.as_deref().map(|path| read_fisher(path, weights)).transpose()?;
     let request = args.request();
     let method = request.method(weights, fisher.is_some())?;
-    let selection = request.selection(args.blocks.as_deref().map(parse_blocks).transpose()?);
+    let selection = request.selection(blocks);
 
     let input_means = if args.centering { Some(input_means(&args, &loaded)?) } else { None };
 
@@ -180,11 +188,12 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         (_, false) => None,
     };
     let sizes = packed.as_ref().map(|p| (p.packed_bytes(), p.f16_bytes_of_packed_layers()));
-    report(&args, &label, &quantized, seconds, eval.as_ref(), sizes)
+    let lines: Vec<LayerLine> = quantized.layers.iter().map(LayerLine::of).collect();
+    report(&args, &label, &lines, seconds, eval.as_ref(), sizes)
 }
 
 impl QuantizeArgs {
-    fn request(&self) -> QuantizeRequest {
+    pub(crate) fn request(&self) -> QuantizeRequest {
         QuantizeRequest {
             method: match self.method {
                 MethodName::Kmeans => "kmeans",
@@ -262,21 +271,36 @@ pub fn write_checkpoint(tokenizer_dir: &Path, out: &Path, weights: &ModelWeights
 /// `(packed bytes, f16 bytes)` of the quantized layers.
 type Sizes = Option<(usize, usize)>;
 
-fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds: f64, eval: Option<&crate::eval::EvalReport>, sizes: Sizes) -> Result<()> {
-    let outliers: usize = quantized.layers.iter().map(|l| l.outliers).sum();
-    let weights: usize = quantized.layers.iter().map(|l| l.dequantized.len()).sum();
+/// One quantized layer's line of the report.
+pub struct LayerLine {
+    pub name: String,
+    pub mse: f64,
+    pub outliers: usize,
+    pub bits_per_weight: f64,
+    pub numel: usize,
+}
+
+impl LayerLine {
+    pub fn of(l: &lutlab_core::quant::QuantizedLayer) -> Self {
+        Self { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight, numel: l.dequantized.len() }
+    }
+}
+
+pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f64, eval: Option<&crate::eval::EvalReport>, sizes: Sizes) -> Result<()> {
+    let outliers: usize = layers.iter().map(|l| l.outliers).sum();
+    let weights: usize = layers.iter().map(|l| l.numel).sum();
+    let bits_per_weight = layers.iter().map(|l| l.bits_per_weight * l.numel as f64).sum::<f64>() / weights.max(1) as f64;
     if args.json {
-        let layers: Vec<_> = quantized
-            .layers
+        let lines: Vec<_> = layers
             .iter()
             .map(|l| serde_json::json!({"name": l.name, "mse": l.mse, "outliers": l.outliers, "bits_per_weight": l.bits_per_weight}))
             .collect();
         let json = serde_json::json!({
             "method": label,
-            "bits_per_weight": quantized.bits_per_weight(),
+            "bits_per_weight": bits_per_weight,
             "outlier_percent": 100.0 * outliers as f64 / weights.max(1) as f64,
             "quantize_seconds": seconds,
-            "layers": layers,
+            "layers": lines,
             "packed_bytes": sizes.map(|s| s.0),
             "f16_bytes": sizes.map(|s| s.1),
             "eval": eval,
@@ -285,14 +309,14 @@ fn report(args: &QuantizeArgs, label: &str, quantized: &QuantizedModel, seconds:
         return Ok(());
     }
     println!("{:<20} {:>12} {:>9} {:>6}", "layer", "mse", "outliers", "bits");
-    for l in &quantized.layers {
+    for l in layers {
         println!("{:<20} {:>12.4e} {:>9} {:>6.3}", l.name, l.mse, l.outliers, l.bits_per_weight);
     }
     println!(
         "{}: {} layers, {:.3} bits/weight, {:.3}% outliers, in {seconds:.1} s",
         label,
-        quantized.layers.len(),
-        quantized.bits_per_weight(),
+        layers.len(),
+        bits_per_weight,
         100.0 * outliers as f64 / weights.max(1) as f64
     );
     if args.quantize_embeddings && args.fisher.is_some() {

@@ -57,6 +57,7 @@ impl<'a> Checkpoint<'a> {
             let parsed = parse_safetensors(file, bytes)?;
             for (name, view) in parsed.tensors() {
                 let canonical = note_source(&mut source, &name, file)?;
+                check_float(&canonical, view.dtype())?;
                 let stored = Stored::Bytes { dtype: view.dtype(), shape: view.shape().to_vec(), bytes: view.data() };
                 checkpoint.tensors.insert(canonical, stored);
             }
@@ -143,11 +144,21 @@ impl Checkpoint<'static> {
             let shown = path.display().to_string();
             for entry in file.entries() {
                 let canonical = note_source(&mut source, &entry.name, &shown)?;
+                check_float(&canonical, entry.dtype)?;
                 let stored = Stored::File { dtype: entry.dtype, shape: entry.shape.clone(), file: file.clone(), range: entry.range.clone() };
                 checkpoint.tensors.insert(canonical, stored);
             }
         }
         Ok(checkpoint)
+    }
+}
+
+/// Checkpoints hold F32, F16 or BF16 tensors; anything else is refused when the file is indexed,
+/// as it was when every tensor was converted on load.
+fn check_float(name: &str, dtype: Dtype) -> Result<()> {
+    match dtype {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
+        other => Err(LoadError::WrongDtype { name: name.to_string(), found: format!("{other:?}") }),
     }
 }
 
@@ -206,13 +217,23 @@ pub(crate) fn describe(error: SafeTensorError) -> String {
 }
 
 pub(crate) fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
-    let words = |size: usize| bytes.chunks_exact(size);
-    Ok(match dtype {
-        Dtype::F32 => words(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => words(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => words(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    let size = match dtype {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
         other => return Err(LoadError::WrongDtype { name: name.to_string(), found: format!("{other:?}") }),
-    })
+    };
+    let mut out = vec![0f32; bytes.len() / size];
+    crate::parallel::for_row_chunks(&mut out, 4096, |first, chunk| {
+        let words = bytes[first * 4096 * size..].chunks_exact(size);
+        for (v, b) in chunk.iter_mut().zip(words) {
+            *v = match dtype {
+                Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            };
+        }
+    });
+    Ok(out)
 }
 
 /// Reads integer tensors (fixtures, token ids) as i64.

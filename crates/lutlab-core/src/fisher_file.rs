@@ -185,6 +185,55 @@ impl FisherDiagonal {
     }
 }
 
+/// A Fisher file on disk, read a layer at a time (a streamed model's quantization): every
+/// tensor the model needs is checked present with its shape when it opens; values are checked
+/// (finite, non-negative) as each is read.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct FisherFile {
+    file: String,
+    checkpoint: Checkpoint<'static>,
+    layout: LinearLayout,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl FisherFile {
+    pub fn open(path: &std::path::Path, config: &crate::ModelConfig) -> Result<Self> {
+        let file = path.display().to_string();
+        let checkpoint = Checkpoint::open(&[path.to_path_buf()])?;
+        let layout = config.linear_layout();
+        for (name, spec) in config.linear_names() {
+            let name = format!("{name}.weight");
+            let expected = match layout {
+                LinearLayout::InOut => vec![spec.n_in, spec.n_out],
+                LinearLayout::OutIn => vec![spec.n_out, spec.n_in],
+            };
+            match checkpoint.shape(&name) {
+                None => return Err(LoadError::BadConfig { file, reason: format!("tensor `{name}` is missing") }),
+                Some(found) if found != expected.as_slice() => {
+                    return Err(LoadError::BadConfig { file, reason: format!("tensor `{name}` has shape {found:?}, expected {expected:?}") });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Self { file, checkpoint, layout })
+    }
+
+    /// The diagonal of linear weight `name` (`….weight`) as `[n_in, n_out]`.
+    pub fn read(&self, name: &str, n_in: usize, n_out: usize) -> Result<HostTensor> {
+        let tensor = match self.layout {
+            LinearLayout::InOut => self.checkpoint.read(name, &[n_in, n_out])?,
+            LinearLayout::OutIn => transposed(&self.checkpoint.read(name, &[n_out, n_in])?),
+        };
+        if let Some(first) = tensor.data.iter().position(|&v| v < 0.0) {
+            return Err(LoadError::BadConfig {
+                file: self.file.clone(),
+                reason: format!("tensor `{name}` has a negative value ({}) at flat index {first}; a Fisher diagonal is a sum of squares", tensor.data[first]),
+            });
+        }
+        Ok(tensor)
+    }
+}
+
 /// `h.12.attn.c_attn.weight` with prefix `h.` → `Some(12)`.
 fn block_index(name: &str, prefix: &str) -> Option<usize> {
     let rest = name.strip_prefix(prefix)?;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod files;
 pub mod fisher_file;
 pub mod packed_file;
+pub mod parallel;
 pub mod perplexity;
 pub mod plot_data;
 pub mod progress;

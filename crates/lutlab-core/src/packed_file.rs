@@ -22,7 +22,7 @@ use crate::checkpoint::{Checkpoint, HostTensor, TensorData, parse_safetensors, w
 use crate::config::{LinearLayout, ModelConfig};
 use crate::error::{LoadError, Result};
 use crate::quant::head::{is_head, transpose, HEAD};
-use crate::quant::model::QuantizedModel;
+use crate::quant::model::{QuantizedLayer, QuantizedModel};
 use crate::quant::packed::{PackedLinear, SparseColumns, blocks, packed_code};
 use crate::weights::ModelWeights;
 use safetensors::{Dtype, SafeTensors};
@@ -125,6 +125,10 @@ struct LayerMeta {
 }
 
 impl LayerMeta {
+    fn of(l: &PackedLinear) -> Self {
+        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table }
+    }
+
     fn describe(&self) -> String {
         format!(
             "rows {}, cols {}, bits {}, channels_per_table {}",
@@ -150,26 +154,16 @@ impl PackedModel {
         let mut layers = BTreeMap::new();
         let mut biases: HashMap<String, HostTensor> = HashMap::new();
         for layer in &quantized.layers {
-            let Some(lut) = &layer.lut else { continue };
+            if layer.lut.is_none() {
+                continue;
+            }
             let name = &layer.name;
             let &(rows, cols) = linears
                 .get(name)
                 .ok_or_else(|| invalid(format!("quantized layer `{name}` is not a linear layer of the model")))?;
-            if (lut.rows, lut.cols) != (rows, cols) {
-                return Err(invalid(format!(
-                    "quantized layer `{name}` is {}x{}, the model's weight is {rows}x{cols}",
-                    lut.rows, lut.cols
-                )));
-            }
-            let mut packed = PackedLinear::from_lut(lut).map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
-            // Seed 000's transforms: scales and shift beside the codes, the bias they come with.
-            if let Some(t) = &layer.transform {
-                packed.scales.clone_from(&t.scales);
-                packed.input_shift.clone_from(&t.input_shift);
-                // The head has no bias (its transform's is zero, and it is never centered).
-                if !is_head(name) {
-                    biases.insert(format!("{name}.bias"), HostTensor::new(vec![t.bias.len()], t.bias.clone()));
-                }
+            let (packed, bias) = pack_layer(layer, rows, cols)?;
+            if let Some(bias) = bias {
+                biases.insert(format!("{name}.bias"), bias);
             }
             if layers.insert(name.clone(), packed).is_some() {
                 return Err(invalid(format!("layer `{name}` is quantized twice")));
@@ -197,25 +191,7 @@ impl PackedModel {
     /// they were (to f32 rounding). Fails if an entry is beyond f16's range (±65504).
     pub fn round_tables_to_f16(&mut self) -> Result<()> {
         for (name, layer) in &mut self.layers {
-            layer.validate(&format!("packed layer `{name}`"))?;
-            let rounded: Vec<f32> = layer.tables.iter().map(|&v| round_f16(v)).collect();
-            if let Some(i) = rounded.iter().position(|v| !v.is_finite()) {
-                return Err(invalid(format!(
-                    "packed layer `{name}`: table entry {i} ({}) is outside f16's range",
-                    layer.tables[i]
-                )));
-            }
-            let (levels, cols, bits, per_table) = (layer.levels(), layer.cols, layer.bits, layer.channels_per_table);
-            let s = &mut layer.sparse;
-            for c in 0..cols {
-                for i in s.col_ptr[c] as usize..s.col_ptr[c + 1] as usize {
-                    let code = usize::from(packed_code(&layer.qweight, cols, bits, s.row_idx[i] as usize, c));
-                    let entry = (c / per_table) * levels + code;
-                    let weight = layer.tables[entry] + s.values[i];
-                    s.values[i] = weight - rounded[entry];
-                }
-            }
-            layer.tables = rounded;
+            round_layer_tables_to_f16(name, layer)?;
         }
         Ok(())
     }
@@ -314,40 +290,10 @@ impl PackedModel {
         }
         let mut layer_meta = BTreeMap::new();
         for (name, l) in &self.layers {
-            layer_meta.insert(
-                name.as_str(),
-                LayerMeta { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table },
-            );
-            let words = blocks(l.rows) * l.bits as usize;
-            tensors.push((format!("{name}.qweight"), vec![words, l.cols], TensorData::U32(&l.qweight)));
-            let tables = match table_dtype {
-                TableDtype::F16 => TensorData::F16(&l.tables),
-                TableDtype::F32 => TensorData::F32(&l.tables),
-            };
-            tensors.push((format!("{name}.lut"), vec![l.num_tables(), l.levels()], tables));
-            if !l.sparse.is_empty() {
-                let s = &l.sparse;
-                tensors.push((format!("{name}.sparse_col_ptr"), vec![s.col_ptr.len()], TensorData::U32(&s.col_ptr)));
-                tensors.push((format!("{name}.sparse_row_idx"), vec![s.row_idx.len()], TensorData::U32(&s.row_idx)));
-                tensors.push((format!("{name}.sparse_values"), vec![s.values.len()], TensorData::F32(&s.values)));
-            }
-            if let Some(scales) = &l.scales {
-                tensors.push((format!("{name}.scales"), vec![scales.len()], TensorData::F32(scales)));
-            }
-            if let Some(shift) = &l.input_shift {
-                tensors.push((format!("{name}.input_shift"), vec![shift.len()], TensorData::F32(shift)));
-            }
+            layer_meta.insert(name.clone(), LayerMeta::of(l));
+            tensors.extend(layer_tensors(name, l, table_dtype));
         }
-        let layers_json = serde_json::to_string(&layer_meta).map_err(|e| invalid(format!("layers metadata: {e}")))?;
-        let metadata = HashMap::from([
-            ("format".to_string(), FORMAT_NAME.to_string()),
-            ("format_version".to_string(), self.format_version().to_string()),
-            ("config".to_string(), config_json(&self.config)?),
-            ("layers".to_string(), layers_json),
-            ("base_model".to_string(), self.meta.base_model.clone()),
-            ("method".to_string(), self.meta.method.clone()),
-            ("settings".to_string(), self.meta.settings.clone()),
-        ]);
+        let metadata = file_metadata(&self.config, &self.meta, &layer_meta)?;
         let refs: Vec<(&str, &[usize], TensorData<'_>)> =
             tensors.iter().map(|(name, shape, data)| (name.as_str(), shape.as_slice(), *data)).collect();
         write_tensors(&refs, Some(metadata))
@@ -359,12 +305,26 @@ impl PackedModel {
     /// [`PackedLinear::validate`]), dense tensors (f32, known names, shapes, finite), and that
     /// the whole forms a complete GPT-2. Unknown tensors are refused by name. Never panics.
     pub fn from_safetensors(file: &str, bytes: &[u8]) -> Result<Self> {
-        let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
         let parsed = parse_safetensors(file, bytes)?;
         let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| LoadError::BadSafetensors { file: file.to_string(), reason: format!("{e:?}") })?;
+        Self::from_source(file, &Source::Bytes(parsed), header.metadata().as_ref())
+    }
+
+    /// [`Self::from_safetensors`] of a file on disk, read a tensor at a time (a 7B model's packed
+    /// file is never in memory twice).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_file(path: &std::path::Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let tensors = crate::tensor_file::TensorFile::open(path)?;
+        let metadata = Some(tensors.metadata()).filter(|m| !m.is_empty());
+        Self::from_source(&shown, &Source::File(&tensors), metadata)
+    }
+
+    fn from_source(file: &str, parsed: &Source<'_>, metadata: Option<&HashMap<String, String>>) -> Result<Self> {
+        let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
         let not_ours = format!("not a lutlab packed model file (format `{FORMAT_NAME}`)");
-        let Some(meta) = header.metadata() else {
+        let Some(meta) = metadata else {
             return Err(bad(format!("the file has no `__metadata__`: {not_ours}")));
         };
         let get = |key: &str| meta.get(key).ok_or_else(|| bad(format!("metadata `{key}` is missing")));
@@ -424,6 +384,7 @@ impl PackedModel {
 
         let mut names = parsed.names();
         names.sort_unstable();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut dense = BTreeMap::new();
         for name in names {
             if let Some((layer, _)) = packed_part(name) {
@@ -437,7 +398,7 @@ impl PackedModel {
             if !expected.contains(name) {
                 return Err(bad(unknown_tensor(name)));
             }
-            let view = tensor(&parsed, name).ok_or_else(|| bad(format!("tensor `{name}` cannot be read")))?;
+            let view = parsed.tensor(name).ok_or_else(|| bad(format!("tensor `{name}` cannot be read")))?;
             if view.dtype() != Dtype::F32 {
                 return Err(bad(format!("tensor `{name}` has dtype {:?}, expected F32 (dense tensors are f32)", view.dtype())));
             }
@@ -445,7 +406,7 @@ impl PackedModel {
         }
         let mut layers = BTreeMap::new();
         for (name, m) in &layer_meta {
-            layers.insert(name.clone(), read_layer(file, &parsed, name, m)?);
+            layers.insert(name.clone(), read_layer(file, parsed, name, m)?);
         }
         let model = Self { config, meta, dense, layers };
         model.validate(file)?;
@@ -500,24 +461,150 @@ impl PackedModel {
     /// `from_quantized(.., TableDtype::F16)` makes them and `to_safetensors(TableDtype::F16)`
     /// requires, else 4), the sparse part when it has entries, scales and shift.
     pub fn packed_bytes(&self) -> usize {
-        self.layers
-            .values()
-            .map(|l| {
-                let table_bytes = if l.tables.iter().all(|&v| round_f16(v) == v) { 2 } else { 4 };
-                let sparse = if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() };
-                4 * l.qweight.len()
-                    + table_bytes * l.tables.len()
-                    + sparse
-                    + 4 * l.scales.as_ref().map_or(0, Vec::len)
-                    + 4 * l.input_shift.as_ref().map_or(0, Vec::len)
-            })
-            .sum()
+        self.layers.values().map(layer_bytes).sum()
     }
 
     /// Bytes the packed layers' weights take as a dense f16 matrix (`rows * cols * 2`), to set
     /// beside [`Self::packed_bytes`] as a compression ratio.
     pub fn f16_bytes_of_packed_layers(&self) -> usize {
         self.layers.values().map(|l| l.rows * l.cols * 2).sum()
+    }
+}
+
+/// Bytes of one packed layer's tensors as the file stores them (see [`PackedModel::packed_bytes`]).
+pub fn layer_bytes(l: &PackedLinear) -> usize {
+    let table_bytes = if l.tables.iter().all(|&v| round_f16(v) == v) { 2 } else { 4 };
+    let sparse = if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() };
+    4 * l.qweight.len()
+        + table_bytes * l.tables.len()
+        + sparse
+        + 4 * l.scales.as_ref().map_or(0, Vec::len)
+        + 4 * l.input_shift.as_ref().map_or(0, Vec::len)
+}
+
+/// A quantized layer with a LUT form as a packed layer of `rows` x `cols` (`[in, out]`), with the
+/// bias its transform stores (seed 000's centering folds into it), if any.
+pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(PackedLinear, Option<HostTensor>)> {
+    let name = &layer.name;
+    let lut = layer.lut.as_ref().ok_or_else(|| invalid(format!("quantized layer `{name}` has no look-up-table form")))?;
+    if (lut.rows, lut.cols) != (rows, cols) {
+        return Err(invalid(format!("quantized layer `{name}` is {}x{}, the model's weight is {rows}x{cols}", lut.rows, lut.cols)));
+    }
+    let mut packed = PackedLinear::from_lut(lut).map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
+    let mut bias = None;
+    // Seed 000's transforms: scales and shift beside the codes, the bias they come with.
+    if let Some(t) = &layer.transform {
+        packed.scales.clone_from(&t.scales);
+        packed.input_shift.clone_from(&t.input_shift);
+        // The head has no bias (its transform's is zero, and it is never centered).
+        if !is_head(name) {
+            bias = Some(HostTensor::new(vec![t.bias.len()], t.bias.clone()));
+        }
+    }
+    Ok((packed, bias))
+}
+
+/// Rounds a layer's table entries to the nearest f16 (ties to even), re-taking each sparse value
+/// against the rounded entry it is added to, so the weights the sparse part keeps stay what they
+/// were (to f32 rounding). Fails if an entry is beyond f16's range (±65504).
+pub fn round_layer_tables_to_f16(name: &str, layer: &mut PackedLinear) -> Result<()> {
+    layer.validate(&format!("packed layer `{name}`"))?;
+    let rounded: Vec<f32> = layer.tables.iter().map(|&v| round_f16(v)).collect();
+    if let Some(i) = rounded.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(format!("packed layer `{name}`: table entry {i} ({}) is outside f16's range", layer.tables[i])));
+    }
+    let (levels, cols, bits, per_table) = (layer.levels(), layer.cols, layer.bits, layer.channels_per_table);
+    let s = &mut layer.sparse;
+    for c in 0..cols {
+        for i in s.col_ptr[c] as usize..s.col_ptr[c + 1] as usize {
+            let code = usize::from(packed_code(&layer.qweight, cols, bits, s.row_idx[i] as usize, c));
+            let entry = (c / per_table) * levels + code;
+            let weight = layer.tables[entry] + s.values[i];
+            s.values[i] = weight - rounded[entry];
+        }
+    }
+    layer.tables = rounded;
+    Ok(())
+}
+
+/// The tensors of packed layer `name` as the file stores them (`docs/FORMAT.md`).
+fn layer_tensors<'l>(name: &str, l: &'l PackedLinear, table_dtype: TableDtype) -> Vec<(String, Vec<usize>, TensorData<'l>)> {
+    let mut tensors = Vec::new();
+    let words = blocks(l.rows) * l.bits as usize;
+    tensors.push((format!("{name}.qweight"), vec![words, l.cols], TensorData::U32(&l.qweight)));
+    let tables = match table_dtype {
+        TableDtype::F16 => TensorData::F16(&l.tables),
+        TableDtype::F32 => TensorData::F32(&l.tables),
+    };
+    tensors.push((format!("{name}.lut"), vec![l.num_tables(), l.levels()], tables));
+    if !l.sparse.is_empty() {
+        let s = &l.sparse;
+        tensors.push((format!("{name}.sparse_col_ptr"), vec![s.col_ptr.len()], TensorData::U32(&s.col_ptr)));
+        tensors.push((format!("{name}.sparse_row_idx"), vec![s.row_idx.len()], TensorData::U32(&s.row_idx)));
+        tensors.push((format!("{name}.sparse_values"), vec![s.values.len()], TensorData::F32(&s.values)));
+    }
+    if let Some(scales) = &l.scales {
+        tensors.push((format!("{name}.scales"), vec![scales.len()], TensorData::F32(scales)));
+    }
+    if let Some(shift) = &l.input_shift {
+        tensors.push((format!("{name}.input_shift"), vec![shift.len()], TensorData::F32(shift)));
+    }
+    tensors
+}
+
+/// The file's `__metadata__`; the version follows from whether the head is packed.
+fn file_metadata(config: &ModelConfig, meta: &PackedMeta, layers: &BTreeMap<String, LayerMeta>) -> Result<HashMap<String, String>> {
+    let layers_json = serde_json::to_string(layers).map_err(|e| invalid(format!("layers metadata: {e}")))?;
+    let version = if layers.contains_key(HEAD) { FORMAT_VERSION } else { FORMAT_VERSION_WITHOUT_HEAD };
+    Ok(HashMap::from([
+        ("format".to_string(), FORMAT_NAME.to_string()),
+        ("format_version".to_string(), version.to_string()),
+        ("config".to_string(), config_json(config)?),
+        ("layers".to_string(), layers_json),
+        ("base_model".to_string(), meta.base_model.clone()),
+        ("method".to_string(), meta.method.clone()),
+        ("settings".to_string(), meta.settings.clone()),
+    ]))
+}
+
+/// Writes a packed model file a layer at a time (a streamed model's quantization): dense
+/// tensors and packed layers as they are made, the metadata when it ends. Each layer is checked
+/// as [`PackedModel::to_safetensors`] checks it; completeness is checked when the file is read.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct PackedWriter {
+    writer: crate::tensor_file::TensorWriter,
+    layers: BTreeMap<String, LayerMeta>,
+    table_dtype: TableDtype,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl PackedWriter {
+    pub fn create(path: &std::path::Path, table_dtype: TableDtype) -> Result<Self> {
+        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path)?, layers: BTreeMap::new(), table_dtype })
+    }
+
+    pub fn add_dense(&mut self, name: &str, tensor: &HostTensor) -> Result<()> {
+        crate::checkpoint::check_finite(name, &tensor.data)?;
+        self.writer.add(name, &tensor.shape, TensorData::F32(&tensor.data))
+    }
+
+    /// Adds packed layer `name`; with f16 tables they must be exact f16s (see
+    /// [`round_layer_tables_to_f16`]).
+    pub fn add_layer(&mut self, name: &str, layer: &PackedLinear) -> Result<()> {
+        layer.validate(&format!("packed layer `{name}`"))?;
+        if self.table_dtype == TableDtype::F16 && layer.tables.iter().any(|&v| round_f16(v) != v) {
+            return Err(invalid(format!("packed layer `{name}`: tables are not exact f16s")));
+        }
+        for (tensor, shape, data) in layer_tensors(name, layer, self.table_dtype) {
+            self.writer.add(&tensor, &shape, data)?;
+        }
+        self.layers.insert(name.to_string(), LayerMeta::of(layer));
+        Ok(())
+    }
+
+    pub fn finish(self, config: &ModelConfig, meta: &PackedMeta) -> Result<()> {
+        let metadata = file_metadata(config, meta, &self.layers)?;
+        self.writer.finish(metadata)
     }
 }
 
@@ -597,8 +684,73 @@ fn check_config_dims(file: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn tensor<'a>(parsed: &SafeTensors<'a>, name: &str) -> Option<TensorView<'a>> {
-    parsed.tensor(name).ok()
+/// Where a packed file's tensors are read from: bytes in memory, or a file on disk.
+enum Source<'a> {
+    Bytes(SafeTensors<'a>),
+    #[cfg(not(target_arch = "wasm32"))]
+    File(&'a crate::tensor_file::TensorFile),
+}
+
+/// One tensor of a [`Source`].
+struct View<'a> {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: std::borrow::Cow<'a, [u8]>,
+}
+
+impl View<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl<'a> Source<'a> {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Source::Bytes(parsed) => parsed.names().into_iter().map(str::to_string).collect(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Source::File(file) => file.entries().iter().map(|e| e.name.clone()).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Source::Bytes(parsed) => parsed.len(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Source::File(file) => file.entries().len(),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Source::Bytes(parsed) => parsed.tensor(name).is_ok(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Source::File(file) => file.entries().iter().any(|e| e.name == name),
+        }
+    }
+
+    /// The tensor, or `None` if absent (or, from disk, unreadable).
+    fn tensor(&self, name: &str) -> Option<View<'a>> {
+        match self {
+            Source::Bytes(parsed) => parsed.tensor(name).ok().map(|v: TensorView<'a>| View {
+                dtype: v.dtype(),
+                shape: v.shape().to_vec(),
+                data: std::borrow::Cow::Borrowed(v.data()),
+            }),
+            #[cfg(not(target_arch = "wasm32"))]
+            Source::File(file) => {
+                let e = file.entries().iter().find(|e| e.name == name)?;
+                let data = file.read_range(e.range.clone()).ok()?;
+                Some(View { dtype: e.dtype, shape: e.shape.clone(), data: std::borrow::Cow::Owned(data) })
+            }
+        }
+    }
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
@@ -615,7 +767,7 @@ fn f16s(bytes: &[u8]) -> Vec<f32> {
 
 /// Reads packed layer `name`'s tensors, checking each one's dtype and shape against the
 /// metadata entry `m` before reading it. The layer's values are checked by the caller.
-fn read_layer(file: &str, parsed: &SafeTensors<'_>, name: &str, m: &LayerMeta) -> Result<PackedLinear> {
+fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Result<PackedLinear> {
     let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
     let entry = || format!("the metadata `layers` entry of `{name}` ({})", m.describe());
     if m.rows == 0 || m.cols == 0 {
@@ -634,9 +786,9 @@ fn read_layer(file: &str, parsed: &SafeTensors<'_>, name: &str, m: &LayerMeta) -
     let num_tables = m.cols / m.channels_per_table;
 
     // A tensor of the layer, checked: `None` when absent and optional.
-    let get = |suffix: &str, dtypes: &[Dtype], shape: Option<&[usize]>, required: bool| -> Result<Option<TensorView<'_>>> {
+    let get = |suffix: &str, dtypes: &[Dtype], shape: Option<&[usize]>, required: bool| -> Result<Option<View<'_>>> {
         let tensor_name = format!("{name}.{suffix}");
-        let Some(view) = tensor(parsed, &tensor_name) else {
+        let Some(view) = parsed.tensor(&tensor_name) else {
             return if required {
                 Err(bad(format!("tensor `{tensor_name}` is missing: metadata `layers` lists `{name}` as packed")))
             } else {
@@ -671,7 +823,7 @@ fn read_layer(file: &str, parsed: &SafeTensors<'_>, name: &str, m: &LayerMeta) -
     };
     // The sparse part: all three tensors or none (none: no outliers).
     let parts = ["sparse_col_ptr", "sparse_row_idx", "sparse_values"];
-    let present: Vec<bool> = parts.iter().map(|p| tensor(parsed, &format!("{name}.{p}")).is_some()).collect();
+    let present: Vec<bool> = parts.iter().map(|p| parsed.contains(&format!("{name}.{p}"))).collect();
     let sparse = if present.iter().all(|&p| !p) {
         // `cols` is bounded by the file now: `qweight` holds at least `cols` words.
         SparseColumns { col_ptr: vec![0; m.cols + 1], row_idx: Vec::new(), values: Vec::new() }

@@ -242,8 +242,12 @@ mod tests {
         assert_eq!(written.len(), reference.len());
         let file = TensorFile::open(&path).unwrap();
         assert_eq!(file.metadata()["format"], "test");
-        let ckpt = Checkpoint::open(&[path.clone()]).unwrap();
-        assert_eq!(ckpt.read("a", &[2, 3]).unwrap().data, a);
+        let entry = file.entries().iter().find(|e| e.name == "a").unwrap();
+        let bytes = file.read_range(entry.range.clone()).unwrap();
+        assert_eq!(crate::checkpoint::to_f32("a", entry.dtype, &bytes).unwrap(), a);
+        // A checkpoint holds float tensors only: the U32 one is refused by name.
+        let err = Checkpoint::open(&[path.clone()]).unwrap_err().to_string();
+        assert!(err.contains("`b`") && err.contains("U32"), "{err}");
         assert!(!PathBuf::from(format!("{}.partial", path.display())).exists());
     }
 

@@ -40,11 +40,18 @@ pub fn head_linear(weights: &ModelWeights) -> LinearWeights {
 /// Row-major `[rows, cols]` → `[cols, rows]`.
 pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; data.len()];
-    for (r, row) in data.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
+    // Output row `c` is input column `c`; tiles of 32 input rows keep the reads in cache.
+    crate::parallel::for_row_chunks(&mut out, rows, |first, chunk| {
+        for r0 in (0..rows).step_by(32) {
+            let r1 = (r0 + 32).min(rows);
+            for (i, out_row) in chunk.chunks_exact_mut(rows).enumerate() {
+                let c = first + i;
+                for r in r0..r1 {
+                    out_row[r] = data[r * cols + c];
+                }
+            }
         }
-    }
+    });
     out
 }
 

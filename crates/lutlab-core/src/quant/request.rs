@@ -67,6 +67,22 @@ impl Default for QuantizeRequest {
 impl QuantizeRequest {
     /// The method for `weights`; `has_fisher` says whether sample weights come with it.
     pub fn method(&self, weights: &ModelWeights, has_fisher: bool) -> Result<Method> {
+        self.method_with(has_fisher, |percent| {
+            let matrices: Vec<&[f32]> = weights.linears().map(|(_, l)| l.weight.data.as_slice()).collect();
+            range_for_outlier_percent(&matrices, percent)
+        })
+    }
+
+    /// [`Self::method`] for a model that is never in memory whole (streamed): an outlier percent,
+    /// a quantile over every weight of the model, is refused in favour of SqueezeLLM's `range`.
+    pub fn method_streamed(&self, has_fisher: bool) -> Result<Method> {
+        self.method_with(has_fisher, |_| {
+            Err(invalid("an outlier percent is a quantile over every weight of the model, which a streamed model never holds: give the outlier range instead"))
+        })
+    }
+
+    /// `percent_range` turns an outlier percent into SqueezeLLM's range factor.
+    fn method_with(&self, has_fisher: bool, percent_range: impl FnOnce(f64) -> Result<f64>) -> Result<Method> {
         match self.method.as_str() {
             "kmeans" => {
                 let defaults = KmeansSettings::default();
@@ -80,10 +96,7 @@ impl QuantizeRequest {
                 let range = match (self.range, self.outlier_percent) {
                     (Some(_), Some(_)) => return Err(invalid("give the outlier range or the outlier percent, not both")),
                     (Some(range), None) => Some(range),
-                    (None, Some(percent)) => {
-                        let matrices: Vec<&[f32]> = weights.linears().map(|(_, l)| l.weight.data.as_slice()).collect();
-                        Some(range_for_outlier_percent(&matrices, percent)?)
-                    }
+                    (None, Some(percent)) => Some(percent_range(percent)?),
                     (None, None) => None,
                 };
                 if self.sensitive > 0.0 && !has_fisher {
