@@ -46,7 +46,8 @@ def config(layers):
         "vocab_size": VOCAB,
         "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
+        "rope_theta": 10000.0,  # transformers 4's key; 5 reads rope_parameters (lutlab reads either)
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
         "hidden_act": "silu",
         "tie_word_embeddings": False,
         "torch_dtype": "float16",

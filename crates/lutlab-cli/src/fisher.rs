@@ -77,7 +77,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
     let start = Instant::now();
     let what = data_path.display().to_string();
     // Each block group's diagonal goes to disk as its pass ends; the file appears at the end.
-    let mut writer = FisherWriter::create(&args.out, model.config.linear_layout())?;
+    let mut writer = FisherWriter::create(&args.out, &model.config)?;
     let mut written = 0;
     let mut sink = |name: String, tensor: HostTensor| {
         written += 1;

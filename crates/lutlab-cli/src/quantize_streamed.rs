@@ -47,7 +47,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     let label = request.label(fisher.is_some());
     let gpu = if args.gpu { Some(pollster::block_on(open_gpu())?) } else { None };
 
-    let mut writer = PackedWriter::create(packed_path, table_dtype)?;
+    let mut writer = PackedWriter::create(packed_path, config, table_dtype)?;
     let mut bar = Bar::new("quantize", "weights", args.json);
     let total: u64 = config.linear_names().iter().filter(|(n, _)| in_blocks(config, n, &blocks)).map(|(_, s)| (s.n_in * s.n_out) as u64).sum();
     let start = Instant::now();

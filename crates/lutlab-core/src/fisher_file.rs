@@ -82,8 +82,11 @@ pub struct FisherWriter {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl FisherWriter {
-    pub fn create(path: &std::path::Path, layout: LinearLayout) -> Result<Self> {
-        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path)?, layout })
+    pub fn create(path: &std::path::Path, config: &crate::ModelConfig) -> Result<Self> {
+        let names = config.linear_names();
+        let name_bytes = names.iter().map(|(n, _)| n.len() + 7).sum();
+        let reserve = crate::tensor_file::header_bytes_estimate(names.len(), name_bytes, 4096);
+        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path, reserve)?, layout: config.linear_layout() })
     }
 
     /// Adds tensor `name` (`[in, out]`), refusing a non-finite one.

@@ -579,8 +579,16 @@ pub struct PackedWriter {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl PackedWriter {
-    pub fn create(path: &std::path::Path, table_dtype: TableDtype) -> Result<Self> {
-        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path)?, layers: BTreeMap::new(), table_dtype })
+    pub fn create(path: &std::path::Path, config: &ModelConfig, table_dtype: TableDtype) -> Result<Self> {
+        // Room for every tensor of the model and up to 7 per packed layer, and the metadata
+        // (config, a line per layer, the settings).
+        let shapes = config.tensor_shapes();
+        let linears = config.linear_names();
+        let tensors = shapes.len() + PACKED_SUFFIXES.len() * linears.len();
+        let name_bytes = shapes.iter().map(|(n, _, _)| n.len()).sum::<usize>() + linears.iter().map(|(n, _)| 7 * (n.len() + 16)).sum::<usize>();
+        let metadata = config.to_json().len() + 120 * linears.len() + 8192;
+        let reserve = crate::tensor_file::header_bytes_estimate(tensors, name_bytes, metadata);
+        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path, reserve)?, layers: BTreeMap::new(), table_dtype })
     }
 
     pub fn add_dense(&mut self, name: &str, tensor: &HostTensor) -> Result<()> {

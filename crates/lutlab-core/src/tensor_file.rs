@@ -134,24 +134,32 @@ impl TensorFile {
     }
 }
 
-/// Writes a safetensors file one tensor at a time (see the module documentation). Nothing is at
-/// `path` until [`Self::finish`] succeeds; the data goes to `path` + `.partial` meanwhile, which
-/// is removed on success and on drop.
+/// Writes a safetensors file one tensor at a time (see the module documentation). The data goes
+/// to `path` + `.partial`, after `header_reserve` bytes left for the header; [`Self::finish`]
+/// writes the header there (padded with spaces, which safetensors allows) and renames the file,
+/// so a large file is written once. A header larger than the reserve costs one copy of the data.
+/// Nothing is at `path` until `finish` succeeds; an unfinished file is removed on drop.
 pub struct TensorWriter {
     path: PathBuf,
     partial: PathBuf,
     data: Option<BufWriter<File>>,
+    reserve: u64,
     entries: Vec<(String, Dtype, Vec<usize>, u64, u64)>,
     offset: u64,
 }
 
 impl TensorWriter {
-    pub fn create(path: &Path) -> Result<Self> {
+    /// `header_reserve`: bytes to leave for the header (8-byte length included), e.g. from
+    /// [`header_bytes_estimate`]; 0 writes the data first and copies it behind the header.
+    pub fn create(path: &Path, header_reserve: u64) -> Result<Self> {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        let file = File::create(&partial).map_err(|e| LoadError::Io { file: partial.display().to_string(), reason: e.to_string() })?;
-        Ok(Self { path: path.to_path_buf(), partial, data: Some(BufWriter::with_capacity(8 << 20, file)), entries: Vec::new(), offset: 0 })
+        let io = |e: std::io::Error| LoadError::Io { file: partial.display().to_string(), reason: e.to_string() };
+        let reserve = if header_reserve == 0 { 0 } else { header_reserve.max(16).next_multiple_of(8) };
+        let mut file = File::create(&partial).map_err(io)?;
+        file.seek(SeekFrom::Start(reserve)).map_err(io)?;
+        Ok(Self { path: path.to_path_buf(), partial, data: Some(BufWriter::with_capacity(8 << 20, file)), reserve, entries: Vec::new(), offset: 0 })
     }
 
     /// Appends one tensor. A shape whose element count differs from the values is an error.
@@ -172,12 +180,12 @@ impl TensorWriter {
         Ok(())
     }
 
-    /// Writes the header with `metadata`, then the data, to `path`.
+    /// Writes the header with `metadata` in front of the data, and the file to `path`.
     pub fn finish(mut self, metadata: HashMap<String, String>) -> Result<()> {
         let io = |file: &Path, e: std::io::Error| LoadError::Io { file: file.display().to_string(), reason: e.to_string() };
         let mut data = self.data.take().expect("open until finish");
         data.flush().map_err(|e| io(&self.partial, e))?;
-        drop(data);
+        let mut file = data.into_inner().map_err(|e| io(&self.partial, e.into_error()))?;
         let mut header = serde_json::Map::new();
         if !metadata.is_empty() {
             header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| LoadError::InvalidSetting(e.to_string()))?);
@@ -189,10 +197,21 @@ impl TensorWriter {
         let mut json = serde_json::to_vec(&header).map_err(|e| LoadError::InvalidSetting(e.to_string()))?;
         // safetensors pads the header with spaces so the data starts 8-byte aligned.
         json.resize(json.len().next_multiple_of(8), b' ');
+        if 8 + json.len() as u64 <= self.reserve {
+            json.resize(self.reserve as usize - 8, b' ');
+            file.seek(SeekFrom::Start(0)).map_err(|e| io(&self.partial, e))?;
+            file.write_all(&(json.len() as u64).to_le_bytes()).map_err(|e| io(&self.partial, e))?;
+            file.write_all(&json).map_err(|e| io(&self.partial, e))?;
+            file.sync_data().map_err(|e| io(&self.partial, e))?;
+            drop(file);
+            return std::fs::rename(&self.partial, &self.path).map_err(|e| io(&self.path, e));
+        }
+        drop(file);
         let mut out = BufWriter::new(File::create(&self.path).map_err(|e| io(&self.path, e))?);
         out.write_all(&(json.len() as u64).to_le_bytes()).map_err(|e| io(&self.path, e))?;
         out.write_all(&json).map_err(|e| io(&self.path, e))?;
         let mut partial = File::open(&self.partial).map_err(|e| io(&self.partial, e))?;
+        partial.seek(SeekFrom::Start(self.reserve)).map_err(|e| io(&self.partial, e))?;
         std::io::copy(&mut partial, &mut out).map_err(|e| io(&self.path, e))?;
         out.flush().map_err(|e| io(&self.path, e))?;
         std::fs::remove_file(&self.partial).map_err(|e| io(&self.partial, e))?;
@@ -200,9 +219,15 @@ impl TensorWriter {
     }
 }
 
+/// A generous bound on the header of a file of `tensors` tensors whose names total
+/// `name_bytes`, with `metadata_bytes` of metadata: room for every dtype, shape and offset.
+pub fn header_bytes_estimate(tensors: usize, name_bytes: usize, metadata_bytes: usize) -> u64 {
+    (8 + name_bytes + tensors * 160 + 2 * metadata_bytes + 4096) as u64
+}
+
 impl Drop for TensorWriter {
     fn drop(&mut self) {
-        // An unfinished file leaves nothing behind (a finished one already removed it).
+        // An unfinished file leaves nothing behind (a finished one was renamed or removed).
         let _ = std::fs::remove_file(&self.partial);
     }
 }
@@ -225,11 +250,20 @@ mod tests {
         let tensors = [("a", &[2usize, 3][..], TensorData::F16(&a)), ("b", &[3][..], TensorData::U32(&b))];
         let metadata = HashMap::from([("format".to_string(), "test".to_string())]);
         let path = temp("w.safetensors");
-        let mut writer = TensorWriter::create(&path).unwrap();
-        for (name, shape, data) in tensors {
-            writer.add(name, shape, data).unwrap();
+        // Header behind the data (no reserve), in a reserve too small, in a large enough one.
+        for reserve in [0u64, 64, 4096] {
+            let mut writer = TensorWriter::create(&path, reserve).unwrap();
+            for (name, shape, data) in tensors {
+                writer.add(name, shape, data).unwrap();
+            }
+            writer.finish(metadata.clone()).unwrap();
+            let written = std::fs::read(&path).unwrap();
+            if reserve == 4096 {
+                assert_eq!(written.len(), 4096 + 24, "the header fills the reserve exactly");
+            }
+            let parsed = crate::checkpoint::parse_safetensors("w", &written).unwrap();
+            assert_eq!(parsed.tensor("b").unwrap().data(), b.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
         }
-        writer.finish(metadata.clone()).unwrap();
         let written = std::fs::read(&path).unwrap();
         // The `safetensors` crate reads what the writer wrote, tensor for tensor.
         let parsed = crate::checkpoint::parse_safetensors("w", &written).unwrap();
@@ -239,7 +273,6 @@ mod tests {
             let (got, want) = (parsed.tensor(name).unwrap(), expected.tensor(name).unwrap());
             assert_eq!((got.dtype(), got.shape(), got.data()), (want.dtype(), want.shape(), want.data()));
         }
-        assert_eq!(written.len(), reference.len());
         let file = TensorFile::open(&path).unwrap();
         assert_eq!(file.metadata()["format"], "test");
         let entry = file.entries().iter().find(|e| e.name == "a").unwrap();
