@@ -7,10 +7,11 @@
 # `timeout $PHASE_TIMEOUT`, with nvidia-smi's used memory polled every 200 ms (peak GPU).
 # Carry .carry (lutlab, xz) and .gl.
 #
-# Environment: MODEL (/tmp/llama7b), NSAMPLES (2), MICRO (2), RESTARTS (1), QUANT_EXTRA (extra
+# Environment: MODEL (/tmp/llama7b), NSAMPLES (2), MICRO (1), FISHER_EXTRA (extra fisher flags), RESTARTS (1), QUANT_EXTRA (extra
 # quantize flags, split on spaces), EVAL_CHARS (110000: ~32k tokens of the 4096-id BPE),
 # PEERS_EXTRA (extra bench_7b_peers.py flags), PHASE_TIMEOUT (560 s), SKIP_FISHER / SKIP_QUANTIZE /
-# SKIP_EVAL / SKIP_PEERS=1. Disk: model 13.5 GB + Fisher (f32 linears) ~26 GB + packed ~3.5 GB.
+# SKIP_EVAL / SKIP_PEERS=1, NO_FISHER=1
+# (quantize without Fisher weights). Disk: model 13.5 GB + Fisher (f32 linears) ~26 GB + packed ~3.5 GB.
 # Out ($OUT): bench7b.log, PHASE.json, gpu_PHASE.csv, time_PHASE.txt, summary.txt, summary.json.
 set -o pipefail
 source scripts/device_env.sh
@@ -102,17 +103,18 @@ if [ "${SKIP_FISHER:-0}" = 1 ]; then
 else
   rm -f "$FISHER"
   phase fisher .carry/lutlab fisher --model "$MODEL" --data data/wikitext-2/valid.txt --nsamples "${NSAMPLES:-2}" \
-    --seqlen 2048 --micro-batch "${MICRO:-2}" --out "$FISHER" --json || rm -f "$FISHER"  # no partial file
+    --seqlen 2048 --micro-batch "${MICRO:-1}" ${FISHER_EXTRA:-} --out "$FISHER" --json || rm -f "$FISHER"  # no partial file
 fi
 
 if [ "${SKIP_QUANTIZE:-0}" = 1 ]; then
   skipped quantize SKIP_QUANTIZE
-elif [ ! -f "$FISHER" ]; then
-  skipped quantize "no $FISHER (fisher failed or skipped without one)"
+elif [ ! -f "$FISHER" ] && [ "${NO_FISHER:-0}" != 1 ]; then
+  skipped quantize "no $FISHER (fisher failed or skipped without one; NO_FISHER=1 quantizes unweighted)"
 else
   rm -f "$PACKED"
+  WEIGHTS=(--fisher "$FISHER"); [ "${NO_FISHER:-0}" = 1 ] && WEIGHTS=()
   # shellcheck disable=SC2086  # QUANT_EXTRA is a list of flags
-  phase quantize .carry/lutlab quantize --model "$MODEL" --fisher "$FISHER" --granularity channel --bits 4 --gpu \
+  phase quantize .carry/lutlab quantize --model "$MODEL" "${WEIGHTS[@]}" --granularity channel --bits 4 --gpu \
     --restarts "${RESTARTS:-1}" --packed "$PACKED" --json ${QUANT_EXTRA:-} || rm -f "$PACKED"
 fi
 

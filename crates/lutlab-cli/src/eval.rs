@@ -5,7 +5,7 @@ use crate::model::{open_decoder, StreamOptions};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
-use lutlab_core::files::{read_file, read_text};
+use lutlab_core::files::read_text;
 use lutlab_core::{ModelWeights, ModelFiles, TextTokenizer};
 use lutlab_core::packed_file::PackedModel;
 use lutlab_model::{open_gpu, perplexity, EvalSettings, Decoder, Gpu};
@@ -76,6 +76,15 @@ pub fn measure(weights: &ModelWeights, tokenizer: &TextTokenizer, options: &Eval
     measure_model(&Decoder::new(weights, &gpu.device), &gpu, tokenizer, options, quiet)
 }
 
+/// [`measure_packed`] of a model the caller is done with: it is dropped once it is on the GPU, so
+/// host memory holds a 7B packed model only while it uploads.
+pub fn measure_packed_owned(packed: PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+    let gpu = pollster::block_on(open_gpu())?;
+    let model = Decoder::from_packed(&packed, &gpu.device)?;
+    drop(packed);
+    measure_model(&model, &gpu, tokenizer, options, quiet)
+}
+
 /// Perplexity of a packed model, its linear layers running from their codes.
 pub fn measure_packed(packed: &PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
@@ -112,7 +121,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(path) => {
             let packed = read_packed(path)?;
             let tokenizer = TextTokenizer::from_files(&ModelFiles::read_tokenizer(&tokenizer_dir(&packed, args.model.as_deref(), path)?)?)?;
-            (measure_packed(&packed, &tokenizer, &args.eval, args.json)?, path.display().to_string())
+            (measure_packed_owned(packed, &tokenizer, &args.eval, args.json)?, path.display().to_string())
         }
         None => {
             let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
@@ -148,5 +157,6 @@ pub fn tokenizer_dir(packed: &PackedModel, model: Option<&std::path::Path>, path
 
 /// Reads and validates a packed model file.
 pub fn read_packed(path: &std::path::Path) -> Result<PackedModel> {
-    Ok(PackedModel::from_safetensors(&path.display().to_string(), &read_file(path)?)?)
+    // A tensor at a time: the file's bytes and the parsed model are never in memory together.
+    Ok(PackedModel::read_file(path)?)
 }

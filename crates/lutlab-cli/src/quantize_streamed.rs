@@ -4,7 +4,7 @@
 //! so host memory holds one block and the packed file is written layer by layer. The packed
 //! file is then evaluated from disk if `--eval` asks.
 
-use crate::eval::measure_packed;
+use crate::eval::measure_packed_owned;
 use crate::progress::Bar;
 use crate::quantize::{report, LayerLine, QuantizeArgs};
 use anyhow::{bail, Context, Result};
@@ -104,7 +104,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
 
     let eval = if args.eval {
         let packed = PackedModel::read_file(packed_path)?;
-        Some(measure_packed(&packed, &opened.tokenizer, &args.eval_options, args.json)?)
+        Some(measure_packed_owned(packed, &opened.tokenizer, &args.eval_options, args.json)?)
     } else {
         None
     };

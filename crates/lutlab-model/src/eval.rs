@@ -82,7 +82,7 @@ pub async fn perplexity(
     let total: u64 = windows.iter().map(|w| w.scored() as u64).sum();
     let mut sum = NllSum::default();
     progress.update(0, total);
-    let batches = batches(&windows, batch_size(&windows, settings, config.vocab_size));
+    let batches = batches(&windows, batch_size(&windows, settings, config));
     // A streamed model reads every block once per chunk of batches, so its chunks are as large
     // as the residual streams they keep allow; a resident one runs a batch at a time.
     let per_chunk = if model.is_streamed() {
@@ -103,9 +103,14 @@ pub async fn perplexity(
 }
 
 /// Windows per batch so that one batch's logits stay under `max_logits_bytes`.
-fn batch_size(windows: &[Window], settings: EvalSettings, vocab: usize) -> usize {
+/// The attention scores `[B, heads, T, T]` of a batch are bounded the same way: a Llama-7B window
+/// of 2048 has 512 MiB of them, more than its logits.
+fn batch_size(windows: &[Window], settings: EvalSettings, config: &lutlab_core::ModelConfig) -> usize {
     let scored = windows.iter().map(Window::scored).max().unwrap_or(1).max(1);
-    (settings.max_logits_bytes / (scored * vocab * 4)).clamp(1, 64)
+    let len = windows.iter().map(Window::len).max().unwrap_or(1).max(1);
+    let by_logits = settings.max_logits_bytes / (scored * config.vocab_size * 4);
+    let by_scores = settings.max_logits_bytes / (config.n_head * len * len * 4);
+    by_logits.min(by_scores).clamp(1, 64)
 }
 
 /// Per-token NLL of the scored tokens of `batches` of windows (each batch's windows share a
