@@ -99,6 +99,17 @@ impl Linear {
     }
 }
 
+/// The host tensors outside the blocks, borrowed for upload (from a whole model or a streamed
+/// one's `EdgeWeights`).
+struct Edges<'a> {
+    wte: &'a HostTensor,
+    wpe: Option<&'a HostTensor>,
+    ln_f: Option<&'a NormWeights>,
+    lm_head: Option<&'a HostTensor>,
+    project_in: Option<&'a LinearWeights>,
+    project_out: Option<&'a LinearWeights>,
+}
+
 /// One decoder block: its norms and its linears in `ModelConfig::block_linears` order.
 #[derive(Clone, Debug)]
 pub struct Block {
@@ -323,38 +334,46 @@ impl Decoder {
     pub fn new(weights: &ModelWeights, device: &Device) -> Self {
         let eps = weights.config.norm_eps;
         let blocks = weights.blocks.iter().map(|b| Block::upload(b, eps, device)).collect();
-        let edges = EdgeWeights {
-            wte: weights.wte.clone(),
-            wpe: weights.wpe.clone(),
-            ln_f: weights.ln_f.clone(),
-            lm_head: weights.lm_head.clone(),
-            project_in: weights.project_in.clone(),
-            project_out: weights.project_out.clone(),
+        let edges = Edges {
+            wte: &weights.wte,
+            wpe: weights.wpe.as_ref(),
+            ln_f: weights.ln_f.as_ref(),
+            lm_head: weights.lm_head.as_ref(),
+            project_in: weights.project_in.as_ref(),
+            project_out: weights.project_out.as_ref(),
         };
-        Self::with_blocks(&weights.config, &edges, Blocks::Resident(blocks), device)
+        Self::with_blocks(&weights.config, edges, Blocks::Resident(blocks), device)
     }
 
     /// A model streamed from `checkpoint`: the embeddings, final norm and head are uploaded now,
     /// each block when it is used (and dropped after). Every block's tensors are checked (names,
     /// shapes) before anything runs, so a bad checkpoint fails here, not hours in.
     pub fn streamed(config: &ModelConfig, checkpoint: Checkpoint<'static>, device: &Device) -> Result<Self> {
-        let edges = EdgeWeights::read(config, &checkpoint)?;
+        let e = EdgeWeights::read(config, &checkpoint)?;
         lutlab_core::weights::check_layout(config, &checkpoint)?;
-        Ok(Self::with_blocks(config, &edges, Blocks::Streamed(Arc::new(checkpoint)), device))
+        let edges = Edges {
+            wte: &e.wte,
+            wpe: e.wpe.as_ref(),
+            ln_f: e.ln_f.as_ref(),
+            lm_head: e.lm_head.as_ref(),
+            project_in: e.project_in.as_ref(),
+            project_out: e.project_out.as_ref(),
+        };
+        Ok(Self::with_blocks(config, edges, Blocks::Streamed(Arc::new(checkpoint)), device))
     }
 
-    fn with_blocks(config: &ModelConfig, edges: &EdgeWeights, blocks: Blocks, device: &Device) -> Self {
+    fn with_blocks(config: &ModelConfig, edges: Edges<'_>, blocks: Blocks, device: &Device) -> Self {
         let eps = config.norm_eps;
         Self {
             config: config.clone(),
-            wte: upload2(&edges.wte, device),
-            lm_head: edges.lm_head.as_ref().map(|t| upload2(t, device)),
+            wte: upload2(edges.wte, device),
+            lm_head: edges.lm_head.map(|t| upload2(t, device)),
             head: None,
-            wpe: edges.wpe.as_ref().map(|t| upload2(t, device)),
+            wpe: edges.wpe.map(|t| upload2(t, device)),
             blocks,
-            ln_f: edges.ln_f.as_ref().map(|n| Norm::new(n, eps, device)),
-            project_in: edges.project_in.as_ref().map(|l| Linear::new(l, device)),
-            project_out: edges.project_out.as_ref().map(|l| Linear::new(l, device)),
+            ln_f: edges.ln_f.map(|n| Norm::new(n, eps, device)),
+            project_in: edges.project_in.map(|l| Linear::new(l, device)),
+            project_out: edges.project_out.map(|l| Linear::new(l, device)),
         }
     }
 
