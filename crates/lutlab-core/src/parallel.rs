@@ -28,6 +28,31 @@ pub fn for_row_chunks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, 
     f(0, out);
 }
 
+/// `f` on `0..total` cut into one contiguous range per core (natively; one range in the
+/// browser), results in range order. For independent work whose outputs are not rows of one
+/// buffer (the Hessian methods' output channels).
+pub fn map_ranges<T: Send>(total: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(total);
+        if threads > 1 {
+            let per = total.div_ceil(threads);
+            return std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..total)
+                    .step_by(per)
+                    .map(|start| {
+                        let f = &f;
+                        scope.spawn(move || f(start..(start + per).min(total)))
+                    })
+                    .collect();
+                // A worker only panics on a bug; re-raise it here rather than lose its part.
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+            });
+        }
+    }
+    vec![f(0..total)]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -40,6 +65,14 @@ mod tests {
                 }
             });
             assert!(out.chunks(4).enumerate().all(|(i, row)| row.iter().all(|&v| v == i)));
+        }
+    }
+
+    #[test]
+    fn ranges_cover_the_total_in_order() {
+        for total in [1usize, 7, 1000] {
+            let parts = super::map_ranges(total, |r| r.collect::<Vec<_>>());
+            assert_eq!(parts.concat(), (0..total).collect::<Vec<_>>());
         }
     }
 }

@@ -175,6 +175,11 @@ impl Default for UniformSettings {
 }
 
 impl UniformSettings {
+    /// Table entries per group: `2^bits`.
+    pub fn levels(&self) -> usize {
+        1 << self.bits
+    }
+
     /// Checks every option on its own and against a `rows x cols` matrix.
     pub fn validate(&self, rows: usize, cols: usize) -> Result<()> {
         self.format.check_bits(self.bits)?;

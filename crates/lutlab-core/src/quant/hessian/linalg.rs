@@ -1,0 +1,234 @@
+//! The dense f64 linear algebra the Hessian methods need: Cholesky factors, the inverse through
+//! them, and the unit-upper LDL form QuIP writes its LDLQ with. Matrices are square, row-major
+//! `Vec<f64>`; sizes are a layer's input width (at most ~16k), so plain cache-friendly loops do,
+//! and every routine is checked against its definition in the tests below.
+
+use crate::error::{LoadError, Result};
+
+/// A square row-major matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Square {
+    pub n: usize,
+    pub data: Vec<f64>,
+}
+
+impl Square {
+    pub fn zeros(n: usize) -> Self {
+        Self { n, data: vec![0.0; n * n] }
+    }
+
+    pub fn identity(n: usize) -> Self {
+        let mut m = Self::zeros(n);
+        (0..n).for_each(|i| m.data[i * n + i] = 1.0);
+        m
+    }
+
+    /// From f32 values, checking the size.
+    pub fn from_f32(n: usize, values: &[f32]) -> Result<Self> {
+        if values.len() != n * n {
+            return Err(LoadError::InvalidSetting(format!("{} values for a {n}x{n} matrix", values.len())));
+        }
+        Ok(Self { n, data: values.iter().map(|&v| f64::from(v)).collect() })
+    }
+
+    pub fn at(&self, i: usize, j: usize) -> f64 {
+        self.data[i * self.n + j]
+    }
+
+    pub fn row(&self, i: usize) -> &[f64] {
+        &self.data[i * self.n..(i + 1) * self.n]
+    }
+
+    pub fn diagonal(&self) -> Vec<f64> {
+        (0..self.n).map(|i| self.at(i, i)).collect()
+    }
+
+    pub fn transpose(&self) -> Self {
+        let n = self.n;
+        let mut t = Self::zeros(n);
+        for i in 0..n {
+            for j in 0..n {
+                t.data[j * n + i] = self.data[i * n + j];
+            }
+        }
+        t
+    }
+
+    /// `self[perm[i], perm[j]]` at `(i, j)`.
+    pub fn permuted(&self, perm: &[usize]) -> Self {
+        let n = self.n;
+        let mut p = Self::zeros(n);
+        for (i, &pi) in perm.iter().enumerate() {
+            for (j, &pj) in perm.iter().enumerate() {
+                p.data[i * n + j] = self.data[pi * n + pj];
+            }
+        }
+        p
+    }
+
+    /// `self · other` (reference speed; used on small matrices and in tests).
+    pub fn matmul(&self, other: &Self) -> Self {
+        let n = self.n;
+        let mut out = Self::zeros(n);
+        for i in 0..n {
+            for k in 0..n {
+                let a = self.data[i * n + k];
+                if a == 0.0 {
+                    continue;
+                }
+                let (row, src) = (&mut out.data[i * n..(i + 1) * n], &other.data[k * n..(k + 1) * n]);
+                row.iter_mut().zip(src).for_each(|(o, &b)| *o += a * b);
+            }
+        }
+        out
+    }
+}
+
+/// The lower Cholesky factor `L` (`A = L Lᵀ`) of a symmetric positive definite `a`; `None` when a
+/// pivot is not positive (not positive definite in f64).
+pub fn cholesky_lower(a: &Square) -> Option<Square> {
+    let n = a.n;
+    let mut l = Square::zeros(n);
+    for j in 0..n {
+        // Row-oriented: L[j, k] for k < j from the rows already done, then the pivot.
+        for k in 0..=j {
+            let dot: f64 = l.data[j * n..j * n + k].iter().zip(&l.data[k * n..k * n + k]).map(|(x, y)| x * y).sum();
+            let v = a.data[j * n + k] - dot;
+            if k == j {
+                if !(v > 0.0) || !v.is_finite() {
+                    return None;
+                }
+                l.data[j * n + j] = v.sqrt();
+            } else {
+                l.data[j * n + k] = v / l.data[k * n + k];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// `L⁻¹` of a lower triangular `l` with a non-zero diagonal.
+fn lower_inverse(l: &Square) -> Square {
+    let n = l.n;
+    let mut inv = Square::zeros(n);
+    for col in 0..n {
+        // Forward substitution for column `col` of the inverse (zero above the diagonal).
+        inv.data[col * n + col] = 1.0 / l.at(col, col);
+        for i in col + 1..n {
+            let s: f64 = (col..i).map(|k| l.data[i * n + k] * inv.data[k * n + col]).sum();
+            inv.data[i * n + col] = -s / l.at(i, i);
+        }
+    }
+    inv
+}
+
+/// `A⁻¹` of a symmetric positive definite `a` through its Cholesky factor (`A⁻¹ = L⁻ᵀ L⁻¹`).
+pub fn spd_inverse(a: &Square) -> Option<Square> {
+    let l_inv = lower_inverse(&cholesky_lower(a)?);
+    let n = a.n;
+    let mut inv = Square::zeros(n);
+    // (L⁻ᵀ L⁻¹)[i, j] = Σ_k L⁻¹[k, i] · L⁻¹[k, j], k ≥ max(i, j).
+    for k in 0..n {
+        let row = &l_inv.data[k * n..k * n + k + 1];
+        for i in 0..=k {
+            let a_ki = row[i];
+            if a_ki == 0.0 {
+                continue;
+            }
+            let out = &mut inv.data[i * n..i * n + k + 1];
+            out.iter_mut().zip(row).for_each(|(o, &b)| *o += a_ki * b);
+        }
+    }
+    // Only j ≤ k ≥ i were summed per k, which covers every (i, j): symmetric by construction.
+    Some(inv)
+}
+
+/// The upper factor `U` with `A = Uᵀ U` (GPTQ's `cholesky(H⁻¹, upper=True)`), from `a`'s lower
+/// Cholesky factor: `U = Lᵀ`.
+pub fn cholesky_upper(a: &Square) -> Option<Square> {
+    cholesky_lower(a).map(|l| l.transpose())
+}
+
+/// QuIP's LDL form `A = (Ú + I) D (Ú + I)ᵀ` with `Ú` strictly upper triangular and `D` diagonal:
+/// the usual lower LDL of `A` with its rows and columns reversed. Returns `(Ú, D)`.
+pub fn ldl_upper(a: &Square) -> Option<(Square, Vec<f64>)> {
+    let n = a.n;
+    let reverse: Vec<usize> = (0..n).rev().collect();
+    let l = cholesky_lower(&a.permuted(&reverse))?;
+    let mut unit_upper = Square::zeros(n);
+    let mut d = vec![0.0; n];
+    for i in 0..n {
+        let pivot = l.at(i, i);
+        d[n - 1 - i] = pivot * pivot;
+        for j in 0..i {
+            // Reversed lower (i, j) is upper (n-1-i, n-1-j); unit diagonal: divided by column
+            // j's pivot.
+            unit_upper.data[(n - 1 - i) * n + (n - 1 - j)] = l.at(i, j) / l.at(j, j);
+        }
+    }
+    Some((unit_upper, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random symmetric positive definite matrix `B Bᵀ + n·0.01 I` (xorshift, deterministic).
+    pub(crate) fn random_spd(n: usize, seed: u64) -> Square {
+        let mut state = seed | 1;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let b: Vec<f64> = (0..n * n).map(|_| next()).collect();
+        let mut a = Square::zeros(n);
+        for i in 0..n {
+            for j in 0..n {
+                a.data[i * n + j] = (0..n).map(|k| b[i * n + k] * b[j * n + k]).sum::<f64>() + if i == j { 0.01 * n as f64 } else { 0.0 };
+            }
+        }
+        a
+    }
+
+    fn max_diff(a: &Square, b: &Square) -> f64 {
+        a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn factors_rebuild_the_matrix() {
+        let a = random_spd(17, 3);
+        let l = cholesky_lower(&a).unwrap();
+        assert!(max_diff(&l.matmul(&l.transpose()), &a) < 1e-12);
+        let u = cholesky_upper(&a).unwrap();
+        assert!(max_diff(&u.transpose().matmul(&u), &a) < 1e-12);
+        let inv = spd_inverse(&a).unwrap();
+        assert!(max_diff(&a.matmul(&inv), &Square::identity(17)) < 1e-10);
+
+        let (upper, d) = ldl_upper(&a).unwrap();
+        let n = a.n;
+        for i in 0..n {
+            for j in 0..=i {
+                assert_eq!(upper.at(i, j), 0.0, "Ú must be strictly upper ({i}, {j})");
+            }
+        }
+        let mut m = upper.clone();
+        (0..n).for_each(|i| m.data[i * n + i] = 1.0);
+        let mut md = m.clone();
+        for i in 0..n {
+            for j in 0..n {
+                md.data[i * n + j] *= d[j];
+            }
+        }
+        assert!(max_diff(&md.matmul(&m.transpose()), &a) < 1e-10);
+    }
+
+    #[test]
+    fn an_indefinite_matrix_has_no_factor() {
+        let mut a = Square::identity(3);
+        a.data[4] = -1.0;
+        assert!(cholesky_lower(&a).is_none());
+        assert!(spd_inverse(&a).is_none());
+    }
+}

@@ -1,0 +1,9 @@
+//! Second-order weight rounding (GPTQ, QuIP's LDLQ and its greedy passes) and what it needs:
+//! the Hessian of each linear layer's output error, `H = (2/N) Σ x xᵀ` over its calibration
+//! inputs, and a little dense linear algebra.
+
+pub mod linalg;
+pub mod rounding;
+
+pub use linalg::Square;
+pub use rounding::{proxy_loss, round_with_hessian, Feedback, Grid, Rounded, RoundingSettings};

@@ -1,0 +1,494 @@
+//! Rounding a weight matrix with a Hessian: GPTQ, QuIP's LDLQ, greedy coordinate passes, and
+//! plain nearest rounding, all onto the same grids (look-up tables per output channel, or uniform
+//! scales re-fitted per group of input rows).
+//!
+//! The weights are `[in, out]`; the Hessian `H` is `[in, in]` over the input features. Input
+//! feature `k` (a *row* here, GPTQ's column) is rounded in turn, and its error is fed forward into
+//! the rows not yet rounded. GPTQ and LDLQ are one loop with different feedback:
+//!
+//! - GPTQ: `U` = upper Cholesky factor of `H⁻¹`; row `j > k` gets `−U[k,j]/U[k,k] · e_k`, with
+//!   `e_k` = (row `k` as updated) − (its rounding).
+//! - LDLQ: `H = (Ú + I) D (Ú + I)ᵀ`; row `j > k` gets `Ú[k,j] · e_k`, with `e_k` = (row `k` as
+//!   given) − (its rounding).
+//!
+//! QuIP (Theorem 6) shows the two give the same result; `tests/hessian_methods.rs` checks it. Updates
+//! inside a block of `blocksize` rows are applied at once, the rest lazily per block (GPTQ's
+//! "lazy batch updates"), which changes nothing but the order of additions. Output channels are
+//! independent given `H`, so they are split over the CPU's cores.
+
+use super::linalg::{cholesky_upper, ldl_upper, spd_inverse, Square};
+use crate::error::{LoadError, Result};
+use crate::parallel::map_ranges;
+use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformSettings};
+
+/// Which error feedback rounds the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feedback {
+    /// None: round-to-nearest (the starting point of the greedy passes).
+    Nearest,
+    Gptq,
+    Ldlq,
+}
+
+/// How one matrix is rounded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundingSettings {
+    pub feedback: Feedback,
+    /// Round the input features in order of decreasing `H[k,k]` (GPTQ's `--act-order`, the "R"
+    /// of QuIP's LDLQ-RG).
+    pub act_order: bool,
+    /// Greedy coordinate-descent passes over the proxy loss after the first rounding (the "G"
+    /// of LDLQ-RG; QuIP's `--npasses`).
+    pub greedy_passes: usize,
+    /// Rows updated together (GPTQ's `--blocksize`, 128).
+    pub blocksize: usize,
+    /// Damping added to the diagonal as a fraction of its mean (GPTQ's `--percdamp`, 0.01).
+    pub percdamp: f64,
+}
+
+impl Default for RoundingSettings {
+    fn default() -> Self {
+        Self { feedback: Feedback::Gptq, act_order: false, greedy_passes: 0, blocksize: 128, percdamp: 0.01 }
+    }
+}
+
+/// Where each weight may land.
+#[derive(Clone, Debug)]
+pub enum Grid {
+    /// Tables fitted beforehand (k-means, or a uniform grid per tensor/channel/output group):
+    /// `tables[t * levels..]` in code order; output channel `c` uses table `c / channels_per_table`.
+    Tables { levels: usize, tables: Vec<f32>, channels_per_table: usize },
+    /// A uniform grid per output channel and group of `size` input rows (GPTQ's `--groupsize`),
+    /// fitted with `settings` (granularity ignored) when the group's first row is reached, on the
+    /// weights as updated so far; or, `static_groups`, on the original weights before rounding.
+    InputGroups { size: usize, settings: UniformSettings, static_groups: bool },
+}
+
+/// A rounded matrix.
+#[derive(Clone, Debug)]
+pub struct Rounded {
+    /// `[in, out]` codes into the grid's tables (for input groups: `group_tables`).
+    pub codes: Vec<u8>,
+    /// `[in, out]`: the value each weight now has (its table entry, or kept exactly).
+    pub values: Vec<f32>,
+    /// Input groups: the tables used, `[in / size, out, levels]` in code order.
+    pub group_tables: Option<Vec<f32>>,
+    /// `tr(ΔW H ΔWᵀ)` with the given (undamped) `H`, summed over output channels.
+    pub proxy_loss: f64,
+}
+
+/// Rounds `weights` (`[rows, cols]` = `[in, out]`) onto `grid`, feeding errors back through `h`
+/// (`[rows, rows]`, as accumulated: `(2/N) Σ x xᵀ`). `exact` marks weights kept as they are
+/// (dense-and-sparse outliers; with feedback, at their updated value).
+pub fn round_with_hessian(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Square,
+    grid: &Grid,
+    exact: Option<&[bool]>,
+    settings: &RoundingSettings,
+) -> Result<Rounded> {
+    check_inputs(weights, rows, cols, h, grid, exact, settings)?;
+    let mut w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
+    let damped = damped_hessian(h, &mut w, cols, settings.percdamp)?;
+    let order: Vec<usize> = if settings.act_order {
+        let diagonal = damped.diagonal();
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.sort_by(|&a, &b| diagonal[b].total_cmp(&diagonal[a]));
+        order
+    } else {
+        (0..rows).collect()
+    };
+    let hp = damped.permuted(&order);
+    let coefficients = feedback_coefficients(&hp, settings.feedback)?;
+    let static_tables = match grid {
+        Grid::InputGroups { size, settings: uniform, static_groups: true } => Some(fit_uniform(weights, rows, cols, uniform, UniformGranularity::InputGroup(*size))?),
+        _ => None,
+    };
+    let sorted = match grid {
+        Grid::Tables { levels, tables, .. } => tables.chunks(*levels).map(SortedTable::new).collect(),
+        _ => Vec::new(),
+    };
+    let job = Job { w: &w, rows, cols, order: &order, hp: &hp, coefficients: coefficients.as_ref(), grid, sorted: &sorted, static_tables: static_tables.as_deref(), exact, settings };
+    let parts = map_ranges(cols, |range| job.run(range));
+
+    let mut codes = vec![0u8; rows * cols];
+    let mut values = vec![0f32; rows * cols];
+    let groups = match grid {
+        Grid::InputGroups { size, .. } => Some(rows / size),
+        Grid::Tables { .. } => None,
+    };
+    let levels = grid_levels(grid);
+    let mut group_tables = groups.map(|g| vec![0f32; g * cols * levels]);
+    for part in parts {
+        let part = part?;
+        let m = part.cols.len();
+        for (k, &row) in order.iter().enumerate() {
+            for (c, col) in part.cols.clone().enumerate() {
+                codes[row * cols + col] = part.codes[k * m + c];
+                values[row * cols + col] = part.values[k * m + c] as f32;
+            }
+        }
+        if let (Some(out), Some(tables)) = (group_tables.as_mut(), &part.group_tables) {
+            for (g, group) in tables.chunks(m * levels).enumerate() {
+                let start = (g * cols + part.cols.start) * levels;
+                out[start..start + m * levels].copy_from_slice(group);
+            }
+        }
+    }
+    let proxy_loss = proxy_loss(weights, &values, rows, cols, h);
+    Ok(Rounded { codes, values, group_tables, proxy_loss })
+}
+
+/// `tr(ΔW H ΔWᵀ)` over output channels `cols_range` of `[rows, cols]` matrices.
+pub fn proxy_loss_of(original: &[f32], rounded: &[f32], rows: usize, cols: usize, h: &Square, cols_range: std::ops::Range<usize>) -> f64 {
+    let m = cols_range.len();
+    let delta: Vec<f64> = (0..rows)
+        .flat_map(|r| cols_range.clone().map(move |c| (r, c)))
+        .map(|(r, c)| f64::from(rounded[r * cols + c]) - f64::from(original[r * cols + c]))
+        .collect();
+    let mut loss = 0.0;
+    let mut hd = vec![0f64; m];
+    for i in 0..rows {
+        hd.iter_mut().for_each(|v| *v = 0.0);
+        for (k, &hik) in h.row(i).iter().enumerate() {
+            if hik != 0.0 {
+                hd.iter_mut().zip(&delta[k * m..(k + 1) * m]).for_each(|(acc, d)| *acc += hik * d);
+            }
+        }
+        loss += hd.iter().zip(&delta[i * m..(i + 1) * m]).map(|(a, d)| a * d).sum::<f64>();
+    }
+    loss
+}
+
+/// The proxy loss of a whole matrix (all output channels), for reports.
+pub fn proxy_loss(original: &[f32], rounded: &[f32], rows: usize, cols: usize, h: &Square) -> f64 {
+    map_ranges(cols, |range| proxy_loss_of(original, rounded, rows, cols, h, range)).into_iter().sum()
+}
+
+fn check_inputs(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Square,
+    grid: &Grid,
+    exact: Option<&[bool]>,
+    settings: &RoundingSettings,
+) -> Result<()> {
+    let bad = |reason: String| Err(LoadError::InvalidSetting(reason));
+    if weights.len() != rows * cols || rows == 0 || cols == 0 {
+        return bad(format!("{} weights given for a {rows}x{cols} matrix", weights.len()));
+    }
+    if h.n != rows {
+        return bad(format!("the Hessian is {0}x{0} but the layer has {rows} inputs", h.n));
+    }
+    if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+        return bad(format!("weight {i} (input {}, output {}) is {}", i / cols, i % cols, weights[i]));
+    }
+    if let Some(i) = h.data.iter().position(|v| !v.is_finite()) {
+        return bad(format!("the Hessian has a non-finite entry at ({}, {}): were the activations finite?", i / rows, i % rows));
+    }
+    if let Some(i) = h.diagonal().iter().position(|&d| d < 0.0) {
+        return bad(format!("the Hessian's diagonal is negative at input {i}: not a Hessian of squared errors"));
+    }
+    if exact.is_some_and(|e| e.len() != rows * cols) {
+        return bad("the exact-weight mask does not match the matrix".into());
+    }
+    if settings.blocksize == 0 {
+        return bad("blocksize must be at least 1".into());
+    }
+    if !(settings.percdamp >= 0.0 && settings.percdamp.is_finite()) {
+        return bad(format!("percdamp {} must be a non-negative number", settings.percdamp));
+    }
+    match grid {
+        Grid::Tables { levels, tables, channels_per_table } => {
+            if *levels == 0 || *channels_per_table == 0 || !cols.is_multiple_of(*channels_per_table) || tables.len() != cols / channels_per_table * levels {
+                return bad(format!("{} table entries do not fit {cols} channels at {levels} levels", tables.len()));
+            }
+            if tables.iter().any(|v| !v.is_finite()) {
+                return bad("a table entry is not finite".into());
+            }
+        }
+        Grid::InputGroups { size, settings: uniform, static_groups } => {
+            UniformGranularity::InputGroup(*size).groups(rows, cols)?;
+            UniformSettings { granularity: UniformGranularity::Channel, ..*uniform }.validate(*size, cols)?;
+            if settings.act_order && !static_groups {
+                return bad(
+                    "act-order with input groups needs static groups (--static-groups): groups fitted as rows are reached \
+                     would then mix rows from all over the matrix, which a packed group cannot store"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `H + λI` with λ = `percdamp` · mean diagonal, after GPTQ's dead inputs (a zero diagonal: the
+/// input never fired) get `H[k,k] = 1` and their weights zeroed. If that is not positive
+/// definite, λ is raised tenfold once; then the layer is refused.
+fn damped_hessian(h: &Square, w: &mut [f64], cols: usize, percdamp: f64) -> Result<Square> {
+    let n = h.n;
+    let mut damped = h.clone();
+    for k in 0..n {
+        if damped.data[k * n + k] == 0.0 {
+            damped.data[k * n + k] = 1.0;
+            w[k * cols..(k + 1) * cols].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+    let mean = damped.diagonal().iter().sum::<f64>() / n as f64;
+    for factor in [1.0, 10.0] {
+        let mut candidate = damped.clone();
+        let lambda = factor * percdamp * mean;
+        (0..n).for_each(|k| candidate.data[k * n + k] += lambda);
+        if super::linalg::cholesky_lower(&candidate).is_some() {
+            return Ok(candidate);
+        }
+    }
+    Err(LoadError::InvalidSetting(format!(
+        "the Hessian is not positive definite even with damping {} (10 × percdamp {percdamp}): raise --percdamp or calibrate on more text",
+        10.0 * percdamp
+    )))
+}
+
+/// The strictly upper `[n, n]` matrix `A` with row `j > k` getting `A[k,j] · e_k`, or `None`
+/// for no feedback.
+fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Result<Option<Square>> {
+    let not_pd = || LoadError::InvalidSetting("the damped Hessian lost positive definiteness while factoring".into());
+    let n = hp.n;
+    Ok(match feedback {
+        Feedback::Nearest => None,
+        Feedback::Gptq => {
+            let u = cholesky_upper(&spd_inverse(hp).ok_or_else(not_pd)?).ok_or_else(not_pd)?;
+            let mut a = Square::zeros(n);
+            for k in 0..n {
+                let pivot = u.at(k, k);
+                for j in k + 1..n {
+                    a.data[k * n + j] = -u.at(k, j) / pivot;
+                }
+            }
+            Some(a)
+        }
+        Feedback::Ldlq => Some(ldl_upper(hp).ok_or_else(not_pd)?.0),
+    })
+}
+
+fn grid_levels(grid: &Grid) -> usize {
+    match grid {
+        Grid::Tables { levels, .. } => *levels,
+        Grid::InputGroups { settings, .. } => settings.levels(),
+    }
+}
+
+/// Uniform tables for `[rows, cols]` values at `granularity`, in code order.
+fn fit_uniform(values: &[f32], rows: usize, cols: usize, settings: &UniformSettings, granularity: UniformGranularity) -> Result<Vec<f32>> {
+    let settings = UniformSettings { granularity, ..*settings };
+    Ok(quantize_uniform(values, rows, cols, &settings)?.tables)
+}
+
+/// One table's entries sorted, with their codes and the midpoints between neighbours, for
+/// nearest-entry search.
+struct SortedTable {
+    values: Vec<f64>,
+    codes: Vec<u8>,
+    midpoints: Vec<f64>,
+}
+
+impl SortedTable {
+    fn new(table: &[f32]) -> Self {
+        let mut entries: Vec<(f64, u8)> = table.iter().enumerate().map(|(code, &v)| (f64::from(v), code as u8)).collect();
+        entries.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let values: Vec<f64> = entries.iter().map(|e| e.0).collect();
+        let midpoints = values.windows(2).map(|p| 0.5 * (p[0] + p[1])).collect();
+        Self { codes: entries.iter().map(|e| e.1).collect(), values, midpoints }
+    }
+
+    /// The nearest entry's code and value; a tie goes to the smaller value.
+    fn nearest(&self, x: f64) -> (u8, f64) {
+        let i = self.midpoints.partition_point(|&m| m < x);
+        (self.codes[i], self.values[i])
+    }
+}
+
+/// Everything the per-channel-range workers share.
+struct Job<'a> {
+    /// `[rows, cols]` weights in original row order (dead inputs zeroed).
+    w: &'a [f64],
+    rows: usize,
+    cols: usize,
+    /// Processing position → original row.
+    order: &'a [usize],
+    /// The damped Hessian in processing order.
+    hp: &'a Square,
+    coefficients: Option<&'a Square>,
+    grid: &'a Grid,
+    sorted: &'a [SortedTable],
+    /// Static input groups: `[groups, cols, levels]`.
+    static_tables: Option<&'a [f32]>,
+    exact: Option<&'a [bool]>,
+    settings: &'a RoundingSettings,
+}
+
+/// One worker's output channels, rows in processing order.
+struct Part {
+    cols: std::ops::Range<usize>,
+    codes: Vec<u8>,
+    values: Vec<f64>,
+    group_tables: Option<Vec<f32>>,
+}
+
+impl Job<'_> {
+    fn run(&self, range: std::ops::Range<usize>) -> Result<Part> {
+        let (n, m) = (self.rows, range.len());
+        // Rows in processing order, this worker's channels only.
+        let original: Vec<f64> = self.order.iter().flat_map(|&r| self.w[r * self.cols + range.start..r * self.cols + range.end].iter().copied()).collect();
+        let exact = |k: usize, c: usize| self.exact.is_some_and(|e| e[self.order[k] * self.cols + range.start + c]);
+        let mut tables = ChannelTables::new(self, range.clone());
+        let mut work = original.clone();
+        let mut codes = vec![0u8; n * m];
+        let mut values = vec![0f64; n * m];
+        let blocksize = self.settings.blocksize;
+        let mut errors = vec![0f64; blocksize * m];
+        // A dynamic input group is fitted on rows that have every earlier error applied, so a
+        // batch of rows ends where such a group starts. (GPTQ's own code fits groups inside a
+        // batch on rows still missing that batch's updates; with the usual group = batch = 128
+        // the two agree.)
+        let group_start = match self.grid {
+            Grid::InputGroups { size, static_groups: false, .. } => *size,
+            _ => n,
+        };
+        let mut b0 = 0;
+        while b0 < n {
+            let b1 = (b0 + blocksize).min(n).min((b0 / group_start + 1) * group_start);
+            for k in b0..b1 {
+                tables.enter_row(k, &work, n)?;
+                for c in 0..m {
+                    let target = work[k * m + c];
+                    let (code, mut value) = tables.get(k, c).nearest(target);
+                    if exact(k, c) {
+                        value = target;
+                    }
+                    codes[k * m + c] = code;
+                    values[k * m + c] = value;
+                    let reference = if self.settings.feedback == Feedback::Ldlq { original[k * m + c] } else { target };
+                    errors[(k - b0) * m + c] = reference - value;
+                }
+                if let Some(a) = self.coefficients {
+                    let e = &errors[(k - b0) * m..(k - b0 + 1) * m];
+                    for j in k + 1..b1 {
+                        axpy(&mut work[j * m..(j + 1) * m], a.at(k, j), e);
+                    }
+                }
+            }
+            if let Some(a) = self.coefficients {
+                for j in b1..n {
+                    let row = &mut work[j * m..(j + 1) * m];
+                    for k in b0..b1 {
+                        axpy(row, a.at(k, j), &errors[(k - b0) * m..(k - b0 + 1) * m]);
+                    }
+                }
+            }
+            b0 = b1;
+        }
+        for _ in 0..self.settings.greedy_passes {
+            self.greedy_pass(&original, &mut codes, &mut values, &tables, m, &exact);
+        }
+        Ok(Part { cols: range, codes, values, group_tables: tables.into_group_tables() })
+    }
+
+    /// One coordinate-descent pass over the proxy loss `Σ_c Δ_cᵀ H Δ_c`: each weight in turn
+    /// moves to the grid value nearest its best value given all others, `w − (HΔ)_k,excl / H_kk`.
+    fn greedy_pass(&self, original: &[f64], codes: &mut [u8], values: &mut [f64], tables: &ChannelTables, m: usize, exact: &dyn Fn(usize, usize) -> bool) {
+        let n = self.rows;
+        let h = self.hp;
+        let delta: Vec<f64> = values.iter().zip(original).map(|(q, w)| q - w).collect();
+        // R = H · Δ, kept current as weights move.
+        let mut r = vec![0f64; n * m];
+        for i in 0..n {
+            for k in 0..n {
+                axpy(&mut r[i * m..(i + 1) * m], h.at(i, k), &delta[k * m..(k + 1) * m]);
+            }
+        }
+        let mut change = vec![0f64; m];
+        for k in 0..n {
+            let hkk = h.at(k, k);
+            for c in 0..m {
+                change[c] = 0.0;
+                if exact(k, c) {
+                    continue;
+                }
+                let d = values[k * m + c] - original[k * m + c];
+                let best = original[k * m + c] - (r[k * m + c] - hkk * d) / hkk;
+                let (code, value) = tables.get(k, c).nearest(best);
+                change[c] = value - values[k * m + c];
+                codes[k * m + c] = code;
+                values[k * m + c] = value;
+            }
+            if change.iter().any(|&d| d != 0.0) {
+                for j in 0..n {
+                    axpy(&mut r[j * m..(j + 1) * m], h.at(j, k), &change);
+                }
+            }
+        }
+    }
+}
+
+/// The tables a worker's channels round to at each row: shared fixed tables, or per input group
+/// (fitted by the worker when a dynamic group starts).
+struct ChannelTables<'a> {
+    job: &'a Job<'a>,
+    cols: std::ops::Range<usize>,
+    /// Input groups: every group's sorted tables, `[group][channel]`, and the raw ones.
+    groups: Vec<Vec<SortedTable>>,
+    raw: Vec<f32>,
+}
+
+impl<'a> ChannelTables<'a> {
+    fn new(job: &'a Job<'a>, cols: std::ops::Range<usize>) -> Self {
+        let mut tables = Self { job, cols: cols.clone(), groups: Vec::new(), raw: Vec::new() };
+        if let (Grid::InputGroups { size, settings, .. }, Some(all)) = (job.grid, job.static_tables) {
+            let levels = settings.levels();
+            for g in 0..job.rows / size {
+                let start = (g * job.cols + cols.start) * levels;
+                let group = &all[start..start + cols.len() * levels];
+                tables.raw.extend_from_slice(group);
+                tables.groups.push(group.chunks(levels).map(SortedTable::new).collect());
+            }
+        }
+        tables
+    }
+
+    /// Before rounding processing row `k`: a dynamic input group starting there is fitted on the
+    /// rows as updated (`work`, processing order = original order for dynamic groups).
+    fn enter_row(&mut self, k: usize, work: &[f64], n: usize) -> Result<()> {
+        let Grid::InputGroups { size, settings, static_groups: false } = self.job.grid else { return Ok(()) };
+        if !k.is_multiple_of(*size) {
+            return Ok(());
+        }
+        let m = self.cols.len();
+        let rows = (*size).min(n - k);
+        let slice: Vec<f32> = work[k * m..(k + rows) * m].iter().map(|&v| v as f32).collect();
+        let group = fit_uniform(&slice, rows, m, settings, UniformGranularity::Channel)?;
+        self.groups.push(group.chunks(settings.levels()).map(SortedTable::new).collect());
+        self.raw.extend_from_slice(&group);
+        Ok(())
+    }
+
+    fn get(&self, k: usize, c: usize) -> &SortedTable {
+        match self.job.grid {
+            Grid::Tables { channels_per_table, .. } => &self.job.sorted[(self.cols.start + c) / channels_per_table],
+            Grid::InputGroups { size, .. } => &self.groups[self.job.order[k] / size][c],
+        }
+    }
+
+    fn into_group_tables(self) -> Option<Vec<f32>> {
+        matches!(self.job.grid, Grid::InputGroups { .. }).then_some(self.raw)
+    }
+}
+
+fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
+    if a != 0.0 {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+    }
+}
