@@ -460,6 +460,17 @@ impl ModelConfig {
         }
     }
 
+    /// The block's linears grouped by the input they share, as index ranges into
+    /// [`Self::block_linears`]: q, k and v read the same normed input, as do gate and up. These
+    /// are also Llama's "true sequential" groups ([q,k,v], [o], [gate,up], [down]).
+    pub fn input_groups(&self) -> Vec<std::ops::Range<usize>> {
+        match self.family {
+            Family::Gpt2 => vec![0..1, 1..2, 2..3, 3..4],
+            Family::Opt => vec![0..3, 3..4, 4..5, 5..6],
+            Family::Llama => vec![0..3, 3..4, 4..6, 6..7],
+        }
+    }
+
     /// Every linear of the model's blocks by full name (`h.0.attn.c_attn`,
     /// `model.layers.0.self_attn.q_proj`, ...) with its spec, in model order.
     pub fn linear_names(&self) -> Vec<(String, LinearSpec)> {

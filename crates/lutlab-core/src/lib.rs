@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod fisher_file;
+pub mod hessian_file;
 pub mod packed_file;
 pub mod parallel;
 pub mod perplexity;

@@ -5,6 +5,7 @@
 use crate::checkpoint::HostTensor;
 use crate::error::{LoadError, Result};
 use crate::config::{Activation, ModelConfig, NormKind, Positions};
+use crate::quant::hessian::Square;
 use crate::weights::{LinearWeights, ModelWeights, NormWeights};
 use std::collections::BTreeMap;
 
@@ -63,6 +64,36 @@ pub fn linear_input_means(weights: &ModelWeights, windows: &[&[u32]]) -> Result<
     for sum in sums.values_mut() {
         sum.iter_mut().for_each(|s| *s /= positions as f64);
     }
+    Ok(sums)
+}
+
+/// The Hessians `(2/N) Σ x xᵀ` of every distinct linear input over `N` windows, in f64, keyed
+/// as the Hessian file keys them (the first linear reading the input, `hessian_file`).
+pub fn linear_input_hessians(weights: &ModelWeights, windows: &[&[u32]]) -> Result<BTreeMap<String, Square>> {
+    if windows.is_empty() {
+        return Err(LoadError::InvalidSetting("no calibration windows".into()));
+    }
+    let config = &weights.config;
+    let specs = config.block_linears();
+    let firsts: Vec<usize> = config.input_groups().iter().map(|g| g.start).collect();
+    let mut sums: BTreeMap<String, Square> = BTreeMap::new();
+    for window in windows {
+        hidden_observed(weights, window, &mut |block, layer, input| {
+            if !firsts.contains(&layer) {
+                return;
+            }
+            let n = specs[layer].n_in;
+            let h = sums.entry(format!("{}.{}", config.block_prefix(block), specs[layer].name)).or_insert_with(|| Square::zeros(n));
+            for row in input.chunks_exact(n) {
+                for (i, &xi) in row.iter().enumerate() {
+                    let out = &mut h.data[i * n..(i + 1) * n];
+                    out.iter_mut().zip(row).for_each(|(o, &xj)| *o += f64::from(xi) * f64::from(xj));
+                }
+            }
+        })?;
+    }
+    let scale = 2.0 / windows.len() as f64;
+    sums.values_mut().for_each(|h| h.data.iter_mut().for_each(|v| *v *= scale));
     Ok(sums)
 }
 

@@ -19,7 +19,7 @@
 use crate::device::download;
 use crate::error::{ModelError, Result};
 use crate::fisher::{FisherSettings, sample_starts};
-use crate::decoder::Decoder;
+use crate::decoder::{BlockVisitor, Decoder};
 use burn::tensor::Tensor;
 use lutlab_core::{LoadError, Progress};
 use std::collections::BTreeMap;
@@ -102,19 +102,7 @@ pub async fn linear_input_means_windows(
     if starts.is_empty() {
         return Err(LoadError::InvalidSetting("no calibration windows".into()).into());
     }
-    let vocab = model.config.vocab_size;
-    for (i, &start) in starts.iter().enumerate() {
-        let window = tokens.get(start..start + seqlen).ok_or_else(|| {
-            LoadError::InvalidSetting(format!(
-                "window {i} ({start}..{}) runs past the end of the text ({} tokens)",
-                start + seqlen,
-                tokens.len()
-            ))
-        })?;
-        if let Some(&bad) = window.iter().find(|&&t| t as usize >= vocab) {
-            return Err(LoadError::InvalidSetting(format!("token id {bad} is outside the vocabulary of {vocab}")).into());
-        }
-    }
+    check_windows(model, tokens, starts, seqlen)?;
 
     let names: Vec<String> = model.config.linear_names().into_iter().map(|(name, _)| name).collect();
     let mut sums: Vec<Vec<f64>> = Vec::new();
@@ -128,15 +116,10 @@ pub async fn linear_input_means_windows(
         }
         let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + seqlen]).collect();
         let mut states = [(ctx.clone(), model.embed(model.tokens(&rows)))];
-        let mut parts: Vec<Tensor<1>> = Vec::with_capacity(names.len());
-        let mut reduce = |inputs: Vec<Tensor<3>>| {
-            for input in inputs {
-                let n_in = input.dims()[2];
-                parts.push(input.sum_dim(0).sum_dim(1).reshape([n_in]));
-            }
-        };
-        model.run_blocks(&mut states, Some(&mut reduce))?;
+        let mut batch_sums = InputSums(Vec::with_capacity(names.len()));
+        model.run_blocks(&mut states, Some(&mut batch_sums))?;
         drop(states);
+        let parts = batch_sums.0;
         let widths: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
         let flat = download(Tensor::cat(parts, 0)).await?;
         if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
@@ -157,7 +140,41 @@ pub async fn linear_input_means_windows(
     Ok(names.into_iter().zip(sums).map(|(name, sum)| (name, sum.iter().map(|s| (s / positions) as f32).collect())).collect())
 }
 
-fn check_seqlen(model: &Decoder, seqlen: usize) -> Result<()> {
+/// Each linear input's sum over batch and positions, in model order.
+struct InputSums(Vec<Tensor<1>>);
+
+impl BlockVisitor for InputSums {
+    fn inputs(&mut self, _index: usize, inputs: Vec<Tensor<3>>) -> Result<()> {
+        for input in inputs {
+            let n_in = input.dims()[2];
+            self.0.push(input.sum_dim(0).sum_dim(1).reshape([n_in]));
+        }
+        Ok(())
+    }
+}
+
+/// Every window `tokens[start..start + seqlen]` inside the text and the vocabulary.
+pub(crate) fn check_windows(model: &Decoder, tokens: &[u32], starts: &[usize], seqlen: usize) -> Result<()> {
+    if starts.is_empty() {
+        return Err(LoadError::InvalidSetting("no calibration windows".into()).into());
+    }
+    let vocab = model.config.vocab_size;
+    for (i, &start) in starts.iter().enumerate() {
+        let window = tokens.get(start..start + seqlen).ok_or_else(|| {
+            LoadError::InvalidSetting(format!(
+                "window {i} ({start}..{}) runs past the end of the text ({} tokens)",
+                start + seqlen,
+                tokens.len()
+            ))
+        })?;
+        if let Some(&bad) = window.iter().find(|&&t| t as usize >= vocab) {
+            return Err(LoadError::InvalidSetting(format!("token id {bad} is outside the vocabulary of {vocab}")).into());
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_seqlen(model: &Decoder, seqlen: usize) -> Result<()> {
     let n_positions = model.config.n_positions;
     if seqlen == 0 || seqlen > n_positions {
         return Err(LoadError::InvalidSetting(format!(

@@ -70,7 +70,7 @@ pub enum Linear {
 }
 
 impl Linear {
-    fn new(w: &LinearWeights, device: &Device) -> Self {
+    pub fn new(w: &LinearWeights, device: &Device) -> Self {
         Self::Dense { weight: upload2(&w.weight, device), bias: upload1(&w.bias, device) }
     }
 
@@ -127,6 +127,29 @@ impl Block {
             linears: w.linears.iter().map(|l| Linear::new(l, device)).collect(),
         }
     }
+}
+
+/// Watches [`Decoder::run_blocks`] (or a caller's own walk over [`run_block`]): the activation
+/// statistics and the Hessians read each block's linear inputs.
+pub trait BlockVisitor {
+    /// The inputs of block `index`'s linears for one state, in `block_linears` order (q, k and
+    /// v, gate and up, each get their shared input).
+    fn inputs(&mut self, index: usize, inputs: Vec<Tensor<3>>) -> Result<()>;
+}
+
+/// One step of the layer loop: block `index` (`block`) on every state. Sequential quantization
+/// (GPTQ) walks the blocks itself with this step, so that it can replace each block by its
+/// quantized form, between awaits for the Hessians, before the states go on.
+pub fn run_block<'v>(index: usize, block: &Block, states: &mut [(BlockContext, Tensor<3>)], mut visitor: Option<&mut (dyn BlockVisitor + 'v)>) -> Result<()> {
+    for (ctx, x) in states.iter_mut() {
+        let mut inputs = Vec::new();
+        let keep = visitor.is_some().then_some(&mut inputs);
+        *x = block.forward(ctx, x.clone(), keep);
+        if let Some(v) = visitor.as_deref_mut() {
+            v.inputs(index, inputs)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a decoder's blocks are: uploaded once, or (a model larger than the GPU or host memory
@@ -524,19 +547,12 @@ impl Decoder {
         Ok(states.into_iter().map(|(_, x)| self.finish(x)).collect())
     }
 
-    /// THE layer loop: every block, in order, on each residual stream of `states`. With `sink`,
-    /// each block's linear inputs (see [`Block::forward`]) are handed over per state.
-    pub fn run_blocks(&self, states: &mut [(BlockContext, Tensor<3>)], mut sink: Option<&mut dyn FnMut(Vec<Tensor<3>>)>) -> Result<()> {
+    /// THE layer loop: every block, in order, on each residual stream of `states`. With a
+    /// `visitor`, each block's linear inputs (see [`Block::forward`]) are handed over per state.
+    pub fn run_blocks(&self, states: &mut [(BlockContext, Tensor<3>)], mut visitor: Option<&mut dyn BlockVisitor>) -> Result<()> {
         for i in 0..self.n_blocks() {
             let block = self.block(i)?;
-            for (ctx, x) in states.iter_mut() {
-                let mut inputs = Vec::new();
-                let keep = sink.is_some().then_some(&mut inputs);
-                *x = block.forward(ctx, x.clone(), keep);
-                if let Some(sink) = sink.as_deref_mut() {
-                    sink(inputs);
-                }
-            }
+            run_block(i, &block, states, visitor.as_deref_mut())?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod fisher;
 pub mod generate;
+pub mod hessian;
 pub mod decoder;
 pub mod lut_linear;
 
@@ -15,6 +16,7 @@ pub use burn;
 pub use device::{gpu_device, open_gpu, Gpu};
 pub use error::{ModelError, Result};
 pub use eval::{perplexity, EvalSettings};
+pub use hessian::{hessians, quantize_sequential, HessianSettings, LayerHessian};
 pub use fisher::{fisher, fisher_into, fisher_windows, sample_starts, FisherRun, FisherSettings};
 pub use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
-pub use decoder::Decoder;
+pub use decoder::{run_block, BlockVisitor, Decoder};

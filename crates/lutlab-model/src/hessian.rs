@@ -1,0 +1,216 @@
+//! The Hessians of every linear layer's output error on the GPU, `H = (2/N) Σ x xᵀ` over the
+//! positions of `N` calibration windows (GPTQ's normalisation), and GPTQ's sequential
+//! quantization on top of them.
+//!
+//! All windows are embedded once and kept on the GPU as residual streams; the blocks are walked
+//! one at a time ([`run_block`], the layer loop's step). At each block every window runs through
+//! it while each distinct linear input (q, k and v share one) adds `xᵀx` to a GPU sum; the sums
+//! are read back, scaled, and handed over. Sequentially ([`quantize_sequential`]), the caller
+//! then quantizes the block's linears, the block is rebuilt from the dequantized weights, and the
+//! windows go on through *that* block, so block `i + 1`'s Hessians see the quantized blocks
+//! before it. With `true_sequential` (Llama's option in GPTQ), the block's input groups are done
+//! in order — [q,k,v], [o], [gate,up], [down] — each group's Hessians taken with the groups
+//! before it already quantized.
+
+use crate::activations::{check_seqlen, check_windows};
+use crate::decoder::{run_block, BlockContext, BlockVisitor, Decoder, Linear};
+use crate::device::{download, upload};
+use crate::error::{ModelError, Result};
+use crate::fisher::{sample_starts, FisherSettings};
+use burn::tensor::Tensor;
+use lutlab_core::quant::hessian::Square;
+use lutlab_core::{LoadError, Progress};
+use std::ops::Range;
+
+/// How to sample the calibration text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HessianSettings {
+    /// Windows (GPTQ: 128).
+    pub nsamples: usize,
+    /// Tokens per window; defaults to the model's context (GPTQ: 2048).
+    pub seqlen: usize,
+    /// Seed of the window sampler (the Fisher default, so both see the same windows).
+    pub seed: u64,
+    /// Windows per forward pass (memory only).
+    pub batch: usize,
+    /// Quantize a block's input groups one after another ([q,k,v], [o], [gate,up], [down]).
+    pub true_sequential: bool,
+}
+
+impl HessianSettings {
+    pub const DEFAULT_NSAMPLES: usize = 128;
+    pub const DEFAULT_BATCH: usize = 8;
+
+    pub fn for_model(model: &Decoder) -> Self {
+        Self {
+            nsamples: Self::DEFAULT_NSAMPLES,
+            seqlen: model.config.n_positions.min(crate::eval::DEFAULT_MAX_LENGTH),
+            seed: FisherSettings::DEFAULT_SEED,
+            batch: Self::DEFAULT_BATCH,
+            true_sequential: false,
+        }
+    }
+}
+
+/// One linear's Hessian, as handed to a caller.
+pub struct LayerHessian<'a> {
+    pub block: usize,
+    /// Index into `ModelConfig::block_linears`.
+    pub linear: usize,
+    /// Full name (`h.0.attn.c_attn`).
+    pub name: &'a str,
+    pub hessian: &'a Square,
+}
+
+/// The Hessian of every distinct linear input of the float model, block by block: `sink` gets
+/// each with the name of the first linear reading it (the Hessian file's key). Cancellable
+/// between blocks.
+pub async fn hessians(
+    model: &Decoder,
+    tokens: &[u32],
+    settings: HessianSettings,
+    sink: &mut dyn FnMut(&str, Square) -> Result<()>,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let mut states = embed_windows(model, tokens, &settings)?;
+    let groups = model.config.input_groups();
+    progress.update(0, model.n_blocks() as u64);
+    for i in 0..model.n_blocks() {
+        if progress.is_cancelled() {
+            return Err(ModelError::Cancelled);
+        }
+        let block = model.block(i)?;
+        let mut sums = InputHessians::new(groups.clone(), 0..groups.len());
+        run_block(i, &block, &mut states, Some(&mut sums))?;
+        let names = block_linear_names(model, i);
+        for (g, h) in sums.read(settings.nsamples, &groups, &names).await? {
+            sink(&names[groups[g].start], h)?;
+        }
+        progress.update(i as u64 + 1, model.n_blocks() as u64);
+    }
+    Ok(())
+}
+
+/// GPTQ's sequential loop: block by block, the Hessians of its linears (their inputs computed by
+/// the blocks before it as already quantized), `quantize` for each linear (returning its
+/// dequantized `[in, out]` weights), the block rebuilt from them, the windows on through it.
+pub async fn quantize_sequential(
+    model: &Decoder,
+    tokens: &[u32],
+    settings: HessianSettings,
+    quantize: &mut dyn FnMut(LayerHessian) -> Result<Vec<f32>>,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let mut states = embed_windows(model, tokens, &settings)?;
+    let groups = model.config.input_groups();
+    let steps: Vec<Range<usize>> = if settings.true_sequential { (0..groups.len()).map(|g| g..g + 1).collect() } else { vec![0..groups.len()] };
+    let device = model.device();
+    progress.update(0, model.n_blocks() as u64);
+    for i in 0..model.n_blocks() {
+        let mut block = model.block(i)?.into_owned();
+        let names = block_linear_names(model, i);
+        let inputs: Vec<Tensor<3>> = states.iter().map(|(_, x)| x.clone()).collect();
+        for step in &steps {
+            if progress.is_cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            let mut sums = InputHessians::new(groups.clone(), step.clone());
+            run_block(i, &block, &mut states, Some(&mut sums))?;
+            for (g, h) in sums.read(settings.nsamples, &groups, &names).await? {
+                for linear in groups[g].clone() {
+                    let weights = quantize(LayerHessian { block: i, linear, name: &names[linear], hessian: &h })?;
+                    replace_weight(&mut block.linears[linear], &weights, &device, &names[linear])?;
+                }
+            }
+            // Back to the block's inputs: the next step (or the final pass) starts from them.
+            states.iter_mut().zip(&inputs).for_each(|((_, x), given)| *x = given.clone());
+        }
+        run_block(i, &block, &mut states, None)?;
+        progress.update(i as u64 + 1, model.n_blocks() as u64);
+    }
+    Ok(())
+}
+
+/// Every window embedded, `batch` windows per residual stream.
+fn embed_windows(model: &Decoder, tokens: &[u32], settings: &HessianSettings) -> Result<Vec<(BlockContext, Tensor<3>)>> {
+    if settings.nsamples == 0 || settings.batch == 0 {
+        return Err(LoadError::InvalidSetting("nsamples and batch must be at least 1".into()).into());
+    }
+    check_seqlen(model, settings.seqlen)?;
+    let starts = sample_starts(tokens.len(), settings.nsamples, settings.seqlen, settings.seed, "calibration text")?;
+    check_windows(model, tokens, &starts, settings.seqlen)?;
+    let ctx = model.context(settings.seqlen);
+    Ok(starts
+        .chunks(settings.batch)
+        .map(|chunk| {
+            let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + settings.seqlen]).collect();
+            (ctx.clone(), model.embed(model.tokens(&rows)))
+        })
+        .collect())
+}
+
+fn block_linear_names(model: &Decoder, i: usize) -> Vec<String> {
+    let prefix = model.config.block_prefix(i);
+    model.config.block_linears().iter().map(|s| format!("{prefix}.{}", s.name)).collect()
+}
+
+/// A dense linear with new `[in, out]` weights and its old bias.
+fn replace_weight(linear: &mut Linear, weights: &[f32], device: &burn::tensor::Device, name: &str) -> Result<()> {
+    let Linear::Dense { weight, bias } = linear else {
+        return Err(LoadError::InvalidSetting(format!("{name}: sequential quantization needs the float model's dense layers")).into());
+    };
+    let [n_in, n_out] = weight.dims();
+    if weights.len() != n_in * n_out {
+        return Err(LoadError::InvalidSetting(format!("{name}: {} quantized weights for a {n_in}x{n_out} layer", weights.len())).into());
+    }
+    *linear = Linear::Dense { weight: upload(weights, [n_in, n_out], device), bias: bias.clone() };
+    Ok(())
+}
+
+/// GPU sums `Σ xᵀx` of the linear inputs of one block, for the input groups `collect`.
+struct InputHessians {
+    groups: Vec<Range<usize>>,
+    collect: Range<usize>,
+    sums: Vec<Option<Tensor<2>>>,
+}
+
+impl InputHessians {
+    fn new(groups: Vec<Range<usize>>, collect: Range<usize>) -> Self {
+        let sums = vec![None; groups.len()];
+        Self { groups, collect, sums }
+    }
+
+    /// The collected Hessians `(2/windows) Σ xᵀx`, by input group; a non-finite one names the
+    /// first linear reading that input.
+    async fn read(self, windows: usize, groups: &[Range<usize>], names: &[String]) -> Result<Vec<(usize, Square)>> {
+        let mut out = Vec::new();
+        for (g, sum) in self.sums.into_iter().enumerate() {
+            let Some(sum) = sum else { continue };
+            let n = sum.dims()[0];
+            let values = download(sum).await?;
+            let name = &names[groups[g].start];
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::Gpu(format!("the Hessian of `{name}` has a non-finite entry at ({}, {}): the activations reaching it are not finite", i / n, i % n)));
+            }
+            let scale = 2.0 / windows as f64;
+            out.push((g, Square { n, data: values.iter().map(|&v| f64::from(v) * scale).collect() }));
+        }
+        Ok(out)
+    }
+}
+
+impl BlockVisitor for InputHessians {
+    fn inputs(&mut self, _index: usize, inputs: Vec<Tensor<3>>) -> Result<()> {
+        for g in self.collect.clone() {
+            let input = inputs[self.groups[g].start].clone();
+            let [b, t, n] = input.dims();
+            let x = input.reshape([b * t, n]);
+            let xtx = x.clone().transpose().matmul(x);
+            self.sums[g] = Some(match self.sums[g].take() {
+                Some(sum) => sum + xtx,
+                None => xtx,
+            });
+        }
+        Ok(())
+    }
+}
