@@ -10,6 +10,7 @@ mod model;
 mod paths;
 mod progress;
 mod quantize;
+mod quantize_hessian;
 mod quantize_streamed;
 
 use clap::{Parser, Subcommand};

@@ -27,6 +27,15 @@ enum MethodName {
     Kmeans,
     /// Round-to-nearest onto a uniform integer or minifloat grid (Brevitas' options).
     Rtn,
+    /// GPTQ: error feedback through each layer's Hessian, onto --grid.
+    Gptq,
+    /// QuIP's LDLQ (the same rounding as GPTQ, written with H's LDL factors).
+    Ldlq,
+    /// LDLQ with inputs reordered by H's diagonal, then --npasses greedy passes.
+    #[value(name = "ldlq-rg")]
+    LdlqRg,
+    /// Greedy coordinate passes over the proxy loss from round-to-nearest (QuIP's allbal).
+    Greedy,
 }
 
 #[derive(Args)]
@@ -101,6 +110,39 @@ pub struct QuantizeArgs {
     /// (`lutlab fisher` measures the blocks' linears) nor centered.
     #[arg(long)]
     pub(crate) quantize_embeddings: bool,
+    /// Hessian methods: the grid, kmeans or a number format (int, e2m1, e4m3, ...; scales as
+    /// for rtn: --asym, --scale-stats, --scale-type).
+    #[arg(long, default_value = "int")]
+    pub(crate) grid: String,
+    /// Hessian methods: round inputs by decreasing H[k,k] (GPTQ's --act-order).
+    #[arg(long)]
+    pub(crate) act_order: bool,
+    /// Hessian methods: damping, a fraction of H's mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) percdamp: f64,
+    /// Hessian methods: rows updated together (lazy batch updates).
+    #[arg(long, default_value_t = 128)]
+    pub(crate) blocksize: usize,
+    /// Hessian methods: fit group:G scales on the original weights before rounding.
+    #[arg(long)]
+    pub(crate) static_groups: bool,
+    /// ldlq-rg and greedy: greedy passes (default 1).
+    #[arg(long)]
+    pub(crate) npasses: Option<usize>,
+    /// Hessian methods: read each layer's Hessian from this file (`lutlab hessian --out`,
+    /// float inputs) instead of computing them sequentially on the GPU.
+    #[arg(long)]
+    pub(crate) hessian: Option<PathBuf>,
+    /// Hessian methods: windows of --calibration-data for the sequential Hessians (GPTQ: 128).
+    #[arg(long, default_value_t = lutlab_model::HessianSettings::DEFAULT_NSAMPLES)]
+    pub(crate) hessian_samples: usize,
+    /// Hessian methods: tokens per window (default: the model's context, at most 2048).
+    #[arg(long)]
+    pub(crate) hessian_seqlen: Option<usize>,
+    /// Hessian methods: quantize each block's input groups in turn ([q,k,v], [o], [gate,up],
+    /// [down]), each seeing the groups before it quantized.
+    #[arg(long)]
+    pub(crate) true_sequential: bool,
     /// Evaluate the quantized model's perplexity (on --data, default WikiText-2 test).
     #[arg(long)]
     pub(crate) eval: bool,
@@ -150,8 +192,10 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let start = Instant::now();
     let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
-    let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_ref() };
-    let quantized = if let Some(gpu) = &gpu {
+    let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_ref(), hessians: None };
+    let quantized = if method.needs_hessians() {
+        crate::quantize_hessian::run(&args, &loaded, &method, selection, fisher.as_ref(), &mut bar)?
+    } else if let Some(gpu) = &gpu {
         pollster::block_on(quantize_model_gpu(gpu, weights, &method, selection, calibration, &mut bar))?
     } else {
         quantize_model(weights, &method, selection, calibration, &mut bar)?
@@ -198,6 +242,10 @@ impl QuantizeArgs {
             method: match self.method {
                 MethodName::Kmeans => "kmeans",
                 MethodName::Rtn => "rtn",
+                MethodName::Gptq => "gptq",
+                MethodName::Ldlq => "ldlq",
+                MethodName::LdlqRg => "ldlq-rg",
+                MethodName::Greedy => "greedy",
             }
             .into(),
             bits: self.bits,
@@ -214,6 +262,12 @@ impl QuantizeArgs {
             scaling: self.scaling,
             centering: self.centering,
             embeddings: self.quantize_embeddings,
+            grid: self.grid.clone(),
+            act_order: self.act_order,
+            percdamp: self.percdamp,
+            blocksize: self.blocksize,
+            static_groups: self.static_groups,
+            npasses: self.npasses,
         }
     }
 }
@@ -278,11 +332,12 @@ pub struct LayerLine {
     pub outliers: usize,
     pub bits_per_weight: f64,
     pub numel: usize,
+    pub proxy_loss: Option<f64>,
 }
 
 impl LayerLine {
     pub fn of(l: &lutlab_core::quant::QuantizedLayer) -> Self {
-        Self { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight, numel: l.dequantized.len() }
+        Self { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight, numel: l.dequantized.len(), proxy_loss: l.proxy_loss }
     }
 }
 
@@ -293,7 +348,7 @@ pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f
     if args.json {
         let lines: Vec<_> = layers
             .iter()
-            .map(|l| serde_json::json!({"name": l.name, "mse": l.mse, "outliers": l.outliers, "bits_per_weight": l.bits_per_weight}))
+            .map(|l| serde_json::json!({"name": l.name, "mse": l.mse, "outliers": l.outliers, "bits_per_weight": l.bits_per_weight, "proxy_loss": l.proxy_loss}))
             .collect();
         let json = serde_json::json!({
             "method": label,
@@ -308,9 +363,12 @@ pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f
         println!("{json}");
         return Ok(());
     }
-    println!("{:<20} {:>12} {:>9} {:>6}", "layer", "mse", "outliers", "bits");
+    let proxy = layers.iter().any(|l| l.proxy_loss.is_some());
+    let header = if proxy { format!(" {:>12}", "proxy loss") } else { String::new() };
+    println!("{:<20} {:>12} {:>9} {:>6}{header}", "layer", "mse", "outliers", "bits");
     for l in layers {
-        println!("{:<20} {:>12.4e} {:>9} {:>6.3}", l.name, l.mse, l.outliers, l.bits_per_weight);
+        let loss = l.proxy_loss.map_or(String::new(), |p| format!(" {p:>12.4e}"));
+        println!("{:<20} {:>12.4e} {:>9} {:>6.3}{loss}", l.name, l.mse, l.outliers, l.bits_per_weight);
     }
     println!(
         "{}: {} layers, {:.3} bits/weight, {:.3}% outliers, in {seconds:.1} s",

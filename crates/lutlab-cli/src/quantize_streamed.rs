@@ -40,6 +40,9 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     check_layout(config, &opened.checkpoint)?;
     let fisher = args.fisher.as_deref().map(|p| FisherFile::open(p, config)).transpose()?;
     let method = request.method_streamed(fisher.is_some())?;
+    if method.needs_hessians() {
+        bail!("GPTQ-style methods are not streamed yet: quantize this model with --no-stream (it must then fit in host and GPU memory)");
+    }
     let blocks = blocks.unwrap_or(0..config.n_layer);
     if blocks.is_empty() || blocks.end > config.n_layer {
         bail!("--blocks {}..{} is not a non-empty range inside the model's {} blocks", blocks.start, blocks.end, config.n_layer);

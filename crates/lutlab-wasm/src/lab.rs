@@ -382,7 +382,7 @@ impl Lab {
             if request.centering && input_means.is_none() {
                 return Err(js_error("centering needs the layers' mean inputs: compute them first").into());
             }
-            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| request.centering) };
+            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| request.centering), hessians: None };
             let layers = selected_layers(weights, request.selection(None)).map_err(js_error)?;
             let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
             let (mut done, mut quantized) = (0, Vec::with_capacity(layers.len()));

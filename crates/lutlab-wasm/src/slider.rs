@@ -16,6 +16,8 @@ fn with_bits(method: &Method, bits: u32) -> Method {
     match &mut method {
         Method::Kmeans { settings, .. } => settings.bits = bits,
         Method::Uniform(settings) => settings.bits = bits,
+        Method::Hessian { grid: lutlab_core::quant::HessianGrid::Uniform { settings, .. }, .. } => settings.bits = bits,
+        Method::Hessian { grid: lutlab_core::quant::HessianGrid::Kmeans { settings, .. }, .. } => settings.bits = bits,
     }
     method
 }
@@ -59,7 +61,7 @@ impl Lab {
             let sample_weights: Option<SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
             // Centering is part of the settings when the layers' means were used.
             let centering = quantized.layers.iter().any(|l| l.transform.as_ref().is_some_and(|t| t.input_shift.is_some()));
-            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| centering) };
+            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| centering), hessians: None };
             let start = now_ms();
             let mut notes = Vec::new();
             let (layer, engine) = match &method {
@@ -71,8 +73,8 @@ impl Lab {
                     }
                 },
                 Method::Kmeans { .. } => (quantize_layer(&name, linear, &method, calibration, n_embd).map_err(js_error)?, "cpu"),
-                Method::Uniform(_) => {
-                    notes.push("uniform quantization has no GPU path: it ran on the CPU".to_string());
+                Method::Uniform(_) | Method::Hessian { .. } => {
+                    notes.push("this method has no GPU path: it ran on the CPU".to_string());
                     (quantize_layer(&name, linear, &method, calibration, n_embd).map_err(js_error)?, "cpu")
                 }
             };

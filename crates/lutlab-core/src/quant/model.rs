@@ -8,7 +8,8 @@ use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings}
 use crate::quant::lut::{Granularity, LutMatrix};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
-use crate::quant::uniform::{quantize_uniform, UniformSettings};
+use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, RoundingSettings, Square};
+use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformSettings};
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -21,6 +22,21 @@ pub enum Method {
     Kmeans { settings: KmeansSettings, outliers: Option<OutlierSettings>, scaling: bool },
     /// Round-to-nearest onto an integer or minifloat grid.
     Uniform(UniformSettings),
+    /// Second-order rounding (GPTQ, LDLQ, greedy passes; `quant::hessian`) onto a uniform grid
+    /// or k-means tables, with each layer's Hessian from the calibration.
+    Hessian { rounding: RoundingSettings, grid: HessianGrid },
+}
+
+/// The grid a Hessian method rounds to.
+#[derive(Clone, Debug)]
+pub enum HessianGrid {
+    /// Integer or minifloat scales at any granularity; input-row groups (GPTQ's groupsize) are
+    /// fitted as the rounding reaches them, or beforehand with `static_groups`.
+    Uniform { settings: UniformSettings, static_groups: bool },
+    /// k-means tables fitted first (Fisher-weighted with a Fisher file, otherwise each weight
+    /// weighted by its input's `H[k,k]`), then rounded to with error feedback; outliers are kept
+    /// exactly at their updated value.
+    Kmeans { settings: KmeansSettings, outliers: Option<OutlierSettings> },
 }
 
 impl Method {
@@ -28,7 +44,14 @@ impl Method {
         match self {
             Method::Kmeans { settings, .. } => settings.bits,
             Method::Uniform(settings) => settings.bits,
+            Method::Hessian { grid: HessianGrid::Uniform { settings, .. }, .. } => settings.bits,
+            Method::Hessian { grid: HessianGrid::Kmeans { settings, .. }, .. } => settings.bits,
         }
+    }
+
+    /// Whether the method needs each layer's Hessian.
+    pub fn needs_hessians(&self) -> bool {
+        matches!(self, Method::Hessian { .. })
     }
 }
 
@@ -47,6 +70,8 @@ pub struct QuantizedLayer {
     pub outliers: usize,
     /// Storage cost in bits per weight: codes, tables (f16), scales, sparse part.
     pub bits_per_weight: f64,
+    /// `tr(ΔW H ΔWᵀ)` against the layer's Hessian, when the calibration has one.
+    pub proxy_loss: Option<f64>,
     /// Seed 000's transforms, when applied: the layer runs as `scales ⊙ ((x − input_shift) · W) +
     /// bias` with `W` the LUT form above (see `quant::transforms`).
     pub transform: Option<LayerTransform>,
@@ -72,13 +97,19 @@ pub type InputMeans = std::collections::BTreeMap<String, Vec<f32>>;
 pub struct Calibration<'a> {
     pub fisher: Option<SampleWeights<'a>>,
     pub input_means: Option<&'a InputMeans>,
+    /// Each linear's Hessian by name (`h.0.attn.c_attn`), for the Hessian methods and every
+    /// method's proxy loss.
+    pub hessians: Option<Hessians<'a>>,
 }
 
 impl<'a> Calibration<'a> {
     pub fn fisher(fisher: Option<SampleWeights<'a>>) -> Self {
-        Self { fisher, input_means: None }
+        Self { fisher, input_means: None, hessians: None }
     }
 }
+
+/// The Hessian of a linear layer by its full name, when known.
+pub type Hessians<'a> = &'a dyn Fn(&str) -> Option<&'a Square>;
 
 pub struct QuantizedModel {
     pub layers: Vec<QuantizedLayer>,
@@ -164,20 +195,101 @@ pub fn quantize_layer(
             let job = KmeansJob::new(name, linear, method, calibration, n_embd)?;
             let output = quantize_kmeans_report(&job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), job.settings)
                 .map_err(|e| job.in_layer(e))?;
-            job.finish(output)
+            Ok(with_proxy_loss(job.finish(output)?, linear, calibration))
         }
         Method::Uniform(settings) => {
             let (rows, cols) = (linear.in_features(), linear.out_features());
             let result = quantize_uniform(&linear.weight.data, rows, cols, settings).map_err(|e| in_layer(name, e))?;
-            // Scales (and zero points) are stored as f16 beside the codes.
-            let per_scale = if settings.symmetric { 16.0 } else { 32.0 };
-            let scale_bits = result.scales.len() as f64 * per_scale;
             let lut = result.to_lut().ok();
             let outliers = lut.as_ref().map_or(0, |m| m.outliers.len());
-            let bits_per_weight = f64::from(settings.bits) + scale_bits / linear.weight.numel() as f64;
-            Ok(layer_report(name, &linear.weight.data, result.dequantize(), lut, outliers, bits_per_weight, None))
+            let bits_per_weight = uniform_bits_per_weight(settings, result.scales.len(), linear.weight.numel());
+            let layer = layer_report(name, &linear.weight.data, result.dequantize(), lut, outliers, bits_per_weight, None);
+            Ok(with_proxy_loss(layer, linear, calibration))
+        }
+        Method::Hessian { rounding, grid } => quantize_layer_hessian(name, linear, rounding, grid, calibration, n_embd),
+    }
+}
+
+/// Scales (and zero points) are stored as f16 beside the codes.
+fn uniform_bits_per_weight(settings: &UniformSettings, scales: usize, numel: usize) -> f64 {
+    let per_scale = if settings.symmetric { 16.0 } else { 32.0 };
+    f64::from(settings.bits) + scales as f64 * per_scale / numel as f64
+}
+
+/// `layer` with its proxy loss, when the calibration has the layer's Hessian.
+fn with_proxy_loss(mut layer: QuantizedLayer, linear: &LinearWeights, calibration: Calibration) -> QuantizedLayer {
+    if let Some(h) = calibration.hessians.and_then(|lookup| lookup(&layer.name)) {
+        let (rows, cols) = (linear.in_features(), linear.out_features());
+        if h.n == rows {
+            layer.proxy_loss = Some(proxy_loss(&linear.weight.data, &layer.dequantized, rows, cols, h));
         }
     }
+    layer
+}
+
+/// GPTQ / LDLQ / greedy for one layer: the grid first (uniform scales, or k-means tables), then
+/// the rounding with error feedback through the layer's Hessian.
+fn quantize_layer_hessian(
+    name: &str,
+    linear: &LinearWeights,
+    rounding: &RoundingSettings,
+    grid: &HessianGrid,
+    calibration: Calibration,
+    n_embd: usize,
+) -> Result<QuantizedLayer> {
+    let h = calibration
+        .hessians
+        .and_then(|lookup| lookup(name))
+        .ok_or_else(|| LoadError::InvalidSetting(format!("{name}: no Hessian for this layer (GPTQ-style methods need calibration)")))?;
+    let (rows, cols) = (linear.in_features(), linear.out_features());
+    let w = &linear.weight.data;
+    let numel = linear.weight.numel();
+    let round = |grid: &Grid, exact: Option<&[bool]>| round_with_hessian(w, rows, cols, h, grid, exact, rounding).map_err(|e| in_layer(name, e));
+    let mut layer = match grid {
+        HessianGrid::Uniform { settings, static_groups } => match settings.granularity {
+            UniformGranularity::InputGroup(size) => {
+                let r = round(&Grid::InputGroups { size, settings: *settings, static_groups: *static_groups }, None)?;
+                let bits = uniform_bits_per_weight(settings, numel / size, numel);
+                let mut layer = layer_report(name, w, r.values, None, 0, bits, None);
+                layer.proxy_loss = Some(r.proxy_loss);
+                layer
+            }
+            _ => {
+                let fit = quantize_uniform(w, rows, cols, settings).map_err(|e| in_layer(name, e))?;
+                let mut lut = fit.to_lut().map_err(|e| in_layer(name, e))?;
+                let per_table = lut.granularity.channels_per_table(cols)?;
+                let r = round(&Grid::Tables { levels: lut.levels(), tables: lut.tables.clone(), channels_per_table: per_table }, None)?;
+                lut.codes = r.codes;
+                let bits = uniform_bits_per_weight(settings, fit.scales.len(), numel);
+                let mut layer = layer_report(name, w, r.values, Some(lut), 0, bits, None);
+                layer.proxy_loss = Some(r.proxy_loss);
+                layer
+            }
+        },
+        HessianGrid::Kmeans { settings, outliers } => {
+            // Without a Fisher file each weight counts as much as its input's energy, H[k,k].
+            let diagonal: Vec<f32> = (0..rows).flat_map(|k| std::iter::repeat_n(h.at(k, k) as f32, cols)).collect();
+            let sample_weights: &[f32] = sample_weights_of(calibration.fisher, name)?.unwrap_or(&diagonal);
+            let lookup = |_: &str| Some(sample_weights);
+            let method = Method::Kmeans { settings: *settings, outliers: *outliers, scaling: false };
+            let job = KmeansJob::new(name, linear, &method, Calibration::fisher(Some(&lookup)), n_embd)?;
+            let fitted = quantize_kmeans_report(&job.weights, rows, cols, job.sample_weights, job.excluded(), job.settings).map_err(|e| job.in_layer(e))?;
+            let mut lut = fitted.matrix;
+            let per_table = lut.granularity.channels_per_table(cols)?;
+            let r = round(&Grid::Tables { levels: lut.levels(), tables: lut.tables.clone(), channels_per_table: per_table }, job.excluded())?;
+            lut.codes = r.codes;
+            if let Some(mask) = job.excluded() {
+                lut.outliers = sparse_corrections(&r.values, &lut, mask).map_err(|e| in_layer(name, e))?;
+            }
+            let bits = lut.storage_bits() as f64 / numel as f64;
+            let outliers = lut.outliers.len();
+            let mut layer = layer_report(name, w, lut.dequantize(), Some(lut), outliers, bits, None);
+            layer.proxy_loss = Some(r.proxy_loss);
+            layer
+        }
+    };
+    layer.name = name.to_string();
+    Ok(layer)
 }
 
 /// The k-means of one layer, prepared and finished here and run by whoever holds the job: the
@@ -299,7 +411,7 @@ fn layer_report(
 ) -> QuantizedLayer {
     let n = original.len() as f64;
     let mse = original.iter().zip(&dequantized).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / n;
-    QuantizedLayer { name: name.to_string(), dequantized, lut, mse, outliers, bits_per_weight, transform }
+    QuantizedLayer { name: name.to_string(), dequantized, lut, mse, outliers, bits_per_weight, proxy_loss: None, transform }
 }
 
 impl QuantizedModel {

@@ -3,7 +3,8 @@
 
 use crate::error::{LoadError, Result};
 use crate::quant::kmeans::KmeansSettings;
-use crate::quant::model::{LayerSelection, Method};
+use crate::quant::hessian::{Feedback, RoundingSettings};
+use crate::quant::model::{HessianGrid, LayerSelection, Method};
 use crate::quant::outliers::{range_for_outlier_percent, OutlierSettings};
 use crate::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
 use crate::weights::ModelWeights;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuantizeRequest {
-    /// `kmeans` or `rtn`.
+    /// `kmeans`, `rtn`, or a Hessian method: `gptq`, `ldlq`, `ldlq-rg`, `greedy`.
     pub method: String,
     pub bits: u32,
     /// `tensor`, `channel`, `group`, `group:G` (rtn also `channel-group:G`).
@@ -40,6 +41,19 @@ pub struct QuantizeRequest {
     pub centering: bool,
     /// Also quantize the tied token embedding / LM head (`quant::head`). Off by default.
     pub embeddings: bool,
+    /// Hessian methods: the grid, `kmeans` or a number format (`int`, `e2m1`, ...; with the rtn
+    /// options for scales).
+    pub grid: String,
+    /// GPTQ/LDLQ: round inputs in order of decreasing `H[k,k]` (on for `ldlq-rg`).
+    pub act_order: bool,
+    /// Damping as a fraction of the Hessian's mean diagonal (GPTQ: 0.01).
+    pub percdamp: f64,
+    /// Rows updated together (GPTQ: 128).
+    pub blocksize: usize,
+    /// Input groups fitted on the original weights before rounding (GPTQ's `--static-groups`).
+    pub static_groups: bool,
+    /// Greedy passes (`ldlq-rg`, `greedy`; default 1 for those, QuIP's `--npasses`).
+    pub npasses: Option<usize>,
 }
 
 impl Default for QuantizeRequest {
@@ -60,6 +74,12 @@ impl Default for QuantizeRequest {
             scaling: false,
             centering: false,
             embeddings: false,
+            grid: "int".into(),
+            act_order: false,
+            percdamp: 0.01,
+            blocksize: 128,
+            static_groups: false,
+            npasses: None,
         }
     }
 }
@@ -67,7 +87,7 @@ impl Default for QuantizeRequest {
 impl QuantizeRequest {
     /// The method for `weights`; `has_fisher` says whether sample weights come with it.
     pub fn method(&self, weights: &ModelWeights, has_fisher: bool) -> Result<Method> {
-        self.method_with(has_fisher, |percent| {
+        self.method_with(has_fisher, &|percent| {
             let matrices: Vec<&[f32]> = weights.linears().map(|(_, l)| l.weight.data.as_slice()).collect();
             range_for_outlier_percent(&matrices, percent)
         })
@@ -76,13 +96,13 @@ impl QuantizeRequest {
     /// [`Self::method`] for a model that is never in memory whole (streamed): an outlier percent,
     /// a quantile over every weight of the model, is refused in favour of SqueezeLLM's `range`.
     pub fn method_streamed(&self, has_fisher: bool) -> Result<Method> {
-        self.method_with(has_fisher, |_| {
+        self.method_with(has_fisher, &|_| {
             Err(invalid("an outlier percent is a quantile over every weight of the model, which a streamed model never holds: give the outlier range instead"))
         })
     }
 
     /// `percent_range` turns an outlier percent into SqueezeLLM's range factor.
-    fn method_with(&self, has_fisher: bool, percent_range: impl FnOnce(f64) -> Result<f64>) -> Result<Method> {
+    fn method_with(&self, has_fisher: bool, percent_range: &dyn Fn(f64) -> Result<f64>) -> Result<Method> {
         match self.method.as_str() {
             "kmeans" => {
                 let defaults = KmeansSettings::default();
@@ -115,8 +135,41 @@ impl QuantizeRequest {
                 scale_stats: self.scale_stats.parse::<ScaleStats>()?,
                 scale_type: self.scale_type.parse::<ScaleType>()?,
             })),
-            other => Err(invalid(&format!("method `{other}`: use kmeans or rtn"))),
+            "gptq" | "ldlq" | "ldlq-rg" | "greedy" => self.hessian_method(has_fisher, percent_range),
+            other => Err(invalid(&format!("method `{other}`: use kmeans, rtn, gptq, ldlq, ldlq-rg or greedy"))),
         }
+    }
+
+    fn hessian_method(&self, has_fisher: bool, percent_range: &dyn Fn(f64) -> Result<f64>) -> Result<Method> {
+        if self.scaling || self.centering {
+            return Err(invalid("scaling and centering are seed 000's k-means transforms: they do not combine with Hessian methods"));
+        }
+        if self.embeddings {
+            return Err(invalid("the embeddings have no Hessian here (their input is a token id): quantize them with kmeans or rtn"));
+        }
+        let (feedback, act_order, passes) = match self.method.as_str() {
+            "gptq" => (Feedback::Gptq, self.act_order, 0),
+            "ldlq" => (Feedback::Ldlq, self.act_order, 0),
+            "ldlq-rg" => (Feedback::Ldlq, true, self.npasses.unwrap_or(1)),
+            _ => (Feedback::Nearest, self.act_order, self.npasses.unwrap_or(1)),
+        };
+        if self.npasses.is_some() && matches!(self.method.as_str(), "gptq" | "ldlq") {
+            return Err(invalid("greedy passes belong to ldlq-rg and greedy"));
+        }
+        let rounding = RoundingSettings { feedback, act_order, greedy_passes: passes, blocksize: self.blocksize, percdamp: self.percdamp };
+        let grid = if self.grid == "kmeans" {
+            let kmeans = KmeansRequest { method: "kmeans".into(), ..self.clone() }.method_with(has_fisher, percent_range)?;
+            let Method::Kmeans { settings, outliers, .. } = kmeans else { unreachable!("a kmeans request gives a kmeans method") };
+            HessianGrid::Kmeans { settings, outliers }
+        } else {
+            if self.static_groups && !self.granularity.starts_with("group") {
+                return Err(invalid("static groups need a group granularity (group:G)"));
+            }
+            let uniform = KmeansRequest { method: "rtn".into(), format: self.grid.clone(), restarts: None, ..self.clone() }.method_with(false, &|_| unreachable!("rtn has no outliers"))?;
+            let Method::Uniform(settings) = uniform else { unreachable!("an rtn request gives a uniform method") };
+            HessianGrid::Uniform { settings, static_groups: self.static_groups }
+        };
+        Ok(Method::Hessian { rounding, grid })
     }
 
     /// The weights to quantize: the linears of `blocks` (all by default), and the embeddings
@@ -134,6 +187,17 @@ impl QuantizeRequest {
 
     fn method_label(&self, has_fisher: bool) -> String {
         match self.method.as_str() {
+            "gptq" | "ldlq" | "ldlq-rg" | "greedy" => {
+                let grid = if self.grid == "kmeans" {
+                    let weighted = if has_fisher { "Fisher-weighted " } else { "" };
+                    format!("{weighted}kmeans")
+                } else {
+                    format!("{} {}", self.grid, if self.asym { "asym" } else { "sym" })
+                };
+                let order = if self.act_order && self.method != "ldlq-rg" { " act-order" } else { "" };
+                let fixed = if self.static_groups { " static-groups" } else { "" };
+                format!("{} {grid} {}-bit {}{order}{fixed}", self.method, self.bits, self.granularity)
+            }
             "rtn" => {
                 // Scale estimation and type only where they differ from the defaults, so that
                 // each setting gets its own line in the page's perplexity-vs-bits plot.
@@ -156,6 +220,9 @@ impl QuantizeRequest {
         }
     }
 }
+
+/// The request itself, read as the plain k-means or rtn request a Hessian method's grid is.
+type KmeansRequest = QuantizeRequest;
 
 fn invalid(reason: &str) -> LoadError {
     LoadError::InvalidSetting(reason.to_string())

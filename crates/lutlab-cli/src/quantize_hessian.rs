@@ -1,0 +1,78 @@
+//! `lutlab quantize --method gptq|ldlq|ldlq-rg|greedy`: each layer rounded with its Hessian,
+//! either GPTQ's way (sequential: block by block on the GPU, each block's Hessians computed
+//! with the blocks before it already quantized) or from a Hessian file of the float model.
+
+use crate::paths::{repo_path, WIKITEXT_VALID};
+use crate::progress::Bar;
+use crate::quantize::QuantizeArgs;
+use anyhow::{bail, Result};
+use lutlab_core::files::read_text;
+use lutlab_core::fisher_file::FisherDiagonal;
+use lutlab_core::hessian_file::HessianFile;
+use lutlab_core::quant::hessian::Square;
+use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, LayerSelection};
+use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
+use lutlab_core::{LoadedModel, Progress};
+use lutlab_model::{quantize_sequential, Decoder, HessianSettings};
+
+pub fn run(
+    args: &QuantizeArgs,
+    loaded: &LoadedModel,
+    method: &Method,
+    selection: LayerSelection,
+    fisher: Option<&FisherDiagonal>,
+    bar: &mut Bar,
+) -> Result<QuantizedModel> {
+    let weights = &loaded.weights;
+    let selected: Vec<String> = selected_layers(weights, selection)?.into_iter().map(|(name, _)| name).collect();
+    let n_embd = weights.config.n_embd;
+    let one = |name: &str, h: &Square| -> Result<QuantizedLayer> {
+        let linear = weights.linear(name).ok_or_else(|| anyhow::anyhow!("{name}: not a linear of the model"))?;
+        let hessian = |n: &str| (n == name).then_some(h);
+        let sample_weights = |n: &str| fisher.and_then(|f| f.get(n)).map(|t| t.data.as_slice());
+        let calibration = Calibration { fisher: fisher.map(|_| &sample_weights as _), input_means: None, hessians: Some(&hessian) };
+        Ok(quantize_layer(name, linear, method, calibration, n_embd)?)
+    };
+    let mut layers = Vec::with_capacity(selected.len());
+    if let Some(path) = &args.hessian {
+        if args.true_sequential {
+            bail!("--true-sequential computes the Hessians as it quantizes: it does not combine with --hessian FILE");
+        }
+        let file = HessianFile::open(path, &weights.config)?;
+        for (i, name) in selected.iter().enumerate() {
+            bar.update(i as u64, selected.len() as u64);
+            layers.push(one(name, &file.read(name)?)?);
+        }
+        return Ok(QuantizedModel { layers });
+    }
+    let path = args.calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
+    let tokens = loaded.tokenizer.encode(&read_text(&path)?)?;
+    let gpu = pollster::block_on(lutlab_model::open_gpu())?;
+    gpu.check_fits(weights)?;
+    let model = Decoder::new(weights, &gpu.device);
+    let defaults = HessianSettings::for_model(&model);
+    let settings = HessianSettings {
+        nsamples: args.hessian_samples,
+        seqlen: args.hessian_seqlen.unwrap_or(defaults.seqlen),
+        true_sequential: args.true_sequential,
+        ..defaults
+    };
+    pollster::block_on(quantize_sequential(
+        &model,
+        &tokens,
+        settings,
+        &mut |layer| {
+            if !selected.iter().any(|n| n == layer.name) {
+                // Outside --blocks: the float weights go on unchanged.
+                let linear = weights.linear(layer.name).ok_or_else(|| lutlab_core::LoadError::InvalidSetting(format!("{}: not a linear", layer.name)))?;
+                return Ok(linear.weight.data.clone());
+            }
+            let quantized = one(layer.name, layer.hessian).map_err(|e| lutlab_core::LoadError::InvalidSetting(format!("{e:#}")))?;
+            let values = quantized.dequantized.clone();
+            layers.push(quantized);
+            Ok(values)
+        },
+        bar,
+    ))?;
+    Ok(QuantizedModel { layers })
+}
