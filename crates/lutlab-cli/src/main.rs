@@ -6,6 +6,7 @@ mod eval;
 mod export;
 mod fisher;
 mod generate;
+mod hessian;
 mod model;
 mod paths;
 mod progress;
@@ -30,7 +31,11 @@ enum Command {
     /// Fisher information (sum of squared per-sample gradients) of the linear weights on a
     /// calibration text, on the GPU; writes safetensors with the model's tensor names.
     Fisher(fisher::FisherArgs),
-    /// Quantizes the linear weights (k-means LUTs, dense-and-sparse, or uniform RTN); reports the
+    /// Hessians H = (2/N) Σ x xᵀ of every linear input on a calibration text, on the GPU;
+    /// writes safetensors for `quantize --hessian`.
+    Hessian(hessian::HessianArgs),
+    /// Quantizes the linear weights (k-means LUTs, dense-and-sparse, uniform RTN, or GPTQ / LDLQ
+    /// with Hessians); reports the
     /// error per layer, evaluates and/or writes the dequantized checkpoint.
     Quantize(quantize::QuantizeArgs),
     /// Writes a packed model (`quantize --packed`) back out as a plain Hugging Face checkpoint of
@@ -48,6 +53,7 @@ fn main() {
     let result = match cli.command {
         Command::Eval(args) => eval::run(args),
         Command::Fisher(args) => fisher::run(args),
+        Command::Hessian(args) => hessian::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(args),

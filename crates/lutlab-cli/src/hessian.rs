@@ -1,0 +1,78 @@
+//! `lutlab hessian`: the Hessian `H = (2/N) Σ x xᵀ` of every linear input of the float model on
+//! a calibration text, on the GPU, written as safetensors (`lutlab_core::hessian_file`) for
+//! `lutlab quantize --hessian`.
+
+use crate::model::{open_decoder, StreamOptions};
+use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_VALID};
+use crate::progress::Bar;
+use anyhow::{bail, Result};
+use clap::Args;
+use lutlab_core::files::read_text;
+use lutlab_core::hessian_file::{HessianMeta, HessianWriter};
+use lutlab_model::{hessians, open_gpu, HessianSettings};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct HessianArgs {
+    /// Hugging Face model directory (default: the shipped model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// UTF-8 calibration text (default: WikiText-2 validation).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Random calibration windows (GPTQ: 128).
+    #[arg(long, default_value_t = HessianSettings::DEFAULT_NSAMPLES)]
+    nsamples: usize,
+    /// Tokens per window (default: the model's context, at most 2048).
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed of the window sampler (the Fisher default: the same windows).
+    #[arg(long, default_value_t = lutlab_model::FisherSettings::DEFAULT_SEED)]
+    seed: u64,
+    /// Windows per forward pass (memory only).
+    #[arg(long, default_value_t = HessianSettings::DEFAULT_BATCH)]
+    batch: usize,
+    #[command(flatten)]
+    stream: StreamOptions,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: HessianArgs) -> Result<()> {
+    let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
+    let data_path = args.data.unwrap_or_else(|| repo_path(WIKITEXT_VALID));
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!("{}: the output directory {} does not exist", args.out.display(), parent.display());
+    }
+    let gpu = pollster::block_on(open_gpu())?;
+    let (model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
+    let tokens = tokenizer.encode(&read_text(&data_path)?)?;
+    let defaults = HessianSettings::for_model(&model);
+    let settings = HessianSettings { nsamples: args.nsamples, seqlen: args.seqlen.unwrap_or(defaults.seqlen), seed: args.seed, batch: args.batch, true_sequential: false };
+    let mut writer = HessianWriter::create(&args.out, &model.config)?;
+    let mut bar = Bar::new("hessian", "blocks", args.json);
+    let start = Instant::now();
+    let mut written = 0usize;
+    pollster::block_on(hessians(&model, &tokens, settings, &mut |name, h| {
+        writer.add(name, &h)?;
+        written += 1;
+        Ok(())
+    }, &mut bar))?;
+    bar.finish();
+    let meta = HessianMeta { model: model_dir.display().to_string(), data: data_path.display().to_string(), nsamples: settings.nsamples, seqlen: settings.seqlen, seed: settings.seed };
+    writer.finish(&meta)?;
+    let seconds = start.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::json!({"out": args.out, "hessians": written, "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seconds": seconds}));
+    } else {
+        println!("{written} Hessians of {} windows × {} tokens written to {} in {seconds:.1} s", settings.nsamples, settings.seqlen, args.out.display());
+    }
+    Ok(())
+}
