@@ -4,11 +4,13 @@
 # LDLQ-RG, k-means and k-means+GPTQ at 4, 3 and 2 bits, per channel (asymmetric, min-max) and
 # with groups of 128 inputs. Hessians: 128 windows x 256 tokens of WikiText-2 train
 # (.carry/train.txt when carried, else valid), sequential as GPTQ computes them.
-# Device: run with carry [".carry/lutlab.xz", ".carry/train.txt", ".gl"]; locally it works too.
+# Device: run with carry [".carry/lutlab.xz", ".carry/train-head.txt.xz", ".gl"]; locally it works too.
 set -o pipefail
 source scripts/device_env.sh
 L=${LUTLAB:-.carry/lutlab}
-CAL=.carry/train.txt; [ -f "$CAL" ] || CAL=data/wikitext-2/valid.txt
+# (the first 3 MB of the train split, as .carry/train-head.txt.xz: the device tree is capped at 64 MiB)
+[ -f .carry/train-head.txt.xz ] && xz -d -k -f .carry/train-head.txt.xz
+CAL=.carry/train-head.txt; [ -f "$CAL" ] || CAL=data/wikitext-2/valid.txt
 EVAL="--eval --max-length 256 --stride 128"
 HESS="--calibration-data $CAL --hessian-samples 128 --hessian-seqlen 256"
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
