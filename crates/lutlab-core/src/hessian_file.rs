@@ -7,10 +7,9 @@
 //! (`lutlab-hessian`), `model`, `data`, `nsamples`, `seqlen`, `seed`, and `inputs`: `float`
 //! (every block saw the float model's activations).
 
-use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
-use crate::error::{LoadError, Result};
-use crate::quant::hessian::Square;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::{checkpoint::Checkpoint, error::{LoadError, Result}, quant::hessian::Square};
 use std::collections::HashMap;
 
 pub const HESSIAN_FORMAT: &str = "lutlab-hessian";

@@ -9,9 +9,9 @@ const MIN_PARALLEL: usize = 1 << 20;
 /// parallel. `f` must write only its own rows.
 pub fn for_row_chunks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let row_len = row_len.max(1);
-    let rows = out.len() / row_len;
     #[cfg(not(target_arch = "wasm32"))]
     {
+        let rows = out.len() / row_len;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows);
         if threads > 1 && out.len() >= MIN_PARALLEL {
             let per = rows.div_ceil(threads);
