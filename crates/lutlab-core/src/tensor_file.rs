@@ -172,6 +172,7 @@ impl TensorWriter {
             return Err(LoadError::InvalidSetting(format!("tensor `{name}` is written twice")));
         }
         let bytes = data.to_le_bytes();
+        // `data` is `Some` from `create` until `finish`, which consumes the writer: cannot fail.
         let out = self.data.as_mut().expect("open until finish");
         out.write_all(&bytes).map_err(|e| LoadError::Io { file: self.partial.display().to_string(), reason: e.to_string() })?;
         let end = self.offset + bytes.len() as u64;
@@ -183,6 +184,7 @@ impl TensorWriter {
     /// Writes the header with `metadata` in front of the data, and the file to `path`.
     pub fn finish(mut self, metadata: HashMap<String, String>) -> Result<()> {
         let io = |file: &Path, e: std::io::Error| LoadError::Io { file: file.display().to_string(), reason: e.to_string() };
+        // Only `finish` takes `data`, once, and it consumes the writer: cannot fail.
         let mut data = self.data.take().expect("open until finish");
         data.flush().map_err(|e| io(&self.partial, e))?;
         let mut file = data.into_inner().map_err(|e| io(&self.partial, e.into_error()))?;

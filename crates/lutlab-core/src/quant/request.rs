@@ -105,36 +105,12 @@ impl QuantizeRequest {
     fn method_with(&self, has_fisher: bool, percent_range: &dyn Fn(f64) -> Result<f64>) -> Result<Method> {
         match self.method.as_str() {
             "kmeans" => {
-                let defaults = KmeansSettings::default();
-                let restarts = match self.restarts {
-                    Some(0) => return Err(invalid("restarts must be at least 1")),
-                    Some(n) => n,
-                    None => defaults.restarts,
-                };
-                let settings =
-                    KmeansSettings { bits: self.bits, granularity: self.granularity.parse()?, seed: self.seed, restarts, ..defaults };
-                let range = match (self.range, self.outlier_percent) {
-                    (Some(_), Some(_)) => return Err(invalid("give the outlier range or the outlier percent, not both")),
-                    (Some(range), None) => Some(range),
-                    (None, Some(percent)) => Some(percent_range(percent)?),
-                    (None, None) => None,
-                };
-                if self.sensitive > 0.0 && !has_fisher {
-                    return Err(invalid("sensitive weights are chosen by their Fisher value: compute or load Fisher first"));
-                }
-                let outliers = (range.is_some() || self.sensitive > 0.0).then_some(OutlierSettings { range, sensitivity: self.sensitive });
+                let (settings, outliers) = self.kmeans_parts(has_fisher, percent_range)?;
                 Ok(Method::Kmeans { settings, outliers, scaling: self.scaling })
             }
             "rtn" if self.scaling || self.centering => Err(invalid("scaling and centering are seed 000's k-means transforms: use method kmeans")),
             "rtn" if self.restarts.is_some() => Err(invalid("restarts are k-means++ runs: round-to-nearest has none")),
-            "rtn" => Ok(Method::Uniform(UniformSettings {
-                bits: self.bits,
-                format: self.format.parse::<NumberFormat>()?,
-                symmetric: !self.asym,
-                granularity: self.granularity.parse::<UniformGranularity>()?,
-                scale_stats: self.scale_stats.parse::<ScaleStats>()?,
-                scale_type: self.scale_type.parse::<ScaleType>()?,
-            })),
+            "rtn" => Ok(Method::Uniform(self.uniform_settings(&self.format)?)),
             "gptq" | "ldlq" | "ldlq-rg" | "greedy" => self.hessian_method(has_fisher, percent_range),
             other => Err(invalid(&format!("method `{other}`: use kmeans, rtn, gptq, ldlq, ldlq-rg or greedy"))),
         }
@@ -158,18 +134,51 @@ impl QuantizeRequest {
         }
         let rounding = RoundingSettings { feedback, act_order, greedy_passes: passes, blocksize: self.blocksize, percdamp: self.percdamp };
         let grid = if self.grid == "kmeans" {
-            let kmeans = KmeansRequest { method: "kmeans".into(), ..self.clone() }.method_with(has_fisher, percent_range)?;
-            let Method::Kmeans { settings, outliers, .. } = kmeans else { unreachable!("a kmeans request gives a kmeans method") };
+            let (settings, outliers) = self.kmeans_parts(has_fisher, percent_range)?;
             HessianGrid::Kmeans { settings, outliers }
         } else {
             if self.static_groups && !self.granularity.starts_with("group") {
                 return Err(invalid("static groups need a group granularity (group:G)"));
             }
-            let uniform = KmeansRequest { method: "rtn".into(), format: self.grid.clone(), restarts: None, ..self.clone() }.method_with(false, &|_| unreachable!("rtn has no outliers"))?;
-            let Method::Uniform(settings) = uniform else { unreachable!("an rtn request gives a uniform method") };
-            HessianGrid::Uniform { settings, static_groups: self.static_groups }
+            HessianGrid::Uniform { settings: self.uniform_settings(&self.grid)?, static_groups: self.static_groups }
         };
         Ok(Method::Hessian { rounding, grid })
+    }
+
+    /// The k-means settings and the dense-and-sparse outliers asked for (k-means, or a Hessian
+    /// method's k-means grid).
+    fn kmeans_parts(&self, has_fisher: bool, percent_range: &dyn Fn(f64) -> Result<f64>) -> Result<(KmeansSettings, Option<OutlierSettings>)> {
+        let defaults = KmeansSettings::default();
+        let restarts = match self.restarts {
+            Some(0) => return Err(invalid("restarts must be at least 1")),
+            Some(n) => n,
+            None => defaults.restarts,
+        };
+        let settings = KmeansSettings { bits: self.bits, granularity: self.granularity.parse()?, seed: self.seed, restarts, ..defaults };
+        let range = match (self.range, self.outlier_percent) {
+            (Some(_), Some(_)) => return Err(invalid("give the outlier range or the outlier percent, not both")),
+            (Some(range), None) => Some(range),
+            (None, Some(percent)) => Some(percent_range(percent)?),
+            (None, None) => None,
+        };
+        if self.sensitive > 0.0 && !has_fisher {
+            return Err(invalid("sensitive weights are chosen by their Fisher value: compute or load Fisher first"));
+        }
+        let outliers = (range.is_some() || self.sensitive > 0.0).then_some(OutlierSettings { range, sensitivity: self.sensitive });
+        Ok((settings, outliers))
+    }
+
+    /// The uniform grid asked for, in number format `format` (rtn's `format`, a Hessian method's
+    /// `grid`).
+    fn uniform_settings(&self, format: &str) -> Result<UniformSettings> {
+        Ok(UniformSettings {
+            bits: self.bits,
+            format: format.parse::<NumberFormat>()?,
+            symmetric: !self.asym,
+            granularity: self.granularity.parse::<UniformGranularity>()?,
+            scale_stats: self.scale_stats.parse::<ScaleStats>()?,
+            scale_type: self.scale_type.parse::<ScaleType>()?,
+        })
     }
 
     /// The weights to quantize: the linears of `blocks` (all by default), and the embeddings
@@ -220,9 +229,6 @@ impl QuantizeRequest {
         }
     }
 }
-
-/// The request itself, read as the plain k-means or rtn request a Hessian method's grid is.
-type KmeansRequest = QuantizeRequest;
 
 fn invalid(reason: &str) -> LoadError {
     LoadError::InvalidSetting(reason.to_string())
