@@ -6,7 +6,7 @@
 use lutlab_core::quant::hessian::Square;
 use lutlab_core::reference;
 use lutlab_core::{ModelWeights, NoProgress};
-use lutlab_model::{hessians, quantize_sequential, sample_starts, Decoder, HessianSettings};
+use lutlab_model::{hessians, quantize_sequential, sample_starts, ActivationSettings, Decoder, HessianSettings};
 use lutlab_tests::*;
 use std::collections::BTreeMap;
 
@@ -23,8 +23,9 @@ fn setup() -> (lutlab_core::LoadedModel, Vec<u32>, HessianSettings, Vec<usize>) 
     let loaded = shipped_model();
     let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).expect("valid.txt");
     let tokens = loaded.tokenizer.encode(&text).expect("tokenizes");
-    let settings = HessianSettings { nsamples: 5, seqlen: 64, seed: 3, batch: 2, true_sequential: false };
-    let starts = sample_starts(tokens.len(), settings.nsamples, settings.seqlen, settings.seed, "valid").unwrap();
+    let windows = ActivationSettings { nsamples: 5, seqlen: 64, seed: 3, batch: 2 };
+    let settings = HessianSettings { windows, true_sequential: false };
+    let starts = sample_starts(tokens.len(), windows.nsamples, windows.seqlen, windows.seed, "valid").unwrap();
     (loaded, tokens, settings, starts)
 }
 
@@ -35,7 +36,7 @@ fn windows<'a>(tokens: &'a [u32], starts: &[usize], seqlen: usize) -> Vec<&'a [u
 #[test]
 fn gpu_hessians_match_the_cpu_reference() {
     let (loaded, tokens, settings, starts) = setup();
-    let cpu = reference::linear_input_hessians(&loaded.weights, &windows(&tokens, &starts, settings.seqlen)).unwrap();
+    let cpu = reference::linear_input_hessians(&loaded.weights, &windows(&tokens, &starts, settings.windows.seqlen)).unwrap();
     let model = Decoder::new(&loaded.weights, &gpu());
     let mut gpu_h: BTreeMap<String, Square> = BTreeMap::new();
     pollster::block_on(hessians(&model, &tokens, settings, &mut |name, h| {
@@ -62,7 +63,7 @@ fn crude(weights: &[f32]) -> Vec<f32> {
 #[test]
 fn sequential_hessians_see_the_quantized_blocks_before_them() {
     let (loaded, tokens, settings, starts) = setup();
-    let windows = windows(&tokens, &starts, settings.seqlen);
+    let windows = windows(&tokens, &starts, settings.windows.seqlen);
     let config = loaded.weights.config.clone();
     for true_sequential in [false, true] {
         let settings = HessianSettings { true_sequential, ..settings };
@@ -73,7 +74,7 @@ fn sequential_hessians_see_the_quantized_blocks_before_them() {
             seen.push((layer.name.to_string(), layer.hessian.clone()));
             let linear = quantized.linear_mut(layer.name).expect("a linear of the model");
             linear.weight.data = crude(&linear.weight.data);
-            Ok(linear.weight.data.clone())
+            Ok(Some(linear.weight.data.clone()))
         }, &mut NoProgress))
         .unwrap();
         assert_eq!(seen.len(), config.linear_names().len());

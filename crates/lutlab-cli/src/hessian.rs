@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use lutlab_core::files::read_text;
 use lutlab_core::hessian_file::{HessianMeta, HessianWriter};
-use lutlab_model::{hessians, open_gpu, HessianSettings};
+use lutlab_model::{hessians, open_gpu, ActivationSettings, HessianSettings};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -54,8 +54,9 @@ pub fn run(args: HessianArgs) -> Result<()> {
     let gpu = pollster::block_on(open_gpu())?;
     let (model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
     let tokens = tokenizer.encode(&read_text(&data_path)?)?;
-    let defaults = HessianSettings::for_model(&model);
-    let settings = HessianSettings { nsamples: args.nsamples, seqlen: args.seqlen.unwrap_or(defaults.seqlen), seed: args.seed, batch: args.batch, true_sequential: false };
+    let defaults = HessianSettings::for_model(&model).windows;
+    let windows = ActivationSettings { nsamples: args.nsamples, seqlen: args.seqlen.unwrap_or(defaults.seqlen), seed: args.seed, batch: args.batch };
+    let settings = HessianSettings { windows, true_sequential: false };
     let mut writer = HessianWriter::create(&args.out, &model.config)?;
     let mut bar = Bar::new("hessian", "blocks", args.json);
     let start = Instant::now();
@@ -66,13 +67,13 @@ pub fn run(args: HessianArgs) -> Result<()> {
         Ok(())
     }, &mut bar))?;
     bar.finish();
-    let meta = HessianMeta { model: model_dir.display().to_string(), data: data_path.display().to_string(), nsamples: settings.nsamples, seqlen: settings.seqlen, seed: settings.seed };
+    let meta = HessianMeta { model: model_dir.display().to_string(), data: data_path.display().to_string(), nsamples: windows.nsamples, seqlen: windows.seqlen, seed: windows.seed };
     writer.finish(&meta)?;
     let seconds = start.elapsed().as_secs_f64();
     if args.json {
-        println!("{}", serde_json::json!({"out": args.out, "hessians": written, "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seconds": seconds}));
+        println!("{}", serde_json::json!({"out": args.out, "hessians": written, "nsamples": windows.nsamples, "seqlen": windows.seqlen, "seconds": seconds}));
     } else {
-        println!("{written} Hessians of {} windows × {} tokens written to {} in {seconds:.1} s", settings.nsamples, settings.seqlen, args.out.display());
+        println!("{written} Hessians of {} windows × {} tokens written to {} in {seconds:.1} s", windows.nsamples, windows.seqlen, args.out.display());
     }
     Ok(())
 }

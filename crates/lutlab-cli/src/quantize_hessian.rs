@@ -13,7 +13,7 @@ use lutlab_core::quant::hessian::Square;
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, LayerSelection};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::{LoadedModel, Progress};
-use lutlab_model::{quantize_sequential, Decoder, HessianSettings};
+use lutlab_model::{quantize_sequential, ActivationSettings, Decoder, HessianSettings};
 
 pub fn run(
     args: &QuantizeArgs,
@@ -50,13 +50,9 @@ pub fn run(
     let gpu = pollster::block_on(lutlab_model::open_gpu())?;
     gpu.check_fits(weights)?;
     let model = Decoder::new(weights, &gpu.device);
-    let defaults = HessianSettings::for_model(&model);
-    let settings = HessianSettings {
-        nsamples: args.hessian_samples,
-        seqlen: args.hessian_seqlen.unwrap_or(defaults.seqlen),
-        true_sequential: args.true_sequential,
-        ..defaults
-    };
+    let defaults = HessianSettings::for_model(&model).windows;
+    let windows = ActivationSettings { nsamples: args.hessian_samples, seqlen: args.hessian_seqlen.unwrap_or(defaults.seqlen), ..defaults };
+    let settings = HessianSettings { windows, true_sequential: args.true_sequential };
     pollster::block_on(quantize_sequential(
         &model,
         &tokens,
@@ -64,13 +60,12 @@ pub fn run(
         &mut |layer| {
             if !selected.iter().any(|n| n == layer.name) {
                 // Outside --blocks: the float weights go on unchanged.
-                let linear = weights.linear(layer.name).ok_or_else(|| lutlab_core::LoadError::InvalidSetting(format!("{}: not a linear", layer.name)))?;
-                return Ok(linear.weight.data.clone());
+                return Ok(None);
             }
             let quantized = one(layer.name, layer.hessian).map_err(|e| lutlab_core::LoadError::InvalidSetting(format!("{e:#}")))?;
             let values = quantized.dequantized.clone();
             layers.push(quantized);
-            Ok(values)
+            Ok(Some(values))
         },
         bar,
     ))?;

@@ -50,6 +50,18 @@ impl ActivationSettings {
         }
     }
 
+    /// The start of each window these settings draw from `tokens`, checked against the model
+    /// (context, text length, vocabulary).
+    pub(crate) fn starts(&self, model: &Decoder, tokens: &[u32]) -> Result<Vec<usize>> {
+        if self.nsamples == 0 {
+            return Err(LoadError::InvalidSetting("nsamples must be at least 1".into()).into());
+        }
+        check_seqlen(model, self.seqlen)?;
+        let starts = sample_starts(tokens.len(), self.nsamples, self.seqlen, self.seed, "calibration text")?;
+        check_windows(model, tokens, &starts, self.seqlen)?;
+        Ok(starts)
+    }
+
     /// The model's defaults with a user's choices.
     pub fn with_overrides(
         model: &Decoder,
@@ -77,11 +89,7 @@ pub async fn linear_input_means(
     settings: ActivationSettings,
     progress: &mut dyn Progress,
 ) -> Result<BTreeMap<String, Vec<f32>>> {
-    if settings.nsamples == 0 {
-        return Err(LoadError::InvalidSetting("nsamples must be at least 1".into()).into());
-    }
-    check_seqlen(model, settings.seqlen)?;
-    let starts = sample_starts(tokens.len(), settings.nsamples, settings.seqlen, settings.seed, "calibration text")?;
+    let starts = settings.starts(model, tokens)?;
     linear_input_means_windows(model, tokens, &starts, settings.seqlen, settings.batch, progress).await
 }
 
@@ -98,9 +106,6 @@ pub async fn linear_input_means_windows(
     check_seqlen(model, seqlen)?;
     if batch == 0 {
         return Err(LoadError::InvalidSetting("batch must be at least 1".into()).into());
-    }
-    if starts.is_empty() {
-        return Err(LoadError::InvalidSetting("no calibration windows".into()).into());
     }
     check_windows(model, tokens, starts, seqlen)?;
 

@@ -12,43 +12,33 @@
 //! in order — [q,k,v], [o], [gate,up], [down] — each group's Hessians taken with the groups
 //! before it already quantized.
 
-use crate::activations::{check_seqlen, check_windows};
+use crate::activations::ActivationSettings;
 use crate::decoder::{run_block, BlockContext, BlockVisitor, Decoder, Linear};
 use crate::device::{download, upload};
 use crate::error::{ModelError, Result};
-use crate::fisher::{sample_starts, FisherSettings};
 use burn::tensor::Tensor;
 use lutlab_core::quant::hessian::Square;
 use lutlab_core::{LoadError, Progress};
 use std::ops::Range;
 
-/// How to sample the calibration text.
+/// How to sample the calibration text (as for the mean inputs, so the same seed and sizes give
+/// the same windows), and the order of a block's linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HessianSettings {
-    /// Windows (GPTQ: 128).
-    pub nsamples: usize,
-    /// Tokens per window; defaults to the model's context (GPTQ: 2048).
-    pub seqlen: usize,
-    /// Seed of the window sampler (the Fisher default, so both see the same windows).
-    pub seed: u64,
-    /// Windows per forward pass (memory only).
-    pub batch: usize,
+    pub windows: ActivationSettings,
     /// Quantize a block's input groups one after another ([q,k,v], [o], [gate,up], [down]).
     pub true_sequential: bool,
 }
 
 impl HessianSettings {
+    /// GPTQ's 128 windows.
     pub const DEFAULT_NSAMPLES: usize = 128;
     pub const DEFAULT_BATCH: usize = 8;
 
+    /// 128 windows of the model's context (at most 2048 tokens), 8 per forward pass.
     pub fn for_model(model: &Decoder) -> Self {
-        Self {
-            nsamples: Self::DEFAULT_NSAMPLES,
-            seqlen: model.config.n_positions.min(crate::eval::DEFAULT_MAX_LENGTH),
-            seed: FisherSettings::DEFAULT_SEED,
-            batch: Self::DEFAULT_BATCH,
-            true_sequential: false,
-        }
+        let windows = ActivationSettings { nsamples: Self::DEFAULT_NSAMPLES, batch: Self::DEFAULT_BATCH, ..ActivationSettings::for_model(model) };
+        Self { windows, true_sequential: false }
     }
 }
 
@@ -72,7 +62,7 @@ pub async fn hessians(
     sink: &mut dyn FnMut(&str, Square) -> Result<()>,
     progress: &mut dyn Progress,
 ) -> Result<()> {
-    let mut states = embed_windows(model, tokens, &settings)?;
+    let mut states = embed_windows(model, tokens, &settings.windows)?;
     let groups = model.config.input_groups();
     progress.update(0, model.n_blocks() as u64);
     for i in 0..model.n_blocks() {
@@ -83,7 +73,7 @@ pub async fn hessians(
         let mut sums = InputHessians::new(groups.clone(), 0..groups.len());
         run_block(i, &block, &mut states, Some(&mut sums))?;
         let names = block_linear_names(model, i);
-        for (g, h) in sums.read(settings.nsamples, &groups, &names).await? {
+        for (g, h) in sums.read(settings.windows.nsamples, &groups, &names).await? {
             sink(&names[groups[g].start], h)?;
         }
         progress.update(i as u64 + 1, model.n_blocks() as u64);
@@ -93,15 +83,16 @@ pub async fn hessians(
 
 /// GPTQ's sequential loop: block by block, the Hessians of its linears (their inputs computed by
 /// the blocks before it as already quantized), `quantize` for each linear (returning its
-/// dequantized `[in, out]` weights), the block rebuilt from them, the windows on through it.
+/// dequantized `[in, out]` weights, or `None` to keep it as it is), the block rebuilt from them,
+/// the windows on through it.
 pub async fn quantize_sequential(
     model: &Decoder,
     tokens: &[u32],
     settings: HessianSettings,
-    quantize: &mut dyn FnMut(LayerHessian) -> Result<Vec<f32>>,
+    quantize: &mut dyn FnMut(LayerHessian) -> Result<Option<Vec<f32>>>,
     progress: &mut dyn Progress,
 ) -> Result<()> {
-    let mut states = embed_windows(model, tokens, &settings)?;
+    let mut states = embed_windows(model, tokens, &settings.windows)?;
     let groups = model.config.input_groups();
     let steps: Vec<Range<usize>> = if settings.true_sequential { (0..groups.len()).map(|g| g..g + 1).collect() } else { vec![0..groups.len()] };
     let device = model.device();
@@ -116,10 +107,11 @@ pub async fn quantize_sequential(
             }
             let mut sums = InputHessians::new(groups.clone(), step.clone());
             run_block(i, &block, &mut states, Some(&mut sums))?;
-            for (g, h) in sums.read(settings.nsamples, &groups, &names).await? {
+            for (g, h) in sums.read(settings.windows.nsamples, &groups, &names).await? {
                 for linear in groups[g].clone() {
-                    let weights = quantize(LayerHessian { block: i, linear, name: &names[linear], hessian: &h })?;
-                    replace_weight(&mut block.linears[linear], &weights, &device, &names[linear])?;
+                    if let Some(weights) = quantize(LayerHessian { block: i, linear, name: &names[linear], hessian: &h })? {
+                        replace_weight(&mut block.linears[linear], &weights, &device, &names[linear])?;
+                    }
                 }
             }
             // Back to the block's inputs: the next step (or the final pass) starts from them.
@@ -132,13 +124,11 @@ pub async fn quantize_sequential(
 }
 
 /// Every window embedded, `batch` windows per residual stream.
-fn embed_windows(model: &Decoder, tokens: &[u32], settings: &HessianSettings) -> Result<Vec<(BlockContext, Tensor<3>)>> {
-    if settings.nsamples == 0 || settings.batch == 0 {
-        return Err(LoadError::InvalidSetting("nsamples and batch must be at least 1".into()).into());
+fn embed_windows(model: &Decoder, tokens: &[u32], settings: &ActivationSettings) -> Result<Vec<(BlockContext, Tensor<3>)>> {
+    if settings.batch == 0 {
+        return Err(LoadError::InvalidSetting("batch must be at least 1".into()).into());
     }
-    check_seqlen(model, settings.seqlen)?;
-    let starts = sample_starts(tokens.len(), settings.nsamples, settings.seqlen, settings.seed, "calibration text")?;
-    check_windows(model, tokens, &starts, settings.seqlen)?;
+    let starts = settings.starts(model, tokens)?;
     let ctx = model.context(settings.seqlen);
     Ok(starts
         .chunks(settings.batch)
