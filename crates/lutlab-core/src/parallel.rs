@@ -24,7 +24,8 @@ pub fn for_row_chunks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, 
             return;
         }
     }
-    let _ = MIN_PARALLEL;
+    // The browser's one thread: the row length and the threshold only matter above.
+    let _ = (row_len, MIN_PARALLEL);
     f(0, out);
 }
 
