@@ -67,12 +67,11 @@ pub enum Grid {
 /// A rounded matrix.
 #[derive(Clone, Debug)]
 pub struct Rounded {
-    /// `[in, out]` codes into the grid's tables (for input groups: `group_tables`).
+    /// `[in, out]` codes into the grid's tables (for input groups, into the tables fitted as
+    /// the rounding went; `values` holds what they decode to).
     pub codes: Vec<u8>,
     /// `[in, out]`: the value each weight now has (its table entry, or kept exactly).
     pub values: Vec<f32>,
-    /// Input groups: the tables used, `[in / size, out, levels]` in code order.
-    pub group_tables: Option<Vec<f32>>,
     /// `tr(ΔW H ΔWᵀ)` with the given (undamped) `H`, summed over output channels.
     pub proxy_loss: f64,
 }
@@ -115,12 +114,6 @@ pub fn round_with_hessian(
 
     let mut codes = vec![0u8; rows * cols];
     let mut values = vec![0f32; rows * cols];
-    let groups = match grid {
-        Grid::InputGroups { size, .. } => Some(rows / size),
-        Grid::Tables { .. } => None,
-    };
-    let levels = grid_levels(grid);
-    let mut group_tables = groups.map(|g| vec![0f32; g * cols * levels]);
     for part in parts {
         let part = part?;
         let m = part.cols.len();
@@ -130,19 +123,13 @@ pub fn round_with_hessian(
                 values[row * cols + col] = part.values[k * m + c] as f32;
             }
         }
-        if let (Some(out), Some(tables)) = (group_tables.as_mut(), &part.group_tables) {
-            for (g, group) in tables.chunks(m * levels).enumerate() {
-                let start = (g * cols + part.cols.start) * levels;
-                out[start..start + m * levels].copy_from_slice(group);
-            }
-        }
     }
     let proxy_loss = proxy_loss(weights, &values, rows, cols, h);
-    Ok(Rounded { codes, values, group_tables, proxy_loss })
+    Ok(Rounded { codes, values, proxy_loss })
 }
 
 /// `tr(ΔW H ΔWᵀ)` over output channels `cols_range` of `[rows, cols]` matrices.
-pub fn proxy_loss_of(original: &[f32], rounded: &[f32], rows: usize, cols: usize, h: &Square, cols_range: std::ops::Range<usize>) -> f64 {
+fn proxy_loss_of(original: &[f32], rounded: &[f32], rows: usize, cols: usize, h: &Square, cols_range: std::ops::Range<usize>) -> f64 {
     let m = cols_range.len();
     let delta: Vec<f64> = (0..rows)
         .flat_map(|r| cols_range.clone().map(move |c| (r, c)))
@@ -274,13 +261,6 @@ fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Result<Option<Squar
     })
 }
 
-fn grid_levels(grid: &Grid) -> usize {
-    match grid {
-        Grid::Tables { levels, .. } => *levels,
-        Grid::InputGroups { settings, .. } => settings.levels(),
-    }
-}
-
 /// Uniform tables for `[rows, cols]` values at `granularity`, in code order.
 fn fit_uniform(values: &[f32], rows: usize, cols: usize, settings: &UniformSettings, granularity: UniformGranularity) -> Result<Vec<f32>> {
     let settings = UniformSettings { granularity, ..*settings };
@@ -335,7 +315,6 @@ struct Part {
     cols: std::ops::Range<usize>,
     codes: Vec<u8>,
     values: Vec<f64>,
-    group_tables: Option<Vec<f32>>,
 }
 
 impl Job<'_> {
@@ -394,7 +373,7 @@ impl Job<'_> {
         for _ in 0..self.settings.greedy_passes {
             self.greedy_pass(&original, &mut codes, &mut values, &tables, m, &exact);
         }
-        Ok(Part { cols: range, codes, values, group_tables: tables.into_group_tables() })
+        Ok(Part { cols: range, codes, values })
     }
 
     /// One coordinate-descent pass over the proxy loss `Σ_c Δ_cᵀ H Δ_c`: each weight in turn
@@ -439,20 +418,18 @@ impl Job<'_> {
 struct ChannelTables<'a> {
     job: &'a Job<'a>,
     cols: std::ops::Range<usize>,
-    /// Input groups: every group's sorted tables, `[group][channel]`, and the raw ones.
+    /// Input groups: every group's sorted tables, `[group][channel]`.
     groups: Vec<Vec<SortedTable>>,
-    raw: Vec<f32>,
 }
 
 impl<'a> ChannelTables<'a> {
     fn new(job: &'a Job<'a>, cols: std::ops::Range<usize>) -> Self {
-        let mut tables = Self { job, cols: cols.clone(), groups: Vec::new(), raw: Vec::new() };
+        let mut tables = Self { job, cols: cols.clone(), groups: Vec::new() };
         if let (Grid::InputGroups { size, settings, .. }, Some(all)) = (job.grid, job.static_tables) {
             let levels = settings.levels();
             for g in 0..job.rows / size {
                 let start = (g * job.cols + cols.start) * levels;
                 let group = &all[start..start + cols.len() * levels];
-                tables.raw.extend_from_slice(group);
                 tables.groups.push(group.chunks(levels).map(SortedTable::new).collect());
             }
         }
@@ -471,7 +448,6 @@ impl<'a> ChannelTables<'a> {
         let slice: Vec<f32> = work[k * m..(k + rows) * m].iter().map(|&v| v as f32).collect();
         let group = fit_uniform(&slice, rows, m, settings, UniformGranularity::Channel)?;
         self.groups.push(group.chunks(settings.levels()).map(SortedTable::new).collect());
-        self.raw.extend_from_slice(&group);
         Ok(())
     }
 
@@ -480,10 +456,6 @@ impl<'a> ChannelTables<'a> {
             Grid::Tables { channels_per_table, .. } => &self.job.sorted[(self.cols.start + c) / channels_per_table],
             Grid::InputGroups { size, .. } => &self.groups[self.job.order[k] / size][c],
         }
-    }
-
-    fn into_group_tables(self) -> Option<Vec<f32>> {
-        matches!(self.job.grid, Grid::InputGroups { .. }).then_some(self.raw)
     }
 }
 
