@@ -38,6 +38,9 @@ fn gptq_from_a_hessian_file_beats_nearest_and_packs() {
     let (n, g, r) = (total_proxy(&nearest), total_proxy(&gptq), total_proxy(&rg));
     assert!(g < 0.9 * n, "GPTQ's proxy loss {g} is not below nearest rounding's {n}");
     assert!(r < n, "LDLQ-RG {r} vs nearest {n}");
+    // k-means tables rounded to with feedback (H-diagonal-weighted k-means) pack as well.
+    let kmeans = quantize("ldlq", &["--grid", "kmeans", "--restarts", "1"]);
+    assert!(total_proxy(&kmeans).is_finite() && kmeans["packed_bytes"].as_u64().is_some());
     // The packed GPTQ model runs through the LUT kernels (on a few thousand characters).
     let short = temp("short.txt");
     let text = std::fs::read_to_string(&data).unwrap();

@@ -245,25 +245,24 @@ fn quantize_layer_hessian(
     let w = &linear.weight.data;
     let numel = linear.weight.numel();
     let round = |grid: &Grid, exact: Option<&[bool]>| round_with_hessian(w, rows, cols, h, grid, exact, rounding).map_err(|e| in_layer(name, e));
-    let mut layer = match grid {
+    // A LUT's tables as the grid to round to.
+    let tables_of = |lut: &LutMatrix| -> Result<Grid> {
+        Ok(Grid::Tables { levels: lut.levels(), tables: lut.tables.clone(), channels_per_table: lut.granularity.channels_per_table(cols)? })
+    };
+    let (mut layer, proxy) = match grid {
         HessianGrid::Uniform { settings, static_groups } => match settings.granularity {
             UniformGranularity::InputGroup(size) => {
                 let r = round(&Grid::InputGroups { size, settings: *settings, static_groups: *static_groups }, None)?;
                 let bits = uniform_bits_per_weight(settings, numel / size, numel);
-                let mut layer = layer_report(name, w, r.values, None, 0, bits, None);
-                layer.proxy_loss = Some(r.proxy_loss);
-                layer
+                (layer_report(name, w, r.values, None, 0, bits, None), r.proxy_loss)
             }
             _ => {
                 let fit = quantize_uniform(w, rows, cols, settings).map_err(|e| in_layer(name, e))?;
                 let mut lut = fit.to_lut().map_err(|e| in_layer(name, e))?;
-                let per_table = lut.granularity.channels_per_table(cols)?;
-                let r = round(&Grid::Tables { levels: lut.levels(), tables: lut.tables.clone(), channels_per_table: per_table }, None)?;
+                let r = round(&tables_of(&lut)?, None)?;
                 lut.codes = r.codes;
                 let bits = uniform_bits_per_weight(settings, fit.scales.len(), numel);
-                let mut layer = layer_report(name, w, r.values, Some(lut), 0, bits, None);
-                layer.proxy_loss = Some(r.proxy_loss);
-                layer
+                (layer_report(name, w, r.values, Some(lut), 0, bits, None), r.proxy_loss)
             }
         },
         HessianGrid::Kmeans { settings, outliers } => {
@@ -275,20 +274,17 @@ fn quantize_layer_hessian(
             let job = KmeansJob::new(name, linear, &method, Calibration::fisher(Some(&lookup)), n_embd)?;
             let fitted = quantize_kmeans_report(&job.weights, rows, cols, job.sample_weights, job.excluded(), job.settings).map_err(|e| job.in_layer(e))?;
             let mut lut = fitted.matrix;
-            let per_table = lut.granularity.channels_per_table(cols)?;
-            let r = round(&Grid::Tables { levels: lut.levels(), tables: lut.tables.clone(), channels_per_table: per_table }, job.excluded())?;
+            let r = round(&tables_of(&lut)?, job.excluded())?;
             lut.codes = r.codes;
             if let Some(mask) = job.excluded() {
                 lut.outliers = sparse_corrections(&r.values, &lut, mask).map_err(|e| in_layer(name, e))?;
             }
             let bits = lut.storage_bits() as f64 / numel as f64;
             let outliers = lut.outliers.len();
-            let mut layer = layer_report(name, w, lut.dequantize(), Some(lut), outliers, bits, None);
-            layer.proxy_loss = Some(r.proxy_loss);
-            layer
+            (layer_report(name, w, lut.dequantize(), Some(lut), outliers, bits, None), r.proxy_loss)
         }
     };
-    layer.name = name.to_string();
+    layer.proxy_loss = Some(proxy);
     Ok(layer)
 }
 
