@@ -1,5 +1,6 @@
-//! The dense f64 linear algebra the Hessian methods need: Cholesky factors, the inverse through
-//! them, and the unit-upper LDL form QuIP writes its LDLQ with. Matrices are square, row-major
+//! The dense f64 linear algebra the Hessian methods need: the Cholesky factor, GPTQ's upper
+//! factor of the inverse and QuIP's unit-upper LDL form (both from one Cholesky factor of the
+//! reversed matrix). Matrices are square, row-major
 //! `Vec<f64>`; sizes are a layer's input width (at most ~16k), so plain cache-friendly loops do,
 //! and every routine is checked against its definition in the tests below.
 
@@ -92,8 +93,7 @@ pub fn cholesky_lower(a: &Square) -> Option<Square> {
     for j in 0..n {
         // Row-oriented: L[j, k] for k < j from the rows already done, then the pivot.
         for k in 0..=j {
-            let dot: f64 = l.data[j * n..j * n + k].iter().zip(&l.data[k * n..k * n + k]).map(|(x, y)| x * y).sum();
-            let v = a.data[j * n + k] - dot;
+            let v = a.data[j * n + k] - dot(&l.data[j * n..j * n + k], &l.data[k * n..k * n + k]);
             if k == j {
                 if !(v > 0.0) || !v.is_finite() {
                     return None;
@@ -107,54 +107,69 @@ pub fn cholesky_lower(a: &Square) -> Option<Square> {
     Some(l)
 }
 
-/// `L⁻¹` of a lower triangular `l` with a non-zero diagonal.
+/// `x · y` with four running sums, so the compiler can keep several multiply-adds in flight
+/// (a single f64 sum is one long dependency chain).
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let tail: f64 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..4 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc[0] + acc[1] + acc[2] + acc[3] + tail
+}
+
+/// `L⁻¹` of a lower triangular `l` with a non-zero diagonal, a row at a time:
+/// `row i = (eᵢ − Σ_{k<i} L[i,k] · row k) / L[i,i]`, contiguous row updates throughout.
 fn lower_inverse(l: &Square) -> Square {
     let n = l.n;
     let mut inv = Square::zeros(n);
-    for col in 0..n {
-        // Forward substitution for column `col` of the inverse (zero above the diagonal).
-        inv.data[col * n + col] = 1.0 / l.at(col, col);
-        for i in col + 1..n {
-            let s: f64 = (col..i).map(|k| l.data[i * n + k] * inv.data[k * n + col]).sum();
-            inv.data[i * n + col] = -s / l.at(i, i);
+    for i in 0..n {
+        let (done, rest) = inv.data.split_at_mut(i * n);
+        let row = &mut rest[..n];
+        row[i] = 1.0;
+        for k in 0..i {
+            let a = l.data[i * n + k];
+            if a != 0.0 {
+                // Row k of the inverse is zero beyond column k.
+                row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]).for_each(|(r, &v)| *r -= a * v);
+            }
         }
+        let pivot = l.data[i * n + i];
+        row[..=i].iter_mut().for_each(|r| *r /= pivot);
     }
     inv
 }
 
-/// `A⁻¹` of a symmetric positive definite `a` through its Cholesky factor (`A⁻¹ = L⁻ᵀ L⁻¹`).
-pub fn spd_inverse(a: &Square) -> Option<Square> {
-    let l_inv = lower_inverse(&cholesky_lower(a)?);
-    let n = a.n;
-    let mut inv = Square::zeros(n);
-    // (L⁻ᵀ L⁻¹)[i, j] = Σ_k L⁻¹[k, i] · L⁻¹[k, j], k ≥ max(i, j).
-    for k in 0..n {
-        let row = &l_inv.data[k * n..k * n + k + 1];
-        for i in 0..=k {
-            let a_ki = row[i];
-            if a_ki == 0.0 {
-                continue;
-            }
-            let out = &mut inv.data[i * n..i * n + k + 1];
-            out.iter_mut().zip(row).for_each(|(o, &b)| *o += a_ki * b);
-        }
-    }
-    // Only j ≤ k ≥ i were summed per k, which covers every (i, j): symmetric by construction.
-    Some(inv)
+/// The lower Cholesky factor of `a` with its rows and columns reversed (`J A J = L' L'ᵀ`),
+/// which both GPTQ's and LDLQ's factors come from.
+fn reversed_cholesky(a: &Square) -> Option<Square> {
+    let reverse: Vec<usize> = (0..a.n).rev().collect();
+    cholesky_lower(&a.permuted(&reverse))
 }
 
-/// The upper factor `U` with `A = Uᵀ U` (GPTQ's `cholesky(H⁻¹, upper=True)`), from `a`'s lower
-/// Cholesky factor: `U = Lᵀ`.
-pub fn cholesky_upper(a: &Square) -> Option<Square> {
-    cholesky_lower(a).map(|l| l.transpose())
+/// GPTQ's `U = cholesky(A⁻¹, upper=True)` (`A⁻¹ = Uᵀ U`) without forming `A⁻¹`: with
+/// `J A J = L' L'ᵀ`, `A = R Rᵀ` for the upper `R = J L' J`, so `A⁻¹ = R⁻ᵀ R⁻¹` and
+/// `U = R⁻¹ = J L'⁻¹ J` (upper, positive diagonal: the unique factor).
+pub fn inverse_cholesky_upper(a: &Square) -> Option<Square> {
+    let n = a.n;
+    let inv = lower_inverse(&reversed_cholesky(a)?);
+    let mut u = Square::zeros(n);
+    for i in 0..n {
+        for j in 0..=i {
+            u.data[(n - 1 - i) * n + (n - 1 - j)] = inv.data[i * n + j];
+        }
+    }
+    Some(u)
 }
 
 /// QuIP's LDL form `A = (Ú + I) D (Ú + I)ᵀ` with `Ú` strictly upper triangular and `D` diagonal:
 /// the usual lower LDL of `A` with its rows and columns reversed. Returns `(Ú, D)`.
 pub fn ldl_upper(a: &Square) -> Option<(Square, Vec<f64>)> {
     let n = a.n;
-    let reverse: Vec<usize> = (0..n).rev().collect();
-    let l = cholesky_lower(&a.permuted(&reverse))?;
+    let l = reversed_cholesky(a)?;
     let mut unit_upper = Square::zeros(n);
     let mut d = vec![0.0; n];
     for i in 0..n {
@@ -201,10 +216,12 @@ mod tests {
         let a = random_spd(17, 3);
         let l = cholesky_lower(&a).unwrap();
         assert!(max_diff(&l.matmul(&l.transpose()), &a) < 1e-12);
-        let u = cholesky_upper(&a).unwrap();
-        assert!(max_diff(&u.transpose().matmul(&u), &a) < 1e-12);
-        let inv = spd_inverse(&a).unwrap();
-        assert!(max_diff(&a.matmul(&inv), &Square::identity(17)) < 1e-10);
+        // Uᵀ U = A⁻¹, i.e. Uᵀ U A = I, with U upper.
+        let u = inverse_cholesky_upper(&a).unwrap();
+        assert!((0..17).all(|i| (0..i).all(|j| u.at(i, j) == 0.0) && u.at(i, i) > 0.0));
+        assert!(max_diff(&u.transpose().matmul(&u).matmul(&a), &Square::identity(17)) < 1e-10);
+        let l_inv = lower_inverse(&l);
+        assert!(max_diff(&l_inv.matmul(&l), &Square::identity(17)) < 1e-12);
 
         let (upper, d) = ldl_upper(&a).unwrap();
         let n = a.n;
@@ -229,6 +246,6 @@ mod tests {
         let mut a = Square::identity(3);
         a.data[4] = -1.0;
         assert!(cholesky_lower(&a).is_none());
-        assert!(spd_inverse(&a).is_none());
+        assert!(inverse_cholesky_upper(&a).is_none());
     }
 }

@@ -16,7 +16,7 @@
 //! "lazy batch updates"), which changes nothing but the order of additions. Output channels are
 //! independent given `H`, so they are split over the CPU's cores.
 
-use super::linalg::{cholesky_upper, ldl_upper, spd_inverse, Square};
+use super::linalg::{cholesky_lower, inverse_cholesky_upper, ldl_upper, Square};
 use crate::error::{LoadError, Result};
 use crate::parallel::map_ranges;
 use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformSettings};
@@ -90,17 +90,7 @@ pub fn round_with_hessian(
 ) -> Result<Rounded> {
     check_inputs(weights, rows, cols, h, grid, exact, settings)?;
     let mut w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
-    let damped = damped_hessian(h, &mut w, cols, settings.percdamp)?;
-    let order: Vec<usize> = if settings.act_order {
-        let diagonal = damped.diagonal();
-        let mut order: Vec<usize> = (0..rows).collect();
-        order.sort_by(|&a, &b| diagonal[b].total_cmp(&diagonal[a]));
-        order
-    } else {
-        (0..rows).collect()
-    };
-    let hp = damped.permuted(&order);
-    let coefficients = feedback_coefficients(&hp, settings.feedback)?;
+    let (order, hp, coefficients) = prepare(h, &mut w, cols, settings)?;
     let static_tables = match grid {
         Grid::InputGroups { size, settings: uniform, static_groups: true } => Some(fit_uniform(weights, rows, cols, uniform, UniformGranularity::InputGroup(*size))?),
         _ => None,
@@ -212,25 +202,34 @@ fn check_inputs(
     Ok(())
 }
 
-/// `H + λI` with λ = `percdamp` · mean diagonal, after GPTQ's dead inputs (a zero diagonal: the
-/// input never fired) get `H[k,k] = 1` and their weights zeroed. If that is not positive
-/// definite, λ is raised tenfold once; then the layer is refused.
-fn damped_hessian(h: &Square, w: &mut [f64], cols: usize, percdamp: f64) -> Result<Square> {
+/// What the rounding loop needs from `h`: the processing order (by decreasing `H[k,k]` with
+/// act-order), `H + λI` in that order, and the feedback coefficients (see
+/// [`feedback_coefficients`]). λ = `percdamp` · mean diagonal, after GPTQ's dead inputs (a zero
+/// diagonal: the input never fired) get `H[k,k] = 1` and their weights zeroed. If the damped
+/// Hessian does not factor, λ is raised tenfold once; then the layer is refused.
+fn prepare(h: &Square, w: &mut [f64], cols: usize, settings: &RoundingSettings) -> Result<(Vec<usize>, Square, Option<Square>)> {
     let n = h.n;
-    let mut damped = h.clone();
+    let mut base = h.clone();
     for k in 0..n {
-        if damped.data[k * n + k] == 0.0 {
-            damped.data[k * n + k] = 1.0;
+        if base.data[k * n + k] == 0.0 {
+            base.data[k * n + k] = 1.0;
             w[k * cols..(k + 1) * cols].iter_mut().for_each(|v| *v = 0.0);
         }
     }
-    let mean = damped.diagonal().iter().sum::<f64>() / n as f64;
+    let mean = base.diagonal().iter().sum::<f64>() / n as f64;
+    let percdamp = settings.percdamp;
     for factor in [1.0, 10.0] {
-        let mut candidate = damped.clone();
+        let mut damped = base.clone();
         let lambda = factor * percdamp * mean;
-        (0..n).for_each(|k| candidate.data[k * n + k] += lambda);
-        if super::linalg::cholesky_lower(&candidate).is_some() {
-            return Ok(candidate);
+        (0..n).for_each(|k| damped.data[k * n + k] += lambda);
+        let mut order: Vec<usize> = (0..n).collect();
+        if settings.act_order {
+            let diagonal = damped.diagonal();
+            order.sort_by(|&a, &b| diagonal[b].total_cmp(&diagonal[a]));
+        }
+        let hp = damped.permuted(&order);
+        if let Some(coefficients) = feedback_coefficients(&hp, settings.feedback) {
+            return Ok((order, hp, coefficients));
         }
     }
     Err(LoadError::InvalidSetting(format!(
@@ -239,15 +238,15 @@ fn damped_hessian(h: &Square, w: &mut [f64], cols: usize, percdamp: f64) -> Resu
     )))
 }
 
-/// The strictly upper `[n, n]` matrix `A` with row `j > k` getting `A[k,j] · e_k`, or `None`
-/// for no feedback.
-fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Result<Option<Square>> {
-    let not_pd = || LoadError::InvalidSetting("the damped Hessian lost positive definiteness while factoring".into());
+/// The strictly upper `[n, n]` matrix `A` with row `j > k` getting `A[k,j] · e_k` (`Some(None)`
+/// for no feedback), or `None` when `hp` does not factor (is not positive definite).
+fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Option<Option<Square>> {
     let n = hp.n;
-    Ok(match feedback {
-        Feedback::Nearest => None,
+    match feedback {
+        // No factor is used, but the Hessian must still be one the passes can trust.
+        Feedback::Nearest => cholesky_lower(hp).map(|_| None),
         Feedback::Gptq => {
-            let u = cholesky_upper(&spd_inverse(hp).ok_or_else(not_pd)?).ok_or_else(not_pd)?;
+            let u = inverse_cholesky_upper(hp)?;
             let mut a = Square::zeros(n);
             for k in 0..n {
                 let pivot = u.at(k, k);
@@ -255,10 +254,10 @@ fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Result<Option<Squar
                     a.data[k * n + j] = -u.at(k, j) / pivot;
                 }
             }
-            Some(a)
+            Some(Some(a))
         }
-        Feedback::Ldlq => Some(ldl_upper(hp).ok_or_else(not_pd)?.0),
-    })
+        Feedback::Ldlq => ldl_upper(hp).map(|(unit_upper, _)| Some(unit_upper)),
+    }
 }
 
 /// Uniform tables for `[rows, cols]` values at `granularity`, in code order.
