@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 18's speed comparison: GPTQ (4-bit, per channel, asymmetric) of every linear of a GPT-2
+# 124M-shaped model (random weights, the shipped tokenizer) with 128 x 1024 calibration windows,
+# Hessians included, by lutlab (`quantize --method gptq`, sequential; quantize_seconds) and by a
+# straightforward PyTorch GPTQ (scripts/bench_gptq_peer.py) on the same GPU.
+# Device: carry [".carry/lutlab.xz", ".carry/train-head.txt.xz", ".gl"].
+set -o pipefail
+source scripts/device_env.sh
+L=${LUTLAB:-.carry/lutlab}
+[ -f .carry/train-head.txt.xz ] && xz -d -k -f .carry/train-head.txt.xz
+CAL=.carry/train-head.txt; [ -f "$CAL" ] || CAL=data/wikitext-2/valid.txt
+M=/tmp/gpt2-124m; make_gpt2_124m $M
+N=${NSAMPLES:-128}; S=${SEQLEN:-1024}
+python3 scripts/bench_gptq_peer.py $M $CAL $N $S | tee "$OUT/peer.json"
+LUTLAB_PROFILE=${LUTLAB_PROFILE:-} timeout ${LUTLAB_TIMEOUT:-450} /usr/bin/time -v $L quantize --model $M --method gptq --bits 4 --granularity channel --asym --calibration-data $CAL \
+  --hessian-samples $N --hessian-seqlen $S --packed /tmp/q.lut --json > "$OUT/lutlab.json" 2> "$OUT/lutlab.time"
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+peer = json.load(open(f"{out}/peer.json"))
+ours = json.loads(open(f"{out}/lutlab.json").read().splitlines()[-1])
+print(f"PyTorch GPTQ {peer['seconds']:.1f} s, lutlab {ours['quantize_seconds']:.1f} s: lutlab {peer['seconds'] / ours['quantize_seconds']:.2f}x PyTorch's speed")
+PY
+grep -E "Elapsed|Maximum resident" "$OUT/lutlab.time"
