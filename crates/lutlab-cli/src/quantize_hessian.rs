@@ -40,6 +40,9 @@ pub fn run(
         }
         let file = HessianFile::open(path, &weights.config)?;
         for (i, name) in selected.iter().enumerate() {
+            if bar.is_cancelled() {
+                return Err(lutlab_core::LoadError::Cancelled.into());
+            }
             bar.update(i as u64, selected.len() as u64);
             layers.push(one(name, &file.read(name)?)?);
         }
