@@ -19,6 +19,16 @@ fn input(t: u32, r: u32) -> f32 {
     return v;
 }
 
+// The scale and zero point of column c in the input group of packed block k (p[12] blocks of 32
+// rows per group; p[13], p[14]: where the group scales and zeros start in aux, zeros optional).
+fn group_scale(k: u32, c: u32) -> f32 {
+    return aux[p[13] + (k / p[12]) * p[1] + c];
+}
+fn group_zero(k: u32, c: u32) -> f32 {
+    if (p[14] == NONE) { return 0.0; }
+    return aux[p[14] + (k / p[12]) * p[1] + c];
+}
+
 // The epilogue: `dense` (the LUT part of column c for token t) plus the sparse outliers, times the
 // column's scale, plus its bias.
 fn finish(dense: f32, t: u32, c: u32) -> f32 {

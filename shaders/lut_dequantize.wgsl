@@ -1,5 +1,6 @@
 // LUT dequantization, the first half of the LUT GEMM (many tokens: prefill, evaluation): writes
-// the layer's effective dense weight W[r, c] = scale_c · (table_c[code] + sparse outlier), which
+// the layer's effective dense weight W[r, c] = scale_c · (table_c[code] + sparse outlier) (with
+// input groups, the table entry e becomes (e − zero) · group scale first), which
 // burn's tuned matmul then multiplies. A GEMM is bound by arithmetic, so one pass that reads the
 // codes once per call and writes f32 costs little beside the multiply, while the GEMV (a few
 // tokens, bound by memory) multiplies straight from the codes (lut_gemv.wgsl).
@@ -28,12 +29,22 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let sparse_values_at = p[5];
     let scales_at = p[6];
     let row_idx_at = p[9];
+    let group_scales_at = p[13];
+    let group_zeros_at = p[14];
     let c = id.x;
     let k = id.y;
     if (c >= cols) { return; }
     let table = c / channels_per_table * (MASK + 1u);
     var scale = 1.0;
     if (scales_at != NONE) { scale = aux[scales_at + c]; }
+    // This block's input group: its weights are (entry − zero) · group scale.
+    var group_scale = 1.0;
+    var group_zero = 0.0;
+    if (group_scales_at != NONE) {
+        let g = (k / p[12]) * cols + c;
+        group_scale = aux[group_scales_at + g];
+        if (group_zeros_at != NONE) { group_zero = aux[group_zeros_at + g]; }
+    }
     let base = k * BITS * cols + c;
     let r0 = k * 32u;
     let n = min(32u, rows - r0);
@@ -45,7 +56,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         if (s + BITS > 32u) {
             code |= qweight[base + (word + 1u) * cols] << (32u - s);
         }
-        w[(r0 + i) * cols + c] = aux[table + (code & MASK)] * scale;
+        w[(r0 + i) * cols + c] = ((aux[table + (code & MASK)] - group_zero) * group_scale) * scale;
     }
     // The same thread wrote these elements just above: no other thread touches them.
     for (var j = index[c]; j < index[c + 1u]; j++) {

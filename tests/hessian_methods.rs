@@ -162,3 +162,38 @@ fn bad_hessians_and_settings_are_named() {
     let err = round_with_hessian(&weights, 8, 4, &Square::identity(8), &groups, None, &RoundingSettings { act_order: true, ..s }).unwrap_err().to_string();
     assert!(err.contains("static groups"), "{err}");
 }
+
+#[test]
+fn gptq_with_input_groups_packs_to_exactly_the_values_it_rounded_to() {
+    // GPTQ's groupsize 32 on a 96-input layer: 3 groups per output channel, fitted as reached
+    // (dynamic) or beforehand (static, with act-order), symmetric and asymmetric grids. The
+    // packed form (shared grid, a scale and zero point per group) must decode to exactly the
+    // values the rounding chose, so evaluating the packed file is evaluating GPTQ's result.
+    use lutlab_core::checkpoint::HostTensor;
+    use lutlab_core::quant::model::quantize_layer;
+    use lutlab_core::quant::{Calibration, HessianGrid, Method, PackedLinear};
+    use lutlab_core::weights::LinearWeights;
+    let (rows, cols) = (96, 20);
+    let (weights, h) = random_layer(rows, cols, 300, 11);
+    let linear = LinearWeights { weight: HostTensor::new(vec![rows, cols], weights), bias: HostTensor::new(vec![cols], vec![0.0; cols]) };
+    let lookup = |_: &str| Some(&h);
+    let calibration = Calibration { hessians: Some(&lookup), ..Calibration::default() };
+    for (symmetric, static_groups, act_order) in [(false, false, false), (true, false, false), (false, true, true)] {
+        let settings = UniformSettings { symmetric, granularity: UniformGranularity::InputGroup(32), ..asym_int(3) };
+        let method = Method::Hessian {
+            rounding: RoundingSettings { act_order, blocksize: 16, ..RoundingSettings::default() },
+            grid: HessianGrid::Uniform { settings, static_groups },
+        };
+        let layer = quantize_layer("h.0.mlp.c_fc", &linear, &method, calibration, 32).unwrap();
+        let lut = layer.lut.as_ref().expect("groups of 32 rows pack");
+        let groups = lut.input_groups.as_ref().expect("input-group scales");
+        assert_eq!((groups.size, groups.scales.len()), (32, 3 * cols));
+        assert_eq!(groups.zeros.is_none(), symmetric, "zero points are stored only for asymmetric grids");
+        assert_eq!(lut.dequantize(), layer.dequantized, "symmetric {symmetric}, static {static_groups}");
+        assert_eq!(PackedLinear::from_lut(lut).unwrap().effective_weights(), layer.dequantized);
+    }
+    // Groups that are not a multiple of 32 rows still quantize, but have no packed form.
+    let settings = UniformSettings { granularity: UniformGranularity::InputGroup(16), ..asym_int(3) };
+    let method = Method::Hessian { rounding: RoundingSettings::default(), grid: HessianGrid::Uniform { settings, static_groups: false } };
+    assert!(quantize_layer("h.0.mlp.c_fc", &linear, &method, calibration, 32).unwrap().lut.is_none());
+}

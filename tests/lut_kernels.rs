@@ -1,11 +1,12 @@
 //! The LUT GEMV and GEMM kernels (`shaders/lut_gemv.wgsl`; `shaders/lut_dequantize.wgsl` + matmul) against their
 //! CPU reference `PackedLinear::reference_matmul`, for every bit width, every granularity, odd
-//! shapes, outliers, scales, input shift and bias.
+//! shapes, outliers, scales, input shift, bias and input-group scales (GPTQ's groupsize).
 //!
 //! Tolerance: the GPU sums in f32 in a different order than the f64 reference, so each output is
 //! allowed `1e-5 · Σ|x·w|` (a few f32 ulps of the terms' magnitude) plus 1e-6.
 
 use lutlab_core::quant::kmeans::rng::SplitMix64;
+use lutlab_core::quant::lut::InputGroupScales;
 use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseOutliers};
 use lutlab_model::burn::tensor::{Tensor, TensorData};
 use lutlab_model::lut_linear::{PackedGpuLinear, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
@@ -32,6 +33,7 @@ fn random_layer(rng: &mut SplitMix64, rows: usize, cols: usize, bits: u32, granu
         granularity,
         tables: (0..tables * levels).map(|_| rng.next_f64() as f32 - 0.5).collect(),
         codes: (0..rows * cols).map(|_| (rng.next_u64() % levels as u64) as u8).collect(),
+        input_groups: None,
         outliers,
     };
     let mut packed = PackedLinear::from_lut(&lut).unwrap();
@@ -119,5 +121,38 @@ fn gemv_full_chunks_match_the_cpu_for_every_bit_width() {
         check(&packed, 1, true, &mut rng);
         GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
         check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+    }
+}
+
+/// `packed` with a scale (and, `zeros`, a zero point) per group of `size` input rows and column.
+fn with_input_groups(mut packed: PackedLinear, size: usize, zeros: bool, rng: &mut SplitMix64) -> PackedLinear {
+    let n = packed.rows.div_ceil(size) * packed.cols;
+    let scales = (0..n).map(|_| 0.01 + rng.next_f64() as f32 * 0.1).collect();
+    let zeros = zeros.then(|| (0..n).map(|_| (rng.next_u64() % 16) as f32).collect());
+    packed.input_groups = Some(InputGroupScales { size, scales, zeros });
+    packed.validate("input-group layer").unwrap();
+    packed
+}
+
+#[test]
+fn input_group_scales_match_the_cpu_in_gemv_and_gemm() {
+    // 2,100 rows: whole chunks and a partial one; groups of 32, 64 (the last partial: 2,100 is
+    // not a multiple) and 128 rows; with zero points (asymmetric) and without (symmetric).
+    let mut rng = SplitMix64::new(6);
+    for bits in 1..=8 {
+        let size = [32, 64, 128][bits as usize % 3];
+        let packed = random_layer(&mut rng, 2100, 40, bits, Granularity::Tensor, bits % 2 == 0);
+        let packed = with_input_groups(packed, size, bits % 3 != 1, &mut rng);
+        GEMV_TARGET_OVERRIDE.store(1, Ordering::Relaxed);
+        check(&packed, 1, true, &mut rng);
+        GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
+        check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+        check(&packed, 37, bits != 5, &mut rng);
+    }
+    // GPT-2's shapes at 4 bits, group 128, as GPTQ checkpoints are.
+    for (rows, cols) in [(768, 2304), (3072, 768)] {
+        let packed = with_input_groups(random_layer(&mut rng, rows, cols, 4, Granularity::Tensor, false), 128, true, &mut rng);
+        check(&packed, 1, true, &mut rng);
+        check(&packed, 70, true, &mut rng);
     }
 }

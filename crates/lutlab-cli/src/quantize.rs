@@ -205,7 +205,8 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let label = request.label(fisher.is_some());
 
     // Every layer a LUT: the model is packed, and evaluated as packed through the LUT kernels.
-    // (Brevitas-style input-group scales are not LUTs; those run dequantized.)
+    // (Input groups of a size that is not a multiple of 32 rows have no packed form; those run
+    // dequantized.)
     let packed = if quantized.layers.iter().all(|l| l.lut.is_some()) {
         let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(&request)? };
         Some(PackedModel::from_quantized(weights, &quantized, meta, table_dtype)?)
@@ -213,7 +214,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         None
     };
     if let Some(path) = &args.packed {
-        let Some(packed) = &packed else { bail!("--packed: {label} does not produce look-up tables for every layer") };
+        let Some(packed) = &packed else { bail!("--packed: {label} does not produce look-up tables for every layer (groups of input rows pack only in multiples of 32 rows)") };
         std::fs::write(path, packed.to_safetensors(table_dtype)?).with_context(|| format!("writing {}", path.display()))?;
     }
     // A full dense copy of the model: made only for --out, or to evaluate what is not packed.

@@ -83,3 +83,35 @@ fn bad_hessian_requests_are_refused_by_name() {
     let out = lutlab(&["quantize", "--model", &model, "--method", "gptq", "--granularity", "group:32", "--act-order", "--eval"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("static groups"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn input_groups_pack_and_evaluate_through_the_lut_kernels_as_their_dense_weights() {
+    // Groups of 32 input rows: RTN and GPTQ results pack (format version 3: codes and a f16
+    // scale and zero point per group) and the packed file, run by the LUT kernels, gives the
+    // perplexity of its dense export to f32 summation-order error.
+    let model = repo(MODEL).display().to_string();
+    let data = repo("data/wikitext-2/valid.txt").display().to_string();
+    let short = temp("groups-short.txt");
+    let text = std::fs::read_to_string(&data).unwrap();
+    std::fs::write(&short, &text[..text.char_indices().nth(3000).unwrap().0]).unwrap();
+    for (method, extra) in [("rtn", &[][..]), ("gptq", &["--calibration-data", &data, "--hessian-samples", "4", "--hessian-seqlen", "32"][..])] {
+        let (packed, dense) = (temp(&format!("{method}-groups.lut")), temp(&format!("{method}-groups-dense")));
+        let mut args = vec!["quantize", "--model", &model, "--method", method, "--bits", "4", "--granularity", "group:32", "--asym", "--json"];
+        args.extend_from_slice(&["--packed", &packed, "--out", &dense]);
+        args.extend_from_slice(extra);
+        let report = lutlab_json(&args);
+        assert!(report["packed_bytes"].as_u64().is_some(), "{method}: every layer packs");
+        let bytes = std::fs::read(&packed).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        assert_eq!(header["__metadata__"]["format_version"], "3", "{method}");
+        let eval = |extra: &[&str]| {
+            let mut args = vec!["eval", "--data", &short, "--max-length", "64", "--stride", "64", "--json"];
+            args.extend_from_slice(extra);
+            lutlab_json(&args)["perplexity"].as_f64().unwrap()
+        };
+        let from_packed = eval(&["--packed", &packed, "--model", &model]);
+        let from_dense = eval(&["--model", &dense]);
+        assert!((from_packed - from_dense).abs() <= 1e-5 * from_dense, "{method}: packed {from_packed} vs dense {from_dense}");
+    }
+}

@@ -10,8 +10,10 @@
 //! LayerNorms and the weights of linears left unquantized.
 //!
 //! The tied token embedding may be packed too, as the layer `lm_head` (the head's `[n_embd,
-//! vocab]` linear, `wte` transposed; `wte.weight` is then absent): such files are version 2, all
-//! others version 1 (`docs/FORMAT.md` §10).
+//! vocab]` linear, `wte` transposed; `wte.weight` is then absent): such files are version 2
+//! (`docs/FORMAT.md` §10). Layers with a scale and zero point per group of input rows (GPTQ's
+//! `groupsize`: `L.group_scales`, `L.group_zeros`, `group_size` in `layers`) make version 3 (§11).
+//! Every file is written as the lowest version that holds it, so older lutlabs read the rest.
 //!
 //! Reading treats the bytes as untrusted: every size is checked against the metadata before it
 //! is used, every value is checked (finite floats, indices in range, zero padding), the result
@@ -23,7 +25,8 @@ use crate::config::{LinearLayout, ModelConfig};
 use crate::error::{LoadError, Result};
 use crate::quant::head::{is_head, transpose, HEAD};
 use crate::quant::model::{QuantizedLayer, QuantizedModel};
-use crate::quant::packed::{PackedLinear, SparseColumns, blocks, packed_code};
+use crate::quant::lut::{InputGroupScales, INPUT_GROUP_MULTIPLE};
+use crate::quant::packed::{PackedLinear, SparseColumns, blocks};
 use crate::weights::ModelWeights;
 use safetensors::{Dtype, SafeTensors};
 use safetensors::tensor::TensorView;
@@ -31,16 +34,33 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `__metadata__["format"]` of a packed model file.
 pub const FORMAT_NAME: &str = "lutlab-packed";
-/// The newest `__metadata__["format_version"]`: files with a packed LM head (`lm_head`, the
-/// tied embedding) are version 2; all others are written as version 1, which older lutlabs read.
-/// Both are read.
-pub const FORMAT_VERSION: u32 = 2;
-/// The version of files without a packed head.
+/// The newest `__metadata__["format_version"]`, read with every older one: 3 for files with
+/// input-group scales, 2 for files with a packed LM head (`lm_head`, the tied embedding), 1 for
+/// all others (see [`version_needed`]).
+pub const FORMAT_VERSION: u32 = 3;
+/// The version of files without a packed head or input-group scales.
 pub const FORMAT_VERSION_WITHOUT_HEAD: u32 = 1;
+/// The first version with a packed LM head.
+pub const FORMAT_VERSION_HEAD: u32 = 2;
+/// The first version with input-group scales.
+pub const FORMAT_VERSION_INPUT_GROUPS: u32 = 3;
+
+/// The lowest version that holds these layers (older readers then still read the file).
+fn version_needed(layers: &BTreeMap<String, LayerMeta>) -> u32 {
+    if layers.values().any(|m| m.group_size.is_some()) {
+        FORMAT_VERSION_INPUT_GROUPS
+    } else if layers.contains_key(HEAD) {
+        FORMAT_VERSION_HEAD
+    } else {
+        FORMAT_VERSION_WITHOUT_HEAD
+    }
+}
 
 /// Suffixes of the tensors of a packed layer (`{layer}.{suffix}`).
-const PACKED_SUFFIXES: [&str; 7] =
-    ["qweight", "lut", "sparse_col_ptr", "sparse_row_idx", "sparse_values", "scales", "input_shift"];
+const PACKED_SUFFIXES: [&str; 9] = [
+    "qweight", "lut", "group_scales", "group_zeros", "sparse_col_ptr", "sparse_row_idx", "sparse_values", "scales",
+    "input_shift",
+];
 
 /// Largest config dimension accepted from a file. GPT-2's are far below; the limit keeps every
 /// product of dimensions the reader forms far from overflow.
@@ -122,16 +142,21 @@ struct LayerMeta {
     cols: usize,
     bits: u32,
     channels_per_table: usize,
+    /// Input rows per group of `group_scales` (version 3); absent without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group_size: Option<usize>,
 }
 
 impl LayerMeta {
     fn of(l: &PackedLinear) -> Self {
-        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table }
+        let group_size = l.input_groups.as_ref().map(|g| g.size);
+        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table, group_size }
     }
 
     fn describe(&self) -> String {
+        let groups = self.group_size.map_or(String::new(), |g| format!(", group_size {g}"));
         format!(
-            "rows {}, cols {}, bits {}, channels_per_table {}",
+            "rows {}, cols {}, bits {}, channels_per_table {}{groups}",
             self.rows, self.cols, self.bits, self.channels_per_table
         )
     }
@@ -275,11 +300,10 @@ impl PackedModel {
         self.validate("packed model")?;
         if table_dtype == TableDtype::F16 {
             for (name, layer) in &self.layers {
-                if let Some(i) = layer.tables.iter().position(|&v| round_f16(v) != v) {
+                if !holds_f16(layer) {
                     return Err(invalid(format!(
-                        "packed layer `{name}`: table entry {i} ({}) is not exactly an f16; build the model with \
-                         TableDtype::F16 (or call round_tables_to_f16) to store f16 tables",
-                        layer.tables[i]
+                        "packed layer `{name}`: a table entry or group scale is not exactly an f16; build the model with \
+                         TableDtype::F16 (or call round_tables_to_f16) to store f16 tables"
                     )));
                 }
             }
@@ -370,9 +394,15 @@ impl PackedModel {
             if !linears.contains(name) {
                 return Err(bad(format!("metadata `layers`: {}", not_a_linear(name, &config))));
             }
-            if is_head(name) && version < 2 {
+            if is_head(name) && version < FORMAT_VERSION_HEAD {
                 return Err(bad(format!(
-                    "metadata `layers` lists `{HEAD}` (a packed LM head), which needs format version 2; the file says {version}"
+                    "metadata `layers` lists `{HEAD}` (a packed LM head), which needs format version {FORMAT_VERSION_HEAD}; the file says {version}"
+                )));
+            }
+            if m.group_size.is_some() && version < FORMAT_VERSION_INPUT_GROUPS {
+                return Err(bad(format!(
+                    "metadata `layers` gives `{name}` a group_size (input-group scales), which needs format version \
+                     {FORMAT_VERSION_INPUT_GROUPS}; the file says {version}"
                 )));
             }
             if let Some((rows, cols)) = packed_shape(&config, name)
@@ -451,9 +481,9 @@ impl PackedModel {
         ModelWeights::from_checkpoint(config, Checkpoint::from_tensors(tensors))
     }
 
-    /// The `format_version` this model is written as: 2 with a packed head, else 1.
+    /// The `format_version` this model is written as: the lowest that holds it.
     pub fn format_version(&self) -> u32 {
-        if self.layers.contains_key(HEAD) { FORMAT_VERSION } else { FORMAT_VERSION_WITHOUT_HEAD }
+        version_needed(&self.layers.iter().map(|(name, l)| (name.clone(), LayerMeta::of(l))).collect())
     }
 
     /// Bytes of the packed layers' tensors as the file stores them (data only, no header):
@@ -473,10 +503,11 @@ impl PackedModel {
 
 /// Bytes of one packed layer's tensors as the file stores them (see [`PackedModel::packed_bytes`]).
 pub fn layer_bytes(l: &PackedLinear) -> usize {
-    let table_bytes = if l.tables.iter().all(|&v| round_f16(v) == v) { 2 } else { 4 };
+    let table_bytes = if holds_f16(l) { 2 } else { 4 };
     let sparse = if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() };
+    let groups = l.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
     4 * l.qweight.len()
-        + table_bytes * l.tables.len()
+        + table_bytes * (l.tables.len() + groups)
         + sparse
         + 4 * l.scales.as_ref().map_or(0, Vec::len)
         + 4 * l.input_shift.as_ref().map_or(0, Vec::len)
@@ -504,26 +535,44 @@ pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(P
     Ok((packed, bias))
 }
 
-/// Rounds a layer's table entries to the nearest f16 (ties to even), re-taking each sparse value
-/// against the rounded entry it is added to, so the weights the sparse part keeps stay what they
-/// were (to f32 rounding). Fails if an entry is beyond f16's range (±65504).
+/// Whether every value the file stores in the table dtype (table entries, group scales and
+/// zeros) is exactly an f16.
+fn holds_f16(l: &PackedLinear) -> bool {
+    let exact = |values: &[f32]| values.iter().all(|&v| round_f16(v) == v);
+    exact(&l.tables)
+        && l.input_groups.as_ref().is_none_or(|g| exact(&g.scales) && g.zeros.as_deref().is_none_or(exact))
+}
+
+/// Rounds a layer's table entries (and input-group scales and zeros) to the nearest f16 (ties
+/// to even), re-taking each sparse value against the rounded value it is added to, so the
+/// weights the sparse part keeps stay what they were (to f32 rounding). Fails if a value is
+/// beyond f16's range (±65504).
 pub fn round_layer_tables_to_f16(name: &str, layer: &mut PackedLinear) -> Result<()> {
     layer.validate(&format!("packed layer `{name}`"))?;
-    let rounded: Vec<f32> = layer.tables.iter().map(|&v| round_f16(v)).collect();
-    if let Some(i) = rounded.iter().position(|v| !v.is_finite()) {
-        return Err(invalid(format!("packed layer `{name}`: table entry {i} ({}) is outside f16's range", layer.tables[i])));
-    }
-    let (levels, cols, bits, per_table) = (layer.levels(), layer.cols, layer.bits, layer.channels_per_table);
-    let s = &mut layer.sparse;
-    for c in 0..cols {
-        for i in s.col_ptr[c] as usize..s.col_ptr[c + 1] as usize {
-            let code = usize::from(packed_code(&layer.qweight, cols, bits, s.row_idx[i] as usize, c));
-            let entry = (c / per_table) * levels + code;
-            let weight = layer.tables[entry] + s.values[i];
-            s.values[i] = weight - rounded[entry];
+    let round_all = |what: &str, values: &[f32]| -> Result<Vec<f32>> {
+        let rounded: Vec<f32> = values.iter().map(|&v| round_f16(v)).collect();
+        match rounded.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(invalid(format!("packed layer `{name}`: {what} {i} ({}) is outside f16's range", values[i]))),
+            None => Ok(rounded),
+        }
+    };
+    let mut rounded = layer.clone();
+    rounded.tables = round_all("table entry", &layer.tables)?;
+    if let Some(groups) = &mut rounded.input_groups {
+        groups.scales = round_all("group scale", &groups.scales)?;
+        if let Some(zeros) = &mut groups.zeros {
+            *zeros = round_all("group zero", zeros)?;
         }
     }
-    layer.tables = rounded;
+    let s = &layer.sparse;
+    for c in 0..layer.cols {
+        for i in s.col_ptr[c] as usize..s.col_ptr[c + 1] as usize {
+            let r = s.row_idx[i] as usize;
+            let weight = layer.dense_value(r, c) + s.values[i];
+            rounded.sparse.values[i] = weight - rounded.dense_value(r, c);
+        }
+    }
+    *layer = rounded;
     Ok(())
 }
 
@@ -537,6 +586,17 @@ fn layer_tensors<'l>(name: &str, l: &'l PackedLinear, table_dtype: TableDtype) -
         TableDtype::F32 => TensorData::F32(&l.tables),
     };
     tensors.push((format!("{name}.lut"), vec![l.num_tables(), l.levels()], tables));
+    if let Some(groups) = &l.input_groups {
+        let shape = vec![l.rows.div_ceil(groups.size), l.cols];
+        let stored = |values| match table_dtype {
+            TableDtype::F16 => TensorData::F16(values),
+            TableDtype::F32 => TensorData::F32(values),
+        };
+        tensors.push((format!("{name}.group_scales"), shape.clone(), stored(&groups.scales)));
+        if let Some(zeros) = &groups.zeros {
+            tensors.push((format!("{name}.group_zeros"), shape, stored(zeros)));
+        }
+    }
     if !l.sparse.is_empty() {
         let s = &l.sparse;
         tensors.push((format!("{name}.sparse_col_ptr"), vec![s.col_ptr.len()], TensorData::U32(&s.col_ptr)));
@@ -555,7 +615,7 @@ fn layer_tensors<'l>(name: &str, l: &'l PackedLinear, table_dtype: TableDtype) -
 /// The file's `__metadata__`; the version follows from whether the head is packed.
 fn file_metadata(config: &ModelConfig, meta: &PackedMeta, layers: &BTreeMap<String, LayerMeta>) -> Result<HashMap<String, String>> {
     let layers_json = serde_json::to_string(layers).map_err(|e| invalid(format!("layers metadata: {e}")))?;
-    let version = if layers.contains_key(HEAD) { FORMAT_VERSION } else { FORMAT_VERSION_WITHOUT_HEAD };
+    let version = version_needed(layers);
     Ok(HashMap::from([
         ("format".to_string(), FORMAT_NAME.to_string()),
         ("format_version".to_string(), version.to_string()),
@@ -600,8 +660,8 @@ impl PackedWriter {
     /// [`round_layer_tables_to_f16`]).
     pub fn add_layer(&mut self, name: &str, layer: &PackedLinear) -> Result<()> {
         layer.validate(&format!("packed layer `{name}`"))?;
-        if self.table_dtype == TableDtype::F16 && layer.tables.iter().any(|&v| round_f16(v) != v) {
-            return Err(invalid(format!("packed layer `{name}`: tables are not exact f16s")));
+        if self.table_dtype == TableDtype::F16 && !holds_f16(layer) {
+            return Err(invalid(format!("packed layer `{name}`: tables or group scales are not exact f16s")));
         }
         for (tensor, shape, data) in layer_tensors(name, layer, self.table_dtype) {
             self.writer.add(&tensor, &shape, data)?;
@@ -857,6 +917,24 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
             values: values.map_or_else(Vec::new, |v| f32s(v.data())),
         }
     };
+    let input_groups = match m.group_size {
+        Some(size) => {
+            if size == 0 || !size.is_multiple_of(INPUT_GROUP_MULTIPLE) {
+                return Err(bad(format!("{}: group_size must be a positive multiple of {INPUT_GROUP_MULTIPLE}", entry())));
+            }
+            let shape = [m.rows.div_ceil(size), m.cols];
+            let floats = |v: View<'_>| if v.dtype() == Dtype::F16 { f16s(v.data()) } else { f32s(v.data()) };
+            let scales = get("group_scales", &[Dtype::F16, Dtype::F32], Some(&shape), true)?.map_or_else(Vec::new, floats);
+            let zeros = get("group_zeros", &[Dtype::F16, Dtype::F32], Some(&shape), false)?.map(floats);
+            Some(InputGroupScales { size, scales, zeros })
+        }
+        None => {
+            if let Some(part) = ["group_scales", "group_zeros"].into_iter().find(|p| parsed.contains(&format!("{name}.{p}"))) {
+                return Err(bad(format!("tensor `{name}.{part}` is present but {} has no group_size", entry())));
+            }
+            None
+        }
+    };
     let scales = get("scales", &[Dtype::F32], Some(&[m.cols]), false)?.map(|v| f32s(v.data()));
     let input_shift = get("input_shift", &[Dtype::F32], Some(&[m.rows]), false)?.map(|v| f32s(v.data()));
     Ok(PackedLinear {
@@ -866,6 +944,7 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
         channels_per_table: m.channels_per_table,
         qweight,
         tables,
+        input_groups,
         sparse,
         scales,
         input_shift,

@@ -212,8 +212,8 @@ fn files_that_misuse_the_head_are_refused_by_name() {
     let bytes = p.to_safetensors(TableDtype::F32).unwrap();
     let err = PackedModel::from_safetensors("old.safetensors", &with_metadata(&bytes, "format_version", "1")).unwrap_err().to_string();
     assert!(err.contains("lm_head") && err.contains("format version 2"), "{err}");
-    let err = PackedModel::from_safetensors("new.safetensors", &with_metadata(&bytes, "format_version", "3")).unwrap_err().to_string();
-    assert!(err.contains("format version 3 is not supported"), "{err}");
+    let err = PackedModel::from_safetensors("new.safetensors", &with_metadata(&bytes, "format_version", "4")).unwrap_err().to_string();
+    assert!(err.contains("format version 4 is not supported"), "{err}");
     let mut shifted = p.clone();
     shifted.layers.get_mut(HEAD).unwrap().input_shift = Some(vec![0.0; C]);
     let err = shifted.validate("shifted").unwrap_err().to_string();
@@ -226,4 +226,17 @@ fn files_that_misuse_the_head_are_refused_by_name() {
     neither.layers.remove(HEAD);
     let err = neither.validate("neither").unwrap_err().to_string();
     assert!(err.contains("`wte.weight` is missing"), "{err}");
+}
+
+#[test]
+fn a_version_2_file_written_before_version_3_still_loads() {
+    // `tests/fixtures/packed_v2_head.safetensors` was written by lutlab at commit 0a1eee2 (before
+    // format version 3): this file's model, 3-bit per channel with the head packed, f16 tables.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/packed_v2_head.safetensors");
+    let bytes = std::fs::read(path).expect("fixture");
+    assert_eq!(header(&bytes)["__metadata__"]["format_version"], "2");
+    let back = PackedModel::from_safetensors("packed_v2_head.safetensors", &bytes).expect("a version-2 file loads");
+    let w = weights();
+    let q = quantize(&w, &request("kmeans", 3, "channel", true)).unwrap();
+    assert_eq!(back, packed(&w, &q, TableDtype::F16));
 }

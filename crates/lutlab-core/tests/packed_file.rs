@@ -2,7 +2,7 @@
 //! dense model it stands for, every kind of broken file refused by name, and a bounded fuzz.
 
 use lutlab_core::checkpoint::{Checkpoint, HostTensor, TensorData, write_tensors};
-use lutlab_core::packed_file::{FORMAT_NAME, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype};
+use lutlab_core::packed_file::{FORMAT_NAME, FORMAT_VERSION_INPUT_GROUPS, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::model::quantize_layer;
 use lutlab_core::quant::outliers::range_for_outlier_percent;
@@ -28,7 +28,8 @@ fn shipped_weights() -> ModelWeights {
 }
 
 /// Block 0 by k-means 3-bit per channel; `h.1.mlp.c_fc` by 4-bit tensor k-means with 0.5 %
-/// outliers; `h.2.attn.c_proj` by RTN with input-row groups, which has no LUT form and stays dense.
+/// outliers; `h.2.attn.c_proj` by RTN with groups of 16 input rows, which have no packed form
+/// (packed groups are multiples of 32 rows), so it stays dense.
 fn quantize(weights: &ModelWeights) -> QuantizedModel {
     let request = QuantizeRequest { method: "kmeans".into(), bits: 3, granularity: "channel".into(), ..Default::default() };
     let method = request.method(weights, false).expect("method");
@@ -42,7 +43,7 @@ fn quantize(weights: &ModelWeights) -> QuantizedModel {
     };
     let n_embd = weights.config.n_embd;
     q.layers.push(quantize_layer("h.1.mlp.c_fc", c_fc, &sparse, Default::default(), n_embd).expect("dense-and-sparse"));
-    let rtn = QuantizeRequest { method: "rtn".into(), bits: 4, granularity: "group:32".into(), ..Default::default() };
+    let rtn = QuantizeRequest { method: "rtn".into(), bits: 4, granularity: "group:16".into(), ..Default::default() };
     let rtn = rtn.method(weights, false).expect("rtn");
     q.layers.push(quantize_layer("h.2.attn.c_proj", &weights.blocks[2].linears[1], &rtn, Default::default(), n_embd).expect("rtn"));
     q
@@ -232,6 +233,83 @@ fn scales_and_input_shift_round_trip_and_fold_into_the_dense_model() {
     assert!(packed.layers["h.0.mlp.c_proj"].input_shift.is_some());
 }
 
+/// The shipped model with `h.2.attn.c_proj` and `h.3.mlp.c_fc` by RTN with a scale per group of
+/// input rows (GPTQ's layout: 4-bit asymmetric groups of 64, 3-bit symmetric groups of 32).
+fn input_group_model(table_dtype: TableDtype) -> (QuantizedModel, PackedModel) {
+    let s = shipped();
+    let mut q = QuantizedModel { layers: Vec::new() };
+    for (name, linear, bits, granularity, symmetric) in
+        [("h.2.attn.c_proj", &s.weights.blocks[2].linears[1], 4, "group:64", false), ("h.3.mlp.c_fc", &s.weights.blocks[3].linears[2], 3, "group:32", true)]
+    {
+        let request = QuantizeRequest { method: "rtn".into(), bits, granularity: granularity.into(), asym: !symmetric, ..Default::default() };
+        let method = request.method(&s.weights, false).expect("rtn");
+        q.layers.push(quantize_layer(name, linear, &method, Default::default(), s.weights.config.n_embd).expect("rtn"));
+    }
+    let packed = PackedModel::from_quantized(&s.weights, &q, meta(), table_dtype).expect("pack");
+    (q, packed)
+}
+
+#[test]
+fn input_group_scales_pack_as_version_3_and_round_trip() {
+    let (q, exact) = input_group_model(TableDtype::F32);
+    for layer in &q.layers {
+        let packed = &exact.layers[&layer.name];
+        assert_eq!(packed.effective_weights(), layer.dequantized, "{}: the packed form decodes to the RTN values", layer.name);
+    }
+    let groups = |m: &PackedModel, name: &str| m.layers[name].input_groups.clone().expect("groups");
+    assert_eq!(groups(&exact, "h.2.attn.c_proj").size, 64);
+    assert!(groups(&exact, "h.3.mlp.c_fc").zeros.is_none(), "symmetric: no zero points stored");
+    assert_eq!(exact.format_version(), FORMAT_VERSION_INPUT_GROUPS);
+    for dtype in [TableDtype::F32, TableDtype::F16] {
+        let (_, packed) = input_group_model(dtype);
+        let bytes = packed.to_safetensors(dtype).expect("write");
+        let (header, _) = split(&bytes);
+        assert_eq!(header["__metadata__"]["format_version"], "3");
+        let layers: Value = serde_json::from_str(header["__metadata__"]["layers"].as_str().unwrap()).unwrap();
+        assert_eq!(layers["h.2.attn.c_proj"]["group_size"], 64);
+        assert!(layers["h.0.attn.c_attn"].is_null() || layers["h.0.attn.c_attn"].get("group_size").is_none());
+        let c = s_n_embd();
+        assert_eq!(header["h.2.attn.c_proj.group_scales"]["shape"], serde_json::json!([c / 64, c]));
+        assert_eq!(header["h.2.attn.c_proj.group_scales"]["dtype"], if dtype == TableDtype::F16 { "F16" } else { "F32" });
+        assert!(header.get("h.3.mlp.c_fc.group_zeros").is_none());
+        let back = PackedModel::from_safetensors("groups.safetensors", &bytes).expect("read");
+        assert_eq!(back, packed, "{dtype}");
+        if dtype == TableDtype::F16 {
+            // Scales and zeros rounded to f16 (relative error ≤ 2⁻¹¹ each) move a weight by at
+            // most ~2⁻¹⁰ of its group's range: bounded here by 2⁻⁹ of the layer's largest weight.
+            for (name, layer) in &packed.layers {
+                let (w16, w32) = (layer.effective_weights(), exact.layers[name].effective_weights());
+                let largest = w32.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = w16.iter().zip(&w32).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst <= largest / 512.0, "{name}: a weight moved by {worst} (largest weight {largest})");
+            }
+        }
+    }
+    // A version-2 reader's promise: group scales need version 3, and stray group tensors are named.
+    let (_, packed) = input_group_model(TableDtype::F32);
+    let bytes = packed.to_safetensors(TableDtype::F32).unwrap();
+    let err = error_of(&set_metadata(&bytes, "format_version", "2"));
+    assert!(err.contains("group_size") && err.contains("format version 3"), "{err}");
+    let err = error_of(&rewrite(&bytes, |tensors| tensors.retain(|t| t.0 != "h.2.attn.c_proj.group_scales")));
+    assert!(err.contains("h.2.attn.c_proj.group_scales") && err.contains("missing"), "{err}");
+}
+
+fn s_n_embd() -> usize {
+    shipped().weights.config.n_embd
+}
+
+#[test]
+fn files_written_by_earlier_versions_still_load() {
+    // `tests/fixtures/packed_v1_small.safetensors` was written by lutlab at commit 0a1eee2 (before
+    // format version 3) from `small_packed(TableDtype::F16)`: the same model must come back.
+    let bytes = std::fs::read(repo_path("tests/fixtures/packed_v1_small.safetensors")).expect("fixture");
+    let (header, _) = split(&bytes);
+    assert_eq!(header["__metadata__"]["format_version"], "1");
+    let model = PackedModel::from_safetensors("packed_v1_small.safetensors", &bytes).expect("a version-1 file loads");
+    assert_eq!(model, small_packed(TableDtype::F16));
+    assert!(model.layers.values().all(|l| l.input_groups.is_none()));
+}
+
 // ---- broken files ----
 
 /// The JSON header and the data section of a safetensors file.
@@ -368,8 +446,8 @@ fn a_file_of_another_format_is_named() {
 
 #[test]
 fn a_newer_version_is_refused_with_its_number() {
-    let err = error_of(&set_metadata(small_file(), "format_version", "3"));
-    assert!(err.contains("format version 3 is not supported") && err.contains("versions 1 to 2"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "format_version", "4"));
+    assert!(err.contains("format version 4 is not supported") && err.contains("versions 1 to 3"), "{err}");
     let err = error_of(&set_metadata(small_file(), "format_version", "one"));
     assert!(err.contains("`one`"), "{err}");
 }

@@ -166,6 +166,7 @@ fn random_packed(rng: &mut SplitMix64, rows: usize, cols: usize, bits: u32) -> R
         granularity: Granularity::Channel,
         tables: (0..cols * levels).map(|_| rng.next_f64() as f32 - 0.5).collect(),
         codes: (0..rows * cols).map(|_| (rng.next_u64() % levels as u64) as u8).collect(),
+        input_groups: None,
         outliers: SparseOutliers::none(rows),
     };
     Ok(PackedLinear::from_lut(&lut)?)
@@ -180,8 +181,8 @@ fn lut_source(shader: Shader, bits: u32, shared_tables: bool) -> String {
     format!("{}{}", include_str!("../../../shaders/lut_common.wgsl"), kernel_body(shader))
         .replace("{{bits}}", &bits.to_string())
         .replace("{{shared_tables}}", if shared_tables { "true" } else { "false" })
-        .replace("{{decode_block}}", &decode_block(bits))
-        .replace("{{decode_chunk}}", &decode_chunk(bits))
+        .replace("{{decode_block}}", &decode_block(bits, false))
+        .replace("{{decode_chunk}}", &decode_chunk(bits, false))
 }
 
 /// The model's GEMV for one token (`lutlab_model::lut_linear`): the split over rows it picks for
@@ -193,7 +194,7 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let sparse_at = aux.len() as u32;
     aux.push(0.0);
     let index = vec![0u32; cols + 1];
-    let params = [rows as u32, cols as u32, 1, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32, splits as u32, per_split as u32];
+    let params = [rows as u32, cols as u32, 1, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32, splits as u32, per_split as u32, 0, NONE, NONE];
     let device = &gpu.setup.device;
     let buffer = |bytes: &[u8]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE });
     let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&packed.qweight)), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));

@@ -858,6 +858,7 @@ pub async fn quantize_kmeans_gpu_report(
         granularity: settings.granularity,
         tables: chosen.iter().flat_map(|c| c.0.iter().copied()).collect(),
         codes,
+        input_groups: None,
         outliers: SparseOutliers::none(rows),
     };
     Ok(KmeansOutput { objective: reports.iter().map(|r| r.objective).sum(), matrix, tables: reports })

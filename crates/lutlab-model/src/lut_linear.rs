@@ -5,8 +5,9 @@
 //! rest of the model (attention, LayerNorm, the head) runs unchanged around them.
 //!
 //! A packed layer lives on the GPU as three buffers: the packed code words; one f32 buffer with
-//! the tables, sparse values, scales, input shift and bias; one u32 buffer with the sparse column
-//! pointers and row indices. Few bindings per kernel (WebGPU guarantees 8 storage buffers).
+//! the tables, sparse values, scales, input shift, bias and input-group scales and zeros; one u32
+//! buffer with the sparse column pointers and row indices. Few bindings per kernel (WebGPU
+//! guarantees 8 storage buffers).
 
 use crate::error::{ModelError, Result};
 use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
@@ -14,7 +15,7 @@ use burn::backend::Wgpu;
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::{Handle, KernelArguments};
-use lutlab_core::quant::packed::{blocks, PackedLinear};
+use lutlab_core::quant::packed::{blocks, PackedLinear, BLOCK_ROWS};
 
 /// Up to this many tokens a call takes the GEMV kernel (one workgroup row per token).
 pub const GEMV_MAX_TOKENS: usize = 4;
@@ -40,9 +41,12 @@ pub struct PackedGpuLinear {
     /// The input shift and the bias again, as tensors for the GEMM path's burn operations.
     shift: Option<Tensor<1>>,
     bias: Option<Tensor<1>>,
+    /// Whether the layer has input-group scales (a separate GEMV variant).
+    grouped: bool,
     /// Parameters shared by the kernels; the token count (`params[2]`) and the GEMV split
-    /// (`params[10..12]`) are set per call.
-    params: [u32; 12],
+    /// (`params[10..12]`) are set per call. `params[12..15]`: blocks of 32 rows per input group,
+    /// where the group scales and zeros start in `aux` (or `NONE`).
+    params: [u32; 15],
 }
 
 impl PackedGpuLinear {
@@ -66,6 +70,9 @@ impl PackedGpuLinear {
         let scales_at = append(packed.scales.as_deref());
         let shift_at = append(packed.input_shift.as_deref());
         let bias_at = append(bias);
+        let groups = packed.input_groups.as_ref();
+        let group_scales_at = append(groups.map(|g| g.scales.as_slice()));
+        let group_zeros_at = append(groups.and_then(|g| g.zeros.as_deref()));
         let mut index = packed.sparse.col_ptr.clone();
         let row_idx_at = index.len() as u32;
         index.extend_from_slice(&packed.sparse.row_idx);
@@ -82,11 +89,15 @@ impl PackedGpuLinear {
             row_idx_at,
             1,
             0,
+            groups.map_or(0, |g| (g.size / BLOCK_ROWS) as u32),
+            group_scales_at,
+            group_zeros_at,
         ];
         Ok(Self {
             rows: packed.rows,
             cols: packed.cols,
             bits: packed.bits,
+            grouped: groups.is_some(),
             qweight: upload_u32(&packed.qweight, device)?,
             aux: primitive(Tensor::<1>::from_data(TensorData::new(aux.clone(), [aux.len()]), device))?,
             index: upload_u32(&index, device)?,
@@ -123,14 +134,14 @@ impl PackedGpuLinear {
             params[10] = splits as u32;
             params[11] = blocks_per_split as u32;
             let shared_tables = self.bits <= 6;
-            let gemv = LutKernel { shader: Shader::Gemv, bits: self.bits, shared_tables };
+            let gemv = LutKernel { shader: Shader::Gemv, bits: self.bits, shared_tables, grouped: self.grouped };
             let grid = CubeCount::Static(self.cols.div_ceil(GEMV_COLUMNS) as u32, splits as u32, m as u32);
             if splits == 1 {
                 client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &out, &params));
             } else {
                 let partials = client.empty(m * splits * self.cols * 4);
                 client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &partials, &params));
-                let reduce = LutKernel { shader: Shader::GemvReduce, bits: self.bits, shared_tables: false };
+                let reduce = LutKernel { shader: Shader::GemvReduce, bits: self.bits, shared_tables: false, grouped: false };
                 let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, m as u32, 1);
                 client.launch(Box::new(SourceKernel::new(reduce, CubeDim::new_1d(256))), grid, buffers(&partials, &out, &params));
             }
@@ -166,7 +177,7 @@ impl PackedGpuLinear {
             .with_buffer(self.index.handle.clone().binding())
             .with_buffer(w.clone().binding())
             .with_buffer(client.create_from_slice(bytemuck::cast_slice(&self.params)).binding());
-        let kernel = LutKernel { shader: Shader::Dequantize, bits: self.bits, shared_tables: false };
+        let kernel = LutKernel { shader: Shader::Dequantize, bits: self.bits, shared_tables: false, grouped: false };
         let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, self.params[4], 1);
         client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))), grid, arguments);
         let w = CubeTensor::new_contiguous(client, self.qweight.device.clone(), Shape::new([self.rows, self.cols]), w, DType::F32);
@@ -204,12 +215,14 @@ pub enum Shader {
     Dequantize,
 }
 
-/// One compiled variant of a LUT kernel: the bit width is a compile-time constant.
+/// One compiled variant of a LUT kernel: the bit width is a compile-time constant, and the
+/// GEMV has a variant for input-group scales.
 #[derive(Debug)]
 struct LutKernel {
     shader: Shader,
     bits: u32,
     shared_tables: bool,
+    grouped: bool,
 }
 
 impl KernelSource for LutKernel {
@@ -221,12 +234,12 @@ impl KernelSource for LutKernel {
             .add_template(kernel_body(self.shader))
             .register("bits", self.bits.to_string())
             .register("shared_tables", self.shared_tables.to_string())
-            .register("decode_block", decode_block(self.bits))
-            .register("decode_chunk", decode_chunk(self.bits))
+            .register("decode_block", decode_block(self.bits, self.grouped))
+            .register("decode_chunk", decode_chunk(self.bits, self.grouped))
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shader, self.bits, self.shared_tables))
+        KernelId::new::<Self>().info((self.shader, self.bits, self.shared_tables, self.grouped))
     }
 
     fn lang(&self) -> &'static str {
@@ -248,8 +261,9 @@ pub fn kernel_body(shader: Shader) -> &'static str {
 /// its staged inputs (`x0`..`x7`, vec4s), then for each code the literal shift/mask, the table
 /// lookup and a multiply-add into `acc0`..`acc3` (4 chains for instruction-level parallelism).
 /// Generated per bit width because GPU compilers keep arrays with computed indices in slow
-/// local memory; constants leave them nothing to guess.
-pub fn decode_block(bits: u32) -> String {
+/// local memory; constants leave them nothing to guess. `grouped`: the layer has input-group
+/// scales (see [`block_multiply_adds`]).
+pub fn decode_block(bits: u32, grouped: bool) -> String {
     let mut out = String::new();
     for j in 0..bits {
         out += &format!("{INDENT}let w{j} = qweight[(k * BITS + {j}u) * cols + c];\n");
@@ -257,7 +271,7 @@ pub fn decode_block(bits: u32) -> String {
     for q in 0..8 {
         out += &format!("{INDENT}let x{q} = xs[xk + {q}u];\n");
     }
-    out + &block_multiply_adds(bits, "w", "x")
+    out + &block_multiply_adds(bits, "w", "x", grouped.then_some("k"))
 }
 
 /// The GEMV's full chunk of 32 blocks, where each lane owns 4 (one every 8 blocks): the word
@@ -265,7 +279,7 @@ pub fn decode_block(bits: u32) -> String {
 /// in flight per lane; a GEMV waits on memory latency, not on arithmetic. Groups hold at most 8
 /// words (4 blocks at 1–2 bits, 2 at 3–4, 1 above): on the H200, 4-bit at 4096 × 11008 took
 /// 117–124 µs with groups of 2 against 129–154 µs with one group of 4 (more registers per lane).
-pub fn decode_chunk(bits: u32) -> String {
+pub fn decode_chunk(bits: u32, grouped: bool) -> String {
     let group = (8 / bits).clamp(1, 4) as usize;
     let mut out = String::new();
     for first in (0..4).step_by(group) {
@@ -278,7 +292,8 @@ pub fn decode_chunk(bits: u32) -> String {
             for q in 0..8 {
                 out += &format!("{INDENT}let x{b}_{q} = xs[(lid.y + {}u) * 8u + {q}u];\n", 8 * b);
             }
-            out += &block_multiply_adds(bits, &format!("w{b}_"), &format!("x{b}_"));
+            let block = format!("(kc + lid.y + {}u)", 8 * b);
+            out += &block_multiply_adds(bits, &format!("w{b}_"), &format!("x{b}_"), grouped.then_some(block.as_str()));
         }
     }
     out
@@ -287,9 +302,18 @@ pub fn decode_chunk(bits: u32) -> String {
 const INDENT: &str = "                ";
 
 /// The 32 codes of a block held in words `{words}0..`, each looked up and multiplied by its input
-/// in vec4s `{inputs}0..{inputs}7`.
-fn block_multiply_adds(bits: u32, words: &str, inputs: &str) -> String {
+/// in vec4s `{inputs}0..{inputs}7`. With input groups (`group_block`: the expression of the
+/// block's index) a block lies in one group, whose weights are `(entry − zero) · scale`, so the
+/// block's products of plain entries are summed first and then
+/// `acc += scale · (Σ entry·x − zero · Σ x)`: two group loads per block, not per weight.
+fn block_multiply_adds(bits: u32, words: &str, inputs: &str, group_block: Option<&str>) -> String {
     let mut out = String::new();
+    let sum = if group_block.is_some() {
+        out += &format!("{INDENT}{{\n{INDENT}var g0 = 0.0;\n{INDENT}var g1 = 0.0;\n{INDENT}var g2 = 0.0;\n{INDENT}var g3 = 0.0;\n");
+        "g"
+    } else {
+        "acc"
+    };
     for i in 0..32 {
         let (word, shift) = ((i * bits) / 32, (i * bits) % 32);
         let code = match shift {
@@ -298,7 +322,12 @@ fn block_multiply_adds(bits: u32, words: &str, inputs: &str) -> String {
             s => format!("({words}{word} >> {s}u)"),
         };
         let lane = ["x", "y", "z", "w"][(i % 4) as usize];
-        out += &format!("{INDENT}acc{} += {inputs}{}.{lane} * lut(table_base + ({code} & MASK));\n", i % 4, i / 4);
+        out += &format!("{INDENT}{sum}{} += {inputs}{}.{lane} * lut(table_base + ({code} & MASK));\n", i % 4, i / 4);
+    }
+    if let Some(block) = group_block {
+        let xs: Vec<String> = (0..8).map(|q| format!("{inputs}{q}")).collect();
+        out += &format!("{INDENT}let xsum = dot(({} + {}) + ({} + {}) + (({} + {}) + ({} + {})), vec4<f32>(1.0));\n", xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], xs[6], xs[7]);
+        out += &format!("{INDENT}acc0 += group_scale({block}, c) * (((g0 + g1) + (g2 + g3)) - group_zero({block}, c) * xsum);\n{INDENT}}}\n");
     }
     out
 }

@@ -75,8 +75,62 @@ impl SparseOutliers {
     }
 }
 
+/// Input rows per group of [`InputGroupScales`] must be a multiple of this: the packed format's
+/// blocks of 32 rows (`quant::packed::BLOCK_ROWS`), so a kernel applies one scale per block.
+pub const INPUT_GROUP_MULTIPLE: usize = 32;
+
+/// A scale and zero point per output channel and group of `size` consecutive input rows (GPTQ's
+/// and AWQ's `groupsize`): weight `(r, c)` is `(table[code] − zero) · scale` with the group's
+/// `scale = scales[g · cols + c]`, `zero = zeros[g · cols + c]` (0 without zeros), `g = r / size`.
+/// The tables then hold the unscaled grid (the integers `q`, or a minifloat's values), shared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputGroupScales {
+    pub size: usize,
+    /// `[⌈rows / size⌉, cols]` row-major.
+    pub scales: Vec<f32>,
+    /// Same layout, in units of the grid (`None`: symmetric, all 0).
+    pub zeros: Option<Vec<f32>>,
+}
+
+impl InputGroupScales {
+    /// The value of table entry `entry` at group `g`, column `c` of a `cols`-wide matrix.
+    pub fn apply(&self, entry: f32, g: usize, c: usize, cols: usize) -> f32 {
+        let at = g * cols + c;
+        let zero = self.zeros.as_ref().map_or(0.0, |z| z[at]);
+        (entry - zero) * self.scales[at]
+    }
+
+    /// Checks the sizes and values against a `rows x cols` matrix; `what` names it.
+    pub fn validate(&self, rows: usize, cols: usize, what: &str) -> Result<()> {
+        let bad = |reason: String| Err(LoadError::BadConfig { file: what.to_string(), reason });
+        if self.size == 0 || !self.size.is_multiple_of(INPUT_GROUP_MULTIPLE) {
+            return bad(format!(
+                "input groups of {} rows: packed groups must be a positive multiple of {INPUT_GROUP_MULTIPLE} rows",
+                self.size
+            ));
+        }
+        let expected = rows.div_ceil(self.size) * cols;
+        for (name, values) in [("group scales", Some(&self.scales)), ("group zeros", self.zeros.as_ref())] {
+            let Some(values) = values else { continue };
+            if values.len() != expected {
+                return bad(format!("{} {name}, expected {expected} ({} groups of {} rows x {cols} columns)", values.len(), rows.div_ceil(self.size), self.size));
+            }
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return bad(format!("{name}: entry {i} is not finite"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bits to store the scales and zeros as f16.
+    pub fn storage_bits(&self) -> u64 {
+        16 * (self.scales.len() + self.zeros.as_ref().map_or(0, Vec::len)) as u64
+    }
+}
+
 /// A weight matrix as LUTs. `codes[r * cols + c]` indexes `tables[t * 2^bits ..]` with
-/// `t = c / channels_per_table`; `outliers` adds exact corrections at a few positions.
+/// `t = c / channels_per_table`; `input_groups`, when present, scales and shifts that entry per
+/// group of input rows; `outliers` adds exact corrections at a few positions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LutMatrix {
     pub rows: usize,
@@ -85,6 +139,7 @@ pub struct LutMatrix {
     pub granularity: Granularity,
     pub tables: Vec<f32>,
     pub codes: Vec<u8>,
+    pub input_groups: Option<InputGroupScales>,
     pub outliers: SparseOutliers,
 }
 
@@ -124,6 +179,9 @@ impl LutMatrix {
         if !csr_ok {
             return bad("outliers are not a valid CSR matrix of its shape".into());
         }
+        if let Some(groups) = &self.input_groups {
+            groups.validate(self.rows, self.cols, what)?;
+        }
         Ok(())
     }
 
@@ -134,7 +192,11 @@ impl LutMatrix {
         for r in 0..self.rows {
             for c in 0..self.cols {
                 let code = usize::from(self.codes[r * self.cols + c]);
-                out.push(self.tables[self.table_of(c) * levels + code]);
+                let entry = self.tables[self.table_of(c) * levels + code];
+                out.push(match &self.input_groups {
+                    Some(groups) => groups.apply(entry, r / groups.size, c, self.cols),
+                    None => entry,
+                });
             }
         }
         let o = &self.outliers;
@@ -148,12 +210,13 @@ impl LutMatrix {
 }
 
 impl LutMatrix {
-    /// Bits to store this matrix packed: codes, f16 tables, and the sparse part (f32 value and
-    /// u32 column per outlier, u32 row pointers).
+    /// Bits to store this matrix packed: codes, f16 tables, f16 group scales and zeros, and the
+    /// sparse part (f32 value and u32 column per outlier, u32 row pointers).
     pub fn storage_bits(&self) -> u64 {
         let codes = (self.rows * self.cols) as u64 * u64::from(self.bits);
         let tables = self.tables.len() as u64 * 16;
+        let groups = self.input_groups.as_ref().map_or(0, InputGroupScales::storage_bits);
         let sparse = if self.outliers.is_empty() { 0 } else { self.outliers.len() as u64 * 64 + self.outliers.row_ptr.len() as u64 * 32 };
-        codes + tables + sparse
+        codes + tables + groups + sparse
     }
 }

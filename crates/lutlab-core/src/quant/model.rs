@@ -5,11 +5,11 @@ use crate::error::{LoadError, Result};
 use crate::progress::Progress;
 use crate::quant::head::{head_calibration, head_linear, head_outliers, is_head, transpose, HEAD};
 use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings};
-use crate::quant::lut::{Granularity, LutMatrix};
+use crate::quant::lut::{Granularity, LutMatrix, SparseOutliers};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
 use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, RoundingSettings, Square};
-use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformSettings};
+use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -254,7 +254,23 @@ fn quantize_layer_hessian(
             UniformGranularity::InputGroup(size) => {
                 let r = round(&Grid::InputGroups { size, settings: *settings, static_groups: *static_groups }, None)?;
                 let bits = uniform_bits_per_weight(settings, numel / size, numel);
-                (layer_report(name, w, r.values, None, 0, bits, None), r.proxy_loss)
+                // The packed form: the shared grid, each group's scale and zero point (groups of a
+                // multiple of 32 rows; others stay dense).
+                let fitted = r.groups.as_ref().ok_or_else(|| in_layer(name, LoadError::InvalidSetting("input groups were not fitted".into())))?;
+                let lut = match input_group_scales(size, &fitted.scales, &fitted.zero_points) {
+                    Ok(groups) => Some(LutMatrix {
+                        rows,
+                        cols,
+                        bits: settings.bits,
+                        granularity: Granularity::Tensor,
+                        tables: grid_levels(settings)?,
+                        codes: r.codes,
+                        input_groups: Some(groups),
+                        outliers: SparseOutliers::none(rows),
+                    }),
+                    Err(_) => None,
+                };
+                (layer_report(name, w, r.values, lut, 0, bits, None), r.proxy_loss)
             }
             _ => {
                 let fit = quantize_uniform(w, rows, cols, settings).map_err(|e| in_layer(name, e))?;

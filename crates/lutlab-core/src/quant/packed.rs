@@ -10,11 +10,14 @@
 //! - **tables**: `2^bits` f32 entries per table; table `c / channels_per_table` serves column `c`.
 //! - **sparse part**: exact corrections in compressed sparse *columns* (one list per output
 //!   channel, which is SqueezeLLM's CSR over its `[out, in]` weight), added to the table value.
+//! - optional **input-group scales** (GPTQ/AWQ's `groupsize`, format version 3): a scale and
+//!   zero point per output column and group of input rows (a multiple of 32), so the table
+//!   entry becomes `(entry − zero) · scale` (`InputGroupScales`).
 //! - optional **scales** (one per output column) and **input shift** (one per input row), seed
 //!   000's scaling and centering: `y = scale ⊙ ((x − shift) · W) + bias`.
 
 use crate::error::{LoadError, Result};
-use crate::quant::lut::{Granularity, LutMatrix};
+use crate::quant::lut::{Granularity, InputGroupScales, LutMatrix};
 
 /// Input rows per packed block: one block of one column is exactly `bits` u32 words.
 pub const BLOCK_ROWS: usize = 32;
@@ -52,6 +55,8 @@ pub struct PackedLinear {
     pub qweight: Vec<u32>,
     /// `[cols / channels_per_table, 2^bits]` row-major.
     pub tables: Vec<f32>,
+    /// Per group of input rows and output column, applied to the table entry; `None`: none.
+    pub input_groups: Option<InputGroupScales>,
     pub sparse: SparseColumns,
     /// Per output column; `None` means 1.
     pub scales: Option<Vec<f32>>,
@@ -116,6 +121,7 @@ impl PackedLinear {
             channels_per_table,
             qweight: pack_codes(&lut.codes, lut.rows, lut.cols, lut.bits),
             tables: lut.tables.clone(),
+            input_groups: lut.input_groups.clone(),
             sparse: csr_to_columns(lut),
             scales: None,
             input_shift: None,
@@ -164,6 +170,7 @@ impl PackedLinear {
             granularity: self.granularity(),
             tables: self.tables.clone(),
             codes: unpack_codes(&self.qweight, self.rows, self.cols, self.bits),
+            input_groups: self.input_groups.clone(),
             outliers,
         }
     }
@@ -190,6 +197,9 @@ impl PackedLinear {
         }
         if let Some(i) = self.tables.iter().position(|v| !v.is_finite()) {
             return bad(format!("table entry {i} is not finite"));
+        }
+        if let Some(groups) = &self.input_groups {
+            groups.validate(self.rows, self.cols, what)?;
         }
         if let Some(bad_pad) = self.padding_with_codes() {
             return bad(format!("padding row {bad_pad} holds non-zero codes"));
@@ -229,6 +239,17 @@ impl PackedLinear {
             .find(|&r| (0..self.cols).any(|c| packed_code(&self.qweight, self.cols, self.bits, r, c) != 0))
     }
 
+    /// The dense part of weight `(r, c)`: its table entry, through its input group's scale and
+    /// zero point when the layer has them (no sparse correction, no column scale).
+    pub fn dense_value(&self, r: usize, c: usize) -> f32 {
+        let code = usize::from(packed_code(&self.qweight, self.cols, self.bits, r, c));
+        let entry = self.tables[c / self.channels_per_table * self.levels() + code];
+        match &self.input_groups {
+            Some(groups) => groups.apply(entry, r / groups.size, c, self.cols),
+            None => entry,
+        }
+    }
+
     /// The `[in, out]` weights the kernels multiply by: `scale_c · (table[code] + sparse)`.
     /// The input shift is not folded in (it acts on the input; see [`Self::reference_matmul`]).
     pub fn effective_weights(&self) -> Vec<f32> {
@@ -260,10 +281,13 @@ impl PackedLinear {
         y
     }
 
-    /// Bytes of this layer in the file: words, f32 tables, sparse part, scales and shift.
+    /// Bytes of this layer in the file: words, f32 tables and group scales, sparse part, scales
+    /// and shift.
     pub fn stored_bytes(&self) -> usize {
+        let groups = self.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
         4 * (self.qweight.len()
             + self.tables.len()
+            + groups
             + self.sparse.col_ptr.len()
             + 2 * self.sparse.len()
             + self.scales.as_ref().map_or(0, Vec::len)
@@ -318,7 +342,7 @@ mod tests {
         for r in 0..rows {
             o.row_ptr[r + 1] += o.row_ptr[r];
         }
-        LutMatrix { rows, cols, bits, granularity, tables: table_values, codes, outliers: o }
+        LutMatrix { rows, cols, bits, granularity, tables: table_values, codes, input_groups: None, outliers: o }
     }
 
     /// Property: packing then unpacking is the identity, for every bit width and odd shapes.

@@ -19,7 +19,7 @@
 use super::linalg::{cholesky_lower, inverse_cholesky_upper, ldl_upper, Square};
 use crate::error::{LoadError, Result};
 use crate::parallel::map_ranges;
-use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformSettings};
+use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformResult, UniformSettings};
 
 /// Which error feedback rounds the rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +74,16 @@ pub struct Rounded {
     pub values: Vec<f32>,
     /// `tr(ΔW H ΔWᵀ)` with the given (undamped) `H`, summed over output channels.
     pub proxy_loss: f64,
+    /// For input groups: the scale and zero point each group's grid was fitted with.
+    pub groups: Option<FittedGroups>,
+}
+
+/// The uniform grid of every input group: `[rows / size, cols]` row-major, as
+/// `UniformResult`'s per-group scales and zero points (`table = (grid[code] − zp) · scale`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FittedGroups {
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<f32>,
 }
 
 /// Rounds `weights` (`[rows, cols]` = `[in, out]`) onto `grid`, feeding errors back through `h`
@@ -91,7 +101,7 @@ pub fn round_with_hessian(
     check_inputs(weights, rows, cols, h, grid, exact, settings)?;
     let mut w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
     let (order, hp, coefficients) = prepare(h, &mut w, cols, settings)?;
-    let static_tables = match grid {
+    let static_fit = match grid {
         Grid::InputGroups { size, settings: uniform, static_groups: true } => Some(fit_uniform(weights, rows, cols, uniform, UniformGranularity::InputGroup(*size))?),
         _ => None,
     };
@@ -99,11 +109,17 @@ pub fn round_with_hessian(
         Grid::Tables { levels, tables, .. } => tables.chunks(*levels).map(SortedTable::new).collect(),
         _ => Vec::new(),
     };
-    let job = Job { w: &w, rows, cols, order: &order, hp: &hp, coefficients: coefficients.as_ref(), grid, sorted: &sorted, static_tables: static_tables.as_deref(), exact, settings };
+    let static_tables = static_fit.as_ref().map(|fit| fit.tables.as_slice());
+    let job = Job { w: &w, rows, cols, order: &order, hp: &hp, coefficients: coefficients.as_ref(), grid, sorted: &sorted, static_tables, exact, settings };
     let parts = map_ranges(cols, |range| job.run(range));
 
     let mut codes = vec![0u8; rows * cols];
     let mut values = vec![0f32; rows * cols];
+    let mut groups = match (grid, static_fit) {
+        (Grid::InputGroups { .. }, Some(fit)) => Some(FittedGroups { scales: fit.scales, zero_points: fit.zero_points }),
+        (Grid::InputGroups { size, .. }, None) => Some(FittedGroups { scales: vec![0.0; rows / size * cols], zero_points: vec![0.0; rows / size * cols] }),
+        _ => None,
+    };
     for part in parts {
         let part = part?;
         let m = part.cols.len();
@@ -113,9 +129,16 @@ pub fn round_with_hessian(
                 values[row * cols + col] = part.values[k * m + c] as f32;
             }
         }
+        if let Some(all) = &mut groups {
+            for (g, (scales, zero_points)) in part.fitted_groups.iter().enumerate() {
+                let at = g * cols + part.cols.start;
+                all.scales[at..at + m].copy_from_slice(scales);
+                all.zero_points[at..at + m].copy_from_slice(zero_points);
+            }
+        }
     }
     let proxy_loss = proxy_loss(weights, &values, rows, cols, h);
-    Ok(Rounded { codes, values, proxy_loss })
+    Ok(Rounded { codes, values, proxy_loss, groups })
 }
 
 /// `tr(ΔW H ΔWᵀ)` over output channels `cols_range` of `[rows, cols]` matrices.
@@ -261,9 +284,9 @@ fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Option<Option<Squar
 }
 
 /// Uniform tables for `[rows, cols]` values at `granularity`, in code order.
-fn fit_uniform(values: &[f32], rows: usize, cols: usize, settings: &UniformSettings, granularity: UniformGranularity) -> Result<Vec<f32>> {
+fn fit_uniform(values: &[f32], rows: usize, cols: usize, settings: &UniformSettings, granularity: UniformGranularity) -> Result<UniformResult> {
     let settings = UniformSettings { granularity, ..*settings };
-    Ok(quantize_uniform(values, rows, cols, &settings)?.tables)
+    quantize_uniform(values, rows, cols, &settings)
 }
 
 /// One table's entries sorted, with their codes and the midpoints between neighbours, for
@@ -314,6 +337,8 @@ struct Part {
     cols: std::ops::Range<usize>,
     codes: Vec<u8>,
     values: Vec<f64>,
+    /// Dynamic input groups: each group's scales and zero points for these channels.
+    fitted_groups: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Job<'_> {
@@ -372,7 +397,7 @@ impl Job<'_> {
         for _ in 0..self.settings.greedy_passes {
             self.greedy_pass(&original, &mut codes, &mut values, &tables, m, &exact);
         }
-        Ok(Part { cols: range, codes, values })
+        Ok(Part { cols: range, codes, values, fitted_groups: tables.fitted })
     }
 
     /// One coordinate-descent pass over the proxy loss `Σ_c Δ_cᵀ H Δ_c`: each weight in turn
@@ -419,11 +444,13 @@ struct ChannelTables<'a> {
     cols: std::ops::Range<usize>,
     /// Input groups: every group's sorted tables, `[group][channel]`.
     groups: Vec<Vec<SortedTable>>,
+    /// Dynamic input groups: the scales and zero points of each group fitted so far.
+    fitted: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 impl<'a> ChannelTables<'a> {
     fn new(job: &'a Job<'a>, cols: std::ops::Range<usize>) -> Self {
-        let mut tables = Self { job, cols: cols.clone(), groups: Vec::new() };
+        let mut tables = Self { job, cols: cols.clone(), groups: Vec::new(), fitted: Vec::new() };
         if let (Grid::InputGroups { size, settings, .. }, Some(all)) = (job.grid, job.static_tables) {
             let levels = settings.levels();
             for g in 0..job.rows / size {
@@ -446,7 +473,8 @@ impl<'a> ChannelTables<'a> {
         let rows = (*size).min(n - k);
         let slice: Vec<f32> = work[k * m..(k + rows) * m].iter().map(|&v| v as f32).collect();
         let group = fit_uniform(&slice, rows, m, settings, UniformGranularity::Channel)?;
-        self.groups.push(group.chunks(settings.levels()).map(SortedTable::new).collect());
+        self.groups.push(group.tables.chunks(settings.levels()).map(SortedTable::new).collect());
+        self.fitted.push((group.scales, group.zero_points));
         Ok(())
     }
 

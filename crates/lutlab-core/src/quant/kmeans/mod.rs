@@ -315,6 +315,7 @@ fn quantize_tables(m: Matrix<'_>, bits: u32, granularity: Granularity, solver: S
         granularity,
         tables,
         codes,
+        input_groups: None,
         outliers: SparseOutliers::none(m.rows),
     };
     Ok(KmeansOutput { objective: reports.iter().map(|r| r.objective).sum(), matrix, tables: reports })

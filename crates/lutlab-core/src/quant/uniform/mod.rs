@@ -10,9 +10,10 @@
 //!
 //! Groups: [`UniformGranularity::InputGroup`] is what Brevitas (and GPTQ, AWQ, HQQ) call
 //! per-group: `g` consecutive *input* rows within one output column of the `[in, out]` Conv1D
-//! matrix. The shared [`LutMatrix`] keys tables by output column only, so such a result cannot
-//! become a `LutMatrix` (see [`UniformResult::to_lut`]); tensor, channel and output-column
-//! groups ([`UniformGranularity::OutputGroup`]) can.
+//! matrix. As a [`LutMatrix`] such a result is one shared table of the unscaled grid plus a
+//! scale and zero point per group ([`InputGroupScales`], GPTQ's packed layout), which needs `g`
+//! to be a multiple of 32 (see [`UniformResult::to_lut`]); tensor, channel and output-column
+//! groups ([`UniformGranularity::OutputGroup`]) become a table per group.
 
 pub mod format;
 pub mod scale;
@@ -20,7 +21,7 @@ pub mod scale;
 pub use format::{FloatVariant, MiniFloat, NumberFormat};
 pub use scale::{ScaleStats, ScaleType, po2_ceil};
 
-use super::lut::{Granularity, LutMatrix, SparseOutliers};
+use super::lut::{Granularity, InputGroupScales, LutMatrix, SparseOutliers, INPUT_GROUP_MULTIPLE};
 use crate::error::{LoadError, Result};
 use format::Grid;
 use std::fmt;
@@ -217,6 +218,9 @@ pub struct UniformResult {
     pub scales: Vec<f32>,
     /// One per group, in units of the scale (`table = (q - zp) * scale`); 0 when symmetric.
     pub zero_points: Vec<f32>,
+    /// The unscaled value of each code: the integer `q`, or the minifloat's value (so a group's
+    /// table is `(grid[code] - zp) * scale`).
+    pub grid: Vec<f32>,
 }
 
 impl UniformResult {
@@ -242,28 +246,48 @@ impl UniformResult {
     }
 
     /// The same result as the shared LUT type, for the packed format and LUT kernels. Tables
-    /// there are per output column (or group of columns), so input-row groups smaller than the
-    /// matrix's rows are refused.
+    /// there are per output column (or group of columns); input-row groups become the shared
+    /// grid with a scale and zero point per group, which must then be a multiple of 32 rows.
     pub fn to_lut(&self) -> Result<LutMatrix> {
-        let granularity = self.granularity.lut_granularity(self.rows).ok_or_else(|| {
-            LoadError::InvalidSetting(format!(
-                "granularity {}: groups along the input rows need one table per (row group, output channel), \
-                 and LutMatrix holds tables per output channel only",
-                self.granularity
-            ))
-        })?;
+        let (granularity, tables, input_groups) = match (self.granularity.lut_granularity(self.rows), self.granularity) {
+            (Some(granularity), _) => (granularity, self.tables.clone(), None),
+            (None, UniformGranularity::InputGroup(size)) => {
+                (Granularity::Tensor, self.grid.clone(), Some(input_group_scales(size, &self.scales, &self.zero_points)?))
+            }
+            (None, other) => return Err(LoadError::InvalidSetting(format!("granularity {other} has no look-up-table form"))),
+        };
         let lut = LutMatrix {
             rows: self.rows,
             cols: self.cols,
             bits: self.bits,
             granularity,
-            tables: self.tables.clone(),
+            tables,
             codes: self.codes.clone(),
+            input_groups,
             outliers: SparseOutliers::none(self.rows),
         };
         lut.validate("uniform quantizer output")?;
         Ok(lut)
     }
+}
+
+/// Scales and zero points laid out `[rows / size, cols]` (one per input group and output column)
+/// as a LUT's input groups; zero points that are all 0 (symmetric grids) are not stored.
+pub fn input_group_scales(size: usize, scales: &[f32], zero_points: &[f32]) -> Result<InputGroupScales> {
+    if !size.is_multiple_of(INPUT_GROUP_MULTIPLE) {
+        return Err(LoadError::InvalidSetting(format!(
+            "groups of {size} input rows have no packed form: the packed format and LUT kernels take groups of a \
+             multiple of {INPUT_GROUP_MULTIPLE} rows (GPTQ's usual 32, 64, 128)"
+        )));
+    }
+    let zeros = zero_points.iter().any(|&z| z != 0.0).then(|| zero_points.to_vec());
+    Ok(InputGroupScales { size, scales: scales.to_vec(), zeros })
+}
+
+/// The unscaled value of each code of `settings`' grid (see [`UniformResult::grid`]).
+pub fn grid_levels(settings: &UniformSettings) -> Result<Vec<f32>> {
+    let grid = Grid::new(settings.format, settings.bits, settings.symmetric)?;
+    Ok((0..settings.levels()).map(|code| grid.table_value(code as u8, 1.0, 0.0)).collect())
 }
 
 /// Quantizes a row-major `[rows, cols]` (`[in, out]`) matrix with round-to-nearest.
@@ -313,6 +337,7 @@ pub fn quantize_uniform(
         codes,
         scales,
         zero_points,
+        grid: (0..levels).map(|code| grid.table_value(code as u8, 1.0, 0.0)).collect(),
     })
 }
 
