@@ -13,6 +13,12 @@ fixture `tests/fixtures/hessian_reference.json` that lutlab's Rust implementatio
 - Grids: a table of values per output channel (nearest entry, ties to the smaller value), or
   asymmetric min-max integer scales fitted per group of input columns on the updated weights
   (dynamic) or the original ones (static), in float32 as lutlab fits them.
+- QuIP's incoherence processing (Chee et al. 2023, section 4, `preproc`/`postproc` of its code):
+  rescale inputs by s = (diag(H/max|H|) / diag(W^T W))^(1/4), normalise H to trace n and add
+  1e-2 I, project W <- U W V^T and H <- V H V^T with U, V dense Kronecker products of random
+  orthogonal factors after a permutation (built densely here with np.kron; lutlab applies them
+  factored), round with LDLQ-RG on QuIP's `qfn b` grid (2^b levels over +-2.4 rms per channel),
+  then undo: W_hat = U^T Q V / s.
 
 Run: python3 scripts/hessian_reference.py  (numpy only; deterministic)
 """
@@ -159,9 +165,61 @@ def rtn_then_greedy(W, H, grid, percdamp, passes):
     return greedy(W, Q, H, grid, np.arange(n), passes)
 
 
+def haar(n, rng):
+    """A Haar-random orthogonal matrix (QR of a Gaussian, R's diagonal made positive), as f32."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return (q * np.sign(np.diag(r))[None, :]).astype(np.float32)
+
+
+def rms_tables(W, bits):
+    """QuIP's qfn b: per output channel (row of W [out, in]) 2^b levels over +-2.4 rms."""
+    maxq = 2**bits - 1
+    tables = []
+    for r in range(W.shape[0]):
+        s = 2.4 * np.sqrt(np.mean(W[r].astype(np.float64) ** 2)) + 1e-16
+        tables.append(np.array([s * (2 * k / maxq - 1) for k in range(maxq + 1)]).astype(np.float32))
+    return tables
+
+
+def incoherence_case(W, H, rng):
+    n_out, n_in = W.shape
+    factors = {}
+    dense = {}
+    for side, n, (a, b) in [("in", n_in, (8, 6)), ("out", n_out, (5, 4))]:
+        A, B, perm = haar(a, rng), haar(b, rng), rng.permutation(n)
+        P = np.eye(n)[perm]  # (P x)[i] = x[perm[i]]
+        dense[side] = np.kron(A.astype(np.float64), B.astype(np.float64)) @ P
+        factors[side] = {"a": a, "b": b, "factor_a": A.flatten().tolist(), "factor_b": B.flatten().tolist(), "perm": perm.tolist()}
+    V, U = dense["in"], dense["out"]
+    # preproc: rescale (H normalised by its largest entry), then project.
+    Hs = H / np.abs(H).max()
+    diagH = np.clip(np.diag(Hs), 1e-8, None)
+    diagW2 = np.clip(np.sum(W.astype(np.float64) ** 2, axis=0), 1e-8, None)
+    s = np.clip((diagH / diagW2) ** 0.25, 1e-8, None)
+    Wp = W * s[None, :]
+    Hp = Hs / s[None, :] / s[:, None]
+    Hp = Hp * (n_in / (np.trace(Hp) + 1e-8)) + 1e-2 * np.eye(n_in)
+    Wp = (U @ Wp @ V.T).astype(np.float32).astype(np.float64)
+    Hp = V @ Hp @ V.T
+    tables = rms_tables(Wp, 2)
+    grid = Tables("fixed", Wp, tables=tables, per_table=1)
+    Q = ldlq(Wp, Hp, grid, percdamp=0.01, act_order=True, passes=1)
+    # postproc, with the f32 input scales lutlab stores.
+    input_scale = (1.0 / s).astype(np.float32).astype(np.float64)
+    W_hat = (U.T @ Q @ V) * input_scale[None, :]
+    return {
+        "rotations": factors,
+        "input_scale": input_scale.tolist(),
+        "rotated_weights": Wp.T.flatten().tolist(),
+        "rotated_values": Q.T.flatten().tolist(),
+        "values": W_hat.T.flatten().tolist(),
+        "proxy": proxy(W, W_hat, H),
+    }
+
+
 def main():
     rng = np.random.default_rng(7)
-    n_in, n_out, n_tok = 48, 20, 200
+    n_in, n_out, n_tok = 48, 20, 200  # the incoherence case factors them as 8 x 6 and 5 x 4
     W = rng.standard_normal((n_out, n_in)).astype(np.float32).astype(np.float64)
     # Correlated inputs with one dead feature, as real activations have.
     mix = rng.standard_normal((n_in, n_in)) * 0.3 + np.eye(n_in)
@@ -212,6 +270,7 @@ def main():
     print(f"counterexample: GPTQ proxy {counter['gptq_proxy']:.4f}, nearest {counter['nearest_proxy']:.4f}")
 
     fixture = {
+        "incoherence": incoherence_case(W, H, rng),
         "counterexample": counter,
         "n_in": n_in,
         "n_out": n_out,

@@ -183,6 +183,7 @@ fn gptq_with_input_groups_packs_to_exactly_the_values_it_rounded_to() {
         let method = Method::Hessian {
             rounding: RoundingSettings { act_order, blocksize: 16, ..RoundingSettings::default() },
             grid: HessianGrid::Uniform { settings, static_groups },
+            incoherence: None,
         };
         let layer = quantize_layer("h.0.mlp.c_fc", &linear, &method, calibration, 32).unwrap();
         let lut = layer.lut.as_ref().expect("groups of 32 rows pack");
@@ -194,6 +195,47 @@ fn gptq_with_input_groups_packs_to_exactly_the_values_it_rounded_to() {
     }
     // Groups that are not a multiple of 32 rows still quantize, but have no packed form.
     let settings = UniformSettings { granularity: UniformGranularity::InputGroup(16), ..asym_int(3) };
-    let method = Method::Hessian { rounding: RoundingSettings::default(), grid: HessianGrid::Uniform { settings, static_groups: false } };
+    let method = Method::Hessian { rounding: RoundingSettings::default(), grid: HessianGrid::Uniform { settings, static_groups: false }, incoherence: None };
     assert!(quantize_layer("h.0.mlp.c_fc", &linear, &method, calibration, 32).unwrap().lut.is_none());
+}
+
+#[test]
+fn incoherence_processing_matches_the_numpy_port() {
+    // QuIP's rescale + projection + LDLQ-RG on the qfn b grid + undo, against the numpy port,
+    // which builds the Kronecker transforms densely (np.kron) from the same factors.
+    use lutlab_core::quant::incoherence::{preprocess, rms_tables, Rotation};
+    let fixture = fixture_json("hessian_reference.json");
+    let (rows, cols) = (fixture["n_in"].as_u64().unwrap() as usize, fixture["n_out"].as_u64().unwrap() as usize);
+    let weights = f32s(&fixture["weights"]);
+    let h = Square { n: rows, data: floats(&fixture["hessian"]) };
+    let case = &fixture["incoherence"];
+    let rotation = |r: &Value| Rotation {
+        a: r["a"].as_u64().unwrap() as usize,
+        b: r["b"].as_u64().unwrap() as usize,
+        factor_a: f32s(&r["factor_a"]),
+        factor_b: f32s(&r["factor_b"]),
+        perm: r["perm"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u32).collect(),
+    };
+    let rotations = (rotation(&case["rotations"]["in"]), rotation(&case["rotations"]["out"]));
+    let p = preprocess(&weights, rows, cols, &h, true, Some(rotations)).unwrap();
+    // The processed weights: the same up to the f32 rounding both sides apply last.
+    let rotated = f32s(&case["rotated_weights"]);
+    let worst = p.weights.iter().zip(&rotated).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-6, "processed weights differ by {worst}");
+    let input_scale = p.incoherence.input_scale.as_ref().unwrap();
+    assert!(input_scale.iter().zip(f32s(&case["input_scale"])).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs()));
+    let grid = Grid::Tables { levels: 4, channels_per_table: 1, tables: rms_tables(&p.weights, rows, cols, 2) };
+    let ldlq_rg = RoundingSettings { feedback: Feedback::Ldlq, act_order: true, greedy_passes: 1, blocksize: 7, percdamp: 0.01 };
+    let r = round_with_hessian(&p.weights, rows, cols, &p.hessian, &grid, None, &ldlq_rg).unwrap();
+    let want = f32s(&case["rotated_values"]);
+    let differing = r.values.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() > 1e-6).count();
+    assert_eq!(differing, 0, "{differing} rotated codes differ from the numpy port");
+    // Undone: the layer's weights, and its proxy loss against the original W and H.
+    let values = p.incoherence.effective_weights(&r.values, rows, cols);
+    let want = f32s(&case["values"]);
+    let worst = values.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "undone weights differ by {worst}");
+    let loss = proxy_loss(&weights, &values, rows, cols, &h);
+    let want_loss = case["proxy"].as_f64().unwrap();
+    assert!((loss - want_loss).abs() < 1e-5 * want_loss, "proxy loss {loss} vs numpy {want_loss}");
 }

@@ -156,3 +156,24 @@ fn input_group_scales_match_the_cpu_in_gemv_and_gemm() {
         check(&packed, 70, true, &mut rng);
     }
 }
+
+#[test]
+fn incoherence_rotations_match_the_cpu_around_the_lut_kernels() {
+    // QuIP's processing: input scale, input rotation V and output rotation Uᵀ around the LUT
+    // matmul (the bias added after), with factor sizes of odd shapes (45 = 9 × 5, 77 = 11 × 7,
+    // 67 prime: one dense factor); both the GEMV and the GEMM path, and each part alone.
+    use lutlab_core::quant::incoherence::{Incoherence, Rotation};
+    let mut rng = SplitMix64::new(8);
+    for (rows, cols, parts) in [(77, 45, 0b111), (64, 67, 0b011), (96, 40, 0b100), (77, 45, 0b010)] {
+        let mut packed = random_layer(&mut rng, rows, cols, 3, Granularity::Channel, false);
+        packed.scales = Some((0..cols).map(|_| 0.5 + rng.next_f64() as f32).collect());
+        packed.incoherence = Some(Incoherence {
+            input_scale: (parts & 0b001 != 0).then(|| (0..rows).map(|_| 0.5 + rng.next_f64() as f32).collect()),
+            input: (parts & 0b010 != 0).then(|| Rotation::random(rows, rng.next_u64())),
+            output: (parts & 0b100 != 0).then(|| Rotation::random(cols, rng.next_u64())),
+        });
+        packed.validate("rotated layer").unwrap();
+        check(&packed, 1, true, &mut rng);
+        check(&packed, GEMV_MAX_TOKENS + 3, true, &mut rng);
+    }
+}

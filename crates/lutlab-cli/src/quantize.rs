@@ -129,6 +129,19 @@ pub struct QuantizeArgs {
     /// ldlq-rg and greedy: greedy passes (default 1).
     #[arg(long)]
     pub(crate) npasses: Option<usize>,
+    /// Hessian methods: QuIP's incoherence processing (--pre-rescale --pre-proj --qfn b). The
+    /// packed layer keeps its rotated codes and applies the rotations in the forward pass.
+    #[arg(long)]
+    pub(crate) incoherence: bool,
+    /// Hessian methods: QuIP's diagonal rescaling of each input by (H_ii / |W_i|²)^(1/4).
+    #[arg(long)]
+    pub(crate) pre_rescale: bool,
+    /// Hessian methods: QuIP's random orthogonal (Kronecker) transforms on both sides.
+    #[arg(long)]
+    pub(crate) pre_proj: bool,
+    /// Hessian methods: QuIP's quantizer, a (the --grid) or b (per channel, ±2.4 RMS).
+    #[arg(long, default_value = "a")]
+    pub(crate) qfn: String,
     /// Hessian methods: read each layer's Hessian from this file (`lutlab hessian --out`,
     /// float inputs) instead of computing them sequentially on the GPU.
     #[arg(long)]
@@ -269,6 +282,10 @@ impl QuantizeArgs {
             blocksize: self.blocksize,
             static_groups: self.static_groups,
             npasses: self.npasses,
+            incoherence: self.incoherence,
+            pre_rescale: self.pre_rescale,
+            pre_proj: self.pre_proj,
+            qfn: self.qfn.clone(),
         }
     }
 }

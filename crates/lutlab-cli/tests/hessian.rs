@@ -115,3 +115,33 @@ fn input_groups_pack_and_evaluate_through_the_lut_kernels_as_their_dense_weights
         assert!((from_packed - from_dense).abs() <= 1e-5 * from_dense, "{method}: packed {from_packed} vs dense {from_dense}");
     }
 }
+
+#[test]
+fn incoherence_processing_packs_and_evaluates_as_its_dense_export() {
+    // QuIP's incoherence processing on the shipped Llama (GQA; 192 = 16 × 12 and 512 = 32 × 16
+    // factor pairs): the packed file keeps rotated codes and the rotations, the LUT kernels run
+    // it with the rotations in the forward pass, and it gives the perplexity of its dense export.
+    let model = repo(MODEL).display().to_string();
+    let data = repo("data/wikitext-2/valid.txt").display().to_string();
+    let short = temp("incoherence-short.txt");
+    let text = std::fs::read_to_string(&data).unwrap();
+    std::fs::write(&short, &text[..text.char_indices().nth(3000).unwrap().0]).unwrap();
+    let (packed, dense) = (temp("incoherent.lut"), temp("incoherent-dense"));
+    let report = lutlab_json(&[
+        "quantize", "--model", &model, "--method", "ldlq-rg", "--bits", "3", "--granularity", "channel", "--incoherence",
+        "--calibration-data", &data, "--hessian-samples", "4", "--hessian-seqlen", "32", "--json", "--packed", &packed, "--out", &dense,
+    ]);
+    assert!(report["method"].as_str().unwrap().contains("+incoherence"), "{}", report["method"]);
+    assert!(total_proxy(&report) > 0.0);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--data", &short, "--max-length", "64", "--stride", "64", "--json"];
+        args.extend_from_slice(extra);
+        lutlab_json(&args)["perplexity"].as_f64().unwrap()
+    };
+    let from_packed = eval(&["--packed", &packed, "--model", &model]);
+    let from_dense = eval(&["--model", &dense]);
+    assert!((from_packed - from_dense).abs() <= 1e-5 * from_dense, "packed {from_packed} vs dense {from_dense}");
+    // QuIP's options that do not combine are refused by name.
+    let out = lutlab(&["quantize", "--model", &model, "--method", "gptq", "--qfn", "b", "--granularity", "group:32", "--eval"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("qfn b"), "{}", String::from_utf8_lossy(&out.stderr));
+}

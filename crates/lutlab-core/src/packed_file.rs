@@ -25,6 +25,7 @@ use crate::config::{LinearLayout, ModelConfig};
 use crate::error::{LoadError, Result};
 use crate::quant::head::{is_head, transpose, HEAD};
 use crate::quant::model::{QuantizedLayer, QuantizedModel};
+use crate::quant::incoherence::{Incoherence, Rotation};
 use crate::quant::lut::{InputGroupScales, INPUT_GROUP_MULTIPLE};
 use crate::quant::packed::{PackedLinear, SparseColumns, blocks};
 use crate::weights::ModelWeights;
@@ -47,7 +48,7 @@ pub const FORMAT_VERSION_INPUT_GROUPS: u32 = 3;
 
 /// The lowest version that holds these layers (older readers then still read the file).
 fn version_needed(layers: &BTreeMap<String, LayerMeta>) -> u32 {
-    if layers.values().any(|m| m.group_size.is_some()) {
+    if layers.values().any(LayerMeta::needs_version_3) {
         FORMAT_VERSION_INPUT_GROUPS
     } else if layers.contains_key(HEAD) {
         FORMAT_VERSION_HEAD
@@ -57,10 +58,14 @@ fn version_needed(layers: &BTreeMap<String, LayerMeta>) -> u32 {
 }
 
 /// Suffixes of the tensors of a packed layer (`{layer}.{suffix}`).
-const PACKED_SUFFIXES: [&str; 9] = [
+const PACKED_SUFFIXES: [&str; 16] = [
     "qweight", "lut", "group_scales", "group_zeros", "sparse_col_ptr", "sparse_row_idx", "sparse_values", "scales",
-    "input_shift",
+    "input_shift", "input_scale", "rotation_in_a", "rotation_in_b", "rotation_in_perm", "rotation_out_a", "rotation_out_b",
+    "rotation_out_perm",
 ];
+/// The incoherence tensors of a packed layer (version 3).
+const INCOHERENCE_SUFFIXES: [&str; 7] =
+    ["input_scale", "rotation_in_a", "rotation_in_b", "rotation_in_perm", "rotation_out_a", "rotation_out_b", "rotation_out_perm"];
 
 /// Largest config dimension accepted from a file. GPT-2's are far below; the limit keeps every
 /// product of dimensions the reader forms far from overflow.
@@ -145,20 +150,31 @@ struct LayerMeta {
     /// Input rows per group of `group_scales` (version 3); absent without them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     group_size: Option<usize>,
+    /// QuIP's incoherence processing: the layer has input scales and/or rotations (version 3);
+    /// absent (false) without.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    incoherence: bool,
 }
 
 impl LayerMeta {
     fn of(l: &PackedLinear) -> Self {
         let group_size = l.input_groups.as_ref().map(|g| g.size);
-        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table, group_size }
+        let incoherence = l.incoherence.is_some();
+        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table, group_size, incoherence }
     }
 
     fn describe(&self) -> String {
         let groups = self.group_size.map_or(String::new(), |g| format!(", group_size {g}"));
+        let incoherence = if self.incoherence { ", incoherence" } else { "" };
         format!(
-            "rows {}, cols {}, bits {}, channels_per_table {}{groups}",
+            "rows {}, cols {}, bits {}, channels_per_table {}{groups}{incoherence}",
             self.rows, self.cols, self.bits, self.channels_per_table
         )
+    }
+
+    /// Whether the layer needs format version 3.
+    fn needs_version_3(&self) -> bool {
+        self.group_size.is_some() || self.incoherence
     }
 }
 
@@ -399,10 +415,10 @@ impl PackedModel {
                     "metadata `layers` lists `{HEAD}` (a packed LM head), which needs format version {FORMAT_VERSION_HEAD}; the file says {version}"
                 )));
             }
-            if m.group_size.is_some() && version < FORMAT_VERSION_INPUT_GROUPS {
+            if m.needs_version_3() && version < FORMAT_VERSION_INPUT_GROUPS {
                 return Err(bad(format!(
-                    "metadata `layers` gives `{name}` a group_size (input-group scales), which needs format version \
-                     {FORMAT_VERSION_INPUT_GROUPS}; the file says {version}"
+                    "metadata `layers` gives `{name}` a group_size (input-group scales) or incoherence processing, which \
+                     needs format version {FORMAT_VERSION_INPUT_GROUPS}; the file says {version}"
                 )));
             }
             if let Some((rows, cols)) = packed_shape(&config, name)
@@ -506,7 +522,12 @@ pub fn layer_bytes(l: &PackedLinear) -> usize {
     let table_bytes = if holds_f16(l) { 2 } else { 4 };
     let sparse = if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() };
     let groups = l.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
+    let incoherence = l.incoherence.as_ref().map_or(0, |t| {
+        let rotation = |r: &Option<Rotation>| r.as_ref().map_or(0, |r| r.factor_a.len() + r.factor_b.len() + r.perm.len());
+        t.input_scale.as_ref().map_or(0, Vec::len) + rotation(&t.input) + rotation(&t.output)
+    });
     4 * l.qweight.len()
+        + 4 * incoherence
         + table_bytes * (l.tables.len() + groups)
         + sparse
         + 4 * l.scales.as_ref().map_or(0, Vec::len)
@@ -527,8 +548,10 @@ pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(P
     if let Some(t) = &layer.transform {
         packed.scales.clone_from(&t.scales);
         packed.input_shift.clone_from(&t.input_shift);
-        // The head has no bias (its transform's is zero, and it is never centered).
-        if !is_head(name) {
+        packed.incoherence.clone_from(&t.incoherence);
+        // Only centering changes the bias; the head has none (its transform's is zero, and it is
+        // never centered).
+        if t.input_shift.is_some() && !is_head(name) {
             bias = Some(HostTensor::new(vec![t.bias.len()], t.bias.clone()));
         }
     }
@@ -608,6 +631,18 @@ fn layer_tensors<'l>(name: &str, l: &'l PackedLinear, table_dtype: TableDtype) -
     }
     if let Some(shift) = &l.input_shift {
         tensors.push((format!("{name}.input_shift"), vec![shift.len()], TensorData::F32(shift)));
+    }
+    if let Some(incoherence) = &l.incoherence {
+        if let Some(scale) = &incoherence.input_scale {
+            tensors.push((format!("{name}.input_scale"), vec![scale.len()], TensorData::F32(scale)));
+        }
+        for (side, rotation) in [("in", &incoherence.input), ("out", &incoherence.output)] {
+            if let Some(r) = rotation {
+                tensors.push((format!("{name}.rotation_{side}_a"), vec![r.a, r.a], TensorData::F32(&r.factor_a)));
+                tensors.push((format!("{name}.rotation_{side}_b"), vec![r.b, r.b], TensorData::F32(&r.factor_b)));
+                tensors.push((format!("{name}.rotation_{side}_perm"), vec![r.perm.len()], TensorData::U32(&r.perm)));
+            }
+        }
     }
     tensors
 }
@@ -935,6 +970,31 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
             None
         }
     };
+    let incoherence = if m.incoherence {
+        // One side's rotation: its two square factors (sizes from their shapes) and permutation.
+        let rotation = |side: &str, n: usize| -> Result<Option<Rotation>> {
+            let factor = |which: &str| -> Result<Option<(usize, Vec<f32>)>> {
+                let Some(v) = get(&format!("rotation_{side}_{which}"), &[Dtype::F32], None, false)? else { return Ok(None) };
+                match *v.shape() {
+                    [k, l] if k == l && k >= 1 && k <= n => Ok(Some((k, f32s(v.data())))),
+                    _ => Err(bad(format!("tensor `{name}.rotation_{side}_{which}` has shape {:?}: a rotation factor is square, at most {n} wide", v.shape()))),
+                }
+            };
+            let perm = get(&format!("rotation_{side}_perm"), &[Dtype::U32], Some(&[n]), false)?.map(|v| u32s(v.data()));
+            match (factor("a")?, factor("b")?, perm) {
+                (Some((a, factor_a)), Some((b, factor_b)), Some(perm)) => Ok(Some(Rotation { a, b, factor_a, factor_b, perm })),
+                (None, None, None) => Ok(None),
+                _ => Err(bad(format!("{}: the {side}put rotation needs rotation_{side}_a, rotation_{side}_b and rotation_{side}_perm together", entry()))),
+            }
+        };
+        let input_scale = get("input_scale", &[Dtype::F32], Some(&[m.rows]), false)?.map(|v| f32s(v.data()));
+        Some(Incoherence { input_scale, input: rotation("in", m.rows)?, output: rotation("out", m.cols)? })
+    } else {
+        if let Some(part) = INCOHERENCE_SUFFIXES.into_iter().find(|p| parsed.contains(&format!("{name}.{p}"))) {
+            return Err(bad(format!("tensor `{name}.{part}` is present but {} has no incoherence", entry())));
+        }
+        None
+    };
     let scales = get("scales", &[Dtype::F32], Some(&[m.cols]), false)?.map(|v| f32s(v.data()));
     let input_shift = get("input_shift", &[Dtype::F32], Some(&[m.rows]), false)?.map(|v| f32s(v.data()));
     Ok(PackedLinear {
@@ -948,5 +1008,6 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
         sparse,
         scales,
         input_shift,
+        incoherence,
     })
 }

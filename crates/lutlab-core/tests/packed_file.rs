@@ -294,6 +294,67 @@ fn input_group_scales_pack_as_version_3_and_round_trip() {
     assert!(err.contains("h.2.attn.c_proj.group_scales") && err.contains("missing"), "{err}");
 }
 
+/// `h.1.attn.c_proj` of the shipped model by LDLQ-RG after QuIP's incoherence processing
+/// (2-bit qfn b, rescaled and rotated), with the Hessian of random correlated inputs.
+fn incoherent_model(table_dtype: TableDtype) -> (QuantizedModel, PackedModel) {
+    use lutlab_core::quant::hessian::Square;
+    let s = shipped();
+    let linear = &s.weights.blocks[1].linears[1];
+    let n = linear.in_features();
+    let mut rng = SplitMix64::new(12);
+    let x: Vec<f64> = (0..n * 300).map(|_| rng.next_f64() - 0.5).collect();
+    let mut h = Square::zeros(n);
+    for i in 0..n {
+        for j in 0..n {
+            h.data[i * n + j] = (0..300).map(|t| (x[i * 300 + t] + 0.3 * x[t]) * (x[j * 300 + t] + 0.3 * x[t])).sum::<f64>() / 150.0;
+        }
+    }
+    let request = QuantizeRequest { method: "ldlq-rg".into(), bits: 2, granularity: "channel".into(), incoherence: true, ..Default::default() };
+    let method = request.method(&s.weights, false).expect("method");
+    let lookup = |_: &str| Some(&h);
+    let calibration = lutlab_core::quant::Calibration { hessians: Some(&lookup), ..Default::default() };
+    let layer = quantize_layer("h.1.attn.c_proj", linear, &method, calibration, s.weights.config.n_embd).expect("ldlq-rg");
+    let q = QuantizedModel { layers: vec![layer] };
+    let packed = PackedModel::from_quantized(&s.weights, &q, meta(), table_dtype).expect("pack");
+    (q, packed)
+}
+
+#[test]
+fn incoherence_processing_packs_as_version_3_and_round_trips() {
+    let (q, exact) = incoherent_model(TableDtype::F32);
+    let layer = &exact.layers["h.1.attn.c_proj"];
+    let t = layer.incoherence.as_ref().expect("incoherence stored");
+    assert!(t.input_scale.is_some() && t.input.is_some() && t.output.is_some());
+    assert_eq!(layer.effective_weights(), q.layers[0].dequantized, "the packed layer decodes to the quantizer's result");
+    assert_eq!(exact.format_version(), FORMAT_VERSION_INPUT_GROUPS);
+    // The plain weights are what the export writes: the original layer's weight, quantized.
+    let dense = exact.dequantized_weights().expect("dequantize");
+    assert_eq!(dense.blocks[1].linears[1].weight.data, q.layers[0].dequantized);
+    assert_eq!(dense.blocks[1].linears[1].bias, shipped().weights.blocks[1].linears[1].bias, "the bias is untouched");
+    for dtype in [TableDtype::F32, TableDtype::F16] {
+        let (_, packed) = incoherent_model(dtype);
+        let bytes = packed.to_safetensors(dtype).expect("write");
+        let (header, _) = split(&bytes);
+        assert_eq!(header["__metadata__"]["format_version"], "3");
+        let layers: Value = serde_json::from_str(header["__metadata__"]["layers"].as_str().unwrap()).unwrap();
+        assert_eq!(layers["h.1.attn.c_proj"]["incoherence"], true);
+        assert_eq!(header["h.1.attn.c_proj.rotation_in_a"]["shape"], serde_json::json!([16, 16]));
+        assert_eq!(header["h.1.attn.c_proj.rotation_out_perm"]["dtype"], "U32");
+        let back = PackedModel::from_safetensors("incoherent.safetensors", &bytes).expect("read");
+        assert_eq!(back, packed, "{dtype}");
+    }
+    let bytes = exact.to_safetensors(TableDtype::F32).unwrap();
+    let err = error_of(&set_metadata(&bytes, "format_version", "2"));
+    assert!(err.contains("incoherence") && err.contains("format version 3"), "{err}");
+    let err = error_of(&rewrite(&bytes, |tensors| tensors.retain(|t| t.0 != "h.1.attn.c_proj.rotation_in_b")));
+    assert!(err.contains("rotation_in_a, rotation_in_b and rotation_in_perm together"), "{err}");
+    let err = error_of(&rewrite(&bytes, |tensors| {
+        let perm = tensors.iter_mut().find(|t| t.0 == "h.1.attn.c_proj.rotation_out_perm").unwrap();
+        perm.3.copy_within(4..8, 0); // entry 0 repeats entry 1
+    }));
+    assert!(err.contains("not a permutation"), "{err}");
+}
+
 fn s_n_embd() -> usize {
     shipped().weights.config.n_embd
 }

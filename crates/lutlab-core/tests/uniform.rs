@@ -348,12 +348,20 @@ fn a_uniform_result_is_a_lut_with_the_representable_values_as_tables() {
             }
         }
     }
-    // Brevitas-style input-row groups have a table per (row group, column): not a LutMatrix.
+    // Brevitas-style input-row groups: the shared grid with a scale and zero point per (row
+    // group, column), which the packed format holds for groups of a multiple of 32 rows.
     let settings = UniformSettings { granularity: UniformGranularity::InputGroup(16), ..UniformSettings::default() };
     let r = quantize_uniform(&w, rows, cols, &settings).expect("quantize");
     assert_eq!(r.scales.len(), rows / 16 * cols);
-    let err = r.to_lut().expect_err("input groups are not a LutMatrix");
-    assert!(err.to_string().contains("output channel"), "{err}");
+    let err = r.to_lut().expect_err("groups of 16 rows have no packed form");
+    assert!(err.to_string().contains("multiple of 32"), "{err}");
+    for asym in [false, true] {
+        let settings = UniformSettings { granularity: UniformGranularity::InputGroup(32), symmetric: !asym, ..UniformSettings::default() };
+        let r = quantize_uniform(&w, rows, cols, &settings).expect("quantize");
+        let lut = r.to_lut().expect("groups of 32 rows are a LUT with input-group scales");
+        assert_eq!(lut.input_groups.as_ref().unwrap().zeros.is_some(), asym);
+        assert_eq!(lut.dequantize(), r.dequantize(), "the LUT form decodes to the same values, bit for bit");
+    }
     // ... except when one group spans every row.
     let settings = UniformSettings { granularity: UniformGranularity::InputGroup(rows), ..UniformSettings::default() };
     let whole = quantize_uniform(&w, rows, cols, &settings).expect("quantize");

@@ -41,6 +41,9 @@ pub struct PackedGpuLinear {
     /// The input shift and the bias again, as tensors for the GEMM path's burn operations.
     shift: Option<Tensor<1>>,
     bias: Option<Tensor<1>>,
+    /// QuIP's incoherence processing around the LUT matmul (the bias is then added after it, so
+    /// the kernels get none).
+    incoherence: Option<GpuIncoherence>,
     /// Whether the layer has input-group scales (a separate GEMV variant).
     grouped: bool,
     /// Parameters shared by the kernels; the token count (`params[2]`) and the GEMV split
@@ -69,7 +72,8 @@ impl PackedGpuLinear {
         };
         let scales_at = append(packed.scales.as_deref());
         let shift_at = append(packed.input_shift.as_deref());
-        let bias_at = append(bias);
+        // With incoherence the bias is added after the output rotation, not by the kernels.
+        let bias_at = append(bias.filter(|_| packed.incoherence.is_none()));
         let groups = packed.input_groups.as_ref();
         let group_scales_at = append(groups.map(|g| g.scales.as_slice()));
         let group_zeros_at = append(groups.and_then(|g| g.zeros.as_deref()));
@@ -103,6 +107,7 @@ impl PackedGpuLinear {
             index: upload_u32(&index, device)?,
             shift: packed.input_shift.as_deref().map(|v| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)),
             bias: bias.map(|v| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)),
+            incoherence: packed.incoherence.as_ref().map(|t| GpuIncoherence::upload(t, device)),
             params,
         })
     }
@@ -112,6 +117,17 @@ impl PackedGpuLinear {
     /// Panics if `x` has another width or lives on another device: both are fixed when a model is
     /// assembled (`Decoder::with_packed`), so this is a bug, never bad input.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let Some(incoherence) = &self.incoherence else { return self.lut_forward(x) };
+        let y = incoherence.after(self.lut_forward(incoherence.before(x)));
+        match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+
+    /// The LUT matmul itself: `scale ⊙ ((x − shift) · W)`, plus the bias unless the layer has
+    /// incoherence processing (then [`Self::forward`] adds it after the output rotation).
+    fn lut_forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [m, k] = x.dims();
         assert_eq!(k, self.rows, "LUT matmul: input width differs from the layer's rows");
         let x = primitive(x).expect("LUT matmul: the input is on the layer's wgpu device");
@@ -162,8 +178,8 @@ impl PackedGpuLinear {
         };
         let y = x.matmul(w);
         match &self.bias {
-            Some(bias) => y + bias.clone().unsqueeze::<2>(),
-            None => y,
+            Some(bias) if self.incoherence.is_none() => y + bias.clone().unsqueeze::<2>(),
+            _ => y,
         }
     }
 
@@ -182,6 +198,94 @@ impl PackedGpuLinear {
         client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))), grid, arguments);
         let w = CubeTensor::new_contiguous(client, self.qweight.device.clone(), Shape::new([self.rows, self.cols]), w, DType::F32);
         Tensor::from_primitive::<Wgpu>(w)
+    }
+}
+
+/// QuIP's incoherence processing on the GPU: the input scaled and rotated by `V` before the LUT
+/// matmul, its output rotated by `Uᵀ` after, each rotation a permutation and two small matmuls
+/// (`(A ⊗ B) z` is `A Z Bᵀ` for `z` read as an `a×b` matrix), as burn operations.
+#[derive(Clone, Debug)]
+struct GpuIncoherence {
+    input_scale: Option<Tensor<1>>,
+    input: Option<GpuRotation>,
+    output: Option<GpuRotation>,
+}
+
+#[derive(Clone, Debug)]
+struct GpuRotation {
+    a: usize,
+    b: usize,
+    factor_a: Tensor<2>,
+    factor_b: Tensor<2>,
+    /// `perm` (gathers the input of `T`) and its inverse (scatters the output of `Tᵀ`).
+    perm: Tensor<1, Int>,
+    inverse: Tensor<1, Int>,
+}
+
+impl GpuIncoherence {
+    fn upload(t: &lutlab_core::quant::incoherence::Incoherence, device: &Device) -> Self {
+        let vector = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+        Self { input_scale: t.input_scale.as_deref().map(vector), input: t.input.as_ref().map(|r| GpuRotation::upload(r, device)), output: t.output.as_ref().map(|r| GpuRotation::upload(r, device)) }
+    }
+
+    /// `V (x ⊙ input_scale)` for each row `x`.
+    fn before(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = match &self.input_scale {
+            Some(s) => x * s.clone().unsqueeze::<2>(),
+            None => x,
+        };
+        match &self.input {
+            Some(v) => v.apply(x),
+            None => x,
+        }
+    }
+
+    /// `Uᵀ y` for each row `y`.
+    fn after(&self, y: Tensor<2>) -> Tensor<2> {
+        match &self.output {
+            Some(u) => u.apply_transpose(y),
+            None => y,
+        }
+    }
+}
+
+impl GpuRotation {
+    fn upload(r: &lutlab_core::quant::incoherence::Rotation, device: &Device) -> Self {
+        let square = |v: &[f32], n: usize| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [n, n]), device);
+        let indices = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v.clone(), [v.len()]), device);
+        let mut inverse = vec![0i64; r.perm.len()];
+        r.perm.iter().enumerate().for_each(|(i, &p)| inverse[p as usize] = i as i64);
+        Self {
+            a: r.a,
+            b: r.b,
+            factor_a: square(&r.factor_a, r.a),
+            factor_b: square(&r.factor_b, r.b),
+            perm: indices(r.perm.iter().map(|&p| i64::from(p)).collect()),
+            inverse: indices(inverse),
+        }
+    }
+
+    /// `T x = (A ⊗ B) x_perm` for each row `x` of `[m, a·b]`.
+    fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = x.select(1, self.perm.clone());
+        self.kronecker(x, self.factor_a.clone(), self.factor_b.clone())
+    }
+
+    /// `Tᵀ y = P⁻¹ (Aᵀ ⊗ Bᵀ) y` for each row `y`.
+    fn apply_transpose(&self, y: Tensor<2>) -> Tensor<2> {
+        let z = self.kronecker(y, self.factor_a.clone().transpose(), self.factor_b.clone().transpose());
+        z.select(1, self.inverse.clone())
+    }
+
+    /// `(A ⊗ B) z` per row: `Z Bᵀ` as one `[m·a, b]` matmul, then `A` along the `a` axis as one
+    /// `[m·b, a]` matmul with the axes swapped.
+    fn kronecker(&self, z: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+        let m = z.dims()[0];
+        let (na, nb) = (self.a, self.b);
+        let zb = z.reshape([m * na, nb]).matmul(b.transpose()); // rows (t, i): Z_t[i, :] Bᵀ
+        let swapped = zb.reshape([m, na, nb]).swap_dims(1, 2).reshape([m * nb, na]); // rows (t, j): column j
+        let out = swapped.matmul(a.transpose()); // (A · column)ᵀ
+        out.reshape([m, nb, na]).swap_dims(1, 2).reshape([m, na * nb])
     }
 }
 

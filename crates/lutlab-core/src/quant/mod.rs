@@ -9,6 +9,7 @@
 
 pub mod head;
 pub mod hessian;
+pub mod incoherence;
 pub mod kmeans;
 pub mod lut;
 pub mod model;

@@ -9,6 +9,7 @@ use crate::quant::lut::{Granularity, LutMatrix, SparseOutliers};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
 use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, RoundingSettings, Square};
+use crate::quant::incoherence::{layer_rotations, preprocess, rms_tables, Incoherence, IncoherenceSettings};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
@@ -23,8 +24,9 @@ pub enum Method {
     /// Round-to-nearest onto an integer or minifloat grid.
     Uniform(UniformSettings),
     /// Second-order rounding (GPTQ, LDLQ, greedy passes; `quant::hessian`) onto a uniform grid
-    /// or k-means tables, with each layer's Hessian from the calibration.
-    Hessian { rounding: RoundingSettings, grid: HessianGrid },
+    /// or k-means tables, with each layer's Hessian from the calibration, optionally after QuIP's
+    /// incoherence processing (`quant::incoherence`).
+    Hessian { rounding: RoundingSettings, grid: HessianGrid, incoherence: Option<IncoherenceSettings> },
 }
 
 /// The grid a Hessian method rounds to.
@@ -37,6 +39,9 @@ pub enum HessianGrid {
     /// weighted by its input's `H[k,k]`), then rounded to with error feedback; outliers are kept
     /// exactly at their updated value.
     Kmeans { settings: KmeansSettings, outliers: Option<OutlierSettings> },
+    /// QuIP's `qfn b`: per output channel, `2^bits` evenly spaced values over ±2.4 × the
+    /// channel's RMS (`quant::incoherence::rms_tables`), for incoherent (near-Gaussian) weights.
+    Rms { bits: u32 },
 }
 
 impl Method {
@@ -46,6 +51,7 @@ impl Method {
             Method::Uniform(settings) => settings.bits,
             Method::Hessian { grid: HessianGrid::Uniform { settings, .. }, .. } => settings.bits,
             Method::Hessian { grid: HessianGrid::Kmeans { settings, .. }, .. } => settings.bits,
+            Method::Hessian { grid: HessianGrid::Rms { bits }, .. } => *bits,
         }
     }
 
@@ -86,6 +92,9 @@ pub struct LayerTransform {
     pub input_shift: Option<Vec<f32>>,
     /// The bias to store: `b + μ · W` with centering.
     pub bias: Vec<f32>,
+    /// QuIP's incoherence processing: the codes are of the processed weights, and the layer
+    /// runs through these transforms (`quant::incoherence`).
+    pub incoherence: Option<Incoherence>,
 }
 
 /// The mean input of each linear layer by name (`h.0.attn.c_attn`), for centering.
@@ -206,7 +215,7 @@ pub fn quantize_layer(
             let layer = layer_report(name, &linear.weight.data, result.dequantize(), lut, outliers, bits_per_weight, None);
             Ok(with_proxy_loss(layer, linear, calibration))
         }
-        Method::Hessian { rounding, grid } => quantize_layer_hessian(name, linear, rounding, grid, calibration, n_embd),
+        Method::Hessian { rounding, grid, incoherence } => quantize_layer_hessian(name, linear, rounding, grid, incoherence.as_ref(), calibration, n_embd),
     }
 }
 
@@ -228,22 +237,37 @@ fn with_proxy_loss(mut layer: QuantizedLayer, linear: &LinearWeights, calibratio
 }
 
 /// GPTQ / LDLQ / greedy for one layer: the grid first (uniform scales, or k-means tables), then
-/// the rounding with error feedback through the layer's Hessian.
+/// the rounding with error feedback through the layer's Hessian. With `incoherence`, both happen
+/// on QuIP's processed weights and Hessian, and the layer keeps what undoes the processing.
 fn quantize_layer_hessian(
     name: &str,
     linear: &LinearWeights,
     rounding: &RoundingSettings,
     grid: &HessianGrid,
+    incoherence: Option<&IncoherenceSettings>,
     calibration: Calibration,
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
-    let h = calibration
+    let original_h = calibration
         .hessians
         .and_then(|lookup| lookup(name))
         .ok_or_else(|| LoadError::InvalidSetting(format!("{name}: no Hessian for this layer (GPTQ-style methods need calibration)")))?;
     let (rows, cols) = (linear.in_features(), linear.out_features());
-    let w = &linear.weight.data;
     let numel = linear.weight.numel();
+    let processed = incoherence
+        .map(|s| {
+            if original_h.n != rows {
+                return Err(LoadError::InvalidSetting(format!("the Hessian is {0}x{0} but the layer has {rows} inputs", original_h.n)));
+            }
+            let rotations = s.project.then(|| layer_rotations(name, rows, cols, s.seed));
+            preprocess(&linear.weight.data, rows, cols, original_h, s.rescale, rotations)
+        })
+        .transpose()
+        .map_err(|e| in_layer(name, e))?;
+    let (w, h) = match &processed {
+        Some(p) => (&p.weights, &p.hessian),
+        None => (&linear.weight.data, original_h),
+    };
     let round = |grid: &Grid, exact: Option<&[bool]>| round_with_hessian(w, rows, cols, h, grid, exact, rounding).map_err(|e| in_layer(name, e));
     // A LUT's tables as the grid to round to.
     let tables_of = |lut: &LutMatrix| -> Result<Grid> {
@@ -281,13 +305,42 @@ fn quantize_layer_hessian(
                 (layer_report(name, w, r.values, Some(lut), 0, bits, None), r.proxy_loss)
             }
         },
+        HessianGrid::Rms { bits } => {
+            let tables = rms_tables(w, rows, cols, *bits);
+            let r = round(&Grid::Tables { levels: 1 << bits, tables: tables.clone(), channels_per_table: 1 }, None)?;
+            let lut = LutMatrix {
+                rows,
+                cols,
+                bits: *bits,
+                granularity: Granularity::Channel,
+                tables,
+                codes: r.codes,
+                input_groups: None,
+                outliers: SparseOutliers::none(rows),
+            };
+            let bits = lut.storage_bits() as f64 / numel as f64;
+            (layer_report(name, w, r.values, Some(lut), 0, bits, None), r.proxy_loss)
+        }
         HessianGrid::Kmeans { settings, outliers } => {
-            // Without a Fisher file each weight counts as much as its input's energy, H[k,k].
+            if processed.is_some() && outliers.is_some() {
+                return Err(in_layer(name, LoadError::InvalidSetting("incoherence processing spreads outliers over the whole matrix: it does not combine with dense-and-sparse outliers".into())));
+            }
+            // Without a Fisher file each weight counts as much as its input's energy, H[k,k];
+            // after incoherence processing always (Fisher values do not survive a rotation).
             let diagonal: Vec<f32> = (0..rows).flat_map(|k| std::iter::repeat_n(h.at(k, k) as f32, cols)).collect();
-            let sample_weights: &[f32] = sample_weights_of(calibration.fisher, name)?.unwrap_or(&diagonal);
+            let fisher = if processed.is_some() { None } else { sample_weights_of(calibration.fisher, name)? };
+            let sample_weights: &[f32] = fisher.unwrap_or(&diagonal);
             let lookup = |_: &str| Some(sample_weights);
             let method = Method::Kmeans { settings: *settings, outliers: *outliers, scaling: false };
-            let job = KmeansJob::new(name, linear, &method, Calibration::fisher(Some(&lookup)), n_embd)?;
+            let rotated;
+            let target = match &processed {
+                Some(p) => {
+                    rotated = LinearWeights { weight: crate::checkpoint::HostTensor::new(vec![rows, cols], p.weights.clone()), bias: linear.bias.clone() };
+                    &rotated
+                }
+                None => linear,
+            };
+            let job = KmeansJob::new(name, target, &method, Calibration::fisher(Some(&lookup)), n_embd)?;
             let fitted = quantize_kmeans_report(&job.weights, rows, cols, job.sample_weights, job.excluded(), job.settings).map_err(|e| job.in_layer(e))?;
             let mut lut = fitted.matrix;
             let r = round(&tables_of(&lut)?, job.excluded())?;
@@ -300,8 +353,25 @@ fn quantize_layer_hessian(
             (layer_report(name, w, lut.dequantize(), Some(lut), outliers, bits, None), r.proxy_loss)
         }
     };
-    layer.proxy_loss = Some(proxy);
+    let Some(p) = processed else {
+        layer.proxy_loss = Some(proxy);
+        return Ok(layer);
+    };
+    // The layer as it will run: the rounded weights taken back through the processing, its error
+    // and proxy loss against the original weights and Hessian, its size with the transforms.
+    let original = &linear.weight.data;
+    let dequantized = p.incoherence.effective_weights(&layer.dequantized, rows, cols);
+    let bits = layer.bits_per_weight + incoherence_bits(&p.incoherence) as f64 / numel as f64;
+    let transform = LayerTransform { scales: None, input_shift: None, bias: linear.bias.data.clone(), incoherence: Some(p.incoherence) };
+    let mut layer = layer_report(name, original, dequantized, layer.lut, layer.outliers, bits, Some(transform));
+    layer.proxy_loss = Some(proxy_loss(original, &layer.dequantized, rows, cols, original_h));
     Ok(layer)
+}
+
+/// Bits to store incoherence processing: f32 factors and input scales, u32 permutations.
+fn incoherence_bits(t: &Incoherence) -> u64 {
+    let rotation = |r: &Option<crate::quant::incoherence::Rotation>| r.as_ref().map_or(0, |r| 32 * (r.a * r.a + r.b * r.b + r.len()) as u64);
+    rotation(&t.input) + rotation(&t.output) + 32 * t.input_scale.as_ref().map_or(0, Vec::len) as u64
 }
 
 /// The k-means of one layer, prepared and finished here and run by whoever holds the job: the
@@ -352,7 +422,7 @@ impl<'a> KmeansJob<'a> {
         let (weights, transform) = if *scaling || input_mean.is_some() {
             let bits = scaling.then_some(settings.bits);
             let t = prepare_linear(original, &linear.bias.data, rows, cols, sample_weights, input_mean, bits).map_err(|e| in_layer(name, e))?;
-            let transform = LayerTransform { scales: t.scales, input_shift: t.input_shift, bias: t.bias };
+            let transform = LayerTransform { scales: t.scales, input_shift: t.input_shift, bias: t.bias, incoherence: None };
             (std::borrow::Cow::Owned(t.weight), Some(transform))
         } else {
             (std::borrow::Cow::Borrowed(original), None)

@@ -15,8 +15,12 @@
 //!   entry becomes `(entry − zero) · scale` (`InputGroupScales`).
 //! - optional **scales** (one per output column) and **input shift** (one per input row), seed
 //!   000's scaling and centering: `y = scale ⊙ ((x − shift) · W) + bias`.
+//! - optional **incoherence** (QuIP, format version 3): the codes are of rotated weights, and
+//!   the layer runs as `y = Uᵀ-rotate(scale ⊙ (V-rotate(x ⊙ input_scale) · W)) + bias`
+//!   (`quant::incoherence`).
 
 use crate::error::{LoadError, Result};
+use crate::quant::incoherence::Incoherence;
 use crate::quant::lut::{Granularity, InputGroupScales, LutMatrix};
 
 /// Input rows per packed block: one block of one column is exactly `bits` u32 words.
@@ -62,6 +66,8 @@ pub struct PackedLinear {
     pub scales: Option<Vec<f32>>,
     /// Per input row, subtracted from the input; `None` means 0.
     pub input_shift: Option<Vec<f32>>,
+    /// QuIP's incoherence processing around the LUT matmul; `None`: none.
+    pub incoherence: Option<Incoherence>,
 }
 
 /// Blocks of [`BLOCK_ROWS`] rows needed for `rows` input rows.
@@ -125,6 +131,7 @@ impl PackedLinear {
             sparse: csr_to_columns(lut),
             scales: None,
             input_shift: None,
+            incoherence: None,
         })
     }
 
@@ -219,6 +226,12 @@ impl PackedLinear {
         if let Some(i) = s.values.iter().position(|v| !v.is_finite()) {
             return bad(format!("sparse value {i} is not finite"));
         }
+        if let Some(incoherence) = &self.incoherence {
+            if self.input_shift.is_some() {
+                return bad("an input shift and incoherence processing together: the shift would act in the rotated basis".into());
+            }
+            incoherence.validate(self.rows, self.cols, what)?;
+        }
         for (name, values, len) in [("scales", &self.scales, self.cols), ("input shift", &self.input_shift, self.rows)] {
             if let Some(v) = values {
                 if v.len() != len {
@@ -250,8 +263,9 @@ impl PackedLinear {
         }
     }
 
-    /// The `[in, out]` weights the kernels multiply by: `scale_c · (table[code] + sparse)`.
-    /// The input shift is not folded in (it acts on the input; see [`Self::reference_matmul`]).
+    /// The `[in, out]` weights the layer multiplies by: `scale_c · (table[code] + sparse)`, taken
+    /// back through its incoherence processing when it has one. The input shift is not folded in
+    /// (it acts on the input; see [`Self::reference_matmul`]).
     pub fn effective_weights(&self) -> Vec<f32> {
         let mut w = self.to_lut().dequantize();
         if let Some(scales) = &self.scales {
@@ -259,14 +273,16 @@ impl PackedLinear {
                 row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
             }
         }
-        w
+        match &self.incoherence {
+            Some(incoherence) => incoherence.effective_weights(&w, self.rows, self.cols),
+            None => w,
+        }
     }
 
-    /// CPU reference of the LUT matmul kernels: `y = scale ⊙ ((x − shift) · W) + bias` for `m`
-    /// rows of `x` (`[m, rows]`), in f64 accumulation.
+    /// CPU reference of the LUT matmul kernels: `y = (x − shift) · W + bias` with `W` the
+    /// [`Self::effective_weights`], for `m` rows of `x` (`[m, rows]`), in f64 accumulation.
     pub fn reference_matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        let lut = self.to_lut();
-        let w = lut.dequantize();
+        let w = self.effective_weights();
         let mut y = vec![0f32; m * self.cols];
         for t in 0..m {
             let xs: Vec<f64> = (0..self.rows)
@@ -274,8 +290,7 @@ impl PackedLinear {
                 .collect();
             for c in 0..self.cols {
                 let acc: f64 = (0..self.rows).map(|r| xs[r] * f64::from(w[r * self.cols + c])).sum();
-                let scale = self.scales.as_ref().map_or(1.0, |s| f64::from(s[c]));
-                y[t * self.cols + c] = (acc * scale + bias.map_or(0.0, |b| f64::from(b[c]))) as f32;
+                y[t * self.cols + c] = (acc + bias.map_or(0.0, |b| f64::from(b[c]))) as f32;
             }
         }
         y

@@ -4,6 +4,7 @@
 use crate::error::{LoadError, Result};
 use crate::quant::kmeans::KmeansSettings;
 use crate::quant::hessian::{Feedback, RoundingSettings};
+use crate::quant::incoherence::IncoherenceSettings;
 use crate::quant::model::{HessianGrid, LayerSelection, Method};
 use crate::quant::outliers::{range_for_outlier_percent, OutlierSettings};
 use crate::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
@@ -54,6 +55,15 @@ pub struct QuantizeRequest {
     pub static_groups: bool,
     /// Greedy passes (`ldlq-rg`, `greedy`; default 1 for those, QuIP's `--npasses`).
     pub npasses: Option<usize>,
+    /// QuIP's `--incoh_processing`: `pre_rescale`, `pre_proj` and `qfn` `b` together (qfn b
+    /// where the grid is a symmetric int grid per channel).
+    pub incoherence: bool,
+    /// QuIP's `--pre_rescale`: the diagonal rescaling of inputs by `(H_ii / ‖W_i‖²)^¼`.
+    pub pre_rescale: bool,
+    /// QuIP's `--pre_proj`: random orthogonal transforms on both sides of each layer.
+    pub pre_proj: bool,
+    /// QuIP's quantizer function: `a` (the `grid` as configured) or `b` (per channel, ±2.4 RMS).
+    pub qfn: String,
 }
 
 impl Default for QuantizeRequest {
@@ -80,6 +90,10 @@ impl Default for QuantizeRequest {
             blocksize: 128,
             static_groups: false,
             npasses: None,
+            incoherence: false,
+            pre_rescale: false,
+            pre_proj: false,
+            qfn: "a".into(),
         }
     }
 }
@@ -133,7 +147,21 @@ impl QuantizeRequest {
             return Err(invalid("greedy passes belong to ldlq-rg and greedy"));
         }
         let rounding = RoundingSettings { feedback, act_order, greedy_passes: passes, blocksize: self.blocksize, percdamp: self.percdamp };
-        let grid = if self.grid == "kmeans" {
+        let (rescale, project) = (self.incoherence || self.pre_rescale, self.incoherence || self.pre_proj);
+        let incoherence = (rescale || project).then_some(IncoherenceSettings { rescale, project, seed: self.seed });
+        let qfn_b = match self.qfn.as_str() {
+            // `--incoherence` brings qfn b where it applies (int grid per channel, symmetric);
+            // with another grid or granularity the grid stays as configured.
+            "a" => self.incoherence && self.grid == "int" && self.granularity == "channel" && !self.asym,
+            "b" => true,
+            other => return Err(invalid(&format!("qfn `{other}`: use a (the grid as configured) or b (QuIP's ±2.4·RMS grid per channel)"))),
+        };
+        if qfn_b && (self.grid != "int" || self.granularity != "channel" || self.asym) {
+            return Err(invalid("qfn b is QuIP's symmetric integer grid per output channel: use grid int, granularity channel, no --asym"));
+        }
+        let grid = if qfn_b {
+            HessianGrid::Rms { bits: self.bits }
+        } else if self.grid == "kmeans" {
             let (settings, outliers) = self.kmeans_parts(has_fisher, percent_range)?;
             HessianGrid::Kmeans { settings, outliers }
         } else {
@@ -142,7 +170,7 @@ impl QuantizeRequest {
             }
             HessianGrid::Uniform { settings: self.uniform_settings(&self.grid)?, static_groups: self.static_groups }
         };
-        Ok(Method::Hessian { rounding, grid })
+        Ok(Method::Hessian { rounding, grid, incoherence })
     }
 
     /// The k-means settings and the dense-and-sparse outliers asked for (k-means, or a Hessian
@@ -205,7 +233,12 @@ impl QuantizeRequest {
                 };
                 let order = if self.act_order && self.method != "ldlq-rg" { " act-order" } else { "" };
                 let fixed = if self.static_groups { " static-groups" } else { "" };
-                format!("{} {grid} {}-bit {}{order}{fixed}", self.method, self.bits, self.granularity)
+                let processing = match (self.incoherence, self.pre_rescale, self.pre_proj) {
+                    (true, _, _) => " +incoherence".to_string(),
+                    (false, rescale, proj) => format!("{}{}", if rescale { " +rescale" } else { "" }, if proj { " +proj" } else { "" }),
+                };
+                let qfn = if self.qfn == "b" && !self.incoherence { " qfn-b" } else { "" };
+                format!("{}{processing} {grid}{qfn} {}-bit {}{order}{fixed}", self.method, self.bits, self.granularity)
             }
             "rtn" => {
                 // Scale estimation and type only where they differ from the defaults, so that
