@@ -172,12 +172,14 @@ def haar(n, rng):
 
 
 def rms_tables(W, bits):
-    """QuIP's qfn b: per output channel (row of W [out, in]) 2^b levels over +-2.4 rms."""
+    """QuIP's qfn b: per output channel (row of W [out, in]) 2^b levels over +-2.4 rms, as f32
+    level (k - maxq/2) times f32 step 2s/maxq (lutlab stores that step as the channel's scale)."""
     maxq = 2**bits - 1
     tables = []
     for r in range(W.shape[0]):
         s = 2.4 * np.sqrt(np.mean(W[r].astype(np.float64) ** 2)) + 1e-16
-        tables.append(np.array([s * (2 * k / maxq - 1) for k in range(maxq + 1)]).astype(np.float32))
+        step = np.float32(s * 2 / maxq)
+        tables.append(np.array([np.float32(k - maxq / 2) * step for k in range(maxq + 1)], dtype=np.float32))
     return tables
 
 

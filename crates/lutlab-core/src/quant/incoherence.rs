@@ -14,7 +14,7 @@
 //!
 //! QuIP's flags map as: `--pre_rescale` → [`preprocess`]'s `rescale`, `--pre_proj` → its
 //! rotations, `--pre_gptqH` (dead inputs, damping) → what every lutlab Hessian method does anyway,
-//! `--qfn b` → [`rms_tables`].
+//! `--qfn b` → [`RmsGrid`].
 
 use crate::error::{LoadError, Result};
 use crate::quant::hessian::Square;
@@ -317,16 +317,33 @@ pub fn layer_rotations(name: &str, rows: usize, cols: usize, seed: u64) -> (Rota
 
 /// QuIP's `qfn b` grid: per output channel `c`, `2^bits` evenly spaced values over `±s_c`,
 /// `s_c = 2.4 · rms(column c) + 10⁻¹⁶` (incoherent weights are nearly Gaussian, so a multiple of
-/// the RMS bounds them better than the max): table `c`, entry `k` = `s_c (2k / (2^bits − 1) − 1)`.
-pub fn rms_tables(weights: &[f32], rows: usize, cols: usize, bits: u32) -> Vec<f32> {
-    let maxq = f64::from((1u32 << bits) - 1);
-    (0..cols)
-        .flat_map(|c| {
-            let mean_square = (0..rows).map(|r| f64::from(weights[r * cols + c]).powi(2)).sum::<f64>() / rows as f64;
-            let s = 2.4 * mean_square.sqrt() + 1e-16;
-            (0..=maxq as usize).map(move |k| (s * (2.0 * k as f64 / maxq - 1.0)) as f32)
-        })
-        .collect()
+/// the RMS bounds them better than the max): entry `k` = `s_c (2k / (2^bits − 1) − 1)`. Held as
+/// the shared levels `k − (2^bits − 1)/2` and a step `2 s_c / (2^bits − 1)` per channel, so it
+/// packs as one f16 scale per channel (input groups spanning every row); the tables are
+/// `level × step` in f32, exactly what the packed form decodes to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsGrid {
+    pub levels: Vec<f32>,
+    pub steps: Vec<f32>,
+}
+
+impl RmsGrid {
+    pub fn new(weights: &[f32], rows: usize, cols: usize, bits: u32) -> Self {
+        let maxq = f64::from((1u32 << bits) - 1);
+        let levels = (0..=maxq as usize).map(|k| (k as f64 - maxq / 2.0) as f32).collect();
+        let steps = (0..cols)
+            .map(|c| {
+                let mean_square = (0..rows).map(|r| f64::from(weights[r * cols + c]).powi(2)).sum::<f64>() / rows as f64;
+                ((2.4 * mean_square.sqrt() + 1e-16) * 2.0 / maxq) as f32
+            })
+            .collect();
+        Self { levels, steps }
+    }
+
+    /// A table per channel, `[cols, 2^bits]`.
+    pub fn tables(&self) -> Vec<f32> {
+        self.steps.iter().flat_map(|&step| self.levels.iter().map(move |&level| level * step)).collect()
+    }
 }
 
 /// QuIP's incoherence of a matrix: `μ = max|W_ij| · √(rows · cols) / ‖W‖_F` (1 when every entry
@@ -405,11 +422,10 @@ mod tests {
     }
 
     #[test]
-    fn rms_tables_are_quips_qfn_b_grid() {
+    fn the_rms_grid_is_quips_qfn_b() {
         let w = [1.0f32, -1.0, 1.0, -1.0]; // one column, rms 1
-        let t = rms_tables(&w, 4, 1, 2);
-        let s = 2.4f64 + 1e-16;
-        let want: Vec<f32> = [-1.0, -1.0 / 3.0, 1.0 / 3.0, 1.0].iter().map(|k| (s * k) as f32).collect();
-        assert_eq!(t, want);
+        let t = RmsGrid::new(&w, 4, 1, 2).tables();
+        let want = [-2.4, -0.8, 0.8, 2.4];
+        assert!(t.iter().zip(want).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-6), "{t:?}");
     }
 }

@@ -5,11 +5,11 @@ use crate::error::{LoadError, Result};
 use crate::progress::Progress;
 use crate::quant::head::{head_calibration, head_linear, head_outliers, is_head, transpose, HEAD};
 use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings};
-use crate::quant::lut::{Granularity, LutMatrix, SparseOutliers};
+use crate::quant::lut::{Granularity, InputGroupScales, LutMatrix, SparseOutliers, INPUT_GROUP_MULTIPLE};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
 use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, RoundingSettings, Square};
-use crate::quant::incoherence::{layer_rotations, preprocess, rms_tables, Incoherence, IncoherenceSettings};
+use crate::quant::incoherence::{layer_rotations, preprocess, Incoherence, IncoherenceSettings, RmsGrid};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
@@ -306,16 +306,17 @@ fn quantize_layer_hessian(
             }
         },
         HessianGrid::Rms { bits } => {
-            let tables = rms_tables(w, rows, cols, *bits);
-            let r = round(&Grid::Tables { levels: 1 << bits, tables: tables.clone(), channels_per_table: 1 }, None)?;
+            let grid = RmsGrid::new(w, rows, cols, *bits);
+            let r = round(&Grid::Tables { levels: 1 << bits, tables: grid.tables(), channels_per_table: 1 }, None)?;
+            // Stored as the shared levels and one step per channel (an input group of every row).
             let lut = LutMatrix {
                 rows,
                 cols,
                 bits: *bits,
-                granularity: Granularity::Channel,
-                tables,
+                granularity: Granularity::Tensor,
+                tables: grid.levels,
                 codes: r.codes,
-                input_groups: None,
+                input_groups: Some(InputGroupScales { size: rows.next_multiple_of(INPUT_GROUP_MULTIPLE), scales: grid.steps, zeros: None }),
                 outliers: SparseOutliers::none(rows),
             };
             let bits = lut.storage_bits() as f64 / numel as f64;
