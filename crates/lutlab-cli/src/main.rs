@@ -7,6 +7,7 @@ mod export;
 mod fisher;
 mod generate;
 mod hessian;
+mod hessian_summary;
 mod model;
 mod paths;
 mod progress;

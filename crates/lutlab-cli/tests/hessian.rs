@@ -25,6 +25,22 @@ fn gptq_from_a_hessian_file_beats_nearest_and_packs() {
     let hessian = temp("h.safetensors");
     let written = lutlab_json(&["hessian", "--model", &model, "--data", &data, "--nsamples", "6", "--seqlen", "64", "--out", &hessian, "--json"]);
     assert!(written["hessians"].as_u64().unwrap() > 0);
+    // QuIP's summary of the file: one line per distinct input, with the statistics in range, and
+    // the eigenvectors more incoherent after QuIP's processing on average.
+    let summary = lutlab_json(&["hessian", "--model", &model, "--from", &hessian, "--incoherence", "--json"]);
+    let layers = summary["layers"].as_array().unwrap();
+    assert_eq!(layers.len() as u64, written["hessians"].as_u64().unwrap());
+    let (mut before, mut after) = (0.0, 0.0);
+    for l in layers {
+        let n = l["inputs"].as_u64().unwrap();
+        let ratio = l["trace_ratio"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio <= 1.0 + 1e-9, "{l}");
+        assert!(l["rank_1e2"].as_u64().unwrap() <= l["rank"].as_u64().unwrap() && l["rank"].as_u64().unwrap() <= n);
+        assert_eq!(l["eigenvalues"].as_array().unwrap().len() as u64, n);
+        before += l["mu"].as_f64().unwrap();
+        after += l["processed_mu"].as_f64().unwrap();
+    }
+    assert!(after < before, "μ of H's eigenvectors: {before} before, {after} after processing (summed)");
     let quantize = |method: &str, extra: &[&str]| {
         let packed = temp(&format!("{method}.lut"));
         let mut args = vec!["quantize", "--model", &model, "--method", method, "--bits", "3", "--granularity", "channel", "--asym", "--hessian", &hessian, "--json", "--packed"];

@@ -184,6 +184,139 @@ pub fn ldl_upper(a: &Square) -> Option<(Square, Vec<f64>)> {
     Some((unit_upper, d))
 }
 
+/// Eigenvalues (ascending) and eigenvectors (row `k` of the returned matrix belongs to eigenvalue
+/// `k`) of a symmetric matrix: Householder reduction to tridiagonal form, then the implicit QL
+/// iteration with Wilkinson-type shifts (the classic pair, as in EISPACK's `tred2`/`tql2`).
+/// `O(n³)`, single-threaded: for diagnostics (`lutlab hessian --summary`), not the rounding.
+/// `None` if the iteration does not converge (60 sweeps per eigenvalue).
+pub fn symmetric_eigen(a: &Square) -> Option<(Vec<f64>, Square)> {
+    let n = a.n;
+    let (mut d, mut e, q) = tridiagonalize(a);
+    // Rows of `z` are the eigenvectors being built: Qᵀ, rotated as QL proceeds.
+    let mut z = q.transpose();
+    for l in 0..n {
+        let mut sweeps = 0;
+        loop {
+            let mut m = l;
+            while m + 1 < n {
+                let scale = d[m].abs() + d[m + 1].abs();
+                if e[m].abs() <= f64::EPSILON * scale {
+                    break;
+                }
+                m += 1;
+            }
+            if m == l {
+                break;
+            }
+            sweeps += 1;
+            if sweeps > 60 {
+                return None;
+            }
+            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+            let mut r = g.hypot(1.0);
+            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
+            let (mut s, mut c, mut p) = (1.0, 1.0, 0.0);
+            let mut deflated = false;
+            for i in (l..m).rev() {
+                let f = s * e[i];
+                let b = c * e[i];
+                r = f.hypot(g);
+                e[i + 1] = r;
+                if r == 0.0 {
+                    d[i + 1] -= p;
+                    e[m] = 0.0;
+                    deflated = true;
+                    break;
+                }
+                s = f / r;
+                c = g / r;
+                g = d[i + 1] - p;
+                r = (d[i] - g) * s + 2.0 * c * b;
+                p = s * r;
+                d[i + 1] = g + p;
+                g = c * r - b;
+                let (upper, lower) = z.data.split_at_mut((i + 1) * n);
+                let (zi, zi1) = (&mut upper[i * n..], &mut lower[..n]);
+                for (x, y) in zi.iter_mut().zip(zi1.iter_mut()) {
+                    let f = *y;
+                    *y = s * *x + c * f;
+                    *x = c * *x - s * f;
+                }
+            }
+            if deflated {
+                continue;
+            }
+            d[l] -= p;
+            e[l] = g;
+            e[m] = 0.0;
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
+    let values = order.iter().map(|&i| d[i]).collect();
+    let mut vectors = Square::zeros(n);
+    for (k, &i) in order.iter().enumerate() {
+        vectors.data[k * n..(k + 1) * n].copy_from_slice(&z.data[i * n..(i + 1) * n]);
+    }
+    Some((values, vectors))
+}
+
+/// `A = Q T Qᵀ` with `T` tridiagonal (diagonal `d`, off-diagonal `e[i]` between `i` and `i + 1`,
+/// `e[n − 1] = 0`), by Householder reflections on the columns below the diagonal.
+fn tridiagonalize(a: &Square) -> (Vec<f64>, Vec<f64>, Square) {
+    let n = a.n;
+    let mut t = a.data.clone();
+    let mut q = Square::identity(n);
+    let mut e = vec![0.0; n];
+    for k in 0..n.saturating_sub(2) {
+        let x: Vec<f64> = (k + 1..n).map(|i| t[i * n + k]).collect();
+        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            continue;
+        }
+        let alpha = if x[0] > 0.0 { -norm } else { norm };
+        let mut v = x;
+        v[0] -= alpha;
+        let v2: f64 = v.iter().map(|x| x * x).sum();
+        if v2 == 0.0 {
+            continue;
+        }
+        let beta = 2.0 / v2;
+        let m = n - k - 1;
+        // The trailing block A₂₂ ← H A₂₂ H with H = I − β v vᵀ, as a symmetric rank-2 update.
+        let mut p = vec![0.0; m];
+        for (i, pi) in p.iter_mut().enumerate() {
+            let row = &t[(k + 1 + i) * n + k + 1..(k + 1 + i) * n + n];
+            *pi = beta * row.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+        }
+        let kappa = 0.5 * beta * p.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+        let w: Vec<f64> = p.iter().zip(&v).map(|(p, v)| p - kappa * v).collect();
+        for i in 0..m {
+            let row = &mut t[(k + 1 + i) * n + k + 1..(k + 1 + i) * n + n];
+            for (j, x) in row.iter_mut().enumerate() {
+                *x -= v[i] * w[j] + w[i] * v[j];
+            }
+        }
+        t[(k + 1) * n + k] = alpha;
+        t[k * n + k + 1] = alpha;
+        for i in k + 2..n {
+            t[i * n + k] = 0.0;
+            t[k * n + i] = 0.0;
+        }
+        // Q ← Q H.
+        for r in 0..n {
+            let row = &mut q.data[r * n + k + 1..r * n + n];
+            let s = beta * row.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+            row.iter_mut().zip(&v).for_each(|(x, v)| *x -= s * v);
+        }
+    }
+    let d = (0..n).map(|i| t[i * n + i]).collect();
+    for i in 0..n.saturating_sub(1) {
+        e[i] = t[(i + 1) * n + i];
+    }
+    (d, e, q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +380,32 @@ mod tests {
         a.data[4] = -1.0;
         assert!(cholesky_lower(&a).is_none());
         assert!(inverse_cholesky_upper(&a).is_none());
+    }
+
+    #[test]
+    fn the_eigendecomposition_rebuilds_the_matrix() {
+        for (n, seed) in [(1, 1), (2, 2), (9, 3), (40, 4)] {
+            let mut a = random_spd(n, seed);
+            // Indefinite too: shift by the mean diagonal.
+            let shift = a.diagonal().iter().sum::<f64>() / n as f64;
+            (0..n).for_each(|i| a.data[i * n + i] -= shift);
+            let (values, vectors) = symmetric_eigen(&a).unwrap();
+            assert!(values.windows(2).all(|w| w[0] <= w[1]), "ascending");
+            for (k, &lambda) in values.iter().enumerate() {
+                let v = vectors.row(k);
+                let norm: f64 = v.iter().map(|x| x * x).sum();
+                assert!((norm - 1.0).abs() < 1e-10, "n {n}: eigenvector {k} has norm {norm}");
+                for i in 0..n {
+                    let av: f64 = (0..n).map(|j| a.at(i, j) * v[j]).sum();
+                    assert!((av - lambda * v[i]).abs() < 1e-9 * (1.0 + lambda.abs()), "n {n}: A v ≠ λ v at {k}, {i}");
+                }
+            }
+            let trace: f64 = a.diagonal().iter().sum();
+            assert!((values.iter().sum::<f64>() - trace).abs() < 1e-9 * (1.0 + trace.abs()));
+        }
+        // A known spectrum: diag(3, 1, 2) rotated stays {1, 2, 3}.
+        let a = Square { n: 3, data: vec![2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 2.0] };
+        let (values, _) = symmetric_eigen(&a).unwrap();
+        assert!(values.iter().zip([1.0, 2.0, 3.0]).all(|(a, b)| (a - b).abs() < 1e-12), "{values:?}");
     }
 }

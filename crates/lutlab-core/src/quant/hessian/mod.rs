@@ -4,6 +4,8 @@
 
 pub mod linalg;
 pub mod rounding;
+pub mod summary;
 
 pub use linalg::Square;
 pub use rounding::{proxy_loss, round_with_hessian, Feedback, Grid, Rounded, RoundingSettings};
+pub use summary::{summarize, HessianSummary};
