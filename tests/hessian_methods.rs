@@ -224,7 +224,7 @@ fn incoherence_processing_matches_the_numpy_port() {
     assert!(worst < 1e-6, "processed weights differ by {worst}");
     let input_scale = p.incoherence.input_scale.as_ref().unwrap();
     assert!(input_scale.iter().zip(f32s(&case["input_scale"])).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs()));
-    let grid = Grid::Tables { levels: 4, channels_per_table: 1, tables: RmsGrid::new(&p.weights, rows, cols, 2).tables() };
+    let grid = Grid::Tables { levels: 4, channels_per_table: 1, tables: RmsGrid::new(&p.weights, rows, cols, 2, true).tables() };
     let ldlq_rg = RoundingSettings { feedback: Feedback::Ldlq, act_order: true, greedy_passes: 1, blocksize: 7, percdamp: 0.01 };
     let r = round_with_hessian(&p.weights, rows, cols, &p.hessian, &grid, None, &ldlq_rg).unwrap();
     let want = f32s(&case["rotated_values"]);

@@ -18,7 +18,7 @@ fn with_bits(method: &Method, bits: u32) -> Method {
         Method::Uniform(settings) => settings.bits = bits,
         Method::Hessian { grid: lutlab_core::quant::HessianGrid::Uniform { settings, .. }, .. } => settings.bits = bits,
         Method::Hessian { grid: lutlab_core::quant::HessianGrid::Kmeans { settings, .. }, .. } => settings.bits = bits,
-        Method::Hessian { grid: lutlab_core::quant::HessianGrid::Rms { bits: b }, .. } => *b = bits,
+        Method::Hessian { grid: lutlab_core::quant::HessianGrid::Rms { bits: b, .. }, .. } => *b = bits,
     }
     method
 }

@@ -315,11 +315,12 @@ pub fn layer_rotations(name: &str, rows: usize, cols: usize, seed: u64) -> (Rota
     (Rotation::random(rows, base), Rotation::random(cols, base.wrapping_add(0x9E37_79B9_7F4A_7C15)))
 }
 
-/// QuIP's `qfn b` grid: per output channel `c`, `2^bits` evenly spaced values over `±s_c`,
-/// `s_c = 2.4 · rms(column c) + 10⁻¹⁶` (incoherent weights are nearly Gaussian, so a multiple of
-/// the RMS bounds them better than the max): entry `k` = `s_c (2k / (2^bits − 1) − 1)`. Held as
-/// the shared levels `k − (2^bits − 1)/2` and a step `2 s_c / (2^bits − 1)` per channel, so it
-/// packs as one f16 scale per channel (input groups spanning every row); the tables are
+/// QuIP's `qfn b` grid: `2^bits` evenly spaced values over `±s`, `s = 2.4 · rms + 10⁻¹⁶`
+/// (incoherent weights are nearly Gaussian, so a multiple of the RMS bounds them better than the
+/// max): entry `k` = `s (2k / (2^bits − 1) − 1)`. QuIP's code takes the RMS of the whole matrix
+/// (`quantize_weight_vecbal`); `per_channel` takes it per output channel `c` instead. Held as the
+/// shared levels `k − (2^bits − 1)/2` and a step `2 s_c / (2^bits − 1)` per channel, so it packs
+/// as one f16 scale per channel (input groups spanning every row); the tables are
 /// `level × step` in f32, exactly what the packed form decodes to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RmsGrid {
@@ -328,15 +329,15 @@ pub struct RmsGrid {
 }
 
 impl RmsGrid {
-    pub fn new(weights: &[f32], rows: usize, cols: usize, bits: u32) -> Self {
+    pub fn new(weights: &[f32], rows: usize, cols: usize, bits: u32, per_channel: bool) -> Self {
         let maxq = f64::from((1u32 << bits) - 1);
         let levels = (0..=maxq as usize).map(|k| (k as f64 - maxq / 2.0) as f32).collect();
-        let steps = (0..cols)
-            .map(|c| {
-                let mean_square = (0..rows).map(|r| f64::from(weights[r * cols + c]).powi(2)).sum::<f64>() / rows as f64;
-                ((2.4 * mean_square.sqrt() + 1e-16) * 2.0 / maxq) as f32
-            })
-            .collect();
+        let step = |mean_square: f64| ((2.4 * mean_square.sqrt() + 1e-16) * 2.0 / maxq) as f32;
+        let steps = if per_channel {
+            (0..cols).map(|c| step((0..rows).map(|r| f64::from(weights[r * cols + c]).powi(2)).sum::<f64>() / rows as f64)).collect()
+        } else {
+            vec![step(weights.iter().map(|&w| f64::from(w).powi(2)).sum::<f64>() / weights.len() as f64); cols]
+        };
         Self { levels, steps }
     }
 
@@ -424,8 +425,13 @@ mod tests {
     #[test]
     fn the_rms_grid_is_quips_qfn_b() {
         let w = [1.0f32, -1.0, 1.0, -1.0]; // one column, rms 1
-        let t = RmsGrid::new(&w, 4, 1, 2).tables();
+        let t = RmsGrid::new(&w, 4, 1, 2, true).tables();
         let want = [-2.4, -0.8, 0.8, 2.4];
         assert!(t.iter().zip(want).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-6), "{t:?}");
+        // QuIP's code: one RMS for the whole matrix (columns of rms 1 and 3: rms √5).
+        let w = [1.0f32, 3.0, -1.0, -3.0];
+        let grid = RmsGrid::new(&w, 2, 2, 1, false);
+        assert_eq!(grid.steps[0], grid.steps[1]);
+        assert!((f64::from(grid.steps[0]) - 2.0 * 2.4 * 5f64.sqrt()).abs() < 1e-5);
     }
 }

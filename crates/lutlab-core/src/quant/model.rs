@@ -39,9 +39,10 @@ pub enum HessianGrid {
     /// weighted by its input's `H[k,k]`), then rounded to with error feedback; outliers are kept
     /// exactly at their updated value.
     Kmeans { settings: KmeansSettings, outliers: Option<OutlierSettings> },
-    /// QuIP's `qfn b`: per output channel, `2^bits` evenly spaced values over ±2.4 × the
-    /// channel's RMS (`quant::incoherence::rms_tables`), for incoherent (near-Gaussian) weights.
-    Rms { bits: u32 },
+    /// QuIP's `qfn b`: `2^bits` evenly spaced values over ±2.4 × the RMS of the matrix (QuIP's
+    /// code) or, `per_channel`, of each output channel (`quant::incoherence::RmsGrid`), for
+    /// incoherent (near-Gaussian) weights.
+    Rms { bits: u32, per_channel: bool },
 }
 
 impl Method {
@@ -51,7 +52,7 @@ impl Method {
             Method::Uniform(settings) => settings.bits,
             Method::Hessian { grid: HessianGrid::Uniform { settings, .. }, .. } => settings.bits,
             Method::Hessian { grid: HessianGrid::Kmeans { settings, .. }, .. } => settings.bits,
-            Method::Hessian { grid: HessianGrid::Rms { bits }, .. } => *bits,
+            Method::Hessian { grid: HessianGrid::Rms { bits, .. }, .. } => *bits,
         }
     }
 
@@ -305,20 +306,16 @@ fn quantize_layer_hessian(
                 (layer_report(name, w, r.values, Some(lut), 0, bits, None), r.proxy_loss)
             }
         },
-        HessianGrid::Rms { bits } => {
-            let grid = RmsGrid::new(w, rows, cols, *bits);
+        HessianGrid::Rms { bits, per_channel } => {
+            let grid = RmsGrid::new(w, rows, cols, *bits, *per_channel);
             let r = round(&Grid::Tables { levels: 1 << bits, tables: grid.tables(), channels_per_table: 1 }, None)?;
-            // Stored as the shared levels and one step per channel (an input group of every row).
-            let lut = LutMatrix {
-                rows,
-                cols,
-                bits: *bits,
-                granularity: Granularity::Tensor,
-                tables: grid.levels,
-                codes: r.codes,
-                input_groups: Some(InputGroupScales { size: rows.next_multiple_of(INPUT_GROUP_MULTIPLE), scales: grid.steps, zeros: None }),
-                outliers: SparseOutliers::none(rows),
+            // Per channel: the shared levels and one step per channel (an input group of every
+            // row); per tensor: one table.
+            let (tables, input_groups) = match per_channel {
+                true => (grid.levels, Some(InputGroupScales { size: rows.next_multiple_of(INPUT_GROUP_MULTIPLE), scales: grid.steps, zeros: None })),
+                false => (grid.tables()[..1 << bits].to_vec(), None),
             };
+            let lut = LutMatrix { rows, cols, bits: *bits, granularity: Granularity::Tensor, tables, codes: r.codes, input_groups, outliers: SparseOutliers::none(rows) };
             let bits = lut.storage_bits() as f64 / numel as f64;
             (layer_report(name, w, r.values, Some(lut), 0, bits, None), r.proxy_loss)
         }

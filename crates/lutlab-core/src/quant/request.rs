@@ -152,15 +152,19 @@ impl QuantizeRequest {
         let qfn_b = match self.qfn.as_str() {
             // `--incoherence` brings qfn b where it applies (int grid per channel, symmetric);
             // with another grid or granularity the grid stays as configured.
-            "a" => self.incoherence && self.grid == "int" && self.granularity == "channel" && !self.asym,
+            "a" => self.incoherence && self.grid == "int" && matches!(self.granularity.as_str(), "channel" | "tensor") && !self.asym,
             "b" => true,
             other => return Err(invalid(&format!("qfn `{other}`: use a (the grid as configured) or b (QuIP's ±2.4·RMS grid per channel)"))),
         };
-        if qfn_b && (self.grid != "int" || self.granularity != "channel" || self.asym) {
-            return Err(invalid("qfn b is QuIP's symmetric integer grid per output channel: use grid int, granularity channel, no --asym"));
+        let rms_granularity = matches!(self.granularity.as_str(), "channel" | "tensor");
+        if qfn_b && (self.grid != "int" || !rms_granularity || self.asym) {
+            return Err(invalid(
+                "qfn b is QuIP's symmetric grid over ±2.4 RMS of the matrix (granularity tensor, as QuIP's code) or of each \
+                 output channel (channel): use grid int, one of those granularities, no --asym",
+            ));
         }
         let grid = if qfn_b {
-            HessianGrid::Rms { bits: self.bits }
+            HessianGrid::Rms { bits: self.bits, per_channel: self.granularity == "channel" }
         } else if self.grid == "kmeans" {
             let (settings, outliers) = self.kmeans_parts(has_fisher, percent_range)?;
             HessianGrid::Kmeans { settings, outliers }
