@@ -158,6 +158,61 @@ def greedy(W, Q, H, grid, perm, passes):
     return Q
 
 
+def admm_feedback(H, rho=0.1, iters=100):
+    """QuIP's ldlbal_admm feedback: min tr((Z+I) H (Z+I)^T) over strictly lower Z whose columns
+    have norm <= 1, by ADMM (X: masked least squares through chol(2H + rho I); Z: projection of
+    X + U onto the column-norm ball; U: the scaled dual)."""
+    n = H.shape[0]
+    Linv = np.linalg.inv(np.linalg.cholesky(2 * H + rho * np.eye(n)))
+    M = np.tril(np.ones((n, n)), -1)
+    Z = np.zeros((n, n))
+    U = np.zeros((n, n))
+    for _ in range(iters):
+        X = (((rho * Z - rho * U - 2 * (M * H)) @ Linv.T) * M) @ Linv
+        V = X + U
+        Z = V / np.maximum(1.0, np.sqrt((V ** 2).sum(axis=0)))[None, :]
+        U = U + X - Z
+    return Z
+
+
+def ldlbal_admm(W, H, grid, percdamp, passes):
+    """Inputs by increasing H_kk, H over its largest diagonal entry; W_hat = Q(W_hat - (W_hat - W) G)
+    with G = (Z + I)^-1 iterated to a fixed point from Q(W); then triangle-greedy passes."""
+    H, W = damp(H, W, percdamp)
+    n = H.shape[0]
+    perm = np.argsort(np.diag(H), kind="stable")
+    W = W[:, perm]
+    H = H[perm][:, perm]
+    H = H / np.diag(H).max()
+    G = np.linalg.inv(admm_feedback(H) + np.eye(n))
+
+    def Q(X):
+        return np.array([[nearest(grid.table(r, perm[k]), X[r, k]) for k in range(n)] for r in range(X.shape[0])])
+
+    What = Q(W)
+    for _ in range(n):
+        nxt = Q(What - (What - W) @ G)
+        if (nxt == What).all():
+            break
+        What = nxt
+    Hn = H / np.diag(H)[None, :]
+    upper, lower = np.triu(Hn, 1), np.tril(Hn, -1)
+    for _ in range(passes):
+        target = W + (W - What) @ upper
+        steps = 0
+        for _ in range(n):
+            steps += 1
+            nxt = Q(target + (W - What) @ lower)
+            if (nxt == What).all():
+                break
+            What = nxt
+        if steps == 1:
+            break
+    out = np.zeros_like(What)
+    out[:, perm] = What
+    return out
+
+
 def rtn_then_greedy(W, H, grid, percdamp, passes):
     H, W = damp(H, W, percdamp)
     n = H.shape[0]
@@ -247,6 +302,7 @@ def main():
     case("ldlq", ldlq, desc4, fixed4, percdamp=0.01, act_order=False, passes=0)
     case("ldlq-rg", ldlq, desc4, fixed4, percdamp=0.01, act_order=True, passes=2)
     case("greedy", rtn_then_greedy, desc4, fixed4, percdamp=0.01, passes=2)
+    case("ldlbal-admm", ldlbal_admm, desc4, fixed4, percdamp=0.01, passes=2)
     case("gptq lut", gptq, desc_lut, fixed_lut, percdamp=0.01, act_order=False)
     case("gptq groups", gptq, {"kind": "groups", "size": 16, "bits": 3, "static": False},
          lambda: Tables("dynamic", W, bits=3, group=16), percdamp=0.01, act_order=False)

@@ -42,7 +42,9 @@ fn grid_of(desc: &Value) -> Grid {
 }
 
 fn settings_of(name: &str, s: &Value) -> RoundingSettings {
-    let feedback = if name.starts_with("ldlq") {
+    let feedback = if name.starts_with("ldlbal") {
+        Feedback::LdlbalAdmm
+    } else if name.starts_with("ldlq") {
         Feedback::Ldlq
     } else if name == "greedy" {
         Feedback::Nearest

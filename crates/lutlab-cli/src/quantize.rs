@@ -36,6 +36,10 @@ enum MethodName {
     LdlqRg,
     /// Greedy coordinate passes over the proxy loss from round-to-nearest (QuIP's allbal).
     Greedy,
+    /// QuIP's ldlbal_admm: feedback with bounded columns found by ADMM, then --npasses
+    /// triangle-greedy passes.
+    #[value(name = "ldlbal-admm")]
+    LdlbalAdmm,
 }
 
 #[derive(Args)]
@@ -259,6 +263,7 @@ impl QuantizeArgs {
                 MethodName::Gptq => "gptq",
                 MethodName::Ldlq => "ldlq",
                 MethodName::LdlqRg => "ldlq-rg",
+                MethodName::LdlbalAdmm => "ldlbal-admm",
                 MethodName::Greedy => "greedy",
             }
             .into(),

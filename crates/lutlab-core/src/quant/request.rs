@@ -125,8 +125,8 @@ impl QuantizeRequest {
             "rtn" if self.scaling || self.centering => Err(invalid("scaling and centering are seed 000's k-means transforms: use method kmeans")),
             "rtn" if self.restarts.is_some() => Err(invalid("restarts are k-means++ runs: round-to-nearest has none")),
             "rtn" => Ok(Method::Uniform(self.uniform_settings(&self.format)?)),
-            "gptq" | "ldlq" | "ldlq-rg" | "greedy" => self.hessian_method(has_fisher, percent_range),
-            other => Err(invalid(&format!("method `{other}`: use kmeans, rtn, gptq, ldlq, ldlq-rg or greedy"))),
+            "gptq" | "ldlq" | "ldlq-rg" | "greedy" | "ldlbal-admm" => self.hessian_method(has_fisher, percent_range),
+            other => Err(invalid(&format!("method `{other}`: use kmeans, rtn, gptq, ldlq, ldlq-rg, greedy or ldlbal-admm"))),
         }
     }
 
@@ -141,6 +141,8 @@ impl QuantizeRequest {
             "gptq" => (Feedback::Gptq, self.act_order, 0),
             "ldlq" => (Feedback::Ldlq, self.act_order, 0),
             "ldlq-rg" => (Feedback::Ldlq, true, self.npasses.unwrap_or(1)),
+            // Its own order (increasing H_kk, as QuIP's) and triangle-greedy passes.
+            "ldlbal-admm" => (Feedback::LdlbalAdmm, false, self.npasses.unwrap_or(1)),
             _ => (Feedback::Nearest, self.act_order, self.npasses.unwrap_or(1)),
         };
         if self.npasses.is_some() && matches!(self.method.as_str(), "gptq" | "ldlq") {
@@ -228,7 +230,7 @@ impl QuantizeRequest {
 
     fn method_label(&self, has_fisher: bool) -> String {
         match self.method.as_str() {
-            "gptq" | "ldlq" | "ldlq-rg" | "greedy" => {
+            "gptq" | "ldlq" | "ldlq-rg" | "greedy" | "ldlbal-admm" => {
                 let grid = if self.grid == "kmeans" {
                     let weighted = if has_fisher { "Fisher-weighted " } else { "" };
                     format!("{weighted}kmeans")

@@ -2,6 +2,7 @@
 //! the Hessian of each linear layer's output error, `H = (2/N) Σ x xᵀ` over its calibration
 //! inputs, and a little dense linear algebra.
 
+pub mod admm;
 pub mod linalg;
 pub mod rounding;
 pub mod summary;

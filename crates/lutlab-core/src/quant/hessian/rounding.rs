@@ -28,6 +28,8 @@ pub enum Feedback {
     Nearest,
     Gptq,
     Ldlq,
+    /// QuIP's `ldlbal_admm` (`quant::hessian::admm`): its own feedback matrix, order and passes.
+    LdlbalAdmm,
 }
 
 /// How one matrix is rounded.
@@ -99,6 +101,15 @@ pub fn round_with_hessian(
     settings: &RoundingSettings,
 ) -> Result<Rounded> {
     check_inputs(weights, rows, cols, h, grid, exact, settings)?;
+    if settings.feedback == Feedback::LdlbalAdmm {
+        let Grid::Tables { levels, tables, channels_per_table } = grid else {
+            return Err(LoadError::InvalidSetting("ldlbal-admm rounds onto fixed tables: use per-channel or per-tensor grids, not input groups".into()));
+        };
+        if exact.is_some() {
+            return Err(LoadError::InvalidSetting("ldlbal-admm does not keep dense-and-sparse outliers".into()));
+        }
+        return super::admm::round_admm(weights, rows, cols, h, *levels, tables, *channels_per_table, settings.percdamp, settings.greedy_passes);
+    }
     let mut w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
     let (order, hp, coefficients) = prepare(h, &mut w, cols, settings)?;
     let static_fit = match grid {
@@ -267,7 +278,7 @@ fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Option<Option<Squar
     let n = hp.n;
     match feedback {
         // No factor is used, but the Hessian must still be one the passes can trust.
-        Feedback::Nearest => cholesky_lower(hp).map(|_| None),
+        Feedback::Nearest | Feedback::LdlbalAdmm => cholesky_lower(hp).map(|_| None),
         Feedback::Gptq => {
             let u = inverse_cholesky_upper(hp)?;
             let mut a = Square::zeros(n);
@@ -291,14 +302,14 @@ fn fit_uniform(values: &[f32], rows: usize, cols: usize, settings: &UniformSetti
 
 /// One table's entries sorted, with their codes and the midpoints between neighbours, for
 /// nearest-entry search.
-struct SortedTable {
+pub(super) struct SortedTable {
     values: Vec<f64>,
     codes: Vec<u8>,
     midpoints: Vec<f64>,
 }
 
 impl SortedTable {
-    fn new(table: &[f32]) -> Self {
+    pub(super) fn new(table: &[f32]) -> Self {
         let mut entries: Vec<(f64, u8)> = table.iter().enumerate().map(|(code, &v)| (f64::from(v), code as u8)).collect();
         entries.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let values: Vec<f64> = entries.iter().map(|e| e.0).collect();
@@ -307,7 +318,7 @@ impl SortedTable {
     }
 
     /// The nearest entry's code and value; a tie goes to the smaller value.
-    fn nearest(&self, x: f64) -> (u8, f64) {
+    pub(super) fn nearest(&self, x: f64) -> (u8, f64) {
         let i = self.midpoints.partition_point(|&m| m < x);
         (self.codes[i], self.values[i])
     }
