@@ -100,6 +100,21 @@ fn bad_hessian_requests_are_refused_by_name() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("static groups"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Perplexity of the packed file `packed` (run by the LUT kernels) and of the dense export
+/// `dense`, on the first 3,000 characters of WikiText-2 validation.
+fn packed_and_dense_perplexity(packed: &str, dense: &str) -> (f64, f64) {
+    let model = repo(MODEL).display().to_string();
+    let short = format!("{packed}.short.txt"); // one per caller: tests run in parallel
+    let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap();
+    std::fs::write(&short, &text[..text.char_indices().nth(3000).unwrap().0]).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--data", &short, "--max-length", "64", "--stride", "64", "--json"];
+        args.extend_from_slice(extra);
+        lutlab_json(&args)["perplexity"].as_f64().unwrap()
+    };
+    (eval(&["--packed", packed, "--model", &model]), eval(&["--model", dense]))
+}
+
 #[test]
 fn input_groups_pack_and_evaluate_through_the_lut_kernels_as_their_dense_weights() {
     // Groups of 32 input rows: RTN and GPTQ results pack (format version 3: codes and a f16
@@ -107,9 +122,6 @@ fn input_groups_pack_and_evaluate_through_the_lut_kernels_as_their_dense_weights
     // perplexity of its dense export to f32 summation-order error.
     let model = repo(MODEL).display().to_string();
     let data = repo("data/wikitext-2/valid.txt").display().to_string();
-    let short = temp("groups-short.txt");
-    let text = std::fs::read_to_string(&data).unwrap();
-    std::fs::write(&short, &text[..text.char_indices().nth(3000).unwrap().0]).unwrap();
     for (method, extra) in [("rtn", &[][..]), ("gptq", &["--calibration-data", &data, "--hessian-samples", "4", "--hessian-seqlen", "32"][..])] {
         let (packed, dense) = (temp(&format!("{method}-groups.lut")), temp(&format!("{method}-groups-dense")));
         let mut args = vec!["quantize", "--model", &model, "--method", method, "--bits", "4", "--granularity", "group:32", "--asym", "--json"];
@@ -121,13 +133,7 @@ fn input_groups_pack_and_evaluate_through_the_lut_kernels_as_their_dense_weights
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
         assert_eq!(header["__metadata__"]["format_version"], "3", "{method}");
-        let eval = |extra: &[&str]| {
-            let mut args = vec!["eval", "--data", &short, "--max-length", "64", "--stride", "64", "--json"];
-            args.extend_from_slice(extra);
-            lutlab_json(&args)["perplexity"].as_f64().unwrap()
-        };
-        let from_packed = eval(&["--packed", &packed, "--model", &model]);
-        let from_dense = eval(&["--model", &dense]);
+        let (from_packed, from_dense) = packed_and_dense_perplexity(&packed, &dense);
         assert!((from_packed - from_dense).abs() <= 1e-5 * from_dense, "{method}: packed {from_packed} vs dense {from_dense}");
     }
 }
@@ -139,9 +145,6 @@ fn incoherence_processing_packs_and_evaluates_as_its_dense_export() {
     // it with the rotations in the forward pass, and it gives the perplexity of its dense export.
     let model = repo(MODEL).display().to_string();
     let data = repo("data/wikitext-2/valid.txt").display().to_string();
-    let short = temp("incoherence-short.txt");
-    let text = std::fs::read_to_string(&data).unwrap();
-    std::fs::write(&short, &text[..text.char_indices().nth(3000).unwrap().0]).unwrap();
     let (packed, dense) = (temp("incoherent.lut"), temp("incoherent-dense"));
     let report = lutlab_json(&[
         "quantize", "--model", &model, "--method", "ldlq-rg", "--bits", "3", "--granularity", "channel", "--incoherence",
@@ -149,13 +152,7 @@ fn incoherence_processing_packs_and_evaluates_as_its_dense_export() {
     ]);
     assert!(report["method"].as_str().unwrap().contains("+incoherence"), "{}", report["method"]);
     assert!(total_proxy(&report) > 0.0);
-    let eval = |extra: &[&str]| {
-        let mut args = vec!["eval", "--data", &short, "--max-length", "64", "--stride", "64", "--json"];
-        args.extend_from_slice(extra);
-        lutlab_json(&args)["perplexity"].as_f64().unwrap()
-    };
-    let from_packed = eval(&["--packed", &packed, "--model", &model]);
-    let from_dense = eval(&["--model", &dense]);
+    let (from_packed, from_dense) = packed_and_dense_perplexity(&packed, &dense);
     assert!((from_packed - from_dense).abs() <= 1e-5 * from_dense, "packed {from_packed} vs dense {from_dense}");
     // QuIP's options that do not combine are refused by name.
     let out = lutlab(&["quantize", "--model", &model, "--method", "gptq", "--qfn", "b", "--granularity", "group:32", "--eval"]);
