@@ -117,13 +117,26 @@ impl LayerPicture {
             Some(f) => Some(weighted_squared_error(original, &q.dequantized, Some(f)).map_err(js_error)?),
             None => None,
         };
+        let rotated = q.transform.as_ref().is_some_and(|t| t.incoherence.is_some());
         match &q.lut {
+            Some(lut) if rotated => {
+                picture.bits = Some(lut.bits);
+                picture.notes.push("incoherence processing: the codes are of the rotated weights, so their values are not drawn over the original ones".to_string());
+            }
             Some(lut) => {
                 let levels = lut.levels();
-                let table = lut.table_of(channel);
                 let scale = q.transform.as_ref().and_then(|t| t.scales.as_ref()).map_or(1.0, |s| s[channel]);
-                picture.centroids = lut.tables.get(table * levels..(table + 1) * levels).map(|t| t.iter().map(|v| v * scale).collect());
-                picture.tables = lut.tables.len() / levels;
+                picture.centroids = Some(lut.channel_values(channel, 0).iter().map(|v| v * scale).collect());
+                picture.tables = match &lut.input_groups {
+                    Some(groups) => {
+                        let per_channel = lut.rows.div_ceil(groups.size);
+                        if per_channel > 1 {
+                            picture.notes.push(format!("{per_channel} scales per channel (groups of {} input rows): the values of the first group are drawn", groups.size));
+                        }
+                        per_channel * lut.cols
+                    }
+                    None => lut.tables.len() / levels,
+                };
                 picture.bits = Some(lut.bits);
                 let o = &lut.outliers;
                 for r in 0..o.row_ptr.len().saturating_sub(1) {

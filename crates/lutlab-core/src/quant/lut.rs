@@ -154,6 +154,17 @@ impl LutMatrix {
         col / per_table
     }
 
+    /// The values channel `col`'s codes stand for in input group `group` (its table through the
+    /// group's scale and zero point; without input groups, its table).
+    pub fn channel_values(&self, col: usize, group: usize) -> Vec<f32> {
+        let levels = self.levels();
+        let table = &self.tables[self.table_of(col) * levels..(self.table_of(col) + 1) * levels];
+        match &self.input_groups {
+            Some(groups) => table.iter().map(|&entry| groups.apply(entry, group, col, self.cols)).collect(),
+            None => table.to_vec(),
+        }
+    }
+
     /// Checks that codes, tables and outliers agree with the shape; `what` names the matrix.
     pub fn validate(&self, what: &str) -> Result<()> {
         let bad = |reason: String| Err(LoadError::BadConfig { file: what.to_string(), reason });

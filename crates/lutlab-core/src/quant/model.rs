@@ -300,7 +300,11 @@ fn quantize_layer_hessian(
             _ => {
                 let fit = quantize_uniform(w, rows, cols, settings).map_err(|e| in_layer(name, e))?;
                 let mut lut = fit.to_lut().map_err(|e| in_layer(name, e))?;
-                let r = round(&tables_of(&lut)?, None)?;
+                // Round to the fit's own tables (the LUT may hold the unscaled grid with a scale
+                // per channel instead); the codes are the same either way.
+                let granularity = settings.granularity.lut_granularity(rows).unwrap_or(Granularity::Channel);
+                let tables = Grid::Tables { levels: settings.levels(), tables: fit.tables.clone(), channels_per_table: granularity.channels_per_table(cols)? };
+                let r = round(&tables, None)?;
                 lut.codes = r.codes;
                 let bits = uniform_bits_per_weight(settings, fit.scales.len(), numel);
                 (layer_report(name, w, r.values, Some(lut), 0, bits, None), r.proxy_loss)

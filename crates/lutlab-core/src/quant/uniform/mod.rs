@@ -249,7 +249,15 @@ impl UniformResult {
     /// there are per output column (or group of columns); input-row groups become the shared
     /// grid with a scale and zero point per group, which must then be a multiple of 32 rows.
     pub fn to_lut(&self) -> Result<LutMatrix> {
+        let per_channel = matches!(self.granularity.lut_granularity(self.rows), Some(Granularity::Channel));
         let (granularity, tables, input_groups) = match (self.granularity.lut_granularity(self.rows), self.granularity) {
+            // A scale (and zero point) per channel is stored as such, one input group spanning
+            // every row, not as a 2^bits-entry table per channel: what the bits-per-weight
+            // report counts is what the file holds.
+            _ if per_channel => {
+                let size = self.rows.next_multiple_of(INPUT_GROUP_MULTIPLE);
+                (Granularity::Tensor, self.grid.clone(), Some(input_group_scales(size, &self.scales, &self.zero_points)?))
+            }
             (Some(granularity), _) => (granularity, self.tables.clone(), None),
             (None, UniformGranularity::InputGroup(size)) => {
                 (Granularity::Tensor, self.grid.clone(), Some(input_group_scales(size, &self.scales, &self.zero_points)?))
