@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Hessian methods' quality table (issue 18) on a shipped model (MODEL, default the GPT-2):
 # perplexity on the whole WikiText-2 test file (window 256, stride 128) and bits/weight for RTN,
-# GPTQ, GPTQ+act-order, LDLQ-RG, QuIP's incoherence processing + LDLQ-RG, k-means and
+# GPTQ, GPTQ+act-order, LDLQ-RG, QuIP's incoherence processing + LDLQ-RG, ldlbal-admm, k-means and
 # k-means+GPTQ at 4, 3 and 2 bits, per channel (asymmetric, min-max; incoherence: QuIP's qfn b)
 # and with groups of GROUP inputs (default 128; a divisor of every linear's inputs). Every result
 # that packs is evaluated packed, through the LUT kernels. ONLY: a regular expression over the
@@ -44,6 +44,7 @@ for b in 4 3 2; do
     run "rescale+proj+ldlq-rg $b-bit $g" --method ldlq-rg --pre-rescale --pre-proj --bits $b --granularity $g --asym $([ $g = channel ] || echo --static-groups) $HESS
   done
   run "incoherence+ldlq-rg $b-bit channel" --method ldlq-rg --incoherence --bits $b --granularity channel $HESS
+  run "ldlbal-admm $b-bit channel"   --method ldlbal-admm --bits $b --granularity channel --asym $HESS
   run "kmeans $b-bit channel"        --method kmeans --bits $b --granularity channel --restarts 3
   run "kmeans+gptq $b-bit channel"   --method gptq --grid kmeans --bits $b --granularity channel --restarts 3 $HESS
 done
