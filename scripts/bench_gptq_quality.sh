@@ -45,6 +45,9 @@ for b in 4 3 2; do
   done
   run "incoherence+ldlq-rg $b-bit channel" --method ldlq-rg --incoherence --bits $b --granularity channel $HESS
   run "ldlbal-admm $b-bit channel"   --method ldlbal-admm --bits $b --granularity channel --asym $HESS
+  # GPTQ's own quantizer (integer zero points), for the comparison with a PyTorch GPTQ.
+  run "rtn int-zp $b-bit channel"    --method rtn  --bits $b --granularity channel --asym --quantize-zero-point
+  run "gptq int-zp $b-bit channel"   --method gptq --bits $b --granularity channel --asym --quantize-zero-point $HESS
   run "kmeans $b-bit channel"        --method kmeans --bits $b --granularity channel --restarts 3
   run "kmeans+gptq $b-bit channel"   --method gptq --grid kmeans --bits $b --granularity channel --restarts 3 $HESS
 done

@@ -23,6 +23,7 @@ fn asym_int(bits: u32) -> UniformSettings {
         granularity: UniformGranularity::Channel,
         scale_stats: ScaleStats::Stats,
         scale_type: ScaleType::Float,
+        integer_zero_point: false,
     }
 }
 

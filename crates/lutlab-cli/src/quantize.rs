@@ -105,6 +105,10 @@ pub struct QuantizeArgs {
     /// rtn scale type: float | po2.
     #[arg(long, default_value = "float")]
     pub(crate) scale_type: String,
+    /// Asymmetric uniform grids: round each zero point to an integer, as GPTQ's quantizer does
+    /// (Brevitas' --quantize-weight-zero-point).
+    #[arg(long)]
+    pub(crate) quantize_zero_point: bool,
     /// Only blocks START,END (end exclusive), as SqueezeLLM's nuq.py `--range`.
     #[arg(long)]
     pub(crate) blocks: Option<String>,
@@ -278,6 +282,7 @@ impl QuantizeArgs {
             asym: self.asym,
             scale_stats: self.scale_stats.clone(),
             scale_type: self.scale_type.clone(),
+            quantize_zero_point: self.quantize_zero_point,
             scaling: self.scaling,
             centering: self.centering,
             embeddings: self.quantize_embeddings,

@@ -65,6 +65,7 @@ fn settings(case: &Value) -> UniformSettings {
         granularity: s("granularity").parse().expect("granularity"),
         scale_stats: s("scale_stats").parse().expect("scale_stats"),
         scale_type: s("scale_type").parse().expect("scale_type"),
+        integer_zero_point: false,
     }
 }
 
@@ -315,6 +316,7 @@ fn a_uniform_result_is_a_lut_with_the_representable_values_as_tables() {
                 granularity,
                 scale_stats: ScaleStats::Stats,
                 scale_type: ScaleType::Float,
+                integer_zero_point: false,
             };
             let r = quantize_uniform(&w, rows, cols, &settings).expect("quantize");
             let lut = r.to_lut().expect("LutMatrix");
@@ -382,6 +384,7 @@ fn minifloat_rounding_is_nearest_even_and_saturating() {
         granularity: UniformGranularity::Tensor,
         scale_stats: ScaleStats::Stats,
         scale_type: ScaleType::Float,
+        integer_zero_point: false,
     };
     let w = [6.0, 0.25, 0.75, 2.5, 3.5, 5.0, -5.0, -0.1, 1.25, -6.0];
     let r = quantize_uniform(&w, 1, w.len(), &settings).expect("quantize");
@@ -487,6 +490,7 @@ fn degenerate_groups_do_not_break_anything() {
                     granularity: UniformGranularity::Channel,
                     scale_stats: stats,
                     scale_type,
+                    integer_zero_point: false,
                 };
                 let r = quantize_uniform(&w, rows, cols, &settings).expect("quantize");
                 assert!(r.scales.iter().all(|s| s.is_finite() && *s > 0.0), "{stats} {symmetric}: {:?}", r.scales);
@@ -494,6 +498,29 @@ fn degenerate_groups_do_not_break_anything() {
                 // The all-zero channel stays exactly zero.
                 assert!((0..rows).all(|r_| r.dequantize()[r_ * cols] == 0.0), "{stats} {symmetric}");
             }
+        }
+    }
+}
+
+#[test]
+fn integer_zero_points_are_gptqs_quantizer() {
+    // GPTQ's quantizer: scale = (max(w, 0) − min(w, 0)) / maxq, zero = round(−min / scale),
+    // q = clamp(round(w / scale) + zero, 0, maxq), value = scale · (q − zero).
+    let (rows, cols) = (40, 6);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.3) * (1.0 + (i % cols) as f32)).collect();
+    let settings = UniformSettings { bits: 3, symmetric: false, granularity: UniformGranularity::Channel, integer_zero_point: true, ..UniformSettings::default() };
+    let r = quantize_uniform(&w, rows, cols, &settings).expect("quantize");
+    assert!(r.zero_points.iter().all(|z| z.fract() == 0.0), "{:?}", r.zero_points);
+    let deq = r.dequantize();
+    for c in 0..cols {
+        let column: Vec<f32> = (0..rows).map(|r| w[r * cols + c]).collect();
+        let (low, high) = (column.iter().fold(0f32, |m, &v| m.min(v)), column.iter().fold(0f32, |m, &v| m.max(v)));
+        let scale = (high - low) / 7.0;
+        let zero = (-low / scale).round_ties_even();
+        for (r, &x) in column.iter().enumerate() {
+            let q = ((x / scale).round_ties_even() + zero).clamp(0.0, 7.0);
+            let want = scale * (q - zero);
+            assert!((deq[r * cols + c] - want).abs() <= 1e-6 * scale, "column {c} row {r}: {} vs {want}", deq[r * cols + c]);
         }
     }
 }

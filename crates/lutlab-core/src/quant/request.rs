@@ -36,6 +36,9 @@ pub struct QuantizeRequest {
     pub scale_stats: String,
     /// rtn: `float` or `po2`.
     pub scale_type: String,
+    /// Asymmetric uniform grids: integer zero points (GPTQ's quantizer; Brevitas'
+    /// `--quantize-weight-zero-point`).
+    pub quantize_zero_point: bool,
     /// k-means: seed 000's per-channel scaling.
     pub scaling: bool,
     /// k-means: seed 000's centering (needs the layers' mean inputs from calibration).
@@ -81,6 +84,7 @@ impl Default for QuantizeRequest {
             asym: false,
             scale_stats: "stats".into(),
             scale_type: "float".into(),
+            quantize_zero_point: false,
             scaling: false,
             centering: false,
             embeddings: false,
@@ -212,6 +216,7 @@ impl QuantizeRequest {
             granularity: self.granularity.parse::<UniformGranularity>()?,
             scale_stats: self.scale_stats.parse::<ScaleStats>()?,
             scale_type: self.scale_type.parse::<ScaleType>()?,
+            integer_zero_point: self.quantize_zero_point,
         })
     }
 
@@ -235,7 +240,7 @@ impl QuantizeRequest {
                     let weighted = if has_fisher { "Fisher-weighted " } else { "" };
                     format!("{weighted}kmeans")
                 } else {
-                    format!("{} {}", self.grid, if self.asym { "asym" } else { "sym" })
+                    format!("{} {}{}", self.grid, if self.asym { "asym" } else { "sym" }, self.zero_point_label())
                 };
                 let order = if self.act_order && self.method != "ldlq-rg" { " act-order" } else { "" };
                 let fixed = if self.static_groups { " static-groups" } else { "" };
@@ -252,7 +257,8 @@ impl QuantizeRequest {
                 let stats = if self.scale_stats == "stats" { String::new() } else { format!(" {}", self.scale_stats) };
                 let po2 = if self.scale_type == "po2" { " po2" } else { "" };
                 let symmetry = if self.asym { "asym" } else { "sym" };
-                format!("rtn {} {}-bit {} {symmetry}{stats}{po2}", self.format, self.bits, self.granularity)
+                let zero_point = self.zero_point_label();
+                format!("rtn {} {}-bit {} {symmetry}{zero_point}{stats}{po2}", self.format, self.bits, self.granularity)
             }
             _ => {
                 let weighted = if has_fisher { " Fisher-weighted" } else { "" };
@@ -266,6 +272,13 @@ impl QuantizeRequest {
                 format!("kmeans{weighted}{scaled}{centered} {}-bit {}{sparse}", self.bits, self.granularity)
             }
         }
+    }
+}
+
+impl QuantizeRequest {
+    /// " int-zp" when asymmetric zero points are rounded to integers.
+    fn zero_point_label(&self) -> &'static str {
+        if self.asym && self.quantize_zero_point { " int-zp" } else { "" }
     }
 }
 

@@ -159,6 +159,10 @@ pub struct UniformSettings {
     pub granularity: UniformGranularity,
     pub scale_stats: ScaleStats,
     pub scale_type: ScaleType,
+    /// Asymmetric grids: round each zero point to an integer (GPTQ's and AutoGPTQ's quantizer,
+    /// Brevitas' `--quantize-weight-zero-point`), so it is exactly a grid level; otherwise it is
+    /// `−low / scale` unrounded.
+    pub integer_zero_point: bool,
 }
 
 impl Default for UniformSettings {
@@ -171,6 +175,7 @@ impl Default for UniformSettings {
             granularity: UniformGranularity::InputGroup(128),
             scale_stats: ScaleStats::Stats,
             scale_type: ScaleType::Float,
+            integer_zero_point: false,
         }
     }
 }
@@ -366,7 +371,11 @@ fn group_params(
                 settings.granularity.indices(group, rows, cols, &mut indices);
                 values.clear();
                 values.extend(indices.iter().map(|&i| weights[i]));
-                scale::estimate(&values, grid, settings.symmetric, settings.scale_stats, settings.scale_type)
+                let mut p = scale::estimate(&values, grid, settings.symmetric, settings.scale_stats, settings.scale_type);
+                if settings.integer_zero_point {
+                    p.zero_point = p.zero_point.round_ties_even() + 0.0;
+                }
+                p
             })
             .collect::<Vec<_>>()
     };
