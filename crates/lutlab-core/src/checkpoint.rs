@@ -193,11 +193,24 @@ pub fn parse_safetensors<'a>(file: &str, bytes: &'a [u8]) -> Result<SafeTensors<
     let header_len = u64::from_le_bytes(std::array::from_fn(|i| bytes[i]));
     let available = (bytes.len() - 8) as u64;
     if header_len > available {
-        return Err(bad(format!(
-            "the header says it is {header_len} bytes but only {available} bytes follow (truncated or corrupt file)"
-        )));
+        return Err(bad(header_length_problem(header_len, available, &bytes[..bytes.len().min(24)])));
     }
     SafeTensors::deserialize(bytes).map_err(|e| bad(describe(e)))
+}
+
+/// Why a header length of `header_len` with only `available` bytes after it is wrong, from the
+/// file's first bytes `start`: a safetensors file is an 8-byte length and then a JSON header
+/// (`{`), so a file that does not look like that is named as not safetensors at all (a text or
+/// pickle file saved under the name), and only one that does as truncated or corrupt.
+pub(crate) fn header_length_problem(header_len: u64, available: u64, start: &[u8]) -> String {
+    if start.get(8) == Some(&b'{') {
+        return format!("the header says it is {header_len} bytes but only {available} bytes follow (truncated or corrupt file)");
+    }
+    let shown: String = start.iter().take(16).map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect();
+    format!(
+        "this is not a safetensors file: one starts with an 8-byte header length and a JSON header (`{{`), this one with `{shown}` \
+         (a text, HTML or PyTorch pickle file under a .safetensors name?)"
+    )
 }
 
 pub(crate) fn describe(error: SafeTensorError) -> String {

@@ -65,15 +65,13 @@ impl TensorFile {
         if size < 8 {
             return Err(bad(format!("the file is {size} bytes, too short to hold the 8-byte header length")));
         }
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(io)?;
-        let header_len = u64::from_le_bytes(len);
+        let mut start = vec![0u8; size.min(24) as usize];
+        file.read_exact(&mut start).map_err(io)?;
+        let header_len = u64::from_le_bytes(std::array::from_fn(|i| start[i]));
         if header_len > size - 8 {
-            return Err(bad(format!(
-                "the header says it is {header_len} bytes but only {} bytes follow (truncated or corrupt file)",
-                size - 8
-            )));
+            return Err(bad(crate::checkpoint::header_length_problem(header_len, size - 8, &start)));
         }
+        file.seek(std::io::SeekFrom::Start(8)).map_err(io)?;
         if header_len > MAX_HEADER_BYTES {
             return Err(bad("the header is larger than 100 MB".into()));
         }

@@ -224,3 +224,17 @@ fn a_checkpoint_missing_a_declared_tensor_names_it() {
     let err = lutlab_core::ModelWeights::from_checkpoint(&config, lutlab_core::Checkpoint::from_tensors(tensors)).unwrap_err();
     assert_eq!(err.to_string(), "tensor `model.layers.0.self_attn.v_proj.weight` is missing from the checkpoint");
 }
+
+#[test]
+fn a_file_that_is_not_safetensors_at_all_is_named_so() {
+    // A text file saved as model.safetensors: its first 8 bytes read as an absurd header length.
+    let text = b"<!DOCTYPE html><html><body>Not found</body></html>\n".repeat(20);
+    let err = load_error(model_files(text.clone())).to_string();
+    assert!(err.contains("not a safetensors file") && err.contains("<!DOCTYPE html>"), "{err}");
+    // The same from disk, where checkpoints are indexed rather than read.
+    let path = std::env::temp_dir().join(format!("lutlab-not-safetensors-{}.safetensors", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let err = lutlab_core::checkpoint::Checkpoint::open(std::slice::from_ref(&path)).map(|_| ()).unwrap_err().to_string();
+    std::fs::remove_file(&path).ok();
+    assert!(err.contains("not a safetensors file"), "{err}");
+}
