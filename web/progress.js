@@ -5,10 +5,12 @@
 
 const MB = 1024 * 1024;
 
-/// "42 s", "3 min 5 s".
+/// "42 s", "3 min 5 s", "9 h 55 min" (past an hour the seconds are noise).
 export function duration(seconds) {
   const s = Math.max(0, Math.round(seconds));
-  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
 export class ProgressBar {

@@ -126,7 +126,7 @@ export class LayerView {
     const bits = Number($('slider-bits').value);
     const readout = $('slider-readout');
     readout.dataset.state = 'running';
-    readout.textContent = `Re-quantizing ${name} at ${bits} bits…`;
+    readout.textContent = `Re-quantizing ${name} at ${bitsText(bits)}…`;
     const started = performance.now();
     try {
       const picture = await this.lab().requantizeLayer(name, bits, this.channel(name), $('slider-gpu').checked);
@@ -142,7 +142,7 @@ export class LayerView {
   describe(picture, totalMs) {
     const parts = [];
     if (picture.bits) {
-      parts.push(`${picture.name} at ${picture.bits} bits: mean squared error ${picture.mse.toExponential(2)}`
+      parts.push(`${picture.name} at ${bitsText(picture.bits)}: mean squared error ${picture.mse.toExponential(2)}`
         + (picture.weighted_error !== null && picture.weighted_error !== undefined ? `, Fisher-weighted error ${picture.weighted_error.toExponential(2)}` : '')
         + `; ${picture.tables} table${picture.tables === 1 ? '' : 's'}, showing output channel ${picture.channel}'s.`);
     }
@@ -163,4 +163,9 @@ export class LayerView {
     readout.dataset.state = 'failed';
     readout.textContent = `Could not show this layer: ${e?.message ?? e}`;
   }
+}
+
+/// "1 bit", "4 bits".
+function bitsText(bits) {
+  return bits === 1 ? '1 bit' : `${bits} bits`;
 }
