@@ -31,6 +31,7 @@ let quantized = null; // the last quantization: its report and the request that 
 let packedOnly = false; // the model came from a packed file: no original weights to quantize
 let fisherReady = false;
 let meansReady = false;
+let hessiansReady = false;
 let calibration = null;
 const layerView = new LayerView({ lab: () => lab, onFatal: (e) => fatal(e), isBusy: () => busy || dead });
 
@@ -38,6 +39,10 @@ const EXPLAIN = {
   kmeans: 'k-means picks 2^bits values per table where the weights are dense, so each weight is stored as a short code into its table.',
   rtn: 'Uniform quantization rounds each weight to the nearest point of an evenly spaced grid (integer) or of a small float format, '
     + 'scaled per tensor, channel or group of 128 input rows.',
+  gptq: 'GPTQ rounds the inputs one at a time onto the same uniform grid and spreads each rounding error over the inputs not yet '
+    + 'rounded, through the layer\'s Hessian, so the layer\'s output moves as little as possible (needs the Hessians of step 2).',
+  'ldlq-rg': 'LDLQ-RG (QuIP) is the same feedback written with the Hessian\'s LDL factors, inputs ordered by their energy, then one '
+    + 'greedy pass over the weights (needs the Hessians of step 2).',
 };
 
 function showError(message) {
@@ -65,6 +70,7 @@ function refreshControls() {
   $('download-csv').disabled = runs.length === 0;
   $('q-fisher').disabled = !fisherReady;
   $('run-means').disabled = busy || dead || !modelLoaded || packedOnly;
+  $('run-hessians').disabled = busy || dead || !modelLoaded || packedOnly;
   $('q-centering').disabled = !meansReady;
   document.querySelector('input[name=which][value=quantized]').disabled = !quantized;
   layerView.refresh({ modelLoaded: modelLoaded && !packedOnly, quantized: Boolean(quantized) && !packedOnly });
@@ -123,6 +129,8 @@ async function loadFrom(source) {
   meansReady = false;
   $('q-centering').checked = false;
   $('means-result').textContent = '';
+  hessiansReady = false;
+  $('hessians-result').textContent = '';
   quantized = null;
   fisherReady = false;
   $('q-fisher').checked = false;
@@ -263,6 +271,8 @@ function quantizeRequest() {
       format: $('q-format').value, scale_stats: $('q-scale-stats').value,
       scale_type: $('q-scale-type').value, asym: $('q-asym').checked,
     });
+    // The Hessian methods round onto the same uniform grid, which they call `grid`.
+    if (method !== 'rtn') request.grid = request.format;
   }
   return request;
 }
@@ -276,8 +286,10 @@ async function quantize() {
   quantized = { report, request: { ...request, gpu: request.method === 'kmeans' && onGpu } };
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const worst = report.layers.reduce((a, b) => (b.mse > a.mse ? b : a));
+  const proxy = report.layers.every((l) => l.proxy_loss != null)
+    ? ` Proxy loss tr(ΔW H ΔWᵀ) summed over layers: ${report.layers.reduce((sum, l) => sum + l.proxy_loss, 0).toExponential(3)}.` : '';
   $('quant-result').textContent = `${report.label}: ${report.layers.length} layers, ${report.bits_per_weight.toFixed(3)} bits per weight; `
-    + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}). ${sizeLine(report.packed)}`;
+    + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}).${proxy} ${sizeLine(report.packed)}`;
   $('quant-result').dataset.report = JSON.stringify(report);
   document.querySelector('input[name=which][value=quantized]').checked = true;
   drawError($('plot-error'), lab.errorMap());
@@ -342,7 +354,19 @@ async function computeMeans() {
   return calibrationSummary();
 }
 
-const calibrationSummary = () => [fisherReady && 'Fisher', meansReady && 'means'].filter(Boolean).join(' + ');
+async function computeHessians() {
+  const tokens = await calibrationTokens();
+  fisherBar.start('Hessians');
+  const report = await lab.hessians(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'),
+    (done, total) => fisherBar.count(done, total, 'blocks'));
+  fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
+  hessiansReady = true;
+  $('hessians-result').textContent = `Hessians of ${report.hessians} linear inputs from ${report.nsamples} windows of ${report.seqlen} tokens `
+    + '(for GPTQ and LDLQ-RG, and every method\'s proxy loss).';
+  return calibrationSummary();
+}
+
+const calibrationSummary = () => [fisherReady && 'Fisher', meansReady && 'means', hessiansReady && 'Hessians'].filter(Boolean).join(' + ');
 
 async function computeFisher() {
   const tokens = await calibrationTokens();
@@ -393,7 +417,7 @@ async function loadFisherFile(file) {
 function showMethodOptions() {
   const method = $('q-method').value;
   for (const el of document.querySelectorAll('.kmeans-only')) el.hidden = method !== 'kmeans';
-  for (const el of document.querySelectorAll('.rtn-only')) el.hidden = method !== 'rtn';
+  for (const el of document.querySelectorAll('.rtn-only')) el.hidden = method === 'kmeans';
   $('q-explain').textContent = EXPLAIN[method];
 }
 
@@ -404,6 +428,7 @@ function wireControls() {
   $('run-fisher').onclick = () => action(computeFisher, 'calibrate');
   $('download-fisher').onclick = () => action(async () => downloadFisher());
   $('run-means').onclick = () => action(computeMeans, 'calibrate');
+  $('run-hessians').onclick = () => action(computeHessians, 'calibrate');
   $('download-csv').onclick = () => {
     save(new TextEncoder().encode(runsCsv()), 'lutlab-runs.csv');
     $('export-status').textContent = `Saved lutlab-runs.csv (${runs.length} runs).`;

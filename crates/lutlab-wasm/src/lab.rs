@@ -8,7 +8,10 @@ use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::{ModelConfig, ModelWeights, LoadedModel, Progress, TextTokenizer};
-use lutlab_model::{fisher, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Decoder, Gpu};
+use lutlab_core::hessian_file::hessian_key;
+use lutlab_core::quant::hessian::Square;
+use lutlab_model::{fisher, hessians, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Decoder, Gpu, HessianSettings};
+use std::collections::HashMap;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -27,6 +30,8 @@ pub(crate) struct Session {
     pub(crate) fisher: RefCell<Option<Rc<FisherDiagonal>>>,
     /// Each linear layer's mean input on calibration text, for seed 000's centering.
     pub(crate) input_means: RefCell<Option<Rc<InputMeans>>>,
+    /// Each distinct linear input's Hessian (by its first linear's name), for GPTQ-style methods.
+    pub(crate) hessians: RefCell<Option<Rc<HashMap<String, Square>>>>,
 }
 
 /// A quantized model: on the GPU (packed, through the LUT kernels, when every layer is a LUT)
@@ -45,7 +50,16 @@ pub(crate) struct Quantized {
 
 impl Session {
     fn new(name: String, model: Decoder, tokenizer: TextTokenizer, weights: Option<ModelWeights>) -> Self {
-        Self { name, model, tokenizer, weights, quantized: RefCell::default(), fisher: RefCell::default(), input_means: RefCell::default() }
+        Self {
+            name,
+            model,
+            tokenizer,
+            weights,
+            quantized: RefCell::default(),
+            fisher: RefCell::default(),
+            input_means: RefCell::default(),
+            hessians: RefCell::default(),
+        }
     }
 
     /// The host weights, which a packed file does not have.
@@ -145,6 +159,8 @@ struct LayerReport {
     mse: f64,
     outliers: usize,
     bits_per_weight: f64,
+    /// `tr(ΔW H ΔWᵀ)` when the session has Hessians.
+    proxy_loss: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -316,6 +332,34 @@ impl Lab {
         }))
     }
 
+    /// The Hessian `H = (2/N) Σ x xᵀ` of every linear input of the original model over `nsamples`
+    /// random windows of `seqlen` tokens of `tokens` (defaults: 128 and the model's context), on
+    /// the GPU: kept for the GPTQ-style methods and every method's proxy loss.
+    /// `onProgress(doneBlocks, totalBlocks)`; `cancel()` stops between blocks.
+    pub fn hessians(&self, tokens: Vec<u32>, nsamples: Option<usize>, seqlen: Option<usize>, on_progress: Option<js_sys::Function>) -> Result<js_sys::Promise, JsError> {
+        let session = self.current()?;
+        session.weights()?;
+        let defaults = HessianSettings::for_model(&session.model).windows;
+        let windows = ActivationSettings::with_overrides(&session.model, nsamples.or(Some(defaults.nsamples)), seqlen, None, Some(defaults.batch));
+        let settings = HessianSettings { windows, true_sequential: false };
+        self.cancelled.set(false);
+        let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
+        Ok(future_to_promise(async move {
+            let start = js_sys::Date::now();
+            let mut found = HashMap::new();
+            hessians(&session.model, &tokens, settings, &mut |name, h| {
+                found.insert(name.to_string(), h);
+                Ok(())
+            }, &mut progress)
+            .await
+            .map_err(js_error)?;
+            let count = found.len();
+            *session.hessians.borrow_mut() = Some(Rc::new(found));
+            let seconds = (js_sys::Date::now() - start) / 1000.0;
+            Ok(to_js(&serde_json::json!({ "hessians": count, "nsamples": windows.nsamples, "seqlen": windows.seqlen, "seconds": seconds }))?)
+        }))
+    }
+
     /// Each linear layer's mean input over `nsamples` random windows of `seqlen` tokens of
     /// `tokens` (defaults: 100 and the model's context), on the original model: kept for seed
     /// 000's centering. `onProgress(doneWindows, totalWindows)`; `cancel()` stops between batches.
@@ -370,6 +414,7 @@ impl Lab {
             None
         };
         let request: QuantizeRequest = serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("quantization settings: {e}")))?;
+        let hessian_map = session.hessians.borrow().clone();
         let gpu = self.gpu.clone();
         let device = self.gpu.device.clone();
         self.cancelled.set(false);
@@ -382,7 +427,16 @@ impl Lab {
             if request.centering && input_means.is_none() {
                 return Err(js_error("centering needs the layers' mean inputs: compute them first").into());
             }
-            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| request.centering), hessians: None };
+            if method.needs_hessians() && hessian_map.is_none() {
+                return Err(js_error("GPTQ-style methods need each layer's Hessian: compute the Hessians first (step 2)").into());
+            }
+            let config = &weights.config;
+            let hessian_of = |name: &str| hessian_key(config, name).and_then(|key| hessian_map.as_deref().and_then(|m| m.get(&key)));
+            let calibration = Calibration {
+                fisher: sample_weights,
+                input_means: input_means.as_deref().filter(|_| request.centering),
+                hessians: hessian_map.as_ref().map(|_| &hessian_of as _),
+            };
             let layers = selected_layers(weights, request.selection(None)).map_err(js_error)?;
             let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
             let (mut done, mut quantized) = (0, Vec::with_capacity(layers.len()));
@@ -420,7 +474,11 @@ impl Lab {
                 label: label.clone(),
                 bits_per_weight: quantized.bits_per_weight(),
                 seconds: (js_sys::Date::now() - start) / 1000.0,
-                layers: quantized.layers.iter().map(|l| LayerReport { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight }).collect(),
+                layers: quantized
+                    .layers
+                    .iter()
+                    .map(|l| LayerReport { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight, proxy_loss: l.proxy_loss })
+                    .collect(),
                 packed: packed.as_ref().map(PackedSummary::of),
             };
             let fisher_weighted = fisher_diagonal.is_some();
