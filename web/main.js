@@ -7,7 +7,7 @@ import init, { Lab, lastPanic, checkConfigFits } from './pkg/lutlab_wasm.js';
 import { ProgressBar } from './progress.js';
 import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from './sources.js';
 import { initGenerate } from './generate.js';
-import { clearPlot, drawError, drawPerplexity, drawSensitivity } from './plots.js';
+import { clearPlot, drawError, drawPerplexity, drawProxyLoss, drawSensitivity } from './plots.js';
 import { LayerView } from './slider.js';
 
 const $ = (id) => document.getElementById(id);
@@ -32,6 +32,8 @@ let packedOnly = false; // the model came from a packed file: no original weight
 let fisherReady = false;
 let meansReady = false;
 let hessiansReady = false;
+/// This session's quantizations with a proxy loss per layer (since the Hessians were computed).
+let proxyRuns = [];
 let calibration = null;
 const layerView = new LayerView({ lab: () => lab, onFatal: (e) => fatal(e), isBusy: () => busy || dead });
 
@@ -131,13 +133,15 @@ async function loadFrom(source) {
   $('means-result').textContent = '';
   hessiansReady = false;
   $('hessians-result').textContent = '';
+  proxyRuns = [];
+  clearPlot($('plot-proxy'));
   quantized = null;
   fisherReady = false;
   $('q-fisher').checked = false;
   $('fisher-result').textContent = '';
   document.querySelector('input[name=which][value=original]').checked = true;
   $('quant-result').textContent = '';
-  for (const id of ['plot-sensitivity', 'plot-error']) clearPlot($(id));
+  for (const id of ['plot-sensitivity', 'plot-error', 'plot-proxy']) clearPlot($(id));
   setStep('calibrate', 'todo', 'optional');
   setStep('quantize', 'todo', 'to do');
   const params = (summary.parameters / 1e6).toFixed(1);
@@ -293,6 +297,10 @@ async function quantize() {
   $('quant-result').dataset.report = JSON.stringify(report);
   document.querySelector('input[name=which][value=quantized]').checked = true;
   drawError($('plot-error'), lab.errorMap());
+  if (report.layers.every((l) => l.proxy_loss != null)) {
+    proxyRuns = [...proxyRuns.filter((r) => r.label !== report.label), { label: report.label, layers: report.layers }];
+    drawProxyLoss($('plot-proxy'), proxyRuns);
+  }
   layerView.quantized(request.bits);
   return `${report.bits_per_weight.toFixed(2)} bits/weight`;
 }
@@ -361,6 +369,9 @@ async function computeHessians() {
     (done, total) => fisherBar.count(done, total, 'blocks'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   hessiansReady = true;
+  // Proxy losses measured with earlier Hessians do not compare with new ones.
+  proxyRuns = [];
+  clearPlot($('plot-proxy'));
   $('hessians-result').textContent = `Hessians of ${report.hessians} linear inputs from ${report.nsamples} windows of ${report.seqlen} tokens `
     + '(for GPTQ and LDLQ-RG, and every method\'s proxy loss).';
   return calibrationSummary();

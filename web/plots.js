@@ -138,6 +138,34 @@ function drawErrorNow(figure, map) {
   heatmap(figure, map.cells, { label, shortLabel, scheme: 'reds' });
 }
 
+/// The proxy loss tr(ΔW H ΔWᵀ) of every layer, one line per quantization (`runs`: `{ label,
+/// layers: [{ name, proxy_loss }] }`), on a log scale.
+export function drawProxyLoss(figure, runs) {
+  remember(figure, () => drawProxyLossNow(figure, runs));
+}
+
+function drawProxyLossNow(figure, runs) {
+  const points = runs.flatMap((run) => run.layers.map((l, i) => ({ label: run.label, layer: l.name, index: i, proxy: l.proxy_loss })));
+  if (points.length === 0) {
+    clearPlot(figure);
+    return;
+  }
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: 260,
+    marginLeft: 64,
+    grid: true,
+    x: { label: 'layer (model order) →', tickFormat: (i) => points.find((p) => p.index === i)?.layer.replace(/^.*?(\d+)\./, '$1.') ?? '' , ticks: 8 },
+    y: { label: '↑ proxy loss tr(ΔW H ΔWᵀ) (log scale)', type: 'log', tickFormat: '.1e' },
+    color: { legend: true },
+    marks: [
+      Plot.line(points, { x: 'index', y: 'proxy', stroke: 'label', marker: 'circle', tip: true, title: (p) => `${p.label}\n${p.layer}: ${p.proxy.toExponential(3)}` }),
+    ],
+  });
+  show(figure, svg, fingerprint(points.map((p) => p.proxy)));
+  figure.dataset.series = String(runs.length);
+}
+
 /// One layer's weights before (bars, coloured by Fisher) and after (line) quantization, with the
 /// chosen channel's table as dashed rules. `picture` comes from `Lab.layerPicture` or
 /// `Lab.requantizeLayer`.

@@ -4,7 +4,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startPage, stop, launchBrowser, openPage, evaluateInPage, shortText } from './browser.mjs';
+import fs from 'node:fs';
+import path from 'node:path';
+import { OUT, startPage, stop, launchBrowser, openPage, evaluateInPage, shortText } from './browser.mjs';
 
 let pageUrl;
 let pageServer;
@@ -58,6 +60,11 @@ test('Hessians in the page drive GPTQ and LDLQ-RG below round-to-nearest on ever
   }
   assert.ok(rg.packed, 'per-channel results pack');
   assert.match(await page.textContent('#quant-result'), /Proxy loss/);
+  // The picture: one line per method over the layers.
+  assert.equal(await page.getAttribute('#plot-proxy', 'data-state'), 'drawn');
+  assert.equal(await page.getAttribute('#plot-proxy', 'data-series'), '3');
+  fs.mkdirSync(OUT, { recursive: true });
+  await page.screenshot({ path: path.join(OUT, 'hessian-methods.png'), fullPage: true });
   const report = await evaluateInPage(page, shortText());
   console.log(`ldlq-rg 3-bit in the page: perplexity ${report.perplexity}`);
   assert.ok(Number.isFinite(report.perplexity) && report.perplexity > 1);
