@@ -579,23 +579,27 @@ pub fn round_layer_tables_to_f16(name: &str, layer: &mut PackedLinear) -> Result
             None => Ok(rounded),
         }
     };
-    let mut rounded = layer.clone();
-    rounded.tables = round_all("table entry", &layer.tables)?;
-    if let Some(groups) = &mut rounded.input_groups {
-        groups.scales = round_all("group scale", &groups.scales)?;
-        if let Some(zeros) = &mut groups.zeros {
-            *zeros = round_all("group zero", zeros)?;
-        }
-    }
+    let tables = round_all("table entry", &layer.tables)?;
+    let input_groups = match &layer.input_groups {
+        Some(g) => Some(InputGroupScales {
+            size: g.size,
+            scales: round_all("group scale", &g.scales)?,
+            zeros: g.zeros.as_deref().map(|z| round_all("group zero", z)).transpose()?,
+        }),
+        None => None,
+    };
+    let mut values = layer.sparse.values.clone();
     let s = &layer.sparse;
     for c in 0..layer.cols {
         for i in s.col_ptr[c] as usize..s.col_ptr[c + 1] as usize {
             let r = s.row_idx[i] as usize;
             let weight = layer.dense_value(r, c) + s.values[i];
-            rounded.sparse.values[i] = weight - rounded.dense_value(r, c);
+            values[i] = weight - layer.dense_value_with(&tables, input_groups.as_ref(), r, c);
         }
     }
-    *layer = rounded;
+    layer.tables = tables;
+    layer.input_groups = input_groups;
+    layer.sparse.values = values;
     Ok(())
 }
 

@@ -257,9 +257,7 @@ fn quantize_layer_hessian(
     let numel = linear.weight.numel();
     let processed = incoherence
         .map(|s| {
-            if original_h.n != rows {
-                return Err(LoadError::InvalidSetting(format!("the Hessian is {0}x{0} but the layer has {rows} inputs", original_h.n)));
-            }
+            // `preprocess` refuses a Hessian of another size, naming both.
             let rotations = s.project.then(|| layer_rotations(name, rows, cols, s.seed));
             preprocess(&linear.weight.data, rows, cols, original_h, s.rescale, rotations)
         })

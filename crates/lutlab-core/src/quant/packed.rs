@@ -255,9 +255,15 @@ impl PackedLinear {
     /// The dense part of weight `(r, c)`: its table entry, through its input group's scale and
     /// zero point when the layer has them (no sparse correction, no column scale).
     pub fn dense_value(&self, r: usize, c: usize) -> f32 {
+        self.dense_value_with(&self.tables, self.input_groups.as_ref(), r, c)
+    }
+
+    /// [`Self::dense_value`] with other tables and input groups of the same shapes (rounded
+    /// copies, say) in place of the layer's.
+    pub fn dense_value_with(&self, tables: &[f32], input_groups: Option<&InputGroupScales>, r: usize, c: usize) -> f32 {
         let code = usize::from(packed_code(&self.qweight, self.cols, self.bits, r, c));
-        let entry = self.tables[c / self.channels_per_table * self.levels() + code];
-        match &self.input_groups {
+        let entry = tables[c / self.channels_per_table * self.levels() + code];
+        match input_groups {
             Some(groups) => groups.apply(entry, r / groups.size, c, self.cols),
             None => entry,
         }

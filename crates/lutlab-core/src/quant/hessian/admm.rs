@@ -8,7 +8,7 @@
 //! 2023, appendix, and the algorithm's public outline): lutlab works in values on any table grid
 //! where QuIP works in integer grid units, which is the same for a uniform grid per channel.
 
-use super::linalg::{cholesky_lower, Square};
+use super::linalg::{cholesky_lower, lower_inverse, Square};
 use super::rounding::{proxy_loss, Rounded, SortedTable};
 use crate::error::{LoadError, Result};
 use crate::parallel::map_ranges;
@@ -93,14 +93,8 @@ pub fn round_admm(
 fn feedback_admm(h: &Square) -> Result<Square> {
     let n = h.n;
     let mut shifted = h.clone();
-    (0..n).for_each(|i| shifted.data[i * n + i] = 2.0 * h.at(i, i) + RHO);
-    for i in 0..n {
-        for j in 0..n {
-            if i != j {
-                shifted.data[i * n + j] = 2.0 * h.at(i, j);
-            }
-        }
-    }
+    shifted.data.iter_mut().for_each(|v| *v *= 2.0);
+    (0..n).for_each(|i| shifted.data[i * n + i] += RHO);
     let l = cholesky_lower(&shifted).ok_or_else(|| LoadError::InvalidSetting("ldlbal-admm: 2H + ρI does not factor".into()))?;
     let l_inv = lower_inverse(&l);
     let l_inv_t = l_inv.transpose();
@@ -145,20 +139,6 @@ fn unit_lower_inverse(z: &Square) -> Square {
     let mut unit = z.clone();
     (0..z.n).for_each(|i| unit.data[i * z.n + i] = 1.0);
     lower_inverse(&unit)
-}
-
-/// The inverse of a lower-triangular matrix (row by row).
-fn lower_inverse(l: &Square) -> Square {
-    let n = l.n;
-    let mut inv = Square::zeros(n);
-    for i in 0..n {
-        for j in 0..=i {
-            let rhs = if i == j { 1.0 } else { 0.0 };
-            let sum: f64 = (j..i).map(|k| l.at(i, k) * inv.at(k, j)).sum();
-            inv.data[i * n + j] = (rhs - sum) / l.at(i, i);
-        }
-    }
-    inv
 }
 
 /// The matrices every channel's rounding multiplies by.

@@ -126,7 +126,7 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
 
 /// `L⁻¹` of a lower triangular `l` with a non-zero diagonal, a row at a time:
 /// `row i = (eᵢ − Σ_{k<i} L[i,k] · row k) / L[i,i]`, contiguous row updates throughout.
-fn lower_inverse(l: &Square) -> Square {
+pub(super) fn lower_inverse(l: &Square) -> Square {
     let n = l.n;
     let mut inv = Square::zeros(n);
     for i in 0..n {
