@@ -59,7 +59,7 @@ pub fn run(args: HessianArgs) -> Result<()> {
     if let Some(from) = &args.from {
         return crate::hessian_summary::print(&model_dir, from, args.incoherence, args.seed, args.json);
     }
-    let out = args.out.clone().expect("clap requires --out without --from");
+    let Some(out) = args.out.clone() else { bail!("give --out FILE to write the Hessians (or --from FILE to summarize a file)") };
     compute(&args, &model_dir, &out)?;
     if args.summary {
         crate::hessian_summary::print(&model_dir, &out, args.incoherence, args.seed, args.json)?;
