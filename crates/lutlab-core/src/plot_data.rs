@@ -4,6 +4,8 @@
 
 use crate::error::{LoadError, Result};
 
+pub mod incoherence;
+
 /// Counts of values in `bins` equal bins over `[lo, hi)` (the last bin includes `hi`); values
 /// outside fall into `below` / `above` so nothing is silently dropped.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,7 +16,8 @@ pub mod bench;
 pub mod init;
 pub mod kmeans;
 pub mod layer;
-pub mod profile;
+/// Phase timing lives with the model (its layer loop is timed too); re-exported for the kernels.
+pub use lutlab_model::profile;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod requantize_bench;
 mod seeding;

@@ -16,6 +16,7 @@ use crate::activations::ActivationSettings;
 use crate::decoder::{run_block, BlockContext, BlockVisitor, Decoder, Linear};
 use crate::device::{download, upload};
 use crate::error::{ModelError, Result};
+use crate::profile;
 use burn::tensor::Tensor;
 use lutlab_core::quant::hessian::Square;
 use lutlab_core::{LoadError, Progress};
@@ -106,10 +107,16 @@ pub async fn quantize_sequential(
                 return Err(ModelError::Cancelled);
             }
             let mut sums = InputHessians::new(groups.clone(), step.clone());
+            let gpu = profile::start();
             run_block(i, &block, &mut states, Some(&mut sums))?;
-            for (g, h) in sums.read(settings.windows.nsamples, &groups, &names).await? {
+            let hessians = sums.read(settings.windows.nsamples, &groups, &names).await?;
+            profile::stop("GPU: block forwards, x·xᵀ sums, read-back (waits for the previous block's last pass)", gpu);
+            for (g, h) in hessians {
                 for linear in groups[g].clone() {
-                    if let Some(weights) = quantize(LayerHessian { block: i, linear, name: &names[linear], hessian: &h })? {
+                    let host = profile::start();
+                    let quantized = quantize(LayerHessian { block: i, linear, name: &names[linear], hessian: &h })?;
+                    profile::stop("host: rounding (factorization, row loop, proxy loss)", host);
+                    if let Some(weights) = quantized {
                         replace_weight(&mut block.linears[linear], &weights, &device, &names[linear])?;
                     }
                 }
@@ -120,6 +127,7 @@ pub async fn quantize_sequential(
         run_block(i, &block, &mut states, None)?;
         progress.update(i as u64 + 1, model.n_blocks() as u64);
     }
+    profile::report("sequential Hessian quantization");
     Ok(())
 }
 

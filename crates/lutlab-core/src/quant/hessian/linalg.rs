@@ -1,10 +1,24 @@
 //! The dense f64 linear algebra the Hessian methods need: the Cholesky factor, GPTQ's upper
 //! factor of the inverse and QuIP's unit-upper LDL form (both from one Cholesky factor of the
-//! reversed matrix). Matrices are square, row-major
-//! `Vec<f64>`; sizes are a layer's input width (at most ~16k), so plain cache-friendly loops do,
-//! and every routine is checked against its definition in the tests below.
+//! reversed matrix), products and the symmetric eigendecomposition. Matrices are square,
+//! row-major `Vec<f64>`; the work is done by `faer` (blocked and SIMD, on every core natively,
+//! one thread in the browser), and every routine is checked against its definition in the
+//! tests below.
 
 use crate::error::{LoadError, Result};
+use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Par, Side};
+
+/// How many threads faer's kernels use: every core natively, the one thread in the browser.
+pub(super) fn parallelism() -> Par {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        Par::rayon(0)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        Par::Seq
+    }
+}
 
 /// A square row-major matrix.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,257 +81,101 @@ impl Square {
         p
     }
 
-    /// `self · other`, rows split over the host's cores (zeros of `self` skipped, so triangular
-    /// factors cost half).
+    /// `self · other`.
     pub fn matmul(&self, other: &Self) -> Self {
-        let n = self.n;
-        let parts = crate::parallel::map_ranges(n, |rows| {
-            let mut out = vec![0.0; rows.len() * n];
-            for (local, i) in rows.enumerate() {
-                let row = &mut out[local * n..(local + 1) * n];
-                for k in 0..n {
-                    let a = self.data[i * n + k];
-                    if a != 0.0 {
-                        row.iter_mut().zip(&other.data[k * n..(k + 1) * n]).for_each(|(o, &b)| *o += a * b);
+        let mut out = Mat::<f64>::zeros(self.n, self.n);
+        matmul(out.as_mut(), Accum::Replace, self.view(), other.view(), 1.0, parallelism());
+        Self::from_faer(out.as_ref())
+    }
+
+    /// A faer view of the row-major data.
+    pub(super) fn view(&self) -> MatRef<'_, f64> {
+        MatRef::from_row_major_slice(&self.data, self.n, self.n)
+    }
+
+    /// A row-major copy of faer's (column-major) result, in tiles so reads and writes both stay
+    /// in cache (element by element, the copy of a 3072-wide factor took half as long as the
+    /// factorization), rows split over the cores.
+    pub(super) fn from_faer(m: MatRef<'_, f64>) -> Self {
+        const TILE: usize = 64;
+        let n = m.nrows();
+        let mut data = vec![0.0; n * n];
+        crate::parallel::for_row_chunks(&mut data, n, |first, rows| {
+            let count = rows.len() / n.max(1);
+            for i0 in (0..count).step_by(TILE) {
+                for j0 in (0..n).step_by(TILE) {
+                    for j in j0..(j0 + TILE).min(n) {
+                        for i in i0..(i0 + TILE).min(count) {
+                            rows[i * n + j] = m[(first + i, j)];
+                        }
                     }
                 }
             }
-            out
         });
-        Self { n, data: parts.concat() }
+        Self { n, data }
     }
 }
 
 /// The lower Cholesky factor `L` (`A = L Lᵀ`) of a symmetric positive definite `a`; `None` when a
 /// pivot is not positive (not positive definite in f64).
 pub fn cholesky_lower(a: &Square) -> Option<Square> {
-    let n = a.n;
-    let mut l = Square::zeros(n);
-    for j in 0..n {
-        // Row-oriented: L[j, k] for k < j from the rows already done, then the pivot.
-        for k in 0..=j {
-            let v = a.data[j * n + k] - dot(&l.data[j * n..j * n + k], &l.data[k * n..k * n + k]);
-            if k == j {
-                if !(v > 0.0) || !v.is_finite() {
-                    return None;
-                }
-                l.data[j * n + j] = v.sqrt();
-            } else {
-                l.data[j * n + k] = v / l.data[k * n + k];
-            }
-        }
-    }
-    Some(l)
+    lower_factor(a.view()).map(|l| Square::from_faer(l.as_ref()))
 }
 
-/// `x · y` with four running sums, so the compiler can keep several multiply-adds in flight
-/// (a single f64 sum is one long dependency chain).
-fn dot(x: &[f64], y: &[f64]) -> f64 {
-    let mut acc = [0f64; 4];
-    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
-    let tail: f64 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
-    for (a, b) in xc.zip(yc) {
-        for i in 0..4 {
-            acc[i] += a[i] * b[i];
-        }
-    }
-    acc[0] + acc[1] + acc[2] + acc[3] + tail
+/// faer's lower Cholesky factor of `a`, `None` unless every pivot is positive and finite (faer
+/// stops at a non-positive pivot; a NaN one passes its test, so check here).
+fn lower_factor(a: MatRef<'_, f64>) -> Option<Mat<f64>> {
+    let l = a.llt(Side::Lower).ok()?.L().to_owned();
+    (0..l.nrows()).all(|i| l[(i, i)] > 0.0 && l[(i, i)].is_finite()).then_some(l)
 }
 
-/// `L⁻¹` of a lower triangular `l` with a non-zero diagonal, a row at a time:
-/// `row i = (eᵢ − Σ_{k<i} L[i,k] · row k) / L[i,i]`, contiguous row updates throughout.
+/// `L⁻¹` of a lower triangular `l` with a non-zero diagonal.
 pub(super) fn lower_inverse(l: &Square) -> Square {
-    let n = l.n;
-    let mut inv = Square::zeros(n);
-    for i in 0..n {
-        let (done, rest) = inv.data.split_at_mut(i * n);
-        let row = &mut rest[..n];
-        row[i] = 1.0;
-        for k in 0..i {
-            let a = l.data[i * n + k];
-            if a != 0.0 {
-                // Row k of the inverse is zero beyond column k.
-                row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]).for_each(|(r, &v)| *r -= a * v);
-            }
-        }
-        let pivot = l.data[i * n + i];
-        row[..=i].iter_mut().for_each(|r| *r /= pivot);
-    }
-    inv
+    Square::from_faer(lower_inverse_of(l.view()).as_ref())
 }
 
-/// The lower Cholesky factor of `a` with its rows and columns reversed (`J A J = L' L'ᵀ`),
-/// which both GPTQ's and LDLQ's factors come from.
-fn reversed_cholesky(a: &Square) -> Option<Square> {
-    let reverse: Vec<usize> = (0..a.n).rev().collect();
-    cholesky_lower(&a.permuted(&reverse))
+fn lower_inverse_of(l: MatRef<'_, f64>) -> Mat<f64> {
+    let mut inverse = Mat::<f64>::zeros(l.nrows(), l.ncols());
+    faer::linalg::triangular_inverse::invert_lower_triangular(inverse.as_mut(), l, parallelism());
+    inverse
+}
+
+/// The lower Cholesky factor `L'` of `a` with its rows and columns reversed (`J A J = L' L'ᵀ`,
+/// `J` the reversal, taken as a view: nothing is copied), which both GPTQ's and LDLQ's factors
+/// come from.
+fn reversed_cholesky(a: &Square) -> Option<Mat<f64>> {
+    lower_factor(a.view().reverse_rows_and_cols())
 }
 
 /// GPTQ's `U = cholesky(A⁻¹, upper=True)` (`A⁻¹ = Uᵀ U`) without forming `A⁻¹`: with
 /// `J A J = L' L'ᵀ`, `A = R Rᵀ` for the upper `R = J L' J`, so `A⁻¹ = R⁻ᵀ R⁻¹` and
 /// `U = R⁻¹ = J L'⁻¹ J` (upper, positive diagonal: the unique factor).
 pub fn inverse_cholesky_upper(a: &Square) -> Option<Square> {
-    let n = a.n;
-    let inv = lower_inverse(&reversed_cholesky(a)?);
-    let mut u = Square::zeros(n);
-    for i in 0..n {
-        for j in 0..=i {
-            u.data[(n - 1 - i) * n + (n - 1 - j)] = inv.data[i * n + j];
-        }
-    }
-    Some(u)
+    let inverse = lower_inverse_of(reversed_cholesky(a)?.as_ref());
+    Some(Square::from_faer(inverse.as_ref().reverse_rows_and_cols()))
 }
 
 /// QuIP's LDL form `A = (Ú + I) D (Ú + I)ᵀ` with `Ú` strictly upper triangular and `D` diagonal:
 /// the usual lower LDL of `A` with its rows and columns reversed. Returns `(Ú, D)`.
 pub fn ldl_upper(a: &Square) -> Option<(Square, Vec<f64>)> {
-    let n = a.n;
-    let l = reversed_cholesky(a)?;
-    let mut unit_upper = Square::zeros(n);
-    let mut d = vec![0.0; n];
-    for i in 0..n {
-        let pivot = l.at(i, i);
-        d[n - 1 - i] = pivot * pivot;
-        for j in 0..i {
-            // Reversed lower (i, j) is upper (n-1-i, n-1-j); unit diagonal: divided by column
-            // j's pivot.
-            unit_upper.data[(n - 1 - i) * n + (n - 1 - j)] = l.at(i, j) / l.at(j, j);
-        }
+    // R = J L' J is upper with A = R Rᵀ; Ú + I = R with each column divided by its pivot, and
+    // D = the pivots squared.
+    let mut unit_upper = Square::from_faer(reversed_cholesky(a)?.as_ref().reverse_rows_and_cols());
+    let pivots = unit_upper.diagonal();
+    for row in unit_upper.data.chunks_exact_mut(a.n) {
+        row.iter_mut().zip(&pivots).for_each(|(v, p)| *v /= p);
     }
-    Some((unit_upper, d))
+    (0..a.n).for_each(|i| unit_upper.data[i * a.n + i] = 0.0);
+    Some((unit_upper, pivots.iter().map(|p| p * p).collect()))
 }
 
 /// Eigenvalues (ascending) and eigenvectors (row `k` of the returned matrix belongs to eigenvalue
-/// `k`) of a symmetric matrix: Householder reduction to tridiagonal form, then the implicit QL
-/// iteration with Wilkinson-type shifts (the classic pair, as in EISPACK's `tred2`/`tql2`).
-/// `O(n³)`, single-threaded: for diagnostics (`lutlab hessian --summary`), not the rounding.
-/// `None` if the iteration does not converge (60 sweeps per eigenvalue).
+/// `k`) of a symmetric matrix (faer's divide-and-conquer solver). `None` if it does not converge.
 pub fn symmetric_eigen(a: &Square) -> Option<(Vec<f64>, Square)> {
-    let n = a.n;
-    let (mut d, mut e, q) = tridiagonalize(a);
-    // Rows of `z` are the eigenvectors being built: Qᵀ, rotated as QL proceeds.
-    let mut z = q.transpose();
-    for l in 0..n {
-        let mut sweeps = 0;
-        loop {
-            let mut m = l;
-            while m + 1 < n {
-                let scale = d[m].abs() + d[m + 1].abs();
-                if e[m].abs() <= f64::EPSILON * scale {
-                    break;
-                }
-                m += 1;
-            }
-            if m == l {
-                break;
-            }
-            sweeps += 1;
-            if sweeps > 60 {
-                return None;
-            }
-            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let mut r = g.hypot(1.0);
-            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
-            let (mut s, mut c, mut p) = (1.0, 1.0, 0.0);
-            let mut deflated = false;
-            for i in (l..m).rev() {
-                let f = s * e[i];
-                let b = c * e[i];
-                r = f.hypot(g);
-                e[i + 1] = r;
-                if r == 0.0 {
-                    d[i + 1] -= p;
-                    e[m] = 0.0;
-                    deflated = true;
-                    break;
-                }
-                s = f / r;
-                c = g / r;
-                g = d[i + 1] - p;
-                r = (d[i] - g) * s + 2.0 * c * b;
-                p = s * r;
-                d[i + 1] = g + p;
-                g = c * r - b;
-                let (upper, lower) = z.data.split_at_mut((i + 1) * n);
-                let (zi, zi1) = (&mut upper[i * n..], &mut lower[..n]);
-                for (x, y) in zi.iter_mut().zip(zi1.iter_mut()) {
-                    let f = *y;
-                    *y = s * *x + c * f;
-                    *x = c * *x - s * f;
-                }
-            }
-            if deflated {
-                continue;
-            }
-            d[l] -= p;
-            e[l] = g;
-            e[m] = 0.0;
-        }
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
-    let values = order.iter().map(|&i| d[i]).collect();
-    let mut vectors = Square::zeros(n);
-    for (k, &i) in order.iter().enumerate() {
-        vectors.data[k * n..(k + 1) * n].copy_from_slice(&z.data[i * n..(i + 1) * n]);
-    }
-    Some((values, vectors))
-}
-
-/// `A = Q T Qᵀ` with `T` tridiagonal (diagonal `d`, off-diagonal `e[i]` between `i` and `i + 1`,
-/// `e[n − 1] = 0`), by Householder reflections on the columns below the diagonal.
-fn tridiagonalize(a: &Square) -> (Vec<f64>, Vec<f64>, Square) {
-    let n = a.n;
-    let mut t = a.data.clone();
-    let mut q = Square::identity(n);
-    let mut e = vec![0.0; n];
-    for k in 0..n.saturating_sub(2) {
-        let x: Vec<f64> = (k + 1..n).map(|i| t[i * n + k]).collect();
-        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if norm == 0.0 {
-            continue;
-        }
-        let alpha = if x[0] > 0.0 { -norm } else { norm };
-        let mut v = x;
-        v[0] -= alpha;
-        let v2: f64 = v.iter().map(|x| x * x).sum();
-        if v2 == 0.0 {
-            continue;
-        }
-        let beta = 2.0 / v2;
-        let m = n - k - 1;
-        // The trailing block A₂₂ ← H A₂₂ H with H = I − β v vᵀ, as a symmetric rank-2 update.
-        let mut p = vec![0.0; m];
-        for (i, pi) in p.iter_mut().enumerate() {
-            let row = &t[(k + 1 + i) * n + k + 1..(k + 1 + i) * n + n];
-            *pi = beta * row.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
-        }
-        let kappa = 0.5 * beta * p.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
-        let w: Vec<f64> = p.iter().zip(&v).map(|(p, v)| p - kappa * v).collect();
-        for i in 0..m {
-            let row = &mut t[(k + 1 + i) * n + k + 1..(k + 1 + i) * n + n];
-            for (j, x) in row.iter_mut().enumerate() {
-                *x -= v[i] * w[j] + w[i] * v[j];
-            }
-        }
-        t[(k + 1) * n + k] = alpha;
-        t[k * n + k + 1] = alpha;
-        for i in k + 2..n {
-            t[i * n + k] = 0.0;
-            t[k * n + i] = 0.0;
-        }
-        // Q ← Q H.
-        for r in 0..n {
-            let row = &mut q.data[r * n + k + 1..r * n + n];
-            let s = beta * row.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
-            row.iter_mut().zip(&v).for_each(|(x, v)| *x -= s * v);
-        }
-    }
-    let d = (0..n).map(|i| t[i * n + i]).collect();
-    for i in 0..n.saturating_sub(1) {
-        e[i] = t[(i + 1) * n + i];
-    }
-    (d, e, q)
+    let eigen = a.view().self_adjoint_eigen(Side::Lower).ok()?;
+    let values: Vec<f64> = (0..a.n).map(|k| eigen.S()[k]).collect();
+    // Columns of U are the eigenvectors; a row-major copy of Uᵀ has them as rows.
+    Some((values, Square::from_faer(eigen.U().transpose())))
 }
 
 #[cfg(test)]

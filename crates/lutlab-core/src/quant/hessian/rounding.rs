@@ -16,7 +16,8 @@
 //! "lazy batch updates"), which changes nothing but the order of additions. Output channels are
 //! independent given `H`, so they are split over the CPU's cores.
 
-use super::linalg::{cholesky_lower, inverse_cholesky_upper, ldl_upper, Square};
+use super::linalg::{cholesky_lower, inverse_cholesky_upper, ldl_upper, parallelism, Square};
+use faer::{linalg::matmul::matmul, Accum, Mat, MatMut, MatRef, Par};
 use crate::error::{LoadError, Result};
 use crate::parallel::map_ranges;
 use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformResult, UniformSettings};
@@ -152,30 +153,13 @@ pub fn round_with_hessian(
     Ok(Rounded { codes, values, proxy_loss, groups })
 }
 
-/// `tr(ΔW H ΔWᵀ)` over output channels `cols_range` of `[rows, cols]` matrices.
-fn proxy_loss_of(original: &[f32], rounded: &[f32], rows: usize, cols: usize, h: &Square, cols_range: std::ops::Range<usize>) -> f64 {
-    let m = cols_range.len();
-    let delta: Vec<f64> = (0..rows)
-        .flat_map(|r| cols_range.clone().map(move |c| (r, c)))
-        .map(|(r, c)| f64::from(rounded[r * cols + c]) - f64::from(original[r * cols + c]))
-        .collect();
-    let mut loss = 0.0;
-    let mut hd = vec![0f64; m];
-    for i in 0..rows {
-        hd.iter_mut().for_each(|v| *v = 0.0);
-        for (k, &hik) in h.row(i).iter().enumerate() {
-            if hik != 0.0 {
-                hd.iter_mut().zip(&delta[k * m..(k + 1) * m]).for_each(|(acc, d)| *acc += hik * d);
-            }
-        }
-        loss += hd.iter().zip(&delta[i * m..(i + 1) * m]).map(|(a, d)| a * d).sum::<f64>();
-    }
-    loss
-}
-
-/// The proxy loss of a whole matrix (all output channels), for reports.
+/// `tr(ΔW H ΔWᵀ)` of a whole `[rows, cols]` matrix (all output channels), for reports:
+/// `Σ Δ ⊙ (H Δ)`.
 pub fn proxy_loss(original: &[f32], rounded: &[f32], rows: usize, cols: usize, h: &Square) -> f64 {
-    map_ranges(cols, |range| proxy_loss_of(original, rounded, rows, cols, h, range)).into_iter().sum()
+    let delta: Vec<f64> = rounded.iter().zip(original).map(|(&q, &w)| f64::from(q) - f64::from(w)).collect();
+    let mut hd = Mat::<f64>::zeros(rows, cols);
+    matmul(hd.as_mut(), Accum::Replace, h.view(), MatRef::from_row_major_slice(&delta, rows, cols), 1.0, parallelism());
+    (0..rows).map(|i| (0..cols).map(|c| delta[i * cols + c] * hd[(i, c)]).sum::<f64>()).sum()
 }
 
 fn check_inputs(
@@ -395,13 +379,15 @@ impl Job<'_> {
                     }
                 }
             }
-            if let Some(a) = self.coefficients {
-                for j in b1..n {
-                    let row = &mut work[j * m..(j + 1) * m];
-                    for k in b0..b1 {
-                        axpy(row, a.at(k, j), &errors[(k - b0) * m..(k - b0 + 1) * m]);
-                    }
-                }
+            if let Some(a) = self.coefficients
+                && b1 < n
+            {
+                // The lazy batch update, one product: rows b1.. += A[b0..b1, b1..]ᵀ · errors.
+                // One thread: the workers already use every core.
+                let later = MatMut::from_row_major_slice_mut(&mut work[b1 * m..], n - b1, m);
+                let block = MatRef::from_row_major_slice_with_stride(&a.data[b0 * n + b1..], b1 - b0, n - b1, n);
+                let errors = MatRef::from_row_major_slice(&errors[..(b1 - b0) * m], b1 - b0, m);
+                matmul(later, Accum::Add, block.transpose(), errors, 1.0, Par::Seq);
             }
             b0 = b1;
         }
@@ -419,11 +405,8 @@ impl Job<'_> {
         let delta: Vec<f64> = values.iter().zip(original).map(|(q, w)| q - w).collect();
         // R = H · Δ, kept current as weights move.
         let mut r = vec![0f64; n * m];
-        for i in 0..n {
-            for k in 0..n {
-                axpy(&mut r[i * m..(i + 1) * m], h.at(i, k), &delta[k * m..(k + 1) * m]);
-            }
-        }
+        let delta_view = MatRef::from_row_major_slice(&delta, n, m);
+        matmul(MatMut::from_row_major_slice_mut(&mut r, n, m), Accum::Replace, h.view(), delta_view, 1.0, Par::Seq);
         let mut change = vec![0f64; m];
         for k in 0..n {
             let hkk = h.at(k, k);

@@ -1,4 +1,5 @@
 //! Opt-in phase timing for profiling (`LUTLAB_PROFILE=1`, native only): where a GPU k-means run
+//! or the sequential Hessian loop
 //! spends its wall-clock time, summed per phase over a model and printed to stderr by
 //! [`report`]. Off, a phase costs one cached flag check; in the browser it compiles to nothing.
 
