@@ -43,9 +43,20 @@ const EXPLAIN = {
     + 'scaled per tensor, channel or group of 128 input rows.',
   gptq: 'GPTQ rounds the inputs one at a time onto the same uniform grid and spreads each rounding error over the inputs not yet '
     + 'rounded, through the layer\'s Hessian, so the layer\'s output moves as little as possible (needs the Hessians of step 2).',
+  ldlq: 'LDLQ (QuIP) feeds each rounding error forward through the Hessian\'s LDL factors: the same result as GPTQ, '
+    + 'written another way (needs the Hessians of step 2).',
   'ldlq-rg': 'LDLQ-RG (QuIP) is the same feedback written with the Hessian\'s LDL factors, inputs ordered by their energy, then one '
     + 'greedy pass over the weights (needs the Hessians of step 2).',
+  greedy: 'Greedy passes start from round-to-nearest and move one weight at a time to the grid value that lowers the layer\'s '
+    + 'output error most, sweeping the inputs in turn (needs the Hessians of step 2).',
+  'ldlbal-admm': 'LDLbal-ADMM (QuIP) finds a feedback matrix whose columns are bounded (by ADMM), rounds with it, then runs '
+    + 'greedy passes: a hedge against the worst case of plain LDLQ (needs the Hessians of step 2).',
+  'gptq-kmeans': 'k-means fits each table to the weights (weighted by each input\'s energy H_kk, or by Fisher), then GPTQ rounds '
+    + 'onto those tables with error feedback: the best of both (needs the Hessians of step 2).',
 };
+
+/// Methods that round with the Hessians (`gptq-kmeans` is GPTQ onto k-means tables).
+const HESSIAN_METHODS = new Set(['gptq', 'ldlq', 'ldlq-rg', 'greedy', 'ldlbal-admm', 'gptq-kmeans']);
 
 function showError(message) {
   $('error').textContent = message;
@@ -132,6 +143,7 @@ async function loadFrom(source) {
   $('q-centering').checked = false;
   $('means-result').textContent = '';
   hessiansReady = false;
+  layerView.setHessians(false);
   $('hessians-result').textContent = '';
   proxyRuns = [];
   clearPlot($('plot-proxy'));
@@ -263,9 +275,16 @@ function runsCsv() {
 }
 
 function quantizeRequest() {
-  const method = $('q-method').value;
+  const choice = $('q-method').value;
+  const method = choice === 'gptq-kmeans' ? 'gptq' : choice;
   const request = { method, bits: Number($('q-bits').value), granularity: $('q-granularity').value, embeddings: $('q-embeddings').checked };
-  if (method === 'kmeans') {
+  if (HESSIAN_METHODS.has(choice)) {
+    request.incoherence = $('q-incoherence').checked;
+    if (['gptq', 'ldlq', 'gptq-kmeans'].includes(choice)) request.act_order = $('q-act-order').checked;
+  }
+  if (choice === 'gptq-kmeans') {
+    request.grid = 'kmeans';
+  } else if (method === 'kmeans') {
     // Output-channel groups for tables; uniform scales group input rows, as Brevitas does.
     if ($('q-outliers').value !== '') request.outlier_percent = Number($('q-outliers').value);
     request.scaling = $('q-scaling').checked;
@@ -373,7 +392,8 @@ async function computeHessians() {
   proxyRuns = [];
   clearPlot($('plot-proxy'));
   $('hessians-result').textContent = `Hessians of ${report.hessians} linear inputs from ${report.nsamples} windows of ${report.seqlen} tokens `
-    + '(for GPTQ and LDLQ-RG, and every method\'s proxy loss).';
+    + '(for GPTQ, LDLQ and the other Hessian methods, and every method\'s proxy loss).';
+  layerView.setHessians(true);
   return calibrationSummary();
 }
 
@@ -428,7 +448,9 @@ async function loadFisherFile(file) {
 function showMethodOptions() {
   const method = $('q-method').value;
   for (const el of document.querySelectorAll('.kmeans-only')) el.hidden = method !== 'kmeans';
-  for (const el of document.querySelectorAll('.rtn-only')) el.hidden = method === 'kmeans';
+  for (const el of document.querySelectorAll('.rtn-only')) el.hidden = method === 'kmeans' || method === 'gptq-kmeans';
+  for (const el of document.querySelectorAll('.hessian-only')) el.hidden = !HESSIAN_METHODS.has(method);
+  $('q-act-order').disabled = !['gptq', 'ldlq', 'gptq-kmeans'].includes(method);
   $('q-explain').textContent = EXPLAIN[method];
 }
 

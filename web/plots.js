@@ -208,6 +208,66 @@ function drawHistogramNow(figure, picture) {
   show(figure, svg, fingerprint([picture.name, picture.bits, ...(picture.after ?? []), ...(picture.centroids ?? [])]));
 }
 
+/// QuIP's incoherence processing on one layer (`Lab.incoherencePicture`): its Hessian's
+/// eigenvalues and diagonal (`spectrumFigure`) and its weights (`rotationFigure`), before and
+/// after, each normalised (by the mean, by the RMS) so the shapes compare.
+export function drawIncoherence(spectrumFigure, rotationFigure, picture) {
+  remember(spectrumFigure, () => drawSpectrumNow(spectrumFigure, picture));
+  remember(rotationFigure, () => drawRotationNow(rotationFigure, picture));
+}
+
+function drawSpectrumNow(figure, picture) {
+  const series = (side, label) => [
+    ...picture[side].eigenvalues.map((v, i) => ({ kind: 'eigenvalues', series: `eigenvalues, ${label}`, rank: i + 1, v })),
+    ...picture[side].diagonal.map((v, i) => ({ kind: 'diagonal', series: `diagonal, ${label}`, rank: i + 1, v })),
+  ];
+  // A log axis has no room for zero or (rounding-)negative eigenvalues: they are left out and counted.
+  const all = [...series('before', 'before'), ...series('after', 'after')];
+  const points = all.filter((p) => p.v > 0);
+  const { before, after } = picture;
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: 260,
+    marginLeft: 56,
+    grid: true,
+    subtitle: `${picture.name}: eigenvector incoherence μ_H ${before.mu_h.toFixed(1)} → ${after.mu_h.toFixed(1)}`
+      + (points.length < all.length ? ` (${all.length - points.length} values ≤ 0 not shown)` : ''),
+    x: { label: 'rank (largest first) →', type: 'log' },
+    y: { label: '↑ value / mean (log scale)', type: 'log', tickFormat: '~g' },
+    color: { legend: true, domain: ['eigenvalues, before', 'eigenvalues, after', 'diagonal, before', 'diagonal, after'], range: [BAR, ACCENT, '#3b5b92', '#a8321a'] },
+    marks: [
+      Plot.line(points.filter((p) => p.kind === 'eigenvalues'), { x: 'rank', y: 'v', stroke: 'series', strokeWidth: 1.5 }),
+      Plot.dot(points.filter((p) => p.kind === 'diagonal'), { x: 'rank', y: 'v', stroke: 'series', r: 1.5 }),
+    ],
+  });
+  figure.dataset.muBefore = before.mu_h;
+  figure.dataset.muAfter = after.mu_h;
+  show(figure, svg, fingerprint([picture.name, before.mu_h, after.mu_h, ...before.diagonal.slice(0, 8)]));
+}
+
+function drawRotationNow(figure, picture) {
+  const { edges, before, after } = picture;
+  const bins = before.weights.map((count, i) => ({ x1: edges[i], x2: edges[i + 1], count }));
+  const line = after.weights.map((count, i) => ({ x: (edges[i] + edges[i + 1]) / 2, count }));
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: 260,
+    marginLeft: 52,
+    subtitle: `largest |w| / RMS ${before.peak.toFixed(1)} → ${after.peak.toFixed(1)}; weight incoherence μ_W ${before.mu_w.toFixed(1)} → ${after.mu_w.toFixed(1)}`,
+    x: { domain: [edges[0], edges[edges.length - 1]], label: 'weight / RMS →' },
+    y: { type: 'symlog', label: '↑ weights per bin (log scale)', grid: true, ticks: [0, 1, 10, 100, 1e3, 1e4, 1e5, 1e6].filter((t) => t <= Math.max(...before.weights, ...after.weights) * 2), tickFormat: '~s' },
+    marks: [
+      Plot.rectY(bins, { x1: 'x1', x2: 'x2', y: 'count', inset: 0, fill: BAR, title: (d) => `${d.x1.toFixed(2)} … ${d.x2.toFixed(2)}: ${d.count} weights before` }),
+      Plot.lineY(line, { x: 'x', y: 'count', curve: 'step', stroke: ACCENT, strokeWidth: 1.5 }),
+      Plot.ruleY([0]),
+    ],
+  });
+  figure.dataset.peakBefore = before.peak;
+  figure.dataset.peakAfter = after.peak;
+  figure.dataset.counted = after.weights.reduce((a, b) => a + b, 0);
+  show(figure, svg, fingerprint([picture.name, before.peak, after.peak, ...after.weights]));
+}
+
 /// Where the sparse outliers of one layer sit: a dot per weight kept exactly.
 export function drawOutliers(figure, picture) {
   remember(figure, () => drawOutliersNow(figure, picture));

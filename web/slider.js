@@ -3,7 +3,7 @@
 // unless unticked) and redraws. Slider moves queue: while one runs, only the latest position
 // waits, so dragging never piles up work.
 
-import { clearPlot, drawHistogram, drawOutliers } from './plots.js';
+import { clearPlot, drawHistogram, drawIncoherence, drawOutliers } from './plots.js';
 
 const $ = (id) => document.getElementById(id);
 const DEFAULT_LAYER = /mlp\.c_fc$/; // GPT-2's 768×3072 matrix: the slider's benchmark shape
@@ -13,12 +13,16 @@ export class LayerView {
   constructor({ lab, onFatal, isBusy }) {
     Object.assign(this, { lab, onFatal, isBusy });
     this.modelBits = null; // bits of the current quantization, where the slider rests
+    this.hessians = false; // whether the session has Hessians (the incoherence pictures need them)
     this.inFlight = null;
     this.pending = false;
   }
 
   wire() {
-    $('layer-select').onchange = () => this.redraw();
+    $('layer-select').onchange = () => {
+      this.redraw();
+      this.drawIncoherence();
+    };
     $('layer-channel').onchange = () => this.redraw();
     $('slider-bits').oninput = () => {
       $('slider-value').textContent = $('slider-bits').value;
@@ -39,6 +43,27 @@ export class LayerView {
       return;
     }
     this.redraw();
+  }
+
+  /// Hessians computed (`true`) or gone with a new model (`false`).
+  setHessians(ready) {
+    this.hessians = ready;
+    if (ready) {
+      this.drawIncoherence();
+    } else {
+      for (const id of ['plot-spectrum', 'plot-rotation']) clearPlot($(id));
+    }
+  }
+
+  /// The chosen layer's Hessian and weights before and after QuIP's incoherence processing.
+  drawIncoherence() {
+    const name = $('layer-select').value;
+    if (!this.hessians || !name || !this.lab()) return;
+    try {
+      drawIncoherence($('plot-spectrum'), $('plot-rotation'), this.lab().incoherencePicture(name, 0));
+    } catch (e) {
+      this.failed(e);
+    }
   }
 
   refresh({ modelLoaded, quantized }) {

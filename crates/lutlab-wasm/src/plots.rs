@@ -5,6 +5,8 @@
 
 use crate::lab::{js_error, to_js, Lab, Session};
 use lutlab_core::fisher_file::FisherDiagonal;
+use lutlab_core::hessian_file::hessian_key;
+use lutlab_core::plot_data::incoherence::incoherence_picture;
 use lutlab_core::plot_data::{block_and_matrix, central_range, mean, weighted_squared_error, Histogram};
 use lutlab_core::quant::QuantizedLayer;
 use lutlab_core::weights::LinearWeights;
@@ -235,6 +237,22 @@ impl Lab {
         let label = quantized.as_ref().filter(|_| layer.is_some()).map(|q| q.label.clone());
         set(&value, "label", &label.map_or(JsValue::NULL, JsValue::from))?;
         Ok(value)
+    }
+
+    /// What QuIP's incoherence processing (`--incoherence`, seed `seed`) does to layer `name`:
+    /// its Hessian's spectrum and diagonal and its weights, before and after
+    /// (`plot_data::incoherence::IncoherencePicture`). Fails until the Hessians are computed.
+    #[wasm_bindgen(js_name = incoherencePicture)]
+    pub fn incoherence_picture(&self, name: &str, seed: u32) -> Result<JsValue, JsError> {
+        let session = self.current()?;
+        let linear = layer_of(&session, name)?;
+        let hessians = session.hessians.borrow().clone().ok_or_else(|| JsError::new("no Hessians yet: compute them in step 2"))?;
+        let config = &session.weights()?.config;
+        let h = hessian_key(config, name)
+            .and_then(|key| hessians.get(&key))
+            .ok_or_else(|| JsError::new(&format!("no Hessian for `{name}` (only the blocks' linears have one)")))?;
+        let picture = incoherence_picture(name, &linear.weight.data, linear.in_features(), linear.out_features(), h, u64::from(seed)).map_err(js_error)?;
+        to_js(&picture)
     }
 }
 

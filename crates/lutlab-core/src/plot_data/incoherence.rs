@@ -4,8 +4,9 @@
 //!
 //! Both sides are normalised so their shapes compare: eigenvalues and the diagonal by their mean
 //! (`tr(H)/n`), weights by their RMS. A rotation leaves the eigenvalues as they are (only the
-//! rescaling and QuIP's `+10⁻² I` move them); what it changes is how they sit on the inputs: the
-//! diagonal flattens, eigenvectors and weights spread over every coordinate (μ falls).
+//! rescaling and QuIP's `+10⁻² I` move them); what it changes is how they sit on the inputs:
+//! eigenvectors and weights are spread over every coordinate (a lone outlier input or weight
+//! disappears; a spectrum dominated by one direction then shows on every diagonal entry).
 
 use super::Histogram;
 use crate::error::{LoadError, Result};
