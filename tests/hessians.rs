@@ -68,15 +68,21 @@ fn sequential_hessians_see_the_quantized_blocks_before_them() {
     for true_sequential in [false, true] {
         let settings = HessianSettings { true_sequential, ..settings };
         let model = Decoder::new(&loaded.weights, &gpu());
-        let mut seen: Vec<(String, Square)> = Vec::new();
-        let mut quantized: ModelWeights = loaded.weights.clone();
-        pollster::block_on(quantize_sequential(&model, &tokens, settings, &mut |layer| {
-            seen.push((layer.name.to_string(), layer.hessian.clone()));
-            let linear = quantized.linear_mut(layer.name).expect("a linear of the model");
-            linear.weight.data = crude(&linear.weight.data);
-            Ok(Some(linear.weight.data.clone()))
+        // The callback runs concurrently for a step's linears: collect, then put in model order.
+        let seen = std::sync::Mutex::new(Vec::new());
+        pollster::block_on(quantize_sequential(&model, &tokens, settings, &|layer| {
+            let crude = crude(&loaded.weights.linear(layer.name).expect("a linear of the model").weight.data);
+            seen.lock().unwrap().push(((layer.block, layer.linear), layer.name.to_string(), layer.hessian.clone(), crude.clone()));
+            Ok(Some(crude))
         }, &mut NoProgress))
         .unwrap();
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort_by_key(|s| s.0);
+        let mut quantized: ModelWeights = loaded.weights.clone();
+        for (_, name, _, crude) in &seen {
+            quantized.linear_mut(name).unwrap().weight.data = crude.clone();
+        }
+        let seen: Vec<(String, Square)> = seen.into_iter().map(|(_, name, h, _)| (name, h)).collect();
         assert_eq!(seen.len(), config.linear_names().len());
         // The CPU reference, block by block: the model with the blocks before (and, true
         // sequentially, the groups before) already replaced.

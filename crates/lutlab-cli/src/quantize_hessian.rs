@@ -56,21 +56,26 @@ pub fn run(
     let defaults = HessianSettings::for_model(&model).windows;
     let windows = ActivationSettings { nsamples: args.hessian_samples, seqlen: args.hessian_seqlen.unwrap_or(defaults.seqlen), ..defaults };
     let settings = HessianSettings { windows, true_sequential: args.true_sequential };
+    // A step's layers are quantized concurrently: each result is kept with its place in the model.
+    let done = std::sync::Mutex::new(Vec::with_capacity(selected.len()));
     pollster::block_on(quantize_sequential(
         &model,
         &tokens,
         settings,
-        &mut |layer| {
-            if !selected.iter().any(|n| n == layer.name) {
+        &|layer| {
+            let Some(index) = selected.iter().position(|n| n == layer.name) else {
                 // Outside --blocks: the float weights go on unchanged.
                 return Ok(None);
-            }
+            };
             let quantized = one(layer.name, layer.hessian).map_err(|e| lutlab_core::LoadError::InvalidSetting(format!("{e:#}")))?;
             let values = quantized.dequantized.clone();
-            layers.push(quantized);
+            done.lock().unwrap_or_else(|e| e.into_inner()).push((index, quantized));
             Ok(Some(values))
         },
         bar,
     ))?;
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|(index, _)| *index);
+    layers.extend(done.into_iter().map(|(_, layer)| layer));
     Ok(QuantizedModel { layers })
 }

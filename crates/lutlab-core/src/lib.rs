@@ -11,6 +11,7 @@ pub mod packed_file;
 pub mod parallel;
 pub mod perplexity;
 pub mod plot_data;
+pub mod profile;
 pub mod progress;
 pub mod quant;
 pub mod reference;

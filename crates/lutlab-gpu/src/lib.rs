@@ -16,8 +16,8 @@ pub mod bench;
 pub mod init;
 pub mod kmeans;
 pub mod layer;
-/// Phase timing lives with the model (its layer loop is timed too); re-exported for the kernels.
-pub use lutlab_model::profile;
+/// Phase timing lives in the core (the Hessian methods and the layer loop are timed too).
+pub use lutlab_core::profile;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod requantize_bench;
 mod seeding;

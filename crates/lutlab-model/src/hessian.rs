@@ -16,7 +16,8 @@ use crate::activations::ActivationSettings;
 use crate::decoder::{run_block, BlockContext, BlockVisitor, Decoder, Linear};
 use crate::device::{download, upload};
 use crate::error::{ModelError, Result};
-use crate::profile;
+use lutlab_core::parallel::map_ranges;
+use lutlab_core::profile;
 use burn::tensor::Tensor;
 use lutlab_core::quant::hessian::Square;
 use lutlab_core::{LoadError, Progress};
@@ -85,12 +86,13 @@ pub async fn hessians(
 /// GPTQ's sequential loop: block by block, the Hessians of its linears (their inputs computed by
 /// the blocks before it as already quantized), `quantize` for each linear (returning its
 /// dequantized `[in, out]` weights, or `None` to keep it as it is), the block rebuilt from them,
-/// the windows on through it.
+/// the windows on through it. The linears of one step are independent given their Hessians, so
+/// `quantize` runs for them concurrently (natively; one after another in the browser).
 pub async fn quantize_sequential(
     model: &Decoder,
     tokens: &[u32],
     settings: HessianSettings,
-    quantize: &mut dyn FnMut(LayerHessian) -> Result<Option<Vec<f32>>>,
+    quantize: &(dyn Fn(LayerHessian) -> Result<Option<Vec<f32>>> + Sync),
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let mut states = embed_windows(model, tokens, &settings.windows)?;
@@ -111,14 +113,15 @@ pub async fn quantize_sequential(
             run_block(i, &block, &mut states, Some(&mut sums))?;
             let hessians = sums.read(settings.windows.nsamples, &groups, &names).await?;
             profile::stop("GPU: block forwards, x·xᵀ sums, read-back (waits for the previous block's last pass)", gpu);
-            for (g, h) in hessians {
-                for linear in groups[g].clone() {
-                    let host = profile::start();
-                    let quantized = quantize(LayerHessian { block: i, linear, name: &names[linear], hessian: &h })?;
-                    profile::stop("host: rounding (factorization, row loop, proxy loss)", host);
-                    if let Some(weights) = quantized {
-                        replace_weight(&mut block.linears[linear], &weights, &device, &names[linear])?;
-                    }
+            let jobs: Vec<(usize, &Square)> = hessians.iter().flat_map(|(g, h)| groups[*g].clone().map(move |linear| (linear, h))).collect();
+            let host = profile::start();
+            let results = map_ranges(jobs.len(), |range| {
+                range.map(|j| quantize(LayerHessian { block: i, linear: jobs[j].0, name: &names[jobs[j].0], hessian: jobs[j].1 })).collect::<Vec<_>>()
+            });
+            profile::stop("host: the step's layers (grid, rounding, report), concurrently", host);
+            for ((linear, _), quantized) in jobs.iter().zip(results.into_iter().flatten()) {
+                if let Some(weights) = quantized? {
+                    replace_weight(&mut block.linears[*linear], &weights, &device, &names[*linear])?;
                 }
             }
             // Back to the block's inputs: the next step (or the final pass) starts from them.

@@ -10,7 +10,6 @@ pub mod generate;
 pub mod hessian;
 pub mod decoder;
 pub mod lut_linear;
-pub mod profile;
 
 pub use activations::{linear_input_means, linear_input_means_windows, ActivationSettings};
 pub use burn;

@@ -20,6 +20,7 @@ use super::linalg::{cholesky_lower, inverse_cholesky_upper, ldl_upper, paralleli
 use faer::{linalg::matmul::matmul, Accum, Mat, MatMut, MatRef, Par};
 use crate::error::{LoadError, Result};
 use crate::parallel::map_ranges;
+use crate::profile;
 use crate::quant::uniform::{quantize_uniform, UniformGranularity, UniformResult, UniformSettings};
 
 /// Which error feedback rounds the rows.
@@ -112,7 +113,9 @@ pub fn round_with_hessian(
         return super::admm::round_admm(weights, rows, cols, h, *levels, tables, *channels_per_table, settings.percdamp, settings.greedy_passes);
     }
     let mut w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
+    let phase = profile::start();
     let (order, hp, coefficients) = prepare(h, &mut w, cols, settings)?;
+    profile::stop("host: damping and factor", phase);
     let static_fit = match grid {
         Grid::InputGroups { size, settings: uniform, static_groups: true } => Some(fit_uniform(weights, rows, cols, uniform, UniformGranularity::InputGroup(*size))?),
         _ => None,
@@ -123,7 +126,10 @@ pub fn round_with_hessian(
     };
     let static_tables = static_fit.as_ref().map(|fit| fit.tables.as_slice());
     let job = Job { w: &w, rows, cols, order: &order, hp: &hp, coefficients: coefficients.as_ref(), grid, sorted: &sorted, static_tables, exact, settings };
+    let phase = profile::start();
     let parts = map_ranges(cols, |range| job.run(range));
+    profile::stop("host: row loop", phase);
+    let phase = profile::start();
 
     let mut codes = vec![0u8; rows * cols];
     let mut values = vec![0f32; rows * cols];
@@ -150,6 +156,7 @@ pub fn round_with_hessian(
         }
     }
     let proxy_loss = proxy_loss(weights, &values, rows, cols, h);
+    profile::stop("host: gather and proxy loss", phase);
     Ok(Rounded { codes, values, proxy_loss, groups })
 }
 
@@ -227,27 +234,33 @@ fn check_inputs(
 /// Hessian does not factor, λ is raised tenfold once; then the layer is refused.
 fn prepare(h: &Square, w: &mut [f64], cols: usize, settings: &RoundingSettings) -> Result<(Vec<usize>, Square, Option<Square>)> {
     let n = h.n;
-    let mut base = h.clone();
+    // One working copy, damped in place (a 3072-wide Hessian is 75 MB: copies cost as much as
+    // the factor's arithmetic).
+    let mut damped = h.clone();
     for k in 0..n {
-        if base.data[k * n + k] == 0.0 {
-            base.data[k * n + k] = 1.0;
+        if damped.data[k * n + k] == 0.0 {
+            damped.data[k * n + k] = 1.0;
             w[k * cols..(k + 1) * cols].iter_mut().for_each(|v| *v = 0.0);
         }
     }
-    let mean = base.diagonal().iter().sum::<f64>() / n as f64;
+    let mean = damped.diagonal().iter().sum::<f64>() / n as f64;
     let percdamp = settings.percdamp;
+    let mut added = 0.0;
     for factor in [1.0, 10.0] {
-        let mut damped = base.clone();
         let lambda = factor * percdamp * mean;
-        (0..n).for_each(|k| damped.data[k * n + k] += lambda);
+        (0..n).for_each(|k| damped.data[k * n + k] += lambda - added);
+        added = lambda;
         let mut order: Vec<usize> = (0..n).collect();
         if settings.act_order {
             let diagonal = damped.diagonal();
             order.sort_by(|&a, &b| diagonal[b].total_cmp(&diagonal[a]));
         }
-        let hp = damped.permuted(&order);
-        if let Some(coefficients) = feedback_coefficients(&hp, settings.feedback) {
-            return Ok((order, hp, coefficients));
+        let hp = if settings.act_order { damped.permuted(&order) } else { std::mem::replace(&mut damped, Square::zeros(0)) };
+        match feedback_coefficients(&hp, settings.feedback) {
+            Some(coefficients) => return Ok((order, hp, coefficients)),
+            // Not positive definite: damp more (from the unpermuted matrix).
+            None if !settings.act_order => damped = hp,
+            None => {}
         }
     }
     Err(LoadError::InvalidSetting(format!(
@@ -264,13 +277,12 @@ fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Option<Option<Squar
         // No factor is used, but the Hessian must still be one the passes can trust.
         Feedback::Nearest | Feedback::LdlbalAdmm => cholesky_lower(hp).map(|_| None),
         Feedback::Gptq => {
-            let u = inverse_cholesky_upper(hp)?;
-            let mut a = Square::zeros(n);
-            for k in 0..n {
-                let pivot = u.at(k, k);
-                for j in k + 1..n {
-                    a.data[k * n + j] = -u.at(k, j) / pivot;
-                }
+            // A[k, j] = −U[k, j] / U[k, k], row by row in place (U is upper: the rest is zero).
+            let mut a = inverse_cholesky_upper(hp)?;
+            for (k, row) in a.data.chunks_exact_mut(n).enumerate() {
+                let pivot = row[k];
+                row[k] = 0.0;
+                row[k + 1..].iter_mut().for_each(|v| *v = -*v / pivot);
             }
             Some(Some(a))
         }

@@ -1,17 +1,14 @@
-//! Opt-in phase timing for profiling (`LUTLAB_PROFILE=1`, native only): where a GPU k-means run
-//! or the sequential Hessian loop
-//! spends its wall-clock time, summed per phase over a model and printed to stderr by
+//! Opt-in phase timing for profiling (`LUTLAB_PROFILE=1`, native only): where a GPU k-means run,
+//! the sequential Hessian loop or a Hessian rounding spends its wall-clock time, summed per phase
+//! over a model (and over threads, where phases run concurrently) and printed to stderr by
 //! [`report`]. Off, a phase costs one cached flag check; in the browser it compiles to nothing.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use std::cell::RefCell;
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, OnceLock};
     use std::time::Instant;
 
-    thread_local! {
-        static TOTALS: RefCell<Vec<(&'static str, f64)>> = const { RefCell::new(Vec::new()) };
-    }
+    static TOTALS: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
 
     fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
@@ -29,18 +26,17 @@ mod native {
         add(name, start.elapsed().as_secs_f64());
     }
 
-    /// Adds `seconds` measured elsewhere (another thread) to phase `name`.
+    /// Adds `seconds` measured elsewhere to phase `name`.
     pub fn add(name: &'static str, seconds: f64) {
         if !enabled() {
             return;
         }
-        TOTALS.with(|t| {
-            let mut t = t.borrow_mut();
-            match t.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, total)) => *total += seconds,
-                None => t.push((name, seconds)),
-            }
-        });
+        // A poisoned lock only means another thread panicked mid-add: the totals are still usable.
+        let mut t = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        match t.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += seconds,
+            None => t.push((name, seconds)),
+        }
     }
 
     /// Prints and clears the totals (`what` names the run).
@@ -48,7 +44,7 @@ mod native {
         if !enabled() {
             return;
         }
-        let totals = TOTALS.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let totals = std::mem::take(&mut *TOTALS.lock().unwrap_or_else(|e| e.into_inner()));
         let phases: Vec<String> = totals.iter().map(|(n, s)| format!("{n} {s:.3} s")).collect();
         eprintln!("profile {what}: {}", phases.join(", "));
     }
