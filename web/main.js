@@ -61,6 +61,7 @@ const HESSIAN_METHODS = new Set(['gptq', 'ldlq', 'ldlq-rg', 'greedy', 'ldlbal-ad
 function showError(message) {
   $('error').textContent = message;
   $('error').hidden = !message;
+  $('error-close').hidden = !message;
 }
 
 /// The workflow's step badges: `state` is one of todo, running, done, failed (a CSS class).
@@ -117,7 +118,14 @@ async function action(work, step) {
       showError(e?.message ?? String(e));
     }
     const cancelled = /cancelled/.test(e?.message ?? '');
-    if (step) setStep(step, 'failed', `${cancelled ? 'cancelled' : 'failed'}${before === 'done' ? ' · earlier result kept' : ''}`);
+    const loaded = $('model-status').dataset.loaded;
+    if (step === 'model' && before === 'done' && loaded) {
+      // A rejected file changes nothing: the badge and the bar keep showing the model in use.
+      setStep('model', 'done', `kept ${loaded}`);
+      loadBar.complete(`${cancelled ? 'stopped' : 'not loaded'}; ${loaded} stays loaded`);
+    } else if (step) {
+      setStep(step, 'failed', `${cancelled ? 'cancelled' : 'failed'}${before === 'done' ? ' · earlier result kept' : ''}`);
+    }
     for (const bar of [loadBar, evalBar, quantBar, fisherBar]) bar.fail();
   } finally {
     busy = false;
@@ -454,7 +462,17 @@ function showMethodOptions() {
   $('q-explain').textContent = EXPLAIN[method];
 }
 
+/// The adapter as wgpu names it, or where the browser leaves the name empty (as it does for
+/// privacy; wgpu then says "unnamed adapter"), its vendor and architecture from `GPUAdapterInfo`.
+async function adapterName(device) {
+  if (!device.startsWith('unnamed adapter')) return device;
+  const info = (await navigator.gpu.requestAdapter())?.info ?? {};
+  const named = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
+  return named ? device.replace('unnamed adapter', named) : device;
+}
+
 function wireControls() {
+  $('error-close').onclick = () => showError('');
   $('q-method').onchange = showMethodOptions;
   showMethodOptions();
   $('run-quantize').onclick = () => action(quantize, 'quantize');
@@ -522,7 +540,7 @@ async function start() {
     showError(`WebGPU is present but no GPU could be opened: ${e.message}`);
     return;
   }
-  $('gpu-status').textContent = `GPU: ${lab.device} · largest binding ${(lab.maxBindingBytes / 2 ** 20).toFixed(0)} MiB`;
+  $('gpu-status').textContent = `GPU: ${await adapterName(lab.device)} · largest binding ${(lab.maxBindingBytes / 2 ** 20).toFixed(0)} MiB`;
   // On a software GPU the k-means shaders are slower than the CPU reference: the slider starts on the CPU.
   if (/swiftshader|llvmpipe|lavapipe|\bCpu\b/i.test(lab.device)) layerView.softwareGpu(lab.device);
   refreshControls();

@@ -106,7 +106,8 @@ function heatmap(figure, cells, { label, shortLabel, scheme }) {
     padding: 0.05,
     x: { label: 'matrix', ...matrixAxis(cells) },
     y: { label: 'block', domain: blocks },
-    color: { ...color, legend: true, label: width < 560 && shortLabel ? shortLabel : label },
+    // The legend in the cells' notation (e-notation), not SI prefixes.
+    color: { ...color, legend: true, label: width < 560 && shortLabel ? shortLabel : label, tickFormat: '.0e' },
     marks: [
       Plot.cell(positive, { x: 'matrix', y: 'block', fill: 'value', tip: true, title: (c) => `${c.name}: ${c.value.toExponential(3)}` }),
       Plot.text(positive, {

@@ -62,6 +62,10 @@ test('Hessians in the page drive every Hessian method (GPTQ and LDLQ-RG below ro
     assert.ok(rg.layers[i].proxy_loss < layer.proxy_loss, `${layer.name}: LDLQ-RG ${rg.layers[i].proxy_loss} vs RTN ${layer.proxy_loss}`);
   }
   assert.ok(rg.packed, 'per-channel results pack');
+  // The error heatmap's legend speaks the cells' notation (1e-3, not 1m).
+  const labels = await page.$$eval('#plot-error text, #plot-error tspan', (els) => els.map((e) => e.textContent.trim()));
+  assert.ok(labels.some((t) => /^\d(\.\d)?e[-+]\d+$/.test(t)), `e-notation in the heatmap: ${labels.join(' | ')}`);
+  assert.ok(!labels.some((t) => /^[\d.]+\s?[µmkMG]$/.test(t)), `no SI prefixes in the heatmap: ${labels.join(' | ')}`);
   assert.match(await page.textContent('#quant-result'), /Proxy loss/);
   // The picture: one line per method over the layers.
   assert.equal(await page.getAttribute('#plot-proxy', 'data-state'), 'drawn');

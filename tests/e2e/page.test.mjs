@@ -182,7 +182,7 @@ test('local files load (vocab.json + merges.txt tokenizer) and give the same per
   await page.close();
 });
 
-test('a truncated model.safetensors is reported on the page and the loaded model stays', async () => {
+test('a truncated model.safetensors is reported on the page (dismissable) and the loaded model stays, badge and bar included', async () => {
   const page = await openPage(browser, pageUrl);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lutlab-broken-'));
   for (const f of ['config.json', 'tokenizer.json']) fs.copyFileSync(path.join(SHIPPED, f), path.join(dir, f));
@@ -196,6 +196,19 @@ test('a truncated model.safetensors is reported on the page and the loaded model
   await page.screenshot({ path: path.join(OUT, 'broken-file.png') });
   assert.equal(await page.getAttribute('#model-status', 'data-loaded'), 'shipped gpt2-tiny-wikitext');
   assert.equal(await page.isEnabled('#run-eval'), true);
+  // The badge and the bar show the model in use, not the rejected file; the error can be dismissed.
+  assert.equal(await page.getAttribute('#state-model', 'data-state'), 'done');
+  assert.equal(await page.textContent('#state-model'), 'kept shipped gpt2-tiny-wikitext');
+  assert.match(await page.textContent('#load-progress .label'), /not loaded; shipped gpt2-tiny-wikitext stays loaded/);
+  assert.equal(await page.getAttribute('#load-progress', 'data-state'), 'done');
+  await page.click('#error-close');
+  assert.equal(await page.isHidden('#error'), true);
+  assert.equal(await page.isHidden('#error-close'), true);
+  // The tab has an icon, and the GPU line names an adapter even where the browser leaves the name empty.
+  assert.match(await page.getAttribute('link[rel=icon]', 'href'), /^data:image\/svg\+xml/);
+  const gpu = await page.textContent('#gpu-status');
+  assert.match(gpu, /^GPU: \S.* · largest binding \d+ MiB$/);
+  assert.doesNotMatch(gpu, /unnamed adapter/, 'SwiftShader leaves the name empty but gives its vendor and architecture');
   await page.close();
 });
 
