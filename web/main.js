@@ -316,14 +316,18 @@ async function quantize() {
   const report = await lab.quantize(request, useFisher, onGpu, (done, total) => quantBar.count(done, total, 'weights'));
   quantized = { report, request: { ...request, gpu: request.method === 'kmeans' && onGpu } };
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
-  const worst = report.layers.reduce((a, b) => (b.mse > a.mse ? b : a));
+  // The result line and the error heatmap name the same measure: Fisher-weighted when Fisher is known.
+  const errors = lab.errorMap();
+  const worst = errors.cells.reduce((a, b) => (b.value > a.value ? b : a));
+  const measure = errors.weighted ? 'Fisher-weighted error Σ F·(w − q)²' : 'squared error Σ (w − q)²';
   const proxy = report.layers.every((l) => l.proxy_loss != null)
     ? ` Proxy loss tr(ΔW H ΔWᵀ) summed over layers: ${report.layers.reduce((sum, l) => sum + l.proxy_loss, 0).toExponential(3)}.` : '';
   $('quant-result').textContent = `${report.label}: ${report.layers.length} layers, ${report.bits_per_weight.toFixed(3)} bits per weight; `
-    + `largest error in ${worst.name} (mean squared error ${worst.mse.toExponential(2)}).${proxy} ${sizeLine(report.packed)}`;
+    + `largest ${measure} in ${worst.name} (${worst.value.toExponential(2)}, as in the heatmap).${proxy} ${sizeLine(report.packed)}`;
   $('quant-result').dataset.report = JSON.stringify(report);
+  $('quant-result').dataset.worst = worst.name;
   document.querySelector('input[name=which][value=quantized]').checked = true;
-  drawError($('plot-error'), lab.errorMap());
+  drawError($('plot-error'), errors);
   if (report.layers.every((l) => l.proxy_loss != null)) {
     proxyRuns = [...proxyRuns.filter((r) => r.label !== report.label), { label: report.label, layers: report.layers }];
     drawProxyLoss($('plot-proxy'), proxyRuns);

@@ -90,6 +90,7 @@ function labelColour(background) {
 
 function heatmap(figure, cells, { label, shortLabel, scheme }) {
   const positive = cells.filter((c) => c.value > 0);
+  figure.dataset.largest = cells.reduce((a, b) => (b.value > a.value ? b : a), cells[0] ?? {}).name ?? '';
   if (positive.length === 0) {
     clearPlot(figure, 'Every value is zero: nothing to compare.');
     return;
@@ -195,15 +196,19 @@ function drawHistogramNow(figure, picture) {
     const inside = picture.centroids.filter((c) => c >= domain[0] && c <= domain[1]);
     marks.push(Plot.ruleX(inside, { stroke: '#1d2330', strokeDasharray: '3,3', strokeOpacity: 0.7 }));
   }
+  // Weights beyond the drawn range (the rarest 0.05 % at each end) are counted, not hidden.
+  const tails = picture.below + picture.above;
   const svg = Plot.plot({
     width: widthOf(figure),
     height: 260,
     marginLeft: 52,
+    subtitle: tails > 0 ? `${picture.below} weights below and ${picture.above} above the range shown (${(100 * tails / (picture.rows * picture.cols)).toFixed(2)} %)` : undefined,
     x: { domain, label: 'weight value →', grid: false },
     y: { type: 'sqrt', label: '↑ weights per bin (√ scale)', grid: true },
     color: picture.fisher_mean ? { type: 'log', scheme: 'viridis', legend: true, label: 'mean Fisher information in the bin' } : undefined,
     marks,
   });
+  figure.dataset.tails = tails;
   figure.dataset.bits = picture.bits ?? '';
   figure.dataset.mse = picture.mse ?? '';
   show(figure, svg, fingerprint([picture.name, picture.bits, ...(picture.after ?? []), ...(picture.centroids ?? [])]));

@@ -62,6 +62,12 @@ test('Hessians in the page drive every Hessian method (GPTQ and LDLQ-RG below ro
     assert.ok(rg.layers[i].proxy_loss < layer.proxy_loss, `${layer.name}: LDLQ-RG ${rg.layers[i].proxy_loss} vs RTN ${layer.proxy_loss}`);
   }
   assert.ok(rg.packed, 'per-channel results pack');
+  // The result line names the layer the heatmap shows largest, by the heatmap's measure.
+  assert.equal(await page.getAttribute('#quant-result', 'data-worst'), await page.getAttribute('#plot-error', 'data-largest'));
+  assert.match(await page.textContent('#quant-result'), /largest squared error Σ \(w − q\)² in \S+ \(.*, as in the heatmap\)/);
+  // The layer histogram says how many weights fall outside its range.
+  assert.ok(Number(await page.getAttribute('#plot-histogram', 'data-tails')) > 0);
+  assert.match(await page.textContent('#plot-histogram'), /\d+ weights below and \d+ above the range shown/);
   // The error heatmap's legend speaks the cells' notation (1e-3, not 1m).
   const labels = await page.$$eval('#plot-error text, #plot-error tspan', (els) => els.map((e) => e.textContent.trim()));
   assert.ok(labels.some((t) => /^\d(\.\d)?e[-+]\d+$/.test(t)), `e-notation in the heatmap: ${labels.join(' | ')}`);
