@@ -42,6 +42,10 @@ async function quantizeWith(page, method, { incoherence = false } = {}) {
 
 test('Hessians in the page drive every Hessian method (GPTQ and LDLQ-RG below round-to-nearest on every layer) and picture incoherence processing', async () => {
   const page = await openPage(browser, pageUrl);
+  // The Quantize step offers the widths the layer slider ranges over.
+  const widths = await page.$$eval('#q-bits option', (options) => options.map((o) => Number(o.value)));
+  const slider = await page.$eval('#slider-bits', (s) => [Number(s.min), Number(s.max)]);
+  assert.deepEqual(widths, Array.from({ length: slider[1] - slider[0] + 1 }, (_, i) => slider[0] + i));
   // Without Hessians a GPTQ-style method is refused by name.
   await page.selectOption('#q-method', 'gptq');
   await page.click('#run-quantize');

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""An independent packer, written from docs/FORMAT.md alone (not from lutlab's code): makes a tiny
+random GPT-2, packs its linear layers into a `lutlab-packed` version-1 file, and writes the dense
+model the packed file stands for (docs/FORMAT.md §4-§6: table value + sparse corrections, then
+scales, and the input shift folded into the bias). tests/packer_oracle.rs checks that lutlab reads
+the file to exactly these weights and runs it through its LUT kernels to the dense model's logits.
+
+The layers cover the format's cases: 3 bits (codes crossing u32 words), 4 and 5 bits, padding
+rows (48 inputs: the second block of 32 is half padding), one table per output channel, per
+group of channels and per matrix, F16 and F32 tables, a sparse part, scales and an input shift.
+
+    python3 scripts/pack_reference.py tests/fixtures/packer_oracle
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+CONFIG = {
+    "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_head": 4, "n_embd": 48,
+    "n_positions": 32, "vocab_size": 96, "n_inner": 192, "layer_norm_epsilon": 1e-5,
+    "activation_function": "gelu_new", "tie_word_embeddings": True,
+}
+C, F, V, P = CONFIG["n_embd"], CONFIG["n_inner"], CONFIG["vocab_size"], CONFIG["n_positions"]
+rng = np.random.default_rng(2026)
+
+
+def pack_codes(codes, bits):
+    """§3: per column, blocks of 32 rows, each block `bits` u32 words read as one little-endian
+    bit string, code i at bits i*bits ... (padding rows code 0)."""
+    rows, cols = codes.shape
+    blocks = (rows + 31) // 32
+    words = np.zeros((blocks * bits, cols), dtype=np.uint32)
+    for c in range(cols):
+        for k in range(blocks):
+            string = 0
+            for i in range(32):
+                r = 32 * k + i
+                if r < rows:
+                    string |= int(codes[r, c]) << (i * bits)
+            for j in range(bits):
+                words[k * bits + j, c] = (string >> (32 * j)) & 0xFFFFFFFF
+    return words
+
+
+def pack_layer(name, w, bits, channels_per_table, table_dtype, sparse_share=0.0, scaled=False):
+    """A uniform table per group of `channels_per_table` output columns (min..max of its
+    weights), nearest-entry codes, the largest errors kept as sparse corrections; returns the
+    packed tensors and the dense weight and bias-shift they stand for."""
+    rows, cols = w.shape
+    levels = 2 ** bits
+    tables = []
+    codes = np.zeros((rows, cols), dtype=np.int64)
+    for t in range(cols // channels_per_table):
+        block = w[:, t * channels_per_table:(t + 1) * channels_per_table]
+        table = np.linspace(block.min(), block.max(), levels).astype(table_dtype).astype(np.float32)
+        tables.append(table)
+        codes[:, t * channels_per_table:(t + 1) * channels_per_table] = np.abs(block[:, :, None] - table[None, None, :]).argmin(axis=2)
+    lut = np.stack(tables)
+    value = lut[np.arange(cols)[None, :] // channels_per_table, codes]  # §4
+    tensors = {f"{name}.qweight": pack_codes(codes, bits), f"{name}.lut": lut.astype(table_dtype)}
+    if sparse_share > 0:
+        # §5: compressed sparse columns, rows ascending; value = w - table value there.
+        error = np.abs(w - value)
+        keep = error >= np.quantile(error, 1 - sparse_share)
+        col_ptr, row_idx, values = [0], [], []
+        for c in range(cols):
+            for r in np.nonzero(keep[:, c])[0]:
+                row_idx.append(r)
+                values.append(w[r, c] - value[r, c])
+            col_ptr.append(len(row_idx))
+        tensors[f"{name}.sparse_col_ptr"] = np.array(col_ptr, dtype=np.uint32)
+        tensors[f"{name}.sparse_row_idx"] = np.array(row_idx, dtype=np.uint32)
+        tensors[f"{name}.sparse_values"] = np.array(values, dtype=np.float32)
+        value = value + np.where(keep, w - value, 0).astype(np.float32)
+    shift = np.zeros(rows, dtype=np.float32)
+    if scaled:
+        # §6: y = s ⊙ ((x − μ) · W) + b  ==  x · (s ⊙ W) + (b − μ · (s ⊙ W)).
+        s = rng.uniform(0.5, 1.5, cols).astype(np.float32)
+        shift = rng.normal(0, 0.1, rows).astype(np.float32)
+        tensors[f"{name}.scales"] = s
+        tensors[f"{name}.input_shift"] = shift
+        value = (value * s[None, :]).astype(np.float32)
+    meta = {"rows": rows, "cols": cols, "bits": bits, "channels_per_table": channels_per_table}
+    return tensors, meta, value.astype(np.float32), (shift.astype(np.float64) @ value.astype(np.float64)).astype(np.float32)
+
+
+def main(out):
+    out = Path(out)
+    dense = {"wte.weight": rng.normal(0, 0.5, (V, C)), "wpe.weight": rng.normal(0, 0.1, (P, C)),
+             "ln_f.weight": rng.normal(1, 0.1, C), "ln_f.bias": rng.normal(0, 0.1, C)}
+    shapes = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, F), "mlp.c_proj": (F, C)}
+    for i in range(CONFIG["n_layer"]):
+        for ln in ("ln_1", "ln_2"):
+            dense[f"h.{i}.{ln}.weight"] = rng.normal(1, 0.1, C)
+            dense[f"h.{i}.{ln}.bias"] = rng.normal(0, 0.1, C)
+        for linear, shape in shapes.items():
+            dense[f"h.{i}.{linear}.weight"] = rng.normal(0, 0.2, shape)
+            dense[f"h.{i}.{linear}.bias"] = rng.normal(0, 0.1, shape[1])
+    dense = {k: v.astype(np.float32) for k, v in dense.items()}
+    # (layer, bits, channels_per_table, table dtype, sparse share, scales + input shift)
+    plan = [("h.0.attn.c_attn", 3, 1, np.float16, 0.01, False), ("h.0.attn.c_proj", 4, C, np.float32, 0.0, True),
+            ("h.0.mlp.c_fc", 5, 8, np.float16, 0.0, False), ("h.0.mlp.c_proj", 3, 1, np.float32, 0.02, True),
+            ("h.1.attn.c_attn", 4, C, np.float16, 0.0, False)]  # h.1's other linears stay dense
+    packed = {k: v for k, v in dense.items()}
+    layers = {}
+    for name, bits, per_table, dtype, share, scaled in plan:
+        weight = packed.pop(f"{name}.weight")
+        tensors, meta, value, bias_shift = pack_layer(name, weight, bits, per_table, dtype, share, scaled)
+        packed.update(tensors)
+        layers[name] = meta
+        dense[f"{name}.weight"] = value
+        dense[f"{name}.bias"] = (dense[f"{name}.bias"] - bias_shift).astype(np.float32)
+    metadata = {"format": "lutlab-packed", "format_version": "1", "config": json.dumps(CONFIG), "layers": json.dumps(layers),
+                "method": "pack_reference.py (independent packer)", "settings": ""}
+    (out / "dense").mkdir(parents=True, exist_ok=True)
+    save_file(packed, str(out / "packed.safetensors"), metadata=metadata)
+    save_file(dense, str(out / "dense" / "model.safetensors"))
+    (out / "dense" / "config.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/packer_oracle")
