@@ -97,3 +97,16 @@ fn seed000_scaling_and_centering_run_packed() {
     eprintln!("3-bit tensor k-means: plain {plain}, scaled + centered {transformed}");
     assert!(transformed < plain * 1.05, "scaled + centered {transformed} vs plain {plain}");
 }
+
+/// Determinism (with the CLI and the page's byte-for-byte check in tests/e2e/page.test.mjs):
+/// the same settings and seed write the same file twice, k-means restarts and outliers included,
+/// though the work is spread over threads.
+#[test]
+fn the_same_settings_and_seed_write_a_bit_identical_file() {
+    let request = QuantizeRequest { outlier_percent: Some(0.45), restarts: Some(2), seed: 7, ..request("kmeans", 3, "channel") };
+    let bytes = || packed_model(request.clone(), TableDtype::F16).to_safetensors(TableDtype::F16).unwrap();
+    let (first, second) = (bytes(), bytes());
+    assert!(first == second, "two runs with seed 7 wrote different files ({} and {} bytes)", first.len(), second.len());
+    let other = QuantizeRequest { seed: 8, ..request };
+    assert!(packed_model(other, TableDtype::F16).to_safetensors(TableDtype::F16).unwrap() != first, "the seed matters");
+}

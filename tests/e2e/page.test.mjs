@@ -11,6 +11,15 @@ import {
 } from './browser.mjs';
 
 const HUB_REPO = 'lutlab-test/gpt2-tiny';
+
+/// Every tensor of a safetensors file: name -> its dtype, shape and bytes.
+function tensorBytes(file) {
+  const bytes = fs.readFileSync(file);
+  const header = safetensorsHeader(file);
+  const data = bytes.subarray(8 + Number(bytes.readBigUInt64LE(0)));
+  return new Map(Object.entries(header).filter(([name]) => name !== '__metadata__')
+    .map(([name, { dtype, shape, data_offsets: [begin, end] }]) => [name, Buffer.concat([Buffer.from(`${dtype}${shape}`), data.subarray(begin, end)])]));
+}
 let pageUrl;
 let pageServer;
 let hub;
@@ -79,6 +88,13 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   const header = safetensorsHeader(packedFile);
   assert.equal(header.__metadata__.format, 'lutlab-packed');
   assert.equal(header['h.0.mlp.c_fc.qweight'].dtype, 'U32');
+  // Determinism: the CLI with the same settings writes the same tensors, byte for byte (both run
+  // the CPU k-means reference); only the free-text metadata (model source, label) may differ.
+  const cliFile = path.join(tempDir(), 'cli.lutlab.safetensors');
+  lutlab(['quantize', '--model', SHIPPED, '--method', 'kmeans', '--bits', '4', '--granularity', 'channel', '--packed', cliFile]);
+  const [pageTensors, cliTensors] = [packedFile, cliFile].map(tensorBytes);
+  assert.deepEqual([...pageTensors.keys()].sort(), [...cliTensors.keys()].sort());
+  for (const [name, bytes] of pageTensors) assert.ok(bytes.equals(cliTensors.get(name)), `${name}: page and CLI bytes differ`);
   const cliPacked = nativePackedEval(text, packedFile);
   console.log(`packed file ${download.suggestedFilename()}: page ${report.perplexity} vs lutlab eval --packed ${cliPacked.perplexity}`);
   assert.ok(relative(report.perplexity, cliPacked.perplexity) < 1e-4);

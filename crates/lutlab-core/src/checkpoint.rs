@@ -352,7 +352,27 @@ pub fn write_tensors(
                 .map_err(|e| LoadError::InvalidSetting(format!("tensor `{name}`: {e:?}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, metadata).map_err(|e| LoadError::InvalidSetting(format!("safetensors: {e:?}")))
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| LoadError::InvalidSetting(format!("safetensors: {e:?}")))?;
+    canonical_header(bytes)
+}
+
+/// safetensors' writer emits the metadata in `HashMap` order, so two runs wrote the same tensors
+/// under differently ordered headers: the header is rewritten with its keys sorted (serde_json's
+/// map is ordered), so equal content gives equal bytes. Offsets are relative to the data, which
+/// stays as it is.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |reason: String| LoadError::InvalidSetting(format!("safetensors header: {reason}"));
+    let length = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).ok_or_else(|| bad("no length".into()))?;
+    let end = usize::try_from(length).ok().and_then(|n| n.checked_add(8)).filter(|&end| end <= bytes.len()).ok_or_else(|| bad("length past the end".into()))?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(e.to_string()))?;
+    let mut json = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    // Padded with spaces so the data starts 8-byte aligned, as safetensors does.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Serializes f32 tensors (`name`, `shape`, values) to safetensors bytes with `metadata`.
