@@ -58,15 +58,9 @@ impl Square {
         (0..self.n).map(|i| self.at(i, i)).collect()
     }
 
+    /// `selfᵀ`, through the one tiled copy ([`Self::from_faer`] of the transposed view).
     pub fn transpose(&self) -> Self {
-        let n = self.n;
-        let mut t = Self::zeros(n);
-        for i in 0..n {
-            for j in 0..n {
-                t.data[j * n + i] = self.data[i * n + j];
-            }
-        }
-        t
+        Self::from_faer(self.view().transpose())
     }
 
     /// `self[perm[i], perm[j]]` at `(i, j)`.
