@@ -11,8 +11,9 @@ use lutlab_tests::*;
 use std::collections::BTreeMap;
 
 /// `‖gpu − cpu‖ / ‖cpu‖` per Hessian. The GPU sums `xᵀx` in f32 per batch (f64 across batches
-/// on the host is not needed at this size), the CPU in f64.
-const NORM_REL: f64 = 1e-4;
+/// on the host is not needed at this size), the CPU in f64. Measured: 5.6e-7 (lavapipe), 5.1e-7
+/// (H200).
+const NORM_REL: f64 = 5e-6;
 
 fn rel_norm(got: &Square, want: &Square) -> f64 {
     let err: f64 = got.data.iter().zip(&want.data).map(|(g, w)| (g - w).powi(2)).sum::<f64>().sqrt();

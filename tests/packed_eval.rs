@@ -10,7 +10,12 @@ use lutlab_core::NoProgress;
 use lutlab_model::{linear_input_means, perplexity, ActivationSettings, EvalSettings, Decoder};
 use lutlab_tests::*;
 
-const REL: f64 = 1e-4;
+/// Packed (LUT kernels) against dequantized (dense) perplexity. Where the kernels dequantize to
+/// the dense weights bit for bit the two are equal (measured 0 on lavapipe for tables, outliers
+/// and uniform grids); where a layer keeps seed 000's scales and input shift beside its codes,
+/// the dense form has them folded in, a different f32 rounding: measured 1.2e-7 (scales and
+/// shift) and 2.2e-8 (scaling and centering).
+const REL: f64 = 1e-6;
 
 fn tokens() -> Vec<u32> {
     let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap();

@@ -5,8 +5,9 @@ use lutlab_core::{NoProgress, TextTokenizer, TokenizerFiles};
 use lutlab_model::{perplexity, EvalSettings, Decoder};
 use lutlab_tests::*;
 
-/// The bound on perplexity agreement with transformers.
-const PPL_REL: f64 = 1e-3;
+/// Perplexity against transformers: lutlab is lower by 8.6e-5 relative on the whole file, on the
+/// H100/H200 and lavapipe alike (the cause: BENCHMARKS.md, "Perplexity evaluation").
+const PPL_REL: f64 = 2e-4;
 
 fn test_tokens() -> Vec<u32> {
     let text = std::fs::read_to_string(repo("data/wikitext-2/test.txt")).unwrap();

@@ -154,3 +154,12 @@ export function nativePackedEval(text, packedFile, modelDir = SHIPPED) {
 export function shortText(chars = 1200) {
   return fs.readFileSync(path.join(ROOT, 'data/wikitext-2/test.txt'), 'utf8').slice(0, chars);
 }
+
+/// Relative difference of two perplexities.
+export const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
+
+/// The page (SwiftShader's WebGPU) against the CLI (lavapipe's Vulkan) on the same weights and
+/// text: measured 1.5e-8 for dense evaluation and at most 4e-8 for quantized and packed models
+/// (docs/AGREEMENT.md). Both are f32 CPU rasterizers; the bound leaves 25x for their different
+/// instruction scheduling.
+export const PAGE_VS_CLI_REL = 1e-6;

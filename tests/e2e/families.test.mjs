@@ -11,15 +11,13 @@ import path from 'node:path';
 import {
   ROOT, OUT, startPage, stop, launchBrowser, openPage, evaluateInPage, nativeEval, nativeQuantizedEval, nativePackedEval,
   shortText, tempDir, startHubMimic,
+  relative, PAGE_VS_CLI_REL,
 } from './browser.mjs';
 
 let pageUrl;
 let pageServer;
 let browser;
 const text = shortText(1200);
-const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
-/// Page (WebGPU on SwiftShader) against the native CLI (wgpu on lavapipe): f32 on two backends.
-const PPL_REL = 1e-4;
 
 before(async () => {
   ({ url: pageUrl, server: pageServer } = await startPage());
@@ -43,7 +41,7 @@ for (const [name, family] of [['opt-tiny-wikitext', 'opt'], ['llama-tiny-wikitex
     const dense = await evaluateInPage(page, text);
     const cliDense = nativeEval(text, modelDir);
     console.log(`${name} f32: browser ${dense.perplexity} vs native ${cliDense.perplexity}`);
-    assert.ok(relative(dense.perplexity, cliDense.perplexity) < PPL_REL, `${dense.perplexity} vs ${cliDense.perplexity}`);
+    assert.ok(relative(dense.perplexity, cliDense.perplexity) < PAGE_VS_CLI_REL, `${dense.perplexity} vs ${cliDense.perplexity}`);
 
     // Fisher on one short window, saved for the CLI.
     await page.fill('#f-samples', '1');
@@ -70,13 +68,13 @@ for (const [name, family] of [['opt-tiny-wikitext', 'opt'], ['llama-tiny-wikitex
     const report = await evaluateInPage(page, text);
     const cli = nativeQuantizedEval(text, ['--model', modelDir, '--method', 'kmeans', '--bits', '4', '--granularity', 'channel', '--fisher', fisherFile]);
     console.log(`${name} kmeans 4-bit: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
-    assert.ok(relative(report.perplexity, cli.eval.perplexity) < PPL_REL, `${report.perplexity} vs ${cli.eval.perplexity}`);
+    assert.ok(relative(report.perplexity, cli.eval.perplexity) < PAGE_VS_CLI_REL, `${report.perplexity} vs ${cli.eval.perplexity}`);
 
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-packed')]);
     const packedFile = path.join(dir, 'packed.safetensors');
     await download.saveAs(packedFile);
     const packed = nativePackedEval(text, packedFile, modelDir);
-    assert.ok(relative(packed.perplexity, report.perplexity) < PPL_REL, `${packed.perplexity} vs ${report.perplexity}`);
+    assert.ok(relative(packed.perplexity, report.perplexity) < PAGE_VS_CLI_REL, `${packed.perplexity} vs ${report.perplexity}`);
     await page.screenshot({ path: path.join(OUT, `family-${family}.png`), fullPage: true });
     await page.close();
   });

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   SHIPPED, OUT, nativeQuantizedEval, nativePackedEval, safetensorsHeader, lutlab, tempDir, readSafetensors, startPage, stop, startHubMimic, launchBrowser, openPage, evaluateInPage, nativeEval, shortText,
+  relative, PAGE_VS_CLI_REL,
 } from './browser.mjs';
 
 const HUB_REPO = 'lutlab-test/gpt2-tiny';
@@ -40,7 +41,6 @@ after(async () => {
   stop(pageServer);
 });
 
-const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
 
 test('the shipped model evaluates in the browser as it does natively', async () => {
   const start = Date.now();
@@ -51,7 +51,7 @@ test('the shipped model evaluates in the browser as it does natively', async () 
   console.log(`browser ${report.perplexity} vs native ${native.perplexity} (relative ${relative(report.perplexity, native.perplexity).toExponential(2)}); `
     + `${report.scored} tokens in ${report.seconds.toFixed(2)} s in the browser`);
   assert.equal(report.scored, native.scored);
-  assert.ok(relative(report.perplexity, native.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, native.perplexity) < PAGE_VS_CLI_REL);
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, 'page.png'), fullPage: true });
   await page.close();
@@ -72,7 +72,7 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
     + `${quant.bits_per_weight.toFixed(3)} bits/weight, quantized in ${quant.seconds.toFixed(1)} s in the browser`);
   assert.equal(quant.layers.length, 16);
   assert.ok(Math.abs(quant.bits_per_weight - cli.bits_per_weight) < 1e-9);
-  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < PAGE_VS_CLI_REL);
   assert.ok(report.perplexity > native.perplexity, 'quantization costs some perplexity');
   // 4-bit codes + 16 f16 table entries per 128-row column: 5.5 bits a weight, 2.9x smaller than f16.
   assert.ok(Math.abs(quant.packed.compression - 16 / 5.5) < 0.01, `compression ${quant.packed.compression}`);
@@ -97,7 +97,7 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   for (const [name, bytes] of pageTensors) assert.ok(bytes.equals(cliTensors.get(name)), `${name}: page and CLI bytes differ`);
   const cliPacked = nativePackedEval(text, packedFile);
   console.log(`packed file ${download.suggestedFilename()}: page ${report.perplexity} vs lutlab eval --packed ${cliPacked.perplexity}`);
-  assert.ok(relative(report.perplexity, cliPacked.perplexity) < 1e-4);
+  assert.ok(relative(report.perplexity, cliPacked.perplexity) < PAGE_VS_CLI_REL);
 
   // Open it again in the page, with no original weights: the same perplexity.
   await page.setInputFiles('#packed-file', packedFile);
@@ -163,7 +163,7 @@ test('Fisher in the page equals the CLI; a CLI Fisher file drives weighted k-mea
   const report = await evaluateInPage(page, text);
   const cli = nativeQuantizedEval(text, ['--method', 'kmeans', '--bits', '3', '--fisher', cliFile]);
   console.log(`Fisher-weighted k-means 3-bit: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
-  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < PAGE_VS_CLI_REL);
   await page.close();
 });
 
@@ -182,7 +182,7 @@ test('seed 000 scaling and centering in the page match the CLI, through the LUT 
   const report = await evaluateInPage(page, text);
   const cli = nativeQuantizedEval(text, ['--bits', '3', '--scaling', '--centering', '--calibration-samples', '2']);
   console.log(`scaled + centered 3-bit: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
-  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < PAGE_VS_CLI_REL);
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, 'scaled-centered.png'), fullPage: true });
   await page.close();
@@ -194,7 +194,7 @@ test('local files load (vocab.json + merges.txt tokenizer) and give the same per
   await page.setInputFiles('#local-files', files);
   await page.waitForFunction(() => document.getElementById('model-status').dataset.loaded?.startsWith('local files'));
   const report = await evaluateInPage(page, text);
-  assert.ok(relative(report.perplexity, native.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, native.perplexity) < PAGE_VS_CLI_REL);
   await page.close();
 });
 
@@ -243,7 +243,7 @@ test('a hub repository loads once, then comes from the browser cache', async () 
     assert.equal(hub.requests.get(weightsPath), 1, `load ${load}: model.safetensors fetched once in all`);
   }
   const report = await evaluateInPage(page, text);
-  assert.ok(relative(report.perplexity, native.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, native.perplexity) < PAGE_VS_CLI_REL);
 
   await page.fill('#hub-repo', 'lutlab-test/no-such-model');
   await page.click('#load-hub');

@@ -6,13 +6,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { OUT, nativeQuantizedEval, startPage, stop, launchBrowser, openPage, evaluateInPage, shortText } from './browser.mjs';
+import { OUT, nativeQuantizedEval, startPage, stop, launchBrowser, openPage, evaluateInPage, shortText, relative, PAGE_VS_CLI_REL } from './browser.mjs';
 
 let pageUrl;
 let pageServer;
 let browser;
 const text = shortText();
-const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
 
 before(async () => {
   ({ url: pageUrl, server: pageServer } = await startPage());
@@ -51,7 +50,7 @@ test('uniform int4 asymmetric, min-error power-of-two scales, equals the CLI', a
   assert.equal(quant.label, 'rtn int 4-bit channel asym mse po2');
   assert.equal(quant.layers.length, 16);
   assert.ok(Math.abs(quant.bits_per_weight - cli.bits_per_weight) < 1e-9);
-  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < PAGE_VS_CLI_REL);
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, 'uniform.png'), fullPage: true });
   await page.close();
@@ -66,7 +65,7 @@ test('uniform FP8 e4m3 FNUZ with a percentile scale equals the CLI; e4m3 at 4 bi
     '--format', 'e4m3fnuz', '--scale-stats', 'percentile:99.9']);
   console.log(`rtn e4m3fnuz percentile: browser ${report.perplexity} vs native ${cli.eval.perplexity}`);
   assert.match(quant.label, /^rtn e4m3fnuz 8-bit channel sym percentile:99\.9$/);
-  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < PAGE_VS_CLI_REL);
 
   await page.selectOption('#q-bits', '4');
   await page.selectOption('#q-format', 'e4m3');

@@ -11,13 +11,13 @@ import path from 'node:path';
 import {
   OUT, startPage, stop, launchBrowser, openPage, evaluateInPage, nativeEval, nativeQuantizedEval, nativePackedEval,
   safetensorsHeader, shortText, tempDir,
+  relative, PAGE_VS_CLI_REL,
 } from './browser.mjs';
 
 let pageUrl;
 let pageServer;
 let browser;
 const text = shortText();
-const relative = (a, b) => Math.abs(a - b) / Math.abs(b);
 const timings = [];
 
 before(async () => {
@@ -70,7 +70,7 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   // The f32 baseline on the same text as the CLI.
   const baseline = await timed('evaluate the original (f32)', () => evaluateInPage(page, text));
   const native = nativeEval(text);
-  assert.ok(relative(baseline.perplexity, native.perplexity) < 1e-3);
+  assert.ok(relative(baseline.perplexity, native.perplexity) < PAGE_VS_CLI_REL);
 
   // Calibrate: Fisher on two windows; the sensitivity heatmap appears with one cell per layer.
   await page.fill('#f-samples', '2');
@@ -113,7 +113,7 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   console.log(`workflow: f32 ${baseline.perplexity.toFixed(4)}; quantized page ${report.perplexity} vs CLI ${cli.eval.perplexity}; `
     + `${quant.bits_per_weight.toFixed(3)} bits/weight; packed ${quant.packed.packed_bytes} bytes`);
   assert.ok(Math.abs(quant.bits_per_weight - cli.bits_per_weight) < 1e-9);
-  assert.ok(relative(report.perplexity, cli.eval.perplexity) < 1e-3);
+  assert.ok(relative(report.perplexity, cli.eval.perplexity) < PAGE_VS_CLI_REL);
   assert.ok(report.perplexity > baseline.perplexity && report.perplexity < 1.15 * baseline.perplexity,
     `4-bit per channel costs a little perplexity: ${report.perplexity} vs ${baseline.perplexity}`);
   assert.match(await page.textContent('#eval-baseline'), /f32 original on the same text: [\d.]+; quantization costs [\d.]+% perplexity/);
@@ -129,7 +129,7 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   assert.equal(header.__metadata__.format, 'lutlab-packed');
   assert.equal(fs.statSync(packedFile).size > quant.packed.packed_bytes, true, 'the file holds at least the packed layers');
   const cliPacked = nativePackedEval(text, packedFile);
-  assert.ok(relative(report.perplexity, cliPacked.perplexity) < 1e-4);
+  assert.ok(relative(report.perplexity, cliPacked.perplexity) < PAGE_VS_CLI_REL);
   const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')]);
   const lines = fs.readFileSync(await csv.path(), 'utf8').trim().split('\n');
   assert.equal(lines.length, 3);
