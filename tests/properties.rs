@@ -6,7 +6,7 @@ use lutlab_core::packed_file::PackedModel;
 use lutlab_core::quant::kmeans::{lloyd_1d_from, optimal_1d};
 use lutlab_core::quant::packed::{pack_codes, unpack_codes};
 use lutlab_core::quant::uniform::{quantize_uniform, UniformGranularity, UniformSettings};
-use lutlab_core::ModelConfig;
+use lutlab_core::{ModelConfig, TextTokenizer, TokenizerFiles};
 use lutlab_tests::*;
 use proptest::prelude::*;
 
@@ -92,4 +92,70 @@ proptest! {
         bytes.truncate(cut.max(1).min(bytes.len()));
         let _ = PackedModel::from_safetensors("damaged.safetensors", &bytes);
     }
+}
+
+/// An input a fuzzer (`fuzz/`, `scripts/fuzz.sh`) found to crash a parser, kept in
+/// `tests/fixtures/fuzz_regressions/`.
+fn fuzz_regression(name: &str) -> Vec<u8> {
+    std::fs::read(repo(&format!("tests/fixtures/fuzz_regressions/{name}"))).unwrap()
+}
+
+/// `tokenizer.json` files the `tokenizers` crate panicked on, each now an error naming the
+/// problem: cut short inside its `decoder` (the shipped Llama tokenizer's first 1688 bytes) or
+/// a byte there that is not UTF-8 (`expect("Helper")`); a BPE merge longer than every token,
+/// or shorter than the `continuing_subword_prefix` (a slice out of range); a post-processor
+/// template naming a special token it does not define (a missing key, while encoding).
+#[test]
+fn fuzz_regression_broken_tokenizer_json_is_an_error() {
+    for (name, problem) in [
+        ("tokenizer_json_cut_in_decoder.json", "tokenizer.json is not valid JSON"),
+        ("tokenizer_json_bad_utf8_in_decoder.json", "tokenizer.json is not valid JSON"),
+        ("tokenizer_json_merge_longer_than_every_token.json", "makes `a<|endoftext|>`, which is not in the vocabulary"),
+        ("tokenizer_json_merge_shorter_than_prefix.json", "does not start with the continuing_subword_prefix `##`"),
+        ("tokenizer_json_template_token_undefined.json", "uses special token `<s>`, which its `special_tokens` does not define"),
+    ] {
+        let error = TextTokenizer::from_files(&TokenizerFiles::Json(fuzz_regression(name))).err().expect(name).to_string();
+        assert!(error.contains(problem), "{name}: {error}");
+    }
+}
+
+/// GPT-2's `vocab.json` + `merges.txt` with a merge whose two tokens are longer together than
+/// every token of the vocabulary (`Ġ` + `<|endoftext|>`): the crate's BPE builder panicked.
+#[test]
+fn fuzz_regression_merges_txt_with_a_merge_outside_the_vocabulary_is_an_error() {
+    let files = TokenizerFiles::VocabMerges {
+        vocab: fuzz_regression("merges_longer_than_every_token.vocab.json"),
+        merges: fuzz_regression("merges_longer_than_every_token.merges.txt"),
+        config: None,
+    };
+    let error = TextTokenizer::from_files(&files).err().expect("refused").to_string();
+    assert!(error.contains("(`Ġ` `<|endoftext|>`) makes `Ġ<|endoftext|>`, which is not in the vocabulary"), "{error}");
+}
+
+/// `layer_norm_epsilon: 1e-25` was parsed one ulp off (serde_json's default float parsing is
+/// not correctly rounded), so the config differed from transformers' and `to_json` did not
+/// read back equal.
+#[test]
+fn fuzz_regression_config_floats_read_as_python_does_and_round_trip() {
+    let config = ModelConfig::from_json(&fuzz_regression("config_epsilon_1e-25.json"), "config.json").unwrap();
+    assert_eq!(config.norm_eps, 1e-25);
+    assert_eq!(ModelConfig::from_json(config.to_json().as_bytes(), "to_json").unwrap(), config);
+}
+
+/// `config.json` files the fuzzer broke `ModelConfig` with: more Llama heads than hidden
+/// dimensions made the default head_dim 0 (accepted, and written back as a config that does
+/// not read); an `n_embd` of 2^64 - 1 overflowed `4 * n_embd` (a panic with overflow checks);
+/// 4,555,556 layers made `largest_tensor`, which the page asks before fetching any weight,
+/// list every block's tensors (out of memory).
+#[test]
+fn fuzz_regression_config_json_dimensions() {
+    let read = |name: &str| ModelConfig::from_json(&fuzz_regression(name), name);
+    let error = read("config_head_dim_0.json").err().expect("head_dim 0").to_string();
+    assert!(error.contains("head_dim is 0: 256 attention heads for a hidden size of 192"), "{error}");
+    let error = read("config_n_embd_u64_max.json").err().expect("n_embd 2^64 - 1").to_string();
+    assert!(error.contains("`n_embd` is 18446744073709551615: implausibly large"), "{error}");
+    let deep = read("config_n_layer_4555556.json").unwrap();
+    assert_eq!(deep.largest_tensor(), ("wte.weight".to_string(), 50257 * 128));
+    let per_block = 12 * 128 * 128 + 13 * 128;
+    assert_eq!(deep.parameter_count(), 50257 * 128 + 256 * 128 + 4_555_556 * per_block + 2 * 128);
 }

@@ -127,15 +127,21 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
+    /// A dimension: a positive integer, at most [`MAX_DIM`] (so that the defaults computed from
+    /// it, `4 * n_embd`, cannot overflow: found by fuzzing, issue 21).
     fn int(&self, field: &'static str, default: Option<usize>) -> Result<usize> {
-        match self.json.get(field) {
-            Some(Value::Null) | None => default.ok_or(LoadError::BadConfigField { file: self.file.to_string(), field }),
+        let n = match self.json.get(field) {
+            Some(Value::Null) | None => default.ok_or(LoadError::BadConfigField { file: self.file.to_string(), field })?,
             Some(v) => v
                 .as_u64()
                 .filter(|&n| n > 0)
                 .map(|n| n as usize)
-                .ok_or(LoadError::BadConfigField { file: self.file.to_string(), field }),
+                .ok_or(LoadError::BadConfigField { file: self.file.to_string(), field })?,
+        };
+        if n > MAX_DIM {
+            return Err(self.bad(format!("`{field}` is {n}: implausibly large (at most 2^24)")));
         }
+        Ok(n)
     }
 
     fn float(&self, field: &'static str, default: f64) -> Result<f64> {
@@ -160,6 +166,9 @@ impl Fields<'_> {
         LoadError::BadConfig { file: self.file.to_string(), reason }
     }
 }
+
+/// The largest dimension (hidden size, layers, vocabulary, ...) a config may give.
+const MAX_DIM: usize = 1 << 24;
 
 /// The `model_type`s lutlab runs, for error messages.
 pub const SUPPORTED_MODEL_TYPES: &str = "gpt2, opt, llama, mistral, qwen2";
@@ -310,6 +319,10 @@ impl ModelConfig {
         if !self.n_head.is_multiple_of(self.n_kv_head) {
             return Err(bad(format!("the {} attention heads are not a multiple of the {} key/value heads", self.n_head, self.n_kv_head)));
         }
+        // Llama's default head_dim, hidden_size / heads, is 0 with more heads than dimensions.
+        if self.head_dim == 0 {
+            return Err(bad(format!("head_dim is 0: {} attention heads for a hidden size of {}", self.n_head, self.n_embd)));
+        }
         if let Positions::Rope { .. } = self.positions
             && !self.head_dim.is_multiple_of(2)
         {
@@ -320,8 +333,18 @@ impl ModelConfig {
         if !(self.norm_eps > 0.0) {
             return Err(bad("the norm epsilon must be > 0".into()));
         }
-        const MAX_DIM: usize = 1 << 24;
-        for (what, v) in [("hidden size", self.n_embd), ("MLP width", self.n_inner), ("vocabulary", self.vocab_size), ("context", self.n_positions), ("layers", self.n_layer)] {
+        // Every dimension, and the attention's width, so that sizes are products of two of
+        // them (< 2^48, no overflow).
+        let attention = self.n_head.saturating_mul(self.head_dim);
+        for (what, v) in [
+            ("hidden size", self.n_embd),
+            ("MLP width", self.n_inner),
+            ("vocabulary", self.vocab_size),
+            ("context", self.n_positions),
+            ("layers", self.n_layer),
+            ("embedding width", self.embed_dim),
+            ("attention width (heads × head_dim)", attention),
+        ] {
             if v > MAX_DIM {
                 return Err(bad(format!("the {what} ({v}) is implausibly large")));
             }
@@ -519,6 +542,11 @@ impl ModelConfig {
     /// required)`. Not required: the bias of a bias-less linear (a packed model's folded centering
     /// writes one) — and nothing else.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>, bool)> {
+        self.shapes_with_blocks(0..self.n_layer)
+    }
+
+    /// [`Self::tensor_shapes`] with only `blocks`' tensors.
+    fn shapes_with_blocks(&self, blocks: std::ops::Range<usize>) -> Vec<(String, Vec<usize>, bool)> {
         let c = self.n_embd;
         let mut out = Vec::new();
         let linear = |out: &mut Vec<(String, Vec<usize>, bool)>, name: &str, n_in: usize, n_out: usize, bias: bool| {
@@ -541,7 +569,7 @@ impl ModelConfig {
             out.push((format!("{p}.weight"), vec![self.position_rows(), c], true));
         }
         let specs = self.block_linears();
-        for i in 0..self.n_layer {
+        for i in blocks {
             let p = self.block_prefix(i);
             for n in self.block_norms() {
                 norm(&mut out, &format!("{p}.{n}"));
@@ -564,10 +592,13 @@ impl ModelConfig {
     }
 
     /// The largest tensor by element count, `(name, elements)`: what must fit in one GPU buffer.
+    /// Blocks all have the same shapes, so block 0 stands for them: the page asks this of a
+    /// `config.json` before anything else, and listing 2^24 blocks would exhaust its memory
+    /// (found by fuzzing, issue 21). Saturates rather than wraps (wasm32's usize is 32 bits).
     pub fn largest_tensor(&self) -> (String, usize) {
-        self.tensor_shapes()
+        self.shapes_with_blocks(0..self.n_layer.min(1))
             .into_iter()
-            .map(|(name, shape, _)| (name, shape.iter().product::<usize>()))
+            .map(|(name, shape, _)| (name, shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))))
             .max_by_key(|(_, n)| *n)
             .unwrap_or_default()
     }
@@ -582,15 +613,18 @@ impl ModelConfig {
         self.norm == NormKind::LayerNorm
     }
 
-    /// Number of parameters (a tied head counted once).
+    /// Number of parameters (a tied head counted once), `usize::MAX` if more. Counted in u128:
+    /// dimensions up to 2^24 (`check`) overflow 64 bits, and a 7B model 32 (wasm32).
     pub fn parameter_count(&self) -> usize {
-        let linears: usize = self.block_linears().iter().map(|s| s.n_in * s.n_out + if s.bias { s.n_out } else { 0 }).sum();
-        let norm = if self.has_norm_bias() { 2 * self.n_embd } else { self.n_embd };
+        let [c, e, vocab, layers] = [self.n_embd, self.embed_dim, self.vocab_size, self.n_layer].map(|n| n as u128);
+        let linears: u128 = self.block_linears().iter().map(|s| s.n_in as u128 * s.n_out as u128 + if s.bias { s.n_out as u128 } else { 0 }).sum();
+        let norm = if self.has_norm_bias() { 2 * c } else { c };
         let per_block = linears + 2 * norm;
-        let head = if self.tied_head { 0 } else { self.vocab_size * self.embed_dim };
-        let projections = if self.embed_dim != self.n_embd { 2 * self.embed_dim * self.n_embd } else { 0 };
+        let head = if self.tied_head { 0 } else { vocab * e };
+        let projections = if e != c { 2 * e * c } else { 0 };
         let final_norm = if self.final_norm { norm } else { 0 };
-        self.vocab_size * self.embed_dim + self.position_rows() * self.n_embd + self.n_layer * per_block + final_norm + head + projections
+        let total = vocab * e + self.position_rows() as u128 * c + layers * per_block + final_norm + head + projections;
+        usize::try_from(total).unwrap_or(usize::MAX)
     }
 }
 

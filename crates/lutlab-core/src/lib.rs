@@ -18,6 +18,7 @@ pub mod reference;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tensor_file;
 pub mod tokenizer;
+mod tokenizer_checks;
 pub mod weights;
 
 pub use checkpoint::{Checkpoint, HostTensor};

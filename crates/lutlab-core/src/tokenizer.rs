@@ -2,6 +2,7 @@
 //! `vocab.json` + `merges.txt`.
 
 use crate::error::{LoadError, Result};
+use crate::tokenizer_checks as checks;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
@@ -26,14 +27,19 @@ pub struct TextTokenizer {
     inner: Tokenizer,
 }
 
-fn tokenizer_error(reason: impl ToString) -> LoadError {
+pub(crate) fn tokenizer_error(reason: impl ToString) -> LoadError {
     LoadError::Tokenizer { reason: reason.to_string() }
 }
 
 impl TextTokenizer {
     pub fn from_files(files: &TokenizerFiles) -> Result<Self> {
         let inner = match files {
-            TokenizerFiles::Json(bytes) => Tokenizer::from_bytes(bytes).map_err(|e| tokenizer_error(format!("tokenizer.json: {e}")))?,
+            TokenizerFiles::Json(bytes) => {
+                checks::check_tokenizer_json(bytes)?;
+                let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| tokenizer_error(format!("tokenizer.json: {e}")))?;
+                checks::check_post_processor(&tokenizer)?;
+                tokenizer
+            }
             TokenizerFiles::VocabMerges { vocab, merges, config } => from_vocab_merges(vocab, merges, config.as_deref())?,
         };
         Ok(Self { inner })
@@ -79,6 +85,7 @@ fn from_vocab_merges(vocab: &[u8], merges: &[u8], config: Option<&[u8]>) -> Resu
             }
         })
         .collect::<Result<Vec<_>>>()?;
+    checks::check_merges(&merges, |token| vocab.contains_key(token), "", "merges.txt")?;
     let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tokenizer_error)?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer
