@@ -89,6 +89,7 @@ fn perplexity_through_the_packed_head_equals_the_dequantized_model() {
     let original = ppl(&Decoder::new(&shipped_model().weights, &device));
     let rel = (packed_ppl / dense_ppl - 1.0).abs();
     eprintln!("packed head {packed_ppl}, dequantized {dense_ppl} (relative {rel:e}), f32 {original}");
-    assert!(rel < 1e-4, "packed {packed_ppl} vs dequantized {dense_ppl}: relative {rel:e}");
+    // The packed head dequantizes to the dense weights bit for bit: measured 0 on lavapipe.
+    assert!(rel < 1e-6, "packed {packed_ppl} vs dequantized {dense_ppl}: relative {rel:e}");
     assert!(packed_ppl > original, "a 3-bit embedding costs some perplexity: {packed_ppl} vs {original}");
 }

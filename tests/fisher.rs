@@ -148,8 +148,9 @@ fn check_against_reference(run: &FisherRun, what: &str) {
         losses.data.iter().map(|&l| f64::from(l)).sum::<f64>() / losses.data.len() as f64;
     let mean = run.diagonal.meta.mean_loss.unwrap();
     eprintln!("{what}: mean loss {mean} vs PyTorch {mean_ref}");
+    // Measured 4.3e-8 on lavapipe (1.7e-5 before the two-stage softmax sum of `token_nll`).
     assert!(
-        (mean / mean_ref - 1.0).abs() < 1e-4,
+        (mean / mean_ref - 1.0).abs() < 1e-6,
         "{what}: mean loss {mean} vs {mean_ref}"
     );
 

@@ -40,7 +40,7 @@
 use crate::device::download;
 use crate::error::{ModelError, Result};
 use crate::decoder::{finish, Block, BlockContext, Decoder, Linear};
-use burn::tensor::{activation, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 use lutlab_core::{HostTensor, LoadError, Progress};
 
@@ -539,7 +539,7 @@ impl<'a> FisherPasses<'a> {
             let e = hidden.dims()[2];
             let logits = hidden.reshape([b * p, e]).matmul(head.clone()).reshape([b, p, vocab]);
             let chunk_targets = targets.clone().slice([0..b, p0..p1]).reshape([b, p, 1]);
-            let nll = activation::log_softmax(logits, 2).gather(2, chunk_targets).neg();
+            let nll = crate::eval::token_nll(logits, chunk_targets);
             let loss = nll.sum_dims_squeeze::<1, _>(&[1, 2]) / scored as f64;
             let mut g = loss.clone().sum().backward();
             peak.sample();
