@@ -35,15 +35,19 @@ def linear_names(fisher):
     return sorted(n for n, t in fisher.items() if t.ndim == 2)
 
 
-def lookup(tensors, name):
-    """`name` in `tensors`, allowing for a prefix one side has and the other not
+def key_of(tensors, name):
+    """The key of `name` in `tensors`, allowing for a prefix one side has and the other not
     (GPT-2 checkpoints store `transformer.h.0...`, lutlab may write `h.0...`)."""
     if name in tensors:
-        return tensors[name]
+        return name
     found = [k for k in tensors if k.endswith("." + name) or name.endswith("." + k)]
     if len(found) != 1:
         raise SystemExit(f"{name}: {len(found)} matching tensors")
-    return tensors[found[0]]
+    return found[0]
+
+
+def lookup(tensors, name):
+    return tensors[key_of(tensors, name)]
 
 
 def variant(src, dst, how):
@@ -95,7 +99,7 @@ def sklearn_kmeans(model_dir, fisher_path, bits, out_dir):
     weights = {n: t.astype(np.float32) for n, t in load_file(str(model_dir / "model.safetensors")).items()}
     fisher = load_file(fisher_path)
     for n in linear_names(fisher):
-        key = n if n in weights else next(k for k in weights if k.endswith("." + n))
+        key = key_of(weights, n)
         w = weights[key]
         f = fisher[n]
         wc, fc = (w.T, f.T) if axis == 1 else (w, f)  # rows = output channels
