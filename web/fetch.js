@@ -25,7 +25,10 @@ export async function fetchBytes(url, { onBytes = () => {}, cache = null, signal
     }
     if (!response.ok) throw new MissingFile(url, response.status);
   }
-  const total = Number(response.headers.get('content-length')) || null;
+  // Under a Content-Encoding (web/serve.mjs compresses text), Content-Length counts the encoded
+  // bytes, not the decoded ones read below: the total is then unknown.
+  const encoded = response.headers.get('content-encoding');
+  const total = encoded && encoded !== 'identity' ? null : Number(response.headers.get('content-length')) || null;
   const bytes = await readBody(response, total, onBytes);
   if (cache && !fromCache) {
     await cache.put(url, new Response(bytes, { headers: { 'content-length': String(bytes.length) } }));
