@@ -1,5 +1,5 @@
-// Downloads with progress (bytes and speed) and an optional Cache API store, so a model fetched
-// from the hub is not downloaded again after a reload.
+// Downloads with progress (bytes and speed): the shipped models' files, and the reading of any
+// response body (the hub's cached copies in web/hub.js, local files) with the same progress.
 
 export class MissingFile extends Error {
   constructor(url, status) {
@@ -11,29 +11,21 @@ export class MissingFile extends Error {
 }
 
 /// Fetches `url` into a Uint8Array. `onBytes(received, total|null)` is called as chunks arrive.
-/// With `cache` (a Cache from `caches.open`), a stored copy is used and new downloads are stored.
-export async function fetchBytes(url, { onBytes = () => {}, cache = null, signal } = {}) {
-  let response = cache ? await cache.match(url) : undefined;
-  const fromCache = Boolean(response);
-  if (!response) {
-    try {
-      response = await fetch(url, { signal });
-    } catch (e) {
-      if (e.name === 'AbortError') throw e;
-      const offline = typeof navigator !== 'undefined' && navigator.onLine === false;
-      throw new Error(`${url}: could not be reached${offline ? ' (the browser is offline)' : ''}: ${e.message}`);
-    }
-    if (!response.ok) throw new MissingFile(url, response.status);
+export async function fetchBytes(url, { onBytes = () => {}, signal } = {}) {
+  let response;
+  try {
+    response = await fetch(url, { signal });
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    const offline = typeof navigator !== 'undefined' && navigator.onLine === false;
+    throw new Error(`${url}: could not be reached${offline ? ' (the browser is offline)' : ''}: ${e.message}`);
   }
+  if (!response.ok) throw new MissingFile(url, response.status);
   // Under a Content-Encoding (web/serve.mjs compresses text), Content-Length counts the encoded
   // bytes, not the decoded ones read below: the total is then unknown.
   const encoded = response.headers.get('content-encoding');
   const total = encoded && encoded !== 'identity' ? null : Number(response.headers.get('content-length')) || null;
-  const bytes = await readBody(response, total, onBytes);
-  if (cache && !fromCache) {
-    await cache.put(url, new Response(bytes, { headers: { 'content-length': String(bytes.length) } }));
-  }
-  return { bytes, fromCache };
+  return readBody(response, total, onBytes);
 }
 
 /// Reads a response body into one Uint8Array, reporting `onBytes(received, total)` per chunk.
@@ -58,14 +50,12 @@ export async function readBody(response, total, onBytes) {
   return bytes;
 }
 
-/// Tries `urls` in order and returns the first that exists, or null when none does.
-export async function fetchFirst(urls, options) {
-  for (const url of urls) {
-    try {
-      return { url, ...(await fetchBytes(url, options)) };
-    } catch (e) {
-      if (!(e instanceof MissingFile) || e.status !== 404) throw e;
-    }
+/// `url`'s bytes, or null when the server says it has no such file (404).
+export async function fetchIfExists(url, options) {
+  try {
+    return await fetchBytes(url, options);
+  } catch (e) {
+    if (e instanceof MissingFile && e.status === 404) return null;
+    throw e;
   }
-  return null;
 }

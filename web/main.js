@@ -495,7 +495,10 @@ function wireControls() {
   $('hub-form').onsubmit = (event) => {
     event.preventDefault();
     const repo = $('hub-repo').value.trim();
-    action(() => loadFrom((callbacks) => hubModel(repo, hub, callbacks)), 'model');
+    const revision = $('hub-revision').value.trim() || 'main';
+    // Read at submit and held only by this load: never stored, never put in a URL.
+    const accessToken = $('hub-token').value.trim();
+    action(() => loadFrom((callbacks) => hubModel(repo, hub, { revision, accessToken }, callbacks)), 'model');
   };
   $('clear-cache').onclick = (event) => {
     event.preventDefault();

@@ -1,71 +1,78 @@
 // The three places a model comes from: the shipped model served with the page, a Hugging Face
-// repository (through the hub's resolve/main/ URLs, kept in the Cache API), or local files.
-// Each returns the object `Lab.loadModel` takes: { config, safetensors: [{name, bytes}],
-// tokenizerJson | vocab + merges } (all Uint8Array), plus a label.
+// repository at a revision (through @huggingface/hub, kept in the Cache API: web/hub.js), or
+// local files. Each returns the object `Lab.loadModel` takes: { config, safetensors: [{name,
+// bytes}], tokenizerJson | vocab + merges } (all Uint8Array), plus a label.
 
-import { fetchBytes, fetchFirst, readBody } from './fetch.js';
+import { fetchBytes, fetchIfExists, readBody } from './fetch.js';
+import { HubRepo } from './hub.js';
 import { shardFiles } from './pkg/lutlab_wasm.js';
+
+export { clearHubCache } from './hub.js';
 
 /// The small models served with the page (folders under models/), the first the default.
 export const SHIPPED_MODELS = ['gpt2-tiny-wikitext', 'opt-tiny-wikitext', 'llama-tiny-wikitext'];
 export const DEFAULT_HUB = 'https://huggingface.co';
-const CACHE_NAME = 'lutlab-hub-v1';
 
-/// Fetches a model laid out as a Hugging Face repository under `base` (ending in '/').
-/// `onFile(name)` announces each file; `onBytes(received, total)` follows its download;
+/// Gathers a model laid out as a Hugging Face repository. `get(name)` fetches a file, `has(name)`
+/// says whether the repository has it (it may fetch it: `get` is then served from memory).
 /// `onConfig(bytes)` may refuse the model (by throwing) before its weights are fetched.
-async function fetchModel(base, { cache, onFile, onBytes, onConfig }) {
-  const get = async (name) => {
-    onFile(name);
-    return (await fetchBytes(base + name, { cache, onBytes })).bytes;
-  };
-  const first = async (names) => {
-    for (const name of names) {
-      onFile(name);
-      const found = await fetchFirst([base + name], { cache, onBytes });
-      if (found) return { name, bytes: found.bytes };
-    }
-    return null;
-  };
+async function gatherModel(where, { get, has }, onConfig) {
   const config = await get('config.json');
   onConfig?.(config);
   let safetensors;
-  const single = await first(['model.safetensors']);
-  if (single) {
-    safetensors = [single];
-  } else {
-    const index = await first(['model.safetensors.index.json']);
-    if (!index) throw new Error(`${base}: has neither model.safetensors nor model.safetensors.index.json`);
+  if (await has('model.safetensors')) {
+    safetensors = [{ name: 'model.safetensors', bytes: await get('model.safetensors') }];
+  } else if (await has('model.safetensors.index.json')) {
     safetensors = [];
-    for (const name of shardFiles(index.bytes)) safetensors.push({ name, bytes: await get(name) });
+    for (const name of shardFiles(await get('model.safetensors.index.json'))) safetensors.push({ name, bytes: await get(name) });
+  } else {
+    throw new Error(`${where}: has neither model.safetensors nor model.safetensors.index.json`);
   }
-  const tokenizer = await first(['tokenizer.json']);
-  if (tokenizer) return { config, safetensors, tokenizerJson: tokenizer.bytes };
-  const vocab = await first(['vocab.json']);
-  const merges = await first(['merges.txt']);
-  if (!vocab || !merges) throw new Error(`${base}: has no tokenizer.json and no vocab.json + merges.txt`);
+  if (await has('tokenizer.json')) return { config, safetensors, tokenizerJson: await get('tokenizer.json') };
+  if (!(await has('vocab.json')) || !(await has('merges.txt'))) {
+    throw new Error(`${where}: has no tokenizer.json and no vocab.json + merges.txt`);
+  }
   // OPT's repositories: the BOS and special tokens are in tokenizer_config.json.
-  const tokenizerConfig = await first(['tokenizer_config.json']);
-  return { config, safetensors, vocab: vocab.bytes, merges: merges.bytes, tokenizerConfig: tokenizerConfig?.bytes };
+  const tokenizerConfig = (await has('tokenizer_config.json')) ? await get('tokenizer_config.json') : undefined;
+  return { config, safetensors, vocab: await get('vocab.json'), merges: await get('merges.txt'), tokenizerConfig };
 }
 
-/// One of SHIPPED_MODELS by name.
-export async function shippedModel(callbacks, name = SHIPPED_MODELS[0]) {
+/// One of SHIPPED_MODELS by name. The page's own server has no listing: a file exists when
+/// fetching it succeeds.
+export async function shippedModel({ onFile, onBytes, onConfig }, name = SHIPPED_MODELS[0]) {
   if (!SHIPPED_MODELS.includes(name)) throw new Error(`"${name}" is not a shipped model (${SHIPPED_MODELS.join(', ')})`);
-  return { label: `shipped ${name}`, files: await fetchModel(`models/${name}/`, { ...callbacks, cache: null }) };
+  const base = `models/${name}/`;
+  const fetched = new Map();
+  const tryGet = async (file) => {
+    if (!fetched.has(file)) {
+      onFile(file);
+      fetched.set(file, await fetchIfExists(base + file, { onBytes }));
+    }
+    return fetched.get(file);
+  };
+  const get = async (file) => (await tryGet(file)) ?? (await fetchBytes(base + file, { onBytes }));
+  const has = async (file) => (await tryGet(file)) !== null;
+  return { label: `shipped ${name}`, files: await gatherModel(base, { get, has }, onConfig) };
 }
 
-/// `repo` like "openai-community/gpt2"; `hub` is the hub's origin (a local mimic in tests).
-export async function hubModel(repo, hub, callbacks) {
+/// `repo` like "openai-community/gpt2" at `revision` (branch, tag or commit; default main);
+/// `hub` is the hub's origin (a local mimic in tests); `accessToken` (may be empty) is for gated
+/// repositories and is only ever sent as an Authorization header. The label names the revision
+/// unless it is main.
+export async function hubModel(repo, hub, { revision = 'main', accessToken = '' } = {}, { onFile, onBytes, onConfig }) {
   if (!/^[\w.-]+(\/[\w.-]+)?$/.test(repo)) throw new Error(`"${repo}" is not a repository id like openai-community/gpt2`);
-  const cache = 'caches' in globalThis ? await caches.open(CACHE_NAME) : null;
-  const base = `${hub.replace(/\/$/, '')}/${repo}/resolve/main/`;
-  return { label: repo, files: await fetchModel(base, { ...callbacks, cache }) };
-}
-
-/// Forgets every hub download kept in the Cache API.
-export async function clearHubCache() {
-  if ('caches' in globalThis) await caches.delete(CACHE_NAME);
+  revision = revision.trim() || 'main';
+  if (/\s|\.\.|^\/|\/$/.test(revision)) throw new Error(`"${revision}" is not a branch, tag or commit name`);
+  const source = new HubRepo({ hubUrl: hub, repo, revision, accessToken: accessToken.trim() });
+  let listing;
+  const get = (file) => {
+    onFile(file);
+    return source.file(file, onBytes);
+  };
+  // config.json first, so that a model the GPU cannot hold is refused before anything else.
+  const has = async (file) => (listing ??= await source.listFiles()).has(file);
+  const where = `${repo} at ${revision}`;
+  return { label: revision === 'main' ? repo : `${repo}@${revision}`, files: await gatherModel(where, { get, has }, onConfig) };
 }
 
 /// Local files (a FileList or File[] from a picker or a drop), named as in a model repository.

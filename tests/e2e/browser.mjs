@@ -2,6 +2,7 @@
 // SwiftShader's WebGPU, and the native CLI for reference figures.
 
 import http from 'node:http';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,24 +37,135 @@ export async function startPage() {
   return { url: await listen(server), server };
 }
 
-/// Serves `/{repo}/resolve/main/{file}` like huggingface.co for the repos in `repos`
-/// (repo id -> directory), with CORS, and counts requests per path.
+/// A local mimic of huggingface.co for the page's hub client (@huggingface/hub), with CORS.
+/// `repos`: repo id -> a directory (branch `main`) or `{ revisions: { main: dir, other: dir },
+/// token }`; with `token` the repo is gated: every route answers 401 without `Authorization:
+/// Bearer <token>`. Routes, as the hub serves them:
+/// - `GET/HEAD /{repo}/resolve/{revision}/{file}`: ETag (the git oid, or for *.safetensors, LFS
+///   files, X-Linked-Etag with their sha256 and X-Linked-Size), X-Repo-Commit, Content-Length,
+///   Accept-Ranges; `Range: bytes=a-b` gives 206 with Content-Range; a matching If-None-Match
+///   gives 304 (before Range, as RFC 9110 orders them); errors carry X-Error-Code.
+/// - `GET /api/models/{repo}/tree/{revision}`: the revision's files as JSON.
+/// It records every request in `log` ({ method, url, path, headers, status, bodyBytes }), counts
+/// requests per path in `requests`, and can change a file's ETag (`changeEtag`) or cut the next
+/// download of a path after some bytes (`interruptNext`).
 export async function startHubMimic(repos) {
   const requests = new Map();
+  const log = [];
+  const etagSalt = new Map(); // "repo@revision/file" -> a suffix that changes the ETag
+  const interruptions = new Map(); // path -> bytes to send before the connection is cut
+  const sha = (algorithm, data) => crypto.createHash(algorithm).update(data).digest('hex');
+  const revisionsOf = (spec) => (typeof spec === 'string' ? { main: spec } : spec.revisions);
+  const commitOf = (repo, revision) => sha('sha1', `${repo}@${revision}`);
+  const filesOf = (dir) => fs.readdirSync(dir).filter((name) => fs.statSync(path.join(dir, name)).isFile());
+  /// What the hub knows of a file: size, git oid, LFS sha256 (for *.safetensors), and its ETags.
+  const describe = (repo, revision, dir, name) => {
+    const bytes = fs.readFileSync(path.join(dir, name));
+    const salt = etagSalt.get(`${repo}@${revision}/${name}`) ?? '';
+    const oid = sha('sha1', Buffer.concat([Buffer.from(`blob ${bytes.length}\0`), bytes])) + salt;
+    const lfs = name.endsWith('.safetensors') ? { oid: sha('sha256', bytes) + salt, size: bytes.length, pointerSize: 134 } : null;
+    return { bytes, oid, lfs, etag: `"${oid}"`, linkedEtag: lfs && `"${lfs.oid}"` };
+  };
+  const cors = {
+    'access-control-allow-origin': '*',
+    'access-control-expose-headers': 'ETag, X-Linked-Etag, X-Linked-Size, X-Repo-Commit, Content-Range, Content-Length, Accept-Ranges, X-Error-Code, X-Error-Message, Link, X-Request-Id',
+  };
+  const fail = (res, status, code, message) => {
+    res.writeHead(status, { ...cors, 'content-type': 'application/json', 'x-error-code': code, 'x-error-message': message })
+      .end(JSON.stringify({ error: message }));
+    return { status, bodyBytes: 0 };
+  };
+
+  const handle = (req, res, url) => {
+    if (req.method === 'OPTIONS') {
+      res.writeHead(204, {
+        ...cors,
+        'access-control-allow-methods': 'GET, HEAD, OPTIONS',
+        'access-control-allow-headers': 'authorization, range, if-none-match, accept, content-type',
+        'access-control-max-age': '0',
+      }).end();
+      return { status: 204, bodyBytes: 0 };
+    }
+    const tree = url.pathname.match(/^\/api\/models\/([^/]+\/[^/]+|[^/]+)\/tree\/([^/]+)(?:\/(.*))?$/);
+    const resolve = url.pathname.match(/^\/([^/]+\/[^/]+|[^/]+)\/resolve\/([^/]+)\/([^/]+)$/);
+    const [, repo, encodedRevision] = tree ?? resolve ?? [];
+    const spec = repo && repos[repo];
+    if (!spec) return fail(res, 404, 'RepoNotFound', `Repository not found: ${repo ?? url.pathname}`);
+    if (spec.token && req.headers.authorization !== `Bearer ${spec.token}`) {
+      return req.headers.authorization
+        ? fail(res, 401, 'GatedRepo', 'Invalid credentials in Authorization header')
+        : fail(res, 401, 'GatedRepo', `Access to model ${repo} is restricted. You must have access to it and be authenticated to access it. Please log in.`);
+    }
+    const revision = decodeURIComponent(encodedRevision);
+    const dir = revisionsOf(spec)[revision];
+    if (!dir) return fail(res, 404, 'RevisionNotFound', `Invalid rev id: ${revision}`);
+    const commit = commitOf(repo, revision);
+    if (tree) {
+      const entries = filesOf(dir).map((name) => {
+        const { bytes, oid, lfs } = describe(repo, revision, dir, name);
+        return { type: 'file', oid, size: bytes.length, path: name, ...(lfs && { lfs }) };
+      });
+      const body = Buffer.from(JSON.stringify(entries));
+      res.writeHead(200, { ...cors, 'content-type': 'application/json', 'content-length': body.length, 'x-repo-commit': commit }).end(body);
+      return { status: 200, bodyBytes: body.length };
+    }
+    const name = decodeURIComponent(resolve[3]);
+    if (!filesOf(dir).includes(name)) return fail(res, 404, 'EntryNotFound', `Entry not found: ${name}`);
+    const { bytes, etag, linkedEtag } = describe(repo, revision, dir, name);
+    const headers = {
+      ...cors, etag, 'x-repo-commit': commit, 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream',
+      ...(linkedEtag && { 'x-linked-etag': linkedEtag, 'x-linked-size': String(bytes.length) }),
+    };
+    const ifNoneMatch = req.headers['if-none-match'];
+    if (ifNoneMatch && ifNoneMatch.split(/\s*,\s*/).some((tag) => tag === etag || tag === linkedEtag || tag === '*')) {
+      res.writeHead(304, headers).end();
+      return { status: 304, bodyBytes: 0 };
+    }
+    let [begin, end, status] = [0, bytes.length - 1, 200];
+    const range = req.headers.range?.match(/^bytes=(\d+)-(\d*)$/);
+    if (range) {
+      begin = Number(range[1]);
+      end = range[2] ? Math.min(Number(range[2]), bytes.length - 1) : bytes.length - 1;
+      if (begin >= bytes.length || end < begin) {
+        res.writeHead(416, { ...cors, 'content-range': `bytes */${bytes.length}` }).end();
+        return { status: 416, bodyBytes: 0 };
+      }
+      status = 206;
+      headers['content-range'] = `bytes ${begin}-${end}/${bytes.length}`;
+    }
+    const body = bytes.subarray(begin, end + 1);
+    res.writeHead(status, { ...headers, 'content-length': body.length });
+    if (req.method === 'HEAD') {
+      res.end();
+      return { status, bodyBytes: 0 };
+    }
+    const cut = interruptions.get(url.pathname);
+    if (cut !== undefined && body.length > cut) {
+      interruptions.delete(url.pathname);
+      res.write(body.subarray(0, cut), () => setTimeout(() => res.destroy(), 50));
+      return { status, bodyBytes: cut, interrupted: true };
+    }
+    res.end(body);
+    return { status, bodyBytes: body.length };
+  };
+
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://hub');
-    requests.set(url.pathname, (requests.get(url.pathname) ?? 0) + 1);
-    const match = url.pathname.match(/^\/(.+)\/resolve\/main\/([^/]+)$/);
-    const dir = match && repos[match[1]];
-    const file = dir && path.join(dir, match[2]);
-    const headers = { 'access-control-allow-origin': '*' };
-    if (!file || !fs.existsSync(file)) {
-      res.writeHead(404, headers).end('Entry not found');
-      return;
-    }
-    res.writeHead(200, { ...headers, 'content-length': fs.statSync(file).size }).end(fs.readFileSync(file));
+    if (req.method !== 'OPTIONS') requests.set(url.pathname, (requests.get(url.pathname) ?? 0) + 1);
+    log.push({ method: req.method, url: req.url, path: url.pathname, headers: { ...req.headers }, ...handle(req, res, url) });
   });
-  return { url: await listen(server), requests, server };
+  return {
+    url: await listen(server),
+    requests,
+    log,
+    server,
+    /// The bytes of `path`'s bodies sent so far (GET responses, probes and resumed ranges included).
+    bodyBytes: (pathname) => log.filter((entry) => entry.path === pathname).reduce((sum, entry) => sum + entry.bodyBytes, 0),
+    /// As if a new commit replaced `file` on `revision`: its ETag (and oid) change, its bytes do not.
+    changeEtag: (repo, revision, file) => etagSalt.set(`${repo}@${revision}/${file}`, `${Date.now()}`),
+    /// The next GET of `pathname` sends `afterBytes` of its body, then the connection is cut.
+    interruptNext: (pathname, afterBytes) => interruptions.set(pathname, afterBytes),
+  };
 }
 
 export async function launchBrowser() {
