@@ -27,7 +27,7 @@ const MARKUP = `
   <button id="run-generate" disabled>Generate</button>
   <button id="cancel-generate" class="secondary" disabled>Cancel</button>
   <div id="generate-progress" class="progress" hidden><div class="bar"><span></span></div><p class="label"></p></div>
-  <p id="generate-message" class="status"></p>
+  <p id="generate-message" class="status" aria-live="polite"></p>
   <div id="generate-outputs" class="gen-outputs" hidden>
     <figure class="gen-output" id="gen-original"><figcaption></figcaption><p class="gen-text"></p><small></small></figure>
     <figure class="gen-output" id="gen-quantized"><figcaption></figcaption><p class="gen-text"></p><small></small></figure>
@@ -42,7 +42,7 @@ const STYLE = `
   #generate .gen-prompt { color: #5b6577; }
   #generate .gen-diverged { background: #fff3c4; }
   #generate small { color: #5b6577; font-variant-numeric: tabular-nums; }
-  #generate #cancel-generate { background: white; color: #3a6ff7; }
+  #generate #cancel-generate { background: white; color: var(--accent); }
   #generate #cancel-generate:disabled { color: #b9c3d6; }
   #generate textarea { font: inherit; }
   #generate .gen-outputs[hidden] .gen-output { display: grid; place-items: center; color: #5b6577; border-style: dashed; font-size: 0.9rem; }

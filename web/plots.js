@@ -19,9 +19,21 @@ function widthOf(figure) {
 function show(figure, svg, signature) {
   const chart = chartOf(figure);
   chart.replaceChildren(svg);
+  labelChart(figure, chart);
   redrawn.set(figure, widthOf(figure));
   figure.dataset.state = 'drawn';
   figure.dataset.signature = signature;
+}
+
+/// Assistive technology gets a drawn chart as one image named by what it shows: the figure's
+/// `data-label` (else its caption) and, for a heatmap, its largest cell. Plot names its groups of
+/// marks with `aria-label` ("cell", "rule") but no role, which ARIA does not allow on a <g>: they
+/// become groups (inside the image they stay out of the accessibility tree; tests select by them).
+function labelChart(figure, chart) {
+  const what = figure.dataset.label ?? figure.querySelector('figcaption')?.textContent.trim() ?? 'chart';
+  chart.setAttribute('role', 'img');
+  chart.setAttribute('aria-label', figure.dataset.largest ? `${what}; largest: ${figure.dataset.largest}` : what);
+  for (const group of chart.querySelectorAll('g[aria-label]:not([role])')) group.setAttribute('role', 'group');
 }
 
 /// Empties a figure, showing why (its `data-empty` text unless `message` says otherwise).
@@ -31,6 +43,8 @@ export function clearPlot(figure, message) {
   note.className = 'plot-empty';
   note.textContent = message ?? figure.dataset.empty ?? '';
   chartOf(figure).replaceChildren(note);
+  chartOf(figure).removeAttribute('role'); // the note is read as text
+  chartOf(figure).removeAttribute('aria-label');
   figure.dataset.state = 'empty';
   delete figure.dataset.signature;
 }

@@ -20,9 +20,15 @@ export class ProgressBar {
     this.fill = root.querySelector('.bar span');
     this.label = root.querySelector('.label');
     this.cancelButton = root.querySelector('.cancel');
-    this.root.setAttribute('role', 'progressbar');
-    this.root.setAttribute('aria-valuemin', '0');
-    this.root.setAttribute('aria-valuemax', '100');
+    // The bar itself is the progressbar (not the root: a progressbar's children are
+    // presentational, so the cancel button inside would be hidden from assistive technology),
+    // named by its label; the label is not a live region, which would speak every tick.
+    this.bar = root.querySelector('.bar');
+    this.label.id ||= `${root.id}-label`;
+    this.bar.setAttribute('role', 'progressbar');
+    this.bar.setAttribute('aria-labelledby', this.label.id);
+    this.bar.setAttribute('aria-valuemin', '0');
+    this.bar.setAttribute('aria-valuemax', '100');
     if (this.cancelButton) {
       this.cancelButton.onclick = () => {
         this.cancelButton.disabled = true;
@@ -45,7 +51,7 @@ export class ProgressBar {
   set(fraction, text) {
     const percent = Math.min(100, Math.max(0, fraction * 100));
     this.fill.style.width = `${percent.toFixed(1)}%`;
-    this.root.setAttribute('aria-valuenow', percent.toFixed(0));
+    this.bar.setAttribute('aria-valuenow', percent.toFixed(0));
     this.label.textContent = text;
   }
 
