@@ -115,15 +115,29 @@ export class HubRepo {
   /// Streams the file through the library's blob. When the stream breaks, the rest comes from
   /// `blob.slice(received)`, a `Range: bytes=received-` request: the hub (and any server the
   /// library accepts, since its download info reads the size from a Range probe's Content-Range)
-  /// serves ranges. Xet transfer is off: the resolve URL streams the same bytes in one response,
-  /// the path the tests can check against the mimic.
+  /// serves ranges. After RESUME_ATTEMPTS failed resumptions the bytes received are kept in the
+  /// cache beside the file's key with its ETag, and the next load resumes from there if the ETag
+  /// is the same. (A reload in the middle of a download loses them: the Cache API stores whole
+  /// responses, and rewriting a growing prefix as it arrives would copy the file many times.)
+  /// Xet transfer is off: the resolve URL streams the same bytes in one response, the path the
+  /// tests can check against the mimic.
   async #download(name, info, onBytes) {
     const { downloadFile } = await this.#library();
     const blob = await downloadFile(this.#params({ path: name, downloadInfo: info, xet: false, fetch: uncachedFetch }));
+    const cache = await this.#cache();
+    const partialKey = `${this.resolveUrl(name)}?partial`;
     const bytes = new Uint8Array(info.size);
     let received = 0;
+    const partial = await cache?.match(partialKey);
+    if (partial?.headers.get(ETAG_HEADER) === info.etag) {
+      const kept = new Uint8Array(await partial.arrayBuffer());
+      if (kept.length < info.size) {
+        bytes.set(kept);
+        received = kept.length;
+      }
+    }
     let failures = 0;
-    onBytes(0, info.size);
+    onBytes(received, info.size);
     while (received < info.size) {
       try {
         const reader = (received === 0 ? blob : blob.slice(received)).stream().getReader();
@@ -131,7 +145,7 @@ export class HubRepo {
           const { done, value } = await reader.read();
           if (done) break;
           if (received + value.length > info.size) {
-            throw new Error(`more bytes than the ${info.size} the hub announced`);
+            throw Object.assign(new Error(`more bytes than the ${info.size} the hub announced`), { corrupt: true });
           }
           bytes.set(value, received);
           received += value.length;
@@ -140,13 +154,17 @@ export class HubRepo {
         if (received < info.size) throw new Error(`the response ended at byte ${received}`);
       } catch (e) {
         const reason = e?.message ?? String(e);
-        if (/more bytes than/.test(reason) || ++failures > RESUME_ATTEMPTS) {
+        if (e?.corrupt || ++failures > RESUME_ATTEMPTS) {
+          const keep = !e?.corrupt && received > 0 && cache;
+          if (keep) await cache.put(partialKey, new Response(bytes.subarray(0, received), { headers: { [ETAG_HEADER]: info.etag } }));
+          else await cache?.delete(partialKey);
           throw new Error(`${this.resolveUrl(name)}: download stopped at ${received} of ${info.size} bytes `
-            + `after ${failures} attempts: ${reason}`);
+            + `after ${failures} attempts: ${reason}${keep ? '; the bytes received are kept and the next load resumes from there' : ''}`);
         }
         await new Promise((resolve) => setTimeout(resolve, 250 * failures));
       }
     }
+    await cache?.delete(partialKey);
     return bytes;
   }
 

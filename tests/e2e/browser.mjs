@@ -47,13 +47,15 @@ export async function startPage() {
 ///   gives 304 (before Range, as RFC 9110 orders them); errors carry X-Error-Code.
 /// - `GET /api/models/{repo}/tree/{revision}`: the revision's files as JSON.
 /// It records every request in `log` ({ method, url, path, headers, status, bodyBytes }), counts
-/// requests per path in `requests`, and can change a file's ETag (`changeEtag`) or cut the next
-/// download of a path after some bytes (`interruptNext`).
+/// requests per path in `requests`, and can change a file's ETag (`changeEtag`), cut the next
+/// downloads of a path after some bytes (`interruptNext`) or refuse a request header in CORS
+/// preflights (`refuseInPreflight`).
 export async function startHubMimic(repos) {
   const requests = new Map();
   const log = [];
   const etagSalt = new Map(); // "repo@revision/file" -> a suffix that changes the ETag
-  const interruptions = new Map(); // path -> bytes to send before the connection is cut
+  const interruptions = new Map(); // path -> { bytes to send before the connection is cut, times }
+  const refusedInPreflight = new Set(); // request headers left out of Access-Control-Allow-Headers
   const sha = (algorithm, data) => crypto.createHash(algorithm).update(data).digest('hex');
   const revisionsOf = (spec) => (typeof spec === 'string' ? { main: spec } : spec.revisions);
   const commitOf = (repo, revision) => sha('sha1', `${repo}@${revision}`);
@@ -81,7 +83,8 @@ export async function startHubMimic(repos) {
       res.writeHead(204, {
         ...cors,
         'access-control-allow-methods': 'GET, HEAD, OPTIONS',
-        'access-control-allow-headers': 'authorization, range, if-none-match, accept, content-type',
+        'access-control-allow-headers': ['authorization', 'range', 'if-none-match', 'accept', 'content-type']
+          .filter((name) => !refusedInPreflight.has(name)).join(', '),
         'access-control-max-age': '0',
       }).end();
       return { status: 204, bodyBytes: 0 };
@@ -140,10 +143,10 @@ export async function startHubMimic(repos) {
       return { status, bodyBytes: 0 };
     }
     const cut = interruptions.get(url.pathname);
-    if (cut !== undefined && body.length > cut) {
-      interruptions.delete(url.pathname);
-      res.write(body.subarray(0, cut), () => setTimeout(() => res.destroy(), 50));
-      return { status, bodyBytes: cut, interrupted: true };
+    if (cut && body.length > cut.bytes) {
+      if (--cut.times === 0) interruptions.delete(url.pathname);
+      res.write(body.subarray(0, cut.bytes), () => setTimeout(() => res.destroy(), 50));
+      return { status, bodyBytes: cut.bytes, interrupted: true };
     }
     res.end(body);
     return { status, bodyBytes: body.length };
@@ -163,8 +166,10 @@ export async function startHubMimic(repos) {
     bodyBytes: (pathname) => log.filter((entry) => entry.path === pathname).reduce((sum, entry) => sum + entry.bodyBytes, 0),
     /// As if a new commit replaced `file` on `revision`: its ETag (and oid) change, its bytes do not.
     changeEtag: (repo, revision, file) => etagSalt.set(`${repo}@${revision}/${file}`, `${Date.now()}`),
-    /// The next GET of `pathname` sends `afterBytes` of its body, then the connection is cut.
-    interruptNext: (pathname, afterBytes) => interruptions.set(pathname, afterBytes),
+    /// The next `times` GETs of `pathname` send `afterBytes` of their body, then the connection is cut.
+    interruptNext: (pathname, afterBytes, times = 1) => interruptions.set(pathname, { bytes: afterBytes, times }),
+    /// CORS preflights leave `header` out of the allowed request headers (or allow it again).
+    refuseInPreflight: (header, refuse = true) => (refuse ? refusedInPreflight.add(header) : refusedInPreflight.delete(header)),
   };
 }
 

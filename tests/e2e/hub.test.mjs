@@ -72,7 +72,15 @@ async function reload() {
 /// The log entries of `pathname` since `from`.
 const entriesOf = (pathname, from) => hub.log.slice(from).filter((entry) => entry.path === pathname && entry.method !== 'OPTIONS');
 
-test('a revision other than main loads, then is revalidated, not downloaded again', async () => {
+/// "N requests, B body bytes (weights W)" of the log since `from`, for BENCHMARKS.md.
+function traffic(from) {
+  const entries = hub.log.slice(from).filter((e) => e.method !== 'OPTIONS');
+  const bytes = entries.reduce((sum, e) => sum + e.bodyBytes, 0);
+  const weights = entries.filter((e) => e.path === LLAMA_WEIGHTS).reduce((sum, e) => sum + e.bodyBytes, 0);
+  return `${entries.length} requests, ${bytes} body bytes (weights ${weights}), statuses ${entries.map((e) => e.status).join(' ')}`;
+}
+
+test('a revision other than main loads, then is revalidated, not downloaded again', async (t) => {
   let mark = hub.log.length;
   assert.equal(await loadFromHub(REPO, { revision: 'llama' }), `${REPO}@llama`);
   assert.match(await page.textContent('#model-status'), /\(llama\)/, 'the llama branch, not main\'s GPT-2');
@@ -81,6 +89,7 @@ test('a revision other than main loads, then is revalidated, not downloaded agai
   const sent = first.reduce((sum, e) => sum + e.bodyBytes, 0);
   assert.ok(sent >= WEIGHTS_SIZE && sent <= WEIGHTS_SIZE + 1, `the weights once (and a 1-byte Range probe): ${sent} bytes`);
   assert.equal(hub.log.slice(mark).filter((e) => e.path.includes('/resolve/main/')).length, 0, 'nothing from main');
+  t.diagnostic(`first load: ${traffic(mark)}`);
 
   await reload();
   mark = hub.log.length;
@@ -89,6 +98,7 @@ test('a revision other than main loads, then is revalidated, not downloaded agai
   assert.ok(again.length >= 1, 'the stored copy was revalidated');
   assert.ok(again.every((e) => e.headers['if-none-match'] && e.status === 304), `revalidated with If-None-Match → 304: ${JSON.stringify(again.map((e) => e.status))}`);
   assert.equal(again.reduce((sum, e) => sum + e.bodyBytes, 0), 0, 'no weight bytes sent again');
+  t.diagnostic(`after a reload: ${traffic(mark)}`);
 });
 
 test('a changed ETag downloads the file again; a cut download resumes with a Range request', async () => {
@@ -115,6 +125,44 @@ test('a changed ETag downloads the file again; a cut download resumes with a Ran
   assert.equal(resumed.status, 206);
   assert.equal(resumed.bodyBytes, WEIGHTS_SIZE - cut);
   assert.ok(!entries.some((e) => e.status === 200 && !e.interrupted), 'nothing downloaded from the start again');
+});
+
+test('a download that keeps failing keeps its bytes, and the next load resumes from them', async () => {
+  hub.changeEtag(REPO, 'llama', 'model.safetensors');
+  const cut = 1 << 20;
+  hub.interruptNext(LLAMA_WEIGHTS, cut, 4); // the first try and its 3 resumptions
+  await reload();
+  let mark = hub.log.length;
+  await assert.rejects(loadFromHub(REPO, { revision: 'llama' }),
+    new RegExp(`download stopped at ${4 * cut} of ${WEIGHTS_SIZE} bytes after 4 attempts: .*the next load resumes from there`));
+  assert.equal(entriesOf(LLAMA_WEIGHTS, mark).filter((e) => e.interrupted).length, 4);
+
+  await reload();
+  mark = hub.log.length;
+  assert.equal(await loadFromHub(REPO, { revision: 'llama' }), `${REPO}@llama`);
+  const entries = entriesOf(LLAMA_WEIGHTS, mark);
+  const resumed = entries.find((e) => e.headers.range === `bytes=${4 * cut}-${WEIGHTS_SIZE - 1}`);
+  assert.ok(resumed && resumed.status === 206 && resumed.bodyBytes === WEIGHTS_SIZE - 4 * cut,
+    `resumed from the kept bytes: ${JSON.stringify(entries.map((e) => [e.status, e.headers.range, e.bodyBytes]))}`);
+  assert.ok(!entries.some((e) => e.status === 200), 'nothing downloaded from the start again');
+  const left = await page.evaluate(async () => (await (await caches.open('lutlab-hub-v2')).keys()).map((r) => r.url).filter((u) => u.endsWith('?partial')));
+  assert.deepEqual(left, [], 'the kept bytes are dropped once the file is whole');
+});
+
+test('a hub whose CORS refuses If-None-Match is revalidated by its ETag (a 1-byte probe)', async () => {
+  hub.refuseInPreflight('if-none-match');
+  try {
+    await reload();
+    const mark = hub.log.length;
+    assert.equal(await loadFromHub(REPO, { revision: 'llama' }), `${REPO}@llama`);
+    const preflights = hub.log.slice(mark).filter((e) => e.method === 'OPTIONS' && e.path === LLAMA_WEIGHTS);
+    assert.ok(preflights.some((e) => /if-none-match/.test(e.headers['access-control-request-headers'])), 'the conditional request was tried');
+    const entries = entriesOf(LLAMA_WEIGHTS, mark);
+    assert.ok(entries.every((e) => !e.headers['if-none-match'] && e.status === 206), JSON.stringify(entries.map((e) => e.status)));
+    assert.equal(entries.reduce((sum, e) => sum + e.bodyBytes, 0), 1, 'only the probe\'s byte');
+  } finally {
+    hub.refuseInPreflight('if-none-match', false);
+  }
 });
 
 test('a gated repository asks for a token, loads with it, and the token is kept nowhere', async () => {
