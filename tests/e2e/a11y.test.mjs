@@ -148,7 +148,7 @@ test('axe finds no violations once a quantization and an evaluation have drawn t
     assert.equal(role, 'img');
     assert.ok(label && label.length > 10, `a drawn chart is named: ${label}`);
   }
-  assert.match(await page.getAttribute('#plot-error .chart', 'aria-label'), /quantization error.*largest: \S+/);
+  assert.match(await page.getAttribute('#plot-error .chart', 'aria-label'), /quantization error.*largest: \S+/i);
   assert.deepEqual(await timed('axe', axeViolations), []);
 });
 
