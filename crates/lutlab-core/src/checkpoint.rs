@@ -298,6 +298,8 @@ pub enum TensorData<'a> {
     F32(&'a [f32]),
     /// Stored as F16, each value rounded to nearest (ties to even) by `half`.
     F16(&'a [f32]),
+    /// Stored as BF16, each value rounded to nearest (ties to even) by `half`.
+    BF16(&'a [f32]),
     /// Stored as U32.
     U32(&'a [u32]),
 }
@@ -305,7 +307,7 @@ pub enum TensorData<'a> {
 impl TensorData<'_> {
     pub fn len(&self) -> usize {
         match self {
-            TensorData::F32(v) | TensorData::F16(v) => v.len(),
+            TensorData::F32(v) | TensorData::F16(v) | TensorData::BF16(v) => v.len(),
             TensorData::U32(v) => v.len(),
         }
     }
@@ -318,6 +320,7 @@ impl TensorData<'_> {
         match self {
             TensorData::F32(_) => Dtype::F32,
             TensorData::F16(_) => Dtype::F16,
+            TensorData::BF16(_) => Dtype::BF16,
             TensorData::U32(_) => Dtype::U32,
         }
     }
@@ -326,6 +329,7 @@ impl TensorData<'_> {
         match self {
             TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::F16(v) => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            TensorData::BF16(v) => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
             TensorData::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }

@@ -3,11 +3,13 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dense_dtype;
 pub mod error;
 pub mod files;
 pub mod fisher_file;
 pub mod hessian_file;
 pub mod packed_file;
+pub mod packed_size;
 pub mod parallel;
 pub mod perplexity;
 pub mod plot_data;

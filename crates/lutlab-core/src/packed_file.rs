@@ -1,6 +1,7 @@
 //! The packed model file: a GPT-2 whose quantized linear weights are stored in their packed LUT
 //! form ([`PackedLinear`]: codes in 32-row blocks per output column, tables, a CSC sparse part,
-//! optional scales and input shift) and every other tensor dense in f32. One safetensors file,
+//! optional scales and input shift) and every other tensor dense, losslessly in the smallest
+//! dtype that holds its values (f16, bf16 or f32: [`DenseDtype`]). One safetensors file,
 //! `__metadata__["format"] = "lutlab-packed"`, versioned; `docs/FORMAT.md` is the specification.
 //!
 //! For a packed layer `L` (`h.0.attn.c_attn`) the file holds `L.qweight` (U32), `L.lut` (F16 or
@@ -13,7 +14,8 @@
 //! vocab]` linear, `wte` transposed; `wte.weight` is then absent): such files are version 2
 //! (`docs/FORMAT.md` §10). Layers with a scale and zero point per group of input rows (GPTQ's
 //! `groupsize`: `L.group_scales`, `L.group_zeros`, `group_size` in `layers`) make version 3 (§11).
-//! Every file is written as the lowest version that holds it, so older lutlabs read the rest.
+//! Dense tensors in F16 or BF16 make version 4 (§2). Every file is written as the lowest version
+//! that holds it, so older lutlabs read the rest.
 //!
 //! Reading treats the bytes as untrusted: every size is checked against the metadata before it
 //! is used, every value is checked (finite floats, indices in range, zero padding), the result
@@ -22,6 +24,7 @@
 
 use crate::checkpoint::{Checkpoint, HostTensor, TensorData, parse_safetensors, write_tensors};
 use crate::config::{LinearLayout, ModelConfig};
+use crate::dense_dtype::DenseDtype;
 use crate::error::{LoadError, Result};
 use crate::quant::head::{is_head, transpose, HEAD};
 use crate::quant::model::{QuantizedLayer, QuantizedModel};
@@ -35,20 +38,25 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `__metadata__["format"]` of a packed model file.
 pub const FORMAT_NAME: &str = "lutlab-packed";
-/// The newest `__metadata__["format_version"]`, read with every older one: 3 for files with
-/// input-group scales, 2 for files with a packed LM head (`lm_head`, the tied embedding), 1 for
-/// all others (see [`version_needed`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// The newest `__metadata__["format_version"]`, read with every older one: 4 for files with a
+/// dense tensor in F16 or BF16, 3 for files with input-group scales, 2 for files with a packed
+/// LM head (`lm_head`, the tied embedding), 1 for all others (see [`version_needed`]).
+pub const FORMAT_VERSION: u32 = 4;
 /// The version of files without a packed head or input-group scales.
 pub const FORMAT_VERSION_WITHOUT_HEAD: u32 = 1;
 /// The first version with a packed LM head.
 pub const FORMAT_VERSION_HEAD: u32 = 2;
 /// The first version with input-group scales.
 pub const FORMAT_VERSION_INPUT_GROUPS: u32 = 3;
+/// The first version with dense tensors in F16 or BF16 (before, every dense tensor was F32).
+pub const FORMAT_VERSION_DENSE_16: u32 = 4;
 
-/// The lowest version that holds these layers (older readers then still read the file).
-fn version_needed(layers: &BTreeMap<String, LayerMeta>) -> u32 {
-    if layers.values().any(LayerMeta::needs_version_3) {
+/// The lowest version that holds these layers and dense tensors of these dtypes (older readers
+/// then still read the file).
+fn version_needed(layers: &BTreeMap<String, LayerMeta>, dense_16: bool) -> u32 {
+    if dense_16 {
+        FORMAT_VERSION_DENSE_16
+    } else if layers.values().any(LayerMeta::needs_version_3) {
         FORMAT_VERSION_INPUT_GROUPS
     } else if layers.contains_key(HEAD) {
         FORMAT_VERSION_HEAD
@@ -133,7 +141,8 @@ pub struct PackedModel {
     pub meta: PackedMeta,
     /// Every tensor that is not a packed weight, under canonical HF names (`wte.weight`,
     /// `wpe.weight`, `ln_*`, all biases including those of packed layers, and the weights of
-    /// linears left unquantized), f32.
+    /// linears left unquantized), f32 in memory; the file stores each in the smallest dtype
+    /// that holds it exactly ([`DenseDtype::smallest_exact`]).
     pub dense: BTreeMap<String, HostTensor>,
     /// Packed linear weights by layer name (`h.0.attn.c_attn`).
     pub layers: BTreeMap<String, PackedLinear>,
@@ -326,14 +335,14 @@ impl PackedModel {
         }
         let mut tensors: Vec<(String, Vec<usize>, TensorData<'_>)> = Vec::new();
         for (name, t) in &self.dense {
-            tensors.push((name.clone(), t.shape.clone(), TensorData::F32(&t.data)));
+            tensors.push((name.clone(), t.shape.clone(), DenseDtype::smallest_exact(&t.data).data(&t.data)));
         }
         let mut layer_meta = BTreeMap::new();
         for (name, l) in &self.layers {
             layer_meta.insert(name.clone(), LayerMeta::of(l));
             tensors.extend(layer_tensors(name, l, table_dtype));
         }
-        let metadata = file_metadata(&self.config, &self.meta, &layer_meta)?;
+        let metadata = file_metadata(&self.config, &self.meta, &layer_meta, self.has_dense_16())?;
         let refs: Vec<(&str, &[usize], TensorData<'_>)> =
             tensors.iter().map(|(name, shape, data)| (name.as_str(), shape.as_slice(), *data)).collect();
         write_tensors(&refs, Some(metadata))
@@ -342,10 +351,14 @@ impl PackedModel {
     /// Parses and validates a packed model file (`file` names it in errors). Everything is
     /// checked, as for untrusted input: the format name and version, the config, each packed
     /// layer's tensors (presence, dtype, shape against the metadata `layers`, then
-    /// [`PackedLinear::validate`]), dense tensors (f32, known names, shapes, finite), and that
+    /// [`PackedLinear::validate`]), dense tensors (F32, or from version 4 F16 or BF16, read as
+    /// the f32 values they hold; known names, shapes, finite), and that
     /// the whole forms a complete GPT-2. Unknown tensors are refused by name. Never panics.
     pub fn from_safetensors(file: &str, bytes: &[u8]) -> Result<Self> {
-        let parsed = parse_safetensors(file, bytes)?;
+        let parsed = parse_safetensors(file, bytes).map_err(|e| match (&e, mismatched_tensor(bytes)) {
+            (LoadError::BadSafetensors { .. }, Some(reason)) => LoadError::BadSafetensors { file: file.to_string(), reason },
+            _ => e,
+        })?;
         let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| LoadError::BadSafetensors { file: file.to_string(), reason: format!("{e:?}") })?;
         Self::from_source(file, &Source::Bytes(parsed), header.metadata().as_ref())
@@ -445,10 +458,24 @@ impl PackedModel {
                 return Err(bad(unknown_tensor(name)));
             }
             let view = parsed.tensor(name).ok_or_else(|| bad(format!("tensor `{name}` cannot be read")))?;
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor `{name}` has dtype {:?}, expected F32 (dense tensors are f32)", view.dtype())));
-            }
-            dense.insert(name.to_string(), HostTensor { shape: view.shape().to_vec(), data: f32s(view.data()) });
+            let dtype = match DenseDtype::of(view.dtype()) {
+                Some(DenseDtype::F32) => DenseDtype::F32,
+                Some(half) if version >= FORMAT_VERSION_DENSE_16 => half,
+                Some(_) => {
+                    return Err(bad(format!(
+                        "dense tensor `{name}` has dtype {:?}, which needs format version {FORMAT_VERSION_DENSE_16}; the file \
+                         says {version} (dense tensors are F32 before version {FORMAT_VERSION_DENSE_16})",
+                        view.dtype()
+                    )));
+                }
+                None => {
+                    return Err(bad(format!(
+                        "dense tensor `{name}` has dtype {:?}, expected F32, F16 or BF16",
+                        view.dtype()
+                    )));
+                }
+            };
+            dense.insert(name.to_string(), HostTensor { shape: view.shape().to_vec(), data: dtype.decode(view.data()) });
         }
         let mut layers = BTreeMap::new();
         for (name, m) in &layer_meta {
@@ -499,7 +526,22 @@ impl PackedModel {
 
     /// The `format_version` this model is written as: the lowest that holds it.
     pub fn format_version(&self) -> u32 {
-        version_needed(&self.layers.iter().map(|(name, l)| (name.clone(), LayerMeta::of(l))).collect())
+        version_needed(&self.layers.iter().map(|(name, l)| (name.clone(), LayerMeta::of(l))).collect(), self.has_dense_16())
+    }
+
+    /// How the file stores each dense tensor: the smallest dtype that holds it exactly.
+    pub fn dense_dtypes(&self) -> BTreeMap<String, DenseDtype> {
+        self.dense.iter().map(|(name, t)| (name.clone(), DenseDtype::smallest_exact(&t.data))).collect()
+    }
+
+    /// Whether a dense tensor is stored in F16 or BF16 (which makes the file version 4).
+    fn has_dense_16(&self) -> bool {
+        self.dense.values().any(|t| DenseDtype::smallest_exact(&t.data) != DenseDtype::F32)
+    }
+
+    /// Bytes of the dense tensors as the file stores them (data only).
+    pub fn dense_bytes(&self) -> usize {
+        self.dense.values().map(|t| DenseDtype::smallest_exact(&t.data).bytes() * t.data.len()).sum()
     }
 
     /// Bytes of the packed layers' tensors as the file stores them (data only, no header):
@@ -519,7 +561,7 @@ impl PackedModel {
 
 /// Bytes of one packed layer's tensors as the file stores them (see [`PackedModel::packed_bytes`]).
 pub fn layer_bytes(l: &PackedLinear) -> usize {
-    let table_bytes = if holds_f16(l) { 2 } else { 4 };
+    let table_bytes = table_entry_bytes(l);
     let sparse = if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() };
     let groups = l.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
     let incoherence = l.incoherence.as_ref().map_or(0, |t| {
@@ -532,6 +574,11 @@ pub fn layer_bytes(l: &PackedLinear) -> usize {
         + sparse
         + 4 * l.scales.as_ref().map_or(0, Vec::len)
         + 4 * l.input_shift.as_ref().map_or(0, Vec::len)
+}
+
+/// Bytes per table entry (and group scale and zero) of a layer: 2 when all are exact f16s, else 4.
+pub fn table_entry_bytes(l: &PackedLinear) -> usize {
+    if holds_f16(l) { 2 } else { 4 }
 }
 
 /// A quantized layer with a LUT form as a packed layer of `rows` x `cols` (`[in, out]`), with the
@@ -651,10 +698,16 @@ fn layer_tensors<'l>(name: &str, l: &'l PackedLinear, table_dtype: TableDtype) -
     tensors
 }
 
-/// The file's `__metadata__`; the version follows from whether the head is packed.
-fn file_metadata(config: &ModelConfig, meta: &PackedMeta, layers: &BTreeMap<String, LayerMeta>) -> Result<HashMap<String, String>> {
+/// The file's `__metadata__`; the version follows from the layers and whether a dense tensor
+/// is F16 or BF16 (`dense_16`).
+fn file_metadata(
+    config: &ModelConfig,
+    meta: &PackedMeta,
+    layers: &BTreeMap<String, LayerMeta>,
+    dense_16: bool,
+) -> Result<HashMap<String, String>> {
     let layers_json = serde_json::to_string(layers).map_err(|e| invalid(format!("layers metadata: {e}")))?;
-    let version = version_needed(layers);
+    let version = version_needed(layers, dense_16);
     Ok(HashMap::from([
         ("format".to_string(), FORMAT_NAME.to_string()),
         ("format_version".to_string(), version.to_string()),
@@ -674,6 +727,8 @@ pub struct PackedWriter {
     writer: crate::tensor_file::TensorWriter,
     layers: BTreeMap<String, LayerMeta>,
     table_dtype: TableDtype,
+    /// Whether a dense tensor went in as F16 or BF16 (the file is then version 4).
+    dense_16: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -687,12 +742,15 @@ impl PackedWriter {
         let name_bytes = shapes.iter().map(|(n, _, _)| n.len()).sum::<usize>() + linears.iter().map(|(n, _)| 7 * (n.len() + 16)).sum::<usize>();
         let metadata = config.to_json().len() + 120 * linears.len() + 8192;
         let reserve = crate::tensor_file::header_bytes_estimate(tensors, name_bytes, metadata);
-        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path, reserve)?, layers: BTreeMap::new(), table_dtype })
+        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path, reserve)?, layers: BTreeMap::new(), table_dtype, dense_16: false })
     }
 
+    /// Adds a dense tensor, in the smallest dtype that holds it exactly.
     pub fn add_dense(&mut self, name: &str, tensor: &HostTensor) -> Result<()> {
         crate::checkpoint::check_finite(name, &tensor.data)?;
-        self.writer.add(name, &tensor.shape, TensorData::F32(&tensor.data))
+        let dtype = DenseDtype::smallest_exact(&tensor.data);
+        self.dense_16 |= dtype != DenseDtype::F32;
+        self.writer.add(name, &tensor.shape, dtype.data(&tensor.data))
     }
 
     /// Adds packed layer `name`; with f16 tables they must be exact f16s (see
@@ -710,7 +768,7 @@ impl PackedWriter {
     }
 
     pub fn finish(self, config: &ModelConfig, meta: &PackedMeta) -> Result<()> {
-        let metadata = file_metadata(config, meta, &self.layers)?;
+        let metadata = file_metadata(config, meta, &self.layers, self.dense_16)?;
         self.writer.finish(metadata)
     }
 }
@@ -789,6 +847,37 @@ fn check_config_dims(file: &str, text: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first tensor whose declared dtype and shape do not match its byte range, named (the
+/// safetensors crate reports the mismatch without the name); `None` when there is none or the
+/// header does not parse.
+fn mismatched_tensor(bytes: &[u8]) -> Option<String> {
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
+    for (name, info) in header.as_object()?.iter().filter(|(name, _)| *name != "__metadata__") {
+        let dtype = info.get("dtype")?.as_str()?;
+        let size: u128 = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+            "U16" | "I16" | "F16" | "BF16" => 2,
+            "U32" | "I32" | "F32" => 4,
+            "U64" | "I64" | "F64" => 8,
+            _ => continue,
+        };
+        let numel = info.get("shape")?.as_array()?.iter().try_fold(1u128, |n, d| d.as_u64().map(|d| n * u128::from(d)))?;
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+        let range = u128::from(end.saturating_sub(start));
+        if numel * size != range {
+            let shape = info.get("shape")?;
+            return Some(format!(
+                "tensor `{name}` is declared {dtype} {shape}, which is {} bytes, but its data holds {range} bytes (a wrong dtype or \
+                 shape in the header, or a corrupt file)",
+                numel * size
+            ));
+        }
+    }
+    None
 }
 
 /// Where a packed file's tensors are read from: bytes in memory, or a file on disk.

@@ -2,7 +2,11 @@
 //! dense model it stands for, every kind of broken file refused by name, and a bounded fuzz.
 
 use lutlab_core::checkpoint::{Checkpoint, HostTensor, TensorData, write_tensors};
-use lutlab_core::packed_file::{FORMAT_NAME, FORMAT_VERSION_INPUT_GROUPS, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype};
+use lutlab_core::dense_dtype::DenseDtype;
+use lutlab_core::packed_file::{
+    FORMAT_NAME, FORMAT_VERSION_DENSE_16, FORMAT_VERSION_INPUT_GROUPS, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype,
+};
+use lutlab_core::packed_size::PackedSizes;
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::model::quantize_layer;
 use lutlab_core::quant::outliers::range_for_outlier_percent;
@@ -249,6 +253,18 @@ fn input_group_model(table_dtype: TableDtype) -> (QuantizedModel, PackedModel) {
     (q, packed)
 }
 
+/// `model` is version 4 (the shipped model's dense tensors are f16), and version 3 once every
+/// dense tensor needs f32: its layers alone need version 3.
+fn assert_version_3_unless_dense_is_16_bit(model: &PackedModel) {
+    assert_eq!(model.format_version(), FORMAT_VERSION_DENSE_16);
+    let mut f32_dense = model.clone();
+    // 1/3 is exact in neither f16 nor bf16.
+    f32_dense.dense.values_mut().for_each(|t| t.data[0] = 1.0 / 3.0);
+    assert_eq!(f32_dense.format_version(), FORMAT_VERSION_INPUT_GROUPS);
+    let (header, _) = split(&f32_dense.to_safetensors(TableDtype::F32).expect("write"));
+    assert_eq!(header["__metadata__"]["format_version"], "3");
+}
+
 #[test]
 fn input_group_scales_pack_as_version_3_and_round_trip() {
     let (q, exact) = input_group_model(TableDtype::F32);
@@ -259,12 +275,12 @@ fn input_group_scales_pack_as_version_3_and_round_trip() {
     let groups = |m: &PackedModel, name: &str| m.layers[name].input_groups.clone().expect("groups");
     assert_eq!(groups(&exact, "h.2.attn.c_proj").size, 64);
     assert!(groups(&exact, "h.3.mlp.c_fc").zeros.is_none(), "symmetric: no zero points stored");
-    assert_eq!(exact.format_version(), FORMAT_VERSION_INPUT_GROUPS);
+    assert_version_3_unless_dense_is_16_bit(&exact);
     for dtype in [TableDtype::F32, TableDtype::F16] {
         let (_, packed) = input_group_model(dtype);
         let bytes = packed.to_safetensors(dtype).expect("write");
         let (header, _) = split(&bytes);
-        assert_eq!(header["__metadata__"]["format_version"], "3");
+        assert_eq!(header["__metadata__"]["format_version"], "4", "the shipped model's dense tensors are f16");
         let layers: Value = serde_json::from_str(header["__metadata__"]["layers"].as_str().unwrap()).unwrap();
         assert_eq!(layers["h.2.attn.c_proj"]["group_size"], 64);
         assert!(layers["h.0.attn.c_attn"].is_null() || layers["h.0.attn.c_attn"].get("group_size").is_none());
@@ -326,7 +342,7 @@ fn incoherence_processing_packs_as_version_3_and_round_trips() {
     let t = layer.incoherence.as_ref().expect("incoherence stored");
     assert!(t.input_scale.is_some() && t.input.is_some() && t.output.is_some());
     assert_eq!(layer.effective_weights(), q.layers[0].dequantized, "the packed layer decodes to the quantizer's result");
-    assert_eq!(exact.format_version(), FORMAT_VERSION_INPUT_GROUPS);
+    assert_version_3_unless_dense_is_16_bit(&exact);
     // The plain weights are what the export writes: the original layer's weight, quantized.
     let dense = exact.dequantized_weights().expect("dequantize");
     assert_eq!(dense.blocks[1].linears[1].weight.data, q.layers[0].dequantized);
@@ -335,7 +351,7 @@ fn incoherence_processing_packs_as_version_3_and_round_trips() {
         let (_, packed) = incoherent_model(dtype);
         let bytes = packed.to_safetensors(dtype).expect("write");
         let (header, _) = split(&bytes);
-        assert_eq!(header["__metadata__"]["format_version"], "3");
+        assert_eq!(header["__metadata__"]["format_version"], "4", "the shipped model's dense tensors are f16");
         let layers: Value = serde_json::from_str(header["__metadata__"]["layers"].as_str().unwrap()).unwrap();
         assert_eq!(layers["h.1.attn.c_proj"]["incoherence"], true);
         assert_eq!(header["h.1.attn.c_proj.rotation_in_a"]["shape"], serde_json::json!([16, 16]));
@@ -371,6 +387,102 @@ fn files_written_by_earlier_versions_still_load() {
     assert!(model.layers.values().all(|l| l.input_groups.is_none()));
 }
 
+// ---- dense tensors in their smallest exact dtype (format version 4) ----
+
+/// `small_packed` with `wte` exact in f16, `wpe` exact in bf16 only (values beyond f16's range)
+/// and everything else as drawn (f32).
+fn small_packed_mixed_dense() -> PackedModel {
+    let mut model = small_packed(TableDtype::F16);
+    let wte = model.dense.get_mut("wte.weight").unwrap();
+    wte.data.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+    let wpe = model.dense.get_mut("wpe.weight").unwrap();
+    wpe.data.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v * 1e6).to_f32());
+    model
+}
+
+#[test]
+fn dense_tensors_are_stored_in_the_smallest_exact_dtype_and_read_back_bit_for_bit() {
+    let model = small_packed_mixed_dense();
+    let bytes = model.to_safetensors(TableDtype::F16).expect("write");
+    let (header, _) = split(&bytes);
+    assert_eq!(header["wte.weight"]["dtype"], "F16");
+    assert_eq!(header["wpe.weight"]["dtype"], "BF16");
+    for name in ["ln_f.weight", "h.0.ln_1.bias", "h.1.attn.c_attn.weight", "h.0.mlp.c_fc.bias"] {
+        assert_eq!(header[name]["dtype"], "F32", "{name}: random values need f32");
+    }
+    assert_eq!(header["__metadata__"]["format_version"], FORMAT_VERSION_DENSE_16.to_string());
+    assert_eq!(model.format_version(), FORMAT_VERSION_DENSE_16);
+    assert_eq!(model.dense_dtypes()["wpe.weight"], DenseDtype::BF16);
+    let back = PackedModel::from_safetensors("mixed.safetensors", &bytes).expect("read");
+    // `PartialEq` on f32 would let -0.0 equal 0.0: compare the bits.
+    for (name, t) in &model.dense {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back.dense[name].data), bits(&t.data), "{name}");
+    }
+    assert_eq!(back, model);
+    // Half the bytes for the two 16-bit tensors, everything else as before.
+    let all_f32 = small_packed(TableDtype::F16).to_safetensors(TableDtype::F16).expect("write f32 dense");
+    let saved = 2 * (model.dense["wte.weight"].data.len() + model.dense["wpe.weight"].data.len());
+    assert_eq!(split(&all_f32).1.len() - split(&bytes).1.len(), saved);
+    assert_eq!(model.dense_bytes() + saved, small_packed(TableDtype::F16).dense_bytes());
+}
+
+#[test]
+fn version_4_is_written_only_for_16_bit_dense_tensors() {
+    // All dense tensors random f32: version 1, F32 everywhere, as older lutlabs wrote it.
+    let (header, _) = split(small_file());
+    assert_eq!(header["__metadata__"]["format_version"], "1");
+    assert_eq!(header["wte.weight"]["dtype"], "F32");
+    // The shipped model is f16: every dense tensor is stored F16, and the file is version 4.
+    let s = shipped();
+    let packed = PackedModel::from_quantized(&s.weights, &s.quantized, meta(), TableDtype::F16).expect("pack");
+    let bytes = packed.to_safetensors(TableDtype::F16).expect("write");
+    let (header, _) = split(&bytes);
+    assert_eq!(header["__metadata__"]["format_version"], "4");
+    for name in packed.dense.keys() {
+        assert_eq!(header[name.as_str()]["dtype"], "F16", "{name}");
+    }
+    assert_eq!(PackedModel::from_safetensors("shipped.safetensors", &bytes).expect("read"), packed);
+}
+
+#[test]
+fn sizes_add_up_to_the_file_and_explain_the_bits_per_weight() {
+    let s = shipped();
+    let packed = PackedModel::from_quantized(&s.weights, &s.quantized, meta(), TableDtype::F16).expect("pack");
+    let bytes = packed.to_safetensors(TableDtype::F16).expect("write");
+    let sizes = PackedSizes::of(&packed, bytes.len(), Some(14_500_000));
+    assert_eq!(sizes.code_bytes + sizes.table_bytes + sizes.outlier_bytes + sizes.group_bytes + sizes.other_bytes, sizes.layer_bytes);
+    assert_eq!(sizes.layer_bytes, packed.packed_bytes());
+    let (header, data) = split(&bytes);
+    assert_eq!(data.len(), sizes.dense_bytes + sizes.layer_bytes, "the data section is the dense and packed tensors");
+    assert_eq!(bytes.len(), 8 + serde_json::to_vec(&header).unwrap().len().next_multiple_of(8) + data.len());
+    assert!((sizes.bits_per_weight - 16.0 * packed.packed_bytes() as f64 / packed.f16_bytes_of_packed_layers() as f64).abs() < 1e-12);
+    // Block 0 at 3 bits per channel (128 and 512 inputs) and one 4-bit tensor-wide layer with outliers.
+    let text = &sizes.explanation;
+    assert!(text.starts_with(&format!("{:.2} bits per weight: ", sizes.bits_per_weight)), "{text}");
+    assert!(text.contains("for the 3–4-bit codes") && text.contains("for the tables (8–16 f16 entries per table of"), "{text}");
+    assert!(text.contains("outliers (") && text.contains("% of the weights"), "{text}");
+    assert!(sizes.file_line().contains(" MB original checkpoint ("), "{}", sizes.file_line());
+}
+
+#[test]
+fn a_dense_dtype_that_lies_is_refused_by_name() {
+    let bytes = small_packed_mixed_dense().to_safetensors(TableDtype::F16).expect("write");
+    // F16 data declared F32: the bytes do not cover the shape.
+    let err = error_of(&edit_header(&bytes, |h| h["wte.weight"]["dtype"] = "F32".into()));
+    assert!(err.contains("tensor `wte.weight` is declared F32 [24,40], which is 3840 bytes, but its data holds 1920 bytes"), "{err}");
+    // A dtype a dense tensor never has.
+    let err = error_of(&edit_header(&bytes, |h| h["wte.weight"]["dtype"] = "I16".into()));
+    assert!(err.contains("`wte.weight` has dtype I16, expected F32, F16 or BF16"), "{err}");
+    // A shape with the right count but not the model's.
+    let err = error_of(&edit_header(&bytes, |h| h["wte.weight"]["shape"] = serde_json::json!([40, 24])));
+    assert!(err.contains("`wte.weight` has shape [40, 24], expected [24, 40]"), "{err}");
+    // A 16-bit dense tensor in a file that claims an older version.
+    let err = error_of(&set_metadata(&bytes, "format_version", "3"));
+    assert!(err.contains("dense tensor `wpe.weight` has dtype BF16, which needs format version 4; the file says 3")
+        || err.contains("dense tensor `wte.weight` has dtype F16, which needs format version 4; the file says 3"), "{err}");
+}
+
 // ---- broken files ----
 
 /// The JSON header and the data section of a safetensors file.
@@ -397,12 +509,13 @@ fn set_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
     edit_header(bytes, |h| h["__metadata__"][key] = Value::String(value.into()))
 }
 
-/// A tensor as stored: name, dtype (`F32`, `F16` or `U32`), shape, little-endian bytes.
+/// A tensor as stored: name, dtype (`F32`, `F16`, `BF16` or `U32`), shape, little-endian bytes.
 type RawTensor = (String, String, Vec<usize>, Vec<u8>);
 
 enum Values {
     F32(Vec<f32>),
     F16(Vec<f32>),
+    BF16(Vec<f32>),
     U32(Vec<u32>),
 }
 
@@ -429,6 +542,7 @@ fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut Vec<RawTensor>)) -> Vec<u8> {
             let values = match dtype.as_str() {
                 "F32" => Values::F32(words(&raw).into_iter().map(f32::from_le_bytes).collect()),
                 "F16" => Values::F16(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+                "BF16" => Values::BF16(raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
                 "U32" => Values::U32(words(&raw).into_iter().map(u32::from_le_bytes).collect()),
                 other => panic!("rewrite does not write {other}"),
             };
@@ -441,6 +555,7 @@ fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut Vec<RawTensor>)) -> Vec<u8> {
             let data = match values {
                 Values::F32(v) => TensorData::F32(v),
                 Values::F16(v) => TensorData::F16(v),
+                Values::BF16(v) => TensorData::BF16(v),
                 Values::U32(v) => TensorData::U32(v),
             };
             (name.as_str(), shape.as_slice(), data)
@@ -507,8 +622,8 @@ fn a_file_of_another_format_is_named() {
 
 #[test]
 fn a_newer_version_is_refused_with_its_number() {
-    let err = error_of(&set_metadata(small_file(), "format_version", "4"));
-    assert!(err.contains("format version 4 is not supported") && err.contains("versions 1 to 3"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "format_version", "5"));
+    assert!(err.contains("format version 5 is not supported") && err.contains("versions 1 to 4"), "{err}");
     let err = error_of(&set_metadata(small_file(), "format_version", "one"));
     assert!(err.contains("`one`"), "{err}");
 }

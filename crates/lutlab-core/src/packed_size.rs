@@ -1,0 +1,160 @@
+//! Where a packed file's bytes go, reported beside the original checkpoint: the whole file
+//! (what a user downloads) and the quantized layers' own bits per weight, split into codes,
+//! tables, outliers and the rest, so "4-bit" reads as what it costs on this model.
+
+use crate::packed_file::{layer_bytes, table_entry_bytes, PackedModel};
+use crate::quant::packed::PackedLinear;
+use crate::quant::incoherence::Rotation;
+use serde::Serialize;
+
+/// The sizes of one packed model, all in bytes of the file.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PackedSizes {
+    /// The whole file: header, dense tensors and packed layers.
+    pub file_bytes: usize,
+    /// The original checkpoint's safetensors file(s), when known.
+    pub original_bytes: Option<u64>,
+    /// The dense tensors (embeddings, norms, biases, linears left unquantized) as stored.
+    pub dense_bytes: usize,
+    /// The quantized layers' tensors: the sum of the five parts below.
+    pub layer_bytes: usize,
+    /// Weights the quantized layers stand for (`rows × cols` summed).
+    pub layer_weights: usize,
+    /// The packed codes, padding rows included.
+    pub code_bytes: usize,
+    /// The look-up tables.
+    pub table_bytes: usize,
+    /// The sparse part: a 32-bit value and row per outlier and a column pointer per output.
+    pub outlier_bytes: usize,
+    /// Input-group scales and zero points.
+    pub group_bytes: usize,
+    /// Per-channel scales, input shifts, incoherence scales and rotations.
+    pub other_bytes: usize,
+    /// The quantized layers' bits per weight, everything above included.
+    pub bits_per_weight: f64,
+    /// One line saying what the bits per weight are made of.
+    pub explanation: String,
+}
+
+impl PackedSizes {
+    /// The sizes of `model` written as a file of `file_bytes` bytes.
+    pub fn of(model: &PackedModel, file_bytes: usize, original_bytes: Option<u64>) -> Self {
+        let mut sizes = Self {
+            file_bytes,
+            original_bytes,
+            dense_bytes: model.dense_bytes(),
+            layer_bytes: model.packed_bytes(),
+            layer_weights: model.layers.values().map(|l| l.rows * l.cols).sum(),
+            code_bytes: 0,
+            table_bytes: 0,
+            outlier_bytes: 0,
+            group_bytes: 0,
+            other_bytes: 0,
+            bits_per_weight: 0.0,
+            explanation: String::new(),
+        };
+        for l in model.layers.values() {
+            let parts = LayerParts::of(l);
+            sizes.code_bytes += parts.codes;
+            sizes.table_bytes += parts.tables;
+            sizes.outlier_bytes += parts.outliers;
+            sizes.group_bytes += parts.groups;
+            sizes.other_bytes += parts.other;
+        }
+        sizes.bits_per_weight = sizes.bits(sizes.layer_bytes);
+        sizes.explanation = sizes.explain(model);
+        sizes
+    }
+
+    /// Bits per quantized weight that `bytes` amount to.
+    fn bits(&self, bytes: usize) -> f64 {
+        8.0 * bytes as f64 / self.layer_weights.max(1) as f64
+    }
+
+    /// "5.53 bits per weight: 4.00 for the 4-bit codes + 1.52 for the tables (16 f16 entries per
+    /// output channel of only 128–512 inputs) + ...": only the parts that are there.
+    fn explain(&self, model: &PackedModel) -> String {
+        let layers: Vec<&PackedLinear> = model.layers.values().collect();
+        if layers.is_empty() {
+            return "no layer is quantized".to_string();
+        }
+        let one_or_range = |mut values: Vec<usize>| {
+            values.sort_unstable();
+            values.dedup();
+            match (values.first(), values.last()) {
+                (Some(a), Some(b)) if a != b => format!("{a}–{b}"),
+                (Some(a), _) => a.to_string(),
+                _ => String::new(),
+            }
+        };
+        let bits = one_or_range(layers.iter().map(|l| l.bits as usize).collect());
+        let mut parts = vec![format!("{:.2} for the {bits}-bit codes", self.bits(self.code_bytes))];
+        if self.table_bytes > 0 {
+            let levels = one_or_range(layers.iter().map(|l| l.levels()).collect());
+            let dtype = if layers.iter().all(|l| table_entry_bytes(l) == 2) { "f16" } else { "f16/f32" };
+            let per = if layers.iter().all(|l| l.channels_per_table == 1) {
+                format!("output channel of only {} inputs", one_or_range(layers.iter().map(|l| l.rows).collect()))
+            } else {
+                format!("table of {} weights", one_or_range(layers.iter().map(|l| l.rows * l.channels_per_table).collect()))
+            };
+            parts.push(format!("{:.2} for the tables ({levels} {dtype} entries per {per})", self.bits(self.table_bytes)));
+        }
+        if self.group_bytes > 0 {
+            parts.push(format!("{:.2} for a scale (and zero point) per group of input rows", self.bits(self.group_bytes)));
+        }
+        if self.outlier_bytes > 0 {
+            let outliers: usize = layers.iter().map(|l| l.sparse.len()).sum();
+            let share = 100.0 * outliers as f64 / self.layer_weights.max(1) as f64;
+            parts.push(format!(
+                "{:.2} for {outliers} outliers ({share:.2}% of the weights, each an exact 32-bit value and row)",
+                self.bits(self.outlier_bytes)
+            ));
+        }
+        if self.other_bytes > 0 {
+            parts.push(format!("{:.2} for per-channel scales, shifts and rotations", self.bits(self.other_bytes)));
+        }
+        format!("{:.2} bits per weight: {}", self.bits_per_weight, parts.join(" + "))
+    }
+
+    /// "7.19 MB file vs 14.5 MB original (0.50×)", or just the file's size.
+    pub fn file_line(&self) -> String {
+        let mb = |b: f64| format!("{:.2} MB", b / 1e6);
+        match self.original_bytes {
+            Some(original) => format!(
+                "{} file vs {} original checkpoint ({:.2}× its size)",
+                mb(self.file_bytes as f64),
+                mb(original as f64),
+                self.file_bytes as f64 / original.max(1) as f64
+            ),
+            None => format!("{} file", mb(self.file_bytes as f64)),
+        }
+    }
+}
+
+/// One layer's bytes by part; they add up to [`layer_bytes`].
+struct LayerParts {
+    codes: usize,
+    tables: usize,
+    outliers: usize,
+    groups: usize,
+    other: usize,
+}
+
+impl LayerParts {
+    fn of(l: &PackedLinear) -> Self {
+        let entry = table_entry_bytes(l);
+        let groups = l.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
+        let rotation = |r: &Option<Rotation>| r.as_ref().map_or(0, |r| r.factor_a.len() + r.factor_b.len() + r.perm.len());
+        let incoherence = l.incoherence.as_ref().map_or(0, |t| t.input_scale.as_ref().map_or(0, Vec::len) + rotation(&t.input) + rotation(&t.output));
+        let per_channel = l.scales.as_ref().map_or(0, Vec::len) + l.input_shift.as_ref().map_or(0, Vec::len);
+        let parts = Self {
+            codes: 4 * l.qweight.len(),
+            tables: entry * l.tables.len(),
+            outliers: if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() },
+            groups: entry * groups,
+            other: 4 * (per_channel + incoherence),
+        };
+        debug_assert_eq!(parts.codes + parts.tables + parts.outliers + parts.groups + parts.other, layer_bytes(l));
+        parts
+    }
+}
