@@ -14,7 +14,9 @@ use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZ
 use lutlab_core::quant::{quantize_model, Calibration, InputMeans, QuantizeRequest};
 use lutlab_gpu::quantize_model_gpu;
 use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Decoder};
+use lutlab_core::files::checkpoint_bytes;
 use lutlab_core::packed_file::{config_json, PackedMeta, PackedModel, TableDtype};
+use lutlab_core::packed_size::PackedSizes;
 use lutlab_core::{ModelWeights, LoadedModel, ModelFiles};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -234,10 +236,20 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     } else {
         None
     };
-    if let Some(path) = &args.packed {
-        let Some(packed) = &packed else { bail!("--packed: {label} does not produce look-up tables for every layer (groups of input rows pack only in multiples of 32 rows)") };
-        std::fs::write(path, packed.to_safetensors(table_dtype)?).with_context(|| format!("writing {}", path.display()))?;
-    }
+    // The whole file: written for --packed, else built in memory only to report its size.
+    let file_bytes = match &packed {
+        Some(packed) => {
+            let bytes = packed.to_safetensors(table_dtype)?;
+            if let Some(path) = &args.packed {
+                std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Some(bytes.len())
+        }
+        None if args.packed.is_some() => {
+            bail!("--packed: {label} does not produce look-up tables for every layer (groups of input rows pack only in multiples of 32 rows)")
+        }
+        None => None,
+    };
     // A full dense copy of the model: made only for --out, or to evaluate what is not packed.
     let dequantized = || -> Result<ModelWeights> {
         Ok(match &packed {
@@ -253,7 +265,8 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         (None, true) => Some(measure(&dequantized()?, &loaded.tokenizer, &args.eval_options, args.json)?),
         (_, false) => None,
     };
-    let sizes = packed.as_ref().map(|p| (p.packed_bytes(), p.f16_bytes_of_packed_layers()));
+    let original = checkpoint_bytes(&model_dir).ok();
+    let sizes = packed.as_ref().zip(file_bytes).map(|(p, file)| PackedSizes::of(p, file, original));
     let lines: Vec<LayerLine> = quantized.layers.iter().map(LayerLine::of).collect();
     report(&args, &label, &lines, seconds, eval.as_ref(), sizes)
 }
@@ -350,8 +363,8 @@ pub fn write_checkpoint(tokenizer_dir: &Path, out: &Path, weights: &ModelWeights
     Ok(())
 }
 
-/// `(packed bytes, f16 bytes)` of the quantized layers.
-type Sizes = Option<(usize, usize)>;
+/// The packed file's sizes, when every layer packs.
+type Sizes = Option<PackedSizes>;
 
 /// One quantized layer's line of the report.
 pub struct LayerLine {
@@ -384,8 +397,13 @@ pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f
             "outlier_percent": 100.0 * outliers as f64 / weights.max(1) as f64,
             "quantize_seconds": seconds,
             "layers": lines,
-            "packed_bytes": sizes.map(|s| s.0),
-            "f16_bytes": sizes.map(|s| s.1),
+            // The quantized layers' tensors, and the same weights as dense f16.
+            "packed_bytes": sizes.as_ref().map(|s| s.layer_bytes),
+            "f16_bytes": sizes.as_ref().map(|s| 2 * s.layer_weights),
+            // The whole packed file beside the original checkpoint's safetensors file(s).
+            "file_bytes": sizes.as_ref().map(|s| s.file_bytes),
+            "original_bytes": sizes.as_ref().and_then(|s| s.original_bytes),
+            "sizes": sizes,
             "eval": eval,
         });
         println!("{json}");
@@ -408,8 +426,11 @@ pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f
     if args.quantize_embeddings && args.fisher.is_some() {
         println!("note: lm_head (the tied embedding) was quantized without Fisher weights: the Fisher file covers the blocks' linears");
     }
-    if let Some((packed, f16)) = sizes {
-        println!("packed layers: {packed} bytes, {:.2}x smaller than f16 ({f16} bytes)", f16 as f64 / packed.max(1) as f64);
+    if let Some(s) = sizes {
+        let f16 = 2 * s.layer_weights;
+        println!("packed layers: {} bytes, {:.2}x smaller than f16 ({f16} bytes)", s.layer_bytes, f16 as f64 / s.layer_bytes.max(1) as f64);
+        println!("packed file: {}", s.file_line());
+        println!("quantized layers: {}", s.explanation);
     }
     if let Some(eval) = eval {
         println!("{}", eval.line());

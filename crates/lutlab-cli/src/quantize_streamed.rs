@@ -9,7 +9,9 @@ use crate::progress::Bar;
 use crate::quantize::{report, LayerLine, QuantizeArgs};
 use anyhow::{bail, Context, Result};
 use lutlab_core::fisher_file::FisherFile;
-use lutlab_core::packed_file::{layer_bytes, pack_layer, round_layer_tables_to_f16, PackedMeta, PackedModel, PackedWriter, TableDtype};
+use lutlab_core::files::checkpoint_bytes;
+use lutlab_core::packed_file::{pack_layer, round_layer_tables_to_f16, PackedMeta, PackedModel, PackedWriter, TableDtype};
+use lutlab_core::packed_size::{LayerSummary, PackedSizes};
 use lutlab_core::quant::model::{quantize_layer, Calibration, SampleWeights};
 use lutlab_core::quant::QuantizeRequest;
 use lutlab_core::weights::{check_layout, BlockWeights};
@@ -56,7 +58,9 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     let start = Instant::now();
     let mut lines = Vec::new();
     let mut written: BTreeSet<String> = BTreeSet::new();
-    let (mut done, mut packed_bytes, mut f16_bytes) = (0u64, 0usize, 0usize);
+    let mut done = 0u64;
+    // What the size report needs of each packed layer (the layers themselves are not kept).
+    let mut summaries = Vec::new();
     bar.update(0, total);
     for b in blocks.clone() {
         let weights = BlockWeights::read(config, &opened.checkpoint, b)?;
@@ -82,8 +86,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
                 round_layer_tables_to_f16(&name, &mut packed)?;
             }
             writer.add_layer(&name, &packed)?;
-            packed_bytes += layer_bytes(&packed);
-            f16_bytes += spec.n_in * spec.n_out * 2;
+            summaries.push(LayerSummary::of(&packed));
             written.insert(format!("{name}.weight"));
             if let Some(bias) = bias {
                 writer.add_dense(&format!("{name}.bias"), &bias)?;
@@ -94,14 +97,18 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
             bar.update(done, total);
         }
     }
-    // Everything not packed goes in as the checkpoint stores it (names, layout), in f32.
+    // Everything not packed goes in as the checkpoint stores it (names, layout), in the smallest
+    // dtype that holds it exactly (f16 for an f16 checkpoint).
     for (name, _, _) in config.tensor_shapes() {
         if !written.contains(&name) && opened.checkpoint.contains(&name) {
             writer.add_dense(&name, &dense_tensor(&opened.checkpoint, &name)?)?;
         }
     }
     let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(request)? };
+    let dense_bytes = writer.dense_bytes();
     writer.finish(config, &meta).with_context(|| format!("writing {}", packed_path.display()))?;
+    let file_bytes = std::fs::metadata(packed_path).with_context(|| format!("reading {}", packed_path.display()))?.len() as usize;
+    let sizes = PackedSizes::from_layers(&summaries, dense_bytes, file_bytes, checkpoint_bytes(model_dir).ok());
     let seconds = start.elapsed().as_secs_f64();
     bar.finish();
 
@@ -111,7 +118,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     } else {
         None
     };
-    report(args, &label, &lines, seconds, eval.as_ref(), Some((packed_bytes, f16_bytes)))
+    report(args, &label, &lines, seconds, eval.as_ref(), Some(sizes))
 }
 
 fn in_blocks(config: &ModelConfig, name: &str, blocks: &Range<usize>) -> bool {

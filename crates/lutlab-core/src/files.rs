@@ -89,6 +89,19 @@ impl ModelFiles {
     }
 }
 
+/// Bytes of a model directory's checkpoint: its safetensors file, or the sum of its shards (what
+/// a packed file's size is set beside).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn checkpoint_bytes(dir: &std::path::Path) -> Result<u64> {
+    weight_files(dir)?
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::metadata(&path).map(|m| m.len()).map_err(|_| LoadError::MissingFile { file: path.display().to_string() })
+        })
+        .sum()
+}
+
 /// The safetensors files of a model directory: `model.safetensors`, or the shards its index
 /// names.
 #[cfg(not(target_arch = "wasm32"))]

@@ -729,6 +729,8 @@ pub struct PackedWriter {
     table_dtype: TableDtype,
     /// Whether a dense tensor went in as F16 or BF16 (the file is then version 4).
     dense_16: bool,
+    /// Bytes of the dense tensors' data so far.
+    dense_bytes: usize,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -742,7 +744,7 @@ impl PackedWriter {
         let name_bytes = shapes.iter().map(|(n, _, _)| n.len()).sum::<usize>() + linears.iter().map(|(n, _)| 7 * (n.len() + 16)).sum::<usize>();
         let metadata = config.to_json().len() + 120 * linears.len() + 8192;
         let reserve = crate::tensor_file::header_bytes_estimate(tensors, name_bytes, metadata);
-        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path, reserve)?, layers: BTreeMap::new(), table_dtype, dense_16: false })
+        Ok(Self { writer: crate::tensor_file::TensorWriter::create(path, reserve)?, layers: BTreeMap::new(), table_dtype, dense_16: false, dense_bytes: 0 })
     }
 
     /// Adds a dense tensor, in the smallest dtype that holds it exactly.
@@ -750,7 +752,13 @@ impl PackedWriter {
         crate::checkpoint::check_finite(name, &tensor.data)?;
         let dtype = DenseDtype::smallest_exact(&tensor.data);
         self.dense_16 |= dtype != DenseDtype::F32;
+        self.dense_bytes += dtype.bytes() * tensor.data.len();
         self.writer.add(name, &tensor.shape, dtype.data(&tensor.data))
+    }
+
+    /// Bytes of the dense tensors' data written so far (for the size report).
+    pub fn dense_bytes(&self) -> usize {
+        self.dense_bytes
     }
 
     /// Adds packed layer `name`; with f16 tables they must be exact f16s (see

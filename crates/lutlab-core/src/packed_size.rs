@@ -39,30 +39,30 @@ pub struct PackedSizes {
 impl PackedSizes {
     /// The sizes of `model` written as a file of `file_bytes` bytes.
     pub fn of(model: &PackedModel, file_bytes: usize, original_bytes: Option<u64>) -> Self {
+        let layers: Vec<LayerSummary> = model.layers.values().map(LayerSummary::of).collect();
+        Self::from_layers(&layers, model.dense_bytes(), file_bytes, original_bytes)
+    }
+
+    /// The sizes of a file of `file_bytes` bytes holding these packed layers and `dense_bytes`
+    /// of dense tensors (a file written a layer at a time keeps only the summaries).
+    pub fn from_layers(layers: &[LayerSummary], dense_bytes: usize, file_bytes: usize, original_bytes: Option<u64>) -> Self {
+        let sum = |part: fn(&LayerSummary) -> usize| layers.iter().map(part).sum::<usize>();
         let mut sizes = Self {
             file_bytes,
             original_bytes,
-            dense_bytes: model.dense_bytes(),
-            layer_bytes: model.packed_bytes(),
-            layer_weights: model.layers.values().map(|l| l.rows * l.cols).sum(),
-            code_bytes: 0,
-            table_bytes: 0,
-            outlier_bytes: 0,
-            group_bytes: 0,
-            other_bytes: 0,
+            dense_bytes,
+            layer_bytes: sum(LayerSummary::bytes),
+            layer_weights: sum(|l| l.rows * l.cols),
+            code_bytes: sum(|l| l.codes),
+            table_bytes: sum(|l| l.tables),
+            outlier_bytes: sum(|l| l.outliers),
+            group_bytes: sum(|l| l.groups),
+            other_bytes: sum(|l| l.other),
             bits_per_weight: 0.0,
             explanation: String::new(),
         };
-        for l in model.layers.values() {
-            let parts = LayerParts::of(l);
-            sizes.code_bytes += parts.codes;
-            sizes.table_bytes += parts.tables;
-            sizes.outlier_bytes += parts.outliers;
-            sizes.group_bytes += parts.groups;
-            sizes.other_bytes += parts.other;
-        }
         sizes.bits_per_weight = sizes.bits(sizes.layer_bytes);
-        sizes.explanation = sizes.explain(model);
+        sizes.explanation = sizes.explain(layers);
         sizes
     }
 
@@ -73,8 +73,7 @@ impl PackedSizes {
 
     /// "5.53 bits per weight: 4.00 for the 4-bit codes + 1.52 for the tables (16 f16 entries per
     /// output channel of only 128–512 inputs) + ...": only the parts that are there.
-    fn explain(&self, model: &PackedModel) -> String {
-        let layers: Vec<&PackedLinear> = model.layers.values().collect();
+    fn explain(&self, layers: &[LayerSummary]) -> String {
         if layers.is_empty() {
             return "no layer is quantized".to_string();
         }
@@ -90,8 +89,8 @@ impl PackedSizes {
         let bits = one_or_range(layers.iter().map(|l| l.bits as usize).collect());
         let mut parts = vec![format!("{:.2} for the {bits}-bit codes", self.bits(self.code_bytes))];
         if self.table_bytes > 0 {
-            let levels = one_or_range(layers.iter().map(|l| l.levels()).collect());
-            let dtype = if layers.iter().all(|l| table_entry_bytes(l) == 2) { "f16" } else { "f16/f32" };
+            let levels = one_or_range(layers.iter().map(|l| 1usize << l.bits).collect());
+            let dtype = if layers.iter().all(|l| l.entry_bytes == 2) { "f16" } else { "f16/f32" };
             let per = if layers.iter().all(|l| l.channels_per_table == 1) {
                 format!("output channel of only {} inputs", one_or_range(layers.iter().map(|l| l.rows).collect()))
             } else {
@@ -103,7 +102,7 @@ impl PackedSizes {
             parts.push(format!("{:.2} for a scale (and zero point) per group of input rows", self.bits(self.group_bytes)));
         }
         if self.outlier_bytes > 0 {
-            let outliers: usize = layers.iter().map(|l| l.sparse.len()).sum();
+            let outliers: usize = layers.iter().map(|l| l.outlier_count).sum();
             let share = 100.0 * outliers as f64 / self.layer_weights.max(1) as f64;
             parts.push(format!(
                 "{:.2} for {outliers} outliers ({share:.2}% of the weights, each an exact 32-bit value and row)",
@@ -116,23 +115,37 @@ impl PackedSizes {
         format!("{:.2} bits per weight: {}", self.bits_per_weight, parts.join(" + "))
     }
 
-    /// "7.19 MB file vs 14.5 MB original (0.50×)", or just the file's size.
+    /// "13.49 MB file (12.95 MB of it dense: embeddings, norms, biases) vs 14.52 MB original
+    /// checkpoint (0.93× its size)", the comparison left out when the original is unknown.
     pub fn file_line(&self) -> String {
         let mb = |b: f64| format!("{:.2} MB", b / 1e6);
+        let file = format!(
+            "{} file ({} of it dense: embeddings, norms, biases, unquantized layers)",
+            mb(self.file_bytes as f64),
+            mb(self.dense_bytes as f64)
+        );
         match self.original_bytes {
             Some(original) => format!(
-                "{} file vs {} original checkpoint ({:.2}× its size)",
-                mb(self.file_bytes as f64),
+                "{file} vs {} original checkpoint ({:.2}× its size)",
                 mb(original as f64),
                 self.file_bytes as f64 / original.max(1) as f64
             ),
-            None => format!("{} file", mb(self.file_bytes as f64)),
+            None => file,
         }
     }
 }
 
-/// One layer's bytes by part; they add up to [`layer_bytes`].
-struct LayerParts {
+/// What the size report needs of one packed layer: its shape and its bytes by part (they add
+/// up to [`layer_bytes`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSummary {
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    channels_per_table: usize,
+    /// Bytes per table entry: 2 (f16) or 4.
+    entry_bytes: usize,
+    outlier_count: usize,
     codes: usize,
     tables: usize,
     outliers: usize,
@@ -140,21 +153,32 @@ struct LayerParts {
     other: usize,
 }
 
-impl LayerParts {
-    fn of(l: &PackedLinear) -> Self {
-        let entry = table_entry_bytes(l);
+impl LayerSummary {
+    pub fn of(l: &PackedLinear) -> Self {
+        let entry_bytes = table_entry_bytes(l);
         let groups = l.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
         let rotation = |r: &Option<Rotation>| r.as_ref().map_or(0, |r| r.factor_a.len() + r.factor_b.len() + r.perm.len());
         let incoherence = l.incoherence.as_ref().map_or(0, |t| t.input_scale.as_ref().map_or(0, Vec::len) + rotation(&t.input) + rotation(&t.output));
         let per_channel = l.scales.as_ref().map_or(0, Vec::len) + l.input_shift.as_ref().map_or(0, Vec::len);
-        let parts = Self {
+        let summary = Self {
+            rows: l.rows,
+            cols: l.cols,
+            bits: l.bits,
+            channels_per_table: l.channels_per_table,
+            entry_bytes,
+            outlier_count: l.sparse.len(),
             codes: 4 * l.qweight.len(),
-            tables: entry * l.tables.len(),
+            tables: entry_bytes * l.tables.len(),
             outliers: if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() },
-            groups: entry * groups,
+            groups: entry_bytes * groups,
             other: 4 * (per_channel + incoherence),
         };
-        debug_assert_eq!(parts.codes + parts.tables + parts.outliers + parts.groups + parts.other, layer_bytes(l));
-        parts
+        debug_assert_eq!(summary.bytes(), layer_bytes(l));
+        summary
+    }
+
+    /// The layer's bytes in the file (data only).
+    pub fn bytes(&self) -> usize {
+        self.codes + self.tables + self.outliers + self.groups + self.other
     }
 }
