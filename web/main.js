@@ -1,9 +1,10 @@
 // The page: wires the controls of the five steps (Model → Calibrate → Quantize → Evaluate →
-// Export) to lutlab's wasm API (web/pkg, built by scripts/build-web.sh). All model work and the
+// Export) to lutlab's wasm API (web/pkg, built by scripts/build-web.sh), which runs in a Web Worker
+// behind lab-client.js: every lab call returns a Promise. All model work and the
 // numbers behind the pictures happen in Rust; this file moves bytes, shows progress, keeps the
 // session's runs and reports errors. Pictures: plots.js; the bit slider: slider.js.
 
-import init, { Lab, lastPanic, checkConfigFits } from './pkg/lutlab_wasm.js';
+import { LabClient } from './lab-client.js';
 import { ProgressBar } from './progress.js';
 import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from './sources.js';
 import { initGenerate } from './generate.js';
@@ -22,7 +23,10 @@ const fisherBar = new ProgressBar($('fisher-progress'), cancel);
 const WIKITEXT_VALID = 'data/wikitext-2/valid.txt';
 const WIKITEXT_TEST = 'data/wikitext-2/test.txt';
 
-let lab = null;
+let lab = null; // a LabClient: the wasm Lab in its worker
+/// What a new worker needs to carry on after the GPU was lost: the model's files (as Blobs, which
+/// the browser may keep on disk), an opened packed file and the Fisher information.
+const kept = { model: null, packed: null, fisher: null };
 let modelLoaded = false;
 let busy = false;
 let dead = false;
@@ -90,12 +94,51 @@ function refreshControls() {
   layerView.refresh({ modelLoaded: modelLoaded && !packedOnly, quantized: Boolean(quantized) && !packedOnly });
 }
 
-/// The wasm module trapped (a Rust panic, typically a lost GPU or an allocation it refused): its
-/// state is gone, so the session ends with a message.
+/// The GPU was lost or the wasm module trapped (a Rust panic, e.g. an allocation the GPU refused):
+/// that lab's state is gone. Everything the page holds stays (the runs, their table and CSV, the
+/// pictures, the model's files); the user reopens the GPU to go on.
 function fatal(e) {
   dead = true;
-  showError(`lutlab stopped: ${lastPanic() ?? e.message}\nThe GPU may have run out of memory or been lost. Reload the page to start again.`);
+  const message = e?.message ?? String(e);
+  const what = e?.kind === 'gpu-lost' ? message.replace(/^t/, 'T') : `The GPU work stopped: ${message}`;
+  $('gpu-lost-text').textContent = `${what.replace(/\.?$/, '.')} Your runs, pictures and files are kept; `
+    + 'reopening the GPU reloads the model (and Fisher information); quantizations, means and Hessians are computed again.';
+  $('gpu-lost').hidden = false;
+  $('gpu-status').textContent = 'GPU lost.';
   refreshControls();
+}
+
+/// Opens a new lab (a new worker and GPU device) and reloads what the page kept into it.
+async function reopenGpu() {
+  $('reopen-gpu').disabled = true;
+  try {
+    lab?.terminate();
+    lab = null;
+    lab = await LabClient.open();
+    await showGpu();
+    dead = false;
+    $('gpu-lost').hidden = true;
+    quantized = null;
+    meansReady = hessiansReady = false;
+    $('q-centering').checked = false;
+    layerView.setHessians(false);
+    proxyRuns = [];
+    if (kept.model) {
+      await action(async () => {
+        loadBar.start('reloading the model into the new GPU');
+        await nextFrame();
+        await installModel(kept.model.label, kept.model.files);
+        if (kept.packed) await openPacked(kept.packed);
+        if (kept.fisher && !packedOnly) await loadFisherFile(kept.fisher, 'kept from before the GPU was lost');
+        return `reloaded ${kept.model.label}`;
+      }, 'model');
+    }
+  } catch (e) {
+    fatal(e);
+  } finally {
+    $('reopen-gpu').disabled = false;
+    refreshControls();
+  }
 }
 
 /// Runs one user action of workflow step `step`: one at a time, errors shown on the page, the
@@ -112,21 +155,22 @@ async function action(work, step) {
     const summary = await work();
     if (step) setStep(step, 'done', summary ?? 'done');
   } catch (e) {
-    if (e instanceof WebAssembly.RuntimeError) {
+    const cancelled = e?.kind === 'cancelled';
+    if (e?.fatal) {
       fatal(e);
-    } else {
+    } else if (!cancelled) {
       showError(e?.message ?? String(e));
     }
-    const cancelled = /cancelled/.test(e?.message ?? '');
     const loaded = $('model-status').dataset.loaded;
     if (step === 'model' && before === 'done' && loaded) {
       // A rejected file changes nothing: the badge and the bar keep showing the model in use.
       setStep('model', 'done', `kept ${loaded}`);
       loadBar.complete(`${cancelled ? 'stopped' : 'not loaded'}; ${loaded} stays loaded`);
     } else if (step) {
-      setStep(step, 'failed', `${cancelled ? 'cancelled' : 'failed'}${before === 'done' ? ' · earlier result kept' : ''}`);
+      // A cancel is the user's choice, not a failure: a neutral "stopped", earlier results kept.
+      setStep(step, cancelled ? 'stopped' : 'failed', `${cancelled ? 'stopped' : 'failed'}${before === 'done' ? ' · earlier result kept' : ''}`);
     }
-    for (const bar of [loadBar, evalBar, quantBar, fisherBar]) bar.fail();
+    for (const bar of [loadBar, evalBar, quantBar, fisherBar]) bar.fail(cancelled);
   } finally {
     busy = false;
     refreshControls();
@@ -140,11 +184,31 @@ async function loadFrom(source) {
   const { label, files } = await source({
     onFile: (name) => loadBar.start(name),
     onBytes: (received, total) => loadBar.bytes(received, total),
-    onConfig: (config) => checkConfigFits(config, lab.maxBindingBytes),
+    onConfig: (config) => lab.checkConfigFits(config, lab.maxBindingBytes),
+    shardFiles: (index) => lab.shardFiles(index),
   });
   loadBar.finish('checking the weights and uploading them to the GPU…');
-  await nextFrame(); // let the page paint before the synchronous parse
-  const summary = lab.loadModel(label, files);
+  const blobs = asBlobs(files);
+  const summary = await installModel(label, blobs);
+  kept.model = { label, files: blobs };
+  kept.packed = null;
+  kept.fisher = null;
+  return summary;
+}
+
+/// A model's files with every byte array as a Blob: the page keeps them for a new GPU after a lost
+/// one without holding a second copy in its own memory.
+function asBlobs(files) {
+  const blob = (bytes) => (bytes instanceof Uint8Array ? new Blob([bytes]) : bytes);
+  return Object.fromEntries(Object.entries(files).map(([key, value]) => [
+    key, Array.isArray(value) ? value.map((shard) => ({ ...shard, bytes: blob(shard.bytes) })) : blob(value),
+  ]));
+}
+
+/// Loads model files into the lab (a rejected model leaves the one in use) and resets the steps
+/// after it: their results belonged to the previous model.
+async function installModel(label, files) {
+  const summary = await lab.loadModel(label, files);
   modelLoaded = true;
   packedOnly = false;
   meansReady = false;
@@ -170,7 +234,7 @@ async function loadFrom(source) {
     + `context ${summary.n_positions}, ${params}M parameters: ${megabytes(summary.parameters * 4)} as f32, ${megabytes(summary.parameters * 2)} as f16.`;
   $('model-status').dataset.loaded = label;
   loadBar.complete('model ready');
-  layerView.setLayers(lab.layerList());
+  layerView.setLayers(await lab.layerList());
   return `${params}M parameters`;
 }
 
@@ -194,8 +258,7 @@ const baselineKey = (text, report) => `${text}|${report.max_length}|${report.str
 async function evaluate() {
   const { what, text } = await evaluationText();
   evalBar.start('tokenizing');
-  await nextFrame();
-  const tokens = lab.tokenize(text);
+  const tokens = await lab.tokenize(text);
   evalBar.start('perplexity');
   const useQuantized = document.querySelector('input[name=which]:checked').value === 'quantized';
   const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'), useQuantized,
@@ -317,7 +380,7 @@ async function quantize() {
   quantized = { report, request: { ...request, gpu: request.method === 'kmeans' && onGpu } };
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   // The result line and the error heatmap name the same measure: Fisher-weighted when Fisher is known.
-  const errors = lab.errorMap();
+  const errors = await lab.errorMap();
   const worst = errors.cells.reduce((a, b) => (b.value > a.value ? b : a));
   const measure = errors.weighted ? 'Fisher-weighted error Σ F·(w − q)²' : 'squared error Σ (w − q)²';
   const proxy = report.layers.every((l) => l.proxy_loss != null)
@@ -343,8 +406,8 @@ function sizeLine(packed) {
     + 'evaluated straight from the packed codes by the LUT kernels.';
 }
 
-function downloadPacked() {
-  const { name, bytes } = lab.packedFile();
+async function downloadPacked() {
+  const { name, bytes } = await lab.packedFile();
   save(bytes, name);
   $('quant-result').dataset.downloaded = name;
   $('export-status').textContent = `Saved ${name} (${megabytes(bytes.length)}).`;
@@ -352,8 +415,8 @@ function downloadPacked() {
 }
 
 async function openPacked(file) {
-  await nextFrame();
-  const summary = lab.openPacked(file.name, new Uint8Array(await file.arrayBuffer()));
+  const summary = await lab.openPacked(file.name, file);
+  kept.packed = file;
   packedOnly = true;
   fisherReady = false;
   $('q-fisher').checked = false;
@@ -377,7 +440,6 @@ async function calibrationTokens() {
     calibration = await response.text();
   }
   fisherBar.start('tokenizing');
-  await nextFrame();
   return lab.tokenize(calibration);
 }
 
@@ -418,18 +480,20 @@ async function computeFisher() {
     (done, total) => fisherBar.count(done, total, 'tokens'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   fisherReady = true;
+  // Kept as a file, so a new GPU after a lost one starts with it.
+  kept.fisher = new Blob([await lab.fisherFile()]);
   $('q-fisher').checked = true;
   $('fisher-result').textContent = `Fisher information from ${report.nsamples} windows of ${report.seqlen} tokens of WikiText-2 valid `
     + `(mean loss ${report.mean_loss?.toFixed(3)}), ${Math.round(report.tokens_per_s)} tokens/s.`;
   $('fisher-result').dataset.report = JSON.stringify(report);
-  fisherArrived();
+  await fisherArrived();
   return calibrationSummary();
 }
 
 /// New Fisher information recolours the pictures that use it.
-function fisherArrived() {
-  drawSensitivity($('plot-sensitivity'), lab.sensitivityMap());
-  if (quantized && !packedOnly) drawError($('plot-error'), lab.errorMap());
+async function fisherArrived() {
+  drawSensitivity($('plot-sensitivity'), await lab.sensitivityMap());
+  if (quantized && !packedOnly) drawError($('plot-error'), await lab.errorMap());
   layerView.redraw();
 }
 
@@ -442,18 +506,19 @@ function save(bytes, name) {
   setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }
 
-function downloadFisher() {
+async function downloadFisher() {
   const name = `${($('model-status').dataset.loaded ?? 'model').replace(/[^\w.-]+/g, '-')}.fisher.safetensors`;
-  save(lab.fisherFile(), name);
+  save(await lab.fisherFile(), name);
   $('export-status').textContent = `Saved ${name}.`;
 }
 
-async function loadFisherFile(file) {
-  lab.loadFisher(file.name, new Uint8Array(await file.arrayBuffer()));
+async function loadFisherFile(file, from = `loaded from ${file.name}`) {
+  await lab.loadFisher(file.name ?? 'fisher.safetensors', file);
+  kept.fisher = file;
   fisherReady = true;
   $('q-fisher').checked = true;
-  $('fisher-result').textContent = `Fisher information loaded from ${file.name}.`;
-  fisherArrived();
+  $('fisher-result').textContent = `Fisher information ${from}.`;
+  await fisherArrived();
   return calibrationSummary();
 }
 
@@ -475,8 +540,15 @@ async function adapterName(device) {
   return named ? device.replace('unnamed adapter', named) : device;
 }
 
+async function showGpu() {
+  $('gpu-status').textContent = `GPU: ${await adapterName(lab.device)} · largest binding ${(lab.maxBindingBytes / 2 ** 20).toFixed(0)} MiB`;
+  // On a software GPU the k-means shaders are slower than the CPU reference: the slider starts on the CPU.
+  if (/swiftshader|llvmpipe|lavapipe|\bCpu\b/i.test(lab.device)) layerView.softwareGpu(lab.device);
+}
+
 function wireControls() {
   $('error-close').onclick = () => showError('');
+  $('reopen-gpu').onclick = reopenGpu;
   $('q-method').onchange = showMethodOptions;
   showMethodOptions();
   $('run-quantize').onclick = () => action(quantize, 'quantize');
@@ -539,19 +611,19 @@ async function start() {
     showError('lutlab needs WebGPU: use a recent Chrome, Edge or Safari, or Firefox with WebGPU enabled (and a page served over https or localhost).');
     return;
   }
-  await init();
   try {
-    lab = await Lab.open();
+    lab = await LabClient.open();
   } catch (e) {
     $('gpu-status').textContent = 'No usable GPU.';
     showError(`WebGPU is present but no GPU could be opened: ${e.message}`);
     return;
   }
-  $('gpu-status').textContent = `GPU: ${await adapterName(lab.device)} · largest binding ${(lab.maxBindingBytes / 2 ** 20).toFixed(0)} MiB`;
-  // On a software GPU the k-means shaders are slower than the CPU reference: the slider starts on the CPU.
-  if (/swiftshader|llvmpipe|lavapipe|\bCpu\b/i.test(lab.device)) layerView.softwareGpu(lab.device);
+  await showGpu();
   refreshControls();
   await action(() => loadFrom((callbacks) => shippedModel(callbacks, shippedChoice())), 'model');
 }
+
+// For the e2e tests: lose the GPU as a driver reset would.
+window.lutlabTestHooks = { loseGpu: () => lab?.loseDevice() };
 
 start();

@@ -85,11 +85,12 @@ export class ProgressBar {
     this.stop('done');
   }
 
-  /// Marks unfinished work as stopped (the error itself is shown elsewhere).
-  fail() {
+  /// Marks unfinished work as failed (the error itself is shown elsewhere), or with `stopped`
+  /// as stopped by the user: a neutral end, not an error.
+  fail(stopped) {
     if (this.active) {
-      this.label.textContent += ' stopped.';
-      this.stop('failed');
+      this.label.textContent = stopped ? `${this.what}: stopped; earlier results kept.` : `${this.label.textContent} stopped.`;
+      this.stop(stopped ? 'stopped' : 'failed');
     }
   }
 

@@ -56,11 +56,11 @@ export class LayerView {
   }
 
   /// The chosen layer's Hessian and weights before and after QuIP's incoherence processing.
-  drawIncoherence() {
+  async drawIncoherence() {
     const name = $('layer-select').value;
     if (!this.hessians || !name || !this.lab()) return;
     try {
-      drawIncoherence($('plot-spectrum'), $('plot-rotation'), this.lab().incoherencePicture(name, 0));
+      drawIncoherence($('plot-spectrum'), $('plot-rotation'), await this.lab().incoherencePicture(name, 0));
     } catch (e) {
       this.failed(e);
     }
@@ -105,7 +105,7 @@ export class LayerView {
 
   /// Shows the chosen layer as the current quantization left it (or at the slider's bits when
   /// the slider has moved away from them).
-  redraw() {
+  async redraw() {
     const name = $('layer-select').value;
     if (!name || !this.lab()) return;
     const sliderBits = Number($('slider-bits').value);
@@ -114,7 +114,7 @@ export class LayerView {
       return;
     }
     try {
-      this.draw(this.lab().layerPicture(name, this.channel(name)));
+      this.draw(await this.lab().layerPicture(name, this.channel(name)));
       $('slider-readout').textContent = this.describe(this.picture, null);
     } catch (e) {
       this.failed(e);
@@ -180,7 +180,7 @@ export class LayerView {
   }
 
   failed(e) {
-    if (e instanceof WebAssembly.RuntimeError) {
+    if (e?.fatal) {
       this.onFatal(e);
       return;
     }

@@ -5,7 +5,6 @@
 
 import { fetchBytes, fetchIfExists, readBody } from './fetch.js';
 import { HubRepo } from './hub.js';
-import { shardFiles } from './pkg/lutlab_wasm.js';
 
 export { clearHubCache } from './hub.js';
 
@@ -15,16 +14,17 @@ export const DEFAULT_HUB = 'https://huggingface.co';
 
 /// Gathers a model laid out as a Hugging Face repository. `get(name)` fetches a file, `has(name)`
 /// says whether the repository has it (it may fetch it: `get` is then served from memory).
-/// `onConfig(bytes)` may refuse the model (by throwing) before its weights are fetched.
-async function gatherModel(where, { get, has }, onConfig) {
+/// `onConfig(bytes)` may refuse the model (by rejecting) before its weights are fetched;
+/// `shardFiles(indexBytes)` names the shards of a sharded checkpoint (both ask the lab's worker).
+async function gatherModel(where, { get, has }, { onConfig, shardFiles }) {
   const config = await get('config.json');
-  onConfig?.(config);
+  await onConfig?.(config);
   let safetensors;
   if (await has('model.safetensors')) {
     safetensors = [{ name: 'model.safetensors', bytes: await get('model.safetensors') }];
   } else if (await has('model.safetensors.index.json')) {
     safetensors = [];
-    for (const name of shardFiles(await get('model.safetensors.index.json'))) safetensors.push({ name, bytes: await get(name) });
+    for (const name of await shardFiles(await get('model.safetensors.index.json'))) safetensors.push({ name, bytes: await get(name) });
   } else {
     throw new Error(`${where}: has neither model.safetensors nor model.safetensors.index.json`);
   }
@@ -39,7 +39,8 @@ async function gatherModel(where, { get, has }, onConfig) {
 
 /// One of SHIPPED_MODELS by name. The page's own server has no listing: a file exists when
 /// fetching it succeeds.
-export async function shippedModel({ onFile, onBytes, onConfig }, name = SHIPPED_MODELS[0]) {
+export async function shippedModel(callbacks, name = SHIPPED_MODELS[0]) {
+  const { onFile, onBytes } = callbacks;
   if (!SHIPPED_MODELS.includes(name)) throw new Error(`"${name}" is not a shipped model (${SHIPPED_MODELS.join(', ')})`);
   const base = `models/${name}/`;
   const fetched = new Map();
@@ -52,14 +53,15 @@ export async function shippedModel({ onFile, onBytes, onConfig }, name = SHIPPED
   };
   const get = async (file) => (await tryGet(file)) ?? (await fetchBytes(base + file, { onBytes }));
   const has = async (file) => (await tryGet(file)) !== null;
-  return { label: `shipped ${name}`, files: await gatherModel(base, { get, has }, onConfig) };
+  return { label: `shipped ${name}`, files: await gatherModel(base, { get, has }, callbacks) };
 }
 
 /// `repo` like "openai-community/gpt2" at `revision` (branch, tag or commit; default main);
 /// `hub` is the hub's origin (a local mimic in tests); `accessToken` (may be empty) is for gated
 /// repositories and is only ever sent as an Authorization header. The label names the revision
 /// unless it is main.
-export async function hubModel(repo, hub, { revision = 'main', accessToken = '' } = {}, { onFile, onBytes, onConfig }) {
+export async function hubModel(repo, hub, { revision = 'main', accessToken = '' } = {}, callbacks) {
+  const { onFile, onBytes } = callbacks;
   if (!/^[\w.-]+(\/[\w.-]+)?$/.test(repo)) throw new Error(`"${repo}" is not a repository id like openai-community/gpt2`);
   revision = revision.trim() || 'main';
   if (/\s|\.\.|^\/|\/$/.test(revision)) throw new Error(`"${revision}" is not a branch, tag or commit name`);
@@ -72,11 +74,11 @@ export async function hubModel(repo, hub, { revision = 'main', accessToken = '' 
   // config.json first, so that a model the GPU cannot hold is refused before anything else.
   const has = async (file) => (listing ??= await source.listFiles()).has(file);
   const where = `${repo} at ${revision}`;
-  return { label: revision === 'main' ? repo : `${repo}@${revision}`, files: await gatherModel(where, { get, has }, onConfig) };
+  return { label: revision === 'main' ? repo : `${repo}@${revision}`, files: await gatherModel(where, { get, has }, callbacks) };
 }
 
 /// Local files (a FileList or File[] from a picker or a drop), named as in a model repository.
-export async function localModel(fileList, { onFile, onBytes, onConfig }) {
+export async function localModel(fileList, { onFile, onBytes, onConfig, shardFiles }) {
   const files = new Map([...fileList].map((f) => [f.name, f]));
   const read = async (name) => {
     const file = files.get(name);
@@ -90,14 +92,14 @@ export async function localModel(fileList, { onFile, onBytes, onConfig }) {
     return bytes;
   };
   const config = await need('config.json', 'the model configuration');
-  onConfig?.(config);
+  await onConfig?.(config);
   let safetensors;
   if (files.has('model.safetensors')) {
     safetensors = [{ name: 'model.safetensors', bytes: await read('model.safetensors') }];
   } else {
     const index = await need('model.safetensors.index.json', 'or model.safetensors: the weights');
     safetensors = [];
-    for (const name of shardFiles(index)) safetensors.push({ name, bytes: await need(name, 'a shard named by the index') });
+    for (const name of await shardFiles(index)) safetensors.push({ name, bytes: await need(name, 'a shard named by the index') });
   }
   const tokenizerJson = await read('tokenizer.json');
   const label = `local files (${[...files.keys()].join(', ')})`;

@@ -97,6 +97,13 @@ pub async fn gpu_device() -> Result<Device> {
     Ok(open_gpu().await?.device)
 }
 
+/// wgpu's own words for the loss ("Destroyed: Device was destroyed."), without the layers of
+/// "Caused by:" and the backtrace placeholder that cubecl and burn wrap around them.
+fn lost_reason(reason: &str) -> String {
+    let innermost = reason.rsplit("Caused by:").next().unwrap_or(reason);
+    innermost.split("Backtrace:").next().unwrap_or(innermost).trim().to_string()
+}
+
 fn no_adapter(e: impl std::fmt::Display) -> ModelError {
     ModelError::Gpu(format!("no usable WebGPU/wgpu adapter: {e}"))
 }
@@ -108,6 +115,22 @@ pub fn upload<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) 
 
 /// Reads a float tensor back to the host (async so the browser can wait for the GPU).
 pub async fn download<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    let data = tensor.into_data_async().await.map_err(|e| ModelError::Gpu(e.to_string()))?;
+    let data = tensor.into_data_async().await.map_err(|e| match e {
+        // cubecl marks the device poisoned from wgpu's device-lost callback.
+        burn::tensor::ExecutionError::DevicePoisoned { reason } => ModelError::GpuLost(lost_reason(&reason)),
+        e => ModelError::Gpu(e.to_string()),
+    })?;
     data.try_into_vec::<f32>().map_err(|e| ModelError::Gpu(format!("{e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_reason;
+
+    #[test]
+    fn a_lost_device_is_named_in_wgpus_words() {
+        let reason = "The device is poisoned\nCaused by:\n  Destroyed: Device was destroyed.\nBacktrace:\nNo backtrace available";
+        assert_eq!(lost_reason(reason), "Destroyed: Device was destroyed.");
+        assert_eq!(lost_reason("Unknown: driver reset"), "Unknown: driver reset");
+    }
 }

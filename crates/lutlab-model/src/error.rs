@@ -8,9 +8,14 @@ pub enum ModelError {
     #[error(transparent)]
     Load(#[from] LoadError),
 
-    /// No usable GPU adapter, a lost device, or an allocation the GPU refused.
+    /// No usable GPU adapter, or an allocation the GPU refused.
     #[error("GPU error: {0}")]
     Gpu(String),
+
+    /// The device was lost (driver reset, GPU removed, `destroy()`): every later call on it
+    /// fails, so the caller has to open a new one.
+    #[error("the GPU was lost: {0}")]
+    GpuLost(String),
 
     #[error("cancelled")]
     Cancelled,

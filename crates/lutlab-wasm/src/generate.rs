@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::lab::Lab;
+use crate::lab::{js_error, to_js, work_error, Lab};
 
 /// `{ max_new_tokens, temperature?, top_k?, seed? }`: greedy without a temperature.
 #[derive(Deserialize)]
@@ -73,14 +73,6 @@ impl Progress for Share<'_> {
     }
 }
 
-fn js_error(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
-}
-
-fn to_js(value: &impl Serialize) -> Result<JsValue, JsError> {
-    value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_error)
-}
-
 /// One model's continuation of `prompt`, timed.
 async fn continue_prompt(
     model: &Decoder,
@@ -89,9 +81,9 @@ async fn continue_prompt(
     prompt: &[u32],
     settings: GenerateSettings,
     progress: &mut dyn Progress,
-) -> Result<Continuation, JsError> {
+) -> Result<Continuation, JsValue> {
     let start = js_sys::Date::now();
-    let generation = generate(model, prompt, settings, progress).await.map_err(js_error)?;
+    let generation = generate(model, prompt, settings, progress).await.map_err(work_error)?;
     let seconds = (js_sys::Date::now() - start) / 1000.0;
     Ok(Continuation {
         label: label.to_string(),
