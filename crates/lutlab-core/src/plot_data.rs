@@ -4,6 +4,7 @@
 
 use crate::error::{LoadError, Result};
 
+pub mod channel;
 pub mod incoherence;
 
 /// Counts of values in `bins` equal bins over `[lo, hi)` (the last bin includes `hi`); values

@@ -56,6 +56,32 @@ impl Method {
         }
     }
 
+    /// This method with `bits` bits per code, other settings unchanged.
+    pub fn with_bits(&self, bits: u32) -> Method {
+        let mut method = self.clone();
+        match &mut method {
+            Method::Kmeans { settings, .. } | Method::Hessian { grid: HessianGrid::Kmeans { settings, .. }, .. } => settings.bits = bits,
+            Method::Uniform(settings) | Method::Hessian { grid: HessianGrid::Uniform { settings, .. }, .. } => settings.bits = bits,
+            Method::Hessian { grid: HessianGrid::Rms { bits: b, .. }, .. } => *b = bits,
+        }
+        method
+    }
+
+    /// The widths (bits per code) this method's other settings allow: 1 to 8 for tables (k-means,
+    /// QuIP's RMS grid), 2 to 8 for an integer grid, only its own width for a minifloat format.
+    pub fn widths(&self) -> Vec<u32> {
+        (1..=8).filter(|&bits| self.check_bits(bits).is_ok()).collect()
+    }
+
+    /// Whether this method's other settings allow `bits` bits per code, and if not why.
+    pub fn check_bits(&self, bits: u32) -> Result<()> {
+        match self {
+            Method::Uniform(settings) | Method::Hessian { grid: HessianGrid::Uniform { settings, .. }, .. } => settings.format.check_bits(bits),
+            _ if (1..=8).contains(&bits) => Ok(()),
+            _ => Err(LoadError::InvalidSetting(format!("{bits} bits per code: tables take 1 to 8"))),
+        }
+    }
+
     /// Whether the method needs each layer's Hessian.
     pub fn needs_hessians(&self) -> bool {
         matches!(self, Method::Hessian { .. })
