@@ -9,6 +9,11 @@ The layers cover the format's cases: 3 bits (codes crossing u32 words), 4 and 5 
 rows (48 inputs: the second block of 32 is half padding), one table per output channel, per
 group of channels and per matrix, F16 and F32 tables, a sparse part, scales and an input shift.
 
+It then writes the same model as a version-4 file (`v4/`, docs/FORMAT.md §2): `wte` rounded to
+f16 and one bias drawn exact in bf16 but not in f16, every dense tensor stored in the smallest
+dtype that holds it exactly (F16, else BF16, else F32), chosen here by the document's rule, with
+a safetensors writer of its own (numpy has no bfloat16).
+
     python3 scripts/pack_reference.py tests/fixtures/packer_oracle
 """
 import json
@@ -87,6 +92,67 @@ def pack_layer(name, w, bits, channels_per_table, table_dtype, sparse_share=0.0,
     return tensors, meta, value.astype(np.float32), (shift.astype(np.float64) @ value.astype(np.float64)).astype(np.float32)
 
 
+def bf16_bits(values):
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest, ties to even."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def smallest_exact_dtype(values):
+    """§2, version 4: F16 if every value is exactly an f16 (bit for bit), else BF16 if every value
+    is exactly a bf16 (its low 16 bits are zero), else F32."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if np.array_equal(values.astype(np.float16).astype(np.float32).view(np.uint32), values.view(np.uint32)):
+        return "F16"
+    if not np.any(values.view(np.uint32) & 0xFFFF):
+        return "BF16"
+    return "F32"
+
+
+def write_safetensors(path, tensors, metadata):
+    """A safetensors file by hand: `tensors` maps name -> (dtype, array); F16 and F32 arrays are
+    written little-endian as they are, BF16 arrays (float32 values exact in bf16) as their top
+    16 bits."""
+    header, chunks, offset = {"__metadata__": metadata}, [], 0
+    for name, (dtype, values) in sorted(tensors.items()):
+        if dtype == "BF16":
+            raw = bf16_bits(values).astype("<u2").tobytes()
+        else:
+            raw = np.ascontiguousarray(values, dtype={"F16": "<f2", "F32": "<f4", "U32": "<u4"}[dtype]).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(values.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(chunks))
+
+
+def write_version_4(out, packed, dense, layers, metadata):
+    """The same packed layers with 16-bit dense tensors: `wte` rounded to f16, and
+    `h.1.attn.c_proj.bias` (a linear left dense) drawn ~1e-6 and rounded to bf16, which f16's
+    subnormals cannot hold. Writes `out/v4/packed.safetensors` and the dense model it stands for."""
+    # Neither tensor is touched by a packed layer's input shift, so the dense model holds them as
+    # the file does.
+    tiny = rng.normal(0, 1e-6, C).astype(np.float32)
+    changed = {"wte.weight": dense["wte.weight"].astype(np.float16).astype(np.float32),
+               "h.1.attn.c_proj.bias": (bf16_bits(tiny).astype(np.uint32) << 16).view(np.float32)}
+    dense, packed = {**dense, **changed}, {**packed, **changed}
+    tensors = {}
+    for name, values in packed.items():
+        if name in dense:  # a dense tensor: the smallest exact dtype
+            tensors[name] = (smallest_exact_dtype(values), values)
+        else:  # a packed layer's tensor, as version 1 stores it
+            tensors[name] = ({np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.uint32): "U32"}[values.dtype], values)
+    dtypes = {name: dtype for name, (dtype, _) in tensors.items() if name in dense}
+    assert dtypes["wte.weight"] == "F16" and dtypes["h.1.attn.c_proj.bias"] == "BF16" and dtypes["ln_f.weight"] == "F32", dtypes
+    (out / "v4" / "dense").mkdir(parents=True, exist_ok=True)
+    write_safetensors(out / "v4" / "packed.safetensors", tensors, {**metadata, "format_version": "4", "layers": json.dumps(layers)})
+    save_file(dense, str(out / "v4" / "dense" / "model.safetensors"))
+    (out / "v4" / "dense" / "config.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
+
+
 def main(out):
     out = Path(out)
     dense = {"wte.weight": rng.normal(0, 0.5, (V, C)), "wpe.weight": rng.normal(0, 0.1, (P, C)),
@@ -119,6 +185,7 @@ def main(out):
     save_file(packed, str(out / "packed.safetensors"), metadata=metadata)
     save_file(dense, str(out / "dense" / "model.safetensors"))
     (out / "dense" / "config.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
+    write_version_4(out, packed, dense, layers, metadata)
 
 
 if __name__ == "__main__":
