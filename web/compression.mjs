@@ -15,7 +15,8 @@ import { fileURLToPath } from 'node:url';
 /// as they are.
 export const COMPRESSIBLE = new Set(['.html', '.js', '.mjs', '.css', '.json', '.txt', '.md', '.svg', '.wasm', '.bpe']);
 
-/// Our preference when the browser accepts several: brotli is ~15 % smaller than gzip on the wasm.
+/// Our preference when the browser accepts several: brotli 11 is 35 % smaller than gzip 9 on the wasm
+/// (2.40 vs 3.70 MB).
 const PREFERRED = ['br', 'gzip'];
 export const SUFFIX = { br: '.br', gzip: '.gz' };
 

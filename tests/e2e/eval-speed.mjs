@@ -1,0 +1,45 @@
+// The page's evaluation speed with a given build of web/pkg/ (BENCHMARKS.md, "A light first load":
+// opt-levels compared): serves the page with PKG_DIR in place of web/pkg/, loads the shipped model
+// in Chromium (SwiftShader WebGPU) and evaluates the first CHARS characters of WikiText-2 test RUNS
+// times. Prints the module's size, the time until the model was ready and each run's tokens/s.
+//
+//   node tests/e2e/eval-speed.mjs PKG_DIR [CHARS=1200] [RUNS=3]
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { createServer } from '../../web/serve.mjs';
+import { ROOT, evaluateInPage, launchBrowser, listen, openPage, shortText, stop, tempDir } from './browser.mjs';
+
+const [pkg, chars = '1200', runs = '3'] = process.argv.slice(2);
+if (!pkg || !fs.existsSync(path.join(pkg, 'lutlab_wasm_bg.wasm'))) {
+  console.error('usage: node tests/e2e/eval-speed.mjs PKG_DIR [CHARS] [RUNS] (PKG_DIR: a build-web.sh output)');
+  process.exit(2);
+}
+
+// The repository's tree through links, with web/pkg/ replaced.
+const root = tempDir();
+for (const name of ['index.html', 'models', 'data']) fs.symlinkSync(path.join(ROOT, name), path.join(root, name));
+fs.mkdirSync(path.join(root, 'web'));
+for (const name of fs.readdirSync(path.join(ROOT, 'web')).filter((n) => n !== 'pkg')) {
+  fs.symlinkSync(path.join(ROOT, 'web', name), path.join(root, 'web', name));
+}
+fs.symlinkSync(path.resolve(pkg), path.join(root, 'web/pkg'));
+
+const server = createServer({ root });
+const browser = await launchBrowser();
+try {
+  const page = await openPage(browser, await listen(server));
+  const text = shortText(Number(chars));
+  const speeds = [];
+  for (let i = 0; i < Number(runs); i++) speeds.push((await evaluateInPage(page, text)).tokens_per_s);
+  const sorted = [...speeds].sort((a, b) => a - b);
+  const size = fs.statSync(path.join(pkg, 'lutlab_wasm_bg.wasm')).size;
+  console.log(JSON.stringify({
+    pkg, wasm_bytes: size, ready_ms: page.loadedAfterMs,
+    tokens_per_s: speeds.map((s) => Math.round(s)), median: Math.round(sorted[Math.floor(sorted.length / 2)]),
+  }));
+} finally {
+  await browser.close();
+  stop(server);
+  fs.rmSync(root, { recursive: true, force: true });
+}
