@@ -43,10 +43,11 @@ if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] && [ -f "$out/l
   exit 0
 fi
 
-# Built beside the cargo output, then moved into web/pkg/ file by file (renames), so a page served
-# from web/pkg/ meanwhile never reads a half-written module.
-staging="$CARGO_TARGET_DIR/wasm32-unknown-unknown/$profile/pkg"
-rm -rf "$staging"
+# Built in a folder of this run's own beside the cargo output (two runs at once must not mix their
+# files: a `.br` of one build beside the module of another breaks the page), then moved into
+# web/pkg/ file by file (renames), so a page served from web/pkg/ never reads a half-written module.
+staging="$(mktemp -d "$CARGO_TARGET_DIR/wasm32-unknown-unknown/$profile/pkg.XXXXXX")"
+trap 'rm -rf "$staging"' EXIT
 wasm-bindgen --target web --no-typescript --out-dir "$staging" "$wasm"
 # The module's wasm features, named because `strip` drops the section that lists them: those rustc
 # enables by default for wasm32-unknown-unknown (Rust >= 1.87), and SIMD, which dependencies
