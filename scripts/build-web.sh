@@ -4,7 +4,7 @@
 # (`.br`, `.gz`) that web/serve.mjs sends to browsers that accept them; all into web/pkg/.
 # Installs the wasm32 target and wasm-bindgen-cli (at the exact version of the wasm-bindgen
 # crate in Cargo.lock: the CLI and the crate must match) when they are missing; wasm-opt comes
-# from scripts/setup.sh (Debian's `binaryen`).
+# from scripts/setup.sh (npm's `binaryen`, scripts/wasm-opt/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lutlab-target}"
@@ -17,8 +17,9 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ];
   cargo install wasm-bindgen-cli --version "$version" --force --quiet
 fi
 
-command -v wasm-opt >/dev/null || {
-  echo "build-web: wasm-opt is missing: install binaryen (scripts/setup.sh does: apt-get install binaryen)" >&2
+wasm_opt=scripts/wasm-opt/node_modules/.bin/wasm-opt
+[ -x "$wasm_opt" ] || {
+  echo "build-web: $wasm_opt is missing: run scripts/setup.sh (or: cd scripts/wasm-opt && npm ci)" >&2
   exit 1
 }
 
@@ -52,7 +53,7 @@ wasm-bindgen --target web --no-typescript --out-dir "$staging" "$wasm"
 # The module's wasm features, named because `strip` drops the section that lists them: those rustc
 # enables by default for wasm32-unknown-unknown (Rust >= 1.87), and SIMD, which dependencies
 # (gemm's kernels) enable per function. wasm-opt writes no `name` section (no -g).
-wasm-opt "-O$opt_level" --strip-debug --strip-producers --enable-simd \
+"$wasm_opt" "-O$opt_level" --strip-debug --strip-producers --enable-simd \
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \
   "$staging/lutlab_wasm_bg.wasm" -o "$staging/lutlab_wasm_bg.opt.wasm"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for lutlab, idempotently (each step is skipped when done):
 # Mesa's Vulkan drivers (lavapipe runs wgpu on the CPU when there is no GPU), Node.js (serves
-# the page) and binaryen (wasm-opt, for the page's module). With LUTLAB_FOR_TESTS=1 also Chromium
+# the page), npm and binaryen (wasm-opt, for the page's module). With LUTLAB_FOR_TESTS=1 also Chromium
 # (the real-browser tests). Sourced by scripts/play.sh and scripts/test.sh.
 set -euo pipefail
 
@@ -12,17 +12,22 @@ need_apt=()
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 dpkg -s libvulkan1 >/dev/null 2>&1 || need_apt+=(libvulkan1)
 command -v node >/dev/null || need_apt+=(nodejs)
-# wasm-opt, which scripts/build-web.sh runs on the page's module (Debian's binaryen 108 reads
-# every wasm feature rustc emits by default).
-command -v wasm-opt >/dev/null || need_apt+=(binaryen)
+# npm: binaryen's wasm-opt for scripts/build-web.sh comes from npm (below).
+command -v npm >/dev/null || need_apt+=(npm)
 if [ "${LUTLAB_FOR_TESTS:-0}" = 1 ]; then
-  command -v npm >/dev/null || need_apt+=(npm)
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# binaryen 132 (wasm-opt), pinned in scripts/wasm-opt/package-lock.json: Debian's binaryen 108 turns
+# wasm-bindgen's externref table into a funcref table, which Chromium refuses.
+wasm_opt_dir="$(dirname "${BASH_SOURCE[0]}")/wasm-opt"
+if [ ! -x "$wasm_opt_dir/node_modules/.bin/wasm-opt" ]; then
+  echo "setup: installing binaryen (npm) for wasm-opt"
+  (cd "$wasm_opt_dir" && npm ci --no-audit --no-fund --silent)
 fi
 # Vulkan loaders complain without it (harmless, but noisy in test output).
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
