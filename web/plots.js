@@ -182,6 +182,59 @@ function drawProxyLossNow(figure, runs) {
   figure.dataset.series = String(runs.length);
 }
 
+/// One output channel up close (`picture.channel_view` of `Lab.layerPicture` or
+/// `Lab.requantizeLayer`): a dot per weight before (top strip) and after quantization (bottom
+/// strip), the values its table offers as dashed rules, outliers ringed. Every weight is shown.
+/// The caption's `.detail` gets the channel's error by the heatmap's measure.
+export function drawChannel(figure, picture) {
+  remember(figure, () => drawChannelNow(figure, picture));
+}
+
+/// A fixed spread in [0.15, 0.85) per input row, so the strips' dots do not sit on one line.
+const jitter = (row) => 0.15 + 0.7 * (((row * 2654435761) >>> 0) % 1000) / 1000;
+
+function drawChannelNow(figure, picture) {
+  const view = picture.channel_view;
+  const outliers = new Set(view.outlier_rows);
+  const points = view.before.map((w, row) => ({ row, w, strip: 1 + jitter(row) }));
+  const after = (view.after ?? []).map((w, row) => ({ row, w, strip: jitter(row), before: view.before[row] }));
+  const values = [...new Set(after.filter((p) => !outliers.has(p.row)).map((p) => p.w))].sort((a, b) => a - b);
+  const table = view.table ?? [];
+  const domain = d3.extent([...view.before, ...(view.after ?? []), ...table]);
+  const ringed = [...points, ...after].filter((p) => outliers.has(p.row));
+  const marks = [
+    Plot.ruleX(table, { stroke: '#1d2330', strokeDasharray: '3,3', strokeOpacity: 0.8 }),
+    Plot.dot(points, { x: 'w', y: 'strip', r: 1.8, fill: BAR, fillOpacity: 0.8, title: (p) => `input row ${p.row}: ${p.w.toPrecision(4)}` }),
+    Plot.dot(after, { x: 'w', y: 'strip', r: 1.8, fill: ACCENT, fillOpacity: 0.8, title: (p) => `input row ${p.row}: ${p.before.toPrecision(4)} → ${p.w.toPrecision(4)}` }),
+    Plot.dot(ringed, { x: 'w', y: 'strip', r: 4.5, stroke: '#a8321a', strokeWidth: 1.5, title: (p) => `input row ${p.row}: outlier, kept exactly` }),
+  ];
+  const counts = view.after
+    ? `${values.length} distinct value${values.length === 1 ? '' : 's'} after quantization`
+      + (table.length ? ` of the table's ${table.length}` : '') + (outliers.size ? `, ${outliers.size} outlier${outliers.size === 1 ? '' : 's'} kept exactly` : '')
+    : 'not quantized yet';
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: view.after ? 200 : 130,
+    marginLeft: 52,
+    subtitle: `${picture.name}, output channel ${view.channel}: all ${view.before.length} weights shown; ${counts}`,
+    x: { domain, label: 'weight value →', grid: false },
+    y: { domain: view.after ? [0, 2] : [1, 2], ticks: view.after ? [0.5, 1.5] : [1.5], tickFormat: (t) => (t > 1 ? 'before' : 'after'), label: null },
+    marks,
+  });
+  const measure = view.weighted ? 'Fisher-weighted error Σ F·(w − q)²' : 'squared error Σ (w − q)²';
+  const detail = figure.querySelector('figcaption .detail');
+  if (detail) {
+    detail.textContent = view.error == null ? `Output channel ${view.channel}, not quantized yet.`
+      : `Output channel ${view.channel}: ${measure} ${view.error.toExponential(2)} (the heatmap's measure, this channel only).`
+        + (view.notes.length ? ` ${view.notes.map((n) => `Note: ${n}.`).join(' ')}` : '');
+  }
+  Object.assign(figure.dataset, {
+    channel: String(view.channel), table: JSON.stringify(table), quantized: JSON.stringify(values),
+    outliers: String(outliers.size), error: view.error ?? '', weighted: String(view.weighted),
+  });
+  show(figure, svg, fingerprint([picture.name, view.channel, ...view.before.slice(0, 16), ...(view.after ?? []), ...table]));
+}
+
 /// One layer's weights before (bars, coloured by Fisher) and after (line) quantization, with the
 /// chosen channel's table as dashed rules. `picture` comes from `Lab.layerPicture` or
 /// `Lab.requantizeLayer`.

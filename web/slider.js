@@ -1,9 +1,9 @@
-// "One layer up close": pick a layer and an output channel, see its weights before and after
-// quantization and its sparse outliers; the bit slider re-quantizes just that layer (on the GPU
+// "One layer up close": pick a layer and an output channel, see that channel's weights before and
+// after quantization on its table, then the whole layer's histogram and its sparse outliers; the bit slider re-quantizes just that layer (on the GPU
 // unless unticked) and redraws. Slider moves queue: while one runs, only the latest position
 // waits, so dragging never piles up work.
 
-import { clearPlot, drawHistogram, drawIncoherence, drawOutliers } from './plots.js';
+import { clearPlot, drawChannel, drawHistogram, drawIncoherence, drawOutliers } from './plots.js';
 
 const $ = (id) => document.getElementById(id);
 const DEFAULT_LAYER = /mlp\.c_fc$/; // GPT-2's 768×3072 matrix: the slider's benchmark shape
@@ -23,7 +23,8 @@ export class LayerView {
       this.redraw();
       this.drawIncoherence();
     };
-    $('layer-channel').onchange = () => this.redraw();
+    // Arrow keys and typing step the channel; each step redraws (only the latest waits).
+    $('layer-channel').oninput = () => this.redraw();
     $('slider-bits').oninput = () => {
       $('slider-value').textContent = $('slider-bits').value;
       this.move();
@@ -38,8 +39,9 @@ export class LayerView {
     if (preferred) select.value = preferred.name;
     this.layers = new Map(layers.map((l) => [l.name, l]));
     this.modelBits = null;
+    this.setWidths([...$('q-bits').options].map((o) => Number(o.value))); // nothing quantized: the menu's range
     if (layers.length === 0) {
-      for (const id of ['plot-histogram', 'plot-outliers']) clearPlot($(id), 'A packed file alone has no original weights to show.');
+      for (const id of ['plot-channel', 'plot-histogram', 'plot-outliers']) clearPlot($(id), 'A packed file alone has no original weights to show.');
       return;
     }
     this.redraw();
@@ -123,8 +125,23 @@ export class LayerView {
 
   draw(picture) {
     this.picture = picture;
+    drawChannel($('plot-channel'), picture);
     drawHistogram($('plot-histogram'), picture);
     drawOutliers($('plot-outliers'), picture);
+    if (picture.widths) this.setWidths(picture.widths);
+  }
+
+  /// The slider ranges over the widths the quantization's settings allow (`widths`, from the
+  /// wasm); where they differ from the Bits menu's, one line says why.
+  setWidths(widths) {
+    const slider = $('slider-bits');
+    [slider.min, slider.max] = [String(widths[0]), String(widths[widths.length - 1])];
+    const offered = [...$('q-bits').options].map((o) => Number(o.value));
+    const same = offered.length === widths.length && offered.every((b, i) => b === widths[i]);
+    const span = widths.length === 1 ? bitsText(widths[0]) : `${widths[0]} to ${widths[widths.length - 1]} bits`;
+    const why = widths.length === 1 ? 'its number format fixes the width' : `its grid needs at least ${bitsText(widths[0])}`;
+    $('slider-range').textContent = same ? ''
+      : `The slider covers ${span}, not the Bits menu's ${offered[0]} to ${offered[offered.length - 1]}: ${why}.`;
   }
 
   /// Re-quantizes the layer at the slider's bits; a move during a run waits (latest only).

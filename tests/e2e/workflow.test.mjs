@@ -42,7 +42,11 @@ async function timed(step, work) {
 
 const shot = (page, name) => page.screenshot({ path: path.join(OUT, `workflow-${name}.png`), fullPage: true });
 const dataset = (page, selector) => page.$eval(selector, (el) => ({ ...el.dataset }));
-const stepState = (page, step) => page.$eval(`#state-${step}`, (el) => el.dataset.state);
+/// A step's state once it has settled (the page marks it after the Worker's last answer).
+const stepState = async (page, step) => {
+  await page.waitForFunction((id) => document.getElementById(id).dataset.state !== 'running', `state-${step}`, { timeout: 60_000 });
+  return page.$eval(`#state-${step}`, (el) => el.dataset.state);
+};
 
 /// Moves the bit slider with the keyboard and waits for the re-quantized layer.
 async function slide(page, key, bits) {
@@ -102,6 +106,7 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   assert.equal(quant.layers.length, 16);
   assert.ok(quant.layers.every((l) => l.outliers > 0), 'every layer keeps some outliers');
   await page.waitForSelector('#plot-error[data-state=drawn] svg');
+  await page.waitForSelector('#plot-histogram[data-bits="4"]', { timeout: 60_000 }); // the layer view redraws after the result line
   const picture4 = await dataset(page, '#plot-histogram');
   assert.equal(picture4.bits, '4');
   assert.ok(Number((await dataset(page, '#plot-outliers')).outliers) > 0, 'the outlier picture shows the sparse weights');
@@ -147,6 +152,39 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   assert.notEqual(picture3.signature, picture4.signature, 'the histogram was redrawn');
   assert.ok(Number(picture3.mse) > Number(picture4.mse), `3 bits err more than 4: ${picture3.mse} vs ${picture4.mse}`);
   assert.match(await page.textContent('#slider-readout'), /at 3 bits: mean squared error [\d.e+-]+, Fisher-weighted error/);
+  // The channel view at 3 bits (k-means, a table per channel): the channel's quantized weights
+  // take at most 8 values, all of them drawn table entries; a channel's outliers are kept exactly.
+  const channelView = async () => {
+    const view = await dataset(page, '#plot-channel');
+    const table = JSON.parse(view.table);
+    const values = JSON.parse(view.quantized);
+    assert.equal(table.length, 8, `3 bits: 8 table entries drawn (${view.table})`);
+    assert.ok(values.length >= 2 && values.length <= 8, `channel ${view.channel}: ${values.length} distinct quantized values`);
+    for (const v of values) assert.ok(table.includes(v), `channel ${view.channel}: ${v} is not among the drawn entries ${view.table}`);
+    assert.equal(await page.$$eval('#plot-channel svg g[aria-label=rule] line', (l) => l.length), 8, 'one rule per entry');
+    assert.match(await page.textContent('#plot-channel figcaption'), /Output channel \d+: Fisher-weighted error Σ F·\(w − q\)² [\d.]+e[-+]\d+/);
+    return view;
+  };
+  const channel0 = await channelView();
+  assert.equal(channel0.channel, '0');
+  // Another channel (typed, then one ArrowUp): another picture with its own table.
+  await page.fill('#layer-channel', '4');
+  await page.focus('#layer-channel');
+  await page.keyboard.press('ArrowUp');
+  await page.waitForFunction(() => document.getElementById('plot-channel').dataset.channel === '5'
+    && document.getElementById('slider-readout').dataset.state !== 'running', null, { timeout: 300_000 });
+  const channel5 = await channelView();
+  assert.notEqual(channel5.signature, channel0.signature, 'the channel view was redrawn');
+  assert.notEqual(channel5.table, channel0.table, 'each channel has its own table');
+  assert.equal((await dataset(page, '#plot-histogram')).mse, picture3.mse, 'the layer is the same 3-bit one');
+  // The slider's range is the Bits menu's (k-means takes every width it offers), with no note.
+  const offered = await page.$$eval('#q-bits option', (options) => options.map((o) => Number(o.value)));
+  const range = await page.$eval('#slider-bits', (s) => [Number(s.min), Number(s.max)]);
+  assert.deepEqual(range, [offered[0], offered[offered.length - 1]]);
+  assert.equal(await page.textContent('#slider-range'), '');
+  await page.fill('#layer-channel', '0');
+  await page.waitForFunction(() => document.getElementById('plot-channel').dataset.channel === '0'
+    && document.getElementById('slider-readout').dataset.state !== 'running', null, { timeout: 300_000 });
   const at2 = await timed('slider 3 → 2 bits', () => slide(page, 'ArrowLeft', 2));
   assert.ok(Number((await dataset(page, '#plot-histogram')).mse) > Number(picture3.mse));
   await page.keyboard.press('ArrowRight'); // 3: queued behind nothing, or replaced by the next move

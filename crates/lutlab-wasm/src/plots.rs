@@ -6,6 +6,7 @@
 use crate::lab::{js_error, to_js, Lab, Session};
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::hessian_file::hessian_key;
+use lutlab_core::plot_data::channel::ChannelPicture;
 use lutlab_core::plot_data::incoherence::incoherence_picture;
 use lutlab_core::plot_data::{block_and_matrix, central_range, mean, weighted_squared_error, Histogram};
 use lutlab_core::quant::QuantizedLayer;
@@ -73,6 +74,10 @@ pub(crate) struct LayerPicture {
     pub outlier_cols: Vec<u32>,
     /// Why a part is missing, in words for the page.
     pub notes: Vec<String>,
+    /// Output channel `channel` up close: its weights before and after, its table, its error.
+    pub channel_view: ChannelPicture,
+    /// The widths the quantization's settings allow (the slider's range), when quantized.
+    pub widths: Option<Vec<u32>>,
 }
 
 impl LayerPicture {
@@ -88,6 +93,7 @@ impl LayerPicture {
             notes.push("no Fisher information yet (step 2): bars are not coloured by sensitivity".to_string());
         }
         let channel = channel.min(cols.saturating_sub(1));
+        let channel_view = ChannelPicture::new(linear, channel, fisher, quantized).map_err(|e| js_error(format!("{name}: {e}")))?;
         let mut picture = Self {
             name: name.to_string(),
             rows,
@@ -107,6 +113,8 @@ impl LayerPicture {
             outlier_rows: Vec::new(),
             outlier_cols: Vec::new(),
             notes,
+            channel_view,
+            widths: None,
         };
         let Some(q) = quantized else {
             picture.notes.push("not quantized yet (step 3): only the original weights are shown".to_string());
@@ -232,7 +240,8 @@ impl Lab {
         let fisher = session.fisher.borrow().clone();
         let quantized = session.quantized.borrow().clone();
         let layer = quantized.as_ref().and_then(|q| q.layers.iter().find(|l| l.name == name));
-        let picture = LayerPicture::new(name, linear, fisher_of(fisher.as_deref(), name), layer, channel)?;
+        let mut picture = LayerPicture::new(name, linear, fisher_of(fisher.as_deref(), name), layer, channel)?;
+        picture.widths = quantized.as_ref().filter(|_| layer.is_some()).and_then(|q| q.method.as_ref()).map(|m| m.widths());
         let value = to_js(&picture)?;
         let label = quantized.as_ref().filter(|_| layer.is_some()).map(|q| q.label.clone());
         set(&value, "label", &label.map_or(JsValue::NULL, JsValue::from))?;

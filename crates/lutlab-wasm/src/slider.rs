@@ -10,19 +10,6 @@ use lutlab_gpu::quantize_layer_gpu;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-/// `method` with `bits` bits per code, other settings unchanged.
-fn with_bits(method: &Method, bits: u32) -> Method {
-    let mut method = method.clone();
-    match &mut method {
-        Method::Kmeans { settings, .. } => settings.bits = bits,
-        Method::Uniform(settings) => settings.bits = bits,
-        Method::Hessian { grid: lutlab_core::quant::HessianGrid::Uniform { settings, .. }, .. } => settings.bits = bits,
-        Method::Hessian { grid: lutlab_core::quant::HessianGrid::Kmeans { settings, .. }, .. } => settings.bits = bits,
-        Method::Hessian { grid: lutlab_core::quant::HessianGrid::Rms { bits: b, .. }, .. } => *b = bits,
-    }
-    method
-}
-
 /// Milliseconds from the page's clock (sub-millisecond where the browser allows).
 fn now_ms() -> f64 {
     web_sys::window().and_then(|w| w.performance()).map_or_else(js_sys::Date::now, |p| p.now())
@@ -40,14 +27,10 @@ impl Lab {
         layer_of(&session, &name)?;
         let quantized = session.quantized.borrow().clone().ok_or_else(|| JsError::new("quantize the model first (step 3): the slider re-quantizes one layer with those settings"))?;
         let method = quantized.method.as_ref().ok_or_else(|| JsError::new("a packed file opened alone has no original weights to re-quantize"))?;
-        if !(1..=8).contains(&bits) {
-            return Err(JsError::new(&format!("{bits} bits: the slider goes from 1 to 8")));
-        }
-        let method = with_bits(method, bits);
-        if let Method::Uniform(settings) = &method {
-            // Minifloat formats fix their own width; only integer grids follow the slider.
-            settings.format.check_bits(bits).map_err(|e| js_error(format!("{} at {bits} bits: {e}", quantized.label)))?;
-        }
+        // Minifloat formats fix their own width and integer grids start at 2 bits.
+        method.check_bits(bits).map_err(|e| js_error(format!("{} at {bits} bits: {e}", quantized.label)))?;
+        let widths = method.widths();
+        let method = method.with_bits(bits);
         let fisher = if quantized.fisher_weighted {
             Some(session.fisher.borrow().clone().ok_or_else(|| JsError::new("the quantization was Fisher-weighted but the Fisher information is gone"))?)
         } else {
@@ -82,6 +65,7 @@ impl Lab {
             let ms = now_ms() - start;
             let mut picture = LayerPicture::new(&name, linear, fisher_of(session.fisher.borrow().as_deref(), &name), Some(&layer), channel)?;
             picture.notes.extend(notes);
+            picture.widths = Some(widths);
             let value = to_js(&picture)?;
             set(&value, "ms", &ms.into())?;
             set(&value, "engine", &engine.into())?;
