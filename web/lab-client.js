@@ -27,12 +27,13 @@ const PROGRESS = '__lutlab_progress__';
 const METHODS = [
   'loadModel', 'openPacked', 'tokenize', 'perplexity', 'fisher', 'hessians', 'inputMeans', 'fisherFile', 'loadFisher',
   'quantize', 'packedFile', 'layerList', 'sensitivityMap', 'errorMap', 'layerPicture', 'incoherencePicture',
-  'requantizeLayer', 'generate', 'checkConfigFits', 'shardFiles', 'loseDevice',
+  'requantizeLayer', 'generate', 'checkConfigFits', 'shardFiles', 'evaluationPlan',
 ];
 
 export class LabClient {
   /// Starts a worker and opens the GPU in it; rejects with a LabError when there is none.
-  static async open() {
+  /// `onLost(error)` is called once if the GPU is lost, whether or not a call is running.
+  static async open(onLost) {
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     const opened = await new Promise((resolve) => {
       worker.onmessage = ({ data }) => resolve(data);
@@ -43,11 +44,11 @@ export class LabClient {
       worker.terminate();
       throw new LabError(opened.error);
     }
-    return new LabClient(worker, opened);
+    return new LabClient(worker, opened, onLost);
   }
 
-  constructor(worker, { device, maxBindingBytes }) {
-    Object.assign(this, { worker, device, maxBindingBytes });
+  constructor(worker, { device, maxBindingBytes }, onLost) {
+    Object.assign(this, { worker, device, maxBindingBytes, onLost });
     this.pending = new Map(); // id -> { resolve, reject, onProgress }
     this.nextId = 1;
     this.queue = Promise.resolve(); // settles when the worker is free for the next call
@@ -90,7 +91,18 @@ export class LabClient {
     running.reject(new LabError({ kind: 'cancelled', message: 'stopped' }));
   }
 
+  /// For tests: destroys the GPU device now, as a driver reset would, even mid-call (it does not
+  /// wait in the queue).
+  loseDevice() {
+    this.worker.postMessage({ type: 'lose-device' });
+  }
+
   receive(data) {
+    if (data.type === 'lost') {
+      this.lost ??= new LabError(data.error);
+      this.onLost?.(this.lost);
+      return;
+    }
     const entry = this.pending.get(data.id);
     if (!entry) return;
     if (data.type === 'progress') {
@@ -124,6 +136,7 @@ export class LabClient {
 
   /// Ends the worker (and its GPU device); the page opens a new client to go on.
   terminate() {
+    this.onLost = null;
     this.fail(new LabError({ kind: 'crashed', message: 'the lab was closed' }));
     this.worker.terminate();
   }

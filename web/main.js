@@ -10,6 +10,7 @@ import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from '
 import { initGenerate } from './generate.js';
 import { clearPlot, drawError, drawPerplexity, drawProxyLoss, drawSensitivity } from './plots.js';
 import { LayerView } from './slider.js';
+import { SpeedBook, estimateText } from './estimate.js';
 
 const $ = (id) => document.getElementById(id);
 const hub = new URLSearchParams(location.search).get('hub') ?? DEFAULT_HUB;
@@ -31,6 +32,11 @@ let modelLoaded = false;
 let busy = false;
 let dead = false;
 let wikitext = null;
+/// WikiText-2 test's tokens under the loaded model's tokenizer (counted once per model).
+let wikitextTokens = null;
+/// This GPU's speed with this model, for the estimates shown before long steps.
+const speed = new SpeedBook();
+let modelContext = 0;
 let quantized = null; // the last quantization: its report and the request that made it
 let packedOnly = false; // the model came from a packed file: no original weights to quantize
 let fisherReady = false;
@@ -98,6 +104,7 @@ function refreshControls() {
 /// that lab's state is gone. Everything the page holds stays (the runs, their table and CSV, the
 /// pictures, the model's files); the user reopens the GPU to go on.
 function fatal(e) {
+  if (dead && !$('gpu-lost').hidden) return; // the loss is already told (its own words come first)
   dead = true;
   const message = e?.message ?? String(e);
   const what = e?.kind === 'gpu-lost' ? message.replace(/^t/, 'T') : `The GPU work stopped: ${message}`;
@@ -114,7 +121,7 @@ async function reopenGpu() {
   try {
     lab?.terminate();
     lab = null;
-    lab = await LabClient.open();
+    lab = await LabClient.open(fatal);
     await showGpu();
     dead = false;
     $('gpu-lost').hidden = true;
@@ -232,21 +239,104 @@ async function installModel(label, files) {
   const heads = summary.n_kv_head < summary.n_head ? `${summary.n_head} heads (${summary.n_kv_head} key/value)` : `${summary.n_head} heads`;
   $('model-status').textContent = `Loaded ${label} (${summary.model_type}): ${summary.n_layer} layers, ${heads}, width ${summary.n_embd}, `
     + `context ${summary.n_positions}, ${params}M parameters: ${megabytes(summary.parameters * 4)} as f32, ${megabytes(summary.parameters * 2)} as f16.`;
+  modelContext = summary.n_positions;
+  wikitextTokens = null;
+  loadBar.finish('measuring this GPU\'s speed with this model (two 16-token windows)…');
+  await probeSpeed();
   $('model-status').dataset.loaded = label;
   loadBar.complete('model ready');
   layerView.setLayers(await lab.layerList());
+  updateEstimates();
   return `${params}M parameters`;
 }
 
-async function evaluationText() {
-  if (document.querySelector('input[name=text]:checked').value === 'custom') return { what: 'your text', text: $('custom-text').value };
+/// WikiText-2 test's tokens (fetched and tokenized once per model).
+async function allWikitextTokens(bar) {
   if (!wikitext) {
-    evalBar.start(WIKITEXT_TEST);
+    bar?.start(WIKITEXT_TEST);
     const response = await fetch(WIKITEXT_TEST);
     if (!response.ok) throw new Error(`${WIKITEXT_TEST}: HTTP ${response.status}`);
     wikitext = await response.text();
   }
-  return { what: 'WikiText-2 test', text: wikitext };
+  if (!wikitextTokens) {
+    bar?.start('tokenizing');
+    wikitextTokens = await lab.tokenize(wikitext);
+  }
+  return wikitextTokens;
+}
+
+/// Tokens that make the first `count` windows of the evaluation's window and stride.
+async function firstWindowsTokens(count) {
+  const { max_length, stride } = await lab.evaluationPlan(undefined, optionalNumber('max-length'), optionalNumber('stride'));
+  return (Math.max(1, count) - 1) * stride + max_length;
+}
+
+const textChoice = () => document.querySelector('input[name=text]:checked').value;
+
+/// The evaluation's text as tokens, and its name for the runs table.
+async function evaluationText() {
+  if (textChoice() === 'custom') {
+    evalBar.start('tokenizing');
+    return { what: 'your text', tokens: await lab.tokenize($('custom-text').value) };
+  }
+  const tokens = await allWikitextTokens(evalBar);
+  if (textChoice() === 'wikitext') return { what: 'WikiText-2 test', tokens };
+  const windows = Math.max(1, Number($('eval-windows').value) || 1);
+  return { what: `WikiText-2 test, first ${windows} window${windows === 1 ? '' : 's'}`, tokens: tokens.slice(0, await firstWindowsTokens(windows)) };
+}
+
+/// The lines under Evaluate and Calibrate: what the step will run and for about how long.
+async function updateEstimates() {
+  if (!modelLoaded || dead) return;
+  try {
+    let tokenCount;
+    let about = '';
+    if (textChoice() === 'custom') {
+      // About four characters per token in English text under GPT-2-style tokenizers.
+      tokenCount = Math.ceil($('custom-text').value.length / 4);
+      about = 'about ';
+    } else if (textChoice() === 'wikitext') {
+      tokenCount = (await allWikitextTokens()).length;
+    } else {
+      tokenCount = await firstWindowsTokens(Number($('eval-windows').value) || 1);
+    }
+    const plan = await lab.evaluationPlan(tokenCount, optionalNumber('max-length'), optionalNumber('stride'));
+    $('eval-estimate').textContent = `${plan.windows.toLocaleString()} window${plan.windows === 1 ? '' : 's'} of ${plan.max_length} tokens (stride ${plan.stride}), `
+      + `${about}${plan.scored.toLocaleString()} tokens scored: ${estimateText(speed.estimate('forward', plan.positions))}.`;
+  } catch (e) {
+    if (e?.fatal) return;
+    $('eval-estimate').textContent = e?.message ?? String(e);
+  }
+  const samples = calibrationSamples();
+  const positions = calibrationPositions();
+  $('calibrate-estimate').textContent = `${samples} window${samples === 1 ? '' : 's'} of ${positions / samples} tokens: Fisher ${estimateText(speed.estimate('fisher', positions))}; `
+    + `means ${estimateText(speed.estimate('means', positions)).replace(/ on this GPU.*/, '')}; Hessians ${estimateText(speed.estimate('hessians', positions)).replace(/ on this GPU.*/, '')}.`;
+}
+
+/// The calibration's windows as the inputs ask (an empty count: the steps' default of 16 is assumed).
+const calibrationSamples = () => optionalNumber('f-samples') ?? 16;
+const calibrationPositions = () => calibrationSamples() * (optionalNumber('f-seqlen') ?? modelContext);
+
+/// A few words of English for the probe of this GPU's speed when a model loads.
+const PROBE_TEXT = 'The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest structure in Paris. '
+  + 'Its base is square, measuring 125 metres on each side.';
+const PROBE_TOKENS = 16;
+
+/// Times a forward pass over a short window (the second of two: the first compiles the
+/// shaders), so estimates exist before any long step has run.
+async function probeSpeed() {
+  speed.reset();
+  const length = Math.min(PROBE_TOKENS, modelContext);
+  try {
+    const tokens = (await lab.tokenize(PROBE_TEXT)).slice(0, length);
+    if (tokens.length < length || length < 2) return;
+    await lab.perplexity(tokens, length, length, false);
+    const report = await lab.perplexity(tokens, length, length, false);
+    speed.record('probe', report.seconds, length);
+  } catch (e) {
+    // Without a probe the estimates wait for the first run; a lost GPU is the next step's news.
+    if (!e?.fatal) console.warn(`speed probe: ${e?.message ?? e}`);
+  }
 }
 
 const optionalNumber = (id) => ($(id).value === '' ? undefined : Number($(id).value));
@@ -256,13 +346,16 @@ const baselines = new Map();
 const baselineKey = (text, report) => `${text}|${report.max_length}|${report.stride}`;
 
 async function evaluate() {
-  const { what, text } = await evaluationText();
-  evalBar.start('tokenizing');
-  const tokens = await lab.tokenize(text);
-  evalBar.start('perplexity');
+  const { what, tokens } = await evaluationText();
+  const plan = await lab.evaluationPlan(tokens.length, optionalNumber('max-length'), optionalNumber('stride'));
+  evalBar.start('perplexity', { estimate: speed.estimate('forward', plan.positions)?.seconds });
   const useQuantized = document.querySelector('input[name=which]:checked').value === 'quantized';
+  // On a slow GPU a batch is one window, so that a cancel frees the GPU within one window.
+  const windowsPerBatch = speed.windowSeconds(plan.max_length) > 0.5 ? 1 : undefined;
   const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'), useQuantized,
-    (done, total) => evalBar.count(done, total, 'tokens'));
+    (done, total) => evalBar.count(done, total, 'tokens'), windowsPerBatch);
+  speed.record('forward', report.seconds, plan.positions);
+  updateEstimates();
   addRun(useQuantized || packedOnly ? quantizedRun() : originalRun(), { what, report });
   evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const result = $('eval-result');
@@ -297,7 +390,7 @@ function quantizedRun() {
     granularity: request?.granularity ?? '',
     options: request ? optionsOf(request, report) : 'opened from a packed file',
     bits_per_weight: report.bits_per_weight,
-    file_bytes: report.packed?.packed_bytes ?? '',
+    file_bytes: report.packed?.file_bytes ?? report.packed?.packed_bytes ?? '',
     // The line it belongs to in the trade-off plot: the label without its bit width.
     series: report.label.replace(/ \d+-bit/, ''),
   };
@@ -399,18 +492,26 @@ async function quantize() {
   return `${report.bits_per_weight.toFixed(2)} bits/weight`;
 }
 
-/// "Packed: 0.42 MB, 3.8× smaller than f16 (1.57 MB); runs through the LUT kernels."
+/// "Packed file: 13.5 MB vs the original checkpoint's 14.5 MB (0.93×) ... Quantized layers: 5.50 bits
+/// per weight: 4.00 for the 4-bit codes + 1.50 for the tables (...)": the whole file the download
+/// saves, what its bits per weight are made of (the figures of `lutlab quantize`).
 function sizeLine(packed) {
   if (!packed) return 'Not packable (scales over input rows): evaluated as dequantized weights.';
-  return `Packed: ${megabytes(packed.packed_bytes)}, ${packed.compression.toFixed(1)}× smaller than f16 (${megabytes(packed.f16_bytes)}); `
-    + 'evaluated straight from the packed codes by the LUT kernels.';
+  const original = packed.original_bytes
+    ? ` vs the original checkpoint's ${megabytes(packed.original_bytes)} (${(packed.file_bytes / packed.original_bytes).toFixed(2)}× its size)` : '';
+  return `Packed file: ${megabytes(packed.file_bytes)}${original}; of it ${megabytes(packed.dense_bytes)} dense (embeddings, norms, biases) `
+    + `and ${megabytes(packed.packed_bytes)} quantized layers, ${packed.compression.toFixed(1)}× smaller than as f16. `
+    + `Quantized layers: ${packed.explanation}. Evaluated straight from the packed codes by the LUT kernels.`;
 }
 
 async function downloadPacked() {
   const { name, bytes } = await lab.packedFile();
   save(bytes, name);
   $('quant-result').dataset.downloaded = name;
-  $('export-status').textContent = `Saved ${name} (${megabytes(bytes.length)}).`;
+  const packed = quantized?.report?.packed;
+  const original = packed?.original_bytes ? `, ${(bytes.length / packed.original_bytes).toFixed(2)}× the original checkpoint's ${megabytes(packed.original_bytes)}` : '';
+  $('export-status').textContent = `Saved ${name} (${megabytes(bytes.length)}: ${bytes.length.toLocaleString('en')} bytes${original}).`;
+  $('export-status').dataset.bytes = String(bytes.length);
   return 'packed file saved';
 }
 
@@ -428,6 +529,8 @@ async function openPacked(file) {
   document.querySelector('input[name=which][value=original]').checked = true;
   for (const id of ['plot-sensitivity', 'plot-error']) clearPlot($(id), 'A packed file alone has no original weights to compare with.');
   layerView.setLayers([]);
+  await probeSpeed();
+  updateEstimates();
   return 'packed file';
 }
 
@@ -445,10 +548,12 @@ async function calibrationTokens() {
 
 async function computeMeans() {
   const tokens = await calibrationTokens();
-  fisherBar.start('mean activations');
+  fisherBar.start('mean activations', { estimate: speed.estimate('means', calibrationPositions())?.seconds });
   const report = await lab.inputMeans(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'),
     (done, total) => fisherBar.count(done, total, 'windows'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
+  speed.record('means', report.seconds, report.nsamples * report.seqlen);
+  updateEstimates();
   meansReady = true;
   $('q-centering').checked = true;
   $('means-result').textContent = `Mean inputs of ${report.layers} linear layers from ${report.nsamples} windows of ${report.seqlen} tokens (for centering).`;
@@ -457,10 +562,12 @@ async function computeMeans() {
 
 async function computeHessians() {
   const tokens = await calibrationTokens();
-  fisherBar.start('Hessians');
+  fisherBar.start('Hessians', { estimate: speed.estimate('hessians', calibrationPositions())?.seconds });
   const report = await lab.hessians(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'),
     (done, total) => fisherBar.count(done, total, 'blocks'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
+  speed.record('hessians', report.seconds, report.nsamples * report.seqlen);
+  updateEstimates();
   hessiansReady = true;
   // Proxy losses measured with earlier Hessians do not compare with new ones.
   proxyRuns = [];
@@ -475,10 +582,12 @@ const calibrationSummary = () => [fisherReady && 'Fisher', meansReady && 'means'
 
 async function computeFisher() {
   const tokens = await calibrationTokens();
-  fisherBar.start('Fisher');
+  fisherBar.start('Fisher', { estimate: speed.estimate('fisher', calibrationPositions())?.seconds });
   const report = await lab.fisher(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'), 0,
     (done, total) => fisherBar.count(done, total, 'tokens'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
+  speed.record('fisher', report.seconds, report.nsamples * report.seqlen);
+  updateEstimates();
   fisherReady = true;
   // Kept as a file, so a new GPU after a lost one starts with it.
   kept.fisher = new Blob([await lab.fisherFile()]);
@@ -595,6 +704,13 @@ function wireControls() {
     $('custom-text').value = await file.text();
   };
   $('run-eval').onclick = () => action(evaluate, 'evaluate');
+  for (const id of ['eval-windows', 'max-length', 'stride', 'f-samples', 'f-seqlen']) $(id).addEventListener('input', () => updateEstimates());
+  for (const radio of document.querySelectorAll('input[name=text]')) radio.addEventListener('change', () => updateEstimates());
+  let typing = null;
+  $('custom-text').addEventListener('input', () => {
+    clearTimeout(typing);
+    typing = setTimeout(updateEstimates, 300);
+  });
   $('ppl-x').onchange = () => drawPerplexity($('plot-ppl'), runs, $('ppl-x').value);
   layerView.wire();
   for (const figure of document.querySelectorAll('figure.plot')) clearPlot(figure);
@@ -612,7 +728,7 @@ async function start() {
     return;
   }
   try {
-    lab = await LabClient.open();
+    lab = await LabClient.open(fatal);
   } catch (e) {
     $('gpu-status').textContent = 'No usable GPU.';
     showError(`WebGPU is present but no GPU could be opened: ${e.message}`);

@@ -38,9 +38,16 @@ export class ProgressBar {
     }
   }
 
-  start(what) {
+  /// Starts a bar for `what`; `estimate` (seconds, optional) gives the time left until the
+  /// first count arrives. The label ticks every 250 ms (elapsed time, time left) even while a
+  /// long GPU batch keeps the counts still.
+  start(what, { estimate } = {}) {
     this.what = what;
+    this.estimate = estimate;
+    this.last = null;
     this.started = performance.now();
+    clearInterval(this.ticker);
+    this.ticker = setInterval(() => this.last && this.render(), 250);
     this.root.hidden = false;
     this.active = true;
     this.root.dataset.state = 'running';
@@ -67,12 +74,21 @@ export class ProgressBar {
     this.set(total ? received / total : 0, `${this.what} ${size} · ${speed.toFixed(1)} MB/s${left}`);
   }
 
-  /// Work progress: "perplexity 1,024 / 8,192 tokens · 310 tokens/s · 22 s left".
+  /// Work progress: "perplexity 1,024 / 8,192 tokens · 310 tokens/s · 22 s left · 3 s elapsed".
   count(done, total, unit) {
-    const rate = done / this.seconds();
-    const left = rate > 0 ? `${duration((total - done) / rate)} left` : 'estimating time left…';
+    this.last = { done, total, unit };
+    this.render();
+  }
+
+  render() {
+    const { done, total, unit } = this.last;
+    const elapsed = this.seconds();
+    const rate = done / elapsed;
+    let left = 'estimating time left…';
+    if (rate > 0) left = `${duration((total - done) / rate)} left`;
+    else if (this.estimate) left = `about ${duration(Math.max(0, this.estimate - elapsed))} left (estimated)`;
     this.set(total ? done / total : 0,
-      `${this.what} ${done.toLocaleString()} / ${total.toLocaleString()} ${unit} · ${Math.round(rate).toLocaleString()} ${unit}/s · ${left}`);
+      `${this.what} ${done.toLocaleString()} / ${total.toLocaleString()} ${unit} · ${Math.round(rate).toLocaleString()} ${unit}/s · ${left} · ${duration(elapsed)} elapsed`);
   }
 
   finish(text) {
@@ -95,6 +111,8 @@ export class ProgressBar {
   }
 
   stop(state) {
+    clearInterval(this.ticker);
+    this.last = null;
     this.active = false;
     this.root.dataset.state = state;
     if (this.cancelButton) this.cancelButton.disabled = true;

@@ -5,7 +5,9 @@
 //   page → worker  { type: 'open' }                       open the GPU
 //                  { type: 'call', id, method, args }     a Lab method or a free function
 //                  { type: 'cancel' }                     stop the running work at its next step
+//                  { type: 'lose-device' }                tests: destroy the GPU device now
 //   worker → page  { type: 'opened', device, maxBindingBytes } | { type: 'failed', error }
+//                  { type: 'lost', error }                the GPU device was lost (any time)
 //                  { type: 'progress', id, done, total }
 //                  { type: 'result', id, value } | { type: 'error', id, error: { kind, message } }
 //
@@ -71,6 +73,8 @@ self.onmessage = async ({ data }) => {
       try {
         await init();
         lab = await Lab.open();
+        // A loss is news even while nothing runs (a driver reset, another tab's GPU crash).
+        lab.webgpuDevice?.lost.then((info) => postMessage({ type: 'lost', error: { kind: 'gpu-lost', message: `the GPU was lost (${info.reason}): ${info.message || 'no reason given'}` } }));
         postMessage({ type: 'opened', device: lab.device, maxBindingBytes: lab.maxBindingBytes });
       } catch (e) {
         postMessage({ type: 'failed', error: describe(e) });
@@ -81,6 +85,9 @@ self.onmessage = async ({ data }) => {
       break;
     case 'cancel':
       lab?.cancel();
+      break;
+    case 'lose-device':
+      lab?.loseDevice();
       break;
     default:
       console.warn(`lutlab worker: unknown message type ${data.type}`);

@@ -88,6 +88,20 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   const header = safetensorsHeader(packedFile);
   assert.equal(header.__metadata__.format, 'lutlab-packed');
   assert.equal(header['h.0.mlp.c_fc.qweight'].dtype, 'U32');
+  // Honest sizes: the whole file the page reported before the download is what was saved, and it
+  // is smaller than the shipped f16 checkpoint (dense tensors stay f16, format version 4).
+  const fileBytes = fs.statSync(packedFile).size;
+  const shippedBytes = fs.statSync(path.join(SHIPPED, 'model.safetensors')).size;
+  console.log(`packed file ${fileBytes} bytes vs shipped model.safetensors ${shippedBytes} bytes; ${quant.packed.explanation}`);
+  assert.equal(quant.packed.file_bytes, fileBytes, 'the page reports the whole file');
+  assert.equal(quant.packed.original_bytes, shippedBytes, 'the original is the safetensors file the page loaded');
+  assert.ok(fileBytes < shippedBytes, `the 4-bit file (${fileBytes} bytes) is smaller than the f16 checkpoint (${shippedBytes})`);
+  assert.equal(header['wte.weight'].dtype, 'F16');
+  assert.equal(header.__metadata__.format_version, '4');
+  const mb = (bytes) => (bytes / 1e6).toFixed(1).replace('.', '\\.');
+  assert.match(await page.textContent('#quant-result'), new RegExp(`Packed file: ${mb(fileBytes)} MB vs the original checkpoint's ${mb(shippedBytes)} MB`));
+  assert.equal(quant.packed.explanation, '5.50 bits per weight: 4.00 for the 4-bit codes + 1.50 for the tables (16 f16 entries per output channel of only 128–512 inputs)');
+  assert.equal(await page.getAttribute('#export-status', 'data-bytes'), String(fileBytes));
   // Determinism: the CLI with the same settings writes the same tensors, byte for byte (both run
   // the CPU k-means reference); only the free-text metadata (model source, label) may differ.
   const cliFile = path.join(tempDir(), 'cli.lutlab.safetensors');
@@ -122,7 +136,7 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   const lines = fs.readFileSync(await csv.path(), 'utf8').trim().split('\n');
   assert.equal(lines[0], 'model,method,bits,granularity,options,text,bits_per_weight,file_bytes,perplexity,window,stride,scored_tokens');
   assert.equal(lines.length, 4);
-  assert.match(lines[1], new RegExp(`^kmeans 4-bit channel,kmeans,4,channel,,your text,5\\.5,${quant.packed.packed_bytes},90\\.44`));
+  assert.match(lines[1], new RegExp(`^kmeans 4-bit channel,kmeans,4,channel,,your text,5\\.5,${quant.packed.file_bytes},90\\.44`));
   assert.match(lines[3], /\(packed\),kmeans,4,,opened from a packed file,your text,5\.5,\d+,90\.44/);
   await page.close();
 });
@@ -170,6 +184,7 @@ test('Fisher in the page equals the CLI; a CLI Fisher file drives weighted k-mea
 test('seed 000 scaling and centering in the page match the CLI, through the LUT kernels', async () => {
   const page = await openPage(browser, pageUrl);
   await page.fill('#f-samples', '2');
+  await page.fill('#f-seqlen', ''); // the CLI's window: the model's context
   await page.click('#run-means');
   await page.waitForFunction(() => document.getElementById('means-result').textContent.startsWith('Mean inputs'), null, { timeout: 300_000 });
   assert.equal(await page.isChecked('#q-centering'), true);

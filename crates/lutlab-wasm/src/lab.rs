@@ -7,10 +7,12 @@ use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, In
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
-use lutlab_core::{ModelConfig, ModelWeights, LoadedModel, Progress, TextTokenizer};
+use lutlab_core::packed_size::PackedSizes;
+use lutlab_core::{LoadError, ModelConfig, ModelWeights, LoadedModel, Progress, TextTokenizer};
 use lutlab_core::hessian_file::hessian_key;
+use lutlab_core::perplexity::strided_windows;
 use lutlab_core::quant::hessian::Square;
-use lutlab_model::{fisher, hessians, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Decoder, Gpu, HessianSettings};
+use lutlab_model::{fisher, hessians, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Decoder, Gpu, HessianSettings, ModelError};
 use std::collections::HashMap;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -25,6 +27,9 @@ pub(crate) struct Session {
     model: Decoder,
     tokenizer: TextTokenizer,
     pub(crate) weights: Option<ModelWeights>,
+    /// Bytes of the safetensors file(s) the model was loaded from (a packed file's size is set
+    /// beside it); `None` for a packed file opened on its own.
+    original_bytes: Option<u64>,
     pub(crate) quantized: RefCell<Option<Rc<Quantized>>>,
     /// The Fisher diagonal computed here or loaded from a file, for weighted quantization.
     pub(crate) fisher: RefCell<Option<Rc<FisherDiagonal>>>,
@@ -39,6 +44,9 @@ pub(crate) struct Session {
 pub(crate) struct Quantized {
     model: Decoder,
     packed: Option<PackedModel>,
+    /// The packed file, built once when quantizing (its size is reported, then it is what the
+    /// download saves); `None` for a file opened from disk, rebuilt if downloaded again.
+    file: Option<Vec<u8>>,
     pub(crate) label: String,
     /// Each layer's result (for the pictures) and the method that made them (for the bit
     /// slider); empty and `None` for a packed file opened without its original weights.
@@ -49,12 +57,13 @@ pub(crate) struct Quantized {
 }
 
 impl Session {
-    fn new(name: String, model: Decoder, tokenizer: TextTokenizer, weights: Option<ModelWeights>) -> Self {
+    fn new(name: String, model: Decoder, tokenizer: TextTokenizer, weights: Option<ModelWeights>, original_bytes: Option<u64>) -> Self {
         Self {
             name,
             model,
             tokenizer,
             weights,
+            original_bytes,
             quantized: RefCell::default(),
             fisher: RefCell::default(),
             input_means: RefCell::default(),
@@ -108,25 +117,43 @@ impl ModelSummary {
     }
 }
 
-/// Sizes of a packed model: its quantized layers as stored, and as f16 (the usual comparison).
+/// Sizes of a packed model: the whole file beside the original checkpoint's file(s), and its
+/// quantized layers as stored and as f16 (the usual comparison), with what their bits per
+/// weight are made of (the same figures as `lutlab quantize`).
 #[derive(Serialize)]
 struct PackedSummary {
     method: String,
+    /// The quantized layers' bits per weight, tables, scales and outliers included.
     bits_per_weight: f64,
+    /// The quantized layers' tensors.
     packed_bytes: usize,
+    /// The quantized layers' weights as dense f16.
     f16_bytes: usize,
     compression: f64,
+    /// The whole packed file (what the download saves).
+    file_bytes: usize,
+    /// The dense tensors in the file (embeddings, norms, biases, layers left unquantized).
+    dense_bytes: usize,
+    /// The safetensors file(s) the model was loaded from, when known.
+    original_bytes: Option<u64>,
+    /// One line: what the bits per weight are made of.
+    explanation: String,
 }
 
 impl PackedSummary {
-    fn of(packed: &PackedModel) -> Self {
-        let (packed_bytes, f16_bytes) = (packed.packed_bytes(), packed.f16_bytes_of_packed_layers());
+    fn of(packed: &PackedModel, file_bytes: usize, original_bytes: Option<u64>) -> Self {
+        let sizes = PackedSizes::of(packed, file_bytes, original_bytes);
+        let f16_bytes = packed.f16_bytes_of_packed_layers();
         Self {
             method: packed.meta.method.clone(),
-            bits_per_weight: 16.0 * packed_bytes as f64 / f16_bytes.max(1) as f64,
-            packed_bytes,
+            bits_per_weight: sizes.bits_per_weight,
+            packed_bytes: sizes.layer_bytes,
             f16_bytes,
-            compression: f16_bytes as f64 / packed_bytes.max(1) as f64,
+            compression: f16_bytes as f64 / sizes.layer_bytes.max(1) as f64,
+            file_bytes,
+            dense_bytes: sizes.dense_bytes,
+            original_bytes,
+            explanation: sizes.explanation,
         }
     }
 }
@@ -178,11 +205,16 @@ struct QuantizeReport {
 /// Lets the page paint and handle input between steps of CPU work (a `setTimeout(0)`).
 pub(crate) async fn yield_to_page() {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
-        if let Some(window) = web_sys::window() {
-            // A failed timer only means no pause; the work goes on.
-            let _ = window.set_timeout_with_callback(&resolve);
-        } else {
-            let _ = resolve.call0(&JsValue::NULL);
+        // `setTimeout` of the page or of the worker the module runs in; a failed timer only
+        // means no pause, and the work goes on.
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into()).ok().and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match set_timeout {
+            Some(set_timeout) => {
+                let _ = set_timeout.call1(&JsValue::NULL, &resolve);
+            }
+            None => {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
         }
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
@@ -190,6 +222,21 @@ pub(crate) async fn yield_to_page() {
 
 pub(crate) fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
+}
+
+/// The rejection of long GPU work: a JS `Error` whose `name` says what kind of end it was, so the
+/// page tells a user's cancel (`Cancelled`) and a lost device (`GpuLost`) from a failure
+/// (`Error`) by type rather than by the message's wording.
+pub(crate) fn work_error<E: std::fmt::Display + 'static>(e: E) -> JsValue {
+    let any = &e as &dyn std::any::Any;
+    let name = match (any.downcast_ref::<ModelError>(), any.downcast_ref::<LoadError>()) {
+        (Some(ModelError::Cancelled | ModelError::Load(LoadError::Cancelled)), _) | (_, Some(LoadError::Cancelled)) => "Cancelled",
+        (Some(ModelError::GpuLost(_)), _) => "GpuLost",
+        _ => "Error",
+    };
+    let error = js_sys::Error::new(&e.to_string());
+    error.set_name(name);
+    error.into()
 }
 
 pub(crate) fn to_js(value: &impl Serialize) -> Result<JsValue, JsError> {
@@ -222,11 +269,13 @@ impl Lab {
     /// the previous one stays. Returns the model's shape.
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(&self, name: String, files: JsValue) -> Result<JsValue, JsError> {
-        let LoadedModel { weights, tokenizer } = model_files(&files)?.load().map_err(js_error)?;
+        let files = model_files(&files)?;
+        let original_bytes = files.safetensors.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+        let LoadedModel { weights, tokenizer } = files.load().map_err(js_error)?;
         self.gpu.check_fits(&weights).map_err(js_error)?;
         let model = Decoder::new(&weights, &self.gpu.device);
         let summary = ModelSummary::new(&weights.config, None);
-        *self.session.borrow_mut() = Some(Rc::new(Session::new(name, model, tokenizer, Some(weights))));
+        *self.session.borrow_mut() = Some(Rc::new(Session::new(name, model, tokenizer, Some(weights), Some(original_bytes))));
         to_js(&summary)
     }
 
@@ -238,12 +287,15 @@ impl Lab {
         let current = self.current().map_err(|_| JsError::new("load a model first: the packed file is read with its tokenizer"))?;
         let packed = PackedModel::from_safetensors(&name, bytes).map_err(js_error)?;
         let model = Decoder::from_packed(&packed, &self.gpu.device).map_err(js_error)?;
-        let summary = ModelSummary::new(&packed.config, Some(PackedSummary::of(&packed)));
-        let session = Session::new(name, model.clone(), current.tokenizer.clone(), None);
+        // The original's size is known when the file was made from the model loaded now.
+        let original_bytes = current.original_bytes.filter(|_| packed.meta.base_model == current.name);
+        let summary = ModelSummary::new(&packed.config, Some(PackedSummary::of(&packed, bytes.len(), original_bytes)));
+        let session = Session::new(name, model.clone(), current.tokenizer.clone(), None, None);
         *session.quantized.borrow_mut() = Some(Rc::new(Quantized {
             model,
             label: packed.meta.method.clone(),
             packed: Some(packed),
+            file: None,
             layers: Vec::new(),
             method: None,
             fisher_weighted: false,
@@ -257,10 +309,32 @@ impl Lab {
         self.current()?.tokenizer.encode(text).map_err(js_error)
     }
 
+    /// The window and stride an evaluation runs with (the settings as `perplexity` takes them)
+    /// and, given `tokenCount`, its windows: `{ max_length, stride, windows?, positions?, scored? }`,
+    /// `positions` being the tokens the model reads, which the page's time estimate is made of.
+    #[wasm_bindgen(js_name = evaluationPlan)]
+    pub fn evaluation_plan(&self, token_count: Option<usize>, max_length: Option<usize>, stride: Option<usize>) -> Result<JsValue, JsError> {
+        let session = self.current()?;
+        let settings = EvalSettings::with_overrides(&session.model, max_length, stride);
+        let Some(token_count) = token_count else {
+            return to_js(&serde_json::json!({ "max_length": settings.max_length, "stride": settings.stride }));
+        };
+        let windows = strided_windows(token_count, settings.max_length, settings.stride, "the text").map_err(js_error)?;
+        to_js(&serde_json::json!({
+            "windows": windows.len(),
+            "positions": windows.iter().map(|w| w.len()).sum::<usize>(),
+            "scored": windows.iter().map(|w| w.scored()).sum::<usize>(),
+            "max_length": settings.max_length,
+            "stride": settings.stride,
+        }))
+    }
+
     /// Perplexity of `tokens` with HF's strided protocol (`maxLength` defaults to the model's
     /// context, `stride` to half of it), of the quantized model when `quantized`, else of the
     /// original. `onProgress(doneTokens, totalTokens)` is called after each batch; `cancel()`
-    /// stops at the next batch. Resolves to a report object.
+    /// stops at the next batch. `windowsPerBatch` caps a batch (the page keeps batches short on a
+    /// slow GPU, so a cancel frees the GPU soon). Resolves to a report object.
+    #[allow(clippy::too_many_arguments)]
     pub fn perplexity(
         &self,
         tokens: Vec<u32>,
@@ -268,6 +342,7 @@ impl Lab {
         stride: Option<usize>,
         quantized: bool,
         on_progress: Option<js_sys::Function>,
+        windows_per_batch: Option<usize>,
     ) -> Result<js_sys::Promise, JsError> {
         let session = self.current()?;
         let quantized_model = if quantized {
@@ -279,9 +354,15 @@ impl Lab {
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
             let model = quantized_model.as_deref().map_or(&session.model, |q| &q.model);
-            let settings = EvalSettings::with_overrides(model, max_length, stride);
+            let mut settings = EvalSettings::with_overrides(model, max_length, stride);
+            if let Some(windows) = windows_per_batch {
+                // A window's scored logits (`stride` tokens after the first window) per window of
+                // the batch: eval sizes its batches from that bound.
+                let window_logits = settings.stride * model.config.vocab_size * 4;
+                settings.max_logits_bytes = settings.max_logits_bytes.min(windows.max(1) * window_logits);
+            }
             let start = js_sys::Date::now();
-            let nll = perplexity(model, &tokens, settings, "the text", &mut progress).await.map_err(js_error)?;
+            let nll = perplexity(model, &tokens, settings, "the text", &mut progress).await.map_err(work_error)?;
             let seconds = (js_sys::Date::now() - start) / 1000.0;
             Ok(to_js(&PerplexityReport {
                 perplexity: nll.perplexity(),
@@ -316,7 +397,7 @@ impl Lab {
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
             let start = js_sys::Date::now();
-            let run = fisher(&session.model, &tokens, settings, "the calibration text", &mut progress).await.map_err(js_error)?;
+            let run = fisher(&session.model, &tokens, settings, "the calibration text", &mut progress).await.map_err(work_error)?;
             check_diagonal_finite(&run.diagonal).map_err(js_error)?;
             let seconds = (js_sys::Date::now() - start) / 1000.0;
             let report = FisherReport {
@@ -352,7 +433,7 @@ impl Lab {
                 Ok(())
             }, &mut progress)
             .await
-            .map_err(js_error)?;
+            .map_err(work_error)?;
             let count = found.len();
             *session.hessians.borrow_mut() = Some(Rc::new(found));
             let seconds = (js_sys::Date::now() - start) / 1000.0;
@@ -372,7 +453,7 @@ impl Lab {
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
             let start = js_sys::Date::now();
-            let means = linear_input_means(&session.model, &tokens, settings, &mut progress).await.map_err(js_error)?;
+            let means = linear_input_means(&session.model, &tokens, settings, &mut progress).await.map_err(work_error)?;
             let layers = means.len();
             *session.input_means.borrow_mut() = Some(Rc::new(means));
             let seconds = (js_sys::Date::now() - start) / 1000.0;
@@ -445,10 +526,10 @@ impl Lab {
                 progress.update(done, total);
                 yield_to_page().await;
                 if progress.is_cancelled() {
-                    return Err(js_error("cancelled").into());
+                    return Err(work_error(ModelError::Cancelled));
                 }
                 let layer = if on_gpu {
-                    quantize_layer_gpu(&gpu, &name, &linear, &method, calibration, weights.config.n_embd).await.map_err(js_error)?
+                    quantize_layer_gpu(&gpu, &name, &linear, &method, calibration, weights.config.n_embd).await.map_err(work_error)?
                 } else {
                     quantize_layer(&name, &linear, &method, calibration, weights.config.n_embd).map_err(js_error)?
                 };
@@ -466,6 +547,8 @@ impl Lab {
             } else {
                 None
             };
+            // The file is built once: its size is reported now, and the download saves it.
+            let file = packed.as_ref().map(|p| p.to_safetensors(TableDtype::F16)).transpose().map_err(js_error)?;
             let model = match &packed {
                 Some(packed) => Decoder::from_packed(packed, &device).map_err(js_error)?,
                 None => Decoder::new(&quantized.apply(weights), &device),
@@ -479,10 +562,13 @@ impl Lab {
                     .iter()
                     .map(|l| LayerReport { name: l.name.clone(), mse: l.mse, outliers: l.outliers, bits_per_weight: l.bits_per_weight, proxy_loss: l.proxy_loss })
                     .collect(),
-                packed: packed.as_ref().map(PackedSummary::of),
+                packed: match (&packed, &file) {
+                    (Some(packed), Some(file)) => Some(PackedSummary::of(packed, file.len(), session.original_bytes)),
+                    _ => None,
+                },
             };
             let fisher_weighted = fisher_diagonal.is_some();
-            *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, packed, label, layers: quantized.layers, method: Some(method), fisher_weighted }));
+            *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, packed, file, label, layers: quantized.layers, method: Some(method), fisher_weighted }));
             Ok(to_js(&report)?)
         }))
     }
@@ -494,20 +580,47 @@ impl Lab {
         let session = self.current()?;
         let quantized = session.quantized.borrow().clone().ok_or_else(|| JsError::new("nothing is quantized yet"))?;
         let packed = quantized.packed.as_ref().ok_or_else(|| JsError::new("this quantization has no packed form (its scales are not per output channel)"))?;
-        let bytes = packed.to_safetensors(TableDtype::F16).map_err(js_error)?;
+        let rebuilt;
+        let bytes = match &quantized.file {
+            Some(file) => file.as_slice(),
+            None => {
+                rebuilt = packed.to_safetensors(TableDtype::F16).map_err(js_error)?;
+                rebuilt.as_slice()
+            }
+        };
         let stem = format!("{}-{}-{:.1}MB", session.name, quantized.label, bytes.len() as f64 / 1e6);
         let stem: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
         let name = format!("{}.lutlab.safetensors", stem.trim_matches('-'));
         let object = js_sys::Object::new();
         js_sys::Reflect::set(&object, &"name".into(), &name.into()).map_err(|_| JsError::new("packed file: cannot build the result"))?;
-        js_sys::Reflect::set(&object, &"bytes".into(), &js_sys::Uint8Array::from(bytes.as_slice()).into())
+        js_sys::Reflect::set(&object, &"bytes".into(), &js_sys::Uint8Array::from(bytes).into())
             .map_err(|_| JsError::new("packed file: cannot build the result"))?;
         Ok(object.into())
     }
 
-    /// Asks the running work to stop at its next step; its promise rejects with "cancelled".
+    /// Asks the running work to stop at its next step; its promise rejects with an error named
+    /// `Cancelled`.
     pub fn cancel(&self) {
         self.cancelled.set(true);
+    }
+
+    /// The WebGPU device itself (undefined off the web), so the page's worker hears of a loss
+    /// from its `lost` promise at once, even while idle: cubecl's own device-lost callback only
+    /// makes the next call fail.
+    #[wasm_bindgen(getter, js_name = webgpuDevice)]
+    pub fn webgpu_device(&self) -> JsValue {
+        #[cfg(target_arch = "wasm32")]
+        if let Some(device) = self.gpu.setup.device.as_webgpu() {
+            return AsRef::<JsValue>::as_ref(device).clone();
+        }
+        JsValue::UNDEFINED
+    }
+
+    /// Destroys the GPU device as a driver reset would (for tests of the page's recovery): work
+    /// in flight and every later call reject with an error named `GpuLost`.
+    #[wasm_bindgen(js_name = loseDevice)]
+    pub fn lose_device(&self) {
+        self.gpu.setup.device.destroy();
     }
 
     pub(crate) fn current(&self) -> Result<Rc<Session>, JsError> {
