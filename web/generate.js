@@ -112,7 +112,7 @@ export function initGenerate({ lab, action, ready }) {
       show(prompt, report);
       section.dataset.report = JSON.stringify(report);
     } catch (e) {
-      bar.fail();
+      bar.fail(e?.kind === 'cancelled');
       throw e;
     } finally {
       running = false;
