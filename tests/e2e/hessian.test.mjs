@@ -57,6 +57,10 @@ test('Hessians in the page drive every Hessian method (GPTQ and LDLQ-RG below ro
   await page.click('#run-hessians');
   await page.waitForFunction(() => document.getElementById('hessians-result').textContent.startsWith('Hessians of'), null, { timeout: 300_000 });
   const rtn = await quantizeWith(page, 'rtn');
+  // An integer grid takes 2 to 8 bits: the slider starts at 2 and says why it differs from the menu.
+  await page.waitForFunction(() => document.getElementById('slider-bits').min === '2', null, { timeout: 60_000 });
+  assert.equal(await page.$eval('#slider-bits', (s) => s.max), '8');
+  assert.match(await page.textContent('#slider-range'), /The slider covers 2 to 8 bits, not the Bits menu's 1 to 8: its grid needs at least 2 bits/);
   const gptq = await quantizeWith(page, 'gptq');
   const rg = await quantizeWith(page, 'ldlq-rg');
   assert.match(gptq.label, /^gptq int asym 3-bit channel/);
