@@ -71,8 +71,8 @@ export class LabClient {
     const previous = this.queue;
     this.queue = previous.then(() => done);
     previous.then(() => {
-      if (this.lost) {
-        this.settle(id, this.lost);
+      if (this.lost || this.pending.get(id)?.answered) {
+        this.settle(id, this.lost); // lost, or cancelled before it started
         return;
       }
       this.running = { id };
@@ -81,14 +81,18 @@ export class LabClient {
     return result;
   }
 
-  /// Stops the running call: its promise rejects now; the worker stops at its next step.
+  /// Stops everything asked of the lab: every call's promise rejects now; the running one stops
+  /// in the worker at its next step, the queued ones never start.
   cancel() {
-    const running = this.running && this.pending.get(this.running.id);
-    if (!running || running.answered) return;
-    this.worker.postMessage({ type: 'cancel' });
-    running.answered = true;
-    this.draining = true;
-    running.reject(new LabError({ kind: 'cancelled', message: 'stopped' }));
+    if (this.running) {
+      this.worker.postMessage({ type: 'cancel' });
+      this.draining = true;
+    }
+    for (const entry of this.pending.values()) {
+      if (entry.answered) continue;
+      entry.answered = true;
+      entry.reject(new LabError({ kind: 'cancelled', message: 'stopped' }));
+    }
   }
 
   /// For tests: destroys the GPU device now, as a driver reset would, even mid-call (it does not

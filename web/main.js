@@ -241,12 +241,11 @@ async function installModel(label, files) {
     + `context ${summary.n_positions}, ${params}M parameters: ${megabytes(summary.parameters * 4)} as f32, ${megabytes(summary.parameters * 2)} as f16.`;
   modelContext = summary.n_positions;
   wikitextTokens = null;
-  loadBar.finish('measuring this GPU\'s speed with this model (two 16-token windows)…');
-  await probeSpeed();
   $('model-status').dataset.loaded = label;
   loadBar.complete('model ready');
   layerView.setLayers(await lab.layerList());
   updateEstimates();
+  probeSpeed();
   return `${params}M parameters`;
 }
 
@@ -302,40 +301,43 @@ async function updateEstimates() {
     }
     const plan = await lab.evaluationPlan(tokenCount, optionalNumber('max-length'), optionalNumber('stride'));
     $('eval-estimate').textContent = `${plan.windows.toLocaleString()} window${plan.windows === 1 ? '' : 's'} of ${plan.max_length} tokens (stride ${plan.stride}), `
-      + `${about}${plan.scored.toLocaleString()} tokens scored: ${estimateText(speed.estimate('forward', plan.positions))}.`;
+      + `${about}${plan.scored.toLocaleString()} tokens scored: ${estimateText(speed.estimate('forward', plan.windows, plan.max_length))}.`;
   } catch (e) {
     if (e?.fatal) return;
     $('eval-estimate').textContent = e?.message ?? String(e);
   }
-  const samples = calibrationSamples();
-  const positions = calibrationPositions();
-  $('calibrate-estimate').textContent = `${samples} window${samples === 1 ? '' : 's'} of ${positions / samples} tokens: Fisher ${estimateText(speed.estimate('fisher', positions))}; `
-    + `means ${estimateText(speed.estimate('means', positions)).replace(/ on this GPU.*/, '')}; Hessians ${estimateText(speed.estimate('hessians', positions)).replace(/ on this GPU.*/, '')}.`;
+  const [samples, length] = calibrationWindows();
+  const short = (step) => estimateText(speed.estimate(step, samples, length)).replace(/ on this GPU.*/, '');
+  $('calibrate-estimate').textContent = `${samples} window${samples === 1 ? '' : 's'} of ${length} tokens: `
+    + `Fisher ${estimateText(speed.estimate('fisher', samples, length))}; means ${short('means')}; Hessians ${short('hessians')}.`;
 }
 
-/// The calibration's windows as the inputs ask (an empty count: the steps' default of 16 is assumed).
-const calibrationSamples = () => optionalNumber('f-samples') ?? 16;
-const calibrationPositions = () => calibrationSamples() * (optionalNumber('f-seqlen') ?? modelContext);
+/// The calibration's windows as the inputs ask, `[count, length]` (an empty count: the steps'
+/// default of 16 is assumed; an empty length: the model's context).
+const calibrationWindows = () => [optionalNumber('f-samples') ?? 16, optionalNumber('f-seqlen') ?? modelContext];
 
 /// A few words of English for the probe of this GPU's speed when a model loads.
 const PROBE_TEXT = 'The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest structure in Paris. '
   + 'Its base is square, measuring 125 metres on each side.';
-const PROBE_TOKENS = 16;
+const PROBE_TOKENS = 64;
 
-/// Times a forward pass over a short window (the second of two: the first compiles the
-/// shaders), so estimates exist before any long step has run.
+/// Times forward passes over two short windows (16 and 64 tokens), so estimates exist before any
+/// long step has run. It runs behind the model's load, not in it: a step asked for meanwhile
+/// waits for it (seconds on a software GPU, milliseconds on a real one).
 async function probeSpeed() {
   speed.reset();
-  const length = Math.min(PROBE_TOKENS, modelContext);
+  const long = Math.min(PROBE_TOKENS, modelContext);
+  const short = Math.min(PROBE_TOKENS / 4, long / 2);
   try {
-    const tokens = (await lab.tokenize(PROBE_TEXT)).slice(0, length);
-    if (tokens.length < length || length < 2) return;
-    await lab.perplexity(tokens, length, length, false);
-    const report = await lab.perplexity(tokens, length, length, false);
-    speed.record('probe', report.seconds, length);
+    const tokens = await lab.tokenize(PROBE_TEXT.repeat(4)); // 150 to 200 tokens under any tokenizer here
+    if (tokens.length < long || short < 2) return;
+    const seconds = async (length) => (await lab.perplexity(tokens.slice(0, length), length, length, false)).seconds;
+    speed.probe(short, await seconds(short), long, await seconds(long));
+    updateEstimates();
   } catch (e) {
-    // Without a probe the estimates wait for the first run; a lost GPU is the next step's news.
-    if (!e?.fatal) console.warn(`speed probe: ${e?.message ?? e}`);
+    // Without a probe the estimates wait for the first run; a lost GPU is the next step's news;
+    // a cancel of the step queued behind the probe stops the probe too.
+    if (!e?.fatal && e?.kind !== 'cancelled') console.warn(`speed probe: ${e?.message ?? e}`);
   }
 }
 
@@ -348,13 +350,13 @@ const baselineKey = (text, report) => `${text}|${report.max_length}|${report.str
 async function evaluate() {
   const { what, tokens } = await evaluationText();
   const plan = await lab.evaluationPlan(tokens.length, optionalNumber('max-length'), optionalNumber('stride'));
-  evalBar.start('perplexity', { estimate: speed.estimate('forward', plan.positions)?.seconds });
+  evalBar.start('perplexity', { estimate: speed.estimate('forward', plan.windows, plan.max_length)?.seconds });
   const useQuantized = document.querySelector('input[name=which]:checked').value === 'quantized';
   // On a slow GPU a batch is one window, so that a cancel frees the GPU within one window.
   const windowsPerBatch = speed.windowSeconds(plan.max_length) > 0.5 ? 1 : undefined;
   const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'), useQuantized,
     (done, total) => evalBar.count(done, total, 'tokens'), windowsPerBatch);
-  speed.record('forward', report.seconds, plan.positions);
+  speed.record('forward', report.seconds, plan.windows, plan.max_length);
   updateEstimates();
   addRun(useQuantized || packedOnly ? quantizedRun() : originalRun(), { what, report });
   evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
@@ -529,8 +531,8 @@ async function openPacked(file) {
   document.querySelector('input[name=which][value=original]').checked = true;
   for (const id of ['plot-sensitivity', 'plot-error']) clearPlot($(id), 'A packed file alone has no original weights to compare with.');
   layerView.setLayers([]);
-  await probeSpeed();
   updateEstimates();
+  probeSpeed();
   return 'packed file';
 }
 
@@ -548,11 +550,11 @@ async function calibrationTokens() {
 
 async function computeMeans() {
   const tokens = await calibrationTokens();
-  fisherBar.start('mean activations', { estimate: speed.estimate('means', calibrationPositions())?.seconds });
+  fisherBar.start('mean activations', { estimate: speed.estimate('means', ...calibrationWindows())?.seconds });
   const report = await lab.inputMeans(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'),
     (done, total) => fisherBar.count(done, total, 'windows'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
-  speed.record('means', report.seconds, report.nsamples * report.seqlen);
+  speed.record('means', report.seconds, report.nsamples, report.seqlen);
   updateEstimates();
   meansReady = true;
   $('q-centering').checked = true;
@@ -562,11 +564,11 @@ async function computeMeans() {
 
 async function computeHessians() {
   const tokens = await calibrationTokens();
-  fisherBar.start('Hessians', { estimate: speed.estimate('hessians', calibrationPositions())?.seconds });
+  fisherBar.start('Hessians', { estimate: speed.estimate('hessians', ...calibrationWindows())?.seconds });
   const report = await lab.hessians(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'),
     (done, total) => fisherBar.count(done, total, 'blocks'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
-  speed.record('hessians', report.seconds, report.nsamples * report.seqlen);
+  speed.record('hessians', report.seconds, report.nsamples, report.seqlen);
   updateEstimates();
   hessiansReady = true;
   // Proxy losses measured with earlier Hessians do not compare with new ones.
@@ -582,11 +584,11 @@ const calibrationSummary = () => [fisherReady && 'Fisher', meansReady && 'means'
 
 async function computeFisher() {
   const tokens = await calibrationTokens();
-  fisherBar.start('Fisher', { estimate: speed.estimate('fisher', calibrationPositions())?.seconds });
+  fisherBar.start('Fisher', { estimate: speed.estimate('fisher', ...calibrationWindows())?.seconds });
   const report = await lab.fisher(tokens, optionalNumber('f-samples'), optionalNumber('f-seqlen'), 0,
     (done, total) => fisherBar.count(done, total, 'tokens'));
   fisherBar.complete(`done in ${report.seconds.toFixed(1)} s`);
-  speed.record('fisher', report.seconds, report.nsamples * report.seqlen);
+  speed.record('fisher', report.seconds, report.nsamples, report.seqlen);
   updateEstimates();
   fisherReady = true;
   // Kept as a file, so a new GPU after a lost one starts with it.
@@ -740,6 +742,6 @@ async function start() {
 }
 
 // For the e2e tests: lose the GPU as a driver reset would.
-window.lutlabTestHooks = { loseGpu: () => lab?.loseDevice() };
+window.lutlabTestHooks = { loseGpu: () => lab?.loseDevice(), lab: () => lab };
 
 start();

@@ -34,7 +34,7 @@ function estimatedSeconds(text) {
   return 3600 * Number(m[1] ?? 0) + 60 * Number(m[2] ?? 0) + Number(m[3] ?? 0);
 }
 
-test('the wasm lab runs in a worker and the page stays responsive while it works', async () => {
+test("the wasm lab runs in a worker and the page's thread never works long", async () => {
   const page = await openPage(browser, pageUrl);
   const workers = page.workers();
   assert.equal(workers.length, 1, 'one dedicated worker');
@@ -42,29 +42,34 @@ test('the wasm lab runs in a worker and the page stays responsive while it works
   // The page itself never fetches the wasm module: the worker does.
   const pageFetchedWasm = await page.evaluate(() => performance.getEntriesByType('resource').some((e) => e.name.endsWith('.wasm')));
   assert.equal(pageFetchedWasm, false);
-  // The longest pause of a 20 ms timer on the page's thread while the lab tokenizes WikiText-2
-  // (1.3 MB of text) and evaluates: the thread is free for input throughout.
+  // Long tasks of the page's thread (Long Tasks API, from the page's start: buffered) while the
+  // model loads, and while the lab tokenizes all of WikiText-2 (1.3 MB; 0.4 s of wasm, which once
+  // ran here) and evaluates. A long task is the thread's own work, so unlike a timer's delays it
+  // does not grow when other processes take the CPU.
   await page.evaluate(() => {
-    window.gaps = { last: performance.now(), longest: 0 };
-    window.gaps.timer = setInterval(() => {
-      const now = performance.now();
-      window.gaps.longest = Math.max(window.gaps.longest, now - window.gaps.last);
-      window.gaps.last = now;
-    }, 20);
+    window.longTasks = [];
+    new PerformanceObserver((list) => window.longTasks.push(...list.getEntries().map((e) => e.duration))).observe({ type: 'longtask', buffered: true });
   });
-  // Until the first windows are scored: fetching and tokenizing the file and the first GPU batch.
-  await page.fill('#eval-windows', '3');
+  // The observer sees a task of the page's own that is long (so the check below can fail).
+  await page.evaluate(() => setTimeout(() => { const start = performance.now(); while (performance.now() - start < 300); }, 0));
+  await page.waitForFunction(() => window.longTasks.some((d) => d >= 300));
+  await page.evaluate(() => { window.longTasks = []; });
+  await page.check('input[name=text][value=wikitext]');
+  await page.waitForFunction(() => /^[\d,]{5,} windows/.test(document.getElementById('eval-estimate').textContent), null, { timeout: 300_000 });
+  await page.check('input[name=text][value=wikitext-start]');
+  await page.fill('#eval-windows', '1');
   await page.click('#run-eval');
-  await page.waitForFunction(() => /[1-9][\d,]* \/ [\d,]+ tokens/.test(document.getElementById('eval-progress').textContent), null, { timeout: 300_000 });
-  const longest = await page.evaluate(() => { clearInterval(window.gaps.timer); return window.gaps.longest; });
-  console.log(`longest pause of the page's thread while the lab tokenized WikiText-2 and evaluated: ${longest.toFixed(0)} ms`);
-  assert.ok(longest < 500, `the page's thread paused ${longest.toFixed(0)} ms`);
+  await page.waitForSelector('#eval-result[data-report]', { timeout: 300_000 });
+  const longTasks = await page.evaluate(() => window.longTasks);
+  const longest = Math.max(0, ...longTasks);
+  console.log(`the page's thread: ${longTasks.length} long tasks, the longest ${longest.toFixed(0)} ms`);
+  assert.ok(longest < 250, `the page's thread worked ${longest.toFixed(0)} ms at once`);
   await page.close();
 });
 
 test('the defaults are short, and every long step states its size and time before it starts', async () => {
   const page = await openPage(browser, pageUrl);
-  await page.waitForFunction(() => /on this GPU/.test(document.getElementById('eval-estimate').textContent));
+  await page.waitForFunction(() => /about .* on this GPU/.test(document.getElementById('eval-estimate').textContent), null, { timeout: 120_000 });
   const evalLine = await page.textContent('#eval-estimate');
   const calibrateLine = await page.textContent('#calibrate-estimate');
   console.log(`defaults: ${evalLine} | ${calibrateLine}`);
