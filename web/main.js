@@ -31,9 +31,10 @@ const kept = { model: null, packed: null, fisher: null };
 let modelLoaded = false;
 let busy = false;
 let dead = false;
-let wikitext = null;
-/// WikiText-2 test's tokens under the loaded model's tokenizer (counted once per model).
-let wikitextTokens = null;
+/// The WikiText-2 files by path (fetched once), and their tokens under the loaded model's
+/// tokenizer (counted once per model).
+const texts = new Map();
+const tokensOf = new Map();
 /// This GPU's speed with this model, for the estimates shown before long steps.
 const speed = new SpeedBook();
 let modelContext = 0;
@@ -44,7 +45,6 @@ let meansReady = false;
 let hessiansReady = false;
 /// This session's quantizations with a proxy loss per layer (since the Hessians were computed).
 let proxyRuns = [];
-let calibration = null;
 const layerView = new LayerView({ lab: () => lab, onFatal: (e) => fatal(e), isBusy: () => busy || dead });
 
 const EXPLAIN = {
@@ -240,7 +240,7 @@ async function installModel(label, files) {
   $('model-status').textContent = `Loaded ${label} (${summary.model_type}): ${summary.n_layer} layers, ${heads}, width ${summary.n_embd}, `
     + `context ${summary.n_positions}, ${params}M parameters: ${megabytes(summary.parameters * 4)} as f32, ${megabytes(summary.parameters * 2)} as f16.`;
   modelContext = summary.n_positions;
-  wikitextTokens = null;
+  tokensOf.clear();
   $('model-status').dataset.loaded = label;
   loadBar.complete('model ready');
   layerView.setLayers(await lab.layerList());
@@ -249,20 +249,23 @@ async function installModel(label, files) {
   return `${params}M parameters`;
 }
 
-/// WikiText-2 test's tokens (fetched and tokenized once per model).
-async function allWikitextTokens(bar) {
-  if (!wikitext) {
-    bar?.start(WIKITEXT_TEST);
-    const response = await fetch(WIKITEXT_TEST);
-    if (!response.ok) throw new Error(`${WIKITEXT_TEST}: HTTP ${response.status}`);
-    wikitext = await response.text();
+/// The tokens of a text file served with the page (fetched once, tokenized once per model);
+/// `bar`, when given, shows both steps.
+async function fileTokens(file, bar) {
+  if (!texts.has(file)) {
+    bar?.start(file);
+    const response = await fetch(file);
+    if (!response.ok) throw new Error(`${file}: HTTP ${response.status}`);
+    texts.set(file, await response.text());
   }
-  if (!wikitextTokens) {
+  if (!tokensOf.has(file)) {
     bar?.start('tokenizing');
-    wikitextTokens = await lab.tokenize(wikitext);
+    tokensOf.set(file, await lab.tokenize(texts.get(file)));
   }
-  return wikitextTokens;
+  return tokensOf.get(file);
 }
+
+const allWikitextTokens = (bar) => fileTokens(WIKITEXT_TEST, bar);
 
 /// Tokens that make the first `count` windows of the evaluation's window and stride.
 async function firstWindowsTokens(count) {
@@ -536,17 +539,8 @@ async function openPacked(file) {
   return 'packed file';
 }
 
-/// The calibration text's tokens (WikiText-2 valid, fetched once).
-async function calibrationTokens() {
-  if (!calibration) {
-    fisherBar.start(WIKITEXT_VALID);
-    const response = await fetch(WIKITEXT_VALID);
-    if (!response.ok) throw new Error(`${WIKITEXT_VALID}: HTTP ${response.status}`);
-    calibration = await response.text();
-  }
-  fisherBar.start('tokenizing');
-  return lab.tokenize(calibration);
-}
+/// The calibration text's tokens (WikiText-2 valid).
+const calibrationTokens = () => fileTokens(WIKITEXT_VALID, fisherBar);
 
 async function computeMeans() {
   const tokens = await calibrationTokens();
