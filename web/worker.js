@@ -54,16 +54,18 @@ function transferables(value) {
 }
 
 async function call({ id, method, args }) {
+  if (crashed) {
+    postMessage({ type: 'error', id, error: { kind: 'crashed', message: crashed } });
+    return;
+  }
   try {
-    if (crashed) throw Object.assign(new Error(crashed), { name: 'Crashed' });
     const free = FREE_FUNCTIONS[method];
     if (!free && typeof lab?.[method] !== 'function') throw new Error(`the lab has no method \`${method}\``);
     const resolved = await materialize(args, id);
     const value = await (free ? free(...resolved) : lab[method](...resolved));
     postMessage({ type: 'result', id, value }, transferables(value));
   } catch (e) {
-    const error = e?.name === 'Crashed' ? { kind: 'crashed', message: e.message } : describe(e);
-    postMessage({ type: 'error', id, error });
+    postMessage({ type: 'error', id, error: describe(e) });
   }
 }
 
