@@ -1,8 +1,10 @@
 //! Property tests (proptest): the code layout round-trips at every width and shape, the
 //! quantizers keep their invariants on arbitrary inputs, and the file parsers never panic on any
-//! bytes, whole or a valid file damaged. Failures shrink to a minimal case.
+//! bytes, whole or a valid file damaged; the bit allocator finds the brute-force optimum.
+//! Failures shrink to a minimal case.
 
 use lutlab_core::packed_file::PackedModel;
+use lutlab_core::quant::allocate::{allocate, allocate_relaxed, Candidate, LayerChoices, Solver};
 use lutlab_core::quant::kmeans::{lloyd_1d_from, optimal_1d};
 use lutlab_core::quant::packed::{pack_codes, unpack_codes};
 use lutlab_core::quant::uniform::{quantize_uniform, UniformGranularity, UniformSettings};
@@ -158,4 +160,81 @@ fn fuzz_regression_config_json_dimensions() {
     assert_eq!(deep.largest_tensor(), ("wte.weight".to_string(), 50257 * 128));
     let per_block = 12 * 128 * 128 + 13 * 128;
     assert_eq!(deep.parameter_count(), 50257 * 128 + 256 * 128 + 4_555_556 * per_block + 2 * 128);
+}
+
+/// Small multiple-choice knapsacks: 1–5 layers of 1–4 candidates `(bytes, loss)`, and a budget
+/// from the smallest total to a little above the largest.
+fn knapsacks() -> impl Strategy<Value = (Vec<LayerChoices>, u64)> {
+    proptest::collection::vec(proptest::collection::vec((1u64..60, 0f64..100.0), 1..5), 1..6)
+        .prop_flat_map(|layers| {
+            let total = |pick: fn(&[(u64, f64)]) -> u64| layers.iter().map(|l| pick(l)).sum::<u64>();
+            let smallest = total(|l| l.iter().map(|c| c.0).min().unwrap_or(0));
+            let largest = total(|l| l.iter().map(|c| c.0).max().unwrap_or(0));
+            (Just(layers), smallest..=largest + 10)
+        })
+        .prop_map(|(layers, budget)| {
+            let layers = layers
+                .into_iter()
+                .enumerate()
+                .map(|(l, candidates)| LayerChoices {
+                    name: format!("layer {l}"),
+                    candidates: candidates.into_iter().enumerate().map(|(i, (bytes, loss))| Candidate { bits: i as u32 + 2, bytes, loss }).collect(),
+                })
+                .collect();
+            (layers, budget)
+        })
+}
+
+/// The optimum by trying every combination.
+fn brute_force(layers: &[LayerChoices], budget: u64) -> f64 {
+    let mut best = f64::INFINITY;
+    let mut pick = vec![0usize; layers.len()];
+    loop {
+        let bytes: u64 = layers.iter().zip(&pick).map(|(l, &i)| l.candidates[i].bytes).sum();
+        if bytes <= budget {
+            best = best.min(layers.iter().zip(&pick).map(|(l, &i)| l.candidates[i].loss).sum());
+        }
+        // The next combination, counting in mixed radix.
+        let mut l = 0;
+        loop {
+            if l == layers.len() {
+                return best;
+            }
+            pick[l] += 1;
+            if pick[l] < layers[l].candidates.len() {
+                break;
+            }
+            pick[l] = 0;
+            l += 1;
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_allocator_finds_the_brute_force_optimum((layers, budget) in knapsacks()) {
+        let optimum = brute_force(&layers, budget);
+        let exact = allocate(&layers, budget).unwrap();
+        prop_assert_eq!(exact.solver, Solver::Exact);
+        prop_assert!(exact.bytes <= budget, "{} bytes over the budget {}", exact.bytes, budget);
+        prop_assert!((exact.loss - optimum).abs() <= 1e-9 * optimum.max(1.0), "exact {} vs brute force {}", exact.loss, optimum);
+
+        // The relaxation: within the budget, and its lower bound really is one.
+        let relaxed = allocate_relaxed(&layers, budget).unwrap();
+        prop_assert!(relaxed.bytes <= budget);
+        prop_assert!(relaxed.loss >= optimum - 1e-9 * optimum.max(1.0), "relaxed {} below the optimum {}", relaxed.loss, optimum);
+        prop_assert!(relaxed.lower_bound <= optimum + 1e-9 * optimum.max(1.0), "bound {} above the optimum {}", relaxed.lower_bound, optimum);
+    }
+}
+
+#[test]
+fn budgets_below_the_narrowest_widths_are_refused_with_the_range() {
+    let layer = |name: &str| LayerChoices {
+        name: name.into(),
+        candidates: vec![Candidate { bits: 2, bytes: 10, loss: 3.0 }, Candidate { bits: 4, bytes: 20, loss: 1.0 }],
+    };
+    let e = allocate(&[layer("a"), layer("b")], 19).unwrap_err().to_string();
+    assert!(e.contains("feasible: 20 to 40 bytes"), "{e}");
+    let empty = LayerChoices { name: "h.0.mlp.c_fc".into(), candidates: vec![] };
+    assert!(allocate(&[empty], 100).unwrap_err().to_string().contains("h.0.mlp.c_fc: no candidate width"));
 }

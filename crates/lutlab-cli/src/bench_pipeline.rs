@@ -148,7 +148,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
 
     let clock = Instant::now();
     let label = request.label(true);
-    let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(&request)? };
+    let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(&request)?, allocation: String::new() };
     let packed = PackedModel::from_quantized(weights, &quantized, meta, TableDtype::F16)?;
     let packed_file = packed.to_safetensors(TableDtype::F16)?;
     let pack_seconds = clock.elapsed().as_secs_f64();

@@ -12,6 +12,7 @@ mod model;
 mod paths;
 mod progress;
 mod quantize;
+mod quantize_budget;
 mod quantize_hessian;
 mod quantize_streamed;
 

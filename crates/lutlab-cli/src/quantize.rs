@@ -11,7 +11,9 @@ use clap::{Args, ValueEnum};
 use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
-use lutlab_core::quant::{quantize_model, Calibration, InputMeans, QuantizeRequest};
+use lutlab_core::quant::mixed::AllocationReport;
+use lutlab_core::quant::{quantize_model, Calibration, InputMeans, Method, QuantizeRequest, QuantizedModel};
+use crate::quantize_budget::quantize_to_budget;
 use lutlab_gpu::quantize_model_gpu;
 use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Decoder};
 use lutlab_core::files::checkpoint_bytes;
@@ -54,6 +56,16 @@ pub struct QuantizeArgs {
     /// Bits per weight: 1..8 for k-means, 2..8 for rtn.
     #[arg(long, default_value_t = 4)]
     pub(crate) bits: u32,
+    /// Mixed precision: each layer's width chosen from --widths for the least estimated loss
+    /// under this size, in bits per weight (3.5bpw) or the packed file's size (12MB, 12MiB).
+    /// The estimate: the Fisher-weighted error Σ F·(w−q)² with --fisher, a Hessian method's
+    /// proxy loss, else the plain squared error. Every stored byte (codes, tables, scales,
+    /// outliers) counts toward the budget.
+    #[arg(long)]
+    pub(crate) budget: Option<String>,
+    /// Candidate widths for --budget (default 2,3,4,5,6,8).
+    #[arg(long, value_delimiter = ',', requires = "budget")]
+    pub(crate) widths: Vec<u32>,
     /// tensor | channel | group | group:G (k-means: G output channels per table; rtn: G input
     /// rows per scale, as Brevitas, or channel-group:G).
     #[arg(long, default_value = "tensor")]
@@ -211,28 +223,46 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
 
     // The GPU is opened before the clock starts: `quantize_seconds` is the quantization itself.
     let gpu = if args.gpu { Some(pollster::block_on(open_gpu())?) } else { None };
-    let mut bar = Bar::new("quantize", "weights", args.json);
     let start = Instant::now();
     let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
     let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_ref(), hessians: None };
-    let quantized = if method.needs_hessians() {
-        crate::quantize_hessian::run(&args, &loaded, &method, selection, fisher.as_ref(), &mut bar)?
-    } else if let Some(gpu) = &gpu {
-        pollster::block_on(quantize_model_gpu(gpu, weights, &method, selection, calibration, &mut bar))?
-    } else {
-        quantize_model(weights, &method, selection, calibration, &mut bar)?
+    let mut quantize_at = |method: &Method| -> Result<QuantizedModel> {
+        let title = if args.budget.is_some() { format!("quantize {}-bit", method.bits()) } else { "quantize".to_string() };
+        let mut bar = Bar::new(&title, "weights", args.json);
+        let quantized = if method.needs_hessians() {
+            crate::quantize_hessian::run(&args, &loaded, method, selection.clone(), fisher.as_ref(), &mut bar)?
+        } else if let Some(gpu) = &gpu {
+            pollster::block_on(quantize_model_gpu(gpu, weights, method, selection.clone(), calibration, &mut bar))?
+        } else {
+            quantize_model(weights, method, selection.clone(), calibration, &mut bar)?
+        };
+        bar.finish();
+        Ok(quantized)
+    };
+    let meta = PackedMeta {
+        base_model: model_dir.display().to_string(),
+        method: request.label(fisher.is_some()),
+        settings: serde_json::to_string(&request)?,
+        allocation: String::new(),
+    };
+    let (quantized, allocation) = match &request.budget {
+        Some(budget) => {
+            let widths = request.candidate_widths();
+            let (quantized, report) = quantize_to_budget(budget, &widths, weights, &method, sample_weights, &meta, table_dtype, &mut quantize_at)?;
+            (quantized, Some(report))
+        }
+        None => (quantize_at(&method)?, None),
     };
     let seconds = start.elapsed().as_secs_f64();
-    bar.finish();
-    let label = request.label(fisher.is_some());
+    let label = meta.method.clone();
 
     // Every layer a LUT: the model is packed, and evaluated as packed through the LUT kernels.
     // (Input groups of a size that is not a multiple of 32 rows have no packed form; those run
     // dequantized.)
     let packed = if quantized.layers.iter().all(|l| l.lut.is_some()) {
-        let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(&request)? };
-        Some(PackedModel::from_quantized(weights, &quantized, meta, table_dtype)?)
+        let allocation = allocation.as_ref().map(serde_json::to_string).transpose()?.unwrap_or_default();
+        Some(PackedModel::from_quantized(weights, &quantized, PackedMeta { allocation, ..meta }, table_dtype)?)
     } else {
         None
     };
@@ -268,7 +298,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let original = checkpoint_bytes(&model_dir).ok();
     let sizes = packed.as_ref().zip(file_bytes).map(|(p, file)| PackedSizes::of(p, file, original));
     let lines: Vec<LayerLine> = quantized.layers.iter().map(LayerLine::of).collect();
-    report(&args, &label, &lines, seconds, eval.as_ref(), sizes)
+    report(&args, &label, &lines, seconds, eval.as_ref(), sizes, allocation.as_ref())
 }
 
 impl QuantizeArgs {
@@ -309,6 +339,8 @@ impl QuantizeArgs {
             pre_rescale: self.pre_rescale,
             pre_proj: self.pre_proj,
             qfn: self.qfn.clone(),
+            budget: self.budget.clone(),
+            widths: self.widths.clone(),
         }
     }
 }
@@ -382,7 +414,15 @@ impl LayerLine {
     }
 }
 
-pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f64, eval: Option<&crate::eval::EvalReport>, sizes: Sizes) -> Result<()> {
+pub fn report(
+    args: &QuantizeArgs,
+    label: &str,
+    layers: &[LayerLine],
+    seconds: f64,
+    eval: Option<&crate::eval::EvalReport>,
+    sizes: Sizes,
+    allocation: Option<&AllocationReport>,
+) -> Result<()> {
     let outliers: usize = layers.iter().map(|l| l.outliers).sum();
     let weights: usize = layers.iter().map(|l| l.numel).sum();
     let bits_per_weight = layers.iter().map(|l| l.bits_per_weight * l.numel as f64).sum::<f64>() / weights.max(1) as f64;
@@ -404,6 +444,7 @@ pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f
             "file_bytes": sizes.as_ref().map(|s| s.file_bytes),
             "original_bytes": sizes.as_ref().and_then(|s| s.original_bytes),
             "sizes": sizes,
+            "allocation": allocation,
             "eval": eval,
         });
         println!("{json}");
@@ -425,6 +466,9 @@ pub fn report(args: &QuantizeArgs, label: &str, layers: &[LayerLine], seconds: f
     );
     if args.quantize_embeddings && args.fisher.is_some() {
         println!("note: lm_head (the tied embedding) was quantized without Fisher weights: the Fisher file covers the blocks' linears");
+    }
+    if let Some(a) = allocation {
+        println!("{}", crate::quantize_budget::allocation_lines(a));
     }
     if let Some(s) = sizes {
         let f16 = 2 * s.layer_weights;

@@ -37,6 +37,9 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     if request.centering {
         bail!("--centering is not supported for streamed models yet");
     }
+    if request.budget.is_some() {
+        bail!("--budget quantizes the model at every candidate width before choosing, which a streamed model (one block at a time) does not do yet: quantize at one --bits, or pass --no-stream if the model fits in memory");
+    }
     let opened = ModelFiles::open_dir(model_dir)?;
     let config = &opened.config;
     check_layout(config, &opened.checkpoint)?;
@@ -104,7 +107,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
             writer.add_dense(&name, &dense_tensor(&opened.checkpoint, &name)?)?;
         }
     }
-    let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(request)? };
+    let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(request)?, allocation: String::new() };
     let dense_bytes = writer.dense_bytes();
     writer.finish(config, &meta).with_context(|| format!("writing {}", packed_path.display()))?;
     let file_bytes = std::fs::metadata(packed_path).with_context(|| format!("reading {}", packed_path.display()))?.len() as usize;
@@ -118,7 +121,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     } else {
         None
     };
-    report(args, &label, &lines, seconds, eval.as_ref(), Some(sizes))
+    report(args, &label, &lines, seconds, eval.as_ref(), Some(sizes), None)
 }
 
 fn in_blocks(config: &ModelConfig, name: &str, blocks: &Range<usize>) -> bool {

@@ -132,6 +132,9 @@ pub struct PackedMeta {
     pub method: String,
     /// The quantization request as JSON text (empty when unknown).
     pub settings: String,
+    /// A mixed-precision allocation (`quant::mixed::AllocationReport`) as JSON text: the budget,
+    /// each layer's chosen width and estimate; empty when every layer has the request's width.
+    pub allocation: String,
 }
 
 /// A GPT-2 with packed LUT linear layers: the content of a `lutlab-packed` file.
@@ -263,10 +266,12 @@ impl PackedModel {
                 self.dense.len() + self.layers.len()
             ));
         }
-        if !self.meta.settings.trim().is_empty()
-            && let Err(e) = serde_json::from_str::<serde_json::Value>(&self.meta.settings)
-        {
-            return bad(format!("the settings are not JSON: {e}"));
+        for (key, text) in [("settings", &self.meta.settings), ("allocation", &self.meta.allocation)] {
+            if !text.trim().is_empty()
+                && let Err(e) = serde_json::from_str::<serde_json::Value>(text)
+            {
+                return bad(format!("the {key} metadata is not JSON: {e}"));
+            }
         }
         let expected: BTreeMap<String, (Vec<usize>, bool)> =
             config.tensor_shapes().into_iter().map(|(name, shape, required)| (name, (shape, required))).collect();
@@ -408,7 +413,7 @@ impl PackedModel {
         let layer_meta: BTreeMap<String, LayerMeta> = serde_json::from_str(get("layers")?)
             .map_err(|e| bad(format!("metadata `layers` is not a valid layer table: {e}")))?;
         let text = |key: &str| meta.get(key).cloned().unwrap_or_default();
-        let meta = PackedMeta { base_model: text("base_model"), method: text("method"), settings: text("settings") };
+        let meta = PackedMeta { base_model: text("base_model"), method: text("method"), settings: text("settings"), allocation: text("allocation") };
 
         if config.n_layer > parsed.len() {
             return Err(bad(format!(
@@ -605,6 +610,17 @@ pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(P
     Ok((packed, bias))
 }
 
+/// The bytes quantized `layer` takes in a packed file written with `table_dtype` (its tensors'
+/// data, as [`layer_bytes`] counts them), or `None` when it has no look-up-table form.
+pub fn stored_layer_bytes(layer: &QuantizedLayer, table_dtype: TableDtype) -> Result<Option<usize>> {
+    let Some(lut) = &layer.lut else { return Ok(None) };
+    let (mut packed, _) = pack_layer(layer, lut.rows, lut.cols)?;
+    if table_dtype == TableDtype::F16 {
+        round_layer_tables_to_f16(&layer.name, &mut packed)?;
+    }
+    Ok(Some(layer_bytes(&packed)))
+}
+
 /// Whether every value the file stores in the table dtype (table entries, group scales and
 /// zeros) is exactly an f16.
 fn holds_f16(l: &PackedLinear) -> bool {
@@ -708,7 +724,7 @@ fn file_metadata(
 ) -> Result<HashMap<String, String>> {
     let layers_json = serde_json::to_string(layers).map_err(|e| invalid(format!("layers metadata: {e}")))?;
     let version = version_needed(layers, dense_16);
-    Ok(HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), FORMAT_NAME.to_string()),
         ("format_version".to_string(), version.to_string()),
         ("config".to_string(), config_json(config)?),
@@ -716,7 +732,12 @@ fn file_metadata(
         ("base_model".to_string(), meta.base_model.clone()),
         ("method".to_string(), meta.method.clone()),
         ("settings".to_string(), meta.settings.clone()),
-    ]))
+    ]);
+    // Only mixed-precision files carry it, so other files stay as they were byte for byte.
+    if !meta.allocation.is_empty() {
+        metadata.insert("allocation".to_string(), meta.allocation.clone());
+    }
+    Ok(metadata)
 }
 
 /// Writes a packed model file a layer at a time (a streamed model's quantization): dense

@@ -58,6 +58,7 @@ fn meta() -> PackedMeta {
         base_model: "models/gpt2-tiny-wikitext".into(),
         method: "kmeans 3-bit channel".into(),
         settings: r#"{"method":"kmeans","bits":3,"granularity":"channel"}"#.into(),
+        allocation: String::new(),
     }
 }
 
@@ -735,7 +736,7 @@ fn a_bad_config_or_settings_is_named() {
     let err = error_of(&set_metadata(small_file(), "config", r#"{"n_layer":1000000,"n_head":2,"n_embd":40}"#));
     assert!(err.contains("1000000 blocks"), "{err}");
     let err = error_of(&set_metadata(small_file(), "settings", "not json"));
-    assert!(err.contains("settings are not JSON"), "{err}");
+    assert!(err.contains("settings metadata is not JSON"), "{err}");
 }
 
 // ---- fuzz ----

@@ -7,11 +7,13 @@
 //!
 //! Layout: weights are GPT-2 Conv1D `[in, out]` row-major; an *output channel* is a column.
 
+pub mod allocate;
 pub mod head;
 pub mod hessian;
 pub mod incoherence;
 pub mod kmeans;
 pub mod lut;
+pub mod mixed;
 pub mod model;
 pub mod request;
 pub mod transforms;

@@ -67,6 +67,12 @@ pub struct QuantizeRequest {
     pub pre_proj: bool,
     /// QuIP's quantizer function: `a` (the `grid` as configured) or `b` (per channel, ±2.4 RMS).
     pub qfn: String,
+    /// Mixed precision: each layer's width chosen from `widths` for the least estimated loss
+    /// under this size (`3.5bpw`, `12MB`; `quant::allocate::Budget`). `None`: every layer at
+    /// `bits`.
+    pub budget: Option<String>,
+    /// The candidate widths of a budget (empty: `quant::mixed::DEFAULT_WIDTHS`).
+    pub widths: Vec<u32>,
 }
 
 impl Default for QuantizeRequest {
@@ -98,6 +104,8 @@ impl Default for QuantizeRequest {
             pre_rescale: false,
             pre_proj: false,
             qfn: "a".into(),
+            budget: None,
+            widths: Vec::new(),
         }
     }
 }
@@ -230,7 +238,25 @@ impl QuantizeRequest {
     /// " +embeddings" when the embeddings are quantized too.
     pub fn label(&self, has_fisher: bool) -> String {
         let embeddings = if self.embeddings { " +embeddings" } else { "" };
-        format!("{}{embeddings}", self.method_label(has_fisher))
+        let budget = self.budget.as_ref().map_or(String::new(), |b| format!(" under {b}"));
+        format!("{}{embeddings}{budget}", self.method_label(has_fisher))
+    }
+
+    /// The candidate widths of a budget.
+    pub fn candidate_widths(&self) -> Vec<u32> {
+        if self.widths.is_empty() { crate::quant::mixed::DEFAULT_WIDTHS.to_vec() } else { self.widths.clone() }
+    }
+
+    /// "4-bit", or "mixed 2–8-bit" under a budget.
+    fn bits_label(&self) -> String {
+        match self.budget {
+            Some(_) => {
+                let widths = self.candidate_widths();
+                let (lo, hi) = (widths.iter().min().copied().unwrap_or(self.bits), widths.iter().max().copied().unwrap_or(self.bits));
+                format!("mixed {lo}–{hi}-bit")
+            }
+            None => format!("{}-bit", self.bits),
+        }
     }
 
     fn method_label(&self, has_fisher: bool) -> String {
@@ -249,7 +275,7 @@ impl QuantizeRequest {
                     (false, rescale, proj) => format!("{}{}", if rescale { " +rescale" } else { "" }, if proj { " +proj" } else { "" }),
                 };
                 let qfn = if self.qfn == "b" && !self.incoherence { " qfn-b" } else { "" };
-                format!("{}{processing} {grid}{qfn} {}-bit {}{order}{fixed}", self.method, self.bits, self.granularity)
+                format!("{}{processing} {grid}{qfn} {} {}{order}{fixed}", self.method, self.bits_label(), self.granularity)
             }
             "rtn" => {
                 // Scale estimation and type only where they differ from the defaults, so that
@@ -258,7 +284,7 @@ impl QuantizeRequest {
                 let po2 = if self.scale_type == "po2" { " po2" } else { "" };
                 let symmetry = if self.asym { "asym" } else { "sym" };
                 let zero_point = self.zero_point_label();
-                format!("rtn {} {}-bit {} {symmetry}{zero_point}{stats}{po2}", self.format, self.bits, self.granularity)
+                format!("rtn {} {} {} {symmetry}{zero_point}{stats}{po2}", self.format, self.bits_label(), self.granularity)
             }
             _ => {
                 let weighted = if has_fisher { " Fisher-weighted" } else { "" };
@@ -269,7 +295,7 @@ impl QuantizeRequest {
                 };
                 let scaled = if self.scaling { " scaled" } else { "" };
                 let centered = if self.centering { " centered" } else { "" };
-                format!("kmeans{weighted}{scaled}{centered} {}-bit {}{sparse}", self.bits, self.granularity)
+                format!("kmeans{weighted}{scaled}{centered} {} {}{sparse}", self.bits_label(), self.granularity)
             }
         }
     }

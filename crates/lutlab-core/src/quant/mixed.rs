@@ -1,0 +1,246 @@
+//! Mixed precision under a size budget: the model is quantized at every candidate width (by
+//! whichever quantizer the caller runs: CPU, GPU or a Hessian method), each layer's candidates
+//! are priced in stored bytes and estimated loss, [`allocate`] picks one width per layer, and
+//! the chosen layers make the result.
+
+use crate::error::{LoadError, Result};
+use crate::packed_file::{stored_layer_bytes, TableDtype};
+use crate::quant::allocate::{allocate, weighted_error, Allocation, Budget, Candidate, LayerChoices, Solver};
+use crate::quant::head::{head_linear, is_head};
+use crate::quant::model::{sample_weights_of, Method, QuantizedModel, SampleWeights};
+use crate::weights::ModelWeights;
+use serde::Serialize;
+use std::borrow::Cow;
+
+/// The widths tried when none are given (issue 20: {2, 3, 4, 5, 6, 8}).
+pub const DEFAULT_WIDTHS: [u32; 6] = [2, 3, 4, 5, 6, 8];
+
+/// What a candidate's loss estimate is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Estimate {
+    /// `Σ F·(w − q)²` with the Fisher diagonal (the loss increase to second order, times 2).
+    Fisher,
+    /// `tr(ΔW H ΔWᵀ)` with each layer's Hessian of its inputs (GPTQ's proxy loss).
+    HessianProxy,
+    /// `Σ (w − q)²`: no calibration, every weight counted alike (a weak estimate).
+    SquaredError,
+}
+
+/// Every layer's candidates, and the quantized models they come from.
+pub struct Candidates {
+    pub estimate: Estimate,
+    pub layers: Vec<LayerChoices>,
+    /// Layers held at one width because the estimate does not cover them (the head has no
+    /// Fisher values), by name.
+    pub pinned: Vec<String>,
+    models: Vec<(u32, QuantizedModel)>,
+}
+
+/// Quantizes `weights` with `method` at each of `widths` through `quantize_at` and prices every
+/// layer's result. A layer without Fisher values when the others have them (the head) keeps
+/// `method`'s own width.
+pub fn candidates<E: From<LoadError>>(
+    weights: &ModelWeights,
+    method: &Method,
+    widths: &[u32],
+    fisher: Option<SampleWeights>,
+    table_dtype: TableDtype,
+    quantize_at: &mut dyn FnMut(&Method) -> std::result::Result<QuantizedModel, E>,
+) -> std::result::Result<Candidates, E> {
+    check_widths(method, widths)?;
+    let mut all: Vec<u32> = widths.to_vec();
+    all.sort_unstable();
+    all.dedup();
+    let own = method.bits();
+    if !all.contains(&own) {
+        all.push(own);
+    }
+    let mut models = Vec::with_capacity(all.len());
+    for &bits in &all {
+        models.push((bits, quantize_at(&method.with_bits(bits))?));
+    }
+    let first = &models[0].1;
+    for (bits, model) in &models {
+        let same = model.layers.len() == first.layers.len() && model.layers.iter().zip(&first.layers).all(|(a, b)| a.name == b.name);
+        if !same {
+            return Err(LoadError::InvalidSetting(format!("the {bits}-bit quantization produced other layers than the first")).into());
+        }
+    }
+    let estimate = match fisher {
+        Some(_) => Estimate::Fisher,
+        None if first.layers.iter().all(|l| l.proxy_loss.is_some()) => Estimate::HessianProxy,
+        None => Estimate::SquaredError,
+    };
+    let mut layers = Vec::with_capacity(first.layers.len());
+    let mut pinned = Vec::new();
+    for (l, layer) in first.layers.iter().enumerate() {
+        let sample_weights = match (estimate, is_head(&layer.name)) {
+            (Estimate::Fisher, true) => {
+                pinned.push(layer.name.clone());
+                None
+            }
+            (Estimate::Fisher, false) => sample_weights_of(fisher, &layer.name)?,
+            _ => None,
+        };
+        let pin = pinned.last() == Some(&layer.name);
+        let mut choices = Vec::new();
+        for (bits, model) in &models {
+            if (pin && *bits != own) || (!pin && !widths.contains(bits)) {
+                continue;
+            }
+            let candidate = &model.layers[l];
+            let bytes = match stored_layer_bytes(candidate, table_dtype)? {
+                Some(bytes) => bytes as u64,
+                // No packed form (input groups not a multiple of 32 rows): its counted bits.
+                None => (candidate.bits_per_weight * candidate.dequantized.len() as f64 / 8.0).ceil() as u64,
+            };
+            let loss = match estimate {
+                Estimate::HessianProxy => candidate.proxy_loss.unwrap_or(0.0),
+                _ => weighted_error(&original_of(weights, &layer.name)?, &candidate.dequantized, sample_weights),
+            };
+            choices.push(Candidate { bits: *bits, bytes, loss });
+        }
+        layers.push(LayerChoices { name: layer.name.clone(), candidates: choices });
+    }
+    Ok(Candidates { estimate, layers, pinned, models })
+}
+
+/// The `[in, out]` weights layer `name` quantizes (the head's built from the embedding).
+fn original_of<'w>(weights: &'w ModelWeights, name: &str) -> Result<Cow<'w, [f32]>> {
+    if is_head(name) {
+        return Ok(Cow::Owned(head_linear(weights).weight.data));
+    }
+    let linear = weights.linear(name).ok_or_else(|| LoadError::InvalidSetting(format!("{name}: not a linear layer of the model")))?;
+    Ok(Cow::Borrowed(linear.weight.data.as_slice()))
+}
+
+fn check_widths(method: &Method, widths: &[u32]) -> Result<()> {
+    if widths.is_empty() {
+        return Err(LoadError::InvalidSetting(format!("no candidate width: give some of {:?}", method.widths())));
+    }
+    for &bits in widths {
+        if let Err(e) = method.check_bits(bits) {
+            let reason = match e {
+                LoadError::InvalidSetting(reason) => reason,
+                other => other.to_string(),
+            };
+            return Err(LoadError::InvalidSetting(format!("candidate width {bits}: {reason} (this method allows {:?})", method.widths())));
+        }
+    }
+    Ok(())
+}
+
+impl Candidates {
+    /// Weights the quantized layers stand for.
+    pub fn layer_weights(&self) -> usize {
+        self.models[0].1.layers.iter().map(|l| l.dequantized.len()).sum()
+    }
+
+    /// The quantization at `bits` (each of the candidate widths, and the method's own).
+    pub fn model_at(&self, bits: u32) -> Option<&QuantizedModel> {
+        self.models.iter().find(|(b, _)| *b == bits).map(|(_, m)| m)
+    }
+
+    /// The bytes the quantized layers may take under `budget`, where the rest of the packed file
+    /// (header and dense tensors) takes `fixed_bytes`. A budget at or above the layers in f16, or
+    /// one that leaves nothing for them, is refused with the feasible range.
+    pub fn layer_budget(&self, budget: Budget, fixed_bytes: u64) -> Result<u64> {
+        let weights = self.layer_weights();
+        let total = |pick: fn(&LayerChoices) -> u64| -> u64 { self.layers.iter().map(pick).sum() };
+        let smallest = total(|l| l.candidates.iter().map(|c| c.bytes).min().unwrap_or(0));
+        let largest = total(|l| l.candidates.iter().map(|c| c.bytes).max().unwrap_or(0));
+        let f16 = 2 * weights as u64;
+        let bpw = |bytes: u64| 8.0 * bytes as f64 / weights.max(1) as f64;
+        let feasible = format!(
+            "feasible: {:.3} to {:.3} bits per weight, or a file of {:.3} to {:.3} MB",
+            bpw(smallest),
+            bpw(largest),
+            (fixed_bytes + smallest) as f64 / 1e6,
+            (fixed_bytes + largest) as f64 / 1e6
+        );
+        let bytes = match budget {
+            Budget::BitsPerWeight(b) => bytes_for_bits(weights, b),
+            Budget::FileBytes(n) => n.saturating_sub(fixed_bytes),
+        };
+        if bytes >= f16 {
+            return Err(LoadError::InvalidSetting(format!("a budget of {budget} is at or above the layers in f16 (16 bits per weight): nothing to allocate; {feasible}")));
+        }
+        if bytes < smallest {
+            return Err(LoadError::InvalidSetting(format!("a budget of {budget} is below every layer at its narrowest width; {feasible}")));
+        }
+        Ok(bytes)
+    }
+
+    /// The least estimated loss within `max_bytes` of quantized layers.
+    pub fn allocate(&self, max_bytes: u64) -> Result<Allocation> {
+        allocate(&self.layers, max_bytes)
+    }
+
+    /// The model with each layer at its allocated width (copies: the candidates stay for
+    /// another allocation).
+    pub fn chosen(&self, allocation: &Allocation) -> QuantizedModel {
+        let layers = self
+            .layers
+            .iter()
+            .zip(&allocation.choice)
+            .enumerate()
+            .filter_map(|(l, (choices, &i))| self.model_at(choices.candidates[i].bits).map(|m| m.layers[l].clone()))
+            .collect();
+        QuantizedModel { layers }
+    }
+
+    /// What was allocated, per layer and in all, for reports and the packed file.
+    pub fn report(&self, allocation: &Allocation, budget: String, widths: &[u32]) -> AllocationReport {
+        let layers = self
+            .layers
+            .iter()
+            .zip(&allocation.choice)
+            .map(|(choices, &i)| {
+                let c = choices.candidates[i];
+                AllocatedLayer { name: choices.name.clone(), bits: c.bits, bytes: c.bytes, estimate: c.loss }
+            })
+            .collect();
+        AllocationReport {
+            budget,
+            estimate: self.estimate,
+            solver: allocation.solver,
+            widths: widths.to_vec(),
+            pinned: self.pinned.clone(),
+            layers,
+            layer_bytes: allocation.bytes,
+            estimated_loss: allocation.loss,
+            lower_bound: allocation.lower_bound,
+            relative_gap: allocation.relative_gap(),
+        }
+    }
+}
+
+/// One layer's allocated width.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AllocatedLayer {
+    pub name: String,
+    pub bits: u32,
+    pub bytes: u64,
+    pub estimate: f64,
+}
+
+/// The allocation as the CLI's `--json` and the packed file's `allocation` metadata record it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AllocationReport {
+    pub budget: String,
+    pub estimate: Estimate,
+    pub solver: Solver,
+    pub widths: Vec<u32>,
+    pub pinned: Vec<String>,
+    pub layers: Vec<AllocatedLayer>,
+    pub layer_bytes: u64,
+    pub estimated_loss: f64,
+    pub lower_bound: f64,
+    pub relative_gap: f64,
+}
+
+/// The bytes `layer_weights` quantized weights may take at `bits_per_weight` on average.
+pub fn bytes_for_bits(layer_weights: usize, bits_per_weight: f64) -> u64 {
+    (bits_per_weight * layer_weights as f64 / 8.0).floor() as u64
+}
