@@ -13,7 +13,7 @@ use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::mixed::AllocationReport;
 use lutlab_core::quant::{quantize_model, Calibration, InputMeans, Method, QuantizeRequest, QuantizedModel};
-use crate::quantize_budget::quantize_to_budget;
+use crate::quantize_budget::quantize_mixed;
 use lutlab_gpu::quantize_model_gpu;
 use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Decoder};
 use lutlab_core::files::checkpoint_bytes;
@@ -66,6 +66,11 @@ pub struct QuantizeArgs {
     /// Candidate widths for --budget (default 2,3,4,5,6,8).
     #[arg(long, value_delimiter = ',', requires = "budget")]
     pub(crate) widths: Vec<u32>,
+    /// Widths by rule, PATTERN=BITS (comma-separated or repeated; llama.cpp's --tensor-type):
+    /// layers whose name contains PATTERN get BITS bits, the last matching rule winning; the
+    /// others get --bits. E.g. `mlp.c_proj=6,h.0.=6`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "budget")]
+    pub(crate) layer_bits: Vec<String>,
     /// tensor | channel | group | group:G (k-means: G output channels per table; rtn: G input
     /// rows per scale, as Brevitas, or channel-group:G).
     #[arg(long, default_value = "tensor")]
@@ -228,7 +233,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
     let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_ref(), hessians: None };
     let mut quantize_at = |method: &Method| -> Result<QuantizedModel> {
-        let title = if args.budget.is_some() { format!("quantize {}-bit", method.bits()) } else { "quantize".to_string() };
+        let title = if request.is_mixed() { format!("quantize {}-bit", method.bits()) } else { "quantize".to_string() };
         let mut bar = Bar::new(&title, "weights", args.json);
         let quantized = if method.needs_hessians() {
             crate::quantize_hessian::run(&args, &loaded, method, selection.clone(), fisher.as_ref(), &mut bar)?
@@ -246,13 +251,11 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         settings: serde_json::to_string(&request)?,
         allocation: String::new(),
     };
-    let (quantized, allocation) = match &request.budget {
-        Some(budget) => {
-            let widths = request.candidate_widths();
-            let (quantized, report) = quantize_to_budget(budget, &widths, weights, &method, sample_weights, &meta, table_dtype, &mut quantize_at)?;
-            (quantized, Some(report))
-        }
-        None => (quantize_at(&method)?, None),
+    let (quantized, allocation) = if request.is_mixed() {
+        let (quantized, report) = quantize_mixed(&request, weights, &method, sample_weights, &meta, table_dtype, &mut quantize_at)?;
+        (quantized, Some(report))
+    } else {
+        (quantize_at(&method)?, None)
     };
     let seconds = start.elapsed().as_secs_f64();
     let label = meta.method.clone();
@@ -341,6 +344,7 @@ impl QuantizeArgs {
             qfn: self.qfn.clone(),
             budget: self.budget.clone(),
             widths: self.widths.clone(),
+            layer_bits: self.layer_bits.clone(),
         }
     }
 }

@@ -1,21 +1,21 @@
-//! `lutlab quantize --budget`: the model quantized at every candidate width, then each layer's
-//! width allocated for the least estimated loss under the budget (`quant::mixed`).
+//! `lutlab quantize --budget` and `--layer-bits`: the model quantized at every candidate width,
+//! then each layer's width allocated for the least estimated loss under the budget, or as the
+//! rules say (`quant::mixed`).
 
 use anyhow::{Context, Result};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::allocate::{Budget, Solver};
 use lutlab_core::quant::mixed::{candidates, AllocationReport};
 use lutlab_core::quant::model::SampleWeights;
-use lutlab_core::quant::{Method, QuantizedModel};
+use lutlab_core::quant::{Method, QuantizeRequest, QuantizedModel};
 use lutlab_core::ModelWeights;
 
-/// Quantizes through `quantize_at` at each of `widths`, allocates under `budget` and returns
-/// the model made of the chosen layers with the allocation. A file-size budget counts the whole
-/// packed file as `meta` and `table_dtype` write it, the allocation's own metadata included.
-#[allow(clippy::too_many_arguments)]
-pub fn quantize_to_budget(
-    budget: &str,
-    widths: &[u32],
+/// Quantizes through `quantize_at` at each of the request's widths, then allocates under its
+/// budget or by its layer rules, and returns the model made of the chosen layers with the
+/// allocation. A file-size budget counts the whole packed file as `meta` and `table_dtype`
+/// write it, the allocation's own metadata included.
+pub fn quantize_mixed(
+    request: &QuantizeRequest,
     weights: &ModelWeights,
     method: &Method,
     fisher: Option<SampleWeights>,
@@ -23,6 +23,15 @@ pub fn quantize_to_budget(
     table_dtype: TableDtype,
     quantize_at: &mut dyn FnMut(&Method) -> Result<QuantizedModel>,
 ) -> Result<(QuantizedModel, AllocationReport)> {
+    let widths = request.candidate_widths()?;
+    let rules = request.layer_rules()?;
+    let Some(budget) = &request.budget else {
+        let found = candidates(weights, method, &widths, fisher, table_dtype, quantize_at)?;
+        let allocation = found.by_rules(&rules, method.bits())?;
+        let report = found.report(&allocation, "none (layer rules)".to_string(), &widths);
+        return Ok((found.chosen(&allocation), report));
+    };
+    let widths = &widths[..];
     let budget: Budget = budget.parse()?;
     let found = candidates(weights, method, widths, fisher, table_dtype, quantize_at)?;
     let narrowest = widths.iter().copied().min().context("no candidate width")?;
@@ -71,12 +80,17 @@ pub fn allocation_lines(a: &AllocationReport) -> String {
     let counts: Vec<String> = counts.iter().map(|(bits, n)| format!("{n} at {bits}-bit")).collect();
     let optimality = match a.solver {
         Solver::Exact => "optimal (exact DP)".to_string(),
-        Solver::Lagrangian => format!("within {:.2}% of optimal (Lagrangian bound {:.4e})", 100.0 * a.relative_gap, a.lower_bound),
+        Solver::Lagrangian => format!(
+            "within {:.2}% of optimal (Lagrangian bound {:.4e})",
+            100.0 * a.relative_gap.unwrap_or(f64::NAN),
+            a.lower_bound.unwrap_or(f64::NAN)
+        ),
+        Solver::Rules => "widths by the layer rules".to_string(),
     };
     let estimate = serde_json::to_value(a.estimate).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let widths: Vec<String> = a.layers.iter().map(|l| format!("{} {}", l.name, l.bits)).collect();
     let mut text = format!(
-        "allocation under {}: {} ({estimate} estimate {:.4e}, {optimality})\nwidths: {}",
+        "allocation, budget {}: {} ({estimate} estimate {:.4e}, {optimality})\nwidths: {}",
         a.budget,
         counts.join(", "),
         a.estimated_loss,

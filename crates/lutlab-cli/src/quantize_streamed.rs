@@ -37,8 +37,8 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     if request.centering {
         bail!("--centering is not supported for streamed models yet");
     }
-    if request.budget.is_some() {
-        bail!("--budget quantizes the model at every candidate width before choosing, which a streamed model (one block at a time) does not do yet: quantize at one --bits, or pass --no-stream if the model fits in memory");
+    if request.is_mixed() {
+        bail!("--budget and --layer-bits quantize the model at every candidate width before choosing, which a streamed model (one block at a time) does not do yet: quantize at one --bits, or pass --no-stream if the model fits in memory");
     }
     let opened = ModelFiles::open_dir(model_dir)?;
     let config = &opened.config;

@@ -113,3 +113,22 @@ fn impossible_budgets_and_widths_are_refused_with_the_feasible_range() {
     refused(&["--budget", "3 furlongs"], "give bits per weight (3.5bpw) or a file size");
     refused(&["--method", "rtn", "--format", "e2m1", "--bits", "4", "--budget", "3.5bpw"], "candidate width 2");
 }
+
+#[test]
+fn layer_rules_fix_the_widths_as_llama_cpps_tensor_types_do() {
+    let dir = work_dir("rules");
+    let packed = dir.join("rules.safetensors");
+    let out = lutlab_json(&["quantize", "--granularity", "channel", "--restarts", "1", "--bits", "3", "--layer-bits", "c_attn=5,h.0.=6", "--packed", packed.to_str().unwrap(), "--json"]);
+    assert_eq!(out["allocation"]["solver"], "rules");
+    assert!(out["allocation"]["relative_gap"].is_null());
+    for layer in out["allocation"]["layers"].as_array().unwrap() {
+        let name = layer["name"].as_str().unwrap();
+        let expected = if name.starts_with("h.0.") { 6 } else if name.contains("c_attn") { 5 } else { 3 };
+        assert_eq!(layer["bits"].as_u64(), Some(expected), "{name}: the last matching rule wins");
+    }
+    let out = lutlab(&["quantize", "--budget", "3bpw", "--layer-bits", "c_attn=5", "--eval"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lutlab(&["quantize", "--layer-bits", "c_attn", "--eval"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give PATTERN=BITS"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -81,6 +81,8 @@ pub enum Solver {
     Exact,
     /// Lagrangian relaxation plus a greedy fill; `lower_bound` says how far from the optimum.
     Lagrangian,
+    /// Not solved: widths given by rules (`--layer-bits`); no bound.
+    Rules,
 }
 
 /// The chosen candidate of every layer, with what it adds up to.
@@ -99,8 +101,12 @@ pub struct Allocation {
 
 impl Allocation {
     /// `(loss − lower_bound) / loss`: 0 when the choice is proven optimal.
-    pub fn relative_gap(&self) -> f64 {
-        if self.loss > 0.0 { ((self.loss - self.lower_bound) / self.loss).max(0.0) } else { 0.0 }
+    pub fn relative_gap(&self) -> Option<f64> {
+        match self.solver {
+            Solver::Rules => None,
+            _ if self.loss > 0.0 => Some(((self.loss - self.lower_bound) / self.loss).max(0.0)),
+            _ => Some(0.0),
+        }
     }
 }
 

@@ -190,6 +190,24 @@ impl Candidates {
         QuantizedModel { layers }
     }
 
+    /// The allocation `rules` fix: each layer gets the bits of the last rule whose pattern its
+    /// name contains, the others `default_bits` (llama.cpp's `--tensor-type`). No budget.
+    pub fn by_rules(&self, rules: &[LayerRule], default_bits: u32) -> Result<Allocation> {
+        let choice = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let bits = rules.iter().rev().find(|r| layer.name.contains(&r.pattern)).map_or(default_bits, |r| r.bits);
+                layer.candidates.iter().position(|c| c.bits == bits).ok_or_else(|| {
+                    LoadError::InvalidSetting(format!("{}: {bits} bits was not among its candidates", layer.name))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = self.layers.iter().zip(&choice).map(|(l, &i)| l.candidates[i].bytes).sum();
+        let loss = self.layers.iter().zip(&choice).map(|(l, &i)| l.candidates[i].loss).sum();
+        Ok(Allocation { choice, bytes, loss, lower_bound: f64::NEG_INFINITY, solver: Solver::Rules })
+    }
+
     /// What was allocated, per layer and in all, for reports and the packed file.
     pub fn report(&self, allocation: &Allocation, budget: String, widths: &[u32]) -> AllocationReport {
         let layers = self
@@ -210,9 +228,30 @@ impl Candidates {
             layers,
             layer_bytes: allocation.bytes,
             estimated_loss: allocation.loss,
-            lower_bound: allocation.lower_bound,
+            lower_bound: allocation.relative_gap().map(|_| allocation.lower_bound),
             relative_gap: allocation.relative_gap(),
         }
+    }
+}
+
+/// `PATTERN=BITS`: layers whose name contains `PATTERN` get `BITS` bits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRule {
+    pub pattern: String,
+    pub bits: u32,
+}
+
+impl std::str::FromStr for LayerRule {
+    type Err = LoadError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || LoadError::InvalidSetting(format!("layer rule `{text}`: give PATTERN=BITS, e.g. mlp.c_proj=6 or h.0.=6"));
+        let (pattern, bits) = text.split_once('=').ok_or_else(bad)?;
+        let bits = bits.trim().parse().map_err(|_| bad())?;
+        if pattern.trim().is_empty() {
+            return Err(bad());
+        }
+        Ok(Self { pattern: pattern.trim().to_string(), bits })
     }
 }
 
@@ -236,8 +275,9 @@ pub struct AllocationReport {
     pub layers: Vec<AllocatedLayer>,
     pub layer_bytes: u64,
     pub estimated_loss: f64,
-    pub lower_bound: f64,
-    pub relative_gap: f64,
+    /// `None` for widths fixed by rules.
+    pub lower_bound: Option<f64>,
+    pub relative_gap: Option<f64>,
 }
 
 /// The bytes `layer_weights` quantized weights may take at `bits_per_weight` on average.

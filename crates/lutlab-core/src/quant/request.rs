@@ -73,6 +73,9 @@ pub struct QuantizeRequest {
     pub budget: Option<String>,
     /// The candidate widths of a budget (empty: `quant::mixed::DEFAULT_WIDTHS`).
     pub widths: Vec<u32>,
+    /// Widths fixed by rules, `PATTERN=BITS` (`quant::mixed::LayerRule`; llama.cpp's
+    /// `--tensor-type`): layers whose name contains PATTERN get BITS, the rest `bits`.
+    pub layer_bits: Vec<String>,
 }
 
 impl Default for QuantizeRequest {
@@ -106,6 +109,7 @@ impl Default for QuantizeRequest {
             qfn: "a".into(),
             budget: None,
             widths: Vec::new(),
+            layer_bits: Vec::new(),
         }
     }
 }
@@ -239,19 +243,40 @@ impl QuantizeRequest {
     pub fn label(&self, has_fisher: bool) -> String {
         let embeddings = if self.embeddings { " +embeddings" } else { "" };
         let budget = self.budget.as_ref().map_or(String::new(), |b| format!(" under {b}"));
-        format!("{}{embeddings}{budget}", self.method_label(has_fisher))
+        let rules = if self.layer_bits.is_empty() { String::new() } else { format!(" ({})", self.layer_bits.join(", ")) };
+        format!("{}{embeddings}{budget}{rules}", self.method_label(has_fisher))
     }
 
-    /// The candidate widths of a budget.
-    pub fn candidate_widths(&self) -> Vec<u32> {
-        if self.widths.is_empty() { crate::quant::mixed::DEFAULT_WIDTHS.to_vec() } else { self.widths.clone() }
+    /// The rules of `layer_bits`.
+    pub fn layer_rules(&self) -> Result<Vec<crate::quant::mixed::LayerRule>> {
+        self.layer_bits.iter().map(|rule| rule.parse()).collect()
+    }
+
+    /// The widths a mixed-precision request quantizes at: a budget's candidates, or `bits` and
+    /// every rule's bits.
+    pub fn candidate_widths(&self) -> Result<Vec<u32>> {
+        if self.budget.is_some() && !self.layer_bits.is_empty() {
+            return Err(invalid("give a budget (the widths are chosen) or layer rules (the widths are given), not both"));
+        }
+        if !self.layer_bits.is_empty() {
+            let mut widths: Vec<u32> = self.layer_rules()?.iter().map(|r| r.bits).chain([self.bits]).collect();
+            widths.sort_unstable();
+            widths.dedup();
+            return Ok(widths);
+        }
+        Ok(if self.widths.is_empty() { crate::quant::mixed::DEFAULT_WIDTHS.to_vec() } else { self.widths.clone() })
+    }
+
+    /// Whether layers get different widths (a budget or layer rules).
+    pub fn is_mixed(&self) -> bool {
+        self.budget.is_some() || !self.layer_bits.is_empty()
     }
 
     /// "4-bit", or "mixed 2–8-bit" under a budget.
     fn bits_label(&self) -> String {
         match self.budget {
             Some(_) => {
-                let widths = self.candidate_widths();
+                let widths = self.candidate_widths().unwrap_or_default();
                 let (lo, hi) = (widths.iter().min().copied().unwrap_or(self.bits), widths.iter().max().copied().unwrap_or(self.bits));
                 format!("mixed {lo}–{hi}-bit")
             }
