@@ -63,6 +63,12 @@ fn gptq_from_a_hessian_file_beats_nearest_and_packs() {
     std::fs::write(&short, &text[..text.char_indices().nth(4000).unwrap().0]).unwrap();
     let eval = lutlab_json(&["eval", "--packed", &temp("gptq.lut"), "--model", &model, "--data", &short, "--max-length", "64", "--stride", "64", "--json"]);
     assert!(eval["perplexity"].as_f64().unwrap().is_finite());
+    // Mixed precision under a budget, priced by the proxy loss (no Fisher file given).
+    let mixed = quantize("gptq", &["--budget", "3bpw", "--widths", "2,3,4"]);
+    assert_eq!(mixed["allocation"]["estimate"], "hessian-proxy");
+    assert!(mixed["sizes"]["bits_per_weight"].as_f64().unwrap() <= 3.0);
+    let estimate = mixed["allocation"]["estimated_loss"].as_f64().unwrap();
+    assert!((estimate - total_proxy(&mixed)).abs() <= 1e-9 * estimate, "the estimate {estimate} is the layers' proxy loss {}", total_proxy(&mixed));
 }
 
 #[test]
