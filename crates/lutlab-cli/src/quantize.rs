@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
+use lutlab_core::model_transforms::{merge_norm_affine, scale_fisher_rows};
 use lutlab_core::quant::mixed::AllocationReport;
 use lutlab_core::quant::{quantize_model, Calibration, InputMeans, Method, QuantizeRequest, QuantizedModel};
 use crate::quantize_budget::quantize_mixed;
@@ -66,6 +67,11 @@ pub struct QuantizeArgs {
     /// Candidate widths for --budget (default 2,3,4,5,6,8).
     #[arg(long, value_delimiter = ',', requires = "budget")]
     pub(crate) widths: Vec<u32>,
+    /// Fold each block norm's γ and β into the linears that read it before quantizing (Brevitas'
+    /// --ln-affine-merge; pre-norm models). The float model is unchanged; the quantizers see
+    /// the merged weights. A --fisher file is carried over (divided by γ²).
+    #[arg(long)]
+    pub(crate) ln_affine_merge: bool,
     /// Widths by rule, PATTERN=BITS (comma-separated or repeated; llama.cpp's --tensor-type):
     /// layers whose name contains PATTERN get BITS bits, the last matching rule winning; the
     /// others get --bits. E.g. `mlp.c_proj=6,h.0.=6`.
@@ -217,9 +223,23 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.stream.streams(&config) {
         return crate::quantize_streamed::run(&args, &model_dir, &args.request(), blocks, table_dtype);
     }
-    let loaded = ModelFiles::open_dir(&model_dir)?.load()?;
+    let mut loaded = ModelFiles::open_dir(&model_dir)?.load()?;
+    let original = args.ln_affine_merge.then(|| loaded.weights.clone());
+    let merged_rows = if args.ln_affine_merge {
+        if args.hessian.is_some() {
+            bail!("--ln-affine-merge changes every layer's inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the merged model)");
+        }
+        Some(merge_norm_affine(&mut loaded.weights)?)
+    } else {
+        None
+    };
     let weights = &loaded.weights;
-    let fisher = args.fisher.as_deref().map(|path| read_fisher(path, weights)).transpose()?;
+    // A Fisher file describes the original weights; read against them, then carried over.
+    let mut fisher = args.fisher.as_deref().map(|path| read_fisher(path, original.as_ref().unwrap_or(weights))).transpose()?;
+    if let (Some(fisher), Some(rows)) = (&mut fisher, &merged_rows) {
+        scale_fisher_rows(fisher, rows);
+    }
+    drop(original);
     let request = args.request();
     let method = request.method(weights, fisher.is_some())?;
     let selection = request.selection(blocks);
@@ -345,6 +365,7 @@ impl QuantizeArgs {
             budget: self.budget.clone(),
             widths: self.widths.clone(),
             layer_bits: self.layer_bits.clone(),
+            ln_affine_merge: self.ln_affine_merge,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod files;
 pub mod fisher_file;
 pub mod hessian_file;
+pub mod model_transforms;
 pub mod packed_file;
 pub mod packed_size;
 pub mod parallel;

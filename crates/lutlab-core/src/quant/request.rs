@@ -76,6 +76,9 @@ pub struct QuantizeRequest {
     /// Widths fixed by rules, `PATTERN=BITS` (`quant::mixed::LayerRule`; llama.cpp's
     /// `--tensor-type`): layers whose name contains PATTERN get BITS, the rest `bits`.
     pub layer_bits: Vec<String>,
+    /// Brevitas' `--ln-affine-merge`: each block norm's γ and β folded into the linears after it
+    /// before quantizing (`model_transforms::merge_norm_affine`).
+    pub ln_affine_merge: bool,
 }
 
 impl Default for QuantizeRequest {
@@ -110,6 +113,7 @@ impl Default for QuantizeRequest {
             budget: None,
             widths: Vec::new(),
             layer_bits: Vec::new(),
+            ln_affine_merge: false,
         }
     }
 }
@@ -244,7 +248,8 @@ impl QuantizeRequest {
         let embeddings = if self.embeddings { " +embeddings" } else { "" };
         let budget = self.budget.as_ref().map_or(String::new(), |b| format!(" under {b}"));
         let rules = if self.layer_bits.is_empty() { String::new() } else { format!(" ({})", self.layer_bits.join(", ")) };
-        format!("{}{embeddings}{budget}{rules}", self.method_label(has_fisher))
+        let merged = if self.ln_affine_merge { " +ln-affine-merge" } else { "" };
+        format!("{}{merged}{embeddings}{budget}{rules}", self.method_label(has_fisher))
     }
 
     /// The rules of `layer_bits`.
