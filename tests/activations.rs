@@ -9,7 +9,7 @@ use lutlab_core::quant::transforms::{fold_input_shift, prepare_linear};
 use lutlab_core::reference;
 use lutlab_core::{NoProgress, Progress};
 use lutlab_model::{
-    ActivationSettings, Decoder, ModelError, linear_input_means, linear_input_means_windows, sample_starts,
+    ActivationSettings, Decoder, ModelError, linear_input_means, linear_input_stats_windows, sample_starts,
 };
 use lutlab_tests::*;
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ fn rel_norm(got: &[f32], want: &[f64]) -> f64 {
 }
 
 fn gpu_means(model: &Decoder, tokens: &[u32], starts: &[usize], seqlen: usize, batch: usize) -> BTreeMap<String, Vec<f32>> {
-    pollster::block_on(linear_input_means_windows(model, tokens, starts, seqlen, batch, &mut NoProgress)).expect("GPU means")
+    pollster::block_on(linear_input_stats_windows(model, tokens, starts, seqlen, batch, &mut NoProgress)).expect("GPU means").means
 }
 
 #[test]
@@ -60,6 +60,30 @@ fn gpu_means_match_the_cpu_reference() {
         assert!(want.iter().any(|v| v.abs() > 1e-3), "{name}: means are not trivially zero");
     }
     eprintln!("GPU vs CPU input means: worst relative error in norm {worst:e} over {} layers", cpu.len());
+}
+
+#[test]
+fn gpu_input_ranges_match_the_cpu_reference() {
+    // SmoothQuant's max |x_j| per input channel: a maximum, so GPU and CPU agree to the rounding
+    // of the one activation that holds it.
+    let loaded = shipped_model();
+    let tokens = valid_tokens();
+    let seqlen = 64;
+    let starts = sample_starts(tokens.len(), 5, seqlen, 3, "valid.txt").unwrap();
+    let windows: Vec<&[u32]> = starts.iter().map(|&s| &tokens[s..s + seqlen]).collect();
+    let cpu = reference::linear_input_absmax(&loaded.weights, &windows).unwrap();
+    let model = Decoder::new(&loaded.weights, &gpu());
+    let stats = pollster::block_on(linear_input_stats_windows(&model, &tokens, &starts, seqlen, 2, &mut NoProgress)).unwrap();
+    assert_eq!(cpu.keys().collect::<Vec<_>>(), stats.absmax.keys().collect::<Vec<_>>());
+    let mut worst = 0f32;
+    for (name, want) in &cpu {
+        let got = &stats.absmax[name];
+        let largest = want.iter().fold(0f32, |m, &v| m.max(v));
+        let err = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max) / largest;
+        worst = worst.max(err);
+        assert!(err <= 1e-5, "{name}: max |x| differs by {err:e} of the largest");
+    }
+    eprintln!("GPU vs CPU input ranges: worst {worst:e} of each layer's largest over {} layers", cpu.len());
 }
 
 /// The independent oracle: `tests/fixtures/centering_reference.safetensors`, made by
@@ -202,10 +226,10 @@ fn bad_input_and_cancel_are_clear_errors() {
     assert!(err(pollster::block_on(linear_input_means(&model, &tokens, none, &mut NoProgress))).contains("nsamples"));
     let short = ActivationSettings { nsamples: 1, seqlen: 8, seed: 0, batch: 1 };
     assert!(pollster::block_on(linear_input_means(&model, &tokens[..4], short, &mut NoProgress)).is_err());
-    let past_end = pollster::block_on(linear_input_means_windows(&model, &tokens[..10], &[5], 8, 1, &mut NoProgress));
+    let past_end = pollster::block_on(linear_input_stats_windows(&model, &tokens[..10], &[5], 8, 1, &mut NoProgress)).map(|s| s.means);
     assert!(err(past_end).contains("runs past the end"));
-    let bad_id = pollster::block_on(linear_input_means_windows(&model, &[1, 2, 60_000], &[0], 3, 1, &mut NoProgress));
+    let bad_id = pollster::block_on(linear_input_stats_windows(&model, &[1, 2, 60_000], &[0], 3, 1, &mut NoProgress)).map(|s| s.means);
     assert!(err(bad_id).contains("outside the vocabulary"));
-    let cancelled = pollster::block_on(linear_input_means_windows(&model, &tokens, &[0, 8, 16], 8, 1, &mut CancelAt(8)));
+    let cancelled = pollster::block_on(linear_input_stats_windows(&model, &tokens, &[0, 8, 16], 8, 1, &mut CancelAt(8)));
     assert!(matches!(cancelled, Err(ModelError::Cancelled)));
 }

@@ -9,6 +9,7 @@ mod generate;
 mod hessian;
 mod hessian_summary;
 mod model;
+mod model_transforms;
 mod paths;
 mod progress;
 mod quantize;

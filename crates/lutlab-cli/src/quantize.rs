@@ -3,24 +3,23 @@
 //! dequantized weights (loads in transformers and in `lutlab eval`).
 
 use crate::eval::{measure, measure_packed, EvalOptions};
-use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_VALID};
+use crate::paths::{repo_path, SHIPPED_MODEL};
 use crate::model::StreamOptions;
 use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
-use lutlab_core::files::{read_file, read_text, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
-use lutlab_core::model_transforms::{merge_norm_affine, scale_fisher_rows};
+use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::mixed::AllocationReport;
-use lutlab_core::quant::{quantize_model, Calibration, InputMeans, Method, QuantizeRequest, QuantizedModel};
+use lutlab_core::quant::{quantize_model, Calibration, Method, QuantizeRequest, QuantizedModel};
 use crate::quantize_budget::quantize_mixed;
 use lutlab_gpu::quantize_model_gpu;
-use lutlab_model::{linear_input_means, open_gpu, ActivationSettings, Decoder};
+use lutlab_model::{open_gpu, ActivationSettings};
 use lutlab_core::files::checkpoint_bytes;
 use lutlab_core::packed_file::{config_json, PackedMeta, PackedModel, TableDtype};
 use lutlab_core::packed_size::PackedSizes;
-use lutlab_core::{ModelWeights, LoadedModel, ModelFiles};
+use lutlab_core::{ModelWeights, ModelFiles};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -72,6 +71,14 @@ pub struct QuantizeArgs {
     /// the merged weights. A --fisher file is carried over (divided by γ²).
     #[arg(long)]
     pub(crate) ln_affine_merge: bool,
+    /// SmoothQuant before quantizing (Brevitas' --act-equalization): `fused` divides each input
+    /// channel of q/k/v and the MLP's first linear(s) by s = max|x|^α / max|w|^(1−α) inside the
+    /// norm before them and multiplies the weights by it; ranges from --calibration-data.
+    #[arg(long)]
+    pub(crate) act_equalization: Option<String>,
+    /// SmoothQuant's migration strength α (0 to 1).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) alpha: f64,
     /// Widths by rule, PATTERN=BITS (comma-separated or repeated; llama.cpp's --tensor-type):
     /// layers whose name contains PATTERN get BITS bits, the last matching rule winning; the
     /// others get --bits. E.g. `mlp.c_proj=6,h.0.=6`.
@@ -224,27 +231,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         return crate::quantize_streamed::run(&args, &model_dir, &args.request(), blocks, table_dtype);
     }
     let mut loaded = ModelFiles::open_dir(&model_dir)?.load()?;
-    let original = args.ln_affine_merge.then(|| loaded.weights.clone());
-    let merged_rows = if args.ln_affine_merge {
-        if args.hessian.is_some() {
-            bail!("--ln-affine-merge changes every layer's inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the merged model)");
-        }
-        Some(merge_norm_affine(&mut loaded.weights)?)
-    } else {
-        None
-    };
+    // A Fisher file describes the original weights: read, then carried over by the transforms.
+    let mut fisher = args.fisher.as_deref().map(|path| read_fisher(path, &loaded.weights)).transpose()?;
+    crate::model_transforms::apply(&args, &mut loaded, fisher.as_mut())?;
     let weights = &loaded.weights;
-    // A Fisher file describes the original weights; read against them, then carried over.
-    let mut fisher = args.fisher.as_deref().map(|path| read_fisher(path, original.as_ref().unwrap_or(weights))).transpose()?;
-    if let (Some(fisher), Some(rows)) = (&mut fisher, &merged_rows) {
-        scale_fisher_rows(fisher, rows);
-    }
-    drop(original);
     let request = args.request();
     let method = request.method(weights, fisher.is_some())?;
     let selection = request.selection(blocks);
 
-    let input_means = if args.centering { Some(input_means(&args, &loaded)?) } else { None };
+    let input_means = if args.centering { Some(crate::model_transforms::input_stats(&args, &loaded, "mean inputs")?.means) } else { None };
 
     // The GPU is opened before the clock starts: `quantize_seconds` is the quantization itself.
     let gpu = if args.gpu { Some(pollster::block_on(open_gpu())?) } else { None };
@@ -366,23 +361,10 @@ impl QuantizeArgs {
             widths: self.widths.clone(),
             layer_bits: self.layer_bits.clone(),
             ln_affine_merge: self.ln_affine_merge,
+            act_equalization: self.act_equalization.clone(),
+            alpha: self.alpha,
         }
     }
-}
-
-/// Each linear layer's mean input over random windows of the calibration text, from the
-/// original model on the GPU (centering).
-fn input_means(args: &QuantizeArgs, loaded: &LoadedModel) -> Result<InputMeans> {
-    let path = args.calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
-    let tokens = loaded.tokenizer.encode(&read_text(&path)?)?;
-    let gpu = pollster::block_on(open_gpu())?;
-    gpu.check_fits(&loaded.weights)?;
-    let model = Decoder::new(&loaded.weights, &gpu.device);
-    let settings = ActivationSettings { nsamples: args.calibration_samples, ..ActivationSettings::for_model(&model) };
-    let mut bar = Bar::new("mean inputs", "windows", args.json);
-    let means = pollster::block_on(linear_input_means(&model, &tokens, settings, &mut bar))?;
-    bar.finish();
-    Ok(means)
 }
 
 fn parse_blocks(text: &str) -> Result<Range<usize>> {

@@ -132,18 +132,3 @@ fn layer_rules_fix_the_widths_as_llama_cpps_tensor_types_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("give PATTERN=BITS"), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
-
-#[test]
-fn the_norm_affine_merge_quantizes_merged_weights_and_keeps_plain_norms() {
-    let dir = work_dir("merge");
-    let fisher = block0_fisher(&dir);
-    let packed = dir.join("merged.safetensors");
-    let out = lutlab_json(&["quantize", "--granularity", "channel", "--restarts", "1", "--ln-affine-merge", "--fisher", fisher.to_str().unwrap(), "--packed", packed.to_str().unwrap(), "--json"]);
-    assert!(out["method"].as_str().unwrap().contains("+ln-affine-merge"), "{}", out["method"]);
-    let file = PackedModel::read_file(&packed).unwrap();
-    for name in ["h.0.ln_1.weight", "h.3.ln_2.weight"] {
-        assert!(file.dense[name].data.iter().all(|&g| g == 1.0), "{name} keeps γ = 1");
-    }
-    assert!(file.dense["h.0.ln_1.bias"].data.iter().all(|&b| b == 0.0));
-    std::fs::remove_dir_all(&dir).ok();
-}

@@ -5,11 +5,16 @@
 //! - [`merge_norm_affine`] (`--ln-affine-merge`): a pre-norm block's norm `y = γ ⊙ n + β` feeds
 //!   only the linears after it, so `y·W + b = n·(diag(γ)·W) + (β·W + b)`: γ and β move into
 //!   those linears and the norm keeps γ = 1, β = 0.
+//! - [`smooth_activations`] (`--act-equalization fused`, SmoothQuant): per input channel `j` of
+//!   the linears after a norm, `s_j = max|x_j|^α / max|W_j|^(1−α)`; the norm's γ and β are
+//!   divided by `s` and the linears' rows multiplied by it, so activations lose their outlier
+//!   channels to the weights, which quantize them more easily.
 
 use crate::error::{LoadError, Result};
 use crate::fisher_file::FisherDiagonal;
 use crate::weights::{LinearWeights, ModelWeights, NormWeights};
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Per linear (full name), the factor each input row of its weight was multiplied by.
 pub type RowScales = BTreeMap<String, Vec<f32>>;
@@ -18,18 +23,9 @@ pub type RowScales = BTreeMap<String, Vec<f32>>;
 /// output (q/k/v or GPT-2's `c_attn`; the MLP's first linear(s)). The final norm stays: its output
 /// goes to the head, which is the tied embedding (GPT-2, OPT) or not quantized. Returns each
 /// changed linear's row factors (γ), with which a Fisher diagonal of the original weights is
-/// carried over ([`scale_fisher_rows`]). Refuses post-norm blocks (OPT-350m's
-/// `do_layer_norm_before = false`), whose norm output also feeds the residual stream.
+/// carried over ([`scale_fisher_rows`]). Pre-norm models only ([`norm_readers`]).
 pub fn merge_norm_affine(weights: &mut ModelWeights) -> Result<RowScales> {
-    if !weights.config.pre_norm {
-        return Err(LoadError::InvalidSetting(
-            "ln-affine-merge: this model normalizes after each sub-block (do_layer_norm_before = false), where the norm's \
-             output also feeds the residual stream: its affine has no linear of its own to move into"
-                .into(),
-        ));
-    }
-    let groups = weights.config.input_groups();
-    let (attention_inputs, mlp_inputs) = (groups[0].clone(), groups[2].clone());
+    let [attention_inputs, mlp_inputs] = norm_readers(weights, "ln-affine-merge")?;
     let names: Vec<String> = weights.linears().map(|(name, _)| name).collect();
     let per_block = weights.config.block_linears().len();
     let mut scales = RowScales::new();
@@ -42,6 +38,79 @@ pub fn merge_norm_affine(weights: &mut ModelWeights) -> Result<RowScales> {
             norm.gamma.data.fill(1.0);
             if let Some(beta) = &mut norm.beta {
                 beta.data.fill(0.0);
+            }
+        }
+    }
+    Ok(scales)
+}
+
+/// The linears reading each block norm, as index ranges into the block's linears: norm 1's (q,
+/// k, v or `c_attn`) and norm 2's (the MLP's first linear or gate and up). Refuses post-norm
+/// blocks (OPT-350m's `do_layer_norm_before = false`), whose norm output also feeds the residual
+/// stream, so no linear of its own can absorb a change of it; `what` names the transform.
+fn norm_readers(weights: &ModelWeights, what: &str) -> Result<[Range<usize>; 2]> {
+    if !weights.config.pre_norm {
+        return Err(LoadError::InvalidSetting(format!(
+            "{what}: this model normalizes after each sub-block (do_layer_norm_before = false), where the norm's output also \
+             feeds the residual stream: no linear of its own can absorb a change of the norm"
+        )));
+    }
+    let groups = weights.config.input_groups();
+    Ok([groups[0].clone(), groups[2].clone()])
+}
+
+/// The scale SmoothQuant moves from an activation channel of range `activation` into weight
+/// rows of range `weight`; 1 where either range is 0 (nothing to balance).
+fn smoothing_scale(activation: f32, weight: f32, alpha: f64) -> f32 {
+    if activation <= 0.0 || weight <= 0.0 {
+        return 1.0;
+    }
+    let s = f64::from(activation).powf(alpha) / f64::from(weight).powf(1.0 - alpha);
+    s.clamp(1e-5, 1e5) as f32
+}
+
+/// SmoothQuant fused into the norms (`--act-equalization fused`, `--alpha`): for the linears
+/// reading each block norm, with `absmax[name]` the largest magnitude of each input channel over
+/// the calibration text (`reference::linear_input_absmax`, or the GPU's `linear_input_stats`),
+/// `s_j = max|x_j|^α / max_k |W_jk|^(1−α)` (the weight range over all the linears sharing the
+/// input); γ and β are divided by `s`, the linears' rows multiplied by it. Exact before
+/// quantization. Returns the row factors (`s`) for [`scale_fisher_rows`]. Pre-norm models only;
+/// the linears after attention and the MLP's activation have no norm to absorb `1/s`.
+pub fn smooth_activations(weights: &mut ModelWeights, absmax: &BTreeMap<String, Vec<f32>>, alpha: f64) -> Result<RowScales> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(LoadError::InvalidSetting(format!("alpha {alpha}: SmoothQuant's migration strength is between 0 and 1 (default 0.5)")));
+    }
+    let [attention_inputs, mlp_inputs] = norm_readers(weights, "act-equalization")?;
+    let names: Vec<String> = weights.linears().map(|(name, _)| name).collect();
+    let per_block = weights.config.block_linears().len();
+    let mut scales = RowScales::new();
+    for (b, block) in weights.blocks.iter_mut().enumerate() {
+        for (norm, inputs) in [(&mut block.norm_1, attention_inputs.clone()), (&mut block.norm_2, mlp_inputs.clone())] {
+            let first = &names[b * per_block + inputs.start];
+            let ranges = absmax.get(first).ok_or_else(|| LoadError::InvalidSetting(format!("no activation range for `{first}`")))?;
+            let rows = norm.gamma.data.len();
+            if ranges.len() != rows {
+                return Err(LoadError::InvalidSetting(format!("`{first}`: {} activation ranges for {rows} inputs", ranges.len())));
+            }
+            // Each input row's largest weight over every linear reading it.
+            let mut weight_range = vec![0f32; rows];
+            for linear in &block.linears[inputs.clone()] {
+                for (range, row) in weight_range.iter_mut().zip(linear.weight.data.chunks_exact(linear.out_features())) {
+                    *range = row.iter().fold(*range, |m, w| m.max(w.abs()));
+                }
+            }
+            let s: Vec<f32> = ranges.iter().zip(&weight_range).map(|(&a, &w)| smoothing_scale(a, w, alpha)).collect();
+            for k in inputs {
+                let linear = &mut block.linears[k];
+                let cols = linear.out_features();
+                for (row, &f) in linear.weight.data.chunks_exact_mut(cols).zip(&s) {
+                    row.iter_mut().for_each(|w| *w *= f);
+                }
+                scales.insert(names[b * per_block + k].clone(), s.clone());
+            }
+            norm.gamma.data.iter_mut().zip(&s).for_each(|(g, f)| *g /= f);
+            if let Some(beta) = &mut norm.beta {
+                beta.data.iter_mut().zip(&s).for_each(|(v, f)| *v /= f);
             }
         }
     }

@@ -43,28 +43,46 @@ pub fn forward(weights: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>> {
 /// window (each window a separate sequence starting at position 0), summed in f64. `windows`
 /// must be non-empty.
 pub fn linear_input_means(weights: &ModelWeights, windows: &[&[u32]]) -> Result<BTreeMap<String, Vec<f64>>> {
+    let mut sums: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let positions = for_each_input_row(weights, windows, &mut |name, row| {
+        let sum = sums.entry(name.to_string()).or_insert_with(|| vec![0.0; row.len()]);
+        sum.iter_mut().zip(row).for_each(|(s, &v)| *s += f64::from(v));
+    })?;
+    for sum in sums.values_mut() {
+        sum.iter_mut().for_each(|s| *s /= positions as f64);
+    }
+    Ok(sums)
+}
+
+/// SmoothQuant's activation ranges on the CPU: for every linear layer of the blocks, the largest
+/// magnitude of each input channel over every position of every window.
+pub fn linear_input_absmax(weights: &ModelWeights, windows: &[&[u32]]) -> Result<BTreeMap<String, Vec<f32>>> {
+    let mut maxima: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for_each_input_row(weights, windows, &mut |name, row| {
+        let max = maxima.entry(name.to_string()).or_insert_with(|| vec![0.0; row.len()]);
+        max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v.abs()));
+    })?;
+    Ok(maxima)
+}
+
+/// Calls `visit(linear name, input row)` for every position of every window and every linear of
+/// the blocks; returns the number of positions.
+fn for_each_input_row(weights: &ModelWeights, windows: &[&[u32]], visit: &mut dyn FnMut(&str, &[f32])) -> Result<usize> {
     if windows.is_empty() {
         return Err(LoadError::InvalidSetting("no calibration windows".into()));
     }
     let names = weights.config.linear_names();
     let per_block = weights.config.block_linears().len();
-    let mut sums: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut positions = 0usize;
     for window in windows {
         hidden_observed(weights, window, &mut |block, layer, input| {
-            let sum = sums.entry(names[block * per_block + layer].0.clone()).or_default();
+            let name = &names[block * per_block + layer].0;
             let width = input.len() / window.len();
-            sum.resize(width, 0.0);
-            for row in input.chunks_exact(width) {
-                sum.iter_mut().zip(row).for_each(|(s, &v)| *s += f64::from(v));
-            }
+            input.chunks_exact(width).for_each(|row| visit(name, row));
         })?;
         positions += window.len();
     }
-    for sum in sums.values_mut() {
-        sum.iter_mut().for_each(|s| *s /= positions as f64);
-    }
-    Ok(sums)
+    Ok(positions)
 }
 
 /// The Hessians `(2/N) Σ x xᵀ` of every distinct linear input over `N` windows, in f64, keyed

@@ -3,8 +3,8 @@
 
 use lutlab_core::checkpoint::HostTensor;
 use lutlab_core::fisher_file::FisherDiagonal;
-use lutlab_core::model_transforms::{merge_norm_affine, scale_fisher_rows, RowScales};
-use lutlab_core::reference::forward;
+use lutlab_core::model_transforms::{merge_norm_affine, scale_fisher_rows, smooth_activations, RowScales};
+use lutlab_core::reference::{forward, linear_input_absmax};
 use lutlab_core::{Checkpoint, ModelConfig, ModelWeights};
 use std::path::Path;
 
@@ -16,19 +16,31 @@ fn load(relative: &str) -> ModelWeights {
     ModelWeights::from_checkpoint(&config, Checkpoint::from_safetensors([("model.safetensors", bytes.as_slice())]).unwrap()).unwrap()
 }
 
+const FAMILIES: [&str; 4] = ["models/gpt2-tiny-wikitext", "models/opt-tiny-wikitext", "models/llama-tiny-wikitext", "models/llama2c-stories260k"];
+
+fn some_tokens(weights: &ModelWeights, seed: u32) -> Vec<u32> {
+    let vocab = weights.config.vocab_size as u32;
+    (0..48u32).map(|i| (i * 37 + seed) % vocab).collect()
+}
+
+/// The largest logit change from `original` to `transformed` on a few tokens, as a fraction of
+/// the largest logit.
+fn logit_change(original: &ModelWeights, transformed: &ModelWeights) -> f32 {
+    let tokens = some_tokens(original, 5);
+    let (before, after) = (forward(original, &tokens).unwrap(), forward(transformed, &tokens).unwrap());
+    let largest = before.iter().fold(0f32, |m, v| m.max(v.abs()));
+    before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest
+}
+
 #[test]
 fn merging_the_norm_affine_keeps_every_familys_logits() {
-    for model in ["models/gpt2-tiny-wikitext", "models/opt-tiny-wikitext", "models/llama-tiny-wikitext", "models/llama2c-stories260k"] {
+    for model in FAMILIES {
         let original = load(model);
         let mut merged = original.clone();
         let scales = merge_norm_affine(&mut merged).unwrap();
-        let vocab = original.config.vocab_size as u32;
-        let tokens: Vec<u32> = (0..48u32).map(|i| (i * 37 + 5) % vocab).collect();
-        let (before, after) = (forward(&original, &tokens).unwrap(), forward(&merged, &tokens).unwrap());
-        let largest = before.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        println!("{model}: max |logit change| {worst:e} of max |logit| {largest}");
-        assert!(worst <= 2e-5 * largest, "{model}: logits moved by {worst} (largest {largest})");
+        let change = logit_change(&original, &merged);
+        println!("{model}: max |logit change| {change:e} of the largest logit");
+        assert!(change <= 5e-6, "{model}: logits moved by {change:e} of the largest");
         // The norms are plain now, and their affine went into the linears after them.
         for block in &merged.blocks {
             for norm in [&block.norm_1, &block.norm_2] {
@@ -44,10 +56,52 @@ fn merging_the_norm_affine_keeps_every_familys_logits() {
 }
 
 #[test]
-fn post_norm_blocks_are_refused_by_name() {
+fn smoothing_keeps_every_familys_logits_and_balances_the_ranges() {
+    for model in FAMILIES {
+        let original = load(model);
+        let windows = [some_tokens(&original, 11), some_tokens(&original, 23)];
+        let windows: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+        let ranges = linear_input_absmax(&original, &windows).unwrap();
+        let mut smoothed = original.clone();
+        let scales = smooth_activations(&mut smoothed, &ranges, 0.5).unwrap();
+        let change = logit_change(&original, &smoothed);
+        println!("{model}: SmoothQuant α = 0.5, max |logit change| {change:e} of the largest logit");
+        assert!(change <= 5e-6, "{model}: logits moved by {change:e} of the largest");
+        // At α = 0.5 each smoothed input channel's range equals its weight rows' largest value.
+        for (name, s) in &scales {
+            let (a, linear) = (&ranges[name], smoothed.linear(name).unwrap());
+            let cols = linear.out_features();
+            let group_max: Vec<f32> = scales
+                .keys()
+                .filter(|other| other.rsplit_once('.').map(|p| p.0) == name.rsplit_once('.').map(|p| p.0) && scales[*other] == *s)
+                .map(|other| smoothed.linear(other).unwrap())
+                .fold(vec![0f32; s.len()], |mut m, l| {
+                    for (mj, row) in m.iter_mut().zip(l.weight.data.chunks_exact(l.out_features())) {
+                        *mj = row.iter().fold(*mj, |x, w| x.max(w.abs()));
+                    }
+                    m
+                });
+            assert_eq!(linear.weight.data.len() / cols, s.len());
+            for j in 0..s.len() {
+                if a[j] > 0.0 && group_max[j] > 0.0 && s[j] > 1e-5 && s[j] < 1e5 {
+                    let (x, w) = (a[j] / s[j], group_max[j]);
+                    assert!((x - w).abs() <= 1e-4 * x.max(w), "{name}[{j}]: activation range {x} vs weight range {w}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn post_norm_blocks_and_bad_settings_are_refused_by_name() {
     let mut post_norm = load("tests/models/opt-postln-proj");
     let e = merge_norm_affine(&mut post_norm).unwrap_err().to_string();
     assert!(e.contains("do_layer_norm_before = false"), "{e}");
+    let e = smooth_activations(&mut post_norm, &Default::default(), 0.5).unwrap_err().to_string();
+    assert!(e.contains("act-equalization") && e.contains("do_layer_norm_before = false"), "{e}");
+    let mut gpt2 = load(FAMILIES[0]);
+    assert!(smooth_activations(&mut gpt2, &Default::default(), 1.5).unwrap_err().to_string().contains("between 0 and 1"));
+    assert!(smooth_activations(&mut gpt2, &Default::default(), 0.5).unwrap_err().to_string().contains("no activation range for `h.0.attn.c_attn`"));
 }
 
 #[test]

@@ -89,20 +89,40 @@ pub async fn linear_input_means(
     settings: ActivationSettings,
     progress: &mut dyn Progress,
 ) -> Result<BTreeMap<String, Vec<f32>>> {
-    let starts = settings.starts(model, tokens)?;
-    linear_input_means_windows(model, tokens, &starts, settings.seqlen, settings.batch, progress).await
+    Ok(linear_input_stats(model, tokens, settings, progress).await?.means)
 }
 
-/// [`linear_input_means`] on given windows `tokens[start..start + seqlen]`. Each batch's sums over
-/// its positions are read back and accumulated in f64 on the host.
-pub async fn linear_input_means_windows(
+/// [`linear_input_means`] with each input channel's largest magnitude beside the mean.
+pub async fn linear_input_stats(
+    model: &Decoder,
+    tokens: &[u32],
+    settings: ActivationSettings,
+    progress: &mut dyn Progress,
+) -> Result<InputStats> {
+    let starts = settings.starts(model, tokens)?;
+    linear_input_stats_windows(model, tokens, &starts, settings.seqlen, settings.batch, progress).await
+}
+
+/// Per linear layer by full name, statistics of its input channels over the calibration
+/// positions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InputStats {
+    /// The mean (seed 000's centering).
+    pub means: BTreeMap<String, Vec<f32>>,
+    /// The largest magnitude, `max |x_j|` (SmoothQuant's activation range).
+    pub absmax: BTreeMap<String, Vec<f32>>,
+}
+
+/// [`linear_input_stats`] on given windows `tokens[start..start + seqlen]`. Each batch's sums and
+/// maxima over its positions are read back and accumulated on the host (sums in f64).
+pub async fn linear_input_stats_windows(
     model: &Decoder,
     tokens: &[u32],
     starts: &[usize],
     seqlen: usize,
     batch: usize,
     progress: &mut dyn Progress,
-) -> Result<BTreeMap<String, Vec<f32>>> {
+) -> Result<InputStats> {
     check_seqlen(model, seqlen)?;
     if batch == 0 {
         return Err(LoadError::InvalidSetting("batch must be at least 1".into()).into());
@@ -110,7 +130,7 @@ pub async fn linear_input_means_windows(
     check_windows(model, tokens, starts, seqlen)?;
 
     let names: Vec<String> = model.config.linear_names().into_iter().map(|(name, _)| name).collect();
-    let mut sums: Vec<Vec<f64>> = Vec::new();
+    let (mut sums, mut maxima): (Vec<Vec<f64>>, Vec<Vec<f32>>) = (Vec::new(), Vec::new());
     let ctx = model.context(seqlen);
     let total = (starts.len() * seqlen) as u64;
     let mut done = 0u64;
@@ -121,38 +141,46 @@ pub async fn linear_input_means_windows(
         }
         let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + seqlen]).collect();
         let mut states = [(ctx.clone(), model.embed(model.tokens(&rows)))];
-        let mut batch_sums = InputSums(Vec::with_capacity(names.len()));
-        model.run_blocks(&mut states, Some(&mut batch_sums))?;
+        let mut batch_stats = InputReductions::default();
+        model.run_blocks(&mut states, Some(&mut batch_stats))?;
         drop(states);
-        let parts = batch_sums.0;
-        let widths: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
-        let flat = download(Tensor::cat(parts, 0)).await?;
-        if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
-            return Err(ModelError::Gpu(format!("a non-finite activation sum (element {i}) in windows {chunk:?}")));
+        let widths: Vec<usize> = batch_stats.sums.iter().map(|p| p.dims()[0]).collect();
+        let flat_sums = download(Tensor::cat(batch_stats.sums, 0)).await?;
+        let flat_maxima = download(Tensor::cat(batch_stats.maxima, 0)).await?;
+        if let Some(i) = flat_sums.iter().chain(&flat_maxima).position(|v| !v.is_finite()) {
+            return Err(ModelError::Gpu(format!("a non-finite activation statistic (element {i}) in windows {chunk:?}")));
         }
         if sums.is_empty() {
             sums = widths.iter().map(|&w| vec![0f64; w]).collect();
+            maxima = widths.iter().map(|&w| vec![0f32; w]).collect();
         }
         let mut offset = 0;
-        for (sum, &w) in sums.iter_mut().zip(&widths) {
-            sum.iter_mut().zip(&flat[offset..offset + w]).for_each(|(s, &v)| *s += f64::from(v));
+        for ((sum, max), &w) in sums.iter_mut().zip(&mut maxima).zip(&widths) {
+            sum.iter_mut().zip(&flat_sums[offset..offset + w]).for_each(|(s, &v)| *s += f64::from(v));
+            max.iter_mut().zip(&flat_maxima[offset..offset + w]).for_each(|(m, &v)| *m = m.max(v));
             offset += w;
         }
         done += (chunk.len() * seqlen) as u64;
         progress.update(done, total);
     }
     let positions = (starts.len() * seqlen) as f64;
-    Ok(names.into_iter().zip(sums).map(|(name, sum)| (name, sum.iter().map(|s| (s / positions) as f32).collect())).collect())
+    let means = names.iter().cloned().zip(sums).map(|(name, sum)| (name, sum.iter().map(|s| (s / positions) as f32).collect())).collect();
+    Ok(InputStats { means, absmax: names.into_iter().zip(maxima).collect() })
 }
 
-/// Each linear input's sum over batch and positions, in model order.
-struct InputSums(Vec<Tensor<1>>);
+/// Each linear input's sum and largest magnitude over batch and positions, in model order.
+#[derive(Default)]
+struct InputReductions {
+    sums: Vec<Tensor<1>>,
+    maxima: Vec<Tensor<1>>,
+}
 
-impl BlockVisitor for InputSums {
+impl BlockVisitor for InputReductions {
     fn inputs(&mut self, _index: usize, inputs: Vec<Tensor<3>>) -> Result<()> {
         for input in inputs {
             let n_in = input.dims()[2];
-            self.0.push(input.sum_dim(0).sum_dim(1).reshape([n_in]));
+            self.maxima.push(input.clone().abs().max_dim(0).max_dim(1).reshape([n_in]));
+            self.sums.push(input.sum_dim(0).sum_dim(1).reshape([n_in]));
         }
         Ok(())
     }

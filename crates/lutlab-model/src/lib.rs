@@ -11,7 +11,7 @@ pub mod hessian;
 pub mod decoder;
 pub mod lut_linear;
 
-pub use activations::{linear_input_means, linear_input_means_windows, ActivationSettings};
+pub use activations::{linear_input_means, linear_input_stats, linear_input_stats_windows, ActivationSettings, InputStats};
 pub use burn;
 pub use device::{gpu_device, open_gpu, Gpu};
 pub use error::{ModelError, Result};

@@ -79,6 +79,11 @@ pub struct QuantizeRequest {
     /// Brevitas' `--ln-affine-merge`: each block norm's γ and β folded into the linears after it
     /// before quantizing (`model_transforms::merge_norm_affine`).
     pub ln_affine_merge: bool,
+    /// Brevitas' `--act-equalization`: `fused` (SmoothQuant's scales folded into the norms,
+    /// `model_transforms::smooth_activations`), or `None`.
+    pub act_equalization: Option<String>,
+    /// SmoothQuant's α.
+    pub alpha: f64,
 }
 
 impl Default for QuantizeRequest {
@@ -114,6 +119,8 @@ impl Default for QuantizeRequest {
             widths: Vec::new(),
             layer_bits: Vec::new(),
             ln_affine_merge: false,
+            act_equalization: None,
+            alpha: 0.5,
         }
     }
 }
@@ -249,7 +256,11 @@ impl QuantizeRequest {
         let budget = self.budget.as_ref().map_or(String::new(), |b| format!(" under {b}"));
         let rules = if self.layer_bits.is_empty() { String::new() } else { format!(" ({})", self.layer_bits.join(", ")) };
         let merged = if self.ln_affine_merge { " +ln-affine-merge" } else { "" };
-        format!("{}{merged}{embeddings}{budget}{rules}", self.method_label(has_fisher))
+        let smoothed = match &self.act_equalization {
+            Some(kind) => format!(" +smoothquant {kind} α={}", self.alpha),
+            None => String::new(),
+        };
+        format!("{}{merged}{smoothed}{embeddings}{budget}{rules}", self.method_label(has_fisher))
     }
 
     /// The rules of `layer_bits`.

@@ -1,0 +1,56 @@
+//! `lutlab quantize --ln-affine-merge --act-equalization fused`: the float model transformed
+//! before quantizing (`lutlab_core::model_transforms`), in Brevitas' order (norm affine merged,
+//! then SmoothQuant's scales from the calibration text's activation ranges), with a Fisher
+//! diagonal of the original weights carried over to the transformed ones.
+
+use crate::paths::{repo_path, WIKITEXT_VALID};
+use crate::progress::Bar;
+use crate::quantize::QuantizeArgs;
+use anyhow::{bail, Result};
+use lutlab_core::files::read_text;
+use lutlab_core::fisher_file::FisherDiagonal;
+use lutlab_core::model_transforms::{merge_norm_affine, scale_fisher_rows, smooth_activations};
+use lutlab_core::LoadedModel;
+use lutlab_model::{linear_input_stats, open_gpu, ActivationSettings, Decoder, InputStats};
+
+/// Applies the transforms `args` ask for to `loaded`, and to `fisher` (of the original weights).
+pub fn apply(args: &QuantizeArgs, loaded: &mut LoadedModel, mut fisher: Option<&mut FisherDiagonal>) -> Result<()> {
+    let smooth = match args.act_equalization.as_deref() {
+        None => false,
+        Some("fused") => true,
+        Some("layerwise") => bail!("--act-equalization layerwise keeps an explicit input scale before each linear, which the packed format does not hold yet: use fused (into the norms)"),
+        Some(other) => bail!("--act-equalization {other}: use fused (SmoothQuant's scales folded into the norms before q/k/v and the MLP)"),
+    };
+    if (args.ln_affine_merge || smooth) && args.hessian.is_some() {
+        bail!("--ln-affine-merge and --act-equalization change the layers' inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the transformed model)");
+    }
+    if args.ln_affine_merge {
+        let rows = merge_norm_affine(&mut loaded.weights)?;
+        if let Some(fisher) = fisher.as_deref_mut() {
+            scale_fisher_rows(fisher, &rows);
+        }
+    }
+    if smooth {
+        let ranges = input_stats(args, loaded, "activation ranges")?.absmax;
+        let rows = smooth_activations(&mut loaded.weights, &ranges, args.alpha)?;
+        if let Some(fisher) = fisher {
+            scale_fisher_rows(fisher, &rows);
+        }
+    }
+    Ok(())
+}
+
+/// Each linear layer's input statistics (mean, largest magnitude) over random windows of the
+/// calibration text, from `loaded` as it is now, on the GPU.
+pub fn input_stats(args: &QuantizeArgs, loaded: &LoadedModel, what: &str) -> Result<InputStats> {
+    let path = args.calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
+    let tokens = loaded.tokenizer.encode(&read_text(&path)?)?;
+    let gpu = pollster::block_on(open_gpu())?;
+    gpu.check_fits(&loaded.weights)?;
+    let model = Decoder::new(&loaded.weights, &gpu.device);
+    let settings = ActivationSettings { nsamples: args.calibration_samples, ..ActivationSettings::for_model(&model) };
+    let mut bar = Bar::new(what, "tokens", args.json);
+    let stats = pollster::block_on(linear_input_stats(&model, &tokens, settings, &mut bar))?;
+    bar.finish();
+    Ok(stats)
+}

@@ -1,0 +1,55 @@
+//! `lutlab quantize --ln-affine-merge --act-equalization fused` end to end through the binary: the
+//! packed file holds plain norms after the merge, SmoothQuant's scales live in the norms, a
+//! Fisher file is carried over, and what is not supported is refused by name.
+
+mod common;
+
+use common::{lutlab, lutlab_json, repo};
+use lutlab_core::packed_file::PackedModel;
+use std::path::PathBuf;
+
+fn work_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lutlab-transforms-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_norm_affine_merge_quantizes_merged_weights_and_keeps_plain_norms() {
+    let dir = work_dir("merge");
+    let fisher = dir.join("fisher.safetensors");
+    lutlab_json(&["fisher", "--nsamples", "2", "--seqlen", "32", "--out", fisher.to_str().unwrap(), "--json"]);
+    let packed = dir.join("merged.safetensors");
+    let out = lutlab_json(&["quantize", "--granularity", "channel", "--restarts", "1", "--ln-affine-merge", "--fisher", fisher.to_str().unwrap(), "--packed", packed.to_str().unwrap(), "--json"]);
+    assert!(out["method"].as_str().unwrap().contains("+ln-affine-merge"), "{}", out["method"]);
+    let file = PackedModel::read_file(&packed).unwrap();
+    for name in ["h.0.ln_1.weight", "h.3.ln_2.weight"] {
+        assert!(file.dense[name].data.iter().all(|&g| g == 1.0), "{name} keeps γ = 1");
+    }
+    assert!(file.dense["h.0.ln_1.bias"].data.iter().all(|&b| b == 0.0));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn smoothquant_scales_move_into_the_norms_and_unsupported_forms_are_refused() {
+    let dir = work_dir("smooth");
+    let packed = dir.join("smoothed.safetensors");
+    let model = repo("models/llama-tiny-wikitext");
+    let args = ["quantize", "--model", model.to_str().unwrap(), "--method", "rtn", "--granularity", "channel", "--calibration-samples", "2", "--packed", packed.to_str().unwrap(), "--json"];
+    let out = lutlab_json(&[&args[..], &["--act-equalization", "fused", "--alpha", "0.5"]].concat());
+    assert!(out["method"].as_str().unwrap().contains("+smoothquant fused α=0.5"), "{}", out["method"]);
+    // The norms now hold γ / s: no longer the checkpoint's.
+    let file = PackedModel::read_file(&packed).unwrap();
+    let original = lutlab_core::ModelFiles::open_dir(&model).unwrap().load().unwrap().weights;
+    let name = "model.layers.0.input_layernorm.weight";
+    assert_ne!(file.dense[name].data, original.blocks[0].norm_1.gamma.data, "{name} absorbed the scales");
+    for (flags, expected) in [
+        (&["--act-equalization", "layerwise"][..], "use fused"),
+        (&["--act-equalization", "fused", "--alpha", "2"][..], "between 0 and 1"),
+    ] {
+        let out = lutlab(&[&args[..], flags].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{flags:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
