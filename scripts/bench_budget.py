@@ -60,8 +60,8 @@ def summary(path):
         for r in sorted((r for r in mine.values() if r["kind"] in ("uniform", "rules", "auto")), key=lambda r: r["file_bytes"]):
             est = "" if r["estimated_loss"] is None else f"{r['estimated_loss']:.4e}"
             print(f"| {r['name']} | {r['file_bytes'] / 1e6:.4f} | {r['bits_per_weight']:.3f} | {r['perplexity']:.3f} | {est} |")
-        print("\nAutomatic allocation at each baseline's file size:\n")
-        print("| baseline | its perplexity | automatic, same size or smaller | difference | automatic at or below |")
+        print("\nAutomatic allocation within each baseline's bytes of quantized layers:\n")
+        print("| baseline | its perplexity | automatic, same layer bytes or fewer | difference | automatic at or below |")
         print("| --- | ---: | ---: | ---: | --- |")
         for name, r in mine.items():
             auto = mine.get(f"auto-at-{name}")
