@@ -25,23 +25,36 @@ pub type RowScales = BTreeMap<String, Vec<f32>>;
 /// changed linear's row factors (γ), with which a Fisher diagonal of the original weights is
 /// carried over ([`scale_fisher_rows`]). Pre-norm models only ([`norm_readers`]).
 pub fn merge_norm_affine(weights: &mut ModelWeights) -> Result<RowScales> {
-    let [attention_inputs, mlp_inputs] = norm_readers(weights, "ln-affine-merge")?;
+    let mut scales = RowScales::new();
+    for_each_block_norm(weights, "ln-affine-merge", &mut |norm, linears, names| {
+        for (linear, name) in linears.iter_mut().zip(names) {
+            fold_into(norm, linear);
+            scales.insert(name.clone(), norm.gamma.data.clone());
+        }
+        norm.gamma.data.fill(1.0);
+        if let Some(beta) = &mut norm.beta {
+            beta.data.fill(0.0);
+        }
+        Ok(())
+    })?;
+    Ok(scales)
+}
+
+/// Calls `change(norm, the linears reading it, their full names)` for each block norm.
+fn for_each_block_norm(
+    weights: &mut ModelWeights,
+    what: &str,
+    change: &mut dyn FnMut(&mut NormWeights, &mut [LinearWeights], &[String]) -> Result<()>,
+) -> Result<()> {
+    let [attention_inputs, mlp_inputs] = norm_readers(weights, what)?;
     let names: Vec<String> = weights.linears().map(|(name, _)| name).collect();
     let per_block = weights.config.block_linears().len();
-    let mut scales = RowScales::new();
-    for (b, block) in weights.blocks.iter_mut().enumerate() {
+    for (block, names) in weights.blocks.iter_mut().zip(names.chunks_exact(per_block)) {
         for (norm, inputs) in [(&mut block.norm_1, attention_inputs.clone()), (&mut block.norm_2, mlp_inputs.clone())] {
-            for k in inputs.clone() {
-                fold_into(norm, &mut block.linears[k]);
-                scales.insert(names[b * per_block + k].clone(), norm.gamma.data.clone());
-            }
-            norm.gamma.data.fill(1.0);
-            if let Some(beta) = &mut norm.beta {
-                beta.data.fill(0.0);
-            }
+            change(norm, &mut block.linears[inputs.clone()], &names[inputs])?;
         }
     }
-    Ok(scales)
+    Ok(())
 }
 
 /// The linears reading each block norm, as index ranges into the block's linears: norm 1's (q,
@@ -80,40 +93,35 @@ pub fn smooth_activations(weights: &mut ModelWeights, absmax: &BTreeMap<String, 
     if !(0.0..=1.0).contains(&alpha) {
         return Err(LoadError::InvalidSetting(format!("alpha {alpha}: SmoothQuant's migration strength is between 0 and 1 (default 0.5)")));
     }
-    let [attention_inputs, mlp_inputs] = norm_readers(weights, "act-equalization")?;
-    let names: Vec<String> = weights.linears().map(|(name, _)| name).collect();
-    let per_block = weights.config.block_linears().len();
     let mut scales = RowScales::new();
-    for (b, block) in weights.blocks.iter_mut().enumerate() {
-        for (norm, inputs) in [(&mut block.norm_1, attention_inputs.clone()), (&mut block.norm_2, mlp_inputs.clone())] {
-            let first = &names[b * per_block + inputs.start];
-            let ranges = absmax.get(first).ok_or_else(|| LoadError::InvalidSetting(format!("no activation range for `{first}`")))?;
-            let rows = norm.gamma.data.len();
-            if ranges.len() != rows {
-                return Err(LoadError::InvalidSetting(format!("`{first}`: {} activation ranges for {rows} inputs", ranges.len())));
-            }
-            // Each input row's largest weight over every linear reading it.
-            let mut weight_range = vec![0f32; rows];
-            for linear in &block.linears[inputs.clone()] {
-                for (range, row) in weight_range.iter_mut().zip(linear.weight.data.chunks_exact(linear.out_features())) {
-                    *range = row.iter().fold(*range, |m, w| m.max(w.abs()));
-                }
-            }
-            let s: Vec<f32> = ranges.iter().zip(&weight_range).map(|(&a, &w)| smoothing_scale(a, w, alpha)).collect();
-            for k in inputs {
-                let linear = &mut block.linears[k];
-                let cols = linear.out_features();
-                for (row, &f) in linear.weight.data.chunks_exact_mut(cols).zip(&s) {
-                    row.iter_mut().for_each(|w| *w *= f);
-                }
-                scales.insert(names[b * per_block + k].clone(), s.clone());
-            }
-            norm.gamma.data.iter_mut().zip(&s).for_each(|(g, f)| *g /= f);
-            if let Some(beta) = &mut norm.beta {
-                beta.data.iter_mut().zip(&s).for_each(|(v, f)| *v /= f);
+    for_each_block_norm(weights, "act-equalization", &mut |norm, linears, names| {
+        let first = &names[0];
+        let ranges = absmax.get(first).ok_or_else(|| LoadError::InvalidSetting(format!("no activation range for `{first}`")))?;
+        let rows = norm.gamma.data.len();
+        if ranges.len() != rows {
+            return Err(LoadError::InvalidSetting(format!("`{first}`: {} activation ranges for {rows} inputs", ranges.len())));
+        }
+        // Each input row's largest weight over every linear reading it.
+        let mut weight_range = vec![0f32; rows];
+        for linear in linears.iter() {
+            for (range, row) in weight_range.iter_mut().zip(linear.weight.data.chunks_exact(linear.out_features())) {
+                *range = row.iter().fold(*range, |m, w| m.max(w.abs()));
             }
         }
-    }
+        let s: Vec<f32> = ranges.iter().zip(&weight_range).map(|(&a, &w)| smoothing_scale(a, w, alpha)).collect();
+        for (linear, name) in linears.iter_mut().zip(names) {
+            let cols = linear.out_features();
+            for (row, &f) in linear.weight.data.chunks_exact_mut(cols).zip(&s) {
+                row.iter_mut().for_each(|w| *w *= f);
+            }
+            scales.insert(name.clone(), s.clone());
+        }
+        norm.gamma.data.iter_mut().zip(&s).for_each(|(g, f)| *g /= f);
+        if let Some(beta) = &mut norm.beta {
+            beta.data.iter_mut().zip(&s).for_each(|(v, f)| *v /= f);
+        }
+        Ok(())
+    })?;
     Ok(scales)
 }
 
