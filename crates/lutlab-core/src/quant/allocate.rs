@@ -302,7 +302,8 @@ fn fill_greedily(layers: &[LayerChoices], mut choice: Vec<usize>, max_bytes: u64
     }
 }
 
-fn summed(layers: &[LayerChoices], choice: Vec<usize>, solver: Solver) -> Allocation {
+/// The allocation `choice` makes, its bound the choice's own loss until a solver says better.
+pub(crate) fn summed(layers: &[LayerChoices], choice: Vec<usize>, solver: Solver) -> Allocation {
     let bytes = layers.iter().zip(&choice).map(|(l, &i)| l.candidates[i].bytes).sum();
     let loss = layers.iter().zip(&choice).map(|(l, &i)| l.candidates[i].loss).sum();
     Allocation { choice, bytes, loss, lower_bound: loss, solver }

@@ -5,7 +5,7 @@
 
 use crate::error::{LoadError, Result};
 use crate::packed_file::{stored_layer_bytes, TableDtype};
-use crate::quant::allocate::{allocate, weighted_error, Allocation, Budget, Candidate, LayerChoices, Solver};
+use crate::quant::allocate::{allocate, summed, weighted_error, Allocation, Budget, Candidate, LayerChoices, Solver};
 use crate::quant::head::{head_linear, is_head};
 use crate::quant::model::{sample_weights_of, Method, QuantizedModel, SampleWeights};
 use crate::weights::ModelWeights;
@@ -52,13 +52,23 @@ pub fn candidates<E: From<LoadError>>(
     let mut all: Vec<u32> = widths.to_vec();
     all.sort_unstable();
     all.dedup();
-    let own = method.bits();
-    if !all.contains(&own) {
-        all.push(own);
-    }
-    let mut models = Vec::with_capacity(all.len());
+    let mut models = Vec::with_capacity(all.len() + 1);
     for &bits in &all {
         models.push((bits, quantize_at(&method.with_bits(bits))?));
+    }
+    let estimate = match fisher {
+        Some(_) => Estimate::Fisher,
+        None if models[0].1.layers.iter().all(|l| l.proxy_loss.is_some()) => Estimate::HessianProxy,
+        None => Estimate::SquaredError,
+    };
+    // The head has no Fisher values: with a Fisher estimate it keeps the method's own width.
+    let pinned: Vec<String> = match estimate {
+        Estimate::Fisher => models[0].1.layers.iter().filter(|l| is_head(&l.name)).map(|l| l.name.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let own = method.bits();
+    if !pinned.is_empty() && !all.contains(&own) {
+        models.push((own, quantize_at(method)?));
     }
     let first = &models[0].1;
     for (bits, model) in &models {
@@ -67,36 +77,20 @@ pub fn candidates<E: From<LoadError>>(
             return Err(LoadError::InvalidSetting(format!("the {bits}-bit quantization produced other layers than the first")).into());
         }
     }
-    let estimate = match fisher {
-        Some(_) => Estimate::Fisher,
-        None if first.layers.iter().all(|l| l.proxy_loss.is_some()) => Estimate::HessianProxy,
-        None => Estimate::SquaredError,
-    };
     let mut layers = Vec::with_capacity(first.layers.len());
-    let mut pinned = Vec::new();
     for (l, layer) in first.layers.iter().enumerate() {
-        let sample_weights = match (estimate, is_head(&layer.name)) {
-            (Estimate::Fisher, true) => {
-                pinned.push(layer.name.clone());
-                None
-            }
-            (Estimate::Fisher, false) => sample_weights_of(fisher, &layer.name)?,
-            _ => None,
-        };
-        let pin = pinned.last() == Some(&layer.name);
+        let pin = pinned.contains(&layer.name);
+        let sample_weights = if estimate == Estimate::Fisher && !pin { sample_weights_of(fisher, &layer.name)? } else { None };
         let mut choices = Vec::new();
-        for (bits, model) in &models {
-            if (pin && *bits != own) || (!pin && !widths.contains(bits)) {
-                continue;
-            }
+        for (bits, model) in models.iter().filter(|(bits, _)| if pin { *bits == own } else { widths.contains(bits) }) {
             let candidate = &model.layers[l];
             let bytes = match stored_layer_bytes(candidate, table_dtype)? {
                 Some(bytes) => bytes as u64,
                 // No packed form (input groups not a multiple of 32 rows): its counted bits.
                 None => (candidate.bits_per_weight * candidate.dequantized.len() as f64 / 8.0).ceil() as u64,
             };
-            let loss = match estimate {
-                Estimate::HessianProxy => candidate.proxy_loss.unwrap_or(0.0),
+            let loss = match (estimate, candidate.proxy_loss) {
+                (Estimate::HessianProxy, Some(proxy)) => proxy,
                 _ => weighted_error(&original_of(weights, &layer.name)?, &candidate.dequantized, sample_weights),
             };
             choices.push(Candidate { bits: *bits, bytes, loss });
@@ -203,9 +197,7 @@ impl Candidates {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let bytes = self.layers.iter().zip(&choice).map(|(l, &i)| l.candidates[i].bytes).sum();
-        let loss = self.layers.iter().zip(&choice).map(|(l, &i)| l.candidates[i].loss).sum();
-        Ok(Allocation { choice, bytes, loss, lower_bound: f64::NEG_INFINITY, solver: Solver::Rules })
+        Ok(summed(&self.layers, choice, Solver::Rules))
     }
 
     /// What was allocated, per layer and in all, for reports and the packed file.
