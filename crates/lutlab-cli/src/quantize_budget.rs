@@ -43,15 +43,18 @@ pub fn quantize_mixed(
         let file = packed.to_safetensors(table_dtype)?.len() as u64;
         Ok(Some((file, packed.packed_bytes() as u64)))
     };
-    // What the file holds besides the quantized layers (header, dense tensors), measured on the
-    // narrowest quantization; the allocation's metadata is added to it below.
-    let narrow_model = found.model_at(narrowest).context("the narrowest width was not quantized")?;
-    let fixed = match file_bytes(narrow_model, String::new())? {
-        Some((file, layers)) => file - layers,
-        None if matches!(budget, Budget::FileBytes(_)) => {
-            anyhow::bail!("a file-size budget needs every layer packed; this method leaves some layers dense (give bits per weight, e.g. 3.5bpw)")
+    // A file-size budget: what the file holds besides the quantized layers (header, dense
+    // tensors), measured on the narrowest quantization; the allocation's metadata is added to it
+    // below. A bits-per-weight budget needs no file.
+    let fixed = match budget {
+        Budget::BitsPerWeight(_) => None,
+        Budget::FileBytes(_) => {
+            let narrow_model = found.model_at(narrowest).context("the narrowest width was not quantized")?;
+            let (file, layers) = file_bytes(narrow_model, String::new())?.context(
+                "a file-size budget needs every layer packed; this method leaves some layers dense (give bits per weight, e.g. 3.5bpw)",
+            )?;
+            Some(file - layers)
         }
-        None => 0,
     };
     let mut layer_budget = found.layer_budget(budget, fixed)?;
     // The allocation's metadata and the layer table's digits change the header: a file budget is

@@ -141,9 +141,8 @@ fn check(layers: &[LayerChoices], max_bytes: u64) -> Result<()> {
     if layers.iter().any(|l| l.candidates.len() > usize::from(u8::MAX)) {
         return Err(LoadError::InvalidSetting("more than 255 candidates for one layer".into()));
     }
-    let smallest: u64 = layers.iter().map(min_bytes).sum();
+    let (smallest, largest) = byte_range(layers);
     if smallest > max_bytes {
-        let largest: u64 = layers.iter().map(|l| l.candidates.iter().map(|c| c.bytes).max().unwrap_or(0)).sum();
         return Err(LoadError::InvalidSetting(format!(
             "the budget allows {max_bytes} bytes for the quantized layers, below the smallest allocation ({smallest} bytes, every \
              layer at its narrowest width); feasible: {smallest} to {largest} bytes"
@@ -155,7 +154,7 @@ fn check(layers: &[LayerChoices], max_bytes: u64) -> Result<()> {
 /// The byte unit (the gcd of every candidate's extra bytes over its layer's smallest) and the
 /// number of budget states, when the DP table is small enough.
 fn exact_states(layers: &[LayerChoices], max_bytes: u64) -> Option<(u64, u64)> {
-    let smallest: u64 = layers.iter().map(min_bytes).sum();
+    let (smallest, _) = byte_range(layers);
     let unit = layers
         .iter()
         .flat_map(|l| {
@@ -166,6 +165,12 @@ fn exact_states(layers: &[LayerChoices], max_bytes: u64) -> Option<(u64, u64)> {
         .max(1);
     let states = (max_bytes - smallest) / unit + 1;
     (states.saturating_mul(layers.len() as u64) <= EXACT_CELLS).then_some((unit, states))
+}
+
+/// The bytes of every layer at its smallest candidate, and at its largest.
+pub fn byte_range(layers: &[LayerChoices]) -> (u64, u64) {
+    let largest = layers.iter().map(|l| l.candidates.iter().map(|c| c.bytes).max().unwrap_or(0)).sum();
+    (layers.iter().map(min_bytes).sum(), largest)
 }
 
 fn min_bytes(layer: &LayerChoices) -> u64 {

@@ -5,7 +5,7 @@
 
 use crate::error::{LoadError, Result};
 use crate::packed_file::{stored_layer_bytes, TableDtype};
-use crate::quant::allocate::{allocate, summed, weighted_error, Allocation, Budget, Candidate, LayerChoices, Solver};
+use crate::quant::allocate::{allocate, byte_range, summed, weighted_error, Allocation, Budget, Candidate, LayerChoices, Solver};
 use crate::quant::head::{head_linear, is_head};
 use crate::quant::model::{sample_weights_of, Method, QuantizedModel, SampleWeights};
 use crate::weights::ModelWeights;
@@ -136,26 +136,25 @@ impl Candidates {
         self.models.iter().find(|(b, _)| *b == bits).map(|(_, m)| m)
     }
 
-    /// The bytes the quantized layers may take under `budget`, where the rest of the packed file
-    /// (header and dense tensors) takes `fixed_bytes`. A budget at or above the layers in f16, or
-    /// one that leaves nothing for them, is refused with the feasible range.
-    pub fn layer_budget(&self, budget: Budget, fixed_bytes: u64) -> Result<u64> {
+    /// The bytes the quantized layers may take under `budget`. A file-size budget needs
+    /// `file_rest`, the bytes the rest of the packed file (header and dense tensors) takes. A
+    /// budget at or above the layers in f16, or one that leaves less than every layer at its
+    /// narrowest width, is refused with the feasible range.
+    pub fn layer_budget(&self, budget: Budget, file_rest: Option<u64>) -> Result<u64> {
         let weights = self.layer_weights();
-        let total = |pick: fn(&LayerChoices) -> u64| -> u64 { self.layers.iter().map(pick).sum() };
-        let smallest = total(|l| l.candidates.iter().map(|c| c.bytes).min().unwrap_or(0));
-        let largest = total(|l| l.candidates.iter().map(|c| c.bytes).max().unwrap_or(0));
+        let (smallest, largest) = byte_range(&self.layers);
         let f16 = 2 * weights as u64;
         let bpw = |bytes: u64| 8.0 * bytes as f64 / weights.max(1) as f64;
-        let feasible = format!(
-            "feasible: {:.3} to {:.3} bits per weight, or a file of {:.3} to {:.3} MB",
-            bpw(smallest),
-            bpw(largest),
-            (fixed_bytes + smallest) as f64 / 1e6,
-            (fixed_bytes + largest) as f64 / 1e6
-        );
-        let bytes = match budget {
-            Budget::BitsPerWeight(b) => bytes_for_bits(weights, b),
-            Budget::FileBytes(n) => n.saturating_sub(fixed_bytes),
+        let mut feasible = format!("feasible: {:.3} to {:.3} bits per weight", bpw(smallest), bpw(largest));
+        let bytes = match (budget, file_rest) {
+            (Budget::BitsPerWeight(b), _) => bytes_for_bits(weights, b),
+            (Budget::FileBytes(n), Some(rest)) => {
+                feasible += &format!(", or a file of {:.3} to {:.3} MB", (rest + smallest) as f64 / 1e6, (rest + largest) as f64 / 1e6);
+                n.saturating_sub(rest)
+            }
+            (Budget::FileBytes(_), None) => {
+                return Err(LoadError::InvalidSetting(format!("a budget of {budget} needs the rest of the file's size; {feasible}")));
+            }
         };
         if bytes >= f16 {
             return Err(LoadError::InvalidSetting(format!("a budget of {budget} is at or above the layers in f16 (16 bits per weight): nothing to allocate; {feasible}")));
