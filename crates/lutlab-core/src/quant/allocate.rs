@@ -226,6 +226,7 @@ fn relaxed_choice(layers: &[LayerChoices], lambda: f64) -> (Vec<usize>, f64) {
         .iter()
         .map(|l| {
             let score = |c: &Candidate| c.loss + lambda * c.bytes as f64;
+            // `check` refuses a layer without candidates before any solver runs: cannot fail.
             let (i, c) = l
                 .candidates
                 .iter()
