@@ -5,7 +5,9 @@
 use crate::checkpoint::HostTensor;
 use crate::error::{LoadError, Result};
 use crate::config::{Activation, ModelConfig, NormKind, Positions};
+use crate::quant::head::HEAD;
 use crate::quant::hessian::Square;
+use crate::quant::inputs::{fake_quantize, InputCalibration, InputParams, InputQuantSettings, InputQuantization};
 use crate::weights::{LinearWeights, ModelWeights, NormWeights};
 use std::collections::BTreeMap;
 
@@ -33,7 +35,16 @@ pub fn check_tokens(weights: &ModelWeights, tokens: &[u32]) -> Result<()> {
 
 /// Logits `[T, vocab]` (row-major) for one sequence.
 pub fn forward(weights: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>> {
-    let x = hidden_observed(weights, tokens, &mut |_, _, _| {})?;
+    forward_with_inputs(weights, tokens, None)
+}
+
+/// [`forward`] with every linear's input fake-quantized by `inputs` (`quant::inputs`), the
+/// LM head's too when `inputs.settings.quantize_head`.
+pub fn forward_with_inputs(weights: &ModelWeights, tokens: &[u32], inputs: Option<&InputQuantization>) -> Result<Vec<f32>> {
+    let mut x = hidden_observed(weights, tokens, inputs, &mut |_, _, _| {})?;
+    if let Some(q) = inputs.filter(|q| q.settings.quantize_head) {
+        fake_quantize(&mut x, weights.config.embed_dim, &q.settings, q.fixed(HEAD)?)?;
+    }
     let head = weights.lm_head.as_ref().unwrap_or(&weights.wte);
     Ok(lm_head(&x, head))
 }
@@ -65,6 +76,32 @@ pub fn linear_input_absmax(weights: &ModelWeights, windows: &[&[u32]]) -> Result
     Ok(maxima)
 }
 
+/// Static input scales on the CPU (`quant::inputs::InputCalibration`): every linear input of
+/// every window, unquantized, and the head's input when `settings.quantize_head`.
+pub fn calibrate_inputs(weights: &ModelWeights, windows: &[&[u32]], settings: &InputQuantSettings) -> Result<BTreeMap<String, InputParams>> {
+    if windows.is_empty() {
+        return Err(LoadError::InvalidSetting("no calibration windows".into()));
+    }
+    let names = weights.config.linear_names();
+    let per_block = weights.config.block_linears().len();
+    let mut calibration = InputCalibration::default();
+    let mut failed = None;
+    for window in windows {
+        let hidden = hidden_observed(weights, window, None, &mut |block, layer, input| {
+            if failed.is_none() {
+                failed = calibration.add_window(settings, &names[block * per_block + layer].0, input).err();
+            }
+        })?;
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+        if settings.quantize_head {
+            calibration.add_window(settings, HEAD, &hidden)?;
+        }
+    }
+    Ok(calibration.finish(settings))
+}
+
 /// Calls `visit(linear name, input row)` for every position of every window and every linear of
 /// the blocks; returns the number of positions.
 fn for_each_input_row(weights: &ModelWeights, windows: &[&[u32]], visit: &mut dyn FnMut(&str, &[f32])) -> Result<usize> {
@@ -75,7 +112,7 @@ fn for_each_input_row(weights: &ModelWeights, windows: &[&[u32]], visit: &mut dy
     let per_block = weights.config.block_linears().len();
     let mut positions = 0usize;
     for window in windows {
-        hidden_observed(weights, window, &mut |block, layer, input| {
+        hidden_observed(weights, window, None, &mut |block, layer, input| {
             let name = &names[block * per_block + layer].0;
             let width = input.len() / window.len();
             input.chunks_exact(width).for_each(|row| visit(name, row));
@@ -96,7 +133,7 @@ pub fn linear_input_hessians(weights: &ModelWeights, windows: &[&[u32]]) -> Resu
     let firsts: Vec<usize> = config.input_groups().iter().map(|g| g.start).collect();
     let mut sums: BTreeMap<String, Square> = BTreeMap::new();
     for window in windows {
-        hidden_observed(weights, window, &mut |block, layer, input| {
+        hidden_observed(weights, window, None, &mut |block, layer, input| {
             if !firsts.contains(&layer) {
                 return;
             }
@@ -117,14 +154,26 @@ pub fn linear_input_hessians(weights: &ModelWeights, windows: &[&[u32]]) -> Resu
 
 /// The final hidden states `[T, embed_dim]` (after the final norm and any output projection);
 /// `observe(block, layer, input)` sees the input `[T, in]` of linear `layer` (in
-/// `ModelConfig::block_linears` order) of every block.
+/// `ModelConfig::block_linears` order) of every block, before `inputs` (if any) quantizes it.
 fn hidden_observed(
     weights: &ModelWeights,
     tokens: &[u32],
+    inputs: Option<&InputQuantization>,
     observe: &mut dyn FnMut(usize, usize, &[f32]),
 ) -> Result<Vec<f32>> {
     check_tokens(weights, tokens)?;
     let config = &weights.config;
+    let specs = config.block_linears();
+    // Linear `layer` of block `block` reads `x` quantized (one input shared by q, k and v, or by
+    // gate and up, is quantized once, by the first of them: they are calibrated on the same values).
+    let quantized = |block: usize, layer: usize, x: &[f32]| -> Result<Vec<f32>> {
+        let mut x = x.to_vec();
+        if let Some(q) = inputs {
+            let name = format!("{}.{}", config.block_prefix(block), specs[layer].name);
+            fake_quantize(&mut x, specs[layer].n_in, &q.settings, q.fixed(&name)?)?;
+        }
+        Ok(x)
+    };
     let (t_len, e) = (tokens.len(), config.embed_dim);
     let mut x: Vec<f32> = tokens.iter().flat_map(|&tok| weights.wte.data[tok as usize * e..][..e].iter().copied()).collect();
     if let Some(project_in) = &weights.project_in {
@@ -145,17 +194,18 @@ fn hidden_observed(
         let h = norm_in(&x, &block.norm_1);
         let (q, k, v, next) = if config.fused_qkv() {
             observe(i, 0, &h);
-            let qkv = linear(&h, &l[0]);
+            let qkv = linear(&quantized(i, 0, &h)?, &l[0]);
             let c = config.n_embd;
             let part = |p: usize| qkv.chunks_exact(3 * c).flat_map(|row| row[p * c..][..c].iter().copied()).collect::<Vec<f32>>();
             (part(0), part(1), part(2), 1)
         } else {
             (0..3).for_each(|j| observe(i, j, &h));
+            let h = quantized(i, 0, &h)?;
             (linear(&h, &l[0]), linear(&h, &l[1]), linear(&h, &l[2]), 3)
         };
         let attn = causal_attention(config, &rope, q, k, v, t_len);
         observe(i, next, &attn);
-        add_in_place(&mut x, &linear(&attn, &l[next]));
+        add_in_place(&mut x, &linear(&quantized(i, next, &attn)?, &l[next]));
         if !config.pre_norm {
             x = norm(&x, &block.norm_1, config);
         }
@@ -166,12 +216,13 @@ fn hidden_observed(
             Activation::SwiGlu => {
                 observe(i, next + 1, &h);
                 observe(i, next + 2, &h);
+                let h = quantized(i, next + 1, &h)?;
                 let up = linear(&h, &m[1]);
                 linear(&h, &m[0]).iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect::<Vec<f32>>()
             }
             Activation::GeluTanh | Activation::Relu => {
                 observe(i, next + 1, &h);
-                let mut f = linear(&h, &m[0]);
+                let mut f = linear(&quantized(i, next + 1, &h)?, &m[0]);
                 let act = if config.activation == Activation::Relu { |v: f32| v.max(0.0) } else { gelu_new };
                 f.iter_mut().for_each(|v| *v = act(*v));
                 f
@@ -179,7 +230,7 @@ fn hidden_observed(
         };
         let down = m.len() - 1;
         observe(i, next + 1 + down, &hidden);
-        add_in_place(&mut x, &linear(&hidden, &m[down]));
+        add_in_place(&mut x, &linear(&quantized(i, next + 1 + down, &hidden)?, &m[down]));
         if !config.pre_norm {
             x = norm(&x, &block.norm_2, config);
         }

@@ -10,11 +10,13 @@
 
 use crate::device::upload;
 use crate::error::Result;
+use crate::input_quant::InputQuantizer;
 use crate::lut_linear::PackedGpuLinear;
 use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
 use lutlab_core::config::{Activation, LinearLayout, Positions};
 use lutlab_core::packed_file::PackedModel;
 use lutlab_core::quant::head::{transpose, HEAD};
+use lutlab_core::quant::inputs::InputQuantization;
 use lutlab_core::reference::Rope;
 use lutlab_core::weights::{BlockWeights, EdgeWeights, LinearWeights, NormWeights};
 use lutlab_core::Checkpoint;
@@ -110,12 +112,14 @@ struct Edges<'a> {
     project_out: Option<&'a LinearWeights>,
 }
 
-/// One decoder block: its norms and its linears in `ModelConfig::block_linears` order.
+/// One decoder block: its norms, its linears in `ModelConfig::block_linears` order, and, with
+/// input quantization, one input quantizer per linear in the same order.
 #[derive(Clone, Debug)]
 pub struct Block {
     pub norm_1: Norm,
     pub norm_2: Norm,
     pub linears: Vec<Linear>,
+    pub inputs: Option<Arc<Vec<InputQuantizer>>>,
 }
 
 impl Block {
@@ -125,6 +129,7 @@ impl Block {
             norm_1: Norm::new(&w.norm_1, eps, device),
             norm_2: Norm::new(&w.norm_2, eps, device),
             linears: w.linears.iter().map(|l| Linear::new(l, device)).collect(),
+            inputs: None,
         }
     }
 }
@@ -249,23 +254,30 @@ impl Block {
             }
         };
         let l = &self.linears;
+        // Linear `j`'s input as it multiplies: quantized when the block quantizes inputs (an
+        // input shared by q, k and v, or gate and up, once, by the first of them).
+        let quantized = |j: usize, x: Tensor<3>| match &self.inputs {
+            Some(q) => q[j].forward(x),
+            None => x,
+        };
         let pre = |norm: &Norm, x: &Tensor<3>| if config.pre_norm { norm.forward(x.clone()) } else { x.clone() };
 
         let h = pre(&self.norm_1, &x);
         let [b, t, _] = h.dims();
         let (q, k, v, out) = if config.fused_qkv() {
             keep(&h);
-            let qkv = l[0].forward(h);
+            let qkv = l[0].forward(quantized(0, h));
             let c = config.n_embd;
             let part = |i: usize| qkv.clone().slice([0..b, 0..t, i * c..(i + 1) * c]);
             (part(0), part(1), part(2), 1)
         } else {
             (0..3).for_each(|_| keep(&h));
+            let h = quantized(0, h);
             (l[0].forward(h.clone()), l[1].forward(h.clone()), l[2].forward(h), 3)
         };
         let mixed = attention(ctx, q, k, v, cache);
         keep(&mixed);
-        let mut x = x + l[out].forward(mixed);
+        let mut x = x + l[out].forward(quantized(out, mixed));
         if !config.pre_norm {
             x = self.norm_1.forward(x);
         }
@@ -276,19 +288,21 @@ impl Block {
             Activation::SwiGlu => {
                 keep(&h);
                 keep(&h);
+                let h = quantized(out + 1, h);
                 activation::silu(mlp[0].forward(h.clone())) * mlp[1].forward(h)
             }
             Activation::GeluTanh => {
                 keep(&h);
-                activation::gelu_approximate(mlp[0].forward(h))
+                activation::gelu_approximate(mlp[0].forward(quantized(out + 1, h)))
             }
             Activation::Relu => {
                 keep(&h);
-                activation::relu(mlp[0].forward(h))
+                activation::relu(mlp[0].forward(quantized(out + 1, h)))
             }
         };
         keep(&hidden);
-        let mut x = x + mlp[mlp.len() - 1].forward(hidden);
+        let down = mlp.len() - 1;
+        let mut x = x + mlp[down].forward(quantized(out + 1 + down, hidden));
         if !config.pre_norm {
             x = self.norm_2.forward(x);
         }
@@ -350,6 +364,10 @@ pub struct Decoder {
     pub ln_f: Option<Norm>,
     pub project_in: Option<Linear>,
     pub project_out: Option<Linear>,
+    /// Input quantization of every linear (and, if asked, the head): see [`Self::quantize_inputs`].
+    pub input_quant: Option<Arc<InputQuantization>>,
+    /// The LM head's input quantizer (`--quantize-last-layer`).
+    pub head_input: Option<InputQuantizer>,
 }
 
 impl Decoder {
@@ -397,7 +415,30 @@ impl Decoder {
             ln_f: edges.ln_f.map(|n| Norm::new(n, eps, device)),
             project_in: edges.project_in.map(|l| Linear::new(l, device)),
             project_out: edges.project_out.map(|l| Linear::new(l, device)),
+            input_quant: None,
+            head_input: None,
         }
+    }
+
+    /// From now on every linear's input is fake-quantized by `q` (static scales from
+    /// `input_quant::calibrate_inputs`); every width and static scale is checked first.
+    pub fn quantize_inputs(&mut self, q: InputQuantization) -> Result<()> {
+        q.settings.validate()?;
+        for (name, spec) in self.config.linear_names() {
+            q.settings.check_width(spec.n_in, &name)?;
+        }
+        self.head_input = if q.settings.quantize_head {
+            q.settings.check_width(self.config.embed_dim, HEAD)?;
+            Some(InputQuantizer::new(q.settings, q.fixed(HEAD)?)?)
+        } else {
+            None
+        };
+        let quantizers = (0..self.n_blocks()).map(|i| block_input_quantizers(&self.config, &q, i)).collect::<Result<Vec<_>>>()?;
+        if let Blocks::Resident(blocks) = &mut self.blocks {
+            blocks.iter_mut().zip(quantizers).for_each(|(block, q)| block.inputs = Some(Arc::new(q)));
+        }
+        self.input_quant = Some(Arc::new(q));
+        Ok(())
     }
 
     /// Block `index`: the resident one, or read and uploaded now (streamed).
@@ -409,7 +450,11 @@ impl Decoder {
                 .ok_or_else(|| LoadError::InvalidSetting(format!("block {index} of a {}-block model", blocks.len())).into()),
             Blocks::Streamed(checkpoint) => {
                 let weights = BlockWeights::read(&self.config, checkpoint, index)?;
-                Ok(Cow::Owned(Block::upload(&weights, self.config.norm_eps, &self.device())))
+                let mut block = Block::upload(&weights, self.config.norm_eps, &self.device());
+                if let Some(q) = &self.input_quant {
+                    block.inputs = Some(Arc::new(block_input_quantizers(&self.config, q, index)?));
+                }
+                Ok(Cow::Owned(block))
             }
         }
     }
@@ -458,6 +503,7 @@ impl Decoder {
                 norm_1: norm(&format!("{p}.{n1}"))?,
                 norm_2: norm(&format!("{p}.{n2}"))?,
                 linears: specs.iter().map(|s| linear(&format!("{p}.{}", s.name), s.n_in, s.n_out)).collect::<Result<_>>()?,
+                inputs: None,
             });
         }
         let names = config.names();
@@ -487,6 +533,8 @@ impl Decoder {
             ln_f: if config.final_norm { Some(norm(names.final_norm)?) } else { None },
             project_in: projection(names.project_in, config.embed_dim, config.n_embd)?,
             project_out: projection(names.project_out, config.n_embd, config.embed_dim)?,
+            input_quant: None,
+            head_input: None,
         })
     }
 
@@ -578,6 +626,10 @@ impl Decoder {
 
     /// Logits `[B, T, vocab]` from hidden states (packed: the LUT kernels on the head's codes).
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let hidden = match &self.head_input {
+            Some(q) => q.forward(hidden),
+            None => hidden,
+        };
         let [b, t, c] = hidden.dims();
         let hidden = hidden.reshape([b * t, c]);
         let logits = match &self.head {
@@ -591,6 +643,13 @@ impl Decoder {
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
         Ok(self.lm_head(self.hidden(tokens)?))
     }
+}
+
+/// Block `index`'s input quantizers, one per linear in `block_linears` order.
+fn block_input_quantizers(config: &ModelConfig, q: &InputQuantization, index: usize) -> Result<Vec<InputQuantizer>> {
+    let prefix = config.block_prefix(index);
+    let specs = config.block_linears();
+    specs.iter().map(|s| Ok(InputQuantizer::new(q.settings, q.fixed(&format!("{prefix}.{}", s.name))?)?)).collect()
 }
 
 /// What follows the last block: the final norm, then OPT-350m's output projection.

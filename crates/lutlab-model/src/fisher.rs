@@ -588,7 +588,7 @@ fn per_sample_block(model: &Decoder, block: &Block, index: usize, b: usize, role
         };
         linears.push(Linear::PerSample { weight, bias: constant1(bias.clone()) });
     }
-    let per_sample = Block { norm_1: block.norm_1.map(constant1), norm_2: block.norm_2.map(constant1), linears };
+    let per_sample = Block { norm_1: block.norm_1.map(constant1), norm_2: block.norm_2.map(constant1), linears, inputs: None };
     Ok((per_sample, leaves))
 }
 

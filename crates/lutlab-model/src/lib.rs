@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fisher;
 pub mod generate;
 pub mod hessian;
+pub mod input_quant;
 pub mod decoder;
 pub mod lut_linear;
 
@@ -19,4 +20,5 @@ pub use eval::{perplexity, EvalSettings};
 pub use hessian::{hessians, quantize_sequential, HessianSettings, LayerHessian};
 pub use fisher::{fisher, fisher_into, fisher_windows, sample_starts, FisherRun, FisherSettings};
 pub use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
+pub use input_quant::{calibrate_inputs, calibrate_inputs_windows, InputQuantizer};
 pub use decoder::{run_block, BlockVisitor, Decoder};

@@ -11,6 +11,7 @@ pub mod allocate;
 pub mod head;
 pub mod hessian;
 pub mod incoherence;
+pub mod inputs;
 pub mod kmeans;
 pub mod lut;
 pub mod mixed;
