@@ -14,6 +14,8 @@ mod fisher;
 mod generate;
 #[path = "hessians.rs"]
 mod hessians;
+#[path = "input_quant.rs"]
+mod input_quant;
 #[path = "lut_kernels.rs"]
 mod lut_kernels;
 #[path = "packed_eval.rs"]

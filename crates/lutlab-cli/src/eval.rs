@@ -1,6 +1,7 @@
 //! `lutlab eval`: perplexity of a model on a text file. [`measure`] is shared with `quantize`.
 
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST};
+use crate::input_quant::InputQuantArgs;
 use crate::model::{open_decoder, StreamOptions};
 use crate::progress::Bar;
 use anyhow::Result;
@@ -25,6 +26,9 @@ pub struct EvalOptions {
     /// Tokens between window starts (default: max-length / 2).
     #[arg(long)]
     pub stride: Option<usize>,
+    /// Input (activation) quantization during the evaluation.
+    #[command(flatten)]
+    pub inputs: InputQuantArgs,
 }
 
 #[derive(Args)]
@@ -49,6 +53,8 @@ pub struct EvalArgs {
 #[derive(Serialize)]
 pub struct EvalReport {
     pub data: String,
+    /// The input quantization evaluated with (`--input-*`), if any.
+    pub inputs: Option<String>,
     pub device: String,
     pub max_length: usize,
     pub stride: usize,
@@ -62,8 +68,9 @@ pub struct EvalReport {
 
 impl EvalReport {
     pub fn line(&self) -> String {
+        let inputs = self.inputs.as_ref().map(|label| format!(", inputs {label}")).unwrap_or_default();
         format!(
-            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}) in {:.1} s, {:.0} tokens/s on {}",
+            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}{inputs}) in {:.1} s, {:.0} tokens/s on {}",
             self.perplexity, self.data, self.tokens, self.scored, self.max_length, self.stride, self.seconds, self.tokens_per_s, self.device
         )
     }
@@ -73,7 +80,7 @@ impl EvalReport {
 pub fn measure(weights: &ModelWeights, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
     gpu.check_fits(weights)?;
-    measure_model(&Decoder::new(weights, &gpu.device), &gpu, tokenizer, options, quiet)
+    measure_model(Decoder::new(weights, &gpu.device), &gpu, tokenizer, options, quiet)
 }
 
 /// [`measure_packed`] of a model the caller is done with: it is dropped once it is on the GPU, so
@@ -82,16 +89,19 @@ pub fn measure_packed_owned(packed: PackedModel, tokenizer: &TextTokenizer, opti
     let gpu = pollster::block_on(open_gpu())?;
     let model = Decoder::from_packed(&packed, &gpu.device)?;
     drop(packed);
-    measure_model(&model, &gpu, tokenizer, options, quiet)
+    measure_model(model, &gpu, tokenizer, options, quiet)
 }
 
 /// Perplexity of a packed model, its linear layers running from their codes.
 pub fn measure_packed(packed: &PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
-    measure_model(&Decoder::from_packed(packed, &gpu.device)?, &gpu, tokenizer, options, quiet)
+    measure_model(Decoder::from_packed(packed, &gpu.device)?, &gpu, tokenizer, options, quiet)
 }
 
-fn measure_model(model: &Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+/// Perplexity of `model`, its inputs quantized first if `options` ask.
+fn measure_model(mut model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+    let inputs = options.inputs.apply(&mut model, tokenizer, quiet)?;
+    let model = &model;
     let data_path = options.data.clone().unwrap_or_else(|| repo_path(WIKITEXT_TEST));
     let what = data_path.display().to_string();
     let tokens = tokenizer.encode(&read_text(&data_path)?)?;
@@ -104,6 +114,7 @@ fn measure_model(model: &Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options:
     bar.finish();
     Ok(EvalReport {
         data: what,
+        inputs,
         device: gpu.describe(),
         max_length: settings.max_length,
         stride: settings.stride,
@@ -117,6 +128,8 @@ fn measure_model(model: &Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options:
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    // Settings are checked before any model is read or the GPU opened.
+    args.eval.inputs.settings()?;
     let (report, evaluated) = match &args.packed {
         Some(path) => {
             let packed = read_packed(path)?;
@@ -127,7 +140,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
             let gpu = pollster::block_on(open_gpu())?;
             let (model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
-            (measure_model(&model, &gpu, &tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
+            (measure_model(model, &gpu, &tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
         }
     };
     if args.json {

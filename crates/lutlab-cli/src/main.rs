@@ -8,6 +8,7 @@ mod fisher;
 mod generate;
 mod hessian;
 mod hessian_summary;
+mod input_quant;
 mod model;
 mod model_transforms;
 mod paths;

@@ -224,6 +224,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if !args.eval && args.out.is_none() && args.packed.is_none() {
         bail!("nothing to do with the result: pass --eval, --out DIR and/or --packed FILE");
     }
+    if args.eval_options.inputs.settings()?.is_some() && !args.eval {
+        bail!("--input-bit-width quantizes inputs while evaluating: add --eval");
+    }
     let table_dtype: TableDtype = args.table_dtype.parse()?;
     let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
     let config = ModelFiles::open_dir(&model_dir)?.config;
