@@ -1,6 +1,7 @@
-//! `lutlab quantize --ln-affine-merge --act-equalization fused`: the float model transformed
-//! before quantizing (`lutlab_core::model_transforms`), in Brevitas' order (norm affine merged,
-//! then SmoothQuant's scales from the calibration text's activation ranges), with a Fisher
+//! `lutlab quantize --ln-affine-merge --weight-equalization --act-equalization fused`: the float
+//! model transformed before quantizing (`lutlab_core::model_transforms`), in this order
+//! (norm affine merged, weights equalized, then SmoothQuant's scales from the calibration text's
+//! activation ranges), with a Fisher
 //! diagonal of the original weights carried over to the transformed ones.
 
 use crate::paths::{repo_path, WIKITEXT_VALID};
@@ -9,7 +10,7 @@ use crate::quantize::QuantizeArgs;
 use anyhow::{bail, Result};
 use lutlab_core::files::read_text;
 use lutlab_core::fisher_file::FisherDiagonal;
-use lutlab_core::model_transforms::{merge_norm_affine, scale_fisher_rows, smooth_activations};
+use lutlab_core::model_transforms::{equalize_weights, merge_norm_affine, scale_fisher_columns, scale_fisher_rows, smooth_activations};
 use lutlab_core::LoadedModel;
 use lutlab_model::{linear_input_stats, open_gpu, ActivationSettings, Decoder, InputStats};
 
@@ -21,13 +22,20 @@ pub fn apply(args: &QuantizeArgs, loaded: &mut LoadedModel, mut fisher: Option<&
         Some("layerwise") => bail!("--act-equalization layerwise keeps an explicit input scale before each linear, which the packed format does not hold yet: use fused (into the norms)"),
         Some(other) => bail!("--act-equalization {other}: use fused (SmoothQuant's scales folded into the norms before q/k/v and the MLP)"),
     };
-    if (args.ln_affine_merge || smooth) && args.hessian.is_some() {
-        bail!("--ln-affine-merge and --act-equalization change the layers' inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the transformed model)");
+    if (args.ln_affine_merge || args.weight_equalization || smooth) && args.hessian.is_some() {
+        bail!("--ln-affine-merge, --weight-equalization and --act-equalization change the layers' inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the transformed model)");
     }
     if args.ln_affine_merge {
         let rows = merge_norm_affine(&mut loaded.weights)?;
         if let Some(fisher) = fisher.as_deref_mut() {
             scale_fisher_rows(fisher, &rows);
+        }
+    }
+    if args.weight_equalization {
+        let (rows, columns) = equalize_weights(&mut loaded.weights)?;
+        if let Some(fisher) = fisher.as_deref_mut() {
+            scale_fisher_rows(fisher, &rows);
+            scale_fisher_columns(fisher, &columns);
         }
     }
     if smooth {

@@ -71,6 +71,11 @@ pub struct QuantizeArgs {
     /// the merged weights. A --fisher file is carried over (divided by γ²).
     #[arg(long)]
     pub(crate) ln_affine_merge: bool,
+    /// Cross-layer weight equalization before quantizing (Brevitas' --weight-equalization): each
+    /// value/output projection pair, and ReLU (OPT) or SwiGLU (Llama) up/down pair, gets equal
+    /// weight ranges per channel, s = √(r₁/r₂) moved from one into the other; exact in float.
+    #[arg(long)]
+    pub(crate) weight_equalization: bool,
     /// SmoothQuant before quantizing (Brevitas' --act-equalization): `fused` divides each input
     /// channel of q/k/v and the MLP's first linear(s) by s = max|x|^α / max|w|^(1−α) inside the
     /// norm before them and multiplies the weights by it; ranges from --calibration-data.
@@ -364,6 +369,7 @@ impl QuantizeArgs {
             widths: self.widths.clone(),
             layer_bits: self.layer_bits.clone(),
             ln_affine_merge: self.ln_affine_merge,
+            weight_equalization: self.weight_equalization,
             act_equalization: self.act_equalization.clone(),
             alpha: self.alpha,
         }

@@ -53,3 +53,18 @@ fn smoothquant_scales_move_into_the_norms_and_unsupported_forms_are_refused() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn weight_equalization_runs_on_opt_and_carries_a_fisher_file_over() {
+    let dir = work_dir("equalize");
+    let model = repo("models/opt-tiny-wikitext");
+    let fisher = dir.join("fisher.safetensors");
+    lutlab_json(&["fisher", "--model", model.to_str().unwrap(), "--nsamples", "2", "--seqlen", "32", "--out", fisher.to_str().unwrap(), "--json"]);
+    let packed = dir.join("equalized.safetensors");
+    let out = lutlab_json(&["quantize", "--model", model.to_str().unwrap(), "--granularity", "channel", "--restarts", "1", "--weight-equalization", "--fisher", fisher.to_str().unwrap(), "--packed", packed.to_str().unwrap(), "--json"]);
+    assert!(out["method"].as_str().unwrap().contains("+weight-equalization"), "{}", out["method"]);
+    let refused = lutlab(&["quantize", "--model", model.to_str().unwrap(), "--weight-equalization", "--hessian", fisher.to_str().unwrap(), "--method", "gptq", "--eval"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--weight-equalization"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -9,6 +9,11 @@
 //!   the linears after a norm, `s_j = max|x_j|^α / max|W_j|^(1−α)`; the norm's γ and β are
 //!   divided by `s` and the linears' rows multiplied by it, so activations lose their outlier
 //!   channels to the weights, which quantize them more easily.
+//! - [`equalize_weights`] (`--weight-equalization`, cross-layer equalization as in "Data-Free
+//!   Quantization", Nagel et al. 2019): where a linear's output channel reaches the next linear
+//!   through an operation that commutes with a positive per-channel scale, the channel is divided
+//!   by `s` in the first and the matching input row multiplied by `s` in the second, with
+//!   `s = √(r₁ / r₂)` from the two weight ranges, which become equal (`√(r₁·r₂)` each).
 
 use crate::error::{LoadError, Result};
 use crate::fisher_file::FisherDiagonal;
@@ -123,6 +128,110 @@ pub fn smooth_activations(weights: &mut ModelWeights, absmax: &BTreeMap<String, 
         Ok(())
     })?;
     Ok(scales)
+}
+
+/// Per linear (full name), the factor each output column of its weight (and its bias) was divided by.
+pub type ColumnScales = BTreeMap<String, Vec<f32>>;
+
+/// One pair [`equalize_weights`] balances: `producer`'s output columns `first_column..` feed, one
+/// to one or (grouped-query attention) one to several, `consumer`'s input rows; `column_of_row`
+/// maps each consumer row to the producer column it reads.
+struct EqualizedPair {
+    producer: usize,
+    consumer: usize,
+    column_of_row: Vec<usize>,
+}
+
+/// The pairs of a block whose link commutes with a positive per-channel scale: attention's
+/// values and output projection (attention is linear in v, heads and GQA's shared heads
+/// included), ReLU MLPs (`relu(x/s) = relu(x)/s`) and SwiGLU's up and down projections
+/// (`silu(g)·(u/s) = silu(g)·u/s`). GELU (GPT-2's MLP) does not commute, so it is left alone.
+fn equalized_pairs(config: &crate::config::ModelConfig) -> Vec<EqualizedPair> {
+    use crate::config::{Activation, Family};
+    let (c, d) = (config.n_embd, config.head_dim);
+    let group = config.n_head / config.n_kv_head.max(1);
+    // Query head h reads key/value head h / group: o's input row h·D + j reads v's column (h / group)·D + j.
+    let value_columns = |first: usize| (0..config.n_head * d).map(|r| first + (r / d / group) * d + r % d).collect::<Vec<_>>();
+    let one_to_one = |n: usize| (0..n).collect::<Vec<_>>();
+    let mut pairs = match config.family {
+        Family::Gpt2 => vec![EqualizedPair { producer: 0, consumer: 1, column_of_row: value_columns(2 * c) }],
+        Family::Opt | Family::Llama => vec![EqualizedPair { producer: 2, consumer: 3, column_of_row: value_columns(0) }],
+    };
+    match (config.family, config.activation) {
+        (Family::Opt, Activation::Relu) => pairs.push(EqualizedPair { producer: 4, consumer: 5, column_of_row: one_to_one(config.n_inner) }),
+        (Family::Llama, Activation::SwiGlu) => pairs.push(EqualizedPair { producer: 5, consumer: 6, column_of_row: one_to_one(config.n_inner) }),
+        _ => {}
+    }
+    pairs
+}
+
+/// Cross-layer weight equalization (`--weight-equalization`) of every block's
+/// [`equalized_pairs`]: for each producer column `c` with range `r₁ = max |W₁[·, c]|` and its
+/// consumer rows' range `r₂ = max |W₂[r, ·]|` over the rows reading it, `s = √(r₁ / r₂)` (1 where
+/// either is 0); the column and its bias are divided by `s`, the rows multiplied by it. Exact
+/// before quantization. Returns the consumers' row factors and the producers' column divisors,
+/// for carrying a Fisher diagonal over ([`scale_fisher_rows`], [`scale_fisher_columns`]).
+pub fn equalize_weights(weights: &mut ModelWeights) -> Result<(RowScales, ColumnScales)> {
+    let pairs = equalized_pairs(&weights.config);
+    let names: Vec<String> = weights.linears().map(|(name, _)| name).collect();
+    let per_block = weights.config.block_linears().len();
+    let (mut rows_scaled, mut columns_scaled) = (RowScales::new(), ColumnScales::new());
+    for (block, names) in weights.blocks.iter_mut().zip(names.chunks_exact(per_block)) {
+        for pair in &pairs {
+            let (producer, consumer) = (&block.linears[pair.producer], &block.linears[pair.consumer]);
+            let (p_cols, c_cols) = (producer.out_features(), consumer.out_features());
+            if pair.column_of_row.len() != consumer.in_features() || pair.column_of_row.iter().any(|&col| col >= p_cols) {
+                return Err(LoadError::InvalidSetting(format!(
+                    "weight-equalization: `{}` and `{}` do not have the shapes this family's attention/MLP implies",
+                    names[pair.producer], names[pair.consumer]
+                )));
+            }
+            let mut producer_range = vec![0f32; p_cols];
+            for row in producer.weight.data.chunks_exact(p_cols) {
+                producer_range.iter_mut().zip(row).for_each(|(m, w)| *m = m.max(w.abs()));
+            }
+            let mut consumer_range = vec![0f32; p_cols];
+            for (row, &col) in consumer.weight.data.chunks_exact(c_cols).zip(&pair.column_of_row) {
+                consumer_range[col] = row.iter().fold(consumer_range[col], |m, w| m.max(w.abs()));
+            }
+            let mut divisor = vec![1f32; p_cols];
+            for &col in &pair.column_of_row {
+                let (r1, r2) = (producer_range[col], consumer_range[col]);
+                if r1 > 0.0 && r2 > 0.0 {
+                    divisor[col] = (f64::from(r1) / f64::from(r2)).sqrt().clamp(1e-5, 1e5) as f32;
+                }
+            }
+            let producer = &mut block.linears[pair.producer];
+            for row in producer.weight.data.chunks_exact_mut(p_cols) {
+                row.iter_mut().zip(&divisor).for_each(|(w, s)| *w /= s);
+            }
+            producer.bias.data.iter_mut().zip(&divisor).for_each(|(b, s)| *b /= s);
+            let row_factor: Vec<f32> = pair.column_of_row.iter().map(|&col| divisor[col]).collect();
+            let consumer = &mut block.linears[pair.consumer];
+            for (row, &f) in consumer.weight.data.chunks_exact_mut(c_cols).zip(&row_factor) {
+                row.iter_mut().for_each(|w| *w *= f);
+            }
+            merge_factors(rows_scaled.entry(names[pair.consumer].clone()).or_insert_with(|| vec![1.0; row_factor.len()]), &row_factor);
+            merge_factors(columns_scaled.entry(names[pair.producer].clone()).or_insert_with(|| vec![1.0; p_cols]), &divisor);
+        }
+    }
+    Ok((rows_scaled, columns_scaled))
+}
+
+fn merge_factors(total: &mut [f32], more: &[f32]) {
+    total.iter_mut().zip(more).for_each(|(t, m)| *t *= m);
+}
+
+/// A Fisher diagonal carried over a column division: a weight divided by `s` has gradient
+/// `s·∂L/∂w`, so its Fisher value is multiplied by `s²`.
+pub fn scale_fisher_columns(fisher: &mut FisherDiagonal, divisors: &ColumnScales) {
+    for (name, tensor) in &mut fisher.tensors {
+        let Some(divisor) = name.strip_suffix(".weight").and_then(|layer| divisors.get(layer)) else { continue };
+        let cols = tensor.shape[1];
+        for row in tensor.data.chunks_exact_mut(cols) {
+            row.iter_mut().zip(divisor).for_each(|(f, s)| *f *= s * s);
+        }
+    }
 }
 
 /// `linear` as it reads `γ ⊙ n + β` instead of `n`: rows scaled by γ, `β·W` added to the bias

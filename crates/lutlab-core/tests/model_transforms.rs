@@ -3,7 +3,7 @@
 
 use lutlab_core::checkpoint::HostTensor;
 use lutlab_core::fisher_file::FisherDiagonal;
-use lutlab_core::model_transforms::{merge_norm_affine, scale_fisher_rows, smooth_activations, RowScales};
+use lutlab_core::model_transforms::{equalize_weights, merge_norm_affine, scale_fisher_rows, smooth_activations, RowScales};
 use lutlab_core::reference::{forward, linear_input_absmax};
 use lutlab_core::{Checkpoint, ModelConfig, ModelWeights};
 use std::path::Path;
@@ -112,4 +112,37 @@ fn a_fisher_diagonal_follows_its_rows_scaling() {
     let scales = RowScales::from([("h.0.attn.c_attn".to_string(), vec![2.0, 0.5, 0.0])]);
     scale_fisher_rows(&mut fisher, &scales);
     assert_eq!(fisher.tensors[0].1.data, vec![0.25, 0.5, 16.0, 32.0, 0.0, 0.0]);
+}
+
+#[test]
+fn weight_equalization_keeps_every_familys_logits_and_equalizes_the_pairs() {
+    for model in FAMILIES {
+        let original = load(model);
+        let mut equalized = original.clone();
+        let (rows, columns) = equalize_weights(&mut equalized).unwrap();
+        let change = logit_change(&original, &equalized);
+        println!("{model}: weight equalization, max |logit change| {change:e} of the largest logit");
+        assert!(change <= 5e-6, "{model}: logits moved by {change:e} of the largest");
+        // Every pair changed, and each producer column's range now equals its consumer rows'.
+        let pairs = if equalized.config.family == lutlab_core::Family::Gpt2 { 1 } else { 2 };
+        assert_eq!((rows.len(), columns.len()), (pairs * equalized.config.n_layer, pairs * equalized.config.n_layer), "{model}");
+        let block = &equalized.blocks[0];
+        let (producer, consumer, first, group) = match equalized.config.family {
+            lutlab_core::Family::Gpt2 => (&block.linears[0], &block.linears[1], 2 * equalized.config.n_embd, 1),
+            _ => (&block.linears[2], &block.linears[3], 0, equalized.config.n_head / equalized.config.n_kv_head),
+        };
+        let d = equalized.config.head_dim;
+        let mut worst = 0f32;
+        for row in 0..consumer.in_features() {
+            let col = first + (row / d / group) * d + row % d;
+            let r1 = producer.weight.data.chunks_exact(producer.out_features()).fold(0f32, |m, r| m.max(r[col].abs()));
+            // The consumer range of a shared value column is over all the rows reading it.
+            let r2 = (0..consumer.in_features())
+                .filter(|&r| first + (r / d / group) * d + r % d == col)
+                .flat_map(|r| consumer.weight.data[r * consumer.out_features()..][..consumer.out_features()].iter())
+                .fold(0f32, |m, w| m.max(w.abs()));
+            worst = worst.max((r1 - r2).abs() / r1.max(r2));
+        }
+        assert!(worst <= 1e-5, "{model}: value/output ranges differ by {worst:e} after equalization");
+    }
 }

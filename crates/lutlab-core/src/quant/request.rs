@@ -79,6 +79,9 @@ pub struct QuantizeRequest {
     /// Brevitas' `--ln-affine-merge`: each block norm's γ and β folded into the linears after it
     /// before quantizing (`model_transforms::merge_norm_affine`).
     pub ln_affine_merge: bool,
+    /// Brevitas' `--weight-equalization`: cross-layer equalization of each value/output and
+    /// ReLU or SwiGLU up/down pair (`model_transforms::equalize_weights`).
+    pub weight_equalization: bool,
     /// Brevitas' `--act-equalization`: `fused` (SmoothQuant's scales folded into the norms,
     /// `model_transforms::smooth_activations`), or `None`.
     pub act_equalization: Option<String>,
@@ -119,6 +122,7 @@ impl Default for QuantizeRequest {
             widths: Vec::new(),
             layer_bits: Vec::new(),
             ln_affine_merge: false,
+            weight_equalization: false,
             act_equalization: None,
             alpha: 0.5,
         }
@@ -255,7 +259,12 @@ impl QuantizeRequest {
         let embeddings = if self.embeddings { " +embeddings" } else { "" };
         let budget = self.budget.as_ref().map_or(String::new(), |b| format!(" under {b}"));
         let rules = if self.layer_bits.is_empty() { String::new() } else { format!(" ({})", self.layer_bits.join(", ")) };
-        let merged = if self.ln_affine_merge { " +ln-affine-merge" } else { "" };
+        let merged = match (self.ln_affine_merge, self.weight_equalization) {
+            (true, true) => " +ln-affine-merge +weight-equalization",
+            (true, false) => " +ln-affine-merge",
+            (false, true) => " +weight-equalization",
+            (false, false) => "",
+        };
         let smoothed = match &self.act_equalization {
             Some(kind) => format!(" +smoothquant {kind} α={}", self.alpha),
             None => String::new(),
