@@ -11,7 +11,9 @@ use anyhow::{bail, Result};
 use lutlab_core::files::read_text;
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::model_transforms::{equalize_weights, merge_norm_affine, scale_fisher_columns, scale_fisher_rows, smooth_activations};
-use lutlab_core::LoadedModel;
+use lutlab_core::quant::bias_correction::correct_biases;
+use lutlab_core::quant::QuantizedModel;
+use lutlab_core::{LoadedModel, ModelWeights, TextTokenizer};
 use lutlab_model::{linear_input_stats, open_gpu, ActivationSettings, Decoder, InputStats};
 
 /// Applies the transforms `args` ask for to `loaded`, and to `fisher` (of the original weights).
@@ -51,14 +53,30 @@ pub fn apply(args: &QuantizeArgs, loaded: &mut LoadedModel, mut fisher: Option<&
 /// Each linear layer's input statistics (mean, largest magnitude) over random windows of the
 /// calibration text, from `loaded` as it is now, on the GPU.
 pub fn input_stats(args: &QuantizeArgs, loaded: &LoadedModel, what: &str) -> Result<InputStats> {
+    weights_input_stats(args, &loaded.weights, &loaded.tokenizer, what)
+}
+
+/// [`input_stats`] of `weights`.
+fn weights_input_stats(args: &QuantizeArgs, weights: &ModelWeights, tokenizer: &TextTokenizer, what: &str) -> Result<InputStats> {
     let path = args.calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
-    let tokens = loaded.tokenizer.encode(&read_text(&path)?)?;
+    let tokens = tokenizer.encode(&read_text(&path)?)?;
     let gpu = pollster::block_on(open_gpu())?;
-    gpu.check_fits(&loaded.weights)?;
-    let model = Decoder::new(&loaded.weights, &gpu.device);
+    gpu.check_fits(weights)?;
+    let model = Decoder::new(weights, &gpu.device);
     let settings = ActivationSettings { nsamples: args.calibration_samples, ..ActivationSettings::for_model(&model) };
     let mut bar = Bar::new(what, "tokens", args.json);
     let stats = pollster::block_on(linear_input_stats(&model, &tokens, settings, &mut bar))?;
     bar.finish();
     Ok(stats)
+}
+
+/// `--bias-corr`: the float model with each linear's bias corrected for the mean output shift
+/// its quantized weights cause (`quant::bias_correction`), the mean inputs measured on the GPU in
+/// the weight-quantized model over windows of the calibration text.
+pub fn bias_corrected(args: &QuantizeArgs, loaded: &LoadedModel, quantized: &QuantizedModel) -> Result<ModelWeights> {
+    let dequantized = quantized.apply(&loaded.weights);
+    let means = weights_input_stats(args, &dequantized, &loaded.tokenizer, "bias correction")?.means;
+    let mut corrected = loaded.weights.clone();
+    correct_biases(&mut corrected, &dequantized, &means)?;
+    Ok(corrected)
 }

@@ -76,6 +76,10 @@ pub struct QuantizeArgs {
     /// weight ranges per channel, s = √(r₁/r₂) moved from one into the other; exact in float.
     #[arg(long)]
     pub(crate) weight_equalization: bool,
+    /// Bias correction after quantizing (Brevitas' --bias-corr): each linear's bias gets
+    /// E[x]·(W − W_q), its mean input measured in the weight-quantized model on --calibration-data.
+    #[arg(long)]
+    pub(crate) bias_corr: bool,
     /// SmoothQuant before quantizing (Brevitas' --act-equalization): `fused` divides each input
     /// channel of q/k/v and the MLP's first linear(s) by s = max|x|^α / max|w|^(1−α) inside the
     /// norm before them and multiplies the weights by it; ranges from --calibration-data.
@@ -229,6 +233,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if !args.eval && args.out.is_none() && args.packed.is_none() {
         bail!("nothing to do with the result: pass --eval, --out DIR and/or --packed FILE");
     }
+    if args.bias_corr && args.centering {
+        bail!("--bias-corr and --centering both fold mean inputs into the biases: give one");
+    }
     if args.eval_options.inputs.settings()?.is_some() && !args.eval {
         bail!("--input-bit-width quantizes inputs while evaluating: add --eval");
     }
@@ -279,6 +286,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         (quantized, Some(report))
     } else {
         (quantize_at(&method)?, None)
+    };
+    // Bias correction changes only the float model's biases, which the packed file and the
+    // dequantized model take from it.
+    let corrected;
+    let weights = if args.bias_corr {
+        corrected = crate::model_transforms::bias_corrected(&args, &loaded, &quantized)?;
+        &corrected
+    } else {
+        weights
     };
     let seconds = start.elapsed().as_secs_f64();
     let label = meta.method.clone();
@@ -370,6 +386,7 @@ impl QuantizeArgs {
             layer_bits: self.layer_bits.clone(),
             ln_affine_merge: self.ln_affine_merge,
             weight_equalization: self.weight_equalization,
+            bias_corr: self.bias_corr,
             act_equalization: self.act_equalization.clone(),
             alpha: self.alpha,
         }

@@ -68,3 +68,25 @@ fn weight_equalization_runs_on_opt_and_carries_a_fisher_file_over() {
     assert!(!refused.status.success() && stderr.contains("--weight-equalization"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bias_correction_moves_the_packed_biases_and_refuses_centering() {
+    let dir = work_dir("biascorr");
+    let model = repo("models/llama-tiny-wikitext");
+    let (plain, corrected) = (dir.join("plain.safetensors"), dir.join("corrected.safetensors"));
+    let args = ["quantize", "--model", model.to_str().unwrap(), "--method", "rtn", "--bits", "3", "--granularity", "tensor", "--asym", "--calibration-samples", "2", "--json"];
+    lutlab_json(&[&args[..], &["--packed", plain.to_str().unwrap()]].concat());
+    let out = lutlab_json(&[&args[..], &["--bias-corr", "--packed", corrected.to_str().unwrap()]].concat());
+    assert!(out["method"].as_str().unwrap().ends_with("+bias-corr"), "{}", out["method"]);
+    // Llama's linears have no bias: the correction adds them, with the same codes.
+    let (plain, corrected) = (PackedModel::read_file(&plain).unwrap(), PackedModel::read_file(&corrected).unwrap());
+    let name = "model.layers.0.mlp.down_proj";
+    assert!(!plain.dense.contains_key(&format!("{name}.bias")));
+    let bias = &corrected.dense[&format!("{name}.bias")].data;
+    assert!(bias.iter().any(|&b| b != 0.0) && bias.iter().all(|b| b.is_finite()), "{name}.bias");
+    assert_eq!(plain.layers[name].qweight, corrected.layers[name].qweight, "bias correction leaves the codes alone");
+    let refused = lutlab(&[&args[..], &["--bias-corr", "--centering", "--eval"]].concat());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("give one"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

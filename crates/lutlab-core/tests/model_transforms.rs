@@ -146,3 +146,39 @@ fn weight_equalization_keeps_every_familys_logits_and_equalizes_the_pairs() {
         assert!(worst <= 1e-5, "{model}: value/output ranges differ by {worst:e} after equalization");
     }
 }
+
+#[test]
+fn bias_correction_restores_each_layers_mean_output() {
+    use lutlab_core::quant::bias_correction::correct_biases;
+    for model in FAMILIES {
+        let mut float = load(model);
+        let mut quantized = float.clone();
+        let names: Vec<String> = float.linears().map(|(name, _)| name).collect();
+        // A coarse grid: quantization that shifts mean outputs visibly.
+        for name in &names {
+            quantized.linear_mut(name).unwrap().weight.data.iter_mut().for_each(|w| *w = (*w * 8.0).round() / 8.0);
+        }
+        let windows = [some_tokens(&float, 3), some_tokens(&float, 7)];
+        let windows: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+        let means: std::collections::BTreeMap<String, Vec<f32>> = lutlab_core::reference::linear_input_means(&quantized, &windows)
+            .unwrap()
+            .into_iter()
+            .map(|(name, m)| (name, m.into_iter().map(|v| v as f32).collect()))
+            .collect();
+        let original = float.clone();
+        let corrections = correct_biases(&mut float, &quantized, &means).unwrap();
+        assert_eq!(corrections.len(), names.len(), "{model}: every linear corrected");
+        let mut worst = 0f64;
+        for name in &names {
+            let (o, q, corrected, m) = (original.linear(name).unwrap(), quantized.linear(name).unwrap(), float.linear(name).unwrap(), &means[name]);
+            let cols = o.out_features();
+            for c in 0..cols {
+                let mean_out = |w: &[f32], b: f32| m.iter().enumerate().map(|(r, &x)| f64::from(x) * f64::from(w[r * cols + c])).sum::<f64>() + f64::from(b);
+                let (want, uncorrected, got) = (mean_out(&o.weight.data, o.bias.data[c]), mean_out(&q.weight.data, o.bias.data[c]), mean_out(&q.weight.data, corrected.bias.data[c]));
+                worst = worst.max((want - got).abs() / (want - uncorrected).abs().max(1e-3));
+            }
+        }
+        println!("{model}: corrected mean outputs keep at most {worst:.1e} of the shift quantization caused");
+        assert!(worst <= 1e-3, "{model}: {worst}");
+    }
+}

@@ -8,6 +8,7 @@
 //! Layout: weights are GPT-2 Conv1D `[in, out]` row-major; an *output channel* is a column.
 
 pub mod allocate;
+pub mod bias_correction;
 pub mod head;
 pub mod hessian;
 pub mod incoherence;

@@ -82,6 +82,9 @@ pub struct QuantizeRequest {
     /// Brevitas' `--weight-equalization`: cross-layer equalization of each value/output and
     /// ReLU or SwiGLU up/down pair (`model_transforms::equalize_weights`).
     pub weight_equalization: bool,
+    /// Brevitas' `--bias-corr`: after quantizing, each linear's bias corrected for the mean output
+    /// shift of its quantized weights (`quant::bias_correction`).
+    pub bias_corr: bool,
     /// Brevitas' `--act-equalization`: `fused` (SmoothQuant's scales folded into the norms,
     /// `model_transforms::smooth_activations`), or `None`.
     pub act_equalization: Option<String>,
@@ -123,6 +126,7 @@ impl Default for QuantizeRequest {
             layer_bits: Vec::new(),
             ln_affine_merge: false,
             weight_equalization: false,
+            bias_corr: false,
             act_equalization: None,
             alpha: 0.5,
         }
@@ -269,7 +273,8 @@ impl QuantizeRequest {
             Some(kind) => format!(" +smoothquant {kind} α={}", self.alpha),
             None => String::new(),
         };
-        format!("{}{merged}{smoothed}{embeddings}{budget}{rules}", self.method_label(has_fisher))
+        let corrected = if self.bias_corr { " +bias-corr" } else { "" };
+        format!("{}{merged}{smoothed}{corrected}{embeddings}{budget}{rules}", self.method_label(has_fisher))
     }
 
     /// The rules of `layer_bits`.
