@@ -8,7 +8,7 @@ import { LabClient } from './lab-client.js';
 import { ProgressBar } from './progress.js';
 import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from './sources.js';
 import { initGenerate } from './generate.js';
-import { clearPlot, drawError, drawPerplexity, drawProxyLoss, drawSensitivity } from './plots.js';
+import { clearPlot, drawActivations, drawError, drawPerplexity, drawProxyLoss, drawSensitivity } from './plots.js';
 import { LayerView } from './slider.js';
 import { SpeedBook, estimateText } from './estimate.js';
 
@@ -221,6 +221,7 @@ async function installModel(label, files) {
   meansReady = false;
   $('q-centering').checked = false;
   $('means-result').textContent = '';
+  clearPlot($('plot-activations'));
   hessiansReady = false;
   layerView.setHessians(false);
   $('hessians-result').textContent = '';
@@ -357,21 +358,23 @@ async function evaluate() {
   const useQuantized = document.querySelector('input[name=which]:checked').value === 'quantized';
   // On a slow GPU a batch is one window, so that a cancel frees the GPU within one window.
   const windowsPerBatch = speed.windowSeconds(plan.max_length) > 0.5 ? 1 : undefined;
+  const inputs = inputSettings();
+  const calibration = inputs?.scale_type === 'static' ? await calibrationTokens() : undefined;
   const report = await lab.perplexity(tokens, optionalNumber('max-length'), optionalNumber('stride'), useQuantized,
-    (done, total) => evalBar.count(done, total, 'tokens'), windowsPerBatch);
+    (done, total) => evalBar.count(done, total, 'tokens'), windowsPerBatch, inputs, calibration, optionalNumber('f-samples'), optionalNumber('f-seqlen'));
   speed.record('forward', report.seconds, plan.windows, plan.max_length);
   updateEstimates();
   addRun(useQuantized || packedOnly ? quantizedRun() : originalRun(), { what, report });
   evalBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   const result = $('eval-result');
   result.textContent = `Perplexity ${report.perplexity.toFixed(3)} on ${what}: ${report.scored.toLocaleString()} tokens scored `
-    + `(window ${report.max_length}, stride ${report.stride}) in ${report.seconds.toFixed(1)} s, ${Math.round(report.tokens_per_s)} tokens/s.`;
+    + `(window ${report.max_length}, stride ${report.stride}${report.inputs ? `; inputs ${report.inputs}` : ''}) in ${report.seconds.toFixed(1)} s, ${Math.round(report.tokens_per_s)} tokens/s.`;
   result.dataset.perplexity = String(report.perplexity);
   result.dataset.report = JSON.stringify(report);
   const key = baselineKey(what, report);
-  if (!useQuantized && !packedOnly) baselines.set(key, report.perplexity);
+  if (!useQuantized && !packedOnly && !report.inputs) baselines.set(key, report.perplexity);
   const base = baselines.get(key);
-  $('eval-baseline').textContent = !useQuantized ? 'This is the f32 baseline: quantized models on the same text and window are compared with it.'
+  $('eval-baseline').textContent = !useQuantized && !report.inputs ? 'This is the f32 baseline: quantized models on the same text and window are compared with it.'
     : base === undefined ? 'Evaluate the original model on the same text and window to see the f32 baseline beside this.'
       : `f32 original on the same text: ${base.toFixed(3)}; quantization costs ${(100 * (report.perplexity / base - 1)).toFixed(2)}% perplexity.`;
   return `perplexity ${report.perplexity.toFixed(2)}`;
@@ -417,12 +420,45 @@ function optionsOf(request, report) {
   ].filter(Boolean).join('; ');
 }
 
+/// The Activations settings as the lab's InputQuantRequest, or undefined when inputs stay f32.
+function inputSettings() {
+  if ($('a-bits').value === '') return undefined;
+  const [scaleType, granularity] = $('a-scales').value.split(':');
+  const format = $('a-format').value;
+  return {
+    bits: Number($('a-bits').value),
+    format,
+    quant_type: format === 'int' && $('a-zero-point').checked ? 'asym' : 'sym',
+    scale_type: scaleType,
+    granularity,
+    group_size: 64,
+  };
+}
+
+/// SmoothQuant's picture of the layer chosen under "One layer up close".
+async function drawSmoothing() {
+  const layer = $('layer-select').value;
+  if (!meansReady || !layer || packedOnly) {
+    clearPlot($('plot-activations'));
+    return;
+  }
+  try {
+    drawActivations($('plot-activations'), await lab.smoothing(layer, Number($('a-alpha').value)));
+  } catch (e) {
+    if (e?.fatal) throw e;
+    clearPlot($('plot-activations'), e?.message ?? String(e));
+  }
+}
+
 function addRun(settings, { what, report }) {
-  const run = { ...settings, text: what, perplexity: report.perplexity, window: report.max_length, stride: report.stride, scored_tokens: report.scored };
+  const inputs = report.inputs ?? '';
+  // Quantized inputs make a run of their own: a separate line beside the weight-only one.
+  const series = settings.series && inputs ? `${settings.series} · ${inputs}` : settings.series;
+  const run = { ...settings, series, inputs, text: what, perplexity: report.perplexity, window: report.max_length, stride: report.stride, scored_tokens: report.scored };
   runs.push(run);
   const row = document.createElement('tr');
   const size = run.file_bytes ? megabytes(run.file_bytes) : '—';
-  for (const cell of [run.model, run.method, run.bits, run.granularity, run.options, run.text, run.bits_per_weight.toFixed(3), size, run.perplexity.toFixed(3)]) {
+  for (const cell of [run.model, run.method, run.bits, run.granularity, run.options, run.inputs || 'f32', run.text, run.bits_per_weight.toFixed(3), size, run.perplexity.toFixed(3)]) {
     const td = document.createElement('td');
     td.textContent = cell;
     row.append(td);
@@ -435,7 +471,7 @@ function addRun(settings, { what, report }) {
 
 /// The session's runs as CSV (RFC 4180 quoting), one row per evaluation.
 function runsCsv() {
-  const columns = ['model', 'method', 'bits', 'granularity', 'options', 'text', 'bits_per_weight', 'file_bytes', 'perplexity', 'window', 'stride', 'scored_tokens'];
+  const columns = ['model', 'method', 'bits', 'granularity', 'options', 'inputs', 'text', 'bits_per_weight', 'file_bytes', 'perplexity', 'window', 'stride', 'scored_tokens'];
   const quote = (value) => {
     const text = String(value);
     return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
@@ -552,6 +588,7 @@ async function computeMeans() {
   updateEstimates();
   meansReady = true;
   $('q-centering').checked = true;
+  await drawSmoothing();
   $('means-result').textContent = `Mean inputs of ${report.layers} linear layers from ${report.nsamples} windows of ${report.seqlen} tokens (for centering).`;
   return calibrationSummary();
 }
@@ -708,6 +745,8 @@ function wireControls() {
     typing = setTimeout(updateEstimates, 300);
   });
   $('ppl-x').onchange = () => drawPerplexity($('plot-ppl'), runs, $('ppl-x').value);
+  $('a-alpha').oninput = () => drawSmoothing().catch(fatal);
+  $('layer-select').addEventListener('change', () => drawSmoothing().catch(fatal));
   layerView.wire();
   for (const figure of document.querySelectorAll('figure.plot')) clearPlot(figure);
 }

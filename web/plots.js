@@ -341,6 +341,34 @@ function drawRotationNow(figure, picture) {
   show(figure, svg, fingerprint([picture.name, before.peak, after.peak, ...after.weights]));
 }
 
+/// SmoothQuant's picture: a layer's input channel ranges before and after smoothing.
+export function drawActivations(figure, picture) {
+  remember(figure, () => drawActivationsNow(figure, picture));
+}
+
+function drawActivationsNow(figure, picture) {
+  const points = (values, series) => values.map((v, channel) => ({ channel, v, series })).filter((p) => p.v > 0);
+  const peak = (values) => Math.max(...values) / (values.reduce((a, b) => a + b, 0) / values.length);
+  const [before, after] = [peak(picture.before), peak(picture.after)];
+  const svg = Plot.plot({
+    width: widthOf(figure),
+    height: 240,
+    marginLeft: 52,
+    grid: true,
+    subtitle: `${picture.layer}: largest channel / mean channel ${before.toFixed(1)} → ${after.toFixed(1)} (α = ${picture.alpha})`,
+    x: { label: 'input channel →' },
+    y: { label: '↑ max |x| (log scale)', type: 'log', tickFormat: '~g' },
+    color: { legend: true, domain: ['measured', 'after SmoothQuant'], range: [BAR, ACCENT] },
+    marks: [
+      Plot.line(points(picture.before, 'measured'), { x: 'channel', y: 'v', stroke: 'series', strokeWidth: 1 }),
+      Plot.line(points(picture.after, 'after SmoothQuant'), { x: 'channel', y: 'v', stroke: 'series', strokeWidth: 1 }),
+    ],
+  });
+  figure.dataset.peakBefore = before;
+  figure.dataset.peakAfter = after;
+  show(figure, svg, fingerprint([picture.layer, picture.alpha, ...picture.after.slice(0, 8)]));
+}
+
 /// Where the sparse outliers of one layer sit: a dot per weight kept exactly.
 export function drawOutliers(figure, picture) {
   remember(figure, () => drawOutliersNow(figure, picture));
@@ -381,7 +409,9 @@ export function drawPerplexity(figure, runs, xAxis = 'bits') {
 function drawPerplexityNow(figure, runs, xAxis) {
   const bySize = xAxis === 'size';
   const quantized = runs.filter((r) => r.series && (bySize ? r.file_bytes > 0 : true));
-  const originals = runs.filter((r) => !r.series);
+  // The f32 baseline: the original with f32 inputs (an original with quantized inputs is a row of
+  // the table, not a line of this picture of weight size).
+  const originals = runs.filter((r) => !r.series && !r.inputs);
   if (quantized.length === 0) {
     clearPlot(figure);
     return;

@@ -7,7 +7,7 @@ use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lutlab_core::files::read_text;
-use lutlab_core::quant::inputs::{InputGranularity, InputParams, InputQuantSettings, InputQuantization, InputScaling};
+use lutlab_core::quant::inputs::{InputParams, InputQuantRequest, InputQuantSettings, InputQuantization, InputScaling};
 use lutlab_core::TextTokenizer;
 use lutlab_model::{calibrate_inputs, ActivationSettings, Decoder};
 use serde::{Deserialize, Serialize};
@@ -81,25 +81,20 @@ impl InputQuantArgs {
             }
             return Ok(None);
         };
-        let scaling: InputScaling = self.input_scale_type.parse()?;
-        let symmetric = match self.input_quant_type.as_str() {
-            "sym" => true,
-            "asym" => false,
-            other => bail!("--input-quant-type {other}: use sym or asym"),
-        };
-        let settings = InputQuantSettings {
+        let settings = InputQuantRequest {
             bits,
-            format: self.input_quant_format.parse()?,
-            symmetric,
-            granularity: InputGranularity::parse(&self.input_quant_granularity, self.input_group_size)?,
-            scale_stats: self.input_param_method.parse()?,
-            scale_type: self.input_scale_precision.parse()?,
-            scaling,
-            integer_zero_point: self.quantize_input_zero_point,
-            quantize_head: self.quantize_last_layer,
-        };
-        settings.validate()?;
-        if scaling != InputScaling::Static {
+            format: self.input_quant_format.clone(),
+            quant_type: self.input_quant_type.clone(),
+            scale_type: self.input_scale_type.clone(),
+            granularity: self.input_quant_granularity.clone(),
+            group_size: self.input_group_size,
+            param_method: self.input_param_method.clone(),
+            scale_precision: self.input_scale_precision.clone(),
+            quantize_zero_point: self.quantize_input_zero_point,
+            quantize_last_layer: self.quantize_last_layer,
+        }
+        .settings()?;
+        if settings.scaling != InputScaling::Static {
             for (given, flag) in [
                 (self.act_calibration, "--act-calibration"),
                 (self.input_scales.is_some(), "--input-scales"),

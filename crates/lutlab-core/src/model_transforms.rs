@@ -87,6 +87,35 @@ fn smoothing_scale(activation: f32, weight: f32, alpha: f64) -> f32 {
     s.clamp(1e-5, 1e5) as f32
 }
 
+/// SmoothQuant's `s_j = max|x_j|^α / max|W_j|^(1−α)` for an input with channel ranges `ranges`
+/// read by `linears` (the weight range of row `j` is over all of them).
+pub fn smoothing_scales(ranges: &[f32], linears: &[&LinearWeights], alpha: f64) -> Vec<f32> {
+    let mut weight_range = vec![0f32; ranges.len()];
+    for linear in linears {
+        for (range, row) in weight_range.iter_mut().zip(linear.weight.data.chunks_exact(linear.out_features())) {
+            *range = row.iter().fold(*range, |m, w| m.max(w.abs()));
+        }
+    }
+    ranges.iter().zip(&weight_range).map(|(&a, &w)| smoothing_scale(a, w, alpha)).collect()
+}
+
+/// [`smoothing_scales`] for the input of linear `layer` (full name), read by the linears that
+/// share it (q, k and v; gate and up): what `--act-equalization` would divide it by.
+pub fn layer_smoothing_scales(weights: &ModelWeights, layer: &str, ranges: &[f32], alpha: f64) -> Result<Vec<f32>> {
+    let config = &weights.config;
+    let specs = config.block_linears();
+    let (block, slot) = (0..config.n_layer)
+        .flat_map(|b| (0..specs.len()).map(move |s| (b, s)))
+        .find(|&(b, s)| format!("{}.{}", config.block_prefix(b), specs[s].name) == layer)
+        .ok_or_else(|| LoadError::InvalidSetting(format!("`{layer}` is not a linear layer of this model")))?;
+    let group = config.input_groups().into_iter().find(|g| g.contains(&slot)).unwrap_or(slot..slot + 1);
+    let readers: Vec<&LinearWeights> = weights.blocks[block].linears[group].iter().collect();
+    if ranges.len() != readers[0].in_features() {
+        return Err(LoadError::InvalidSetting(format!("`{layer}`: {} activation ranges for {} inputs", ranges.len(), readers[0].in_features())));
+    }
+    Ok(smoothing_scales(ranges, &readers, alpha))
+}
+
 /// SmoothQuant fused into the norms (`--act-equalization fused`, `--alpha`): for the linears
 /// reading each block norm, with `absmax[name]` the largest magnitude of each input channel over
 /// the calibration text (`reference::linear_input_absmax`, or the GPU's `linear_input_stats`),
@@ -106,14 +135,8 @@ pub fn smooth_activations(weights: &mut ModelWeights, absmax: &BTreeMap<String, 
         if ranges.len() != rows {
             return Err(LoadError::InvalidSetting(format!("`{first}`: {} activation ranges for {rows} inputs", ranges.len())));
         }
-        // Each input row's largest weight over every linear reading it.
-        let mut weight_range = vec![0f32; rows];
-        for linear in linears.iter() {
-            for (range, row) in weight_range.iter_mut().zip(linear.weight.data.chunks_exact(linear.out_features())) {
-                *range = row.iter().fold(*range, |m, w| m.max(w.abs()));
-            }
-        }
-        let s: Vec<f32> = ranges.iter().zip(&weight_range).map(|(&a, &w)| smoothing_scale(a, w, alpha)).collect();
+        let readers: Vec<&LinearWeights> = linears.iter().collect();
+        let s = smoothing_scales(ranges, &readers, alpha);
         for (linear, name) in linears.iter_mut().zip(names) {
             let cols = linear.out_features();
             for (row, &f) in linear.weight.data.chunks_exact_mut(cols).zip(&s) {

@@ -6,13 +6,15 @@ use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, InputMeans, Method, QuantizedLayer, SampleWeights};
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
+use lutlab_core::quant::inputs::{InputQuantRequest, InputQuantization, InputScaling};
+use lutlab_core::model_transforms::layer_smoothing_scales;
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::packed_size::PackedSizes;
 use lutlab_core::{LoadError, ModelConfig, ModelWeights, LoadedModel, Progress, TextTokenizer};
 use lutlab_core::hessian_file::hessian_key;
 use lutlab_core::perplexity::strided_windows;
 use lutlab_core::quant::hessian::Square;
-use lutlab_model::{fisher, hessians, linear_input_means, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Decoder, Gpu, HessianSettings, ModelError};
+use lutlab_model::{calibrate_inputs, fisher, hessians, linear_input_stats, open_gpu, perplexity, ActivationSettings, EvalSettings, FisherSettings, Decoder, Gpu, HessianSettings, ModelError};
 use std::collections::HashMap;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -35,6 +37,8 @@ pub(crate) struct Session {
     pub(crate) fisher: RefCell<Option<Rc<FisherDiagonal>>>,
     /// Each linear layer's mean input on calibration text, for seed 000's centering.
     pub(crate) input_means: RefCell<Option<Rc<InputMeans>>>,
+    /// Each linear layer's largest input per channel on the same windows (SmoothQuant's picture).
+    pub(crate) input_ranges: RefCell<Option<Rc<InputMeans>>>,
     /// Each distinct linear input's Hessian (by its first linear's name), for GPTQ-style methods.
     pub(crate) hessians: RefCell<Option<Rc<HashMap<String, Square>>>>,
 }
@@ -67,6 +71,7 @@ impl Session {
             quantized: RefCell::default(),
             fisher: RefCell::default(),
             input_means: RefCell::default(),
+            input_ranges: RefCell::default(),
             hessians: RefCell::default(),
         }
     }
@@ -160,6 +165,8 @@ impl PackedSummary {
 
 #[derive(Serialize)]
 struct PerplexityReport {
+    /// The input quantization evaluated with, if any.
+    inputs: Option<String>,
     perplexity: f64,
     nll_sum: f64,
     tokens: usize,
@@ -333,7 +340,10 @@ impl Lab {
     /// context, `stride` to half of it), of the quantized model when `quantized`, else of the
     /// original. `onProgress(doneTokens, totalTokens)` is called after each batch; `cancel()`
     /// stops at the next batch. `windowsPerBatch` caps a batch (the page keeps batches short on a
-    /// slow GPU, so a cancel frees the GPU soon). Resolves to a report object.
+    /// slow GPU, so a cancel frees the GPU soon). `inputs` (an `InputQuantRequest`, or undefined)
+    /// quantizes every linear's input; static scales are calibrated first on
+    /// `calibrationTokens` (random windows as the calibration step draws them). Resolves to a
+    /// report object.
     #[allow(clippy::too_many_arguments)]
     pub fn perplexity(
         &self,
@@ -343,6 +353,10 @@ impl Lab {
         quantized: bool,
         on_progress: Option<js_sys::Function>,
         windows_per_batch: Option<usize>,
+        inputs: JsValue,
+        calibration_tokens: Option<Vec<u32>>,
+        calibration_samples: Option<usize>,
+        calibration_seqlen: Option<usize>,
     ) -> Result<js_sys::Promise, JsError> {
         let session = self.current()?;
         let quantized_model = if quantized {
@@ -350,10 +364,34 @@ impl Lab {
         } else {
             None
         };
+        let inputs = if inputs.is_undefined() || inputs.is_null() {
+            None
+        } else {
+            let request: InputQuantRequest = serde_wasm_bindgen::from_value(inputs).map_err(|e| JsError::new(&format!("input quantization settings: {e}")))?;
+            Some(request.settings().map_err(js_error)?)
+        };
         self.cancelled.set(false);
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
-            let model = quantized_model.as_deref().map_or(&session.model, |q| &q.model);
+            let base = quantized_model.as_deref().map_or(&session.model, |q| &q.model);
+            // Input quantization runs on a copy of the decoder (its tensors are shared handles).
+            let with_inputs = match inputs {
+                None => None,
+                Some(settings) => {
+                    let statics = match settings.scaling {
+                        InputScaling::Static => {
+                            let text = calibration_tokens.as_deref().ok_or_else(|| js_error("static input scales need the calibration text"))?;
+                            let act = ActivationSettings::with_overrides(base, calibration_samples, calibration_seqlen, None, None);
+                            calibrate_inputs(base, text, act, &settings, &mut progress).await.map_err(work_error)?
+                        }
+                        InputScaling::Dynamic | InputScaling::NoScale => Default::default(),
+                    };
+                    let mut model = base.clone();
+                    model.quantize_inputs(InputQuantization { settings, statics }).map_err(work_error)?;
+                    Some(model)
+                }
+            };
+            let model = with_inputs.as_ref().unwrap_or(base);
             let mut settings = EvalSettings::with_overrides(model, max_length, stride);
             if let Some(windows) = windows_per_batch {
                 // A window's scored logits (`stride` tokens after the first window) per window of
@@ -365,6 +403,7 @@ impl Lab {
             let nll = perplexity(model, &tokens, settings, "the text", &mut progress).await.map_err(work_error)?;
             let seconds = (js_sys::Date::now() - start) / 1000.0;
             Ok(to_js(&PerplexityReport {
+                inputs: model.input_quant.as_ref().map(|q| q.settings.label()),
                 perplexity: nll.perplexity(),
                 nll_sum: nll.nll_sum,
                 tokens: tokens.len(),
@@ -453,12 +492,29 @@ impl Lab {
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
             let start = js_sys::Date::now();
-            let means = linear_input_means(&session.model, &tokens, settings, &mut progress).await.map_err(work_error)?;
-            let layers = means.len();
-            *session.input_means.borrow_mut() = Some(Rc::new(means));
+            let stats = linear_input_stats(&session.model, &tokens, settings, &mut progress).await.map_err(work_error)?;
+            let layers = stats.means.len();
+            *session.input_means.borrow_mut() = Some(Rc::new(stats.means));
+            *session.input_ranges.borrow_mut() = Some(Rc::new(stats.absmax));
             let seconds = (js_sys::Date::now() - start) / 1000.0;
             Ok(to_js(&serde_json::json!({ "layers": layers, "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seconds": seconds }))?)
         }))
+    }
+
+    /// SmoothQuant's picture for linear `layer`: its input's largest magnitude per channel on the
+    /// calibration windows ("Compute mean activations" measures them), before and after dividing
+    /// by the scales `s = max|x|^α / max|W|^(1−α)` that `--act-equalization` would use.
+    pub fn smoothing(&self, layer: &str, alpha: f64) -> Result<JsValue, JsError> {
+        let session = self.current()?;
+        let weights = session.weights()?;
+        let ranges = session.input_ranges.borrow().clone().ok_or_else(|| JsError::new("compute the mean activations first (step 2)"))?;
+        let before = ranges.get(layer).ok_or_else(|| JsError::new(&format!("no activation ranges for `{layer}`")))?;
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(JsError::new(&format!("alpha {alpha}: SmoothQuant's migration strength is between 0 and 1")));
+        }
+        let scales = layer_smoothing_scales(weights, layer, before, alpha).map_err(js_error)?;
+        let after: Vec<f32> = before.iter().zip(&scales).map(|(x, s)| x / s).collect();
+        to_js(&serde_json::json!({ "layer": layer, "alpha": alpha, "before": before, "after": after, "scales": scales }))
     }
 
     /// The kept Fisher diagonal as a safetensors file (the same format as `lutlab fisher`).

@@ -86,6 +86,69 @@ impl Default for InputQuantSettings {
     }
 }
 
+/// The options as words, Brevitas' spelling (the CLI's `--input-*` flags, the page's controls).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputQuantRequest {
+    pub bits: u32,
+    /// `int` or eXmY.
+    pub format: String,
+    /// `sym` or `asym`.
+    pub quant_type: String,
+    /// `static`, `dynamic` or `no_scale`.
+    pub scale_type: String,
+    /// `per_tensor`, `per_row` or `per_group`.
+    pub granularity: String,
+    pub group_size: usize,
+    /// `stats`, `percentile:P` or `mse`.
+    pub param_method: String,
+    /// `float_scale` or `po2_scale`.
+    pub scale_precision: String,
+    pub quantize_zero_point: bool,
+    pub quantize_last_layer: bool,
+}
+
+impl Default for InputQuantRequest {
+    fn default() -> Self {
+        Self {
+            bits: 8,
+            format: "int".into(),
+            quant_type: "asym".into(),
+            scale_type: "static".into(),
+            granularity: "per_tensor".into(),
+            group_size: 64,
+            param_method: "stats".into(),
+            scale_precision: "float_scale".into(),
+            quantize_zero_point: false,
+            quantize_last_layer: false,
+        }
+    }
+}
+
+impl InputQuantRequest {
+    /// The checked settings; every unknown word and contradiction is named.
+    pub fn settings(&self) -> Result<InputQuantSettings> {
+        let symmetric = match self.quant_type.as_str() {
+            "sym" => true,
+            "asym" => false,
+            other => return Err(LoadError::InvalidSetting(format!("input quant type `{other}`: use sym or asym"))),
+        };
+        let settings = InputQuantSettings {
+            bits: self.bits,
+            format: self.format.parse()?,
+            symmetric,
+            granularity: InputGranularity::parse(&self.granularity, self.group_size)?,
+            scale_stats: self.param_method.parse()?,
+            scale_type: self.scale_precision.parse()?,
+            scaling: self.scale_type.parse()?,
+            integer_zero_point: self.quantize_zero_point,
+            quantize_head: self.quantize_last_layer,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
 /// One scale group's parameters: `x ≈ (q − zero_point)·scale`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InputParams {
