@@ -2,8 +2,9 @@
 # Input (activation) quantization quality (issue 19, item 5): perplexity of the shipped models
 # with weights W ∈ {16 (float), 8, 4} bits (rtn int, per channel, asymmetric) and inputs
 # A ∈ {16, 8 static per tensor (8s), 8 dynamic per token (8d), 4 dynamic per token (4d)}
-# (int, asymmetric), plain, with SmoothQuant (`--act-equalization fused`, α 0.5) or with the
-# norm affine merge (`--ln-affine-merge`); the transforms are for pre-norm families only. One JSON row per run in $WORK/rows.jsonl;
+# (int, asymmetric), plain, with SmoothQuant (`--act-equalization fused`, α 0.5), with the
+# norm affine merge (`--ln-affine-merge`; these two for pre-norm families only) or with bias
+# correction (`--bias-corr`). One JSON row per run in $WORK/rows.jsonl;
 # scripts/bench_inputs.py prints the table BENCHMARKS.md shows.
 #
 # Here, on lavapipe, at small scale (what BENCHMARKS.md reports unless it says otherwise):
@@ -34,11 +35,12 @@ for model in ${MODELS:-gpt2-tiny-wikitext llama-tiny-wikitext opt-tiny-wikitext}
   for row in 16:16:plain 16:8s:plain 16:8d:plain 16:4d:plain \
              8:8s:plain 8:8s:smoothquant 8:8d:plain 8:8d:smoothquant \
              4:16:plain 4:16:smoothquant 4:16:lnmerge 4:8s:plain 4:8s:smoothquant 4:8s:lnmerge \
-             4:8d:plain 4:8d:smoothquant 4:4d:plain 4:4d:smoothquant; do
+             4:8d:plain 4:8d:smoothquant 4:4d:plain 4:4d:smoothquant \
+             8:8s:biascorr 4:16:biascorr 4:8s:biascorr 4:8d:biascorr; do
     IFS=: read -r w a prep <<<"$row"
     key="$model W$w A$a $prep"
     grep -qF "\"key\": \"$key\"" "$rows" && continue
-    [ "$prep" != plain ] && [ "$pre_norm" = 0 ] && continue
+    case $prep in smoothquant|lnmerge) [ "$pre_norm" = 0 ] && continue ;; esac
     inputs=()
     case $a in
       8s) inputs=(--input-bit-width 8 --act-calibration-samples "$SAMPLES") ;;
@@ -49,6 +51,7 @@ for model in ${MODELS:-gpt2-tiny-wikitext llama-tiny-wikitext opt-tiny-wikitext}
     case $prep in
       smoothquant) prep_flags=(--act-equalization fused --alpha 0.5 --calibration-samples "$SAMPLES") ;;
       lnmerge) prep_flags=(--ln-affine-merge) ;;
+      biascorr) prep_flags=(--bias-corr --calibration-samples "$SAMPLES") ;;
     esac
     if [ "$w" = 16 ]; then
       out=$("$LUTLAB" eval --model "$dir" --data "$eval_text" "${inputs[@]}" --json)

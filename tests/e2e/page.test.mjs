@@ -134,10 +134,10 @@ test('k-means 4-bit quantization in the page matches the native CLI', async () =
   // The session's comparison table as CSV: the quantized run and the two packed-file runs.
   const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')]);
   const lines = fs.readFileSync(await csv.path(), 'utf8').trim().split('\n');
-  assert.equal(lines[0], 'model,method,bits,granularity,options,text,bits_per_weight,file_bytes,perplexity,window,stride,scored_tokens');
+  assert.equal(lines[0], 'model,method,bits,granularity,options,inputs,text,bits_per_weight,file_bytes,perplexity,window,stride,scored_tokens');
   assert.equal(lines.length, 4);
-  assert.match(lines[1], new RegExp(`^kmeans 4-bit channel,kmeans,4,channel,,your text,5\\.5,${quant.packed.file_bytes},90\\.44`));
-  assert.match(lines[3], /\(packed\),kmeans,4,,opened from a packed file,your text,5\.5,\d+,90\.44/);
+  assert.match(lines[1], new RegExp(`^kmeans 4-bit channel,kmeans,4,channel,,,your text,5\\.5,${quant.packed.file_bytes},90\\.44`));
+  assert.match(lines[3], /\(packed\),kmeans,4,,opened from a packed file,,your text,5\.5,\d+,90\.44/);
   await page.close();
 });
 

@@ -138,7 +138,7 @@ test('the workflow: load, calibrate, quantize, evaluate, export, and the bit sli
   const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')]);
   const lines = fs.readFileSync(await csv.path(), 'utf8').trim().split('\n');
   assert.equal(lines.length, 3);
-  assert.match(lines[2], /^kmeans Fisher-weighted 4-bit channel \+0\.45% outliers,kmeans,4,channel,Fisher-weighted; outliers 0\.45%,your text,[\d.]+,\d+,/);
+  assert.match(lines[2], /^kmeans Fisher-weighted 4-bit channel \+0\.45% outliers,kmeans,4,channel,Fisher-weighted; outliers 0\.45%,,your text,[\d.]+,\d+,/);
   await shot(page, '5-export');
 
   // The bit slider: down to 3 and 2 bits and back to 4; the picture and the error follow, and the
