@@ -427,13 +427,15 @@ impl Decoder {
         for (name, spec) in self.config.linear_names() {
             q.settings.check_width(spec.n_in, &name)?;
         }
-        self.head_input = if q.settings.quantize_head {
+        // Everything is built before anything changes, so a refused setting leaves the model as it was.
+        let head_input = if q.settings.quantize_head {
             q.settings.check_width(self.config.embed_dim, HEAD)?;
             Some(InputQuantizer::new(q.settings, q.fixed(HEAD)?)?)
         } else {
             None
         };
         let quantizers = (0..self.n_blocks()).map(|i| block_input_quantizers(&self.config, &q, i)).collect::<Result<Vec<_>>>()?;
+        self.head_input = head_input;
         if let Blocks::Resident(blocks) = &mut self.blocks {
             blocks.iter_mut().zip(quantizers).for_each(|(block, q)| block.inputs = Some(Arc::new(q)));
         }
