@@ -8,7 +8,8 @@ use crate::paths::{repo_path, WIKITEXT_VALID};
 use crate::progress::Bar;
 use crate::quantize::QuantizeArgs;
 use anyhow::{bail, Result};
-use lutlab_core::files::read_text;
+use lutlab_core::awq::AwqResults;
+use lutlab_core::files::{read_file, read_text};
 use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::model_transforms::{equalize_weights, merge_norm_affine, scale_fisher_columns, scale_fisher_rows, smooth_activations};
 use lutlab_core::quant::bias_correction::correct_biases;
@@ -24,8 +25,17 @@ pub fn apply(args: &QuantizeArgs, loaded: &mut LoadedModel, mut fisher: Option<&
         Some("layerwise") => bail!("--act-equalization layerwise keeps an explicit input scale before each linear, which the packed format does not hold yet: use fused (into the norms)"),
         Some(other) => bail!("--act-equalization {other}: use fused (SmoothQuant's scales folded into the norms before q/k/v and the MLP)"),
     };
-    if (args.ln_affine_merge || args.weight_equalization || smooth) && args.hessian.is_some() {
-        bail!("--ln-affine-merge, --weight-equalization and --act-equalization change the layers' inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the transformed model)");
+    if (args.ln_affine_merge || args.weight_equalization || smooth || args.load_awq.is_some()) && args.hessian.is_some() {
+        bail!("--load-awq, --ln-affine-merge, --weight-equalization and --act-equalization change the layers' inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the transformed model)");
+    }
+    // AWQ's results were searched on the original model: they go first.
+    if let Some(path) = &args.load_awq {
+        let results = AwqResults::from_safetensors(&path.display().to_string(), &read_file(path)?)?;
+        let (rows, columns) = results.apply(&mut loaded.weights)?;
+        if let Some(fisher) = fisher.as_deref_mut() {
+            scale_fisher_rows(fisher, &rows);
+            scale_fisher_columns(fisher, &columns);
+        }
     }
     if args.ln_affine_merge {
         let rows = merge_norm_affine(&mut loaded.weights)?;

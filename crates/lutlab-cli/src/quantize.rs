@@ -80,6 +80,11 @@ pub struct QuantizeArgs {
     /// E[x]·(W − W_q), its mean input measured in the weight-quantized model on --calibration-data.
     #[arg(long)]
     pub(crate) bias_corr: bool,
+    /// llm-awq's search results, applied before anything else (Brevitas' --load-awq): its
+    /// per-channel scales (exact in float) and per-group clipping. The .pt file that llm-awq's
+    /// --dump_awq writes, converted by scripts/awq_to_safetensors.py.
+    #[arg(long)]
+    pub(crate) load_awq: Option<PathBuf>,
     /// SmoothQuant before quantizing (Brevitas' --act-equalization): `fused` divides each input
     /// channel of q/k/v and the MLP's first linear(s) by s = max|x|^α / max|w|^(1−α) inside the
     /// norm before them and multiplies the weights by it; ranges from --calibration-data.
@@ -387,6 +392,7 @@ impl QuantizeArgs {
             ln_affine_merge: self.ln_affine_merge,
             weight_equalization: self.weight_equalization,
             bias_corr: self.bias_corr,
+            load_awq: self.load_awq.as_ref().map(|p| p.display().to_string()),
             act_equalization: self.act_equalization.clone(),
             alpha: self.alpha,
         }

@@ -37,8 +37,8 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     if request.centering {
         bail!("--centering is not supported for streamed models yet");
     }
-    if request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.act_equalization.is_some() {
-        bail!("--ln-affine-merge, --weight-equalization, --bias-corr and --act-equalization are not supported for streamed models yet");
+    if request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.load_awq.is_some() || request.act_equalization.is_some() {
+        bail!("--load-awq, --ln-affine-merge, --weight-equalization, --bias-corr and --act-equalization are not supported for streamed models yet");
     }
     if request.is_mixed() {
         bail!("--budget and --layer-bits quantize the model at every candidate width before choosing, which a streamed model (one block at a time) does not do yet: quantize at one --bits, or pass --no-stream if the model fits in memory");

@@ -90,3 +90,27 @@ fn bias_correction_moves_the_packed_biases_and_refuses_centering() {
     assert!(!refused.status.success() && stderr.contains("give one"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn awq_results_load_before_quantizing_and_another_models_are_refused() {
+    let dir = work_dir("awq");
+    let model = repo("models/opt-tiny-wikitext");
+    let weights = lutlab_core::ModelFiles::open_dir(&model).unwrap().load().unwrap().weights;
+    let (prefix, n) = (weights.config.block_prefix(0), weights.config.n_embd);
+    // One scale entry (norm → q, k, v), written as scripts/awq_to_safetensors.py writes it.
+    let scales: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+    let listing = serde_json::json!([{ "prev_op": format!("{prefix}.self_attn_layer_norm"),
+        "layers": [format!("{prefix}.self_attn.q_proj"), format!("{prefix}.self_attn.k_proj"), format!("{prefix}.self_attn.v_proj")], "tensor": "scale.0" }]);
+    let metadata = std::collections::HashMap::from([("awq_scales".to_string(), listing.to_string())]);
+    let bytes = lutlab_core::checkpoint::write_safetensors(&[("scale.0", &[n], &scales)], Some(metadata)).unwrap();
+    let awq = dir.join("awq.safetensors");
+    std::fs::write(&awq, bytes).unwrap();
+    let packed = dir.join("awq-int4.safetensors");
+    let out = lutlab_json(&["quantize", "--model", model.to_str().unwrap(), "--method", "rtn", "--granularity", "channel", "--load-awq", awq.to_str().unwrap(), "--packed", packed.to_str().unwrap(), "--json"]);
+    assert!(out["method"].as_str().unwrap().contains("+awq"), "{}", out["method"]);
+    let llama = repo("models/llama-tiny-wikitext");
+    let refused = lutlab(&["quantize", "--model", llama.to_str().unwrap(), "--method", "rtn", "--load-awq", awq.to_str().unwrap(), "--eval"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("another model"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,6 +1,7 @@
 //! lutlab-core: everything that needs no GPU. Model config and checkpoints, tokenization, the
 //! perplexity protocol and the CPU reference math that every GPU kernel is tested against.
 
+pub mod awq;
 pub mod checkpoint;
 pub mod config;
 pub mod dense_dtype;

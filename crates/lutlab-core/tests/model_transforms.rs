@@ -182,3 +182,97 @@ fn bias_correction_restores_each_layers_mean_output() {
         assert!(worst <= 1e-3, "{model}: {worst}");
     }
 }
+
+/// An AWQ results file in the form `scripts/awq_to_safetensors.py` writes: `scales` as
+/// (prev_op, layers, scales), `clips` as (layer, out, groups, max_val).
+fn awq_file(scales: &[(&str, Vec<&str>, Vec<f32>)], clips: &[(&str, usize, usize, Vec<f32>)]) -> Vec<u8> {
+    let names: Vec<String> = (0..scales.len()).map(|i| format!("scale.{i}")).collect();
+    let clip_names: Vec<String> = clips.iter().map(|c| format!("clip.{}", c.0)).collect();
+    let shapes: Vec<Vec<usize>> = scales.iter().map(|s| vec![s.2.len()]).chain(clips.iter().map(|c| vec![c.1, c.2])).collect();
+    let mut tensors: Vec<(&str, &[usize], &[f32])> = Vec::new();
+    for (i, s) in scales.iter().enumerate() {
+        tensors.push((&names[i], &shapes[i], &s.2));
+    }
+    for (i, c) in clips.iter().enumerate() {
+        tensors.push((&clip_names[i], &shapes[scales.len() + i], &c.3));
+    }
+    let listing: Vec<serde_json::Value> =
+        scales.iter().enumerate().map(|(i, s)| serde_json::json!({ "prev_op": s.0, "layers": s.1, "tensor": names[i] })).collect();
+    let metadata = std::collections::HashMap::from([("awq_scales".to_string(), serde_json::to_string(&listing).unwrap())]);
+    lutlab_core::checkpoint::write_safetensors(&tensors, Some(metadata)).unwrap()
+}
+
+#[test]
+fn awq_scales_keep_the_logits_and_clipping_bounds_the_weights() {
+    use lutlab_core::awq::AwqResults;
+    let positive = |n: usize, seed: u32| (0..n as u32).map(|i| 0.5 + ((i * 2_654_435_761u32).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32).collect::<Vec<f32>>();
+    for (model, entries) in [
+        (
+            "models/opt-tiny-wikitext",
+            vec![
+                ("self_attn_layer_norm", vec!["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                ("self_attn.v_proj", vec!["self_attn.out_proj"]),
+                ("final_layer_norm", vec!["fc1"]),
+                ("fc1", vec!["fc2"]),
+            ],
+        ),
+        (
+            "models/llama-tiny-wikitext",
+            vec![
+                ("input_layernorm", vec!["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                ("post_attention_layernorm", vec!["mlp.gate_proj", "mlp.up_proj"]),
+                ("mlp.up_proj", vec!["mlp.down_proj"]),
+            ],
+        ),
+    ] {
+        let original = load(model);
+        let config = original.config.clone();
+        let prefix = config.block_prefix(0);
+        let full = |n: &str| format!("{prefix}.{n}");
+        let width = |layer: &str| original.linear(&full(layer)).unwrap().in_features();
+        let scales: Vec<(String, Vec<String>, Vec<f32>)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (prev, layers))| (full(prev), layers.iter().map(|l| full(l)).collect(), positive(width(layers[0]), i as u32)))
+            .collect();
+        let borrowed: Vec<(&str, Vec<&str>, Vec<f32>)> =
+            scales.iter().map(|(p, l, s)| (p.as_str(), l.iter().map(String::as_str).collect(), s.clone())).collect();
+        let results = AwqResults::from_safetensors("awq.safetensors", &awq_file(&borrowed, &[])).unwrap();
+        assert_eq!(results.scales.len(), entries.len());
+        let mut scaled = original.clone();
+        results.apply(&mut scaled).unwrap();
+        let change = logit_change(&original, &scaled);
+        println!("{model}: AWQ scales, max |logit change| {change:e} of the largest logit");
+        assert!(change <= 5e-6, "{model}: {change:e}");
+        assert_ne!(scaled.linear(&full(entries[0].1[0])).unwrap().weight.data, original.linear(&full(entries[0].1[0])).unwrap().weight.data);
+
+        // Clipping: half of each group's largest magnitude, groups of 32 input rows.
+        let down = full(entries.last().unwrap().1[0]);
+        let layer = original.linear(&down).unwrap();
+        let (rows, cols, groups) = (layer.in_features(), layer.out_features(), layer.in_features() / 32);
+        let mut max_val = vec![0f32; cols * groups];
+        for (r, row) in layer.weight.data.chunks_exact(cols).enumerate() {
+            for (c, w) in row.iter().enumerate() {
+                let m = &mut max_val[c * groups + r / (rows / groups)];
+                *m = m.max(w.abs() * 0.5);
+            }
+        }
+        let clipped_file = awq_file(&[], &[(&down, cols, groups, max_val.clone())]);
+        let mut clipped = original.clone();
+        AwqResults::from_safetensors("awq.safetensors", &clipped_file).unwrap().apply(&mut clipped).unwrap();
+        let w = &clipped.linear(&down).unwrap().weight.data;
+        for (r, row) in w.chunks_exact(cols).enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                assert!(v.abs() <= max_val[c * groups + r / (rows / groups)], "{down}[{r}, {c}] = {v}");
+            }
+        }
+        assert!(logit_change(&original, &clipped) > 1e-3, "{model}: clipping changes the model");
+
+        // Results for another model are refused by name.
+        let mut other = load(if model.contains("opt") { "models/llama-tiny-wikitext" } else { "models/opt-tiny-wikitext" });
+        let err = results.apply(&mut other).unwrap_err().to_string();
+        assert!(err.contains("another model"), "{err}");
+    }
+    let err = AwqResults::from_safetensors("x.safetensors", &lutlab_core::checkpoint::write_safetensors(&[], None).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("not an AWQ results file"), "{err}");
+}

@@ -551,7 +551,7 @@ impl Lab {
             None
         };
         let request: QuantizeRequest = serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("quantization settings: {e}")))?;
-        if request.is_mixed() || request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.act_equalization.is_some() {
+        if request.is_mixed() || request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.load_awq.is_some() || request.act_equalization.is_some() {
             return Err(JsError::new(
                 "mixed precision (a size budget or layer rules) and the model transforms (norm merge, weight equalization, SmoothQuant, bias correction) run in the CLI for now: \
                  `lutlab quantize --budget`, `--ln-affine-merge`, `--weight-equalization`, `--act-equalization fused`, `--bias-corr`",

@@ -85,6 +85,9 @@ pub struct QuantizeRequest {
     /// Brevitas' `--bias-corr`: after quantizing, each linear's bias corrected for the mean output
     /// shift of its quantized weights (`quant::bias_correction`).
     pub bias_corr: bool,
+    /// Brevitas' `--load-awq`: llm-awq's search results (scales and clipping) applied first
+    /// (`awq::AwqResults`), the file's path.
+    pub load_awq: Option<String>,
     /// Brevitas' `--act-equalization`: `fused` (SmoothQuant's scales folded into the norms,
     /// `model_transforms::smooth_activations`), or `None`.
     pub act_equalization: Option<String>,
@@ -127,6 +130,7 @@ impl Default for QuantizeRequest {
             ln_affine_merge: false,
             weight_equalization: false,
             bias_corr: false,
+            load_awq: None,
             act_equalization: None,
             alpha: 0.5,
         }
@@ -274,7 +278,8 @@ impl QuantizeRequest {
             None => String::new(),
         };
         let corrected = if self.bias_corr { " +bias-corr" } else { "" };
-        format!("{}{merged}{smoothed}{corrected}{embeddings}{budget}{rules}", self.method_label(has_fisher))
+        let awq = if self.load_awq.is_some() { " +awq" } else { "" };
+        format!("{}{awq}{merged}{smoothed}{corrected}{embeddings}{budget}{rules}", self.method_label(has_fisher))
     }
 
     /// The rules of `layer_bits`.
