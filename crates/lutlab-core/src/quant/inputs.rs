@@ -43,7 +43,8 @@ pub enum InputScaling {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputGranularity {
-    /// The whole input of a layer (every token of every window in the batch).
+    /// The whole input of a layer: every token of one sequence (a dynamic scale is per window, so
+    /// a result does not depend on how windows are batched).
     Tensor,
     /// Each token's channels.
     Row,
