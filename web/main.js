@@ -464,7 +464,7 @@ function addRun(settings, { what, report }) {
     row.append(td);
   }
   $('history').tBodies[0].append(row);
-  $('history').hidden = false;
+  $('history-wrap').hidden = false;
   drawPerplexity($('plot-ppl'), runs, $('ppl-x').value);
   setStep('export', 'todo', 'ready');
 }
