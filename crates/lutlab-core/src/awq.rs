@@ -18,7 +18,7 @@
 //! group of input rows to `±max_val[channel, group]`.
 
 use crate::error::{LoadError, Result};
-use crate::model_transforms::{ColumnScales, RowScales};
+use crate::model_transforms::{divide_columns, merge_factors, scale_rows, ColumnScales, RowScales};
 use crate::weights::ModelWeights;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -116,14 +116,10 @@ impl AwqResults {
                         return Err(other_model(format!("`{}` has {cols} outputs for {} scales into {} layers", entry.prev_op, s.len(), entry.layers.len())));
                     }
                     // The last len(s) outputs: v in a fused q/k/v, or the whole layer.
-                    let first = cols - s.len();
-                    for row in linear.weight.data.chunks_exact_mut(cols) {
-                        row[first..].iter_mut().zip(s).for_each(|(w, f)| *w /= f);
-                    }
-                    linear.bias.data[first..].iter_mut().zip(s).for_each(|(b, f)| *b /= f);
                     let mut divisor = vec![1f32; cols];
-                    divisor[first..].copy_from_slice(s);
-                    merge(columns_scaled.entry(entry.prev_op.clone()).or_insert_with(|| vec![1.0; cols]), &divisor);
+                    divisor[cols - s.len()..].copy_from_slice(s);
+                    divide_columns(linear, &divisor);
+                    merge_factors(columns_scaled.entry(entry.prev_op.clone()).or_insert_with(|| vec![1.0; cols]), &divisor);
                 }
             }
             for name in &entry.layers {
@@ -131,11 +127,8 @@ impl AwqResults {
                 if linear.in_features() != s.len() {
                     return Err(other_model(format!("`{name}` has {} inputs, the scales {}", linear.in_features(), s.len())));
                 }
-                let cols = linear.out_features();
-                for (row, f) in linear.weight.data.chunks_exact_mut(cols).zip(s) {
-                    row.iter_mut().for_each(|w| *w *= f);
-                }
-                merge(rows_scaled.entry(name.clone()).or_insert_with(|| vec![1.0; s.len()]), s);
+                scale_rows(linear, s);
+                merge_factors(rows_scaled.entry(name.clone()).or_insert_with(|| vec![1.0; s.len()]), s);
             }
         }
         for (name, (out, groups, max_val)) in &self.clips {
@@ -154,10 +147,6 @@ impl AwqResults {
         }
         Ok((rows_scaled, columns_scaled))
     }
-}
-
-fn merge(total: &mut [f32], more: &[f32]) {
-    total.iter_mut().zip(more).for_each(|(t, m)| *t *= m);
 }
 
 /// `(block, 0 | 1)` when `name` is block `block`'s first or second norm.

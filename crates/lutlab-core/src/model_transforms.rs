@@ -138,10 +138,7 @@ pub fn smooth_activations(weights: &mut ModelWeights, absmax: &BTreeMap<String, 
         let readers: Vec<&LinearWeights> = linears.iter().collect();
         let s = smoothing_scales(ranges, &readers, alpha);
         for (linear, name) in linears.iter_mut().zip(names) {
-            let cols = linear.out_features();
-            for (row, &f) in linear.weight.data.chunks_exact_mut(cols).zip(&s) {
-                row.iter_mut().for_each(|w| *w *= f);
-            }
+            scale_rows(linear, &s);
             scales.insert(name.clone(), s.clone());
         }
         norm.gamma.data.iter_mut().zip(&s).for_each(|(g, f)| *g /= f);
@@ -224,16 +221,9 @@ pub fn equalize_weights(weights: &mut ModelWeights) -> Result<(RowScales, Column
                     divisor[col] = (f64::from(r1) / f64::from(r2)).sqrt().clamp(1e-5, 1e5) as f32;
                 }
             }
-            let producer = &mut block.linears[pair.producer];
-            for row in producer.weight.data.chunks_exact_mut(p_cols) {
-                row.iter_mut().zip(&divisor).for_each(|(w, s)| *w /= s);
-            }
-            producer.bias.data.iter_mut().zip(&divisor).for_each(|(b, s)| *b /= s);
+            divide_columns(&mut block.linears[pair.producer], &divisor);
             let row_factor: Vec<f32> = pair.column_of_row.iter().map(|&col| divisor[col]).collect();
-            let consumer = &mut block.linears[pair.consumer];
-            for (row, &f) in consumer.weight.data.chunks_exact_mut(c_cols).zip(&row_factor) {
-                row.iter_mut().for_each(|w| *w *= f);
-            }
+            scale_rows(&mut block.linears[pair.consumer], &row_factor);
             merge_factors(rows_scaled.entry(names[pair.consumer].clone()).or_insert_with(|| vec![1.0; row_factor.len()]), &row_factor);
             merge_factors(columns_scaled.entry(names[pair.producer].clone()).or_insert_with(|| vec![1.0; p_cols]), &divisor);
         }
@@ -241,8 +231,24 @@ pub fn equalize_weights(weights: &mut ModelWeights) -> Result<(RowScales, Column
     Ok((rows_scaled, columns_scaled))
 }
 
-fn merge_factors(total: &mut [f32], more: &[f32]) {
+/// Accumulates per-row or per-column factors: `total *= more`.
+pub(crate) fn merge_factors(total: &mut [f32], more: &[f32]) {
     total.iter_mut().zip(more).for_each(|(t, m)| *t *= m);
+}
+
+/// Multiplies input row `r` of `linear`'s `[in, out]` weight by `factors[r]`.
+pub(crate) fn scale_rows(linear: &mut LinearWeights, factors: &[f32]) {
+    let cols = linear.out_features();
+    for (row, &f) in linear.weight.data.chunks_exact_mut(cols).zip(factors) {
+        row.iter_mut().for_each(|w| *w *= f);
+    }
+}
+
+/// Divides output column `c` of `linear` (weight and bias) by `divisor[c]` (one per column).
+pub(crate) fn divide_columns(linear: &mut LinearWeights, divisor: &[f32]) {
+    let cols = linear.out_features();
+    crate::quant::transforms::apply_scales(&mut linear.weight.data, cols, divisor);
+    linear.bias.data.iter_mut().zip(divisor).for_each(|(b, s)| *b /= s);
 }
 
 /// A Fisher diagonal carried over a column division: a weight divided by `s` has gradient

@@ -134,20 +134,26 @@ pub async fn quantize_sequential(
     Ok(())
 }
 
-/// Every window embedded, `batch` windows per residual stream.
+/// Every window `settings` draws, embedded, `batch` windows per residual stream.
 fn embed_windows(model: &Decoder, tokens: &[u32], settings: &ActivationSettings) -> Result<Vec<(BlockContext, Tensor<3>)>> {
     if settings.batch == 0 {
         return Err(LoadError::InvalidSetting("batch must be at least 1".into()).into());
     }
     let starts = settings.starts(model, tokens)?;
-    let ctx = model.context(settings.seqlen);
-    Ok(starts
-        .chunks(settings.batch)
+    Ok(embed_starts(model, tokens, &starts, settings.seqlen, settings.batch))
+}
+
+/// The windows `tokens[start..start + seqlen]` embedded, `batch` per residual stream (checked
+/// windows, `batch` ≥ 1).
+pub(crate) fn embed_starts(model: &Decoder, tokens: &[u32], starts: &[usize], seqlen: usize, batch: usize) -> Vec<(BlockContext, Tensor<3>)> {
+    let ctx = model.context(seqlen);
+    starts
+        .chunks(batch)
         .map(|chunk| {
-            let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + settings.seqlen]).collect();
+            let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + seqlen]).collect();
             (ctx.clone(), model.embed(model.tokens(&rows)))
         })
-        .collect())
+        .collect()
 }
 
 fn block_linear_names(model: &Decoder, i: usize) -> Vec<String> {

@@ -12,6 +12,7 @@ use crate::decoder::{run_block, BlockVisitor, Decoder};
 use crate::device::download;
 use crate::error::{ModelError, Result};
 use crate::activations::{check_seqlen, check_windows};
+use crate::hessian::embed_starts;
 use crate::ActivationSettings;
 use burn::tensor::Tensor;
 use lutlab_core::quant::inputs::{GridArithmetic, InputCalibration, InputGranularity, InputParams, InputQuantSettings, InputScaling};
@@ -194,14 +195,7 @@ pub async fn calibrate_inputs_windows(
     if batch == 0 {
         return Err(lutlab_core::LoadError::InvalidSetting("batch must be at least 1".into()).into());
     }
-    let ctx = model.context(seqlen);
-    let mut states: Vec<_> = starts
-        .chunks(batch)
-        .map(|chunk| {
-            let rows: Vec<&[u32]> = chunk.iter().map(|&s| &tokens[s..s + seqlen]).collect();
-            (ctx.clone(), model.embed(model.tokens(&rows)))
-        })
-        .collect();
+    let mut states = embed_starts(model, tokens, starts, seqlen, batch);
     let config = &model.config;
     let groups = config.input_groups();
     let specs = config.block_linears();

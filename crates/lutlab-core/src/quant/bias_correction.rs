@@ -22,7 +22,7 @@ pub fn correct_biases(
     for name in names {
         let q = quantized.linear(&name).ok_or_else(|| LoadError::InvalidSetting(format!("bias correction: the quantized model has no `{name}`")))?;
         let mean = means.get(&name).ok_or_else(|| LoadError::InvalidSetting(format!("bias correction: no mean input for `{name}`")))?;
-        let f = float.linear_mut(&name).expect("names come from this model");
+        let f = float.linear_mut(&name).ok_or_else(|| LoadError::InvalidSetting(format!("bias correction: the model has no `{name}`")))?;
         let (rows, cols) = (f.in_features(), f.out_features());
         if q.weight.data.len() != rows * cols || mean.len() != rows {
             return Err(LoadError::InvalidSetting(format!(
