@@ -1,7 +1,7 @@
 //! `lutlab eval`: perplexity of a model on a text file. [`measure`] is shared with `quantize`.
 
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST};
-use crate::input_quant::InputQuantArgs;
+use crate::input_quant::{recorded_input_quantization, InputQuantArgs};
 use crate::model::{open_decoder, StreamOptions};
 use crate::progress::Bar;
 use anyhow::Result;
@@ -100,7 +100,11 @@ pub fn measure_packed(packed: &PackedModel, tokenizer: &TextTokenizer, options: 
 
 /// Perplexity of `model`, its inputs quantized first if `options` ask.
 fn measure_model(mut model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
-    let inputs = options.inputs.apply(&mut model, tokenizer, quiet)?;
+    // The --input-* options, else what the checkpoint's config.json records (`export`).
+    let inputs = match options.inputs.apply(&mut model, tokenizer, quiet)? {
+        Some(label) => Some(label),
+        None => model.input_quant.as_ref().map(|q| format!("{} (recorded in config.json)", q.settings.label())),
+    };
     let model = &model;
     let data_path = options.data.clone().unwrap_or_else(|| repo_path(WIKITEXT_TEST));
     let what = data_path.display().to_string();
@@ -139,7 +143,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => {
             let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
             let gpu = pollster::block_on(open_gpu())?;
-            let (model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
+            let (mut model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
+            if let Some(recorded) = recorded_input_quantization(&model_dir, &model.config)? {
+                model.quantize_inputs(recorded)?;
+            }
             (measure_model(model, &gpu, &tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
         }
     };

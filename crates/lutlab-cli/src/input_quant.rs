@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lutlab_core::files::read_text;
 use lutlab_core::quant::inputs::{InputParams, InputQuantRequest, InputQuantSettings, InputQuantization, InputScaling};
-use lutlab_core::TextTokenizer;
+use lutlab_core::{ModelConfig, TextTokenizer};
 use lutlab_model::{calibrate_inputs, ActivationSettings, Decoder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -115,11 +115,25 @@ impl InputQuantArgs {
     /// `model` with its inputs quantized as asked (static scales calibrated or read now); the
     /// settings' label for reports.
     pub fn apply(&self, model: &mut Decoder, tokenizer: &TextTokenizer, quiet: bool) -> Result<Option<String>> {
+        let Some(q) = self.quantization(&model.config, |settings| self.calibrate(model, tokenizer, settings, quiet))? else { return Ok(None) };
+        let label = q.settings.label();
+        model.quantize_inputs(q)?;
+        Ok(Some(label))
+    }
+
+    /// The input quantization asked for, or `None` without `--input-bit-width`. Static scales
+    /// are read from `--input-scales` or made by `calibrate` (the only step that needs a model on
+    /// the GPU), and saved with `--save-input-scales`.
+    pub fn quantization(
+        &self,
+        config: &ModelConfig,
+        calibrate: impl FnOnce(&InputQuantSettings) -> Result<BTreeMap<String, InputParams>>,
+    ) -> Result<Option<InputQuantization>> {
         let Some(settings) = self.settings()? else { return Ok(None) };
         let statics = match settings.scaling {
             InputScaling::Static => match &self.input_scales {
-                Some(path) => read_scales(path, model)?,
-                None => self.calibrate(model, tokenizer, &settings, quiet)?,
+                Some(path) => read_scales(path, config)?,
+                None => calibrate(&settings)?,
             },
             InputScaling::Dynamic | InputScaling::NoScale => BTreeMap::new(),
         };
@@ -127,11 +141,11 @@ impl InputQuantArgs {
             let file = ScalesFile { settings: settings.label(), layers: statics.clone() };
             std::fs::write(path, serde_json::to_string_pretty(&file)?).with_context(|| format!("writing {}", path.display()))?;
         }
-        model.quantize_inputs(InputQuantization { settings, statics })?;
-        Ok(Some(settings.label()))
+        Ok(Some(InputQuantization { settings, statics }))
     }
 
-    fn calibrate(&self, model: &Decoder, tokenizer: &TextTokenizer, settings: &InputQuantSettings, quiet: bool) -> Result<BTreeMap<String, InputParams>> {
+    /// Static scales calibrated on the model (on the GPU) over the calibration text.
+    pub fn calibrate(&self, model: &Decoder, tokenizer: &TextTokenizer, settings: &InputQuantSettings, quiet: bool) -> Result<BTreeMap<String, InputParams>> {
         let path = self.act_calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
         let tokens = tokenizer.encode(&read_text(&path)?)?;
         let act = ActivationSettings { nsamples: self.act_calibration_samples, ..ActivationSettings::for_model(model) };
@@ -145,15 +159,52 @@ impl InputQuantArgs {
 
 /// Static scales from a file, checked against the model's layers (a file made for another model
 /// names layers this one lacks, or lacks some of its).
-fn read_scales(path: &std::path::Path, model: &Decoder) -> Result<BTreeMap<String, InputParams>> {
+fn read_scales(path: &std::path::Path, config: &ModelConfig) -> Result<BTreeMap<String, InputParams>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: ScalesFile = serde_json::from_str(&text).with_context(|| format!("{}: not an input-scales file (--save-input-scales writes one)", path.display()))?;
-    let names: Vec<String> = model.config.linear_names().into_iter().map(|(n, _)| n).collect();
-    if let Some(extra) = file.layers.keys().find(|k| !names.contains(k) && k.as_str() != lutlab_core::quant::head::HEAD) {
-        bail!("{}: scales for layer `{extra}`, which this {} model does not have: the file was calibrated on another model", path.display(), model.config.model_type);
-    }
-    if let Some((name, p)) = file.layers.iter().find(|(_, p)| !(p.scale.is_normal() && p.scale > 0.0 && p.zero_point.is_finite())) {
-        bail!("{}: layer `{name}` has scale {} and zero point {}: not a usable quantizer", path.display(), p.scale, p.zero_point);
-    }
+    check_layers(&path.display().to_string(), &file.layers, config)?;
     Ok(file.layers)
+}
+
+fn check_layers(what: &str, layers: &BTreeMap<String, InputParams>, config: &ModelConfig) -> Result<()> {
+    let names: Vec<String> = config.linear_names().into_iter().map(|(n, _)| n).collect();
+    if let Some(extra) = layers.keys().find(|k| !names.contains(k) && k.as_str() != lutlab_core::quant::head::HEAD) {
+        bail!("{what}: scales for layer `{extra}`, which this {} model does not have: the file was calibrated on another model", config.model_type);
+    }
+    if let Some((name, p)) = layers.iter().find(|(_, p)| !(p.scale.is_normal() && p.scale > 0.0 && p.zero_point.is_finite())) {
+        bail!("{what}: layer `{name}` has scale {} and zero point {}: not a usable quantizer", p.scale, p.zero_point);
+    }
+    Ok(())
+}
+
+/// What `export --dequantized` writes into `config.json` beside the model's own fields.
+#[derive(Serialize, Deserialize)]
+pub struct RecordedInputs {
+    pub settings: InputQuantRequest,
+    /// The settings' label, for people reading the file.
+    #[serde(default)]
+    pub label: String,
+    /// Static scales per layer (empty for dynamic or no-scale inputs).
+    #[serde(default)]
+    pub layers: BTreeMap<String, InputParams>,
+}
+
+impl RecordedInputs {
+    pub fn of(q: &InputQuantization) -> Self {
+        Self { settings: q.settings.request(), label: q.settings.label(), layers: q.statics.clone() }
+    }
+}
+
+/// The input quantization recorded in `model_dir/config.json` (`input_quantization`), if any,
+/// checked against `config`'s layers.
+pub fn recorded_input_quantization(model_dir: &std::path::Path, config: &ModelConfig) -> Result<Option<InputQuantization>> {
+    let path = model_dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let Some(recorded) = json.get("input_quantization") else { return Ok(None) };
+    let what = format!("{}: input_quantization", path.display());
+    let recorded: RecordedInputs = serde_json::from_value(recorded.clone()).with_context(|| what.clone())?;
+    let settings = recorded.settings.settings().with_context(|| what.clone())?;
+    check_layers(&what, &recorded.layers, config)?;
+    Ok(Some(InputQuantization { settings, statics: recorded.layers }))
 }

@@ -10,6 +10,7 @@ pub mod files;
 pub mod fisher_file;
 pub mod hessian_file;
 pub mod model_transforms;
+pub mod onnx;
 pub mod packed_file;
 pub mod packed_size;
 pub mod parallel;

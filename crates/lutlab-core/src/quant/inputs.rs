@@ -241,6 +241,36 @@ impl InputQuantSettings {
         Ok(InputParams { scale: p.scale, zero_point: p.zero_point })
     }
 
+    /// The settings in words ([`InputQuantRequest::settings`] reads them back unchanged).
+    pub fn request(&self) -> InputQuantRequest {
+        let (granularity, group_size) = match self.granularity {
+            InputGranularity::Tensor => ("per_tensor", InputQuantRequest::default().group_size),
+            InputGranularity::Row => ("per_row", InputQuantRequest::default().group_size),
+            InputGranularity::Group(g) => ("per_group", g),
+        };
+        InputQuantRequest {
+            bits: self.bits,
+            format: self.format.to_string(),
+            quant_type: if self.symmetric { "sym" } else { "asym" }.into(),
+            scale_type: match self.scaling {
+                InputScaling::Static => "static",
+                InputScaling::Dynamic => "dynamic",
+                InputScaling::NoScale => "no_scale",
+            }
+            .into(),
+            granularity: granularity.into(),
+            group_size,
+            param_method: self.scale_stats.to_string(),
+            scale_precision: match self.scale_type {
+                ScaleType::Float => "float_scale",
+                ScaleType::PowerOfTwo => "po2_scale",
+            }
+            .into(),
+            quantize_zero_point: self.integer_zero_point,
+            quantize_last_layer: self.quantize_head,
+        }
+    }
+
     /// A short description for reports: `A8 int asym static per-tensor`.
     pub fn label(&self) -> String {
         let scaling = match self.scaling {
@@ -425,6 +455,20 @@ mod tests {
                 let expected = grid.table_value(grid.encode(a, 1.0, 0.0), 1.0, 0.0);
                 assert_eq!(q, expected, "{f} at {a}");
             }
+        }
+    }
+
+    #[test]
+    fn settings_round_trip_through_words() {
+        let words = [
+            InputQuantRequest::default(),
+            InputQuantRequest { format: "e4m3".into(), bits: 8, quant_type: "sym".into(), scale_type: "dynamic".into(), granularity: "per_group".into(), group_size: 32, scale_precision: "po2_scale".into(), ..Default::default() },
+            InputQuantRequest { bits: 4, scale_type: "dynamic".into(), granularity: "per_row".into(), param_method: "mse".into(), quantize_zero_point: true, quantize_last_layer: true, ..Default::default() },
+            InputQuantRequest { param_method: "percentile:99.9".into(), ..Default::default() },
+        ];
+        for w in words {
+            let settings = w.settings().unwrap();
+            assert_eq!(settings.request().settings().unwrap(), settings, "{w:?}");
         }
     }
 
