@@ -22,7 +22,12 @@ def main():
     p.add_argument("--tokens", required=True, help="JSON list of token ids")
     p.add_argument("--max-length", type=int, required=True)
     p.add_argument("--batch", type=int, default=8, help="windows per run")
+    p.add_argument("--check", action="store_true", help="first run onnx's checker with shape inference (needs the onnx package)")
     args = p.parse_args()
+    if args.check:
+        import onnx
+
+        onnx.checker.check_model(onnx.load(args.model), full_check=True)
 
     ids = np.asarray(json.load(open(args.tokens)), dtype=np.int64)
     n = len(ids) // args.max_length

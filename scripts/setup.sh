@@ -31,13 +31,14 @@ if [ ! -x "$wasm_opt_dir/node_modules/.bin/wasm-opt" ]; then
   echo "setup: installing binaryen (npm) for wasm-opt"
   (cd "$wasm_opt_dir" && npm ci --no-audit --no-fund --silent)
 fi
-# onnxruntime runs `lutlab export --onnx-qcdq`'s files in the tests (crates/lutlab-cli/tests/onnx.rs).
+# onnxruntime runs `lutlab export --onnx-qcdq`'s files in the tests, after onnx's checker
+# (crates/lutlab-cli/tests/onnx.rs).
 if [ "${LUTLAB_FOR_TESTS:-0}" = 1 ]; then
   venv="${LUTLAB_VENV:-$HOME/.cache/lutlab-venv}"
-  if ! "$venv/bin/python" -c 'import onnxruntime, numpy' 2>/dev/null; then
-    echo "setup: installing onnxruntime (pip, in $venv)"
+  if ! "$venv/bin/python" -c 'import onnxruntime, onnx, numpy' 2>/dev/null; then
+    echo "setup: installing onnxruntime and onnx (pip, in $venv)"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q onnxruntime==1.30.0 numpy==2.4.6
+    "$venv/bin/pip" install -q onnxruntime==1.30.0 onnx==1.23.1 numpy==2.4.6
   fi
   export LUTLAB_PYTHON="$venv/bin/python"
 fi

@@ -1,5 +1,5 @@
-//! `lutlab export --onnx-qcdq` run by onnxruntime (CPU, the Python wheel `scripts/setup.sh`
-//! installs): the exported model's perplexity on a short text equals lutlab's fake-quantized
+//! `lutlab export --onnx-qcdq` checked by onnx's checker (with shape inference) and run by
+//! onnxruntime (CPU; the Python wheels `scripts/setup.sh` installs): the exported model's perplexity on a short text equals lutlab's fake-quantized
 //! evaluation of the packed file with the same input quantization within 1e-3 relative, in
 //! every family, through both weight forms (DequantizeLinear of integer codes, tables gathered by
 //! codes with outliers and input groups) and both input forms (QCDQ, explicit arithmetic).
@@ -67,7 +67,7 @@ fn check(case: &Case) {
     let eval = [&["eval", "--packed", &packed_s, "--model", &model_s, "--data", &data_s, "--max-length", "128", "--stride", "128", "--json"][..], case.inputs].concat();
     let lutlab_ppl = lutlab_json(&eval)["perplexity"].as_f64().unwrap();
     let script = repo("scripts/onnx_perplexity.py");
-    let out = Command::new(python()).args([s(&script).as_str(), &onnx_s, "--tokens", &s(&ids), "--max-length", "128"]).output().unwrap();
+    let out = Command::new(python()).args([s(&script).as_str(), &onnx_s, "--check", "--tokens", &s(&ids), "--max-length", "128"]).output().unwrap();
     assert!(out.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&out.stderr));
     let ort: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ort_ppl = ort["perplexity"].as_f64().unwrap();

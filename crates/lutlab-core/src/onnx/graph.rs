@@ -1,7 +1,8 @@
-//! An ONNX graph under construction: nodes with fresh output names, initializers (dense and
-//! sparse), the graph's inputs and outputs, and the model around it.
+//! An ONNX graph under construction: nodes with fresh output names, initializers, the graph's
+//! inputs and outputs, and the model around it.
 
 use super::proto::{self, Attr, DataType, Dim, Message};
+use crate::dense_dtype::DenseDtype;
 
 /// The opset the export targets: 21 has `DequantizeLinear` with `block_size`, `Gelu` with
 /// `approximate`, `LayerNormalization`, and reductions taking their axes as an input.
@@ -13,7 +14,6 @@ pub const IR_VERSION: i64 = 10;
 pub struct Graph {
     nodes: Vec<Message>,
     initializers: Vec<Message>,
-    sparse_initializers: Vec<Message>,
     inputs: Vec<Message>,
     outputs: Vec<Message>,
     next: usize,
@@ -60,6 +60,19 @@ impl Graph {
         self.initializer(&name, DataType::Float, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
+    /// A model tensor in the smallest float type that holds every value exactly (the packed
+    /// file's rule), widened to f32 by a `Cast` the runtime folds at load: half the bytes for
+    /// f16 checkpoints, the same values.
+    pub fn dense(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        let (data_type, raw): (DataType, Vec<u8>) = match DenseDtype::smallest_exact(data) {
+            DenseDtype::F32 => return self.f32s(Some(name), dims, data),
+            DenseDtype::F16 => (DataType::Float16, data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
+            DenseDtype::BF16 => (DataType::Bfloat16, data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect()),
+        };
+        let stored = self.initializer(name, data_type, dims, raw);
+        self.op("Cast", &[&stored], &[Attr::Int("to", DataType::Float as i64)])
+    }
+
     pub fn i64s(&mut self, name: Option<&str>, dims: &[usize], data: &[i64]) -> String {
         let name = name.map_or_else(|| self.fresh("const"), str::to_string);
         self.initializer(&name, DataType::Int64, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -83,15 +96,6 @@ impl Graph {
     /// A 1-D i64 constant (shapes, axes).
     pub fn ints(&mut self, v: &[i64]) -> String {
         self.i64s(None, &[v.len()], v)
-    }
-
-    /// A sparse f32 initializer `dims` with `values` at linear `positions`.
-    pub fn sparse_f32s(&mut self, name: &str, dims: &[usize], positions: &[i64], values: &[f32]) -> String {
-        self.data_bytes += values.len() * 12;
-        let values_t = proto::tensor(name, DataType::Float, &[values.len()], &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
-        let indices_t = proto::tensor(&format!("{name}.indices"), DataType::Int64, &[positions.len()], &positions.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
-        self.sparse_initializers.push(proto::sparse_tensor(values_t, indices_t, dims));
-        name.to_string()
     }
 
     pub fn input(&mut self, name: &str, data_type: DataType, dims: &[Dim]) {
@@ -118,9 +122,6 @@ impl Graph {
         });
         self.outputs.iter().for_each(|v| {
             g.message(12, v);
-        });
-        self.sparse_initializers.iter().for_each(|s| {
-            g.message(15, s);
         });
         let mut opset = Message::new();
         opset.string(1, "").int(2, OPSET);

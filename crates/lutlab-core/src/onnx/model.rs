@@ -6,7 +6,7 @@
 //!   exactly, the uniform formats with f32 tables) as `uint8` codes into `DequantizeLinear` per
 //!   output channel (ONNX's QDQ form); any other table (k-means, minifloat, f16-rounded grids,
 //!   input groups) as the table gathered by the codes (`GatherElements`), then the input-group
-//!   scale and zero point, the sparse outliers (a sparse initializer) and the column scales. A
+//!   scale and zero point, the sparse outliers (`ScatterND` adding them) and the column scales. A
 //!   runtime folds these constant subgraphs once at load, then multiplies densely.
 //! - **inputs** quantized as lutlab's evaluation does (`quant::inputs`): fixed (static or no-scale)
 //!   parameters with an integer zero point as `QuantizeLinear → Clip → DequantizeLinear` (QCDQ),
@@ -189,7 +189,7 @@ impl Builder<'_> {
     }
 
     fn host_tensor(&mut self, name: &str, t: &HostTensor) -> String {
-        self.g.f32s(Some(name), &t.shape, &t.data)
+        self.g.dense(name, &t.shape, &t.data)
     }
 
     fn block(&mut self, i: usize, x: &str, seq: &Sequence) -> Result<String> {
@@ -335,7 +335,7 @@ impl Builder<'_> {
             let bias = packed.dense.get(&format!("{name}.bias")).map(|b| b.data.as_slice());
             return self.packed_linear(x, name, layer, bias);
         }
-        let weight = self.g.f32s(Some(&format!("{name}.weight")), &w.weight.shape, &w.weight.data);
+        let weight = self.g.dense(&format!("{name}.weight"), &w.weight.shape, &w.weight.data);
         let y = self.g.op("MatMul", &[x, &weight], &[]);
         Ok(self.add_bias(&y, name, Some(&w.bias.data)))
     }
@@ -428,21 +428,18 @@ impl Builder<'_> {
         if sparse.is_empty() {
             return Ok(base);
         }
-        let mut positions = Vec::with_capacity(sparse.len());
+        // The outliers are added where they sit: ScatterND with `add` on (row, column) pairs.
+        let mut positions = Vec::with_capacity(2 * sparse.len());
         let mut values = Vec::with_capacity(sparse.len());
         for c in 0..cols {
             for i in sparse.col_ptr[c] as usize..sparse.col_ptr[c + 1] as usize {
-                positions.push((sparse.row_idx[i] as usize * cols + c) as i64);
+                positions.extend([i64::from(sparse.row_idx[i]), c as i64]);
                 values.push(sparse.values[i]);
             }
         }
-        // Sparse initializers list their entries in increasing position.
-        let mut order: Vec<usize> = (0..positions.len()).collect();
-        order.sort_by_key(|&i| positions[i]);
-        let positions: Vec<i64> = order.iter().map(|&i| positions[i]).collect();
-        let values: Vec<f32> = order.iter().map(|&i| values[i]).collect();
-        let outliers = self.g.sparse_f32s(&format!("{name}.outliers"), &[rows, cols], &positions, &values);
-        Ok(self.g.op("Add", &[&base, &outliers], &[]))
+        let at = self.g.i64s(Some(&format!("{name}.outlier_positions")), &[values.len(), 2], &positions);
+        let outliers = self.g.f32s(Some(&format!("{name}.outliers")), &[values.len()], &values);
+        Ok(self.g.op("ScatterND", &[&base, &at, &outliers], &[Attr::Str("reduction", "add")]))
     }
 
     /// Linear `name`'s input as it multiplies: quantized when the export quantizes inputs.

@@ -10,6 +10,8 @@ pub enum DataType {
     Uint8 = 2,
     Int8 = 3,
     Int64 = 7,
+    Float16 = 10,
+    Bfloat16 = 16,
 }
 
 impl DataType {
@@ -18,6 +20,7 @@ impl DataType {
             DataType::Float => 4,
             DataType::Uint8 | DataType::Int8 => 1,
             DataType::Int64 => 8,
+            DataType::Float16 | DataType::Bfloat16 => 2,
         }
     }
 }
@@ -99,13 +102,6 @@ impl Message {
 pub fn tensor(name: &str, data_type: DataType, dims: &[usize], raw: &[u8]) -> Message {
     let mut m = Message::new();
     m.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>()).int(2, data_type as i64).string(8, name).bytes(9, raw);
-    m
-}
-
-/// `SparseTensorProto`: values (1), indices (2: INT64, linear positions), dims (3).
-pub fn sparse_tensor(values: Message, indices: Message, dims: &[usize]) -> Message {
-    let mut m = Message::new();
-    m.message(1, &values).message(2, &indices).ints(3, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
     m
 }
 
