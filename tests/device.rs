@@ -12,6 +12,8 @@ mod embeddings_packed;
 mod fisher;
 #[path = "generate.rs"]
 mod generate;
+#[path = "half_precision.rs"]
+mod half_precision;
 #[path = "hessians.rs"]
 mod hessians;
 #[path = "input_quant.rs"]

@@ -2,7 +2,7 @@
 
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST};
 use crate::input_quant::{recorded_input_quantization, InputQuantArgs};
-use crate::model::{open_decoder, StreamOptions};
+use crate::model::{dtype_name, open_decoder, DtypeOptions, StreamOptions};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
@@ -29,6 +29,8 @@ pub struct EvalOptions {
     /// Input (activation) quantization during the evaluation.
     #[command(flatten)]
     pub inputs: InputQuantArgs,
+    #[command(flatten)]
+    pub dtype: DtypeOptions,
 }
 
 #[derive(Args)]
@@ -55,6 +57,8 @@ pub struct EvalReport {
     pub data: String,
     /// The input quantization evaluated with (`--input-*`), if any.
     pub inputs: Option<String>,
+    /// What the dense weights were multiplied in (`--dtype`).
+    pub dtype: &'static str,
     pub device: String,
     pub max_length: usize,
     pub stride: usize,
@@ -70,8 +74,8 @@ impl EvalReport {
     pub fn line(&self) -> String {
         let inputs = self.inputs.as_ref().map(|label| format!(", inputs {label}")).unwrap_or_default();
         format!(
-            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}{inputs}) in {:.1} s, {:.0} tokens/s on {}",
-            self.perplexity, self.data, self.tokens, self.scored, self.max_length, self.stride, self.seconds, self.tokens_per_s, self.device
+            "perplexity {:.4} on {} ({} tokens, {} scored; max-length {}, stride {}{inputs}; {}) in {:.1} s, {:.0} tokens/s on {}",
+            self.perplexity, self.data, self.tokens, self.scored, self.max_length, self.stride, self.dtype, self.seconds, self.tokens_per_s, self.device
         )
     }
 }
@@ -99,7 +103,9 @@ pub fn measure_packed(packed: &PackedModel, tokenizer: &TextTokenizer, options: 
 }
 
 /// Perplexity of `model`, its inputs quantized first if `options` ask.
-fn measure_model(mut model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+fn measure_model(model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+    let dtype = options.dtype.resolve(&model.config, gpu)?;
+    let mut model = model.stored_as(dtype);
     // The --input-* options, else what the checkpoint's config.json records (`export`).
     let inputs = match options.inputs.apply(&mut model, tokenizer, quiet)? {
         Some(label) => Some(label),
@@ -119,6 +125,7 @@ fn measure_model(mut model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, optio
     Ok(EvalReport {
         data: what,
         inputs,
+        dtype: dtype_name(dtype),
         device: gpu.describe(),
         max_length: settings.max_length,
         stride: settings.stride,
@@ -134,6 +141,7 @@ fn measure_model(mut model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, optio
 pub fn run(args: EvalArgs) -> Result<()> {
     // Settings are checked before any model is read or the GPU opened.
     args.eval.inputs.settings()?;
+    args.eval.dtype.check()?;
     let (report, evaluated) = match &args.packed {
         Some(path) => {
             let packed = read_packed(path)?;

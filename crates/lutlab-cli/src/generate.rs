@@ -2,6 +2,7 @@
 //! greedily or by seeded sampling; the page's "see the difference in words" from the shell.
 
 use crate::eval::{read_packed, tokenizer_dir};
+use crate::model::{dtype_name, DtypeOptions};
 use crate::paths::{repo_path, SHIPPED_MODEL};
 use crate::progress::Bar;
 use anyhow::{bail, Result};
@@ -37,6 +38,8 @@ pub struct GenerateArgs {
     /// When sampling: the generator's seed (the same seed gives the same text).
     #[arg(long, default_value_t = 0, requires = "temperature")]
     seed: u64,
+    #[command(flatten)]
+    dtype: DtypeOptions,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -46,6 +49,8 @@ pub struct GenerateArgs {
 struct GenerateReport {
     model: String,
     device: String,
+    /// What the dense weights were multiplied in (`--dtype`).
+    dtype: &'static str,
     prompt: String,
     prompt_tokens: Vec<u32>,
     /// The new tokens and their text (the prompt not repeated).
@@ -58,6 +63,7 @@ struct GenerateReport {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    args.dtype.check()?;
     let gpu = pollster::block_on(open_gpu())?;
     let (model, tokenizer, what) = match &args.packed {
         Some(path) => {
@@ -72,6 +78,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             (Decoder::new(&loaded.weights, &gpu.device), loaded.tokenizer, model_dir.display().to_string())
         }
     };
+    let dtype = args.dtype.resolve(&model.config, &gpu)?;
+    let model = model.stored_as(dtype);
     let prompt_tokens = tokenizer.encode(&args.prompt)?;
     if prompt_tokens.is_empty() {
         bail!("the prompt is empty: give some text to continue (--prompt)");
@@ -91,6 +99,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let report = GenerateReport {
         model: what,
         device: gpu.describe(),
+        dtype: dtype_name(dtype),
         prompt: args.prompt,
         prompt_tokens,
         tokens_per_s: generation.tokens.len() as f64 / seconds.max(1e-9),

@@ -2,9 +2,10 @@
 //! read from disk and uploaded when it is used, so a 7B model needs one block of GPU memory and
 //! host memory for one block, not the model).
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use lutlab_core::{ModelConfig, ModelFiles, TextTokenizer};
+use lutlab_model::burn::tensor::DType;
 use lutlab_model::{Decoder, Gpu};
 use std::path::Path;
 
@@ -42,4 +43,48 @@ pub fn open_decoder(dir: &Path, options: &StreamOptions, gpu: &Gpu) -> Result<(D
     let loaded = opened.load()?;
     gpu.check_fits(&loaded.weights)?;
     Ok((Decoder::new(&loaded.weights, &gpu.device), loaded.tokenizer))
+}
+
+/// `--dtype`: what the GPU stores and multiplies a model's dense weights in (issue 17: f32 up to
+/// 1B parameters, f16 above where the adapter has it). bf16 is refused: WGSL has no bf16 type.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DtypeOptions {
+    /// f32 or f16 (f16: weights and matmul operands in half precision, f32 accumulation, norms
+    /// and softmax; default f16 above 1B parameters where the GPU has shader-f16, else f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+impl DtypeOptions {
+    /// The dtype for `config` on `gpu`: as asked (refused by name where the GPU cannot), or the
+    /// default.
+    pub fn resolve(&self, config: &ModelConfig, gpu: &Gpu) -> Result<DType> {
+        match self.dtype.as_deref() {
+            Some("f32") => Ok(DType::F32),
+            Some("f16") if gpu.has_f16() => Ok(DType::F16),
+            Some("f16") => bail!("--dtype f16: this GPU ({}) has no shader-f16; use --dtype f32", gpu.describe()),
+            Some("bf16") => bail!("--dtype bf16: WGSL, the shading language of wgpu and WebGPU, has no bf16 type; use f16 (same memory) or f32"),
+            Some(other) => bail!("--dtype {other}: use f32 or f16"),
+            None if config.parameter_count() as u64 > STREAM_ABOVE_PARAMETERS && gpu.has_f16() => Ok(DType::F16),
+            None => Ok(DType::F32),
+        }
+    }
+
+    /// Checks the word before any model is read.
+    pub fn check(&self) -> Result<()> {
+        match self.dtype.as_deref() {
+            None | Some("f32" | "f16") => Ok(()),
+            Some("bf16") => bail!("--dtype bf16: WGSL, the shading language of wgpu and WebGPU, has no bf16 type; use f16 (same memory) or f32"),
+            Some(other) => bail!("--dtype {other}: use f32 or f16"),
+        }
+    }
+}
+
+/// `f32` / `f16`, for reports.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
 }

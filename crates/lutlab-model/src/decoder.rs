@@ -12,7 +12,7 @@ use crate::device::upload;
 use crate::error::Result;
 use crate::input_quant::InputQuantizer;
 use crate::lut_linear::PackedGpuLinear;
-use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{activation, Bool, DType, Device, Int, Tensor, TensorData};
 use lutlab_core::config::{Activation, LinearLayout, Positions};
 use lutlab_core::packed_file::PackedModel;
 use lutlab_core::quant::head::{transpose, HEAD};
@@ -76,6 +76,14 @@ impl Linear {
         Self::Dense { weight: upload2(&w.weight, device), bias: upload1(&w.bias, device) }
     }
 
+    /// The layer with a dense weight stored in `dtype` (packed layers keep their LUT kernels).
+    pub fn stored_as(self, dtype: DType) -> Self {
+        match self {
+            Self::Dense { weight, bias } => Self::Dense { weight: stored_as(weight, dtype), bias },
+            other => other,
+        }
+    }
+
     /// The dense weight and bias, or `None` for a packed layer.
     pub fn dense(&self) -> Option<(&Tensor<2>, &Tensor<1>)> {
         match self {
@@ -94,11 +102,26 @@ impl Linear {
             y.reshape([b, t, n_out])
         };
         match self {
-            Self::Dense { weight, bias } => rows(x, &|x| x.matmul(weight.clone()) + bias.clone().unsqueeze::<2>()),
+            Self::Dense { weight, bias } => rows(x, &|x| matmul_in(x, weight.clone(), weight.dtype()) + bias.clone().unsqueeze::<2>()),
             Self::Packed(layer) => rows(x, &|x| layer.forward(x)),
             Self::PerSample { weight, bias } => x.matmul(weight.clone()) + bias.clone().unsqueeze::<3>(),
         }
     }
+}
+
+/// `a · b` computed in `dtype`: f32 as is; in half precision the operands are rounded to it
+/// (weights stored so already), burn's matmul accumulates in f32, and the product is widened
+/// back to f32, so norms, softmax and the residual stream stay f32 (`--dtype`).
+pub fn matmul_in<const D: usize>(a: Tensor<D>, b: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if dtype == DType::F32 {
+        return a.matmul(b);
+    }
+    a.cast(dtype).matmul(b.cast(dtype)).cast(DType::F32)
+}
+
+/// A weight in `dtype` (a no-op for f32).
+fn stored_as<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if dtype == DType::F32 { t } else { t.cast(dtype) }
 }
 
 /// The host tensors outside the blocks, borrowed for upload (from a whole model or a streamed
@@ -131,6 +154,11 @@ impl Block {
             linears: w.linears.iter().map(|l| Linear::new(l, device)).collect(),
             inputs: None,
         }
+    }
+
+    /// The block with its dense weights stored in `dtype`.
+    pub fn stored_as(self, dtype: DType) -> Self {
+        Self { linears: self.linears.into_iter().map(|l| l.stored_as(dtype)).collect(), ..self }
     }
 }
 
@@ -177,6 +205,8 @@ pub struct BlockContext {
     /// `cos` and `sin` `[1, 1, T, head_dim]` (each half repeated) of positions `start..start + T`,
     /// with RoPE.
     pub rope: Option<(Tensor<4>, Tensor<4>)>,
+    /// What attention's two products run in (f32, or the decoder's half precision).
+    pub compute: DType,
 }
 
 impl BlockContext {
@@ -196,12 +226,12 @@ impl BlockContext {
             };
             (full(&r.cos), full(&r.sin))
         });
-        Self { config: config.clone(), causal, rope }
+        Self { config: config.clone(), causal, rope, compute: DType::F32 }
     }
 
     /// The same context with its tensors moved by `f` (onto the autodiff device, say).
     pub fn map(&self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
-        Self { config: self.config.clone(), causal: f(self.causal.clone()), rope: self.rope.clone().map(|(c, s)| (f(c), f(s))) }
+        Self { config: self.config.clone(), causal: f(self.causal.clone()), rope: self.rope.clone().map(|(c, s)| (f(c), f(s))), compute: self.compute }
     }
 }
 
@@ -333,8 +363,8 @@ fn attention(ctx: &BlockContext, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, cache
         k = repeat(k);
         v = repeat(v);
     }
-    let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + ctx.causal.clone();
-    activation::softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, h * d])
+    let scores = matmul_in(q, k.swap_dims(2, 3), ctx.compute) / (d as f64).sqrt() + ctx.causal.clone();
+    matmul_in(activation::softmax(scores, 3), v, ctx.compute).swap_dims(1, 2).reshape([b, t, h * d])
 }
 
 /// Rotary embedding with HF's `rotate_half` pairing: `x · cos + [−x₂, x₁] · sin`.
@@ -368,6 +398,8 @@ pub struct Decoder {
     pub input_quant: Option<Arc<InputQuantization>>,
     /// The LM head's input quantizer (`--quantize-last-layer`).
     pub head_input: Option<InputQuantizer>,
+    /// What the dense weights are stored and multiplied in: f32, or f16 (`Self::stored_as`).
+    pub dtype: DType,
 }
 
 impl Decoder {
@@ -417,6 +449,7 @@ impl Decoder {
             project_out: edges.project_out.map(|l| Linear::new(l, device)),
             input_quant: None,
             head_input: None,
+            dtype: DType::F32,
         }
     }
 
@@ -443,6 +476,26 @@ impl Decoder {
         Ok(())
     }
 
+    /// The model with its dense weights (blocks' linears, embedding, head, projections) stored and
+    /// multiplied in `dtype` (f32 or f16; the caller checks the adapter has f16): half the GPU
+    /// memory of the weights, f32 accumulation, f32 norms and softmax. Packed layers keep their
+    /// f32 LUT kernels; a streamed model converts each block as it uploads it.
+    pub fn stored_as(self, dtype: DType) -> Self {
+        let blocks = match self.blocks {
+            Blocks::Resident(blocks) => Blocks::Resident(blocks.into_iter().map(|b| b.stored_as(dtype)).collect()),
+            streamed => streamed,
+        };
+        Self {
+            wte: stored_as(self.wte, dtype),
+            lm_head: self.lm_head.map(|t| stored_as(t, dtype)),
+            project_in: self.project_in.map(|l| l.stored_as(dtype)),
+            project_out: self.project_out.map(|l| l.stored_as(dtype)),
+            blocks,
+            dtype,
+            ..self
+        }
+    }
+
     /// Block `index`: the resident one, or read and uploaded now (streamed).
     pub fn block(&self, index: usize) -> Result<Cow<'_, Block>> {
         match &self.blocks {
@@ -452,7 +505,7 @@ impl Decoder {
                 .ok_or_else(|| LoadError::InvalidSetting(format!("block {index} of a {}-block model", blocks.len())).into()),
             Blocks::Streamed(checkpoint) => {
                 let weights = BlockWeights::read(&self.config, checkpoint, index)?;
-                let mut block = Block::upload(&weights, self.config.norm_eps, &self.device());
+                let mut block = Block::upload(&weights, self.config.norm_eps, &self.device()).stored_as(self.dtype);
                 if let Some(q) = &self.input_quant {
                     block.inputs = Some(Arc::new(block_input_quantizers(&self.config, q, index)?));
                 }
@@ -537,6 +590,7 @@ impl Decoder {
             project_out: projection(names.project_out, config.n_embd, config.embed_dim)?,
             input_quant: None,
             head_input: None,
+            dtype: DType::F32,
         })
     }
 
@@ -553,7 +607,7 @@ impl Decoder {
 
     /// The context every block of this model needs for `t` positions.
     pub fn context(&self, t: usize) -> BlockContext {
-        BlockContext::new(&self.config, t, &self.device())
+        BlockContext { compute: self.dtype, ..BlockContext::new(&self.config, t, &self.device()) }
     }
 
     /// The residual stream entering block 0 `[B, T, C]`: token embeddings (projected in OPT-350m)
@@ -566,7 +620,7 @@ impl Decoder {
     pub fn embed_at(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let e = self.config.embed_dim;
-        let mut x = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, e]);
+        let mut x = self.wte.clone().select(0, tokens.reshape([b * t])).reshape([b, t, e]).cast(DType::F32);
         if let Some(project_in) = &self.project_in {
             x = project_in.forward(x);
         }
@@ -613,7 +667,7 @@ impl Decoder {
     pub fn hidden_cached(&self, tokens: Tensor<2, Int>, caches: &mut [KvCache]) -> Result<Tensor<3>> {
         let start = caches.first().map_or(0, KvCache::len);
         let t = tokens.dims()[1];
-        let ctx = BlockContext::at(&self.config, start, t, &self.device());
+        let ctx = BlockContext { compute: self.dtype, ..BlockContext::at(&self.config, start, t, &self.device()) };
         let mut x = self.embed_at(tokens, start);
         for (i, cache) in caches.iter_mut().enumerate() {
             x = self.block(i)?.forward_cached(&ctx, x, None, Some(cache));
@@ -636,7 +690,7 @@ impl Decoder {
         let hidden = hidden.reshape([b * t, c]);
         let logits = match &self.head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.head_weight().clone().transpose()),
+            None => matmul_in(hidden, self.head_weight().clone().transpose(), self.dtype),
         };
         logits.reshape([b, t, self.config.vocab_size])
     }

@@ -24,6 +24,12 @@ impl Gpu {
         format!("{name} ({:?}, {:?})", info.backend, info.device_type)
     }
 
+    /// Whether shaders can compute in f16 (`--dtype f16`): WGSL's `shader-f16` (most native GPUs,
+    /// lavapipe; not SwiftShader). WGSL has no bf16 at all.
+    pub fn has_f16(&self) -> bool {
+        self.setup.adapter.features().contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16)
+    }
+
     /// The largest buffer one shader may bind; burn asks the adapter for its real limits, so this
     /// is the hardware's figure (1 GiB on SwiftShader), not WebGPU's 128 MiB default.
     pub fn max_binding_bytes(&self) -> u64 {
