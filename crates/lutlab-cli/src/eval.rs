@@ -2,7 +2,7 @@
 
 use crate::paths::{repo_path, SHIPPED_MODEL, WIKITEXT_TEST};
 use crate::input_quant::{recorded_input_quantization, InputQuantArgs};
-use crate::model::{dtype_name, open_decoder, DtypeOptions, StreamOptions};
+use crate::model::{dtype_name, open_decoder_as, DtypeOptions, StreamOptions};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
@@ -84,7 +84,8 @@ impl EvalReport {
 pub fn measure(weights: &ModelWeights, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
     gpu.check_fits(weights)?;
-    measure_model(Decoder::new(weights, &gpu.device), &gpu, tokenizer, options, quiet)
+    let dtype = options.dtype.resolve(&weights.config, &gpu)?;
+    measure_model(Decoder::new_as(weights, &gpu.device, dtype), &gpu, tokenizer, options, quiet)
 }
 
 /// [`measure_packed`] of a model the caller is done with: it is dropped once it is on the GPU, so
@@ -151,7 +152,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => {
             let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
             let gpu = pollster::block_on(open_gpu())?;
-            let (mut model, tokenizer) = open_decoder(&model_dir, &args.stream, &gpu)?;
+            let (mut model, tokenizer) = open_decoder_as(&model_dir, &args.stream, &gpu, Some(&args.eval.dtype))?;
             if let Some(recorded) = recorded_input_quantization(&model_dir, &model.config)? {
                 model.quantize_inputs(recorded)?;
             }

@@ -69,17 +69,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Some(path) => {
             let packed = read_packed(path)?;
             let tokenizer = TextTokenizer::from_files(&ModelFiles::read_tokenizer(&tokenizer_dir(&packed, args.model.as_deref(), path)?)?)?;
-            (Decoder::from_packed(&packed, &gpu.device)?, tokenizer, path.display().to_string())
+            let dtype = args.dtype.resolve(&packed.config, &gpu)?;
+            (Decoder::from_packed(&packed, &gpu.device)?.stored_as(dtype), tokenizer, path.display().to_string())
         }
         None => {
             let model_dir = args.model.clone().unwrap_or_else(|| repo_path(SHIPPED_MODEL));
             let loaded = ModelFiles::read_dir(&model_dir)?.load()?;
             gpu.check_fits(&loaded.weights)?;
-            (Decoder::new(&loaded.weights, &gpu.device), loaded.tokenizer, model_dir.display().to_string())
+            let dtype = args.dtype.resolve(&loaded.weights.config, &gpu)?;
+            (Decoder::new_as(&loaded.weights, &gpu.device, dtype), loaded.tokenizer, model_dir.display().to_string())
         }
     };
-    let dtype = args.dtype.resolve(&model.config, &gpu)?;
-    let model = model.stored_as(dtype);
+    let dtype = model.dtype;
     let prompt_tokens = tokenizer.encode(&args.prompt)?;
     if prompt_tokens.is_empty() {
         bail!("the prompt is empty: give some text to continue (--prompt)");

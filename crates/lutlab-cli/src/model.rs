@@ -31,18 +31,25 @@ impl StreamOptions {
 }
 
 /// The model in `dir` on `gpu`, resident or streamed as `options` and its size say, with its
-/// tokenizer.
+/// tokenizer; dense weights in f32.
 pub fn open_decoder(dir: &Path, options: &StreamOptions, gpu: &Gpu) -> Result<(Decoder, TextTokenizer)> {
+    open_decoder_as(dir, options, gpu, None)
+}
+
+/// [`open_decoder`] with the dense weights stored as `dtype` resolves for this model (eval,
+/// generate), converted block by block as they upload.
+pub fn open_decoder_as(dir: &Path, options: &StreamOptions, gpu: &Gpu, dtype: Option<&DtypeOptions>) -> Result<(Decoder, TextTokenizer)> {
     let opened = ModelFiles::open_dir(dir)?;
+    let dtype = dtype.map(|d| d.resolve(&opened.config, gpu)).transpose()?.unwrap_or(DType::F32);
     if options.streams(&opened.config) {
         let (name, numel) = opened.config.largest_tensor();
         gpu.check_buffer_fits(numel as u64 * 4, &format!("tensor `{name}`"), "nothing: this GPU cannot hold the model")?;
-        let model = Decoder::streamed(&opened.config, opened.checkpoint, &gpu.device)?;
+        let model = Decoder::streamed(&opened.config, opened.checkpoint, &gpu.device)?.stored_as(dtype);
         return Ok((model, opened.tokenizer));
     }
     let loaded = opened.load()?;
     gpu.check_fits(&loaded.weights)?;
-    Ok((Decoder::new(&loaded.weights, &gpu.device), loaded.tokenizer))
+    Ok((Decoder::new_as(&loaded.weights, &gpu.device, dtype), loaded.tokenizer))
 }
 
 /// `--dtype`: what the GPU stores and multiplies a model's dense weights in (issue 17: f32 up to

@@ -405,8 +405,14 @@ pub struct Decoder {
 impl Decoder {
     /// Uploads checked host weights to `device`.
     pub fn new(weights: &ModelWeights, device: &Device) -> Self {
+        Self::new_as(weights, device, DType::F32)
+    }
+
+    /// [`Self::new`] with the dense weights stored in `dtype` ([`Self::stored_as`]), each block
+    /// converted as it uploads, so the GPU never holds the whole model in f32.
+    pub fn new_as(weights: &ModelWeights, device: &Device, dtype: DType) -> Self {
         let eps = weights.config.norm_eps;
-        let blocks = weights.blocks.iter().map(|b| Block::upload(b, eps, device)).collect();
+        let blocks = weights.blocks.iter().map(|b| Block::upload(b, eps, device).stored_as(dtype)).collect();
         let edges = Edges {
             wte: &weights.wte,
             wpe: weights.wpe.as_ref(),
@@ -415,7 +421,7 @@ impl Decoder {
             project_in: weights.project_in.as_ref(),
             project_out: weights.project_out.as_ref(),
         };
-        Self::with_blocks(&weights.config, edges, Blocks::Resident(blocks), device)
+        Self::with_blocks(&weights.config, edges, Blocks::Resident(blocks), device).stored_as(dtype)
     }
 
     /// A model streamed from `checkpoint`: the embeddings, final norm and head are uploaded now,
