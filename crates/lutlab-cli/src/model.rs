@@ -66,12 +66,9 @@ impl DtypeOptions {
     /// The dtype for `config` on `gpu`: as asked (refused by name where the GPU cannot), or the
     /// default.
     pub fn resolve(&self, config: &ModelConfig, gpu: &Gpu) -> Result<DType> {
-        match self.dtype.as_deref() {
-            Some("f32") => Ok(DType::F32),
-            Some("f16") if gpu.has_f16() => Ok(DType::F16),
-            Some("f16") => bail!("--dtype f16: this GPU ({}) has no shader-f16; use --dtype f32", gpu.describe()),
-            Some("bf16") => bail!("--dtype bf16: WGSL, the shading language of wgpu and WebGPU, has no bf16 type; use f16 (same memory) or f32"),
-            Some(other) => bail!("--dtype {other}: use f32 or f16"),
+        match self.requested()? {
+            Some(DType::F16) if !gpu.has_f16() => bail!("--dtype f16: this GPU ({}) has no shader-f16; use --dtype f32", gpu.describe()),
+            Some(dtype) => Ok(dtype),
             None if config.parameter_count() as u64 > STREAM_ABOVE_PARAMETERS && gpu.has_f16() => Ok(DType::F16),
             None => Ok(DType::F32),
         }
@@ -79,8 +76,15 @@ impl DtypeOptions {
 
     /// Checks the word before any model is read.
     pub fn check(&self) -> Result<()> {
+        self.requested().map(|_| ())
+    }
+
+    /// The dtype the word names, `None` without `--dtype`.
+    fn requested(&self) -> Result<Option<DType>> {
         match self.dtype.as_deref() {
-            None | Some("f32" | "f16") => Ok(()),
+            None => Ok(None),
+            Some("f32") => Ok(Some(DType::F32)),
+            Some("f16") => Ok(Some(DType::F16)),
             Some("bf16") => bail!("--dtype bf16: WGSL, the shading language of wgpu and WebGPU, has no bf16 type; use f16 (same memory) or f32"),
             Some(other) => bail!("--dtype {other}: use f32 or f16"),
         }

@@ -182,8 +182,7 @@ impl Builder<'_> {
     /// Rows `offset..offset + T` of a `[rows, n]` table.
     fn first_rows(&mut self, table: &str, len: &str, offset: usize) -> String {
         let start = self.g.ints(&[offset as i64]);
-        let off = self.g.ints(&[offset as i64]);
-        let end = self.g.op("Add", &[len, &off], &[]);
+        let end = self.g.op("Add", &[len, &start], &[]);
         let axes = self.g.ints(&[0]);
         self.g.op("Slice", &[table, &start, &end, &axes], &[])
     }
