@@ -6,11 +6,11 @@
 
 use burn::tensor::{Tensor, TensorData};
 use lutlab_core::quant::head::HEAD;
-use lutlab_core::quant::inputs::{fake_quantize, InputCalibration, InputGranularity, InputParams, InputQuantSettings, InputQuantization, InputScaling};
+use lutlab_core::quant::inputs::{fake_quantize, InputCalibration, InputGranularity, InputMultipliers, InputParams, InputQuantSettings, InputQuantization, InputScaling};
 use lutlab_core::quant::{ScaleStats, ScaleType};
 use lutlab_core::{reference, ModelWeights, NoProgress};
 use lutlab_model::burn;
-use lutlab_model::{calibrate_inputs, calibrate_inputs_windows, ActivationSettings, Decoder, InputQuantizer};
+use lutlab_model::{calibrate_inputs, calibrate_inputs_windows, ActivationSettings, Decoder, InputQuantizer, Windows};
 use lutlab_tests::*;
 use std::collections::BTreeMap;
 
@@ -46,7 +46,7 @@ fn the_cpu_reference_matches_numpy_exactly() {
             InputScaling::Static => {
                 let mut calibration = InputCalibration::default();
                 for w in case["windows"].as_array().unwrap() {
-                    calibration.add_window(&settings, "layer", &floats(w)).unwrap();
+                    calibration.add_window(&settings, "layer", &floats(w), None).unwrap();
                 }
                 let p = calibration.finish(&settings)["layer"];
                 let want = floats(&case["params"]);
@@ -162,19 +162,40 @@ fn input_quantized_models_match_the_cpu_reference_in_every_family() {
         };
         let static_settings = InputQuantSettings { quantize_head: true, ..Default::default() };
         // Static scales: the GPU calibration against the CPU's, then both run with the CPU's.
-        let cpu_params = reference::calibrate_inputs(&weights, &window_refs, &static_settings).unwrap();
+        let none = InputMultipliers::new();
+        let multipliers = layer_multipliers(&weights);
         let model = Decoder::new(&weights, &device);
         let text: Vec<u32> = windows.concat();
         let starts: Vec<usize> = (0..windows.len()).map(|w| w * seqlen).collect();
-        let mut progress = NoProgress;
-        let calibrate = calibrate_inputs_windows(&model, &text, &starts, seqlen, 2, &static_settings, &mut progress);
-        let gpu_params = pollster::block_on(calibrate).unwrap();
-        compare_params(family, &cpu_params, &gpu_params);
+        let windows_of = Windows { tokens: &text, starts: &starts, seqlen, batch: 2 };
+        let calibrate = |settings: &InputQuantSettings, m: &InputMultipliers| {
+            let cpu = reference::calibrate_inputs(&weights, &window_refs, settings, m).unwrap();
+            let gpu = pollster::block_on(calibrate_inputs_windows(&model, windows_of, settings, m, &mut NoProgress)).unwrap();
+            compare_params(family, &cpu, &gpu);
+            cpu
+        };
+        let cpu_params = calibrate(&static_settings, &none);
         assert!(cpu_params.contains_key(HEAD), "{family}: the head's input is calibrated");
+        // Layerwise smoothing's multipliers: each layer's calibration sees its own scaled input.
+        // (Symmetric po2 scales: with float asymmetric ones the scaled inputs land on rounding
+        // boundaries where the GPU's division tips them, see LOGITS_REL.)
+        let sym_po2 = InputQuantSettings { symmetric: true, scale_type: ScaleType::PowerOfTwo, ..static_settings };
+        let plain_params = calibrate(&sym_po2, &none);
+        let scaled_params = calibrate(&sym_po2, &multipliers);
+        let first = &weights.config.linear_names()[0].0;
+        assert_ne!(scaled_params[first], plain_params[first], "{family}: multipliers change what {first} calibrates on");
 
         for (what, q) in [
-            ("int8 sym dynamic per-row po2", InputQuantization { settings: dynamic, statics: BTreeMap::new() }),
-            ("int8 asym static per-tensor", InputQuantization { settings: static_settings, statics: cpu_params.clone() }),
+            ("int8 sym dynamic per-row po2", InputQuantization::new(dynamic, BTreeMap::new())),
+            ("int8 asym static per-tensor", InputQuantization::new(static_settings, cpu_params.clone())),
+            (
+                "int8 sym dynamic per-row po2, layer multipliers",
+                InputQuantization { multipliers: multipliers.clone(), ..InputQuantization::new(dynamic, BTreeMap::new()) },
+            ),
+            (
+                "int8 sym static per-tensor po2, layer multipliers",
+                InputQuantization { settings: sym_po2, statics: scaled_params.clone(), multipliers: multipliers.clone() },
+            ),
         ] {
             let mut model = Decoder::new(&weights, &device);
             model.quantize_inputs(q.clone()).unwrap();
@@ -189,6 +210,19 @@ fn input_quantized_models_match_the_cpu_reference_in_every_family() {
             assert!(moved > 10.0 * diff, "{family} {what}: quantizing inputs moved logits by only {moved}, not clearly more than the GPU/CPU difference {diff}");
         }
     }
+}
+
+/// A positive multiplier per input channel of every linear, spread over [1/4, 4] (what layerwise
+/// smoothing's `1/s` looks like), different for every layer.
+fn layer_multipliers(weights: &ModelWeights) -> InputMultipliers {
+    let spread = |layer: usize, j: usize| ((j * 7919 + layer * 104_729) % 1000) as f32 / 999.0;
+    weights
+        .config
+        .linear_names()
+        .into_iter()
+        .enumerate()
+        .map(|(l, (name, spec))| (name, (0..spec.n_in).map(|j| 4f32.powf(2.0 * spread(l, j) - 1.0)).collect()))
+        .collect()
 }
 
 fn compare_params(family: &str, cpu: &BTreeMap<String, InputParams>, gpu: &BTreeMap<String, InputParams>) {
@@ -207,16 +241,16 @@ fn bad_input_quantization_settings_are_refused_by_name() {
     let weights = shipped_model().weights;
     let mut model = Decoder::new(&weights, &gpu());
     let groups = InputQuantSettings { scaling: InputScaling::Dynamic, granularity: InputGranularity::Group(48), ..Default::default() };
-    let q = InputQuantization { settings: groups, statics: BTreeMap::new() };
+    let q = InputQuantization::new(groups, BTreeMap::new());
     let err = model.quantize_inputs(q).unwrap_err().to_string();
     assert!(err.contains("does not divide") || err.contains("--input-group-size"), "{err}");
     // Static scales without a calibration name the first layer missing one.
-    let q = InputQuantization { settings: InputQuantSettings::default(), statics: BTreeMap::new() };
+    let q = InputQuantization::new(InputQuantSettings::default(), BTreeMap::new());
     let err = model.quantize_inputs(q).unwrap_err().to_string();
     assert!(err.contains("no calibrated scale for `h.0.attn.c_attn`"), "{err}");
     // Calibration text shorter than a window.
     let act = ActivationSettings { nsamples: 2, seqlen: 64, seed: 0, batch: 1 };
-    let err = pollster::block_on(calibrate_inputs(&model, &[1, 2, 3], act, &InputQuantSettings::default(), &mut NoProgress)).unwrap_err().to_string();
+    let err = pollster::block_on(calibrate_inputs(&model, &[1, 2, 3], act, &InputQuantSettings::default(), &InputMultipliers::new(), &mut NoProgress)).unwrap_err().to_string();
     assert!(err.contains("calibration text") || err.contains("tokens"), "{err}");
 }
 

@@ -9,6 +9,7 @@ use clap::Args;
 use lutlab_core::files::read_text;
 use lutlab_core::{ModelWeights, ModelFiles, TextTokenizer};
 use lutlab_core::packed_file::PackedModel;
+use lutlab_core::quant::inputs::InputMultipliers;
 use lutlab_model::{open_gpu, perplexity, EvalSettings, Decoder, Gpu};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -80,12 +81,14 @@ impl EvalReport {
     }
 }
 
-/// Perplexity of dense `weights` on the GPU, with a progress bar unless `quiet`.
-pub fn measure(weights: &ModelWeights, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+/// Perplexity of dense `weights` on the GPU, whose layers multiply their inputs by `multipliers`
+/// (folded into the weights; input quantization applies them), with a progress bar unless `quiet`.
+pub fn measure(weights: &ModelWeights, multipliers: InputMultipliers, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
     gpu.check_fits(weights)?;
     let dtype = options.dtype.resolve(&weights.config, &gpu)?;
-    measure_model(Decoder::new_as(weights, &gpu.device, dtype), &gpu, tokenizer, options, quiet)
+    let model = Decoder { input_multipliers: multipliers, ..Decoder::new_as(weights, &gpu.device, dtype) };
+    measure_model(model, &gpu, tokenizer, options, quiet)
 }
 
 /// [`measure_packed`] of a model the caller is done with: it is dropped once it is on the GPU, so
@@ -154,6 +157,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let gpu = pollster::block_on(open_gpu())?;
             let (mut model, tokenizer) = open_decoder_as(&model_dir, &args.stream, &gpu, Some(&args.eval.dtype))?;
             if let Some(recorded) = recorded_input_quantization(&model_dir, &model.config)? {
+                model.input_multipliers = recorded.multipliers.clone();
                 model.quantize_inputs(recorded)?;
             }
             (measure_model(model, &gpu, &tokenizer, &args.eval, args.json)?, model_dir.display().to_string())

@@ -83,11 +83,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
 
 /// The input quantization to export; static scales calibrated on the GPU unless read from a file.
 fn input_quantization(args: &ExportArgs, packed: &PackedModel) -> Result<Option<InputQuantization>> {
-    args.inputs.quantization(&packed.config, |settings| {
+    args.inputs.quantization(&packed.config, packed.input_multipliers(), |settings, multipliers| {
         let tokenizer = TextTokenizer::from_files(&ModelFiles::read_tokenizer(&tokenizer_dir(packed, args.tokenizer_from.as_deref(), &args.packed)?)?)?;
         let gpu = pollster::block_on(open_gpu())?;
         let model = Decoder::from_packed(packed, &gpu.device)?;
-        args.inputs.calibrate(&model, &tokenizer, settings, args.quiet)
+        args.inputs.calibrate(&model, &tokenizer, settings, multipliers, args.quiet)
     })
 }
 

@@ -7,7 +7,7 @@ use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lutlab_core::files::read_text;
-use lutlab_core::quant::inputs::{InputParams, InputQuantRequest, InputQuantSettings, InputQuantization, InputScaling};
+use lutlab_core::quant::inputs::{InputMultipliers, InputParams, InputQuantRequest, InputQuantSettings, InputQuantization, InputScaling};
 use lutlab_core::{ModelConfig, TextTokenizer};
 use lutlab_model::{calibrate_inputs, ActivationSettings, Decoder};
 use serde::{Deserialize, Serialize};
@@ -115,25 +115,28 @@ impl InputQuantArgs {
     /// `model` with its inputs quantized as asked (static scales calibrated or read now); the
     /// settings' label for reports.
     pub fn apply(&self, model: &mut Decoder, tokenizer: &TextTokenizer, quiet: bool) -> Result<Option<String>> {
-        let Some(q) = self.quantization(&model.config, |settings| self.calibrate(model, tokenizer, settings, quiet))? else { return Ok(None) };
+        let multipliers = model.input_multipliers.clone();
+        let Some(q) = self.quantization(&model.config, multipliers, |settings, m| self.calibrate(model, tokenizer, settings, m, quiet))? else { return Ok(None) };
         let label = q.settings.label();
         model.quantize_inputs(q)?;
         Ok(Some(label))
     }
 
-    /// The input quantization asked for, or `None` without `--input-bit-width`. Static scales
-    /// are read from `--input-scales` or made by `calibrate` (the only step that needs a model on
-    /// the GPU), and saved with `--save-input-scales`.
+    /// The input quantization asked for, or `None` without `--input-bit-width`, of a model whose
+    /// layers have `multipliers`. Static scales are read from `--input-scales` or made by
+    /// `calibrate` (the only step that needs a model on the GPU), and saved with
+    /// `--save-input-scales`.
     pub fn quantization(
         &self,
         config: &ModelConfig,
-        calibrate: impl FnOnce(&InputQuantSettings) -> Result<BTreeMap<String, InputParams>>,
+        multipliers: InputMultipliers,
+        calibrate: impl FnOnce(&InputQuantSettings, &InputMultipliers) -> Result<BTreeMap<String, InputParams>>,
     ) -> Result<Option<InputQuantization>> {
         let Some(settings) = self.settings()? else { return Ok(None) };
         let statics = match settings.scaling {
             InputScaling::Static => match &self.input_scales {
                 Some(path) => read_scales(path, config)?,
-                None => calibrate(&settings)?,
+                None => calibrate(&settings, &multipliers)?,
             },
             InputScaling::Dynamic | InputScaling::NoScale => BTreeMap::new(),
         };
@@ -141,16 +144,23 @@ impl InputQuantArgs {
             let file = ScalesFile { settings: settings.label(), layers: statics.clone() };
             std::fs::write(path, serde_json::to_string_pretty(&file)?).with_context(|| format!("writing {}", path.display()))?;
         }
-        Ok(Some(InputQuantization { settings, statics }))
+        Ok(Some(InputQuantization { settings, statics, multipliers }))
     }
 
     /// Static scales calibrated on the model (on the GPU) over the calibration text.
-    pub fn calibrate(&self, model: &Decoder, tokenizer: &TextTokenizer, settings: &InputQuantSettings, quiet: bool) -> Result<BTreeMap<String, InputParams>> {
+    pub fn calibrate(
+        &self,
+        model: &Decoder,
+        tokenizer: &TextTokenizer,
+        settings: &InputQuantSettings,
+        multipliers: &InputMultipliers,
+        quiet: bool,
+    ) -> Result<BTreeMap<String, InputParams>> {
         let path = self.act_calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
         let tokens = tokenizer.encode(&read_text(&path)?)?;
         let act = ActivationSettings { nsamples: self.act_calibration_samples, ..ActivationSettings::for_model(model) };
         let mut bar = Bar::new("input scales", "blocks", quiet);
-        let statics = pollster::block_on(calibrate_inputs(model, &tokens, act, settings, &mut bar))
+        let statics = pollster::block_on(calibrate_inputs(model, &tokens, act, settings, multipliers, &mut bar))
             .with_context(|| format!("calibrating static input scales on {}", path.display()))?;
         bar.finish();
         Ok(statics)
@@ -187,11 +197,15 @@ pub struct RecordedInputs {
     /// Static scales per layer (empty for dynamic or no-scale inputs).
     #[serde(default)]
     pub layers: BTreeMap<String, InputParams>,
+    /// Per layer, the factors its input is multiplied by before it is quantized (layerwise
+    /// SmoothQuant's `1/s`); the checkpoint's weights are the layer's `diag(m)·W` already.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub multipliers: InputMultipliers,
 }
 
 impl RecordedInputs {
     pub fn of(q: &InputQuantization) -> Self {
-        Self { settings: q.settings.request(), label: q.settings.label(), layers: q.statics.clone() }
+        Self { settings: q.settings.request(), label: q.settings.label(), layers: q.statics.clone(), multipliers: q.multipliers.clone() }
     }
 }
 
@@ -206,5 +220,9 @@ pub fn recorded_input_quantization(model_dir: &std::path::Path, config: &ModelCo
     let recorded: RecordedInputs = serde_json::from_value(recorded.clone()).with_context(|| what.clone())?;
     let settings = recorded.settings.settings().with_context(|| what.clone())?;
     check_layers(&what, &recorded.layers, config)?;
-    Ok(Some(InputQuantization { settings, statics: recorded.layers }))
+    let q = InputQuantization { settings, statics: recorded.layers, multipliers: recorded.multipliers };
+    for (name, spec) in config.linear_names() {
+        q.multiplier(&name, spec.n_in).with_context(|| what.clone())?;
+    }
+    Ok(Some(q))
 }

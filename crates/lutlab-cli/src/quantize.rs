@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lutlab_core::checkpoint::write_safetensors;
 use lutlab_core::fisher_file::FisherDiagonal;
+use lutlab_core::model_transforms::scale_fisher_rows;
 use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::mixed::AllocationReport;
 use lutlab_core::quant::{quantize_model, Calibration, Method, QuantizeRequest, QuantizedModel};
@@ -253,11 +254,21 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let mut loaded = ModelFiles::open_dir(&model_dir)?.load()?;
     // A Fisher file describes the original weights: read, then carried over by the transforms.
     let mut fisher = args.fisher.as_deref().map(|path| read_fisher(path, &loaded.weights)).transpose()?;
-    crate::model_transforms::apply(&args, &mut loaded, fisher.as_mut())?;
+    let smoothing = crate::model_transforms::apply(&args, &mut loaded, fisher.as_mut())?;
     let weights = &loaded.weights;
     let request = args.request();
     let method = request.method(weights, fisher.is_some())?;
     let selection = request.selection(blocks);
+    // Layerwise smoothing: the quantizers round `diag(s)·W` with the Fisher diagonal carried
+    // over, and each result is turned back into the layer as it runs on its unscaled input.
+    let scaled_weights = smoothing.as_ref().map(|s| s.scaled(weights));
+    let scaled_fisher = smoothing.as_ref().zip(fisher.as_ref()).map(|(s, f)| {
+        let mut f = f.clone();
+        scale_fisher_rows(&mut f, &s.scales);
+        f
+    });
+    let rounded_weights = scaled_weights.as_ref().unwrap_or(weights);
+    let rounded_fisher = scaled_fisher.as_ref().or(fisher.as_ref());
 
     let input_means = if args.centering { Some(crate::model_transforms::input_stats(&args, &loaded, "mean inputs")?.means) } else { None };
 
@@ -266,16 +277,25 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let start = Instant::now();
     let lookup = |name: &str| fisher.as_ref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
-    let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_ref(), hessians: None };
+    let rounded_lookup = |name: &str| rounded_fisher.and_then(|f| f.get(name)).map(|t| t.data.as_slice());
+    let rounded_sample_weights: Option<lutlab_core::quant::model::SampleWeights> = rounded_fisher.map(|_| &rounded_lookup as _);
+    let calibration = Calibration { fisher: rounded_sample_weights, input_means: input_means.as_ref(), hessians: None };
     let mut quantize_at = |method: &Method| -> Result<QuantizedModel> {
         let title = if request.is_mixed() { format!("quantize {}-bit", method.bits()) } else { "quantize".to_string() };
         let mut bar = Bar::new(&title, "weights", args.json);
         let quantized = if method.needs_hessians() {
-            crate::quantize_hessian::run(&args, &loaded, method, selection.clone(), fisher.as_ref(), &mut bar)?
-        } else if let Some(gpu) = &gpu {
-            pollster::block_on(quantize_model_gpu(gpu, weights, method, selection.clone(), calibration, &mut bar))?
+            let target = crate::quantize_hessian::Target { loaded: &loaded, fisher: rounded_fisher, smoothing: smoothing.as_ref() };
+            crate::quantize_hessian::run(&args, target, method, selection.clone(), &mut bar)?
         } else {
-            quantize_model(weights, method, selection.clone(), calibration, &mut bar)?
+            let rounded = if let Some(gpu) = &gpu {
+                pollster::block_on(quantize_model_gpu(gpu, rounded_weights, method, selection.clone(), calibration, &mut bar))?
+            } else {
+                quantize_model(rounded_weights, method, selection.clone(), calibration, &mut bar)?
+            };
+            match &smoothing {
+                Some(s) => s.unscale_model(weights, rounded)?,
+                None => rounded,
+            }
         };
         bar.finish();
         Ok(quantized)
@@ -286,7 +306,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         settings: serde_json::to_string(&request)?,
         allocation: String::new(),
     };
-    let (quantized, allocation) = if request.is_mixed() {
+    let (mut quantized, allocation) = if request.is_mixed() {
         let (quantized, report) = quantize_mixed(&request, weights, &method, sample_weights, &meta, table_dtype, &mut quantize_at)?;
         (quantized, Some(report))
     } else {
@@ -297,6 +317,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let corrected;
     let weights = if args.bias_corr {
         corrected = crate::model_transforms::bias_corrected(&args, &loaded, &quantized)?;
+        quantized.take_biases(&corrected);
         &corrected
     } else {
         weights
@@ -339,7 +360,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     }
     let eval = match (&packed, args.eval) {
         (Some(packed), true) => Some(measure_packed(packed, &loaded.tokenizer, &args.eval_options, args.json)?),
-        (None, true) => Some(measure(&dequantized()?, &loaded.tokenizer, &args.eval_options, args.json)?),
+        (None, true) => Some(measure(&dequantized()?, quantized.input_multipliers(), &loaded.tokenizer, &args.eval_options, args.json)?),
         (_, false) => None,
     };
     let original = checkpoint_bytes(&model_dir).ok();

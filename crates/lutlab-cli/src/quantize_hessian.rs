@@ -8,30 +8,44 @@ use crate::quantize::QuantizeArgs;
 use anyhow::{bail, Result};
 use lutlab_core::files::read_text;
 use lutlab_core::fisher_file::FisherDiagonal;
+use lutlab_core::model_transforms::LayerwiseSmoothing;
 use lutlab_core::hessian_file::HessianFile;
 use lutlab_core::quant::hessian::Square;
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, LayerSelection};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::{LoadedModel, Progress};
+use std::borrow::Cow;
 use lutlab_model::{quantize_sequential, ActivationSettings, Decoder, HessianSettings};
 
-pub fn run(
-    args: &QuantizeArgs,
-    loaded: &LoadedModel,
-    method: &Method,
-    selection: LayerSelection,
-    fisher: Option<&FisherDiagonal>,
-    bar: &mut Bar,
-) -> Result<QuantizedModel> {
+/// What the Hessian methods quantize: the model (whose inputs give the Hessians), the Fisher
+/// diagonal of the weights the quantizers round, and layerwise smoothing's scales, if any.
+pub struct Target<'a> {
+    pub loaded: &'a LoadedModel,
+    pub fisher: Option<&'a FisherDiagonal>,
+    pub smoothing: Option<&'a LayerwiseSmoothing>,
+}
+
+pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: LayerSelection, bar: &mut Bar) -> Result<QuantizedModel> {
+    let Target { loaded, fisher, smoothing } = target;
     let weights = &loaded.weights;
     let selected: Vec<String> = selected_layers(weights, selection)?.into_iter().map(|(name, _)| name).collect();
     let n_embd = weights.config.n_embd;
+    // With layerwise smoothing a layer is rounded as `diag(s)·W` against the Hessian of its
+    // scaled input, then unscaled.
     let one = |name: &str, h: &Square| -> Result<QuantizedLayer> {
         let linear = weights.linear(name).ok_or_else(|| anyhow::anyhow!("{name}: not a linear of the model"))?;
-        let hessian = |n: &str| (n == name).then_some(h);
+        let (rounded, h) = match smoothing {
+            Some(s) => (s.scale_linear(name, linear), s.scale_hessian(name, h)),
+            None => (Cow::Borrowed(linear), Cow::Borrowed(h)),
+        };
+        let hessian = |n: &str| (n == name).then_some(h.as_ref());
         let sample_weights = |n: &str| fisher.and_then(|f| f.get(n)).map(|t| t.data.as_slice());
         let calibration = Calibration { fisher: fisher.map(|_| &sample_weights as _), input_means: None, hessians: Some(&hessian) };
-        Ok(quantize_layer(name, linear, method, calibration, n_embd)?)
+        let layer = quantize_layer(name, &rounded, method, calibration, n_embd)?;
+        Ok(match smoothing {
+            Some(s) => s.unscale(linear, layer)?,
+            None => layer,
+        })
     };
     let mut layers = Vec::with_capacity(selected.len());
     if let Some(path) = &args.hessian {

@@ -9,6 +9,12 @@
 //!   the linears after a norm, `s_j = max|x_j|^α / max|W_j|^(1−α)`; the norm's γ and β are
 //!   divided by `s` and the linears' rows multiplied by it, so activations lose their outlier
 //!   channels to the weights, which quantize them more easily.
+//! - [`LayerwiseSmoothing`] (`--act-equalization layerwise`, Brevitas' layerwise mode):
+//!   SmoothQuant for every linear on its own, from its own input's ranges and its own weight
+//!   rows, with `1/s` kept as an explicit multiplication of the layer's input (the packed
+//!   layer's `input_scale`) instead of folded into a norm, so the linears after attention and
+//!   the MLP's activation (o_proj, down_proj, fc2), which have no norm before them, are smoothed
+//!   too, and q, k and v each get their own scales.
 //! - [`equalize_weights`] (`--weight-equalization`, cross-layer equalization as in "Data-Free
 //!   Quantization", Nagel et al. 2019): where a linear's output channel reaches the next linear
 //!   through an operation that commutes with a positive per-channel scale, the channel is divided
@@ -17,7 +23,11 @@
 
 use crate::error::{LoadError, Result};
 use crate::fisher_file::FisherDiagonal;
+use crate::quant::hessian::Square;
+use crate::quant::incoherence::Incoherence;
+use crate::quant::model::{LayerTransform, QuantizedLayer, QuantizedModel};
 use crate::weights::{LinearWeights, ModelWeights, NormWeights};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -124,9 +134,7 @@ pub fn layer_smoothing_scales(weights: &ModelWeights, layer: &str, ranges: &[f32
 /// quantization. Returns the row factors (`s`) for [`scale_fisher_rows`]. Pre-norm models only;
 /// the linears after attention and the MLP's activation have no norm to absorb `1/s`.
 pub fn smooth_activations(weights: &mut ModelWeights, absmax: &BTreeMap<String, Vec<f32>>, alpha: f64) -> Result<RowScales> {
-    if !(0.0..=1.0).contains(&alpha) {
-        return Err(LoadError::InvalidSetting(format!("alpha {alpha}: SmoothQuant's migration strength is between 0 and 1 (default 0.5)")));
-    }
+    check_alpha(alpha)?;
     let mut scales = RowScales::new();
     for_each_block_norm(weights, "act-equalization", &mut |norm, linears, names| {
         let first = &names[0];
@@ -148,6 +156,126 @@ pub fn smooth_activations(weights: &mut ModelWeights, absmax: &BTreeMap<String, 
         Ok(())
     })?;
     Ok(scales)
+}
+
+/// `--act-equalization layerwise`: per linear (full name), SmoothQuant's
+/// `s_j = max|x_j|^α / max_k |W_jk|^(1−α)` from that linear's own input ranges and weight rows.
+/// The quantizers round `diag(s)·W` ([`Self::scaled`]); the layer then runs as
+/// `(x ⊙ (1/s)) · Q`, the `1/s` stored as the packed layer's `input_scale` ([`Self::unscale`]),
+/// and an input quantizer sees `x ⊙ (1/s)` (`quant::inputs`). Exact before quantization, for
+/// every family, pre- or post-norm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerwiseSmoothing {
+    pub scales: RowScales,
+}
+
+impl LayerwiseSmoothing {
+    /// The scales of every linear of the blocks, `absmax[name]` its input's channel ranges over
+    /// the calibration text (as for [`smooth_activations`]).
+    pub fn new(weights: &ModelWeights, absmax: &BTreeMap<String, Vec<f32>>, alpha: f64) -> Result<Self> {
+        check_alpha(alpha)?;
+        let mut scales = RowScales::new();
+        for (name, linear) in weights.linears() {
+            let ranges = absmax.get(&name).ok_or_else(|| LoadError::InvalidSetting(format!("no activation range for `{name}`")))?;
+            if ranges.len() != linear.in_features() {
+                return Err(LoadError::InvalidSetting(format!("`{name}`: {} activation ranges for {} inputs", ranges.len(), linear.in_features())));
+            }
+            scales.insert(name, smoothing_scales(ranges, &[linear], alpha));
+        }
+        Ok(Self { scales })
+    }
+
+    /// `linear` (named `name`) as the quantizers see it: rows multiplied by its scales.
+    pub fn scale_linear<'a>(&self, name: &str, linear: &'a LinearWeights) -> Cow<'a, LinearWeights> {
+        match self.scales.get(name) {
+            Some(s) => {
+                let mut scaled = linear.clone();
+                scale_rows(&mut scaled, s);
+                Cow::Owned(scaled)
+            }
+            None => Cow::Borrowed(linear),
+        }
+    }
+
+    /// A copy of `weights` with every smoothed linear's rows multiplied by its scales.
+    pub fn scaled(&self, weights: &ModelWeights) -> ModelWeights {
+        let mut out = weights.clone();
+        for (name, s) in &self.scales {
+            if let Some(linear) = out.linear_mut(name) {
+                scale_rows(linear, s);
+            }
+        }
+        out
+    }
+
+    /// The Hessian of linear `name`'s scaled input `x ⊙ (1/s)`: `H_ij / (s_i s_j)`.
+    pub fn scale_hessian<'a>(&self, name: &str, h: &'a Square) -> Cow<'a, Square> {
+        let Some(s) = self.scales.get(name).filter(|s| s.len() == h.n) else { return Cow::Borrowed(h) };
+        let mut scaled = h.clone();
+        for (i, row) in scaled.data.chunks_exact_mut(h.n).enumerate() {
+            row.iter_mut().zip(s).for_each(|(v, &sj)| *v /= f64::from(s[i]) * f64::from(sj));
+        }
+        Cow::Owned(scaled)
+    }
+
+    /// A layer quantized from [`Self::scaled`] weights as it runs on the original input: its
+    /// input multiplied by `1/s` (the layer's `input_scale`, composed with QuIP's if it has one),
+    /// its dense weights `diag(1/s)·Q`, its error measured against `original`, and the `1/s`
+    /// (f32 per input) counted in its size. Seed 000's centering measured the unscaled inputs:
+    /// it is refused.
+    pub fn unscale(&self, original: &LinearWeights, mut layer: QuantizedLayer) -> Result<QuantizedLayer> {
+        let Some(s) = self.scales.get(&layer.name) else { return Ok(layer) };
+        let (rows, cols) = (original.in_features(), original.out_features());
+        let inverse: Vec<f32> = s.iter().map(|&v| 1.0 / v).collect();
+        let transform = layer.transform.get_or_insert_with(|| LayerTransform {
+            scales: None,
+            input_shift: None,
+            bias: original.bias.data.clone(),
+            incoherence: None,
+        });
+        if transform.input_shift.is_some() {
+            return Err(LoadError::InvalidSetting(format!(
+                "{}: --act-equalization layerwise scales the layer's input, which seed 000's centering measured unscaled: give one",
+                layer.name
+            )));
+        }
+        let incoherence = transform.incoherence.get_or_insert(Incoherence { input_scale: None, input: None, output: None });
+        let added = incoherence.input_scale.is_none();
+        incoherence.input_scale = Some(match incoherence.input_scale.take() {
+            Some(a) => a.iter().zip(&inverse).map(|(a, i)| a * i).collect(),
+            None => inverse.clone(),
+        });
+        for (row, &f) in layer.dequantized.chunks_exact_mut(cols).zip(&inverse) {
+            row.iter_mut().for_each(|w| *w *= f);
+        }
+        let n = (rows * cols) as f64;
+        layer.mse = original.weight.data.iter().zip(&layer.dequantized).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / n;
+        if added {
+            layer.bits_per_weight += 32.0 * rows as f64 / n;
+        }
+        Ok(layer)
+    }
+
+    /// [`Self::unscale`] for every layer of `model`, `original` the unscaled weights.
+    pub fn unscale_model(&self, original: &ModelWeights, model: QuantizedModel) -> Result<QuantizedModel> {
+        let layers = model
+            .layers
+            .into_iter()
+            .map(|layer| match original.linear(&layer.name) {
+                Some(linear) => self.unscale(linear, layer),
+                None => Ok(layer),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(QuantizedModel { layers })
+    }
+}
+
+/// SmoothQuant's migration strength must lie in [0, 1].
+fn check_alpha(alpha: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(LoadError::InvalidSetting(format!("alpha {alpha}: SmoothQuant's migration strength is between 0 and 1 (default 0.5)")));
+    }
+    Ok(())
 }
 
 /// Per linear (full name), the factor each output column of its weight (and its bias) was divided by.

@@ -491,6 +491,15 @@ impl PackedModel {
         Ok(model)
     }
 
+    /// Each layer's explicit input multiplier (its `input_scale`), which an input quantizer
+    /// sees applied (`quant::inputs`).
+    pub fn input_multipliers(&self) -> crate::quant::inputs::InputMultipliers {
+        self.layers
+            .iter()
+            .filter_map(|(name, l)| Some((name.clone(), l.incoherence.as_ref()?.input_scale.clone()?)))
+            .collect()
+    }
+
     /// The dense model these packed layers stand for: each packed weight becomes
     /// [`PackedLinear::effective_weights`] (`scale_c · (table + sparse)`), and an input shift μ is
     /// folded into the bias. From `y = s ⊙ ((x − μ)·W) + b` and `W' = W·diag(s)`:

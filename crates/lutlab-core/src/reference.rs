@@ -7,7 +7,7 @@ use crate::error::{LoadError, Result};
 use crate::config::{Activation, ModelConfig, NormKind, Positions};
 use crate::quant::head::HEAD;
 use crate::quant::hessian::Square;
-use crate::quant::inputs::{fake_quantize, InputCalibration, InputParams, InputQuantSettings, InputQuantization};
+use crate::quant::inputs::{InputCalibration, InputMultipliers, InputParams, InputQuantSettings, InputQuantization};
 use crate::weights::{LinearWeights, ModelWeights, NormWeights};
 use std::collections::BTreeMap;
 
@@ -43,7 +43,7 @@ pub fn forward(weights: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>> {
 pub fn forward_with_inputs(weights: &ModelWeights, tokens: &[u32], inputs: Option<&InputQuantization>) -> Result<Vec<f32>> {
     let mut x = hidden_observed(weights, tokens, inputs, &mut |_, _, _| {})?;
     if let Some(q) = inputs.filter(|q| q.settings.quantize_head) {
-        fake_quantize(&mut x, weights.config.embed_dim, &q.settings, q.fixed(HEAD)?)?;
+        q.quantize(HEAD, &mut x, weights.config.embed_dim)?;
     }
     let head = weights.lm_head.as_ref().unwrap_or(&weights.wte);
     Ok(lm_head(&x, head))
@@ -77,8 +77,14 @@ pub fn linear_input_absmax(weights: &ModelWeights, windows: &[&[u32]]) -> Result
 }
 
 /// Static input scales on the CPU (`quant::inputs::InputCalibration`): every linear input of
-/// every window, unquantized, and the head's input when `settings.quantize_head`.
-pub fn calibrate_inputs(weights: &ModelWeights, windows: &[&[u32]], settings: &InputQuantSettings) -> Result<BTreeMap<String, InputParams>> {
+/// every window, unquantized (times the layer's multiplier, if any), and the head's input when
+/// `settings.quantize_head`.
+pub fn calibrate_inputs(
+    weights: &ModelWeights,
+    windows: &[&[u32]],
+    settings: &InputQuantSettings,
+    multipliers: &InputMultipliers,
+) -> Result<BTreeMap<String, InputParams>> {
     if windows.is_empty() {
         return Err(LoadError::InvalidSetting("no calibration windows".into()));
     }
@@ -89,14 +95,15 @@ pub fn calibrate_inputs(weights: &ModelWeights, windows: &[&[u32]], settings: &I
     for window in windows {
         let hidden = hidden_observed(weights, window, None, &mut |block, layer, input| {
             if failed.is_none() {
-                failed = calibration.add_window(settings, &names[block * per_block + layer].0, input).err();
+                let name = &names[block * per_block + layer].0;
+                failed = calibration.add_window(settings, name, input, multipliers.get(name).map(Vec::as_slice)).err();
             }
         })?;
         if let Some(e) = failed.take() {
             return Err(e);
         }
         if settings.quantize_head {
-            calibration.add_window(settings, HEAD, &hidden)?;
+            calibration.add_window(settings, HEAD, &hidden, None)?;
         }
     }
     Ok(calibration.finish(settings))
@@ -164,15 +171,25 @@ fn hidden_observed(
     check_tokens(weights, tokens)?;
     let config = &weights.config;
     let specs = config.block_linears();
-    // Linear `layer` of block `block` reads `x` quantized (one input shared by q, k and v, or by
-    // gate and up, is quantized once, by the first of them: they are calibrated on the same values).
+    // Linear `layer` of block `block` reads `x` quantized (`InputQuantization::quantize`).
     let quantized = |block: usize, layer: usize, x: &[f32]| -> Result<Vec<f32>> {
         let mut x = x.to_vec();
         if let Some(q) = inputs {
             let name = format!("{}.{}", config.block_prefix(block), specs[layer].name);
-            fake_quantize(&mut x, specs[layer].n_in, &q.settings, q.fixed(&name)?)?;
+            q.quantize(&name, &mut x, specs[layer].n_in)?;
         }
         Ok(x)
+    };
+    // The inputs of the linears `layers`, which share `x` (q, k and v; gate and up): quantized
+    // once, by the first of them (they are calibrated on the same values), unless input
+    // multipliers give each its own.
+    let shared = |block: usize, layers: std::ops::Range<usize>, x: &[f32]| -> Result<Vec<Vec<f32>>> {
+        let own = inputs.is_some_and(|q| layers.clone().any(|l| q.multipliers.contains_key(&format!("{}.{}", config.block_prefix(block), specs[l].name))));
+        if own {
+            return layers.map(|l| quantized(block, l, x)).collect();
+        }
+        let first = quantized(block, layers.start, x)?;
+        Ok(vec![first; layers.len()])
     };
     let (t_len, e) = (tokens.len(), config.embed_dim);
     let mut x: Vec<f32> = tokens.iter().flat_map(|&tok| weights.wte.data[tok as usize * e..][..e].iter().copied()).collect();
@@ -200,8 +217,8 @@ fn hidden_observed(
             (part(0), part(1), part(2), 1)
         } else {
             (0..3).for_each(|j| observe(i, j, &h));
-            let h = quantized(i, 0, &h)?;
-            (linear(&h, &l[0]), linear(&h, &l[1]), linear(&h, &l[2]), 3)
+            let h = shared(i, 0..3, &h)?;
+            (linear(&h[0], &l[0]), linear(&h[1], &l[1]), linear(&h[2], &l[2]), 3)
         };
         let attn = causal_attention(config, &rope, q, k, v, t_len);
         observe(i, next, &attn);
@@ -216,9 +233,9 @@ fn hidden_observed(
             Activation::SwiGlu => {
                 observe(i, next + 1, &h);
                 observe(i, next + 2, &h);
-                let h = quantized(i, next + 1, &h)?;
-                let up = linear(&h, &m[1]);
-                linear(&h, &m[0]).iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect::<Vec<f32>>()
+                let h = shared(i, next + 1..next + 3, &h)?;
+                let up = linear(&h[1], &m[1]);
+                linear(&h[0], &m[0]).iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect::<Vec<f32>>()
             }
             Activation::GeluTanh | Activation::Relu => {
                 observe(i, next + 1, &h);

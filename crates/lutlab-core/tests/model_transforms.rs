@@ -3,7 +3,9 @@
 
 use lutlab_core::checkpoint::HostTensor;
 use lutlab_core::fisher_file::FisherDiagonal;
-use lutlab_core::model_transforms::{equalize_weights, merge_norm_affine, scale_fisher_rows, smooth_activations, RowScales};
+use lutlab_core::model_transforms::{equalize_weights, merge_norm_affine, scale_fisher_rows, smooth_activations, LayerwiseSmoothing, RowScales};
+use lutlab_core::quant::hessian::Square;
+use lutlab_core::quant::{QuantizedLayer, QuantizedModel};
 use lutlab_core::reference::{forward, linear_input_absmax};
 use lutlab_core::{Checkpoint, ModelConfig, ModelWeights};
 use std::path::Path;
@@ -92,6 +94,79 @@ fn smoothing_keeps_every_familys_logits_and_balances_the_ranges() {
     }
 }
 
+/// Every linear of `scaled` as an unquantized layer (its weights as they are).
+fn unquantized(scaled: &ModelWeights) -> QuantizedModel {
+    let layers = scaled
+        .linears()
+        .map(|(name, l)| QuantizedLayer {
+            name,
+            dequantized: l.weight.data.clone(),
+            lut: None,
+            mse: 0.0,
+            outliers: 0,
+            bits_per_weight: 32.0,
+            proxy_loss: None,
+            transform: None,
+        })
+        .collect();
+    QuantizedModel { layers }
+}
+
+#[test]
+fn layerwise_smoothing_keeps_every_familys_logits_and_balances_each_linear() {
+    // Post-norm OPT too: the explicit input scale needs no norm to fold into.
+    for model in FAMILIES.iter().copied().chain(["tests/models/opt-postln-proj"]) {
+        let original = load(model);
+        let windows = [some_tokens(&original, 11), some_tokens(&original, 23)];
+        let windows: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+        let ranges = linear_input_absmax(&original, &windows).unwrap();
+        let smoothing = LayerwiseSmoothing::new(&original, &ranges, 0.5).unwrap();
+        assert_eq!(smoothing.scales.len(), original.linears().count(), "{model}: every linear has its own scales");
+        let scaled = smoothing.scaled(&original);
+        // Unquantized, the scaled weights behind an explicit `⊙ 1/s` are the original model.
+        let layers = smoothing.unscale_model(&original, unquantized(&scaled)).unwrap();
+        let change = logit_change(&original, &layers.apply(&original));
+        println!("{model}: layerwise SmoothQuant α = 0.5, max |logit change| {change:e} of the largest logit");
+        assert!(change <= 5e-6, "{model}: logits moved by {change:e} of the largest");
+        for layer in &layers.layers {
+            let s = &smoothing.scales[&layer.name];
+            let t = layer.transform.as_ref().unwrap().incoherence.as_ref().unwrap();
+            let m = t.input_scale.as_ref().unwrap();
+            assert!(t.input.is_none() && t.output.is_none() && m.iter().zip(s).all(|(m, s)| (m * s - 1.0).abs() <= 1e-6), "{}: input scale 1/s", layer.name);
+            assert!(layer.mse <= 1e-12, "{}: unquantized error {}", layer.name, layer.mse);
+            // At α = 0.5 the scaled input's range equals the scaled weight row's, layer by layer.
+            let (a, w) = (&ranges[&layer.name], scaled.linear(&layer.name).unwrap());
+            for (j, row) in w.weight.data.chunks_exact(w.out_features()).enumerate() {
+                let row_max = row.iter().fold(0f32, |x, v| x.max(v.abs()));
+                if a[j] > 0.0 && row_max > 0.0 && s[j] > 1e-5 && s[j] < 1e5 {
+                    let x = a[j] / s[j];
+                    assert!((x - row_max).abs() <= 1e-4 * x.max(row_max), "{}[{j}]: activation range {x} vs weight range {row_max}", layer.name);
+                }
+            }
+        }
+        // q, k and v read one input but get scales of their own from their own weights.
+        let names: Vec<String> = original.linears().map(|(n, _)| n).collect();
+        if original.config.input_groups()[0].len() == 3 {
+            assert_ne!(smoothing.scales[&names[0]], smoothing.scales[&names[1]], "{model}: q and k scales");
+        }
+    }
+}
+
+#[test]
+fn a_scaled_hessian_keeps_every_proxy_loss() {
+    // tr(ΔW H ΔWᵀ) in the original and the scaled coordinates: ΔW' = diag(s)·ΔW, H' = H/(s sᵀ).
+    let n = 3;
+    let h = Square { n, data: vec![4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 2.0] };
+    let s = vec![2.0f32, 0.5, 3.0];
+    let smoothing = LayerwiseSmoothing { scales: RowScales::from([("l".to_string(), s.clone())]) };
+    let scaled = smoothing.scale_hessian("l", &h);
+    let dw = [0.3f64, -0.7, 0.2];
+    let loss = |h: &Square, d: &[f64]| (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| d[i] * h.data[i * n + j] * d[j]).sum::<f64>();
+    let dw_scaled: Vec<f64> = dw.iter().zip(&s).map(|(d, &s)| d * f64::from(s)).collect();
+    assert!((loss(&h, &dw) - loss(&scaled, &dw_scaled)).abs() <= 1e-12);
+    assert!(matches!(smoothing.scale_hessian("other", &h), std::borrow::Cow::Borrowed(_)));
+}
+
 #[test]
 fn post_norm_blocks_and_bad_settings_are_refused_by_name() {
     let mut post_norm = load("tests/models/opt-postln-proj");
@@ -102,6 +177,8 @@ fn post_norm_blocks_and_bad_settings_are_refused_by_name() {
     let mut gpt2 = load(FAMILIES[0]);
     assert!(smooth_activations(&mut gpt2, &Default::default(), 1.5).unwrap_err().to_string().contains("between 0 and 1"));
     assert!(smooth_activations(&mut gpt2, &Default::default(), 0.5).unwrap_err().to_string().contains("no activation range for `h.0.attn.c_attn`"));
+    assert!(LayerwiseSmoothing::new(&gpt2, &Default::default(), -0.1).unwrap_err().to_string().contains("between 0 and 1"));
+    assert!(LayerwiseSmoothing::new(&gpt2, &Default::default(), 0.5).unwrap_err().to_string().contains("no activation range for `h.0.attn.c_attn`"));
 }
 
 #[test]

@@ -16,11 +16,12 @@ use burn::tensor::{activation, Bool, DType, Device, Int, Tensor, TensorData};
 use lutlab_core::config::{Activation, LinearLayout, Positions};
 use lutlab_core::packed_file::PackedModel;
 use lutlab_core::quant::head::{transpose, HEAD};
-use lutlab_core::quant::inputs::InputQuantization;
+use lutlab_core::quant::inputs::{InputMultipliers, InputQuantization};
 use lutlab_core::reference::Rope;
 use lutlab_core::weights::{BlockWeights, EdgeWeights, LinearWeights, NormWeights};
 use lutlab_core::Checkpoint;
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 use lutlab_core::{HostTensor, LoadError, ModelConfig, ModelWeights};
 
@@ -284,11 +285,18 @@ impl Block {
             }
         };
         let l = &self.linears;
-        // Linear `j`'s input as it multiplies: quantized when the block quantizes inputs (an
-        // input shared by q, k and v, or gate and up, once, by the first of them).
+        // Linear `j`'s input as it multiplies: quantized when the block quantizes inputs.
         let quantized = |j: usize, x: Tensor<3>| match &self.inputs {
             Some(q) => q[j].forward(x),
             None => x,
+        };
+        // The inputs of linears `group`, which share `x` (q, k and v; gate and up): quantized once,
+        // by the first of them, unless input multipliers give each its own.
+        let shared = |group: Range<usize>, x: Tensor<3>| -> Vec<Tensor<3>> {
+            match &self.inputs {
+                Some(q) if group.clone().any(|j| q[j].has_multiplier()) => group.map(|j| q[j].forward(x.clone())).collect(),
+                _ => vec![quantized(group.start, x); group.len()],
+            }
         };
         let pre = |norm: &Norm, x: &Tensor<3>| if config.pre_norm { norm.forward(x.clone()) } else { x.clone() };
 
@@ -302,8 +310,8 @@ impl Block {
             (part(0), part(1), part(2), 1)
         } else {
             (0..3).for_each(|_| keep(&h));
-            let h = quantized(0, h);
-            (l[0].forward(h.clone()), l[1].forward(h.clone()), l[2].forward(h), 3)
+            let h = shared(0..3, h);
+            (l[0].forward(h[0].clone()), l[1].forward(h[1].clone()), l[2].forward(h[2].clone()), 3)
         };
         let mixed = attention(ctx, q, k, v, cache);
         keep(&mixed);
@@ -318,8 +326,8 @@ impl Block {
             Activation::SwiGlu => {
                 keep(&h);
                 keep(&h);
-                let h = quantized(out + 1, h);
-                activation::silu(mlp[0].forward(h.clone())) * mlp[1].forward(h)
+                let h = shared(out + 1..out + 3, h);
+                activation::silu(mlp[0].forward(h[0].clone())) * mlp[1].forward(h[1].clone())
             }
             Activation::GeluTanh => {
                 keep(&h);
@@ -398,6 +406,9 @@ pub struct Decoder {
     pub input_quant: Option<Arc<InputQuantization>>,
     /// The LM head's input quantizer (`--quantize-last-layer`).
     pub head_input: Option<InputQuantizer>,
+    /// Each linear's explicit input multiplier (a packed layer's `input_scale`), which input
+    /// quantization applies before it rounds (`lutlab_core::quant::inputs`); empty for a float model.
+    pub input_multipliers: InputMultipliers,
     /// What the dense weights are stored and multiplied in: f32, or f16 (`Self::stored_as`).
     pub dtype: DType,
 }
@@ -455,6 +466,7 @@ impl Decoder {
             project_out: edges.project_out.map(|l| Linear::new(l, device)),
             input_quant: None,
             head_input: None,
+            input_multipliers: InputMultipliers::new(),
             dtype: DType::F32,
         }
     }
@@ -473,7 +485,8 @@ impl Decoder {
         } else {
             None
         };
-        let quantizers = (0..self.n_blocks()).map(|i| block_input_quantizers(&self.config, &q, i)).collect::<Result<Vec<_>>>()?;
+        let device = self.device();
+        let quantizers = (0..self.n_blocks()).map(|i| block_input_quantizers(&self.config, &q, i, &device)).collect::<Result<Vec<_>>>()?;
         self.head_input = head_input;
         if let Blocks::Resident(blocks) = &mut self.blocks {
             blocks.iter_mut().zip(quantizers).for_each(|(block, q)| block.inputs = Some(Arc::new(q)));
@@ -513,7 +526,7 @@ impl Decoder {
                 let weights = BlockWeights::read(&self.config, checkpoint, index)?;
                 let mut block = Block::upload(&weights, self.config.norm_eps, &self.device()).stored_as(self.dtype);
                 if let Some(q) = &self.input_quant {
-                    block.inputs = Some(Arc::new(block_input_quantizers(&self.config, q, index)?));
+                    block.inputs = Some(Arc::new(block_input_quantizers(&self.config, q, index, &self.device())?));
                 }
                 Ok(Cow::Owned(block))
             }
@@ -596,6 +609,7 @@ impl Decoder {
             project_out: projection(names.project_out, config.n_embd, config.embed_dim)?,
             input_quant: None,
             head_input: None,
+            input_multipliers: model.input_multipliers(),
             dtype: DType::F32,
         })
     }
@@ -707,11 +721,22 @@ impl Decoder {
     }
 }
 
-/// Block `index`'s input quantizers, one per linear in `block_linears` order.
-fn block_input_quantizers(config: &ModelConfig, q: &InputQuantization, index: usize) -> Result<Vec<InputQuantizer>> {
+/// Block `index`'s input quantizers, one per linear in `block_linears` order, each with its
+/// layer's input multiplier (uploaded to `device`), if any.
+fn block_input_quantizers(config: &ModelConfig, q: &InputQuantization, index: usize, device: &Device) -> Result<Vec<InputQuantizer>> {
     let prefix = config.block_prefix(index);
     let specs = config.block_linears();
-    specs.iter().map(|s| Ok(InputQuantizer::new(q.settings, q.fixed(&format!("{prefix}.{}", s.name))?)?)).collect()
+    specs
+        .iter()
+        .map(|s| {
+            let name = format!("{prefix}.{}", s.name);
+            let quantizer = InputQuantizer::new(q.settings, q.fixed(&name)?)?;
+            Ok(match q.multiplier(&name, s.n_in)? {
+                Some(m) => quantizer.with_multiplier(m, device),
+                None => quantizer,
+            })
+        })
+        .collect()
 }
 
 /// What follows the last block: the final norm, then OPT-350m's output projection.

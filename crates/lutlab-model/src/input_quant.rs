@@ -14,29 +14,47 @@ use crate::error::{ModelError, Result};
 use crate::activations::{check_seqlen, check_windows};
 use crate::hessian::embed_starts;
 use crate::ActivationSettings;
-use burn::tensor::Tensor;
-use lutlab_core::quant::inputs::{GridArithmetic, InputCalibration, InputGranularity, InputParams, InputQuantSettings, InputScaling};
+use burn::tensor::{Device, Tensor, TensorData};
+use lutlab_core::quant::inputs::{reciprocals, GridArithmetic, InputCalibration, InputGranularity, InputMultipliers, InputParams, InputQuantSettings, InputScaling};
 use lutlab_core::quant::{ScaleStats, ScaleType};
 use lutlab_core::Progress;
 use std::collections::BTreeMap;
 
-/// One linear input's quantizer: the settings, the grid as arithmetic, and fixed parameters
-/// (static or no-scale) or none (dynamic).
+/// One linear input's quantizer: the settings, the grid as arithmetic, fixed parameters (static
+/// or no-scale) or none (dynamic), and the layer's input multiplier, if it has one.
 #[derive(Clone, Debug)]
 pub struct InputQuantizer {
     pub settings: InputQuantSettings,
     grid: GridArithmetic,
     fixed: Option<InputParams>,
+    /// The layer's input multiplier `m` and `1/m` (rounded on the host, as the CPU reference's).
+    multiplier: Option<(Tensor<1>, Tensor<1>)>,
 }
 
 impl InputQuantizer {
     pub fn new(settings: InputQuantSettings, fixed: Option<InputParams>) -> Result<Self> {
-        Ok(Self { grid: settings.grid_arithmetic()?, settings, fixed })
+        Ok(Self { grid: settings.grid_arithmetic()?, settings, fixed, multiplier: None })
+    }
+
+    /// The quantizer of a layer that multiplies its input by `m` first: it quantizes `x ⊙ m`
+    /// and hands back `Q(x ⊙ m) ⊘ m` (`InputQuantization::quantize`).
+    pub fn with_multiplier(self, m: &[f32], device: &Device) -> Self {
+        let upload = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
+        Self { multiplier: Some((upload(m.to_vec()), upload(reciprocals(m)))), ..self }
+    }
+
+    pub fn has_multiplier(&self) -> bool {
+        self.multiplier.is_some()
     }
 
     /// `x` `[B, T, C]` fake-quantized. Per-tensor dynamic scales are per sequence (one window), so
     /// a result does not depend on how windows are batched.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let Some((m, inverse)) = &self.multiplier else { return self.quantize(x) };
+        self.quantize(x * m.clone().unsqueeze::<3>()) * inverse.clone().unsqueeze::<3>()
+    }
+
+    fn quantize(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let group = match self.settings.granularity {
             InputGranularity::Tensor => t * c,
@@ -166,22 +184,32 @@ pub async fn calibrate_inputs(
     tokens: &[u32],
     act: ActivationSettings,
     settings: &InputQuantSettings,
+    multipliers: &InputMultipliers,
     progress: &mut dyn Progress,
 ) -> Result<BTreeMap<String, InputParams>> {
     let starts = act.starts(model, tokens)?;
-    calibrate_inputs_windows(model, tokens, &starts, act.seqlen, act.batch, settings, progress).await
+    let windows = Windows { tokens, starts: &starts, seqlen: act.seqlen, batch: act.batch };
+    calibrate_inputs_windows(model, windows, settings, multipliers, progress).await
 }
 
-/// [`calibrate_inputs`] on given windows `tokens[start..start + seqlen]`, `batch` per pass.
+/// Windows `tokens[start..start + seqlen]` of a text, `batch` per pass.
+#[derive(Clone, Copy)]
+pub struct Windows<'a> {
+    pub tokens: &'a [u32],
+    pub starts: &'a [usize],
+    pub seqlen: usize,
+    pub batch: usize,
+}
+
+/// [`calibrate_inputs`] on given windows; each layer's input is observed times its multiplier.
 pub async fn calibrate_inputs_windows(
     model: &Decoder,
-    tokens: &[u32],
-    starts: &[usize],
-    seqlen: usize,
-    batch: usize,
+    windows: Windows<'_>,
     settings: &InputQuantSettings,
+    multipliers: &InputMultipliers,
     progress: &mut dyn Progress,
 ) -> Result<BTreeMap<String, InputParams>> {
+    let Windows { tokens, starts, seqlen, batch } = windows;
     settings.validate()?;
     if settings.scaling != InputScaling::Static {
         return Err(lutlab_core::LoadError::InvalidSetting(format!(
@@ -216,7 +244,7 @@ pub async fn calibrate_inputs_windows(
                 for w in values.chunks(t * n) {
                     for layer in group.clone() {
                         let name = format!("{}.{}", config.block_prefix(i), specs[layer].name);
-                        calibration.add_window(settings, &name, w)?;
+                        calibration.add_window(settings, &name, w, multipliers.get(&name).map(Vec::as_slice))?;
                     }
                 }
             }
@@ -227,7 +255,7 @@ pub async fn calibrate_inputs_windows(
         for (_, x) in states {
             let values = download(model.finish(x)).await?;
             for w in values.chunks(seqlen * config.embed_dim) {
-                calibration.add_window(settings, lutlab_core::quant::head::HEAD, w)?;
+                calibration.add_window(settings, lutlab_core::quant::head::HEAD, w, None)?;
             }
         }
     }

@@ -20,5 +20,5 @@ pub use eval::{perplexity, EvalSettings};
 pub use hessian::{hessians, quantize_sequential, HessianSettings, LayerHessian};
 pub use fisher::{fisher, fisher_into, fisher_windows, sample_starts, FisherRun, FisherSettings};
 pub use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
-pub use input_quant::{calibrate_inputs, calibrate_inputs_windows, InputQuantizer};
+pub use input_quant::{calibrate_inputs, calibrate_inputs_windows, InputQuantizer, Windows};
 pub use decoder::{run_block, BlockVisitor, Decoder};

@@ -382,12 +382,13 @@ impl Lab {
                         InputScaling::Static => {
                             let text = calibration_tokens.as_deref().ok_or_else(|| js_error("static input scales need the calibration text"))?;
                             let act = ActivationSettings::with_overrides(base, calibration_samples, calibration_seqlen, None, None);
-                            calibrate_inputs(base, text, act, &settings, &mut progress).await.map_err(work_error)?
+                            calibrate_inputs(base, text, act, &settings, &base.input_multipliers, &mut progress).await.map_err(work_error)?
                         }
                         InputScaling::Dynamic | InputScaling::NoScale => Default::default(),
                     };
                     let mut model = base.clone();
-                    model.quantize_inputs(InputQuantization { settings, statics }).map_err(work_error)?;
+                    let multipliers = base.input_multipliers.clone();
+                    model.quantize_inputs(InputQuantization { settings, statics, multipliers }).map_err(work_error)?;
                     Some(model)
                 }
             };

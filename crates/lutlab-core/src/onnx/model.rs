@@ -44,7 +44,8 @@ pub struct OnnxModel {
 /// Refuses, by name, what the export cannot express exactly.
 fn check_exportable(packed: &PackedModel, inputs: Option<&InputQuantization>) -> Result<()> {
     let refuse = |why: String| Err(LoadError::InvalidSetting(format!("ONNX export: {why}")));
-    if let Some((name, _)) = packed.layers.iter().find(|(_, l)| l.incoherence.is_some()) {
+    let rotated = |l: &PackedLinear| l.incoherence.as_ref().is_some_and(|t| t.input.is_some() || t.output.is_some());
+    if let Some((name, _)) = packed.layers.iter().find(|(_, l)| rotated(l)) {
         return refuse(format!("layer `{name}` has QuIP's incoherence processing (rotations in the forward pass); export it with --dequantized"));
     }
     if let Some(q) = inputs {
@@ -201,19 +202,20 @@ impl Builder<'_> {
         let pre = |b: &mut Self, n: &NormWeights, x: &str| if config.pre_norm { b.norm(x, n) } else { x.to_string() };
 
         let h = pre(self, &block.norm_1, x);
-        let hq = self.quantized(&h, &names[0])?;
         let (q, k, v, out) = if config.fused_qkv() {
-            let qkv = self.linear(&hq, &names[0], &l[0])?;
+            let hq = self.linear_inputs(&h, &names[..1])?;
+            let qkv = self.linear(&hq[0], &names[0], &l[0])?;
             let c = config.n_embd as i64;
             let split = self.g.ints(&[c, c, c]);
             let parts = self.g.op_n("Split", &[&qkv, &split], 3, &[Attr::Int("axis", 2)]);
             (parts[0].clone(), parts[1].clone(), parts[2].clone(), 1)
         } else {
-            (self.linear(&hq, &names[0], &l[0])?, self.linear(&hq, &names[1], &l[1])?, self.linear(&hq, &names[2], &l[2])?, 3)
+            let hq = self.linear_inputs(&h, &names[..3])?;
+            (self.linear(&hq[0], &names[0], &l[0])?, self.linear(&hq[1], &names[1], &l[1])?, self.linear(&hq[2], &names[2], &l[2])?, 3)
         };
         let mixed = self.attention(&q, &k, &v, seq);
-        let mixed = self.quantized(&mixed, &names[out])?;
-        let attn = self.linear(&mixed, &names[out], &l[out])?;
+        let mixed = self.linear_inputs(&mixed, &names[out..=out])?;
+        let attn = self.linear(&mixed[0], &names[out], &l[out])?;
         let mut x = self.g.op("Add", &[x, &attn], &[]);
         if !config.pre_norm {
             x = self.norm(&x, &block.norm_1);
@@ -221,27 +223,28 @@ impl Builder<'_> {
 
         let h = pre(self, &block.norm_2, &x);
         let first = out + 1;
-        let hq = self.quantized(&h, &names[first])?;
+        let readers = if config.activation == Activation::SwiGlu { 2 } else { 1 };
+        let hq = self.linear_inputs(&h, &names[first..first + readers])?;
         let hidden = match config.activation {
             Activation::SwiGlu => {
-                let gate = self.linear(&hq, &names[first], &l[first])?;
-                let up = self.linear(&hq, &names[first + 1], &l[first + 1])?;
+                let gate = self.linear(&hq[0], &names[first], &l[first])?;
+                let up = self.linear(&hq[1], &names[first + 1], &l[first + 1])?;
                 let sig = self.g.op("Sigmoid", &[&gate], &[]);
                 let silu = self.g.op("Mul", &[&gate, &sig], &[]);
                 self.g.op("Mul", &[&silu, &up], &[])
             }
             Activation::GeluTanh => {
-                let f = self.linear(&hq, &names[first], &l[first])?;
+                let f = self.linear(&hq[0], &names[first], &l[first])?;
                 self.g.op("Gelu", &[&f], &[Attr::Str("approximate", "tanh")])
             }
             Activation::Relu => {
-                let f = self.linear(&hq, &names[first], &l[first])?;
+                let f = self.linear(&hq[0], &names[first], &l[first])?;
                 self.g.op("Relu", &[&f], &[])
             }
         };
         let down = l.len() - 1;
-        let hidden = self.quantized(&hidden, &names[down])?;
-        let mlp = self.linear(&hidden, &names[down], &l[down])?;
+        let hidden = self.linear_inputs(&hidden, &names[down..=down])?;
+        let mlp = self.linear(&hidden[0], &names[down], &l[down])?;
         let mut x = self.g.op("Add", &[&x, &mlp], &[]);
         if !config.pre_norm {
             x = self.norm(&x, &block.norm_2);
@@ -441,7 +444,32 @@ impl Builder<'_> {
         Ok(self.g.op("ScatterND", &[&base, &at, &outliers], &[Attr::Str("reduction", "add")]))
     }
 
-    /// Linear `name`'s input as it multiplies: quantized when the export quantizes inputs.
+    /// The inputs of the linears `names`, which all read `x`, as they multiply: each times its
+    /// layer's input scale (an explicit `Mul`, SmoothQuant layerwise), then quantized when the
+    /// export quantizes inputs. Without input scales the linears share one quantized input.
+    fn linear_inputs(&mut self, x: &str, names: &[String]) -> Result<Vec<String>> {
+        let packed = self.packed;
+        let scale_of = |name: &str| packed.layers.get(name).and_then(|l| l.incoherence.as_ref()?.input_scale.as_ref());
+        if names.iter().all(|n| scale_of(n).is_none()) {
+            let shared = self.quantized(x, &names[0])?;
+            return Ok(vec![shared; names.len()]);
+        }
+        names
+            .iter()
+            .map(|name| {
+                let scaled = match scale_of(name) {
+                    Some(m) => {
+                        let m = self.g.f32s(Some(&format!("{name}.input_scale")), &[m.len()], m);
+                        self.g.op("Mul", &[x, &m], &[])
+                    }
+                    None => x.to_string(),
+                };
+                self.quantized(&scaled, name)
+            })
+            .collect()
+    }
+
+    /// Linear `name`'s input quantized, when the export quantizes inputs.
     fn quantized(&mut self, x: &str, name: &str) -> Result<String> {
         let Some(q) = self.inputs else { return Ok(x.to_string()) };
         let fixed = q.fixed(name)?;

@@ -17,6 +17,12 @@
 //! rounding rules (half to even, Brevitas' full-range signed ints, saturating minifloats) are one
 //! implementation. [`fake_quantize`] is the CPU reference of the GPU path
 //! (`lutlab_model::input_quant`).
+//!
+//! A layer with an explicit input multiplier `m` (its packed `input_scale`: SmoothQuant's
+//! `--act-equalization layerwise` stores `1/s` there, QuIP's rescaling its `D`) multiplies its
+//! input by `m` before anything else, and its quantizer sees that product, as Brevitas places the
+//! equalization `Mul` before the quantized linear: [`InputQuantization::quantize`] hands the layer
+//! `Q(x ⊙ m) ⊘ m`, which the layer's `⊙ m` (or its plain weight `diag(m)·W`) turns into `Q(x ⊙ m)`.
 
 use super::uniform::format::Grid;
 use super::uniform::scale::estimate;
@@ -337,6 +343,16 @@ pub fn fake_quantize(x: &mut [f32], n_in: usize, settings: &InputQuantSettings, 
     Ok(())
 }
 
+/// `1/v` of each value, in f32.
+pub fn reciprocals(m: &[f32]) -> Vec<f32> {
+    m.iter().map(|v| 1.0 / v).collect()
+}
+
+/// Multiplies each row of `x` (rows of `m.len()` values) by `m`, channel by channel.
+pub fn multiply_rows(x: &mut [f32], m: &[f32]) {
+    x.chunks_exact_mut(m.len()).for_each(|row| row.iter_mut().zip(m).for_each(|(v, f)| *v *= f));
+}
+
 /// Static input scales: the mean over calibration windows of each window's parameters, per layer.
 #[derive(Clone, Debug, Default)]
 pub struct InputCalibration {
@@ -344,11 +360,21 @@ pub struct InputCalibration {
 }
 
 impl InputCalibration {
-    /// Adds one window's input (`values`, every position and channel) of layer `name`.
-    pub fn add_window(&mut self, settings: &InputQuantSettings, name: &str, values: &[f32]) -> Result<()> {
+    /// Adds one window's input (`values`, every position and channel) of layer `name`, as its
+    /// quantizer sees it: multiplied by the layer's `multiplier`, if any.
+    pub fn add_window(&mut self, settings: &InputQuantSettings, name: &str, values: &[f32], multiplier: Option<&[f32]>) -> Result<()> {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(LoadError::InvalidSetting(format!("the input of `{name}` has a non-finite value at {i}: cannot calibrate its scale")));
         }
+        let mut multiplied = Vec::new();
+        let values = match multiplier {
+            Some(m) => {
+                multiplied.extend_from_slice(values);
+                multiply_rows(&mut multiplied, m);
+                &multiplied[..]
+            }
+            None => values,
+        };
         let p = settings.params(values)?;
         let entry = self.sums.entry(name.to_string()).or_insert((0.0, 0.0, 0));
         entry.0 += f64::from(p.scale);
@@ -377,15 +403,49 @@ impl InputCalibration {
     }
 }
 
-/// Input quantization of a whole model: the settings, and per layer (full name) the fixed
-/// parameters of static scales.
+/// Per linear (full name), the factor each input channel is multiplied by before the layer's
+/// input is quantized (see the module's documentation); layers not named have none.
+pub type InputMultipliers = BTreeMap<String, Vec<f32>>;
+
+/// Input quantization of a whole model: the settings, per layer (full name) the fixed
+/// parameters of static scales, and the layers' explicit input multipliers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputQuantization {
     pub settings: InputQuantSettings,
     pub statics: BTreeMap<String, InputParams>,
+    pub multipliers: InputMultipliers,
 }
 
 impl InputQuantization {
+    /// Quantization by `settings` with `statics` for layers without input multipliers.
+    pub fn new(settings: InputQuantSettings, statics: BTreeMap<String, InputParams>) -> Self {
+        Self { settings, statics, multipliers: InputMultipliers::new() }
+    }
+
+    /// Fake-quantizes rows `x` of `n_in` values, the input of layer `name`: `Q(x ⊙ m) ⊘ m` with
+    /// the layer's multiplier `m`, else `Q(x)`.
+    pub fn quantize(&self, name: &str, x: &mut [f32], n_in: usize) -> Result<()> {
+        let fixed = self.fixed(name)?;
+        let Some(m) = self.multiplier(name, n_in)? else { return fake_quantize(x, n_in, &self.settings, fixed) };
+        multiply_rows(x, m);
+        fake_quantize(x, n_in, &self.settings, fixed)?;
+        // Times `1/m` rounded once, not divided by `m`: the GPU multiplies the same f32s exactly
+        // (WGSL's division may be off by 2.5 ulp, enough to flip a later rounding).
+        multiply_rows(x, &reciprocals(m));
+        Ok(())
+    }
+
+    /// Layer `name`'s multiplier, checked against its width `n_in`.
+    pub fn multiplier(&self, name: &str, n_in: usize) -> Result<Option<&[f32]>> {
+        match self.multipliers.get(name) {
+            Some(m) if m.len() != n_in => Err(LoadError::InvalidSetting(format!("`{name}`: {} input multipliers for {n_in} inputs", m.len()))),
+            Some(m) if m.iter().any(|v| !(v.is_finite() && *v > 0.0)) => {
+                Err(LoadError::InvalidSetting(format!("`{name}`: an input multiplier is not a positive finite number")))
+            }
+            m => Ok(m.map(Vec::as_slice)),
+        }
+    }
+
     /// The fixed parameters of layer `name`: calibrated (static), 1 and 0 (no scale), or none
     /// (dynamic).
     pub fn fixed(&self, name: &str) -> Result<Option<InputParams>> {
@@ -500,10 +560,10 @@ mod tests {
         let s = InputQuantSettings { symmetric: true, scale_stats: ScaleStats::Stats, scaling: InputScaling::Static, ..Default::default() };
         let mut c = InputCalibration::default();
         // 99.999th percentile of ≤ 100k values is the absmax.
-        c.add_window(&s, "a", &[1.0, -2.0]).unwrap();
-        c.add_window(&s, "a", &[4.0, 0.0]).unwrap();
+        c.add_window(&s, "a", &[1.0, -2.0], None).unwrap();
+        c.add_window(&s, "a", &[4.0, 0.0], None).unwrap();
         let p = c.finish(&s)["a"];
         assert_eq!(p, InputParams { scale: 3.0 / 128.0, zero_point: 0.0 });
-        assert!(InputCalibration::default().add_window(&s, "a", &[f32::NAN]).is_err());
+        assert!(InputCalibration::default().add_window(&s, "a", &[f32::NAN], None).is_err());
     }
 }

@@ -523,6 +523,27 @@ fn layer_report(
 }
 
 impl QuantizedModel {
+    /// Gives layers that store their own bias (a [`LayerTransform`] without an input shift,
+    /// whose bias is the layer's own) the bias of the same linear in `weights`: after bias
+    /// correction, the corrected one.
+    pub fn take_biases(&mut self, weights: &ModelWeights) {
+        for layer in &mut self.layers {
+            if let (Some(t), Some(linear)) = (layer.transform.as_mut(), weights.linear(&layer.name))
+                && t.input_shift.is_none()
+            {
+                t.bias.clone_from(&linear.bias.data);
+            }
+        }
+    }
+
+    /// Each layer's explicit input multiplier (`PackedModel::input_multipliers`).
+    pub fn input_multipliers(&self) -> crate::quant::inputs::InputMultipliers {
+        self.layers
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.transform.as_ref()?.incoherence.as_ref()?.input_scale.clone()?)))
+            .collect()
+    }
+
     /// A copy of `weights` with every quantized linear weight replaced by its dequantized form
     /// (the head's, transposed, as `wte`: embedding and logits both use it); with centering, the
     /// stored bias less `μ · W` (the dense layer computes the same outputs).
