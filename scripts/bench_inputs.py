@@ -8,7 +8,13 @@ import json
 import sys
 
 INPUTS = {"16": "f32", "8s": "8, static per tensor", "8d": "8, dynamic per token", "4d": "4, dynamic per token"}
-PREPS = [("plain", "plain"), ("smoothquant", "+ SmoothQuant α 0.5"), ("lnmerge", "+ LN merge"), ("biascorr", "+ bias correction")]
+PREPS = [
+    ("plain", "plain"),
+    ("smoothquant", "+ SmoothQuant α 0.5"),
+    ("layerwise", "+ SmoothQuant layerwise"),
+    ("lnmerge", "+ LN merge"),
+    ("biascorr", "+ bias correction"),
+]
 
 
 def main(path):

@@ -2,7 +2,8 @@
 # Input (activation) quantization quality (issue 19, item 5): perplexity of the shipped models
 # with weights W ∈ {16 (float), 8, 4} bits (rtn int, per channel, asymmetric) and inputs
 # A ∈ {16, 8 static per tensor (8s), 8 dynamic per token (8d), 4 dynamic per token (4d)}
-# (int, asymmetric), plain, with SmoothQuant (`--act-equalization fused`, α 0.5), with the
+# (int, asymmetric), plain, with SmoothQuant (`--act-equalization fused`, α 0.5, and
+# `--act-equalization layerwise`: every linear its own scales, any family), with the
 # norm affine merge (`--ln-affine-merge`; these two for pre-norm families only) or with bias
 # correction (`--bias-corr`). One JSON row per run in $WORK/rows.jsonl;
 # scripts/bench_inputs.py prints the table BENCHMARKS.md shows.
@@ -36,7 +37,8 @@ for model in ${MODELS:-gpt2-tiny-wikitext llama-tiny-wikitext opt-tiny-wikitext}
              8:8s:plain 8:8s:smoothquant 8:8d:plain 8:8d:smoothquant \
              4:16:plain 4:16:smoothquant 4:16:lnmerge 4:8s:plain 4:8s:smoothquant 4:8s:lnmerge \
              4:8d:plain 4:8d:smoothquant 4:4d:plain 4:4d:smoothquant \
-             8:8s:biascorr 4:16:biascorr 4:8s:biascorr 4:8d:biascorr; do
+             8:8s:biascorr 4:16:biascorr 4:8s:biascorr 4:8d:biascorr \
+             8:8s:layerwise 8:8d:layerwise 4:16:layerwise 4:8s:layerwise 4:8d:layerwise 4:4d:layerwise; do
     IFS=: read -r w a prep <<<"$row"
     key="$model W$w A$a $prep"
     grep -qF "\"key\": \"$key\"" "$rows" && continue
@@ -50,6 +52,7 @@ for model in ${MODELS:-gpt2-tiny-wikitext llama-tiny-wikitext opt-tiny-wikitext}
     prep_flags=()
     case $prep in
       smoothquant) prep_flags=(--act-equalization fused --alpha 0.5 --calibration-samples "$SAMPLES") ;;
+      layerwise) prep_flags=(--act-equalization layerwise --alpha 0.5 --calibration-samples "$SAMPLES") ;;
       lnmerge) prep_flags=(--ln-affine-merge) ;;
       biascorr) prep_flags=(--bias-corr --calibration-samples "$SAMPLES") ;;
     esac

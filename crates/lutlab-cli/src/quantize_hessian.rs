@@ -13,7 +13,7 @@ use lutlab_core::hessian_file::HessianFile;
 use lutlab_core::quant::hessian::Square;
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, LayerSelection};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
-use lutlab_core::{LoadedModel, Progress};
+use lutlab_core::{LoadedModel, Progress, TextTokenizer};
 use std::borrow::Cow;
 use lutlab_model::{quantize_sequential, ActivationSettings, Decoder, HessianSettings};
 
@@ -62,14 +62,11 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
         }
         return Ok(QuantizedModel { layers });
     }
-    let path = args.calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
-    let tokens = loaded.tokenizer.encode(&read_text(&path)?)?;
+    let tokens = calibration_tokens(args, &loaded.tokenizer)?;
     let gpu = pollster::block_on(lutlab_model::open_gpu())?;
     gpu.check_fits(weights)?;
     let model = Decoder::new(weights, &gpu.device);
-    let defaults = HessianSettings::for_model(&model).windows;
-    let windows = ActivationSettings { nsamples: args.hessian_samples, seqlen: args.hessian_seqlen.unwrap_or(defaults.seqlen), ..defaults };
-    let settings = HessianSettings { windows, true_sequential: args.true_sequential };
+    let settings = settings(args, &model);
     // A step's layers are quantized concurrently: each result is kept with its place in the model.
     let done = std::sync::Mutex::new(Vec::with_capacity(selected.len()));
     pollster::block_on(quantize_sequential(
@@ -92,4 +89,18 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
     done.sort_by_key(|(index, _)| *index);
     layers.extend(done.into_iter().map(|(_, layer)| layer));
     Ok(QuantizedModel { layers })
+}
+
+/// The calibration text (`--calibration-data`, else WikiText-2 validation) as token ids.
+pub fn calibration_tokens(args: &QuantizeArgs, tokenizer: &TextTokenizer) -> Result<Vec<u32>> {
+    let path = args.calibration_data.clone().unwrap_or_else(|| repo_path(WIKITEXT_VALID));
+    Ok(tokenizer.encode(&read_text(&path)?)?)
+}
+
+/// The sequential loop's windows (`--hessian-samples`, `--hessian-seqlen`) and order
+/// (`--true-sequential`) for `model`.
+pub fn settings(args: &QuantizeArgs, model: &Decoder) -> HessianSettings {
+    let defaults = HessianSettings::for_model(model).windows;
+    let windows = ActivationSettings { nsamples: args.hessian_samples, seqlen: args.hessian_seqlen.unwrap_or(defaults.seqlen), ..defaults };
+    HessianSettings { windows, true_sequential: args.true_sequential }
 }

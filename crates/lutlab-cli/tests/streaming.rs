@@ -57,6 +57,33 @@ fn streamed_fisher_and_quantize_write_what_the_resident_model_writes() {
 }
 
 #[test]
+fn streamed_gptq_writes_what_the_resident_model_writes() {
+    // GPTQ's sequential loop on the streamed model (each block uploaded in turn, the windows
+    // passed on through the quantized blocks), and from a Hessian file (no GPU pass at all).
+    let model = repo(MODEL).display().to_string();
+    let data = repo("data/wikitext-2/valid.txt").display().to_string();
+    let hessians = temp("hessians.safetensors");
+    lutlab_json(&["hessian", "--model", &model, "--data", &data, "--nsamples", "4", "--seqlen", "32", "--out", &hessians, "--json"]);
+    for (label, extra) in [
+        ("sequential", vec!["--hessian-samples", "4", "--hessian-seqlen", "32", "--calibration-data", &data]),
+        ("true-sequential", vec!["--hessian-samples", "4", "--hessian-seqlen", "32", "--calibration-data", &data, "--true-sequential"]),
+        ("file", vec!["--hessian", &hessians]),
+    ] {
+        let (resident, streamed) = (temp(&format!("gptq-{label}-resident.safetensors")), temp(&format!("gptq-{label}-streamed.safetensors")));
+        let quantize = |out: &str, stream: &str| {
+            let mut args = vec!["quantize", "--model", &model, "--method", "gptq", "--bits", "3", "--granularity", "channel", "--act-order", "--packed", out, "--json", stream];
+            args.extend_from_slice(&extra);
+            lutlab_json(&args)
+        };
+        let (qa, qb) = (quantize(&resident, "--no-stream"), quantize(&streamed, "--stream"));
+        assert_eq!(qa["layers"], qb["layers"], "{label}: every layer's report (errors, proxy losses)");
+        let pa = PackedModel::read_file(std::path::Path::new(&resident)).unwrap();
+        let pb = PackedModel::read_file(std::path::Path::new(&streamed)).unwrap();
+        assert_eq!(pa, pb, "{label}: the same packed model");
+    }
+}
+
+#[test]
 fn a_streamed_quantization_refuses_what_it_cannot_do_before_starting() {
     let model = repo(MODEL).display().to_string();
     for (extra, want) in [
