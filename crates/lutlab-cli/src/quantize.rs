@@ -124,6 +124,10 @@ pub struct QuantizeArgs {
     /// SqueezeLLM's nuq.py calls it, is 1).
     #[arg(long)]
     pub(crate) restarts: Option<usize>,
+    /// k-means over vectors of this many consecutive input rows of a channel (2 or 4): codebooks
+    /// of 2^(bits·dim) entries, bits per weight as a scalar table (fitted on the CPU).
+    #[arg(long)]
+    pub(crate) vector_dim: Option<usize>,
     /// Run the k-means on the GPU (WGSL Lloyd iterations; the CPU reference otherwise).
     #[arg(long)]
     pub(crate) gpu: bool,
@@ -244,6 +248,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     }
     if args.eval_options.inputs.settings()?.is_some() && !args.eval {
         bail!("--input-bit-width quantizes inputs while evaluating: add --eval");
+    }
+    if args.vector_dim.is_some_and(|d| d > 1) && args.packed.is_some() {
+        bail!("--vector-dim: vector tables have no packed form yet (no file format or GEMV kernel for them): evaluate with --eval or write the dequantized model with --out");
     }
     let table_dtype: TableDtype = args.table_dtype.parse()?;
     let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
@@ -389,6 +396,7 @@ impl QuantizeArgs {
             sensitive: self.sensitive,
             seed: self.seed,
             restarts: self.restarts,
+            vector_dim: self.vector_dim,
             format: self.format.clone(),
             asym: self.asym,
             scale_stats: self.scale_stats.clone(),

@@ -20,7 +20,8 @@ pub async fn quantize_layer_gpu(
     calibration: Calibration<'_>,
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
-    if !matches!(method, Method::Kmeans { .. }) {
+    // Uniform grids, Hessian methods and vector tables are fitted on the CPU.
+    if !matches!(method, Method::Kmeans { settings, .. } if settings.vector_dim == 1) {
         return Ok(quantize_layer(name, linear, method, calibration, n_embd)?);
     }
     let t = profile::start();

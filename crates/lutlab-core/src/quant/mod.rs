@@ -22,6 +22,7 @@ pub mod transforms;
 pub mod outliers;
 pub mod packed;
 pub mod uniform;
+pub mod vector;
 
 pub use kmeans::{
     KmeansInit, KmeansOutput, KmeansSettings, LloydSettings, lloyd_1d, lloyd_1d_from, optimal_1d, quantize_kmeans,

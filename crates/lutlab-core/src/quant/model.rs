@@ -11,6 +11,7 @@ use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales}
 use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, RoundingSettings, Square};
 use crate::quant::incoherence::{layer_rotations, preprocess, Incoherence, IncoherenceSettings, RmsGrid};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
+use crate::quant::vector::quantize_vectors;
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -227,6 +228,7 @@ pub fn quantize_layer(
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
     match method {
+        Method::Kmeans { settings, .. } if settings.vector_dim > 1 => quantize_layer_vector(name, linear, settings, calibration, n_embd),
         Method::Kmeans { .. } => {
             let job = KmeansJob::new(name, linear, method, calibration, n_embd)?;
             let output = quantize_kmeans_report(&job.weights, job.rows, job.cols, job.sample_weights, job.excluded(), job.settings)
@@ -244,6 +246,27 @@ pub fn quantize_layer(
         }
         Method::Hessian { rounding, grid, incoherence } => quantize_layer_hessian(name, linear, rounding, grid, incoherence.as_ref(), calibration, n_embd),
     }
+}
+
+/// Vector look-up tables (`quant::vector`): codebooks fitted to the layer's vectors of
+/// `vector_dim` input rows, Fisher-weighted per element. As for scalar tables, GPT-2's fused
+/// `c_attn` gets a codebook per projection when the granularity is the whole tensor, and the head
+/// no Fisher weights.
+fn quantize_layer_vector(name: &str, linear: &LinearWeights, settings: &KmeansSettings, calibration: Calibration, n_embd: usize) -> Result<QuantizedLayer> {
+    if calibration.input_means.is_some() {
+        return Err(in_layer(name, LoadError::InvalidSetting("vector tables do not combine with centering yet".into())));
+    }
+    let calibration_here = head_calibration(name, calibration);
+    let sample_weights = sample_weights_of(calibration_here.fisher, name)?;
+    let mut v = settings.vector_settings()?;
+    if name.ends_with("attn.c_attn") && v.granularity == Granularity::Tensor {
+        v.granularity = Granularity::Group(n_embd);
+    }
+    let (rows, cols) = (linear.in_features(), linear.out_features());
+    let (lut, _) = quantize_vectors(&linear.weight.data, rows, cols, sample_weights, &v).map_err(|e| in_layer(name, e))?;
+    let bits_per_weight = lut.storage_bits() as f64 / (rows * cols) as f64;
+    let layer = layer_report(name, &linear.weight.data, lut.dequantize(), None, 0, bits_per_weight, None);
+    Ok(with_proxy_loss(layer, linear, calibration))
 }
 
 /// Scales (and zero points) are stored as f16 beside the codes.

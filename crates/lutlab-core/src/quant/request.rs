@@ -93,6 +93,8 @@ pub struct QuantizeRequest {
     pub act_equalization: Option<String>,
     /// SmoothQuant's α.
     pub alpha: f64,
+    /// k-means over vectors of this many consecutive input rows (`quant::vector`); `None`: scalar tables.
+    pub vector_dim: Option<usize>,
 }
 
 impl Default for QuantizeRequest {
@@ -133,6 +135,7 @@ impl Default for QuantizeRequest {
             load_awq: None,
             act_equalization: None,
             alpha: 0.5,
+            vector_dim: None,
         }
     }
 }
@@ -207,6 +210,9 @@ impl QuantizeRequest {
         let grid = if qfn_b {
             HessianGrid::Rms { bits: self.bits, per_channel: self.granularity == "channel" }
         } else if self.grid == "kmeans" {
+            if self.vector_dim.is_some_and(|d| d > 1) {
+                return Err(invalid("vector tables (--vector-dim) are fitted by k-means alone: a Hessian method rounds to scalar grids"));
+            }
             let (settings, outliers) = self.kmeans_parts(has_fisher, percent_range)?;
             HessianGrid::Kmeans { settings, outliers }
         } else {
@@ -227,7 +233,8 @@ impl QuantizeRequest {
             Some(n) => n,
             None => defaults.restarts,
         };
-        let settings = KmeansSettings { bits: self.bits, granularity: self.granularity.parse()?, seed: self.seed, restarts, ..defaults };
+        let vector_dim = self.vector_dim.unwrap_or(1);
+        let settings = KmeansSettings { bits: self.bits, granularity: self.granularity.parse()?, seed: self.seed, restarts, vector_dim, ..defaults };
         let range = match (self.range, self.outlier_percent) {
             (Some(_), Some(_)) => return Err(invalid("give the outlier range or the outlier percent, not both")),
             (Some(range), None) => Some(range),
@@ -238,6 +245,12 @@ impl QuantizeRequest {
             return Err(invalid("sensitive weights are chosen by their Fisher value: compute or load Fisher first"));
         }
         let outliers = (range.is_some() || self.sensitive > 0.0).then_some(OutlierSettings { range, sensitivity: self.sensitive });
+        if vector_dim > 1 {
+            settings.vector_settings()?;
+            if outliers.is_some() || self.scaling || self.centering {
+                return Err(invalid("vector tables (--vector-dim) do not combine with dense-and-sparse outliers or seed 000's scaling and centering yet"));
+            }
+        }
         Ok((settings, outliers))
     }
 
@@ -355,7 +368,11 @@ impl QuantizeRequest {
                 };
                 let scaled = if self.scaling { " scaled" } else { "" };
                 let centered = if self.centering { " centered" } else { "" };
-                format!("kmeans{weighted}{scaled}{centered} {} {}{sparse}", self.bits_label(), self.granularity)
+                let vectors = match self.vector_dim {
+                    Some(d) if d > 1 => format!(" vectors of {d}"),
+                    _ => String::new(),
+                };
+                format!("kmeans{weighted}{scaled}{centered}{vectors} {} {}{sparse}", self.bits_label(), self.granularity)
             }
         }
     }

@@ -49,6 +49,9 @@ pub struct KmeansSettings {
     pub seed: u64,
     /// k-means++ runs per table, best kept (see [`LloydSettings::restarts`]).
     pub restarts: usize,
+    /// 1: scalar tables; 2 or 4: vector tables over that many consecutive input rows
+    /// (`quant::vector`), `bits` per weight.
+    pub vector_dim: usize,
 }
 
 impl Default for KmeansSettings {
@@ -61,6 +64,7 @@ impl Default for KmeansSettings {
             max_iter: l.max_iter,
             seed: l.seed,
             restarts: l.restarts,
+            vector_dim: 1,
         }
     }
 }
@@ -68,6 +72,20 @@ impl Default for KmeansSettings {
 impl KmeansSettings {
     pub fn lloyd(&self) -> LloydSettings {
         LloydSettings { init: self.init, max_iter: self.max_iter, seed: self.seed, restarts: self.restarts }
+    }
+
+    /// The vector-table settings these stand for (`vector_dim` 2 or 4), checked.
+    pub fn vector_settings(&self) -> Result<crate::quant::vector::VectorSettings> {
+        let v = crate::quant::vector::VectorSettings {
+            dim: self.vector_dim,
+            bits: self.bits,
+            granularity: self.granularity,
+            max_iter: self.max_iter,
+            seed: self.seed,
+            restarts: self.restarts,
+        };
+        v.entries()?;
+        Ok(v)
     }
 }
 
