@@ -187,6 +187,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Quantizes layer `name` (its shape, its host weights, its Hessian if the caller has it).
+type QuantizeOne = dyn Fn(&str, &LinearSpec, &LinearWeights, Option<&Square>) -> Result<QuantizedLayer> + Sync;
+
 /// GPTQ's sequential order on the streamed model: each block uploaded when its turn comes, its
 /// linears' Hessians computed from the calibration windows as the already-quantized blocks
 /// before it pass them on, each linear rounded (from its host weights, read once per block) and
@@ -197,7 +200,7 @@ fn quantize_sequentially(
     opened: &OpenedModel,
     blocks: &Range<usize>,
     sink: &Mutex<Sink>,
-    quantize_one: &(dyn Fn(&str, &LinearSpec, &LinearWeights, Option<&Square>) -> Result<QuantizedLayer> + Sync),
+    quantize_one: &QuantizeOne,
     bar: &mut Bar,
 ) -> Result<()> {
     let config = &opened.config;

@@ -164,7 +164,7 @@ fn plus_plus(points: &VectorPoints, k: usize, rng: &mut SplitMix64) -> Vec<f64> 
     let trials = 2 + (k as f64).ln() as usize;
     while centres.len() < k * dim {
         // No distance left (fewer distinct points than entries): copies of the last centre.
-        if !(d2.iter().sum::<f64>() > 0.0) {
+        if d2.iter().sum::<f64>() <= 0.0 {
             let last = centres[centres.len() - dim..].to_vec();
             centres.extend_from_slice(&last);
             continue;
@@ -189,7 +189,7 @@ fn plus_plus(points: &VectorPoints, k: usize, rng: &mut SplitMix64) -> Vec<f64> 
 /// An index drawn with probability ∝ `weights`, or `None` when they sum to 0.
 fn draw(weights: &[f64], rng: &mut SplitMix64) -> Option<usize> {
     let total: f64 = weights.iter().sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return None;
     }
     let target = rng.next_f64() * total;
@@ -258,7 +258,7 @@ fn lloyd(points: &VectorPoints, mut centres: Vec<f64>, max_iter: usize) -> Vecto
 pub fn quantize_vectors(weights: &[f32], rows: usize, cols: usize, sample_weights: Option<&[f32]>, settings: &VectorSettings) -> Result<(VectorLut, f64)> {
     let entries = settings.entries()?;
     let dim = settings.dim;
-    if rows % dim != 0 {
+    if !rows.is_multiple_of(dim) {
         return Err(LoadError::InvalidSetting(format!("vectors of {dim} input rows do not divide the layer's {rows} rows")));
     }
     crate::quant::kmeans::data::check_inputs(weights, sample_weights)?;
