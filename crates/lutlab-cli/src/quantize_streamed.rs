@@ -188,7 +188,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Quantizes layer `name` (its shape, its host weights, its Hessian if the caller has it).
-type QuantizeOne = dyn Fn(&str, &LinearSpec, &LinearWeights, Option<&Square>) -> Result<QuantizedLayer> + Sync;
+type QuantizeOne<'a> = dyn Fn(&str, &LinearSpec, &LinearWeights, Option<&Square>) -> Result<QuantizedLayer> + Sync + 'a;
 
 /// GPTQ's sequential order on the streamed model: each block uploaded when its turn comes, its
 /// linears' Hessians computed from the calibration windows as the already-quantized blocks
@@ -200,7 +200,7 @@ fn quantize_sequentially(
     opened: &OpenedModel,
     blocks: &Range<usize>,
     sink: &Mutex<Sink>,
-    quantize_one: &QuantizeOne,
+    quantize_one: &QuantizeOne<'_>,
     bar: &mut Bar,
 ) -> Result<()> {
     let config = &opened.config;
