@@ -144,8 +144,10 @@ fn embed_windows(model: &Decoder, tokens: &[u32], settings: &ActivationSettings)
 }
 
 /// The windows `tokens[start..start + seqlen]` embedded, `batch` per residual stream (checked
-/// windows, `batch` ≥ 1).
+/// windows, `batch` ≥ 1), fewer where one pass's attention scores would pass
+/// [`MAX_SCORES_BYTES`].
 pub(crate) fn embed_starts(model: &Decoder, tokens: &[u32], starts: &[usize], seqlen: usize, batch: usize) -> Vec<(BlockContext, Tensor<3>)> {
+    let batch = batch.min(windows_per_pass(&model.config, seqlen));
     let ctx = model.context(seqlen);
     starts
         .chunks(batch)
@@ -154,6 +156,17 @@ pub(crate) fn embed_starts(model: &Decoder, tokens: &[u32], starts: &[usize], se
             (ctx.clone(), model.embed(model.tokens(&rows)))
         })
         .collect()
+}
+
+/// The largest attention-score tensor `[windows, heads, seqlen, seqlen]` (f32) a pass may make:
+/// a 7B model's 32 heads at 2048 positions take 512 MiB per window, and one buffer past the
+/// adapter's binding limit (often 2 to 4 GiB) fails the whole pass.
+pub const MAX_SCORES_BYTES: usize = 1 << 30;
+
+/// Windows per pass at `seqlen` positions under [`MAX_SCORES_BYTES`] (at least 1).
+pub fn windows_per_pass(config: &lutlab_core::ModelConfig, seqlen: usize) -> usize {
+    let per_window = config.n_head * seqlen * seqlen * 4;
+    (MAX_SCORES_BYTES / per_window.max(1)).max(1)
 }
 
 fn block_linear_names(model: &Decoder, i: usize) -> Vec<String> {
@@ -219,5 +232,30 @@ impl BlockVisitor for InputHessians {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(heads: usize, context: usize) -> lutlab_core::ModelConfig {
+        let json = format!(
+            r#"{{"model_type": "llama", "hidden_size": {}, "intermediate_size": 11008, "num_attention_heads": {heads},
+                "num_hidden_layers": 1, "num_key_value_heads": {heads}, "max_position_embeddings": {context},
+                "rms_norm_eps": 1e-5, "vocab_size": 32000, "tie_word_embeddings": false}}"#,
+            heads * 128
+        );
+        lutlab_core::ModelConfig::from_json(json.as_bytes(), "config.json").unwrap()
+    }
+
+    #[test]
+    fn long_windows_pass_a_few_at_a_time() {
+        // A 7B model's 32 heads at 2048 positions: 512 MiB of scores per window, 2 per pass (the
+        // device run that found it asked a 4 GiB buffer for 8 and failed).
+        assert_eq!(windows_per_pass(&llama(32, 4096), 2048), 2);
+        assert_eq!(windows_per_pass(&llama(32, 4096), 4096), 1);
+        // Short windows keep the default batch.
+        assert!(windows_per_pass(&llama(12, 1024), 1024) >= HessianSettings::DEFAULT_BATCH);
     }
 }
