@@ -405,12 +405,14 @@ function quantizedRun() {
 }
 
 function optionsOf(request, report) {
+  const smoothing = request.act_equalization && `SmoothQuant ${request.act_equalization} α ${request.alpha}`;
   if (request.method === 'rtn') {
     return [request.format, request.scale_stats, request.scale_type === 'po2' && 'po2 scales', request.asym ? 'zero point' : 'symmetric',
-      request.embeddings && 'embeddings']
+      request.embeddings && 'embeddings', smoothing]
       .filter(Boolean).join('; ');
   }
   return [
+    smoothing,
     /Fisher-weighted/.test(report.label) && 'Fisher-weighted',
     request.outlier_percent !== undefined && `outliers ${request.outlier_percent}%`,
     request.scaling && 'scaling',
@@ -501,6 +503,10 @@ function quantizeRequest() {
     });
     // The Hessian methods round onto the same uniform grid, which they call `grid`.
     if (method !== 'rtn') request.grid = request.format;
+  }
+  if ($('a-smooth').value !== '') {
+    request.act_equalization = $('a-smooth').value;
+    request.alpha = Number($('a-alpha').value);
   }
   return request;
 }

@@ -75,7 +75,7 @@ test('uniform FP8 e4m3 FNUZ with a percentile scale equals the CLI; e4m3 at 4 bi
   await page.close();
 });
 
-test('quantized inputs in the page (W4A8 dynamic per token, A8 static) equal the CLI; SmoothQuant\'s picture flattens the input\'s spikes', async () => {
+test('quantized inputs in the page (W4A8 dynamic per token, A8 static) equal the CLI; SmoothQuant\'s picture flattens the input\'s spikes, and its layerwise form applied in the page equals the CLI\'s', async () => {
   const page = await openPage(browser, pageUrl);
   await quantizeUniform(page, { bits: 4, granularity: 'channel', format: 'int', scaleStats: 'stats', scaleType: 'float', asym: true });
   const weights = ['--method', 'rtn', '--bits', '4', '--granularity', 'channel', '--asym'];
@@ -119,5 +119,22 @@ test('quantized inputs in the page (W4A8 dynamic per token, A8 static) equal the
   await page.waitForFunction(() => Math.abs(Number(document.getElementById('plot-activations').dataset.peakAfter) - 1) < 1e-3, null, { timeout: 60_000 });
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, 'activations.png'), fullPage: true });
+
+  // SmoothQuant applied by the page, layerwise (each linear its own scales from the ranges the
+  // picture shows, kept as an input scale the input quantizer sees), W4A8 dynamic per token: as
+  // the CLI computes it from the same two calibration windows.
+  await page.fill('#a-alpha', '0.5');
+  await page.dispatchEvent('#a-alpha', 'input');
+  await page.selectOption('#a-smooth', 'layerwise');
+  await page.selectOption('#a-scales', 'dynamic:per_row');
+  await page.uncheck('#a-zero-point');
+  const smoothed = await quantizeUniform(page, { bits: 4, granularity: 'channel', format: 'int', scaleStats: 'stats', scaleType: 'float', asym: true });
+  assert.ok(smoothed.quant.label.includes('+smoothquant layerwise α=0.5'), smoothed.quant.label);
+  const cliSmoothed = nativeQuantizedEval(text, [...weights, '--act-equalization', 'layerwise', '--alpha', '0.5', '--calibration-samples', '2',
+    '--input-bit-width', '8', '--input-quant-type', 'sym', '--input-scale-type', 'dynamic', '--input-quant-granularity', 'per_row']);
+  console.log(`W4A8 dynamic per token with layerwise SmoothQuant: browser ${smoothed.eval.perplexity} vs native ${cliSmoothed.eval.perplexity} (without: ${dynamic.perplexity})`);
+  assert.equal(cliSmoothed.method, smoothed.quant.label);
+  assert.ok(relative(smoothed.eval.perplexity, cliSmoothed.eval.perplexity) < 1e-3);
+  assert.notEqual(smoothed.eval.perplexity, dynamic.perplexity, 'smoothing changes the result');
   await page.close();
 });

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use lutlab_core::awq::AwqResults;
 use lutlab_core::files::{read_file, read_text};
 use lutlab_core::fisher_file::FisherDiagonal;
-use lutlab_core::model_transforms::{equalize_weights, merge_norm_affine, scale_fisher_columns, scale_fisher_rows, smooth_activations, LayerwiseSmoothing};
+use lutlab_core::model_transforms::{act_equalize, equalize_weights, merge_norm_affine, scale_fisher_columns, scale_fisher_rows, ActEqualization, LayerwiseSmoothing};
 use lutlab_core::quant::bias_correction::correct_biases;
 use lutlab_core::quant::QuantizedModel;
 use lutlab_core::{LoadedModel, ModelWeights, TextTokenizer};
@@ -21,18 +21,11 @@ use lutlab_model::{linear_input_stats, open_gpu, ActivationSettings, Decoder, In
 /// Applies the transforms `args` ask for to `loaded`, and to `fisher` (of the original weights);
 /// with `--act-equalization layerwise`, returns the scales the quantizers apply.
 pub fn apply(args: &QuantizeArgs, loaded: &mut LoadedModel, mut fisher: Option<&mut FisherDiagonal>) -> Result<Option<LayerwiseSmoothing>> {
-    let (fused, layerwise) = match args.act_equalization.as_deref() {
-        None => (false, false),
-        Some("fused") => (true, false),
-        Some("layerwise") => (false, true),
-        Some(other) => bail!(
-            "--act-equalization {other}: use fused (SmoothQuant's scales folded into the norms before q/k/v and the MLP) or layerwise (every linear its own scales, kept as an explicit multiplication of its input)"
-        ),
-    };
-    if layerwise && args.centering {
+    let smoothing = args.act_equalization.as_deref().map(str::parse::<ActEqualization>).transpose()?;
+    if smoothing == Some(ActEqualization::Layerwise) && args.centering {
         bail!("--act-equalization layerwise scales each linear's input, which --centering measures unscaled: give one");
     }
-    if (args.ln_affine_merge || args.weight_equalization || fused || layerwise || args.load_awq.is_some()) && args.hessian.is_some() {
+    if (args.ln_affine_merge || args.weight_equalization || smoothing.is_some() || args.load_awq.is_some()) && args.hessian.is_some() {
         bail!("--load-awq, --ln-affine-merge, --weight-equalization and --act-equalization change the layers' inputs: a --hessian file of the original model does not apply (leave it out to compute the Hessians of the transformed model)");
     }
     // AWQ's results were searched on the original model: they go first.
@@ -57,18 +50,9 @@ pub fn apply(args: &QuantizeArgs, loaded: &mut LoadedModel, mut fisher: Option<&
             scale_fisher_columns(fisher, &columns);
         }
     }
-    if fused {
-        let ranges = input_stats(args, loaded, "activation ranges")?.absmax;
-        let rows = smooth_activations(&mut loaded.weights, &ranges, args.alpha)?;
-        if let Some(fisher) = fisher {
-            scale_fisher_rows(fisher, &rows);
-        }
-    }
-    if layerwise {
-        let ranges = input_stats(args, loaded, "activation ranges")?.absmax;
-        return Ok(Some(LayerwiseSmoothing::new(&loaded.weights, &ranges, args.alpha)?));
-    }
-    Ok(None)
+    let Some(kind) = smoothing else { return Ok(None) };
+    let ranges = input_stats(args, loaded, "activation ranges")?.absmax;
+    Ok(act_equalize(kind, &mut loaded.weights, &ranges, args.alpha, fisher)?)
 }
 
 /// Each linear layer's input statistics (mean, largest magnitude) over random windows of the

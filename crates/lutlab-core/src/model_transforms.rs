@@ -270,6 +270,50 @@ impl LayerwiseSmoothing {
     }
 }
 
+/// Brevitas' `--act-equalization` kinds lutlab has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActEqualization {
+    /// Scales folded into the norms before q/k/v and the MLP ([`smooth_activations`]).
+    Fused,
+    /// Every linear its own scales, kept as an explicit input scale ([`LayerwiseSmoothing`]).
+    Layerwise,
+}
+
+impl std::str::FromStr for ActEqualization {
+    type Err = LoadError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fused" => Ok(Self::Fused),
+            "layerwise" => Ok(Self::Layerwise),
+            other => Err(LoadError::InvalidSetting(format!(
+                "act-equalization `{other}`: use fused (SmoothQuant's scales folded into the norms before q/k/v and the MLP) or layerwise (every linear its own scales, kept as an explicit multiplication of its input)"
+            ))),
+        }
+    }
+}
+
+/// SmoothQuant of `kind` at `alpha`, `absmax` each linear input's channel ranges: fused changes
+/// `weights` and carries a Fisher diagonal of them over; layerwise leaves both and returns the
+/// scales the quantizers apply (a Fisher diagonal for those is [`scale_fisher_rows`] by them).
+pub fn act_equalize(
+    kind: ActEqualization,
+    weights: &mut ModelWeights,
+    absmax: &BTreeMap<String, Vec<f32>>,
+    alpha: f64,
+    fisher: Option<&mut FisherDiagonal>,
+) -> Result<Option<LayerwiseSmoothing>> {
+    match kind {
+        ActEqualization::Fused => {
+            let rows = smooth_activations(weights, absmax, alpha)?;
+            if let Some(fisher) = fisher {
+                scale_fisher_rows(fisher, &rows);
+            }
+            Ok(None)
+        }
+        ActEqualization::Layerwise => Ok(Some(LayerwiseSmoothing::new(weights, absmax, alpha)?)),
+    }
+}
+
 /// SmoothQuant's migration strength must lie in [0, 1].
 fn check_alpha(alpha: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&alpha) {

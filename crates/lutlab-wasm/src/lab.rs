@@ -7,7 +7,7 @@ use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, In
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::quant::inputs::{InputQuantRequest, InputQuantization, InputScaling};
-use lutlab_core::model_transforms::layer_smoothing_scales;
+use lutlab_core::model_transforms::{act_equalize, layer_smoothing_scales, scale_fisher_rows, ActEqualization, LayerwiseSmoothing};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::packed_size::PackedSizes;
 use lutlab_core::{LoadError, ModelConfig, ModelWeights, LoadedModel, Progress, TextTokenizer};
@@ -552,11 +552,20 @@ impl Lab {
             None
         };
         let request: QuantizeRequest = serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("quantization settings: {e}")))?;
-        if request.is_mixed() || request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.load_awq.is_some() || request.act_equalization.is_some() {
+        if request.is_mixed() || request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.load_awq.is_some() {
             return Err(JsError::new(
-                "mixed precision (a size budget or layer rules) and the model transforms (norm merge, weight equalization, SmoothQuant, bias correction) run in the CLI for now: \
-                 `lutlab quantize --budget`, `--ln-affine-merge`, `--weight-equalization`, `--act-equalization fused`, `--bias-corr`",
+                "mixed precision (a size budget or layer rules) and the model transforms other than SmoothQuant (norm merge, weight equalization, bias correction) run in the CLI for now: \
+                 `lutlab quantize --budget`, `--ln-affine-merge`, `--weight-equalization`, `--bias-corr`",
             ));
+        }
+        // SmoothQuant from step 2's activation ranges (as `lutlab quantize --act-equalization`).
+        let smoothing = request.act_equalization.as_deref().map(str::parse::<ActEqualization>).transpose().map_err(js_error)?;
+        let ranges = match smoothing {
+            Some(_) => Some(session.input_ranges.borrow().clone().ok_or_else(|| JsError::new("SmoothQuant needs each layer's input ranges: compute the mean activations first (step 2)"))?),
+            None => None,
+        };
+        if smoothing.is_some() && (request.centering || !matches!(request.method.as_str(), "kmeans" | "rtn")) {
+            return Err(JsError::new("SmoothQuant changes the layers' inputs, which step 2's mean inputs and Hessians measured unchanged: use k-means or round-to-nearest without centering here (the CLI recomputes the Hessians: `lutlab quantize --act-equalization`)"));
         }
         let hessian_map = session.hessians.borrow().clone();
         let gpu = self.gpu.clone();
@@ -564,9 +573,30 @@ impl Lab {
         self.cancelled.set(false);
         let mut progress = JsProgress::new(on_progress, self.cancelled.clone());
         Ok(future_to_promise(async move {
-            let weights = session.weights()?;
+            let original = session.weights()?;
+            // Fused smoothing quantizes a smoothed copy of the model (its norms changed); layerwise
+            // leaves the model and scales each layer's weights for the quantizer, with the Fisher
+            // diagonal carried over either way.
+            let mut fisher_carried = fisher_diagonal.as_deref().filter(|_| smoothing.is_some()).cloned();
+            let (smoothed, layerwise) = match (smoothing, &ranges) {
+                (Some(ActEqualization::Fused), Some(ranges)) => {
+                    let mut smoothed = original.clone();
+                    act_equalize(ActEqualization::Fused, &mut smoothed, ranges, request.alpha, fisher_carried.as_mut()).map_err(js_error)?;
+                    (Some(smoothed), None)
+                }
+                (Some(ActEqualization::Layerwise), Some(ranges)) => {
+                    let layerwise = LayerwiseSmoothing::new(original, ranges, request.alpha).map_err(js_error)?;
+                    if let Some(f) = fisher_carried.as_mut() {
+                        scale_fisher_rows(f, &layerwise.scales);
+                    }
+                    (None, Some(layerwise))
+                }
+                _ => (None, None),
+            };
+            let weights = smoothed.as_ref().unwrap_or(original);
+            let fisher_used = fisher_carried.as_ref().or(fisher_diagonal.as_deref());
             let method = request.method(weights, fisher_diagonal.is_some()).map_err(js_error)?;
-            let lookup = |name: &str| fisher_diagonal.as_deref().and_then(|f| f.get(name)).map(|t| t.data.as_slice());
+            let lookup = |name: &str| fisher_used.and_then(|f| f.get(name)).map(|t| t.data.as_slice());
             let sample_weights: Option<SampleWeights> = fisher_diagonal.as_ref().map(|_| &lookup as _);
             if request.centering && input_means.is_none() {
                 return Err(js_error("centering needs the layers' mean inputs: compute them first").into());
@@ -591,12 +621,19 @@ impl Lab {
                 if progress.is_cancelled() {
                     return Err(work_error(ModelError::Cancelled));
                 }
-                let layer = if on_gpu {
-                    quantize_layer_gpu(&gpu, &name, &linear, &method, calibration, weights.config.n_embd).await.map_err(work_error)?
-                } else {
-                    quantize_layer(&name, &linear, &method, calibration, weights.config.n_embd).map_err(js_error)?
+                let rounded = match &layerwise {
+                    Some(l) => l.scale_linear(&name, &linear),
+                    None => std::borrow::Cow::Borrowed(&*linear),
                 };
-                quantized.push(layer);
+                let layer = if on_gpu {
+                    quantize_layer_gpu(&gpu, &name, &rounded, &method, calibration, weights.config.n_embd).await.map_err(work_error)?
+                } else {
+                    quantize_layer(&name, &rounded, &method, calibration, weights.config.n_embd).map_err(js_error)?
+                };
+                quantized.push(match &layerwise {
+                    Some(l) => l.unscale(&linear, layer).map_err(js_error)?,
+                    None => layer,
+                });
                 done += linear.weight.numel() as u64;
             }
             progress.update(done, total);
@@ -614,7 +651,7 @@ impl Lab {
             let file = packed.as_ref().map(|p| p.to_safetensors(TableDtype::F16)).transpose().map_err(js_error)?;
             let model = match &packed {
                 Some(packed) => Decoder::from_packed(packed, &device).map_err(js_error)?,
-                None => Decoder::new(&quantized.apply(weights), &device),
+                None => Decoder { input_multipliers: quantized.input_multipliers(), ..Decoder::new(&quantized.apply(weights), &device) },
             };
             let report = QuantizeReport {
                 label: label.clone(),
