@@ -14,6 +14,8 @@ mod fisher;
 mod generate;
 #[path = "half_precision.rs"]
 mod half_precision;
+#[path = "hessian_rounding_gpu.rs"]
+mod hessian_rounding_gpu;
 #[path = "hessians.rs"]
 mod hessians;
 #[path = "input_quant.rs"]

@@ -136,7 +136,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     let clock = Instant::now();
     let lookup = |name: &str| diagonal.get(name).map(|t| t.data.as_slice());
     let sample_weights: SampleWeights = &lookup;
-    let calibration = Calibration { fisher: Some(sample_weights), input_means: None, hessians: None };
+    let calibration = Calibration { fisher: Some(sample_weights), ..Default::default() };
     let mut bar = Bar::new("quantize", "weights", args.json);
     let quantized = if args.cpu_kmeans {
         quantize_model(weights, &method, None, calibration, &mut bar)?

@@ -128,7 +128,9 @@ pub struct QuantizeArgs {
     /// of 2^(bits·dim) entries, bits per weight as a scalar table (fitted on the CPU).
     #[arg(long)]
     pub(crate) vector_dim: Option<usize>,
-    /// Run the k-means on the GPU (WGSL Lloyd iterations; the CPU reference otherwise).
+    /// Quantize on the GPU: k-means' Lloyd iterations (WGSL), and GPTQ/LDLQ's factorization,
+    /// row loop and batch updates onto fixed tables (f32, as GPTQ's own code); the CPU reference
+    /// (f64 for the Hessian methods) otherwise.
     #[arg(long)]
     pub(crate) gpu: bool,
     /// k-means: seed 000's scaling (a ± standard-deviation scale per output channel).
@@ -286,7 +288,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let sample_weights: Option<lutlab_core::quant::model::SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
     let rounded_lookup = |name: &str| rounded_fisher.and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let rounded_sample_weights: Option<lutlab_core::quant::model::SampleWeights> = rounded_fisher.map(|_| &rounded_lookup as _);
-    let calibration = Calibration { fisher: rounded_sample_weights, input_means: input_means.as_ref(), hessians: None };
+    let calibration = Calibration { fisher: rounded_sample_weights, input_means: input_means.as_ref(), ..Default::default() };
     let mut quantize_at = |method: &Method| -> Result<QuantizedModel> {
         let title = if request.is_mixed() { format!("quantize {}-bit", method.bits()) } else { "quantize".to_string() };
         let mut bar = Bar::new(&title, "weights", args.json);

@@ -15,7 +15,7 @@ use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, La
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::{LoadedModel, Progress, TextTokenizer};
 use std::borrow::Cow;
-use lutlab_model::{quantize_sequential, ActivationSettings, Decoder, HessianSettings};
+use lutlab_model::{quantize_sequential, ActivationSettings, Decoder, GpuRounder, HessianSettings};
 
 /// What the Hessian methods quantize: the model (whose inputs give the Hessians), the Fisher
 /// diagonal of the weights the quantizers round, and layerwise smoothing's scales, if any.
@@ -30,6 +30,7 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
     let weights = &loaded.weights;
     let selected: Vec<String> = selected_layers(weights, selection)?.into_iter().map(|(name, _)| name).collect();
     let n_embd = weights.config.n_embd;
+    let rounder = gpu_rounder(args)?;
     // With layerwise smoothing a layer is rounded as `diag(s)·W` against the Hessian of its
     // scaled input, then unscaled.
     let one = |name: &str, h: &Square| -> Result<QuantizedLayer> {
@@ -40,7 +41,7 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
         };
         let hessian = |n: &str| (n == name).then_some(h.as_ref());
         let sample_weights = |n: &str| fisher.and_then(|f| f.get(n)).map(|t| t.data.as_slice());
-        let calibration = Calibration { fisher: fisher.map(|_| &sample_weights as _), input_means: None, hessians: Some(&hessian) };
+        let calibration = Calibration { fisher: fisher.map(|_| &sample_weights as _), hessians: Some(&hessian), rounder: rounder.as_ref().map(|r| r as _), ..Default::default() };
         let layer = quantize_layer(name, &rounded, method, calibration, n_embd)?;
         Ok(match smoothing {
             Some(s) => s.unscale(linear, layer)?,
@@ -89,6 +90,15 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
     done.sort_by_key(|(index, _)| *index);
     layers.extend(done.into_iter().map(|(_, layer)| layer));
     Ok(QuantizedModel { layers })
+}
+
+/// With `--gpu`, GPTQ and LDLQ round on the GPU (f32, as GPTQ's own code; the other cases on
+/// the CPU, in f64).
+pub fn gpu_rounder(args: &QuantizeArgs) -> Result<Option<GpuRounder>> {
+    Ok(match args.gpu {
+        true => Some(GpuRounder { gpu: pollster::block_on(lutlab_model::open_gpu())? }),
+        false => None,
+    })
 }
 
 /// The calibration text (`--calibration-data`, else WikiText-2 validation) as token ids.

@@ -66,6 +66,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     let hessians = args.hessian.as_deref().map(|p| HessianFile::open(p, config)).transpose()?;
     let label = request.label(fisher.is_some());
     let gpu = if args.gpu { Some(pollster::block_on(open_gpu())?) } else { None };
+    let rounder = crate::quantize_hessian::gpu_rounder(args)?;
 
     let sink = Mutex::new(Sink::new(PackedWriter::create(packed_path, config, table_dtype)?, table_dtype));
     let mut bar = Bar::new("quantize", if sequential { "blocks" } else { "weights" }, args.json);
@@ -89,6 +90,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
             fisher: sample.as_ref().map(|_| &lookup as SampleWeights),
             input_means: None,
             hessians: hessian.map(|_| &h_lookup as Hessians),
+            rounder: rounder.as_ref().map(|r| r as _),
         };
         let layer = match &gpu {
             Some(gpu) if !method.needs_hessians() => pollster::block_on(quantize_layer_gpu(gpu, name, linear, &method, calibration, config.n_embd))?,

@@ -186,7 +186,7 @@ fn the_head_takes_no_fisher_weights_sensitive_weights_or_centering() {
     let means: InputMeans = w.linears().map(|(n, l)| (n, vec![0.01; l.in_features()])).collect();
     let req = QuantizeRequest { sensitive: 0.5, centering: true, scaling: true, ..request("kmeans", 3, "tensor", true) };
     let method = req.method(&w, true).unwrap();
-    let calibration = Calibration { fisher: Some(&lookup), input_means: Some(&means), hessians: None };
+    let calibration = Calibration { fisher: Some(&lookup), input_means: Some(&means), ..Default::default() };
     let q = match quantize_model(&w, &method, req.selection(None), calibration, &mut NoProgress) {
         Ok(q) => q,
         Err(e) => panic!("the head needs neither Fisher values nor mean inputs: {e}"),

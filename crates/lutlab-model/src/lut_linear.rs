@@ -436,7 +436,7 @@ fn block_multiply_adds(bits: u32, words: &str, inputs: &str, group_block: Option
     out
 }
 
-fn primitive<const D: usize, K>(tensor: Tensor<D, K>) -> Result<CubeTensor>
+pub(crate) fn primitive<const D: usize, K>(tensor: Tensor<D, K>) -> Result<CubeTensor>
 where
     K: burn::tensor::BackendPrimitive<Wgpu, Primitive = CubeTensor> + burn::tensor::kind::Basic,
 {

@@ -45,7 +45,7 @@ impl Lab {
             let sample_weights: Option<SampleWeights> = fisher.as_ref().map(|_| &lookup as _);
             // Centering is part of the settings when the layers' means were used.
             let centering = quantized.layers.iter().any(|l| l.transform.as_ref().is_some_and(|t| t.input_shift.is_some()));
-            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| centering), hessians: None };
+            let calibration = Calibration { fisher: sample_weights, input_means: input_means.as_deref().filter(|_| centering), ..Default::default() };
             let start = now_ms();
             let mut notes = Vec::new();
             let (layer, engine) = match &method {

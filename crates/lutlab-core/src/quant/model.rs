@@ -8,7 +8,7 @@ use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings}
 use crate::quant::lut::{Granularity, InputGroupScales, LutMatrix, SparseOutliers, INPUT_GROUP_MULTIPLE};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
-use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, RoundingSettings, Square};
+use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, HessianRounder, RoundingSettings, Square};
 use crate::quant::incoherence::{layer_rotations, preprocess, Incoherence, IncoherenceSettings, RmsGrid};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
 use crate::quant::vector::quantize_vectors;
@@ -137,11 +137,14 @@ pub struct Calibration<'a> {
     /// Each linear's Hessian by name (`h.0.attn.c_attn`), for the Hessian methods and every
     /// method's proxy loss.
     pub hessians: Option<Hessians<'a>>,
+    /// Where the Hessian methods round when not on this CPU (the GPU, from `lutlab-model`); it
+    /// may decline a case, which the CPU reference then rounds.
+    pub rounder: Option<&'a dyn HessianRounder>,
 }
 
 impl<'a> Calibration<'a> {
     pub fn fisher(fisher: Option<SampleWeights<'a>>) -> Self {
-        Self { fisher, input_means: None, hessians: None }
+        Self { fisher, ..Self::default() }
     }
 }
 
@@ -316,7 +319,10 @@ fn quantize_layer_hessian(
         Some(p) => (&p.weights, &p.hessian),
         None => (&linear.weight.data, original_h),
     };
-    let round = |grid: &Grid, exact: Option<&[bool]>| round_with_hessian(w, rows, cols, h, grid, exact, rounding).map_err(|e| in_layer(name, e));
+    let round = |grid: &Grid, exact: Option<&[bool]>| {
+        let elsewhere = calibration.rounder.and_then(|r| r.round(w, rows, cols, h, grid, exact, rounding));
+        elsewhere.unwrap_or_else(|| round_with_hessian(w, rows, cols, h, grid, exact, rounding)).map_err(|e| in_layer(name, e))
+    };
     // A LUT's tables as the grid to round to.
     let tables_of = |lut: &LutMatrix| -> Result<Grid> {
         Ok(Grid::Tables { levels: lut.levels(), tables: lut.tables.clone(), channels_per_table: lut.granularity.channels_per_table(cols)? })

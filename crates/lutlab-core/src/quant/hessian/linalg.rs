@@ -124,7 +124,7 @@ fn lower_factor(a: MatRef<'_, f64>) -> Option<Mat<f64>> {
 }
 
 /// `L⁻¹` of a lower triangular `l` with a non-zero diagonal.
-pub(super) fn lower_inverse(l: &Square) -> Square {
+pub fn lower_inverse(l: &Square) -> Square {
     Square::from_faer(lower_inverse_of(l.view()).as_ref())
 }
 

@@ -90,6 +90,13 @@ pub struct FittedGroups {
     pub zero_points: Vec<f32>,
 }
 
+/// Rounding with a Hessian somewhere other than this CPU (the GPU rounder of `lutlab-model`).
+/// `None`: this case is not handled there (the caller then runs [`round_with_hessian`]).
+pub trait HessianRounder: Sync {
+    #[allow(clippy::too_many_arguments)]
+    fn round(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> Option<Result<Rounded>>;
+}
+
 /// Rounds `weights` (`[rows, cols]` = `[in, out]`) onto `grid`, feeding errors back through `h`
 /// (`[rows, rows]`, as accumulated: `(2/N) Σ x xᵀ`). `exact` marks weights kept as they are
 /// (dense-and-sparse outliers; with feedback, at their updated value).
