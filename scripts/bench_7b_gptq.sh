@@ -10,11 +10,13 @@
 set -o pipefail
 source scripts/device_env.sh
 L=${LUTLAB:-.carry/lutlab}
+# GPTQ's factorization and row loop on the GPU (`--gpu`); ON_GPU= for the CPU's f64 reference.
+ON_GPU=${ON_GPU---gpu}
 BLOCKS=${BLOCKS:-4}; N=${NSAMPLES:-128}
 M=/tmp/llama7b-$BLOCKS
 python3 scripts/make_llama7b_shaped.py --out $M --layers $BLOCKS > "$OUT/make.log" 2>&1 || { tail "$OUT/make.log"; exit 1; }
 CAL=data/wikitext-2/valid.txt
-LUTLAB_PROFILE=1 timeout ${LUTLAB_TIMEOUT:-540} /usr/bin/time -v $L quantize --model $M --stream --method gptq --bits 4 --granularity channel \
+LUTLAB_PROFILE=1 timeout ${LUTLAB_TIMEOUT:-540} /usr/bin/time -v $L quantize $ON_GPU --model $M --stream --method gptq --bits 4 --granularity channel \
   --calibration-data $CAL --hessian-samples $N --hessian-seqlen 2048 --packed /tmp/q7b.lut --json > "$OUT/lutlab.json" 2> "$OUT/lutlab.err"
 echo "exit $?"
 grep -E "Elapsed|Maximum resident" "$OUT/lutlab.err"

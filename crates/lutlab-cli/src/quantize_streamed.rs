@@ -21,7 +21,7 @@ use lutlab_core::quant::hessian::Square;
 use lutlab_core::quant::model::{quantize_layer, Calibration, Hessians, SampleWeights};
 use lutlab_core::quant::{QuantizeRequest, QuantizedLayer};
 use lutlab_core::weights::{check_layout, BlockWeights, LinearWeights};
-use lutlab_core::{Checkpoint, HostTensor, ModelConfig, ModelFiles, Progress};
+use lutlab_core::{profile, Checkpoint, HostTensor, ModelConfig, ModelFiles, Progress};
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_model::{open_gpu, quantize_sequential, Decoder, LayerHessian};
 use std::collections::BTreeSet;
@@ -126,6 +126,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     let Sink { mut writer, summaries, mut lines, written, .. } = sink.into_inner().unwrap_or_else(|e| e.into_inner());
     lines.sort_by_key(|(order, _)| *order);
     let lines: Vec<LayerLine> = lines.into_iter().map(|(_, line)| line).collect();
+    let phase = profile::start();
     // Everything not packed goes in as the checkpoint stores it (names, layout), in the smallest
     // dtype that holds it exactly (f16 for an f16 checkpoint).
     for (name, _, _) in config.tensor_shapes() {
@@ -136,6 +137,8 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     let meta = PackedMeta { base_model: model_dir.display().to_string(), method: label.clone(), settings: serde_json::to_string(request)?, allocation: String::new() };
     let dense_bytes = writer.dense_bytes();
     writer.finish(config, &meta).with_context(|| format!("writing {}", packed_path.display()))?;
+    profile::stop("dense tensors written, file finished", phase);
+    profile::report("streamed quantization's end");
     let file_bytes = std::fs::metadata(packed_path).with_context(|| format!("reading {}", packed_path.display()))?.len() as usize;
     let sizes = PackedSizes::from_layers(&summaries, dense_bytes, file_bytes, checkpoint_bytes(model_dir).ok());
     let seconds = start.elapsed().as_secs_f64();
@@ -230,10 +233,16 @@ fn quantize_sequentially(
             // Outside --blocks: the float weights go on unchanged.
             return Ok(None);
         }
+        let phase = profile::start();
         let weights = block_weights(layer.block).map_err(in_layer)?;
+        profile::stop("host: block weights read (once per block; the others wait)", phase);
         let spec = &specs[layer.linear];
+        let phase = profile::start();
         let quantized = quantize_one(layer.name, spec, &weights.linears[layer.linear], Some(layer.hessian)).map_err(in_layer)?;
+        profile::stop("host: quantize_layer (grid, rounding, report)", phase);
+        let phase = profile::start();
         lock(sink).add(layer.block * specs.len() + layer.linear, &quantized, spec).map_err(in_layer)?;
+        profile::stop("host: packed and written (one layer at a time)", phase);
         Ok(Some(quantized.dequantized))
     };
     pollster::block_on(quantize_sequential(&model, &tokens, settings, &quantize, bar))?;

@@ -101,7 +101,9 @@ pub async fn quantize_sequential(
     let device = model.device();
     progress.update(0, model.n_blocks() as u64);
     for i in 0..model.n_blocks() {
+        let upload = profile::start();
         let mut block = model.block(i)?.into_owned();
+        profile::stop("block read and upload", upload);
         let names = block_linear_names(model, i);
         let inputs: Vec<Tensor<3>> = states.iter().map(|(_, x)| x.clone()).collect();
         for step in &steps {
@@ -119,11 +121,13 @@ pub async fn quantize_sequential(
                 range.map(|j| quantize(LayerHessian { block: i, linear: jobs[j].0, name: &names[jobs[j].0], hessian: jobs[j].1 })).collect::<Vec<_>>()
             });
             profile::stop("host: the step's layers (grid, rounding, report), concurrently", host);
+            let replace = profile::start();
             for ((linear, _), quantized) in jobs.iter().zip(results.into_iter().flatten()) {
                 if let Some(weights) = quantized? {
                     replace_weight(&mut block.linears[*linear], &weights, &device, &names[*linear])?;
                 }
             }
+            profile::stop("quantized weights uploaded", replace);
             // Back to the block's inputs: the next step (or the final pass) starts from them.
             states.iter_mut().zip(&inputs).for_each(|((_, x), given)| *x = given.clone());
         }

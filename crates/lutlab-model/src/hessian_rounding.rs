@@ -26,7 +26,7 @@ use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::KernelArguments;
 use lutlab_core::quant::hessian::linalg::{cholesky_lower, lower_inverse};
 use lutlab_core::quant::hessian::{Feedback, Grid, HessianRounder, Rounded, RoundingSettings, Square};
-use lutlab_core::LoadError;
+use lutlab_core::{profile, LoadError};
 
 /// Width of the diagonal blocks factored on the host.
 const PANEL: usize = 256;
@@ -106,8 +106,13 @@ pub async fn round_on_gpu(
             let damped: Vec<f64> = diagonal.iter().map(|d| d + lambda).collect();
             order.sort_by(|&a, &b| damped[b].total_cmp(&damped[a]));
         }
-        let Some((ldl, pivots)) = ldl_factor(device, h, &diagonal, lambda, &order).await? else { continue };
+        let phase = profile::start();
+        let factored = ldl_factor(device, h, &diagonal, lambda, &order).await?;
+        profile::stop("host: GPU rounding: damping and factor", phase);
+        let Some((ldl, pivots)) = factored else { continue };
+        let phase = profile::start();
         let (codes, loss) = round_rows(device, &w, n, cols, &order, ldl, &pivots, (levels, tables, channels_per_table), settings.blocksize).await?;
+        profile::stop("host: GPU rounding: row loop", phase);
         // Back to the original row order, and the proxy loss against the undamped `H`.
         let mut out_codes = vec![0u8; n * cols];
         let mut values = vec![0f32; n * cols];
