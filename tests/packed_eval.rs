@@ -92,7 +92,7 @@ fn seed000_scaling_and_centering_run_packed() {
     let settings = ActivationSettings { nsamples: 8, ..ActivationSettings::for_model(&model) };
     let means = pollster::block_on(linear_input_means(&model, &calibration_tokens, settings, &mut NoProgress)).unwrap();
     let transformed_request = QuantizeRequest { scaling: true, centering: true, ..request("kmeans", 3, "tensor") };
-    let packed = packed_with(transformed_request, TableDtype::F16, Calibration { fisher: None, input_means: Some(&means), hessians: None });
+    let packed = packed_with(transformed_request, TableDtype::F16, Calibration { input_means: Some(&means), ..Calibration::default() });
     let layer = &packed.layers["h.1.mlp.c_fc"];
     assert!(layer.scales.is_some() && layer.input_shift.is_some(), "scales and shift are stored");
     check("k-means 3-bit tensor, scaled and centered", &packed);

@@ -25,7 +25,7 @@ use burn::tensor::{DType, Device, Int, Shape, Tensor};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::KernelArguments;
 use lutlab_core::quant::hessian::linalg::{cholesky_lower, lower_inverse};
-use lutlab_core::quant::hessian::{Feedback, Grid, HessianRounder, Rounded, RoundingSettings, Square};
+use lutlab_core::quant::hessian::{Feedback, Grid, Rounded, RoundingSettings, Square};
 use lutlab_core::{profile, LoadError};
 
 /// Width of the diagonal blocks factored on the host.
@@ -42,6 +42,7 @@ pub struct GpuRounder {
 
 impl GpuRounder {
     /// Whether this case runs here (the CPU reference checks and refuses bad input itself).
+    #[allow(clippy::too_many_arguments)]
     pub fn handles(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> bool {
         let Grid::Tables { levels, tables, channels_per_table } = grid else { return false };
         let fits = (rows * rows * 4) as u64 <= self.gpu.max_binding_bytes() && rows < 1 << 16;
@@ -66,7 +67,7 @@ impl GpuRounder {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-impl HessianRounder for GpuRounder {
+impl lutlab_core::quant::hessian::HessianRounder for GpuRounder {
     fn round(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> Option<lutlab_core::Result<Rounded>> {
         if !self.handles(weights, rows, cols, h, grid, exact, settings) {
             return None;

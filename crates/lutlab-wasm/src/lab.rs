@@ -610,6 +610,7 @@ impl Lab {
                 fisher: sample_weights,
                 input_means: input_means.as_deref().filter(|_| request.centering),
                 hessians: hessian_map.as_ref().map(|_| &hessian_of as _),
+                rounder: None,
             };
             let layers = selected_layers(weights, request.selection(None)).map_err(js_error)?;
             let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
