@@ -101,25 +101,8 @@ fn the_finite_grid_counterexample_makes_gptq_worse_than_nearest() {
     assert!(g.proxy_loss > 5.0 * n.proxy_loss, "GPTQ {} vs nearest {}", g.proxy_loss, n.proxy_loss);
 }
 
-/// A random `[rows, cols]` layer and the Hessian of `tokens` correlated random inputs.
 fn random_layer(rows: usize, cols: usize, tokens: usize, seed: u64) -> (Vec<f32>, Square) {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
-    let weights: Vec<f32> = (0..rows * cols).map(|_| next() as f32).collect();
-    let shared: Vec<f64> = (0..tokens).map(|_| next()).collect();
-    let x: Vec<f64> = (0..rows * tokens).map(|i| next() + 0.7 * shared[i % tokens]).collect();
-    let mut h = Square::zeros(rows);
-    for i in 0..rows {
-        for j in 0..rows {
-            h.data[i * rows + j] = 2.0 / 4.0 * (0..tokens).map(|t| x[i * tokens + t] * x[j * tokens + t]).sum::<f64>();
-        }
-    }
-    (weights, h)
+    lutlab_tests::random_layer_with_hessian(rows, cols, tokens, seed, None)
 }
 
 #[test]

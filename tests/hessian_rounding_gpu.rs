@@ -6,6 +6,7 @@
 use lutlab_core::quant::hessian::{proxy_loss, round_with_hessian, Feedback, Grid, HessianRounder, RoundingSettings, Square};
 use lutlab_core::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
 use lutlab_model::GpuRounder;
+use lutlab_tests::random_layer_with_hessian;
 
 fn rounder() -> GpuRounder {
     GpuRounder { gpu: pollster::block_on(lutlab_model::open_gpu()).expect("a wgpu adapter (lavapipe in CI)") }
@@ -23,30 +24,6 @@ fn asym_int(bits: u32, granularity: UniformGranularity) -> UniformSettings {
     }
 }
 
-/// A random `[rows, cols]` layer and the Hessian `(2/N) Σ x xᵀ` of `tokens` correlated random
-/// inputs (input `dead` never fires).
-fn random_layer(rows: usize, cols: usize, tokens: usize, seed: u64, dead: Option<usize>) -> (Vec<f32>, Square) {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
-    let weights: Vec<f32> = (0..rows * cols).map(|_| next() as f32).collect();
-    let shared: Vec<f64> = (0..tokens).map(|_| next()).collect();
-    let x: Vec<f64> = (0..rows * tokens).map(|i| if Some(i / tokens) == dead { 0.0 } else { next() + 0.7 * shared[i % tokens] }).collect();
-    let mut h = Square::zeros(rows);
-    for i in 0..rows {
-        for j in 0..=i {
-            let v = 2.0 / tokens as f64 * (0..tokens).map(|t| x[i * tokens + t] * x[j * tokens + t]).sum::<f64>();
-            h.data[i * rows + j] = v;
-            h.data[j * rows + i] = v;
-        }
-    }
-    (weights, h)
-}
-
 #[test]
 fn gpu_rounding_matches_the_cpu_reference() {
     let rounder = rounder();
@@ -57,7 +34,7 @@ fn gpu_rounding_matches_the_cpu_reference() {
         ("ldlq 2-bit per tensor", 3, false, None, Feedback::Ldlq, 2, UniformGranularity::Tensor),
     ];
     for (what, seed, act_order, dead, feedback, bits, granularity) in cases {
-        let (weights, h) = random_layer(rows, cols, 1200, seed, dead);
+        let (weights, h) = random_layer_with_hessian(rows, cols, 1200, seed, dead);
         let uniform = lutlab_core::quant::quantize_uniform(&weights, rows, cols, &asym_int(bits, granularity)).unwrap();
         let channels_per_table = if granularity == UniformGranularity::Tensor { cols } else { 1 };
         let grid = Grid::Tables { levels: 1 << bits, channels_per_table, tables: uniform.tables.clone() };
@@ -96,7 +73,7 @@ fn gpu_rounding_matches_the_cpu_reference() {
 fn cases_the_gpu_does_not_round_go_to_the_cpu() {
     let rounder = rounder();
     let (rows, cols) = (64, 8);
-    let (weights, h) = random_layer(rows, cols, 200, 4, None);
+    let (weights, h) = random_layer_with_hessian(rows, cols, 200, 4, None);
     let uniform = lutlab_core::quant::quantize_uniform(&weights, rows, cols, &asym_int(4, UniformGranularity::Channel)).unwrap();
     let tables = Grid::Tables { levels: 16, channels_per_table: 1, tables: uniform.tables };
     let gptq = RoundingSettings::default();

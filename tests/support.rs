@@ -63,3 +63,27 @@ pub fn load_weights(dir: &std::path::Path) -> lutlab_core::ModelWeights {
     let checkpoint = lutlab_core::Checkpoint::from_safetensors([("model.safetensors", bytes.as_slice())]).expect("checkpoint parses");
     lutlab_core::ModelWeights::from_checkpoint(&config, checkpoint).expect("weights match the config")
 }
+
+/// A random `[rows, cols]` layer (`[in, out]`) and the Hessian `(2/N) Σ x xᵀ` of `tokens`
+/// correlated random inputs, input `dead` never firing (xorshift, deterministic per seed).
+pub fn random_layer_with_hessian(rows: usize, cols: usize, tokens: usize, seed: u64, dead: Option<usize>) -> (Vec<f32>, lutlab_core::quant::hessian::Square) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    let weights: Vec<f32> = (0..rows * cols).map(|_| next() as f32).collect();
+    let shared: Vec<f64> = (0..tokens).map(|_| next()).collect();
+    let x: Vec<f64> = (0..rows * tokens).map(|i| if Some(i / tokens) == dead { 0.0 } else { next() + 0.7 * shared[i % tokens] }).collect();
+    let mut h = lutlab_core::quant::hessian::Square::zeros(rows);
+    for i in 0..rows {
+        for j in 0..=i {
+            let v = 2.0 / tokens as f64 * (0..tokens).map(|t| x[i * tokens + t] * x[j * tokens + t]).sum::<f64>();
+            h.data[i * rows + j] = v;
+            h.data[j * rows + i] = v;
+        }
+    }
+    (weights, h)
+}
