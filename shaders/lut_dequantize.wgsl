@@ -8,9 +8,12 @@
 // One thread per (column, packed block of 32 rows): consecutive threads take consecutive columns,
 // so both the packed words ([blocks · bits, cols]) and the written rows are read and written
 // coalesced. The thread then adds the column's sparse outliers that fall in its block. Layout:
-// docs/FORMAT.md, lutlab_core::quant::packed. The host fills the bit width.
+// docs/FORMAT.md, lutlab_core::quant::packed. The host fills the code width and DIM, the weights
+// per code: 1 for scalar tables; 2 or 4 for vector tables, whose code `i` of a block stands for
+// DIM consecutive rows and picks DIM consecutive table values (so a block spans 32·DIM rows).
 
 const BITS: u32 = {{bits}}u;
+const DIM: u32 = {{dim}}u;
 const MASK: u32 = (1u << BITS) - 1u;
 const NONE: u32 = 0xffffffffu;
 
@@ -34,7 +37,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
     let k = id.y;
     if (c >= cols) { return; }
-    let table = c / channels_per_table * (MASK + 1u);
+    let table = c / channels_per_table * (MASK + 1u) * DIM;
     var scale = 1.0;
     if (scales_at != NONE) { scale = aux[scales_at + c]; }
     // This block's input group: its weights are (entry − zero) · group scale.
@@ -46,8 +49,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         if (group_zeros_at != NONE) { group_zero = aux[group_zeros_at + g]; }
     }
     let base = k * BITS * cols + c;
-    let r0 = k * 32u;
-    let n = min(32u, rows - r0);
+    let v0 = k * 32u;
+    let n = min(32u, rows / DIM - v0);
     for (var i = 0u; i < n; i++) {
         let bit = i * BITS;
         let word = bit / 32u;
@@ -56,12 +59,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         if (s + BITS > 32u) {
             code |= qweight[base + (word + 1u) * cols] << (32u - s);
         }
-        w[(r0 + i) * cols + c] = ((aux[table + (code & MASK)] - group_zero) * group_scale) * scale;
+        let entry = table + (code & MASK) * DIM;
+        for (var e = 0u; e < DIM; e++) {
+            w[((v0 + i) * DIM + e) * cols + c] = ((aux[entry + e] - group_zero) * group_scale) * scale;
+        }
     }
     // The same thread wrote these elements just above: no other thread touches them.
+    let r0 = v0 * DIM;
     for (var j = index[c]; j < index[c + 1u]; j++) {
         let r = index[row_idx_at + j];
-        if (r >= r0 && r < r0 + n) {
+        if (r >= r0 && r < r0 + n * DIM) {
             w[r * cols + c] += aux[sparse_values_at + j] * scale;
         }
     }

@@ -1,13 +1,15 @@
 //! The LUT GEMV and GEMM kernels (`shaders/lut_gemv.wgsl`; `shaders/lut_dequantize.wgsl` + matmul) against their
 //! CPU reference `PackedLinear::reference_matmul`, for every bit width, every granularity, odd
-//! shapes, outliers, scales, input shift, bias and input-group scales (GPTQ's groupsize).
+//! shapes, outliers, scales, input shift, bias, input-group scales (GPTQ's groupsize) and vector
+//! tables (`lut_vector_gemv.wgsl`).
 //!
 //! Tolerance: the GPU sums in f32 in a different order than the f64 reference, so each output is
 //! allowed `1e-5 · Σ|x·w|` (a few f32 ulps of the terms' magnitude) plus 1e-6.
 
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_core::quant::lut::InputGroupScales;
-use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseOutliers};
+use lutlab_core::quant::vector::VectorLut;
+use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseColumns, SparseOutliers};
 use lutlab_model::burn::tensor::{Tensor, TensorData};
 use lutlab_model::lut_linear::{PackedGpuLinear, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
 use std::sync::atomic::Ordering;
@@ -54,7 +56,7 @@ fn check(packed: &PackedLinear, m: usize, with_bias: bool, rng: &mut SplitMix64)
     let got: Vec<f32> = layer.forward(input).into_data().try_to_vec::<f32>().unwrap();
     let want = packed.reference_matmul(&x, m, bias);
     let w = packed.effective_weights();
-    let what = format!("{}x{} {}-bit {:?} m={m}", packed.rows, packed.cols, packed.bits, packed.granularity());
+    let what = format!("{}x{} {}-bit vectors of {} {:?} m={m}", packed.rows, packed.cols, packed.bits, packed.vector_dim, packed.granularity());
     for t in 0..m {
         for c in 0..packed.cols {
             let magnitude: f32 = (0..packed.rows).map(|r| (x[t * packed.rows + r] * w[r * packed.cols + c]).abs()).sum();
@@ -175,5 +177,60 @@ fn incoherence_rotations_match_the_cpu_around_the_lut_kernels() {
         packed.validate("rotated layer").unwrap();
         check(&packed, 1, true, &mut rng);
         check(&packed, GEMV_MAX_TOKENS + 3, true, &mut rng);
+    }
+}
+
+/// A random vector-table layer (`vector_dim` weights per code), with a few sparse outliers and,
+/// with `extras`, scales and an input shift.
+fn random_vector_layer(rng: &mut SplitMix64, rows: usize, cols: usize, dim: usize, bits: u32, granularity: Granularity, extras: bool) -> PackedLinear {
+    let entries = 1usize << (bits as usize * dim);
+    let channels_per_table = granularity.channels_per_table(cols).unwrap();
+    let vector = VectorLut {
+        rows,
+        cols,
+        dim,
+        channels_per_table,
+        codebooks: (0..cols / channels_per_table * entries * dim).map(|_| rng.next_f64() as f32 - 0.5).collect(),
+        entries,
+        codes: (0..rows / dim * cols).map(|_| (rng.next_u64() % entries as u64) as u16).collect(),
+    };
+    let mut packed = PackedLinear::from_vector(&vector).unwrap();
+    let mut sparse = SparseColumns { col_ptr: vec![0], row_idx: Vec::new(), values: Vec::new() };
+    for _ in 0..cols {
+        for r in 0..rows {
+            if rng.next_u64().is_multiple_of(60) {
+                sparse.row_idx.push(r as u32);
+                sparse.values.push(rng.next_f64() as f32 - 0.5);
+            }
+        }
+        sparse.col_ptr.push(sparse.values.len() as u32);
+    }
+    packed.sparse = sparse;
+    if extras {
+        packed.scales = Some((0..cols).map(|_| 0.5 + rng.next_f64() as f32).collect());
+        packed.input_shift = Some((0..rows).map(|_| rng.next_f64() as f32 - 0.5).collect());
+    }
+    packed.validate("random vector layer").unwrap();
+    packed
+}
+
+/// Vector tables (issue 20): `lut_vector_gemv.wgsl` for a few tokens (one split and several) and
+/// `lut_dequantize.wgsl` with DIM > 1 before the matmul, for codes of 2 to 12 bits.
+#[test]
+fn vector_tables_match_the_cpu_in_gemv_and_gemm() {
+    let mut rng = SplitMix64::new(8);
+    for (dim, bits) in [(2, 1), (2, 2), (2, 3), (2, 4), (4, 1), (4, 2), (4, 3)] {
+        for granularity in [Granularity::Tensor, Granularity::Channel, Granularity::Group(5)] {
+            let packed = random_vector_layer(&mut rng, 84, 45, dim, bits, granularity, bits % 2 == 0);
+            check(&packed, 1, true, &mut rng);
+            check(&packed, GEMV_MAX_TOKENS, bits != 3, &mut rng);
+            check(&packed, GEMV_MAX_TOKENS + 1, true, &mut rng);
+        }
+    }
+    // GPT-2's MLP shapes: many blocks of codes, so the GEMV splits its rows and reduces.
+    for (rows, cols, dim, bits) in [(768, 3072, 4, 3), (3072, 768, 2, 2)] {
+        let packed = random_vector_layer(&mut rng, rows, cols, dim, bits, Granularity::Tensor, true);
+        check(&packed, 1, true, &mut rng);
+        check(&packed, 33, true, &mut rng);
     }
 }

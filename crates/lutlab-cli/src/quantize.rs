@@ -13,7 +13,7 @@ use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::model_transforms::scale_fisher_rows;
 use lutlab_core::files::{read_file, CONFIG_FILE, MERGES_FILE, TOKENIZER_JSON_FILE, VOCAB_FILE};
 use lutlab_core::quant::mixed::AllocationReport;
-use lutlab_core::quant::{quantize_model, Calibration, Method, QuantizeRequest, QuantizedModel};
+use lutlab_core::quant::{quantize_model, Calibration, Method, QuantizeRequest, QuantizedLayer, QuantizedModel};
 use crate::quantize_budget::quantize_mixed;
 use lutlab_gpu::quantize_model_gpu;
 use lutlab_model::{open_gpu, ActivationSettings};
@@ -251,9 +251,6 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.eval_options.inputs.settings()?.is_some() && !args.eval {
         bail!("--input-bit-width quantizes inputs while evaluating: add --eval");
     }
-    if args.vector_dim.is_some_and(|d| d > 1) && args.packed.is_some() {
-        bail!("--vector-dim: vector tables have no packed form yet (no file format or GEMV kernel for them): evaluate with --eval or write the dequantized model with --out");
-    }
     let table_dtype: TableDtype = args.table_dtype.parse()?;
     let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
     let config = ModelFiles::open_dir(&model_dir)?.config;
@@ -337,7 +334,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     // Every layer a LUT: the model is packed, and evaluated as packed through the LUT kernels.
     // (Input groups of a size that is not a multiple of 32 rows have no packed form; those run
     // dequantized.)
-    let packed = if quantized.layers.iter().all(|l| l.lut.is_some()) {
+    let packed = if quantized.layers.iter().all(QuantizedLayer::has_packed_form) {
         let allocation = allocation.as_ref().map(serde_json::to_string).transpose()?.unwrap_or_default();
         Some(PackedModel::from_quantized(weights, &quantized, PackedMeta { allocation, ..meta }, table_dtype)?)
     } else {

@@ -7,7 +7,7 @@ use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::allocate::{Budget, Solver};
 use lutlab_core::quant::mixed::{candidates, AllocationReport};
 use lutlab_core::quant::model::SampleWeights;
-use lutlab_core::quant::{Method, QuantizeRequest, QuantizedModel};
+use lutlab_core::quant::{Method, QuantizeRequest, QuantizedLayer, QuantizedModel};
 use lutlab_core::ModelWeights;
 
 /// Quantizes through `quantize_at` at each of the request's widths, then allocates under its
@@ -36,7 +36,7 @@ pub fn quantize_mixed(
     let found = candidates(weights, method, widths, fisher, table_dtype, quantize_at)?;
     let narrowest = widths.iter().copied().min().context("no candidate width")?;
     let file_bytes = |model: &QuantizedModel, allocation: String| -> Result<Option<(u64, u64)>> {
-        if model.layers.iter().any(|l| l.lut.is_none()) {
+        if !model.layers.iter().all(QuantizedLayer::has_packed_form) {
             return Ok(None);
         }
         let packed = PackedModel::from_quantized(weights, model, PackedMeta { allocation, ..meta.clone() }, table_dtype)?;

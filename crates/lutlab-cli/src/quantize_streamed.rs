@@ -96,7 +96,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
             Some(gpu) if !method.needs_hessians() => pollster::block_on(quantize_layer_gpu(gpu, name, linear, &method, calibration, config.n_embd))?,
             _ => quantize_layer(name, linear, &method, calibration, config.n_embd)?,
         };
-        if layer.lut.is_none() {
+        if !layer.has_packed_form() {
             bail!("{label} does not produce look-up tables for `{name}`: it cannot be packed");
         }
         Ok(layer)

@@ -130,6 +130,20 @@ fn opt_and_llama_run_in_onnxruntime() {
 }
 
 #[test]
+fn vector_tables_run_in_onnxruntime() {
+    // 2-bit tables over vectors of 2 input rows (format version 5): codes gathered from the
+    // stacked codebooks and laid back along the rows; static symmetric int8 inputs.
+    check(&Case {
+        label: "gpt2-vectors",
+        model: "gpt2-tiny-wikitext",
+        quantize: &["--vector-dim", "2", "--bits", "2", "--granularity", "channel", "--restarts", "1"],
+        inputs: &["--input-bit-width", "8", "--input-quant-type", "sym", "--act-calibration-samples", "8"],
+        chars: 40_000,
+        dequantize_layers: false,
+    });
+}
+
+#[test]
 fn layerwise_smoothquant_runs_in_onnxruntime() {
     // Every linear's own explicit input scale (a `Mul` before its input quantizer): q, k and v,
     // gate and up each quantize their own scaled copy of the shared input; static symmetric

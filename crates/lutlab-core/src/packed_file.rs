@@ -38,10 +38,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `__metadata__["format"]` of a packed model file.
 pub const FORMAT_NAME: &str = "lutlab-packed";
-/// The newest `__metadata__["format_version"]`, read with every older one: 4 for files with a
-/// dense tensor in F16 or BF16, 3 for files with input-group scales, 2 for files with a packed
-/// LM head (`lm_head`, the tied embedding), 1 for all others (see [`version_needed`]).
-pub const FORMAT_VERSION: u32 = 4;
+/// The newest `__metadata__["format_version"]`, read with every older one: 5 for files with
+/// vector tables, 4 for files with a dense tensor in F16 or BF16, 3 for files with input-group
+/// scales, 2 for files with a packed LM head (`lm_head`, the tied embedding), 1 for all others
+/// (see [`version_needed`]).
+pub const FORMAT_VERSION: u32 = 5;
 /// The version of files without a packed head or input-group scales.
 pub const FORMAT_VERSION_WITHOUT_HEAD: u32 = 1;
 /// The first version with a packed LM head.
@@ -50,11 +51,15 @@ pub const FORMAT_VERSION_HEAD: u32 = 2;
 pub const FORMAT_VERSION_INPUT_GROUPS: u32 = 3;
 /// The first version with dense tensors in F16 or BF16 (before, every dense tensor was F32).
 pub const FORMAT_VERSION_DENSE_16: u32 = 4;
+/// The first version with vector tables (`vector_dim` > 1).
+pub const FORMAT_VERSION_VECTORS: u32 = 5;
 
 /// The lowest version that holds these layers and dense tensors of these dtypes (older readers
 /// then still read the file).
 fn version_needed(layers: &BTreeMap<String, LayerMeta>, dense_16: bool) -> u32 {
-    if dense_16 {
+    if layers.values().any(|l| l.vector_dim.is_some()) {
+        FORMAT_VERSION_VECTORS
+    } else if dense_16 {
         FORMAT_VERSION_DENSE_16
     } else if layers.values().any(LayerMeta::needs_version_3) {
         FORMAT_VERSION_INPUT_GROUPS
@@ -166,20 +171,25 @@ struct LayerMeta {
     /// absent (false) without.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     incoherence: bool,
+    /// Weights per code of vector tables, 2 or 4 (version 5); absent for scalar tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vector_dim: Option<usize>,
 }
 
 impl LayerMeta {
     fn of(l: &PackedLinear) -> Self {
         let group_size = l.input_groups.as_ref().map(|g| g.size);
         let incoherence = l.incoherence.is_some();
-        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table, group_size, incoherence }
+        let vector_dim = l.is_vector().then_some(l.vector_dim);
+        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table, group_size, incoherence, vector_dim }
     }
 
     fn describe(&self) -> String {
         let groups = self.group_size.map_or(String::new(), |g| format!(", group_size {g}"));
         let incoherence = if self.incoherence { ", incoherence" } else { "" };
+        let vectors = self.vector_dim.map_or(String::new(), |d| format!(", vector_dim {d}"));
         format!(
-            "rows {}, cols {}, bits {}, channels_per_table {}{groups}{incoherence}",
+            "rows {}, cols {}, bits {}, channels_per_table {}{groups}{incoherence}{vectors}",
             self.rows, self.cols, self.bits, self.channels_per_table
         )
     }
@@ -207,7 +217,7 @@ impl PackedModel {
         let mut layers = BTreeMap::new();
         let mut biases: HashMap<String, HostTensor> = HashMap::new();
         for layer in &quantized.layers {
-            if layer.lut.is_none() {
+            if !layer.has_packed_form() {
                 continue;
             }
             let name = &layer.name;
@@ -439,6 +449,12 @@ impl PackedModel {
                      needs format version {FORMAT_VERSION_INPUT_GROUPS}; the file says {version}"
                 )));
             }
+            if m.vector_dim.is_some() && version < FORMAT_VERSION_VECTORS {
+                return Err(bad(format!(
+                    "metadata `layers` gives `{name}` a vector_dim (vector tables), which needs format version \
+                     {FORMAT_VERSION_VECTORS}; the file says {version}"
+                )));
+            }
             if let Some((rows, cols)) = packed_shape(&config, name)
                 && (rows, cols) != (m.rows, m.cols)
             {
@@ -599,11 +615,15 @@ pub fn table_entry_bytes(l: &PackedLinear) -> usize {
 /// bias its transform stores (seed 000's centering folds into it), if any.
 pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(PackedLinear, Option<HostTensor>)> {
     let name = &layer.name;
-    let lut = layer.lut.as_ref().ok_or_else(|| invalid(format!("quantized layer `{name}` has no look-up-table form")))?;
-    if (lut.rows, lut.cols) != (rows, cols) {
-        return Err(invalid(format!("quantized layer `{name}` is {}x{}, the model's weight is {rows}x{cols}", lut.rows, lut.cols)));
+    let mut packed = match (&layer.lut, &layer.vector) {
+        (Some(lut), _) => PackedLinear::from_lut(lut),
+        (None, Some(vector)) => PackedLinear::from_vector(vector),
+        (None, None) => return Err(invalid(format!("quantized layer `{name}` has no look-up-table form"))),
     }
-    let mut packed = PackedLinear::from_lut(lut).map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
+    .map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
+    if (packed.rows, packed.cols) != (rows, cols) {
+        return Err(invalid(format!("quantized layer `{name}` is {}x{}, the model's weight is {rows}x{cols}", packed.rows, packed.cols)));
+    }
     let mut bias = None;
     // Seed 000's transforms: scales and shift beside the codes, the bias they come with.
     if let Some(t) = &layer.transform {
@@ -622,8 +642,12 @@ pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(P
 /// The bytes quantized `layer` takes in a packed file written with `table_dtype` (its tensors'
 /// data, as [`layer_bytes`] counts them), or `None` when it has no look-up-table form.
 pub fn stored_layer_bytes(layer: &QuantizedLayer, table_dtype: TableDtype) -> Result<Option<usize>> {
-    let Some(lut) = &layer.lut else { return Ok(None) };
-    let (mut packed, _) = pack_layer(layer, lut.rows, lut.cols)?;
+    let shape = match (&layer.lut, &layer.vector) {
+        (Some(lut), _) => (lut.rows, lut.cols),
+        (None, Some(vector)) => (vector.rows, vector.cols),
+        (None, None) => return Ok(None),
+    };
+    let (mut packed, _) = pack_layer(layer, shape.0, shape.1)?;
     if table_dtype == TableDtype::F16 {
         round_layer_tables_to_f16(&layer.name, &mut packed)?;
     }
@@ -678,13 +702,13 @@ pub fn round_layer_tables_to_f16(name: &str, layer: &mut PackedLinear) -> Result
 /// The tensors of packed layer `name` as the file stores them (`docs/FORMAT.md`).
 fn layer_tensors<'l>(name: &str, l: &'l PackedLinear, table_dtype: TableDtype) -> Vec<(String, Vec<usize>, TensorData<'l>)> {
     let mut tensors = Vec::new();
-    let words = blocks(l.rows) * l.bits as usize;
+    let words = blocks(l.code_rows()) * l.code_bits() as usize;
     tensors.push((format!("{name}.qweight"), vec![words, l.cols], TensorData::U32(&l.qweight)));
     let tables = match table_dtype {
         TableDtype::F16 => TensorData::F16(&l.tables),
         TableDtype::F32 => TensorData::F32(&l.tables),
     };
-    tensors.push((format!("{name}.lut"), vec![l.num_tables(), l.levels()], tables));
+    tensors.push((format!("{name}.lut"), lut_shape(l.num_tables(), l.levels(), l.vector_dim), tables));
     if let Some(groups) = &l.input_groups {
         let shape = vec![l.rows.div_ceil(groups.size), l.cols];
         let stored = |values| match table_dtype {
@@ -1001,6 +1025,11 @@ fn f16s(bytes: &[u8]) -> Vec<f32> {
 
 /// Reads packed layer `name`'s tensors, checking each one's dtype and shape against the
 /// metadata entry `m` before reading it. The layer's values are checked by the caller.
+/// The shape of a `lut` tensor: `[tables, levels]`, or `[tables, levels, dim]` for vector tables.
+fn lut_shape(tables: usize, levels: usize, vector_dim: usize) -> Vec<usize> {
+    if vector_dim > 1 { vec![tables, levels, vector_dim] } else { vec![tables, levels] }
+}
+
 fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Result<PackedLinear> {
     let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
     let entry = || format!("the metadata `layers` entry of `{name}` ({})", m.describe());
@@ -1013,10 +1042,18 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
     if m.channels_per_table == 0 || !m.cols.is_multiple_of(m.channels_per_table) {
         return Err(bad(format!("{}: channels_per_table must divide cols", entry())));
     }
-    let words = blocks(m.rows)
-        .checked_mul(m.bits as usize)
+    let vector_dim = m.vector_dim.unwrap_or(1);
+    if let Some(reason) = crate::quant::packed::vector_layout_problem(vector_dim, m.bits, m.rows).filter(|_| m.vector_dim != Some(1)) {
+        return Err(bad(format!("{}: {reason}", entry())));
+    }
+    if m.vector_dim == Some(1) {
+        return Err(bad(format!("{}: vector_dim 1 is written as no vector_dim", entry())));
+    }
+    let code_bits = m.bits as usize * vector_dim;
+    let words = blocks(m.rows / vector_dim)
+        .checked_mul(code_bits)
         .ok_or_else(|| bad(format!("{} is too large", entry())))?;
-    let levels = 1usize << m.bits;
+    let levels = 1usize << code_bits;
     let num_tables = m.cols / m.channels_per_table;
 
     // A tensor of the layer, checked: `None` when absent and optional.
@@ -1050,7 +1087,7 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
     };
 
     let qweight = get("qweight", &[Dtype::U32], Some(&[words, m.cols]), true)?.map_or_else(Vec::new, |v| u32s(v.data()));
-    let tables = match get("lut", &[Dtype::F16, Dtype::F32], Some(&[num_tables, levels]), true)? {
+    let tables = match get("lut", &[Dtype::F16, Dtype::F32], Some(&lut_shape(num_tables, levels, vector_dim)), true)? {
         Some(v) if v.dtype() == Dtype::F16 => f16s(v.data()),
         Some(v) => f32s(v.data()),
         None => Vec::new(),
@@ -1132,6 +1169,7 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
         rows: m.rows,
         cols: m.cols,
         bits: m.bits,
+        vector_dim,
         channels_per_table: m.channels_per_table,
         qweight,
         tables,

@@ -87,9 +87,17 @@ impl PackedSizes {
             }
         };
         let bits = one_or_range(layers.iter().map(|l| l.bits as usize).collect());
-        let mut parts = vec![format!("{:.2} for the {bits}-bit codes", self.bits(self.code_bytes))];
+        let vectors = layers.iter().any(|l| l.vector_dim > 1);
+        let codes = if vectors {
+            let dims = one_or_range(layers.iter().map(|l| l.vector_dim).collect());
+            format!("the codes ({bits} bits per weight, a code per vector of {dims} weights)")
+        } else {
+            format!("the {bits}-bit codes")
+        };
+        let mut parts = vec![format!("{:.2} for {codes}", self.bits(self.code_bytes))];
         if self.table_bytes > 0 {
-            let levels = one_or_range(layers.iter().map(|l| 1usize << l.bits).collect());
+            let levels = one_or_range(layers.iter().map(|l| 1usize << (l.bits as usize * l.vector_dim)).collect());
+            let levels = if vectors { format!("{levels} vectors of") } else { levels };
             let dtype = if layers.iter().all(|l| l.entry_bytes == 2) { "f16" } else { "f16/f32" };
             let per = if layers.iter().all(|l| l.channels_per_table == 1) {
                 format!("output channel of only {} inputs", one_or_range(layers.iter().map(|l| l.rows).collect()))
@@ -142,6 +150,8 @@ pub struct LayerSummary {
     rows: usize,
     cols: usize,
     bits: u32,
+    /// Weights per code (1: scalar tables; 2 or 4: vector tables).
+    vector_dim: usize,
     channels_per_table: usize,
     /// Bytes per table entry: 2 (f16) or 4.
     entry_bytes: usize,
@@ -164,6 +174,7 @@ impl LayerSummary {
             rows: l.rows,
             cols: l.cols,
             bits: l.bits,
+            vector_dim: l.vector_dim,
             channels_per_table: l.channels_per_table,
             entry_bytes,
             outlier_count: l.sparse.len(),

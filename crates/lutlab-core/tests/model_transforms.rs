@@ -102,6 +102,7 @@ fn unquantized(scaled: &ModelWeights) -> QuantizedModel {
             name,
             dequantized: l.weight.data.clone(),
             lut: None,
+            vector: None,
             mse: 0.0,
             outliers: 0,
             bits_per_weight: 32.0,

@@ -4,7 +4,7 @@
 use lutlab_core::checkpoint::{Checkpoint, HostTensor, TensorData, write_tensors};
 use lutlab_core::dense_dtype::DenseDtype;
 use lutlab_core::packed_file::{
-    FORMAT_NAME, FORMAT_VERSION_DENSE_16, FORMAT_VERSION_INPUT_GROUPS, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype,
+    FORMAT_NAME, FORMAT_VERSION_DENSE_16, FORMAT_VERSION_INPUT_GROUPS, FORMAT_VERSION_VECTORS, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype,
 };
 use lutlab_core::packed_size::PackedSizes;
 use lutlab_core::quant::kmeans::rng::SplitMix64;
@@ -309,6 +309,60 @@ fn input_group_scales_pack_as_version_3_and_round_trip() {
     assert!(err.contains("group_size") && err.contains("format version 3"), "{err}");
     let err = error_of(&rewrite(&bytes, |tensors| tensors.retain(|t| t.0 != "h.2.attn.c_proj.group_scales")));
     assert!(err.contains("h.2.attn.c_proj.group_scales") && err.contains("missing"), "{err}");
+}
+
+/// Vector tables (issue 20): `h.0.mlp.c_fc` by 2-bit tables over vectors of 2 rows per channel,
+/// `h.1.attn.c_proj` by 1-bit tables over vectors of 4 rows per tensor.
+fn vector_model(table_dtype: TableDtype) -> (QuantizedModel, PackedModel) {
+    let s = shipped();
+    let mut q = QuantizedModel { layers: Vec::new() };
+    for (name, linear, bits, dim, granularity) in
+        [("h.0.mlp.c_fc", &s.weights.blocks[0].linears[2], 2, 2, "channel"), ("h.1.attn.c_proj", &s.weights.blocks[1].linears[1], 1, 4, "tensor")]
+    {
+        let request = QuantizeRequest { bits, granularity: granularity.into(), vector_dim: Some(dim), restarts: Some(1), ..Default::default() };
+        let method = request.method(&s.weights, false).expect("vectors");
+        q.layers.push(quantize_layer(name, linear, &method, Default::default(), s.weights.config.n_embd).expect("vectors"));
+    }
+    let packed = PackedModel::from_quantized(&s.weights, &q, meta(), table_dtype).expect("pack");
+    (q, packed)
+}
+
+#[test]
+fn vector_tables_pack_as_version_5_and_round_trip() {
+    let (q, exact) = vector_model(TableDtype::F32);
+    for layer in &q.layers {
+        assert_eq!(exact.layers[&layer.name].effective_weights(), layer.dequantized, "{}: the packed form decodes to the fitted vectors", layer.name);
+    }
+    assert_eq!(exact.format_version(), FORMAT_VERSION_VECTORS);
+    for dtype in [TableDtype::F32, TableDtype::F16] {
+        let (_, packed) = vector_model(dtype);
+        let bytes = packed.to_safetensors(dtype).expect("write");
+        let (header, _) = split(&bytes);
+        assert_eq!(header["__metadata__"]["format_version"], "5");
+        let layers: Value = serde_json::from_str(header["__metadata__"]["layers"].as_str().unwrap()).unwrap();
+        assert_eq!(layers["h.0.mlp.c_fc"]["vector_dim"], 2);
+        assert_eq!(layers["h.1.attn.c_proj"]["bits"], 1);
+        let c = s_n_embd();
+        // 16 entries of 2 values per output channel; 2-bit codes of vectors of 2: 4-bit codes,
+        // blocks of 32 codes (64 rows).
+        assert_eq!(header["h.0.mlp.c_fc.lut"]["shape"], serde_json::json!([4 * c, 16, 2]));
+        assert_eq!(header["h.0.mlp.c_fc.qweight"]["shape"], serde_json::json!([(c / 2).div_ceil(32) * 4, 4 * c]));
+        let back = PackedModel::from_safetensors("vectors.safetensors", &bytes).expect("read");
+        assert_eq!(back, packed, "{dtype}");
+    }
+    // An older reader's promise, and a vector layer that lies about its layout.
+    let bytes = exact.to_safetensors(TableDtype::F32).unwrap();
+    let err = error_of(&set_metadata(&bytes, "format_version", "4"));
+    assert!(err.contains("vector_dim") && err.contains("format version 5"), "{err}");
+    let layers = split(&bytes).0["__metadata__"]["layers"].as_str().unwrap().to_string();
+    for (from, to, says) in [
+        ("\"vector_dim\":2", "\"vector_dim\":3", "vector_dim 3; lutlab supports 1 (scalar tables), 2 and 4"),
+        ("\"vector_dim\":4", "\"vector_dim\":2", "`h.1.attn.c_proj.lut` has shape [1, 16, 4], expected [1, 4, 2]"),
+        ("\"vector_dim\":2", "\"vector_dim\":1", "vector_dim 1 is written as no vector_dim"),
+    ] {
+        let err = error_of(&set_metadata(&bytes, "layers", &layers.replacen(from, to, 1)));
+        assert!(err.contains(says), "{from} -> {to}: {err}");
+    }
 }
 
 /// `h.1.attn.c_proj` of the shipped model by LDLQ-RG after QuIP's incoherence processing
@@ -623,8 +677,8 @@ fn a_file_of_another_format_is_named() {
 
 #[test]
 fn a_newer_version_is_refused_with_its_number() {
-    let err = error_of(&set_metadata(small_file(), "format_version", "5"));
-    assert!(err.contains("format version 5 is not supported") && err.contains("versions 1 to 4"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "format_version", "6"));
+    assert!(err.contains("format version 6 is not supported") && err.contains("versions 1 to 5"), "{err}");
     let err = error_of(&set_metadata(small_file(), "format_version", "one"));
     assert!(err.contains("`one`"), "{err}");
 }

@@ -1,6 +1,6 @@
 //! Linear layers that multiply straight from packed LUT weights on the GPU: the WGSL kernels in
-//! `shaders/lut_gemv.wgsl` (a few tokens) and `shaders/lut_dequantize.wgsl` followed by burn's
-//! matmul (many), launched on burn's
+//! `shaders/lut_gemv.wgsl` (a few tokens; `lut_vector_gemv.wgsl` for vector tables) and
+//! `shaders/lut_dequantize.wgsl` followed by burn's matmul (many), launched on burn's
 //! own wgpu device through cubecl, so their inputs and outputs are ordinary burn tensors and the
 //! rest of the model (attention, LayerNorm, the head) runs unchanged around them.
 //!
@@ -35,6 +35,8 @@ pub struct PackedGpuLinear {
     pub rows: usize,
     pub cols: usize,
     pub bits: u32,
+    /// Weights per code: 1 for scalar tables, 2 or 4 for vector tables.
+    pub vector_dim: usize,
     qweight: CubeTensor,
     aux: CubeTensor,
     index: CubeTensor,
@@ -85,7 +87,7 @@ impl PackedGpuLinear {
             packed.cols as u32,
             0,
             packed.channels_per_table as u32,
-            blocks(packed.rows) as u32,
+            blocks(packed.code_rows()) as u32,
             sparse_values_at as u32,
             scales_at,
             shift_at,
@@ -101,6 +103,7 @@ impl PackedGpuLinear {
             rows: packed.rows,
             cols: packed.cols,
             bits: packed.bits,
+            vector_dim: packed.vector_dim,
             grouped: groups.is_some(),
             qweight: upload_u32(&packed.qweight, device)?,
             aux: primitive(Tensor::<1>::from_data(TensorData::new(aux.clone(), [aux.len()]), device))?,
@@ -149,15 +152,17 @@ impl PackedGpuLinear {
             let (splits, blocks_per_split) = gemv_splits(self.cols, params[4] as usize);
             params[10] = splits as u32;
             params[11] = blocks_per_split as u32;
-            let shared_tables = self.bits <= 6;
-            let gemv = LutKernel { shader: Shader::Gemv, bits: self.bits, shared_tables, grouped: self.grouped };
+            let gemv = match self.vector_dim {
+                1 => LutKernel { shader: Shader::Gemv, bits: self.bits, dim: 1, shared_tables: self.bits <= 6, grouped: self.grouped },
+                dim => LutKernel { shader: Shader::VectorGemv, bits: self.code_bits(), dim: dim as u32, shared_tables: false, grouped: false },
+            };
             let grid = CubeCount::Static(self.cols.div_ceil(GEMV_COLUMNS) as u32, splits as u32, m as u32);
             if splits == 1 {
                 client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &out, &params));
             } else {
                 let partials = client.empty(m * splits * self.cols * 4);
                 client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &partials, &params));
-                let reduce = LutKernel { shader: Shader::GemvReduce, bits: self.bits, shared_tables: false, grouped: false };
+                let reduce = LutKernel { shader: Shader::GemvReduce, bits: self.bits, dim: 1, shared_tables: false, grouped: false };
                 let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, m as u32, 1);
                 client.launch(Box::new(SourceKernel::new(reduce, CubeDim::new_1d(256))), grid, buffers(&partials, &out, &params));
             }
@@ -183,6 +188,11 @@ impl PackedGpuLinear {
         }
     }
 
+    /// Bits per code: `bits · vector_dim`.
+    fn code_bits(&self) -> u32 {
+        self.bits * self.vector_dim as u32
+    }
+
     /// `scale ⊙ W` as a dense `[rows, cols]` tensor (tables looked up, sparse outliers added).
     pub fn dequantized(&self) -> Tensor<2> {
         let client = self.qweight.client.clone();
@@ -193,7 +203,7 @@ impl PackedGpuLinear {
             .with_buffer(self.index.handle.clone().binding())
             .with_buffer(w.clone().binding())
             .with_buffer(client.create_from_slice(bytemuck::cast_slice(&self.params)).binding());
-        let kernel = LutKernel { shader: Shader::Dequantize, bits: self.bits, shared_tables: false, grouped: false };
+        let kernel = LutKernel { shader: Shader::Dequantize, bits: self.code_bits(), dim: self.vector_dim as u32, shared_tables: false, grouped: false };
         let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, self.params[4], 1);
         client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))), grid, arguments);
         let w = CubeTensor::new_contiguous(client, self.qweight.device.clone(), Shape::new([self.rows, self.cols]), w, DType::F32);
@@ -317,14 +327,17 @@ pub enum Shader {
     Gemv,
     GemvReduce,
     Dequantize,
+    VectorGemv,
 }
 
-/// One compiled variant of a LUT kernel: the bit width is a compile-time constant, and the
-/// GEMV has a variant for input-group scales.
+/// One compiled variant of a LUT kernel: the code width and the weights per code (`dim`) are
+/// compile-time constants, and the GEMV has a variant for input-group scales.
 #[derive(Debug)]
 struct LutKernel {
     shader: Shader,
+    /// Bits per code (per weight for scalar tables).
     bits: u32,
+    dim: u32,
     shared_tables: bool,
     grouped: bool,
 }
@@ -332,18 +345,19 @@ struct LutKernel {
 impl KernelSource for LutKernel {
     fn source(&self) -> SourceTemplate {
         if self.shader == Shader::Dequantize {
-            return SourceTemplate::new(kernel_body(self.shader)).register("bits", self.bits.to_string());
+            return SourceTemplate::new(kernel_body(self.shader)).register("bits", self.bits.to_string()).register("dim", self.dim.to_string());
         }
         SourceTemplate::new(include_str!("../../../shaders/lut_common.wgsl"))
             .add_template(kernel_body(self.shader))
             .register("bits", self.bits.to_string())
+            .register("dim", self.dim.to_string())
             .register("shared_tables", self.shared_tables.to_string())
             .register("decode_block", decode_block(self.bits, self.grouped))
             .register("decode_chunk", decode_chunk(self.bits, self.grouped))
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shader, self.bits, self.shared_tables, self.grouped))
+        KernelId::new::<Self>().info((self.shader, self.bits, self.dim, self.shared_tables, self.grouped))
     }
 
     fn lang(&self) -> &'static str {
@@ -358,6 +372,7 @@ pub fn kernel_body(shader: Shader) -> &'static str {
         Shader::Gemv => include_str!("../../../shaders/lut_gemv.wgsl"),
         Shader::GemvReduce => include_str!("../../../shaders/lut_gemv_reduce.wgsl"),
         Shader::Dequantize => include_str!("../../../shaders/lut_dequantize.wgsl"),
+        Shader::VectorGemv => include_str!("../../../shaders/lut_vector_gemv.wgsl"),
     }
 }
 

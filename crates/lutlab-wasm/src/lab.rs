@@ -642,7 +642,7 @@ impl Lab {
             let label = request.label(fisher_diagonal.is_some());
             // Every layer a LUT: packed (f16 tables, as the file stores them) and run through the
             // LUT kernels; otherwise (input-group uniform scales) dense.
-            let packed = if quantized.layers.iter().all(|l| l.lut.is_some()) {
+            let packed = if quantized.layers.iter().all(QuantizedLayer::has_packed_form) {
                 let meta = PackedMeta { base_model: session.name.clone(), method: label.clone(), settings: serde_json::to_string(&request).unwrap_or_default(), allocation: String::new() };
                 Some(PackedModel::from_quantized(weights, &quantized, meta, TableDtype::F16).map_err(js_error)?)
             } else {

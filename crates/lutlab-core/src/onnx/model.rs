@@ -22,7 +22,7 @@ use crate::error::{LoadError, Result};
 use crate::packed_file::PackedModel;
 use crate::quant::head::HEAD;
 use crate::quant::inputs::{InputGranularity, InputParams, InputQuantization, InputScaling};
-use crate::quant::packed::{unpack_codes, PackedLinear};
+use crate::quant::packed::{packed_wide_code, unpack_codes, PackedLinear};
 use crate::quant::uniform::{NumberFormat, ScaleStats, ScaleType};
 use crate::reference::Rope;
 use crate::weights::{LinearWeights, NormWeights};
@@ -381,10 +381,52 @@ impl Builder<'_> {
     }
 
     fn new_packed_weight(&mut self, name: &str, layer: &PackedLinear) -> Result<String> {
+        let cols = layer.cols;
+        let base = if layer.is_vector() { self.vector_table_weight(name, layer) } else { self.scalar_table_weight(name, layer) };
+        let sparse = &layer.sparse;
+        if sparse.is_empty() {
+            return Ok(base);
+        }
+        // The outliers are added where they sit: ScatterND with `add` on (row, column) pairs.
+        let mut positions = Vec::with_capacity(2 * sparse.len());
+        let mut values = Vec::with_capacity(sparse.len());
+        for c in 0..cols {
+            for i in sparse.col_ptr[c] as usize..sparse.col_ptr[c + 1] as usize {
+                positions.extend([i64::from(sparse.row_idx[i]), c as i64]);
+                values.push(sparse.values[i]);
+            }
+        }
+        let at = self.g.i64s(Some(&format!("{name}.outlier_positions")), &[values.len(), 2], &positions);
+        let outliers = self.g.f32s(Some(&format!("{name}.outliers")), &[values.len()], &values);
+        Ok(self.g.op("ScatterND", &[&base, &at, &outliers], &[Attr::Str("reduction", "add")]))
+    }
+
+    /// A vector-table layer's weight: each code (one per `d` rows of a column) made an index into
+    /// the stacked codebooks, a Gather of `[tables · entries, d]` rows, and the vectors laid back
+    /// along the input rows.
+    fn vector_table_weight(&mut self, name: &str, layer: &PackedLinear) -> String {
+        self.table_layers += 1;
+        let (d, cols, levels) = (layer.vector_dim, layer.cols, layer.levels());
+        let vectors = layer.code_rows();
+        let index: Vec<i64> = (0..vectors)
+            .flat_map(|v| (0..cols).map(move |c| (v, c)))
+            .map(|(v, c)| (c / layer.channels_per_table * levels + usize::from(packed_wide_code(&layer.qweight, cols, layer.code_bits(), v, c))) as i64)
+            .collect();
+        let index = self.g.i64s(Some(&format!("{name}.codes")), &[vectors, cols], &index);
+        let codebooks = self.g.f32s(Some(&format!("{name}.lut")), &[layer.num_tables() * levels, d], &layer.tables);
+        let entries = self.g.op("Gather", &[&codebooks, &index], &[Attr::Int("axis", 0)]); // [vectors, cols, d]
+        let by_row = self.g.op("Transpose", &[&entries], &[Attr::Ints("perm", vec![0, 2, 1])]); // [vectors, d, cols]
+        let shape = self.g.ints(&[layer.rows as i64, cols as i64]);
+        self.g.op("Reshape", &[&by_row, &shape], &[])
+    }
+
+    /// A scalar-table layer's weight: DequantizeLinear when every table is an integer grid, else
+    /// a GatherElements of the tables (and the input groups' scales and zeros).
+    fn scalar_table_weight(&mut self, name: &str, layer: &PackedLinear) -> String {
         let (rows, cols) = (layer.rows, layer.cols);
         let codes = unpack_codes(&layer.qweight, rows, cols, layer.bits);
         let codes_t = self.g.u8s(Some(&format!("{name}.codes")), &[rows, cols], &codes);
-        let base = match integer_grid(layer) {
+        match integer_grid(layer) {
             Some(grid) => {
                 self.dequantize_layers += 1;
                 let (dims, attrs) = match grid.block_size {
@@ -425,23 +467,7 @@ impl Builder<'_> {
                     None => entries,
                 }
             }
-        };
-        let sparse = &layer.sparse;
-        if sparse.is_empty() {
-            return Ok(base);
         }
-        // The outliers are added where they sit: ScatterND with `add` on (row, column) pairs.
-        let mut positions = Vec::with_capacity(2 * sparse.len());
-        let mut values = Vec::with_capacity(sparse.len());
-        for c in 0..cols {
-            for i in sparse.col_ptr[c] as usize..sparse.col_ptr[c + 1] as usize {
-                positions.extend([i64::from(sparse.row_idx[i]), c as i64]);
-                values.push(sparse.values[i]);
-            }
-        }
-        let at = self.g.i64s(Some(&format!("{name}.outlier_positions")), &[values.len(), 2], &positions);
-        let outliers = self.g.f32s(Some(&format!("{name}.outliers")), &[values.len()], &values);
-        Ok(self.g.op("ScatterND", &[&base, &at, &outliers], &[Attr::Str("reduction", "add")]))
     }
 
     /// The inputs of the linears `names`, which all read `x`, as they multiply: each times its

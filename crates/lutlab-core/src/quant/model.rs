@@ -11,7 +11,7 @@ use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales}
 use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, HessianRounder, RoundingSettings, Square};
 use crate::quant::incoherence::{layer_rotations, preprocess, Incoherence, IncoherenceSettings, RmsGrid};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
-use crate::quant::vector::quantize_vectors;
+use crate::quant::vector::{quantize_vectors, VectorLut};
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -98,6 +98,8 @@ pub struct QuantizedLayer {
     pub dequantized: Vec<f32>,
     /// The LUT form, when the method's result is one (all but Brevitas-style input groups).
     pub lut: Option<LutMatrix>,
+    /// The vector-table form (`--vector-dim`), which `lut` cannot hold.
+    pub vector: Option<VectorLut>,
     /// Mean squared error against the original weights.
     pub mse: f64,
     /// Weights kept exactly in the sparse part.
@@ -268,7 +270,8 @@ fn quantize_layer_vector(name: &str, linear: &LinearWeights, settings: &KmeansSe
     let (rows, cols) = (linear.in_features(), linear.out_features());
     let (lut, _) = quantize_vectors(&linear.weight.data, rows, cols, sample_weights, &v).map_err(|e| in_layer(name, e))?;
     let bits_per_weight = lut.storage_bits() as f64 / (rows * cols) as f64;
-    let layer = layer_report(name, &linear.weight.data, lut.dequantize(), None, 0, bits_per_weight, None);
+    let mut layer = layer_report(name, &linear.weight.data, lut.dequantize(), None, 0, bits_per_weight, None);
+    layer.vector = Some(lut);
     Ok(with_proxy_loss(layer, linear, calibration))
 }
 
@@ -548,7 +551,14 @@ fn layer_report(
 ) -> QuantizedLayer {
     let n = original.len() as f64;
     let mse = original.iter().zip(&dequantized).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / n;
-    QuantizedLayer { name: name.to_string(), dequantized, lut, mse, outliers, bits_per_weight, proxy_loss: None, transform }
+    QuantizedLayer { name: name.to_string(), dequantized, lut, vector: None, mse, outliers, bits_per_weight, proxy_loss: None, transform }
+}
+
+impl QuantizedLayer {
+    /// Whether the layer has a packed form (scalar or vector look-up tables).
+    pub fn has_packed_form(&self) -> bool {
+        self.lut.is_some() || self.vector.is_some()
+    }
 }
 
 impl QuantizedModel {

@@ -18,10 +18,15 @@
 //! - optional **incoherence** (QuIP, format version 3): the codes are of rotated weights, and
 //!   the layer runs as `y = Uᵀ-rotate(scale ⊙ (V-rotate(x ⊙ input_scale) · W)) + bias`
 //!   (`quant::incoherence`).
+//! - **vector tables** (`vector_dim` d > 1, format version 5, `quant::vector`): one code per
+//!   vector of `d` consecutive input rows of a column, `bits · d` bits wide, packed exactly as
+//!   above with the vectors in the place of rows (a block holds 32 vectors, `32·d` rows); a table
+//!   has `2^(bits·d)` entries of `d` values.
 
 use crate::error::{LoadError, Result};
 use crate::quant::incoherence::Incoherence;
 use crate::quant::lut::{Granularity, InputGroupScales, LutMatrix};
+use crate::quant::vector::VectorLut;
 
 /// Input rows per packed block: one block of one column is exactly `bits` u32 words.
 pub const BLOCK_ROWS: usize = 32;
@@ -51,13 +56,16 @@ pub struct PackedLinear {
     pub rows: usize,
     /// Output features (columns).
     pub cols: usize,
+    /// Bits per weight (a vector table's codes are `bits · vector_dim` wide).
     pub bits: u32,
+    /// Weights per code: 1 for scalar tables, 2 or 4 for vector tables (consecutive input rows).
+    pub vector_dim: usize,
     /// Consecutive output columns that share one table (`cols`: one table for the matrix; 1: per
     /// channel).
     pub channels_per_table: usize,
-    /// `[blocks(rows) * bits, cols]` row-major.
+    /// `[blocks(code_rows) * code_bits, cols]` row-major.
     pub qweight: Vec<u32>,
-    /// `[cols / channels_per_table, 2^bits]` row-major.
+    /// `[cols / channels_per_table, 2^code_bits, vector_dim]` row-major.
     pub tables: Vec<f32>,
     /// Per group of input rows and output column, applied to the table entry; `None`: none.
     pub input_groups: Option<InputGroupScales>,
@@ -77,6 +85,15 @@ pub fn blocks(rows: usize) -> usize {
 
 /// Packs row-major `[rows, cols]` codes (each `< 2^bits`) into the block layout.
 pub fn pack_codes(codes: &[u8], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
+    pack_with(|i| u32::from(codes[i]), rows, cols, bits)
+}
+
+/// [`pack_codes`] for codes up to 16 bits wide (vector tables' codes, up to 12).
+pub fn pack_wide_codes(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
+    pack_with(|i| u32::from(codes[i]), rows, cols, bits)
+}
+
+fn pack_with(code_at: impl Fn(usize) -> u32, rows: usize, cols: usize, bits: u32) -> Vec<u32> {
     let bits_usize = bits as usize;
     let mut packed = vec![0u32; blocks(rows) * bits_usize * cols];
     for r in 0..rows {
@@ -84,7 +101,7 @@ pub fn pack_codes(codes: &[u8], rows: usize, cols: usize, bits: u32) -> Vec<u32>
         let bit = i * bits_usize;
         let (word, shift) = (bit / 32, bit % 32);
         for c in 0..cols {
-            let code = u64::from(codes[r * cols + c]) << shift;
+            let code = u64::from(code_at(r * cols + c)) << shift;
             let at = (block * bits_usize + word) * cols + c;
             packed[at] |= code as u32;
             // A code that straddles two words puts its high bits at the start of the next one.
@@ -98,6 +115,11 @@ pub fn pack_codes(codes: &[u8], rows: usize, cols: usize, bits: u32) -> Vec<u32>
 
 /// The code of row `r`, column `c` in packed words (the inverse of [`pack_codes`]).
 pub fn packed_code(qweight: &[u32], cols: usize, bits: u32, r: usize, c: usize) -> u8 {
+    packed_wide_code(qweight, cols, bits, r, c) as u8
+}
+
+/// [`packed_code`] for codes up to 16 bits wide.
+pub fn packed_wide_code(qweight: &[u32], cols: usize, bits: u32, r: usize, c: usize) -> u16 {
     let bits_usize = bits as usize;
     let (block, i) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
     let bit = i * bits_usize;
@@ -107,7 +129,7 @@ pub fn packed_code(qweight: &[u32], cols: usize, bits: u32, r: usize, c: usize) 
     if shift + bits_usize > 32 {
         value |= u64::from(qweight[at + cols]) << (32 - shift);
     }
-    (value & ((1u64 << bits) - 1)) as u8
+    (value & ((1u64 << bits) - 1)) as u16
 }
 
 /// Row-major `[rows, cols]` codes from packed words.
@@ -124,6 +146,7 @@ impl PackedLinear {
             rows: lut.rows,
             cols: lut.cols,
             bits: lut.bits,
+            vector_dim: 1,
             channels_per_table,
             qweight: pack_codes(&lut.codes, lut.rows, lut.cols, lut.bits),
             tables: lut.tables.clone(),
@@ -135,8 +158,47 @@ impl PackedLinear {
         })
     }
 
+    /// Packs vector look-up tables (no scales or shift).
+    pub fn from_vector(v: &VectorLut) -> Result<Self> {
+        let code_bits = v.entries.trailing_zeros();
+        let bits = code_bits / v.dim as u32;
+        let cols = v.cols;
+        let packed = Self {
+            rows: v.rows,
+            cols,
+            bits,
+            vector_dim: v.dim,
+            channels_per_table: v.channels_per_table,
+            qweight: pack_wide_codes(&v.codes, v.rows / v.dim.max(1), cols, code_bits),
+            tables: v.codebooks.clone(),
+            input_groups: None,
+            sparse: SparseColumns { col_ptr: vec![0; cols + 1], row_idx: Vec::new(), values: Vec::new() },
+            scales: None,
+            input_shift: None,
+            incoherence: None,
+        };
+        packed.validate("vector-quantized matrix")?;
+        Ok(packed)
+    }
+
+    /// Entries per table: `2^code_bits`.
     pub fn levels(&self) -> usize {
-        1 << self.bits
+        1 << self.code_bits()
+    }
+
+    /// Bits per code: `bits · vector_dim`.
+    pub fn code_bits(&self) -> u32 {
+        self.bits * self.vector_dim as u32
+    }
+
+    /// Codes per column: one per vector of `vector_dim` rows.
+    pub fn code_rows(&self) -> usize {
+        self.rows / self.vector_dim.max(1)
+    }
+
+    /// Whether the layer has vector tables (codes of several weights).
+    pub fn is_vector(&self) -> bool {
+        self.vector_dim > 1
     }
 
     pub fn num_tables(&self) -> usize {
@@ -152,8 +214,10 @@ impl PackedLinear {
         }
     }
 
-    /// The LUT matrix these words hold (scales and shift are not part of it).
+    /// The LUT matrix these words hold (scales and shift are not part of it). Scalar tables
+    /// only: a vector layer (`is_vector`) has no such form.
     pub fn to_lut(&self) -> LutMatrix {
+        assert!(!self.is_vector(), "to_lut of a vector-table layer: callers check is_vector");
         let mut outliers = crate::quant::lut::SparseOutliers::none(self.rows);
         let mut entries: Vec<(u32, u32, f32)> = Vec::with_capacity(self.sparse.len());
         for c in 0..self.cols {
@@ -192,15 +256,22 @@ impl PackedLinear {
         if !(1..=8).contains(&self.bits) {
             return bad(format!("{} bits; lutlab supports 1 to 8", self.bits));
         }
+        if let Some(reason) = vector_layout_problem(self.vector_dim, self.bits, self.rows) {
+            return bad(reason);
+        }
+        if self.is_vector() && (self.input_groups.is_some() || self.incoherence.is_some()) {
+            return bad("vector tables with input-group scales or incoherence processing: lutlab writes neither".into());
+        }
         if self.channels_per_table == 0 || !self.cols.is_multiple_of(self.channels_per_table) {
             return bad(format!("{} channels per table do not divide {} columns", self.channels_per_table, self.cols));
         }
-        let words = blocks(self.rows).checked_mul(self.bits as usize).and_then(|w| w.checked_mul(self.cols));
+        let words = blocks(self.code_rows()).checked_mul(self.code_bits() as usize).and_then(|w| w.checked_mul(self.cols));
         if words != Some(self.qweight.len()) {
             return bad(format!("{} packed words, expected {:?} for {}x{} at {} bits", self.qweight.len(), words, self.rows, self.cols, self.bits));
         }
-        if self.tables.len() != self.num_tables() * self.levels() {
-            return bad(format!("{} table entries, expected {}", self.tables.len(), self.num_tables() * self.levels()));
+        let entries = self.num_tables() * self.levels() * self.vector_dim;
+        if self.tables.len() != entries {
+            return bad(format!("{} table entries, expected {entries}", self.tables.len()));
         }
         if let Some(i) = self.tables.iter().position(|v| !v.is_finite()) {
             return bad(format!("table entry {i} is not finite"));
@@ -248,8 +319,9 @@ impl PackedLinear {
     /// A padding row (past `rows`, in the last block) with a non-zero code, if any: a writer that
     /// is not lutlab's, or corruption. Kernels never read them, but the inverse must be exact.
     fn padding_with_codes(&self) -> Option<usize> {
-        (self.rows..blocks(self.rows) * BLOCK_ROWS)
-            .find(|&r| (0..self.cols).any(|c| packed_code(&self.qweight, self.cols, self.bits, r, c) != 0))
+        let (code_rows, code_bits) = (self.code_rows(), self.code_bits());
+        (code_rows..blocks(code_rows) * BLOCK_ROWS)
+            .find(|&r| (0..self.cols).any(|c| packed_wide_code(&self.qweight, self.cols, code_bits, r, c) != 0))
     }
 
     /// The dense part of weight `(r, c)`: its table entry, through its input group's scale and
@@ -261,8 +333,9 @@ impl PackedLinear {
     /// [`Self::dense_value`] with other tables and input groups of the same shapes (rounded
     /// copies, say) in place of the layer's.
     pub fn dense_value_with(&self, tables: &[f32], input_groups: Option<&InputGroupScales>, r: usize, c: usize) -> f32 {
-        let code = usize::from(packed_code(&self.qweight, self.cols, self.bits, r, c));
-        let entry = tables[c / self.channels_per_table * self.levels() + code];
+        let d = self.vector_dim;
+        let code = usize::from(packed_wide_code(&self.qweight, self.cols, self.code_bits(), r / d, c));
+        let entry = tables[(c / self.channels_per_table * self.levels() + code) * d + r % d];
         match input_groups {
             Some(groups) => groups.apply(entry, r / groups.size, c, self.cols),
             None => entry,
@@ -273,7 +346,7 @@ impl PackedLinear {
     /// back through its incoherence processing when it has one. The input shift is not folded in
     /// (it acts on the input; see [`Self::reference_matmul`]).
     pub fn effective_weights(&self) -> Vec<f32> {
-        let mut w = self.to_lut().dequantize();
+        let mut w = if self.is_vector() { self.vector_weights() } else { self.to_lut().dequantize() };
         if let Some(scales) = &self.scales {
             for row in w.chunks_exact_mut(self.cols) {
                 row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
@@ -283,6 +356,18 @@ impl PackedLinear {
             Some(incoherence) => incoherence.effective_weights(&w, self.rows, self.cols),
             None => w,
         }
+    }
+
+    /// A vector layer's table values plus its sparse part, `[rows, cols]`.
+    fn vector_weights(&self) -> Vec<f32> {
+        let mut w: Vec<f32> = (0..self.rows).flat_map(|r| (0..self.cols).map(move |c| (r, c))).map(|(r, c)| self.dense_value(r, c)).collect();
+        let s = &self.sparse;
+        for c in 0..self.cols {
+            for i in s.col_ptr[c] as usize..s.col_ptr[c + 1] as usize {
+                w[s.row_idx[i] as usize * self.cols + c] += s.values[i];
+            }
+        }
+        w
     }
 
     /// CPU reference of the LUT matmul kernels: `y = (x − shift) · W + bias` with `W` the
@@ -314,6 +399,21 @@ impl PackedLinear {
             + self.scales.as_ref().map_or(0, Vec::len)
             + self.input_shift.as_ref().map_or(0, Vec::len))
     }
+}
+
+/// What is wrong with vectors of `dim` rows at `bits` per weight over `rows` rows, if anything:
+/// `dim` 1, 2 or 4, dividing `rows`, codes of at most 12 bits (2^12-entry tables).
+pub fn vector_layout_problem(dim: usize, bits: u32, rows: usize) -> Option<String> {
+    if !matches!(dim, 1 | 2 | 4) {
+        return Some(format!("vector_dim {dim}; lutlab supports 1 (scalar tables), 2 and 4"));
+    }
+    if !rows.is_multiple_of(dim) {
+        return Some(format!("vectors of {dim} rows do not divide {rows} rows"));
+    }
+    if dim > 1 && bits as usize * dim > 12 {
+        return Some(format!("codes of {} bits ({bits} bits per weight in vectors of {dim}); vector tables hold at most 2^12 entries", bits as usize * dim));
+    }
+    None
 }
 
 /// The CSR-by-input-row outliers of a LUT matrix, regrouped by output column (rows ascending).
@@ -444,5 +544,40 @@ mod tests {
                 assert!((f64::from(y[t * 5 + c]) - expected).abs() < 1e-5);
             }
         }
+    }
+
+    /// A random vector-table layer: `entries` codes per table, `[tables][entries][dim]` values.
+    fn random_vector_lut(rng: &mut SplitMix64, rows: usize, cols: usize, dim: usize, bits: u32, channels_per_table: usize) -> VectorLut {
+        let entries = 1usize << (bits as usize * dim);
+        let codes = (0..rows / dim * cols).map(|_| (rng.next_u64() % entries as u64) as u16).collect();
+        let codebooks = (0..cols / channels_per_table * entries * dim).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        VectorLut { rows, cols, dim, channels_per_table, codebooks, entries, codes }
+    }
+
+    /// Vector codes of up to 12 bits pack and unpack like scalar ones, and a packed vector layer
+    /// stands for exactly the weights its `VectorLut` does.
+    #[test]
+    fn vector_tables_pack_to_the_weights_they_stand_for() {
+        let mut rng = SplitMix64::new(3);
+        for (dim, bits, rows, cols, per_table) in [(2, 2, 70, 5, 5), (2, 3, 64, 6, 1), (4, 2, 132, 4, 2), (4, 3, 36, 3, 3), (2, 1, 2, 1, 1)] {
+            let v = random_vector_lut(&mut rng, rows, cols, dim, bits, per_table);
+            let packed = PackedLinear::from_vector(&v).unwrap();
+            assert_eq!((packed.code_bits(), packed.code_rows()), (bits * dim as u32, rows / dim));
+            assert_eq!(packed.effective_weights(), v.dequantize(), "dim {dim} bits {bits}");
+            let codes: Vec<u16> = (0..rows / dim).flat_map(|r| (0..cols).map(move |c| (r, c))).map(|(r, c)| packed_wide_code(&packed.qweight, cols, packed.code_bits(), r, c)).collect();
+            assert_eq!(codes, v.codes);
+        }
+    }
+
+    #[test]
+    fn vector_layouts_that_cannot_be_stored_are_named() {
+        assert!(vector_layout_problem(3, 2, 12).unwrap().contains("vector_dim 3"));
+        assert!(vector_layout_problem(4, 2, 10).unwrap().contains("do not divide 10 rows"));
+        assert!(vector_layout_problem(4, 4, 16).unwrap().contains("codes of 16 bits"));
+        assert_eq!(vector_layout_problem(4, 3, 16), None);
+        let mut rng = SplitMix64::new(4);
+        let mut p = PackedLinear::from_vector(&random_vector_lut(&mut rng, 8, 2, 2, 2, 2)).unwrap();
+        p.tables.pop();
+        assert!(p.validate("v").unwrap_err().to_string().contains("table entries, expected 32"));
     }
 }
