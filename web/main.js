@@ -494,6 +494,7 @@ function quantizeRequest() {
   } else if (method === 'kmeans') {
     // Output-channel groups for tables; uniform scales group input rows, as Brevitas does.
     if ($('q-outliers').value !== '') request.outlier_percent = Number($('q-outliers').value);
+    if ($('q-vectors').value !== '1') request.vector_dim = Number($('q-vectors').value);
     request.scaling = $('q-scaling').checked;
     request.centering = $('q-centering').checked;
   } else {

@@ -399,6 +399,58 @@ function drawOutliersNow(figure, picture) {
   figure.dataset.outliers = String(n);
 }
 
+/// Vector tables (`--vector-dim`): one table's weight pairs as dots, its codebook entries as
+/// crosses with their Voronoi cells (the region each entry codes), and dashed lines where a scalar
+/// table of the same bits per weight would cut the plane: its cells are the rectangles of a
+/// product grid, the vector codebook's follow the cloud. `picture.vectors` from the wasm
+/// (lutlab_core::plot_data::vectors).
+export function drawVectors(figure, picture) {
+  remember(figure, () => drawVectorsNow(figure, picture));
+}
+
+function drawVectorsNow(figure, picture) {
+  const v = picture.vectors;
+  if (!v) {
+    figure.dataset.entries = '0';
+    clearPlot(figure, picture.bits ? `${picture.name} has scalar tables: choose "vectors of 2" (or 4) and quantize again to see vector tables.` : undefined);
+    return;
+  }
+  const pair = (flat) => Array.from({ length: flat.length / 2 }, (_, i) => ({ x: flat[2 * i], y: flat[2 * i + 1], i }));
+  const points = pair(v.points).map((p) => ({ ...p, code: v.codes[p.i] }));
+  const entries = pair(v.entries);
+  // The scalar table's cell edges: midpoints between neighbouring levels, on both axes.
+  const cuts = v.scalar_levels.slice(1).map((l, i) => (l + v.scalar_levels[i]) / 2);
+  const xs = d3.extent([...points.map((p) => p.x), ...entries.map((e) => e.x)]);
+  const ys = d3.extent([...points.map((p) => p.y), ...entries.map((e) => e.y)]);
+  const width = Math.min(widthOf(figure), 560);
+  const shared = v.channels_per_table === 1 ? `output channel ${picture.channel}'s table` : `table ${v.table} (${v.channels_per_table} channels)`;
+  const coordinates = v.dim === 2 ? 'each dot a pair of neighbouring input rows' : 'each dot the first two of 4 neighbouring input rows (a projection)';
+  const svg = Plot.plot({
+    width,
+    height: Math.round(width * 0.8),
+    marginLeft: 56,
+    subtitle: `${picture.name}, ${shared}: ${points.length} vectors drawn, ${coordinates}; ${entries.length} entries`,
+    x: { domain: xs, label: 'weight of row 2k →' },
+    y: { domain: ys, label: '↑ weight of row 2k + 1' },
+    color: { type: 'categorical', scheme: 'tableau10' },
+    marks: [
+      Plot.frame({ stroke: '#dde2ea' }),
+      Plot.dot(points, { x: 'x', y: 'y', r: 1.4, fill: (p) => p.code % 10, fillOpacity: 0.55 }),
+      Plot.voronoiMesh(entries, { x: 'x', y: 'y', stroke: '#1d2330', strokeOpacity: 0.55 }),
+      Plot.ruleX(cuts, { stroke: ACCENT, strokeDasharray: '4,3', strokeOpacity: 0.8 }),
+      Plot.ruleY(cuts, { stroke: ACCENT, strokeDasharray: '4,3', strokeOpacity: 0.8 }),
+      Plot.dot(entries, { x: 'x', y: 'y', symbol: 'times', r: 4, stroke: '#1d2330', strokeWidth: 1.8, title: (e) => `entry ${e.i}: (${e.x.toPrecision(3)}, ${e.y.toPrecision(3)})` }),
+    ],
+  });
+  const detail = figure.querySelector('figcaption .detail');
+  if (detail) {
+    detail.textContent = `On these vectors the codebook's squared error per weight is ${v.vector_mse.toExponential(2)}, a scalar table's `
+      + `${v.scalar_mse.toExponential(2)} (${(v.scalar_mse / v.vector_mse).toFixed(2)}× as large).`;
+  }
+  Object.assign(figure.dataset, { entries: String(entries.length), points: String(points.length), vectorMse: String(v.vector_mse), scalarMse: String(v.scalar_mse) });
+  show(figure, svg, fingerprint([picture.name, v.table, ...v.entries.slice(0, 16)]));
+}
+
 /// Perplexity against bits per weight (or packed file size) for the session's runs: a line per
 /// method and setting, the original's perplexity as a dashed rule.
 export function drawPerplexity(figure, runs, xAxis = 'bits') {

@@ -3,7 +3,7 @@
 // unless unticked) and redraws. Slider moves queue: while one runs, only the latest position
 // waits, so dragging never piles up work.
 
-import { clearPlot, drawChannel, drawHistogram, drawIncoherence, drawOutliers } from './plots.js';
+import { clearPlot, drawChannel, drawHistogram, drawIncoherence, drawOutliers, drawVectors } from './plots.js';
 
 const $ = (id) => document.getElementById(id);
 const DEFAULT_LAYER = /mlp\.c_fc$/; // GPT-2's 768×3072 matrix: the slider's benchmark shape
@@ -41,7 +41,7 @@ export class LayerView {
     this.modelBits = null;
     this.setWidths([...$('q-bits').options].map((o) => Number(o.value))); // nothing quantized: the menu's range
     if (layers.length === 0) {
-      for (const id of ['plot-channel', 'plot-histogram', 'plot-outliers']) clearPlot($(id), 'A packed file alone has no original weights to show.');
+      for (const id of ['plot-channel', 'plot-histogram', 'plot-outliers', 'plot-vectors']) clearPlot($(id), 'A packed file alone has no original weights to show.');
       return;
     }
     this.redraw();
@@ -128,6 +128,7 @@ export class LayerView {
     drawChannel($('plot-channel'), picture);
     drawHistogram($('plot-histogram'), picture);
     drawOutliers($('plot-outliers'), picture);
+    drawVectors($('plot-vectors'), picture);
     if (picture.widths) this.setWidths(picture.widths);
   }
 

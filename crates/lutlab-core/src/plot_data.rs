@@ -6,6 +6,7 @@ use crate::error::{LoadError, Result};
 
 pub mod channel;
 pub mod incoherence;
+pub mod vectors;
 
 /// Counts of values in `bins` equal bins over `[lo, hi)` (the last bin includes `hi`); values
 /// outside fall into `below` / `above` so nothing is silently dropped.

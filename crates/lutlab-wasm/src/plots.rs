@@ -8,6 +8,7 @@ use lutlab_core::fisher_file::FisherDiagonal;
 use lutlab_core::hessian_file::hessian_key;
 use lutlab_core::plot_data::channel::ChannelPicture;
 use lutlab_core::plot_data::incoherence::incoherence_picture;
+use lutlab_core::plot_data::vectors::VectorPicture;
 use lutlab_core::plot_data::{block_and_matrix, central_range, mean, weighted_squared_error, Histogram};
 use lutlab_core::quant::QuantizedLayer;
 use lutlab_core::weights::LinearWeights;
@@ -78,6 +79,8 @@ pub(crate) struct LayerPicture {
     pub channel_view: ChannelPicture,
     /// The widths the quantization's settings allow (the slider's range), when quantized.
     pub widths: Option<Vec<u32>>,
+    /// Vector tables: the chosen channel's table as weight pairs, codebook entries and cells.
+    pub vectors: Option<VectorPicture>,
 }
 
 impl LayerPicture {
@@ -115,6 +118,7 @@ impl LayerPicture {
             notes,
             channel_view,
             widths: None,
+            vectors: None,
         };
         let Some(q) = quantized else {
             picture.notes.push("not quantized yet (step 3): only the original weights are shown".to_string());
@@ -156,7 +160,15 @@ impl LayerPicture {
                     }
                 }
             }
-            None => picture.notes.push("this quantization has no tables (its scales run over input rows): no centroids to draw".to_string()),
+            None => match &q.vector {
+                Some(vector) => {
+                    picture.bits = Some(vector.entries.trailing_zeros() / vector.dim as u32);
+                    picture.tables = vector.codebooks.len() / (vector.entries * vector.dim);
+                    picture.vectors = Some(VectorPicture::new(original, vector, channel));
+                    picture.notes.push(format!("vector tables: a code per {} weights, so the channel's values are not a table of numbers (see the pairs picture)", vector.dim));
+                }
+                None => picture.notes.push("this quantization has no tables (its scales run over input rows): no centroids to draw".to_string()),
+            },
         }
         Ok(picture)
     }

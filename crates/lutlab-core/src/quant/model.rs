@@ -78,6 +78,7 @@ impl Method {
     pub fn check_bits(&self, bits: u32) -> Result<()> {
         match self {
             Method::Uniform(settings) | Method::Hessian { grid: HessianGrid::Uniform { settings, .. }, .. } => settings.format.check_bits(bits),
+            Method::Kmeans { settings, .. } if settings.vector_dim > 1 => KmeansSettings { bits, ..*settings }.vector_settings().map(|_| ()),
             _ if (1..=8).contains(&bits) => Ok(()),
             _ => Err(LoadError::InvalidSetting(format!("{bits} bits per code: tables take 1 to 8"))),
         }
