@@ -27,7 +27,7 @@ const PROGRESS = '__lutlab_progress__';
 const METHODS = [
   'loadModel', 'openPacked', 'tokenize', 'perplexity', 'fisher', 'hessians', 'inputMeans', 'fisherFile', 'loadFisher',
   'quantize', 'packedFile', 'layerList', 'sensitivityMap', 'errorMap', 'layerPicture', 'incoherencePicture',
-  'requantizeLayer', 'generate', 'checkConfigFits', 'shardFiles', 'evaluationPlan', 'smoothing',
+  'requantizeLayer', 'generate', 'checkConfigFits', 'shardFiles', 'evaluationPlan', 'smoothing', 'allocateBudget',
 ];
 
 export class LabClient {

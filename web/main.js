@@ -8,7 +8,7 @@ import { LabClient } from './lab-client.js';
 import { ProgressBar } from './progress.js';
 import { shippedModel, hubModel, localModel, clearHubCache, DEFAULT_HUB } from './sources.js';
 import { initGenerate } from './generate.js';
-import { clearPlot, drawActivations, drawError, drawPerplexity, drawProxyLoss, drawSensitivity } from './plots.js';
+import { clearPlot, drawActivations, drawError, drawPerplexity, drawProxyLoss, drawSensitivity, drawWidths } from './plots.js';
 import { LayerView } from './slider.js';
 import { SpeedBook, estimateText } from './estimate.js';
 
@@ -245,6 +245,7 @@ async function installModel(label, files) {
   $('model-status').dataset.loaded = label;
   loadBar.complete('model ready');
   layerView.setLayers(await lab.layerList());
+  $('budget-panel').hidden = true;
   updateEstimates();
   probeSpeed();
   return `${params}M parameters`;
@@ -505,6 +506,7 @@ function quantizeRequest() {
     // The Hessian methods round onto the same uniform grid, which they call `grid`.
     if (method !== 'rtn') request.grid = request.format;
   }
+  if ($('q-budget').value !== '') request.budget = `${Number($('q-budget').value)}bpw`;
   if ($('a-smooth').value !== '') {
     request.act_equalization = $('a-smooth').value;
     request.alpha = Number($('a-alpha').value);
@@ -537,7 +539,55 @@ async function quantize() {
     drawProxyLoss($('plot-proxy'), proxyRuns);
   }
   layerView.quantized(request.bits);
+  showBudget(report);
   return `${report.bits_per_weight.toFixed(2)} bits/weight`;
+}
+
+/// After a size-budget quantization: the slider over the feasible range and the heatmap of the
+/// allocated widths; moving the slider re-allocates the same candidates (`Lab.allocateBudget`).
+function showBudget(report) {
+  $('budget-panel').hidden = !report.allocation;
+  if (!report.allocation) return;
+  const [lo, hi] = report.feasible;
+  const slider = $('budget-slider');
+  [slider.min, slider.max] = [lo.toFixed(2), (Math.floor(hi * 100) / 100).toFixed(2)];
+  slider.value = String(Number($('q-budget').value));
+  drawAllocation(report.allocation);
+  // Moves queue: while one allocation runs, only the latest position waits.
+  let running = false;
+  let waiting = false;
+  slider.oninput = async () => {
+    if (running) {
+      waiting = true;
+      return;
+    }
+    running = true;
+    do {
+      waiting = false;
+      try {
+        drawAllocation(await lab.allocateBudget(Number(slider.value)));
+        delete $('budget-readout').dataset.error;
+      } catch (e) {
+        $('budget-readout').textContent = String(e.message ?? e);
+        $('budget-readout').dataset.error = 'true';
+      }
+    } while (waiting);
+    running = false;
+  };
+}
+
+function drawAllocation(allocation) {
+  const layers = layerView.layers ?? new Map();
+  const cells = allocation.layers.filter((l) => layers.get(l.name)).map((l) => ({ name: l.name, block: layers.get(l.name).block, matrix: layers.get(l.name).matrix, value: l.bits }));
+  const counts = {};
+  for (const l of allocation.layers) counts[l.bits] = (counts[l.bits] ?? 0) + 1;
+  const weights = allocation.layers.reduce((n, l) => n + (layers.get(l.name) ? layers.get(l.name).rows * layers.get(l.name).cols : 0), 0);
+  const bpw = weights ? (8 * allocation.layer_bytes) / weights : NaN;
+  $('budget-readout').textContent = `${allocation.budget}: ${Object.entries(counts).map(([b, n]) => `${n} at ${b} bits`).join(', ')}; `
+    + `${bpw.toFixed(3)} bits per weight stored, estimated loss ${allocation.estimated_loss.toExponential(3)} (${allocation.estimate})`
+    + (allocation.relative_gap != null ? `, within ${(100 * allocation.relative_gap).toPrecision(2)} % of the optimum` : '') + '.';
+  $('budget-readout').dataset.loss = String(allocation.estimated_loss);
+  drawWidths($('plot-widths'), cells, allocation.widths);
 }
 
 /// "Packed file: 13.5 MB vs the original checkpoint's 14.5 MB (0.93×) ... Quantized layers: 5.50 bits

@@ -143,6 +143,38 @@ function drawSensitivityNow(figure, cells) {
   heatmap(figure, cells, { label: 'mean Fisher information per weight (squared gradient, log scale)', shortLabel: 'mean Fisher per weight (log scale)', scheme: 'viridis' });
 }
 
+/// Heatmap of the bits each layer gets under a size budget (`cells`: `{ name, block, matrix,
+/// value: bits }`), one colour per width.
+export function drawWidths(figure, cells, candidates) {
+  remember(figure, () => drawWidthsNow(figure, cells, candidates));
+}
+
+/// `candidates`: every width the allocation chose from, so a width keeps its colour as the
+/// slider moves.
+function drawWidthsNow(figure, cells, candidates) {
+  if (cells.length === 0) {
+    clearPlot(figure);
+    return;
+  }
+  const blocks = [...new Set(cells.map((c) => c.block))].sort((a, b) => a - b);
+  const width = widthOf(figure);
+  const svg = Plot.plot({
+    width,
+    height: Math.min(420, 60 + 26 * blocks.length),
+    marginLeft: 50,
+    padding: 0.05,
+    x: { label: 'matrix', ...matrixAxis(cells) },
+    y: { label: 'block', domain: blocks },
+    color: { type: 'ordinal', scheme: 'blues', domain: [...new Set([...candidates, ...cells.map((c) => c.value)])].sort((a, b) => a - b), legend: true, label: 'bits' },
+    marks: [
+      Plot.cell(cells, { x: 'matrix', y: 'block', fill: 'value', title: (c) => `${c.name}: ${c.value} bits` }),
+      Plot.text(cells, { x: 'matrix', y: 'block', text: (c) => String(c.value), fill: DARK_TEXT, stroke: 'white', strokeWidth: 3, paintOrder: 'stroke', fontSize: 12 }),
+    ],
+  });
+  figure.dataset.widths = JSON.stringify(Object.fromEntries(cells.map((c) => [c.name, c.value])));
+  show(figure, svg, fingerprint(cells.map((c) => c.value)));
+}
+
 /// Heatmap of each layer's quantization error (Fisher-weighted when `map.weighted`).
 export function drawError(figure, map) {
   remember(figure, () => drawErrorNow(figure, map));

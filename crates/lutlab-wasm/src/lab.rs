@@ -6,6 +6,8 @@ use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, InputMeans, Method, QuantizedLayer, SampleWeights};
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
+use lutlab_core::quant::allocate::{byte_range, Budget};
+use lutlab_core::quant::mixed::{candidates, AllocationReport, Candidates};
 use lutlab_core::quant::inputs::{InputQuantRequest, InputQuantization, InputScaling};
 use lutlab_core::model_transforms::{act_equalize, layer_smoothing_scales, scale_fisher_rows, ActEqualization, LayerwiseSmoothing};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
@@ -41,6 +43,9 @@ pub(crate) struct Session {
     pub(crate) input_ranges: RefCell<Option<Rc<InputMeans>>>,
     /// Each distinct linear input's Hessian (by its first linear's name), for GPTQ-style methods.
     pub(crate) hessians: RefCell<Option<Rc<HashMap<String, Square>>>>,
+    /// The latest size-budget quantization's candidates (every layer at every width), so the
+    /// budget slider re-allocates without quantizing again.
+    pub(crate) candidates: RefCell<Option<Rc<Candidates>>>,
 }
 
 /// A quantized model: on the GPU (packed, through the LUT kernels, when every layer is a LUT)
@@ -73,6 +78,7 @@ impl Session {
             input_means: RefCell::default(),
             input_ranges: RefCell::default(),
             hessians: RefCell::default(),
+            candidates: RefCell::default(),
         }
     }
 
@@ -205,9 +211,21 @@ struct QuantizeReport {
     layers: Vec<LayerReport>,
     /// Present when the result is packed (every layer a LUT) and runs through the LUT kernels.
     packed: Option<PackedSummary>,
+    /// Under a size budget: each layer's chosen width and estimate (as the CLI's `--json`).
+    allocation: Option<AllocationReport>,
+    /// Under a size budget: the bits per weight the candidates allow, smallest and largest.
+    feasible: Option<(f64, f64)>,
 }
 
 
+
+/// The bits per weight a budget may ask of `found`: every layer at its smallest candidate, and at
+/// its largest.
+fn feasible_bits(found: &Candidates) -> (f64, f64) {
+    let (smallest, largest) = byte_range(&found.layers);
+    let bpw = |bytes: u64| 8.0 * bytes as f64 / found.layer_weights().max(1) as f64;
+    (bpw(smallest), bpw(largest))
+}
 
 /// Lets the page paint and handle input between steps of CPU work (a `setTimeout(0)`).
 pub(crate) async fn yield_to_page() {
@@ -552,12 +570,19 @@ impl Lab {
             None
         };
         let request: QuantizeRequest = serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("quantization settings: {e}")))?;
-        if request.is_mixed() || request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.load_awq.is_some() {
+        if !request.layer_bits.is_empty() || request.ln_affine_merge || request.weight_equalization || request.bias_corr || request.load_awq.is_some() {
             return Err(JsError::new(
-                "mixed precision (a size budget or layer rules) and the model transforms other than SmoothQuant (norm merge, weight equalization, bias correction) run in the CLI for now: \
-                 `lutlab quantize --budget`, `--ln-affine-merge`, `--weight-equalization`, `--bias-corr`",
+                "layer rules and the model transforms other than SmoothQuant (norm merge, weight equalization, bias correction) run in the CLI for now: \
+                 `lutlab quantize --layer-bits`, `--ln-affine-merge`, `--weight-equalization`, `--bias-corr`",
             ));
         }
+        // A size budget (bits per weight): the model quantized at every candidate width, then
+        // each layer's width allocated, as `lutlab quantize --budget` does.
+        let budget = request.budget.as_deref().map(str::parse::<Budget>).transpose().map_err(js_error)?;
+        if let Some(Budget::FileBytes(_)) = budget {
+            return Err(JsError::new("give the page's budget in bits per weight (e.g. 3.5); a file-size budget runs in the CLI: `lutlab quantize --budget 12MB`"));
+        }
+        let widths = if budget.is_some() { request.candidate_widths().map_err(js_error)? } else { Vec::new() };
         // SmoothQuant from step 2's activation ranges (as `lutlab quantize --act-equalization`).
         let smoothing = request.act_equalization.as_deref().map(str::parse::<ActEqualization>).transpose().map_err(js_error)?;
         let ranges = match smoothing {
@@ -613,37 +638,69 @@ impl Lab {
                 rounder: None,
             };
             let layers = selected_layers(weights, request.selection(None)).map_err(js_error)?;
-            let total: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
-            let (mut done, mut quantized) = (0, Vec::with_capacity(layers.len()));
+            // One quantization of every layer per width: the request's, or under a budget each
+            // candidate width (and the method's own, which the head keeps with Fisher).
+            let mut runs: Vec<u32> = widths.clone();
+            if budget.is_some() && fisher_diagonal.is_some() && !runs.contains(&method.bits()) {
+                runs.push(method.bits());
+            }
+            if runs.is_empty() {
+                runs.push(method.bits());
+            }
+            let per_run: u64 = layers.iter().map(|(_, l)| l.weight.numel() as u64).sum();
+            let total = per_run * runs.len() as u64;
+            let (mut done, mut models) = (0, Vec::with_capacity(runs.len()));
             let start = js_sys::Date::now();
-            for (name, linear) in layers {
-                progress.update(done, total);
-                yield_to_page().await;
-                if progress.is_cancelled() {
-                    return Err(work_error(ModelError::Cancelled));
+            for &bits in &runs {
+                let method = method.with_bits(bits);
+                let mut quantized = Vec::with_capacity(layers.len());
+                for (name, linear) in &layers {
+                    progress.update(done, total);
+                    yield_to_page().await;
+                    if progress.is_cancelled() {
+                        return Err(work_error(ModelError::Cancelled));
+                    }
+                    let rounded = match &layerwise {
+                        Some(l) => l.scale_linear(name, linear),
+                        None => std::borrow::Cow::Borrowed(&**linear),
+                    };
+                    let layer = if on_gpu {
+                        quantize_layer_gpu(&gpu, name, &rounded, &method, calibration, weights.config.n_embd).await.map_err(work_error)?
+                    } else {
+                        quantize_layer(name, &rounded, &method, calibration, weights.config.n_embd).map_err(js_error)?
+                    };
+                    quantized.push(match &layerwise {
+                        Some(l) => l.unscale(linear, layer).map_err(js_error)?,
+                        None => layer,
+                    });
+                    done += linear.weight.numel() as u64;
                 }
-                let rounded = match &layerwise {
-                    Some(l) => l.scale_linear(&name, &linear),
-                    None => std::borrow::Cow::Borrowed(&*linear),
-                };
-                let layer = if on_gpu {
-                    quantize_layer_gpu(&gpu, &name, &rounded, &method, calibration, weights.config.n_embd).await.map_err(work_error)?
-                } else {
-                    quantize_layer(&name, &rounded, &method, calibration, weights.config.n_embd).map_err(js_error)?
-                };
-                quantized.push(match &layerwise {
-                    Some(l) => l.unscale(&linear, layer).map_err(js_error)?,
-                    None => layer,
-                });
-                done += linear.weight.numel() as u64;
+                models.push((bits, QuantizedModel { layers: quantized }));
             }
             progress.update(done, total);
-            let quantized = QuantizedModel { layers: quantized };
+            let (quantized, allocation, feasible) = match budget {
+                None => (models.pop().map(|(_, m)| m).ok_or_else(|| js_error("nothing was quantized"))?, None, None),
+                Some(budget) => {
+                    let mut quantized_at = |m: &Method| {
+                        // `candidates` asks for each width once: each model moves out.
+                        let at = models.iter().position(|(bits, _)| *bits == m.bits());
+                        at.map(|i| models.swap_remove(i).1).ok_or_else(|| LoadError::InvalidSetting(format!("{} bits were not quantized", m.bits())))
+                    };
+                    let found = candidates(weights, &method, &widths, sample_weights, TableDtype::F16, &mut quantized_at).map_err(js_error)?;
+                    let allocation = found.allocate(found.layer_budget(budget, None).map_err(js_error)?).map_err(js_error)?;
+                    let report = found.report(&allocation, budget.to_string(), &widths);
+                    let chosen = found.chosen(&allocation);
+                    let feasible = feasible_bits(&found);
+                    *session.candidates.borrow_mut() = Some(Rc::new(found));
+                    (chosen, Some(report), Some(feasible))
+                }
+            };
             let label = request.label(fisher_diagonal.is_some());
             // Every layer a LUT: packed (f16 tables, as the file stores them) and run through the
             // LUT kernels; otherwise (input-group uniform scales) dense.
             let packed = if quantized.layers.iter().all(QuantizedLayer::has_packed_form) {
-                let meta = PackedMeta { base_model: session.name.clone(), method: label.clone(), settings: serde_json::to_string(&request).unwrap_or_default(), allocation: String::new() };
+                let allocation = allocation.as_ref().map(serde_json::to_string).transpose().map_err(js_error)?.unwrap_or_default();
+                let meta = PackedMeta { base_model: session.name.clone(), method: label.clone(), settings: serde_json::to_string(&request).unwrap_or_default(), allocation };
                 Some(PackedModel::from_quantized(weights, &quantized, meta, TableDtype::F16).map_err(js_error)?)
             } else {
                 None
@@ -667,11 +724,26 @@ impl Lab {
                     (Some(packed), Some(file)) => Some(PackedSummary::of(packed, file.len(), session.original_bytes)),
                     _ => None,
                 },
+                allocation,
+                feasible,
             };
             let fisher_weighted = fisher_diagonal.is_some();
             *session.quantized.borrow_mut() = Some(Rc::new(Quantized { model, packed, file, label, layers: quantized.layers, method: Some(method), fisher_weighted }));
             Ok(to_js(&report)?)
         }))
+    }
+
+    /// The budget slider: the allocation the latest size-budget quantization's candidates give at
+    /// `bits_per_weight` (each layer's width and estimate; nothing is quantized again), or a clear
+    /// error outside the feasible range.
+    #[wasm_bindgen(js_name = allocateBudget)]
+    pub fn allocate_budget(&self, bits_per_weight: f64) -> Result<JsValue, JsError> {
+        let session = self.current()?;
+        let found = session.candidates.borrow().clone().ok_or_else(|| JsError::new("quantize with a size budget first: the slider re-allocates its candidates"))?;
+        let budget = Budget::BitsPerWeight(bits_per_weight);
+        let allocation = found.allocate(found.layer_budget(budget, None).map_err(js_error)?).map_err(js_error)?;
+        let widths: Vec<u32> = found.layers.iter().flat_map(|l| l.candidates.iter().map(|c| c.bits)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        to_js(&found.report(&allocation, budget.to_string(), &widths))
     }
 
     /// The quantized model as a packed file (docs/FORMAT.md): `{ name, bytes }`, the name made of
