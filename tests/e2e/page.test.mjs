@@ -207,7 +207,8 @@ test('local files load (vocab.json + merges.txt tokenizer) and give the same per
   const page = await openPage(browser, pageUrl);
   const files = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt'].map((f) => path.join(SHIPPED, f));
   await page.setInputFiles('#local-files', files);
-  await page.waitForFunction(() => document.getElementById('model-status').dataset.loaded?.startsWith('local files'));
+  // Reading and uploading the files takes a while on a loaded CI machine (SwiftShader): 2 minutes, as openPage allows.
+  await page.waitForFunction(() => document.getElementById('model-status').dataset.loaded?.startsWith('local files'), null, { timeout: 120_000 });
   const report = await evaluateInPage(page, text);
   assert.ok(relative(report.perplexity, native.perplexity) < PAGE_VS_CLI_REL);
   await page.close();
