@@ -642,12 +642,8 @@ pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(P
 /// The bytes quantized `layer` takes in a packed file written with `table_dtype` (its tensors'
 /// data, as [`layer_bytes`] counts them), or `None` when it has no look-up-table form.
 pub fn stored_layer_bytes(layer: &QuantizedLayer, table_dtype: TableDtype) -> Result<Option<usize>> {
-    let shape = match (&layer.lut, &layer.vector) {
-        (Some(lut), _) => (lut.rows, lut.cols),
-        (None, Some(vector)) => (vector.rows, vector.cols),
-        (None, None) => return Ok(None),
-    };
-    let (mut packed, _) = pack_layer(layer, shape.0, shape.1)?;
+    let Some((rows, cols)) = layer.packed_shape() else { return Ok(None) };
+    let (mut packed, _) = pack_layer(layer, rows, cols)?;
     if table_dtype == TableDtype::F16 {
         round_layer_tables_to_f16(&layer.name, &mut packed)?;
     }
@@ -1023,13 +1019,13 @@ fn f16s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
 }
 
-/// Reads packed layer `name`'s tensors, checking each one's dtype and shape against the
-/// metadata entry `m` before reading it. The layer's values are checked by the caller.
 /// The shape of a `lut` tensor: `[tables, levels]`, or `[tables, levels, dim]` for vector tables.
 fn lut_shape(tables: usize, levels: usize, vector_dim: usize) -> Vec<usize> {
     if vector_dim > 1 { vec![tables, levels, vector_dim] } else { vec![tables, levels] }
 }
 
+/// Reads packed layer `name`'s tensors, checking each one's dtype and shape against the
+/// metadata entry `m` before reading it. The layer's values are checked by the caller.
 fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Result<PackedLinear> {
     let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
     let entry = || format!("the metadata `layers` entry of `{name}` ({})", m.describe());
@@ -1042,12 +1038,12 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
     if m.channels_per_table == 0 || !m.cols.is_multiple_of(m.channels_per_table) {
         return Err(bad(format!("{}: channels_per_table must divide cols", entry())));
     }
-    let vector_dim = m.vector_dim.unwrap_or(1);
-    if let Some(reason) = crate::quant::packed::vector_layout_problem(vector_dim, m.bits, m.rows).filter(|_| m.vector_dim != Some(1)) {
-        return Err(bad(format!("{}: {reason}", entry())));
-    }
     if m.vector_dim == Some(1) {
         return Err(bad(format!("{}: vector_dim 1 is written as no vector_dim", entry())));
+    }
+    let vector_dim = m.vector_dim.unwrap_or(1);
+    if let Some(reason) = crate::quant::packed::vector_layout_problem(vector_dim, m.bits, m.rows) {
+        return Err(bad(format!("{}: {reason}", entry())));
     }
     let code_bits = m.bits as usize * vector_dim;
     let words = blocks(m.rows / vector_dim)

@@ -6,7 +6,7 @@ use lutlab_core::fisher_file::{check_diagonal_finite, FisherDiagonal};
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, InputMeans, Method, QuantizedLayer, SampleWeights};
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
-use lutlab_core::quant::allocate::{byte_range, Budget};
+use lutlab_core::quant::allocate::Budget;
 use lutlab_core::quant::mixed::{candidates, AllocationReport, Candidates};
 use lutlab_core::quant::inputs::{InputQuantRequest, InputQuantization, InputScaling};
 use lutlab_core::model_transforms::{act_equalize, layer_smoothing_scales, scale_fisher_rows, ActEqualization, LayerwiseSmoothing};
@@ -218,14 +218,6 @@ struct QuantizeReport {
 }
 
 
-
-/// The bits per weight a budget may ask of `found`: every layer at its smallest candidate, and at
-/// its largest.
-fn feasible_bits(found: &Candidates) -> (f64, f64) {
-    let (smallest, largest) = byte_range(&found.layers);
-    let bpw = |bytes: u64| 8.0 * bytes as f64 / found.layer_weights().max(1) as f64;
-    (bpw(smallest), bpw(largest))
-}
 
 /// Lets the page paint and handle input between steps of CPU work (a `setTimeout(0)`).
 pub(crate) async fn yield_to_page() {
@@ -690,7 +682,7 @@ impl Lab {
                     let allocation = found.allocate(found.layer_budget(budget, None).map_err(js_error)?).map_err(js_error)?;
                     let report = found.report(&allocation, budget.to_string(), &widths);
                     let chosen = found.chosen(&allocation);
-                    let feasible = feasible_bits(&found);
+                    let feasible = found.feasible_bits_per_weight();
                     *session.candidates.borrow_mut() = Some(Rc::new(found));
                     (chosen, Some(report), Some(feasible))
                 }

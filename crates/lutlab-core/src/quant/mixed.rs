@@ -144,8 +144,8 @@ impl Candidates {
         let weights = self.layer_weights();
         let (smallest, largest) = byte_range(&self.layers);
         let f16 = 2 * weights as u64;
-        let bpw = |bytes: u64| 8.0 * bytes as f64 / weights.max(1) as f64;
-        let mut feasible = format!("feasible: {:.3} to {:.3} bits per weight", bpw(smallest), bpw(largest));
+        let (low, high) = self.feasible_bits_per_weight();
+        let mut feasible = format!("feasible: {low:.3} to {high:.3} bits per weight");
         let bytes = match (budget, file_rest) {
             (Budget::BitsPerWeight(b), _) => bytes_for_bits(weights, b),
             (Budget::FileBytes(n), Some(rest)) => {
@@ -163,6 +163,14 @@ impl Candidates {
             return Err(LoadError::InvalidSetting(format!("a budget of {budget} is below every layer at its narrowest width; {feasible}")));
         }
         Ok(bytes)
+    }
+
+    /// The bits per weight a budget may ask: every layer at its smallest candidate, and at its
+    /// largest.
+    pub fn feasible_bits_per_weight(&self) -> (f64, f64) {
+        let (smallest, largest) = byte_range(&self.layers);
+        let bpw = |bytes: u64| 8.0 * bytes as f64 / self.layer_weights().max(1) as f64;
+        (bpw(smallest), bpw(largest))
     }
 
     /// The least estimated loss within `max_bytes` of quantized layers.

@@ -558,7 +558,16 @@ fn layer_report(
 impl QuantizedLayer {
     /// Whether the layer has a packed form (scalar or vector look-up tables).
     pub fn has_packed_form(&self) -> bool {
-        self.lut.is_some() || self.vector.is_some()
+        self.packed_shape().is_some()
+    }
+
+    /// `(rows, cols)` of the packed form, when the layer has one.
+    pub fn packed_shape(&self) -> Option<(usize, usize)> {
+        match (&self.lut, &self.vector) {
+            (Some(lut), _) => Some((lut.rows, lut.cols)),
+            (None, Some(vector)) => Some((vector.rows, vector.cols)),
+            (None, None) => None,
+        }
     }
 }
 
