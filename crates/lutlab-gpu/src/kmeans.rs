@@ -195,11 +195,13 @@ fn check_inputs(values: &[f32], sample_weights: Option<&[f32]>) -> Result<()> {
 
 /// The compute pipelines, built once per device: the workgroup passes and their sequential
 /// twins for CPU adapters (see [`LloydKernels`]).
-struct Kernels {
+pub(crate) struct Kernels {
     assign: wgpu::ComputePipeline,
     update: wgpu::ComputePipeline,
     assign_seq: wgpu::ComputePipeline,
     update_seq: wgpu::ComputePipeline,
+    /// The vector tables' assignment (`crate::vector_kmeans`).
+    pub(crate) vector_assign: wgpu::ComputePipeline,
 }
 
 /// Which Lloyd passes run. The workgroup passes (`kmeans_assign`, `kmeans_update`) reduce in
@@ -218,7 +220,7 @@ pub enum LloydKernels {
     Sequential,
 }
 
-async fn kernels(device: &wgpu::Device) -> Result<Arc<Kernels>> {
+pub(crate) async fn kernels(device: &wgpu::Device) -> Result<Arc<Kernels>> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use std::sync::Mutex;
@@ -274,13 +276,14 @@ async fn build_kernels(device: &wgpu::Device) -> Result<Kernels> {
             update: pipeline("kmeans_update", &with_common(include_str!("../../../shaders/kmeans_update.wgsl"))),
             assign_seq: pipeline("kmeans_assign_seq", &with_common(include_str!("../../../shaders/kmeans_assign_seq.wgsl"))),
             update_seq: pipeline("kmeans_update_seq", &with_common(include_str!("../../../shaders/kmeans_update_seq.wgsl"))),
+            vector_assign: pipeline("vector_kmeans_assign", include_str!("../../../shaders/vector_kmeans_assign.wgsl")),
         }
     })
     .await
 }
 
 /// Workgroup grid for `n` workgroups: rows of `max_dim` (the shaders use the same row width).
-fn grid(n: usize, max_dim: u32) -> Result<(u32, u32)> {
+pub(crate) fn grid(n: usize, max_dim: u32) -> Result<(u32, u32)> {
     let max = max_dim as usize;
     let rows = n.div_ceil(max);
     if rows > max {
@@ -386,7 +389,7 @@ pub async fn lloyd_gpu_with(gpu: &Gpu, batch: KmeansBatch<'_>, passes: LloydKern
     Ok(out)
 }
 
-fn upload(device: &wgpu::Device, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+pub(crate) fn upload(device: &wgpu::Device, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
     // wgpu rejects empty storage bindings: keep at least 16 bytes.
     let mut padded;
     let contents = if bytes.len() < 16 {
@@ -399,7 +402,7 @@ fn upload(device: &wgpu::Device, label: &str, bytes: &[u8], usage: wgpu::BufferU
     device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage })
 }
 
-fn empty_buffer(device: &wgpu::Device, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+pub(crate) fn empty_buffer(device: &wgpu::Device, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.max(16).div_ceil(4) * 4,
@@ -587,7 +590,7 @@ async fn run_round(
 }
 
 /// Bind group entries 0, 1, ... for `list`.
-fn entries<'a>(list: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
+pub(crate) fn entries<'a>(list: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
     list.iter()
         .enumerate()
         .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })

@@ -1,11 +1,12 @@
 //! Quantizing a model's layers with the k-means on the GPU: the same preparation and finishing as
 //! the CPU path (`lutlab_core::quant::model::KmeansJob`: tables, sample weights, dense-and-sparse
-//! outliers), with [`quantize_kmeans_gpu_report`] in the middle. Uniform methods have no GPU
-//! part yet and run on the CPU.
+//! outliers), with [`quantize_kmeans_gpu_report`] in the middle; vector tables the same around
+//! [`fit_vector_tables_gpu`]. Uniform methods have no GPU part yet and run on the CPU.
 
 use crate::kmeans::quantize_kmeans_gpu_report;
 use crate::profile;
-use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob, LayerSelection};
+use crate::vector_kmeans::fit_vector_tables_gpu;
+use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob, LayerSelection, VectorJob};
 use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::weights::LinearWeights;
 use lutlab_core::{ModelWeights, LoadError, Progress};
@@ -20,9 +21,18 @@ pub async fn quantize_layer_gpu(
     calibration: Calibration<'_>,
     n_embd: usize,
 ) -> Result<QuantizedLayer> {
-    // Uniform grids, Hessian methods and vector tables are fitted on the CPU.
-    if !matches!(method, Method::Kmeans { settings, .. } if settings.vector_dim == 1) {
-        return Ok(quantize_layer(name, linear, method, calibration, n_embd)?);
+    match method {
+        Method::Kmeans { settings, .. } if settings.vector_dim > 1 => {
+            let job = VectorJob::new(name, linear, settings, calibration, n_embd)?;
+            let centres = fit_vector_tables_gpu(gpu, &job.problems, &job.settings).await.map_err(|e| match e {
+                ModelError::Gpu(m) => ModelError::Gpu(format!("{name}: {m}")),
+                other => other,
+            })?;
+            return Ok(job.finish(centres)?);
+        }
+        Method::Kmeans { .. } => {}
+        // Uniform grids and the Hessian methods are fitted on the CPU here.
+        _ => return Ok(quantize_layer(name, linear, method, calibration, n_embd)?),
     }
     let t = profile::start();
     let job = KmeansJob::new(name, linear, method, calibration, n_embd)?;

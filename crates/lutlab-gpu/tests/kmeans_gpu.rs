@@ -755,3 +755,78 @@ fn deterministic_and_bad_input() {
     let bad_batch = KmeansBatch { offsets: &[0, 16], k: 300, initial: &[0.0; 300], ..bad_batch };
     assert!(pollster::block_on(lloyd_gpu(&gpu, bad_batch)).is_err());
 }
+
+/// Vector tables (issue 20): the GPU fit (`fit_vector_tables_gpu`: the assignment in WGSL, the
+/// update on the host) against the CPU's `vector::fit` from the same k-means++ starts, through
+/// the same `VectorProblems::finish`. Only the assignment's distance compares differ (f32 on the
+/// GPU, f64 on the CPU), so the fits agree unless a vector sits within an f32 rounding of two
+/// entries' distances. Tolerances: entries `|Δc| ≤ 1e-5 · max|c|` per table, the same as the
+/// scalar tables'; objective relative 1e-5; codes equal for all but 0.01% of the vectors.
+#[test]
+fn vector_tables_match_the_cpu_fit() {
+    use lutlab_core::quant::vector::{fit, VectorProblems, VectorSettings};
+    use lutlab_gpu::vector_kmeans::fit_vector_tables_gpu;
+    let gpu = gpu();
+    let t = tensor("h.0.mlp.c_fc");
+    let (_, fisher) = random(t.data.len(), 7);
+    let cases = [
+        (2, 2, Granularity::Tensor, None),
+        (2, 2, Granularity::Tensor, Some(&fisher[..])),
+        (4, 2, Granularity::Tensor, Some(&fisher[..])),
+        (2, 3, Granularity::Group(64), None),
+        (2, 1, Granularity::Channel, Some(&fisher[..])),
+    ];
+    for (dim, bits, granularity, f) in cases {
+        let what = format!("{} vectors of {dim} at {bits} bits, {granularity:?}, Fisher {}", t.name, f.is_some());
+        let s = VectorSettings { dim, bits, granularity, max_iter: 100, seed: 3, restarts: 2 };
+        let problems = || VectorProblems::new(&t.data, t.rows, t.cols, f, &s).unwrap();
+        let cpu = problems();
+        let cpu_centres: Vec<Vec<f64>> =
+            cpu.tables.iter().enumerate().map(|(i, p)| fit(p, cpu.entries, &s, i).centres).collect();
+        let gpu_problems = problems();
+        let gpu_centres = pollster::block_on(fit_vector_tables_gpu(&gpu, &gpu_problems, &s)).unwrap();
+        let mut worst = 0f64;
+        for (g, c) in gpu_centres.iter().zip(&cpu_centres) {
+            let scale = c.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            worst = worst.max(g.iter().zip(c).map(|(a, b)| (a - b).abs() / scale).fold(0.0, f64::max));
+        }
+        let (g_lut, g_obj) = gpu_problems.finish(gpu_centres);
+        let (c_lut, c_obj) = cpu.finish(cpu_centres);
+        let mismatched = g_lut.codes.iter().zip(&c_lut.codes).filter(|(a, b)| a != b).count();
+        println!("{what}: entries differ by {worst:e} of the scale, objective {g_obj} vs {c_obj}, {mismatched} codes differ");
+        assert!(worst <= CENTROID_TOL, "{what}: entries differ by {worst:e} of the scale");
+        assert!(rel(g_obj, c_obj) <= OBJECTIVE_TOL, "{what}: objective GPU {g_obj} CPU {c_obj}");
+        assert!(mismatched as f64 <= NEAR_TIE_FRACTION * g_lut.codes.len() as f64, "{what}: {mismatched} codes differ");
+    }
+}
+
+/// The page and `quantize --gpu` reach the vector fit through `quantize_layer_gpu`: the same layer
+/// as the CPU's `quantize_layer`, with the same bits per weight and dequantized weights within the
+/// entries' tolerance (1e-5 of the largest weight), and impossible settings refused by name.
+#[test]
+fn vector_layers_quantize_on_the_gpu_like_the_cpu() {
+    use lutlab_core::quant::model::{quantize_layer, Calibration};
+    use lutlab_core::quant::Method;
+    let gpu = gpu();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gpt2-tiny-wikitext");
+    let model = ModelFiles::read_dir(&dir).and_then(|f| f.load()).expect("shipped model loads");
+    let n_embd = model.weights.config.n_embd;
+    for (name, linear) in model.weights.linears().filter(|(n, _)| n.starts_with("h.1.")) {
+        let method = |bits, vector_dim| Method::Kmeans {
+            settings: KmeansSettings { bits, vector_dim, restarts: 1, ..KmeansSettings::default() },
+            outliers: None,
+            scaling: false,
+        };
+        let m = method(2, 2);
+        let cpu = quantize_layer(&name, &linear, &m, Calibration::fisher(None), n_embd).unwrap();
+        let on_gpu = pollster::block_on(lutlab_gpu::quantize_layer_gpu(&gpu, &name, &linear, &m, Calibration::fisher(None), n_embd)).unwrap();
+        assert_eq!(cpu.bits_per_weight, on_gpu.bits_per_weight, "{name}");
+        assert!(on_gpu.vector.is_some(), "{name}: no vector tables");
+        let scale = linear.weight.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = cpu.dequantized.iter().zip(&on_gpu.dequantized).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "{name}: dequantized weights differ by {worst} (largest weight {scale})");
+        let refused = pollster::block_on(lutlab_gpu::quantize_layer_gpu(&gpu, &name, &linear, &method(4, 4), Calibration::fisher(None), n_embd));
+        let e = refused.unwrap_err().to_string();
+        assert!(e.contains("2^12"), "{name}: {e}");
+    }
+}

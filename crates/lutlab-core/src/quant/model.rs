@@ -11,7 +11,7 @@ use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales}
 use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, HessianRounder, RoundingSettings, Square};
 use crate::quant::incoherence::{layer_rotations, preprocess, Incoherence, IncoherenceSettings, RmsGrid};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
-use crate::quant::vector::{quantize_vectors, VectorLut};
+use crate::quant::vector::{fit, VectorLut, VectorProblems, VectorSettings};
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -254,26 +254,51 @@ pub fn quantize_layer(
     }
 }
 
-/// Vector look-up tables (`quant::vector`): codebooks fitted to the layer's vectors of
-/// `vector_dim` input rows, Fisher-weighted per element. As for scalar tables, GPT-2's fused
-/// `c_attn` gets a codebook per projection when the granularity is the whole tensor, and the head
-/// no Fisher weights.
+/// Vector look-up tables (`quant::vector`), on the CPU: a [`VectorJob`] whose tables are fitted
+/// here.
 fn quantize_layer_vector(name: &str, linear: &LinearWeights, settings: &KmeansSettings, calibration: Calibration, n_embd: usize) -> Result<QuantizedLayer> {
-    if calibration.input_means.is_some() {
-        return Err(in_layer(name, LoadError::InvalidSetting("vector tables do not combine with centering yet".into())));
+    let job = VectorJob::new(name, linear, settings, calibration, n_embd)?;
+    let problems = &job.problems;
+    let fits = problems.tables.iter().enumerate().map(|(t, points)| fit(points, problems.entries, &job.settings, t).centres).collect();
+    job.finish(fits)
+}
+
+/// One layer's vector-table quantization before and after its k-means (which the CPU or the GPU
+/// does): codebooks fitted to the layer's vectors of `vector_dim` input rows, Fisher-weighted per
+/// element. As for scalar tables, GPT-2's fused `c_attn` gets a codebook per projection when the
+/// granularity is the whole tensor, and the head no Fisher weights.
+pub struct VectorJob<'a, 'c> {
+    name: &'a str,
+    linear: &'a LinearWeights,
+    calibration: Calibration<'c>,
+    pub settings: VectorSettings,
+    pub problems: VectorProblems,
+}
+
+impl<'a, 'c> VectorJob<'a, 'c> {
+    pub fn new(name: &'a str, linear: &'a LinearWeights, settings: &KmeansSettings, calibration: Calibration<'c>, n_embd: usize) -> Result<Self> {
+        if calibration.input_means.is_some() {
+            return Err(in_layer(name, LoadError::InvalidSetting("vector tables do not combine with centering yet".into())));
+        }
+        let sample_weights = sample_weights_of(head_calibration(name, calibration).fisher, name)?;
+        let mut v = settings.vector_settings()?;
+        if name.ends_with("attn.c_attn") && v.granularity == Granularity::Tensor {
+            v.granularity = Granularity::Group(n_embd);
+        }
+        let (rows, cols) = (linear.in_features(), linear.out_features());
+        let problems = VectorProblems::new(&linear.weight.data, rows, cols, sample_weights, &v).map_err(|e| in_layer(name, e))?;
+        Ok(VectorJob { name, linear, calibration, settings: v, problems })
     }
-    let calibration_here = head_calibration(name, calibration);
-    let sample_weights = sample_weights_of(calibration_here.fisher, name)?;
-    let mut v = settings.vector_settings()?;
-    if name.ends_with("attn.c_attn") && v.granularity == Granularity::Tensor {
-        v.granularity = Granularity::Group(n_embd);
+
+    /// The layer from each table's fitted centres (`[entries][dim]`).
+    pub fn finish(self, centres: Vec<Vec<f64>>) -> Result<QuantizedLayer> {
+        let (rows, cols) = (self.linear.in_features(), self.linear.out_features());
+        let (lut, _) = self.problems.finish(centres);
+        let bits_per_weight = lut.storage_bits() as f64 / (rows * cols) as f64;
+        let mut layer = layer_report(self.name, &self.linear.weight.data, lut.dequantize(), None, 0, bits_per_weight, None);
+        layer.vector = Some(lut);
+        Ok(with_proxy_loss(layer, self.linear, self.calibration))
     }
-    let (rows, cols) = (linear.in_features(), linear.out_features());
-    let (lut, _) = quantize_vectors(&linear.weight.data, rows, cols, sample_weights, &v).map_err(|e| in_layer(name, e))?;
-    let bits_per_weight = lut.storage_bits() as f64 / (rows * cols) as f64;
-    let mut layer = layer_report(name, &linear.weight.data, lut.dequantize(), None, 0, bits_per_weight, None);
-    layer.vector = Some(lut);
-    Ok(with_proxy_loss(layer, linear, calibration))
 }
 
 /// Scales (and zero points) are stored as f16 beside the codes.

@@ -140,13 +140,28 @@ pub struct VectorFit {
 /// Weighted k-means of `points` into `k` centres: the best of `restarts` k-means++ starts, each
 /// refined by Lloyd for at most `max_iter` updates; `stream` numbers the problem (its own seeds).
 pub fn fit(points: &VectorPoints, k: usize, settings: &VectorSettings, stream: usize) -> VectorFit {
-    (0..settings.restarts.max(1))
-        .map(|run| {
-            let mut rng = SplitMix64::for_run(settings.seed, stream, run);
-            lloyd(points, plus_plus(points, k, &mut rng), settings.max_iter)
+    starts(points, k, settings, stream)
+        .into_iter()
+        .map(|centres| {
+            let mut lloyd = Lloyd::new(centres, points.len(), settings.max_iter);
+            loop {
+                let assigned: Vec<(usize, f64)> = (0..points.len()).map(|p| points.nearest(p, &lloyd.centres)).collect();
+                if let Some(fit) = lloyd.advance(points, &assigned) {
+                    return fit;
+                }
+            }
         })
         .min_by(|a, b| a.objective.total_cmp(&b.objective))
         .unwrap_or(VectorFit { centres: vec![0.0; k * points.dim], codes: Vec::new(), objective: 0.0, iterations: 0 })
+}
+
+/// The initial centres (`[k][dim]`) of each of the `restarts` runs of problem `stream`: weighted
+/// k-means++ from the run's own seed. The GPU fit (`lutlab_gpu::vector_kmeans`) starts from these
+/// too, so the two differ only in how the assignments are computed.
+pub fn starts(points: &VectorPoints, k: usize, settings: &VectorSettings, stream: usize) -> Vec<Vec<f64>> {
+    (0..settings.restarts.max(1))
+        .map(|run| plus_plus(points, k, &mut SplitMix64::for_run(settings.seed, stream, run)))
+        .collect()
 }
 
 /// Greedy weighted k-means++: the first centre drawn ∝ a point's total weight, each next the best
@@ -203,28 +218,42 @@ fn draw(weights: &[f64], rng: &mut SplitMix64) -> Option<usize> {
     weights.iter().rposition(|&w| w > 0.0)
 }
 
-/// Lloyd from `centres`: assign every point to its nearest centre, move each centre to the
-/// per-coordinate weighted mean of its points (an empty one to the point with the largest
-/// error), until the codes stop changing or `max_iter` updates.
-fn lloyd(points: &VectorPoints, mut centres: Vec<f64>, max_iter: usize) -> VectorFit {
-    let (n, dim) = (points.len(), points.dim);
-    let k = centres.len() / dim;
-    let mut codes = vec![u16::MAX; n];
-    let mut iterations = 0;
-    loop {
-        let assigned: Vec<(usize, f64)> = (0..n).map(|p| points.nearest(p, &centres)).collect();
-        let changed = assigned.iter().zip(&codes).any(|(a, &c)| a.0 != c as usize);
-        for (code, a) in codes.iter_mut().zip(&assigned) {
+/// Lloyd's iteration between two assignments: the caller assigns every point to its nearest
+/// centre (the O(n·k·d) part: [`fit`] on the CPU, `lutlab_gpu::vector_kmeans` on the GPU) and
+/// [`Lloyd::advance`] does the rest exactly as the reference does: stop when the codes stop
+/// changing or after `max_iter` updates, else move each centre to the per-coordinate weighted mean
+/// of its points (an empty one to the point with the largest error), in f64.
+pub struct Lloyd {
+    /// `[k][dim]`: where the next assignment measures from.
+    pub centres: Vec<f64>,
+    codes: Vec<u16>,
+    iterations: usize,
+    max_iter: usize,
+}
+
+impl Lloyd {
+    pub fn new(centres: Vec<f64>, points: usize, max_iter: usize) -> Self {
+        Lloyd { centres, codes: vec![u16::MAX; points], iterations: 0, max_iter }
+    }
+
+    /// Takes `assigned` (per point: the nearest of `self.centres` and its distance) and returns
+    /// the fit when Lloyd has ended, or moves the centres for the next assignment.
+    pub fn advance(&mut self, points: &VectorPoints, assigned: &[(usize, f64)]) -> Option<VectorFit> {
+        let (n, dim) = (points.len(), points.dim);
+        let k = self.centres.len() / dim;
+        let changed = assigned.iter().zip(&self.codes).any(|(a, &c)| a.0 != c as usize);
+        for (code, a) in self.codes.iter_mut().zip(assigned) {
             *code = a.0 as u16;
         }
-        if !changed || iterations == max_iter {
+        if !changed || self.iterations == self.max_iter {
             let objective = assigned.iter().map(|a| a.1).sum();
-            return VectorFit { centres, codes, objective, iterations };
+            let (centres, codes) = (std::mem::take(&mut self.centres), std::mem::take(&mut self.codes));
+            return Some(VectorFit { centres, codes, objective, iterations: self.iterations });
         }
-        iterations += 1;
+        self.iterations += 1;
         let mut sums = vec![0f64; k * dim];
         let mut weights = vec![0f64; k * dim];
-        for (p, &code) in codes.iter().enumerate() {
+        for (p, &code) in self.codes.iter().enumerate() {
             let (x, w) = points.point(p);
             for i in 0..dim {
                 sums[code as usize * dim + i] += w[i] * x[i];
@@ -234,6 +263,7 @@ fn lloyd(points: &VectorPoints, mut centres: Vec<f64>, max_iter: usize) -> Vecto
         let mut by_error: Vec<usize> = (0..n).collect();
         by_error.sort_by(|&a, &b| assigned[b].1.total_cmp(&assigned[a].1));
         let mut next_worst = by_error.into_iter().filter(|&p| assigned[p].1 > 0.0);
+        let centres = &mut self.centres;
         for c in 0..k {
             let mass: f64 = weights[c * dim..][..dim].iter().sum();
             if mass > 0.0 {
@@ -248,6 +278,7 @@ fn lloyd(points: &VectorPoints, mut centres: Vec<f64>, max_iter: usize) -> Vecto
                 centres[c * dim..][..dim].copy_from_slice(points.point(p).0);
             }
         }
+        None
     }
 }
 
@@ -256,45 +287,75 @@ fn lloyd(points: &VectorPoints, mut centres: Vec<f64>, max_iter: usize) -> Vecto
 /// `sample_weights` (the Fisher diagonal, same shape) weighting each element (all 1 without; all
 /// 0 counts as all 1, as the scalar tables do). Returns the codes and the weighted objective.
 pub fn quantize_vectors(weights: &[f32], rows: usize, cols: usize, sample_weights: Option<&[f32]>, settings: &VectorSettings) -> Result<(VectorLut, f64)> {
-    let entries = settings.entries()?;
-    let dim = settings.dim;
-    if !rows.is_multiple_of(dim) {
-        return Err(LoadError::InvalidSetting(format!("vectors of {dim} input rows do not divide the layer's {rows} rows")));
-    }
-    crate::quant::kmeans::data::check_inputs(weights, sample_weights)?;
-    let channels_per_table = settings.granularity.channels_per_table(cols)?;
-    let tables = cols / channels_per_table;
-    let vectors = rows / dim;
-    let mut codebooks = Vec::with_capacity(tables * entries * dim);
-    let mut codes = vec![0u16; vectors * cols];
-    let mut objective = 0.0;
-    for table in 0..tables {
-        let channels = table * channels_per_table..(table + 1) * channels_per_table;
-        let (mut x, mut w) = (Vec::new(), Vec::new());
-        for v in 0..vectors {
-            for c in channels.clone() {
-                for i in 0..dim {
-                    let at = (v * dim + i) * cols + c;
-                    x.push(f64::from(weights[at]));
-                    w.push(sample_weights.map_or(1.0, |s| f64::from(s[at])));
+    let problems = VectorProblems::new(weights, rows, cols, sample_weights, settings)?;
+    let fits = problems.tables.iter().enumerate().map(|(t, points)| fit(points, problems.entries, settings, t).centres).collect();
+    Ok(problems.finish(fits))
+}
+
+/// A matrix cut into its codebooks' k-means problems (one per table), and the way back from
+/// their fitted centres to a [`VectorLut`]: what the CPU and the GPU fits share.
+pub struct VectorProblems {
+    pub rows: usize,
+    pub cols: usize,
+    pub dim: usize,
+    pub entries: usize,
+    pub channels_per_table: usize,
+    /// Table `t`'s points: vector `v` of its channel `c` at `v · channels_per_table + c`.
+    pub tables: Vec<VectorPoints>,
+}
+
+impl VectorProblems {
+    /// Clear errors for impossible settings, rows that `dim` does not divide, non-finite values.
+    pub fn new(weights: &[f32], rows: usize, cols: usize, sample_weights: Option<&[f32]>, settings: &VectorSettings) -> Result<Self> {
+        let entries = settings.entries()?;
+        let dim = settings.dim;
+        if !rows.is_multiple_of(dim) {
+            return Err(LoadError::InvalidSetting(format!("vectors of {dim} input rows do not divide the layer's {rows} rows")));
+        }
+        crate::quant::kmeans::data::check_inputs(weights, sample_weights)?;
+        let channels_per_table = settings.granularity.channels_per_table(cols)?;
+        let tables = (0..cols / channels_per_table)
+            .map(|table| {
+                let channels = table * channels_per_table..(table + 1) * channels_per_table;
+                let (mut x, mut w) = (Vec::new(), Vec::new());
+                for v in 0..rows / dim {
+                    for c in channels.clone() {
+                        for i in 0..dim {
+                            let at = (v * dim + i) * cols + c;
+                            x.push(f64::from(weights[at]));
+                            w.push(sample_weights.map_or(1.0, |s| f64::from(s[at])));
+                        }
+                    }
                 }
-            }
-        }
-        if w.iter().all(|&v| v == 0.0) {
-            w.fill(1.0);
-        }
-        let points = VectorPoints { dim, x, w };
-        let fitted = fit(&points, entries, settings, table);
-        // Stored as f32: codes re-assigned to the stored entries, objective measured with them.
-        let stored: Vec<f64> = fitted.centres.iter().map(|&c| f64::from(c as f32)).collect();
-        for (p, (v, c)) in (0..vectors).flat_map(|v| channels.clone().map(move |c| (v, c))).enumerate() {
-            let (code, d) = points.nearest(p, &stored);
-            codes[v * cols + c] = code as u16;
-            objective += d;
-        }
-        codebooks.extend(stored.iter().map(|&c| c as f32));
+                if w.iter().all(|&v| v == 0.0) {
+                    w.fill(1.0);
+                }
+                VectorPoints { dim, x, w }
+            })
+            .collect();
+        Ok(VectorProblems { rows, cols, dim, entries, channels_per_table, tables })
     }
-    Ok((VectorLut { rows, cols, dim, channels_per_table, codebooks, entries, codes }, objective))
+
+    /// The codes and weighted objective of each table's fitted `centres` (`[entries][dim]`),
+    /// stored as f32: every vector re-assigned to the stored entries, the objective measured
+    /// with them.
+    pub fn finish(self, centres: Vec<Vec<f64>>) -> (VectorLut, f64) {
+        let VectorProblems { rows, cols, dim, entries, channels_per_table, tables } = self;
+        let mut codebooks = Vec::with_capacity(tables.len() * entries * dim);
+        let mut codes = vec![0u16; rows / dim * cols];
+        let mut objective = 0.0;
+        for (table, (points, fitted)) in tables.iter().zip(centres).enumerate() {
+            let stored: Vec<f64> = fitted.iter().map(|&c| f64::from(c as f32)).collect();
+            let channels = table * channels_per_table..(table + 1) * channels_per_table;
+            for (p, (v, c)) in (0..rows / dim).flat_map(|v| channels.clone().map(move |c| (v, c))).enumerate() {
+                let (code, d) = points.nearest(p, &stored);
+                codes[v * cols + c] = code as u16;
+                objective += d;
+            }
+            codebooks.extend(stored.iter().map(|&c| c as f32));
+        }
+        (VectorLut { rows, cols, dim, channels_per_table, codebooks, entries, codes }, objective)
+    }
 }
 
 #[cfg(test)]
