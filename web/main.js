@@ -400,6 +400,9 @@ function quantizedRun() {
     options: request ? optionsOf(request, report) : 'opened from a packed file',
     bits_per_weight: report.bits_per_weight,
     file_bytes: report.packed?.file_bytes ?? report.packed?.packed_bytes ?? '',
+    // A size-budget quantization: its summed estimate, which calibrates the expected curve.
+    estimate: report.allocation?.estimated_loss,
+    candidates: report.allocation ? candidatesId : undefined,
     // The line it belongs to in the trade-off plot: the label without its bit width.
     series: report.label.replace(/ \d+-bit/, ''),
   };
@@ -468,7 +471,7 @@ function addRun(settings, { what, report }) {
   }
   $('history').tBodies[0].append(row);
   $('history-wrap').hidden = false;
-  drawPerplexity($('plot-ppl'), runs, $('ppl-x').value);
+  redrawPerplexity();
   setStep('export', 'todo', 'ready');
 }
 
@@ -553,6 +556,7 @@ function showBudget(report) {
   [slider.min, slider.max] = [lo.toFixed(2), (Math.floor(hi * 100) / 100).toFixed(2)];
   slider.value = String(Number($('q-budget').value));
   drawAllocation(report.allocation);
+  traceBudgetCurve(report).catch((e) => console.warn('the expected-perplexity curve:', e));
   // Moves queue: while one allocation runs, only the latest position waits.
   let running = false;
   let waiting = false;
@@ -574,6 +578,55 @@ function showBudget(report) {
     } while (waiting);
     running = false;
   };
+}
+
+/// The expected perplexity over the budget slider's range (issue 20, item 4): at budgets across
+/// the feasible range, the allocation of the current candidates and its summed estimate, drawn as
+/// ppl_f32 · exp(κ · estimate). The Fisher estimate is a second-order sum whose scale against
+/// log-perplexity is not known in advance (BENCHMARKS.md, "Mixed precision"), so κ is fitted, by
+/// least squares through the origin of ln(ppl / ppl_f32) against the estimate, to this session's
+/// evaluations of these candidates: one evaluation calibrates the curve, the next ones test it.
+let budgetCurve = null;
+let candidatesId = 0;
+
+async function traceBudgetCurve(report) {
+  const id = ++candidatesId;
+  budgetCurve = null;
+  const [lo, hi] = report.feasible;
+  const own = report.allocation;
+  const points = [{ estimate: own.estimated_loss, layerBytes: own.layer_bytes }];
+  for (let i = 0; i <= 12; i++) {
+    const allocation = await lab.allocateBudget(lo + ((hi - lo) * i) / 12);
+    points.push({ estimate: allocation.estimated_loss, layerBytes: allocation.layer_bytes });
+  }
+  if (id !== candidatesId) return; // a newer quantization replaced these candidates
+  const layers = layerView.layers ?? new Map();
+  const weights = own.layers.reduce((n, l) => n + (layers.get(l.name) ? layers.get(l.name).rows * layers.get(l.name).cols : 0), 0);
+  points.sort((a, b) => a.layerBytes - b.layerBytes);
+  budgetCurve = { id, points, weights, bitsPerWeight: report.bits_per_weight, fileBytes: report.packed?.file_bytes, layerBytes: own.layer_bytes };
+  redrawPerplexity();
+}
+
+/// The expected curve in the trade-off plot's units, once an evaluation calibrates it.
+function expectedCurve() {
+  const curve = budgetCurve;
+  const measured = runs.filter((r) => curve && r.candidates === curve.id && r.estimate > 0 && !r.inputs);
+  const last = measured.at(-1);
+  const base = last && baselines.get(`${last.text}|${last.window}|${last.stride}`);
+  if (base === undefined || !(curve.weights > 0)) return undefined;
+  const same = measured.filter((r) => r.text === last.text && r.window === last.window && r.stride === last.stride);
+  const kappa = same.reduce((n, r) => n + r.estimate * Math.log(r.perplexity / base), 0) / same.reduce((n, r) => n + r.estimate ** 2, 0);
+  const points = curve.points.map((p) => ({
+    bits_per_weight: curve.bitsPerWeight + (8 * (p.layerBytes - curve.layerBytes)) / curve.weights,
+    file_bytes: curve.fileBytes ? curve.fileBytes + p.layerBytes - curve.layerBytes : undefined,
+    estimate: p.estimate,
+    perplexity: base * Math.exp(kappa * p.estimate),
+  }));
+  return { points, kappa, evaluations: same.length, text: last.text };
+}
+
+function redrawPerplexity() {
+  drawPerplexity($('plot-ppl'), runs, $('ppl-x').value, expectedCurve());
 }
 
 function drawAllocation(allocation) {
@@ -801,7 +854,7 @@ function wireControls() {
     clearTimeout(typing);
     typing = setTimeout(updateEstimates, 300);
   });
-  $('ppl-x').onchange = () => drawPerplexity($('plot-ppl'), runs, $('ppl-x').value);
+  $('ppl-x').onchange = redrawPerplexity;
   $('a-alpha').oninput = () => drawSmoothing().catch(fatal);
   $('layer-select').addEventListener('change', () => drawSmoothing().catch(fatal));
   layerView.wire();

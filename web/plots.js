@@ -485,12 +485,14 @@ function drawVectorsNow(figure, picture) {
 
 /// Perplexity against bits per weight (or packed file size) for the session's runs: a line per
 /// method and setting, the original's perplexity as a dashed rule.
-export function drawPerplexity(figure, runs, xAxis = 'bits') {
+/// `expected` (optional): the size-budget candidates' expected perplexity, `{ points: [{
+/// bits_per_weight, file_bytes, perplexity }], kappa, evaluations, text }`, drawn dotted.
+export function drawPerplexity(figure, runs, xAxis = 'bits', expected = undefined) {
   const session = [...runs]; // the runs so far (the page's array grows)
-  remember(figure, () => drawPerplexityNow(figure, session, xAxis));
+  remember(figure, () => drawPerplexityNow(figure, session, xAxis, expected));
 }
 
-function drawPerplexityNow(figure, runs, xAxis) {
+function drawPerplexityNow(figure, runs, xAxis, expected) {
   const bySize = xAxis === 'size';
   const quantized = runs.filter((r) => r.series && (bySize ? r.file_bytes > 0 : true));
   // The f32 baseline: the original with f32 inputs (an original with quantized inputs is a row of
@@ -504,8 +506,11 @@ function drawPerplexityNow(figure, runs, xAxis) {
   const points = quantized.map((r) => ({ ...r, x: x(r), line: `${r.series} · ${r.text}` }))
     .sort((a, b) => a.line.localeCompare(b.line) || a.x - b.x);
   const baselines = [...new Map(originals.map((r) => [r.text, r])).values()];
+  const curve = (expected?.points ?? []).filter((p) => Number.isFinite(x(p)));
+  if (expected) figure.dataset.expected = JSON.stringify(expected);
+  else delete figure.dataset.expected;
   // One perplexity alone (a single run, no baseline) gives a zero-height axis: open it by ±2%.
-  const ys = [...points, ...baselines].map((r) => r.perplexity);
+  const ys = [...points, ...baselines, ...curve].map((r) => r.perplexity);
   const [yMin, yMax] = d3.extent(ys);
   const yDomain = yMax - yMin > 1e-9 * Math.abs(yMax) ? undefined : [0.98 * yMin, 1.02 * yMax];
   const svg = Plot.plot({
@@ -521,7 +526,11 @@ function drawPerplexityNow(figure, runs, xAxis) {
       Plot.text(baselines, { y: 'perplexity', frameAnchor: 'right', dy: -7, text: (r) => `original f32 · ${r.text}: ${r.perplexity.toFixed(2)}`, fill: '#5b6577' }),
       Plot.line(points, { x: 'x', y: 'perplexity', stroke: 'line', marker: 'circle', tip: true,
         title: (r) => `${r.model}\n${r.bits_per_weight.toFixed(3)} bits/weight · perplexity ${r.perplexity.toFixed(3)}` }),
+      // The budget's expected perplexity: the estimate of each allocation, scaled by κ.
+      Plot.line(curve, { x, y: 'perplexity', stroke: '#b45309', strokeDasharray: '2,3', strokeWidth: 2 }),
+      Plot.text(curve.slice(Math.floor(curve.length / 3), Math.floor(curve.length / 3) + 1), { x, y: 'perplexity', dx: 6, dy: -10, textAnchor: 'start', fill: '#b45309',
+        text: () => `expected under the budget slider: f32 · exp(κ · estimate), κ = ${expected.kappa.toPrecision(3)} from ${expected.evaluations} evaluation${expected.evaluations > 1 ? 's' : ''}` }),
     ],
   });
-  show(figure, svg, fingerprint(points.map((p) => `${p.x}:${p.perplexity}`)));
+  show(figure, svg, fingerprint([...points, ...curve].map((p) => `${p.x ?? x(p)}:${p.perplexity}`)));
 }
