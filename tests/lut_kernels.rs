@@ -11,7 +11,7 @@ use lutlab_core::quant::lut::InputGroupScales;
 use lutlab_core::quant::vector::VectorLut;
 use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseColumns, SparseOutliers};
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::lut_linear::{PackedGpuLinear, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
+use lutlab_model::lut_linear::{PackedGpuLayer, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
 use std::sync::atomic::Ordering;
 use lutlab_tests::gpu;
 
@@ -51,7 +51,7 @@ fn check(packed: &PackedLinear, m: usize, with_bias: bool, rng: &mut SplitMix64)
     let x: Vec<f32> = (0..m * packed.rows).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
     let bias: Vec<f32> = (0..packed.cols).map(|_| rng.next_f64() as f32).collect();
     let bias = with_bias.then_some(bias.as_slice());
-    let layer = PackedGpuLinear::upload(packed, bias, &device, "test layer").unwrap();
+    let layer = PackedGpuLayer::upload(packed, bias, &device, "test layer").unwrap();
     let input = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, packed.rows]), &device);
     let got: Vec<f32> = layer.forward(input).into_data().try_to_vec::<f32>().unwrap();
     let want = packed.reference_matmul(&x, m, bias);
@@ -232,5 +232,24 @@ fn vector_tables_match_the_cpu_in_gemv_and_gemm() {
         let packed = random_vector_layer(&mut rng, rows, cols, dim, bits, Granularity::Tensor, true);
         check(&packed, 1, true, &mut rng);
         check(&packed, 33, true, &mut rng);
+    }
+}
+
+/// Layers of column parts (`--allocate-per channels:N`, format version 6): each part through its
+/// own kernels (scalar, vector, other widths and granularities, one with column scales), the
+/// outputs side by side and the bias added once, for a few tokens (GEMV) and many (dequantize).
+#[test]
+fn column_parts_match_the_cpu() {
+    let mut rng = SplitMix64::new(9);
+    let mut scaled = random_layer(&mut rng, 70, 8, 4, Granularity::Group(8), false);
+    scaled.scales = Some((0..8).map(|_| 0.5 + rng.next_f64() as f32).collect());
+    let parts = vec![
+        random_layer(&mut rng, 70, 24, 2, Granularity::Channel, false),
+        random_vector_layer(&mut rng, 70, 16, 2, 3, Granularity::Group(4), false),
+        scaled,
+    ];
+    let packed = PackedLinear::from_parts(parts).unwrap();
+    for m in [1, GEMV_MAX_TOKENS, GEMV_MAX_TOKENS + 1] {
+        check(&packed, m, true, &mut rng);
     }
 }

@@ -67,6 +67,13 @@ pub struct QuantizeArgs {
     /// Candidate widths for --budget (default 2,3,4,5,6,8).
     #[arg(long, value_delimiter = ',', requires = "budget")]
     pub(crate) widths: Vec<u32>,
+    /// What --budget gives a width to: `layers` (default), or `channels:N`, each block of N
+    /// output channels of a layer (tables per channel or per group dividing N; priced by the
+    /// Fisher-weighted or plain squared error of its columns). A layer whose blocks get
+    /// different widths is stored as column parts (format version 6), one per run of blocks of
+    /// one width, each through its own kernels.
+    #[arg(long, requires = "budget")]
+    pub(crate) allocate_per: Option<String>,
     /// Fold each block norm's γ and β into the linears that read it before quantizing (Brevitas'
     /// --ln-affine-merge; pre-norm models). The float model is unchanged; the quantizers see
     /// the merged weights. A --fisher file is carried over (divided by γ²).
@@ -416,6 +423,7 @@ impl QuantizeArgs {
             qfn: self.qfn.clone(),
             budget: self.budget.clone(),
             widths: self.widths.clone(),
+            allocate_per: self.allocate_per.clone(),
             layer_bits: self.layer_bits.clone(),
             ln_affine_merge: self.ln_affine_merge,
             weight_equalization: self.weight_equalization,

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
 use lutlab_core::quant::allocate::{Budget, Solver};
-use lutlab_core::quant::mixed::{candidates, AllocationReport};
+use lutlab_core::quant::mixed::{candidates, AllocationReport, AllocationUnit};
 use lutlab_core::quant::model::SampleWeights;
 use lutlab_core::quant::{Method, QuantizeRequest, QuantizedLayer, QuantizedModel};
 use lutlab_core::ModelWeights;
@@ -26,14 +26,14 @@ pub fn quantize_mixed(
     let widths = request.candidate_widths()?;
     let rules = request.layer_rules()?;
     let Some(budget) = &request.budget else {
-        let found = candidates(weights, method, &widths, fisher, table_dtype, quantize_at)?;
+        let found = candidates(weights, method, &widths, fisher, table_dtype, AllocationUnit::Layer, quantize_at)?;
         let allocation = found.by_rules(&rules, method.bits())?;
         let report = found.report(&allocation, "none (layer rules)".to_string(), &widths);
         return Ok((found.chosen(&allocation), report));
     };
     let widths = &widths[..];
     let budget: Budget = budget.parse()?;
-    let found = candidates(weights, method, widths, fisher, table_dtype, quantize_at)?;
+    let found = candidates(weights, method, widths, fisher, table_dtype, request.allocation_unit()?, quantize_at)?;
     let narrowest = widths.iter().copied().min().context("no candidate width")?;
     let file_bytes = |model: &QuantizedModel, allocation: String| -> Result<Option<(u64, u64)>> {
         if !model.layers.iter().all(QuantizedLayer::has_packed_form) {

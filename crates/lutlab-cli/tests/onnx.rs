@@ -144,6 +144,21 @@ fn vector_tables_run_in_onnxruntime() {
 }
 
 #[test]
+fn column_parts_run_in_onnxruntime() {
+    // Round-to-nearest per channel, every block of 64 channels at 2, 3 or 4 bits under a budget
+    // (format version 6): each part's weight (DequantizeLinear of its integer codes) concatenated
+    // along the columns; no input quantization.
+    check(&Case {
+        label: "gpt2-parts",
+        model: "gpt2-tiny-wikitext",
+        quantize: &["--method", "rtn", "--granularity", "channel", "--budget", "3bpw", "--widths", "2,3,4", "--allocate-per", "channels:64"],
+        inputs: &[],
+        chars: 20_000,
+        dequantize_layers: true,
+    });
+}
+
+#[test]
 fn layerwise_smoothquant_runs_in_onnxruntime() {
     // Every linear's own explicit input scale (a `Mul` before its input quantizer): q, k and v,
     // gate and up each quantize their own scaled copy of the shared input; static symmetric

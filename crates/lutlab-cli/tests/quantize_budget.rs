@@ -84,6 +84,67 @@ fn a_budget_spends_bits_where_the_fisher_estimate_says_and_records_them() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--allocate-per channels:64`: each block of 64 output channels gets its own width. The first
+/// 64 channels of block 0's layers are made a million times more sensitive (Fisher), so those
+/// blocks get the wider width and the rest of their layers the narrower: layers mix widths,
+/// stored as column parts (format version 6) that evaluate as the quantize run did, within the
+/// budget; a granularity whose tables a block would cut, and unknown units, are refused by name.
+#[test]
+fn a_budget_per_block_of_channels_mixes_widths_inside_layers() {
+    let dir = work_dir("blocks");
+    let weights = ModelFiles::open_dir(&repo("models/gpt2-tiny-wikitext")).unwrap().load().unwrap().weights;
+    let tensors = fisher_tensor_shapes(&weights)
+        .into_iter()
+        .map(|(name, shape)| {
+            // GPT-2's Conv1D weights are [in, out]: the output channel is the last index.
+            let cols = shape[1];
+            let n: usize = shape.iter().product();
+            let data = (0..n).map(|i| if name.starts_with("h.0.") && i % cols < 64 { 1.0 } else { 1e-6 }).collect();
+            (name, HostTensor::new(shape, data))
+        })
+        .collect();
+    let fisher = dir.join("fisher.safetensors");
+    let diagonal = FisherDiagonal { tensors, linear_layout: weights.config.linear_layout(), ..Default::default() };
+    std::fs::write(&fisher, diagonal.to_safetensors().unwrap()).unwrap();
+    let data = dir.join("text.txt");
+    std::fs::write(&data, &std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap()[..3000]).unwrap();
+    let packed = dir.join("blocks.safetensors");
+    let (fisher_s, data_s, packed_s) = (fisher.to_str().unwrap(), data.to_str().unwrap(), packed.to_str().unwrap());
+    let out = lutlab_json(&[
+        "quantize", "--granularity", "channel", "--restarts", "1", "--widths", "2,4", "--budget", "3bpw", "--allocate-per", "channels:64",
+        "--fisher", fisher_s, "--packed", packed_s, "--eval", "--data", data_s, "--max-length", "128", "--stride", "64", "--json",
+    ]);
+    let allocation = &out["allocation"];
+    let units = allocation["layers"].as_array().unwrap();
+    // Per block: c_attn 384, attn.c_proj 128, c_fc 512, mlp.c_proj 128 output channels.
+    assert_eq!(units.len(), 4 * (6 + 2 + 8 + 2));
+    let bits = |name: &str| units.iter().find(|u| u["name"] == name).unwrap_or_else(|| panic!("no unit {name}"))["bits"].as_u64().unwrap();
+    for layer in ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj"] {
+        assert_eq!(bits(&format!("{layer}[0..64]")), 4, "{layer}: its sensitive channels get the wider width");
+    }
+    let bits_per_weight = out["sizes"]["bits_per_weight"].as_f64().unwrap();
+    assert!(bits_per_weight <= 3.0, "{bits_per_weight} bits per weight under 3bpw");
+    let file = PackedModel::read_file(&packed).unwrap();
+    assert_eq!(file.format_version(), 6);
+    let split: Vec<&String> = file.layers.iter().filter(|(_, l)| l.is_split()).map(|(n, _)| n).collect();
+    assert!(split.iter().any(|n| n.starts_with("h.0.")), "block 0's layers mix widths: {split:?}");
+    let from_file = lutlab_json(&["eval", "--packed", packed_s, "--data", data_s, "--max-length", "128", "--stride", "64", "--json"]);
+    assert_eq!(out["eval"]["perplexity"], from_file["perplexity"], "the file evaluates as the quantize run did");
+
+    let refused = |extra: &[&str], expected: &str| {
+        let args = [&["quantize", "--restarts", "1", "--budget", "3bpw", "--eval", "--data", data_s][..], extra].concat();
+        let out = lutlab(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    refused(&["--granularity", "group:32", "--allocate-per", "channels:48"], "do not hold whole tables");
+    refused(&["--granularity", "channel", "--allocate-per", "channels:0"], "give `layers` or `channels:N`");
+    refused(&["--granularity", "channel", "--allocate-per", "rows:8"], "give `layers` or `channels:N`");
+    refused(&["--granularity", "channel", "--scaling", "--allocate-per", "channels:64"], "act on whole layers");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_file_size_budget_is_met_by_the_written_file() {
     let dir = work_dir("size");

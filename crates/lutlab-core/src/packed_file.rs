@@ -38,11 +38,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `__metadata__["format"]` of a packed model file.
 pub const FORMAT_NAME: &str = "lutlab-packed";
-/// The newest `__metadata__["format_version"]`, read with every older one: 5 for files with
-/// vector tables, 4 for files with a dense tensor in F16 or BF16, 3 for files with input-group
+/// The newest `__metadata__["format_version"]`, read with every older one: 6 for files with
+/// layers of column parts, 5 for files with vector tables, 4 for files with a dense tensor in F16 or BF16, 3 for files with input-group
 /// scales, 2 for files with a packed LM head (`lm_head`, the tied embedding), 1 for all others
 /// (see [`version_needed`]).
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// The version of files without a packed head or input-group scales.
 pub const FORMAT_VERSION_WITHOUT_HEAD: u32 = 1;
 /// The first version with a packed LM head.
@@ -53,11 +53,15 @@ pub const FORMAT_VERSION_INPUT_GROUPS: u32 = 3;
 pub const FORMAT_VERSION_DENSE_16: u32 = 4;
 /// The first version with vector tables (`vector_dim` > 1).
 pub const FORMAT_VERSION_VECTORS: u32 = 5;
+/// The first version with layers of column parts (`--allocate-per channels:N`).
+pub const FORMAT_VERSION_COLUMN_PARTS: u32 = 6;
 
 /// The lowest version that holds these layers and dense tensors of these dtypes (older readers
 /// then still read the file).
 fn version_needed(layers: &BTreeMap<String, LayerMeta>, dense_16: bool) -> u32 {
-    if layers.values().any(|l| l.vector_dim.is_some()) {
+    if layers.values().any(|l| l.parts.is_some()) {
+        FORMAT_VERSION_COLUMN_PARTS
+    } else if layers.values().any(|l| l.vector_dim.is_some() || l.parts().any(|p| p.vector_dim.is_some())) {
         FORMAT_VERSION_VECTORS
     } else if dense_16 {
         FORMAT_VERSION_DENSE_16
@@ -157,7 +161,7 @@ pub struct PackedModel {
 }
 
 /// One entry of the metadata `layers` JSON object.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LayerMeta {
     rows: usize,
@@ -174,6 +178,10 @@ struct LayerMeta {
     /// Weights per code of vector tables, 2 or 4 (version 5); absent for scalar tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vector_dim: Option<usize>,
+    /// A layer of column parts (version 6): each part's entry, in column order; its tensors are
+    /// `{layer}.part{i}.{suffix}`. The layer's own `bits` is the widest part's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<LayerMeta>>,
 }
 
 impl LayerMeta {
@@ -181,22 +189,29 @@ impl LayerMeta {
         let group_size = l.input_groups.as_ref().map(|g| g.size);
         let incoherence = l.incoherence.is_some();
         let vector_dim = l.is_vector().then_some(l.vector_dim);
-        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table, group_size, incoherence, vector_dim }
+        let parts = l.is_split().then(|| l.column_parts.iter().map(Self::of).collect());
+        Self { rows: l.rows, cols: l.cols, bits: l.bits, channels_per_table: l.channels_per_table, group_size, incoherence, vector_dim, parts }
+    }
+
+    /// The entries of its column parts (none for a whole layer).
+    fn parts(&self) -> impl Iterator<Item = &LayerMeta> {
+        self.parts.iter().flatten()
     }
 
     fn describe(&self) -> String {
         let groups = self.group_size.map_or(String::new(), |g| format!(", group_size {g}"));
         let incoherence = if self.incoherence { ", incoherence" } else { "" };
         let vectors = self.vector_dim.map_or(String::new(), |d| format!(", vector_dim {d}"));
+        let parts = self.parts.as_ref().map_or(String::new(), |p| format!(", {} column parts", p.len()));
         format!(
-            "rows {}, cols {}, bits {}, channels_per_table {}{groups}{incoherence}{vectors}",
+            "rows {}, cols {}, bits {}, channels_per_table {}{groups}{incoherence}{vectors}{parts}",
             self.rows, self.cols, self.bits, self.channels_per_table
         )
     }
 
     /// Whether the layer needs format version 3.
     fn needs_version_3(&self) -> bool {
-        self.group_size.is_some() || self.incoherence
+        self.group_size.is_some() || self.incoherence || self.parts().any(LayerMeta::needs_version_3)
     }
 }
 
@@ -449,7 +464,13 @@ impl PackedModel {
                      needs format version {FORMAT_VERSION_INPUT_GROUPS}; the file says {version}"
                 )));
             }
-            if m.vector_dim.is_some() && version < FORMAT_VERSION_VECTORS {
+            if m.parts.is_some() && version < FORMAT_VERSION_COLUMN_PARTS {
+                return Err(bad(format!(
+                    "metadata `layers` gives `{name}` column parts, which need format version {FORMAT_VERSION_COLUMN_PARTS}; the \
+                     file says {version}"
+                )));
+            }
+            if (m.vector_dim.is_some() || m.parts().any(|p| p.vector_dim.is_some())) && version < FORMAT_VERSION_VECTORS {
                 return Err(bad(format!(
                     "metadata `layers` gives `{name}` a vector_dim (vector tables), which needs format version \
                      {FORMAT_VERSION_VECTORS}; the file says {version}"
@@ -467,10 +488,17 @@ impl PackedModel {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut dense = BTreeMap::new();
         for name in names {
-            if let Some((layer, _)) = packed_part(name) {
-                if !layer_meta.contains_key(layer) {
+            if let Some((layer, part, _)) = packed_part(name) {
+                let Some(m) = layer_meta.get(layer) else {
                     return Err(bad(format!(
                         "tensor `{name}` belongs to packed layer `{layer}`, which metadata `layers` does not list"
+                    )));
+                };
+                let parts = m.parts.as_ref().map(Vec::len);
+                if part.is_some() != parts.is_some() || part.zip(parts).is_some_and(|(i, n)| i >= n) {
+                    return Err(bad(format!(
+                        "tensor `{name}` does not match `{layer}` in metadata `layers` ({})",
+                        parts.map_or("a whole layer".to_string(), |n| format!("{n} column parts"))
                     )));
                 }
                 continue;
@@ -591,6 +619,9 @@ impl PackedModel {
 
 /// Bytes of one packed layer's tensors as the file stores them (see [`PackedModel::packed_bytes`]).
 pub fn layer_bytes(l: &PackedLinear) -> usize {
+    if l.is_split() {
+        return l.column_parts.iter().map(layer_bytes).sum();
+    }
     let table_bytes = table_entry_bytes(l);
     let sparse = if l.sparse.is_empty() { 0 } else { 4 * l.sparse.col_ptr.len() + 8 * l.sparse.len() };
     let groups = l.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
@@ -615,10 +646,11 @@ pub fn table_entry_bytes(l: &PackedLinear) -> usize {
 /// bias its transform stores (seed 000's centering folds into it), if any.
 pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(PackedLinear, Option<HostTensor>)> {
     let name = &layer.name;
-    let mut packed = match (&layer.lut, &layer.vector) {
-        (Some(lut), _) => PackedLinear::from_lut(lut),
-        (None, Some(vector)) => PackedLinear::from_vector(vector),
-        (None, None) => return Err(invalid(format!("quantized layer `{name}` has no look-up-table form"))),
+    let mut packed = match (&layer.lut, &layer.vector, &layer.column_parts) {
+        (Some(lut), _, _) => PackedLinear::from_lut(lut),
+        (None, Some(vector), _) => PackedLinear::from_vector(vector),
+        (None, None, Some(split)) => Ok(split.clone()),
+        (None, None, None) => return Err(invalid(format!("quantized layer `{name}` has no look-up-table form"))),
     }
     .map_err(|e| invalid(format!("quantized layer `{name}`: {e}")))?;
     if (packed.rows, packed.cols) != (rows, cols) {
@@ -653,6 +685,9 @@ pub fn stored_layer_bytes(layer: &QuantizedLayer, table_dtype: TableDtype) -> Re
 /// Whether every value the file stores in the table dtype (table entries, group scales and
 /// zeros) is exactly an f16.
 fn holds_f16(l: &PackedLinear) -> bool {
+    if l.is_split() {
+        return l.column_parts.iter().all(holds_f16);
+    }
     let exact = |values: &[f32]| values.iter().all(|&v| round_f16(v) == v);
     exact(&l.tables)
         && l.input_groups.as_ref().is_none_or(|g| exact(&g.scales) && g.zeros.as_deref().is_none_or(exact))
@@ -664,6 +699,12 @@ fn holds_f16(l: &PackedLinear) -> bool {
 /// beyond f16's range (±65504).
 pub fn round_layer_tables_to_f16(name: &str, layer: &mut PackedLinear) -> Result<()> {
     layer.validate(&format!("packed layer `{name}`"))?;
+    if layer.is_split() {
+        for (i, part) in layer.column_parts.iter_mut().enumerate() {
+            round_layer_tables_to_f16(&format!("{name}.part{i}"), part)?;
+        }
+        return Ok(());
+    }
     let round_all = |what: &str, values: &[f32]| -> Result<Vec<f32>> {
         let rounded: Vec<f32> = values.iter().map(|&v| round_f16(v)).collect();
         match rounded.iter().position(|v| !v.is_finite()) {
@@ -697,6 +738,9 @@ pub fn round_layer_tables_to_f16(name: &str, layer: &mut PackedLinear) -> Result
 
 /// The tensors of packed layer `name` as the file stores them (`docs/FORMAT.md`).
 fn layer_tensors<'l>(name: &str, l: &'l PackedLinear, table_dtype: TableDtype) -> Vec<(String, Vec<usize>, TensorData<'l>)> {
+    if l.is_split() {
+        return l.column_parts.iter().enumerate().flat_map(|(i, part)| layer_tensors(&format!("{name}.part{i}"), part, table_dtype)).collect();
+    }
     let mut tensors = Vec::new();
     let words = blocks(l.code_rows()) * l.code_bits() as usize;
     tensors.push((format!("{name}.qweight"), vec![words, l.cols], TensorData::U32(&l.qweight)));
@@ -881,8 +925,17 @@ fn linear_names(config: &ModelConfig) -> BTreeSet<String> {
 }
 
 /// `h.0.attn.c_attn.qweight` → `("h.0.attn.c_attn", "qweight")`; `None` for other names.
-fn packed_part(name: &str) -> Option<(&str, &str)> {
-    name.rsplit_once('.').filter(|(_, suffix)| PACKED_SUFFIXES.contains(suffix))
+fn packed_part(name: &str) -> Option<(&str, Option<usize>, &str)> {
+    let (layer, suffix) = name.rsplit_once('.').filter(|(_, suffix)| PACKED_SUFFIXES.contains(suffix))?;
+    // A column part's tensors (`{layer}.part{i}.{suffix}`, version 6) belong to their layer.
+    let part = layer.rsplit_once('.').and_then(|(whole, part)| {
+        let i = part.strip_prefix("part").filter(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))?;
+        Some((whole, i.parse().ok()?))
+    });
+    Some(match part {
+        Some((whole, i)) => (whole, Some(i), suffix),
+        None => (layer, None, suffix),
+    })
 }
 
 /// Refuses absurd dimensions before `ModelConfig::from_json` multiplies them.
@@ -1029,6 +1082,19 @@ fn lut_shape(tables: usize, levels: usize, vector_dim: usize) -> Vec<usize> {
 fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Result<PackedLinear> {
     let bad = |reason: String| LoadError::BadConfig { file: file.to_string(), reason };
     let entry = || format!("the metadata `layers` entry of `{name}` ({})", m.describe());
+    if let Some(parts) = &m.parts {
+        if parts.is_empty() || parts.iter().any(|p| p.parts.is_some()) {
+            return Err(bad(format!("{}: column parts must be a non-empty list of whole layers", entry())));
+        }
+        if let Some(suffix) = PACKED_SUFFIXES.iter().find(|s| parsed.contains(&format!("{name}.{s}"))) {
+            return Err(bad(format!("tensor `{name}.{suffix}` is present but {} stores its weights in column parts", entry())));
+        }
+        let parts = parts.iter().enumerate().map(|(i, p)| read_layer(file, parsed, &format!("{name}.part{i}"), p)).collect::<Result<Vec<_>>>()?;
+        if parts.iter().any(|p| p.rows != m.rows) || parts.iter().map(|p| p.cols).sum::<usize>() != m.cols {
+            return Err(bad(format!("{}: its column parts do not make a {}x{} layer", entry(), m.rows, m.cols)));
+        }
+        return PackedLinear::from_parts(parts).map_err(|e| bad(format!("{}: {e}", entry())));
+    }
     if m.rows == 0 || m.cols == 0 {
         return Err(bad(format!("{} has an empty shape", entry())));
     }
@@ -1174,5 +1240,6 @@ fn read_layer(file: &str, parsed: &Source<'_>, name: &str, m: &LayerMeta) -> Res
         scales,
         input_shift,
         incoherence,
+        column_parts: Vec::new(),
     })
 }

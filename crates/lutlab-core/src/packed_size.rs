@@ -165,6 +165,25 @@ pub struct LayerSummary {
 
 impl LayerSummary {
     pub fn of(l: &PackedLinear) -> Self {
+        if l.is_split() {
+            // Its parts' bytes added up (the entry width of the first part shown).
+            let parts: Vec<Self> = l.column_parts.iter().map(Self::of).collect();
+            let sum = |f: fn(&Self) -> usize| parts.iter().map(f).sum::<usize>();
+            return Self {
+                rows: l.rows,
+                cols: l.cols,
+                bits: l.bits,
+                vector_dim: 1,
+                channels_per_table: parts[0].channels_per_table,
+                entry_bytes: parts[0].entry_bytes,
+                outlier_count: sum(|p| p.outlier_count),
+                codes: sum(|p| p.codes),
+                tables: sum(|p| p.tables),
+                outliers: sum(|p| p.outliers),
+                groups: sum(|p| p.groups),
+                other: sum(|p| p.other),
+            };
+        }
         let entry_bytes = table_entry_bytes(l);
         let groups = l.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
         let rotation = |r: &Option<Rotation>| r.as_ref().map_or(0, |r| r.factor_a.len() + r.factor_b.len() + r.perm.len());

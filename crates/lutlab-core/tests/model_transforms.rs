@@ -103,6 +103,7 @@ fn unquantized(scaled: &ModelWeights) -> QuantizedModel {
             dequantized: l.weight.data.clone(),
             lut: None,
             vector: None,
+            column_parts: None,
             mse: 0.0,
             outliers: 0,
             bits_per_weight: 32.0,

@@ -4,7 +4,7 @@
 use lutlab_core::checkpoint::{Checkpoint, HostTensor, TensorData, write_tensors};
 use lutlab_core::dense_dtype::DenseDtype;
 use lutlab_core::packed_file::{
-    FORMAT_NAME, FORMAT_VERSION_DENSE_16, FORMAT_VERSION_INPUT_GROUPS, FORMAT_VERSION_VECTORS, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype,
+    FORMAT_NAME, FORMAT_VERSION_COLUMN_PARTS, FORMAT_VERSION_DENSE_16, FORMAT_VERSION_INPUT_GROUPS, FORMAT_VERSION_VECTORS, FORMAT_VERSION_WITHOUT_HEAD, PackedMeta, PackedModel, TableDtype,
 };
 use lutlab_core::packed_size::PackedSizes;
 use lutlab_core::quant::kmeans::rng::SplitMix64;
@@ -363,6 +363,62 @@ fn vector_tables_pack_as_version_5_and_round_trip() {
         let err = error_of(&set_metadata(&bytes, "layers", &layers.replacen(from, to, 1)));
         assert!(err.contains(says), "{from} -> {to}: {err}");
     }
+}
+
+/// Blocks 0 and 1 of the shipped model with every block of 64 output channels at 2 or 4 bits
+/// (`--allocate-per channels:64` under 5 bits per weight, tables and outliers counted), k-means per channel with 0.5 %
+/// outliers: layers made of column parts.
+fn split_model(table_dtype: TableDtype) -> (QuantizedModel, PackedModel) {
+    use lutlab_core::quant::allocate::Budget;
+    use lutlab_core::quant::mixed::{candidates, AllocationUnit};
+    let s = shipped();
+    let request = QuantizeRequest { bits: 2, granularity: "channel".into(), restarts: Some(1), outlier_percent: Some(0.5), ..Default::default() };
+    let method = request.method(&s.weights, false).expect("method");
+    let mut quantize_at = |m: &Method| quantize_model(&s.weights, m, Some(0..2), Default::default(), &mut NoProgress);
+    let found = candidates(&s.weights, &method, &[2, 4], None, table_dtype, AllocationUnit::Channels(64), &mut quantize_at).expect("candidates");
+    let allocation = found.allocate(found.layer_budget(Budget::BitsPerWeight(5.0), None).unwrap()).expect("allocate");
+    let q = found.chosen(&allocation);
+    let packed = PackedModel::from_quantized(&s.weights, &q, meta(), table_dtype).expect("pack");
+    (q, packed)
+}
+
+#[test]
+fn column_parts_pack_as_version_6_and_round_trip() {
+    let (q, exact) = split_model(TableDtype::F32);
+    let mixed: Vec<&str> = exact.layers.iter().filter(|(_, l)| l.is_split()).map(|(n, _)| n.as_str()).collect();
+    assert!(!mixed.is_empty(), "some layer mixes widths");
+    for layer in &q.layers {
+        assert_eq!(exact.layers[&layer.name].effective_weights(), layer.dequantized, "{}: the parts decode to the chosen columns", layer.name);
+    }
+    assert_eq!(exact.format_version(), FORMAT_VERSION_COLUMN_PARTS);
+    // The allocation counted each block of 64 columns on its own: joined parts take no more.
+    let layer_bytes: usize = exact.packed_bytes();
+    assert!(layer_bytes as f64 * 8.0 <= 5.0 * q.layers.iter().map(|l| l.dequantized.len()).sum::<usize>() as f64);
+    for dtype in [TableDtype::F32, TableDtype::F16] {
+        let (_, packed) = split_model(dtype);
+        let bytes = packed.to_safetensors(dtype).expect("write");
+        let (header, _) = split(&bytes);
+        assert_eq!(header["__metadata__"]["format_version"], "6");
+        let layers: Value = serde_json::from_str(header["__metadata__"]["layers"].as_str().unwrap()).unwrap();
+        let parts = layers[mixed[0]]["parts"].as_array().expect("column parts");
+        assert!(parts.len() >= 2 && parts.windows(2).all(|p| p[0]["bits"] != p[1]["bits"]), "{parts:?}: neighbours of one width are joined");
+        assert!(header.get(&format!("{}.part0.qweight", mixed[0])).is_some() && header.get(&format!("{}.qweight", mixed[0])).is_none());
+        let back = PackedModel::from_safetensors("parts.safetensors", &bytes).expect("read");
+        assert_eq!(back, packed, "{dtype}");
+    }
+    // An older reader's promise, a part the metadata does not list, parts that do not add up.
+    let bytes = exact.to_safetensors(TableDtype::F32).unwrap();
+    let err = error_of(&set_metadata(&bytes, "format_version", "5"));
+    assert!(err.contains("column parts") && err.contains("format version 6"), "{err}");
+    let layers = split(&bytes).0["__metadata__"]["layers"].as_str().unwrap().to_string();
+    let mut entries: serde_json::Map<String, Value> = serde_json::from_str(&layers).unwrap();
+    let parts = entries[mixed[0]]["parts"].as_array().unwrap().clone();
+    entries[mixed[0]]["parts"] = Value::Array(parts[..parts.len() - 1].to_vec());
+    let err = error_of(&set_metadata(&bytes, "layers", &Value::Object(entries.clone()).to_string()));
+    assert!(err.contains(&format!("{}.part{}", mixed[0], parts.len() - 1)) && err.contains("does not match"), "{err}");
+    entries[mixed[0]]["parts"] = Value::Array(Vec::new());
+    let err = error_of(&set_metadata(&bytes, "layers", &Value::Object(entries).to_string()));
+    assert!(err.contains("does not match") || err.contains("non-empty list"), "{err}");
 }
 
 /// `h.1.attn.c_proj` of the shipped model by LDLQ-RG after QuIP's incoherence processing

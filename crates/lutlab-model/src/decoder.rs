@@ -11,7 +11,7 @@
 use crate::device::upload;
 use crate::error::Result;
 use crate::input_quant::InputQuantizer;
-use crate::lut_linear::PackedGpuLinear;
+use crate::lut_linear::PackedGpuLayer;
 use burn::tensor::{activation, Bool, DType, Device, Int, Tensor, TensorData};
 use lutlab_core::config::{Activation, LinearLayout, Positions};
 use lutlab_core::packed_file::PackedModel;
@@ -68,7 +68,7 @@ impl Norm {
 #[allow(clippy::large_enum_variant)]
 pub enum Linear {
     Dense { weight: Tensor<2>, bias: Tensor<1> },
-    Packed(Box<PackedGpuLinear>),
+    Packed(Box<PackedGpuLayer>),
     PerSample { weight: Tensor<3>, bias: Tensor<1> },
 }
 
@@ -395,7 +395,7 @@ pub struct Decoder {
     pub lm_head: Option<Tensor<2>>,
     /// The LM head packed (a packed model with quantized embeddings): logits come from its codes
     /// through the LUT kernels (and, tied, `wte` holds the same matrix's rows dequantized).
-    pub head: Option<Box<PackedGpuLinear>>,
+    pub head: Option<Box<PackedGpuLayer>>,
     /// Learned positions `[rows, C]` (OPT's first `offset` rows unused).
     pub wpe: Option<Tensor<2>>,
     pub blocks: Blocks,
@@ -557,7 +557,7 @@ impl Decoder {
             let zeros = HostTensor::new(vec![n_out], vec![0.0; n_out]);
             let bias = model.dense.get(&format!("{name}.bias")).unwrap_or(&zeros);
             Ok(match model.layers.get(name) {
-                Some(packed) => Linear::Packed(Box::new(PackedGpuLinear::upload(packed, Some(&bias.data), device, name)?)),
+                Some(packed) => Linear::Packed(Box::new(PackedGpuLayer::upload(packed, Some(&bias.data), device, name)?)),
                 None => {
                     let w = tensor(&format!("{name}.weight"))?;
                     let weight = match config.linear_layout() {
@@ -595,7 +595,7 @@ impl Decoder {
             None if !config.tied_head => Some(upload2(tensor(&config.head_weight_name())?, device)),
             _ => None,
         };
-        let head = head.map(|packed| PackedGpuLinear::upload(packed, None, device, HEAD).map(Box::new)).transpose()?;
+        let head = head.map(|packed| PackedGpuLayer::upload(packed, None, device, HEAD).map(Box::new)).transpose()?;
         let projection = |name: Option<&str>, n_in, n_out| name.map(|n| linear(n, n_in, n_out)).transpose();
         Ok(Self {
             config: config.clone(),

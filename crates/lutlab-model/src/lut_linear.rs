@@ -29,6 +29,46 @@ const GEMV_TARGET_WORKGROUPS: usize = 2048;
 /// Marks an absent optional part (scales, shift, bias) in the parameters.
 const NONE: u32 = u32::MAX;
 
+/// A packed layer on the GPU: one LUT layer, or column parts side by side (a layer whose blocks
+/// of channels got different widths, `--allocate-per`), each run by its own kernels and the
+/// outputs concatenated.
+#[derive(Clone, Debug)]
+pub enum PackedGpuLayer {
+    Whole(PackedGpuLinear),
+    Parts { parts: Vec<PackedGpuLinear>, bias: Option<Tensor<1>> },
+}
+
+impl PackedGpuLayer {
+    /// Uploads `packed` (validated) with its `bias` (`[cols]`); see [`PackedGpuLinear::upload`].
+    pub fn upload(packed: &PackedLinear, bias: Option<&[f32]>, device: &Device, what: &str) -> Result<Self> {
+        if !packed.is_split() {
+            return Ok(Self::Whole(PackedGpuLinear::upload(packed, bias, device, what)?));
+        }
+        let parts = packed
+            .column_parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| PackedGpuLinear::upload(part, None, device, &format!("{what}.part{i}")))
+            .collect::<Result<_>>()?;
+        let bias = bias.map(|v| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device));
+        Ok(Self::Parts { parts, bias })
+    }
+
+    /// `y = x · W + bias` for `x: [m, rows]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Whole(layer) => layer.forward(x),
+            Self::Parts { parts, bias } => {
+                let y = Tensor::cat(parts.iter().map(|p| p.forward(x.clone())).collect(), 1);
+                match bias {
+                    Some(bias) => y + bias.clone().unsqueeze::<2>(),
+                    None => y,
+                }
+            }
+        }
+    }
+}
+
 /// A packed linear layer uploaded to the GPU.
 #[derive(Clone, Debug)]
 pub struct PackedGpuLinear {

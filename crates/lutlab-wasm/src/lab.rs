@@ -7,7 +7,7 @@ use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, In
 use lutlab_gpu::quantize_layer_gpu;
 use lutlab_core::quant::{QuantizeRequest, QuantizedModel};
 use lutlab_core::quant::allocate::Budget;
-use lutlab_core::quant::mixed::{candidates, AllocationReport, Candidates};
+use lutlab_core::quant::mixed::{candidates, AllocationReport, AllocationUnit, Candidates};
 use lutlab_core::quant::inputs::{InputQuantRequest, InputQuantization, InputScaling};
 use lutlab_core::model_transforms::{act_equalize, layer_smoothing_scales, scale_fisher_rows, ActEqualization, LayerwiseSmoothing};
 use lutlab_core::packed_file::{PackedMeta, PackedModel, TableDtype};
@@ -678,7 +678,7 @@ impl Lab {
                         let at = models.iter().position(|(bits, _)| *bits == m.bits());
                         at.map(|i| models.swap_remove(i).1).ok_or_else(|| LoadError::InvalidSetting(format!("{} bits were not quantized", m.bits())))
                     };
-                    let found = candidates(weights, &method, &widths, sample_weights, TableDtype::F16, &mut quantized_at).map_err(js_error)?;
+                    let found = candidates(weights, &method, &widths, sample_weights, TableDtype::F16, AllocationUnit::Layer, &mut quantized_at).map_err(js_error)?;
                     let allocation = found.allocate(found.layer_budget(budget, None).map_err(js_error)?).map_err(js_error)?;
                     let report = found.report(&allocation, budget.to_string(), &widths);
                     let chosen = found.chosen(&allocation);

@@ -381,6 +381,17 @@ impl Builder<'_> {
     }
 
     fn new_packed_weight(&mut self, name: &str, layer: &PackedLinear) -> Result<String> {
+        // Column parts (blocks of channels at different widths): each part's weight, side by side.
+        if layer.is_split() {
+            let parts = layer
+                .column_parts
+                .iter()
+                .enumerate()
+                .map(|(i, part)| self.new_packed_weight(&format!("{name}.part{i}"), part))
+                .collect::<Result<Vec<_>>>()?;
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            return Ok(self.g.op("Concat", &parts, &[Attr::Int("axis", 1)]));
+        }
         let cols = layer.cols;
         let base = if layer.is_vector() { self.vector_table_weight(name, layer) } else { self.scalar_table_weight(name, layer) };
         let sparse = &layer.sparse;

@@ -4,7 +4,10 @@
 //! the chosen layers make the result.
 
 use crate::error::{LoadError, Result};
-use crate::packed_file::{stored_layer_bytes, TableDtype};
+use crate::packed_file::{layer_bytes, pack_layer, round_layer_tables_to_f16, stored_layer_bytes, TableDtype};
+use crate::quant::packed::PackedLinear;
+use crate::quant::QuantizedLayer;
+use std::ops::Range;
 use crate::quant::allocate::{allocate, byte_range, summed, weighted_error, Allocation, Budget, Candidate, LayerChoices, Solver};
 use crate::quant::head::{head_linear, is_head};
 use crate::quant::model::{sample_weights_of, Method, QuantizedModel, SampleWeights};
@@ -27,10 +30,52 @@ pub enum Estimate {
     SquaredError,
 }
 
-/// Every layer's candidates, and the quantized models they come from.
+/// What one width is chosen for: each layer, or each block of `N` output channels of a layer
+/// (`--allocate-per channels:N`; the last block of a layer may be narrower).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AllocationUnit {
+    #[default]
+    Layer,
+    Channels(usize),
+}
+
+impl std::str::FromStr for AllocationUnit {
+    type Err = LoadError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || LoadError::InvalidSetting(format!("--allocate-per `{text}`: give `layers` or `channels:N` (N output channels per block, N ≥ 1)"));
+        match text.trim() {
+            "layer" | "layers" => Ok(Self::Layer),
+            other => match other.strip_prefix("channels:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => Ok(Self::Channels(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+/// The output columns of one layer that one allocation choice covers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unit {
+    /// Index of the layer in the quantized models.
+    pub layer: usize,
+    pub cols: std::ops::Range<usize>,
+    /// The layer's input rows.
+    pub rows: usize,
+    /// Whether the unit is the whole layer.
+    pub whole: bool,
+}
+
+/// Every layer's (or channel block's) candidates, and the quantized models they come from.
 pub struct Candidates {
     pub estimate: Estimate,
+    /// One entry per allocation unit: a layer, or a block of its channels (named
+    /// `layer[start..end]`).
     pub layers: Vec<LayerChoices>,
+    /// What each entry of `layers` covers.
+    pub units: Vec<Unit>,
+    /// Per entry of `layers` that is a block of channels, per candidate: what it adds to its layer.
+    details: Vec<Vec<UnitDetail>>,
     /// Layers held at one width because the estimate does not cover them (the head has no
     /// Fisher values), by name.
     pub pinned: Vec<String>,
@@ -46,6 +91,7 @@ pub fn candidates<E: From<LoadError>>(
     widths: &[u32],
     fisher: Option<SampleWeights>,
     table_dtype: TableDtype,
+    unit: AllocationUnit,
     quantize_at: &mut dyn FnMut(&Method) -> std::result::Result<QuantizedModel, E>,
 ) -> std::result::Result<Candidates, E> {
     check_widths(method, widths)?;
@@ -77,27 +123,161 @@ pub fn candidates<E: From<LoadError>>(
             return Err(LoadError::InvalidSetting(format!("the {bits}-bit quantization produced other layers than the first")).into());
         }
     }
-    let mut layers = Vec::with_capacity(first.layers.len());
+    if unit != AllocationUnit::Layer && estimate == Estimate::HessianProxy {
+        return Err(LoadError::InvalidSetting(
+            "--allocate-per channels prices blocks of channels by their (Fisher-weighted) squared error; the Hessian proxy loss is \
+             per layer: give --fisher, or allocate per layer"
+                .into(),
+        )
+        .into());
+    }
+    let (mut layers, mut units, mut details) = (Vec::new(), Vec::new(), Vec::new());
     for (l, layer) in first.layers.iter().enumerate() {
         let pin = pinned.contains(&layer.name);
         let sample_weights = if estimate == Estimate::Fisher && !pin { sample_weights_of(fisher, &layer.name)? } else { None };
-        let mut choices = Vec::new();
-        for (bits, model) in models.iter().filter(|(bits, _)| if pin { *bits == own } else { widths.contains(bits) }) {
-            let candidate = &model.layers[l];
-            let bytes = match stored_layer_bytes(candidate, table_dtype)? {
-                Some(bytes) => bytes as u64,
-                // No packed form (input groups not a multiple of 32 rows): its counted bits.
-                None => (candidate.bits_per_weight * candidate.dequantized.len() as f64 / 8.0).ceil() as u64,
-            };
-            let loss = match (estimate, candidate.proxy_loss) {
-                (Estimate::HessianProxy, Some(proxy)) => proxy,
-                _ => weighted_error(&original_of(weights, &layer.name)?, &candidate.dequantized, sample_weights),
-            };
-            choices.push(Candidate { bits: *bits, bytes, loss });
+        let original = original_of(weights, &layer.name)?;
+        let (rows, cols) = shape_of(weights, &layer.name)?;
+        let ranges: Vec<Range<usize>> = match unit {
+            AllocationUnit::Channels(n) if n < cols => (0..cols).step_by(n).map(|start| start..(start + n).min(cols)).collect(),
+            _ => vec![0..cols],
+        };
+        let widths_here: Vec<(u32, &QuantizedLayer)> = models
+            .iter()
+            .filter(|(bits, _)| if pin { *bits == own } else { widths.contains(bits) })
+            .map(|(bits, model)| (*bits, &model.layers[l]))
+            .collect();
+        // Split layers are priced by their packed columns.
+        let packed: Vec<PackedLinear> = if ranges.len() > 1 {
+            widths_here.iter().map(|(_, c)| packed_for_split(c, rows, cols, table_dtype)).collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        for range in ranges {
+            let whole = range.len() == cols;
+            let (mut choices, mut detail) = (Vec::new(), Vec::new());
+            for (i, (bits, candidate)) in widths_here.iter().enumerate() {
+                let (bytes, loss) = if whole {
+                    let bytes = match stored_layer_bytes(candidate, table_dtype)? {
+                        Some(bytes) => bytes as u64,
+                        // No packed form (input groups not a multiple of 32 rows): its counted bits.
+                        None => (candidate.bits_per_weight * candidate.dequantized.len() as f64 / 8.0).ceil() as u64,
+                    };
+                    let loss = match (estimate, candidate.proxy_loss) {
+                        (Estimate::HessianProxy, Some(proxy)) => proxy,
+                        _ => weighted_error(&original, &candidate.dequantized, sample_weights),
+                    };
+                    (bytes, loss)
+                } else {
+                    let part = packed[i].columns(range.clone()).map_err(|e| in_layer(&layer.name, e))?;
+                    let columns = |m: &[f32]| -> Vec<f32> { m.chunks_exact(cols).flat_map(|row| row[range.clone()].iter().copied()).collect() };
+                    let (w, q) = (columns(&original), columns(&candidate.dequantized));
+                    let (bytes, outliers) = (layer_bytes(&part) as u64, part.sparse.len());
+                    detail.push(UnitDetail { sq_error: weighted_error(&w, &q, None), outliers, packed: part });
+                    (bytes, weighted_error(&w, &q, sample_weights.map(columns).as_deref()))
+                };
+                choices.push(Candidate { bits: *bits, bytes, loss });
+            }
+            let name = if whole { layer.name.clone() } else { format!("{}[{}..{}]", layer.name, range.start, range.end) };
+            layers.push(LayerChoices { name, candidates: choices });
+            units.push(Unit { layer: l, cols: range, rows, whole });
+            details.push(detail);
         }
-        layers.push(LayerChoices { name: layer.name.clone(), candidates: choices });
     }
-    Ok(Candidates { estimate, layers, pinned, models })
+    Ok(Candidates { estimate, layers, units, details, pinned, models })
+}
+
+/// What a block of channels adds to the layer it ends up in, per candidate.
+#[derive(Clone, Debug, PartialEq)]
+struct UnitDetail {
+    /// `Σ (w − q)²` over the block.
+    sq_error: f64,
+    outliers: usize,
+    /// The block's columns of the packed layer at this width.
+    packed: PackedLinear,
+}
+
+/// Neighbouring blocks of columns of one packed layer (one width) as one part: the same layer's
+/// columns from the first block's to the last's. `None` when they do not fit together.
+fn join_columns(blocks: &[&PackedLinear]) -> Option<PackedLinear> {
+    let first = *blocks.first()?;
+    if blocks.len() == 1 {
+        return Some(first.clone());
+    }
+    let cols: usize = blocks.iter().map(|b| b.cols).sum();
+    let rows = first.rows;
+    let stitch = |get: &dyn Fn(&PackedLinear) -> &[f32]| -> Vec<f32> {
+        let per_row: Vec<usize> = blocks.iter().map(|b| b.cols).collect();
+        let height = get(first).len() / per_row[0];
+        (0..height).flat_map(|r| blocks.iter().zip(&per_row).flat_map(move |(b, &w)| get(b)[r * w..(r + 1) * w].to_vec())).collect()
+    };
+    // Blocks cut from one shared table keep one copy of it; blocks of whole tables keep theirs.
+    let shared = blocks.iter().all(|b| b.channels_per_table == b.cols && b.tables == first.tables);
+    let (tables, channels_per_table) = if shared {
+        (first.tables.clone(), cols)
+    } else if blocks.iter().all(|b| b.channels_per_table == first.channels_per_table) {
+        (blocks.iter().flat_map(|b| b.tables.iter().copied()).collect(), first.channels_per_table)
+    } else {
+        return None;
+    };
+    let words = first.qweight.len() / first.cols;
+    let qweight = (0..words).flat_map(|r| blocks.iter().flat_map(move |b| b.qweight[r * b.cols..(r + 1) * b.cols].to_vec())).collect();
+    let mut sparse = crate::quant::SparseColumns { col_ptr: vec![0], row_idx: Vec::new(), values: Vec::new() };
+    for b in blocks {
+        let base = *sparse.col_ptr.last()?;
+        sparse.col_ptr.extend(b.sparse.col_ptr[1..].iter().map(|&p| p + base));
+        sparse.row_idx.extend_from_slice(&b.sparse.row_idx);
+        sparse.values.extend_from_slice(&b.sparse.values);
+    }
+    let joined = PackedLinear {
+        rows,
+        cols,
+        qweight,
+        tables,
+        channels_per_table,
+        input_groups: first.input_groups.as_ref().map(|g| crate::quant::lut::InputGroupScales {
+            size: g.size,
+            scales: stitch(&|b| &b.input_groups.as_ref().map_or(&[][..], |g| &g.scales[..])),
+            zeros: g.zeros.as_ref().map(|_| stitch(&|b| b.input_groups.as_ref().and_then(|g| g.zeros.as_deref()).unwrap_or(&[]))),
+        }),
+        sparse,
+        scales: first.scales.as_ref().map(|_| blocks.iter().flat_map(|b| b.scales.iter().flatten().copied()).collect()),
+        ..first.clone()
+    };
+    joined.validate("joined column blocks").ok()?;
+    Some(joined)
+}
+
+/// A candidate layer's packed form, for pricing blocks of its channels; layers whose columns
+/// cannot be cut apart are refused by name.
+fn packed_for_split(layer: &QuantizedLayer, rows: usize, cols: usize, table_dtype: TableDtype) -> Result<PackedLinear> {
+    let refuse = |why: &str| Err(in_layer(&layer.name, LoadError::InvalidSetting(format!("--allocate-per channels: {why}"))));
+    if layer.transform.is_some() {
+        return refuse("seed 000's scaling and centering and QuIP's incoherence processing act on whole layers; allocate per layer");
+    }
+    if !layer.has_packed_form() {
+        return refuse("the layer has no look-up-table form to cut into blocks of channels");
+    }
+    let (mut packed, _) = pack_layer(layer, rows, cols)?;
+    if table_dtype == TableDtype::F16 {
+        round_layer_tables_to_f16(&layer.name, &mut packed)?;
+    }
+    Ok(packed)
+}
+
+fn in_layer(name: &str, e: LoadError) -> LoadError {
+    match e {
+        LoadError::InvalidSetting(reason) => LoadError::InvalidSetting(format!("{name}: {reason}")),
+        other => other,
+    }
+}
+
+/// `(rows, cols)` of layer `name`'s `[in, out]` weights (the head's from the embedding).
+fn shape_of(weights: &ModelWeights, name: &str) -> Result<(usize, usize)> {
+    if is_head(name) {
+        return Ok((weights.config.embed_dim, weights.config.vocab_size));
+    }
+    let linear = weights.linear(name).ok_or_else(|| LoadError::InvalidSetting(format!("{name}: not a linear layer of the model")))?;
+    Ok((linear.in_features(), linear.out_features()))
 }
 
 /// The `[in, out]` weights layer `name` quantizes (the head's built from the embedding).
@@ -179,16 +359,68 @@ impl Candidates {
     }
 
     /// The model with each layer at its allocated width (copies: the candidates stay for
-    /// another allocation).
+    /// another allocation). A layer whose blocks of channels got different widths is made of
+    /// their columns, with no look-up-table form.
     pub fn chosen(&self, allocation: &Allocation) -> QuantizedModel {
-        let layers = self
-            .layers
+        let mut picks: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.models[0].1.layers.len()];
+        for (u, (unit, &i)) in self.units.iter().zip(&allocation.choice).enumerate() {
+            picks[unit.layer].push((u, i));
+        }
+        let layers = picks
             .iter()
-            .zip(&allocation.choice)
             .enumerate()
-            .filter_map(|(l, (choices, &i))| self.model_at(choices.candidates[i].bits).map(|m| m.layers[l].clone()))
+            .filter_map(|(l, picks)| {
+                let bits: Vec<u32> = picks.iter().map(|&(u, i)| self.layers[u].candidates[i].bits).collect();
+                if bits.windows(2).all(|b| b[0] == b[1]) {
+                    self.model_at(*bits.first()?).map(|m| m.layers[l].clone())
+                } else {
+                    Some(self.mixed_layer(l, picks))
+                }
+            })
             .collect();
         QuantizedModel { layers }
+    }
+
+    /// Layer `l` made of its blocks' columns at their widths (`picks`: unit and candidate), its
+    /// packed form their packed columns (neighbours of one width joined into one part).
+    fn mixed_layer(&self, l: usize, picks: &[(usize, usize)]) -> QuantizedLayer {
+        let first = &self.models[0].1.layers[l];
+        let n = first.dequantized.len();
+        let cols = n / self.units[picks[0].0].rows.max(1);
+        let mut dequantized = vec![0f32; n];
+        let (mut bytes, mut sq_error, mut outliers) = (0u64, 0f64, 0usize);
+        let mut parts: Vec<(u32, Vec<&PackedLinear>)> = Vec::new();
+        for &(u, i) in picks {
+            let bits = self.layers[u].candidates[i].bits;
+            match parts.last_mut() {
+                Some((b, blocks)) if *b == bits => blocks.push(&self.details[u][i].packed),
+                _ => parts.push((bits, vec![&self.details[u][i].packed])),
+            }
+            let (unit, candidate) = (&self.units[u], &self.layers[u].candidates[i]);
+            if let Some(source) = self.model_at(candidate.bits) {
+                for (to, from) in dequantized.chunks_exact_mut(cols).zip(source.layers[l].dequantized.chunks_exact(cols)) {
+                    to[unit.cols.clone()].copy_from_slice(&from[unit.cols.clone()]);
+                }
+            }
+            bytes += candidate.bytes;
+            sq_error += self.details[u][i].sq_error;
+            outliers += self.details[u][i].outliers;
+        }
+        // Joined parts cost what their blocks did, less the sparse part's repeated column
+        // pointers; the allocation counted the blocks, an upper bound.
+        let joined: Option<Vec<PackedLinear>> = parts.into_iter().map(|(_, blocks)| join_columns(&blocks)).collect();
+        QuantizedLayer {
+            name: first.name.clone(),
+            dequantized,
+            lut: None,
+            vector: None,
+            column_parts: joined.and_then(|parts| PackedLinear::from_parts(parts).ok()),
+            mse: sq_error / n as f64,
+            outliers,
+            bits_per_weight: 8.0 * bytes as f64 / n as f64,
+            proxy_loss: None,
+            transform: None,
+        }
     }
 
     /// The allocation `rules` fix: each layer gets the bits of the last rule whose pattern its

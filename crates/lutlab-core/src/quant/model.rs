@@ -11,6 +11,7 @@ use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales}
 use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, HessianRounder, RoundingSettings, Square};
 use crate::quant::incoherence::{layer_rotations, preprocess, Incoherence, IncoherenceSettings, RmsGrid};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
+use crate::quant::packed::PackedLinear;
 use crate::quant::vector::{fit, VectorLut, VectorProblems, VectorSettings};
 use crate::weights::{ModelWeights, LinearWeights};
 use std::borrow::Cow;
@@ -101,6 +102,9 @@ pub struct QuantizedLayer {
     pub lut: Option<LutMatrix>,
     /// The vector-table form (`--vector-dim`), which `lut` cannot hold.
     pub vector: Option<VectorLut>,
+    /// The packed form of a layer whose blocks of channels got different widths (`--allocate-per
+    /// channels:N`): column parts, each cut from the packed layer at its width.
+    pub column_parts: Option<PackedLinear>,
     /// Mean squared error against the original weights.
     pub mse: f64,
     /// Weights kept exactly in the sparse part.
@@ -577,7 +581,7 @@ fn layer_report(
 ) -> QuantizedLayer {
     let n = original.len() as f64;
     let mse = original.iter().zip(&dequantized).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / n;
-    QuantizedLayer { name: name.to_string(), dequantized, lut, vector: None, mse, outliers, bits_per_weight, proxy_loss: None, transform }
+    QuantizedLayer { name: name.to_string(), dequantized, lut, vector: None, column_parts: None, mse, outliers, bits_per_weight, proxy_loss: None, transform }
 }
 
 impl QuantizedLayer {
@@ -588,10 +592,11 @@ impl QuantizedLayer {
 
     /// `(rows, cols)` of the packed form, when the layer has one.
     pub fn packed_shape(&self) -> Option<(usize, usize)> {
-        match (&self.lut, &self.vector) {
-            (Some(lut), _) => Some((lut.rows, lut.cols)),
-            (None, Some(vector)) => Some((vector.rows, vector.cols)),
-            (None, None) => None,
+        match (&self.lut, &self.vector, &self.column_parts) {
+            (Some(lut), _, _) => Some((lut.rows, lut.cols)),
+            (None, Some(vector), _) => Some((vector.rows, vector.cols)),
+            (None, None, Some(split)) => Some((split.rows, split.cols)),
+            (None, None, None) => None,
         }
     }
 }

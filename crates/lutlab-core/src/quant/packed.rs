@@ -76,6 +76,10 @@ pub struct PackedLinear {
     pub input_shift: Option<Vec<f32>>,
     /// QuIP's incoherence processing around the LUT matmul; `None`: none.
     pub incoherence: Option<Incoherence>,
+    /// A layer whose blocks of output columns were given different widths (`--allocate-per
+    /// channels:N`, format version 6): the layer is these parts side by side, each a whole
+    /// packed layer of its columns, and the fields above are empty (see [`Self::from_parts`]).
+    pub column_parts: Vec<PackedLinear>,
 }
 
 /// Blocks of [`BLOCK_ROWS`] rows needed for `rows` input rows.
@@ -155,6 +159,7 @@ impl PackedLinear {
             scales: None,
             input_shift: None,
             incoherence: None,
+            column_parts: Vec::new(),
         })
     }
 
@@ -176,6 +181,7 @@ impl PackedLinear {
             scales: None,
             input_shift: None,
             incoherence: None,
+            column_parts: Vec::new(),
         };
         packed.validate("vector-quantized matrix")?;
         Ok(packed)
@@ -246,12 +252,100 @@ impl PackedLinear {
         }
     }
 
+    /// The layer's output columns `cols` as a layer of their own (what a block of channels costs
+    /// on its own: `--allocate-per channels:N`). The range must hold whole tables, or the layer
+    /// have one table for all its columns (copied into the part); seed 000's
+    /// input shift stays (it is per input row); incoherence processing mixes columns and is
+    /// refused.
+    pub fn columns(&self, cols: std::ops::Range<usize>) -> Result<Self> {
+        let bad = |reason: String| Err(LoadError::InvalidSetting(reason));
+        let cpt = self.channels_per_table.max(1);
+        // One table for the whole layer (k-means per tensor, a uniform grid with per-channel
+        // scales) serves any columns: the part keeps a copy.
+        let shared = cpt == self.cols;
+        if cols.is_empty() || cols.end > self.cols || (!shared && (!cols.start.is_multiple_of(cpt) || !cols.len().is_multiple_of(cpt))) {
+            return bad(format!(
+                "columns {}..{} of a {}-column layer with {cpt} channels per table do not hold whole tables",
+                cols.start, cols.end, self.cols
+            ));
+        }
+        if self.incoherence.is_some() {
+            return bad("a layer with incoherence processing mixes its columns: it cannot be split".into());
+        }
+        let take = |values: &[f32], width: usize| -> Vec<f32> {
+            values.chunks_exact(width).flat_map(|row| row[cols.clone()].iter().copied()).collect()
+        };
+        let qweight = self.qweight.chunks_exact(self.cols).flat_map(|row| row[cols.clone()].iter().copied()).collect();
+        let per_table = self.levels() * self.vector_dim;
+        let tables = if shared { self.tables.clone() } else { self.tables[cols.start / cpt * per_table..cols.end / cpt * per_table].to_vec() };
+        let s = &self.sparse;
+        let (first, last) = (s.col_ptr[cols.start], s.col_ptr[cols.end]);
+        let sparse = SparseColumns {
+            col_ptr: s.col_ptr[cols.start..=cols.end].iter().map(|&p| p - first).collect(),
+            row_idx: s.row_idx[first as usize..last as usize].to_vec(),
+            values: s.values[first as usize..last as usize].to_vec(),
+        };
+        let input_groups = self.input_groups.as_ref().map(|g| InputGroupScales {
+            size: g.size,
+            scales: take(&g.scales, self.cols),
+            zeros: g.zeros.as_ref().map(|z| take(z, self.cols)),
+        });
+        Ok(Self {
+            rows: self.rows,
+            cols: cols.len(),
+            bits: self.bits,
+            vector_dim: self.vector_dim,
+            channels_per_table: if shared { cols.len() } else { cpt },
+            qweight,
+            tables,
+            input_groups,
+            sparse,
+            scales: self.scales.as_ref().map(|v| v[cols.clone()].to_vec()),
+            input_shift: self.input_shift.clone(),
+            incoherence: None,
+            column_parts: Vec::new(),
+        })
+    }
+
+    /// A layer made of `parts` side by side (the same input rows, their output columns in
+    /// order): the packed form of a layer whose blocks of channels got different widths. Its
+    /// own fields are empty; `bits` is the widest part's.
+    pub fn from_parts(parts: Vec<PackedLinear>) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| LoadError::InvalidSetting("a layer of column parts needs at least one part".into()))?;
+        let cols = parts.iter().map(|p| p.cols).sum();
+        let layer = Self {
+            rows: first.rows,
+            cols,
+            bits: parts.iter().map(|p| p.bits).max().unwrap_or(first.bits),
+            vector_dim: 1,
+            channels_per_table: cols,
+            qweight: Vec::new(),
+            tables: Vec::new(),
+            input_groups: None,
+            sparse: SparseColumns { col_ptr: vec![0; cols + 1], row_idx: Vec::new(), values: Vec::new() },
+            scales: None,
+            input_shift: None,
+            incoherence: None,
+            column_parts: parts,
+        };
+        layer.validate("layer of column parts")?;
+        Ok(layer)
+    }
+
+    /// Whether the layer is made of column parts ([`Self::from_parts`]).
+    pub fn is_split(&self) -> bool {
+        !self.column_parts.is_empty()
+    }
+
     /// Checks every size, index and value against the shape; `what` names the layer in errors.
     /// A file parser calls this before anything reads the words.
     pub fn validate(&self, what: &str) -> Result<()> {
         let bad = |reason: String| Err(LoadError::BadConfig { file: what.to_string(), reason });
         if self.rows == 0 || self.cols == 0 {
             return bad(format!("empty shape {}x{}", self.rows, self.cols));
+        }
+        if self.is_split() {
+            return self.validate_parts(what);
         }
         if !(1..=8).contains(&self.bits) {
             return bad(format!("{} bits; lutlab supports 1 to 8", self.bits));
@@ -316,6 +410,36 @@ impl PackedLinear {
         Ok(())
     }
 
+    /// A layer of column parts: each part valid and whole, the same rows, the columns adding up,
+    /// nothing stored beside them.
+    fn validate_parts(&self, what: &str) -> Result<()> {
+        let bad = |reason: String| Err(LoadError::BadConfig { file: what.to_string(), reason });
+        for (i, part) in self.column_parts.iter().enumerate() {
+            part.validate(&format!("{what}, column part {i}"))?;
+            if part.input_shift.is_some() || part.incoherence.is_some() {
+                return bad(format!("column part {i} has an input shift or incoherence processing: both belong to a whole layer"));
+            }
+            if part.is_split() || part.rows != self.rows {
+                return bad(format!("column part {i} is {}x{}{}, the layer has {} rows", part.rows, part.cols, if part.is_split() { " of parts" } else { "" }, self.rows));
+            }
+        }
+        let cols: usize = self.column_parts.iter().map(|p| p.cols).sum();
+        if cols != self.cols {
+            return bad(format!("the column parts hold {cols} columns, the layer {}", self.cols));
+        }
+        let empty = self.qweight.is_empty()
+            && self.tables.is_empty()
+            && self.input_groups.is_none()
+            && self.sparse.is_empty()
+            && self.scales.is_none()
+            && self.input_shift.is_none()
+            && self.incoherence.is_none();
+        if !empty {
+            return bad("a layer of column parts stores everything in its parts".into());
+        }
+        Ok(())
+    }
+
     /// A padding row (past `rows`, in the last block) with a non-zero code, if any: a writer that
     /// is not lutlab's, or corruption. Kernels never read them, but the inverse must be exact.
     fn padding_with_codes(&self) -> Option<usize> {
@@ -346,6 +470,16 @@ impl PackedLinear {
     /// back through its incoherence processing when it has one. The input shift is not folded in
     /// (it acts on the input; see [`Self::reference_matmul`]).
     pub fn effective_weights(&self) -> Vec<f32> {
+        if self.is_split() {
+            let parts: Vec<Vec<f32>> = self.column_parts.iter().map(PackedLinear::effective_weights).collect();
+            let mut w = Vec::with_capacity(self.rows * self.cols);
+            for r in 0..self.rows {
+                for (part, weights) in self.column_parts.iter().zip(&parts) {
+                    w.extend_from_slice(&weights[r * part.cols..(r + 1) * part.cols]);
+                }
+            }
+            return w;
+        }
         let mut w = if self.is_vector() { self.vector_weights() } else { self.to_lut().dequantize() };
         if let Some(scales) = &self.scales {
             for row in w.chunks_exact_mut(self.cols) {
@@ -390,6 +524,9 @@ impl PackedLinear {
     /// Bytes of this layer in the file: words, f32 tables and group scales, sparse part, scales
     /// and shift.
     pub fn stored_bytes(&self) -> usize {
+        if self.is_split() {
+            return self.column_parts.iter().map(PackedLinear::stored_bytes).sum();
+        }
         let groups = self.input_groups.as_ref().map_or(0, |g| g.scales.len() + g.zeros.as_ref().map_or(0, Vec::len));
         4 * (self.qweight.len()
             + self.tables.len()
@@ -500,6 +637,34 @@ mod tests {
             packed.validate("test").unwrap();
             assert_eq!(packed.to_lut(), lut);
             assert_eq!(packed.effective_weights(), lut.dequantize());
+        }
+    }
+
+    /// A block of columns on its own is the same weights (codes, tables, outliers, input groups,
+    /// scales), and ranges that cut a group's table are refused.
+    #[test]
+    fn columns_are_the_same_weights_on_their_own() {
+        let mut rng = SplitMix64::new(11);
+        for granularity in [Granularity::Channel, Granularity::Group(2), Granularity::Tensor] {
+            let mut lut = random_lut(&mut rng, 70, 8, 3, granularity, 40);
+            let groups = 3usize;
+            lut.input_groups = Some(InputGroupScales {
+                size: 32,
+                scales: (0..groups * 8).map(|i| 0.5 + i as f32 / 10.0).collect(),
+                zeros: Some((0..groups * 8).map(|i| (i % 3) as f32).collect()),
+            });
+            let mut packed = PackedLinear::from_lut(&lut).unwrap();
+            packed.scales = Some((0..8).map(|c| 1.0 + c as f32).collect());
+            let whole = packed.effective_weights();
+            for range in [0..2, 2..6, 6..8, 0..8] {
+                let part = packed.columns(range.clone()).unwrap();
+                part.validate("part").unwrap();
+                let expected: Vec<f32> = whole.chunks_exact(8).flat_map(|row| row[range.clone()].to_vec()).collect();
+                assert_eq!(part.effective_weights(), expected, "{granularity:?} {range:?}");
+            }
+            let refused = packed.columns(0..8).and_then(|p| p.columns(1..3));
+            // A range that cuts a group's table is refused; one shared table serves any columns.
+            assert!(matches!(granularity, Granularity::Channel | Granularity::Tensor) == refused.is_ok());
         }
     }
 

@@ -73,6 +73,9 @@ pub struct QuantizeRequest {
     pub budget: Option<String>,
     /// The candidate widths of a budget (empty: `quant::mixed::DEFAULT_WIDTHS`).
     pub widths: Vec<u32>,
+    /// What a budget gives a width to: `layers`, or `channels:N` (each block of N output
+    /// channels; `quant::mixed::AllocationUnit`). `None`: layers.
+    pub allocate_per: Option<String>,
     /// Widths fixed by rules, `PATTERN=BITS` (`quant::mixed::LayerRule`; llama.cpp's
     /// `--tensor-type`): layers whose name contains PATTERN get BITS, the rest `bits`.
     pub layer_bits: Vec<String>,
@@ -128,6 +131,7 @@ impl Default for QuantizeRequest {
             qfn: "a".into(),
             budget: None,
             widths: Vec::new(),
+            allocate_per: None,
             layer_bits: Vec::new(),
             ln_affine_merge: false,
             weight_equalization: false,
@@ -278,7 +282,11 @@ impl QuantizeRequest {
     /// " +embeddings" when the embeddings are quantized too.
     pub fn label(&self, has_fisher: bool) -> String {
         let embeddings = if self.embeddings { " +embeddings" } else { "" };
-        let budget = self.budget.as_ref().map_or(String::new(), |b| format!(" under {b}"));
+        let per = match self.allocate_per.as_deref() {
+            Some(unit) if unit.starts_with("channels") => format!(" per {unit}"),
+            _ => String::new(),
+        };
+        let budget = self.budget.as_ref().map_or(String::new(), |b| format!(" under {b}{per}"));
         let rules = if self.layer_bits.is_empty() { String::new() } else { format!(" ({})", self.layer_bits.join(", ")) };
         let merged = match (self.ln_affine_merge, self.weight_equalization) {
             (true, true) => " +ln-affine-merge +weight-equalization",
@@ -313,6 +321,15 @@ impl QuantizeRequest {
             return Ok(widths);
         }
         Ok(if self.widths.is_empty() { crate::quant::mixed::DEFAULT_WIDTHS.to_vec() } else { self.widths.clone() })
+    }
+
+    /// What a budget allocates to (`allocate_per`; a budget's option only).
+    pub fn allocation_unit(&self) -> Result<crate::quant::mixed::AllocationUnit> {
+        match &self.allocate_per {
+            None => Ok(crate::quant::mixed::AllocationUnit::Layer),
+            Some(_) if self.budget.is_none() => Err(invalid("--allocate-per says what a budget allocates to: give --budget")),
+            Some(text) => text.parse(),
+        }
     }
 
     /// Whether layers get different widths (a budget or layer rules).
