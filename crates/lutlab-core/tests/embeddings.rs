@@ -212,8 +212,8 @@ fn files_that_misuse_the_head_are_refused_by_name() {
     let bytes = p.to_safetensors(TableDtype::F32).unwrap();
     let err = PackedModel::from_safetensors("old.safetensors", &with_metadata(&bytes, "format_version", "1")).unwrap_err().to_string();
     assert!(err.contains("lm_head") && err.contains("format version 2"), "{err}");
-    let err = PackedModel::from_safetensors("new.safetensors", &with_metadata(&bytes, "format_version", "6")).unwrap_err().to_string();
-    assert!(err.contains("format version 6 is not supported"), "{err}");
+    let err = PackedModel::from_safetensors("new.safetensors", &with_metadata(&bytes, "format_version", "7")).unwrap_err().to_string();
+    assert!(err.contains("format version 7 is not supported"), "{err}");
     let mut shifted = p.clone();
     shifted.layers.get_mut(HEAD).unwrap().input_shift = Some(vec![0.0; C]);
     let err = shifted.validate("shifted").unwrap_err().to_string();

@@ -733,8 +733,8 @@ fn a_file_of_another_format_is_named() {
 
 #[test]
 fn a_newer_version_is_refused_with_its_number() {
-    let err = error_of(&set_metadata(small_file(), "format_version", "6"));
-    assert!(err.contains("format version 6 is not supported") && err.contains("versions 1 to 5"), "{err}");
+    let err = error_of(&set_metadata(small_file(), "format_version", "7"));
+    assert!(err.contains("format version 7 is not supported") && err.contains("versions 1 to 6"), "{err}");
     let err = error_of(&set_metadata(small_file(), "format_version", "one"));
     assert!(err.contains("`one`"), "{err}");
 }
