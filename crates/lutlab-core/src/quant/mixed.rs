@@ -62,8 +62,6 @@ pub struct Unit {
     pub cols: std::ops::Range<usize>,
     /// The layer's input rows.
     pub rows: usize,
-    /// Whether the unit is the whole layer.
-    pub whole: bool,
 }
 
 /// Every layer's (or channel block's) candidates, and the quantized models they come from.
@@ -168,22 +166,31 @@ pub fn candidates<E: From<LoadError>>(
                     };
                     (bytes, loss)
                 } else {
-                    let part = packed[i].columns(range.clone()).map_err(|e| in_layer(&layer.name, e))?;
-                    let columns = |m: &[f32]| -> Vec<f32> { m.chunks_exact(cols).flat_map(|row| row[range.clone()].iter().copied()).collect() };
-                    let (w, q) = (columns(&original), columns(&candidate.dequantized));
-                    let (bytes, outliers) = (layer_bytes(&part) as u64, part.sparse.len());
-                    detail.push(UnitDetail { sq_error: weighted_error(&w, &q, None), outliers, packed: part });
-                    (bytes, weighted_error(&w, &q, sample_weights.map(columns).as_deref()))
+                    let (bytes, loss, unit_detail) = price_block(&packed[i], range.clone(), &original, &candidate.dequantized, sample_weights)
+                        .map_err(|e| in_layer(&layer.name, e))?;
+                    detail.push(unit_detail);
+                    (bytes, loss)
                 };
                 choices.push(Candidate { bits: *bits, bytes, loss });
             }
             let name = if whole { layer.name.clone() } else { format!("{}[{}..{}]", layer.name, range.start, range.end) };
             layers.push(LayerChoices { name, candidates: choices });
-            units.push(Unit { layer: l, cols: range, rows, whole });
+            units.push(Unit { layer: l, cols: range, rows });
             details.push(detail);
         }
     }
     Ok(Candidates { estimate, layers, units, details, pinned, models })
+}
+
+/// A block of channels of one candidate: its packed columns' bytes, its columns' estimate, and
+/// what it adds to the layer it ends up in.
+fn price_block(packed: &PackedLinear, range: Range<usize>, original: &[f32], dequantized: &[f32], fisher: Option<&[f32]>) -> Result<(u64, f64, UnitDetail)> {
+    let part = packed.columns(range.clone())?;
+    let columns = |m: &[f32]| -> Vec<f32> { m.chunks_exact(packed.cols).flat_map(|row| row[range.clone()].iter().copied()).collect() };
+    let (w, q) = (columns(original), columns(dequantized));
+    let loss = weighted_error(&w, &q, fisher.map(columns).as_deref());
+    let detail = UnitDetail { sq_error: weighted_error(&w, &q, None), outliers: part.sparse.len(), packed: part };
+    Ok((layer_bytes(&detail.packed) as u64, loss, detail))
 }
 
 /// What a block of channels adds to the layer it ends up in, per candidate.
