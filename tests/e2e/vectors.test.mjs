@@ -1,7 +1,8 @@
 // Vector look-up tables in the page (issue 20): "vectors of 2" reaches the quantizer, the page's
 // perplexity equals the native CLI's for the same flags (both pack the model and run it through
 // the vector LUT kernels), and the weight-pairs picture shows the codebook's 16 entries with a
-// smaller error on its pairs than a scalar table of the same bits per weight.
+// smaller error on its pairs than a scalar table of the same bits per weight; fitted on the GPU
+// (WebGPU) each layer is the CPU's fit, or one of the same squared error (a near-tie).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -54,5 +55,20 @@ test('vectors of 2 at 2 bits per weight: the page equals the CLI and draws the c
   fs.mkdirSync(OUT, { recursive: true });
   await page.locator('#plot-vectors').screenshot({ path: path.join(OUT, 'vector-pairs.png') });
   await page.screenshot({ path: path.join(OUT, 'vectors.png'), fullPage: true });
+
+  // "k-means on the GPU": the codebooks' assignment runs in WebGPU (vector_kmeans_assign.wgsl)
+  // from the same k-means++ starts as the CPU fit above. Each layer is the CPU's exactly unless a
+  // near-tie in f32 sent a restart to another local optimum (as natively, kmeans_gpu.rs), whose
+  // squared error is then within 1e-3 of the CPU's.
+  await page.check('#q-gpu');
+  await page.evaluate(() => delete document.getElementById('quant-result').dataset.report);
+  await page.click('#run-quantize');
+  await page.waitForSelector('#quant-result[data-report]', { timeout: 600_000 });
+  const onGpu = JSON.parse(await page.getAttribute('#quant-result', 'data-report'));
+  const cpuLayers = Object.fromEntries(quant.layers.map((l) => [l.name, l.mse]));
+  const equal = onGpu.layers.filter((l) => l.mse === cpuLayers[l.name]).length;
+  console.log(`vectors of 2 fitted on the GPU: ${equal} of ${onGpu.layers.length} layers equal the CPU fit; ${onGpu.label}`);
+  for (const l of onGpu.layers) assert.ok(relative(l.mse, cpuLayers[l.name]) <= 1e-3, `${l.name}: ${l.mse} vs ${cpuLayers[l.name]}`);
+  assert.ok(4 * equal >= 3 * onGpu.layers.length, `only ${equal} layers equal the CPU's fit`);
   await page.close();
 });

@@ -800,9 +800,13 @@ fn vector_tables_match_the_cpu_fit() {
     }
 }
 
-/// The page and `quantize --gpu` reach the vector fit through `quantize_layer_gpu`: the same layer
-/// as the CPU's `quantize_layer`, with the same bits per weight and dequantized weights within the
-/// entries' tolerance (1e-5 of the largest weight), and impossible settings refused by name.
+/// The page and `quantize --gpu` reach the vector fit through `quantize_layer_gpu`: on every
+/// layer of the shipped model (2 bits in pairs, per tensor, 3 restarts) the same bits per weight,
+/// and the CPU's layer exactly unless a near-tie sent a restart on another trajectory (see the
+/// module docs for the scalar tables' same caveat); then the two fits are different local optima
+/// of the same objective, within 1e-3 relative squared error. Measured on lavapipe: 15 of 16
+/// layers equal, `h.0.mlp.c_proj` 2.25577e-4 on the GPU against 2.25538e-4 (1.7e-4; with 10
+/// restarts `h.1.mlp.c_fc`, 4e-5 the other way). Impossible settings are refused by name.
 #[test]
 fn vector_layers_quantize_on_the_gpu_like_the_cpu() {
     use lutlab_core::quant::model::{quantize_layer, Calibration};
@@ -811,22 +815,29 @@ fn vector_layers_quantize_on_the_gpu_like_the_cpu() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gpt2-tiny-wikitext");
     let model = ModelFiles::read_dir(&dir).and_then(|f| f.load()).expect("shipped model loads");
     let n_embd = model.weights.config.n_embd;
-    for (name, linear) in model.weights.linears().filter(|(n, _)| n.starts_with("h.1.")) {
-        let method = |bits, vector_dim| Method::Kmeans {
-            settings: KmeansSettings { bits, vector_dim, restarts: 1, ..KmeansSettings::default() },
-            outliers: None,
-            scaling: false,
-        };
+    let method = |bits, vector_dim| Method::Kmeans {
+        settings: KmeansSettings { bits, vector_dim, restarts: 3, ..KmeansSettings::default() },
+        outliers: None,
+        scaling: false,
+    };
+    let (mut layers, mut equal) = (0, 0);
+    for (name, linear) in model.weights.linears() {
         let m = method(2, 2);
         let cpu = quantize_layer(&name, &linear, &m, Calibration::fisher(None), n_embd).unwrap();
         let on_gpu = pollster::block_on(lutlab_gpu::quantize_layer_gpu(&gpu, &name, &linear, &m, Calibration::fisher(None), n_embd)).unwrap();
         assert_eq!(cpu.bits_per_weight, on_gpu.bits_per_weight, "{name}");
         assert!(on_gpu.vector.is_some(), "{name}: no vector tables");
-        let scale = linear.weight.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = cpu.dequantized.iter().zip(&on_gpu.dequantized).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-5 * scale, "{name}: dequantized weights differ by {worst} (largest weight {scale})");
-        let refused = pollster::block_on(lutlab_gpu::quantize_layer_gpu(&gpu, &name, &linear, &method(4, 4), Calibration::fisher(None), n_embd));
-        let e = refused.unwrap_err().to_string();
-        assert!(e.contains("2^12"), "{name}: {e}");
+        layers += 1;
+        if on_gpu.dequantized == cpu.dequantized {
+            equal += 1;
+        } else {
+            println!("{name}: another local optimum, squared error {} on the GPU, {} on the CPU", on_gpu.mse, cpu.mse);
+            assert!(rel(on_gpu.mse, cpu.mse) <= 1e-3, "{name}: squared error {} on the GPU, {} on the CPU", on_gpu.mse, cpu.mse);
+        }
     }
+    assert!(equal * 4 >= layers * 3, "only {equal} of {layers} layers equal the CPU's fit");
+    let (name, linear) = model.weights.linears().next().unwrap();
+    let refused = pollster::block_on(lutlab_gpu::quantize_layer_gpu(&gpu, &name, &linear, &method(4, 4), Calibration::fisher(None), n_embd));
+    let e = refused.unwrap_err().to_string();
+    assert!(e.contains("2^12"), "{name}: {e}");
 }
