@@ -14,19 +14,9 @@
 # Resumable: rows already in $WORK/rows.jsonl are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${LUTLAB:-}" ]; then
-  source scripts/device_env.sh
-  LUTLAB=.carry/lutlab
-fi
 WORK=${WORK:-/tmp/inputs}
+source scripts/bench_rows.sh
 SAMPLES=${SAMPLES:-32}
-rows=$WORK/rows.jsonl
-mkdir -p "$WORK" && touch "$rows"
-eval_text=data/wikitext-2/test.txt
-if [ -n "${EVAL_CHARS:-}" ]; then
-  eval_text=$WORK/test-head.txt
-  python3 -c "import sys; sys.stdout.write(open('data/wikitext-2/test.txt').read()[:int(sys.argv[1])])" "$EVAL_CHARS" > "$eval_text"
-fi
 
 for model in ${MODELS:-gpt2-tiny-wikitext llama-tiny-wikitext opt-tiny-wikitext}; do
   dir=models/$model
