@@ -367,7 +367,7 @@ impl Candidates {
 
     /// The model with each layer at its allocated width (copies: the candidates stay for
     /// another allocation). A layer whose blocks of channels got different widths is made of
-    /// their columns, with no look-up-table form.
+    /// their columns and stored as column parts.
     pub fn chosen(&self, allocation: &Allocation) -> QuantizedModel {
         let mut picks: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.models[0].1.layers.len()];
         for (u, (unit, &i)) in self.units.iter().zip(&allocation.choice).enumerate() {
@@ -414,14 +414,22 @@ impl Candidates {
             outliers += self.details[u][i].outliers;
         }
         // Joined parts cost what their blocks did, less the sparse part's repeated column
-        // pointers; the allocation counted the blocks, an upper bound.
-        let joined: Option<Vec<PackedLinear>> = parts.into_iter().map(|(_, blocks)| join_columns(&blocks)).collect();
+        // pointers; the allocation counted the blocks, an upper bound. Blocks that do not join
+        // (tables of different sizes) stay parts of their own.
+        let joined: Vec<PackedLinear> = parts
+            .into_iter()
+            .flat_map(|(_, blocks)| match join_columns(&blocks) {
+                Some(joined) => vec![joined],
+                None => blocks.into_iter().cloned().collect(),
+            })
+            .collect();
         QuantizedLayer {
             name: first.name.clone(),
             dequantized,
             lut: None,
             vector: None,
-            column_parts: joined.and_then(|parts| PackedLinear::from_parts(parts).ok()),
+            // Every part was validated when it was cut, so the layer is one.
+            column_parts: PackedLinear::from_parts(joined).ok(),
             mse: sq_error / n as f64,
             outliers,
             bits_per_weight: 8.0 * bytes as f64 / n as f64,
