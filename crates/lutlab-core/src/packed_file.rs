@@ -674,12 +674,18 @@ pub fn pack_layer(layer: &QuantizedLayer, rows: usize, cols: usize) -> Result<(P
 /// The bytes quantized `layer` takes in a packed file written with `table_dtype` (its tensors'
 /// data, as [`layer_bytes`] counts them), or `None` when it has no look-up-table form.
 pub fn stored_layer_bytes(layer: &QuantizedLayer, table_dtype: TableDtype) -> Result<Option<usize>> {
+    Ok(stored_layer(layer, table_dtype)?.map(|packed| layer_bytes(&packed)))
+}
+
+/// Quantized `layer` packed as a file written with `table_dtype` stores it (tables rounded to f16
+/// for [`TableDtype::F16`]), or `None` when it has no look-up-table form.
+pub fn stored_layer(layer: &QuantizedLayer, table_dtype: TableDtype) -> Result<Option<PackedLinear>> {
     let Some((rows, cols)) = layer.packed_shape() else { return Ok(None) };
     let (mut packed, _) = pack_layer(layer, rows, cols)?;
     if table_dtype == TableDtype::F16 {
         round_layer_tables_to_f16(&layer.name, &mut packed)?;
     }
-    Ok(Some(layer_bytes(&packed)))
+    Ok(Some(packed))
 }
 
 /// Whether every value the file stores in the table dtype (table entries, group scales and

@@ -4,13 +4,13 @@
 //! the chosen layers make the result.
 
 use crate::error::{LoadError, Result};
-use crate::packed_file::{layer_bytes, pack_layer, round_layer_tables_to_f16, stored_layer_bytes, TableDtype};
+use crate::packed_file::{layer_bytes, stored_layer, stored_layer_bytes, TableDtype};
 use crate::quant::packed::PackedLinear;
 use crate::quant::QuantizedLayer;
 use std::ops::Range;
 use crate::quant::allocate::{allocate, byte_range, summed, weighted_error, Allocation, Budget, Candidate, LayerChoices, Solver};
 use crate::quant::head::{head_linear, is_head};
-use crate::quant::model::{sample_weights_of, Method, QuantizedModel, SampleWeights};
+use crate::quant::model::{in_layer, sample_weights_of, Method, QuantizedModel, SampleWeights};
 use crate::weights::ModelWeights;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -146,7 +146,7 @@ pub fn candidates<E: From<LoadError>>(
             .collect();
         // Split layers are priced by their packed columns.
         let packed: Vec<PackedLinear> = if ranges.len() > 1 {
-            widths_here.iter().map(|(_, c)| packed_for_split(c, rows, cols, table_dtype)).collect::<Result<_>>()?
+            widths_here.iter().map(|(_, c)| packed_for_split(c, table_dtype)).collect::<Result<_>>()?
         } else {
             Vec::new()
         };
@@ -256,25 +256,14 @@ fn join_columns(blocks: &[&PackedLinear]) -> Option<PackedLinear> {
 
 /// A candidate layer's packed form, for pricing blocks of its channels; layers whose columns
 /// cannot be cut apart are refused by name.
-fn packed_for_split(layer: &QuantizedLayer, rows: usize, cols: usize, table_dtype: TableDtype) -> Result<PackedLinear> {
+fn packed_for_split(layer: &QuantizedLayer, table_dtype: TableDtype) -> Result<PackedLinear> {
     let refuse = |why: &str| Err(in_layer(&layer.name, LoadError::InvalidSetting(format!("--allocate-per channels: {why}"))));
     if layer.transform.is_some() {
         return refuse("seed 000's scaling and centering and QuIP's incoherence processing act on whole layers; allocate per layer");
     }
-    if !layer.has_packed_form() {
-        return refuse("the layer has no look-up-table form to cut into blocks of channels");
-    }
-    let (mut packed, _) = pack_layer(layer, rows, cols)?;
-    if table_dtype == TableDtype::F16 {
-        round_layer_tables_to_f16(&layer.name, &mut packed)?;
-    }
-    Ok(packed)
-}
-
-fn in_layer(name: &str, e: LoadError) -> LoadError {
-    match e {
-        LoadError::InvalidSetting(reason) => LoadError::InvalidSetting(format!("{name}: {reason}")),
-        other => other,
+    match stored_layer(layer, table_dtype)? {
+        Some(packed) => Ok(packed),
+        None => refuse("the layer has no look-up-table form to cut into blocks of channels"),
     }
 }
 

@@ -561,7 +561,8 @@ pub fn sample_weights_of<'f>(fisher: Option<SampleWeights<'f>>, name: &str) -> R
     }
 }
 
-fn in_layer(name: &str, e: LoadError) -> LoadError {
+/// Names the layer (the tied head in words) in a setting error.
+pub(crate) fn in_layer(name: &str, e: LoadError) -> LoadError {
     let what = if is_head(name) { format!("{HEAD} (the token embedding, tied; one output channel per token)") } else { name.to_string() };
     match e {
         LoadError::InvalidSetting(reason) => LoadError::InvalidSetting(format!("{what}: {reason}")),
