@@ -67,6 +67,8 @@ const EXPLAIN = {
 
 /// Methods that round with the Hessians (`gptq-kmeans` is GPTQ onto k-means tables).
 const HESSIAN_METHODS = new Set(['gptq', 'ldlq', 'ldlq-rg', 'greedy', 'ldlbal-admm', 'gptq-kmeans']);
+// The methods with a WebGPU path (GpuRounder takes GPTQ/LDLQ feedback without greedy passes).
+const GPU_METHODS = new Set(['kmeans', 'gptq', 'ldlq', 'gptq-kmeans']);
 
 function showError(message) {
   $('error').textContent = message;
@@ -421,7 +423,7 @@ function optionsOf(request, report) {
     request.outlier_percent !== undefined && `outliers ${request.outlier_percent}%`,
     request.scaling && 'scaling',
     request.centering && 'centering',
-    request.gpu && 'k-means on GPU',
+    request.gpu && (request.method === 'kmeans' ? 'k-means on GPU' : 'rounded on GPU'),
     request.embeddings && 'embeddings',
   ].filter(Boolean).join('; ');
 }
@@ -520,10 +522,10 @@ function quantizeRequest() {
 async function quantize() {
   quantBar.start('quantizing');
   const useFisher = $('q-method').value === 'kmeans' && $('q-fisher').checked;
-  const onGpu = $('q-gpu').checked;
+  const onGpu = $('q-gpu').checked && GPU_METHODS.has($('q-method').value);
   const request = quantizeRequest();
   const report = await lab.quantize(request, useFisher, onGpu, (done, total) => quantBar.count(done, total, 'weights'));
-  quantized = { report, request: { ...request, gpu: request.method === 'kmeans' && onGpu } };
+  quantized = { report, request: { ...request, gpu: onGpu } };
   quantBar.complete(`done in ${report.seconds.toFixed(1)} s`);
   // The result line and the error heatmap name the same measure: Fisher-weighted when Fisher is known.
   const errors = await lab.errorMap();
@@ -779,6 +781,7 @@ function showMethodOptions() {
   for (const el of document.querySelectorAll('.kmeans-only')) el.hidden = method !== 'kmeans';
   for (const el of document.querySelectorAll('.rtn-only')) el.hidden = method === 'kmeans' || method === 'gptq-kmeans';
   for (const el of document.querySelectorAll('.hessian-only')) el.hidden = !HESSIAN_METHODS.has(method);
+  for (const el of document.querySelectorAll('.gpu-option')) el.hidden = !GPU_METHODS.has(method);
   $('q-act-order').disabled = !['gptq', 'ldlq', 'gptq-kmeans'].includes(method);
   $('q-explain').textContent = EXPLAIN[method];
 }

@@ -1,6 +1,6 @@
-// GPTQ in the page: Hessians computed on the GPU in step 2, then GPTQ and LDLQ-RG round onto the
-// same uniform grid as round-to-nearest with a lower proxy loss tr(ΔW H ΔWᵀ) on every layer, and
-// the result is packed and evaluated through the LUT kernels.
+// GPTQ in the page: Hessians computed on the GPU in step 2, then GPTQ (on the CPU and in WebGPU)
+// and LDLQ-RG round onto the same uniform grid as round-to-nearest with a lower proxy loss
+// tr(ΔW H ΔWᵀ) on every layer, and the result is packed and evaluated through the LUT kernels.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -62,6 +62,22 @@ test('Hessians in the page drive every Hessian method (GPTQ and LDLQ-RG below ro
   assert.equal(await page.$eval('#slider-bits', (s) => s.max), '8');
   assert.match(await page.textContent('#slider-range'), /The slider covers 2 to 8 bits, not the Bits menu's 1 to 8: its grid needs at least 2 bits/);
   const gptq = await quantizeWith(page, 'gptq');
+  // The same GPTQ rounded in WebGPU (f32; GpuRounder) instead of the CPU reference (f64): every
+  // layer's proxy loss within 1e-3 of the CPU's (the bound of tests/hessian_rounding_gpu.rs),
+  // and not all bit-equal, which they would be had the page quietly run the CPU path (the GPU
+  // takes the loss from its own f32 errors).
+  assert.ok(await page.isVisible('#q-gpu'), 'GPTQ offers the GPU');
+  await page.setChecked('#q-gpu', true);
+  const gptqGpu = await quantizeWith(page, 'gptq');
+  await page.setChecked('#q-gpu', false);
+  let differ = 0;
+  for (const [i, layer] of gptq.layers.entries()) {
+    const gpu = gptqGpu.layers[i].proxy_loss;
+    assert.ok(Math.abs(gpu - layer.proxy_loss) <= 1e-3 * layer.proxy_loss, `${layer.name}: GPTQ on the GPU ${gpu} vs the CPU ${layer.proxy_loss}`);
+    if (gpu !== layer.proxy_loss) differ += 1;
+  }
+  assert.ok(differ > 0, 'the GPU rounding ran (its proxy losses are its own)');
+  console.log(`GPTQ 3-bit per channel, page GPU vs CPU: ${differ} of ${gptq.layers.length} proxy losses differ in their last bits, largest relative ${Math.max(...gptq.layers.map((l, i) => Math.abs(gptqGpu.layers[i].proxy_loss - l.proxy_loss) / l.proxy_loss)).toExponential(2)}`);
   const rg = await quantizeWith(page, 'ldlq-rg');
   assert.match(gptq.label, /^gptq int asym 3-bit channel/);
   for (const [i, layer] of rtn.layers.entries()) {

@@ -19,6 +19,7 @@ pub mod plot_data;
 pub mod profile;
 pub mod progress;
 pub mod quant;
+pub mod ready;
 pub mod reference;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tensor_file;

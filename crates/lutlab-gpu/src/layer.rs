@@ -1,18 +1,19 @@
 //! Quantizing a model's layers with the k-means on the GPU: the same preparation and finishing as
 //! the CPU path (`lutlab_core::quant::model::KmeansJob`: tables, sample weights, dense-and-sparse
 //! outliers), with [`quantize_kmeans_gpu_report`] in the middle; vector tables the same around
-//! [`fit_vector_tables_gpu`]. Uniform methods have no GPU part yet and run on the CPU.
+//! [`fit_vector_tables_gpu`]. GPTQ and LDLQ round on the GPU (`lutlab_model::GpuRounder`) after
+//! their grid is fitted on the CPU; round-to-nearest and the other Hessian methods run on the CPU.
 
 use crate::kmeans::quantize_kmeans_gpu_report;
 use crate::profile;
 use crate::vector_kmeans::fit_vector_tables_gpu;
 use lutlab_core::quant::model::{quantize_layer, selected_layers, Calibration, KmeansJob, LayerSelection, VectorJob};
-use lutlab_core::quant::{Method, QuantizedLayer, QuantizedModel};
+use lutlab_core::quant::{quantize_layer_rounded_by, Method, QuantizedLayer, QuantizedModel};
 use lutlab_core::weights::LinearWeights;
 use lutlab_core::{ModelWeights, LoadError, Progress};
-use lutlab_model::{Gpu, ModelError, Result};
+use lutlab_model::{Gpu, GpuRounder, ModelError, Result};
 
-/// One linear weight, its k-means on the GPU.
+/// One linear weight, its k-means or its GPTQ/LDLQ rounding on the GPU.
 pub async fn quantize_layer_gpu(
     gpu: &Gpu,
     name: &str,
@@ -31,8 +32,14 @@ pub async fn quantize_layer_gpu(
             return Ok(job.finish(centres)?);
         }
         Method::Kmeans { .. } => {}
-        // Uniform grids and the Hessian methods are fitted on the CPU here.
-        _ => return Ok(quantize_layer(name, linear, method, calibration, n_embd)?),
+        Method::Hessian { rounding, .. } => {
+            let rounder = GpuRounder { gpu: gpu.clone() };
+            let (rows, cols) = (linear.in_features(), linear.out_features());
+            let on_gpu = async |w: &[f32], h: &_, grid: &_, exact: Option<&[bool]>| rounder.round_async(w, rows, cols, h, grid, exact, rounding).await;
+            return Ok(quantize_layer_rounded_by(name, linear, method, calibration, n_embd, on_gpu).await?);
+        }
+        // Uniform grids are fitted on the CPU.
+        Method::Uniform(_) => return Ok(quantize_layer(name, linear, method, calibration, n_embd)?),
     }
     let t = profile::start();
     let job = KmeansJob::new(name, linear, method, calibration, n_embd)?;

@@ -64,20 +64,28 @@ impl GpuRounder {
             && h.data.iter().all(|v| v.is_finite())
             && h.diagonal().iter().all(|&d| d >= 0.0)
     }
-}
 
-#[cfg(not(target_arch = "wasm32"))]
-impl lutlab_core::quant::hessian::HessianRounder for GpuRounder {
-    fn round(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> Option<lutlab_core::Result<Rounded>> {
+    /// The rounding of this case on the GPU, or `None` where it [`handles`](Self::handles) not.
+    /// Async, so the page awaits the GPU (`lutlab_core::quant::quantize_layer_rounded_by`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn round_async(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> Option<lutlab_core::Result<Rounded>> {
         if !self.handles(weights, rows, cols, h, grid, exact, settings) {
             return None;
         }
         let Grid::Tables { levels, tables, channels_per_table } = grid else { return None };
-        let rounded = pollster::block_on(round_on_gpu(&self.gpu.device, weights, rows, cols, h, (*levels, tables, *channels_per_table), settings));
+        let rounded = round_on_gpu(&self.gpu.device, weights, rows, cols, h, (*levels, tables, *channels_per_table), settings).await;
         Some(rounded.map_err(|e| match e {
             ModelError::Load(e) => e,
             e => LoadError::InvalidSetting(format!("rounding on the GPU: {e}")),
         }))
+    }
+}
+
+/// Natively the core's synchronous layer loop (`quantize --gpu`) blocks on the GPU.
+#[cfg(not(target_arch = "wasm32"))]
+impl lutlab_core::quant::hessian::HessianRounder for GpuRounder {
+    fn round(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> Option<lutlab_core::Result<Rounded>> {
+        pollster::block_on(self.round_async(weights, rows, cols, h, grid, exact, settings))
     }
 }
 

@@ -29,7 +29,7 @@ pub use kmeans::{
     quantize_kmeans_report, quantize_optimal,
 };
 pub use lut::{Granularity, LutMatrix, SparseOutliers};
-pub use model::{quantize_model, Calibration, HessianGrid, InputMeans, LayerSelection, LayerTransform, Method, QuantizedLayer, QuantizedModel};
+pub use model::{quantize_layer_rounded_by, quantize_model, Calibration, HessianGrid, InputMeans, LayerSelection, LayerTransform, Method, QuantizedLayer, QuantizedModel};
 pub use request::QuantizeRequest;
 pub use packed::{PackedLinear, SparseColumns};
 pub use outliers::{OutlierSelection, OutlierSettings, quantize_dense_and_sparse, select_outliers};

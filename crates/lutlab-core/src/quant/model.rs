@@ -8,7 +8,7 @@ use crate::quant::kmeans::{quantize_kmeans_report, KmeansOutput, KmeansSettings}
 use crate::quant::lut::{Granularity, InputGroupScales, LutMatrix, SparseOutliers, INPUT_GROUP_MULTIPLE};
 use crate::quant::outliers::{select_outliers, sparse_corrections, OutlierSelection, OutlierSettings};
 use crate::quant::transforms::{fold_input_shift, prepare_linear, unapply_scales};
-use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, HessianRounder, RoundingSettings, Square};
+use crate::quant::hessian::{proxy_loss, round_with_hessian, Grid, HessianRounder, Rounded, RoundingSettings, Square};
 use crate::quant::incoherence::{layer_rotations, preprocess, Incoherence, IncoherenceSettings, RmsGrid};
 use crate::quant::uniform::{grid_levels, input_group_scales, quantize_uniform, UniformGranularity, UniformSettings};
 use crate::quant::packed::PackedLinear;
@@ -254,7 +254,31 @@ pub fn quantize_layer(
             let layer = layer_report(name, &linear.weight.data, result.dequantize(), lut, outliers, bits_per_weight, None);
             Ok(with_proxy_loss(layer, linear, calibration))
         }
-        Method::Hessian { rounding, grid, incoherence } => quantize_layer_hessian(name, linear, rounding, grid, incoherence.as_ref(), calibration, n_embd),
+        Method::Hessian { rounding, grid, incoherence } => {
+            // The CPU reference, or the rounder the calibration names (the GPU's, natively).
+            let (rows, cols) = (linear.in_features(), linear.out_features());
+            let elsewhere = async |w: &[f32], h: &Square, grid: &Grid, exact: Option<&[bool]>| {
+                calibration.rounder.and_then(|r| r.round(w, rows, cols, h, grid, exact, rounding))
+            };
+            crate::ready::now(quantize_layer_hessian(name, linear, rounding, grid, incoherence.as_ref(), calibration, n_embd, elsewhere))
+        }
+    }
+}
+
+/// A GPTQ-style layer (`Method::Hessian`) whose rounding `elsewhere` may wait, e.g. on a GPU
+/// from the browser; `None` from it leaves the case to the CPU reference. Every other method goes
+/// to [`quantize_layer`].
+pub async fn quantize_layer_rounded_by(
+    name: &str,
+    linear: &LinearWeights,
+    method: &Method,
+    calibration: Calibration<'_>,
+    n_embd: usize,
+    elsewhere: impl AsyncFn(&[f32], &Square, &Grid, Option<&[bool]>) -> Option<Result<Rounded>>,
+) -> Result<QuantizedLayer> {
+    match method {
+        Method::Hessian { rounding, grid, incoherence } => quantize_layer_hessian(name, linear, rounding, grid, incoherence.as_ref(), calibration, n_embd, elsewhere).await,
+        _ => quantize_layer(name, linear, method, calibration, n_embd),
     }
 }
 
@@ -323,16 +347,20 @@ fn with_proxy_loss(mut layer: QuantizedLayer, linear: &LinearWeights, calibratio
 }
 
 /// GPTQ / LDLQ / greedy for one layer: the grid first (uniform scales, or k-means tables), then
-/// the rounding with error feedback through the layer's Hessian. With `incoherence`, both happen
-/// on QuIP's processed weights and Hessian, and the layer keeps what undoes the processing.
-fn quantize_layer_hessian(
+/// the rounding with error feedback through the layer's Hessian, `elsewhere` if it takes the case
+/// (processed weights, Hessian, grid, kept weights), else by the CPU reference. With
+/// `incoherence`, both happen on QuIP's processed weights and Hessian, and the layer keeps what
+/// undoes the processing.
+#[allow(clippy::too_many_arguments)]
+async fn quantize_layer_hessian(
     name: &str,
     linear: &LinearWeights,
     rounding: &RoundingSettings,
     grid: &HessianGrid,
     incoherence: Option<&IncoherenceSettings>,
-    calibration: Calibration,
+    calibration: Calibration<'_>,
     n_embd: usize,
+    elsewhere: impl AsyncFn(&[f32], &Square, &Grid, Option<&[bool]>) -> Option<Result<Rounded>>,
 ) -> Result<QuantizedLayer> {
     let original_h = calibration
         .hessians
@@ -352,9 +380,9 @@ fn quantize_layer_hessian(
         Some(p) => (&p.weights, &p.hessian),
         None => (&linear.weight.data, original_h),
     };
-    let round = |grid: &Grid, exact: Option<&[bool]>| {
-        let elsewhere = calibration.rounder.and_then(|r| r.round(w, rows, cols, h, grid, exact, rounding));
-        elsewhere.unwrap_or_else(|| round_with_hessian(w, rows, cols, h, grid, exact, rounding)).map_err(|e| in_layer(name, e))
+    let round = async |grid: &Grid, exact: Option<&[bool]>| {
+        let there = elsewhere(w, h, grid, exact).await;
+        there.unwrap_or_else(|| round_with_hessian(w, rows, cols, h, grid, exact, rounding)).map_err(|e| in_layer(name, e))
     };
     // A LUT's tables as the grid to round to.
     let tables_of = |lut: &LutMatrix| -> Result<Grid> {
@@ -363,7 +391,7 @@ fn quantize_layer_hessian(
     let (mut layer, proxy) = match grid {
         HessianGrid::Uniform { settings, static_groups } => match settings.granularity {
             UniformGranularity::InputGroup(size) => {
-                let r = round(&Grid::InputGroups { size, settings: *settings, static_groups: *static_groups }, None)?;
+                let r = round(&Grid::InputGroups { size, settings: *settings, static_groups: *static_groups }, None).await?;
                 let bits = uniform_bits_per_weight(settings, numel / size, numel);
                 // The packed form: the shared grid, each group's scale and zero point (groups of a
                 // multiple of 32 rows; others stay dense).
@@ -390,7 +418,7 @@ fn quantize_layer_hessian(
                 // per channel instead); the codes are the same either way.
                 let granularity = settings.granularity.lut_granularity(rows).unwrap_or(Granularity::Channel);
                 let tables = Grid::Tables { levels: settings.levels(), tables: fit.tables.clone(), channels_per_table: granularity.channels_per_table(cols)? };
-                let r = round(&tables, None)?;
+                let r = round(&tables, None).await?;
                 lut.codes = r.codes;
                 let bits = uniform_bits_per_weight(settings, fit.scales.len(), numel);
                 (layer_report(name, w, r.values, Some(lut), 0, bits, None), r.proxy_loss)
@@ -398,7 +426,7 @@ fn quantize_layer_hessian(
         },
         HessianGrid::Rms { bits, per_channel } => {
             let grid = RmsGrid::new(w, rows, cols, *bits, *per_channel);
-            let r = round(&Grid::Tables { levels: 1 << bits, tables: grid.tables(), channels_per_table: 1 }, None)?;
+            let r = round(&Grid::Tables { levels: 1 << bits, tables: grid.tables(), channels_per_table: 1 }, None).await?;
             // Per channel: the shared levels and one step per channel (an input group of every
             // row); per tensor: one table.
             let (tables, input_groups) = match per_channel {
@@ -431,7 +459,7 @@ fn quantize_layer_hessian(
             let job = KmeansJob::new(name, target, &method, Calibration::fisher(Some(&lookup)), n_embd)?;
             let fitted = quantize_kmeans_report(&job.weights, rows, cols, job.sample_weights, job.excluded(), job.settings).map_err(|e| job.in_layer(e))?;
             let mut lut = fitted.matrix;
-            let r = round(&tables_of(&lut)?, job.excluded())?;
+            let r = round(&tables_of(&lut)?, job.excluded()).await?;
             lut.codes = r.codes;
             if let Some(mask) = job.excluded() {
                 lut.outliers = sparse_corrections(&r.values, &lut, mask).map_err(|e| in_layer(name, e))?;
