@@ -14,11 +14,13 @@
 @group(0) @binding(0) var<storage, read_write> targets: array<f32>;       // [n, m], updated
 @group(0) @binding(1) var<storage, read_write> weights: array<f32>;       // [n, m], as given
 @group(0) @binding(2) var<storage, read_write> coefficients: array<f32>;  // [n, n], Ú (upper part)
-@group(0) @binding(3) var<storage, read_write> aux: array<f32>;           // tables | pivots √D
+@group(0) @binding(3) var<storage, read_write> aux: array<f32>;           // tables | pivots √D | row sets
 @group(0) @binding(4) var<storage, read_write> codes: array<u32>;         // [n, m]
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;          // [m], accumulated
 @group(0) @binding(6) var<storage, read_write> errors: array<f32>;        // [k1 − k0, m]
-@group(0) @binding(7) var<storage, read_write> p: array<u32>;             // n, m, k0, k1, levels, channels per table, pivots at
+@group(0) @binding(7) var<storage, read_write> p: array<u32>;             // n, m, k0, k1, levels, channels per table, pivots at, row sets at
+
+const NONE: u32 = 0xffffffffu;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -28,11 +30,17 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let k1 = p[3];
     let levels = p[4];
     let pivots_at = p[6];
+    let sets_at = p[7];
     let c = id.x;
     if (c >= m) { return; }
-    let table = c / p[5] * levels;
+    // Static input groups: row k rounds to its group's set of tables (m / channels per table
+    // tables each), given as an f32 per row after the pivots.
+    let tables_per_set = m / p[5];
     var loss_here = 0.0;
     for (var k = k0; k < k1; k++) {
+        var row_set = 0u;
+        if (sets_at != NONE) { row_set = u32(aux[sets_at + k]); }
+        let table = (row_set * tables_per_set + c / p[5]) * levels;
         let t = targets[k * m + c];
         // The nearest entry; a tie goes to the smaller value (as the CPU reference).
         var best = aux[table];

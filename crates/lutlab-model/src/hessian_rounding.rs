@@ -25,17 +25,21 @@ use burn::tensor::{DType, Device, Int, Shape, Tensor};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::KernelArguments;
 use lutlab_core::quant::hessian::linalg::{cholesky_lower, lower_inverse};
-use lutlab_core::quant::hessian::{Feedback, Grid, Rounded, RoundingSettings, Square};
+use lutlab_core::quant::hessian::{fit_uniform, Feedback, FittedGroups, Grid, Rounded, RoundingSettings, Square};
+use lutlab_core::quant::uniform::{UniformGranularity, UniformSettings};
 use lutlab_core::{profile, LoadError};
 
 /// Width of the diagonal blocks factored on the host.
 const PANEL: usize = 256;
 /// Threads per workgroup of the row kernel (its `@workgroup_size`).
 const THREADS: u32 = 64;
+/// "None" in the kernel's parameters.
+const NONE: u32 = u32::MAX;
 
 /// Rounds on the GPU what it can: GPTQ and LDLQ feedback onto fixed tables (k-means, or uniform
-/// per channel or tensor), without kept outliers or greedy passes; everything else declines to
-/// the CPU reference.
+/// per channel or tensor) or uniform grids per input group (static or fitted as rows are
+/// reached), without kept outliers or greedy passes; everything else declines to the CPU
+/// reference.
 pub struct GpuRounder {
     pub gpu: Gpu,
 }
@@ -44,7 +48,23 @@ impl GpuRounder {
     /// Whether this case runs here (the CPU reference checks and refuses bad input itself).
     #[allow(clippy::too_many_arguments)]
     pub fn handles(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> bool {
-        let Grid::Tables { levels, tables, channels_per_table } = grid else { return false };
+        let grid_fits = match grid {
+            Grid::Tables { levels, tables, channels_per_table } => {
+                (1..=256).contains(levels)
+                    && *channels_per_table > 0
+                    && cols.is_multiple_of(*channels_per_table)
+                    && tables.len() == cols / channels_per_table * levels
+                    && tables.iter().all(|v| v.is_finite())
+            }
+            // Groups fitted as rows are reached need rows in their own order (the CPU refuses
+            // act-order without static groups, by name).
+            Grid::InputGroups { size, settings: uniform, static_groups } => {
+                (*static_groups || !settings.act_order)
+                    && UniformGranularity::InputGroup(*size).groups(rows, cols).is_ok()
+                    && UniformSettings { granularity: UniformGranularity::Channel, ..*uniform }.validate(*size, cols).is_ok()
+                    && uniform.levels() <= 256
+            }
+        };
         let fits = (rows * rows * 4) as u64 <= self.gpu.max_binding_bytes() && rows < 1 << 16;
         matches!(settings.feedback, Feedback::Gptq | Feedback::Ldlq)
             && settings.greedy_passes == 0
@@ -53,11 +73,7 @@ impl GpuRounder {
             && settings.percdamp >= 0.0
             && exact.is_none()
             && fits
-            && (1..=256).contains(levels)
-            && *channels_per_table > 0
-            && cols.is_multiple_of(*channels_per_table)
-            && tables.len() == cols / channels_per_table * levels
-            && tables.iter().all(|v| v.is_finite())
+            && grid_fits
             && weights.len() == rows * cols
             && h.n == rows
             && weights.iter().all(|w| w.is_finite())
@@ -72,8 +88,7 @@ impl GpuRounder {
         if !self.handles(weights, rows, cols, h, grid, exact, settings) {
             return None;
         }
-        let Grid::Tables { levels, tables, channels_per_table } = grid else { return None };
-        let rounded = round_on_gpu(&self.gpu.device, weights, rows, cols, h, (*levels, tables, *channels_per_table), settings).await;
+        let rounded = round_on_gpu(&self.gpu.device, weights, rows, cols, h, grid, settings).await;
         Some(rounded.map_err(|e| match e {
             ModelError::Load(e) => e,
             e => LoadError::InvalidSetting(format!("rounding on the GPU: {e}")),
@@ -89,25 +104,33 @@ impl lutlab_core::quant::hessian::HessianRounder for GpuRounder {
     }
 }
 
-/// GPTQ/LDLQ rounding of `weights` (`[rows, cols]`) onto `tables` (`levels` entries per table,
-/// `channels_per_table` channels each) through `h`, damped and ordered as the CPU reference does
-/// (dead inputs, `percdamp` · mean diagonal, raised tenfold once if the factor fails,
-/// act-order).
-pub async fn round_on_gpu(
-    device: &Device,
-    weights: &[f32],
-    rows: usize,
-    cols: usize,
-    h: &Square,
-    (levels, tables, channels_per_table): (usize, &[f32], usize),
-    settings: &RoundingSettings,
-) -> Result<Rounded> {
+/// The tables each row rounds to, in processing order.
+enum RowTables {
+    /// The same `tables` (`levels` entries, `channels_per_table` channels each) for every row; with
+    /// `row_groups` (static input groups), processing row `k` uses set `row_groups[k]` of
+    /// `cols / channels_per_table` tables.
+    Fixed { levels: usize, tables: Vec<f32>, channels_per_table: usize, row_groups: Option<Vec<usize>> },
+    /// GPTQ's dynamic input groups: a uniform grid per channel fitted on each group's `size`
+    /// rows as updated, when the loop reaches them (rows in their own order). `gptq_state`: the
+    /// rows as GPTQ's own updates leave them (see [`gptq_state`]), else as LDLQ's.
+    Fitted { size: usize, settings: UniformSettings, gptq_state: bool },
+}
+
+/// GPTQ/LDLQ rounding of `weights` (`[rows, cols]`) onto `grid` through `h`, damped and ordered as
+/// the CPU reference does (dead inputs, `percdamp` · mean diagonal, raised tenfold once if the
+/// factor fails, act-order); input groups fitted as the CPU reference fits them.
+pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, settings: &RoundingSettings) -> Result<Rounded> {
     let n = rows;
     // GPTQ's dead inputs (never fired): H[k,k] = 1 and their weights zeroed.
     let dead: Vec<bool> = (0..n).map(|k| h.at(k, k) == 0.0).collect();
     let w: Vec<f32> = weights.chunks_exact(cols).zip(&dead).flat_map(|(row, &d)| row.iter().map(move |&v| if d { 0.0 } else { v })).collect();
     let diagonal: Vec<f64> = (0..n).map(|k| if dead[k] { 1.0 } else { h.at(k, k) }).collect();
     let mean = diagonal.iter().sum::<f64>() / n as f64;
+    // Static groups are fitted on the weights as given, before any rounding (as the CPU does).
+    let static_fit = match grid {
+        Grid::InputGroups { size, settings: uniform, static_groups: true } => Some(fit_uniform(weights, rows, cols, uniform, UniformGranularity::InputGroup(*size))?),
+        _ => None,
+    };
     for factor in [1.0, 10.0] {
         let lambda = factor * settings.percdamp * mean;
         let mut order: Vec<usize> = (0..n).collect();
@@ -115,12 +138,19 @@ pub async fn round_on_gpu(
             let damped: Vec<f64> = diagonal.iter().map(|d| d + lambda).collect();
             order.sort_by(|&a, &b| damped[b].total_cmp(&damped[a]));
         }
+        let row_tables = match (grid, &static_fit) {
+            (Grid::Tables { levels, tables, channels_per_table }, _) => RowTables::Fixed { levels: *levels, tables: tables.clone(), channels_per_table: *channels_per_table, row_groups: None },
+            (Grid::InputGroups { size, settings: uniform, .. }, Some(fit)) => {
+                RowTables::Fixed { levels: uniform.levels(), tables: fit.tables.clone(), channels_per_table: 1, row_groups: Some(order.iter().map(|&r| r / size).collect()) }
+            }
+            (Grid::InputGroups { size, settings: uniform, .. }, None) => RowTables::Fitted { size: *size, settings: *uniform, gptq_state: settings.feedback == Feedback::Gptq },
+        };
         let phase = profile::start();
         let factored = ldl_factor(device, h, &diagonal, lambda, &order).await?;
         profile::stop("host: GPU rounding: damping and factor", phase);
         let Some((ldl, pivots)) = factored else { continue };
         let phase = profile::start();
-        let (codes, loss) = round_rows(device, &w, n, cols, &order, ldl, &pivots, (levels, tables, channels_per_table), settings.blocksize).await?;
+        let rounded = round_rows(device, &w, n, cols, &order, ldl, &pivots, &row_tables, settings.blocksize).await?;
         profile::stop("host: GPU rounding: row loop", phase);
         // Back to the original row order, and the proxy loss against the undamped `H`.
         let mut out_codes = vec![0u8; n * cols];
@@ -128,8 +158,8 @@ pub async fn round_on_gpu(
         let (mut damping, mut dead_share) = (0.0, 0.0);
         for (k, &row) in order.iter().enumerate() {
             for c in 0..cols {
-                let code = codes[k * cols + c];
-                let value = tables[c / channels_per_table * levels + code as usize];
+                let code = rounded.codes[k * cols + c];
+                let value = rounded.tables[rounded.table_of(k, c) + code as usize];
                 out_codes[row * cols + c] = code as u8;
                 values[row * cols + c] = value;
                 let delta = f64::from(w[row * cols + c]) - f64::from(value);
@@ -139,8 +169,13 @@ pub async fn round_on_gpu(
                 }
             }
         }
-        let proxy_loss = (loss.iter().map(|&l| f64::from(l)).sum::<f64>() - lambda * damping - dead_share).max(0.0);
-        return Ok(Rounded { codes: out_codes, values, proxy_loss, groups: None });
+        let proxy_loss = (rounded.loss.iter().map(|&l| f64::from(l)).sum::<f64>() - lambda * damping - dead_share).max(0.0);
+        let groups = match (static_fit, rounded.fitted) {
+            (Some(fit), _) => Some(FittedGroups { scales: fit.scales, zero_points: fit.zero_points }),
+            (None, Some(fitted)) => Some(fitted),
+            (None, None) => None,
+        };
+        return Ok(Rounded { codes: out_codes, values, proxy_loss, groups });
     }
     Err(ModelError::Load(LoadError::InvalidSetting(format!(
         "the Hessian is not positive definite even with damping {} (10 × percdamp {}): raise --percdamp or calibrate on more text",
@@ -198,9 +233,33 @@ async fn cholesky(a: Tensor<2>, n: usize, device: &Device) -> Result<Option<(Ten
     Ok(Some((a.tril(0), diagonal)))
 }
 
+/// What the row loop found: each weight's code (rows in processing order), each channel's
+/// `Σ_k D_k e_k²`, and the tables the codes index.
+struct RowLoop {
+    codes: Vec<u32>,
+    loss: Vec<f32>,
+    /// Every table, `levels` entries each: fixed ones as given, fitted groups' `[groups, cols]`.
+    tables: Vec<f32>,
+    levels: usize,
+    cols: usize,
+    /// Tables per set and each processing row's set (fixed tables: one set, unless grouped).
+    channels_per_table: usize,
+    row_sets: Vec<usize>,
+    /// Dynamic input groups: the scale and zero point each was fitted with.
+    fitted: Option<FittedGroups>,
+}
+
+impl RowLoop {
+    /// Where processing row `k`, channel `c`'s table starts in `tables`.
+    fn table_of(&self, k: usize, c: usize) -> usize {
+        (self.row_sets[k] * (self.cols / self.channels_per_table) + c / self.channels_per_table) * self.levels
+    }
+}
+
 /// The row loop: `w`'s rows taken in `order`, rounded in batches of `blocksize` by the kernel,
-/// each batch's errors added to the rows after it by one matmul. Returns the codes (rows in
-/// processing order) and each channel's `Σ_k D_k e_k²`.
+/// each batch's errors added to the rows after it by one matmul. A dynamic input group ends a
+/// batch where it starts (as the CPU reference), and is fitted there on its rows as updated, on
+/// the host by the reference's own `fit_uniform`.
 #[allow(clippy::too_many_arguments)]
 async fn round_rows(
     device: &Device,
@@ -210,23 +269,61 @@ async fn round_rows(
     order: &[usize],
     unit_upper: Tensor<2>,
     pivots: &[f32],
-    (levels, tables, channels_per_table): (usize, &[f32], usize),
+    row_tables: &RowTables,
     blocksize: usize,
-) -> Result<(Vec<u32>, Vec<f32>)> {
+) -> Result<RowLoop> {
     let ordered: Vec<f32> = order.iter().flat_map(|&r| w[r * m..(r + 1) * m].iter().copied()).collect();
     let weights = contiguous(upload(&ordered, [n, m], device))?;
     let mut targets = upload(&ordered, [n, m], device);
     let coefficients = contiguous(unit_upper.clone())?;
-    let aux: Vec<f32> = tables.iter().chain(pivots).copied().collect();
-    let aux = contiguous(upload(&aux, [aux.len()], device))?;
     let client = weights.client.clone();
     let codes = client.empty(n * m * 4);
     let loss = contiguous(Tensor::<1>::zeros([m], device))?;
-    for k0 in (0..n).step_by(blocksize) {
-        let k1 = (k0 + blocksize).min(n);
+    // aux = tables | pivots | each row's table set (as f32: exact below 2^24). Fixed tables go
+    // up once; fitted groups put their tables up per group.
+    let aux_of = |tables: &[f32], row_sets: Option<&[usize]>| -> Result<(CubeTensor, u32, u32)> {
+        let mut aux: Vec<f32> = tables.iter().chain(pivots).copied().collect();
+        let sets_at = match row_sets {
+            Some(sets) => {
+                let at = aux.len() as u32;
+                aux.extend(sets.iter().map(|&g| g as f32));
+                at
+            }
+            None => NONE,
+        };
+        Ok((contiguous(upload(&aux, [aux.len()], device))?, tables.len() as u32, sets_at))
+    };
+    let (levels, channels_per_table, group_size) = match row_tables {
+        RowTables::Fixed { levels, channels_per_table, .. } => (*levels, *channels_per_table, n),
+        RowTables::Fitted { size, settings, .. } => (settings.levels(), 1, *size),
+    };
+    let mut aux = match row_tables {
+        RowTables::Fixed { tables, row_groups, .. } => Some(aux_of(tables, row_groups.as_deref())?),
+        RowTables::Fitted { .. } => None,
+    };
+    let (mut fitted_tables, mut scales, mut zero_points) = (Vec::new(), Vec::new(), Vec::new());
+    let mut k0 = 0;
+    while k0 < n {
+        let k1 = (k0 + blocksize).min(n).min((k0 / group_size + 1) * group_size);
+        if let RowTables::Fitted { size, settings, gptq_state: as_gptq } = row_tables
+            && k0.is_multiple_of(*size)
+        {
+            let rows = (*size).min(n - k0);
+            let mut slice = download(targets.clone().slice([k0..k0 + rows, 0..m])).await?;
+            if *as_gptq && k0 > 0 {
+                let block = download(unit_upper.clone().slice([k0..k0 + rows, k0..k0 + rows])).await?;
+                slice = gptq_state(&ordered[k0 * m..(k0 + rows) * m], &slice, &block, m);
+            }
+            let fit = fit_uniform(&slice, rows, m, settings, UniformGranularity::Channel)?;
+            aux = Some(aux_of(&fit.tables, None)?);
+            fitted_tables.extend_from_slice(&fit.tables);
+            scales.extend_from_slice(&fit.scales);
+            zero_points.extend_from_slice(&fit.zero_points);
+        }
+        let (aux, pivots_at, sets_at) = aux.as_ref().ok_or_else(|| ModelError::Gpu("no tables for the row loop".into()))?;
         let t = contiguous(targets)?;
         let errors = client.empty((k1 - k0) * m * 4);
-        let params = [n, m, k0, k1, levels, channels_per_table, tables.len()].map(|v| v as u32);
+        let params = [n as u32, m as u32, k0 as u32, k1 as u32, levels as u32, channels_per_table as u32, *pivots_at, *sets_at];
         let arguments = KernelArguments::new()
             .with_buffer(t.handle.clone().binding())
             .with_buffer(weights.handle.clone().binding())
@@ -246,12 +343,53 @@ async fn round_rows(
             let later = targets.clone().slice([k1..n, 0..m]) + feedback;
             targets = targets.slice_assign([k1..n, 0..m], later);
         }
+        k0 = k1;
     }
     let codes = CubeTensor::new_contiguous(client, weights.device.clone(), Shape::new([n * m]), codes, DType::I32);
     let codes = Tensor::<1, Int>::from_primitive::<Wgpu>(codes).into_data_async().await.map_err(|e| ModelError::Gpu(e.to_string()))?;
     let codes: Vec<u32> = codes.iter::<i64>().map(|c| c as u32).collect();
     let loss = download(Tensor::<1>::from_primitive::<Wgpu>(loss)).await?;
-    Ok((codes, loss))
+    Ok(match row_tables {
+        RowTables::Fixed { tables, row_groups, .. } => {
+            let row_sets = row_groups.clone().unwrap_or_else(|| vec![0; n]);
+            RowLoop { codes, loss, tables: tables.clone(), levels, cols: m, channels_per_table, row_sets, fitted: None }
+        }
+        RowTables::Fitted { size, .. } => RowLoop {
+            codes,
+            loss,
+            tables: fitted_tables,
+            levels,
+            cols: m,
+            channels_per_table: 1,
+            row_sets: (0..n).map(|k| k / size).collect(),
+            fitted: Some(FittedGroups { scales, zero_points }),
+        },
+    })
+}
+
+/// A group's rows as GPTQ's updates leave them when the loop reaches the group, from the same rows
+/// as QuIP's LDL updates leave them (`targets`, `[s, m]`; `weights` as given). Both forms round
+/// every row alike (QuIP's Theorem 6) but differ on rows not yet reached, which a dynamic group's
+/// fit sees. With `H = (I + Ú) D (I + Ú)ᵀ` split into the rounded rows F and the rest R, GPTQ's
+/// rows are `w_R + H_RR⁻¹ H_RF (w_F − q_F) = w_R + C⁻ᵀ Bᵀ (w_F − q_F)` with `C = (I + Ú)_RR`,
+/// `B = Ú_FR`, and LDL's are `w_R + Bᵀ (w_F − q_F)`; on the group's leading rows of R,
+/// `C⁻ᵀ` is the inverse of its leading block, `(I + Ú_GG)⁻ᵀ` (`block`, `[s, s]`, its strictly
+/// upper part): one triangular solve per group, on the host in f64.
+fn gptq_state(weights: &[f32], targets: &[f32], block: &[f32], m: usize) -> Vec<f32> {
+    let s = targets.len() / m;
+    let mut x: Vec<f64> = targets.iter().zip(weights).map(|(&t, &w)| f64::from(t) - f64::from(w)).collect();
+    // (I + Ú_GG)ᵀ is unit lower: forward substitution, x_i −= Σ_{k<i} Ú_ki x_k.
+    for i in 1..s {
+        let (done, rest) = x.split_at_mut(i * m);
+        let row = &mut rest[..m];
+        for k in 0..i {
+            let a = f64::from(block[k * s + i]);
+            if a != 0.0 {
+                row.iter_mut().zip(&done[k * m..(k + 1) * m]).for_each(|(v, &xk)| *v -= a * xk);
+            }
+        }
+    }
+    x.iter().zip(weights).map(|(&d, &w)| (f64::from(w) + d) as f32).collect()
 }
 
 fn contiguous<const D: usize>(t: Tensor<D>) -> Result<CubeTensor> {

@@ -8,5 +8,5 @@ pub mod rounding;
 pub mod summary;
 
 pub use linalg::Square;
-pub use rounding::{proxy_loss, round_with_hessian, Feedback, Grid, HessianRounder, Rounded, RoundingSettings};
+pub use rounding::{fit_uniform, proxy_loss, round_with_hessian, Feedback, FittedGroups, Grid, HessianRounder, Rounded, RoundingSettings};
 pub use summary::{summarize, HessianSummary};

@@ -297,8 +297,9 @@ fn feedback_coefficients(hp: &Square, feedback: Feedback) -> Option<Option<Squar
     }
 }
 
-/// Uniform tables for `[rows, cols]` values at `granularity`, in code order.
-fn fit_uniform(values: &[f32], rows: usize, cols: usize, settings: &UniformSettings, granularity: UniformGranularity) -> Result<UniformResult> {
+/// Uniform tables for `[rows, cols]` values at `granularity`, in code order (the grid of input
+/// groups, here and in the GPU rounder).
+pub fn fit_uniform(values: &[f32], rows: usize, cols: usize, settings: &UniformSettings, granularity: UniformGranularity) -> Result<UniformResult> {
     let settings = UniformSettings { granularity, ..*settings };
     quantize_uniform(values, rows, cols, &settings)
 }
