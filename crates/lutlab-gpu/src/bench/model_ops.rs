@@ -12,7 +12,8 @@ use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_model::burn::backend::wgpu::CubeTensor;
 use lutlab_model::burn::backend::Wgpu;
 use lutlab_model::burn::tensor::ops::AttentionModuleOptions;
-use lutlab_model::burn::tensor::{activation, Tensor};
+use lutlab_model::burn::tensor::{activation, DType, Tensor};
+use lutlab_model::decoder::matmul_in;
 use lutlab_model::device::{download, upload};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
@@ -68,6 +69,22 @@ async fn matmuls(gpu: &Gpu, m: usize, k: usize, n: usize, iters: usize) -> Resul
     let scale = want.iter().fold(1e-6f32, |acc, v| acc.max(v.abs()));
     let flops = 2.0 * (m * k * n) as f64;
     let mut out = Vec::new();
+    // What the model runs (`decoder::matmul_in`): f32, and f16 operands with f32 accumulation
+    // (`--dtype f16`; on a SPIR-V build, through cooperative matrices where the GPU has them).
+    for (name, dtype) in [("the model's, f32", DType::F32), ("the model's, f16 operands", DType::F16)] {
+        if dtype == DType::F16 && !gpu.has_f16() {
+            continue;
+        }
+        let run = || -> Result<Tensor<2>> { Ok(matmul_in(a.clone(), b.clone(), dtype)) };
+        let got = download(run()?).await?;
+        let tolerance = if dtype == DType::F16 { 2e-2 } else { 1e-3 };
+        if let Some(i) = (0..want.len()).find(|&i| (got[i] - want[i]).abs() > tolerance * scale) {
+            out.push(OpTiming { op: format!("matmul {name}: wrong at {i} ({} vs {})", got[i], want[i]), shape: format!("{m}x{k}x{n}"), micros: f64::NAN, tflops: 0.0 });
+            continue;
+        }
+        let micros = wall_micros(iters, run).await?;
+        out.push(OpTiming { op: format!("matmul {name}"), shape: format!("{m}x{k}x{n}"), micros, tflops: flops / micros / 1e6 });
+    }
     for (name, routine) in ROUTINES {
         let run = || -> Result<Tensor<2>> {
             let (lhs, rhs) = (primitive(a.clone())?, primitive(b.clone())?);
