@@ -32,9 +32,8 @@ for build in lutlab lutlab-vk; do
     done
   done
   for round in cold warm; do
-    start=$(date +%s.%N)
     ".carry/$build" fisher --model "$model" --data data/wikitext-2/valid.txt --seqlen 1024 --nsamples 8 --micro-batch 4 --out /tmp/f.safetensors --json 2>>"$OUT/errors.txt" \
-      | tag build=$build round=$round wall_s=$(python3 -c "print($(date +%s.%N) - $start)") | tee -a "$OUT/fisher.jsonl" || echo "fisher failed on $build" | tee -a "$OUT/errors.txt"
+      | tag build=$build round=$round | tee -a "$OUT/fisher.jsonl" || echo "fisher failed on $build" | tee -a "$OUT/errors.txt"
   done
 done
 python3 scripts/eval_peer.py --model "$model" --data /tmp/test100k.txt --max-length 1024 --stride 1024 > "$OUT/eval_peer.json"
