@@ -13,8 +13,8 @@ ON_GPU=${ON_GPU---gpu}
 CAL=.carry/train-head.txt; [ -f "$CAL" ] || CAL=data/wikitext-2/valid.txt
 M=/tmp/gpt2-124m; make_gpt2_124m $M
 N=${NSAMPLES:-128}; S=${SEQLEN:-1024}
-python3 scripts/bench_gptq_peer.py $M $CAL $N $S | tee "$OUT/peer.json"
-LUTLAB_PROFILE=${LUTLAB_PROFILE:-} timeout ${LUTLAB_TIMEOUT:-450} /usr/bin/time -v $L quantize $ON_GPU --model $M --method gptq --bits 4 --granularity channel --asym --calibration-data $CAL \
+[ -n "${NO_PEER:-}" ] || python3 scripts/bench_gptq_peer.py $M $CAL $N $S | tee "$OUT/peer.json"
+LUTLAB_PROFILE=${LUTLAB_PROFILE:-} timeout ${LUTLAB_TIMEOUT:-450} /usr/bin/time -v $L quantize $ON_GPU --model $M --method gptq --bits 4 --granularity ${GRANULARITY:-channel} --asym --calibration-data $CAL \
   --hessian-samples $N --hessian-seqlen $S --packed /tmp/q.lut --json > "$OUT/lutlab.json" 2> "$OUT/lutlab.time"
 python3 - "$OUT" <<'PY'
 import json, sys
