@@ -82,17 +82,15 @@ fn gpu_rounding_of_input_groups_matches_the_cpu_reference() {
     let rounder = rounder();
     let (rows, cols) = (384, 48);
     let cases = [
-        ("gptq 4-bit group 128, fitted as reached", 5, false, false, 128, 128),
-        ("gptq 3-bit group 64, batches of 128 cut at each group", 6, false, false, 64, 128),
-        ("gptq 4-bit group 128 static, act-order", 7, true, true, 128, 128),
-        ("ldlq 2-bit group 32 static", 8, false, true, 32, 64),
-        ("ldlq 4-bit group 64, fitted as reached", 9, false, false, 64, 64),
+        ("gptq 4-bit group 128, fitted as reached", 5, Feedback::Gptq, 4, false, false, 128, 128),
+        ("gptq 3-bit group 64, batches of 128 cut at each group", 6, Feedback::Gptq, 3, false, false, 64, 128),
+        ("gptq 4-bit group 128 static, act-order", 7, Feedback::Gptq, 4, true, true, 128, 128),
+        ("ldlq 2-bit group 32 static", 8, Feedback::Ldlq, 2, false, true, 32, 64),
+        ("ldlq 4-bit group 64, fitted as reached", 9, Feedback::Ldlq, 4, false, false, 64, 64),
     ];
-    for (what, seed, act_order, static_groups, size, blocksize) in cases {
+    for (what, seed, feedback, bits, act_order, static_groups, size, blocksize) in cases {
         let (weights, h) = random_layer_with_hessian(rows, cols, 800, seed, None);
-        let bits = if what.contains("2-bit") { 2 } else if what.contains("3-bit") { 3 } else { 4 };
         let grid = Grid::InputGroups { size, settings: asym_int(bits, UniformGranularity::Channel), static_groups };
-        let feedback = if what.starts_with("ldlq") { Feedback::Ldlq } else { Feedback::Gptq };
         let settings = RoundingSettings { feedback, act_order, blocksize, ..RoundingSettings::default() };
         assert!(rounder.handles(&weights, rows, cols, &h, &grid, None, &settings), "{what}: declined");
         let gpu = rounder.round(&weights, rows, cols, &h, &grid, None, &settings).expect("handled").expect(what);

@@ -105,15 +105,44 @@ impl lutlab_core::quant::hessian::HessianRounder for GpuRounder {
 }
 
 /// The tables each row rounds to, in processing order.
-enum RowTables {
+enum RowTables<'a> {
     /// The same `tables` (`levels` entries, `channels_per_table` channels each) for every row; with
     /// `row_groups` (static input groups), processing row `k` uses set `row_groups[k]` of
     /// `cols / channels_per_table` tables.
-    Fixed { levels: usize, tables: Vec<f32>, channels_per_table: usize, row_groups: Option<Vec<usize>> },
+    Fixed { levels: usize, tables: &'a [f32], channels_per_table: usize, row_groups: Option<Vec<usize>> },
     /// GPTQ's dynamic input groups: a uniform grid per channel fitted on each group's `size`
-    /// rows as updated, when the loop reaches them (rows in their own order). `gptq_state`: the
-    /// rows as GPTQ's own updates leave them (see [`gptq_state`]), else as LDLQ's.
+    /// rows as updated, when the loop reaches them (rows in their own order), their tables
+    /// `[groups, cols]` returned by the loop. `gptq_state`: the rows as GPTQ's own updates leave
+    /// them (see [`gptq_state`]), else as LDLQ's.
     Fitted { size: usize, settings: UniformSettings, gptq_state: bool },
+}
+
+impl RowTables<'_> {
+    fn levels(&self) -> usize {
+        match self {
+            RowTables::Fixed { levels, .. } => *levels,
+            RowTables::Fitted { settings, .. } => settings.levels(),
+        }
+    }
+
+    /// Channels sharing a table (a fitted group has one per channel).
+    fn channels_per_table(&self) -> usize {
+        match self {
+            RowTables::Fixed { channels_per_table, .. } => *channels_per_table,
+            RowTables::Fitted { .. } => 1,
+        }
+    }
+
+    /// Where processing row `k`, channel `c`'s table starts: in the fixed tables, or in the
+    /// fitted groups' tables.
+    fn table_of(&self, k: usize, c: usize, cols: usize) -> usize {
+        let set = match self {
+            RowTables::Fixed { row_groups, .. } => row_groups.as_ref().map_or(0, |groups| groups[k]),
+            RowTables::Fitted { size, .. } => k / size,
+        };
+        let per_table = self.channels_per_table();
+        (set * (cols / per_table) + c / per_table) * self.levels()
+    }
 }
 
 /// GPTQ/LDLQ rounding of `weights` (`[rows, cols]`) onto `grid` through `h`, damped and ordered as
@@ -139,9 +168,9 @@ pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: u
             order.sort_by(|&a, &b| damped[b].total_cmp(&damped[a]));
         }
         let row_tables = match (grid, &static_fit) {
-            (Grid::Tables { levels, tables, channels_per_table }, _) => RowTables::Fixed { levels: *levels, tables: tables.clone(), channels_per_table: *channels_per_table, row_groups: None },
+            (Grid::Tables { levels, tables, channels_per_table }, _) => RowTables::Fixed { levels: *levels, tables, channels_per_table: *channels_per_table, row_groups: None },
             (Grid::InputGroups { size, settings: uniform, .. }, Some(fit)) => {
-                RowTables::Fixed { levels: uniform.levels(), tables: fit.tables.clone(), channels_per_table: 1, row_groups: Some(order.iter().map(|&r| r / size).collect()) }
+                RowTables::Fixed { levels: uniform.levels(), tables: &fit.tables, channels_per_table: 1, row_groups: Some(order.iter().map(|&r| r / size).collect()) }
             }
             (Grid::InputGroups { size, settings: uniform, .. }, None) => RowTables::Fitted { size: *size, settings: *uniform, gptq_state: settings.feedback == Feedback::Gptq },
         };
@@ -153,13 +182,17 @@ pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: u
         let rounded = round_rows(device, &w, n, cols, &order, ldl, &pivots, &row_tables, settings.blocksize).await?;
         profile::stop("host: GPU rounding: row loop", phase);
         // Back to the original row order, and the proxy loss against the undamped `H`.
+        let tables = match &row_tables {
+            RowTables::Fixed { tables, .. } => tables,
+            RowTables::Fitted { .. } => rounded.fitted_tables.as_slice(),
+        };
         let mut out_codes = vec![0u8; n * cols];
         let mut values = vec![0f32; n * cols];
         let (mut damping, mut dead_share) = (0.0, 0.0);
         for (k, &row) in order.iter().enumerate() {
             for c in 0..cols {
                 let code = rounded.codes[k * cols + c];
-                let value = rounded.tables[rounded.table_of(k, c) + code as usize];
+                let value = tables[row_tables.table_of(k, c, cols) + code as usize];
                 out_codes[row * cols + c] = code as u8;
                 values[row * cols + c] = value;
                 let delta = f64::from(w[row * cols + c]) - f64::from(value);
@@ -170,11 +203,7 @@ pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: u
             }
         }
         let proxy_loss = (rounded.loss.iter().map(|&l| f64::from(l)).sum::<f64>() - lambda * damping - dead_share).max(0.0);
-        let groups = match (static_fit, rounded.fitted) {
-            (Some(fit), _) => Some(FittedGroups { scales: fit.scales, zero_points: fit.zero_points }),
-            (None, Some(fitted)) => Some(fitted),
-            (None, None) => None,
-        };
+        let groups = static_fit.map(|fit| FittedGroups { scales: fit.scales, zero_points: fit.zero_points }).or(rounded.fitted);
         return Ok(Rounded { codes: out_codes, values, proxy_loss, groups });
     }
     Err(ModelError::Load(LoadError::InvalidSetting(format!(
@@ -233,27 +262,14 @@ async fn cholesky(a: Tensor<2>, n: usize, device: &Device) -> Result<Option<(Ten
     Ok(Some((a.tril(0), diagonal)))
 }
 
-/// What the row loop found: each weight's code (rows in processing order), each channel's
-/// `Σ_k D_k e_k²`, and the tables the codes index.
+/// What the row loop found: each weight's code (rows in processing order, into the tables
+/// [`RowTables::table_of`] names), each channel's `Σ_k D_k e_k²`, and for dynamic input groups
+/// the tables fitted (`[groups, cols]`, `levels` entries each) with their scales and zero points.
 struct RowLoop {
     codes: Vec<u32>,
     loss: Vec<f32>,
-    /// Every table, `levels` entries each: fixed ones as given, fitted groups' `[groups, cols]`.
-    tables: Vec<f32>,
-    levels: usize,
-    cols: usize,
-    /// Tables per set and each processing row's set (fixed tables: one set, unless grouped).
-    channels_per_table: usize,
-    row_sets: Vec<usize>,
-    /// Dynamic input groups: the scale and zero point each was fitted with.
+    fitted_tables: Vec<f32>,
     fitted: Option<FittedGroups>,
-}
-
-impl RowLoop {
-    /// Where processing row `k`, channel `c`'s table starts in `tables`.
-    fn table_of(&self, k: usize, c: usize) -> usize {
-        (self.row_sets[k] * (self.cols / self.channels_per_table) + c / self.channels_per_table) * self.levels
-    }
 }
 
 /// The row loop: `w`'s rows taken in `order`, rounded in batches of `blocksize` by the kernel,
@@ -269,7 +285,7 @@ async fn round_rows(
     order: &[usize],
     unit_upper: Tensor<2>,
     pivots: &[f32],
-    row_tables: &RowTables,
+    row_tables: &RowTables<'_>,
     blocksize: usize,
 ) -> Result<RowLoop> {
     let ordered: Vec<f32> = order.iter().flat_map(|&r| w[r * m..(r + 1) * m].iter().copied()).collect();
@@ -293,9 +309,10 @@ async fn round_rows(
         };
         Ok((contiguous(upload(&aux, [aux.len()], device))?, tables.len() as u32, sets_at))
     };
-    let (levels, channels_per_table, group_size) = match row_tables {
-        RowTables::Fixed { levels, channels_per_table, .. } => (*levels, *channels_per_table, n),
-        RowTables::Fitted { size, settings, .. } => (settings.levels(), 1, *size),
+    let (levels, channels_per_table) = (row_tables.levels(), row_tables.channels_per_table());
+    let group_size = match row_tables {
+        RowTables::Fixed { .. } => n,
+        RowTables::Fitted { size, .. } => *size,
     };
     let mut aux = match row_tables {
         RowTables::Fixed { tables, row_groups, .. } => Some(aux_of(tables, row_groups.as_deref())?),
@@ -349,22 +366,8 @@ async fn round_rows(
     let codes = Tensor::<1, Int>::from_primitive::<Wgpu>(codes).into_data_async().await.map_err(|e| ModelError::Gpu(e.to_string()))?;
     let codes: Vec<u32> = codes.iter::<i64>().map(|c| c as u32).collect();
     let loss = download(Tensor::<1>::from_primitive::<Wgpu>(loss)).await?;
-    Ok(match row_tables {
-        RowTables::Fixed { tables, row_groups, .. } => {
-            let row_sets = row_groups.clone().unwrap_or_else(|| vec![0; n]);
-            RowLoop { codes, loss, tables: tables.clone(), levels, cols: m, channels_per_table, row_sets, fitted: None }
-        }
-        RowTables::Fitted { size, .. } => RowLoop {
-            codes,
-            loss,
-            tables: fitted_tables,
-            levels,
-            cols: m,
-            channels_per_table: 1,
-            row_sets: (0..n).map(|k| k / size).collect(),
-            fitted: Some(FittedGroups { scales, zero_points }),
-        },
-    })
+    let fitted = matches!(row_tables, RowTables::Fitted { .. }).then_some(FittedGroups { scales, zero_points });
+    Ok(RowLoop { codes, loss, fitted_tables, fitted })
 }
 
 /// A group's rows as GPTQ's updates leave them when the loop reaches the group, from the same rows
