@@ -7,7 +7,10 @@
 //! against the CPU), each kernel is dispatched `iters` times in one compute pass, and the GPU's
 //! own timestamps at the start and end of that pass give the time (wall clock from submit to
 //! idle where the device has no timestamp queries). Dispatches of one pass run back to back with
-//! the barriers the writes need between them, as consecutive layers would.
+//! the barriers the writes need between them, as consecutive layers would. They rotate through
+//! copies of the layer's weights (at least 8, and together more than a large GPU's L2 cache), so
+//! each call reads its weights from memory, as decoding a model does: one layer repeated would
+//! time the cache.
 
 pub mod model_ops;
 
@@ -39,13 +42,23 @@ pub struct KernelTiming {
     pub gb_per_s: f64,
     /// 2 · tokens · rows · cols per second, in units of 10^12.
     pub tflops: f64,
+    /// Copies of the weights the calls rotate through (1 for the copy and the GEMM).
+    pub rotated_layers: usize,
 }
 
 impl KernelTiming {
     fn new(kernel: &str, tokens: usize, rows: usize, cols: usize, bytes: u64, micros: f64) -> Self {
         let flops = 2.0 * (tokens * rows * cols) as f64;
-        Self { kernel: kernel.into(), tokens, rows, cols, micros, bytes, gb_per_s: bytes as f64 / micros / 1e3, tflops: flops / micros / 1e6 }
+        Self { kernel: kernel.into(), tokens, rows, cols, micros, bytes, gb_per_s: bytes as f64 / micros / 1e3, tflops: flops / micros / 1e6, rotated_layers: 1 }
     }
+}
+
+/// Bytes of weights the timed calls rotate through: several times the 50 MB L2 of an H100/H200.
+const COLD_BYTES: usize = 256 << 20;
+
+/// Copies of a layer of `weight_bytes` that keep its weights out of L2 between calls.
+fn cold_copies(weight_bytes: usize) -> usize {
+    COLD_BYTES.div_ceil(weight_bytes.max(1)).clamp(8, 128)
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
@@ -68,13 +81,13 @@ pub async fn bench_kernels(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], c
         let params = [rows as u32, cols as u32];
 
         let f32_words: Vec<u32> = weights.iter().map(|w| w.to_bits()).collect();
-        let run = Run::single(gpu, &dense_source(false), &[f32_bytes(&x), u32_bytes(&f32_words)], cols, &params, (cols.div_ceil(32), 1, 1))?;
+        let run = Run::single(gpu, &dense_source(false), f32_bytes(&x), u32_bytes(&f32_words), cols, &params, (cols.div_ceil(32), 1, 1))?;
         out.push(run.time("dense f32 gemv", rows, cols, (rows * cols * 4 + (rows + cols) * 4) as u64, &want, iters).await?);
 
         let halves: Vec<half::f16> = weights.iter().map(|&w| half::f16::from_f32(w)).collect();
         let f16_words: Vec<u32> = halves.chunks_exact(2).map(|p| u32::from(p[0].to_bits()) | (u32::from(p[1].to_bits()) << 16)).collect();
         let want_f16 = dense_reference(&x, &halves.iter().map(|h| h.to_f32()).collect::<Vec<_>>(), cols);
-        let run = Run::single(gpu, &dense_source(true), &[f32_bytes(&x), u32_bytes(&f16_words)], cols, &params, ((cols / 2).div_ceil(32), 1, 1))?;
+        let run = Run::single(gpu, &dense_source(true), f32_bytes(&x), u32_bytes(&f16_words), cols, &params, ((cols / 2).div_ceil(32), 1, 1))?;
         out.push(run.time("dense f16 gemv", rows, cols, (rows * cols * 2 + (rows + cols) * 4) as u64, &want_f16, iters).await?);
 
         for &b in bits {
@@ -196,21 +209,34 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let index = vec![0u32; cols + 1];
     let params = [rows as u32, cols as u32, 1, 1, blocks(rows) as u32, sparse_at, NONE, NONE, NONE, (cols + 1) as u32, splits as u32, per_split as u32, 0, NONE, NONE];
     let device = &gpu.setup.device;
-    let buffer = |bytes: &[u8]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE });
-    let (x, qweight, aux, index, params) = (buffer(f32_bytes(x)), buffer(u32_bytes(&packed.qweight)), buffer(f32_bytes(&aux)), buffer(u32_bytes(&index)), buffer(u32_bytes(&params)));
+    let (x, aux, index, params) = (buffer(device, f32_bytes(x)), buffer(device, f32_bytes(&aux)), buffer(device, u32_bytes(&index)), buffer(device, u32_bytes(&params)));
     let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
     let shared_tables = packed.bits <= 6;
-    let gemv = lut_source(Shader::Gemv, packed.bits, shared_tables);
+    let gemv = module(device, &lut_source(Shader::Gemv, packed.bits, shared_tables));
     let grid = (cols.div_ceil(32), splits, 1);
-    if splits == 1 {
-        let step = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &output, &params], grid);
-        return Ok(Run { gpu, steps: vec![step], output });
-    }
     let partials = device.create_buffer(&wgpu::BufferDescriptor { label: Some("partials"), size: (splits * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
-    let first = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &partials, &params], grid);
-    let reduce = lut_source(Shader::GemvReduce, packed.bits, false);
-    let second = Step::new(device, &reduce, &[&x, &partials, &aux, &index, &output, &params], (cols.div_ceil(256), 1, 1));
-    Ok(Run { gpu, steps: vec![first, second], output })
+    let reduce = module(device, &lut_source(Shader::GemvReduce, packed.bits, false));
+    let qweight = u32_bytes(&packed.qweight);
+    let calls = (0..cold_copies(qweight.len()))
+        .map(|_| {
+            let qweight = buffer(device, qweight);
+            if splits == 1 {
+                return vec![Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &output, &params], grid)];
+            }
+            let first = Step::new(device, &gemv, &[&x, &qweight, &aux, &index, &partials, &params], grid);
+            let second = Step::new(device, &reduce, &[&x, &partials, &aux, &index, &output, &params], (cols.div_ceil(256), 1, 1));
+            vec![first, second]
+        })
+        .collect();
+    Ok(Run { gpu, calls, output })
+}
+
+fn buffer(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE })
+}
+
+fn module(device: &wgpu::Device, source: &str) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("bench"), source: wgpu::ShaderSource::Wgsl(source.into()) })
 }
 
 /// One dispatch: a pipeline, its buffers, its grid.
@@ -221,12 +247,11 @@ struct Step {
 }
 
 impl Step {
-    fn new(device: &wgpu::Device, source: &str, buffers: &[&wgpu::Buffer], grid: (usize, usize, usize)) -> Self {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("bench"), source: wgpu::ShaderSource::Wgsl(source.into()) });
+    fn new(device: &wgpu::Device, module: &wgpu::ShaderModule, buffers: &[&wgpu::Buffer], grid: (usize, usize, usize)) -> Self {
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("bench"),
             layout: None,
-            module: &module,
+            module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions::default(),
             cache: None,
@@ -238,38 +263,35 @@ impl Step {
     }
 }
 
-/// A kernel (one or more dispatches) bound to its buffers, writing to `output`.
+/// A kernel bound to its buffers, writing to `output`: one call (one or more dispatches) per
+/// copy of the layer's weights.
 struct Run<'a> {
     gpu: &'a Gpu,
-    steps: Vec<Step>,
+    calls: Vec<Vec<Step>>,
     output: wgpu::Buffer,
 }
 
 impl<'a> Run<'a> {
-    /// One dispatch over `inputs` (in binding order), then the output, then the parameters.
-    fn single(gpu: &'a Gpu, source: &str, inputs: &[&[u8]], cols: usize, params: &[u32], grid: (usize, usize, usize)) -> Result<Self> {
+    /// One dispatch over the input `x`, a copy of the `weights`, the output and the parameters.
+    fn single(gpu: &'a Gpu, source: &str, x: &[u8], weights: &[u8], cols: usize, params: &[u32], grid: (usize, usize, usize)) -> Result<Self> {
         let device = &gpu.setup.device;
-        let mut buffers: Vec<wgpu::Buffer> = inputs
-            .iter()
-            .map(|bytes| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE }))
-            .collect();
+        let module = module(device, source);
+        let (x, params) = (buffer(device, x), buffer(device, u32_bytes(params)));
         let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
-        buffers.push(output.clone());
-        buffers.push(device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: u32_bytes(params), usage: STORAGE }));
-        let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
-        Ok(Self { gpu, steps: vec![Step::new(device, source, &refs, grid)], output })
+        let calls = (0..cold_copies(weights.len())).map(|_| vec![Step::new(device, &module, &[&x, &buffer(device, weights), &output, &params], grid)]).collect();
+        Ok(Self { gpu, calls, output })
     }
 
-    /// Encodes `repeats` runs of the steps in one pass, with GPU timestamps around it when the
-    /// device has them.
-    fn encode(&self, repeats: usize, timer: Option<&Timer>) -> wgpu::CommandBuffer {
+    /// Encodes `calls` calls, rotating through the layer's copies, in one pass, with GPU
+    /// timestamps around it when the device has them.
+    fn encode(&self, calls: usize, timer: Option<&Timer>) -> wgpu::CommandBuffer {
         let device = &self.gpu.setup.device;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         {
             let timestamp_writes = timer.map(Timer::pass_writes);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
-            for _ in 0..repeats {
-                for step in &self.steps {
+            for steps in self.calls.iter().cycle().take(calls) {
+                for step in steps {
                     pass.set_pipeline(&step.pipeline);
                     pass.set_bind_group(0, &step.bind, &[]);
                     pass.dispatch_workgroups(step.grid.0 as u32, step.grid.1 as u32, step.grid.2 as u32);
@@ -290,7 +312,7 @@ impl<'a> Run<'a> {
         let got = to_f32(&read_back(self.gpu, &self.output, (want.len() * 4) as u64).await?);
         check(kernel, rows, cols, &got, want)?;
         let micros = time_commands(self.gpu, |timer| self.encode(iters, timer)).await? / iters as f64;
-        Ok(KernelTiming::new(kernel, 1, rows, cols, bytes, micros))
+        Ok(KernelTiming { rotated_layers: self.calls.len(), ..KernelTiming::new(kernel, 1, rows, cols, bytes, micros) })
     }
 }
 
