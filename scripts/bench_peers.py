@@ -11,10 +11,13 @@ import json
 
 import torch
 
+COLD_BYTES = 256 << 20
+
 
 def time_cuda(fn, iters):
-    """Mean microseconds of `fn` over `iters` calls, after a warm-up, timed with CUDA events."""
-    for _ in range(10):
+    """Mean microseconds of `fn` over `iters` calls, after as many untimed (the GPU's clocks rise,
+    as in `lutlab bench kernels`), timed with CUDA events."""
+    for _ in range(iters):
         fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -47,14 +50,25 @@ def main():
             iters = args.iters if tokens == 1 else max(3, -(-args.iters // 10))
             for dtype, size in ((torch.float16, 2), (torch.float32, 4)):
                 x = torch.randn(tokens, rows, dtype=dtype, device="cuda")
-                w = torch.randn(rows, cols, dtype=dtype, device="cuda")
+                # As lutlab's GEMV bench: one token's calls rotate through copies of the weights
+                # (at least 8, over 256 MiB together) so that they come from memory, not L2.
+                copies = min(128, max(8, -(-COLD_BYTES // (rows * cols * size)))) if tokens == 1 else 1
+                ws = [torch.randn(rows, cols, dtype=dtype, device="cuda") for _ in range(copies)]
                 y = torch.empty(tokens, cols, dtype=dtype, device="cuda")
-                micros = time_cuda(lambda: torch.matmul(x, w, out=y), iters)
+                calls = [0]
+
+                def call():
+                    torch.matmul(x, ws[calls[0] % copies], out=y)
+                    calls[0] += 1
+
+                micros = time_cuda(call, iters)
                 moved = (rows * cols + tokens * (rows + cols)) * size
                 kind = "gemv" if tokens == 1 else "gemm"
                 name = f"torch {'f16' if dtype == torch.float16 else 'f32'} {kind}"
                 results.append({"kernel": name, "tokens": tokens, "rows": rows, "cols": cols, "bytes": moved, "micros": micros,
-                                "gb_per_s": moved / micros / 1e3, "tflops": 2 * tokens * rows * cols / micros / 1e6})
+                                "gb_per_s": moved / micros / 1e3, "tflops": 2 * tokens * rows * cols / micros / 1e6,
+                                "rotated_layers": copies})
+                del ws
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "iters": args.iters, "kernels": results}))
 
 

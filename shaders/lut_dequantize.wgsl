@@ -6,8 +6,8 @@
 // tokens, bound by memory) multiplies straight from the codes (lut_gemv.wgsl).
 //
 // One thread per (column, packed block of 32 rows): consecutive threads take consecutive columns,
-// so both the packed words ([blocks · bits, cols]) and the written rows are read and written
-// coalesced. The thread then adds the column's sparse outliers that fall in its block. Layout:
+// so the written rows are coalesced; each thread reads its block's words, which lie together (the
+// GPU keeps them column by column, `[cols, blocks, bits]`). The thread then adds the column's sparse outliers that fall in its block. Layout:
 // docs/FORMAT.md, lutlab_core::quant::packed. The host fills the code width and DIM, the weights
 // per code: 1 for scalar tables; 2 or 4 for vector tables, whose code `i` of a block stands for
 // DIM consecutive rows and picks DIM consecutive table values (so a block spans 32·DIM rows).
@@ -18,7 +18,7 @@ const MASK: u32 = (1u << BITS) - 1u;
 const NONE: u32 = 0xffffffffu;
 
 // Every binding is read_write: the host launches through cubecl, which binds them so.
-@group(0) @binding(0) var<storage, read_write> qweight: array<u32>;  // [blocks · bits, cols]
+@group(0) @binding(0) var<storage, read_write> qweight: array<u32>;  // [cols, blocks, bits]
 @group(0) @binding(1) var<storage, read_write> aux: array<f32>;      // tables | sparse values | scales | shift | bias
 @group(0) @binding(2) var<storage, read_write> index: array<u32>;    // sparse col_ptr | row_idx
 @group(0) @binding(3) var<storage, read_write> w: array<f32>;        // [rows, cols]
@@ -48,16 +48,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         group_scale = aux[group_scales_at + g];
         if (group_zeros_at != NONE) { group_zero = aux[group_zeros_at + g]; }
     }
-    let base = k * BITS * cols + c;
+    let base = (c * p[4] + k) * BITS;
     let v0 = k * 32u;
     let n = min(32u, rows / DIM - v0);
     for (var i = 0u; i < n; i++) {
         let bit = i * BITS;
         let word = bit / 32u;
         let s = bit % 32u;
-        var code = qweight[base + word * cols] >> s;
+        var code = qweight[base + word] >> s;
         if (s + BITS > 32u) {
-            code |= qweight[base + (word + 1u) * cols] << (32u - s);
+            code |= qweight[base + word + 1u] << (32u - s);
         }
         let entry = table + (code & MASK) * DIM;
         for (var e = 0u; e < DIM; e++) {

@@ -3,10 +3,9 @@
 // codebook (layout: docs/FORMAT.md §13, lutlab_core::quant::packed). lut_common.wgsl (bindings,
 // epilogue) goes first; lut_gemv_reduce.wgsl finishes a GEMV run in several splits.
 //
-// Workgroup (x, y, z) = (32 output columns, one split of the code blocks, one token), as the
-// scalar GEMV: lane x owns a column (the 32 lanes of a slice read neighbouring packed words,
-// coalesced), slice y walks every 8th block of 32 codes, and the 8 partial sums meet in workgroup
-// memory. The codebooks stay in the storage buffer: a vector table has up to 2^12 entries of
+// Workgroup (x, y, z) = (32 output columns, one split of the code blocks, one token): lane x owns
+// a column and walks its words (the GPU keeps them column by column, `[cols, blocks, bits]`),
+// slice y takes every 8th block of 32 codes, and the 8 partial sums meet in workgroup memory. The codebooks stay in the storage buffer: a vector table has up to 2^12 entries of
 // DIM values, too many to stage per column. The host fills {{bits}} (the code width, bits per
 // weight × DIM, up to 12) and {{dim}}.
 
@@ -37,15 +36,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let table = c / channels_per_table * LEVELS * DIM;
         let k_end = min(blocks, (split + 1u) * blocks_per_split);
         for (var k = split * blocks_per_split + lid.y; k < k_end; k += SLICES) {
-            let base = k * CODE_BITS * cols + c;
+            let base = (c * blocks + k) * CODE_BITS;
             let n = min(32u, vectors - k * 32u);
             for (var i = 0u; i < n; i++) {
                 let bit = i * CODE_BITS;
                 let word = bit / 32u;
                 let s = bit % 32u;
-                var code = qweight[base + word * cols] >> s;
+                var code = qweight[base + word] >> s;
                 if (s + CODE_BITS > 32u) {
-                    code |= qweight[base + (word + 1u) * cols] << (32u - s);
+                    code |= qweight[base + word + 1u] << (32u - s);
                 }
                 let entry = table + (code & MASK) * DIM;
                 let r = (k * 32u + i) * DIM;

@@ -11,7 +11,7 @@ use lutlab_core::quant::lut::InputGroupScales;
 use lutlab_core::quant::vector::VectorLut;
 use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseColumns, SparseOutliers};
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::lut_linear::{PackedGpuLayer, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
+use lutlab_model::lut_linear::{PackedGpuLayer, GEMV_COLUMNS_PER_LANE_OVERRIDE, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
 use std::sync::atomic::Ordering;
 use lutlab_tests::gpu;
 
@@ -113,16 +113,21 @@ fn gemv_walks_several_input_chunks_of_one_split() {
 }
 
 #[test]
-fn gemv_full_chunks_match_the_cpu_for_every_bit_width() {
-    // 2,100 rows are 66 blocks: two whole chunks (the path that loads 4 blocks per lane at once)
-    // and a partial one, in one split and in the usual splits (whole chunks each).
+fn gemv_matches_the_cpu_for_every_bit_width_and_columns_per_lane() {
+    // 2,100 rows are 66 blocks: two whole chunks of 32 blocks and a partial one, in one split and
+    // in the usual splits (whole chunks each); 40 columns leave the last workgroup's columns
+    // partly unused at 1, 2 and 4 columns per lane (workgroups of 8, 16 and 32 columns).
     let mut rng = SplitMix64::new(5);
     for bits in 1..=8 {
         let packed = random_layer(&mut rng, 2100, 40, bits, Granularity::Channel, bits % 2 == 0);
-        GEMV_TARGET_OVERRIDE.store(1, Ordering::Relaxed);
-        check(&packed, 1, true, &mut rng);
-        GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
-        check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+        for per_lane in [1, 2, 4] {
+            GEMV_COLUMNS_PER_LANE_OVERRIDE.store(per_lane, Ordering::Relaxed);
+            GEMV_TARGET_OVERRIDE.store(1, Ordering::Relaxed);
+            check(&packed, 1, true, &mut rng);
+            GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
+            check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+        }
+        GEMV_COLUMNS_PER_LANE_OVERRIDE.store(0, Ordering::Relaxed);
     }
 }
 

@@ -71,6 +71,9 @@ struct KernelArgs {
     /// Workgroups the GEMV aims for when it splits the input rows (default: the model's choice).
     #[arg(long)]
     gemv_workgroups: Option<usize>,
+    /// Columns each lane of the LUT GEMV multiplies: 1, 2 or 4 (default: the model's choice).
+    #[arg(long)]
+    gemv_cols_per_lane: Option<usize>,
     /// Tokens of the GEMM (prefill, evaluation); 0 skips it.
     #[arg(long, default_value_t = 512)]
     gemm_tokens: usize,
@@ -153,6 +156,12 @@ fn kernels(mut args: KernelArgs) -> Result<()> {
     }
     if let Some(n) = args.gemv_workgroups {
         lutlab_model::lut_linear::GEMV_TARGET_OVERRIDE.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(n) = args.gemv_cols_per_lane {
+        if ![1, 2, 4].contains(&n) {
+            bail!("--gemv-cols-per-lane: {n} is not 1, 2 or 4");
+        }
+        lutlab_model::lut_linear::GEMV_COLUMNS_PER_LANE_OVERRIDE.store(n, std::sync::atomic::Ordering::Relaxed);
     }
     let gpu = pollster::block_on(open_gpu())?;
     let mut timings = pollster::block_on(bench_kernels(&gpu, &shapes, &bits, args.copy_mib << 20, args.iters))?;

@@ -4,9 +4,10 @@
 //! (`shaders/copy.wgsl`) as the memory-bandwidth ceiling.
 //!
 //! Timing: after one untimed run (pipeline compilation, first touches, and the output checked
-//! against the CPU), each kernel is dispatched `iters` times in one compute pass, and the GPU's
-//! own timestamps at the start and end of that pass give the time (wall clock from submit to
-//! idle where the device has no timestamp queries). Dispatches of one pass run back to back with
+//! against the CPU), each kernel is dispatched `iters` times in one compute pass, untimed for half
+//! a second (the GPU's clocks rise) and then three times, and the GPU's own timestamps at the start and
+//! end of the pass give the time, the median of the three (wall clock from submit to idle where
+//! the device has no timestamp queries). Dispatches of one pass run back to back with
 //! the barriers the writes need between them, as consecutive layers would. They rotate through
 //! copies of the layer's weights (at least 8, and together more than a large GPU's L2 cache), so
 //! each call reads its weights from memory, as decoding a model does: one layer repeated would
@@ -20,7 +21,7 @@ use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
 use lutlab_model::burn::tensor::Tensor;
 use lutlab_model::device::download;
-use lutlab_model::lut_linear::{decode_block, decode_chunk, gemv_splits, kernel_body, PackedGpuLinear, Shader};
+use lutlab_model::lut_linear::{column_major, gemv_columns, gemv_columns_per_lane, gemv_decode, gemv_splits, kernel_body, PackedGpuLinear, Shader};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -191,18 +192,23 @@ pub fn dense_source(f16: bool) -> String {
 
 /// A LUT kernel's WGSL as `lutlab_model` launches it: the common part, the body, the constants.
 fn lut_source(shader: Shader, bits: u32, shared_tables: bool) -> String {
+    let r = gemv_columns_per_lane() as u32;
+    let decode = gemv_decode(bits, r, false);
     format!("{}{}", include_str!("../../../shaders/lut_common.wgsl"), kernel_body(shader))
         .replace("{{bits}}", &bits.to_string())
         .replace("{{shared_tables}}", if shared_tables { "true" } else { "false" })
-        .replace("{{decode_block}}", &decode_block(bits, false))
-        .replace("{{decode_chunk}}", &decode_chunk(bits, false))
+        .replace("{{cols_per_lane}}", &r.to_string())
+        .replace("{{columns}}", &decode.columns)
+        .replace("{{decode}}", &decode.decode)
+        .replace("{{sums}}", &decode.sums)
 }
 
 /// The model's GEMV for one token (`lutlab_model::lut_linear`): the split over rows it picks for
 /// this shape, and the reduce pass when it splits.
 fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Run<'a>> {
     let (rows, cols) = (packed.rows, packed.cols);
-    let (splits, per_split) = gemv_splits(cols, blocks(rows));
+    let tile = gemv_columns();
+    let (splits, per_split) = gemv_splits(tile, cols, blocks(rows));
     let mut aux = packed.tables.clone();
     let sparse_at = aux.len() as u32;
     aux.push(0.0);
@@ -213,10 +219,11 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
     let shared_tables = packed.bits <= 6;
     let gemv = module(device, &lut_source(Shader::Gemv, packed.bits, shared_tables));
-    let grid = (cols.div_ceil(32), splits, 1);
+    let grid = (cols.div_ceil(tile), splits, 1);
     let partials = device.create_buffer(&wgpu::BufferDescriptor { label: Some("partials"), size: (splits * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
     let reduce = module(device, &lut_source(Shader::GemvReduce, packed.bits, false));
-    let qweight = u32_bytes(&packed.qweight);
+    let words = column_major(&packed.qweight, blocks(rows), packed.bits as usize, cols);
+    let qweight = u32_bytes(&words);
     let calls = (0..cold_copies(qweight.len()))
         .map(|_| {
             let qweight = buffer(device, qweight);
@@ -321,10 +328,26 @@ pub fn timing_method(gpu: &Gpu) -> &'static str {
     if gpu.setup.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) { "GPU timestamps" } else { "wall clock" }
 }
 
-/// Microseconds the GPU spends on the commands `encode` records: from GPU timestamps around its
-/// pass when the device has `TIMESTAMP_QUERY`, else by the wall clock from submit to idle
-/// (encoding happens before the clock starts).
+/// How long the commands run untimed first: an idle GPU runs at low clocks and takes about a
+/// second to reach full speed (an H100: 345 MHz idle, 1,980 MHz under load, by `nvidia-smi`).
+const WARM_UP: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Microseconds the GPU spends on the commands `encode` records, the median of three runs after
+/// [`WARM_UP`] of untimed ones (which also touch every copy of the weights).
 async fn time_commands(gpu: &Gpu, encode: impl Fn(Option<&Timer>) -> wgpu::CommandBuffer) -> Result<f64> {
+    let start = Instant::now();
+    while start.elapsed() < WARM_UP {
+        time_once(gpu, &encode).await?;
+    }
+    let mut runs = [time_once(gpu, &encode).await?, time_once(gpu, &encode).await?, time_once(gpu, &encode).await?];
+    runs.sort_by(f64::total_cmp);
+    Ok(runs[1])
+}
+
+/// One timing of `encode`'s commands: from GPU timestamps around its pass when the device has
+/// `TIMESTAMP_QUERY`, else by the wall clock from submit to idle (encoding happens before the
+/// clock starts).
+async fn time_once(gpu: &Gpu, encode: &impl Fn(Option<&Timer>) -> wgpu::CommandBuffer) -> Result<f64> {
     let device = &gpu.setup.device;
     let timer = device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| Timer::new(device));
     let commands = encode(timer.as_ref());

@@ -19,8 +19,13 @@ use lutlab_core::quant::packed::{blocks, PackedLinear, BLOCK_ROWS};
 
 /// Up to this many tokens a call takes the GEMV kernel (one workgroup row per token).
 pub const GEMV_MAX_TOKENS: usize = 4;
-const GEMV_COLUMNS: usize = 32;
-/// Packed blocks (of 32 rows) a GEMV workgroup's 8 slices walk at least.
+/// Columns a vector-table GEMV workgroup multiplies (one per lane of a slice).
+const VECTOR_GEMV_COLUMNS: usize = 32;
+/// Slices of 32 lanes in a scalar GEMV workgroup, each multiplying its own columns.
+const GEMV_SLICES: usize = 8;
+/// Columns each lane of the scalar GEMV multiplies (its staged inputs are read once for all).
+const GEMV_COLUMNS_PER_LANE: usize = 4;
+/// Packed blocks (of 32 rows) a GEMV workgroup walks at least.
 const GEMV_MIN_BLOCKS_PER_SPLIT: usize = 8;
 /// Packed blocks of input a GEMV workgroup stages at once (`CHUNK_BLOCKS` in the shader).
 const GEMV_CHUNK_BLOCKS: usize = 32;
@@ -99,6 +104,7 @@ impl PackedGpuLinear {
     /// wgpu device (the kernels are not differentiable).
     pub fn upload(packed: &PackedLinear, bias: Option<&[f32]>, device: &Device, what: &str) -> Result<Self> {
         packed.validate(what)?;
+        let code_blocks = blocks(packed.code_rows());
         if bias.is_some_and(|b| b.len() != packed.cols) {
             return Err(ModelError::Gpu(format!("{what}: bias length does not match {} columns", packed.cols)));
         }
@@ -127,7 +133,7 @@ impl PackedGpuLinear {
             packed.cols as u32,
             0,
             packed.channels_per_table as u32,
-            blocks(packed.code_rows()) as u32,
+            code_blocks as u32,
             sparse_values_at as u32,
             scales_at,
             shift_at,
@@ -145,7 +151,7 @@ impl PackedGpuLinear {
             bits: packed.bits,
             vector_dim: packed.vector_dim,
             grouped: groups.is_some(),
-            qweight: upload_u32(&packed.qweight, device)?,
+            qweight: upload_u32(&column_major(&packed.qweight, code_blocks, packed.code_bits() as usize, packed.cols), device)?,
             aux: primitive(Tensor::<1>::from_data(TensorData::new(aux.clone(), [aux.len()]), device))?,
             index: upload_u32(&index, device)?,
             shift: packed.input_shift.as_deref().map(|v| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)),
@@ -189,20 +195,20 @@ impl PackedGpuLinear {
                 .with_buffer(client.create_from_slice(bytemuck::cast_slice(params)).binding())
         };
         if m <= GEMV_MAX_TOKENS {
-            let (splits, blocks_per_split) = gemv_splits(self.cols, params[4] as usize);
+            let (gemv, tile) = match self.vector_dim {
+                1 => (LutKernel { shader: Shader::Gemv, bits: self.bits, shared_tables: self.bits <= 6, grouped: self.grouped, ..LutKernel::default() }, gemv_columns()),
+                dim => (LutKernel { shader: Shader::VectorGemv, bits: self.code_bits(), dim: dim as u32, ..LutKernel::default() }, VECTOR_GEMV_COLUMNS),
+            };
+            let (splits, blocks_per_split) = gemv_splits(tile, self.cols, params[4] as usize);
             params[10] = splits as u32;
             params[11] = blocks_per_split as u32;
-            let gemv = match self.vector_dim {
-                1 => LutKernel { shader: Shader::Gemv, bits: self.bits, dim: 1, shared_tables: self.bits <= 6, grouped: self.grouped },
-                dim => LutKernel { shader: Shader::VectorGemv, bits: self.code_bits(), dim: dim as u32, shared_tables: false, grouped: false },
-            };
-            let grid = CubeCount::Static(self.cols.div_ceil(GEMV_COLUMNS) as u32, splits as u32, m as u32);
+            let grid = CubeCount::Static(self.cols.div_ceil(tile) as u32, splits as u32, m as u32);
             if splits == 1 {
                 client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &out, &params));
             } else {
                 let partials = client.empty(m * splits * self.cols * 4);
                 client.launch(Box::new(SourceKernel::new(gemv, CubeDim::new_2d(32, 8))), grid, buffers(&self.qweight.handle, &partials, &params));
-                let reduce = LutKernel { shader: Shader::GemvReduce, bits: self.bits, dim: 1, shared_tables: false, grouped: false };
+                let reduce = LutKernel { shader: Shader::GemvReduce, ..LutKernel::default() };
                 let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, m as u32, 1);
                 client.launch(Box::new(SourceKernel::new(reduce, CubeDim::new_1d(256))), grid, buffers(&partials, &out, &params));
             }
@@ -243,7 +249,7 @@ impl PackedGpuLinear {
             .with_buffer(self.index.handle.clone().binding())
             .with_buffer(w.clone().binding())
             .with_buffer(client.create_from_slice(bytemuck::cast_slice(&self.params)).binding());
-        let kernel = LutKernel { shader: Shader::Dequantize, bits: self.code_bits(), dim: self.vector_dim as u32, shared_tables: false, grouped: false };
+        let kernel = LutKernel { shader: Shader::Dequantize, bits: self.code_bits(), dim: self.vector_dim as u32, ..LutKernel::default() };
         let grid = CubeCount::Static(self.cols.div_ceil(256) as u32, self.params[4], 1);
         client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(256))), grid, arguments);
         let w = CubeTensor::new_contiguous(client, self.qweight.device.clone(), Shape::new([self.rows, self.cols]), w, DType::F32);
@@ -345,17 +351,36 @@ impl GpuRotation {
 #[doc(hidden)]
 pub static GEMV_TARGET_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// `(splits, blocks per split)` of a GEMV over `blocks` blocks of rows and `cols` columns.
-pub fn gemv_splits(cols: usize, blocks: usize) -> (usize, usize) {
-    let tiles = cols.div_ceil(GEMV_COLUMNS);
+/// Test and benchmark hook: when non-zero, the scalar GEMV's lanes multiply this many columns
+/// (1, 2 or 4) instead of `GEMV_COLUMNS_PER_LANE`. Any value gives the same results.
+#[doc(hidden)]
+pub static GEMV_COLUMNS_PER_LANE_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Columns per lane of the scalar GEMV.
+pub fn gemv_columns_per_lane() -> usize {
+    match GEMV_COLUMNS_PER_LANE_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => GEMV_COLUMNS_PER_LANE,
+        n => n.clamp(1, 4),
+    }
+}
+
+/// Columns a scalar GEMV workgroup multiplies.
+pub fn gemv_columns() -> usize {
+    GEMV_SLICES * gemv_columns_per_lane()
+}
+
+/// `(splits, blocks per split)` of a GEMV over `blocks` blocks of rows and `cols` columns, in
+/// workgroups of `tile` columns.
+pub fn gemv_splits(tile: usize, cols: usize, blocks: usize) -> (usize, usize) {
+    let tiles = cols.div_ceil(tile);
     let target = match GEMV_TARGET_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
         0 => GEMV_TARGET_WORKGROUPS,
         n => n,
     };
     let wanted = (target / tiles).clamp(1, blocks.div_ceil(GEMV_MIN_BLOCKS_PER_SPLIT).max(1));
     let mut per_split = blocks.div_ceil(wanted).max(1);
-    // Whole chunks of 32 blocks take the kernel's faster path (4 blocks per lane, loads issued
-    // together), so a matrix of several chunks splits on chunk boundaries.
+    // A scalar GEMV's lanes take one block of each chunk of 32: a matrix of several chunks splits
+    // on chunk boundaries, so that no lane idles in a split's last chunk.
     if blocks >= GEMV_CHUNK_BLOCKS {
         per_split = per_split.next_multiple_of(GEMV_CHUNK_BLOCKS);
     }
@@ -371,7 +396,8 @@ pub enum Shader {
 }
 
 /// One compiled variant of a LUT kernel: the code width and the weights per code (`dim`) are
-/// compile-time constants, and the GEMV has a variant for input-group scales.
+/// compile-time constants, and the GEMV has variants for its columns per lane and for
+/// input-group scales.
 #[derive(Debug)]
 struct LutKernel {
     shader: Shader,
@@ -380,6 +406,13 @@ struct LutKernel {
     dim: u32,
     shared_tables: bool,
     grouped: bool,
+    cols_per_lane: u32,
+}
+
+impl Default for LutKernel {
+    fn default() -> Self {
+        Self { shader: Shader::Gemv, bits: 1, dim: 1, shared_tables: false, grouped: false, cols_per_lane: gemv_columns_per_lane() as u32 }
+    }
 }
 
 impl KernelSource for LutKernel {
@@ -387,17 +420,18 @@ impl KernelSource for LutKernel {
         if self.shader == Shader::Dequantize {
             return SourceTemplate::new(kernel_body(self.shader)).register("bits", self.bits.to_string()).register("dim", self.dim.to_string());
         }
-        SourceTemplate::new(include_str!("../../../shaders/lut_common.wgsl"))
+        let template = SourceTemplate::new(include_str!("../../../shaders/lut_common.wgsl"))
             .add_template(kernel_body(self.shader))
             .register("bits", self.bits.to_string())
             .register("dim", self.dim.to_string())
             .register("shared_tables", self.shared_tables.to_string())
-            .register("decode_block", decode_block(self.bits, self.grouped))
-            .register("decode_chunk", decode_chunk(self.bits, self.grouped))
+            .register("cols_per_lane", self.cols_per_lane.to_string());
+        let decode = gemv_decode(self.bits, self.cols_per_lane, self.grouped);
+        template.register("columns", decode.columns).register("decode", decode.decode).register("sums", decode.sums)
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shader, self.bits, self.dim, self.shared_tables, self.grouped))
+        KernelId::new::<Self>().info((self.shader, self.bits, self.dim, self.shared_tables, self.grouped, self.cols_per_lane))
     }
 
     fn lang(&self) -> &'static str {
@@ -416,77 +450,103 @@ pub fn kernel_body(shader: Shader) -> &'static str {
     }
 }
 
-/// WGSL statements for one packed block of 32 rows in the GEMV: load its `bits` words (`w0`..),
-/// its staged inputs (`x0`..`x7`, vec4s), then for each code the literal shift/mask, the table
-/// lookup and a multiply-add into `acc0`..`acc3` (4 chains for instruction-level parallelism).
-/// Generated per bit width because GPU compilers keep arrays with computed indices in slow
-/// local memory; constants leave them nothing to guess. `grouped`: the layer has input-group
-/// scales (see [`block_multiply_adds`]).
-pub fn decode_block(bits: u32, grouped: bool) -> String {
-    let mut out = String::new();
-    for j in 0..bits {
-        out += &format!("{INDENT}let w{j} = qweight[(k * BITS + {j}u) * cols + c];\n");
-    }
-    for q in 0..8 {
-        out += &format!("{INDENT}let x{q} = xs[xk + {q}u];\n");
-    }
-    out + &block_multiply_adds(bits, "w", "x", grouped.then_some("k"))
+/// The host-written parts of `lut_gemv.wgsl` for `bits` per code, `r` columns per lane and
+/// optional input-group scales: generated per variant because GPU compilers keep arrays with
+/// computed indices in slow local memory; literal shifts and names leave them nothing to guess.
+pub struct GemvDecode {
+    /// Before the chunk loop: each of the lane's columns `c{i}` (clamped to the last), where its
+    /// code words start (`words{i}`), its table (`table{i}`) and two accumulators.
+    pub columns: String,
+    /// One block `k` of 32 rows: the 8 staged input vec4s, every column's `bits` words (all loads
+    /// issued before the first multiply-add: a GEMV waits on memory, not arithmetic), then each
+    /// column's 32 lookups and multiply-adds.
+    pub decode: String,
+    /// After the loop: the lane's column sums into `sums` (one component per column).
+    pub sums: String,
 }
 
-/// The GEMV's full chunk of 32 blocks, where each lane owns 4 (one every 8 blocks): the word
-/// loads of a group of them are issued before the group's first multiply-add, so several loads are
-/// in flight per lane; a GEMV waits on memory latency, not on arithmetic. Groups hold at most 8
-/// words (4 blocks at 1–2 bits, 2 at 3–4, 1 above): on the H200, 4-bit at 4096 × 11008 took
-/// 117–124 µs with groups of 2 against 129–154 µs with one group of 4 (more registers per lane).
-pub fn decode_chunk(bits: u32, grouped: bool) -> String {
-    let group = (8 / bits).clamp(1, 4) as usize;
+pub fn gemv_decode(bits: u32, r: u32, grouped: bool) -> GemvDecode {
+    let mut columns = String::new();
+    for i in 0..r {
+        columns += &format!("    let c{i} = min(first + {i}u, cols - 1u);
+");
+        columns += &format!("    let words{i} = c{i} * blocks * BITS;
+");
+        columns += &format!("    let table{i} = select(c{i} / channels_per_table * LEVELS, (lid.y * R + {i}u) * LEVELS, SHARED_TABLES);
+");
+        columns += &format!("    var acc{i}_0 = 0.0;
+    var acc{i}_1 = 0.0;
+");
+    }
+    let mut decode = String::new();
+    for q in 0..8 {
+        decode += &format!("{INDENT}let x{q} = xs[xk + {q}u];
+");
+    }
+    for i in 0..r {
+        for j in 0..bits {
+            decode += &format!("{INDENT}let w{i}_{j} = qweight[words{i} + k * BITS + {j}u];
+");
+        }
+    }
+    if grouped {
+        decode += &format!("{INDENT}let xsum = dot((x0 + x1) + (x2 + x3) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
+");
+    }
+    for i in 0..r {
+        decode += &block_multiply_adds(bits, i, grouped);
+    }
+    let parts: Vec<String> = (0..4).map(|i| if i < r { format!("acc{i}_0 + acc{i}_1") } else { "0.0".into() }).collect();
+    let sums = format!("    sums = vec4<f32>({});
+", parts.join(", "));
+    GemvDecode { columns, decode, sums }
+}
+
+const INDENT: &str = "            ";
+
+/// Column `i`'s 32 codes of block `k`, held in words `w{i}_0..`, each looked up in its table and
+/// multiplied by its input in `x0..x7`, into two accumulators. With input groups a block lies in
+/// one group, whose weights are `(entry − zero) · scale`, so the block's products of plain
+/// entries are summed first and then `acc += scale · (Σ entry·x − zero · Σ x)`: two group loads
+/// per block and column, not per weight.
+fn block_multiply_adds(bits: u32, i: u32, grouped: bool) -> String {
     let mut out = String::new();
-    for first in (0..4).step_by(group) {
-        for b in first..first + group {
-            for j in 0..bits {
-                out += &format!("{INDENT}let w{b}_{j} = qweight[((kc + lid.y + {}u) * BITS + {j}u) * cols + c];\n", 8 * b);
-            }
-        }
-        for b in first..first + group {
-            for q in 0..8 {
-                out += &format!("{INDENT}let x{b}_{q} = xs[(lid.y + {}u) * 8u + {q}u];\n", 8 * b);
-            }
-            let block = format!("(kc + lid.y + {}u)", 8 * b);
-            out += &block_multiply_adds(bits, &format!("w{b}_"), &format!("x{b}_"), grouped.then_some(block.as_str()));
-        }
+    if grouped {
+        out += &format!("{INDENT}{{
+{INDENT}var g0 = 0.0;
+{INDENT}var g1 = 0.0;
+");
+    }
+    for n in 0..32 {
+        let (word, shift) = ((n * bits) / 32, (n * bits) % 32);
+        let code = match shift {
+            0 => format!("w{i}_{word}"),
+            s if s + bits > 32 => format!("((w{i}_{word} >> {s}u) | (w{i}_{} << {}u))", word + 1, 32 - s),
+            s => format!("(w{i}_{word} >> {s}u)"),
+        };
+        let lane = ["x", "y", "z", "w"][(n % 4) as usize];
+        let sum = if grouped { format!("g{}", n % 2) } else { format!("acc{i}_{}", n % 2) };
+        out += &format!("{INDENT}{sum} += x{}.{lane} * lut(table{i} + ({code} & MASK));
+", n / 4);
+    }
+    if grouped {
+        out += &format!("{INDENT}acc{i}_0 += group_scale(k, c{i}) * ((g0 + g1) - group_zero(k, c{i}) * xsum);
+{INDENT}}}
+");
     }
     out
 }
 
-const INDENT: &str = "                ";
-
-/// The 32 codes of a block held in words `{words}0..`, each looked up and multiplied by its input
-/// in vec4s `{inputs}0..{inputs}7`. With input groups (`group_block`: the expression of the
-/// block's index) a block lies in one group, whose weights are `(entry − zero) · scale`, so the
-/// block's products of plain entries are summed first and then
-/// `acc += scale · (Σ entry·x − zero · Σ x)`: two group loads per block, not per weight.
-fn block_multiply_adds(bits: u32, words: &str, inputs: &str, group_block: Option<&str>) -> String {
-    let mut out = String::new();
-    let sum = if group_block.is_some() {
-        out += &format!("{INDENT}{{\n{INDENT}var g0 = 0.0;\n{INDENT}var g1 = 0.0;\n{INDENT}var g2 = 0.0;\n{INDENT}var g3 = 0.0;\n");
-        "g"
-    } else {
-        "acc"
-    };
-    for i in 0..32 {
-        let (word, shift) = ((i * bits) / 32, (i * bits) % 32);
-        let code = match shift {
-            0 => format!("{words}{word}"),
-            s if s + bits > 32 => format!("(({words}{word} >> {s}u) | ({words}{} << {}u))", word + 1, 32 - s),
-            s => format!("({words}{word} >> {s}u)"),
-        };
-        let lane = ["x", "y", "z", "w"][(i % 4) as usize];
-        out += &format!("{INDENT}{sum}{} += {inputs}{}.{lane} * lut(table_base + ({code} & MASK));\n", i % 4, i / 4);
-    }
-    if let Some(block) = group_block {
-        let xs: Vec<String> = (0..8).map(|q| format!("{inputs}{q}")).collect();
-        out += &format!("{INDENT}let xsum = dot(({} + {}) + ({} + {}) + (({} + {}) + ({} + {})), vec4<f32>(1.0));\n", xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], xs[6], xs[7]);
-        out += &format!("{INDENT}acc0 += group_scale({block}, c) * (((g0 + g1) + (g2 + g3)) - group_zero({block}, c) * xsum);\n{INDENT}}}\n");
+/// The code words of a packed layer as the GPU keeps them: column by column (`[cols, blocks,
+/// bits]`) instead of the file's `[blocks · bits, cols]`, so that a column's codes are one
+/// contiguous run for the GEMV. The same word values, permuted.
+pub fn column_major(qweight: &[u32], blocks: usize, bits: usize, cols: usize) -> Vec<u32> {
+    let mut out = vec![0u32; qweight.len()];
+    for (row, words) in qweight.chunks_exact(cols).enumerate() {
+        let (k, j) = (row / bits, row % bits);
+        for (c, &w) in words.iter().enumerate() {
+            out[(c * blocks + k) * bits + j] = w;
+        }
     }
     out
 }
