@@ -133,11 +133,14 @@ pub async fn bench_gemm(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], toke
     Ok(out)
 }
 
-/// Mean wall-clock microseconds of `run` over `iters` calls after a warm-up, the last result
-/// read back (one element) so that the GPU has finished them all.
+/// Mean wall-clock microseconds of `run` over `iters` calls after [`WARM_UP`] of untimed calls,
+/// the last result read back (one element) so that the GPU has finished them all.
 pub(crate) async fn wall_micros<const D: usize>(iters: usize, run: impl Fn() -> Result<Tensor<D>>) -> Result<f64> {
     let first = |t: Tensor<D>| t.flatten::<1>(0, D - 1).slice(0..1);
-    download(first(run()?)).await?;
+    let warm = Instant::now();
+    while warm.elapsed() < WARM_UP {
+        download(first(run()?)).await?;
+    }
     let start = Instant::now();
     let mut y = run()?;
     for _ in 1..iters {
