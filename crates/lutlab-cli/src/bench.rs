@@ -190,11 +190,11 @@ fn parse_shape(text: &str) -> Result<(usize, usize)> {
 fn print_table(device: &str, timings: &[KernelTiming]) {
     let ceiling = timings.iter().find(|t| t.kernel == "copy").map_or(0.0, |t| t.gb_per_s);
     println!("{device}");
-    println!("{:<16} {:>18} {:>10} {:>10} {:>9} {:>9} {:>7}", "kernel", "tokens x shape", "µs", "GB/s", "of copy", "TFLOP/s", "layers");
+    println!("{:<22} {:>18} {:>10} {:>10} {:>9} {:>9} {:>7}", "kernel", "tokens x shape", "µs", "GB/s", "of copy", "TFLOP/s", "layers");
     for t in timings {
         let shape = if t.kernel == "copy" { format!("{} MB", t.bytes / 2_000_000) } else { format!("{} x {}x{}", t.tokens, t.rows, t.cols) };
         println!(
-            "{:<16} {:>18} {:>10.2} {:>10.0} {:>8.0}% {:>9.2} {:>7}",
+            "{:<22} {:>18} {:>10.2} {:>10.0} {:>8.0}% {:>9.2} {:>7}",
             t.kernel,
             shape,
             t.micros,

@@ -97,10 +97,29 @@ pub async fn bench_kernels(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], c
             let run = lut_gemv_run(gpu, &packed, &x)?;
             let bytes = (packed.qweight.len() + packed.tables.len() + rows + cols) * 4;
             out.push(run.time(&format!("lut gemv {b}-bit"), rows, cols, bytes as u64, &want, iters).await?);
+            out.push(model_gemv(gpu, &packed, &x, &want, bytes as u64, iters).await?);
         }
     }
     device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the GPU", e))?;
     Ok(out)
+}
+
+/// The same GEMV launched as the model launches it (`PackedGpuLinear::forward` through cubecl,
+/// which compiles the WGSL without naga's bounds checks), rotating through uploaded copies of the
+/// layer, timed by the wall clock (launch costs included) after the warm-up.
+async fn model_gemv(gpu: &Gpu, packed: &PackedLinear, x: &[f32], want: &[f32], bytes: u64, iters: usize) -> Result<KernelTiming> {
+    let (rows, cols) = (packed.rows, packed.cols);
+    let kernel = format!("lut gemv {}-bit model", packed.bits);
+    let layers = (0..cold_copies(packed.qweight.len() * 4)).map(|_| PackedGpuLinear::upload(packed, None, &gpu.device, "bench")).collect::<Result<Vec<_>>>()?;
+    let x = lutlab_model::device::upload(x, [1, rows], &gpu.device);
+    check(&kernel, rows, cols, &download(layers[0].forward(x.clone())).await?, want)?;
+    let calls = std::cell::Cell::new(0);
+    let micros = wall_micros(iters, || {
+        calls.set(calls.get() + 1);
+        Ok(layers[calls.get() % layers.len()].forward(x.clone()))
+    })
+    .await?;
+    Ok(KernelTiming { rotated_layers: layers.len(), ..KernelTiming::new(&kernel, 1, rows, cols, bytes, micros) })
 }
 
 /// Many tokens through a linear layer (prefill, evaluation): the model's LUT GEMM (the layer
