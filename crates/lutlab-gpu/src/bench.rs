@@ -21,7 +21,7 @@ use lutlab_core::quant::packed::{blocks, PackedLinear};
 use lutlab_core::quant::{Granularity, LutMatrix, SparseOutliers};
 use lutlab_model::burn::tensor::Tensor;
 use lutlab_model::device::download;
-use lutlab_model::lut_linear::{column_major, gemv_columns, gemv_columns_per_lane, gemv_decode, gemv_splits, kernel_body, PackedGpuLinear, Shader};
+use lutlab_model::lut_linear::{column_major, gemv_columns, gemv_splits, scalar_gemv_sources, PackedGpuLinear};
 use lutlab_model::{Gpu, ModelError, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -212,19 +212,6 @@ pub fn dense_source(f16: bool) -> String {
     include_str!("../../../shaders/dense_gemv.wgsl").replace("{{f16}}", if f16 { "true" } else { "false" })
 }
 
-/// A LUT kernel's WGSL as `lutlab_model` launches it: the common part, the body, the constants.
-fn lut_source(shader: Shader, bits: u32, shared_tables: bool) -> String {
-    let r = gemv_columns_per_lane() as u32;
-    let decode = gemv_decode(bits, r, false);
-    format!("{}{}", include_str!("../../../shaders/lut_common.wgsl"), kernel_body(shader))
-        .replace("{{bits}}", &bits.to_string())
-        .replace("{{shared_tables}}", if shared_tables { "true" } else { "false" })
-        .replace("{{cols_per_lane}}", &r.to_string())
-        .replace("{{columns}}", &decode.columns)
-        .replace("{{decode}}", &decode.decode)
-        .replace("{{sums}}", &decode.sums)
-}
-
 /// The model's GEMV for one token (`lutlab_model::lut_linear`): the split over rows it picks for
 /// this shape, and the reduce pass when it splits.
 fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Run<'a>> {
@@ -239,11 +226,10 @@ fn lut_gemv_run<'a>(gpu: &'a Gpu, packed: &PackedLinear, x: &[f32]) -> Result<Ru
     let device = &gpu.setup.device;
     let (x, aux, index, params) = (buffer(device, f32_bytes(x)), buffer(device, f32_bytes(&aux)), buffer(device, u32_bytes(&index)), buffer(device, u32_bytes(&params)));
     let output = device.create_buffer(&wgpu::BufferDescriptor { label: Some("y"), size: (cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
-    let shared_tables = packed.bits <= 6;
-    let gemv = module(device, &lut_source(Shader::Gemv, packed.bits, shared_tables));
+    let (gemv, reduce) = scalar_gemv_sources(packed.bits, false);
+    let (gemv, reduce) = (module(device, &gemv), module(device, &reduce));
     let grid = (cols.div_ceil(tile), splits, 1);
     let partials = device.create_buffer(&wgpu::BufferDescriptor { label: Some("partials"), size: (splits * cols * 4) as u64, usage: STORAGE, mapped_at_creation: false });
-    let reduce = module(device, &lut_source(Shader::GemvReduce, packed.bits, false));
     let words = column_major(&packed.qweight, blocks(rows), packed.bits as usize, cols);
     let qweight = u32_bytes(&words);
     let calls = (0..cold_copies(qweight.len()))

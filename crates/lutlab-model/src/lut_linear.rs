@@ -198,7 +198,7 @@ impl PackedGpuLinear {
         };
         if m <= GEMV_MAX_TOKENS {
             let (gemv, tile) = match self.vector_dim {
-                1 => (LutKernel { shader: Shader::Gemv, bits: self.bits, shared_tables: self.bits <= 6, grouped: self.grouped, ..LutKernel::default() }, gemv_columns()),
+                1 => (LutKernel::scalar_gemv(self.bits, self.grouped), gemv_columns()),
                 dim => (LutKernel { shader: Shader::VectorGemv, bits: self.code_bits(), dim: dim as u32, ..LutKernel::default() }, VECTOR_GEMV_COLUMNS),
             };
             let (splits, blocks_per_split) = gemv_splits(tile, self.cols, params[4] as usize);
@@ -359,7 +359,7 @@ pub static GEMV_TARGET_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::ato
 pub static GEMV_COLUMNS_PER_LANE_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Columns per lane of the scalar GEMV.
-pub fn gemv_columns_per_lane() -> usize {
+fn gemv_columns_per_lane() -> usize {
     match GEMV_COLUMNS_PER_LANE_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
         0 => GEMV_COLUMNS_PER_LANE,
         n => n.clamp(1, 4),
@@ -390,7 +390,7 @@ pub fn gemv_splits(tile: usize, cols: usize, blocks: usize) -> (usize, usize) {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Shader {
+enum Shader {
     Gemv,
     GemvReduce,
     Dequantize,
@@ -409,6 +409,20 @@ struct LutKernel {
     shared_tables: bool,
     grouped: bool,
     cols_per_lane: u32,
+}
+
+impl LutKernel {
+    /// The scalar GEMV: its tables staged in workgroup memory when 32 columns' worth fit.
+    fn scalar_gemv(bits: u32, grouped: bool) -> Self {
+        Self { shader: Shader::Gemv, bits, shared_tables: bits <= 6, grouped, ..Self::default() }
+    }
+}
+
+/// The WGSL of the scalar GEMV (`grouped`: with input-group scales) and of its reduce pass,
+/// exactly as the model launches them, for benchmarks that run them on their own pipelines.
+pub fn scalar_gemv_sources(bits: u32, grouped: bool) -> (String, String) {
+    let reduce = LutKernel { shader: Shader::GemvReduce, ..LutKernel::default() };
+    (LutKernel::scalar_gemv(bits, grouped).source().complete(), reduce.source().complete())
 }
 
 impl Default for LutKernel {
@@ -443,7 +457,7 @@ impl KernelSource for LutKernel {
 
 /// The WGSL of a kernel, without `lut_common.wgsl` (bindings and epilogue), which goes first
 /// (except for the dequantization, which has its own bindings).
-pub fn kernel_body(shader: Shader) -> &'static str {
+fn kernel_body(shader: Shader) -> &'static str {
     match shader {
         Shader::Gemv => include_str!("../../../shaders/lut_gemv.wgsl"),
         Shader::GemvReduce => include_str!("../../../shaders/lut_gemv_reduce.wgsl"),
@@ -455,19 +469,19 @@ pub fn kernel_body(shader: Shader) -> &'static str {
 /// The host-written parts of `lut_gemv.wgsl` for `bits` per code, `r` columns per lane and
 /// optional input-group scales: generated per variant because GPU compilers keep arrays with
 /// computed indices in slow local memory; literal shifts and names leave them nothing to guess.
-pub struct GemvDecode {
+struct GemvDecode {
     /// Before the chunk loop: each of the lane's columns `c{i}` (clamped to the last), where its
     /// code words start (`words{i}`), its table (`table{i}`) and two accumulators.
-    pub columns: String,
+    columns: String,
     /// One block `k` of 32 rows: the 8 staged input vec4s, every column's `bits` words (all loads
     /// issued before the first multiply-add: a GEMV waits on memory, not arithmetic), then each
     /// column's 32 lookups and multiply-adds.
-    pub decode: String,
+    decode: String,
     /// After the loop: the lane's column sums into `sums` (one component per column).
-    pub sums: String,
+    sums: String,
 }
 
-pub fn gemv_decode(bits: u32, r: u32, grouped: bool) -> GemvDecode {
+fn gemv_decode(bits: u32, r: u32, grouped: bool) -> GemvDecode {
     let mut columns = String::new();
     for i in 0..r {
         columns += &format!("    let c{i} = min(first + {i}u, cols - 1u);
