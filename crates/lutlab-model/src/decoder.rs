@@ -115,7 +115,7 @@ impl Linear {
 /// back to f32, so norms, softmax and the residual stream stay f32 (`--dtype`).
 pub fn matmul_in<const D: usize>(a: Tensor<D>, b: Tensor<D>, dtype: DType) -> Tensor<D> {
     if dtype == DType::F32 {
-        return a.matmul(b);
+        return crate::gemm::model_matmul(a, b);
     }
     a.cast(dtype).matmul(b.cast(dtype)).cast(DType::F32)
 }

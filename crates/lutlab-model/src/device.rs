@@ -81,6 +81,7 @@ pub async fn open_gpu() -> Result<Gpu> {
             return Ok(gpu.clone());
         }
         let (device, setup) = Device::wgpu_options().init_with_setup().map_err(no_adapter)?;
+        crate::gemm::choose_at_startup();
         let gpu = Gpu { device, setup };
         *opened = Some(gpu.clone());
         Ok(gpu)
@@ -94,6 +95,7 @@ pub async fn open_gpu() -> Result<Gpu> {
             return Ok(gpu);
         }
         let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(no_adapter)?;
+        crate::gemm::choose_at_startup();
         Ok(OPENED.with_borrow_mut(|opened| opened.get_or_insert(Gpu { device, setup }).clone()))
     }
 }

@@ -229,7 +229,7 @@ impl BlockVisitor for InputHessians {
             let input = inputs[self.groups[g].start].clone();
             let [b, t, n] = input.dims();
             let x = input.reshape([b * t, n]);
-            let xtx = x.clone().transpose().matmul(x);
+            let xtx = crate::gemm::model_matmul(x.clone().transpose(), x);
             self.sums[g] = Some(match self.sums[g].take() {
                 Some(sum) => sum + xtx,
                 None => xtx,

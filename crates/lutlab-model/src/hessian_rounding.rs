@@ -18,6 +18,7 @@
 
 use crate::device::{download, upload, Gpu};
 use crate::error::{ModelError, Result};
+use crate::gemm::model_matmul;
 use crate::lut_linear::primitive;
 use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
 use burn::backend::Wgpu;
@@ -253,8 +254,8 @@ async fn cholesky(a: Tensor<2>, n: usize, device: &Device) -> Result<Option<(Ten
         if k1 < n {
             // A21 = L21 L11ᵀ, so L21 = A21 L11⁻ᵀ; then A22 −= L21 L21ᵀ.
             let inverse_transposed = upload(&as_f32(&lower_inverse(&l11).transpose()), [b, b], device);
-            let l21 = a.clone().slice([k1..n, k0..k1]).matmul(inverse_transposed);
-            let trailing = a.clone().slice([k1..n, k1..n]) - l21.clone().matmul(l21.clone().transpose());
+            let l21 = model_matmul(a.clone().slice([k1..n, k0..k1]), inverse_transposed);
+            let trailing = a.clone().slice([k1..n, k1..n]) - model_matmul(l21.clone(), l21.clone().transpose());
             a = a.slice_assign([k1..n, k0..k1], l21).slice_assign([k1..n, k1..n], trailing);
         }
     }
@@ -356,7 +357,7 @@ async fn round_rows(
         if k1 < n {
             // GPTQ's lazy batch update: rows k1.. += Ú[k0..k1, k1..]ᵀ · errors.
             let errors = Tensor::<2>::from_primitive::<Wgpu>(CubeTensor::new_contiguous(client.clone(), weights.device.clone(), Shape::new([k1 - k0, m]), errors, DType::F32));
-            let feedback = unit_upper.clone().slice([k0..k1, k1..n]).transpose().matmul(errors);
+            let feedback = model_matmul(unit_upper.clone().slice([k0..k1, k1..n]).transpose(), errors);
             let later = targets.clone().slice([k1..n, 0..m]) + feedback;
             targets = targets.slice_assign([k1..n, 0..m], later);
         }

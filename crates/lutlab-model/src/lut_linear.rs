@@ -229,7 +229,7 @@ impl PackedGpuLinear {
             Some(shift) => x - shift.clone().unsqueeze::<2>(),
             None => x,
         };
-        let y = x.matmul(w);
+        let y = crate::gemm::model_matmul(x, w);
         match &self.bias {
             Some(bias) if self.incoherence.is_none() => y + bias.clone().unsqueeze::<2>(),
             _ => y,

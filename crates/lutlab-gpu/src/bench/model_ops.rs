@@ -1,7 +1,8 @@
 //! Which of burn's own kernels would serve the model best (`lutlab bench model-ops`, native): the
 //! matmul routines of cubek at GPT-2's evaluation shapes, beside the default burn picks without
 //! autotune (`SimpleUnit`), and flash attention beside the separate kernels the model runs now
-//! (scores, mask, softmax, weighted sum). Each is checked against the default first, then timed
+//! (scores, mask, softmax, weighted sum), and the model's own f32 matmul (`shaders/gemm.wgsl`)
+//! on the operand layouts it meets. Each is checked against the default first, then timed
 //! by the wall clock over `iters` calls ended by a read-back.
 
 use burn_cubecl::kernel::attention::{attention, AttentionStrategy};
@@ -49,6 +50,13 @@ pub async fn bench_model_ops(gpu: &Gpu, iters: usize) -> Result<Vec<OpTiming>> {
         }
         out.extend(matmuls(gpu, m, k, n, iters).await?);
     }
+    // The model's other operand layouts: an HF `[out, in]` weight (Bᵀ) and a Hessian's `xᵀx`
+    // (Aᵀ, 8 windows of 1024 positions through a 3072-wide input).
+    for (m, k, n, layout) in [(2048, 768, 3072, Operands::WeightTransposed), (3072, 8192, 3072, Operands::InputTransposed)] {
+        if (m.max(k) * n.max(k) * 4) as u64 <= gpu.max_binding_bytes() {
+            out.extend(strided_matmul(gpu, m, k, n, layout, iters).await?);
+        }
+    }
     out.extend(attentions(gpu, 2, 12, 1024, 64, iters).await?);
     Ok(out)
 }
@@ -71,7 +79,7 @@ async fn matmuls(gpu: &Gpu, m: usize, k: usize, n: usize, iters: usize) -> Resul
     let mut out = Vec::new();
     // What the model runs (`decoder::matmul_in`): f32, and f16 operands with f32 accumulation
     // (`--dtype f16`; on a SPIR-V build, through cooperative matrices where the GPU has them).
-    for (name, dtype) in [("the model's, f32", DType::F32), ("the model's, f16 operands", DType::F16)] {
+    for (name, dtype) in [("the model's, f32 (shaders/gemm.wgsl)", DType::F32), ("the model's, f16 operands", DType::F16)] {
         if dtype == DType::F16 && !gpu.has_f16() {
             continue;
         }
@@ -113,6 +121,38 @@ async fn matmuls(gpu: &Gpu, m: usize, k: usize, n: usize, iters: usize) -> Resul
         let micros = wall_micros(iters, run).await?;
         out.push(OpTiming { op: format!("matmul {name}"), shape: format!("{m}x{k}x{n}"), micros, tflops: flops / micros / 1e6 });
     }
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum Operands {
+    /// `a · bᵀ` with `b` stored `[n, k]`.
+    WeightTransposed,
+    /// `aᵀ · b` with `a` stored `[k, m]`.
+    InputTransposed,
+}
+
+/// The model's f32 matmul (`lutlab_model::gemm`) on transposed views beside burn's matmul of the
+/// same views, checked against burn's.
+async fn strided_matmul(gpu: &Gpu, m: usize, k: usize, n: usize, layout: Operands, iters: usize) -> Result<Vec<OpTiming>> {
+    let mut rng = SplitMix64::new(9);
+    let (a, b, what) = match layout {
+        Operands::WeightTransposed => (upload(&random(&mut rng, m * k), [m, k], &gpu.device), upload(&random(&mut rng, n * k), [n, k], &gpu.device).transpose(), "a·bᵀ"),
+        Operands::InputTransposed => (upload(&random(&mut rng, k * m), [k, m], &gpu.device).transpose(), upload(&random(&mut rng, k * n), [k, n], &gpu.device), "aᵀ·b"),
+    };
+    let want = download(a.clone().matmul(b.clone())).await?;
+    let scale = want.iter().fold(1e-6f32, |acc, v| acc.max(v.abs()));
+    let flops = 2.0 * (m * k * n) as f64;
+    let shape = format!("{m}x{k}x{n}");
+    let got = download(lutlab_model::gemm::matmul(a.clone(), b.clone())).await?;
+    if let Some(i) = (0..want.len()).find(|&i| (got[i] - want[i]).abs() > 1e-3 * scale) {
+        return Ok(vec![OpTiming { op: format!("matmul {what}, the model's: wrong at {i} ({} vs {})", got[i], want[i]), shape, micros: f64::NAN, tflops: 0.0 }]);
+    }
+    let mut out = Vec::new();
+    let ours = wall_micros(iters, || Ok(lutlab_model::gemm::matmul(a.clone(), b.clone()))).await?;
+    out.push(OpTiming { op: format!("matmul {what}, the model's f32 (shaders/gemm.wgsl)"), shape: shape.clone(), micros: ours, tflops: flops / ours / 1e6 });
+    let burns = wall_micros(iters, || Ok(a.clone().matmul(b.clone()))).await?;
+    out.push(OpTiming { op: format!("matmul {what}, burn's default"), shape, micros: burns, tflops: flops / burns / 1e6 });
     Ok(out)
 }
 

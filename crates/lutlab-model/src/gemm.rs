@@ -1,0 +1,184 @@
+//! The model's f32 matrix products on our own WGSL kernel (`shaders/gemm.wgsl`: 128 × 128 tiles,
+//! 8 × 8 outputs per invocation in registers), which runs natively and in the page alike.
+//! Operands are read through their strides, so a transposed view (HF's `[out, in]` weights, the
+//! head's `wteᵀ`) is multiplied without a copy; leading dimensions are a batch.
+//!
+//! Used where no gradient is taken (evaluation, the Hessians' forwards, generation, the LUT
+//! GEMM's dequantized layer); tensors that autodiff tracks, other dtypes and shapes the kernel
+//! does not take (broadcast batches, views with a buffer offset) go to burn's matmul.
+//!
+//! The model runs burn's matmul unless `LUTLAB_MATMUL=gemm` (natively) or
+//! [`use_gemm_in_model`] picks ours: ours has not yet been measured on a GPU (the device time ran
+//! out; `scripts/bench_gemm.sh` is the measurement), and on CPU adapters (lavapipe) it took 1.8×
+//! burn's time (`lutlab bench model-ops`).
+
+use crate::lut_linear::primitive;
+use burn::backend::wgpu::{into_contiguous, CubeTensor, KernelSource, SourceKernel, SourceTemplate};
+use burn::backend::Wgpu;
+use burn::tensor::{DType, Shape, Tensor};
+use cubecl::prelude::{CubeCount, CubeDim, KernelId};
+use cubecl::server::KernelArguments;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Rows and columns of C a workgroup computes (`gemm.wgsl`).
+const TILE: usize = 128;
+/// The most workgroups cubecl dispatches along one grid axis (WebGPU's limit).
+const MAX_GROUPS: usize = 65_535;
+
+/// Whether the model's f32 matmuls run on our kernel.
+static MODEL_USES_GEMM: AtomicBool = AtomicBool::new(false);
+
+/// Picks the model's f32 matmul when the process opens its GPU: `LUTLAB_MATMUL=gemm|burn`
+/// natively, else burn's (see the module's note).
+pub fn choose_at_startup() {
+    if let Some(ours) = override_from_env() {
+        use_gemm_in_model(ours);
+    }
+}
+
+/// Makes the model's f32 matmuls run on our kernel (`true`) or burn's, from now on.
+pub fn use_gemm_in_model(ours: bool) {
+    MODEL_USES_GEMM.store(ours, Ordering::Relaxed);
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn override_from_env() -> Option<bool> {
+    match std::env::var("LUTLAB_MATMUL").ok()?.as_str() {
+        "burn" => Some(false),
+        "gemm" => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn override_from_env() -> Option<bool> {
+    None
+}
+
+/// The model's f32 matmul: [`matmul`] or burn's, as [`choose_at_startup`] or [`use_gemm_in_model`] picked.
+pub fn model_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    if MODEL_USES_GEMM.load(Ordering::Relaxed) {
+        matmul(a, b)
+    } else {
+        a.matmul(b)
+    }
+}
+
+/// `a · b` over the last two dimensions (`[.., m, k] · [.., k, n]`), on our kernel where it
+/// applies, else burn's matmul.
+pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    if !ours(&a, &b) {
+        return a.matmul(b);
+    }
+    let (Ok(a), Ok(b)) = (primitive(a.clone()), primitive(b.clone())) else { return a.matmul(b) };
+    match launch(a, b) {
+        Ok(c) => Tensor::from_primitive::<Wgpu>(c),
+        Err((a, b)) => Tensor::<D>::from_primitive::<Wgpu>(a).matmul(Tensor::from_primitive::<Wgpu>(b)),
+    }
+}
+
+/// Whether the kernel takes these operands (checked again on the primitives for the layout).
+fn ours<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> bool {
+    let (da, db) = (a.dims(), b.dims());
+    D >= 2
+        && da[..D - 2] == db[..D - 2]
+        && da[D - 1] == db[D - 2]
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && !a.is_autodiff()
+        && !b.is_autodiff()
+        && da.iter().chain(&db).all(|&s| s > 0)
+}
+
+/// The product of the primitives, or both back where the kernel cannot read them as they are.
+fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
+    let a = without_offset(a);
+    let b = without_offset(b);
+    let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err((a, b)) };
+    let (m, k, n) = (la.rows, la.cols, lb.cols);
+    let batch = la.batch;
+    if m.div_ceil(TILE) > MAX_GROUPS || batch > MAX_GROUPS || [m * k, k * n, m * n].iter().any(|&e| e * batch > u32::MAX as usize) {
+        return Err((a, b));
+    }
+    let client = a.client.clone();
+    let c = client.empty(batch * m * n * 4);
+    let params: [u32; 9] = [m, n, k, la.row, la.col, la.batch_stride, lb.row, lb.col, lb.batch_stride].map(|v| v as u32);
+    let arguments = KernelArguments::new()
+        .with_buffer(a.handle.clone().binding())
+        .with_buffer(b.handle.clone().binding())
+        .with_buffer(c.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    let kernel = GemmKernel { a_k_fast: la.col == 1, b_n_fast: lb.col == 1 };
+    let grid = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32);
+    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_2d(16, 16))), grid, arguments);
+    let mut dims = a.meta.shape().as_slice().to_vec();
+    let last = dims.len() - 1;
+    dims[last] = n;
+    Ok(CubeTensor::new_contiguous(client, a.device.clone(), Shape::from(dims), c, DType::F32))
+}
+
+/// A view that starts inside its buffer is copied (the kernel indexes its bindings from 0).
+fn without_offset(t: CubeTensor) -> CubeTensor {
+    if t.handle.offset_start.unwrap_or(0) != 0 {
+        return into_contiguous(t);
+    }
+    t
+}
+
+/// An operand as the kernel reads it: `batch` matrices of `rows × cols`, element `(z, i, j)` at
+/// `z · batch_stride + i · row + j · col`.
+struct Layout {
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    row: usize,
+    col: usize,
+    batch_stride: usize,
+}
+
+impl Layout {
+    /// `None` where the leading dimensions do not fold into one batch stride.
+    fn of(t: &CubeTensor) -> Option<Self> {
+        let shape = t.meta.shape().as_slice();
+        let strides: &[usize] = t.meta.strides();
+        let d = shape.len();
+        let (rows, cols) = (shape[d - 2], shape[d - 1]);
+        let mut batch = 1;
+        let mut batch_stride = rows * cols;
+        // Fold from the innermost batch dimension out: each must step over the ones inside it.
+        for i in (0..d - 2).rev() {
+            if shape[i] == 1 {
+                continue;
+            }
+            if batch == 1 {
+                batch_stride = strides[i];
+            } else if strides[i] != batch_stride * batch {
+                return None;
+            }
+            batch *= shape[i];
+        }
+        Some(Self { batch, rows, cols, row: strides[d - 2], col: strides[d - 1], batch_stride })
+    }
+}
+
+/// `shaders/gemm.wgsl` for one pair of operand layouts.
+struct GemmKernel {
+    a_k_fast: bool,
+    b_n_fast: bool,
+}
+
+impl KernelSource for GemmKernel {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(include_str!("../../../shaders/gemm.wgsl"))
+            .register("a_k_fast", self.a_k_fast.to_string())
+            .register("b_n_fast", self.b_n_fast.to_string())
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info((self.a_k_fast, self.b_n_fast))
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}

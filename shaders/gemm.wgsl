@@ -1,0 +1,136 @@
+// f32 matrix product C[z] = A[z] · B[z] (A: [m, k], B: [k, n], C: [m, n] contiguous) for the
+// model's dense matmuls (crates/lutlab-model/src/gemm.rs). A and B are read through strides, so
+// transposed views (HF's `[out, in]` weights, `x.transpose()`) need no copy.
+//
+// A workgroup of 16 × 16 invocations computes a 128 × 128 tile of C, each invocation 8 × 8
+// outputs held in registers: rows ty·4 + i and 64 + ty·4 + i, columns tx·4 + j and 64 + tx·4 + j,
+// so that neighbouring invocations read neighbouring vec4s of workgroup memory (no bank
+// conflicts). K goes by slices of 8: each invocation loads 4 values of A's and 4 of B's slice into
+// registers while the previous slice is multiplied, then stores them to workgroup memory (A
+// transposed: both operands are then read along m and n). 8 KiB of workgroup memory, inside
+// WebGPU's 16 KiB.
+//
+// {{a_k_fast}}: A's k index is the contiguous one (stride 1), so a slice is loaded two
+// invocations per row; otherwise along m. {{b_n_fast}}: likewise for B along n, else along k.
+
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+// m, n, k, A's strides (row, col, batch), B's strides (row, col, batch)
+@group(0) @binding(3) var<storage, read_write> p: array<u32>;
+
+const A_K_FAST: bool = {{a_k_fast}};
+const B_N_FAST: bool = {{b_n_fast}};
+
+var<workgroup> sa: array<vec4<f32>, 256>; // [8 k][128 m] as vec4s along m
+var<workgroup> sb: array<vec4<f32>, 256>; // [8 k][128 n] as vec4s along n
+
+// Where invocation `li` loads its 4 values of a 128 × 8 slice: (index along m or n, along k)
+// for value j, the contiguous index four at a time.
+fn slot(li: u32, j: u32, mn_fast: bool) -> vec2<u32> {
+    if mn_fast {
+        return vec2<u32>((li % 32u) * 4u + j, li / 32u);
+    }
+    return vec2<u32>(li / 2u, (li % 2u) * 4u + j);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m = p[0];
+    let n = p[1];
+    let k = p[2];
+    let a_base = wg.z * p[5];
+    let b_base = wg.z * p[8];
+    let c_base = wg.z * m * n;
+    let m0 = wg.y * 128u;
+    let n0 = wg.x * 128u;
+    let tx = lid.x;
+    let ty = lid.y;
+    let li = ty * 16u + tx;
+
+    var acc0 = vec4<f32>(); var acc1 = vec4<f32>(); var acc2 = vec4<f32>(); var acc3 = vec4<f32>();
+    var acc4 = vec4<f32>(); var acc5 = vec4<f32>(); var acc6 = vec4<f32>(); var acc7 = vec4<f32>();
+    var acc8 = vec4<f32>(); var acc9 = vec4<f32>(); var acc10 = vec4<f32>(); var acc11 = vec4<f32>();
+    var acc12 = vec4<f32>(); var acc13 = vec4<f32>(); var acc14 = vec4<f32>(); var acc15 = vec4<f32>();
+
+    var ra = vec4<f32>();
+    var rb = vec4<f32>();
+    let slices = (k + 7u) / 8u;
+    // The first slice into registers.
+    for (var j = 0u; j < 4u; j++) {
+        let s = slot(li, j, !A_K_FAST);
+        if m0 + s.x < m && s.y < k {
+            ra[j] = a[a_base + (m0 + s.x) * p[3] + s.y * p[4]];
+        }
+        let t = slot(li, j, B_N_FAST);
+        if n0 + t.x < n && t.y < k {
+            rb[j] = b[b_base + t.y * p[6] + (n0 + t.x) * p[7]];
+        }
+    }
+    for (var slice = 0u; slice < slices; slice++) {
+        workgroupBarrier();
+        for (var j = 0u; j < 4u; j++) {
+            let s = slot(li, j, !A_K_FAST);
+            sa[s.y * 32u + s.x / 4u][s.x % 4u] = ra[j];
+            let t = slot(li, j, B_N_FAST);
+            sb[t.y * 32u + t.x / 4u][t.x % 4u] = rb[j];
+        }
+        workgroupBarrier();
+        // The next slice's loads are in flight while this one is multiplied.
+        let k0 = (slice + 1u) * 8u;
+        ra = vec4<f32>();
+        rb = vec4<f32>();
+        if slice + 1u < slices {
+            for (var j = 0u; j < 4u; j++) {
+                let s = slot(li, j, !A_K_FAST);
+                if m0 + s.x < m && k0 + s.y < k {
+                    ra[j] = a[a_base + (m0 + s.x) * p[3] + (k0 + s.y) * p[4]];
+                }
+                let t = slot(li, j, B_N_FAST);
+                if n0 + t.x < n && k0 + t.y < k {
+                    rb[j] = b[b_base + (k0 + t.y) * p[6] + (n0 + t.x) * p[7]];
+                }
+            }
+        }
+        for (var kk = 0u; kk < 8u; kk++) {
+            let a0 = sa[kk * 32u + ty];
+            let a1 = sa[kk * 32u + 16u + ty];
+            let b0 = sb[kk * 32u + tx];
+            let b1 = sb[kk * 32u + 16u + tx];
+            acc0 = fma(vec4<f32>(a0.x), b0, acc0); acc1 = fma(vec4<f32>(a0.x), b1, acc1);
+            acc2 = fma(vec4<f32>(a0.y), b0, acc2); acc3 = fma(vec4<f32>(a0.y), b1, acc3);
+            acc4 = fma(vec4<f32>(a0.z), b0, acc4); acc5 = fma(vec4<f32>(a0.z), b1, acc5);
+            acc6 = fma(vec4<f32>(a0.w), b0, acc6); acc7 = fma(vec4<f32>(a0.w), b1, acc7);
+            acc8 = fma(vec4<f32>(a1.x), b0, acc8); acc9 = fma(vec4<f32>(a1.x), b1, acc9);
+            acc10 = fma(vec4<f32>(a1.y), b0, acc10); acc11 = fma(vec4<f32>(a1.y), b1, acc11);
+            acc12 = fma(vec4<f32>(a1.z), b0, acc12); acc13 = fma(vec4<f32>(a1.z), b1, acc13);
+            acc14 = fma(vec4<f32>(a1.w), b0, acc14); acc15 = fma(vec4<f32>(a1.w), b1, acc15);
+        }
+    }
+
+    let r0 = m0 + ty * 4u;
+    let r1 = m0 + 64u + ty * 4u;
+    let c0 = n0 + tx * 4u;
+    let c1 = n0 + 64u + tx * 4u;
+    store(c_base, r0, c0, acc0, m, n); store(c_base, r0, c1, acc1, m, n);
+    store(c_base, r0 + 1u, c0, acc2, m, n); store(c_base, r0 + 1u, c1, acc3, m, n);
+    store(c_base, r0 + 2u, c0, acc4, m, n); store(c_base, r0 + 2u, c1, acc5, m, n);
+    store(c_base, r0 + 3u, c0, acc6, m, n); store(c_base, r0 + 3u, c1, acc7, m, n);
+    store(c_base, r1, c0, acc8, m, n); store(c_base, r1, c1, acc9, m, n);
+    store(c_base, r1 + 1u, c0, acc10, m, n); store(c_base, r1 + 1u, c1, acc11, m, n);
+    store(c_base, r1 + 2u, c0, acc12, m, n); store(c_base, r1 + 2u, c1, acc13, m, n);
+    store(c_base, r1 + 3u, c0, acc14, m, n); store(c_base, r1 + 3u, c1, acc15, m, n);
+}
+
+// Four outputs of one row from column `col` on, those inside C.
+fn store(base: u32, row: u32, col: u32, v: vec4<f32>, m: u32, n: u32) {
+    if row >= m {
+        return;
+    }
+    let at = base + row * n + col;
+    for (var j = 0u; j < 4u; j++) {
+        if col + j < n {
+            c[at + j] = v[j];
+        }
+    }
+}
