@@ -73,7 +73,10 @@ pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     let (Ok(a), Ok(b)) = (primitive(a.clone()), primitive(b.clone())) else { return a.matmul(b) };
     match launch(a, b) {
         Ok(c) => Tensor::from_primitive::<Wgpu>(c),
-        Err((a, b)) => Tensor::<D>::from_primitive::<Wgpu>(a).matmul(Tensor::from_primitive::<Wgpu>(b)),
+        Err(operands) => {
+            let (a, b) = *operands;
+            Tensor::<D>::from_primitive::<Wgpu>(a).matmul(Tensor::from_primitive::<Wgpu>(b))
+        }
     }
 }
 
@@ -91,14 +94,14 @@ fn ours<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> bool {
 }
 
 /// The product of the primitives, or both back where the kernel cannot read them as they are.
-fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
+fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
     let a = without_offset(a);
     let b = without_offset(b);
-    let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err((a, b)) };
+    let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err(Box::new((a, b))) };
     let (m, k, n) = (la.rows, la.cols, lb.cols);
     let batch = la.batch;
     if m.div_ceil(TILE) > MAX_GROUPS || batch > MAX_GROUPS || [m * k, k * n, m * n].iter().any(|&e| e * batch > u32::MAX as usize) {
-        return Err((a, b));
+        return Err(Box::new((a, b)));
     }
     let client = a.client.clone();
     let c = client.empty(batch * m * n * 4);
