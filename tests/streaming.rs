@@ -94,3 +94,37 @@ fn a_streamed_model_with_a_missing_block_tensor_fails_before_it_runs() {
     let err = Decoder::streamed(&opened.config, opened.checkpoint, &gpu()).unwrap_err().to_string();
     assert!(err.contains("model.layers.2.mlp.down_proj.weight") && err.contains("missing"), "{err}");
 }
+
+/// A half-precision checkpoint (F16 and BF16, as HF ships 7B models): the streamed model uploads
+/// the stored bytes and widens them on the GPU, the resident one widens on the host; the same
+/// perplexity. The Llama's `[out, in]` weights are transposed by the widening kernel too.
+#[test]
+fn a_half_precision_checkpoint_streams_as_it_loads_resident() {
+    use lutlab_core::checkpoint::{write_tensors, TensorData};
+    let src = repo("models/llama-tiny-wikitext");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let ckpt = lutlab_core::Checkpoint::from_safetensors([("model.safetensors", bytes.as_slice())]).unwrap();
+    let tensors: Vec<(String, lutlab_core::HostTensor)> = ckpt.names().map(|n| (n.to_string(), ckpt.get(n).unwrap())).collect();
+    let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap();
+    let device = gpu();
+    for label in ["f16", "bf16"] {
+        let half = |v| if label == "f16" { TensorData::F16(v) } else { TensorData::BF16(v) };
+        let dir = std::env::temp_dir().join(format!("lutlab-stream-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let views: Vec<(&str, &[usize], TensorData<'_>)> = tensors.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice(), half(&t.data))).collect();
+        std::fs::write(dir.join("model.safetensors"), write_tensors(&views, None).unwrap()).unwrap();
+        let opened = ModelFiles::open_dir(&dir).unwrap();
+        let tokens = opened.tokenizer.encode(&text[..4_000]).unwrap();
+        let streamed = Decoder::streamed(&opened.config, opened.checkpoint, &device).unwrap();
+        let resident = Decoder::new(&ModelFiles::open_dir(&dir).unwrap().load().unwrap().weights, &device);
+        let settings = EvalSettings { max_length: 128, stride: 64, max_logits_bytes: 4 << 20, max_stream_bytes: 1 << 20 };
+        let a = pollster::block_on(perplexity(&resident, &tokens, settings, "valid", &mut NoProgress)).unwrap();
+        let b = pollster::block_on(perplexity(&streamed, &tokens, settings, "valid", &mut NoProgress)).unwrap();
+        assert_eq!(a.scored, b.scored);
+        assert!(rel(b.nll_sum, a.nll_sum) <= REL, "{label}: streamed {} vs resident {}", b.nll_sum, a.nll_sum);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,6 +1,7 @@
 //! Reading safetensors checkpoints (one file or shards) into f32 host tensors, with every
 //! structural problem reported by name instead of a panic.
 
+use std::borrow::Cow;
 use crate::error::{LoadError, Result};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use std::collections::BTreeMap;
@@ -118,6 +119,29 @@ impl<'a> Checkpoint<'a> {
         })
     }
 
+    /// `name` as stored (F32, F16 or BF16 bytes, little-endian), checking its shape and that
+    /// every value is finite from the bits alone, for a GPU that widens it itself: half the bytes
+    /// of f32 to move for a half-precision checkpoint, and no f32 copy on the host.
+    pub fn read_stored(&self, name: &str, expected: &[usize]) -> Result<StoredTensor<'_>> {
+        match self.shape(name) {
+            None => return Err(LoadError::MissingTensor { name: name.to_string() }),
+            Some(found) if found != expected => {
+                return Err(LoadError::WrongShape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() });
+            }
+            Some(_) => {}
+        }
+        let missing = || LoadError::MissingTensor { name: name.to_string() };
+        let (dtype, bytes) = match self.tensors.get(name).ok_or_else(missing)? {
+            Stored::Host(t) => (StoredDtype::F32, Cow::Owned(t.data.iter().flat_map(|v| v.to_le_bytes()).collect())),
+            Stored::Bytes { dtype, bytes, .. } => (StoredDtype::of(name, *dtype)?, Cow::Borrowed(*bytes)),
+            #[cfg(not(target_arch = "wasm32"))]
+            Stored::File { dtype, file, range, .. } => (StoredDtype::of(name, *dtype)?, Cow::Owned(file.read_range(range.clone())?)),
+        };
+        let tensor = StoredTensor { dtype, shape: expected.to_vec(), bytes };
+        tensor.check_finite(name)?;
+        Ok(tensor)
+    }
+
     /// `name` as f32 if it is there and readable (fixtures and tests; model loading uses
     /// [`Self::read`], which says what is wrong).
     pub fn get(&self, name: &str) -> Option<HostTensor> {
@@ -150,6 +174,72 @@ impl Checkpoint<'static> {
             }
         }
         Ok(checkpoint)
+    }
+}
+
+/// The element types a checkpoint's floats may be stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl StoredDtype {
+    fn of(name: &str, dtype: Dtype) -> Result<Self> {
+        match dtype {
+            Dtype::F32 => Ok(Self::F32),
+            Dtype::F16 => Ok(Self::F16),
+            Dtype::BF16 => Ok(Self::BF16),
+            other => Err(LoadError::WrongDtype { name: name.to_string(), found: format!("{other:?}") }),
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+}
+
+/// One tensor's bytes as the checkpoint stores them ([`Checkpoint::read_stored`]).
+#[derive(Clone, Debug)]
+pub struct StoredTensor<'a> {
+    pub dtype: StoredDtype,
+    pub shape: Vec<usize>,
+    pub bytes: Cow<'a, [u8]>,
+}
+
+impl StoredTensor<'_> {
+    pub fn numel(&self) -> usize {
+        self.bytes.len() / self.dtype.bytes()
+    }
+
+    /// The values widened to f32 on the host (the CPU reference of a GPU widening).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let dtype = match self.dtype {
+            StoredDtype::F32 => Dtype::F32,
+            StoredDtype::F16 => Dtype::F16,
+            StoredDtype::BF16 => Dtype::BF16,
+        };
+        // The dtype is a float one, which `to_f32` always converts.
+        to_f32("", dtype, &self.bytes).unwrap_or_default()
+    }
+
+    /// As [`check_finite`], from the bits: an all-ones exponent is an infinity or a NaN.
+    fn check_finite(&self, name: &str) -> Result<()> {
+        let size = self.dtype.bytes();
+        let infinite = |b: &[u8]| match self.dtype {
+            StoredDtype::F32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000,
+            StoredDtype::F16 => u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00,
+            StoredDtype::BF16 => u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80,
+        };
+        let mut bad = self.bytes.chunks_exact(size).enumerate().filter(|(_, b)| infinite(b));
+        if let Some((first, _)) = bad.next() {
+            return Err(LoadError::NonFinite { name: name.to_string(), count: 1 + bad.count(), first });
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 //! they are taken. Layers without a bias get a zero one, so quantizers that fold a shift into the
 //! bias (seed 000's centering) work on every family.
 
-use crate::checkpoint::{Checkpoint, HostTensor};
+use crate::checkpoint::{Checkpoint, HostTensor, StoredTensor};
 use crate::config::{LinearLayout, ModelConfig, LM_HEAD_WEIGHT};
 use crate::error::Result;
 use crate::quant::head::transpose;
@@ -100,6 +100,60 @@ impl BlockWeights {
             .block_linears()
             .iter()
             .map(|s| read_linear(ckpt, config, &format!("{p}.{}", s.name), s.n_in, s.n_out, s.bias))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { norm_1: read_norm(ckpt, config, &format!("{p}.{norm_1}"))?, norm_2: read_norm(ckpt, config, &format!("{p}.{norm_2}"))?, linears })
+    }
+}
+
+/// One block with its linears' weights as the checkpoint stores them (dtype and layout), for a
+/// GPU that widens and lays them out itself ([`Self::read`]); norms and biases as f32.
+#[derive(Clone, Debug)]
+pub struct StoredBlock<'a> {
+    pub norm_1: NormWeights,
+    pub norm_2: NormWeights,
+    pub linears: Vec<StoredLinear<'a>>,
+}
+
+/// A linear's stored weight: `[in, out]` (`InOut`) or `[out, in]` (`OutIn`) in its file's dtype.
+#[derive(Clone, Debug)]
+pub struct StoredLinear<'a> {
+    pub weight: StoredTensor<'a>,
+    pub layout: LinearLayout,
+    pub n_in: usize,
+    pub n_out: usize,
+    pub bias: HostTensor,
+}
+
+impl StoredLinear<'_> {
+    /// The `[in, out]` f32 weight the host path reads ([`BlockWeights::read`]): the CPU
+    /// reference of the GPU's widening.
+    pub fn to_in_out(&self) -> Vec<f32> {
+        let values = self.weight.to_f32();
+        match self.layout {
+            LinearLayout::InOut => values,
+            LinearLayout::OutIn => transpose(&values, self.n_out, self.n_in),
+        }
+    }
+}
+
+impl<'a> StoredBlock<'a> {
+    /// Block `index` of `ckpt`, checked as [`BlockWeights::read`] checks it.
+    pub fn read(config: &ModelConfig, ckpt: &'a Checkpoint<'_>, index: usize) -> Result<Self> {
+        let p = config.block_prefix(index);
+        let [norm_1, norm_2] = config.block_norms();
+        let layout = config.linear_layout();
+        let linears = config
+            .block_linears()
+            .iter()
+            .map(|s| {
+                let name = format!("{p}.{}", s.name);
+                let shape = match layout {
+                    LinearLayout::InOut => [s.n_in, s.n_out],
+                    LinearLayout::OutIn => [s.n_out, s.n_in],
+                };
+                let weight = ckpt.read_stored(&format!("{name}.weight"), &shape)?;
+                Ok(StoredLinear { weight, layout, n_in: s.n_in, n_out: s.n_out, bias: read_bias(ckpt, &name, s.n_out, s.bias)? })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { norm_1: read_norm(ckpt, config, &format!("{p}.{norm_1}"))?, norm_2: read_norm(ckpt, config, &format!("{p}.{norm_2}"))?, linears })
     }
@@ -221,9 +275,16 @@ fn read_linear(ckpt: &Checkpoint<'_>, config: &ModelConfig, name: &str, n_in: us
             HostTensor::new(vec![n_in, n_out], transpose(&w.data, n_out, n_in))
         }
     };
+    Ok(LinearWeights { weight, bias: read_bias(ckpt, name, n_out, bias)? })
+}
+
+/// The bias of linear `name`: read when declared or present, else zeros.
+fn read_bias(ckpt: &Checkpoint<'_>, name: &str, n_out: usize, declared: bool) -> Result<HostTensor> {
     let bias_name = format!("{name}.bias");
-    let bias = if bias || ckpt.contains(&bias_name) { ckpt.read(&bias_name, &[n_out])? } else { HostTensor::new(vec![n_out], vec![0.0; n_out]) };
-    Ok(LinearWeights { weight, bias })
+    if declared || ckpt.contains(&bias_name) {
+        return ckpt.read(&bias_name, &[n_out]);
+    }
+    Ok(HostTensor::new(vec![n_out], vec![0.0; n_out]))
 }
 
 /// Checks, without reading any values, that `ckpt` holds every tensor `config` declares with its

@@ -18,7 +18,7 @@ use lutlab_core::packed_file::PackedModel;
 use lutlab_core::quant::head::{transpose, HEAD};
 use lutlab_core::quant::inputs::{InputMultipliers, InputQuantization};
 use lutlab_core::reference::Rope;
-use lutlab_core::weights::{BlockWeights, EdgeWeights, LinearWeights, NormWeights};
+use lutlab_core::weights::{BlockWeights, EdgeWeights, LinearWeights, NormWeights, StoredBlock};
 use lutlab_core::Checkpoint;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -147,6 +147,17 @@ pub struct Block {
 }
 
 impl Block {
+    /// Uploads one streamed block from its checkpoint's bytes: each linear's weight as stored,
+    /// widened and laid out `[in, out]` on the GPU (`widen.rs`).
+    pub fn upload_stored(w: &StoredBlock, eps: f64, device: &Device) -> Result<Self> {
+        let linears = w
+            .linears
+            .iter()
+            .map(|l| Ok(Linear::Dense { weight: crate::widen::upload_weight(l, device)?, bias: upload1(&l.bias, device) }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Block { norm_1: Norm::new(&w.norm_1, eps, device), norm_2: Norm::new(&w.norm_2, eps, device), linears, inputs: None })
+    }
+
     /// Uploads checked host weights of one block.
     pub fn upload(w: &BlockWeights, eps: f64, device: &Device) -> Self {
         Block {
@@ -523,8 +534,8 @@ impl Decoder {
                 .map(Cow::Borrowed)
                 .ok_or_else(|| LoadError::InvalidSetting(format!("block {index} of a {}-block model", blocks.len())).into()),
             Blocks::Streamed(checkpoint) => {
-                let weights = BlockWeights::read(&self.config, checkpoint, index)?;
-                let mut block = Block::upload(&weights, self.config.norm_eps, &self.device()).stored_as(self.dtype);
+                let weights = StoredBlock::read(&self.config, checkpoint, index)?;
+                let mut block = Block::upload_stored(&weights, self.config.norm_eps, &self.device())?.stored_as(self.dtype);
                 if let Some(q) = &self.input_quant {
                     block.inputs = Some(Arc::new(block_input_quantizers(&self.config, q, index, &self.device())?));
                 }

@@ -13,6 +13,7 @@ pub mod hessian_rounding;
 pub mod input_quant;
 pub mod decoder;
 pub mod lut_linear;
+pub mod widen;
 
 pub use activations::{linear_input_means, linear_input_stats, linear_input_stats_windows, ActivationSettings, InputStats};
 pub use burn;
