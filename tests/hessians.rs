@@ -123,3 +123,53 @@ fn sequential_hessians_see_the_quantized_blocks_before_them() {
         assert!(rel_norm(&last.1, &float[&key]) > 10.0 * NORM_REL, "quantizing earlier blocks changed nothing");
     }
 }
+
+/// The linears of one input (Llama's q, k, v and gate, up) are handed the one Hessian of that
+/// input with its factorization shared (`quant::hessian::shared`): a factor asked for through it
+/// is computed once per input group, and GPTQ's rounding through the shared factor gives the
+/// codes it gives from an unshared copy of the Hessian.
+#[test]
+fn the_linears_of_one_input_share_its_factor_and_round_alike() {
+    use lutlab_core::quant::hessian::{round_with_hessian, shared::factor_of, Feedback, Grid, RoundingSettings};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let folder = repo("models/llama-tiny-wikitext");
+    let loaded = lutlab_core::ModelFiles::open_dir(&folder).unwrap().load().unwrap();
+    let text = std::fs::read_to_string(repo("data/wikitext-2/valid.txt")).unwrap();
+    let tokens = loaded.tokenizer.encode(&text[..20_000]).unwrap();
+    let settings = HessianSettings { windows: ActivationSettings { nsamples: 4, seqlen: 64, seed: 1, batch: 2 }, true_sequential: false };
+    let model = Decoder::new(&loaded.weights, &gpu());
+    /// A stand-in factor: which computation produced it.
+    struct Computation(usize);
+    let computations = AtomicUsize::new(0);
+    let seen = std::sync::Mutex::new(Vec::new());
+    let rounding = RoundingSettings { feedback: Feedback::Gptq, ..RoundingSettings::default() };
+    pollster::block_on(quantize_sequential(&model, &tokens, settings, &|layer| {
+        let w = &loaded.weights.linear(layer.name).unwrap().weight;
+        let (rows, cols) = (w.shape[0], w.shape[1]);
+        let marker = factor_of(layer.hessian, vec![], || Ok::<_, ()>(Computation(computations.fetch_add(1, Ordering::SeqCst)))).unwrap().0;
+        // 4-bit tables per channel, evenly spaced over each channel's range.
+        let tables: Vec<f32> = (0..cols)
+            .flat_map(|c| {
+                let (lo, hi) = (0..rows).map(|r| w.data[r * cols + c]).fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(v), b.max(v)));
+                (0..16).map(move |i| lo + (hi - lo) * i as f32 / 15.0)
+            })
+            .collect();
+        let grid = Grid::Tables { levels: 16, tables, channels_per_table: 1 };
+        let shared = round_with_hessian(&w.data, rows, cols, layer.hessian, &grid, None, &rounding).unwrap();
+        let alone = round_with_hessian(&w.data, rows, cols, &layer.hessian.clone(), &grid, None, &rounding).unwrap();
+        assert_eq!(shared.codes, alone.codes, "{}: shared and unshared factors round differently", layer.name);
+        seen.lock().unwrap().push((layer.block, layer.linear, marker));
+        Ok(None)
+    }, &mut NoProgress))
+    .unwrap();
+    let seen = seen.into_inner().unwrap();
+    let groups = loaded.weights.config.input_groups();
+    for block in 0..loaded.weights.config.n_layer {
+        for group in &groups {
+            let markers: std::collections::BTreeSet<usize> = seen.iter().filter(|s| s.0 == block && group.contains(&s.1)).map(|s| s.2).collect();
+            assert_eq!(markers.len(), 1, "block {block}, linears {group:?}: {} computations of one input's factor", markers.len());
+        }
+    }
+    // One computation per input group and block, none per linear.
+    assert_eq!(computations.load(Ordering::SeqCst), groups.len() * loaded.weights.config.n_layer);
+}

@@ -8,9 +8,10 @@
 //! are read back, scaled, and handed over. Sequentially ([`quantize_sequential`]), the caller
 //! then quantizes the block's linears, the block is rebuilt from the dequantized weights, and the
 //! windows go on through *that* block, so block `i + 1`'s Hessians see the quantized blocks
-//! before it. With `true_sequential` (Llama's option in GPTQ), the block's input groups are done
-//! in order — [q,k,v], [o], [gate,up], [down] — each group's Hessians taken with the groups
-//! before it already quantized.
+//! before it. The linears of one input (q, k, v) are rounded against its one Hessian, whose
+//! factorization they share (`quant::hessian::shared`). With `true_sequential` (Llama's option
+//! in GPTQ), the block's input groups are done in order — [q,k,v], [o], [gate,up], [down] — each
+//! group's Hessians taken with the groups before it already quantized.
 
 use crate::activations::ActivationSettings;
 use crate::decoder::{run_block, BlockContext, BlockVisitor, Decoder, Linear};
@@ -19,7 +20,7 @@ use crate::error::{ModelError, Result};
 use lutlab_core::parallel::map_ranges;
 use lutlab_core::profile;
 use burn::tensor::Tensor;
-use lutlab_core::quant::hessian::Square;
+use lutlab_core::quant::hessian::{ShareFactors, Square};
 use lutlab_core::{LoadError, Progress};
 use std::ops::Range;
 
@@ -116,6 +117,8 @@ pub async fn quantize_sequential(
             let hessians = sums.read(settings.windows.nsamples, &groups, &names).await?;
             profile::stop("GPU: block forwards, x·xᵀ sums, read-back (waits for the previous block's last pass)", gpu);
             let jobs: Vec<(usize, &Square)> = hessians.iter().flat_map(|(g, h)| groups[*g].clone().map(move |linear| (linear, h))).collect();
+            // q, k and v (gate and up) round against one Hessian: factor it once for them.
+            let _shared: Vec<ShareFactors> = hessians.iter().filter(|(g, _)| groups[*g].len() > 1).map(|(_, h)| ShareFactors::new(h)).collect();
             let host = profile::start();
             let results = map_ranges(jobs.len(), |range| {
                 range.map(|j| quantize(LayerHessian { block: i, linear: jobs[j].0, name: &names[jobs[j].0], hessian: jobs[j].1 })).collect::<Vec<_>>()

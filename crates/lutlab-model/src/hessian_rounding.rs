@@ -176,11 +176,11 @@ pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: u
             (Grid::InputGroups { size, settings: uniform, .. }, None) => RowTables::Fitted { size: *size, settings: *uniform, gptq_state: settings.feedback == Feedback::Gptq },
         };
         let phase = profile::start();
-        let factored = ldl_factor(device, h, &diagonal, lambda, &order).await?;
+        let factored = shared_ldl_factor(device, h, &diagonal, lambda, &order, [settings.percdamp.to_bits(), u64::from(settings.act_order), factor.to_bits()]).await?;
         profile::stop("host: GPU rounding: damping and factor", phase);
-        let Some((ldl, pivots)) = factored else { continue };
+        let Some((ldl, pivots)) = &factored.0 else { continue };
         let phase = profile::start();
-        let rounded = round_rows(device, &w, n, cols, &order, ldl, &pivots, &row_tables, settings.blocksize).await?;
+        let rounded = round_rows(device, &w, n, cols, &order, ldl.clone(), pivots, &row_tables, settings.blocksize).await?;
         profile::stop("host: GPU rounding: row loop", phase);
         // Back to the original row order, and the proxy loss against the undamped `H`.
         let tables = match &row_tables {
@@ -212,6 +212,24 @@ pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: u
         10.0 * settings.percdamp,
         settings.percdamp
     ))))
+}
+
+/// [`ldl_factor`]'s result, shared by the layers that read one input (`quant::hessian::shared`).
+struct GpuFactor(Option<(Tensor<2>, Vec<f32>)>);
+
+/// [`ldl_factor`], computed once for the layers given the same shared Hessian (natively; the
+/// page rounds one layer at a time and factors each). `key`: what the factor depends on besides
+/// `h` (damping, act-order, the damping's attempt).
+async fn shared_ldl_factor(device: &Device, h: &Square, diagonal: &[f64], lambda: f64, order: &[usize], key: [u64; 3]) -> Result<std::sync::Arc<GpuFactor>> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        lutlab_core::quant::hessian::shared::factor_of(h, key.to_vec(), || pollster::block_on(ldl_factor(device, h, diagonal, lambda, order)).map(GpuFactor))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = key;
+        Ok(std::sync::Arc::new(GpuFactor(ldl_factor(device, h, diagonal, lambda, order).await?)))
+    }
 }
 
 /// QuIP's `Ú` (as a full `[n, n]` tensor whose strictly upper part is used) and the pivots `√D`

@@ -5,8 +5,10 @@
 pub mod admm;
 pub mod linalg;
 pub mod rounding;
+pub mod shared;
 pub mod summary;
 
 pub use linalg::Square;
 pub use rounding::{fit_uniform, proxy_loss, round_with_hessian, Feedback, FittedGroups, Grid, HessianRounder, Rounded, RoundingSettings};
+pub use shared::ShareFactors;
 pub use summary::{summarize, HessianSummary};

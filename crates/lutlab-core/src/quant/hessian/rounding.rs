@@ -120,8 +120,12 @@ pub fn round_with_hessian(
         return super::admm::round_admm(weights, rows, cols, h, *levels, tables, *channels_per_table, settings.percdamp, settings.greedy_passes);
     }
     let mut w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
+    zero_dead_inputs(h, &mut w, cols);
     let phase = profile::start();
-    let (order, hp, coefficients) = prepare(h, &mut w, cols, settings)?;
+    // Layers reading one input (q, k, v) share its factor (`shared`).
+    let settings_key = vec![settings.percdamp.to_bits(), u64::from(settings.act_order), settings.feedback as u64];
+    let prepared = super::shared::factor_of(h, settings_key, || prepare(h, settings))?;
+    let Prepared { order, hp, coefficients } = &*prepared;
     profile::stop("host: damping and factor", phase);
     let static_fit = match grid {
         Grid::InputGroups { size, settings: uniform, static_groups: true } => Some(fit_uniform(weights, rows, cols, uniform, UniformGranularity::InputGroup(*size))?),
@@ -132,7 +136,7 @@ pub fn round_with_hessian(
         _ => Vec::new(),
     };
     let static_tables = static_fit.as_ref().map(|fit| fit.tables.as_slice());
-    let job = Job { w: &w, rows, cols, order: &order, hp: &hp, coefficients: coefficients.as_ref(), grid, sorted: &sorted, static_tables, exact, settings };
+    let job = Job { w: &w, rows, cols, order, hp, coefficients: coefficients.as_ref(), grid, sorted: &sorted, static_tables, exact, settings };
     let phase = profile::start();
     let parts = map_ranges(cols, |range| job.run(range));
     profile::stop("host: row loop", phase);
@@ -234,12 +238,28 @@ fn check_inputs(
     Ok(())
 }
 
-/// What the rounding loop needs from `h`: the processing order (by decreasing `H[k,k]` with
-/// act-order), `H + λI` in that order, and the feedback coefficients (see
-/// [`feedback_coefficients`]). λ = `percdamp` · mean diagonal, after GPTQ's dead inputs (a zero
-/// diagonal: the input never fired) get `H[k,k] = 1` and their weights zeroed. If the damped
-/// Hessian does not factor, λ is raised tenfold once; then the layer is refused.
-fn prepare(h: &Square, w: &mut [f64], cols: usize, settings: &RoundingSettings) -> Result<(Vec<usize>, Square, Option<Square>)> {
+/// GPTQ's dead inputs (a zero diagonal: the input never fired) contribute nothing: their weights
+/// are zeroed (and [`prepare`] sets their diagonal to 1).
+fn zero_dead_inputs(h: &Square, w: &mut [f64], cols: usize) {
+    for k in 0..h.n {
+        if h.at(k, k) == 0.0 {
+            w[k * cols..(k + 1) * cols].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+}
+
+/// What the rounding loop needs from `h`, which depends on nothing else (so the layers reading
+/// one input share it): the processing order (by decreasing `H[k,k]` with act-order), `H + λI` in
+/// that order, and the feedback coefficients (see [`feedback_coefficients`]).
+struct Prepared {
+    order: Vec<usize>,
+    hp: Square,
+    coefficients: Option<Square>,
+}
+
+/// [`Prepared`] for `h`: λ = `percdamp` · mean diagonal, after dead inputs get `H[k,k] = 1`. If
+/// the damped Hessian does not factor, λ is raised tenfold once; then the layer is refused.
+fn prepare(h: &Square, settings: &RoundingSettings) -> Result<Prepared> {
     let n = h.n;
     // One working copy, damped in place (a 3072-wide Hessian is 75 MB: copies cost as much as
     // the factor's arithmetic).
@@ -247,7 +267,6 @@ fn prepare(h: &Square, w: &mut [f64], cols: usize, settings: &RoundingSettings) 
     for k in 0..n {
         if damped.data[k * n + k] == 0.0 {
             damped.data[k * n + k] = 1.0;
-            w[k * cols..(k + 1) * cols].iter_mut().for_each(|v| *v = 0.0);
         }
     }
     let mean = damped.diagonal().iter().sum::<f64>() / n as f64;
@@ -264,7 +283,7 @@ fn prepare(h: &Square, w: &mut [f64], cols: usize, settings: &RoundingSettings) 
         }
         let hp = if settings.act_order { damped.permuted(&order) } else { std::mem::replace(&mut damped, Square::zeros(0)) };
         match feedback_coefficients(&hp, settings.feedback) {
-            Some(coefficients) => return Ok((order, hp, coefficients)),
+            Some(coefficients) => return Ok(Prepared { order, hp, coefficients }),
             // Not positive definite: damp more (from the unpermuted matrix).
             None if !settings.act_order => damped = hp,
             None => {}
