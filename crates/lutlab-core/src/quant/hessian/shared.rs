@@ -22,9 +22,11 @@ pub type FactorKey = (TypeId, Vec<u64>);
 type Slot = Arc<Mutex<Option<Arc<dyn Any + Send + Sync>>>>;
 
 /// Factors of shared Hessians by the Hessian's address, then by key.
-static SHARED: Mutex<Option<HashMap<usize, Vec<(FactorKey, Slot)>>>> = Mutex::new(None);
+type Registry = Option<HashMap<usize, Vec<(FactorKey, Slot)>>>;
 
-fn registry() -> MutexGuard<'static, Option<HashMap<usize, Vec<(FactorKey, Slot)>>>> {
+static SHARED: Mutex<Registry> = Mutex::new(None);
+
+fn registry() -> MutexGuard<'static, Registry> {
     // A panic elsewhere while holding the lock leaves the map consistent (inserts and removes
     // are single steps), so a poisoned lock is still usable.
     SHARED.lock().unwrap_or_else(|e| e.into_inner())
