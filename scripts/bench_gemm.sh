@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The model's f32 matmul on our kernel (shaders/gemm.wgsl) against burn's, in one device run:
+# The model's f32 matmul on our kernel (shaders/gemm.wgsl) against burn's, and the fused norms
+# and softmax (shaders/norm.wgsl, softmax.wgsl; on by default on GPUs) against burn's separate
+# kernels (LUTLAB_FUSED=0), in one device run:
 #   1. `bench model-ops`: both at GPT-2 124M's evaluation shapes, 512 x 4096 x 11008, an HF
 #      `[out, in]` weight (Bᵀ) and a Hessian's xᵀx (Aᵀ);
 #   2. dense evaluation of a GPT-2 124M-shaped model (window 1024, 100,000 characters of
@@ -22,15 +24,15 @@ ops)
   for mm in burn gemm; do LUTLAB_MATMUL=$mm $L bench model-ops --iters 50 > "$OUT/model-ops-$mm.txt"; done
   cat "$OUT/model-ops-gemm.txt" | grep -E "model's|burn's|SimpleUnit|attention" ;;
 eval)
-  for mm in burn gemm; do for round in cold warm; do
-    LUTLAB_MATMUL=$mm $L eval --model $M --data /tmp/test100k.txt --max-length 1024 --stride 1024 --json 2>>"$OUT/errors.txt" | tag matmul=$mm round=$round | tee -a "$OUT/eval.jsonl"
-  done; done
+  for fused in 0 1; do for mm in burn gemm; do for round in cold warm; do
+    LUTLAB_FUSED=$fused LUTLAB_MATMUL=$mm $L eval --model $M --data /tmp/test100k.txt --max-length 1024 --stride 1024 --json 2>>"$OUT/errors.txt" | tag fused=$fused matmul=$mm round=$round | tee -a "$OUT/eval.jsonl"
+  done; done; done
   python3 scripts/eval_peer.py --model $M --data /tmp/test100k.txt --max-length 1024 --stride 1024 | tee "$OUT/eval_peer.json" ;;
 gptq)
   N=${NSAMPLES:-128}
   python3 scripts/bench_gptq_peer.py $M data/wikitext-2/valid.txt $N 1024 | tee "$OUT/gptq_peer.json"
   for mm in burn gemm; do
-    LUTLAB_MATMUL=$mm LUTLAB_PROFILE=1 $L quantize --gpu --model $M --method gptq --bits 4 --granularity channel --asym --calibration-data data/wikitext-2/valid.txt \
+    LUTLAB_FUSED=1 LUTLAB_MATMUL=$mm LUTLAB_PROFILE=1 $L quantize --gpu --model $M --method gptq --bits 4 --granularity channel --asym --calibration-data data/wikitext-2/valid.txt \
       --hessian-samples $N --hessian-seqlen 1024 --packed /tmp/q.lut --json 2> "$OUT/gptq-$mm.err" | tag matmul=$mm | tee -a "$OUT/gptq.jsonl" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('gptq', '$mm', r['quantize_seconds'])"
     grep -E "GPU:|host:" "$OUT/gptq-$mm.err" | tail -4
   done ;;

@@ -40,6 +40,9 @@ impl Norm {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let Some(y) = crate::fused::in_model().then(|| crate::fused::norm(&x, &self.gamma, self.beta.as_ref(), self.eps)).flatten() {
+            return y;
+        }
         let gamma = self.gamma.clone().unsqueeze::<3>();
         match &self.beta {
             Some(beta) => {
@@ -382,8 +385,14 @@ fn attention(ctx: &BlockContext, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, cache
         k = repeat(k);
         v = repeat(v);
     }
-    let scores = matmul_in(q, k.swap_dims(2, 3), ctx.compute) / (d as f64).sqrt() + ctx.causal.clone();
-    matmul_in(activation::softmax(scores, 3), v, ctx.compute).swap_dims(1, 2).reshape([b, t, h * d])
+    let scores = matmul_in(q, k.swap_dims(2, 3), ctx.compute);
+    let scale = 1.0 / (d as f64).sqrt();
+    let fused = crate::fused::in_model().then(|| crate::fused::masked_softmax(&scores, scale, &ctx.causal)).flatten();
+    let probabilities = match fused {
+        Some(p) => p,
+        None => activation::softmax(scores / (d as f64).sqrt() + ctx.causal.clone(), 3),
+    };
+    matmul_in(probabilities, v, ctx.compute).swap_dims(1, 2).reshape([b, t, h * d])
 }
 
 /// Rotary embedding with HF's `rotate_half` pairing: `x · cos + [−x₂, x₁] · sin`.

@@ -81,7 +81,7 @@ pub async fn open_gpu() -> Result<Gpu> {
             return Ok(gpu.clone());
         }
         let (device, setup) = Device::wgpu_options().init_with_setup().map_err(no_adapter)?;
-        crate::gemm::choose_at_startup();
+        choose_kernels(&setup);
         let gpu = Gpu { device, setup };
         *opened = Some(gpu.clone());
         Ok(gpu)
@@ -95,9 +95,23 @@ pub async fn open_gpu() -> Result<Gpu> {
             return Ok(gpu);
         }
         let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(no_adapter)?;
-        crate::gemm::choose_at_startup();
+        choose_kernels(&setup);
         Ok(OPENED.with_borrow_mut(|opened| opened.get_or_insert(Gpu { device, setup }).clone()))
     }
+}
+
+/// Which of our kernels the model runs on this adapter: the fused norms and softmax on GPUs
+/// (`LUTLAB_FUSED=0|1` overrides it natively, for benchmarks), our matmul as `gemm` decides.
+fn choose_kernels(setup: &WgpuSetup) {
+    let gpu = setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+    #[cfg(not(target_arch = "wasm32"))]
+    let gpu = match std::env::var("LUTLAB_FUSED").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => gpu,
+    };
+    crate::fused::use_in_model(gpu);
+    crate::gemm::choose_at_startup();
 }
 
 /// burn's device on the default GPU (see [`open_gpu`]).

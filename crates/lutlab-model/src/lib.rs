@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fisher;
+pub mod fused;
 pub mod gemm;
 pub mod generate;
 pub mod hessian;
