@@ -80,26 +80,10 @@ fn fused_masked_softmax_matches_the_cpu() {
     }
 }
 
-/// Whole models with and without the fused kernels: the same logits within the transformers
-/// bound (1e-4), GPT-2 (LayerNorm) and the trained Llama (RMSNorm, GQA, RoPE). CPU adapters run
-/// burn's kernels in the model, so this test switches the fused ones on; the only test here that
-/// does.
+/// Whole models with and without the fused kernels (`same_logits_either_way`: GPT-2's
+/// LayerNorm and the trained Llama's RMSNorm, within 1e-4). CPU adapters run burn's kernels in the
+/// model, so this test switches the fused ones on; the only test here that does.
 #[test]
 fn models_give_the_same_logits_with_the_fused_kernels() {
-    use lutlab_model::device::download;
-    use lutlab_model::Decoder;
-    let device = gpu();
-    for folder in ["models/gpt2-tiny-wikitext", "models/llama-tiny-wikitext"] {
-        let weights = load_weights(&repo(folder));
-        let model = Decoder::new(&weights, &device);
-        let ids: Vec<u32> = (0..200u32).map(|i| (i * 37 + 11) % weights.config.vocab_size as u32).collect();
-        let rows: Vec<&[u32]> = ids.chunks(100).collect();
-        let logits = |fused: bool| {
-            lutlab_model::fused::use_in_model(fused);
-            pollster::block_on(download(model.forward(model.tokens(&rows)).unwrap())).unwrap()
-        };
-        let (fused, separate) = (logits(true), logits(false));
-        let err = assert_all_close(&format!("{folder} logits"), &fused, &separate, 1e-4);
-        eprintln!("{folder}: max |logit difference| {err:e}");
-    }
+    same_logits_either_way(lutlab_model::fused::use_in_model);
 }

@@ -8,9 +8,7 @@
 
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::device::download;
 use lutlab_model::gemm::matmul;
-use lutlab_model::Decoder;
 use lutlab_tests::*;
 
 fn random(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
@@ -94,24 +92,10 @@ fn matmul_matches_the_cpu_over_batches() {
     check("[b, t, h, d] view · v", matmul(x4, v4).reshape([b * h, t, 5]), &want);
 }
 
-/// Whole models through each matmul: the same logits within the transformers bound (1e-4) for
-/// GPT-2 (Conv1D `[in, out]` weights, the head as `wteᵀ`) and the trained Llama (HF `[out, in]`
-/// weights read transposed, GQA attention). The only test here that switches the model's
-/// matmul; the others call the kernel directly.
+/// Whole models through each matmul (`same_logits_either_way`: GPT-2 and the trained Llama,
+/// within 1e-4). The only test here that switches the model's matmul; the others call the kernel
+/// directly.
 #[test]
 fn models_give_the_same_logits_through_our_matmul_and_burns() {
-    let device = gpu();
-    for folder in ["models/gpt2-tiny-wikitext", "models/llama-tiny-wikitext"] {
-        let weights = load_weights(&repo(folder));
-        let model = Decoder::new(&weights, &device);
-        let ids: Vec<u32> = (0..200u32).map(|i| (i * 37 + 11) % weights.config.vocab_size as u32).collect();
-        let rows: Vec<&[u32]> = ids.chunks(100).collect();
-        let logits = |ours: bool| {
-            lutlab_model::gemm::use_gemm_in_model(ours);
-            pollster::block_on(download(model.forward(model.tokens(&rows)).unwrap())).unwrap()
-        };
-        let (ours, burns) = (logits(true), logits(false));
-        let err = assert_all_close(&format!("{folder} logits"), &ours, &burns, 1e-4);
-        eprintln!("{folder}: max |logit difference| {err:e}");
-    }
+    same_logits_either_way(lutlab_model::gemm::use_gemm_in_model);
 }

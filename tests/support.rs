@@ -87,3 +87,28 @@ pub fn random_layer_with_hessian(rows: usize, cols: usize, tokens: usize, seed: 
     }
     (weights, h)
 }
+
+/// The shipped GPT-2 (LayerNorm, Conv1D `[in, out]` weights, the head as `wteᵀ`) and Llama
+/// (RMSNorm, HF `[out, in]` weights, GQA, RoPE) give the same logits, within the transformers
+/// bound (1e-4), with a kernel choice `choose(true)` as with `choose(false)`; returns the largest
+/// difference per model. For tests that switch one of the model's kernels.
+pub fn same_logits_either_way(choose: impl Fn(bool)) -> Vec<f32> {
+    let device = gpu();
+    ["models/gpt2-tiny-wikitext", "models/llama-tiny-wikitext"]
+        .into_iter()
+        .map(|folder| {
+            let weights = load_weights(&repo(folder));
+            let model = lutlab_model::Decoder::new(&weights, &device);
+            let ids: Vec<u32> = (0..200u32).map(|i| (i * 37 + 11) % weights.config.vocab_size as u32).collect();
+            let rows: Vec<&[u32]> = ids.chunks(100).collect();
+            let logits = |on: bool| {
+                choose(on);
+                pollster::block_on(lutlab_model::device::download(model.forward(model.tokens(&rows)).unwrap())).unwrap()
+            };
+            let (on, off) = (logits(true), logits(false));
+            let err = assert_all_close(&format!("{folder} logits"), &on, &off, 1e-4);
+            eprintln!("{folder}: max |logit difference| {err:e}");
+            err
+        })
+        .collect()
+}
