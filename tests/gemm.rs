@@ -99,3 +99,20 @@ fn matmul_matches_the_cpu_over_batches() {
 fn models_give_the_same_logits_through_our_matmul_and_burns() {
     same_logits_either_way(lutlab_model::gemm::use_gemm_in_model);
 }
+
+/// Views that start inside their buffer: rows 4.. of A (an offset cubecl binds from, 1 KiB in)
+/// and columns 3.. of B (an unaligned start burn copies first).
+#[test]
+fn matmul_reads_sliced_operands() {
+    let device = gpu();
+    let mut rng = SplitMix64::new(9);
+    let (m, k, n) = (40, 64, 33);
+    let a_full = random(&mut rng, (m + 4) * k);
+    let b_full = random(&mut rng, k * (n + 3));
+    let a: Vec<f32> = a_full[4 * k..].to_vec();
+    let b: Vec<f32> = (0..k).flat_map(|r| b_full[r * (n + 3) + 3..(r + 1) * (n + 3)].to_vec()).collect();
+    let want = reference(&a, &b, 1, m, k, n);
+    let at = Tensor::<2>::from_data(TensorData::new(a_full, [m + 4, k]), &device).slice([4..m + 4, 0..k]);
+    let bt = Tensor::<2>::from_data(TensorData::new(b_full, [k, n + 3]), &device).slice([0..k, 3..n + 3]);
+    check("sliced", matmul(at, bt).unsqueeze(), &want);
+}

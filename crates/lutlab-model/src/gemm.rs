@@ -5,7 +5,7 @@
 //!
 //! Used where no gradient is taken (evaluation, the Hessians' forwards, generation, the LUT
 //! GEMM's dequantized layer); tensors that autodiff tracks, other dtypes and shapes the kernel
-//! does not take (broadcast batches, views with a buffer offset) go to burn's matmul.
+//! does not take (batches whose dimensions do not fold into one stride) go to burn's matmul.
 //!
 //! The model runs burn's matmul unless `LUTLAB_MATMUL=gemm` (natively) or
 //! [`use_gemm_in_model`] picks ours: ours has not yet been measured on a GPU (the device time ran
@@ -95,8 +95,8 @@ fn ours<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> bool {
 
 /// The product of the primitives, or both back where the kernel cannot read them as they are.
 fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
-    let a = without_offset(a);
-    let b = without_offset(b);
+    let a = readable(a);
+    let b = readable(b);
     let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err(Box::new((a, b))) };
     let (m, k, n) = (la.rows, la.cols, lb.cols);
     let batch = la.batch;
@@ -120,9 +120,11 @@ fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, C
     Ok(CubeTensor::new_contiguous(client, a.device.clone(), Shape::from(dims), c, DType::F32))
 }
 
-/// A view that starts inside its buffer is copied (the kernel indexes its bindings from 0).
-fn without_offset(t: CubeTensor) -> CubeTensor {
-    if t.handle.offset_start.unwrap_or(0) != 0 {
+/// The operand as the kernel can read it: a storage-tiled buffer (whose strides order tiles, not
+/// rows) laid out as rows first. A view that starts inside its buffer needs nothing: cubecl binds
+/// it from its first element (burn copies a slice whose start is not aligned for that).
+fn readable(t: CubeTensor) -> CubeTensor {
+    if t.meta.is_tiled() {
         return into_contiguous(t);
     }
     t
