@@ -93,13 +93,7 @@ impl<'a> Checkpoint<'a> {
     /// Reads `name` as f32, checking its shape and that every value is finite; the checkpoint
     /// keeps it (streamed models read a block's tensors each time the block is used).
     pub fn read(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        match self.shape(name) {
-            None => return Err(LoadError::MissingTensor { name: name.to_string() }),
-            Some(found) if found != expected => {
-                return Err(LoadError::WrongShape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() });
-            }
-            Some(_) => {}
-        }
+        self.check_shape(name, expected)?;
         let tensor = self.read_any(name)?;
         check_finite(name, &tensor.data)?;
         Ok(tensor)
@@ -123,13 +117,7 @@ impl<'a> Checkpoint<'a> {
     /// every value is finite from the bits alone, for a GPU that widens it itself: half the bytes
     /// of f32 to move for a half-precision checkpoint, and no f32 copy on the host.
     pub fn read_stored(&self, name: &str, expected: &[usize]) -> Result<StoredTensor<'_>> {
-        match self.shape(name) {
-            None => return Err(LoadError::MissingTensor { name: name.to_string() }),
-            Some(found) if found != expected => {
-                return Err(LoadError::WrongShape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() });
-            }
-            Some(_) => {}
-        }
+        self.check_shape(name, expected)?;
         let missing = || LoadError::MissingTensor { name: name.to_string() };
         let (dtype, bytes) = match self.tensors.get(name).ok_or_else(missing)? {
             Stored::Host(t) => (StoredDtype::F32, Cow::Owned(t.data.iter().flat_map(|v| v.to_le_bytes()).collect())),
@@ -140,6 +128,15 @@ impl<'a> Checkpoint<'a> {
         let tensor = StoredTensor { dtype, shape: expected.to_vec(), bytes };
         tensor.check_finite(name)?;
         Ok(tensor)
+    }
+
+    /// That `name` is there with shape `expected`.
+    fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
+        match self.shape(name) {
+            None => Err(LoadError::MissingTensor { name: name.to_string() }),
+            Some(found) if found != expected => Err(LoadError::WrongShape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() }),
+            Some(_) => Ok(()),
+        }
     }
 
     /// `name` as f32 if it is there and readable (fixtures and tests; model loading uses

@@ -95,13 +95,13 @@ impl BlockWeights {
     /// Block `index` read from `ckpt` (its linears as `[in, out]`), checked as the whole model is.
     pub fn read(config: &ModelConfig, ckpt: &Checkpoint<'_>, index: usize) -> Result<Self> {
         let p = config.block_prefix(index);
-        let [norm_1, norm_2] = config.block_norms();
         let linears = config
             .block_linears()
             .iter()
             .map(|s| read_linear(ckpt, config, &format!("{p}.{}", s.name), s.n_in, s.n_out, s.bias))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { norm_1: read_norm(ckpt, config, &format!("{p}.{norm_1}"))?, norm_2: read_norm(ckpt, config, &format!("{p}.{norm_2}"))?, linears })
+        let [norm_1, norm_2] = read_block_norms(ckpt, config, index)?;
+        Ok(Self { norm_1, norm_2, linears })
     }
 }
 
@@ -140,7 +140,6 @@ impl<'a> StoredBlock<'a> {
     /// Block `index` of `ckpt`, checked as [`BlockWeights::read`] checks it.
     pub fn read(config: &ModelConfig, ckpt: &'a Checkpoint<'_>, index: usize) -> Result<Self> {
         let p = config.block_prefix(index);
-        let [norm_1, norm_2] = config.block_norms();
         let layout = config.linear_layout();
         let linears = config
             .block_linears()
@@ -155,7 +154,8 @@ impl<'a> StoredBlock<'a> {
                 Ok(StoredLinear { weight, layout, n_in: s.n_in, n_out: s.n_out, bias: read_bias(ckpt, &name, s.n_out, s.bias)? })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { norm_1: read_norm(ckpt, config, &format!("{p}.{norm_1}"))?, norm_2: read_norm(ckpt, config, &format!("{p}.{norm_2}"))?, linears })
+        let [norm_1, norm_2] = read_block_norms(ckpt, config, index)?;
+        Ok(Self { norm_1, norm_2, linears })
     }
 }
 
@@ -255,6 +255,13 @@ impl ModelWeights {
 }
 
 /// A LayerNorm's `{prefix}.weight` and `.bias`, or an RMSNorm's weight.
+/// Block `index`'s two norms.
+fn read_block_norms(ckpt: &Checkpoint<'_>, config: &ModelConfig, index: usize) -> Result<[NormWeights; 2]> {
+    let p = config.block_prefix(index);
+    let [norm_1, norm_2] = config.block_norms();
+    Ok([read_norm(ckpt, config, &format!("{p}.{norm_1}"))?, read_norm(ckpt, config, &format!("{p}.{norm_2}"))?])
+}
+
 fn read_norm(ckpt: &Checkpoint<'_>, config: &ModelConfig, prefix: &str) -> Result<NormWeights> {
     let c = [config.n_embd];
     Ok(NormWeights {

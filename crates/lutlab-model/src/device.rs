@@ -100,18 +100,19 @@ pub async fn open_gpu() -> Result<Gpu> {
     }
 }
 
-/// Which of our kernels the model runs on this adapter: the fused norms and softmax on GPUs
-/// (`LUTLAB_FUSED=0|1` overrides it natively, for benchmarks), our matmul as `gemm` decides.
+/// Which of our kernels the model runs on this adapter (`fused`, `gemm` say how they choose).
 fn choose_kernels(setup: &WgpuSetup) {
-    let gpu = setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu;
-    #[cfg(not(target_arch = "wasm32"))]
-    let gpu = match std::env::var("LUTLAB_FUSED").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => gpu,
-    };
-    crate::fused::use_in_model(gpu);
+    crate::fused::choose_at_startup(setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu);
     crate::gemm::choose_at_startup();
+}
+
+/// Workgroups per grid row for a kernel over a long 1-D range (WebGPU allows 65,535 per grid
+/// dimension); the kernel's workgroup index is `y · GROUPS_PER_ROW + x`.
+pub(crate) const GROUPS_PER_ROW: usize = 32_768;
+
+/// `groups` workgroups (at least one) as a grid `(x, y)` with `x ≤ GROUPS_PER_ROW`.
+pub(crate) fn grid_of(groups: usize) -> (usize, usize) {
+    (groups.clamp(1, GROUPS_PER_ROW), groups.div_ceil(GROUPS_PER_ROW).max(1))
 }
 
 /// burn's device on the default GPU (see [`open_gpu`]).

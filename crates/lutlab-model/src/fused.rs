@@ -9,6 +9,7 @@
 //! burn's separate kernels stay: there a workgroup per row costs more than it saves (the shipped
 //! Llama's evaluation took 42 s with them against 28 s without, lavapipe, 2 cores).
 
+use crate::device::grid_of;
 use crate::lut_linear::primitive;
 use burn::backend::wgpu::{into_contiguous, CubeTensor, KernelSource, SourceKernel, SourceTemplate};
 use burn::backend::Wgpu;
@@ -25,6 +26,18 @@ pub fn use_in_model(fused: bool) {
     IN_MODEL.store(fused, Ordering::Relaxed);
 }
 
+/// The choice when the process opens its GPU: on for GPUs (`gpu`), off on CPU adapters;
+/// `LUTLAB_FUSED=0|1` overrides it natively (benchmarks).
+pub(crate) fn choose_at_startup(gpu: bool) {
+    #[cfg(not(target_arch = "wasm32"))]
+    let gpu = match std::env::var("LUTLAB_FUSED").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => gpu,
+    };
+    use_in_model(gpu);
+}
+
 /// Whether the model's forward uses the fused kernels.
 pub fn in_model() -> bool {
     IN_MODEL.load(Ordering::Relaxed)
@@ -32,23 +45,16 @@ pub fn in_model() -> bool {
 
 /// Invocations per workgroup of both kernels (one workgroup per row).
 const THREADS: u32 = 64;
-/// Workgroups per grid row: fewer than WebGPU's 65,535 per dimension.
-const GROUPS_PER_ROW: usize = 32_768;
 
-/// Whether the fused kernels can take these tensors: f32, not tracked by autodiff.
-fn applies(tensors: &[&Tensor<1>]) -> bool {
-    tensors.iter().all(|t| t.dtype() == DType::F32 && !t.is_autodiff())
-}
-
-/// The grid for one workgroup per row: `(x, y)` with `x ≤ GROUPS_PER_ROW`.
-fn grid(rows: usize) -> (usize, usize) {
-    (rows.clamp(1, GROUPS_PER_ROW), rows.div_ceil(GROUPS_PER_ROW).max(1))
+/// Whether a fused kernel can take `t`: f32, not tracked by autodiff.
+fn plain_f32<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && !t.is_autodiff()
 }
 
 /// `x` normalized over its last dimension: LayerNorm `(x − mean)/√(var + eps) · γ + β` with
 /// `beta`, RMSNorm `x/√(mean(x²) + eps) · γ` without; `None` where the kernel does not apply.
 pub fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64) -> Option<Tensor<3>> {
-    if x.dtype() != DType::F32 || x.is_autodiff() || !applies(&[gamma]) || beta.is_some_and(|b| !applies(&[b])) {
+    if !plain_f32(x) || !plain_f32(gamma) || beta.is_some_and(|b| !plain_f32(b)) {
         return None;
     }
     let [b, t, n] = x.dims();
@@ -62,7 +68,7 @@ pub fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64
     };
     let client = x.client.clone();
     let y = client.empty(rows * n * 4);
-    let (gx, gy) = grid(rows);
+    let (gx, gy) = grid_of(rows);
     let params = [n as u32, (eps as f32).to_bits(), rows as u32, gx as u32];
     let arguments = KernelArguments::new()
         .with_buffer(x.handle.clone().binding())
@@ -79,7 +85,7 @@ pub fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64
 /// not apply.
 pub fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -> Option<Tensor<4>> {
     let [b, h, t, s] = scores.dims();
-    if scores.dtype() != DType::F32 || mask.dtype() != DType::F32 || scores.is_autodiff() || mask.is_autodiff() || mask.dims() != [1, 1, t, s] {
+    if !plain_f32(scores) || !plain_f32(mask) || mask.dims() != [1, 1, t, s] {
         return None;
     }
     let rows = b * h * t;
@@ -87,7 +93,7 @@ pub fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -> Optio
     let mask = into_contiguous(primitive(mask.clone()).ok()?);
     let client = scores.client.clone();
     let y = client.empty(rows * s * 4);
-    let (gx, gy) = grid(rows);
+    let (gx, gy) = grid_of(rows);
     let params = [s as u32, t as u32, (scale as f32).to_bits(), rows as u32, gx as u32];
     let arguments = KernelArguments::new()
         .with_buffer(scores.handle.clone().binding())

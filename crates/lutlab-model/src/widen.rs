@@ -4,6 +4,7 @@
 //! 404 MB of f16 instead of an 808 MB f32 copy made on the host's cores). The host path
 //! (`StoredLinear::to_in_out`) is the reference; `tests/widen.rs` compares them.
 
+use crate::device::grid_of;
 use crate::error::{ModelError, Result};
 use crate::lut_linear::primitive;
 use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
@@ -17,8 +18,6 @@ use lutlab_core::weights::StoredLinear;
 
 /// Invocations per workgroup (`@workgroup_size` of the shader).
 const GROUP: usize = 256;
-/// Workgroups per grid row: fewer than WebGPU's 65,535 per dimension.
-const GROUPS_PER_ROW: usize = 32_768;
 
 /// The linear's weight as an f32 `[in, out]` tensor on `device`.
 pub fn upload_weight(linear: &StoredLinear, device: &Device) -> Result<Tensor<2>> {
@@ -34,8 +33,7 @@ pub fn upload_weight(linear: &StoredLinear, device: &Device) -> Result<Tensor<2>
     let stored = primitive(Tensor::<1, Int>::from_data(TensorData::from_bytes_vec(bytes, [words], DType::I32), device))?;
     let client = stored.client.clone();
     let out = client.empty(numel * 4);
-    let groups = numel.div_ceil(GROUP);
-    let (gx, gy) = (groups.min(GROUPS_PER_ROW), groups.div_ceil(GROUPS_PER_ROW));
+    let (gx, gy) = grid_of(numel.div_ceil(GROUP));
     let params = [n_in as u32, n_out as u32, (gx * GROUP) as u32];
     let arguments = KernelArguments::new()
         .with_buffer(stored.handle.clone().binding())
