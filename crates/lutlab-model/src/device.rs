@@ -102,8 +102,9 @@ pub async fn open_gpu() -> Result<Gpu> {
 
 /// Which of our kernels the model runs on this adapter (`fused`, `gemm` say how they choose).
 fn choose_kernels(setup: &WgpuSetup) {
-    crate::fused::choose_at_startup(setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu);
-    crate::gemm::choose_at_startup();
+    let gpu = setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+    crate::fused::choose_at_startup(gpu);
+    crate::gemm::choose_at_startup(gpu);
 }
 
 /// Workgroups per grid row for a kernel over a long 1-D range (WebGPU allows 65,535 per grid

@@ -19,7 +19,7 @@
 use crate::device::{download, upload, Gpu};
 use crate::error::{ModelError, Result};
 use crate::gemm::model_matmul;
-use crate::lut_linear::primitive;
+use crate::lut_linear::{kernel_id, primitive};
 use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
 use burn::backend::Wgpu;
 use burn::tensor::{DType, Device, Int, Shape, Tensor};
@@ -428,7 +428,7 @@ impl KernelSource for RoundRows {
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>()
+        kernel_id::<Self>()
     }
 
     fn lang(&self) -> &'static str {

@@ -13,7 +13,7 @@ use crate::error::{ModelError, Result};
 use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
 use burn::backend::Wgpu;
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
-use cubecl::prelude::{CubeCount, CubeDim, KernelId};
+use cubecl::prelude::{CubeCount, CubeDim, ExecutionMode, KernelId};
 use cubecl::server::{Handle, KernelArguments};
 use lutlab_core::quant::packed::{blocks, PackedLinear, BLOCK_ROWS};
 
@@ -447,7 +447,7 @@ impl KernelSource for LutKernel {
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shader, self.bits, self.dim, self.shared_tables, self.grouped, self.cols_per_lane))
+        kernel_id::<Self>().info((self.shader, self.bits, self.dim, self.shared_tables, self.grouped, self.cols_per_lane))
     }
 
     fn lang(&self) -> &'static str {
@@ -565,6 +565,14 @@ pub fn column_major(qweight: &[u32], blocks: usize, bits: usize, cols: usize) ->
         }
     }
     out
+}
+
+/// The cache key of one of our WGSL kernels, compiled without the loop counters naga adds to
+/// every loop of a kernel launched in cubecl's checked mode (`force_loop_bounding`), which keep
+/// the driver from unrolling our fixed-count inner loops. Our loops all have bounds the kernel
+/// computes; buffer bounds are the kernels' own checks either way (cubecl turns wgpu's off).
+pub(crate) fn kernel_id<K: 'static>() -> KernelId {
+    KernelId::new::<K>().mode(ExecutionMode::Unchecked)
 }
 
 pub(crate) fn primitive<const D: usize, K>(tensor: Tensor<D, K>) -> Result<CubeTensor>

@@ -6,7 +6,7 @@
 
 use crate::device::grid_of;
 use crate::error::{ModelError, Result};
-use crate::lut_linear::primitive;
+use crate::lut_linear::{kernel_id, primitive};
 use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
 use burn::backend::Wgpu;
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
@@ -62,7 +62,7 @@ impl KernelSource for Widen {
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.dtype as u8, self.out_in))
+        kernel_id::<Self>().info((self.dtype as u8, self.out_in))
     }
 
     fn lang(&self) -> &'static str {
