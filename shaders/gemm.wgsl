@@ -1,14 +1,14 @@
 // f32 matrix product C[z] = A[z] · B[z] (A: [m, k], B: [k, n], C: [m, n] contiguous) for the
 // model's dense matmuls (crates/lutlab-model/src/gemm.rs). A and B are read through strides, so
-// transposed views (HF's `[out, in]` weights, `x.transpose()`) need no copy.
+// transposed views (HF's `[out, in]` weights, `x.transpose()`) and attention's heads need no copy.
 //
 // A workgroup of 16 × 16 invocations computes a 128 × 128 tile of C, each invocation 8 × 8
 // outputs held in registers: rows ty·4 + i and 64 + ty·4 + i, columns tx·4 + j and 64 + tx·4 + j,
 // so that neighbouring invocations read neighbouring vec4s of workgroup memory (no bank
-// conflicts). K goes by slices of 8: each invocation loads 4 values of A's and 4 of B's slice into
+// conflicts). K goes by slices of 16: each invocation loads 8 values of A's and 8 of B's slice into
 // registers while the previous slice is multiplied, then stores them to workgroup memory (A
-// transposed: both operands are then read along m and n). 8 KiB of workgroup memory, inside
-// WebGPU's 16 KiB.
+// transposed: both operands are then read along m and n). 16 KiB of workgroup memory, WebGPU's
+// limit: the deeper the slice, the fewer barriers per multiply-add.
 //
 // {{a_k_fast}}: A's k index is the contiguous one (stride 1), so a slice is loaded two
 // invocations per row; otherwise along m. {{b_n_fast}}: likewise for B along n, else along k.
@@ -16,22 +16,25 @@
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
-// m, n, k, A's strides (row, col, batch), B's strides (row, col, batch)
+// m, n, k, A's strides (row, col, outer batch), B's strides (row, col, outer batch), matrices per
+// outer batch (inner), A's and B's inner batch strides: batch z is (z / inner, z % inner).
 @group(0) @binding(3) var<storage, read_write> p: array<u32>;
 
 const A_K_FAST: bool = {{a_k_fast}};
 const B_N_FAST: bool = {{b_n_fast}};
 
-var<workgroup> sa: array<vec4<f32>, 256>; // [8 k][128 m] as vec4s along m
-var<workgroup> sb: array<vec4<f32>, 256>; // [8 k][128 n] as vec4s along n
+const BK: u32 = 16u;
 
-// Where invocation `li` loads its 4 values of a 128 × 8 slice: (index along m or n, along k)
-// for value j, the contiguous index four at a time.
+var<workgroup> sa: array<vec4<f32>, 512>; // [16 k][128 m] as vec4s along m
+var<workgroup> sb: array<vec4<f32>, 512>; // [16 k][128 n] as vec4s along n
+
+// Where invocation `li` loads value j (of 8) of a 128 × 16 slice: (index along m or n, along k),
+// neighbouring invocations reading neighbouring elements along the contiguous index.
 fn slot(li: u32, j: u32, mn_fast: bool) -> vec2<u32> {
     if mn_fast {
-        return vec2<u32>((li % 32u) * 4u + j, li / 32u);
+        return vec2<u32>((li % 32u) * 4u + j % 4u, li / 32u + 8u * (j / 4u));
     }
-    return vec2<u32>(li / 2u, (li % 2u) * 4u + j);
+    return vec2<u32>(li / 2u, (li % 2u) * 8u + j);
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -39,8 +42,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let m = p[0];
     let n = p[1];
     let k = p[2];
-    let a_base = wg.z * p[5];
-    let b_base = wg.z * p[8];
+    // The strides in registers: read once, not at every load.
+    let a_row = p[3];
+    let a_col = p[4];
+    let b_row = p[6];
+    let b_col = p[7];
+    let outer = wg.z / p[9];
+    let inner = wg.z % p[9];
+    let a_base = outer * p[5] + inner * p[10];
+    let b_base = outer * p[8] + inner * p[11];
     let c_base = wg.z * m * n;
     let m0 = wg.y * 128u;
     let n0 = wg.x * 128u;
@@ -53,23 +63,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var acc8 = vec4<f32>(); var acc9 = vec4<f32>(); var acc10 = vec4<f32>(); var acc11 = vec4<f32>();
     var acc12 = vec4<f32>(); var acc13 = vec4<f32>(); var acc14 = vec4<f32>(); var acc15 = vec4<f32>();
 
-    var ra = vec4<f32>();
-    var rb = vec4<f32>();
-    let slices = (k + 7u) / 8u;
+    var ra: array<f32, 8>;
+    var rb: array<f32, 8>;
+    let slices = (k + BK - 1u) / BK;
     // The first slice into registers.
-    for (var j = 0u; j < 4u; j++) {
+    for (var j = 0u; j < 8u; j++) {
         let s = slot(li, j, !A_K_FAST);
         if m0 + s.x < m && s.y < k {
-            ra[j] = a[a_base + (m0 + s.x) * p[3] + s.y * p[4]];
+            ra[j] = a[a_base + (m0 + s.x) * a_row + s.y * a_col];
         }
         let t = slot(li, j, B_N_FAST);
         if n0 + t.x < n && t.y < k {
-            rb[j] = b[b_base + t.y * p[6] + (n0 + t.x) * p[7]];
+            rb[j] = b[b_base + t.y * b_row + (n0 + t.x) * b_col];
         }
     }
     for (var slice = 0u; slice < slices; slice++) {
         workgroupBarrier();
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < 8u; j++) {
             let s = slot(li, j, !A_K_FAST);
             sa[s.y * 32u + s.x / 4u][s.x % 4u] = ra[j];
             let t = slot(li, j, B_N_FAST);
@@ -77,22 +87,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
         workgroupBarrier();
         // The next slice's loads are in flight while this one is multiplied.
-        let k0 = (slice + 1u) * 8u;
-        ra = vec4<f32>();
-        rb = vec4<f32>();
+        let k0 = (slice + 1u) * BK;
         if slice + 1u < slices {
-            for (var j = 0u; j < 4u; j++) {
+            for (var j = 0u; j < 8u; j++) {
+                ra[j] = 0.0;
+                rb[j] = 0.0;
                 let s = slot(li, j, !A_K_FAST);
                 if m0 + s.x < m && k0 + s.y < k {
-                    ra[j] = a[a_base + (m0 + s.x) * p[3] + (k0 + s.y) * p[4]];
+                    ra[j] = a[a_base + (m0 + s.x) * a_row + (k0 + s.y) * a_col];
                 }
                 let t = slot(li, j, B_N_FAST);
                 if n0 + t.x < n && k0 + t.y < k {
-                    rb[j] = b[b_base + (k0 + t.y) * p[6] + (n0 + t.x) * p[7]];
+                    rb[j] = b[b_base + (k0 + t.y) * b_row + (n0 + t.x) * b_col];
                 }
             }
         }
-        for (var kk = 0u; kk < 8u; kk++) {
+        for (var kk = 0u; kk < BK; kk++) {
             let a0 = sa[kk * 32u + ty];
             let a1 = sa[kk * 32u + 16u + ty];
             let b0 = sb[kk * 32u + tx];

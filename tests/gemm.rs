@@ -1,6 +1,6 @@
 //! The model's f32 matmul kernel (`shaders/gemm.wgsl` through `lutlab_model::gemm::matmul`)
 //! against an f64 CPU product, on shapes that are not multiples of its 128 × 128 tiles or its
-//! 8-deep K slices, with transposed operands (read through strides, both load paths of each
+//! 16-deep K slices, with transposed operands (read through strides, both load paths of each
 //! operand) and batches (attention's `[b, h, t, d]` products, a `swap_dims` view included).
 //!
 //! Tolerance: the GPU sums in f32 in another order than the f64 reference, so each output may
@@ -51,7 +51,7 @@ fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 fn matmul_matches_the_cpu_on_odd_shapes_and_transposed_operands() {
     let device = gpu();
     let mut rng = SplitMix64::new(7);
-    // (m, k, n): one partial tile, several tiles with ragged edges, K not a multiple of 8, a
+    // (m, k, n): one partial tile, several tiles with ragged edges, K not a multiple of 16, a
     // single row and column (the decode path's shapes).
     for (m, k, n) in [(5, 3, 7), (130, 77, 259), (257, 136, 129), (1, 300, 1), (64, 8, 512)] {
         let a = random(&mut rng, m * k);
@@ -81,8 +81,7 @@ fn matmul_matches_the_cpu_over_batches() {
     let kt: Vec<f32> = (0..b * h).flat_map(|z| transposed(&keys[z * t * d..(z + 1) * t * d], t, d)).collect();
     let want = reference(&q, &kt, b * h, t, d, t);
     check("q·kᵀ", matmul(q4, k4.swap_dims(2, 3)).reshape([b * h, t, t]), &want);
-    // A batch whose heads are not adjacent in memory ([b, t, h, d] seen as [b, h, t, d]) folds
-    // into no single stride: burn's matmul takes it, with the same result.
+    // Heads split off the projections ([b, t, h, d] seen as [b, h, t, d]): two batch strides.
     let x = random(&mut rng, b * t * h * d);
     let v = random(&mut rng, b * h * d * 5);
     let x4 = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, t, h, d]), &device).swap_dims(1, 2);

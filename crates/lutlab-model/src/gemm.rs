@@ -1,11 +1,12 @@
 //! The model's f32 matrix products on our own WGSL kernel (`shaders/gemm.wgsl`: 128 × 128 tiles,
 //! 8 × 8 outputs per invocation in registers), which runs natively and in the page alike.
 //! Operands are read through their strides, so a transposed view (HF's `[out, in]` weights, the
-//! head's `wteᵀ`) is multiplied without a copy; leading dimensions are a batch.
+//! head's `wteᵀ`) is multiplied without a copy; leading dimensions are a batch (attention's windows
+//! and heads read in place from the `[b, t, h·d]` projections).
 //!
 //! Used where no gradient is taken (evaluation, the Hessians' forwards, generation, the LUT
 //! GEMM's dequantized layer); tensors that autodiff tracks, other dtypes and shapes the kernel
-//! does not take (batches whose dimensions do not fold into one stride) go to burn's matmul.
+//! does not take (more than two batch dimensions that do not fold into one stride) go to burn's matmul.
 //!
 //! The model runs ours on GPUs, where it measured 1.3–1.6× burn's matmul at the model's shapes
 //! (one H100: 18.6 vs 14.6 TFLOP/s at 2048 × 768 × 3072, 21.3 vs 15.8 for a Hessian's `xᵀx`;
@@ -97,13 +98,13 @@ fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, C
     let b = readable(b);
     let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err(Box::new((a, b))) };
     let (m, k, n) = (la.rows, la.cols, lb.cols);
-    let batch = la.batch;
+    let batch = la.outer * la.inner;
     if m.div_ceil(TILE) > MAX_GROUPS || batch > MAX_GROUPS || [m * k, k * n, m * n].iter().any(|&e| e * batch > u32::MAX as usize) {
         return Err(Box::new((a, b)));
     }
     let client = a.client.clone();
     let c = client.empty(batch * m * n * 4);
-    let params: [u32; 9] = [m, n, k, la.row, la.col, la.batch_stride, lb.row, lb.col, lb.batch_stride].map(|v| v as u32);
+    let params: [u32; 12] = [m, n, k, la.row, la.col, la.outer_stride, lb.row, lb.col, lb.outer_stride, la.inner, la.inner_stride, lb.inner_stride].map(|v| v as u32);
     let arguments = KernelArguments::new()
         .with_buffer(a.handle.clone().binding())
         .with_buffer(b.handle.clone().binding())
@@ -128,39 +129,44 @@ fn readable(t: CubeTensor) -> CubeTensor {
     t
 }
 
-/// An operand as the kernel reads it: `batch` matrices of `rows × cols`, element `(z, i, j)` at
-/// `z · batch_stride + i · row + j · col`.
+/// An operand as the kernel reads it: `outer × inner` matrices of `rows × cols` (attention's
+/// `[b, h, t, d]`: windows and heads, two strides because heads split off a `[b, t, h·d]` tensor
+/// are not a whole matrix apart), element `(z, i, j)` at
+/// `(z / inner) · outer_stride + (z % inner) · inner_stride + i · row + j · col`.
 struct Layout {
-    batch: usize,
+    outer: usize,
+    inner: usize,
     rows: usize,
     cols: usize,
     row: usize,
     col: usize,
-    batch_stride: usize,
+    outer_stride: usize,
+    inner_stride: usize,
 }
 
 impl Layout {
-    /// `None` where the leading dimensions do not fold into one batch stride.
+    /// `None` where the batch dimensions before the last one do not fold into one stride.
     fn of(t: &CubeTensor) -> Option<Self> {
         let shape = t.meta.shape().as_slice();
         let strides: &[usize] = t.meta.strides();
         let d = shape.len();
         let (rows, cols) = (shape[d - 2], shape[d - 1]);
-        let mut batch = 1;
-        let mut batch_stride = rows * cols;
-        // Fold from the innermost batch dimension out: each must step over the ones inside it.
-        for i in (0..d - 2).rev() {
+        let (inner, inner_stride) = if d >= 3 { (shape[d - 3], strides[d - 3]) } else { (1, 0) };
+        let mut outer = 1;
+        let mut outer_stride = 0;
+        // Fold from the innermost outer dimension out: each must step over the ones inside it.
+        for i in (0..d.saturating_sub(3)).rev() {
             if shape[i] == 1 {
                 continue;
             }
-            if batch == 1 {
-                batch_stride = strides[i];
-            } else if strides[i] != batch_stride * batch {
+            if outer == 1 {
+                outer_stride = strides[i];
+            } else if strides[i] != outer_stride * outer {
                 return None;
             }
-            batch *= shape[i];
+            outer *= shape[i];
         }
-        Some(Self { batch, rows, cols, row: strides[d - 2], col: strides[d - 1], batch_stride })
+        Some(Self { outer, inner, rows, cols, row: strides[d - 2], col: strides[d - 1], outer_stride, inner_stride })
     }
 }
 
