@@ -10,6 +10,10 @@ mod architectures;
 mod embeddings_packed;
 #[path = "fisher.rs"]
 mod fisher;
+#[path = "fused.rs"]
+mod fused;
+#[path = "gemm.rs"]
+mod gemm;
 #[path = "generate.rs"]
 mod generate;
 #[path = "half_precision.rs"]
@@ -32,3 +36,5 @@ mod perplexity;
 mod reference_logits;
 #[path = "streaming.rs"]
 mod streaming;
+#[path = "widen.rs"]
+mod widen;
