@@ -2,6 +2,7 @@
 // kernel (crates/lutlab-model/src/fused.rs): a workgroup per row, statistics in f32 as burn's
 // separate kernels compute them (the biased variance of the row, after its mean), for the paths
 // that take no gradient. burn runs the same as ~9 launches, each a pass over x.
+// `workgroup_reduce` and THREADS: workgroup_reduce.wgsl, appended.
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<f32>;
@@ -10,23 +11,6 @@
 @group(0) @binding(4) var<storage, read_write> p: array<u32>;     // n, eps (f32 bits), rows, workgroups per grid row
 
 const LAYER_NORM: bool = {{layer_norm}};
-const THREADS: u32 = 64u;
-
-var<workgroup> partial: array<f32, 64>;
-
-// The sum of every invocation's `v` (all invocations call it). Each invocation adds the 64
-// partial sums itself, in the same order: two barriers instead of a tree's seven (barriers are
-// what CPU adapters pay for), and every invocation gets the same total.
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < THREADS; i++) {
-        total += partial[i];
-    }
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -43,14 +27,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
         for (var i = lid; i < count; i += THREADS) {
             s += x[base + i];
         }
-        mean = workgroup_sum(s, lid) / f32(n);
+        mean = workgroup_reduce(s, lid, false) / f32(n);
     }
     var s2 = 0.0;
     for (var i = lid; i < count; i += THREADS) {
         let d = x[base + i] - mean;
         s2 += d * d;
     }
-    let inv = 1.0 / sqrt(workgroup_sum(s2, lid) / f32(n) + eps);
+    let inv = 1.0 / sqrt(workgroup_reduce(s2, lid, false) / f32(n) + eps);
     for (var i = lid; i < count; i += THREADS) {
         var v = (x[base + i] - mean) * inv * gamma[i];
         if LAYER_NORM {

@@ -3,29 +3,12 @@
 // r mod t: the mask is shared by every batch and head), then softmax, with the row's maximum
 // subtracted first. A workgroup per row, for the paths that take no gradient; burn runs the same
 // as 7 launches, each a pass over the largest tensor of the attention.
+// `workgroup_reduce` and THREADS: workgroup_reduce.wgsl, appended.
 
 @group(0) @binding(0) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(1) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> p: array<u32>;  // s, t, scale (f32 bits), rows, workgroups per grid row
-
-const THREADS: u32 = 64u;
-
-var<workgroup> partial: array<f32, 64>;
-
-// Every invocation's `v` combined by max (`is_max`) or sum (all invocations call it). Each
-// invocation combines the 64 partial values itself, in the same order: two barriers instead of
-// a tree's seven (barriers are what CPU adapters pay for), and every invocation agrees.
-fn workgroup_reduce(v: f32, lid: u32, is_max: bool) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    var total = partial[0];
-    for (var i = 1u; i < THREADS; i++) {
-        total = select(total + partial[i], max(total, partial[i]), is_max);
-    }
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {

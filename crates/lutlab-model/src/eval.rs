@@ -139,9 +139,14 @@ async fn scored_nll(model: &Decoder, tokens: &[u32], batch: &[Window], hidden: T
     let [_, t, c] = hidden.dims();
     debug_assert!(p + s <= t);
     let scored_hidden = hidden.slice([0..b, p..p + s, 0..c]);
-    let targets: Vec<i32> = batch.iter().flat_map(|w| tokens[w.score_from..w.end].iter().map(|&id| id as i32)).collect();
+    let targets: Vec<u32> = batch.iter().flat_map(|w| tokens[w.score_from..w.end].iter().copied()).collect();
+    let logits = model.lm_head(scored_hidden);
+    if let Some(nll) = crate::fused::in_model().then(|| crate::fused::token_nll(&logits, &targets)).flatten() {
+        return download(nll).await;
+    }
+    let targets = targets.into_iter().map(|id| id as i32).collect();
     let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s, 1]), &model.device());
-    download(token_nll(model.lm_head(scored_hidden), targets)).await
+    download(token_nll(logits, targets)).await
 }
 
 /// Vocabulary entries summed together before the partial sums are added (see [`token_nll`]).

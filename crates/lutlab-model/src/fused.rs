@@ -1,7 +1,7 @@
 //! Fused kernels for the model's forward where no gradient is taken (evaluation, the Hessians'
-//! passes, calibration, generation): LayerNorm/RMSNorm (`shaders/norm.wgsl`) and attention's
-//! scaled, masked softmax (`shaders/softmax.wgsl`), each one launch and one pass where burn's
-//! separate kernels take 7–9 of each. Tensors that autodiff tracks (Fisher) keep burn's ops,
+//! passes, calibration, generation): LayerNorm/RMSNorm (`shaders/norm.wgsl`), attention's
+//! scaled, masked softmax (`shaders/softmax.wgsl`) and evaluation's per-token loss over the
+//! vocabulary (`shaders/nll.wgsl`), each one launch where burn's separate kernels take 7–9. Tensors that autodiff tracks (Fisher) keep burn's ops,
 //! whose gradients burn knows. `tests/fused.rs` compares both with f64 CPU references.
 //!
 //! The model uses them on GPUs ([`use_in_model`], set when the GPU is opened): each replaces
@@ -44,7 +44,7 @@ pub fn in_model() -> bool {
     IN_MODEL.load(Ordering::Relaxed)
 }
 
-/// Invocations per workgroup of both kernels (one workgroup per row).
+/// Invocations per workgroup of every fused kernel (one workgroup per row; `workgroup_reduce.wgsl`).
 const THREADS: u32 = 64;
 
 /// Whether a fused kernel can take `t`: f32, not tracked by autodiff.
@@ -105,18 +105,47 @@ pub fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -> Optio
     Some(Tensor::from_primitive::<Wgpu>(CubeTensor::new_contiguous(client, scores.device.clone(), Shape::new([b, h, t, s]), y, DType::F32)))
 }
 
+/// The negative log-likelihood `[b, s, 1]` of `targets` (one per row, `b · s` of them) under
+/// `logits` `[b, s, v]`, as `eval::token_nll` computes it; `None` where the kernel does not apply.
+pub fn token_nll(logits: &Tensor<3>, targets: &[u32]) -> Option<Tensor<3>> {
+    let [b, s, v] = logits.dims();
+    let rows = b * s;
+    if !plain_f32(logits) || targets.len() != rows || targets.iter().any(|&t| t as usize >= v) {
+        return None;
+    }
+    let logits = into_contiguous(primitive(logits.clone()).ok()?);
+    let client = logits.client.clone();
+    let nll = client.empty(rows * 4);
+    let (gx, gy) = grid_of(rows);
+    let params = [v as u32, rows as u32, gx as u32];
+    let arguments = KernelArguments::new()
+        .with_buffer(logits.handle.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(targets)).binding())
+        .with_buffer(nll.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    client.launch(Box::new(SourceKernel::new(Fused::Nll, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    Some(Tensor::from_primitive::<Wgpu>(CubeTensor::new_contiguous(client, logits.device.clone(), Shape::new([b, s, 1]), nll, DType::F32)))
+}
+
 /// The fused kernels' WGSL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Fused {
     Norm { layer_norm: bool },
     Softmax,
+    Nll,
 }
 
 impl KernelSource for Fused {
     fn source(&self) -> SourceTemplate {
+        let kernel = match self {
+            Fused::Norm { .. } => include_str!("../../../shaders/norm.wgsl"),
+            Fused::Softmax => include_str!("../../../shaders/softmax.wgsl"),
+            Fused::Nll => include_str!("../../../shaders/nll.wgsl"),
+        };
+        let source = SourceTemplate::new(format!("{kernel}\n{}", include_str!("../../../shaders/workgroup_reduce.wgsl")));
         match self {
-            Fused::Norm { layer_norm } => SourceTemplate::new(include_str!("../../../shaders/norm.wgsl")).register("layer_norm", layer_norm.to_string()),
-            Fused::Softmax => SourceTemplate::new(include_str!("../../../shaders/softmax.wgsl")),
+            Fused::Norm { layer_norm } => source.register("layer_norm", layer_norm.to_string()),
+            _ => source,
         }
     }
 
