@@ -1,14 +1,16 @@
 //! Fused kernels for the model's forward where no gradient is taken (evaluation, the Hessians'
 //! passes, calibration, generation): LayerNorm/RMSNorm (`shaders/norm.wgsl`), attention's
 //! scaled, masked softmax (`shaders/softmax.wgsl`) and evaluation's per-token loss over the
-//! vocabulary (`shaders/nll.wgsl`), each one launch where burn's separate kernels take 7–9. Tensors that autodiff tracks (Fisher) keep burn's ops,
-//! whose gradients burn knows. `tests/fused.rs` compares both with f64 CPU references.
+//! vocabulary (`shaders/nll.wgsl`), each one launch where burn's separate kernels take 7–9.
+//! Tensors that autodiff tracks (Fisher) keep burn's ops, whose gradients burn knows.
+//! `tests/fused.rs` compares each with an f64 CPU reference.
 //!
 //! The model uses them on GPUs ([`use_in_model`], set when the GPU is opened): each replaces
 //! several passes over the tensor through memory with one (GPT-2 124M-shaped evaluation on one
-//! H100: 24,500 tokens/s with them, 19,000 without; BENCHMARKS.md). On CPU adapters (lavapipe, SwiftShader)
-//! burn's separate kernels stay: there a workgroup per row costs more than it saves (the shipped
-//! Llama's evaluation took 42 s with them against 28 s without, lavapipe, 2 cores).
+//! H100 1.04–1.29× faster with the norms and softmax fused; BENCHMARKS.md). On CPU adapters
+//! (lavapipe, SwiftShader) burn's separate kernels stay: there a workgroup per row costs more
+//! than it saves (the shipped Llama's evaluation took 42 s with them against 28 s without,
+//! lavapipe, 2 cores).
 
 use crate::device::grid_of;
 use crate::lut_linear::{kernel_id, primitive};

@@ -99,7 +99,8 @@ fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, C
     let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err(Box::new((a, b))) };
     let (m, k, n) = (la.rows, la.cols, lb.cols);
     let batch = la.outer * la.inner;
-    if m.div_ceil(TILE) > MAX_GROUPS || batch > MAX_GROUPS || [m * k, k * n, m * n].iter().any(|&e| e * batch > u32::MAX as usize) {
+    // The kernel indexes in u32: every element it reads or writes must have a u32 index.
+    if m.div_ceil(TILE) > MAX_GROUPS || batch > MAX_GROUPS || [la.last_index(), lb.last_index(), batch * m * n].iter().any(|&e| e > u32::MAX as usize) {
         return Err(Box::new((a, b)));
     }
     let client = a.client.clone();
@@ -167,6 +168,11 @@ impl Layout {
             outer *= shape[i];
         }
         Some(Self { outer, inner, rows, cols, row: strides[d - 2], col: strides[d - 1], outer_stride, inner_stride })
+    }
+
+    /// The index of the operand's last element, the largest the kernel computes for it.
+    fn last_index(&self) -> usize {
+        (self.outer - 1) * self.outer_stride + (self.inner - 1) * self.inner_stride + (self.rows - 1) * self.row + (self.cols - 1) * self.col
     }
 }
 
