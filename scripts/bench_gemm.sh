@@ -5,7 +5,8 @@
 #   1. `bench model-ops`: both at GPT-2 124M's evaluation shapes, 512 x 4096 x 11008, an HF
 #      `[out, in]` weight (Bᵀ) and a Hessian's xᵀx (Aᵀ);
 #   2. dense evaluation of a GPT-2 124M-shaped model (window 1024, 100,000 characters of
-#      WikiText-2 test), warm (second of two runs), LUTLAB_MATMUL=burn vs =gemm, and PyTorch;
+#      WikiText-2 test), cold, warm (second process) and warmed (`--warm-up`, as PyTorch is timed),
+#      fused norms/softmax/loss on and off, LUTLAB_MATMUL=burn vs =gemm, and PyTorch;
 #   3. GPTQ of the same model (scripts/bench_gptq_speed.sh's command, NSAMPLES windows of 1024,
 #      default 128) with each matmul, beside PyTorch's GPTQ (scripts/bench_gptq_peer.py);
 #   4. `bench kernels` GEMM rows (LUT GEMM = dequantize + the model's matmul) at 4096 x 11008.
@@ -24,8 +25,10 @@ ops)
   for mm in burn gemm; do LUTLAB_MATMUL=$mm $L bench model-ops --iters 50 > "$OUT/model-ops-$mm.txt"; done
   cat "$OUT/model-ops-gemm.txt" | grep -E "model's|burn's|SimpleUnit|attention" ;;
 eval)
-  for fused in 0 1; do for mm in burn gemm; do for round in cold warm; do
-    LUTLAB_FUSED=$fused LUTLAB_MATMUL=$mm $L eval --model $M --data /tmp/test100k.txt --max-length 1024 --stride 1024 --json 2>>"$OUT/errors.txt" | tag fused=$fused matmul=$mm round=$round | tee -a "$OUT/eval.jsonl"
+  # cold: a fresh process; warm: the next one (driver caches warm); warmed: --warm-up, the text
+  # evaluated once untimed in the same process first, as scripts/eval_peer.py times PyTorch.
+  for fused in 0 1; do for mm in burn gemm; do for round in cold warm warmed; do
+    LUTLAB_FUSED=$fused LUTLAB_MATMUL=$mm $L eval --model $M --data /tmp/test100k.txt --max-length 1024 --stride 1024 $([ $round = warmed ] && echo --warm-up) --json 2>>"$OUT/errors.txt" | tag fused=$fused matmul=$mm round=$round | tee -a "$OUT/eval.jsonl"
   done; done; done
   python3 scripts/eval_peer.py --model $M --data /tmp/test100k.txt --max-length 1024 --stride 1024 | tee "$OUT/eval_peer.json" ;;
 gptq)

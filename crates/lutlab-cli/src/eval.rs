@@ -47,6 +47,11 @@ pub struct EvalArgs {
     eval: EvalOptions,
     #[command(flatten)]
     stream: StreamOptions,
+    /// Evaluate the text once untimed before the timed run, as PyTorch benchmarks warm up: the
+    /// timed run then leaves out compiling the GPU's pipelines and tuning burn's kernels, which a
+    /// first run in a process pays (for comparing speeds; the perplexity is the same).
+    #[arg(long)]
+    warm_up: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -88,26 +93,27 @@ pub fn measure(weights: &ModelWeights, multipliers: InputMultipliers, tokenizer:
     gpu.check_fits(weights)?;
     let dtype = options.dtype.resolve(&weights.config, &gpu)?;
     let model = Decoder { input_multipliers: multipliers, ..Decoder::new_as(weights, &gpu.device, dtype) };
-    measure_model(model, &gpu, tokenizer, options, quiet)
+    measure_model(model, &gpu, tokenizer, options, quiet, false)
 }
 
 /// [`measure_packed`] of a model the caller is done with: it is dropped once it is on the GPU, so
-/// host memory holds a 7B packed model only while it uploads.
-pub fn measure_packed_owned(packed: PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+/// host memory holds a 7B packed model only while it uploads. `warm_up`: see `eval --warm-up`.
+pub fn measure_packed_owned(packed: PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool, warm_up: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
     let model = Decoder::from_packed(&packed, &gpu.device)?;
     drop(packed);
-    measure_model(model, &gpu, tokenizer, options, quiet)
+    measure_model(model, &gpu, tokenizer, options, quiet, warm_up)
 }
 
 /// Perplexity of a packed model, its linear layers running from their codes.
 pub fn measure_packed(packed: &PackedModel, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
     let gpu = pollster::block_on(open_gpu())?;
-    measure_model(Decoder::from_packed(packed, &gpu.device)?, &gpu, tokenizer, options, quiet)
+    measure_model(Decoder::from_packed(packed, &gpu.device)?, &gpu, tokenizer, options, quiet, false)
 }
 
-/// Perplexity of `model`, its inputs quantized first if `options` ask.
-fn measure_model(model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool) -> Result<EvalReport> {
+/// Perplexity of `model`, its inputs quantized first if `options` ask; with `warm_up`, the timed
+/// run is the second.
+fn measure_model(model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: &EvalOptions, quiet: bool, warm_up: bool) -> Result<EvalReport> {
     let dtype = options.dtype.resolve(&model.config, gpu)?;
     let mut model = model.stored_as(dtype);
     // The --input-* options, else what the checkpoint's config.json records (`export`).
@@ -121,6 +127,11 @@ fn measure_model(model: Decoder, gpu: &Gpu, tokenizer: &TextTokenizer, options: 
     let tokens = tokenizer.encode(&read_text(&data_path)?)?;
     let settings = EvalSettings::with_overrides(model, options.max_length, options.stride).fitted_to(gpu);
 
+    if warm_up {
+        let mut bar = Bar::new("warm-up", "tokens", quiet);
+        pollster::block_on(perplexity(model, &tokens, settings, &what, &mut bar))?;
+        bar.finish();
+    }
     let mut bar = Bar::new("perplexity", "tokens", quiet);
     let start = Instant::now();
     let nll = pollster::block_on(perplexity(model, &tokens, settings, &what, &mut bar))?;
@@ -150,7 +161,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(path) => {
             let packed = read_packed(path)?;
             let tokenizer = TextTokenizer::from_files(&ModelFiles::read_tokenizer(&tokenizer_dir(&packed, args.model.as_deref(), path)?)?)?;
-            (measure_packed_owned(packed, &tokenizer, &args.eval, args.json)?, path.display().to_string())
+            (measure_packed_owned(packed, &tokenizer, &args.eval, args.json, args.warm_up)?, path.display().to_string())
         }
         None => {
             let model_dir = args.model.unwrap_or_else(|| repo_path(SHIPPED_MODEL));
@@ -160,7 +171,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 model.input_multipliers = recorded.multipliers.clone();
                 model.quantize_inputs(recorded)?;
             }
-            (measure_model(model, &gpu, &tokenizer, &args.eval, args.json)?, model_dir.display().to_string())
+            (measure_model(model, &gpu, &tokenizer, &args.eval, args.json, args.warm_up)?, model_dir.display().to_string())
         }
     };
     if args.json {

@@ -146,7 +146,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
 
     let eval = if args.eval {
         let packed = PackedModel::read_file(packed_path)?;
-        Some(measure_packed_owned(packed, &opened.tokenizer, &args.eval_options, args.json)?)
+        Some(measure_packed_owned(packed, &opened.tokenizer, &args.eval_options, args.json, false)?)
     } else {
         None
     };
