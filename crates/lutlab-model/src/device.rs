@@ -104,7 +104,9 @@ pub async fn open_gpu() -> Result<Gpu> {
 fn choose_kernels(setup: &WgpuSetup) {
     let gpu = setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu;
     crate::fused::choose_at_startup(gpu);
-    crate::gemm::choose_at_startup(gpu);
+    // Our matmul stages 16 KiB of each workgroup's operands (WebGPU's default limit, which some
+    // native downlevel adapters do not reach).
+    crate::gemm::choose_at_startup(gpu && setup.adapter.limits().max_compute_workgroup_storage_size >= crate::gemm::WORKGROUP_BYTES);
 }
 
 /// Workgroups per grid row for a kernel over a long 1-D range (WebGPU allows 65,535 per grid

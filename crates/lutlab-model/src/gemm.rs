@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows and columns of C a workgroup computes (`gemm.wgsl`).
 const TILE: usize = 128;
+/// Workgroup memory the kernel declares (`sa` and `sb`: 2 × 16 × 128 f32).
+pub(crate) const WORKGROUP_BYTES: u32 = 2 * 16 * 128 * 4;
 /// The most workgroups cubecl dispatches along one grid axis (WebGPU's limit).
 const MAX_GROUPS: usize = 65_535;
 
