@@ -27,6 +27,7 @@ const BK: u32 = 16u;
 
 var<workgroup> sa: array<vec4<f32>, 512>; // [16 k][128 m] as vec4s along m
 var<workgroup> sb: array<vec4<f32>, 512>; // [16 k][128 n] as vec4s along n
+var<workgroup> slice_count: u32;
 
 // Where invocation `li` loads value j (of 8) of a 128 × 16 slice: (index along m or n, along k),
 // neighbouring invocations reading neighbouring elements along the contiguous index.
@@ -65,7 +66,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 
     var ra: array<f32, 8>;
     var rb: array<f32, 8>;
-    let slices = (k + BK - 1u) / BK;
+    // The slice count, made provably uniform for the barriers in the loop (browsers check: a
+    // value read from a read_write buffer is not uniform to them).
+    if li == 0u {
+        slice_count = (k + BK - 1u) / BK;
+    }
+    let slices = workgroupUniformLoad(&slice_count);
     // The first slice into registers.
     for (var j = 0u; j < 8u; j++) {
         let s = slot(li, j, !A_K_FAST);

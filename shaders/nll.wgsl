@@ -19,7 +19,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     // A workgroup past the last row still takes part in the barriers; it reads and writes nothing.
     let count = select(0u, v, row < p[1]);
     let base = row * v;
-    var m = -3.4028235e38;
+    var m = -3.402823e38;
     for (var j = lid; j < count; j += THREADS) {
         m = max(m, logits[base + j]);
     }

@@ -20,7 +20,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     let count = select(0u, s, row < p[3]);
     let base = row * s;
     let mask_base = (row % t) * s;
-    var m = -3.4028235e38;
+    var m = -3.402823e38;
     for (var j = lid; j < count; j += THREADS) {
         m = max(m, scores[base + j] * scale + mask[mask_base + j]);
     }

@@ -28,6 +28,7 @@ const METHODS = [
   'loadModel', 'openPacked', 'tokenize', 'perplexity', 'fisher', 'hessians', 'inputMeans', 'fisherFile', 'loadFisher',
   'quantize', 'packedFile', 'layerList', 'sensitivityMap', 'errorMap', 'layerPicture', 'incoherencePicture',
   'requantizeLayer', 'generate', 'checkConfigFits', 'shardFiles', 'evaluationPlan', 'smoothing', 'allocateBudget',
+  'useGpuKernels',
 ];
 
 export class LabClient {

@@ -788,6 +788,16 @@ impl Lab {
         self.gpu.setup.device.destroy();
     }
 
+    /// Runs models on the kernels lutlab picks for GPUs (our matmul; the fused norms, softmax and
+    /// loss) with `true`, on burn's with `false`, whatever the adapter (for tests: the page's
+    /// tests run on a CPU adapter, where the GPU kernels are off, and switch them on to check
+    /// that the browser compiles them and that they give the same perplexity).
+    #[wasm_bindgen(js_name = useGpuKernels)]
+    pub fn use_gpu_kernels(&self, on: bool) {
+        lutlab_model::fused::use_in_model(on);
+        lutlab_model::gemm::use_gemm_in_model(on);
+    }
+
     pub(crate) fn current(&self) -> Result<Rc<Session>, JsError> {
         self.session.borrow().clone().ok_or_else(|| JsError::new("no model is loaded"))
     }
