@@ -9,7 +9,10 @@
 #      fused norms/softmax/loss on and off, LUTLAB_MATMUL=burn vs =gemm, and PyTorch;
 #   3. GPTQ of the same model (scripts/bench_gptq_speed.sh's command, NSAMPLES windows of 1024,
 #      default 128) with each matmul, beside PyTorch's GPTQ (scripts/bench_gptq_peer.py);
-#   4. `bench kernels` GEMM rows (LUT GEMM = dequantize + the model's matmul) at 4096 x 11008.
+#   4. `bench kernels` GEMM rows (LUT GEMM = dequantize + the model's matmul) at 4096 x 11008;
+#   5. Fisher of the same model (8 windows of 1024, micro-batch 1 and 4, `--warm-up` as
+#      scripts/fisher_peer.py warms up) with each matmul (ours runs inside autodiff graphs through
+#      tracked_gemm), beside PyTorch.
 # Device: carry [".carry/lutlab.xz", ".gl"]. JSON rows in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,7 @@ L=.carry/lutlab
 M=/tmp/gpt2-124m; [ -f "$M/model.safetensors" ] || make_gpt2_124m "$M"
 head -c 100000 data/wikitext-2/test.txt > /tmp/test100k.txt
 tag() { python3 -c "import json,sys; r=json.loads(sys.stdin.readlines()[-1]); r.update(dict(a.split('=',1) for a in sys.argv[1:])); print(json.dumps(r))" "$@"; }
-PARTS=${PARTS:-"ops eval gptq kernels"}
+PARTS=${PARTS:-"ops eval gptq kernels fisher"}
 for part in $PARTS; do case $part in
 ops)
   for mm in burn gemm; do LUTLAB_MATMUL=$mm $L bench model-ops --iters 50 > "$OUT/model-ops-$mm.txt"; done
@@ -41,4 +44,10 @@ gptq)
   done ;;
 kernels)
   for mm in burn gemm; do LUTLAB_MATMUL=$mm $L bench kernels --shapes 4096x11008,768x3072 --bits 4 --iters 200 --gemm-tokens 512 > "$OUT/kernels-$mm.txt" 2>&1; grep -iE "gemm|matmul|model" "$OUT/kernels-$mm.txt"; done ;;
+fisher)
+  head -c 400000 data/wikitext-2/valid.txt > /tmp/valid400k.txt
+  for mb in 1 4; do for mm in burn gemm; do
+    LUTLAB_MATMUL=$mm $L fisher --model $M --data /tmp/valid400k.txt --seqlen 1024 --nsamples 8 --micro-batch $mb --warm-up --out /tmp/f.safetensors --json 2>>"$OUT/errors.txt" | tag matmul=$mm | tee -a "$OUT/fisher.jsonl" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('fisher', 'mb=$mb', '$mm', round(r['tokens_per_s']), 'tokens/s')"
+  done; done
+  python3 scripts/fisher_peer.py --model $M --data /tmp/valid400k.txt --seqlen 1024 --nsamples 8 | tee "$OUT/fisher_peer.json" ;;
 esac; done

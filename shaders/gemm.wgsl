@@ -12,6 +12,8 @@
 //
 // {{a_k_fast}}: A's k index is the contiguous one (stride 1), so a slice is loaded two
 // invocations per row; otherwise along m. {{b_n_fast}}: likewise for B along n, else along k.
+// {{upper_tiles}}: only the tiles on and above the diagonal are computed (a Gram matrix xᵀx, which
+// the host mirrors: half the work). {{accumulate}}: C += A·B, into C's existing values.
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
@@ -22,6 +24,9 @@
 
 const A_K_FAST: bool = {{a_k_fast}};
 const B_N_FAST: bool = {{b_n_fast}};
+
+const UPPER_TILES: bool = {{upper_tiles}};
+const ACCUMULATE: bool = {{accumulate}};
 
 const BK: u32 = 16u;
 
@@ -40,6 +45,10 @@ fn slot(li: u32, j: u32, mn_fast: bool) -> vec2<u32> {
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    // A tile below the diagonal: the whole workgroup leaves (uniform: a constant and its id).
+    if UPPER_TILES && wg.y > wg.x {
+        return;
+    }
     let m = p[0];
     let n = p[1];
     let k = p[2];
@@ -146,7 +155,11 @@ fn store(base: u32, row: u32, col: u32, v: vec4<f32>, m: u32, n: u32) {
     let at = base + row * n + col;
     for (var j = 0u; j < 4u; j++) {
         if col + j < n {
-            c[at + j] = v[j];
+            if ACCUMULATE {
+                c[at + j] += v[j];
+            } else {
+                c[at + j] = v[j];
+            }
         }
     }
 }

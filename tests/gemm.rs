@@ -5,11 +5,37 @@
 //!
 //! Tolerance: the GPU sums in f32 in another order than the f64 reference, so each output may
 //! differ by `1e-5 · Σ|a·b|` (a few f32 ulps of the terms' magnitude) plus 1e-6.
+//!
+//! Inside autodiff graphs (`tracked_gemm`): the gradients of both operands against burn's autodiff
+//! matmul, and Fisher's diagonal through either matmul.
 
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::gemm::matmul;
+use lutlab_core::NoProgress;
+use lutlab_model::gemm::{matmul, use_gemm_in_model};
+use lutlab_model::tracked_gemm::tracked_matmul;
 use lutlab_tests::*;
+use std::sync::Mutex;
+
+/// Held by the tests that switch the model's matmul, which is one switch for the process; the
+/// choice made at start-up is restored when it is released (on the device's GPU it is ours).
+static MODEL_MATMUL_SWITCH: Mutex<()> = Mutex::new(());
+
+struct Switching {
+    at_start: bool,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+fn switching() -> Switching {
+    let lock = MODEL_MATMUL_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    Switching { at_start: lutlab_model::gemm::gemm_in_model(), _lock: lock }
+}
+
+impl Drop for Switching {
+    fn drop(&mut self) {
+        use_gemm_in_model(self.at_start);
+    }
+}
 
 fn random(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect()
@@ -96,7 +122,72 @@ fn matmul_matches_the_cpu_over_batches() {
 /// directly.
 #[test]
 fn models_give_the_same_logits_through_our_matmul_and_burns() {
-    same_logits_either_way(lutlab_model::gemm::use_gemm_in_model);
+    let _switch = switching();
+    same_logits_either_way(use_gemm_in_model);
+}
+
+/// `∂a` and `∂b` of `Σ (a · b) ⊙ r` through our kernel and through burn's autodiff matmul: a
+/// batch of two, B as a transposed view (HF's `[out, in]` weights), and B a constant (only A's
+/// gradient is taken, so the backward keeps only B).
+#[test]
+fn tracked_matmul_gives_the_gradients_of_burns() {
+    let device = gpu().autodiff();
+    let mut rng = SplitMix64::new(10);
+    let (z, m, k, n) = (2, 37, 45, 29);
+    let a = random(&mut rng, z * m * k);
+    let b_stored = random(&mut rng, z * n * k);
+    let r = Tensor::<3>::from_data(TensorData::new(random(&mut rng, z * m * n), [z, m, n]), &device);
+    for b_tracked in [true, false] {
+        let run = |ours: bool| {
+            let a = Tensor::<3>::from_data(TensorData::new(a.clone(), [z, m, k]), &device).require_grad();
+            let b = Tensor::<3>::from_data(TensorData::new(b_stored.clone(), [z, n, k]), &device);
+            let b = if b_tracked { b.require_grad() } else { b };
+            let c = if ours { tracked_matmul(a.clone(), b.clone().swap_dims(1, 2)) } else { a.clone().matmul(b.clone().swap_dims(1, 2)) };
+            let grads = (c * r.clone()).sum().backward();
+            let grad_of = |t: &Tensor<3>| t.grad(&grads).map(|g| g.into_data().try_to_vec::<f32>().unwrap());
+            (grad_of(&a).expect("∂a"), grad_of(&b))
+        };
+        let ((a_ours, b_ours), (a_burn, b_burn)) = (run(true), run(false));
+        let label = if b_tracked { "both tracked" } else { "b constant" };
+        // Each gradient entry sums n (∂a) or m (∂b) products of values below 0.5 in magnitude.
+        let err = assert_all_close(&format!("{label}: ∂a"), &a_ours, &a_burn, 1e-5);
+        eprintln!("{label}: max |∂a difference| {err:e}");
+        assert_eq!(b_ours.is_some(), b_tracked, "{label}: ∂b exists only for a tracked b");
+        if let (Some(ours), Some(burn)) = (b_ours, b_burn) {
+            let err = assert_all_close(&format!("{label}: ∂b"), &ours, &burn, 1e-5);
+            eprintln!("{label}: max |∂b difference| {err:e}");
+        }
+    }
+}
+
+/// Fisher's diagonal (per-sample squared gradients, micro-batch 2: batched weight copies) of the
+/// shipped GPT-2 through our matmul and through burn's, within 1e-5 of its norm per tensor
+/// (f32 sums in another order; the PyTorch comparison in tests/fisher.rs allows 1e-3).
+#[test]
+fn fisher_is_the_same_through_our_matmul_and_burns() {
+    let _switch = switching();
+    let weights = shipped_model().weights;
+    let model = lutlab_model::Decoder::new(&weights, &gpu());
+    let vocab = weights.config.vocab_size as u32;
+    let tokens: Vec<u32> = (0..400u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let run = |ours: bool| {
+        use_gemm_in_model(ours);
+        let starts = [0, 100, 200, 300];
+        pollster::block_on(lutlab_model::fisher_windows(&model, &tokens, &starts, 64, 2, "tokens", &mut NoProgress)).unwrap()
+    };
+    let (ours, burn) = (run(true), run(false));
+    assert_eq!(ours.diagonal.tensors.len(), 16);
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let mut worst = 0f64;
+    for ((name, a), (_, b)) in ours.diagonal.tensors.iter().zip(&burn.diagonal.tensors) {
+        let diff = norm(&mut a.data.iter().zip(&b.data).map(|(&x, &y)| f64::from(x) - f64::from(y)));
+        let rel = diff / norm(&mut b.data.iter().map(|&v| f64::from(v)));
+        assert!(rel < 1e-5, "{name}: our matmul's Fisher differs from burn's by {rel:e} in norm");
+        worst = worst.max(rel);
+    }
+    let (la, lb) = (ours.diagonal.meta.mean_loss.unwrap(), burn.diagonal.meta.mean_loss.unwrap());
+    assert!((la / lb - 1.0).abs() < 1e-6, "mean loss {la} vs {lb}");
+    eprintln!("Fisher through our matmul vs burn's: worst relative difference in norm {worst:e}; mean loss {la} vs {lb}");
 }
 
 /// Views that start inside their buffer: rows 4.. of A (an offset cubecl binds from, 1 KiB in)
@@ -114,4 +205,33 @@ fn matmul_reads_sliced_operands() {
     let at = Tensor::<2>::from_data(TensorData::new(a_full, [m + 4, k]), &device).slice([4..m + 4, 0..k]);
     let bt = Tensor::<2>::from_data(TensorData::new(b_full, [k, n + 3]), &device).slice([0..k, 3..n + 3]);
     check("sliced", matmul(at, bt).unsqueeze(), &want);
+}
+
+/// The Hessians' `Σ xᵀx` (`gemm::add_gram`, then `mirror_upper` on the host) over two batches,
+/// on our kernel (upper tiles only, accumulated in place: 300 × 200 inputs span 2 × 2 tiles, one
+/// of them skipped) and on burn's matmul, against the f64 sum.
+#[test]
+fn gram_sums_match_the_cpu_on_either_matmul() {
+    let _switch = switching();
+    let device = gpu();
+    let mut rng = SplitMix64::new(11);
+    let (rows, n) = (300, 200);
+    let xs: Vec<Vec<f32>> = (0..2).map(|_| random(&mut rng, rows * n)).collect();
+    let (mut want, mut magnitude) = (vec![0f64; n * n], vec![0f64; n * n]);
+    for x in &xs {
+        let (sum, mag) = reference(&transposed(x, rows, n), x, 1, n, rows, n);
+        want.iter_mut().zip(&sum).for_each(|(w, s)| *w += s);
+        magnitude.iter_mut().zip(&mag).for_each(|(w, s)| *w += s);
+    }
+    for ours in [true, false] {
+        use_gemm_in_model(ours);
+        let mut sum = None;
+        for x in &xs {
+            sum = Some(lutlab_model::gemm::add_gram(sum, Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, n]), &device)).unwrap());
+        }
+        let mut got = sum.unwrap().into_data().try_to_vec::<f32>().unwrap();
+        lutlab_model::gemm::mirror_upper(&mut got, n);
+        let got = Tensor::<3>::from_data(TensorData::new(got, [1, n, n]), &device);
+        check(if ours { "Σ xᵀx, our kernel" } else { "Σ xᵀx, burn's matmul" }, got, &(want.clone(), magnitude.clone()));
+    }
 }

@@ -43,6 +43,11 @@ pub struct FisherArgs {
     blocks_per_pass: Option<usize>,
     #[command(flatten)]
     stream: StreamOptions,
+    /// Run one micro-batch untimed before the timed run, as PyTorch benchmarks warm up: the timed
+    /// run then leaves out compiling the GPU's pipelines, which a first run in a process pays
+    /// (for comparing speeds; the diagonal is the same).
+    #[arg(long)]
+    warm_up: bool,
     /// Output safetensors file (f32, the model's tensor names and shapes).
     #[arg(long)]
     out: PathBuf,
@@ -73,9 +78,15 @@ pub fn run(args: FisherArgs) -> Result<()> {
     settings.blocks_per_pass = args.blocks_per_pass.or_else(|| model.is_streamed().then(|| blocks_in(&model, ACCUMULATOR_BYTES)));
     gpu.check_buffer_fits(settings.logits_bytes(model.config.vocab_size), "one micro-batch's logits", "--micro-batch or --seqlen")?;
 
+    let what = data_path.display().to_string();
+    if args.warm_up {
+        let mut bar = Bar::new("warm-up", "tokens", args.json);
+        let one_batch = FisherSettings { nsamples: settings.micro_batch.min(settings.nsamples), ..settings };
+        pollster::block_on(fisher_into(&model, &tokens, one_batch, &what, &mut bar, &mut |_, _| Ok(())))?;
+        bar.finish();
+    }
     let mut bar = Bar::new("fisher", "tokens", args.json);
     let start = Instant::now();
-    let what = data_path.display().to_string();
     // Each block group's diagonal goes to disk as its pass ends; the file appears at the end.
     let mut writer = FisherWriter::create(&args.out, &model.config)?;
     let mut written = 0;
@@ -111,6 +122,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
             "seconds": seconds,
             "tokens_per_s": tokens_per_s,
             "peak_reserved_bytes": run.peak_reserved_bytes,
+            "warm_up": args.warm_up,
         });
         println!("{report}");
     } else {

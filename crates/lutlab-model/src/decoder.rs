@@ -108,7 +108,7 @@ impl Linear {
         match self {
             Self::Dense { weight, bias } => rows(x, &|x| matmul_in(x, weight.clone(), weight.dtype()) + bias.clone().unsqueeze::<2>()),
             Self::Packed(layer) => rows(x, &|x| layer.forward(x)),
-            Self::PerSample { weight, bias } => x.matmul(weight.clone()) + bias.clone().unsqueeze::<3>(),
+            Self::PerSample { weight, bias } => crate::gemm::model_matmul(x, weight.clone()) + bias.clone().unsqueeze::<3>(),
         }
     }
 }

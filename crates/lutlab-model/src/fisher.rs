@@ -537,7 +537,7 @@ impl<'a> FisherPasses<'a> {
             let leaf = x.clone().slice([0..b, p0..p1, 0..c]).autodiff().require_grad();
             let hidden = finish(ln_f.as_ref(), project_out.as_ref(), leaf.clone());
             let e = hidden.dims()[2];
-            let logits = hidden.reshape([b * p, e]).matmul(head.clone()).reshape([b, p, vocab]);
+            let logits = crate::gemm::model_matmul(hidden.reshape([b * p, e]), head.clone()).reshape([b, p, vocab]);
             let chunk_targets = targets.clone().slice([0..b, p0..p1]).reshape([b, p, 1]);
             let nll = crate::eval::token_nll(logits, chunk_targets);
             let loss = nll.sum_dims_squeeze::<1, _>(&[1, 2]) / scored as f64;

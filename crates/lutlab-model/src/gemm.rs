@@ -4,8 +4,8 @@
 //! head's `wteᵀ`) is multiplied without a copy; leading dimensions are a batch (attention's windows
 //! and heads read in place from the `[b, t, h·d]` projections).
 //!
-//! Used where no gradient is taken (evaluation, the Hessians' forwards, generation, the LUT
-//! GEMM's dequantized layer); tensors that autodiff tracks, other dtypes and shapes the kernel
+//! Used by evaluation, the Hessians' forwards, generation, the LUT GEMM's dequantized layer and,
+//! through [`crate::tracked_gemm`], Fisher's autodiff graphs; other dtypes and shapes the kernel
 //! does not take (more than two batch dimensions that do not fold into one stride) go to burn's matmul.
 //!
 //! The model runs ours on GPUs, where it measured 1.3–1.6× burn's matmul at the model's shapes
@@ -42,6 +42,11 @@ pub fn use_gemm_in_model(ours: bool) {
     MODEL_USES_GEMM.store(ours, Ordering::Relaxed);
 }
 
+/// Whether the model's f32 matmuls run on our kernel now.
+pub fn gemm_in_model() -> bool {
+    MODEL_USES_GEMM.load(Ordering::Relaxed)
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 fn override_from_env() -> Option<bool> {
     match std::env::var("LUTLAB_MATMUL").ok()?.as_str() {
@@ -57,18 +62,21 @@ fn override_from_env() -> Option<bool> {
 }
 
 /// The model's f32 matmul: [`matmul`] or burn's, as [`choose_at_startup`] or [`use_gemm_in_model`] picked.
+/// Tensors autodiff tracks go through [`crate::tracked_gemm`], whose backward runs on our kernel too.
 pub fn model_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
-    if MODEL_USES_GEMM.load(Ordering::Relaxed) {
-        matmul(a, b)
-    } else {
+    if !MODEL_USES_GEMM.load(Ordering::Relaxed) {
         a.matmul(b)
+    } else if a.is_autodiff() || b.is_autodiff() {
+        crate::tracked_gemm::tracked_matmul(a, b)
+    } else {
+        matmul(a, b)
     }
 }
 
 /// `a · b` over the last two dimensions (`[.., m, k] · [.., k, n]`), on our kernel where it
 /// applies, else burn's matmul.
 pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
-    if !ours(&a, &b) {
+    if !takes(&a, &b) || a.is_autodiff() || b.is_autodiff() {
         return a.matmul(b);
     }
     let (Ok(a), Ok(b)) = (primitive(a.clone()), primitive(b.clone())) else { return a.matmul(b) };
@@ -81,21 +89,26 @@ pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     }
 }
 
-/// Whether the kernel takes these operands (checked again on the primitives for the layout).
-fn ours<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> bool {
+/// Whether the kernel takes operands of these shapes and dtypes: f32, the same batch dimensions
+/// (no broadcast), no empty dimension (the layout is checked again on the primitives).
+pub(crate) fn takes<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> bool {
     let (da, db) = (a.dims(), b.dims());
     D >= 2
         && da[..D - 2] == db[..D - 2]
         && da[D - 1] == db[D - 2]
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
-        && !a.is_autodiff()
-        && !b.is_autodiff()
         && da.iter().chain(&db).all(|&s| s > 0)
 }
 
 /// The product of the primitives, or both back where the kernel cannot read them as they are.
-fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
+pub(crate) fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
+    launch_into(a, b, None)
+}
+
+/// [`launch`], or with `gram_sum` (a contiguous `[n, n]` buffer nothing else holds), `gram_sum +=
+/// a · b` in place on the tiles on and above the diagonal only (`a · b` a Gram matrix `xᵀx`).
+fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
     let a = readable(a);
     let b = readable(b);
     let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err(Box::new((a, b))) };
@@ -106,14 +119,18 @@ fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, C
         return Err(Box::new((a, b)));
     }
     let client = a.client.clone();
-    let c = client.empty(batch * m * n * 4);
+    let c = match gram_sum {
+        Some(sum) => sum.handle.clone(),
+        None => client.empty(batch * m * n * 4),
+    };
     let params: [u32; 12] = [m, n, k, la.row, la.col, la.outer_stride, lb.row, lb.col, lb.outer_stride, la.inner, la.inner_stride, lb.inner_stride].map(|v| v as u32);
     let arguments = KernelArguments::new()
         .with_buffer(a.handle.clone().binding())
         .with_buffer(b.handle.clone().binding())
         .with_buffer(c.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    let kernel = GemmKernel { a_k_fast: la.col == 1, b_n_fast: lb.col == 1 };
+    let gram = gram_sum.is_some();
+    let kernel = GemmKernel { a_k_fast: la.col == 1, b_n_fast: lb.col == 1, upper_tiles: gram, accumulate: gram };
     let grid = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32);
     client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_2d(16, 16))), grid, arguments);
     let mut dims = a.meta.shape().as_slice().to_vec();
@@ -178,10 +195,49 @@ impl Layout {
     }
 }
 
-/// `shaders/gemm.wgsl` for one pair of operand layouts.
+/// `sum + xᵀx` for `x: [rows, n]` (`sum` `[n, n]`, none: zeros), the Hessians' accumulation. On our
+/// kernel only the tiles on and above the diagonal are computed, in place in `sum` (half the
+/// multiply-adds, no second `[n, n]` buffer), and the entries below them hold whatever they held:
+/// read the result through [`mirror_upper`]. With burn's matmul the whole product is added.
+pub fn add_gram(sum: Option<Tensor<2>>, x: Tensor<2>) -> crate::error::Result<Tensor<2>> {
+    let n = x.dims()[1];
+    let xt = x.clone().transpose();
+    if !MODEL_USES_GEMM.load(Ordering::Relaxed) || !takes(&xt, &x) || x.is_autodiff() {
+        let xtx = model_matmul(xt, x);
+        return Ok(match sum {
+            Some(sum) => sum + xtx,
+            None => xtx,
+        });
+    }
+    let device = x.device();
+    let (pa, pb) = (primitive(xt.clone())?, primitive(x.clone())?);
+    let acc = primitive(sum.unwrap_or_else(|| Tensor::zeros([n, n], &device)))?;
+    // In place only into a buffer this sum alone holds, laid out as rows.
+    if !acc.can_mut() || !acc.is_contiguous() || acc.meta.is_tiled() {
+        return Ok(Tensor::<2>::from_primitive::<Wgpu>(acc) + model_matmul(xt, x));
+    }
+    Ok(match launch_into(pa, pb, Some(&acc)) {
+        Ok(_) => Tensor::from_primitive::<Wgpu>(acc),
+        Err(_) => Tensor::<2>::from_primitive::<Wgpu>(acc) + model_matmul(xt, x),
+    })
+}
+
+/// A symmetric `[n, n]` matrix from its upper triangle (row-major): what [`add_gram`] computed.
+pub fn mirror_upper(values: &mut [f32], n: usize) {
+    for i in 0..n {
+        for j in 0..i {
+            values[i * n + j] = values[j * n + i];
+        }
+    }
+}
+
+/// `shaders/gemm.wgsl` for one pair of operand layouts, writing C or adding a Gram matrix's upper
+/// tiles to it.
 struct GemmKernel {
     a_k_fast: bool,
     b_n_fast: bool,
+    upper_tiles: bool,
+    accumulate: bool,
 }
 
 impl KernelSource for GemmKernel {
@@ -189,10 +245,12 @@ impl KernelSource for GemmKernel {
         SourceTemplate::new(include_str!("../../../shaders/gemm.wgsl"))
             .register("a_k_fast", self.a_k_fast.to_string())
             .register("b_n_fast", self.b_n_fast.to_string())
+            .register("upper_tiles", self.upper_tiles.to_string())
+            .register("accumulate", self.accumulate.to_string())
     }
 
     fn id(&self) -> KernelId {
-        kernel_id::<Self>().info((self.a_k_fast, self.b_n_fast))
+        kernel_id::<Self>().info((self.a_k_fast, self.b_n_fast, self.upper_tiles, self.accumulate))
     }
 
     fn lang(&self) -> &'static str {

@@ -214,7 +214,8 @@ impl InputHessians {
         for (g, sum) in self.sums.into_iter().enumerate() {
             let Some(sum) = sum else { continue };
             let n = sum.dims()[0];
-            let values = download(sum).await?;
+            let mut values = download(sum).await?;
+            crate::gemm::mirror_upper(&mut values, n);
             let name = &names[groups[g].start];
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(ModelError::Gpu(format!("the Hessian of `{name}` has a non-finite entry at ({}, {}): the activations reaching it are not finite", i / n, i % n)));
@@ -232,11 +233,7 @@ impl BlockVisitor for InputHessians {
             let input = inputs[self.groups[g].start].clone();
             let [b, t, n] = input.dims();
             let x = input.reshape([b * t, n]);
-            let xtx = crate::gemm::model_matmul(x.clone().transpose(), x);
-            self.sums[g] = Some(match self.sums[g].take() {
-                Some(sum) => sum + xtx,
-                None => xtx,
-            });
+            self.sums[g] = Some(crate::gemm::add_gram(self.sums[g].take(), x)?);
         }
         Ok(())
     }
