@@ -2,11 +2,13 @@
 // loss, shaders/norm.wgsl, softmax.wgsl, nll.wgsl) are off on CPU adapters, SwiftShader's
 // included, so the page's other tests never have the browser compile them. This one switches
 // them on (Lab.useGpuKernels): Chromium's WebGPU must compile them, and the shipped GPT-2's
-// perplexity must be the one burn's kernels give.
+// perplexity must be the one burn's kernels give; so must Fisher (our matmul inside autodiff,
+// tracked_gemm).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startPage, launchBrowser, openPage, evaluateInPage, shortText, relative, stop } from './browser.mjs';
+import path from 'node:path';
+import { startPage, launchBrowser, openPage, evaluateInPage, shortText, relative, stop, tempDir, readSafetensors } from './browser.mjs';
 
 let server;
 let pageUrl;
@@ -37,5 +39,40 @@ test("the GPU kernels compile in the browser and give burn's perplexity", async 
   // The fused kernels sum in another order than burn's (tests/fused.rs: logits within 2.6e-5,
   // perplexity within 1e-7 of transformers' either way).
   assert.ok(rel < 1e-6, `perplexity ${ours.perplexity} on the GPU kernels, ${burns.perplexity} on burn's`);
+  assert.ok(!page.consoleLog.some((line) => /error/i.test(line)), page.consoleLog.join('\n'));
+});
+
+/// Fisher in the page (2 windows of 64 tokens), downloaded: the report and the file.
+async function pageFisher(page, name) {
+  await page.evaluate(() => document.getElementById('fisher-result').removeAttribute('data-report'));
+  await page.click('#run-fisher');
+  await page.waitForSelector('#fisher-result[data-report]', { timeout: 300_000 });
+  const report = JSON.parse(await page.getAttribute('#fisher-result', 'data-report'));
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-fisher')]);
+  const file = path.join(tempDir(), `${name}.fisher.safetensors`);
+  await download.saveAs(file);
+  return { report, tensors: readSafetensors(file) };
+}
+
+test("Fisher runs on the GPU kernels in the browser and gives burn's diagonal", async () => {
+  const page = await openPage(browser, pageUrl);
+  await page.fill('#f-samples', '2');
+  await page.fill('#f-seqlen', '64');
+  const burns = await pageFisher(page, 'burn');
+  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(true));
+  const ours = await pageFisher(page, 'ours');
+  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(false));
+  let worst = 0;
+  for (const [name, a] of ours.tensors) {
+    const b = burns.tensors.get(name);
+    let diff = 0, norm = 0;
+    for (let i = 0; i < a.length; i++) { diff += (a[i] - b[i]) ** 2; norm += b[i] ** 2; }
+    worst = Math.max(worst, Math.sqrt(diff / norm));
+  }
+  console.log(`Fisher on the GPU kernels vs burn's: mean loss ${ours.report.mean_loss} vs ${burns.report.mean_loss}, worst relative difference in norm ${worst.toExponential(2)} over ${ours.tensors.size} tensors`);
+  assert.equal(ours.tensors.size, burns.tensors.size);
+  // f32 sums in another order (tests/gemm.rs bounds the native comparison at 1e-5).
+  assert.ok(worst < 1e-5, `Fisher differs by ${worst} in norm`);
+  assert.ok(relative(ours.report.mean_loss, burns.report.mean_loss) < 1e-6);
   assert.ok(!page.consoleLog.some((line) => /error/i.test(line)), page.consoleLog.join('\n'));
 });
