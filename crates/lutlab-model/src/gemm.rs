@@ -109,8 +109,7 @@ pub(crate) fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(Cu
 /// [`launch`], or with `gram_sum` (a contiguous `[n, n]` buffer nothing else holds), `gram_sum +=
 /// a · b` in place on the tiles on and above the diagonal only (`a · b` a Gram matrix `xᵀx`).
 fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
-    let a = readable(a);
-    let b = readable(b);
+    let (a, b) = unaliased(readable(a), readable(b))?;
     let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err(Box::new((a, b))) };
     let (m, k, n) = (la.rows, la.cols, lb.cols);
     let batch = la.outer * la.inner;
@@ -147,6 +146,24 @@ fn readable(t: CubeTensor) -> CubeTensor {
         return into_contiguous(t);
     }
     t
+}
+
+/// The operands bound apart in browsers: WebGPU refuses a dispatch that binds one buffer range to
+/// two bindings when one of them is writable, and cubecl binds every buffer read_write, so a
+/// product of a tensor with a view of itself (the Hessians' `xᵀx`, the Cholesky's `l·lᵀ`) would
+/// fail validation there and its result never arrive. In the page the view is read from a copy;
+/// natively wgpu allows the aliasing, and nothing is copied.
+fn unaliased(a: CubeTensor, b: CubeTensor) -> Result<(CubeTensor, CubeTensor), Box<(CubeTensor, CubeTensor)>> {
+    let aliased = a.handle.memory.descriptor().id == b.handle.memory.descriptor().id;
+    if !cfg!(target_arch = "wasm32") || !aliased {
+        Ok((a, b))
+    } else if !a.is_contiguous() {
+        Ok((into_contiguous(a), b))
+    } else if !b.is_contiguous() {
+        Ok((a, into_contiguous(b)))
+    } else {
+        Err(Box::new((a, b)))
+    }
 }
 
 /// An operand as the kernel reads it: `outer × inner` matrices of `rows × cols` (attention's
@@ -202,9 +219,7 @@ impl Layout {
 pub fn add_gram(sum: Option<Tensor<2>>, x: Tensor<2>) -> crate::error::Result<Tensor<2>> {
     let n = x.dims()[1];
     let xt = x.clone().transpose();
-    // Not yet in the page: with the upper-tile kernel on, Chromium's (SwiftShader) Hessian step
-    // never finished (tests/e2e/gpu-kernels.test.mjs, 2026-12-06; cause not found yet).
-    if cfg!(target_arch = "wasm32") || !MODEL_USES_GEMM.load(Ordering::Relaxed) || !takes(&xt, &x) || x.is_autodiff() {
+    if !MODEL_USES_GEMM.load(Ordering::Relaxed) || !takes(&xt, &x) || x.is_autodiff() {
         let xtx = model_matmul(xt, x);
         return Ok(match sum {
             Some(sum) => sum + xtx,
