@@ -6,7 +6,7 @@
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<f32>;
-@group(0) @binding(2) var<storage, read_write> beta: array<f32>;  // RMSNorm: gamma again, unread
+@group(0) @binding(2) var<storage, read_write> beta: array<f32>;  // RMSNorm: a placeholder, unread
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> p: array<u32>;     // n, eps (f32 bits), rows, workgroups per grid row
 

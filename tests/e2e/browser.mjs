@@ -213,7 +213,10 @@ export async function evaluateInPage(page, text, { timeout = 300_000 } = {}) {
 export function lutlab(args) {
   const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/lutlab-target');
   const bin = process.env.LUTLAB_BIN ?? path.join(target, 'release/lutlab');
-  const out = execFileSync(bin, [...args, '--json'], { encoding: 'utf8' });
+  // The page runs our matmul and fused kernels on every adapter, SwiftShader's too
+  // (crates/lutlab-model/src/device.rs); the CLI on lavapipe would pick burn's: the same here.
+  const env = { ...process.env, LUTLAB_MATMUL: 'gemm', LUTLAB_FUSED: '1' };
+  const out = execFileSync(bin, [...args, '--json'], { encoding: 'utf8', env });
   return JSON.parse(out.trim().split('\n').pop());
 }
 

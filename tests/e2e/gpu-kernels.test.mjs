@@ -1,10 +1,9 @@
-// The kernels lutlab runs on GPUs (our matmul, shaders/gemm.wgsl; the fused norms, softmax and
-// loss, shaders/norm.wgsl, softmax.wgsl, nll.wgsl) are off on CPU adapters, SwiftShader's
-// included, so the page's other tests never have the browser compile them. This one switches
-// them on (Lab.useGpuKernels): Chromium's WebGPU must compile them, and the shipped GPT-2's
-// perplexity must be the one burn's kernels give; so must Fisher (our matmul inside autodiff,
-// tracked_gemm) and the Hessians (the Gram kernel, whose operands are one tensor: WebGPU refuses
-// a buffer bound twice when a binding is writable, so the page reads a copy of the view).
+// The page runs lutlab's own kernels (our matmul, shaders/gemm.wgsl; the fused norms, softmax
+// and loss, shaders/norm.wgsl, softmax.wgsl, nll.wgsl) on every adapter, SwiftShader's included.
+// These tests switch them off and on (Lab.useGpuKernels): the shipped GPT-2's perplexity must be
+// the one burn's kernels give; so must Fisher (our matmul inside autodiff, tracked_gemm) and the
+// Hessians (the Gram kernel, whose operands are one tensor: WebGPU refuses a buffer bound twice
+// when a binding is writable, so the page reads a copy of the view).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,10 +29,10 @@ test("the GPU kernels compile in the browser and give burn's perplexity", async 
   await page.fill('#max-length', '128');
   await page.fill('#stride', '128');
   const text = shortText(1200);
+  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(false));
   const burns = await evaluateInPage(page, text);
   await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(true));
   const ours = await evaluateInPage(page, text);
-  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(false));
   const rel = relative(ours.perplexity, burns.perplexity);
   console.log(`GPU kernels ${ours.perplexity} (${ours.seconds.toFixed(2)} s), burn's ${burns.perplexity} (${burns.seconds.toFixed(2)} s): relative ${rel.toExponential(2)}`);
   assert.equal(ours.scored, burns.scored);
@@ -59,10 +58,10 @@ test("Fisher runs on the GPU kernels in the browser and gives burn's diagonal", 
   const page = await openPage(browser, pageUrl);
   await page.fill('#f-samples', '2');
   await page.fill('#f-seqlen', '64');
+  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(false));
   const burns = await pageFisher(page, 'burn');
   await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(true));
   const ours = await pageFisher(page, 'ours');
-  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(false));
   let worst = 0;
   for (const [name, a] of ours.tensors) {
     const b = burns.tensors.get(name);
@@ -105,10 +104,10 @@ test("the Hessians run on the GPU kernels in the browser and give burn's GPTQ", 
   const page = await openPage(browser, pageUrl);
   await page.fill('#f-samples', '4');
   await page.fill('#f-seqlen', '64');
+  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(false));
   const burns = await hessiansThenGptq(page);
   await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(true));
   const ours = await hessiansThenGptq(page);
-  await page.evaluate(() => window.lutlabTestHooks.lab().useGpuKernels(false));
   assert.equal(ours.length, burns.length);
   const differences = ours.map((loss, i) => relative(loss, burns[i])).sort((a, b) => a - b);
   const worst = differences[differences.length - 1];

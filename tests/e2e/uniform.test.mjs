@@ -88,10 +88,13 @@ test('quantized inputs in the page (W4A8 dynamic per token, A8 static) equal the
   console.log(`W4A8 sym dynamic per token: browser ${dynamic.perplexity} vs native ${cliDynamic.eval.perplexity}`);
   assert.equal(dynamic.inputs, 'A8 int sym dynamic per-row');
   assert.equal(cliDynamic.eval.inputs, dynamic.inputs);
-  // Rounding inputs is discontinuous: the two GPUs' last-bit differences move a few values one
-  // step (float scales follow every input), so the page and the CLI agree to 1.7e-4 here (measured)
-  // rather than the dense 1e-6; another rule (per tensor instead of per token, say) moves it by percents.
-  assert.ok(relative(dynamic.perplexity, cliDynamic.eval.perplexity) < 1e-3);
+  // Rounding inputs is discontinuous: last-bit differences move a few values one step (float
+  // scales follow every input). Natively, the fused LayerNorm alone (its sums in another order
+  // than burn's) moves this perplexity by 4.8e-4; the page and the CLI, both on the fused kernels,
+  // measured 1.6e-3 apart (1.7e-4 when both ran burn's), rather than the dense 1e-6. Another rule
+  // (per tensor instead of per token, say) moves it by percents.
+  const ROUNDED_INPUTS_REL = 5e-3;
+  assert.ok(relative(dynamic.perplexity, cliDynamic.eval.perplexity) < ROUNDED_INPUTS_REL);
 
   await page.fill('#f-samples', '2');
   await page.fill('#f-seqlen', ''); // the CLI's window: the model's context
@@ -134,7 +137,7 @@ test('quantized inputs in the page (W4A8 dynamic per token, A8 static) equal the
     '--input-bit-width', '8', '--input-quant-type', 'sym', '--input-scale-type', 'dynamic', '--input-quant-granularity', 'per_row']);
   console.log(`W4A8 dynamic per token with layerwise SmoothQuant: browser ${smoothed.eval.perplexity} vs native ${cliSmoothed.eval.perplexity} (without: ${dynamic.perplexity})`);
   assert.equal(cliSmoothed.method, smoothed.quant.label);
-  assert.ok(relative(smoothed.eval.perplexity, cliSmoothed.eval.perplexity) < 1e-3);
+  assert.ok(relative(smoothed.eval.perplexity, cliSmoothed.eval.perplexity) < ROUNDED_INPUTS_REL);
   assert.notEqual(smoothed.eval.perplexity, dynamic.perplexity, 'smoothing changes the result');
   await page.close();
 });

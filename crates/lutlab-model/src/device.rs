@@ -101,8 +101,11 @@ pub async fn open_gpu() -> Result<Gpu> {
 }
 
 /// Which of our kernels the model runs on this adapter (`fused`, `gemm` say how they choose).
+/// In the browser they run on every adapter: on SwiftShader, the CPU adapter Chromium falls back
+/// to, they took 8.3 s where burn's took 30.3 s for the same evaluation (BENCHMARKS.md, "The
+/// page's kernels on a CPU adapter"). Natively a CPU adapter (lavapipe) keeps burn's, faster there.
 fn choose_kernels(setup: &WgpuSetup) {
-    let gpu = setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+    let gpu = cfg!(target_arch = "wasm32") || setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu;
     crate::fused::choose_at_startup(gpu);
     // Our matmul stages 16 KiB of each workgroup's operands (WebGPU's default limit, which some
     // native downlevel adapters do not reach).

@@ -141,7 +141,7 @@ async fn scored_nll(model: &Decoder, tokens: &[u32], batch: &[Window], hidden: T
     let scored_hidden = hidden.slice([0..b, p..p + s, 0..c]);
     let targets: Vec<u32> = batch.iter().flat_map(|w| tokens[w.score_from..w.end].iter().copied()).collect();
     let logits = model.lm_head(scored_hidden);
-    if let Some(nll) = crate::fused::in_model().then(|| crate::fused::token_nll(&logits, &targets)).flatten() {
+    if let Some(nll) = crate::fused::nll_in_model().then(|| crate::fused::token_nll(&logits, &targets)).flatten() {
         return download(nll).await;
     }
     let targets = targets.into_iter().map(|id| id as i32).collect();

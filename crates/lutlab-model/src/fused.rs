@@ -7,10 +7,10 @@
 //!
 //! The model uses them on GPUs ([`use_in_model`], set when the GPU is opened): each replaces
 //! several passes over the tensor through memory with one (GPT-2 124M-shaped evaluation on one
-//! H100 1.04–1.29× faster with the norms and softmax fused; BENCHMARKS.md). On CPU adapters
-//! (lavapipe, SwiftShader) burn's separate kernels stay: there a workgroup per row costs more
-//! than it saves (the shipped Llama's evaluation took 42 s with them against 28 s without,
-//! lavapipe, 2 cores).
+//! H100 1.04–1.29× faster with the norms and softmax fused; BENCHMARKS.md), and in the browser on
+//! every adapter (`device::choose_kernels`). On a native CPU adapter (lavapipe) burn's separate
+//! kernels stay: there a workgroup per row costs more than it saves (the shipped Llama's
+//! evaluation took 42 s with them against 28 s without, lavapipe, 2 cores).
 
 use crate::device::grid_of;
 use crate::lut_linear::{kernel_id, primitive};
@@ -21,29 +21,42 @@ use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::KernelArguments;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether the model's forward uses the fused kernels.
+/// Whether the model's forward uses the fused norms and softmax.
 static IN_MODEL: AtomicBool = AtomicBool::new(false);
 
-/// Makes the model's forward use the fused kernels (`true`: GPUs) or burn's separate ones.
+/// Whether evaluation's loss uses the fused kernel.
+static NLL_IN_MODEL: AtomicBool = AtomicBool::new(false);
+
+/// Makes the model's forward and evaluation's loss use the fused kernels (`true`) or burn's
+/// separate ones.
 pub fn use_in_model(fused: bool) {
     IN_MODEL.store(fused, Ordering::Relaxed);
+    NLL_IN_MODEL.store(fused, Ordering::Relaxed);
 }
 
-/// The choice when the process opens its GPU: on for GPUs (`gpu`), off on CPU adapters;
-/// `LUTLAB_FUSED=0|1` overrides it natively (benchmarks).
+/// The choice when the process opens its GPU: the norms and softmax on GPUs (`gpu`), burn's on
+/// CPU adapters; the loss on every adapter, since a workgroup per row of a vocabulary has work
+/// enough even on a CPU (lavapipe, 512 rows of GPT-2's 50,257 logits: 0.12 s against burn's
+/// 0.31 s). `LUTLAB_FUSED=0|1` overrides both natively (benchmarks).
 pub(crate) fn choose_at_startup(gpu: bool) {
     #[cfg(not(target_arch = "wasm32"))]
-    let gpu = match std::env::var("LUTLAB_FUSED").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => gpu,
-    };
-    use_in_model(gpu);
+    match std::env::var("LUTLAB_FUSED").as_deref() {
+        Ok("0") => return use_in_model(false),
+        Ok("1") => return use_in_model(true),
+        _ => {}
+    }
+    IN_MODEL.store(gpu, Ordering::Relaxed);
+    NLL_IN_MODEL.store(true, Ordering::Relaxed);
 }
 
-/// Whether the model's forward uses the fused kernels.
+/// Whether the model's forward uses the fused norms and softmax.
 pub fn in_model() -> bool {
     IN_MODEL.load(Ordering::Relaxed)
+}
+
+/// Whether evaluation's loss uses the fused kernel.
+pub fn nll_in_model() -> bool {
+    NLL_IN_MODEL.load(Ordering::Relaxed)
 }
 
 /// Invocations per workgroup of every fused kernel (one workgroup per row; `workgroup_reduce.wgsl`).
@@ -65,18 +78,20 @@ pub fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64
     let kernel = Fused::Norm { layer_norm: beta.is_some() };
     let x = into_contiguous(primitive(x.clone()).ok()?);
     let gamma = into_contiguous(primitive(gamma.clone()).ok()?);
-    let beta = match beta {
-        Some(beta) => into_contiguous(primitive(beta.clone()).ok()?),
-        None => gamma.clone(),
-    };
     let client = x.client.clone();
+    // RMSNorm reads no β; its binding gets a buffer of its own, as WebGPU refuses one buffer bound
+    // to two writable bindings (cubecl binds every buffer read_write).
+    let beta = match beta {
+        Some(beta) => into_contiguous(primitive(beta.clone()).ok()?).handle,
+        None => client.create_from_slice(&[0u8; 4]),
+    };
     let y = client.empty(rows * n * 4);
     let (gx, gy) = grid_of(rows);
     let params = [n as u32, (eps as f32).to_bits(), rows as u32, gx as u32];
     let arguments = KernelArguments::new()
         .with_buffer(x.handle.clone().binding())
         .with_buffer(gamma.handle.clone().binding())
-        .with_buffer(beta.handle.clone().binding())
+        .with_buffer(beta.binding())
         .with_buffer(y.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
     client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);

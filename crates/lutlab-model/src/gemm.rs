@@ -61,10 +61,15 @@ fn override_from_env() -> Option<bool> {
     None
 }
 
+/// Products of fewer rows than this (generation's one new token a step) go to burn's matmul:
+/// our kernel's 128-row tile would run 127 idle rows for it (the page's generation on SwiftShader
+/// took 175 s with every product on ours against 107 s on burn's).
+const FEW_ROWS: usize = 16;
+
 /// The model's f32 matmul: [`matmul`] or burn's, as [`choose_at_startup`] or [`use_gemm_in_model`] picked.
 /// Tensors autodiff tracks go through [`crate::tracked_gemm`], whose backward runs on our kernel too.
 pub fn model_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
-    if !MODEL_USES_GEMM.load(Ordering::Relaxed) {
+    if !MODEL_USES_GEMM.load(Ordering::Relaxed) || a.dims()[D - 2] < FEW_ROWS {
         a.matmul(b)
     } else if a.is_autodiff() || b.is_autodiff() {
         crate::tracked_gemm::tracked_matmul(a, b)

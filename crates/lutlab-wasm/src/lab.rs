@@ -788,10 +788,9 @@ impl Lab {
         self.gpu.setup.device.destroy();
     }
 
-    /// Runs models on the kernels lutlab picks for GPUs (our matmul; the fused norms, softmax and
-    /// loss) with `true`, on burn's with `false`, whatever the adapter (for tests: the page's
-    /// tests run on a CPU adapter, where the GPU kernels are off, and switch them on to check
-    /// that the browser compiles them and that they give the same perplexity).
+    /// Runs models on lutlab's own kernels (our matmul; the fused norms, softmax and loss) with
+    /// `true`, the page's default, or on burn's with `false` (for tests: both must give the same
+    /// perplexity, Fisher and Hessians in the browser).
     #[wasm_bindgen(js_name = useGpuKernels)]
     pub fn use_gpu_kernels(&self, on: bool) {
         lutlab_model::fused::use_in_model(on);
