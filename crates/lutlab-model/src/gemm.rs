@@ -224,23 +224,26 @@ impl Layout {
 pub fn add_gram(sum: Option<Tensor<2>>, x: Tensor<2>) -> crate::error::Result<Tensor<2>> {
     let n = x.dims()[1];
     let xt = x.clone().transpose();
-    if !MODEL_USES_GEMM.load(Ordering::Relaxed) || !takes(&xt, &x) || x.is_autodiff() {
-        let xtx = model_matmul(xt, x);
-        return Ok(match sum {
+    // Where the kernel cannot accumulate in place: the whole product, then added.
+    let added = |sum: Option<Tensor<2>>| {
+        let xtx = model_matmul(xt.clone(), x.clone());
+        match sum {
             Some(sum) => sum + xtx,
             None => xtx,
-        });
+        }
+    };
+    if !MODEL_USES_GEMM.load(Ordering::Relaxed) || !takes(&xt, &x) || x.is_autodiff() {
+        return Ok(added(sum));
     }
-    let device = x.device();
     let (pa, pb) = (primitive(xt.clone())?, primitive(x.clone())?);
-    let acc = primitive(sum.unwrap_or_else(|| Tensor::zeros([n, n], &device)))?;
+    let acc = primitive(sum.unwrap_or_else(|| Tensor::zeros([n, n], &x.device())))?;
     // In place only into a buffer this sum alone holds, laid out as rows.
     if !acc.can_mut() || !acc.is_contiguous() || acc.meta.is_tiled() {
-        return Ok(Tensor::<2>::from_primitive::<Wgpu>(acc) + model_matmul(xt, x));
+        return Ok(added(Some(Tensor::from_primitive::<Wgpu>(acc))));
     }
     Ok(match launch_into(pa, pb, Some(&acc)) {
         Ok(_) => Tensor::from_primitive::<Wgpu>(acc),
-        Err(_) => Tensor::<2>::from_primitive::<Wgpu>(acc) + model_matmul(xt, x),
+        Err(_) => added(Some(Tensor::from_primitive::<Wgpu>(acc))),
     })
 }
 
