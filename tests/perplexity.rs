@@ -70,11 +70,11 @@ fn prefix_perplexity_matches_transformers() {
     }
 }
 
-/// The whole test file (295,877 tokens, 2,311 windows): 15 minutes on lavapipe, most of them the
+/// The whole test file (295,877 tokens, 2,311 windows): 13 minutes on lavapipe (761 s), most of them the
 /// head's 3.8 TFLOP, so CI runs the prefixes above and the device runs this one
 /// (`scripts/device_tests.sh run perplexity`); `cargo test -- --ignored` runs it anywhere.
 #[test]
-#[cfg_attr(not(feature = "device"), ignore = "the whole test file: 15 min on lavapipe; run on the device")]
+#[cfg_attr(not(feature = "device"), ignore = "the whole test file: 13 min on lavapipe; run on the device")]
 fn full_test_perplexity_matches_transformers() {
     check(&fixture_json("reference_perplexity.json"), &test_tokens());
 }
