@@ -37,7 +37,7 @@ pub struct FisherArgs {
     #[arg(long, default_value_t = 1)]
     micro_batch: usize,
     /// Blocks whose diagonal accumulates on the GPU in one pass over the windows (default: all
-    /// of a resident model; for a streamed one, as many as 8 GiB of f32 accumulators hold). Fewer
+    /// of a resident model; for a streamed one, as many as 14 GiB of f32 accumulators hold, spread evenly over the passes). Fewer
     /// take less GPU memory and more passes.
     #[arg(long)]
     blocks_per_pass: Option<usize>,
@@ -149,11 +149,16 @@ pub fn run(args: FisherArgs) -> Result<()> {
     Ok(())
 }
 
-/// GPU memory a streamed model's Fisher accumulators may take in one pass.
-const ACCUMULATOR_BYTES: usize = 8 << 30;
+/// GPU memory a streamed model's Fisher accumulators may take in one pass: a Llama-2-7B-shaped
+/// model at micro-batch 1 then needs 2 passes and stays under 24 GiB with one block's weights,
+/// gradients and 2048-token activations beside them.
+const ACCUMULATOR_BYTES: usize = 14 << 30;
 
-/// How many blocks' f32 accumulators fit in `bytes` (at least one).
+/// Blocks per pass when each pass's f32 accumulators may take `bytes`: the fewest passes, with
+/// the blocks spread evenly over them (at least one block each).
 fn blocks_in(model: &Decoder, bytes: usize) -> usize {
     let per_block: usize = model.config.block_linears().iter().map(|s| s.n_in * s.n_out * 4).sum();
-    (bytes / per_block.max(1)).max(1)
+    let fit = (bytes / per_block.max(1)).max(1);
+    let n = model.n_blocks().max(1);
+    n.div_ceil(n.div_ceil(fit))
 }

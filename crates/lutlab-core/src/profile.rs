@@ -15,8 +15,11 @@ mod native {
         *ON.get_or_init(|| std::env::var("LUTLAB_PROFILE").is_ok_and(|v| v == "1"))
     }
 
+    /// A phase's start: `None` when profiling is off.
+    pub type Phase = Option<Instant>;
+
     /// A phase's start (`None` when profiling is off).
-    pub fn start() -> Option<Instant> {
+    pub fn start() -> Phase {
         enabled().then(Instant::now)
     }
 
@@ -51,10 +54,13 @@ mod native {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::{add, report, start, stop};
+pub use native::{add, report, start, stop, Phase};
 
 #[cfg(target_arch = "wasm32")]
-pub fn start() -> Option<()> {
+pub type Phase = Option<()>;
+
+#[cfg(target_arch = "wasm32")]
+pub fn start() -> Phase {
     None
 }
 

@@ -42,7 +42,7 @@ use crate::error::{ModelError, Result};
 use crate::decoder::{finish, Block, BlockContext, Decoder, Linear};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
-use lutlab_core::{HostTensor, LoadError, Progress};
+use lutlab_core::{profile, HostTensor, LoadError, Progress};
 
 /// How to sample the calibration text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +57,9 @@ pub struct FisherSettings {
     pub micro_batch: usize,
     /// Blocks whose Fisher accumulates in one pass over the windows (all by default). A model
     /// whose accumulators do not fit the GPU next to it runs several passes, last blocks first,
-    /// each handing its blocks' diagonal over when it ends (see [`fisher_into`]).
+    /// each handing its blocks' diagonal over when it ends (see [`fisher_into`]). Each block's
+    /// backward runs once per window whatever the passes; each later pass repeats the forward
+    /// of the blocks below its group.
     pub blocks_per_pass: Option<usize>,
 }
 
@@ -238,8 +240,11 @@ fn in_model_order(model: &Decoder, mut tensors: Vec<(String, HostTensor)>) -> Ve
     tensors
 }
 
-/// The passes over `starts`, one per group of `blocks_per_pass` blocks, last group first: each
-/// runs the whole forward, the backward down to its first block, and hands its blocks' diagonal
+/// The passes over `starts`, one per group of `blocks_per_pass` blocks, last group first: the
+/// first runs the whole forward and the backward down to its group's first block; each later
+/// one runs the forward up to its group's end and the backward through its group, from the
+/// gradient the pass before handed down (kept on the host: `nsamples · seqlen · hidden` f32s,
+/// 4.3 GB for 128 windows of 2048 tokens at hidden 4096). Each pass hands its blocks' diagonal
 /// to `sink`. Losses (the metadata's mean) come from the first pass.
 async fn fisher_passes(
     model: &Decoder,
@@ -281,6 +286,10 @@ async fn fisher_passes(
     let total = (groups.len() * starts.len() * seqlen) as u64;
     let mut peak = PeakMemory::new(&device);
     let mut loss_sum = 0f64;
+    // Per micro-batch: its samples' losses (from the first pass) and the gradient with respect to
+    // the input of the last pass's first block, which the next pass starts its backward from.
+    let mut losses: Vec<Vec<f32>> = Vec::new();
+    let mut handed_down: Vec<Option<Vec<f32>>> = Vec::new();
     progress.update(0, total);
     for (pass, group) in groups.iter().enumerate() {
         let tensor_names = &names[group.start * per_block..group.end * per_block];
@@ -292,31 +301,39 @@ async fn fisher_passes(
             }
             let first_sample = batch_index * micro_batch;
             let b = batch.len();
-            let squared = passes.squared_gradients(tokens, batch, group.clone(), &mut peak)?;
-            // One read-back per micro-batch: losses [b], then each tensor's per-sample sums [b].
-            let mut health = vec![squared.losses];
-            for (k, grad2) in squared.per_tensor.into_iter().enumerate() {
-                // Sums in two stages (rows, then the row sums): burn reduces each output in one
-                // workgroup, so a single sum over a whole weight took milliseconds per tensor
-                // (88 % of Fisher's GPU time on GPT-2 124M before this).
-                health.push(grad2.clone().sum_dim(2).sum_dim(1).reshape([b]));
-                let [_, n_in, n_out] = grad2.dims();
-                let per_sample_sum = if b == 1 { grad2.reshape([n_in, n_out]) } else { grad2.sum_dim(0).reshape([n_in, n_out]) };
-                let acc = std::mem::replace(&mut accumulators[k], Tensor::empty([0, 0], &device));
-                accumulators[k] = acc + per_sample_sum;
-            }
-            let health = download(Tensor::cat(health, 0)).await?;
-            check_samples(&health, b, first_sample, batch, seqlen, tensor_names, what)?;
+            let from_above = handed_down.get_mut(batch_index).and_then(Option::take).map(|g| passes.upload_gradient(g, b));
+            let step = passes.accumulate(tokens, batch, group.clone(), from_above, &mut accumulators, &mut peak)?;
+            // One read-back per micro-batch: it checks every sample and bounds how far the host
+            // runs ahead of the GPU.
+            let phase = profile::start();
+            let read = match step.losses {
+                Some(l) => Tensor::cat(vec![l, step.sums], 0),
+                None => step.sums,
+            };
+            let mut sums = download(read).await?;
             if pass == 0 {
-                loss_sum += health[..b].iter().map(|&l| f64::from(l)).sum::<f64>();
+                losses.push(sums.drain(..b).collect());
+                loss_sum += losses[batch_index].iter().map(|&l| f64::from(l)).sum::<f64>();
             }
+            check_samples(&losses[batch_index], &sums, first_sample, batch, seqlen, tensor_names, what)?;
+            if let Some(below) = step.below {
+                let below = download(below).await?;
+                match handed_down.get_mut(batch_index) {
+                    Some(slot) => *slot = Some(below),
+                    None => handed_down.push(Some(below)),
+                }
+            }
+            profile::stop("fisher: read-back (waits for the GPU)", phase);
             peak.sample();
             progress.update(((pass * starts.len() + first_sample + b) * seqlen) as u64, total);
         }
+        let phase = profile::start();
         for (name, acc) in tensor_names.iter().zip(accumulators) {
             let shape = acc.dims().to_vec();
             sink(name.clone(), HostTensor::new(shape, download(acc).await?))?;
         }
+        profile::stop("fisher: the pass's diagonal read back and handed over", phase);
+        profile::report(&format!("fisher pass {} of {} (blocks {}..{})", pass + 1, groups.len(), group.start, group.end));
     }
     let meta = FisherMeta {
         nsamples: Some(starts.len()),
@@ -350,17 +367,18 @@ fn weight_names(model: &Decoder) -> Vec<String> {
     model.config.linear_names().into_iter().map(|(name, _)| format!("{name}.weight")).collect()
 }
 
-/// `health` = each sample's loss (`b` values), then for each tensor each sample's sum of squared
+/// `losses`: each sample's loss; `sums`: for each tensor, each sample's sum of squared
 /// gradients. The first non-finite value names its sample (global index and window) and tensor.
 fn check_samples(
-    health: &[f32],
-    b: usize,
+    losses: &[f32],
+    sums: &[f32],
     first_sample: usize,
     batch: &[usize],
     seqlen: usize,
     names: &[String],
     what: &str,
 ) -> Result<()> {
+    let b = losses.len();
     let window = |j: usize| {
         let start = batch[j];
         format!(
@@ -369,8 +387,7 @@ fn check_samples(
             start + seqlen
         )
     };
-    for j in 0..b {
-        let loss = health[j];
+    for (j, &loss) in losses.iter().enumerate() {
         if !loss.is_finite() {
             return Err(non_finite(
                 what,
@@ -378,7 +395,7 @@ fn check_samples(
             ));
         }
         for (k, name) in names.iter().enumerate() {
-            let sum = health[(k + 1) * b + j];
+            let sum = sums[k * b + j];
             if !sum.is_finite() {
                 return Err(non_finite(
                     what,
@@ -432,11 +449,26 @@ impl PeakMemory {
     }
 }
 
-/// One micro-batch's result: each sample's loss `[b]` and, per linear weight in file order,
-/// each sample's squared gradient `[b, in, out]`.
-struct SquaredGradients {
-    losses: Tensor<1>,
-    per_tensor: Vec<Tensor<3>>,
+/// One micro-batch of one pass: each sample's loss `[b]` (first pass only), for each of the
+/// group's linears in model order each sample's sum of squared gradients (`[tensors · b]`), and
+/// the gradient handed down to the next pass (`[b, t, hidden]`, unless the group starts at 0).
+struct Step {
+    losses: Option<Tensor<1>>,
+    sums: Tensor<1>,
+    below: Option<Tensor<3>>,
+}
+
+/// Adds a micro-batch's squared gradients `[b, in, out]` to their accumulator `[in, out]`;
+/// returns each sample's sum of squares `[b]` (summed in two stages: burn reduces each output in
+/// one workgroup, so a single sum over a whole weight took milliseconds per tensor).
+fn add_squares(accumulator: &mut Tensor<2>, grad: Tensor<3>) -> Tensor<1> {
+    let squared = grad.square();
+    let [b, n_in, n_out] = squared.dims();
+    let sums = squared.clone().sum_dim(2).sum_dim(1).reshape([b]);
+    let per_sample_sum = if b == 1 { squared.reshape([n_in, n_out]) } else { squared.sum_dim(0).reshape([n_in, n_out]) };
+    let acc = std::mem::replace(accumulator, Tensor::empty([0, 0], &per_sample_sum.device()));
+    *accumulator = acc + per_sample_sum;
+    sums
 }
 
 /// The two passes that give per-sample gradients while holding one block's graph at a time
@@ -455,9 +487,25 @@ impl<'a> FisherPasses<'a> {
         Self { model, seqlen, ctx_diff: ctx.map(|t| t.autodiff()), ctx, diff_device: model.device().autodiff() }
     }
 
-    /// The squared per-sample gradients of the linears of the blocks in `group` (the forward
-    /// runs every block; the backward stops at the group's first block).
-    fn squared_gradients(&self, tokens: &[u32], starts: &[usize], group: std::ops::Range<usize>, peak: &mut PeakMemory) -> Result<SquaredGradients> {
+    /// Adds each sample's squared gradients of the linears of the blocks in `group` to their
+    /// `accumulators` (the group's linears in model order) as each block's backward ends, so
+    /// only one block's gradients are alive at a time.
+    ///
+    /// The first pass (`from_above` is `None`) runs the forward through every block and the
+    /// head, and its backward from the loss down to the group's first block. A later pass gets
+    /// the gradient with respect to the output of its group's last block from the pass before
+    /// (`from_above`), so its forward stops at the group's end and no block above the group is
+    /// recomputed. Unless the group starts at block 0, the step hands down the gradient with
+    /// respect to its first block's input for the next pass.
+    fn accumulate(
+        &self,
+        tokens: &[u32],
+        starts: &[usize],
+        group: std::ops::Range<usize>,
+        from_above: Option<Tensor<3>>,
+        accumulators: &mut [Tensor<2>],
+        peak: &mut PeakMemory,
+    ) -> Result<Step> {
         let m = self.model;
         let (b, t) = (starts.len(), self.seqlen);
         let ids: Vec<i32> = starts
@@ -467,51 +515,90 @@ impl<'a> FisherPasses<'a> {
         let ids = TensorData::new(ids, [b, t]);
         let names = weight_names(m);
         let per_block = m.config.block_linears().len();
+        let end = if from_above.is_some() { group.end } else { m.n_blocks() };
 
-        // Forward without a graph, keeping each input of the blocks the backward will reach.
-        let mut inputs = Vec::with_capacity(m.n_blocks() - group.start);
+        // Forward without a graph, keeping each input of the group's blocks.
+        let mut inputs = Vec::with_capacity(group.len());
         let mut x = m.embed(Tensor::<2, Int>::from_data(ids.clone(), &m.device()));
-        for i in 0..m.n_blocks() {
-            let (per_sample, _) = per_sample_block(m, &*m.block(i)?, i, b, Role::Constant)?;
+        for i in 0..end {
+            let block = self.read_block(i)?;
+            let phase = profile::start();
+            let per_sample = per_sample_block(m, &block, i, b, false)?.0;
             let next = per_sample.forward(&self.ctx, x.clone(), None);
             if i >= group.start {
                 inputs.push(x);
             }
             x = next;
+            self.phase_done("fisher: block forwards without a graph", phase);
         }
-        let targets = Tensor::<2, Int>::from_data(ids, &self.diff_device).slice([0..b, 1..t]);
-        let (mut upstream, losses) = self.head_gradient(x, targets, peak)?;
+        let (mut upstream, losses) = match from_above {
+            Some(gradient) => (gradient, None),
+            None => {
+                let phase = profile::start();
+                let targets = Tensor::<2, Int>::from_data(ids, &self.diff_device).slice([0..b, 1..t]);
+                let (gradient, losses) = self.head_gradient(x, targets, peak)?;
+                self.phase_done("fisher: head, loss and its gradient", phase);
+                (gradient, Some(losses))
+            }
+        };
 
         // Backward block by block, last first: recompute the block's forward with a graph, pull
-        // the upstream gradient through it, keep its weights' squared gradients if it is in the
-        // group.
-        let mut per_block_squares = Vec::with_capacity(group.len());
-        for (i, input) in (group.start..m.n_blocks()).zip(inputs).rev() {
-            // Below the group's first block nothing needs a gradient.
-            let needs_input_grad = i > group.start;
+        // the upstream gradient through it, and add its weights' squared gradients to their
+        // accumulators.
+        let mut sums = Vec::with_capacity(group.len());
+        for (i, input) in group.clone().zip(inputs).rev() {
+            let block = self.read_block(i)?;
+            let phase = profile::start();
+            // Block 0's input is the embedding, which needs no gradient.
+            let needs_input_grad = i > 0;
             let input = if needs_input_grad { input.autodiff().require_grad() } else { input.autodiff() };
-            let role = if group.contains(&i) { Role::Leaves } else { Role::DifferentiableConstant };
-            let (per_sample, leaves) = per_sample_block(m, &*m.block(i)?, i, b, role)?;
+            let (per_sample, leaves) = per_sample_block(m, &block, i, b, true)?;
             let output = per_sample.forward(&self.ctx_diff, input.clone(), None);
             // Σ output ⊙ upstream, reduced in two stages as above (its gradient is `upstream`).
             let mut grads = (output * upstream.autodiff()).sum_dim(2).sum().backward();
             peak.sample();
-            let mut squared = Vec::with_capacity(leaves.len());
+            self.phase_done("fisher: block backwards (forward with a graph, then backward)", phase);
+            let phase = profile::start();
+            let mut block_sums = Vec::with_capacity(leaves.len());
             for (k, leaf) in leaves.iter().enumerate() {
                 let grad = leaf.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&names[i * per_block + k]))?;
-                squared.push(grad.square());
+                block_sums.push(add_squares(&mut accumulators[(i - group.start) * per_block + k], grad));
             }
+            sums.push(block_sums);
             upstream = if needs_input_grad {
                 input.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&format!("the input of block {i}")))?
             } else {
                 Tensor::empty([0, 0, 0], &m.device())
             };
-            if group.contains(&i) {
-                per_block_squares.push(squared);
-            }
+            self.phase_done("fisher: squares accumulated", phase);
         }
-        per_block_squares.reverse();
-        Ok(SquaredGradients { losses, per_tensor: per_block_squares.into_iter().flatten().collect() })
+        sums.reverse();
+        let sums = Tensor::cat(sums.into_iter().flatten().collect(), 0);
+        Ok(Step { losses, sums, below: (group.start > 0).then_some(upstream) })
+    }
+
+    /// A gradient handed down from the pass before, back on the GPU `[b, t, hidden]`.
+    fn upload_gradient(&self, values: Vec<f32>, b: usize) -> Tensor<3> {
+        let hidden = values.len() / (b * self.seqlen).max(1);
+        Tensor::from_data(TensorData::new(values, [b, self.seqlen, hidden]), &self.model.device())
+    }
+
+    /// Block `i`, read from the checkpoint and uploaded if the model streams.
+    fn read_block(&self, i: usize) -> Result<std::borrow::Cow<'a, crate::decoder::Block>> {
+        let phase = profile::start();
+        let block = self.model.block(i)?;
+        self.phase_done("fisher: blocks read and uploaded", phase);
+        Ok(block)
+    }
+
+    /// Ends a profiled phase: under `LUTLAB_PROFILE=1` it first waits for the GPU, so that each
+    /// phase is charged with its own GPU work (profiling serializes host and GPU).
+    fn phase_done(&self, name: &'static str, phase: profile::Phase) {
+        if phase.is_some() {
+            // A failed sync shows up at the micro-batch's read-back; here it only ends the timing.
+            let _ = self.model.device().sync();
+        }
+        profile::stop(name, phase);
     }
 
     /// Each sample's mean next-token cross-entropy `[b]` and its gradient with respect to the
@@ -556,40 +643,24 @@ fn missing_gradient(what: &str) -> ModelError {
     ModelError::Gpu(format!("autodiff returned no gradient for {what}"))
 }
 
-/// What a Fisher pass needs of a block's weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    /// The forward without a graph.
-    Constant,
-    /// A recomputed block the gradient only passes through.
-    DifferentiableConstant,
-    /// A recomputed block whose weights' gradients are wanted: autodiff leaves.
-    Leaves,
-}
-
 /// Block `index` for a Fisher pass: its linears as per-sample copies `[b, in, out]` of the
-/// weights (returned too, as autodiff leaves, for [`Role::Leaves`]), its biases and norms as
-/// constants. The one block implementation then runs it.
-fn per_sample_block(model: &Decoder, block: &Block, index: usize, b: usize, role: Role) -> Result<(Block, Vec<Tensor<3>>)> {
-    let differentiable = role != Role::Constant;
-    let constant1 = |t: Tensor<1>| if differentiable { t.autodiff() } else { t };
+/// weights, its biases and norms as constants. With `leaves`, the block is differentiable and
+/// the copies are autodiff leaves (also returned), whose gradients are the samples' own. The one
+/// block implementation then runs it.
+fn per_sample_block(model: &Decoder, block: &Block, index: usize, b: usize, leaves: bool) -> Result<(Block, Vec<Tensor<3>>)> {
+    let constant1 = |t: Tensor<1>| if leaves { t.autodiff() } else { t };
     let mut linears = Vec::with_capacity(block.linears.len());
-    let mut leaves = Vec::with_capacity(block.linears.len());
+    let mut leaf_copies = Vec::with_capacity(block.linears.len());
     for (weight, bias) in dense_linears(model, block, index)? {
-        let copies = weight.clone().unsqueeze::<3>().repeat_dim(0, b);
-        let weight = match role {
-            Role::Constant => copies,
-            Role::DifferentiableConstant => copies.autodiff(),
-            Role::Leaves => {
-                let leaf = copies.autodiff().require_grad();
-                leaves.push(leaf.clone());
-                leaf
-            }
-        };
+        let mut weight = weight.clone().unsqueeze::<3>().repeat_dim(0, b);
+        if leaves {
+            weight = weight.autodiff().require_grad();
+            leaf_copies.push(weight.clone());
+        }
         linears.push(Linear::PerSample { weight, bias: constant1(bias.clone()) });
     }
     let per_sample = Block { norm_1: block.norm_1.map(constant1), norm_2: block.norm_2.map(constant1), linears, inputs: None };
-    Ok((per_sample, leaves))
+    Ok((per_sample, leaf_copies))
 }
 
 /// A block's `(weight, bias)` pairs in `block_linears` order; Fisher differentiates the dense
