@@ -1,7 +1,7 @@
 """The peers of `lutlab bench kernels`, measured on the same GPU in the same run (device only):
 PyTorch's GEMV of one token through a linear layer in f16 and f32 (cuBLAS), its GEMM of
---gemm-tokens tokens (0 skips it), and a device copy (the memory-bandwidth ceiling), for the same
-shapes. Prints one JSON object.
+--gemm-tokens tokens (0 skips it), a device copy (the memory-bandwidth ceiling) and a 4 KiB copy
+(what one launch costs), for the same shapes. Prints one JSON object.
 
     python3 scripts/bench_peers.py --shapes 4096x11008,11008x4096 --iters 200 --gemm-tokens 512
 """
@@ -42,6 +42,10 @@ def main():
     micros = time_cuda(lambda: dst.copy_(src), args.iters)
     moved = 2 * src.numel() * 4
     results.append({"kernel": "torch copy", "bytes": moved, "micros": micros, "gb_per_s": moved / micros / 1e3})
+    # What one launch costs in a stream of launches: a 4 KiB copy, as lutlab's "dispatch floor".
+    small_src, small_dst = src[:1024], dst[:1024]
+    micros = time_cuda(lambda: small_dst.copy_(small_src), args.iters)
+    results.append({"kernel": "torch dispatch floor", "bytes": 8192, "micros": micros, "gb_per_s": 8192 / micros / 1e3})
     token_counts = [1] + ([args.gemm_tokens] if args.gemm_tokens > 0 else [])
     for shape in args.shapes.split(","):
         rows, cols = (int(v) for v in shape.split("x"))

@@ -192,7 +192,12 @@ fn print_table(device: &str, timings: &[KernelTiming]) {
     println!("{device}");
     println!("{:<22} {:>18} {:>10} {:>10} {:>9} {:>9} {:>7}", "kernel", "tokens x shape", "µs", "GB/s", "of copy", "TFLOP/s", "layers");
     for t in timings {
-        let shape = if t.kernel == "copy" { format!("{} MB", t.bytes / 2_000_000) } else { format!("{} x {}x{}", t.tokens, t.rows, t.cols) };
+        // The copies' rows (no tokens) name their buffer's size: each byte is read and written.
+        let shape = match (t.tokens, t.bytes / 2) {
+            (0, size) if size >= 1_000_000 => format!("{} MB", size / 1_000_000),
+            (0, size) => format!("{} kB", size / 1_000),
+            _ => format!("{} x {}x{}", t.tokens, t.rows, t.cols),
+        };
         println!(
             "{:<22} {:>18} {:>10.2} {:>10.0} {:>8.0}% {:>9.2} {:>7}",
             t.kernel,

@@ -65,12 +65,17 @@ fn cold_copies(weight_bytes: usize) -> usize {
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 const NONE: u32 = u32::MAX;
 
-/// The copy ceiling over a buffer of `bytes`, then for each `(rows, cols)` shape the dense f32
-/// and f16 GEMV and the LUT GEMV (per-channel tables) at each of `bits`.
+/// The copy ceiling over a buffer of `bytes` and the time of one dispatch that does almost
+/// nothing (a 4 KiB copy: what every timed call pays for its launch and the barrier after it),
+/// then for each `(rows, cols)` shape the dense f32 and f16 GEMV and the LUT GEMV (per-channel
+/// tables) at each of `bits`.
 pub async fn bench_kernels(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], copy_bytes: u64, iters: usize) -> Result<Vec<KernelTiming>> {
     let device = &gpu.setup.device;
     // The copy binds its buffers whole: no larger than the device allows.
-    let mut out = vec![bench_copy(gpu, copy_bytes.min(gpu.max_binding_bytes()), iters).await?];
+    let mut out = vec![
+        bench_copy(gpu, copy_bytes.min(gpu.max_binding_bytes()), iters, "copy").await?,
+        bench_copy(gpu, FLOOR_BYTES, iters, DISPATCH_FLOOR).await?,
+    ];
     let mut rng = SplitMix64::new(1);
     for &(rows, cols) in shapes {
         if cols % 2 != 0 {
@@ -422,7 +427,11 @@ async fn read_back(gpu: &Gpu, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u
 }
 
 /// Copy bandwidth over `bytes` (rounded to whole vec4s): read + write bytes per second.
-async fn bench_copy(gpu: &Gpu, bytes: u64, iters: usize) -> Result<KernelTiming> {
+/// The kernel name of the dispatch-floor row, and its copy's size.
+pub const DISPATCH_FLOOR: &str = "dispatch floor";
+const FLOOR_BYTES: u64 = 4096;
+
+async fn bench_copy(gpu: &Gpu, bytes: u64, iters: usize, kernel: &str) -> Result<KernelTiming> {
     let device = &gpu.setup.device;
     let words = (bytes / 16).max(1) as usize * 4;
     let source: Vec<u32> = (0..words as u32).collect();
@@ -473,5 +482,5 @@ async fn bench_copy(gpu: &Gpu, bytes: u64, iters: usize) -> Result<KernelTiming>
     }
     let micros = time_commands(gpu, |timer| encode(iters, timer)).await? / iters as f64;
     let moved = (words * 8) as u64;
-    Ok(KernelTiming::new("copy", 0, 1, words, moved, micros))
+    Ok(KernelTiming::new(kernel, 0, 1, words, moved, micros))
 }
