@@ -75,7 +75,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
         Some(args.seed),
         Some(args.micro_batch),
     );
-    settings.blocks_per_pass = args.blocks_per_pass.or_else(|| model.is_streamed().then(|| blocks_in(&model, ACCUMULATOR_BYTES)));
+    settings.blocks_per_pass = args.blocks_per_pass.or_else(|| model.is_streamed().then(|| default_blocks_per_pass(&model)));
     gpu.check_buffer_fits(settings.logits_bytes(model.config.vocab_size), "one micro-batch's logits", "--micro-batch or --seqlen")?;
 
     let what = data_path.display().to_string();
@@ -149,16 +149,39 @@ pub fn run(args: FisherArgs) -> Result<()> {
     Ok(())
 }
 
-/// GPU memory a streamed model's Fisher accumulators may take in one pass: a Llama-2-7B-shaped
-/// model at micro-batch 1 then needs 2 passes and stays under 24 GiB with one block's weights,
-/// gradients and 2048-token activations beside them.
+/// GPU memory a streamed model's Fisher accumulators may take in one pass. A Llama-2-7B-shaped
+/// model then runs 2 passes of 16 blocks (13 GB), which at micro-batch 1 and 2048 tokens should
+/// peak near 20 GB: its last measured run peaked at 22 GiB with 8 GB of accumulators and 8 GB of
+/// squared gradients that passes no longer hold (BENCHMARKS, "Fisher in passes").
 const ACCUMULATOR_BYTES: usize = 14 << 30;
 
-/// Blocks per pass when each pass's f32 accumulators may take `bytes`: the fewest passes, with
-/// the blocks spread evenly over them (at least one block each).
-fn blocks_in(model: &Decoder, bytes: usize) -> usize {
+/// A streamed model's blocks per pass: each pass's f32 accumulators within
+/// [`ACCUMULATOR_BYTES`].
+fn default_blocks_per_pass(model: &Decoder) -> usize {
     let per_block: usize = model.config.block_linears().iter().map(|s| s.n_in * s.n_out * 4).sum();
-    let fit = (bytes / per_block.max(1)).max(1);
-    let n = model.n_blocks().max(1);
+    blocks_per_pass(model.n_blocks(), per_block, ACCUMULATOR_BYTES)
+}
+
+/// Blocks per pass for `blocks` blocks of `per_block` accumulator bytes when a pass may hold
+/// `budget` bytes: the fewest passes, the blocks spread evenly over them (at least one a pass).
+fn blocks_per_pass(blocks: usize, per_block: usize, budget: usize) -> usize {
+    let fit = (budget / per_block.max(1)).max(1);
+    let n = blocks.max(1);
     n.div_ceil(n.div_ceil(fit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_are_as_few_as_the_budget_allows_and_even() {
+        // Llama-2-7B: 32 blocks of 202,375,168 linear weights, 0.81 GB of f32 each.
+        let llama7b = 202_375_168 * 4;
+        assert_eq!(blocks_per_pass(32, llama7b, ACCUMULATOR_BYTES), 16, "18 fit: 2 passes of 16, not 18 + 14");
+        assert_eq!(blocks_per_pass(32, llama7b, 8 << 30), 8, "10 fit: 4 passes of 8");
+        assert_eq!(blocks_per_pass(32, llama7b, 1), 1, "at least one block a pass");
+        assert_eq!(blocks_per_pass(12, 1 << 20, ACCUMULATOR_BYTES), 12, "a small model in one pass");
+        assert_eq!(blocks_per_pass(0, 1, 1), 1);
+    }
 }
