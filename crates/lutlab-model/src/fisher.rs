@@ -43,6 +43,7 @@ use crate::decoder::{finish, Block, BlockContext, Decoder, Linear};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
 use lutlab_core::{profile, HostTensor, LoadError, Progress};
+use std::borrow::Cow;
 
 /// How to sample the calibration text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -584,7 +585,7 @@ impl<'a> FisherPasses<'a> {
     }
 
     /// Block `i`, read from the checkpoint and uploaded if the model streams.
-    fn read_block(&self, i: usize) -> Result<std::borrow::Cow<'a, crate::decoder::Block>> {
+    fn read_block(&self, i: usize) -> Result<Cow<'a, Block>> {
         let phase = profile::start();
         let block = self.model.block(i)?;
         self.phase_done("fisher: blocks read and uploaded", phase);
