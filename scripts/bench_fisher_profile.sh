@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Where Fisher's time goes on the device (issues 17, 23), in one call: `lutlab bench kernels` with
-# the dispatch floor beside PyTorch's (SHAPES), the GPT-2 124M-shaped Fisher (8 windows of 1024,
+# Where Fisher's time goes on the device (issues 17, 23), in one call: one 2048-token window of the
+# Llama-2-7B-shaped Fisher at micro-batch 1 per BPP value (blocks per pass; "default" = the CLI's),
+# with its phases, peak GPU and host memory (scripts/bench_7b.sh); `lutlab bench kernels` with the
+# dispatch floor beside PyTorch's (SHAPES); the GPT-2 124M-shaped Fisher (8 windows of 1024,
 # micro-batch 1) once with cubecl's per-kernel profile (scripts/cubecl_profile.py) and once with
-# LUTLAB_PROFILE=1's phases, then one 2048-token window of the Llama-2-7B-shaped Fisher at
-# micro-batch 1 per BPP value (blocks per pass; "default" = the CLI's), with its phases, peak GPU
-# and host memory (scripts/bench_7b.sh). Carry .carry/lutlab.xz and .gl.
-# Environment: SHAPES, BPP ("32 default"), PHASE_TIMEOUT (200 s a 7B run), SKIP_KERNELS=1.
+# LUTLAB_PROFILE=1's phases. Carry .carry/lutlab.xz and .gl.
+# Environment: BPP ("default 32"), PHASE_TIMEOUT (200 s a 7B run), SHAPES, SKIP_KERNELS=1.
 set -o pipefail
 source scripts/device_env.sh >/dev/null 2>&1
 O=$OUT
 L=$PWD/.carry/lutlab
+for bpp in ${BPP:-default 32}; do
+  extra=""; [ "$bpp" != default ] && extra="--blocks-per-pass $bpp"
+  OUT=$O/llama7b-bpp$bpp NSAMPLES=1 MICRO=1 SKIP_QUANTIZE=1 SKIP_EVAL=1 SKIP_PEERS=1 PHASE_TIMEOUT=${PHASE_TIMEOUT:-200} \
+    FISHER_EXTRA="$extra" LUTLAB_PROFILE=1 bash scripts/bench_7b.sh > /dev/null 2>&1
+  grep -E "phase|profile" "$O/llama7b-bpp$bpp/bench7b.log" | cut -c1-1200
+done
 if [ "${SKIP_KERNELS:-0}" != 1 ]; then
   SHAPES=${SHAPES:-768x2304,4096x4096,4096x11008,11008x4096}
   $L bench kernels --shapes "$SHAPES" --bits 2,4 --iters 500 --json > "$O/kernels.json" 2>/dev/null
@@ -35,9 +41,3 @@ end=$(date +%s.%N)
 python3 scripts/cubecl_profile.py "$dir/cubecl.log" --wall "$(python3 -c "print($end - $start)")" > "$O/profile_fisher_gpt2.txt"
 head -40 "$O/profile_fisher_gpt2.txt" | tail -38
 LUTLAB_PROFILE=1 $L fisher --model $M --data /tmp/valid400k.txt --seqlen 1024 --nsamples 8 --out /tmp/f.safetensors --json 2>&1 | tee "$O/phases_fisher_gpt2.txt" | cut -c1-1200
-for bpp in ${BPP:-32 default}; do
-  extra=""; [ "$bpp" != default ] && extra="--blocks-per-pass $bpp"
-  OUT=$O/llama7b-bpp$bpp NSAMPLES=1 MICRO=1 SKIP_QUANTIZE=1 SKIP_EVAL=1 SKIP_PEERS=1 PHASE_TIMEOUT=${PHASE_TIMEOUT:-200} \
-    FISHER_EXTRA="$extra" LUTLAB_PROFILE=1 bash scripts/bench_7b.sh > /dev/null 2>&1
-  grep -E "phase|profile" "$O/llama7b-bpp$bpp/bench7b.log" | cut -c1-1200
-done
