@@ -720,12 +720,14 @@ mod tests {
             "h.0.attn.c_attn.weight".to_string(),
             "h.0.mlp.c_fc.weight".to_string(),
         ];
-        // Micro-batch of 2 samples (global 4 and 5, starts 100 and 300): losses, then 2 tensors.
-        let ok = [3.0, 4.0, 1.0, 2.0, 0.5, 0.25];
-        assert!(check_samples(&ok, 2, 4, &[100, 300], 16, &weights, "cal.txt").is_ok());
-        let mut bad = ok;
-        bad[5] = f32::INFINITY;
-        let err = check_samples(&bad, 2, 4, &[100, 300], 16, &weights, "cal.txt")
+        // Micro-batch of 2 samples (global 4 and 5, starts 100 and 300): their losses, and the
+        // sums of 2 tensors.
+        let losses = [3.0, 4.0];
+        let sums = [1.0, 2.0, 0.5, 0.25];
+        assert!(check_samples(&losses, &sums, 4, &[100, 300], 16, &weights, "cal.txt").is_ok());
+        let mut bad = sums;
+        bad[3] = f32::INFINITY;
+        let err = check_samples(&losses, &bad, 4, &[100, 300], 16, &weights, "cal.txt")
             .unwrap_err()
             .to_string();
         assert!(
@@ -735,9 +737,9 @@ mod tests {
                 && err.contains("h.0.mlp.c_fc.weight"),
             "{err}"
         );
-        let mut bad = ok;
+        let mut bad = losses;
         bad[0] = f32::NAN;
-        let err = check_samples(&bad, 2, 4, &[100, 300], 16, &weights, "cal.txt")
+        let err = check_samples(&bad, &sums, 4, &[100, 300], 16, &weights, "cal.txt")
             .unwrap_err()
             .to_string();
         assert!(
