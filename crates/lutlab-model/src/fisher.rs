@@ -290,7 +290,7 @@ async fn fisher_passes(
     // Per micro-batch: its samples' losses (from the first pass) and the gradient with respect to
     // the input of the last pass's first block, which the next pass starts its backward from.
     let mut losses: Vec<Vec<f32>> = Vec::new();
-    let mut handed_down: Vec<Option<Vec<f32>>> = Vec::new();
+    let mut handed_down: Vec<Option<Vec<f32>>> = vec![None; starts.len().div_ceil(micro_batch)];
     progress.update(0, total);
     for (pass, group) in groups.iter().enumerate() {
         let tensor_names = &names[group.start * per_block..group.end * per_block];
@@ -302,7 +302,7 @@ async fn fisher_passes(
             }
             let first_sample = batch_index * micro_batch;
             let b = batch.len();
-            let from_above = handed_down.get_mut(batch_index).and_then(Option::take).map(|g| passes.upload_gradient(g, b));
+            let from_above = handed_down[batch_index].take().map(|g| passes.upload_gradient(g, b));
             let step = passes.accumulate(tokens, batch, group.clone(), from_above, &mut accumulators, &mut peak)?;
             // One read-back per micro-batch: it checks every sample and bounds how far the host
             // runs ahead of the GPU.
@@ -318,11 +318,7 @@ async fn fisher_passes(
             }
             check_samples(&losses[batch_index], &sums, first_sample, batch, seqlen, tensor_names, what)?;
             if let Some(below) = step.below {
-                let below = download(below).await?;
-                match handed_down.get_mut(batch_index) {
-                    Some(slot) => *slot = Some(below),
-                    None => handed_down.push(Some(below)),
-                }
+                handed_down[batch_index] = Some(download(below).await?);
             }
             profile::stop("fisher: read-back (waits for the GPU)", phase);
             peak.sample();
@@ -518,18 +514,21 @@ impl<'a> FisherPasses<'a> {
         let per_block = m.config.block_linears().len();
         let end = if from_above.is_some() { group.end } else { m.n_blocks() };
 
-        // Forward without a graph, keeping each input of the group's blocks.
+        // Forward without a graph, keeping each input of the group's blocks. A later pass needs
+        // no output of its group's last block: it stops at that block's input.
         let mut inputs = Vec::with_capacity(group.len());
         let mut x = m.embed(Tensor::<2, Int>::from_data(ids.clone(), &m.device()));
         for i in 0..end {
+            if i >= group.start {
+                inputs.push(x.clone());
+            }
+            if from_above.is_some() && i + 1 == end {
+                break;
+            }
             let block = self.read_block(i)?;
             let phase = profile::start();
             let per_sample = per_sample_block(m, &block, i, b, false)?.0;
-            let next = per_sample.forward(&self.ctx, x.clone(), None);
-            if i >= group.start {
-                inputs.push(x);
-            }
-            x = next;
+            x = per_sample.forward(&self.ctx, x, None);
             self.phase_done("fisher: block forwards without a graph", phase);
         }
         let (mut upstream, losses) = match from_above {
