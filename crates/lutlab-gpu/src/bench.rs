@@ -426,11 +426,12 @@ async fn read_back(gpu: &Gpu, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u
     read_staging(device, &staging, bytes).await
 }
 
-/// Copy bandwidth over `bytes` (rounded to whole vec4s): read + write bytes per second.
 /// The kernel name of the dispatch-floor row, and its copy's size.
 pub const DISPATCH_FLOOR: &str = "dispatch floor";
 const FLOOR_BYTES: u64 = 4096;
 
+/// Copy bandwidth over `bytes` (rounded to whole vec4s): read + write bytes per second, as row
+/// `kernel`.
 async fn bench_copy(gpu: &Gpu, bytes: u64, iters: usize, kernel: &str) -> Result<KernelTiming> {
     let device = &gpu.setup.device;
     let words = (bytes / 16).max(1) as usize * 4;

@@ -180,6 +180,9 @@ impl PackedGpuLinear {
     /// incoherence processing (then [`Self::forward`] adds it after the output rotation).
     fn lut_forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [m, k] = x.dims();
+        // Cannot fail: shapes are checked when a model is loaded, every model lives on the wgpu
+        // device, and packed layers never run inside autodiff (Fisher refuses a packed model by
+        // name), so the input is a plain wgpu tensor of the layer's width.
         assert_eq!(k, self.rows, "LUT matmul: input width differs from the layer's rows");
         let x = primitive(x).expect("LUT matmul: the input is on the layer's wgpu device");
         let x = burn::backend::wgpu::into_contiguous(x);
