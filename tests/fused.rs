@@ -1,7 +1,8 @@
-//! The fused forward kernels (`lutlab_model::fused`: `shaders/norm.wgsl`, `shaders/softmax.wgsl`,
-//! `shaders/nll.wgsl`) against f64 CPU references of what burn's separate ops compute: LayerNorm
-//! with the biased variance, RMSNorm, `softmax(scores · scale + mask)` with a causal mask
-//! broadcast over batches and heads, and the per-token loss over a vocabulary. Rows wider than a workgroup's 256 invocations and a grid with more rows
+//! The fused kernels (`lutlab_model::fused`: `shaders/norm.wgsl`, `shaders/softmax.wgsl`,
+//! `shaders/nll.wgsl`, `shaders/nll_gradient.wgsl`) against f64 CPU references of what burn's
+//! separate ops compute: LayerNorm with the biased variance, RMSNorm, `softmax(scores · scale +
+//! mask)` with a causal mask broadcast over batches and heads, and the per-token loss over a
+//! vocabulary with its gradient. Rows wider than a workgroup's 256 invocations and a grid with more rows
 //! than one grid row, so every index path runs. Tolerance: 2e-6 of the outputs' scale (f32 sums
 //! over up to 1,000 values in another order than the reference), and for the norms also a few
 //! f32 roundings of each input as the normalization amplifies them (a row of 3 close values has
@@ -9,7 +10,7 @@
 
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::fused::{masked_softmax, norm, token_nll};
+use lutlab_model::fused::{masked_softmax, norm, token_nll, token_nll_gradient};
 use lutlab_core::NoProgress;
 use lutlab_model::{perplexity, Decoder, EvalSettings};
 use lutlab_tests::*;
@@ -113,6 +114,40 @@ fn fused_token_nll_matches_the_cpu() {
     }
     let lt = Tensor::<3>::from_data(TensorData::new(vec![0f32; 10], [1, 2, 5]), &device);
     assert!(token_nll(&lt, &[0, 5]).is_none(), "a target past the vocabulary goes to burn's ops, which name it");
+}
+
+/// Fisher's head (`token_nll_gradient`): each row's loss as above and the gradient of
+/// `scale · Σ loss` with respect to the logits, `scale · (softmax − one-hot)`, against f64. Bound:
+/// the loss as above; each gradient entry within 2e-6 of `scale` (a softmax value is at most 1,
+/// its f32 sum over 50,257 terms as above).
+#[test]
+fn fused_token_nll_gradient_matches_the_cpu() {
+    let device = gpu();
+    let mut rng = SplitMix64::new(14);
+    for (rows, v) in [(14, 50_257), (3, 1), (33_000, 5), (5, 300)] {
+        let logits = random(&mut rng, rows * v, 20.0);
+        let targets: Vec<u32> = (0..rows).map(|_| (rng.next_f64() * v as f64) as u32 % v as u32).collect();
+        let scale = 1.0 / 255.0;
+        let lt = Tensor::<2>::from_data(TensorData::new(logits.clone(), [rows, v]), &device);
+        let (nll, gradient) = token_nll_gradient(&lt, &targets, scale).expect("f32 logits and targets inside the vocabulary");
+        let (nll, gradient) = (nll.into_data().try_to_vec::<f32>().unwrap(), gradient.into_data().try_to_vec::<f32>().unwrap());
+        let (mut want_nll, mut want_gradient) = (Vec::new(), Vec::new());
+        for (row, &t) in logits.chunks(v).zip(&targets) {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+            let total: f64 = row.iter().map(|&x| (f64::from(x) - max).exp()).sum();
+            want_nll.push((total.ln() - (f64::from(row[t as usize]) - max)) as f32);
+            for (j, &x) in row.iter().enumerate() {
+                let softmax = (f64::from(x) - max).exp() / total;
+                want_gradient.push((f64::from(scale) * (softmax - if j == t as usize { 1.0 } else { 0.0 })) as f32);
+            }
+        }
+        let loss_scale = want_nll.iter().fold(1f32, |m, x| m.max(x.abs()));
+        let nll_err = assert_all_close(&format!("{rows}x{v} loss"), &nll, &want_nll, 2e-6 * loss_scale);
+        let gradient_err = assert_all_close(&format!("{rows}x{v} gradient"), &gradient, &want_gradient, 2e-6 * scale);
+        eprintln!("{rows}x{v}: max |nll error| {nll_err:e}, max |gradient error| {gradient_err:e} (scale {scale:e})");
+    }
+    let lt = Tensor::<2>::from_data(TensorData::new(vec![0f32; 10], [2, 5]), &device);
+    assert!(token_nll_gradient(&lt, &[0, 5], 1.0).is_none(), "a target past the vocabulary is refused");
 }
 
 /// Whole models with and without the fused kernels (`same_logits_either_way`: GPT-2's

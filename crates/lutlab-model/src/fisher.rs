@@ -475,13 +475,12 @@ struct FisherPasses<'a> {
     seqlen: usize,
     ctx: BlockContext,
     ctx_diff: BlockContext,
-    diff_device: Device,
 }
 
 impl<'a> FisherPasses<'a> {
     fn new(model: &'a Decoder, seqlen: usize) -> Self {
         let ctx = model.context(seqlen);
-        Self { model, seqlen, ctx_diff: ctx.map(|t| t.autodiff()), ctx, diff_device: model.device().autodiff() }
+        Self { model, seqlen, ctx_diff: ctx.map(|t| t.autodiff()), ctx }
     }
 
     /// Adds each sample's squared gradients of the linears of the blocks in `group` to their
@@ -535,8 +534,8 @@ impl<'a> FisherPasses<'a> {
             Some(gradient) => (gradient, None),
             None => {
                 let phase = profile::start();
-                let targets = Tensor::<2, Int>::from_data(ids, &self.diff_device).slice([0..b, 1..t]);
-                let (gradient, losses) = self.head_gradient(x, targets, peak)?;
+                let targets: Vec<u32> = starts.iter().flat_map(|&s| tokens[s + 1..s + t].iter().copied()).collect();
+                let (gradient, losses) = self.head_gradient(x, &targets, peak)?;
                 self.phase_done("fisher: head, loss and its gradient", phase);
                 (gradient, Some(losses))
             }
@@ -602,40 +601,52 @@ impl<'a> FisherPasses<'a> {
     }
 
     /// Each sample's mean next-token cross-entropy `[b]` and its gradient with respect to the
-    /// last block's output `x` `[b, t, c]`, over chunks of positions. `targets` are the tokens at
-    /// `1..t` (on the autodiff device).
-    fn head_gradient(&self, x: Tensor<3>, targets: Tensor<2, Int>, peak: &mut PeakMemory) -> Result<(Tensor<3>, Tensor<1>)> {
+    /// last block's output `x` `[b, t, c]`; `targets`: each sample's tokens at `1..t`.
+    ///
+    /// The logits are the largest tensors of a step, so they are made a chunk of positions at a
+    /// time, outside autodiff: one kernel gives each chunk's loss and its gradient with respect
+    /// to the logits (`softmax − one-hot`), and a matmul by the head takes that back to the final
+    /// hidden states. Autodiff runs only through what lies between `x` and those (the final
+    /// norm, OPT's output projection), once for the window.
+    fn head_gradient(&self, x: Tensor<3>, targets: &[u32], peak: &mut PeakMemory) -> Result<(Tensor<3>, Tensor<1>)> {
         let m = self.model;
-        let [b, t, c] = x.dims();
+        let [b, t, _] = x.dims();
         let (vocab, scored) = (m.config.vocab_size, t - 1);
-        // The final norm, output projection and head as constants of the differentiable pass.
+        // The final norm and output projection as constants of the differentiable pass.
         let ln_f = m.ln_f.as_ref().map(|n| n.map(|t| t.autodiff()));
         let project_out = m.project_out.as_ref().map(|p| match p.dense() {
             Some((w, bias)) => Linear::Dense { weight: w.clone().autodiff(), bias: bias.clone().autodiff() },
             None => p.clone(),
         });
-        let head = m.head_weight().clone().autodiff().transpose();
+        let differentiable = ln_f.is_some() || project_out.is_some();
+        let leaf = x.clone().autodiff().require_grad();
+        let hidden_tracked = differentiable.then(|| finish(ln_f.as_ref(), project_out.as_ref(), leaf.clone()));
+        let hidden = hidden_tracked.as_ref().map_or(x, |h| h.clone().inner());
+        let e = hidden.dims()[2];
+        let (head, head_transposed) = (m.head_weight().clone(), m.head_weight().clone().transpose());
         let chunk = head_chunk_positions(b, vocab);
         let mut losses = Tensor::<1>::zeros([b], &m.device());
-        let mut grads = Vec::with_capacity(scored.div_ceil(chunk) + 1);
+        let mut hidden_grads = Vec::with_capacity(scored.div_ceil(chunk) + 1);
         for p0 in (0..scored).step_by(chunk) {
             let p1 = (p0 + chunk).min(scored);
             let p = p1 - p0;
-            let leaf = x.clone().slice([0..b, p0..p1, 0..c]).autodiff().require_grad();
-            let hidden = finish(ln_f.as_ref(), project_out.as_ref(), leaf.clone());
-            let e = hidden.dims()[2];
-            let logits = crate::gemm::model_matmul(hidden.reshape([b * p, e]), head.clone()).reshape([b, p, vocab]);
-            let chunk_targets = targets.clone().slice([0..b, p0..p1]).reshape([b, p, 1]);
-            let nll = crate::eval::token_nll(logits, chunk_targets);
-            let loss = nll.sum_dims_squeeze::<1, _>(&[1, 2]) / scored as f64;
-            let mut g = loss.clone().sum().backward();
+            let rows = hidden.clone().slice([0..b, p0..p1, 0..e]).reshape([b * p, e]);
+            let logits = crate::gemm::model_matmul(rows, head_transposed.clone());
+            let chunk_targets: Vec<u32> = targets.chunks_exact(scored).flat_map(|sample| sample[p0..p1].iter().copied()).collect();
+            let (nll, logits_grad) = crate::fused::token_nll_gradient(&logits, &chunk_targets, 1.0 / scored as f32)
+                .ok_or_else(|| ModelError::Gpu("the loss kernel needs f32 logits outside autodiff".into()))?;
             peak.sample();
-            grads.push(leaf.grad_remove(&mut g).ok_or_else(|| missing_gradient("the final hidden states"))?);
-            losses = losses + loss.inner();
+            losses = losses + nll.reshape([b, p]).sum_dim(1).reshape([b]) / scored as f64;
+            hidden_grads.push(crate::gemm::model_matmul(logits_grad, head.clone()).reshape([b, p, e]));
         }
         // The last position predicts no token of the window.
-        grads.push(Tensor::zeros([b, 1, c], &m.device()));
-        Ok((Tensor::cat(grads, 1), losses))
+        hidden_grads.push(Tensor::zeros([b, 1, e], &m.device()));
+        let hidden_grad = Tensor::cat(hidden_grads, 1);
+        let Some(hidden_tracked) = hidden_tracked else { return Ok((hidden_grad, losses)) };
+        // Σ hidden ⊙ hidden_grad, whose gradient with respect to `hidden` is `hidden_grad`.
+        let mut g = (hidden_tracked * hidden_grad.autodiff()).sum_dim(2).sum().backward();
+        let grad = leaf.grad_remove(&mut g).ok_or_else(|| missing_gradient("the final hidden states"))?;
+        Ok((grad, losses))
     }
 }
 

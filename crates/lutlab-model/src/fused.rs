@@ -2,8 +2,10 @@
 //! passes, calibration, generation): LayerNorm/RMSNorm (`shaders/norm.wgsl`), attention's
 //! scaled, masked softmax (`shaders/softmax.wgsl`) and evaluation's per-token loss over the
 //! vocabulary (`shaders/nll.wgsl`), each one launch where burn's separate kernels take 7–9.
-//! Tensors that autodiff tracks (Fisher) keep burn's ops, whose gradients burn knows.
-//! `tests/fused.rs` compares each with an f64 CPU reference.
+//! Tensors that autodiff tracks (Fisher's blocks) keep burn's ops, whose gradients burn knows;
+//! Fisher's head takes the loss and its gradient with respect to the logits from one kernel
+//! (`shaders/nll_gradient.wgsl`) outside autodiff. `tests/fused.rs` compares each with an f64
+//! CPU reference.
 //!
 //! The model uses them on GPUs ([`use_in_model`], set when the GPU is opened): each replaces
 //! several passes over the tensor through memory with one (GPT-2 124M-shaped evaluation on one
@@ -144,12 +146,39 @@ pub fn token_nll(logits: &Tensor<3>, targets: &[u32]) -> Option<Tensor<3>> {
     Some(Tensor::from_primitive::<Wgpu>(CubeTensor::new_contiguous(client, logits.device.clone(), Shape::new([b, s, 1]), nll, DType::F32)))
 }
 
+/// Each row's loss `[rows]` of `targets` (one per row) under `logits` `[rows, v]`, as
+/// [`token_nll`] computes it, and the gradient of `scale ·` their sum with respect to the logits,
+/// `scale · (softmax − one-hot)` `[rows, v]`: one kernel where burn's autodiff takes ~20 launches
+/// (Fisher's head); `None` where the kernel does not apply.
+pub fn token_nll_gradient(logits: &Tensor<2>, targets: &[u32], scale: f32) -> Option<(Tensor<1>, Tensor<2>)> {
+    let [rows, v] = logits.dims();
+    if !plain_f32(logits) || targets.len() != rows || targets.iter().any(|&t| t as usize >= v) {
+        return None;
+    }
+    let logits = into_contiguous(primitive(logits.clone()).ok()?);
+    let client = logits.client.clone();
+    let nll = client.empty(rows * 4);
+    let gradient = client.empty(rows * v * 4);
+    let (gx, gy) = grid_of(rows);
+    let params = [v as u32, rows as u32, gx as u32, scale.to_bits()];
+    let arguments = KernelArguments::new()
+        .with_buffer(logits.handle.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(targets)).binding())
+        .with_buffer(nll.clone().binding())
+        .with_buffer(gradient.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    client.launch(Box::new(SourceKernel::new(Fused::NllGradient, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let primitive = |handle, shape: Shape| CubeTensor::new_contiguous(client.clone(), logits.device.clone(), shape, handle, DType::F32);
+    Some((Tensor::from_primitive::<Wgpu>(primitive(nll, Shape::new([rows]))), Tensor::from_primitive::<Wgpu>(primitive(gradient, Shape::new([rows, v])))))
+}
+
 /// The fused kernels' WGSL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Fused {
     Norm { layer_norm: bool },
     Softmax,
     Nll,
+    NllGradient,
 }
 
 impl KernelSource for Fused {
@@ -158,6 +187,7 @@ impl KernelSource for Fused {
             Fused::Norm { .. } => include_str!("../../../shaders/norm.wgsl"),
             Fused::Softmax => include_str!("../../../shaders/softmax.wgsl"),
             Fused::Nll => include_str!("../../../shaders/nll.wgsl"),
+            Fused::NllGradient => include_str!("../../../shaders/nll_gradient.wgsl"),
         };
         let source = SourceTemplate::new(format!("{kernel}\n{}", include_str!("../../../shaders/workgroup_reduce.wgsl")));
         match self {
