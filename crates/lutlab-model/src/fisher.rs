@@ -654,20 +654,22 @@ fn missing_gradient(what: &str) -> ModelError {
     ModelError::Gpu(format!("autodiff returned no gradient for {what}"))
 }
 
-/// Block `index` for a Fisher pass: its linears as per-sample copies `[b, in, out]` of the
-/// weights, its biases and norms as constants. With `leaves`, the block is differentiable and
-/// the copies are autodiff leaves (also returned), whose gradients are the samples' own. The one
-/// block implementation then runs it.
+/// Block `index` for a Fisher pass, its inputs unquantized. With `leaves`, the block is
+/// differentiable: its linears are per-sample copies `[b, in, out]` of the weights, autodiff
+/// leaves (also returned) whose gradients are the samples' own, and its biases and norms are
+/// constants. Without, the weights themselves. The one block implementation then runs it.
 fn per_sample_block(model: &Decoder, block: &Block, index: usize, b: usize, leaves: bool) -> Result<(Block, Vec<Tensor<3>>)> {
     let constant1 = |t: Tensor<1>| if leaves { t.autodiff() } else { t };
     let mut linears = Vec::with_capacity(block.linears.len());
     let mut leaf_copies = Vec::with_capacity(block.linears.len());
     for (weight, bias) in dense_linears(model, block, index)? {
-        let mut weight = weight.clone().unsqueeze::<3>().repeat_dim(0, b);
-        if leaves {
-            weight = weight.autodiff().require_grad();
-            leaf_copies.push(weight.clone());
+        if !leaves {
+            // A forward without a graph needs no copies: every sample multiplies the one weight.
+            linears.push(Linear::Dense { weight: weight.clone(), bias: bias.clone() });
+            continue;
         }
+        let weight = weight.clone().unsqueeze::<3>().repeat_dim(0, b).autodiff().require_grad();
+        leaf_copies.push(weight.clone());
         linears.push(Linear::PerSample { weight, bias: constant1(bias.clone()) });
     }
     let per_sample = Block { norm_1: block.norm_1.map(constant1), norm_2: block.norm_2.map(constant1), linears, inputs: None };
