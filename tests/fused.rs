@@ -12,7 +12,7 @@ use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_model::burn::tensor::{Tensor, TensorData};
 use lutlab_model::fused::{masked_softmax, norm, token_nll, token_nll_gradient};
 use lutlab_core::NoProgress;
-use lutlab_model::{perplexity, Decoder, EvalSettings};
+use lutlab_model::{fisher, perplexity, Decoder, EvalSettings, FisherSettings};
 use lutlab_tests::*;
 
 fn random(rng: &mut SplitMix64, n: usize, spread: f32) -> Vec<f32> {
@@ -116,6 +116,73 @@ fn fused_token_nll_matches_the_cpu() {
     assert!(token_nll(&lt, &[0, 5]).is_none(), "a target past the vocabulary goes to burn's ops, which name it");
 }
 
+/// The fused norms and masked softmax under autodiff (Fisher's blocks; `lutlab_model::tracked_fused`,
+/// `shaders/norm_backward.wgsl`, `shaders/softmax_backward.wgsl`): the gradient of `Σ y ⊙ w` for
+/// random `w`, with respect to the norm's input and the scores, against f64 formulas. Bound:
+/// 5e-6 of the gradient's scale (at least 1; f32 sums over up to 1,000 values in another order
+/// than the reference). Measured: ≤ 1.8e-7 (norms), ≤ 7.5e-9 (softmax).
+#[test]
+fn fused_norm_and_softmax_gradients_match_the_cpu() {
+    let device = gpu();
+    let mut rng = SplitMix64::new(15);
+    let gradient_of = |y: Tensor<3>, leaf: &Tensor<3>, w: &[f32]| -> Vec<f32> {
+        let wt = Tensor::<3>::from_data(TensorData::new(w.to_vec(), y.dims()), &device).autodiff();
+        let mut grads = (y * wt).sum().backward();
+        leaf.grad_remove(&mut grads).expect("the input is tracked").into_data().try_to_vec::<f32>().unwrap()
+    };
+    for (b, t, n) in [(2, 5, 768), (1, 3, 1000), (3, 1, 7)] {
+        let x: Vec<f32> = random(&mut rng, b * t * n, 4.0).iter().map(|v| v + 3.0).collect();
+        let gamma = random(&mut rng, n, 2.0);
+        let beta = random(&mut rng, n, 1.0);
+        let w = random(&mut rng, b * t * n, 2.0);
+        let eps = 1e-5;
+        let gt = Tensor::<1>::from_data(TensorData::new(gamma.clone(), [n]), &device).autodiff();
+        let bt = Tensor::<1>::from_data(TensorData::new(beta.clone(), [n]), &device).autodiff();
+        for layer_norm in [true, false] {
+            let leaf = Tensor::<3>::from_data(TensorData::new(x.clone(), [b, t, n]), &device).autodiff().require_grad();
+            let y = norm(&leaf, &gt, layer_norm.then_some(&bt), eps).expect("an f32 input, constant γ and β");
+            let got = gradient_of(y, &leaf, &w);
+            let mut want = Vec::with_capacity(got.len());
+            for (row, w_row) in x.chunks(n).zip(w.chunks(n)) {
+                let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+                let mean = if layer_norm { row.iter().sum::<f64>() / n as f64 } else { 0.0 };
+                let r = 1.0 / (row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64 + eps).sqrt();
+                let g: Vec<f64> = (0..n).map(|i| f64::from(w_row[i]) * f64::from(gamma[i])).collect();
+                let g_mean = if layer_norm { g.iter().sum::<f64>() / n as f64 } else { 0.0 };
+                let gx_mean = (0..n).map(|i| g[i] * (row[i] - mean) * r).sum::<f64>() / n as f64;
+                want.extend((0..n).map(|i| (r * (g[i] - g_mean - (row[i] - mean) * r * gx_mean)) as f32));
+            }
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let err = assert_all_close(&format!("{b}x{t}x{n} layer norm {layer_norm} gradient"), &got, &want, 5e-6 * scale);
+            eprintln!("{b}x{t}x{n} layer norm {layer_norm}: max |gradient error| {err:e} (scale {scale:e})");
+        }
+    }
+    for (b, h, t) in [(2, 3, 17), (1, 2, 300)] {
+        let scores = random(&mut rng, b * h * t * t, 12.0);
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let w = random(&mut rng, b * h * t * t, 2.0);
+        let scale = 0.125;
+        let leaf = Tensor::<4>::from_data(TensorData::new(scores.clone(), [b, h, t, t]), &device).autodiff().require_grad();
+        let mt = Tensor::<4>::from_data(TensorData::new(mask.clone(), [1, 1, t, t]), &device).autodiff();
+        let y = masked_softmax(&leaf, scale, &mt).expect("f32 scores and a constant mask");
+        let wt = Tensor::<4>::from_data(TensorData::new(w.clone(), [b, h, t, t]), &device).autodiff();
+        let mut grads = (y * wt).sum().backward();
+        let got = leaf.grad_remove(&mut grads).expect("the scores are tracked").into_data().try_to_vec::<f32>().unwrap();
+        let mut want = Vec::with_capacity(got.len());
+        for (r, (row, w_row)) in scores.chunks(t).zip(w.chunks(t)).enumerate() {
+            let logits: Vec<f64> = row.iter().zip(&mask[(r % t) * t..(r % t + 1) * t]).map(|(&v, &m)| f64::from(v) * scale + f64::from(m)).collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            let y: Vec<f64> = logits.iter().map(|l| (l - max).exp() / total).collect();
+            let weighted: f64 = y.iter().zip(w_row).map(|(y, &w)| y * f64::from(w)).sum();
+            want.extend(y.iter().zip(w_row).map(|(y, &w)| (scale * y * (f64::from(w) - weighted)) as f32));
+        }
+        let bound = 5e-6 * want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let err = assert_all_close(&format!("{b}x{h}x{t} softmax gradient"), &got, &want, bound);
+        eprintln!("{b}x{h}x{t} softmax: max |gradient error| {err:e}");
+    }
+}
+
 /// Fisher's head (`token_nll_gradient`): each row's loss as above and the gradient of
 /// `scale · Σ loss` with respect to the logits, `scale · (softmax − one-hot)`, against f64. Bound:
 /// the loss as above; each gradient entry within 2e-6 of `scale` (a softmax value is at most 1,
@@ -151,10 +218,11 @@ fn fused_token_nll_gradient_matches_the_cpu() {
 }
 
 /// Whole models with and without the fused kernels (`same_logits_either_way`: GPT-2's
-/// LayerNorm and the trained Llama's RMSNorm, within 1e-4). CPU adapters run burn's kernels in the
-/// model, so this test switches the fused ones on; the only test here that does.
+/// LayerNorm and the trained Llama's RMSNorm, within 1e-4), their perplexity and their Fisher
+/// diagonal. CPU adapters run burn's kernels in the model, so this test switches the fused ones
+/// on; the only test here that does.
 #[test]
-fn models_give_the_same_logits_and_perplexity_with_the_fused_kernels() {
+fn models_give_the_same_logits_perplexity_and_fisher_with_the_fused_kernels() {
     same_logits_either_way(lutlab_model::fused::use_in_model);
     // Evaluation's loss (shaders/nll.wgsl) too: the shipped GPT-2 over the first 2,048 test tokens,
     // against transformers (tests/fixtures/reference_perplexity.json).
@@ -175,4 +243,28 @@ fn models_give_the_same_logits_and_perplexity_with_the_fused_kernels() {
     // Measured 0.9e-7 here (burn's ops 1.0e-7; 1.7e-7 on an H200): 5e-7 catches a loss summed in
     // one stage per invocation (1.36e-6), which tests/perplexity.rs's 2e-6 would let through.
     assert!(rel < 5e-7, "perplexity {on} with the fused kernels, transformers {want}");
+
+    // Fisher through the fused norms and softmax under autodiff (tracked_fused) and through
+    // burn's ops: GPT-2's LayerNorm, Llama's RMSNorm with RoPE and GQA, OPT's post-norm variant
+    // off. Bound: 1e-4 of each tensor's largest value (measured ≤ 2e-6 in norm on lavapipe).
+    for folder in ["models/gpt2-tiny-wikitext", "models/llama-tiny-wikitext", "models/opt-tiny-wikitext"] {
+        let weights = load_weights(&repo(folder));
+        let model = Decoder::new(&weights, &gpu());
+        let tokens: Vec<u32> = (0..400u32).map(|i| (i * 37 + 11) % weights.config.vocab_size as u32).collect();
+        let settings = FisherSettings { nsamples: 3, seqlen: 32, seed: 5, micro_batch: 2, blocks_per_pass: None };
+        let diagonal = |on: bool| {
+            lutlab_model::fused::use_in_model(on);
+            pollster::block_on(fisher(&model, &tokens, settings, "ids", &mut NoProgress)).unwrap().diagonal
+        };
+        let (on, off) = (diagonal(true), diagonal(false));
+        let (loss_on, loss_off) = (on.meta.mean_loss.unwrap(), off.meta.mean_loss.unwrap());
+        assert!((loss_on - loss_off).abs() <= 1e-5 * loss_off.abs(), "{folder}: mean loss {loss_on} vs {loss_off}");
+        for ((name, a), (_, b)) in on.tensors.iter().zip(&off.tensors) {
+            let scale = b.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = assert_all_close(&format!("{folder} {name}"), &a.data, &b.data, 1e-4 * scale);
+            assert!(scale > 0.0, "{folder} {name}: an all-zero diagonal compares nothing");
+            eprintln!("{folder} {name}: max |Fisher difference| {err:e} of {scale:e}");
+        }
+    }
+    lutlab_model::fused::use_in_model(false);
 }

@@ -71,20 +71,36 @@ fn plain_f32<const D: usize>(t: &Tensor<D>) -> bool {
 
 /// `x` normalized over its last dimension: LayerNorm `(x − mean)/√(var + eps) · γ + β` with
 /// `beta`, RMSNorm `x/√(mean(x²) + eps) · γ` without; `None` where the kernel does not apply.
+/// Under autodiff (Fisher's blocks, γ and β constants) the gradient comes from
+/// `shaders/norm_backward.wgsl` ([`crate::tracked_fused`]).
 pub fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64) -> Option<Tensor<3>> {
+    if x.is_autodiff() {
+        return crate::tracked_fused::norm(x, gamma, beta, eps);
+    }
     if !plain_f32(x) || !plain_f32(gamma) || beta.is_some_and(|b| !plain_f32(b)) {
         return None;
     }
-    let [b, t, n] = x.dims();
-    let rows = b * t;
+    let beta = match beta {
+        Some(beta) => Some(primitive(beta.clone()).ok()?),
+        None => None,
+    };
+    let y = norm_kernel(primitive(x.clone()).ok()?, primitive(gamma.clone()).ok()?, beta, eps);
+    Some(Tensor::from_primitive::<Wgpu>(y))
+}
+
+/// [`norm`] on the kernel's operands (`x` of any shape, over its last dimension).
+pub(crate) fn norm_kernel(x: CubeTensor, gamma: CubeTensor, beta: Option<CubeTensor>, eps: f64) -> CubeTensor {
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().clone();
+    let n = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements() / n.max(1);
     let kernel = Fused::Norm { layer_norm: beta.is_some() };
-    let x = into_contiguous(primitive(x.clone()).ok()?);
-    let gamma = into_contiguous(primitive(gamma.clone()).ok()?);
+    let gamma = into_contiguous(gamma);
     let client = x.client.clone();
     // RMSNorm reads no β; its binding gets a buffer of its own, as WebGPU refuses one buffer bound
     // to two writable bindings (cubecl binds every buffer read_write).
     let beta = match beta {
-        Some(beta) => into_contiguous(primitive(beta.clone()).ok()?).handle,
+        Some(beta) => into_contiguous(beta).handle,
         None => client.create_from_slice(&[0u8; 4]),
     };
     let y = client.empty(rows * n * 4);
@@ -97,20 +113,55 @@ pub fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64
         .with_buffer(y.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
     client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
-    Some(Tensor::from_primitive::<Wgpu>(CubeTensor::new_contiguous(client, x.device.clone(), Shape::new([b, t, n]), y, DType::F32)))
+    CubeTensor::new_contiguous(client, x.device.clone(), shape, y, DType::F32)
+}
+
+/// The gradient of [`norm_kernel`] with respect to `x`, given the output's gradient `dy`.
+pub(crate) fn norm_backward_kernel(x: CubeTensor, gamma: CubeTensor, dy: CubeTensor, layer_norm: bool, eps: f64) -> CubeTensor {
+    let (x, gamma, dy) = (into_contiguous(x), into_contiguous(gamma), into_contiguous(dy));
+    let shape = x.meta.shape().clone();
+    let n = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements() / n.max(1);
+    let client = x.client.clone();
+    let dx = client.empty(rows * n * 4);
+    let (gx, gy) = grid_of(rows);
+    let params = [n as u32, (eps as f32).to_bits(), rows as u32, gx as u32];
+    let arguments = KernelArguments::new()
+        .with_buffer(x.handle.clone().binding())
+        .with_buffer(gamma.handle.clone().binding())
+        .with_buffer(dy.handle.clone().binding())
+        .with_buffer(dx.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    let kernel = Fused::NormBackward { layer_norm };
+    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    CubeTensor::new_contiguous(client, x.device.clone(), shape, dx, DType::F32)
 }
 
 /// `softmax(scores · scale + mask)` over the last dimension, `scores` `[b, h, t, s]` and the
 /// additive `mask` `[1, 1, t, s]` shared by every batch and head; `None` where the kernel does
-/// not apply.
+/// not apply. Under autodiff (Fisher's blocks, the mask a constant) the gradient comes from
+/// `shaders/softmax_backward.wgsl` ([`crate::tracked_fused`]).
 pub fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -> Option<Tensor<4>> {
-    let [b, h, t, s] = scores.dims();
-    if !plain_f32(scores) || !plain_f32(mask) || mask.dims() != [1, 1, t, s] {
+    let [_, _, t, s] = scores.dims();
+    if mask.dims() != [1, 1, t, s] {
         return None;
     }
-    let rows = b * h * t;
-    let scores = into_contiguous(primitive(scores.clone()).ok()?);
-    let mask = into_contiguous(primitive(mask.clone()).ok()?);
+    if scores.is_autodiff() {
+        return crate::tracked_fused::masked_softmax(scores, scale, mask);
+    }
+    if !plain_f32(scores) || !plain_f32(mask) {
+        return None;
+    }
+    let y = masked_softmax_kernel(primitive(scores.clone()).ok()?, scale, primitive(mask.clone()).ok()?);
+    Some(Tensor::from_primitive::<Wgpu>(y))
+}
+
+/// [`masked_softmax`] on the kernel's operands.
+pub(crate) fn masked_softmax_kernel(scores: CubeTensor, scale: f64, mask: CubeTensor) -> CubeTensor {
+    let (scores, mask) = (into_contiguous(scores), into_contiguous(mask));
+    let shape = scores.meta.shape().clone();
+    let (t, s) = (shape[2], shape[3]);
+    let rows = shape.num_elements() / s.max(1);
     let client = scores.client.clone();
     let y = client.empty(rows * s * 4);
     let (gx, gy) = grid_of(rows);
@@ -121,7 +172,27 @@ pub fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -> Optio
         .with_buffer(y.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
     client.launch(Box::new(SourceKernel::new(Fused::Softmax, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
-    Some(Tensor::from_primitive::<Wgpu>(CubeTensor::new_contiguous(client, scores.device.clone(), Shape::new([b, h, t, s]), y, DType::F32)))
+    CubeTensor::new_contiguous(client, scores.device.clone(), shape, y, DType::F32)
+}
+
+/// The gradient of [`masked_softmax_kernel`] with respect to the scores, from its output `y`
+/// and the output's gradient `dy`.
+pub(crate) fn masked_softmax_backward_kernel(y: CubeTensor, dy: CubeTensor, scale: f64) -> CubeTensor {
+    let (y, dy) = (into_contiguous(y), into_contiguous(dy));
+    let shape = y.meta.shape().clone();
+    let s = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements() / s.max(1);
+    let client = y.client.clone();
+    let dscores = client.empty(rows * s * 4);
+    let (gx, gy) = grid_of(rows);
+    let params = [s as u32, (scale as f32).to_bits(), rows as u32, gx as u32];
+    let arguments = KernelArguments::new()
+        .with_buffer(y.handle.clone().binding())
+        .with_buffer(dy.handle.clone().binding())
+        .with_buffer(dscores.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    client.launch(Box::new(SourceKernel::new(Fused::SoftmaxBackward, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    CubeTensor::new_contiguous(client, y.device.clone(), shape, dscores, DType::F32)
 }
 
 /// The negative log-likelihood `[b, s, 1]` of `targets` (one per row, `b · s` of them) under
@@ -176,7 +247,9 @@ pub fn token_nll_gradient(logits: &Tensor<2>, targets: &[u32], scale: f32) -> Op
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Fused {
     Norm { layer_norm: bool },
+    NormBackward { layer_norm: bool },
     Softmax,
+    SoftmaxBackward,
     Nll,
     NllGradient,
 }
@@ -185,13 +258,15 @@ impl KernelSource for Fused {
     fn source(&self) -> SourceTemplate {
         let kernel = match self {
             Fused::Norm { .. } => include_str!("../../../shaders/norm.wgsl"),
+            Fused::NormBackward { .. } => include_str!("../../../shaders/norm_backward.wgsl"),
             Fused::Softmax => include_str!("../../../shaders/softmax.wgsl"),
+            Fused::SoftmaxBackward => include_str!("../../../shaders/softmax_backward.wgsl"),
             Fused::Nll => include_str!("../../../shaders/nll.wgsl"),
             Fused::NllGradient => include_str!("../../../shaders/nll_gradient.wgsl"),
         };
         let source = SourceTemplate::new(format!("{kernel}\n{}", include_str!("../../../shaders/workgroup_reduce.wgsl")));
         match self {
-            Fused::Norm { layer_norm } => source.register("layer_norm", layer_norm.to_string()),
+            Fused::Norm { layer_norm } | Fused::NormBackward { layer_norm } => source.register("layer_norm", layer_norm.to_string()),
             _ => source,
         }
     }

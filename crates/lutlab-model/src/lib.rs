@@ -14,6 +14,7 @@ pub mod hessian_rounding;
 pub mod input_quant;
 pub mod decoder;
 pub mod lut_linear;
+pub mod tracked_fused;
 pub mod tracked_gemm;
 pub mod widen;
 

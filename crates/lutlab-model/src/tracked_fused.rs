@@ -1,0 +1,97 @@
+//! The fused norms and attention softmax inside autodiff graphs (Fisher's recomputed blocks): burn
+//! autodiff operations whose forward is `shaders/norm.wgsl` / `shaders/softmax.wgsl` and whose
+//! backward is `shaders/norm_backward.wgsl` / `shaders/softmax_backward.wgsl`, one launch each
+//! where burn's ops take ~8 forward and ~10–15 backward, each a pass over the tensor.
+//!
+//! Only the gradient with respect to the normalized input or the scores is computed: γ, β and
+//! the mask must be constants (Fisher differentiates the linear weights and the residual
+//! stream); a tracked γ or β goes to burn's ops, as do other dtypes.
+
+use crate::fused::{masked_softmax_backward_kernel, masked_softmax_kernel, norm_backward_kernel, norm_kernel};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::wgpu::CubeTensor;
+use burn::backend::{Autodiff, Wgpu};
+use burn::tensor::{DType, Tensor};
+
+type Tracked = Autodiff<Wgpu>;
+
+/// [`crate::fused::norm`] of a tensor autodiff tracks; `None` where burn's ops must do it.
+pub(crate) fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64) -> Option<Tensor<3>> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    let gamma = constant(gamma)?;
+    let beta = match beta {
+        Some(beta) => Some(constant(beta)?),
+        None => None,
+    };
+    let layer_norm = beta.is_some();
+    let x = x.clone().try_into_primitive::<Tracked>().ok()?;
+    let y = match NormBackward.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let x = x.into_primitive();
+            prep.finish((x.clone(), gamma.clone(), layer_norm, eps), norm_kernel(x, gamma, beta, eps))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(norm_kernel(x.into_primitive(), gamma, beta, eps)),
+    };
+    Some(Tensor::from_primitive::<Tracked>(y))
+}
+
+/// [`crate::fused::masked_softmax`] of scores autodiff tracks; `None` where burn's ops must do it.
+pub(crate) fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -> Option<Tensor<4>> {
+    if scores.dtype() != DType::F32 {
+        return None;
+    }
+    let mask = constant(mask)?;
+    let scores = scores.clone().try_into_primitive::<Tracked>().ok()?;
+    let y = match SoftmaxBackward.prepare::<NoCheckpointing>([scores.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let y = masked_softmax_kernel(scores.into_primitive(), scale, mask);
+            prep.finish((y.clone(), scale), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(masked_softmax_kernel(scores.into_primitive(), scale, mask)),
+    };
+    Some(Tensor::from_primitive::<Tracked>(y))
+}
+
+/// The f32 values of a parameter that takes no gradient (on the autodiff device or not);
+/// `None` for a tracked one.
+fn constant<const D: usize>(t: &Tensor<D>) -> Option<CubeTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    if !t.is_autodiff() {
+        return crate::lut_linear::primitive(t.clone()).ok();
+    }
+    let tracked = t.clone().try_into_primitive::<Tracked>().ok()?;
+    (!tracked.is_tracked()).then(|| tracked.into_primitive())
+}
+
+/// The backward of [`norm`]; its state is the input, γ, the kind of norm and its epsilon.
+#[derive(Debug)]
+struct NormBackward;
+
+impl Backward<Wgpu, 1> for NormBackward {
+    type State = (CubeTensor, CubeTensor, bool, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (x, gamma, layer_norm, eps) = ops.state;
+        unary::<Wgpu, _>(ops.parents, ops.node, grads, |dy| norm_backward_kernel(x, gamma, dy, layer_norm, eps));
+    }
+}
+
+/// The backward of [`masked_softmax`]; its state is the probabilities and the scores' scale.
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Wgpu, 1> for SoftmaxBackward {
+    type State = (CubeTensor, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (y, scale) = ops.state;
+        unary::<Wgpu, _>(ops.parents, ops.node, grads, |dy| masked_softmax_backward_kernel(y, dy, scale));
+    }
+}
