@@ -1,5 +1,5 @@
 //! The fused kernels (`lutlab_model::fused`: `shaders/norm.wgsl`, `shaders/softmax.wgsl`,
-//! `shaders/nll.wgsl`, `shaders/nll_gradient.wgsl`) against f64 CPU references of what burn's
+//! `shaders/nll.wgsl`, `shaders/nll_gradient.wgsl`, `shaders/gelu.wgsl`) against f64 CPU references of what burn's
 //! separate ops compute: LayerNorm with the biased variance, RMSNorm, `softmax(scores · scale +
 //! mask)` with a causal mask broadcast over batches and heads, and the per-token loss over a
 //! vocabulary with its gradient. Rows wider than a workgroup's 256 invocations and a grid with more rows
@@ -181,6 +181,43 @@ fn fused_norm_and_softmax_gradients_match_the_cpu() {
         let err = assert_all_close(&format!("{b}x{h}x{t} softmax gradient"), &got, &want, bound);
         eprintln!("{b}x{h}x{t} softmax: max |gradient error| {err:e}");
     }
+}
+
+/// GPT-2's GELU (`shaders/gelu.wgsl`) forward and, under autodiff, its gradient against f64,
+/// over inputs from −12 to 12 (both tails, where tanh saturates). Bound: 1e-6 of the output's
+/// scale plus 4 f32 ulps of each value (f32 tanh and cubes against f64).
+#[test]
+fn fused_gelu_and_its_gradient_match_the_cpu() {
+    let device = gpu();
+    let mut rng = SplitMix64::new(16);
+    let n = 70_001;
+    let x = random(&mut rng, n, 24.0);
+    let w = random(&mut rng, n, 2.0);
+    let (k, c) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+    let (mut want_y, mut want_dx) = (Vec::new(), Vec::new());
+    for (&v, &w) in x.iter().zip(&w) {
+        let v = f64::from(v);
+        let t = (k * (v + c * v.powi(3))).tanh();
+        want_y.push((0.5 * v * (1.0 + t)) as f32);
+        want_dx.push((f64::from(w) * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * k * (1.0 + 3.0 * c * v * v))) as f32);
+    }
+    let check = |what: &str, got: &[f32], want: &[f32]| {
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let allowed = 1e-6 * scale + 4.0 * f32::EPSILON * w.abs();
+            assert!((g - w).abs() <= allowed, "{what} at x = {}: {g}, the f64 reference {w}", x[i]);
+        }
+        let err = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        eprintln!("{what}: max |error| {err:e} (scale {scale:e})");
+    };
+    let xt = Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &device);
+    let y = lutlab_model::fused::gelu_tanh(&xt).expect("an f32 tensor").into_data().try_to_vec::<f32>().unwrap();
+    check("gelu", &y, &want_y);
+    let leaf = xt.autodiff().require_grad();
+    let y = lutlab_model::fused::gelu_tanh(&leaf).expect("an f32 tensor under autodiff");
+    let mut grads = (y * Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device).autodiff()).sum().backward();
+    let dx = leaf.grad_remove(&mut grads).expect("the input is tracked").into_data().try_to_vec::<f32>().unwrap();
+    check("gelu gradient", &dx, &want_dx);
 }
 
 /// Fisher's head (`token_nll_gradient`): each row's loss as above and the gradient of

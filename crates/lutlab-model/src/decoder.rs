@@ -345,7 +345,8 @@ impl Block {
             }
             Activation::GeluTanh => {
                 keep(&h);
-                activation::gelu_approximate(mlp[0].forward(quantized(out + 1, h)))
+                let x = mlp[0].forward(quantized(out + 1, h));
+                crate::fused::in_model().then(|| crate::fused::gelu_tanh(&x)).flatten().unwrap_or_else(|| activation::gelu_approximate(x))
             }
             Activation::Relu => {
                 keep(&h);

@@ -1,8 +1,8 @@
-//! Fused kernels for the model's forward where no gradient is taken (evaluation, the Hessians'
-//! passes, calibration, generation): LayerNorm/RMSNorm (`shaders/norm.wgsl`), attention's
-//! scaled, masked softmax (`shaders/softmax.wgsl`) and evaluation's per-token loss over the
-//! vocabulary (`shaders/nll.wgsl`), each one launch where burn's separate kernels take 7–9.
-//! Tensors that autodiff tracks (Fisher's blocks) keep burn's ops, whose gradients burn knows;
+//! Fused kernels for the model: LayerNorm/RMSNorm (`shaders/norm.wgsl`), attention's scaled,
+//! masked softmax (`shaders/softmax.wgsl`), GPT-2's GELU (`shaders/gelu.wgsl`) and evaluation's
+//! per-token loss over the vocabulary (`shaders/nll.wgsl`), each one launch where burn's
+//! separate kernels take 7–9. Under autodiff (Fisher's blocks) the norms, softmax and GELU are
+//! operations of their own whose backward is one kernel too ([`crate::tracked_fused`]), and
 //! Fisher's head takes the loss and its gradient with respect to the logits from one kernel
 //! (`shaders/nll_gradient.wgsl`) outside autodiff. `tests/fused.rs` compares each with an f64
 //! CPU reference.
@@ -23,7 +23,7 @@ use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::KernelArguments;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether the model's forward uses the fused norms and softmax.
+/// Whether the model's forward uses the fused norms, softmax and GELU.
 static IN_MODEL: AtomicBool = AtomicBool::new(false);
 
 /// Whether evaluation's loss uses the fused kernel.
@@ -135,6 +135,45 @@ pub(crate) fn norm_backward_kernel(x: CubeTensor, gamma: CubeTensor, dy: CubeTen
     let kernel = Fused::NormBackward { layer_norm };
     client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
     CubeTensor::new_contiguous(client, x.device.clone(), shape, dx, DType::F32)
+}
+
+/// GPT-2's GELU (`gelu_new`, the tanh approximation) of each element, as burn's
+/// `gelu_approximate` computes it; `None` where the kernel does not apply. Under autodiff
+/// (Fisher's blocks) its gradient comes from the same kernel's backward ([`crate::tracked_fused`]).
+pub fn gelu_tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    if x.is_autodiff() {
+        return crate::tracked_fused::gelu_tanh(x);
+    }
+    if !plain_f32(x) {
+        return None;
+    }
+    Some(Tensor::from_primitive::<Wgpu>(gelu_kernel(primitive(x.clone()).ok()?, None)))
+}
+
+/// [`gelu_tanh`] of `x` on the kernel's operands, or with `dy` the gradient `dy · gelu'(x)`.
+pub(crate) fn gelu_kernel(x: CubeTensor, dy: Option<CubeTensor>) -> CubeTensor {
+    const WORKGROUP: usize = 256;
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().clone();
+    let n = shape.num_elements();
+    let client = x.client.clone();
+    let backward = dy.is_some();
+    // The forward reads no `dy`; its binding gets a buffer of its own (see `norm_kernel`).
+    let dy = match dy {
+        Some(dy) => into_contiguous(dy).handle,
+        None => client.create_from_slice(&[0u8; 4]),
+    };
+    let out = client.empty(n * 4);
+    let (gx, gy) = grid_of(n.div_ceil(WORKGROUP));
+    let params = [n as u32, gx as u32];
+    let arguments = KernelArguments::new()
+        .with_buffer(x.handle.clone().binding())
+        .with_buffer(dy.binding())
+        .with_buffer(out.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    let kernel = Fused::Gelu { backward };
+    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(WORKGROUP as u32))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    CubeTensor::new_contiguous(client, x.device.clone(), shape, out, DType::F32)
 }
 
 /// `softmax(scores · scale + mask)` over the last dimension, `scores` `[b, h, t, s]` and the
@@ -250,6 +289,7 @@ enum Fused {
     NormBackward { layer_norm: bool },
     Softmax,
     SoftmaxBackward,
+    Gelu { backward: bool },
     Nll,
     NllGradient,
 }
@@ -261,12 +301,14 @@ impl KernelSource for Fused {
             Fused::NormBackward { .. } => include_str!("../../../shaders/norm_backward.wgsl"),
             Fused::Softmax => include_str!("../../../shaders/softmax.wgsl"),
             Fused::SoftmaxBackward => include_str!("../../../shaders/softmax_backward.wgsl"),
+            Fused::Gelu { .. } => include_str!("../../../shaders/gelu.wgsl"),
             Fused::Nll => include_str!("../../../shaders/nll.wgsl"),
             Fused::NllGradient => include_str!("../../../shaders/nll_gradient.wgsl"),
         };
         let source = SourceTemplate::new(format!("{kernel}\n{}", include_str!("../../../shaders/workgroup_reduce.wgsl")));
         match self {
             Fused::Norm { layer_norm } | Fused::NormBackward { layer_norm } => source.register("layer_norm", layer_norm.to_string()),
+            Fused::Gelu { backward } => source.register("backward", backward.to_string()),
             _ => source,
         }
     }

@@ -1,13 +1,14 @@
-//! The fused norms and attention softmax inside autodiff graphs (Fisher's recomputed blocks): burn
-//! autodiff operations whose forward is `shaders/norm.wgsl` / `shaders/softmax.wgsl` and whose
-//! backward is `shaders/norm_backward.wgsl` / `shaders/softmax_backward.wgsl`, one launch each
-//! where burn's ops take ~8 forward and ~10–15 backward, each a pass over the tensor.
+//! The fused norms, attention softmax and GELU inside autodiff graphs (Fisher's recomputed
+//! blocks): burn autodiff operations whose forward is `shaders/norm.wgsl` /
+//! `shaders/softmax.wgsl` / `shaders/gelu.wgsl` and whose backward is
+//! `shaders/norm_backward.wgsl` / `shaders/softmax_backward.wgsl` / `gelu.wgsl`'s backward, one
+//! launch each where burn's ops take ~7 forward and ~10–15 backward, each a pass over the tensor.
 //!
 //! Only the gradient with respect to the normalized input or the scores is computed: γ, β and
 //! the mask must be constants (Fisher differentiates the linear weights and the residual
 //! stream); a tracked γ or β goes to burn's ops, as do other dtypes.
 
-use crate::fused::{masked_softmax_backward_kernel, masked_softmax_kernel, norm_backward_kernel, norm_kernel};
+use crate::fused::{gelu_kernel, masked_softmax_backward_kernel, masked_softmax_kernel, norm_backward_kernel, norm_kernel};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -57,6 +58,22 @@ pub(crate) fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -
     Some(Tensor::from_primitive::<Tracked>(y))
 }
 
+/// [`crate::fused::gelu_tanh`] of a tensor autodiff tracks; `None` for other dtypes.
+pub(crate) fn gelu_tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    let x = x.clone().try_into_primitive::<Tracked>().ok()?;
+    let y = match GeluBackward.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let x = x.into_primitive();
+            prep.finish(x.clone(), gelu_kernel(x, None))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(gelu_kernel(x.into_primitive(), None)),
+    };
+    Some(Tensor::from_primitive::<Tracked>(y))
+}
+
 /// The f32 values of a parameter that takes no gradient (on the autodiff device or not);
 /// `None` for a tracked one.
 fn constant<const D: usize>(t: &Tensor<D>) -> Option<CubeTensor> {
@@ -93,5 +110,18 @@ impl Backward<Wgpu, 1> for SoftmaxBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let (y, scale) = ops.state;
         unary::<Wgpu, _>(ops.parents, ops.node, grads, |dy| masked_softmax_backward_kernel(y, dy, scale));
+    }
+}
+
+/// The backward of [`gelu_tanh`]; its state is the input.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Wgpu, 1> for GeluBackward {
+    type State = CubeTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Wgpu, _>(ops.parents, ops.node, grads, |dy| gelu_kernel(x, Some(dy)));
     }
 }
