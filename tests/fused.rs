@@ -1,7 +1,8 @@
 //! The fused kernels (`lutlab_model::fused`: `shaders/norm.wgsl`, `shaders/softmax.wgsl`,
-//! `shaders/nll.wgsl`, `shaders/nll_gradient.wgsl`, `shaders/gelu.wgsl`) against f64 CPU references of what burn's
-//! separate ops compute: LayerNorm with the biased variance, RMSNorm, `softmax(scores · scale +
-//! mask)` with a causal mask broadcast over batches and heads, and the per-token loss over a
+//! `shaders/nll.wgsl`, `shaders/nll_gradient.wgsl`, `shaders/gelu.wgsl`,
+//! `shaders/add_squares.wgsl`) against f64 CPU references of what burn's separate ops compute:
+//! LayerNorm with the biased variance, RMSNorm, `softmax(scores · scale + mask)` with a causal
+//! mask broadcast over batches and heads, GELU, Fisher's accumulation, and the per-token loss over a
 //! vocabulary with its gradient. Rows wider than a workgroup's 256 invocations and a grid with more rows
 //! than one grid row, so every index path runs. Tolerance: 2e-6 of the outputs' scale (f32 sums
 //! over up to 1,000 values in another order than the reference), and for the norms also a few
@@ -218,6 +219,39 @@ fn fused_gelu_and_its_gradient_match_the_cpu() {
     let mut grads = (y * Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device).autodiff()).sum().backward();
     let dx = leaf.grad_remove(&mut grads).expect("the input is tracked").into_data().try_to_vec::<f32>().unwrap();
     check("gelu gradient", &dx, &want_dx);
+}
+
+/// Fisher's accumulation (`shaders/add_squares.wgsl`): an accumulator plus each sample's squared
+/// gradient, and each sample's sum of squares, against f64, for 1 and 3 samples and sizes that
+/// end inside a workgroup's share; and a shared accumulator is refused, not overwritten.
+/// Bound: 2 f32 ulps of each accumulated value; 1e-6 of each sum (f32 sums in another order).
+#[test]
+fn fused_add_squares_matches_the_cpu() {
+    let device = gpu();
+    let mut rng = SplitMix64::new(17);
+    for (b, n_in, n_out) in [(1, 768, 2304), (3, 37, 1001), (2, 1, 5)] {
+        let n = n_in * n_out;
+        let acc = random(&mut rng, n, 2.0).iter().map(|v| v.abs()).collect::<Vec<f32>>();
+        let grad = random(&mut rng, b * n, 6.0);
+        let mut at = Tensor::<2>::from_data(TensorData::new(acc.clone(), [n_in, n_out]), &device);
+        let gt = Tensor::<3>::from_data(TensorData::new(grad.clone(), [b, n_in, n_out]), &device);
+        let sums = lutlab_model::fused::add_squares(&mut at, &gt).expect("f32 tensors, an accumulator of its own");
+        let (got_acc, got_sums) = (at.into_data().try_to_vec::<f32>().unwrap(), sums.into_data().try_to_vec::<f32>().unwrap());
+        for i in 0..n {
+            let want = f64::from(acc[i]) + (0..b).map(|s| f64::from(grad[s * n + i]).powi(2)).sum::<f64>();
+            assert!((f64::from(got_acc[i]) - want).abs() <= 2.0 * f64::from(f32::EPSILON) * want, "{b}x{n_in}x{n_out} element {i}: {} vs {want}", got_acc[i]);
+        }
+        for s in 0..b {
+            let want: f64 = grad[s * n..(s + 1) * n].iter().map(|&g| f64::from(g).powi(2)).sum();
+            assert!((f64::from(got_sums[s]) - want).abs() <= 1e-6 * want, "{b}x{n_in}x{n_out} sample {s}: {} vs {want}", got_sums[s]);
+        }
+    }
+    let mut shared = Tensor::<2>::from_data(TensorData::new(vec![1f32; 6], [2, 3]), &device);
+    let other = shared.clone();
+    let grad = Tensor::<3>::from_data(TensorData::new(vec![1f32; 6], [1, 2, 3]), &device);
+    assert!(lutlab_model::fused::add_squares(&mut shared, &grad).is_none(), "a shared accumulator is refused");
+    assert_eq!(other.into_data().try_to_vec::<f32>().unwrap(), vec![1f32; 6], "and left as it was");
+    assert_eq!(shared.into_data().try_to_vec::<f32>().unwrap(), vec![1f32; 6]);
 }
 
 /// Fisher's head (`token_nll_gradient`): each row's loss as above and the gradient of

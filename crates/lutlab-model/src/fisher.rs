@@ -456,9 +456,13 @@ struct Step {
 }
 
 /// Adds a micro-batch's squared gradients `[b, in, out]` to their accumulator `[in, out]`;
-/// returns each sample's sum of squares `[b]` (summed in two stages: burn reduces each output in
-/// one workgroup, so a single sum over a whole weight took milliseconds per tensor).
+/// returns each sample's sum of squares `[b]`. One kernel where it applies; burn's ops otherwise
+/// (summed in two stages: burn reduces each output in one workgroup, so a single sum over a whole
+/// weight took milliseconds per tensor).
 fn add_squares(accumulator: &mut Tensor<2>, grad: Tensor<3>) -> Tensor<1> {
+    if let Some(sums) = crate::fused::add_squares(accumulator, &grad) {
+        return sums;
+    }
     let squared = grad.square();
     let [b, n_in, n_out] = squared.dims();
     let sums = squared.clone().sum_dim(2).sum_dim(1).reshape([b]);

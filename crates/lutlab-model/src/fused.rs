@@ -282,6 +282,40 @@ pub fn token_nll_gradient(logits: &Tensor<2>, targets: &[u32], scale: f32) -> Op
     Some((Tensor::from_primitive::<Wgpu>(primitive(nll, Shape::new([rows]))), Tensor::from_primitive::<Wgpu>(primitive(gradient, Shape::new([rows, v])))))
 }
 
+/// Fisher's accumulation: `accumulator` `[in, out]` plus each sample's squared gradient of a
+/// micro-batch's per-sample gradients `grad` `[b, in, out]`, and each sample's sum of squares
+/// `[b]`, in one pass over `grad` (`shaders/add_squares.wgsl`); the accumulator is updated in
+/// place. `None` (the accumulator untouched) where the kernel does not apply.
+pub fn add_squares(accumulator: &mut Tensor<2>, grad: &Tensor<3>) -> Option<Tensor<1>> {
+    const PER_WORKGROUP: usize = 64 * 64;
+    let [b, n_in, n_out] = grad.dims();
+    if !plain_f32(grad) || !plain_f32(accumulator) || accumulator.dims() != [n_in, n_out] || b == 0 {
+        return None;
+    }
+    let acc = into_contiguous(primitive(std::mem::replace(accumulator, Tensor::empty([0, 0], &grad.device()))).ok()?);
+    if !acc.can_mut() {
+        // Shared: written in place it would change another tensor.
+        *accumulator = Tensor::from_primitive::<Wgpu>(acc);
+        return None;
+    }
+    let grad = into_contiguous(primitive(grad.clone()).ok()?);
+    let n = n_in * n_out;
+    let groups = n.div_ceil(PER_WORKGROUP);
+    let client = grad.client.clone();
+    let partial = client.empty(b * groups * 4);
+    let (gx, gy) = grid_of(groups);
+    let params = [n as u32, groups as u32, gx as u32];
+    let arguments = KernelArguments::new()
+        .with_buffer(grad.handle.clone().binding())
+        .with_buffer(acc.handle.clone().binding())
+        .with_buffer(partial.clone().binding())
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    client.launch(Box::new(SourceKernel::new(Fused::AddSquares { samples: b }, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let partial = CubeTensor::new_contiguous(client, grad.device.clone(), Shape::new([b, groups]), partial, DType::F32);
+    *accumulator = Tensor::from_primitive::<Wgpu>(acc);
+    Some(Tensor::<2>::from_primitive::<Wgpu>(partial).sum_dim(1).reshape([b]))
+}
+
 /// The fused kernels' WGSL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Fused {
@@ -292,6 +326,7 @@ enum Fused {
     Gelu { backward: bool },
     Nll,
     NllGradient,
+    AddSquares { samples: usize },
 }
 
 impl KernelSource for Fused {
@@ -302,6 +337,7 @@ impl KernelSource for Fused {
             Fused::Softmax => include_str!("../../../shaders/softmax.wgsl"),
             Fused::SoftmaxBackward => include_str!("../../../shaders/softmax_backward.wgsl"),
             Fused::Gelu { .. } => include_str!("../../../shaders/gelu.wgsl"),
+            Fused::AddSquares { .. } => include_str!("../../../shaders/add_squares.wgsl"),
             Fused::Nll => include_str!("../../../shaders/nll.wgsl"),
             Fused::NllGradient => include_str!("../../../shaders/nll_gradient.wgsl"),
         };
@@ -309,6 +345,7 @@ impl KernelSource for Fused {
         match self {
             Fused::Norm { layer_norm } | Fused::NormBackward { layer_norm } => source.register("layer_norm", layer_norm.to_string()),
             Fused::Gelu { backward } => source.register("backward", backward.to_string()),
+            Fused::AddSquares { samples } => source.register("samples", samples.to_string()),
             _ => source,
         }
     }
