@@ -1,15 +1,20 @@
 // The negative log-likelihood of each row's target under its logits `[rows, v]` in one kernel
-// (crates/lutlab-model/src/fused.rs), for evaluation: `log Σ exp(x − max) − (x_target − max)`.
-// A workgroup per row; each invocation sums its share of the vocabulary in two stages, as
-// burn's ops do (eval.rs, `token_nll`), so a 50,257-entry row loses no more to f32 rounding
-// (Kahan's compensation would not do: compilers that reassociate, lavapipe's, remove it).
-// burn's ops take ~8 launches, each a pass over the logits.
+// (crates/lutlab-model/src/fused.rs): `log Σ exp(x − max) − (x_target − max)`, for evaluation;
+// with `{{gradient}}` (Fisher's head) also the gradient of `scale ·` the rows' sum with respect
+// to the logits, `scale · (exp(x_j − max) / Σ − [j = target])`. A workgroup per row; each
+// invocation sums its share of the vocabulary in two stages, as burn's ops do (eval.rs,
+// `token_nll`), so a 50,257-entry row loses no more to f32 rounding (Kahan's compensation would
+// not do: compilers that reassociate, lavapipe's, remove it). burn's ops take ~8 launches for
+// the loss and autodiff ~20 for its gradient, each a pass over the logits.
 // `workgroup_reduce` and THREADS: workgroup_reduce.wgsl, appended.
 
 @group(0) @binding(0) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(1) var<storage, read_write> targets: array<u32>;
 @group(0) @binding(2) var<storage, read_write> nll: array<f32>;
-@group(0) @binding(3) var<storage, read_write> p: array<u32>;  // v, rows, workgroups per grid row
+@group(0) @binding(3) var<storage, read_write> gradient: array<f32>;  // the loss alone: a placeholder, unwritten
+@group(0) @binding(4) var<storage, read_write> p: array<u32>;  // v, rows, workgroups per grid row, scale (f32 bits)
+
+const GRADIENT: bool = {{gradient}};
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -40,7 +45,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     }
     total += run;
     total = workgroup_reduce(total, lid, false);
-    if lid == 0u && row < p[1] {
-        nll[row] = log(total) - (logits[base + targets[row]] - m);
+    var wanted = 0u;
+    if row < p[1] {
+        wanted = targets[row];
+        if lid == 0u {
+            nll[row] = log(total) - (logits[base + wanted] - m);
+        }
+    }
+    if GRADIENT {
+        let scale = bitcast<f32>(p[3]);
+        let inverse = 1.0 / total;
+        for (var j = lid; j < count; j += THREADS) {
+            let softmax = exp(logits[base + j] - m) * inverse;
+            gradient[base + j] = scale * select(softmax, softmax - 1.0, j == wanted);
+        }
     }
 }

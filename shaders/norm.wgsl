@@ -1,8 +1,9 @@
 // LayerNorm (`{{layer_norm}}`: with mean and beta) or RMSNorm of each row of x `[rows, n]` in one
 // kernel (crates/lutlab-model/src/fused.rs): a workgroup per row, statistics in f32 as burn's
-// separate kernels compute them (the biased variance of the row, after its mean), for the paths
-// that take no gradient. burn runs the same as ~9 launches, each a pass over x.
-// `workgroup_reduce` and THREADS: workgroup_reduce.wgsl, appended.
+// separate kernels compute them (the biased variance of the row, after its mean); under autodiff
+// its gradient is norm_backward.wgsl's. burn runs the same as ~9 launches, each a pass over x.
+// `row_statistics`: norm_statistics.wgsl; `workgroup_reduce` and THREADS: workgroup_reduce.wgsl;
+// both appended.
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<f32>;
@@ -21,20 +22,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     // A workgroup past the last row still takes part in the barriers; it reads and writes nothing.
     let count = select(0u, n, row < p[2]);
     let base = row * n;
-    var mean = 0.0;
-    if LAYER_NORM {
-        var s = 0.0;
-        for (var i = lid; i < count; i += THREADS) {
-            s += x[base + i];
-        }
-        mean = workgroup_reduce(s, lid, false) / f32(n);
-    }
-    var s2 = 0.0;
-    for (var i = lid; i < count; i += THREADS) {
-        let d = x[base + i] - mean;
-        s2 += d * d;
-    }
-    let inv = 1.0 / sqrt(workgroup_reduce(s2, lid, false) / f32(n) + eps);
+    let statistics = row_statistics(base, count, n, eps, lid);
+    let mean = statistics.x;
+    let inv = statistics.y;
     for (var i = lid; i < count; i += THREADS) {
         var v = (x[base + i] - mean) * inv * gamma[i];
         if LAYER_NORM {

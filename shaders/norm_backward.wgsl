@@ -4,7 +4,8 @@
 // g = ∂y ⊙ γ: ∂x = r · (g − mean(g) − x̂ · mean(g ⊙ x̂)), RMSNorm without the mean(g) term.
 // The row's statistics are computed again from x as the forward computed them. A workgroup per
 // row; burn's autodiff takes ~15 launches for this, each a pass over x or ∂y.
-// `workgroup_reduce` and THREADS: workgroup_reduce.wgsl, appended.
+// `row_statistics`: norm_statistics.wgsl; `workgroup_reduce` and THREADS: workgroup_reduce.wgsl;
+// both appended.
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<f32>;
@@ -23,20 +24,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     // A workgroup past the last row still takes part in the barriers; it reads and writes nothing.
     let count = select(0u, n, row < p[2]);
     let base = row * n;
-    var mean = 0.0;
-    if LAYER_NORM {
-        var s = 0.0;
-        for (var i = lid; i < count; i += THREADS) {
-            s += x[base + i];
-        }
-        mean = workgroup_reduce(s, lid, false) / f32(n);
-    }
-    var s2 = 0.0;
-    for (var i = lid; i < count; i += THREADS) {
-        let d = x[base + i] - mean;
-        s2 += d * d;
-    }
-    let r = 1.0 / sqrt(workgroup_reduce(s2, lid, false) / f32(n) + eps);
+    let statistics = row_statistics(base, count, n, eps, lid);
+    let mean = statistics.x;
+    let r = statistics.y;
     var g_sum = 0.0;
     var gx_sum = 0.0;
     for (var i = lid; i < count; i += THREADS) {

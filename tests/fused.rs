@@ -1,5 +1,5 @@
 //! The fused kernels (`lutlab_model::fused`: `shaders/norm.wgsl`, `shaders/softmax.wgsl`,
-//! `shaders/nll.wgsl`, `shaders/nll_gradient.wgsl`, `shaders/gelu.wgsl`,
+//! `shaders/nll.wgsl` with its gradient, `shaders/gelu.wgsl`,
 //! `shaders/add_squares.wgsl`) against f64 CPU references of what burn's separate ops compute:
 //! LayerNorm with the biased variance, RMSNorm, `softmax(scores · scale + mask)` with a causal
 //! mask broadcast over batches and heads, GELU, Fisher's accumulation, and the per-token loss over a

@@ -4,7 +4,7 @@
 //! separate kernels take 7–9. Under autodiff (Fisher's blocks) the norms, softmax and GELU are
 //! operations of their own whose backward is one kernel too ([`crate::tracked_fused`]), and
 //! Fisher's head takes the loss and its gradient with respect to the logits from one kernel
-//! (`shaders/nll_gradient.wgsl`) outside autodiff. `tests/fused.rs` compares each with an f64
+//! (`shaders/nll.wgsl`) outside autodiff. `tests/fused.rs` compares each with an f64
 //! CPU reference.
 //!
 //! The model uses them on GPUs ([`use_in_model`], set when the GPU is opened): each replaces
@@ -238,22 +238,8 @@ pub(crate) fn masked_softmax_backward_kernel(y: CubeTensor, dy: CubeTensor, scal
 /// `logits` `[b, s, v]`, as `eval::token_nll` computes it; `None` where the kernel does not apply.
 pub fn token_nll(logits: &Tensor<3>, targets: &[u32]) -> Option<Tensor<3>> {
     let [b, s, v] = logits.dims();
-    let rows = b * s;
-    if !plain_f32(logits) || targets.len() != rows || targets.iter().any(|&t| t as usize >= v) {
-        return None;
-    }
-    let logits = into_contiguous(primitive(logits.clone()).ok()?);
-    let client = logits.client.clone();
-    let nll = client.empty(rows * 4);
-    let (gx, gy) = grid_of(rows);
-    let params = [v as u32, rows as u32, gx as u32];
-    let arguments = KernelArguments::new()
-        .with_buffer(logits.handle.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(targets)).binding())
-        .with_buffer(nll.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    client.launch(Box::new(SourceKernel::new(Fused::Nll, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
-    Some(Tensor::from_primitive::<Wgpu>(CubeTensor::new_contiguous(client, logits.device.clone(), Shape::new([b, s, 1]), nll, DType::F32)))
+    let (nll, _) = nll_kernel(&logits.clone().reshape([b * s, v]), targets, None)?;
+    Some(nll.reshape([b, s, 1]))
 }
 
 /// Each row's loss `[rows]` of `targets` (one per row) under `logits` `[rows, v]`, as
@@ -261,6 +247,13 @@ pub fn token_nll(logits: &Tensor<3>, targets: &[u32]) -> Option<Tensor<3>> {
 /// `scale · (softmax − one-hot)` `[rows, v]`: one kernel where burn's autodiff takes ~20 launches
 /// (Fisher's head); `None` where the kernel does not apply.
 pub fn token_nll_gradient(logits: &Tensor<2>, targets: &[u32], scale: f32) -> Option<(Tensor<1>, Tensor<2>)> {
+    let (nll, gradient) = nll_kernel(logits, targets, Some(scale))?;
+    Some((nll, gradient?))
+}
+
+/// `shaders/nll.wgsl` over `logits` `[rows, v]`: each row's loss, and with `gradient_scale` the
+/// gradient of that times their sum; `None` where the kernel does not apply.
+fn nll_kernel(logits: &Tensor<2>, targets: &[u32], gradient_scale: Option<f32>) -> Option<(Tensor<1>, Option<Tensor<2>>)> {
     let [rows, v] = logits.dims();
     if !plain_f32(logits) || targets.len() != rows || targets.iter().any(|&t| t as usize >= v) {
         return None;
@@ -268,18 +261,24 @@ pub fn token_nll_gradient(logits: &Tensor<2>, targets: &[u32], scale: f32) -> Op
     let logits = into_contiguous(primitive(logits.clone()).ok()?);
     let client = logits.client.clone();
     let nll = client.empty(rows * 4);
-    let gradient = client.empty(rows * v * 4);
+    // The loss alone writes no gradient; its binding gets a buffer of its own (see `norm_kernel`).
+    let gradient = match gradient_scale {
+        Some(_) => client.empty(rows * v * 4),
+        None => client.create_from_slice(&[0u8; 4]),
+    };
     let (gx, gy) = grid_of(rows);
-    let params = [v as u32, rows as u32, gx as u32, scale.to_bits()];
+    let params = [v as u32, rows as u32, gx as u32, gradient_scale.unwrap_or(0.0).to_bits()];
     let arguments = KernelArguments::new()
         .with_buffer(logits.handle.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(targets)).binding())
         .with_buffer(nll.clone().binding())
         .with_buffer(gradient.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    client.launch(Box::new(SourceKernel::new(Fused::NllGradient, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let kernel = Fused::Nll { gradient: gradient_scale.is_some() };
+    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
     let primitive = |handle, shape: Shape| CubeTensor::new_contiguous(client.clone(), logits.device.clone(), shape, handle, DType::F32);
-    Some((Tensor::from_primitive::<Wgpu>(primitive(nll, Shape::new([rows]))), Tensor::from_primitive::<Wgpu>(primitive(gradient, Shape::new([rows, v])))))
+    let gradient = gradient_scale.map(|_| Tensor::from_primitive::<Wgpu>(primitive(gradient, Shape::new([rows, v]))));
+    Some((Tensor::from_primitive::<Wgpu>(primitive(nll, Shape::new([rows]))), gradient))
 }
 
 /// Fisher's accumulation: `accumulator` `[in, out]` plus each sample's squared gradient of a
@@ -324,8 +323,7 @@ enum Fused {
     Softmax,
     SoftmaxBackward,
     Gelu { backward: bool },
-    Nll,
-    NllGradient,
+    Nll { gradient: bool },
     AddSquares { samples: usize },
 }
 
@@ -338,14 +336,19 @@ impl KernelSource for Fused {
             Fused::SoftmaxBackward => include_str!("../../../shaders/softmax_backward.wgsl"),
             Fused::Gelu { .. } => include_str!("../../../shaders/gelu.wgsl"),
             Fused::AddSquares { .. } => include_str!("../../../shaders/add_squares.wgsl"),
-            Fused::Nll => include_str!("../../../shaders/nll.wgsl"),
-            Fused::NllGradient => include_str!("../../../shaders/nll_gradient.wgsl"),
+            Fused::Nll { .. } => include_str!("../../../shaders/nll.wgsl"),
         };
-        let source = SourceTemplate::new(format!("{kernel}\n{}", include_str!("../../../shaders/workgroup_reduce.wgsl")));
+        // WGSL has no include: the shared functions are appended.
+        let statistics = match self {
+            Fused::Norm { .. } | Fused::NormBackward { .. } => include_str!("../../../shaders/norm_statistics.wgsl"),
+            _ => "",
+        };
+        let source = SourceTemplate::new(format!("{kernel}\n{statistics}\n{}", include_str!("../../../shaders/workgroup_reduce.wgsl")));
         match self {
             Fused::Norm { layer_norm } | Fused::NormBackward { layer_norm } => source.register("layer_norm", layer_norm.to_string()),
             Fused::Gelu { backward } => source.register("backward", backward.to_string()),
             Fused::AddSquares { samples } => source.register("samples", samples.to_string()),
+            Fused::Nll { gradient } => source.register("gradient", gradient.to_string()),
             _ => source,
         }
     }
