@@ -303,7 +303,7 @@ async fn fisher_passes(
             let first_sample = batch_index * micro_batch;
             let b = batch.len();
             let from_above = handed_down[batch_index].take().map(|g| passes.upload_gradient(g, b));
-            let step = passes.accumulate(tokens, batch, group.clone(), from_above, &mut accumulators, &mut peak)?;
+            let step = passes.accumulate(tokens, batch, group.clone(), tensor_names, from_above, &mut accumulators, &mut peak)?;
             // One read-back per micro-batch: it checks every sample and bounds how far the host
             // runs ahead of the GPU.
             let phase = profile::start();
@@ -488,8 +488,8 @@ impl<'a> FisherPasses<'a> {
     }
 
     /// Adds each sample's squared gradients of the linears of the blocks in `group` to their
-    /// `accumulators` (the group's linears in model order) as each block's backward ends, so
-    /// only one block's gradients are alive at a time.
+    /// `accumulators` (the group's linears in model order, named by `tensor_names`) as each
+    /// block's backward ends, so only one block's gradients are alive at a time.
     ///
     /// The first pass (`from_above` is `None`) runs the forward through every block and the
     /// head, and its backward from the loss down to the group's first block. A later pass gets
@@ -502,6 +502,7 @@ impl<'a> FisherPasses<'a> {
         tokens: &[u32],
         starts: &[usize],
         group: std::ops::Range<usize>,
+        tensor_names: &[String],
         from_above: Option<Tensor<3>>,
         accumulators: &mut [Tensor<2>],
         peak: &mut PeakMemory,
@@ -513,7 +514,6 @@ impl<'a> FisherPasses<'a> {
             .flat_map(|&s| tokens[s..s + t].iter().map(|&id| id as i32))
             .collect();
         let ids = TensorData::new(ids, [b, t]);
-        let names = weight_names(m);
         let per_block = m.config.block_linears().len();
         let end = if from_above.is_some() { group.end } else { m.n_blocks() };
 
@@ -564,7 +564,7 @@ impl<'a> FisherPasses<'a> {
             let phase = profile::start();
             let mut block_sums = Vec::with_capacity(leaves.len());
             for (k, leaf) in leaves.iter().enumerate() {
-                let grad = leaf.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&names[i * per_block + k]))?;
+                let grad = leaf.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&tensor_names[(i - group.start) * per_block + k]))?;
                 block_sums.push(add_squares(&mut accumulators[(i - group.start) * per_block + k], grad));
             }
             sums.push(block_sums);
