@@ -26,9 +26,10 @@
 //! softmax (`[B, heads, T, T]` each) and the `[B, T, vocab]` logits, several GB for GPT-2 124M.
 //! So a micro-batch runs as activation checkpointing at block granularity:
 //! 1. a forward pass without a graph keeps only each block's input `[B, T, C]`;
-//! 2. the head (`ln_f`, tied `lm_head`, cross-entropy) runs over chunks of positions, each with
-//!    its own small graph, giving the loss and its gradient with respect to the last block's
-//!    output;
+//! 2. the head runs over chunks of positions outside autodiff: logits, then one kernel for the
+//!    loss and its gradient with respect to the logits (`fused::token_nll_gradient`), then the
+//!    head's matmul back to the final hidden states; one small graph through `ln_f` (and OPT's
+//!    output projection) takes that to the last block's output;
 //! 3. blocks are then recomputed last to first, each with a graph of its own: the upstream
 //!    gradient is pulled through the block (`backward` of `Σ output ⊙ upstream`), giving the
 //!    block's weight gradients (squared and accumulated at once) and the gradient of its input.
