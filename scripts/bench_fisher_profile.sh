@@ -2,7 +2,7 @@
 # Where Fisher's time goes on the device (issues 17, 23), in one call, parts in this order
 # (PARTS, default "gpt2 kernels llama7b profile"):
 #   gpt2     the GPT-2 124M-shaped Fisher (8 windows of 1024, WikiText-2 valid, --warm-up) at
-#            micro-batch 1 and 4 with the fused kernels (the GPU default: norms, softmax, GELU
+#            micro-batch 1 and 4 (MICRO_BATCHES) with the fused kernels (the GPU default: norms, softmax, GELU
 #            under autodiff, the head's loss gradient) and with burn's ops (LUTLAB_FUSED=0),
 #            beside PyTorch eager f32 (scripts/fisher_peer.py) in the same call;
 #   kernels  `lutlab bench kernels` with the dispatch floor beside PyTorch's (SHAPES);
@@ -23,7 +23,7 @@ head -c 400000 data/wikitext-2/valid.txt > /tmp/valid400k.txt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$O/gpu.txt"
 if part gpt2; then
   for fused in 1 0; do
-    for mb in 1 4; do
+    for mb in ${MICRO_BATCHES:-1 4}; do
       LUTLAB_FUSED=$fused $L fisher --model $M --data /tmp/valid400k.txt --seqlen 1024 --nsamples 8 --micro-batch $mb --warm-up \
         --out /tmp/f$fused.safetensors --json 2>>"$O/errors.txt" | tee -a "$O/fisher.jsonl" \
         | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('fisher fused=$fused mb=$mb', round(r['tokens_per_s']), 'tokens/s, loss', r['mean_loss'], 'peak', r['peak_reserved_bytes'])"
