@@ -20,7 +20,8 @@ use burn::backend::wgpu::{into_contiguous, CubeTensor, KernelSource, SourceKerne
 use burn::backend::Wgpu;
 use burn::tensor::{DType, Shape, Tensor};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
-use cubecl::server::KernelArguments;
+use cubecl::client::Client;
+use cubecl::server::{Handle, KernelArguments};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether the model's forward uses the fused norms, softmax and GELU.
@@ -97,22 +98,12 @@ pub(crate) fn norm_kernel(x: CubeTensor, gamma: CubeTensor, beta: Option<CubeTen
     let kernel = Fused::Norm { layer_norm: beta.is_some() };
     let gamma = into_contiguous(gamma);
     let client = x.client.clone();
-    // RMSNorm reads no β; its binding gets a buffer of its own, as WebGPU refuses one buffer bound
-    // to two writable bindings (cubecl binds every buffer read_write).
-    let beta = match beta {
-        Some(beta) => into_contiguous(beta).handle,
-        None => client.create_from_slice(&[0u8; 4]),
-    };
+    // RMSNorm reads no β.
+    let beta = beta.map_or_else(|| placeholder(&client), |beta| into_contiguous(beta).handle);
     let y = client.empty(rows * n * 4);
-    let (gx, gy) = grid_of(rows);
-    let params = [n as u32, (eps as f32).to_bits(), rows as u32, gx as u32];
-    let arguments = KernelArguments::new()
-        .with_buffer(x.handle.clone().binding())
-        .with_buffer(gamma.handle.clone().binding())
-        .with_buffer(beta.binding())
-        .with_buffer(y.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let grid = grid_of(rows);
+    let params = [n as u32, (eps as f32).to_bits(), rows as u32, grid.0 as u32];
+    launch(&client, kernel, THREADS, grid, [x.handle.clone(), gamma.handle, beta, y.clone()], &params);
     CubeTensor::new_contiguous(client, x.device.clone(), shape, y, DType::F32)
 }
 
@@ -124,16 +115,9 @@ pub(crate) fn norm_backward_kernel(x: CubeTensor, gamma: CubeTensor, dy: CubeTen
     let rows = shape.num_elements() / n.max(1);
     let client = x.client.clone();
     let dx = client.empty(rows * n * 4);
-    let (gx, gy) = grid_of(rows);
-    let params = [n as u32, (eps as f32).to_bits(), rows as u32, gx as u32];
-    let arguments = KernelArguments::new()
-        .with_buffer(x.handle.clone().binding())
-        .with_buffer(gamma.handle.clone().binding())
-        .with_buffer(dy.handle.clone().binding())
-        .with_buffer(dx.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    let kernel = Fused::NormBackward { layer_norm };
-    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let grid = grid_of(rows);
+    let params = [n as u32, (eps as f32).to_bits(), rows as u32, grid.0 as u32];
+    launch(&client, Fused::NormBackward { layer_norm }, THREADS, grid, [x.handle.clone(), gamma.handle, dy.handle, dx.clone()], &params);
     CubeTensor::new_contiguous(client, x.device.clone(), shape, dx, DType::F32)
 }
 
@@ -152,27 +136,18 @@ pub fn gelu_tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
 
 /// [`gelu_tanh`] of `x` on the kernel's operands, or with `dy` the gradient `dy · gelu'(x)`.
 pub(crate) fn gelu_kernel(x: CubeTensor, dy: Option<CubeTensor>) -> CubeTensor {
-    const WORKGROUP: usize = 256;
+    const WORKGROUP: u32 = 256;
     let x = into_contiguous(x);
     let shape = x.meta.shape().clone();
     let n = shape.num_elements();
     let client = x.client.clone();
     let backward = dy.is_some();
-    // The forward reads no `dy`; its binding gets a buffer of its own (see `norm_kernel`).
-    let dy = match dy {
-        Some(dy) => into_contiguous(dy).handle,
-        None => client.create_from_slice(&[0u8; 4]),
-    };
+    // The forward reads no `dy`.
+    let dy = dy.map_or_else(|| placeholder(&client), |dy| into_contiguous(dy).handle);
     let out = client.empty(n * 4);
-    let (gx, gy) = grid_of(n.div_ceil(WORKGROUP));
-    let params = [n as u32, gx as u32];
-    let arguments = KernelArguments::new()
-        .with_buffer(x.handle.clone().binding())
-        .with_buffer(dy.binding())
-        .with_buffer(out.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    let kernel = Fused::Gelu { backward };
-    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(WORKGROUP as u32))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let grid = grid_of(n.div_ceil(WORKGROUP as usize));
+    let params = [n as u32, grid.0 as u32];
+    launch(&client, Fused::Gelu { backward }, WORKGROUP, grid, [x.handle.clone(), dy, out.clone()], &params);
     CubeTensor::new_contiguous(client, x.device.clone(), shape, out, DType::F32)
 }
 
@@ -203,14 +178,9 @@ pub(crate) fn masked_softmax_kernel(scores: CubeTensor, scale: f64, mask: CubeTe
     let rows = shape.num_elements() / s.max(1);
     let client = scores.client.clone();
     let y = client.empty(rows * s * 4);
-    let (gx, gy) = grid_of(rows);
-    let params = [s as u32, t as u32, (scale as f32).to_bits(), rows as u32, gx as u32];
-    let arguments = KernelArguments::new()
-        .with_buffer(scores.handle.clone().binding())
-        .with_buffer(mask.handle.clone().binding())
-        .with_buffer(y.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    client.launch(Box::new(SourceKernel::new(Fused::Softmax, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let grid = grid_of(rows);
+    let params = [s as u32, t as u32, (scale as f32).to_bits(), rows as u32, grid.0 as u32];
+    launch(&client, Fused::Softmax, THREADS, grid, [scores.handle.clone(), mask.handle, y.clone()], &params);
     CubeTensor::new_contiguous(client, scores.device.clone(), shape, y, DType::F32)
 }
 
@@ -223,14 +193,9 @@ pub(crate) fn masked_softmax_backward_kernel(y: CubeTensor, dy: CubeTensor, scal
     let rows = shape.num_elements() / s.max(1);
     let client = y.client.clone();
     let dscores = client.empty(rows * s * 4);
-    let (gx, gy) = grid_of(rows);
-    let params = [s as u32, (scale as f32).to_bits(), rows as u32, gx as u32];
-    let arguments = KernelArguments::new()
-        .with_buffer(y.handle.clone().binding())
-        .with_buffer(dy.handle.clone().binding())
-        .with_buffer(dscores.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    client.launch(Box::new(SourceKernel::new(Fused::SoftmaxBackward, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let grid = grid_of(rows);
+    let params = [s as u32, (scale as f32).to_bits(), rows as u32, grid.0 as u32];
+    launch(&client, Fused::SoftmaxBackward, THREADS, grid, [y.handle.clone(), dy.handle, dscores.clone()], &params);
     CubeTensor::new_contiguous(client, y.device.clone(), shape, dscores, DType::F32)
 }
 
@@ -261,21 +226,16 @@ fn nll_kernel(logits: &Tensor<2>, targets: &[u32], gradient_scale: Option<f32>) 
     let logits = into_contiguous(primitive(logits.clone()).ok()?);
     let client = logits.client.clone();
     let nll = client.empty(rows * 4);
-    // The loss alone writes no gradient; its binding gets a buffer of its own (see `norm_kernel`).
+    // The loss alone writes no gradient.
     let gradient = match gradient_scale {
         Some(_) => client.empty(rows * v * 4),
-        None => client.create_from_slice(&[0u8; 4]),
+        None => placeholder(&client),
     };
-    let (gx, gy) = grid_of(rows);
-    let params = [v as u32, rows as u32, gx as u32, gradient_scale.unwrap_or(0.0).to_bits()];
-    let arguments = KernelArguments::new()
-        .with_buffer(logits.handle.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(targets)).binding())
-        .with_buffer(nll.clone().binding())
-        .with_buffer(gradient.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
+    let grid = grid_of(rows);
+    let params = [v as u32, rows as u32, grid.0 as u32, gradient_scale.unwrap_or(0.0).to_bits()];
+    let targets = client.create_from_slice(bytemuck::cast_slice(targets));
     let kernel = Fused::Nll { gradient: gradient_scale.is_some() };
-    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    launch(&client, kernel, THREADS, grid, [logits.handle.clone(), targets, nll.clone(), gradient.clone()], &params);
     let primitive = |handle, shape: Shape| CubeTensor::new_contiguous(client.clone(), logits.device.clone(), shape, handle, DType::F32);
     let gradient = gradient_scale.map(|_| Tensor::from_primitive::<Wgpu>(primitive(gradient, Shape::new([rows, v]))));
     Some((Tensor::from_primitive::<Wgpu>(primitive(nll, Shape::new([rows]))), gradient))
@@ -302,17 +262,29 @@ pub fn add_squares(accumulator: &mut Tensor<2>, grad: &Tensor<3>) -> Option<Tens
     let groups = n.div_ceil(PER_WORKGROUP);
     let client = grad.client.clone();
     let partial = client.empty(b * groups * 4);
-    let (gx, gy) = grid_of(groups);
-    let params = [n as u32, groups as u32, gx as u32];
-    let arguments = KernelArguments::new()
-        .with_buffer(grad.handle.clone().binding())
-        .with_buffer(acc.handle.clone().binding())
-        .with_buffer(partial.clone().binding())
-        .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    client.launch(Box::new(SourceKernel::new(Fused::AddSquares { samples: b }, CubeDim::new_1d(THREADS))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+    let grid = grid_of(groups);
+    let params = [n as u32, groups as u32, grid.0 as u32];
+    launch(&client, Fused::AddSquares { samples: b }, THREADS, grid, [grad.handle.clone(), acc.handle.clone(), partial.clone()], &params);
     let partial = CubeTensor::new_contiguous(client, grad.device.clone(), Shape::new([b, groups]), partial, DType::F32);
     *accumulator = Tensor::from_primitive::<Wgpu>(acc);
     Some(Tensor::<2>::from_primitive::<Wgpu>(partial).sum_dim(1).reshape([b]))
+}
+
+/// Launches `kernel` on a `grid` of `workgroup`-wide workgroups, `buffers` bound in order and the
+/// parameters `params` after them (every fused kernel's last binding).
+fn launch<const N: usize>(client: &Client, kernel: Fused, workgroup: u32, (gx, gy): (usize, usize), buffers: [Handle; N], params: &[u32]) {
+    let arguments = buffers
+        .into_iter()
+        .fold(KernelArguments::new(), |arguments, buffer| arguments.with_buffer(buffer.binding()))
+        .with_buffer(client.create_from_slice(bytemuck::cast_slice(params)).binding());
+    client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(workgroup))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+}
+
+/// A buffer of its own for a binding that a kernel's variant does not use (RMSNorm's β, the
+/// GELU forward's `dy`, the loss's gradient without it): WebGPU refuses one buffer bound to two
+/// writable bindings, and cubecl binds every buffer read_write.
+fn placeholder(client: &Client) -> Handle {
+    client.create_from_slice(&[0u8; 4])
 }
 
 /// The fused kernels' WGSL.

@@ -21,55 +21,49 @@ type Tracked = Autodiff<Wgpu>;
 
 /// [`crate::fused::norm`] of a tensor autodiff tracks; `None` where burn's ops must do it.
 pub(crate) fn norm(x: &Tensor<3>, gamma: &Tensor<1>, beta: Option<&Tensor<1>>, eps: f64) -> Option<Tensor<3>> {
-    if x.dtype() != DType::F32 {
-        return None;
-    }
     let gamma = constant(gamma)?;
     let beta = match beta {
         Some(beta) => Some(constant(beta)?),
         None => None,
     };
     let layer_norm = beta.is_some();
-    let x = x.clone().try_into_primitive::<Tracked>().ok()?;
-    let y = match NormBackward.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let x = x.into_primitive();
-            prep.finish((x.clone(), gamma.clone(), layer_norm, eps), norm_kernel(x, gamma, beta, eps))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(norm_kernel(x.into_primitive(), gamma, beta, eps)),
-    };
-    Some(Tensor::from_primitive::<Tracked>(y))
+    let forward = |x| norm_kernel(x, gamma.clone(), beta, eps);
+    unary_op(NormBackward, x, forward, |x, _| (x, gamma.clone(), layer_norm, eps))
 }
 
 /// [`crate::fused::masked_softmax`] of scores autodiff tracks; `None` where burn's ops must do it.
 pub(crate) fn masked_softmax(scores: &Tensor<4>, scale: f64, mask: &Tensor<4>) -> Option<Tensor<4>> {
-    if scores.dtype() != DType::F32 {
-        return None;
-    }
     let mask = constant(mask)?;
-    let scores = scores.clone().try_into_primitive::<Tracked>().ok()?;
-    let y = match SoftmaxBackward.prepare::<NoCheckpointing>([scores.node()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let y = masked_softmax_kernel(scores.into_primitive(), scale, mask);
-            prep.finish((y.clone(), scale), y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(masked_softmax_kernel(scores.into_primitive(), scale, mask)),
-    };
-    Some(Tensor::from_primitive::<Tracked>(y))
+    unary_op(SoftmaxBackward, scores, |scores| masked_softmax_kernel(scores, scale, mask), |_, y| (y, scale))
 }
 
 /// [`crate::fused::gelu_tanh`] of a tensor autodiff tracks; `None` for other dtypes.
 pub(crate) fn gelu_tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    unary_op(GeluBackward, x, |x| gelu_kernel(x, None), |x, _| x)
+}
+
+/// `forward` of the f32 `x` as an autodiff operation whose backward is `op`; when `x` is tracked,
+/// `state` picks what the backward keeps from the input and the output. `None` for other dtypes.
+fn unary_op<O, const D: usize>(
+    op: O,
+    x: &Tensor<D>,
+    forward: impl FnOnce(CubeTensor) -> CubeTensor,
+    state: impl FnOnce(CubeTensor, CubeTensor) -> O::State,
+) -> Option<Tensor<D>>
+where
+    O: Backward<Wgpu, 1>,
+{
     if x.dtype() != DType::F32 {
         return None;
     }
     let x = x.clone().try_into_primitive::<Tracked>().ok()?;
-    let y = match GeluBackward.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful() {
+    let y = match op.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let x = x.into_primitive();
-            prep.finish(x.clone(), gelu_kernel(x, None))
+            let y = forward(x.clone());
+            prep.finish(state(x, y.clone()), y)
         }
-        OpsKind::UnTracked(prep) => prep.finish(gelu_kernel(x.into_primitive(), None)),
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive())),
     };
     Some(Tensor::from_primitive::<Tracked>(y))
 }
