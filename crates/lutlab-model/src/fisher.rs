@@ -456,21 +456,12 @@ struct Step {
     below: Option<Tensor<3>>,
 }
 
-/// Adds a micro-batch's squared gradients `[b, in, out]` to their accumulator `[in, out]`;
-/// returns each sample's sum of squares `[b]`. One kernel where it applies; burn's ops otherwise
-/// (summed in two stages: burn reduces each output in one workgroup, so a single sum over a whole
-/// weight took milliseconds per tensor).
-fn add_squares(accumulator: &mut Tensor<2>, grad: Tensor<3>) -> Tensor<1> {
-    if let Some(sums) = crate::fused::add_squares(accumulator, &grad) {
-        return sums;
-    }
-    let squared = grad.square();
-    let [b, n_in, n_out] = squared.dims();
-    let sums = squared.clone().sum_dim(2).sum_dim(1).reshape([b]);
-    let per_sample_sum = if b == 1 { squared.reshape([n_in, n_out]) } else { squared.sum_dim(0).reshape([n_in, n_out]) };
-    let acc = std::mem::replace(accumulator, Tensor::empty([0, 0], &per_sample_sum.device()));
-    *accumulator = acc + per_sample_sum;
-    sums
+/// Adds a micro-batch's squared gradients `[b, in, out]` to their accumulator `[in, out]` in one
+/// kernel (`fused::add_squares`); returns each sample's sum of squares `[b]`.
+fn add_squares(accumulator: &mut Tensor<2>, grad: Tensor<3>) -> Result<Tensor<1>> {
+    // Gradients come out of autodiff as plain f32 tensors, and each accumulator is this pass's own.
+    crate::fused::add_squares(accumulator, &grad)
+        .ok_or_else(|| ModelError::Gpu("Fisher's accumulation needs f32 gradients outside autodiff and an accumulator of its own".into()))
 }
 
 /// The two passes that give per-sample gradients while holding one block's graph at a time
@@ -521,7 +512,7 @@ impl<'a> FisherPasses<'a> {
         // Forward without a graph, keeping each input of the group's blocks. A later pass needs
         // no output of its group's last block: it stops at that block's input.
         let mut inputs = Vec::with_capacity(group.len());
-        let mut x = m.embed(Tensor::<2, Int>::from_data(ids.clone(), &m.device()));
+        let mut x = m.embed(Tensor::<2, Int>::from_data(ids, &m.device()));
         for i in 0..end {
             if i >= group.start {
                 inputs.push(x.clone());
@@ -566,7 +557,7 @@ impl<'a> FisherPasses<'a> {
             let mut block_sums = Vec::with_capacity(leaves.len());
             for (k, leaf) in leaves.iter().enumerate() {
                 let grad = leaf.grad_remove(&mut grads).ok_or_else(|| missing_gradient(&tensor_names[(i - group.start) * per_block + k]))?;
-                block_sums.push(add_squares(&mut accumulators[(i - group.start) * per_block + k], grad));
+                block_sums.push(add_squares(&mut accumulators[(i - group.start) * per_block + k], grad)?);
             }
             sums.push(block_sums);
             upstream = if needs_input_grad {
