@@ -6,7 +6,10 @@
 
 @group(0) @binding(0) var<storage, read_write> stored: array<u32>;
 @group(0) @binding(1) var<storage, read_write> w: array<f32>;   // [n_in, n_out]
-@group(0) @binding(2) var<storage, read_write> p: array<u32>;   // n_in, n_out, invocations per grid row
+@group(0) @binding(2) var<storage, read_write> p: array<u32>;   // n_in, n_out, invocations per grid row, first stored row, stored rows
+
+// The weight arrives in pieces of whole stored rows (rows of `[out, in]` or of `[in, out]`);
+// `stored` holds one piece and the kernel writes its part of `w`.
 
 const DTYPE: u32 = {{dtype}}u;
 const OUT_IN: bool = {{out_in}};
@@ -28,11 +31,23 @@ fn element(i: u32) -> f32 {
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let n_in = p[0];
     let n_out = p[1];
-    let at = id.y * p[2] + id.x;
-    if at >= n_in * n_out {
-        return;
+    let first = p[3];
+    let rows = p[4];
+    let t = id.y * p[2] + id.x;
+    if OUT_IN {
+        // Stored rows `first..first + rows` are output columns: thread `t` writes `w[i, first + j]`,
+        // consecutive threads consecutive columns.
+        if t >= n_in * rows {
+            return;
+        }
+        let i = t / rows;
+        let j = t % rows;
+        w[i * n_out + first + j] = element(j * n_in + i);
+    } else {
+        // Stored rows are input rows: the piece is a contiguous run of `w`.
+        if t >= rows * n_out {
+            return;
+        }
+        w[first * n_out + t] = element(t);
     }
-    let i = at / n_out;
-    let o = at % n_out;
-    w[at] = element(select(at, o * n_in + i, OUT_IN));
 }

@@ -32,6 +32,22 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// A streamed model's block reads: each block read from the checkpoint and uploaded (widened
+    /// to f32 on the GPU) as Fisher, evaluation and quantization do for a model larger than the
+    /// GPU, `--rounds` times over the blocks (the first round reads from disk or the page cache
+    /// as it finds them). `LUTLAB_PROFILE=1` adds the host's share.
+    Stream(StreamArgs),
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    /// A model folder (config.json, safetensors).
+    #[arg(long)]
+    model: std::path::PathBuf,
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -90,7 +106,40 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchKind::Requantize(args) => requantize(args),
         BenchKind::Pipeline(args) => crate::bench_pipeline::run(args),
         BenchKind::ModelOps { iters, json } => model_ops(iters.max(1), json),
+        BenchKind::Stream(args) => stream(args),
     }
+}
+
+fn stream(args: StreamArgs) -> Result<()> {
+    let gpu = pollster::block_on(open_gpu())?;
+    let options = crate::model::StreamOptions { stream: true, no_stream: false };
+    let (model, _) = crate::model::open_decoder(&args.model, &options, &gpu)?;
+    let device = model.device();
+    let block_bytes = lutlab_core::ModelFiles::open_dir(&args.model)?.config.block_linears().iter().map(|l| l.n_in * l.n_out).sum::<usize>();
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let (mut queued, mut total) = (0.0, 0.0);
+        for i in 0..model.n_blocks() {
+            let start = std::time::Instant::now();
+            let block = model.block(i)?;
+            queued += start.elapsed().as_secs_f64();
+            device.sync().map_err(|e| anyhow::anyhow!("waiting for the GPU: {e:?}"))?;
+            total += start.elapsed().as_secs_f64();
+            drop(block);
+        }
+        let n = model.n_blocks() as f64;
+        let row = serde_json::json!({ "round": round, "blocks": model.n_blocks(), "seconds_per_block": total / n, "host_seconds_per_block": queued / n,
+            "f32_gb_per_s": (block_bytes * 4) as f64 * n / total / 1e9 });
+        if !args.json {
+            println!("round {round}: {:.3} s a block ({:.3} s until queued), {:.2} GB/s of f32 weights on the GPU", total / n, queued / n, row["f32_gb_per_s"].as_f64().unwrap_or(0.0));
+        }
+        rounds.push(row);
+        lutlab_core::profile::report(&format!("round {round}"));
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "device": gpu.describe(), "model": args.model, "block_weights": block_bytes, "rounds": rounds }));
+    }
+    Ok(())
 }
 
 fn requantize(args: RequantizeArgs) -> Result<()> {

@@ -137,23 +137,28 @@ impl StoredLinear<'_> {
 }
 
 impl<'a> StoredBlock<'a> {
-    /// Block `index` of `ckpt`, checked as [`BlockWeights::read`] checks it.
-    pub fn read(config: &ModelConfig, ckpt: &'a Checkpoint<'_>, index: usize) -> Result<Self> {
+    /// Block `index` of `ckpt`, checked as [`BlockWeights::read`] checks it; weights on disk are
+    /// read into `scratch` (grown to the block's size the first time, then reused).
+    pub fn read(config: &ModelConfig, ckpt: &'a Checkpoint<'_>, index: usize, scratch: &'a mut Vec<u8>) -> Result<Self> {
         let p = config.block_prefix(index);
         let layout = config.linear_layout();
-        let linears = config
-            .block_linears()
-            .iter()
-            .map(|s| {
-                let name = format!("{p}.{}", s.name);
-                let shape = match layout {
-                    LinearLayout::InOut => [s.n_in, s.n_out],
-                    LinearLayout::OutIn => [s.n_out, s.n_in],
-                };
-                let weight = ckpt.read_stored(&format!("{name}.weight"), &shape)?;
-                Ok(StoredLinear { weight, layout, n_in: s.n_in, n_out: s.n_out, bias: read_bias(ckpt, &name, s.n_out, s.bias)? })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let specs = config.block_linears();
+        let names: Vec<String> = specs.iter().map(|s| format!("{p}.{}", s.name)).collect();
+        let needed: usize = names.iter().map(|name| ckpt.file_bytes(&format!("{name}.weight"))).sum();
+        if scratch.len() < needed {
+            scratch.resize(needed, 0);
+        }
+        let mut rest = scratch.as_mut_slice();
+        let mut linears = Vec::with_capacity(specs.len());
+        for (s, name) in specs.iter().zip(&names) {
+            let shape = match layout {
+                LinearLayout::InOut => [s.n_in, s.n_out],
+                LinearLayout::OutIn => [s.n_out, s.n_in],
+            };
+            let (weight, after) = ckpt.read_stored(&format!("{name}.weight"), &shape, rest)?;
+            rest = after;
+            linears.push(StoredLinear { weight, layout, n_in: s.n_in, n_out: s.n_out, bias: read_bias(ckpt, name, s.n_out, s.bias)? });
+        }
         let [norm_1, norm_2] = read_block_norms(ckpt, config, index)?;
         Ok(Self { norm_1, norm_2, linears })
     }

@@ -22,7 +22,7 @@ use lutlab_core::weights::{BlockWeights, EdgeWeights, LinearWeights, NormWeights
 use lutlab_core::Checkpoint;
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use lutlab_core::{HostTensor, LoadError, ModelConfig, ModelWeights};
 
 /// LayerNorm (biased variance, as PyTorch) or RMSNorm over the last dimension.
@@ -207,7 +207,9 @@ pub fn run_block<'v>(index: usize, block: &Block, states: &mut [(BlockContext, T
 #[derive(Clone, Debug)]
 pub enum Blocks {
     Resident(Vec<Block>),
-    Streamed(Arc<Checkpoint<'static>>),
+    /// The checkpoint, and the host buffer each block's weights are read into on their way
+    /// to the GPU (one buffer for every block, so its pages are faulted in once).
+    Streamed { checkpoint: Arc<Checkpoint<'static>>, scratch: Arc<Mutex<Vec<u8>>> },
 }
 
 /// What a block needs besides its weights, for `t` positions starting at position `start` on one
@@ -470,7 +472,7 @@ impl Decoder {
             project_in: e.project_in.as_ref(),
             project_out: e.project_out.as_ref(),
         };
-        Ok(Self::with_blocks(config, edges, Blocks::Streamed(Arc::new(checkpoint)), device))
+        Ok(Self::with_blocks(config, edges, Blocks::Streamed { checkpoint: Arc::new(checkpoint), scratch: Arc::default() }, device))
     }
 
     fn with_blocks(config: &ModelConfig, edges: Edges<'_>, blocks: Blocks, device: &Device) -> Self {
@@ -543,8 +545,12 @@ impl Decoder {
                 .get(index)
                 .map(Cow::Borrowed)
                 .ok_or_else(|| LoadError::InvalidSetting(format!("block {index} of a {}-block model", blocks.len())).into()),
-            Blocks::Streamed(checkpoint) => {
-                let weights = StoredBlock::read(&self.config, checkpoint, index)?;
+            Blocks::Streamed { checkpoint, scratch } => {
+                // A poisoned lock only means another thread panicked mid-read: the buffer is reusable.
+                let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
+                let phase = lutlab_core::profile::start();
+                let weights = StoredBlock::read(&self.config, checkpoint, index, &mut scratch)?;
+                lutlab_core::profile::stop("block read from the checkpoint (host)", phase);
                 let mut block = Block::upload_stored(&weights, self.config.norm_eps, &self.device())?.stored_as(self.dtype);
                 if let Some(q) = &self.input_quant {
                     block.inputs = Some(Arc::new(block_input_quantizers(&self.config, q, index, &self.device())?));
@@ -560,7 +566,7 @@ impl Decoder {
 
     /// Whether blocks are read from the checkpoint as they are used.
     pub fn is_streamed(&self) -> bool {
-        matches!(self.blocks, Blocks::Streamed(_))
+        matches!(self.blocks, Blocks::Streamed { .. })
     }
 
     /// Uploads a packed model: its packed linear layers run through the LUT kernels straight

@@ -325,12 +325,15 @@ async fn fisher_passes(
             peak.sample();
             progress.update(((pass * starts.len() + first_sample + b) * seqlen) as u64, total);
         }
-        let phase = profile::start();
         for (name, acc) in tensor_names.iter().zip(accumulators) {
+            let phase = profile::start();
             let shape = acc.dims().to_vec();
-            sink(name.clone(), HostTensor::new(shape, download(acc).await?))?;
+            let values = download(acc).await?;
+            profile::stop("fisher: the pass's diagonal read back", phase);
+            let phase = profile::start();
+            sink(name.clone(), HostTensor::new(shape, values))?;
+            profile::stop("fisher: the pass's diagonal handed over (written)", phase);
         }
-        profile::stop("fisher: the pass's diagonal read back and handed over", phase);
         profile::report(&format!("fisher pass {} of {} (blocks {}..{})", pass + 1, groups.len(), group.start, group.end));
     }
     let meta = FisherMeta {
