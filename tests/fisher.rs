@@ -250,6 +250,7 @@ fn fisher_is_deterministic_for_a_seed() {
         seed: 5,
         micro_batch: 2,
         blocks_per_pass: None,
+        max_logits_bytes: FisherSettings::DEFAULT_LOGITS_BYTES,
     };
     let run = || {
         pollster::block_on(fisher(&model, &stream, settings, "stream", &mut NoProgress)).unwrap()
@@ -272,6 +273,35 @@ fn fisher_is_deterministic_for_a_seed() {
     );
 }
 
+/// The head runs over chunks of positions whose logits fit `max_logits_bytes`: chunks of 5
+/// positions (the last shorter) and one chunk for the whole window give the same diagonal and
+/// loss, within the float reordering of the sums, at micro-batch 1 and 2.
+#[test]
+fn the_heads_chunk_size_changes_nothing() {
+    let (stream, _, _) = fixture_stream();
+    let model = Decoder::new(&shipped_model().weights, &gpu());
+    let vocab = model.config.vocab_size;
+    for micro_batch in [1, 2] {
+        let settings = |positions: usize| FisherSettings {
+            nsamples: 2,
+            seqlen: 24,
+            seed: 3,
+            micro_batch,
+            blocks_per_pass: None,
+            max_logits_bytes: micro_batch * positions * vocab * 4,
+        };
+        let run = |s: FisherSettings| pollster::block_on(fisher(&model, &stream, s, "stream", &mut NoProgress)).unwrap();
+        let (chunked, whole) = (run(settings(5)), run(settings(23)));
+        let (lc, lw) = (chunked.diagonal.meta.mean_loss.unwrap(), whole.diagonal.meta.mean_loss.unwrap());
+        assert!((lc - lw).abs() <= 1e-6 * lw.abs(), "micro-batch {micro_batch}: mean loss {lc} in chunks, {lw} whole");
+        for ((name, x), (_, y)) in chunked.diagonal.tensors.iter().zip(&whole.diagonal.tensors) {
+            let diff = norm(x.data.iter().zip(&y.data).map(|(a, b)| f64::from(a - b)));
+            let size = norm(y.data.iter().map(|&b| f64::from(b)));
+            assert!(size > 0.0 && diff <= 1e-5 * size, "micro-batch {micro_batch}, {name}: chunks differ by {diff:e} in norm ({size:e})");
+        }
+    }
+}
+
 fn small_run() -> (FisherRun, lutlab_core::ModelWeights) {
     let (stream, _, _) = fixture_stream();
     let weights = shipped_model().weights;
@@ -282,6 +312,7 @@ fn small_run() -> (FisherRun, lutlab_core::ModelWeights) {
         seed: 1,
         micro_batch: 1,
         blocks_per_pass: None,
+        max_logits_bytes: FisherSettings::DEFAULT_LOGITS_BYTES,
     };
     let mut run =
         pollster::block_on(fisher(&model, &stream, settings, "stream", &mut NoProgress)).unwrap();
@@ -412,6 +443,7 @@ fn bad_settings_are_refused_by_name() {
         seed: 0,
         micro_batch: 1,
         blocks_per_pass: None,
+        max_logits_bytes: FisherSettings::DEFAULT_LOGITS_BYTES,
     };
     assert!(
         run(FisherSettings {

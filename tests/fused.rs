@@ -322,7 +322,7 @@ fn models_give_the_same_logits_perplexity_and_fisher_with_the_fused_kernels() {
         let weights = load_weights(&repo(folder));
         let model = Decoder::new(&weights, &gpu());
         let tokens: Vec<u32> = (0..400u32).map(|i| (i * 37 + 11) % weights.config.vocab_size as u32).collect();
-        let settings = FisherSettings { nsamples: 3, seqlen: 32, seed: 5, micro_batch: 2, blocks_per_pass: None };
+        let settings = FisherSettings { nsamples: 3, seqlen: 32, seed: 5, micro_batch: 2, blocks_per_pass: None, max_logits_bytes: FisherSettings::DEFAULT_LOGITS_BYTES };
         let diagonal = |on: bool| {
             lutlab_model::fused::use_in_model(on);
             pollster::block_on(fisher(&model, &tokens, settings, "ids", &mut NoProgress)).unwrap().diagonal

@@ -48,7 +48,7 @@ fn streamed_perplexity_equals_resident() {
 fn streamed_fisher_in_block_groups_equals_the_single_pass() {
     for dir in models() {
         let (resident, streamed, tokens) = both(dir);
-        let settings = FisherSettings { nsamples: 3, seqlen: 32, seed: 4, micro_batch: 2, blocks_per_pass: None };
+        let settings = FisherSettings { nsamples: 3, seqlen: 32, seed: 4, micro_batch: 2, blocks_per_pass: None, max_logits_bytes: FisherSettings::DEFAULT_LOGITS_BYTES };
         let a = pollster::block_on(fisher(&resident, &tokens, settings, "valid", &mut NoProgress)).unwrap();
         let grouped = FisherSettings { blocks_per_pass: Some(1), ..settings };
         let b = pollster::block_on(fisher(&streamed, &tokens, grouped, "valid", &mut NoProgress)).unwrap();

@@ -126,7 +126,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     let dense = Decoder::new(weights, &gpu.device);
 
     let clock = Instant::now();
-    let settings = FisherSettings::with_overrides(&dense, Some(args.nsamples), args.seqlen, None, Some(args.micro_batch));
+    let settings = FisherSettings::with_overrides(&dense, Some(args.nsamples), args.seqlen, None, Some(args.micro_batch)).fitted_to(&gpu);
     let mut bar = Bar::new("fisher", "tokens", args.json);
     let what = calibration_path.display().to_string();
     let diagonal = pollster::block_on(fisher(&dense, &calibration_tokens, settings, &what, &mut bar))?.diagonal;

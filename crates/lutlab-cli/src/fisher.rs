@@ -74,7 +74,8 @@ pub fn run(args: FisherArgs) -> Result<()> {
         args.seqlen,
         Some(args.seed),
         Some(args.micro_batch),
-    );
+    )
+    .fitted_to(&gpu);
     settings.blocks_per_pass = args.blocks_per_pass.or_else(|| model.is_streamed().then(|| default_blocks_per_pass(&model)));
     gpu.check_buffer_fits(settings.logits_bytes(model.config.vocab_size), "one micro-batch's logits", "--micro-batch or --seqlen")?;
 

@@ -63,11 +63,20 @@ pub struct FisherSettings {
     /// backward runs once per window whatever the passes; each later pass repeats the forward
     /// of the blocks below its group.
     pub blocks_per_pass: Option<usize>,
+    /// Upper bound on one chunk of the head's logits (micro-batch × positions × vocabulary
+    /// f32s): the head runs over chunks of positions of this size. Larger chunks give the head's
+    /// matmuls more rows to spread over the GPU (GPT-2's 1023 positions in 32 MB chunks of 163
+    /// left its gradient product 12 workgroups); [`Self::fitted_to`] takes what the GPU can bind.
+    pub max_logits_bytes: usize,
 }
 
 impl FisherSettings {
     pub const DEFAULT_NSAMPLES: usize = 128;
     pub const DEFAULT_SEED: u64 = 0;
+    /// [`Self::max_logits_bytes`] by default (and in the page): within any adapter's binding limit.
+    pub const DEFAULT_LOGITS_BYTES: usize = 32 << 20;
+    /// The most [`Self::fitted_to`] gives a chunk: a GPT-2 window's 1023 positions in one chunk.
+    const FITTED_LOGITS_BYTES: usize = 256 << 20;
 
     pub fn for_model(model: &Decoder) -> Self {
         Self {
@@ -76,7 +85,16 @@ impl FisherSettings {
             seed: Self::DEFAULT_SEED,
             micro_batch: 1,
             blocks_per_pass: None,
+            max_logits_bytes: Self::DEFAULT_LOGITS_BYTES,
         }
+    }
+
+    /// These settings for a native `gpu`: head chunks as large as half of what it binds in one
+    /// buffer, up to 256 MB.
+    pub fn fitted_to(mut self, gpu: &crate::Gpu) -> Self {
+        let holdable = usize::try_from(gpu.max_binding_bytes()).unwrap_or(usize::MAX) / 2;
+        self.max_logits_bytes = holdable.clamp(Self::DEFAULT_LOGITS_BYTES.min(holdable), Self::FITTED_LOGITS_BYTES);
+        self
     }
 
     /// The model's defaults with a user's choices.
@@ -94,6 +112,7 @@ impl FisherSettings {
             seed: seed.unwrap_or(d.seed),
             micro_batch: micro_batch.unwrap_or(d.micro_batch),
             blocks_per_pass: None,
+            max_logits_bytes: d.max_logits_bytes,
         }
     }
 
@@ -101,7 +120,7 @@ impl FisherSettings {
     /// micro-batch), so callers can compare it with the GPU's binding limit before starting.
     pub fn logits_bytes(&self, vocab_size: usize) -> u64 {
         let b = self.micro_batch.min(self.nsamples.max(1));
-        let positions = head_chunk_positions(b, vocab_size).min(self.seqlen.saturating_sub(1));
+        let positions = head_chunk_positions(b, vocab_size, self.max_logits_bytes).min(self.seqlen.saturating_sub(1));
         (b * positions * vocab_size * 4) as u64
     }
 }
@@ -199,7 +218,7 @@ pub async fn fisher_into(
         return Err(LoadError::InvalidSetting("nsamples must be at least 1".into()).into());
     }
     let starts = sample_starts(tokens.len(), settings.nsamples, settings.seqlen, settings.seed, what)?;
-    let plan = Plan { seqlen: settings.seqlen, micro_batch: settings.micro_batch, blocks_per_pass: settings.blocks_per_pass };
+    let plan = Plan { seqlen: settings.seqlen, micro_batch: settings.micro_batch, blocks_per_pass: settings.blocks_per_pass, max_logits_bytes: settings.max_logits_bytes };
     let mut run = fisher_passes(model, tokens, &starts, plan, what, progress, sink).await?;
     run.diagonal.meta.seed = Some(settings.seed);
     Ok(run)
@@ -217,7 +236,7 @@ pub async fn fisher_windows(
     progress: &mut dyn Progress,
 ) -> Result<FisherRun> {
     let mut collected = Vec::new();
-    let plan = Plan { seqlen, micro_batch, blocks_per_pass: None };
+    let plan = Plan { seqlen, micro_batch, blocks_per_pass: None, max_logits_bytes: FisherSettings::DEFAULT_LOGITS_BYTES };
     let mut run = fisher_passes(model, tokens, starts, plan, what, progress, &mut |name, t| {
         collected.push((name, t));
         Ok(())
@@ -227,12 +246,13 @@ pub async fn fisher_windows(
     Ok(run)
 }
 
-/// How the windows are run: their length, samples per pass, blocks per pass.
+/// How the windows are run: their length, samples per pass, blocks per pass, head chunks.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     seqlen: usize,
     micro_batch: usize,
     blocks_per_pass: Option<usize>,
+    max_logits_bytes: usize,
 }
 
 /// `tensors` sorted into the Fisher file's order (model order).
@@ -257,7 +277,7 @@ async fn fisher_passes(
     progress: &mut dyn Progress,
     sink: &mut dyn FnMut(String, HostTensor) -> Result<()>,
 ) -> Result<FisherRun> {
-    let Plan { seqlen, micro_batch, blocks_per_pass } = plan;
+    let Plan { seqlen, micro_batch, blocks_per_pass, max_logits_bytes } = plan;
     check_settings(model, seqlen, micro_batch)?;
     if starts.is_empty() {
         return Err(LoadError::InvalidSetting("no calibration windows".into()).into());
@@ -284,7 +304,7 @@ async fn fisher_passes(
     let names = weight_names(model);
     let specs = model.config.block_linears();
     let per_block = specs.len();
-    let passes = FisherPasses::new(model, seqlen);
+    let passes = FisherPasses::new(model, seqlen, max_logits_bytes);
     let total = (groups.len() * starts.len() * seqlen) as u64;
     let mut peak = PeakMemory::new(&device);
     let mut loss_sum = 0f64;
@@ -419,14 +439,10 @@ fn non_finite(what: &str, reason: String) -> ModelError {
     .into()
 }
 
-/// Largest logits chunk of the head pass: the `[B, T, vocab]` logits (and the log-softmax and
-/// gradient beside them) are what dominate memory at GPT-2's context, so the head runs over
-/// slices of positions.
-const HEAD_CHUNK_BYTES: usize = 32 << 20;
-
-/// Positions per head chunk for a micro-batch of `b` samples.
-fn head_chunk_positions(b: usize, vocab: usize) -> usize {
-    (HEAD_CHUNK_BYTES / (b.max(1) * vocab.max(1) * 4)).max(1)
+/// Positions per head chunk for a micro-batch of `b` samples, so that a chunk's logits stay
+/// within `max_bytes` (the `[B, T, vocab]` logits and their gradient dominate a step's memory).
+fn head_chunk_positions(b: usize, vocab: usize, max_bytes: usize) -> usize {
+    (max_bytes / (b.max(1) * vocab.max(1) * 4)).max(1)
 }
 
 /// The largest reservation of burn's memory pools seen at the points where a pass holds the
@@ -474,12 +490,13 @@ struct FisherPasses<'a> {
     seqlen: usize,
     ctx: BlockContext,
     ctx_diff: BlockContext,
+    max_logits_bytes: usize,
 }
 
 impl<'a> FisherPasses<'a> {
-    fn new(model: &'a Decoder, seqlen: usize) -> Self {
+    fn new(model: &'a Decoder, seqlen: usize, max_logits_bytes: usize) -> Self {
         let ctx = model.context(seqlen);
-        Self { model, seqlen, ctx_diff: ctx.map(|t| t.autodiff()), ctx }
+        Self { model, seqlen, ctx_diff: ctx.map(|t| t.autodiff()), ctx, max_logits_bytes }
     }
 
     /// Adds each sample's squared gradients of the linears of the blocks in `group` to their
@@ -623,7 +640,7 @@ impl<'a> FisherPasses<'a> {
         let hidden = hidden_tracked.as_ref().map_or(x, |h| h.clone().inner());
         let e = hidden.dims()[2];
         let (head, head_transposed) = (m.head_weight().clone(), m.head_weight().clone().transpose());
-        let chunk = head_chunk_positions(b, vocab);
+        let chunk = head_chunk_positions(b, vocab, self.max_logits_bytes);
         let mut losses = Tensor::<1>::zeros([b], &m.device());
         let mut hidden_grads = Vec::with_capacity(scored.div_ceil(chunk) + 1);
         for p0 in (0..scored).step_by(chunk) {
