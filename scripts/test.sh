@@ -17,6 +17,7 @@ lutlab="$CARGO_TARGET_DIR/release/lutlab"
 "$lutlab" bench kernels --quick
 "$lutlab" bench requantize --shape 128x512 --bits 4 --iters 1 --no-cpu
 "$lutlab" bench pipeline --quick
+"$lutlab" bench stream --model models/llama-tiny-wikitext --rounds 1
 
 echo "== wasm build =="
 bash scripts/build-web.sh
