@@ -52,7 +52,11 @@ pub async fn bench_model_ops(gpu: &Gpu, iters: usize) -> Result<Vec<OpTiming>> {
     }
     // The model's other operand layouts: an HF `[out, in]` weight (Bᵀ) and a Hessian's `xᵀx`
     // (Aᵀ, 8 windows of 1024 positions through a 3072-wide input).
-    for (m, k, n, layout) in [(2048, 768, 3072, Operands::WeightTransposed), (3072, 8192, 3072, Operands::InputTransposed)] {
+    // Fisher's block backward at micro-batch 1 (one window of 1024 positions): a weight's
+    // per-sample gradient `xᵀ·∂y` (K = the positions; c_attn's and the MLP's c_proj) and the
+    // input's gradient `∂y·Wᵀ` (the MLP's c_fc, back from 3072 to 768).
+    let fisher = [(768, 1024, 2304, Operands::InputTransposed), (3072, 1024, 768, Operands::InputTransposed), (1024, 3072, 768, Operands::WeightTransposed)];
+    for (m, k, n, layout) in [(2048, 768, 3072, Operands::WeightTransposed), (3072, 8192, 3072, Operands::InputTransposed)].into_iter().chain(fisher) {
         if (m.max(k) * n.max(k) * 4) as u64 <= gpu.max_binding_bytes() {
             out.extend(strided_matmul(gpu, m, k, n, layout, iters).await?);
         }
