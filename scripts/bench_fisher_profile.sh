@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where Fisher's time goes on the device (issues 17, 23), in one call, parts in this order
-# (PARTS, default "gpt2 kernels llama7b profile"):
+# (PARTS, default "gpt2 kernels llama7b profile"; also "ops" and "stream"):
 #   gpt2     the GPT-2 124M-shaped Fisher (8 windows of 1024, WikiText-2 valid, --warm-up) at
 #            micro-batch 1 and 4 (MICRO_BATCHES) with the fused kernels (the GPU default: norms, softmax, GELU
 #            under autodiff, the head's loss gradient) and with burn's ops (LUTLAB_FUSED=0),
@@ -11,6 +11,10 @@
 #            (scripts/bench_7b.sh; PHASE_TIMEOUT, default 200 s a run);
 #   profile  the GPT-2 Fisher once with cubecl's per-kernel profile (scripts/cubecl_profile.py)
 #            and once with LUTLAB_PROFILE=1's phases.
+#   ops      `lutlab bench model-ops` (our matmul and burn's at evaluation's and Fisher's block
+#            backward shapes, attention);
+#   stream   `lutlab bench stream` over the Llama-2-7B-shaped checkpoint (made if missing): a
+#            streamed block's read and upload, with the host's share (LUTLAB_PROFILE=1).
 # Carry .carry/lutlab.xz and .gl.
 set -o pipefail
 PARTS=" ${PARTS:-gpt2 kernels llama7b profile} "
@@ -53,6 +57,13 @@ if part llama7b; then
       FISHER_EXTRA="$extra" LUTLAB_PROFILE=1 bash scripts/bench_7b.sh > /dev/null 2>&1
     grep -E "phase|profile" "$O/llama7b-bpp$bpp/bench7b.log" | cut -c1-1200
   done
+fi
+if part ops; then
+  $L bench model-ops --iters 20 2>&1 | tee "$O/model-ops.txt" | grep -v "unavailable"
+fi
+if part stream; then
+  [ -f /tmp/llama7b/config.json ] || python3 scripts/make_llama7b_shaped.py --out /tmp/llama7b > /dev/null
+  LUTLAB_PROFILE=1 $L bench stream --model /tmp/llama7b --rounds 2 2>&1 | tee "$O/stream.txt"
 fi
 if part profile; then
   dir=/tmp/profile-fisher; mkdir -p $dir
