@@ -115,7 +115,7 @@ fn stream(args: StreamArgs) -> Result<()> {
     let options = crate::model::StreamOptions { stream: true, no_stream: false };
     let (model, _) = crate::model::open_decoder(&args.model, &options, &gpu)?;
     let device = model.device();
-    let block_bytes = lutlab_core::ModelFiles::open_dir(&args.model)?.config.block_linears().iter().map(|l| l.n_in * l.n_out).sum::<usize>();
+    let block_bytes = model.config.block_linears().iter().map(|l| l.n_in * l.n_out).sum::<usize>();
     let mut rounds = Vec::new();
     for round in 0..args.rounds.max(1) {
         let (mut queued, mut total) = (0.0, 0.0);

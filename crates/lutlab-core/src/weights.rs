@@ -144,18 +144,19 @@ impl<'a> StoredBlock<'a> {
         let layout = config.linear_layout();
         let specs = config.block_linears();
         let names: Vec<String> = specs.iter().map(|s| format!("{p}.{}", s.name)).collect();
-        let needed: usize = names.iter().map(|name| ckpt.file_bytes(&format!("{name}.weight"))).sum();
+        let weights: Vec<String> = names.iter().map(|name| format!("{name}.weight")).collect();
+        let needed: usize = weights.iter().map(|w| ckpt.file_bytes(w)).sum();
         if scratch.len() < needed {
             scratch.resize(needed, 0);
         }
         let mut rest = scratch.as_mut_slice();
         let mut linears = Vec::with_capacity(specs.len());
-        for (s, name) in specs.iter().zip(&names) {
+        for ((s, name), weight_name) in specs.iter().zip(&names).zip(&weights) {
             let shape = match layout {
                 LinearLayout::InOut => [s.n_in, s.n_out],
                 LinearLayout::OutIn => [s.n_out, s.n_in],
             };
-            let (weight, after) = ckpt.read_stored(&format!("{name}.weight"), &shape, rest)?;
+            let (weight, after) = ckpt.read_stored(weight_name, &shape, rest)?;
             rest = after;
             linears.push(StoredLinear { weight, layout, n_in: s.n_in, n_out: s.n_out, bias: read_bias(ckpt, name, s.n_out, s.bias)? });
         }

@@ -272,7 +272,7 @@ pub fn add_squares(accumulator: &mut Tensor<2>, grad: &Tensor<3>) -> Option<Tens
 
 /// Launches `kernel` on a `grid` of `workgroup`-wide workgroups, `buffers` bound in order and the
 /// parameters `params` after them (every fused kernel's last binding).
-fn launch<const N: usize>(client: &Client, kernel: Fused, workgroup: u32, (gx, gy): (usize, usize), buffers: [Handle; N], params: &[u32]) {
+pub(crate) fn launch<const N: usize>(client: &Client, kernel: impl KernelSource + 'static, workgroup: u32, (gx, gy): (usize, usize), buffers: [Handle; N], params: &[u32]) {
     let arguments = buffers
         .into_iter()
         .fold(KernelArguments::new(), |arguments, buffer| arguments.with_buffer(buffer.binding()))

@@ -7,11 +7,10 @@
 use crate::device::grid_of;
 use crate::error::{ModelError, Result};
 use crate::lut_linear::{kernel_id, primitive};
-use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
+use burn::backend::wgpu::{CubeTensor, KernelSource, SourceTemplate};
 use burn::backend::Wgpu;
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
-use cubecl::prelude::{CubeCount, CubeDim, KernelId};
-use cubecl::server::KernelArguments;
+use cubecl::prelude::KernelId;
 use lutlab_core::checkpoint::StoredDtype;
 use lutlab_core::config::LinearLayout;
 use lutlab_core::weights::StoredLinear;
@@ -50,7 +49,7 @@ pub fn upload_weight_in_pieces(linear: &StoredLinear, device: &Device, piece_byt
     for first_row in (0..rows).step_by(rows_per_piece) {
         let piece_rows = rows_per_piece.min(rows - first_row);
         let bytes = &linear.weight.bytes[first_row * row_bytes..(first_row + piece_rows) * row_bytes];
-        let stored = if bytes.len() % 4 == 0 {
+        let stored = if bytes.len().is_multiple_of(4) {
             client.create_from_slice(bytes)
         } else {
             // Whole u32 words (an odd count of 16-bit values gets a zero half).
@@ -61,11 +60,7 @@ pub fn upload_weight_in_pieces(linear: &StoredLinear, device: &Device, piece_byt
         let count = piece_rows * row_len;
         let (gx, gy) = grid_of(count.div_ceil(GROUP));
         let params = [n_in, n_out, gx * GROUP, first_row, piece_rows].map(|p| p as u32);
-        let arguments = KernelArguments::new()
-            .with_buffer(stored.binding())
-            .with_buffer(out.clone().binding())
-            .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-        client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_1d(GROUP as u32))), CubeCount::Static(gx as u32, gy as u32, 1), arguments);
+        crate::fused::launch(&client, kernel, GROUP as u32, (gx, gy), [stored, out.clone()], &params);
         if piece_rows < rows {
             client.flush().map_err(|e| ModelError::Gpu(format!("uploading a {n_in}x{n_out} weight: {e:?}")))?;
         }
