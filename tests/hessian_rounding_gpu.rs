@@ -5,11 +5,17 @@
 
 use lutlab_core::quant::hessian::{proxy_loss, round_with_hessian, Feedback, Grid, HessianRounder, RoundingSettings, Square};
 use lutlab_core::quant::uniform::{NumberFormat, ScaleStats, ScaleType, UniformGranularity, UniformSettings};
-use lutlab_model::GpuRounder;
+use lutlab_model::{Factorization, GpuRounder};
 use lutlab_tests::random_layer_with_hessian;
 
 fn rounder() -> GpuRounder {
-    GpuRounder { gpu: pollster::block_on(lutlab_model::open_gpu()).expect("a wgpu adapter (lavapipe in CI)") }
+    GpuRounder::new(pollster::block_on(lutlab_model::open_gpu()).expect("a wgpu adapter (lavapipe in CI)"))
+}
+
+/// The rounder factoring on the host (natively the default) and on the GPU (the page's way).
+fn rounders() -> [GpuRounder; 2] {
+    let gpu = rounder().gpu;
+    [Factorization::Host, Factorization::Gpu].map(|factorization| GpuRounder { gpu: gpu.clone(), factorization })
 }
 
 fn asym_int(bits: u32, granularity: UniformGranularity) -> UniformSettings {
@@ -26,7 +32,13 @@ fn asym_int(bits: u32, granularity: UniformGranularity) -> UniformSettings {
 
 #[test]
 fn gpu_rounding_matches_the_cpu_reference() {
-    let rounder = rounder();
+    for rounder in rounders() {
+        rounding_matches_the_cpu_reference(&rounder);
+    }
+}
+
+fn rounding_matches_the_cpu_reference(rounder: &GpuRounder) {
+    let factored = rounder.factorization;
     let (rows, cols) = (600, 96);
     let cases = [
         ("gptq 4-bit per channel", 1, false, None, Feedback::Gptq, 4, UniformGranularity::Channel),
@@ -34,6 +46,7 @@ fn gpu_rounding_matches_the_cpu_reference() {
         ("ldlq 2-bit per tensor", 3, false, None, Feedback::Ldlq, 2, UniformGranularity::Tensor),
     ];
     for (what, seed, act_order, dead, feedback, bits, granularity) in cases {
+        let what = &format!("{what}, factored on the {factored:?}");
         let (weights, h) = random_layer_with_hessian(rows, cols, 1200, seed, dead);
         let uniform = lutlab_core::quant::quantize_uniform(&weights, rows, cols, &asym_int(bits, granularity)).unwrap();
         let channels_per_table = if granularity == UniformGranularity::Tensor { cols } else { 1 };
@@ -79,7 +92,13 @@ fn gpu_rounding_matches_the_cpu_reference() {
 /// weights).
 #[test]
 fn gpu_rounding_of_input_groups_matches_the_cpu_reference() {
-    let rounder = rounder();
+    for rounder in rounders() {
+        input_groups_match_the_cpu_reference(&rounder);
+    }
+}
+
+fn input_groups_match_the_cpu_reference(rounder: &GpuRounder) {
+    let factored = rounder.factorization;
     let (rows, cols) = (384, 48);
     let cases = [
         ("gptq 4-bit group 128, fitted as reached", 5, Feedback::Gptq, 4, false, false, 128, 128),
@@ -89,6 +108,7 @@ fn gpu_rounding_of_input_groups_matches_the_cpu_reference() {
         ("ldlq 4-bit group 64, fitted as reached", 9, Feedback::Ldlq, 4, false, false, 64, 64),
     ];
     for (what, seed, feedback, bits, act_order, static_groups, size, blocksize) in cases {
+        let what = &format!("{what}, factored on the {factored:?}");
         let (weights, h) = random_layer_with_hessian(rows, cols, 800, seed, None);
         let grid = Grid::InputGroups { size, settings: asym_int(bits, UniformGranularity::Channel), static_groups };
         let settings = RoundingSettings { feedback, act_order, blocksize, ..RoundingSettings::default() };
@@ -152,10 +172,11 @@ fn cases_the_gpu_does_not_round_go_to_the_cpu() {
 
 #[test]
 fn a_hessian_that_is_not_positive_definite_is_named() {
-    let rounder = rounder();
     // Eigenvalues 3 and −1: no damping of 0.01 or 0.1 of the mean diagonal makes it definite.
     let h = Square { n: 2, data: vec![1.0, 2.0, 2.0, 1.0] };
     let grid = Grid::Tables { levels: 2, channels_per_table: 1, tables: vec![-1.0, 1.0] };
-    let err = rounder.round(&[0.3, -0.2], 2, 1, &h, &grid, None, &RoundingSettings::default()).expect("handled").unwrap_err();
-    assert!(err.to_string().contains("not positive definite"), "{err}");
+    for rounder in rounders() {
+        let err = rounder.round(&[0.3, -0.2], 2, 1, &h, &grid, None, &RoundingSettings::default()).expect("handled").unwrap_err();
+        assert!(err.to_string().contains("not positive definite"), "{:?}: {err}", rounder.factorization);
+    }
 }

@@ -96,7 +96,7 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
 /// the CPU, in f64).
 pub fn gpu_rounder(args: &QuantizeArgs) -> Result<Option<GpuRounder>> {
     Ok(match args.gpu {
-        true => Some(GpuRounder { gpu: pollster::block_on(lutlab_model::open_gpu())? }),
+        true => Some(GpuRounder::new(pollster::block_on(lutlab_model::open_gpu())?)),
         false => None,
     })
 }

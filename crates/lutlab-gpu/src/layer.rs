@@ -33,7 +33,7 @@ pub async fn quantize_layer_gpu(
         }
         Method::Kmeans { .. } => {}
         Method::Hessian { rounding, .. } => {
-            let rounder = GpuRounder { gpu: gpu.clone() };
+            let rounder = GpuRounder::new(gpu.clone());
             let (rows, cols) = (linear.in_features(), linear.out_features());
             let on_gpu = async |w: &[f32], h: &_, grid: &_, exact: Option<&[bool]>| rounder.round_async(w, rows, cols, h, grid, exact, rounding).await;
             return Ok(quantize_layer_rounded_by(name, linear, method, calibration, n_embd, on_gpu).await?);

@@ -185,6 +185,18 @@ pub trait BlockVisitor {
     fn inputs(&mut self, index: usize, inputs: Vec<Tensor<3>>) -> Result<()>;
 }
 
+/// Block `index`'s linear inputs on every state, handed to `visitor`, without the block's output
+/// (its last product is skipped): the states stay as they are. GPTQ's Hessian pass, whose
+/// outputs the quantized block computes again.
+pub fn visit_block_inputs(index: usize, block: &Block, states: &[(BlockContext, Tensor<3>)], visitor: &mut dyn BlockVisitor) -> Result<()> {
+    for (ctx, x) in states {
+        let mut inputs = Vec::new();
+        block.run(ctx, x.clone(), Some(&mut inputs), None, false);
+        visitor.inputs(index, inputs)?;
+    }
+    Ok(())
+}
+
 /// One step of the layer loop: block `index` (`block`) on every state. Sequential quantization
 /// (GPTQ) walks the blocks itself with this step, so that it can replace each block by its
 /// quantized form, between awaits for the Hessians, before the states go on.
@@ -293,7 +305,12 @@ impl Block {
 
     /// [`Self::forward`] with an optional KV cache (`ctx` made by [`BlockContext::at`] with
     /// `start` = the positions cached).
-    pub fn forward_cached(&self, ctx: &BlockContext, x: Tensor<3>, mut inputs: Option<&mut Vec<Tensor<3>>>, cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward_cached(&self, ctx: &BlockContext, x: Tensor<3>, inputs: Option<&mut Vec<Tensor<3>>>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.run(ctx, x, inputs, cache, true).unwrap_or_else(|| unreachable!("the block's output was asked for"))
+    }
+
+    /// The block, its output only when `output` (else it stops after the last linear's input).
+    fn run(&self, ctx: &BlockContext, x: Tensor<3>, mut inputs: Option<&mut Vec<Tensor<3>>>, cache: Option<&mut KvCache>, output: bool) -> Option<Tensor<3>> {
         let config = &ctx.config;
         let mut keep = |t: &Tensor<3>| {
             if let Some(sink) = inputs.as_deref_mut() {
@@ -356,12 +373,15 @@ impl Block {
             }
         };
         keep(&hidden);
+        if !output {
+            return None;
+        }
         let down = mlp.len() - 1;
         let mut x = x + mlp[down].forward(quantized(out + 1 + down, hidden));
         if !config.pre_norm {
             x = self.norm_2.forward(x);
         }
-        x
+        Some(x)
     }
 }
 

@@ -14,7 +14,7 @@
 //! group's Hessians taken with the groups before it already quantized.
 
 use crate::activations::ActivationSettings;
-use crate::decoder::{run_block, BlockContext, BlockVisitor, Decoder, Linear};
+use crate::decoder::{run_block, visit_block_inputs, BlockContext, BlockVisitor, Decoder, Linear};
 use crate::device::{download, upload};
 use crate::error::{ModelError, Result};
 use lutlab_core::parallel::map_ranges;
@@ -106,14 +106,13 @@ pub async fn quantize_sequential(
         let mut block = model.block(i)?.into_owned();
         profile::stop("block read and upload", upload);
         let names = block_linear_names(model, i);
-        let inputs: Vec<Tensor<3>> = states.iter().map(|(_, x)| x.clone()).collect();
         for step in &steps {
             if progress.is_cancelled() {
                 return Err(ModelError::Cancelled);
             }
             let mut sums = InputHessians::new(groups.clone(), step.clone());
             let gpu = profile::start();
-            run_block(i, &block, &mut states, Some(&mut sums))?;
+            visit_block_inputs(i, &block, &states, &mut sums)?;
             let hessians = sums.read(settings.windows.nsamples, &groups, &names).await?;
             profile::stop("GPU: block forwards, x·xᵀ sums, read-back (waits for the previous block's last pass)", gpu);
             let jobs: Vec<(usize, &Square)> = hessians.iter().flat_map(|(g, h)| groups[*g].clone().map(move |linear| (linear, h))).collect();
@@ -131,8 +130,6 @@ pub async fn quantize_sequential(
                 }
             }
             profile::stop("quantized weights uploaded", replace);
-            // Back to the block's inputs: the next step (or the final pass) starts from them.
-            states.iter_mut().zip(&inputs).for_each(|((_, x), given)| *x = given.clone());
         }
         run_block(i, &block, &mut states, None)?;
         progress.update(i as u64 + 1, model.n_blocks() as u64);

@@ -6,9 +6,10 @@
 //! Both methods run in QuIP's LDL form (Theorem 6: LDLQ and GPTQ round alike), which needs one
 //! Cholesky factor and no inverse: with `J` the reversal, `J H J = L Lᵀ` gives `H = R Rᵀ` for the
 //! upper `R = J L J`, and `H = (Ú + I) D (Ú + I)ᵀ` with `Ú + I = R` with each column divided by its
-//! pivot, `D` the pivots squared. The Cholesky factor is blocked: each 256-wide diagonal block is
-//! factored on the host in f64, the panel below it and the trailing matrix are updated by burn's
-//! matmul. The rows are then rounded in batches of `blocksize` by `shaders/ldl_round_rows.wgsl`,
+//! pivot, `D` the pivots squared. Natively the factor comes from faer on the host (f64, every
+//! core) and goes up once; in the page it is blocked on the GPU: each 256-wide diagonal block
+//! factored on the host in f64, the panel below it and the trailing matrix updated by matmuls
+//! ([`Factorization`]). The rows are then rounded in batches of `blocksize` by `shaders/ldl_round_rows.wgsl`,
 //! each batch's errors reaching the later rows in one matmul.
 //!
 //! The proxy loss comes out of the rounding itself: with `e` the targets' rounding errors,
@@ -43,9 +44,43 @@ const NONE: u32 = u32::MAX;
 /// reference.
 pub struct GpuRounder {
     pub gpu: Gpu,
+    pub factorization: Factorization,
+}
+
+/// Where the Hessian is factored before the GPU's row loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Factorization {
+    /// faer, f64, on every core, then one upload: natively the default, since the GPU's blocked
+    /// form reads back each 256-wide diagonal block, and each read-back waits for everything
+    /// queued before it (the other layers of the step included).
+    Host,
+    /// Blocked on the GPU ([`cholesky`]): in the page, whose host has one thread.
+    Gpu,
+}
+
+impl Factorization {
+    /// Host natively (`LUTLAB_GPTQ_FACTOR=gpu` picks the GPU, for benchmarks), GPU in the page.
+    pub fn default_here() -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            match std::env::var("LUTLAB_GPTQ_FACTOR").as_deref() {
+                Ok("gpu") => Factorization::Gpu,
+                _ => Factorization::Host,
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            Factorization::Gpu
+        }
+    }
 }
 
 impl GpuRounder {
+    /// A rounder factoring where [`Factorization::default_here`] says.
+    pub fn new(gpu: Gpu) -> Self {
+        Self { gpu, factorization: Factorization::default_here() }
+    }
+
     /// Whether this case runs here (the CPU reference checks and refuses bad input itself).
     #[allow(clippy::too_many_arguments)]
     pub fn handles(&self, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, exact: Option<&[bool]>, settings: &RoundingSettings) -> bool {
@@ -89,7 +124,7 @@ impl GpuRounder {
         if !self.handles(weights, rows, cols, h, grid, exact, settings) {
             return None;
         }
-        let rounded = round_on_gpu(&self.gpu.device, weights, rows, cols, h, grid, settings).await;
+        let rounded = round_on_gpu(&self.gpu.device, self.factorization, weights, rows, cols, h, grid, settings).await;
         Some(rounded.map_err(|e| match e {
             ModelError::Load(e) => e,
             e => LoadError::InvalidSetting(format!("rounding on the GPU: {e}")),
@@ -149,7 +184,8 @@ impl RowTables<'_> {
 /// GPTQ/LDLQ rounding of `weights` (`[rows, cols]`) onto `grid` through `h`, damped and ordered as
 /// the CPU reference does (dead inputs, `percdamp` · mean diagonal, raised tenfold once if the
 /// factor fails, act-order); input groups fitted as the CPU reference fits them.
-pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, settings: &RoundingSettings) -> Result<Rounded> {
+#[allow(clippy::too_many_arguments)]
+pub async fn round_on_gpu(device: &Device, factorization: Factorization, weights: &[f32], rows: usize, cols: usize, h: &Square, grid: &Grid, settings: &RoundingSettings) -> Result<Rounded> {
     let n = rows;
     // GPTQ's dead inputs (never fired): H[k,k] = 1 and their weights zeroed.
     let dead: Vec<bool> = (0..n).map(|k| h.at(k, k) == 0.0).collect();
@@ -176,7 +212,7 @@ pub async fn round_on_gpu(device: &Device, weights: &[f32], rows: usize, cols: u
             (Grid::InputGroups { size, settings: uniform, .. }, None) => RowTables::Fitted { size: *size, settings: *uniform, gptq_state: settings.feedback == Feedback::Gptq },
         };
         let phase = profile::start();
-        let factored = shared_ldl_factor(device, h, &diagonal, lambda, &order, [settings.percdamp.to_bits(), u64::from(settings.act_order), factor.to_bits()]).await?;
+        let factored = shared_ldl_factor(device, factorization, h, &diagonal, lambda, &order, [settings.percdamp.to_bits(), u64::from(settings.act_order), factor.to_bits(), factorization as u64]).await?;
         profile::stop("host: GPU rounding: damping and factor", phase);
         let Some((ldl, pivots)) = &factored.0 else { continue };
         let phase = profile::start();
@@ -219,22 +255,25 @@ struct GpuFactor(Option<(Tensor<2>, Vec<f32>)>);
 
 /// [`ldl_factor`], computed once for the layers given the same shared Hessian (natively; the
 /// page rounds one layer at a time and factors each). `key`: what the factor depends on besides
-/// `h` (damping, act-order, the damping's attempt).
-async fn shared_ldl_factor(device: &Device, h: &Square, diagonal: &[f64], lambda: f64, order: &[usize], key: [u64; 3]) -> Result<std::sync::Arc<GpuFactor>> {
+/// `h` (damping, act-order, the damping's attempt, where it is factored).
+async fn shared_ldl_factor(device: &Device, factorization: Factorization, h: &Square, diagonal: &[f64], lambda: f64, order: &[usize], key: [u64; 4]) -> Result<std::sync::Arc<GpuFactor>> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        lutlab_core::quant::hessian::shared::factor_of(h, key.to_vec(), || pollster::block_on(ldl_factor(device, h, diagonal, lambda, order)).map(GpuFactor))
+        lutlab_core::quant::hessian::shared::factor_of(h, key.to_vec(), || pollster::block_on(ldl_factor(device, factorization, h, diagonal, lambda, order)).map(GpuFactor))
     }
     #[cfg(target_arch = "wasm32")]
     {
         let _ = key;
-        Ok(std::sync::Arc::new(GpuFactor(ldl_factor(device, h, diagonal, lambda, order).await?)))
+        Ok(std::sync::Arc::new(GpuFactor(ldl_factor(device, factorization, h, diagonal, lambda, order).await?)))
     }
 }
 
 /// QuIP's `Ú` (as a full `[n, n]` tensor whose strictly upper part is used) and the pivots `√D`
 /// of the damped Hessian in processing order; `None` when it is not positive definite in f32.
-async fn ldl_factor(device: &Device, h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -> Result<Option<(Tensor<2>, Vec<f32>)>> {
+async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -> Result<Option<(Tensor<2>, Vec<f32>)>> {
+    if factorization == Factorization::Host {
+        return Ok(host_ldl_factor(h, diagonal, lambda, order).map(|(unit_upper, pivots)| (upload(&unit_upper, [h.n, h.n], device), pivots)));
+    }
     let n = h.n;
     // J H J in processing order: row i is original row order[n − 1 − i].
     let reversed: Vec<usize> = order.iter().rev().copied().collect();
@@ -252,6 +291,23 @@ async fn ldl_factor(device: &Device, h: &Square, diagonal: &[f64], lambda: f64, 
     let pivots: Vec<f32> = diagonal_of_l.iter().rev().map(|&d| d as f32).collect();
     let unit_upper = l.flip([0, 1]) / upload(&pivots, [1, n], device);
     Ok(Some((unit_upper, pivots)))
+}
+
+/// [`ldl_factor`] on the host in f64: `Ú` (`[n, n]` row-major, strictly upper) and the pivots
+/// `√D`, or `None` when the damped Hessian is not positive definite.
+fn host_ldl_factor(h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -> Option<(Vec<f32>, Vec<f32>)> {
+    let n = h.n;
+    let mut damped = Square::zeros(n);
+    lutlab_core::parallel::for_row_chunks(&mut damped.data, n, |first, chunk| {
+        for (i, out) in chunk.chunks_exact_mut(n).enumerate() {
+            let r = order[first + i];
+            for (j, &c) in order.iter().enumerate() {
+                out[j] = if r == c { diagonal[r] + lambda } else { h.at(r, c) };
+            }
+        }
+    });
+    let (unit_upper, d) = lutlab_core::quant::hessian::linalg::ldl_upper(&damped)?;
+    Some((unit_upper.data.iter().map(|&v| v as f32).collect(), d.iter().map(|d| d.sqrt() as f32).collect()))
 }
 
 /// The lower Cholesky factor of the symmetric `a` (`[n, n]`, consumed) and its diagonal, blocked
