@@ -211,14 +211,21 @@ impl InputHessians {
         for (g, sum) in self.sums.into_iter().enumerate() {
             let Some(sum) = sum else { continue };
             let n = sum.dims()[0];
-            let mut values = download(sum).await?;
-            crate::gemm::mirror_upper(&mut values, n);
+            let values = download(sum).await?;
             let name = &names[groups[g].start];
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(ModelError::Gpu(format!("the Hessian of `{name}` has a non-finite entry at ({}, {}): the activations reaching it are not finite", i / n, i % n)));
             }
+            // Scaled, in f64, each entry from the upper triangle the GPU summed (on every core:
+            // 9.4 M entries for a 3072-wide input, every block).
             let scale = 2.0 / windows as f64;
-            out.push((g, Square { n, data: values.iter().map(|&v| f64::from(v) * scale).collect() }));
+            let mut data = vec![0.0; n * n];
+            lutlab_core::parallel::for_row_chunks(&mut data, n, |first, rows| {
+                for (i, row) in rows.chunks_exact_mut(n).enumerate().map(|(r, row)| (first + r, row)) {
+                    row.iter_mut().enumerate().for_each(|(j, v)| *v = f64::from(values[i.min(j) * n + i.max(j)]) * scale);
+                }
+            });
+            out.push((g, Square { n, data }));
         }
         Ok(out)
     }

@@ -7,9 +7,8 @@
 //! Cholesky factor and no inverse: with `J` the reversal, `J H J = L Lᵀ` gives `H = R Rᵀ` for the
 //! upper `R = J L J`, and `H = (Ú + I) D (Ú + I)ᵀ` with `Ú + I = R` with each column divided by its
 //! pivot, `D` the pivots squared. Natively the factor comes from faer on the host (f64, every
-//! core) and goes up once; in the page it is blocked on the GPU: each 256-wide diagonal block
-//! factored on the host in f64, the panel below it and the trailing matrix updated by matmuls
-//! ([`Factorization`]). The rows are then rounded in batches of `blocksize` by `shaders/ldl_round_rows.wgsl`,
+//! core) and goes up once; in the page it is blocked on the GPU and queued whole (no read-back
+//! between its steps; [`Factorization`]). The rows are then rounded in batches of `blocksize` by `shaders/ldl_round_rows.wgsl`,
 //! each batch's errors reaching the later rows in one matmul.
 //!
 //! The proxy loss comes out of the rounding itself: with `e` the targets' rounding errors,
@@ -26,13 +25,13 @@ use burn::backend::Wgpu;
 use burn::tensor::{DType, Device, Int, Shape, Tensor};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::KernelArguments;
-use lutlab_core::quant::hessian::linalg::{cholesky_lower, lower_inverse};
 use lutlab_core::quant::hessian::{fit_uniform, Feedback, FittedGroups, Grid, Rounded, RoundingSettings, Square};
 use lutlab_core::quant::uniform::{UniformGranularity, UniformSettings};
 use lutlab_core::{profile, LoadError};
 
-/// Width of the diagonal blocks factored on the host.
-const PANEL: usize = 256;
+/// Width of the diagonal blocks of the GPU's Cholesky factor (`shaders/cholesky.wgsl`: one
+/// workgroup of as many invocations holds a block in 16 KiB of workgroup memory).
+const PANEL: usize = 64;
 /// Threads per workgroup of the row kernel (its `@workgroup_size`).
 const THREADS: u32 = 64;
 /// "None" in the kernel's parameters.
@@ -286,7 +285,7 @@ async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, d
             }
         }
     });
-    let Some((l, diagonal_of_l)) = cholesky(upload(&p, [n, n], device), n, device).await? else { return Ok(None) };
+    let Some((l, diagonal_of_l)) = cholesky(upload(&p, [n, n], device), n).await? else { return Ok(None) };
     // R = J L J; Ú + I = R with column j divided by R[j, j] = L[n−1−j, n−1−j].
     let pivots: Vec<f32> = diagonal_of_l.iter().rev().map(|&d| d as f32).collect();
     let unit_upper = l.flip([0, 1]) / upload(&pivots, [1, n], device);
@@ -310,31 +309,46 @@ fn host_ldl_factor(h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -
     Some((unit_upper.data.iter().map(|&v| v as f32).collect(), d.iter().map(|d| d.sqrt() as f32).collect()))
 }
 
+/// The GPU's lower Cholesky factor of the symmetric `a` (`[n, n]` row-major, f32), the one
+/// GPTQ's GPU factorization uses: `L` (row-major, zero above the diagonal) and its diagonal, or
+/// `None` when `a` is not positive definite in f32 (`tests/hessian_rounding_gpu.rs` against faer).
+pub async fn cholesky_on_gpu(a: &[f32], n: usize, device: &Device) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    let Some((l, diagonal)) = cholesky(upload(a, [n, n], device), n).await? else { return Ok(None) };
+    Ok(Some((download(l).await?, diagonal.iter().map(|&d| d as f32).collect())))
+}
+
 /// The lower Cholesky factor of the symmetric `a` (`[n, n]`, consumed) and its diagonal, blocked
-/// right-looking: each diagonal block factored on the host in f64, the panel below it solved and
-/// the trailing matrix updated by matmuls on the GPU. `None` when a block is not positive
-/// definite.
-async fn cholesky(a: Tensor<2>, n: usize, device: &Device) -> Result<Option<(Tensor<2>, Vec<f64>)>> {
-    let mut a = a;
-    let mut diagonal = vec![0.0; n];
+/// right-looking and queued whole on the GPU (`shaders/cholesky.wgsl`): each 64-wide diagonal
+/// block factored by one workgroup, the panel below it solved by a kernel, the trailing matrix
+/// updated by a matmul. The pivots come back once, at the end: `None` when one is not positive.
+async fn cholesky(a: Tensor<2>, n: usize) -> Result<Option<(Tensor<2>, Vec<f64>)>> {
+    let mut a = contiguous(a)?;
+    let client = a.client.clone();
+    let pivots = client.empty(n * 4);
     for k0 in (0..n).step_by(PANEL) {
         let k1 = (k0 + PANEL).min(n);
-        let b = k1 - k0;
-        let block = download(a.clone().slice([k0..k1, k0..k1])).await?;
-        let Some(l11) = cholesky_lower(&Square::from_f32(b, &block)?) else { return Ok(None) };
-        (0..b).for_each(|i| diagonal[k0 + i] = l11.at(i, i));
-        let as_f32 = |m: &Square| m.data.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-        a = a.slice_assign([k0..k1, k0..k1], upload(&as_f32(&l11), [b, b], device));
+        let params = [n, k0, k1 - k0].map(|v| v as u32);
+        // The kernels write into `a` in place: a buffer nothing else holds.
+        if !a.can_mut() {
+            a = burn::backend::wgpu::into_contiguous(a.copy());
+        }
+        crate::fused::launch(&client, CholeskyStep { panel: false }, PANEL as u32, (1, 1), [a.handle.clone(), pivots.clone()], &params);
         if k1 < n {
-            // A21 = L21 L11ᵀ, so L21 = A21 L11⁻ᵀ; then A22 −= L21 L21ᵀ.
-            let inverse_transposed = upload(&as_f32(&lower_inverse(&l11).transpose()), [b, b], device);
-            let l21 = model_matmul(a.clone().slice([k1..n, k0..k1]), inverse_transposed);
-            let trailing = a.clone().slice([k1..n, k1..n]) - model_matmul(l21.clone(), l21.clone().transpose());
-            a = a.slice_assign([k1..n, k0..k1], l21).slice_assign([k1..n, k1..n], trailing);
+            crate::fused::launch(&client, CholeskyStep { panel: true }, PANEL as u32, ((n - k1).div_ceil(PANEL), 1), [a.handle.clone(), pivots.clone()], &params);
+            // A22 −= L21 L21ᵀ.
+            let whole = Tensor::<2>::from_primitive::<Wgpu>(a);
+            let l21 = whole.clone().slice([k1..n, k0..k1]);
+            let trailing = whole.clone().slice([k1..n, k1..n]) - model_matmul(l21.clone(), l21.transpose());
+            a = contiguous(whole.slice_assign([k1..n, k1..n], trailing))?;
         }
     }
+    let pivots = CubeTensor::new_contiguous(client, a.device.clone(), Shape::new([n]), pivots, DType::F32);
+    let pivots = download(Tensor::<1>::from_primitive::<Wgpu>(pivots)).await?;
+    if !pivots.iter().all(|p| *p > 0.0 && p.is_finite()) {
+        return Ok(None);
+    }
     // The strictly upper part still holds the input.
-    Ok(Some((a.tril(0), diagonal)))
+    Ok(Some((Tensor::<2>::from_primitive::<Wgpu>(a).tril(0), pivots.iter().map(|&p| f64::from(p)).collect())))
 }
 
 /// What the row loop found: each weight's code (rows in processing order, into the tables
@@ -472,6 +486,26 @@ fn gptq_state(weights: &[f32], targets: &[f32], block: &[f32], m: usize) -> Vec<
 
 fn contiguous<const D: usize>(t: Tensor<D>) -> Result<CubeTensor> {
     Ok(burn::backend::wgpu::into_contiguous(primitive(t)?))
+}
+
+/// `shaders/cholesky.wgsl`: a diagonal block's factor, or the panel below it.
+#[derive(Debug)]
+struct CholeskyStep {
+    panel: bool,
+}
+
+impl KernelSource for CholeskyStep {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(include_str!("../../../shaders/cholesky.wgsl")).register("panel", self.panel.to_string())
+    }
+
+    fn id(&self) -> KernelId {
+        kernel_id::<Self>().info(self.panel)
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
 }
 
 /// `shaders/ldl_round_rows.wgsl`.

@@ -23,7 +23,7 @@ pub use burn;
 pub use device::{gpu_device, open_gpu, Gpu};
 pub use error::{ModelError, Result};
 pub use eval::{perplexity, EvalSettings};
-pub use hessian_rounding::{Factorization, GpuRounder};
+pub use hessian_rounding::{cholesky_on_gpu, Factorization, GpuRounder};
 pub use hessian::{hessians, quantize_sequential, HessianSettings, LayerHessian};
 pub use fisher::{fisher, fisher_into, fisher_windows, sample_starts, FisherRun, FisherSettings};
 pub use lutlab_core::fisher_file::{FisherDiagonal, FisherMeta};
