@@ -24,6 +24,12 @@ impl Gpu {
         format!("{name} ({:?}, {:?})", info.backend, info.device_type)
     }
 
+    /// Whether the adapter runs on the CPU (lavapipe, SwiftShader), where some work is better
+    /// left to the host.
+    pub fn is_cpu(&self) -> bool {
+        self.setup.adapter.get_info().device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu
+    }
+
     /// Whether shaders can compute in f16 (`--dtype f16`): WGSL's `shader-f16` (most native GPUs,
     /// lavapipe; not SwiftShader). WGSL has no bf16 at all.
     pub fn has_f16(&self) -> bool {

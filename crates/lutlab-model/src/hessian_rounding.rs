@@ -6,9 +6,8 @@
 //! Both methods run in QuIP's LDL form (Theorem 6: LDLQ and GPTQ round alike), which needs one
 //! Cholesky factor and no inverse: with `J` the reversal, `J H J = L Lᵀ` gives `H = R Rᵀ` for the
 //! upper `R = J L J`, and `H = (Ú + I) D (Ú + I)ᵀ` with `Ú + I = R` with each column divided by its
-//! pivot, `D` the pivots squared. Natively the factor comes from faer on the host (f64, every
-//! core) and goes up once; in the page it is blocked on the GPU and queued whole (no read-back
-//! between its steps; [`Factorization`]). The rows are then rounded in batches of `blocksize` by `shaders/ldl_round_rows.wgsl`,
+//! pivot, `D` the pivots squared. The factor is blocked on the GPU and queued whole, no read-back
+//! between its steps (or, on a native CPU adapter, computed by faer on the host; [`Factorization`]). The rows are then rounded in batches of `blocksize` by `shaders/ldl_round_rows.wgsl`,
 //! each batch's errors reaching the later rows in one matmul.
 //!
 //! The proxy loss comes out of the rounding itself: with `e` the targets' rounding errors,
@@ -49,35 +48,34 @@ pub struct GpuRounder {
 /// Where the Hessian is factored before the GPU's row loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Factorization {
-    /// faer, f64, on every core, then one upload: natively the default, since the GPU's blocked
-    /// form reads back each 256-wide diagonal block, and each read-back waits for everything
-    /// queued before it (the other layers of the step included).
+    /// faer, f64, on every core, then one upload.
     Host,
-    /// Blocked on the GPU ([`cholesky`]): in the page, whose host has one thread.
+    /// Blocked and queued whole on the GPU ([`cholesky`], f32 as GPTQ's own code).
     Gpu,
 }
 
 impl Factorization {
-    /// Host natively (`LUTLAB_GPTQ_FACTOR=gpu` picks the GPU, for benchmarks), GPU in the page.
-    pub fn default_here() -> Self {
+    /// On the GPU, except on a native CPU adapter (lavapipe), where faer on the host is faster;
+    /// `LUTLAB_GPTQ_FACTOR=gpu|host` overrides it natively (benchmarks).
+    pub fn default_for(gpu: &Gpu) -> Self {
         #[cfg(not(target_arch = "wasm32"))]
-        {
-            match std::env::var("LUTLAB_GPTQ_FACTOR").as_deref() {
-                Ok("gpu") => Factorization::Gpu,
-                _ => Factorization::Host,
-            }
+        match std::env::var("LUTLAB_GPTQ_FACTOR").as_deref() {
+            Ok("gpu") => return Factorization::Gpu,
+            Ok("host") => return Factorization::Host,
+            _ => {}
         }
-        #[cfg(target_arch = "wasm32")]
-        {
+        if gpu.is_cpu() && !cfg!(target_arch = "wasm32") {
+            Factorization::Host
+        } else {
             Factorization::Gpu
         }
     }
 }
 
 impl GpuRounder {
-    /// A rounder factoring where [`Factorization::default_here`] says.
+    /// A rounder factoring where [`Factorization::default_for`] its GPU says.
     pub fn new(gpu: Gpu) -> Self {
-        Self { gpu, factorization: Factorization::default_here() }
+        Self { factorization: Factorization::default_for(&gpu), gpu }
     }
 
     /// Whether this case runs here (the CPU reference checks and refuses bad input itself).
