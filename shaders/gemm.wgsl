@@ -14,12 +14,19 @@
 // invocations per row; otherwise along m. {{b_n_fast}}: likewise for B along n, else along k.
 // {{upper_tiles}}: only the tiles on and above the diagonal are computed (a Gram matrix xᵀx, which
 // the host mirrors: half the work). {{accumulate}}: C += A·B, into C's existing values.
+//
+// Split K: a product of few tiles and a long K (Fisher's per-sample `xᵀ·∂y` over 1024 positions at
+// one window a pass) would leave most of the GPU idle, so the grid's z also splits K into `splits`
+// chunks of `chunk` (a multiple of 16): workgroup z computes batch z / splits over chunk z % splits
+// and writes its partial product to C's slot (z % splits) · batches + z / splits; the host sums
+// the slots.
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 // m, n, k, A's strides (row, col, outer batch), B's strides (row, col, outer batch), matrices per
-// outer batch (inner), A's and B's inner batch strides: batch z is (z / inner, z % inner).
+// outer batch (inner), A's and B's inner batch strides: batch z is (z / inner, z % inner); splits of
+// K, the chunk of K each takes, batches.
 @group(0) @binding(3) var<storage, read_write> p: array<u32>;
 
 const A_K_FAST: bool = {{a_k_fast}};
@@ -51,17 +58,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
     let m = p[0];
     let n = p[1];
-    let k = p[2];
+    let k_total = p[2];
     // The strides in registers: read once, not at every load.
     let a_row = p[3];
     let a_col = p[4];
     let b_row = p[6];
     let b_col = p[7];
-    let outer = wg.z / p[9];
-    let inner = wg.z % p[9];
-    let a_base = outer * p[5] + inner * p[10];
-    let b_base = outer * p[8] + inner * p[11];
-    let c_base = wg.z * m * n;
+    let splits = p[12];
+    let batch = wg.z / splits;
+    let split = wg.z % splits;
+    let outer = batch / p[9];
+    let inner = batch % p[9];
+    // This workgroup's K: k_first.. (the chunk's offset folded into the bases), `k` long.
+    let k_first = split * p[13];
+    let k = min(k_total - min(k_total, k_first), p[13]);
+    let a_base = outer * p[5] + inner * p[10] + k_first * a_col;
+    let b_base = outer * p[8] + inner * p[11] + k_first * b_row;
+    let c_base = (split * p[14] + batch) * m * n;
     let m0 = wg.y * 128u;
     let n0 = wg.x * 128u;
     let tx = lid.x;

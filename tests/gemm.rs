@@ -78,8 +78,9 @@ fn matmul_matches_the_cpu_on_odd_shapes_and_transposed_operands() {
     let device = gpu();
     let mut rng = SplitMix64::new(7);
     // (m, k, n): one partial tile, several tiles with ragged edges, K not a multiple of 16, a
-    // single row and column (the decode path's shapes).
-    for (m, k, n) in [(5, 3, 7), (130, 77, 259), (257, 136, 129), (1, 300, 1), (64, 8, 512)] {
+    // single row and column (the decode path's shapes); few tiles over a long K, which the kernel
+    // splits into chunks summed after (4 chunks of 288, the last 236 long; 8 of 512).
+    for (m, k, n) in [(5, 3, 7), (130, 77, 259), (257, 136, 129), (1, 300, 1), (64, 8, 512), (130, 1100, 70), (40, 4096, 200)] {
         let a = random(&mut rng, m * k);
         let b = random(&mut rng, k * n);
         let want = reference(&a, &b, 1, m, k, n);
@@ -115,6 +116,13 @@ fn matmul_matches_the_cpu_over_batches() {
     let xs: Vec<f32> = (0..b * h).flat_map(|z| (0..t * d).map(move |i| (z / h, z % h, i / d, i % d))).map(|(bi, hi, ti, di)| x[((bi * t + ti) * h + hi) * d + di]).collect();
     let want = reference(&xs, &v, b * h, t, d, 5);
     check("[b, t, h, d] view · v", matmul(x4, v4).reshape([b * h, t, 5]), &want);
+    // A batch of products over a K long enough to split (3 batches of 1 tile: 8 chunks each).
+    let (z, m, k, n) = (3, 20, 2100, 30);
+    let a = random(&mut rng, z * m * k);
+    let bm = random(&mut rng, z * k * n);
+    let want = reference(&a, &bm, z, m, k, n);
+    let up = |x: &[f32], shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(x.to_vec(), shape), &device);
+    check("batched, K split", matmul(up(&a, [z, m, k]), up(&bm, [z, k, n])), &want);
 }
 
 /// Whole models through each matmul (`same_logits_either_way`: GPT-2 and the trained Llama,
@@ -161,8 +169,12 @@ fn tracked_matmul_gives_the_gradients_of_burns() {
 }
 
 /// Fisher's diagonal (per-sample squared gradients, micro-batch 2: batched weight copies) of the
-/// shipped GPT-2 through our matmul and through burn's, within 1e-5 of its norm per tensor
-/// (f32 sums in another order; the PyTorch comparison in tests/fisher.rs allows 1e-3).
+/// shipped GPT-2 through our matmul and through burn's, within 1e-4 of its norm per tensor; the
+/// PyTorch comparison in tests/fisher.rs allows 1e-3. The two sum in the same order except where
+/// ours splits K (the head's gradient `∂logits · wte` over 50,257 words in 8 chunks, a sum that
+/// cancels almost to zero since softmax − one-hot sums to zero): measured on lavapipe 0 without
+/// the split (`LUTLAB_GEMM_SPLIT=0`), 7.5e-5 with it (block 0's `c_attn`, at the end of the
+/// backward chain).
 #[test]
 fn fisher_is_the_same_through_our_matmul_and_burns() {
     let _switch = switching();
@@ -182,7 +194,7 @@ fn fisher_is_the_same_through_our_matmul_and_burns() {
     for ((name, a), (_, b)) in ours.diagonal.tensors.iter().zip(&burn.diagonal.tensors) {
         let diff = norm(&mut a.data.iter().zip(&b.data).map(|(&x, &y)| f64::from(x) - f64::from(y)));
         let rel = diff / norm(&mut b.data.iter().map(|&v| f64::from(v)));
-        assert!(rel < 1e-5, "{name}: our matmul's Fisher differs from burn's by {rel:e} in norm");
+        assert!(rel < 1e-4, "{name}: our matmul's Fisher differs from burn's by {rel:e} in norm");
         worst = worst.max(rel);
     }
     let (la, lb) = (ours.diagonal.meta.mean_loss.unwrap(), burn.diagonal.meta.mean_loss.unwrap());

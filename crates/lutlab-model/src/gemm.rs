@@ -15,6 +15,7 @@
 
 use crate::lut_linear::{kernel_id, primitive};
 use burn::backend::wgpu::{into_contiguous, CubeTensor, KernelSource, SourceKernel, SourceTemplate};
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::Wgpu;
 use burn::tensor::{DType, Shape, Tensor};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
@@ -123,11 +124,17 @@ fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> R
         return Err(Box::new((a, b)));
     }
     let client = a.client.clone();
+    let tiles = batch * m.div_ceil(TILE) * n.div_ceil(TILE);
+    let splits = if gram_sum.is_some() { 1 } else { k_splits(tiles, k) };
+    let chunk = k.div_ceil(splits).next_multiple_of(16);
+    if batch * splits > MAX_GROUPS {
+        return Err(Box::new((a, b)));
+    }
     let c = match gram_sum {
         Some(sum) => sum.handle.clone(),
-        None => client.empty(batch * m * n * 4),
+        None => client.empty(splits * batch * m * n * 4),
     };
-    let params: [u32; 12] = [m, n, k, la.row, la.col, la.outer_stride, lb.row, lb.col, lb.outer_stride, la.inner, la.inner_stride, lb.inner_stride].map(|v| v as u32);
+    let params: [u32; 15] = [m, n, k, la.row, la.col, la.outer_stride, lb.row, lb.col, lb.outer_stride, la.inner, la.inner_stride, lb.inner_stride, splits, chunk, batch].map(|v| v as u32);
     let arguments = KernelArguments::new()
         .with_buffer(a.handle.clone().binding())
         .with_buffer(b.handle.clone().binding())
@@ -135,12 +142,34 @@ fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> R
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
     let gram = gram_sum.is_some();
     let kernel = GemmKernel { a_k_fast: la.col == 1, b_n_fast: lb.col == 1, upper_tiles: gram, accumulate: gram };
-    let grid = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32);
+    let grid = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, (batch * splits) as u32);
     client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_2d(16, 16))), grid, arguments);
     let mut dims = a.meta.shape().as_slice().to_vec();
     let last = dims.len() - 1;
     dims[last] = n;
-    Ok(CubeTensor::new_contiguous(client, a.device.clone(), Shape::from(dims), c, DType::F32))
+    if splits == 1 {
+        return Ok(CubeTensor::new_contiguous(client, a.device.clone(), Shape::from(dims), c, DType::F32));
+    }
+    // The chunks' partial products summed.
+    let partial = CubeTensor::new_contiguous(client, a.device.clone(), Shape::new([splits, batch * m * n]), c, DType::F32);
+    Ok(Wgpu::float_reshape(Wgpu::float_sum_dim(partial, 0), Shape::from(dims)))
+}
+
+/// Workgroups a product should fill the GPU with: a few per multiprocessor of a large GPU (an
+/// H100 has 132).
+const TARGET_WORKGROUPS: usize = 256;
+/// The least K a chunk of a split product takes (16 slices of 16).
+const MIN_CHUNK: usize = 256;
+
+/// Into how many chunks to split the K of a product of `tiles` output tiles: enough to reach
+/// [`TARGET_WORKGROUPS`], each chunk at least [`MIN_CHUNK`] long, and at most 8 (each chunk's
+/// partial product is written and summed). `LUTLAB_GEMM_SPLIT=0` turns it off natively (benchmarks).
+fn k_splits(tiles: usize, k: usize) -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    if std::env::var("LUTLAB_GEMM_SPLIT").as_deref() == Ok("0") {
+        return 1;
+    }
+    TARGET_WORKGROUPS.div_ceil(tiles).min(k / MIN_CHUNK).clamp(1, 8)
 }
 
 /// The operand as the kernel can read it: a storage-tiled buffer (whose strides order tiles, not
