@@ -125,7 +125,11 @@ fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> R
     }
     let client = a.client.clone();
     let tiles = batch * m.div_ceil(TILE) * n.div_ceil(TILE);
-    let splits = if gram_sum.is_some() { 1 } else { k_splits(tiles, k) };
+    // Split only where the partial products still have u32 indices.
+    let splits = match gram_sum {
+        None if k_splits(tiles, k) * batch * m * n <= u32::MAX as usize => k_splits(tiles, k),
+        _ => 1,
+    };
     let chunk = k.div_ceil(splits).next_multiple_of(16);
     if batch * splits > MAX_GROUPS {
         return Err(Box::new((a, b)));
@@ -166,8 +170,11 @@ const MIN_CHUNK: usize = 256;
 /// partial product is written and summed). `LUTLAB_GEMM_SPLIT=0` turns it off natively (benchmarks).
 fn k_splits(tiles: usize, k: usize) -> usize {
     #[cfg(not(target_arch = "wasm32"))]
-    if std::env::var("LUTLAB_GEMM_SPLIT").as_deref() == Ok("0") {
-        return 1;
+    {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *OFF.get_or_init(|| std::env::var("LUTLAB_GEMM_SPLIT").as_deref() == Ok("0")) {
+            return 1;
+        }
     }
     TARGET_WORKGROUPS.div_ceil(tiles).min(k / MIN_CHUNK).clamp(1, 8)
 }

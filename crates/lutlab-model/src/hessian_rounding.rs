@@ -7,8 +7,9 @@
 //! Cholesky factor and no inverse: with `J` the reversal, `J H J = L Lᵀ` gives `H = R Rᵀ` for the
 //! upper `R = J L J`, and `H = (Ú + I) D (Ú + I)ᵀ` with `Ú + I = R` with each column divided by its
 //! pivot, `D` the pivots squared. The factor is blocked on the GPU and queued whole, no read-back
-//! between its steps (or, on a native CPU adapter, computed by faer on the host; [`Factorization`]). The rows are then rounded in batches of `blocksize` by `shaders/ldl_round_rows.wgsl`,
-//! each batch's errors reaching the later rows in one matmul.
+//! between its steps (or, on a native CPU adapter, computed by faer on the host;
+//! [`Factorization`]). The rows are then rounded in batches of `blocksize` by
+//! `shaders/ldl_round_rows.wgsl`, each batch's errors reaching the later rows in one matmul.
 //!
 //! The proxy loss comes out of the rounding itself: with `e` the targets' rounding errors,
 //! `Δᵀ (H + λI) Δ = Σ_k D_k e_k²` exactly, so `tr(ΔW H ΔWᵀ)` is that sum less the damping's share
