@@ -169,12 +169,12 @@ fn tracked_matmul_gives_the_gradients_of_burns() {
 }
 
 /// Fisher's diagonal (per-sample squared gradients, micro-batch 2: batched weight copies) of the
-/// shipped GPT-2 through our matmul and through burn's, within 1e-4 of its norm per tensor; the
-/// PyTorch comparison in tests/fisher.rs allows 1e-3. The two sum in the same order except where
+/// shipped GPT-2 through our matmul and through burn's, within 1e-3 of its norm per tensor, the
+/// bound of the PyTorch comparison in tests/fisher.rs. The two sum in the same order except where
 /// ours splits K (the head's gradient `∂logits · wte` over 50,257 words in 8 chunks, a sum that
 /// cancels almost to zero since softmax − one-hot sums to zero): measured on lavapipe 0 without
 /// the split (`LUTLAB_GEMM_SPLIT=0`), 7.5e-5 with it (block 0's `c_attn`, at the end of the
-/// backward chain).
+/// backward chain); in Chromium 2.6e-4 (tests/e2e/gpu-kernels.test.mjs).
 #[test]
 fn fisher_is_the_same_through_our_matmul_and_burns() {
     let _switch = switching();
@@ -194,7 +194,7 @@ fn fisher_is_the_same_through_our_matmul_and_burns() {
     for ((name, a), (_, b)) in ours.diagonal.tensors.iter().zip(&burn.diagonal.tensors) {
         let diff = norm(&mut a.data.iter().zip(&b.data).map(|(&x, &y)| f64::from(x) - f64::from(y)));
         let rel = diff / norm(&mut b.data.iter().map(|&v| f64::from(v)));
-        assert!(rel < 1e-4, "{name}: our matmul's Fisher differs from burn's by {rel:e} in norm");
+        assert!(rel < 1e-3, "{name}: our matmul's Fisher differs from burn's by {rel:e} in norm");
         worst = worst.max(rel);
     }
     let (la, lb) = (ours.diagonal.meta.mean_loss.unwrap(), burn.diagonal.meta.mean_loss.unwrap());

@@ -71,8 +71,11 @@ test("Fisher runs on the GPU kernels in the browser and gives burn's diagonal", 
   }
   console.log(`Fisher on the GPU kernels vs burn's: mean loss ${ours.report.mean_loss} vs ${burns.report.mean_loss}, worst relative difference in norm ${worst.toExponential(2)} over ${ours.tensors.size} tensors`);
   assert.equal(ours.tensors.size, burns.tensors.size);
-  // f32 sums in another order (tests/gemm.rs bounds the native comparison at 1e-5).
-  assert.ok(worst < 1e-5, `Fisher differs by ${worst} in norm`);
+  // f32 sums in another order: our matmul splits the K of products with few output tiles (the
+  // head's gradient over the 50,257-word vocabulary, a sum that cancels almost to zero) into
+  // chunks. Measured here when the split came in: 2.6e-4 (1.23e-6 before it); the bound is
+  // tests/fisher.rs's against PyTorch.
+  assert.ok(worst < 1e-3, `Fisher differs by ${worst} in norm`);
   assert.ok(relative(ours.report.mean_loss, burns.report.mean_loss) < 1e-6);
   assert.ok(!page.consoleLog.some((line) => /error/i.test(line)), page.consoleLog.join('\n'));
 });

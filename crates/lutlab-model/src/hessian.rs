@@ -120,7 +120,14 @@ pub async fn quantize_sequential(
             let _shared: Vec<ShareFactors> = hessians.iter().filter(|(g, _)| groups[*g].len() > 1).map(|(_, h)| ShareFactors::new(h)).collect();
             let host = profile::start();
             let results = map_ranges(jobs.len(), |range| {
-                range.map(|j| quantize(LayerHessian { block: i, linear: jobs[j].0, name: &names[jobs[j].0], hessian: jobs[j].1 })).collect::<Vec<_>>()
+                range
+                    .map(|j| {
+                        let layer = profile::start();
+                        let quantized = quantize(LayerHessian { block: i, linear: jobs[j].0, name: &names[jobs[j].0], hessian: jobs[j].1 });
+                        profile::stop("host: a layer quantized (summed over the step's layers)", layer);
+                        quantized
+                    })
+                    .collect::<Vec<_>>()
             });
             profile::stop("host: the step's layers (grid, rounding, report), concurrently", host);
             let replace = profile::start();
@@ -212,6 +219,7 @@ impl InputHessians {
             let Some(sum) = sum else { continue };
             let n = sum.dims()[0];
             let values = download(sum).await?;
+            let widen = profile::start();
             let name = &names[groups[g].start];
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(ModelError::Gpu(format!("the Hessian of `{name}` has a non-finite entry at ({}, {}): the activations reaching it are not finite", i / n, i % n)));
@@ -225,6 +233,7 @@ impl InputHessians {
                     row.iter_mut().enumerate().for_each(|(j, v)| *v = f64::from(values[i.min(j) * n + i.max(j)]) * scale);
                 }
             });
+            profile::stop("GPU: … of which the Hessians checked and widened to f64 on the host", widen);
             out.push((g, Square { n, data }));
         }
         Ok(out)

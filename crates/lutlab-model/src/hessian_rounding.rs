@@ -99,7 +99,8 @@ impl GpuRounder {
                     && uniform.levels() <= 256
             }
         };
-        let fits = (rows * rows * 4) as u64 <= self.gpu.max_binding_bytes() && rows < 1 << 16;
+        // An empty layer has nothing to round (and a GPU buffer of no bytes is an error).
+        let fits = rows > 0 && cols > 0 && (rows * rows * 4) as u64 <= self.gpu.max_binding_bytes() && rows < 1 << 16;
         matches!(settings.feedback, Feedback::Gptq | Feedback::Ldlq)
             && settings.greedy_passes == 0
             && settings.blocksize > 0
@@ -217,6 +218,7 @@ pub async fn round_on_gpu(device: &Device, factorization: Factorization, weights
         let rounded = round_rows(device, &w, n, cols, &order, ldl.clone(), pivots, &row_tables, settings.blocksize).await?;
         profile::stop("host: GPU rounding: row loop", phase);
         // Back to the original row order, and the proxy loss against the undamped `H`.
+        let phase = profile::start();
         let tables = match &row_tables {
             RowTables::Fixed { tables, .. } => tables,
             RowTables::Fitted { .. } => rounded.fitted_tables.as_slice(),
@@ -238,6 +240,7 @@ pub async fn round_on_gpu(device: &Device, factorization: Factorization, weights
             }
         }
         let proxy_loss = (rounded.loss.iter().map(|&l| f64::from(l)).sum::<f64>() - lambda * damping - dead_share).max(0.0);
+        profile::stop("host: GPU rounding: codes gathered, proxy loss", phase);
         let groups = static_fit.map(|fit| FittedGroups { scales: fit.scales, zero_points: fit.zero_points }).or(rounded.fitted);
         return Ok(Rounded { codes: out_codes, values, proxy_loss, groups });
     }
@@ -273,6 +276,7 @@ async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, d
         return Ok(host_ldl_factor(h, diagonal, lambda, order).map(|(unit_upper, pivots)| (upload(&unit_upper, [h.n, h.n], device), pivots)));
     }
     let n = h.n;
+    let phase = profile::start();
     // J H J in processing order: row i is original row order[n − 1 − i].
     let reversed: Vec<usize> = order.iter().rev().copied().collect();
     let mut p = vec![0f32; n * n];
@@ -284,7 +288,9 @@ async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, d
             }
         }
     });
-    let Some((l, diagonal_of_l)) = cholesky(upload(&p, [n, n], device), n).await? else { return Ok(None) };
+    let p = upload(&p, [n, n], device);
+    profile::stop("host: GPU rounding: … of which the damped Hessian ordered and uploaded", phase);
+    let Some((l, diagonal_of_l)) = cholesky(p, n).await? else { return Ok(None) };
     // R = J L J; Ú + I = R with column j divided by R[j, j] = L[n−1−j, n−1−j].
     let pivots: Vec<f32> = diagonal_of_l.iter().rev().map(|&d| d as f32).collect();
     let unit_upper = l.flip([0, 1]) / upload(&pivots, [1, n], device);

@@ -15,7 +15,17 @@ pub fn lutlab(args: &[&str]) -> Output {
 
 /// Runs `lutlab args…`, which must succeed and print one JSON object.
 pub fn lutlab_json(args: &[&str]) -> Value {
-    let out = lutlab(args);
+    json_of(args, lutlab(args))
+}
+
+/// [`lutlab_json`] with these environment variables set for the run.
+#[allow(dead_code)] // not every test file sets one
+pub fn lutlab_json_with(env: &[(&str, &str)], args: &[&str]) -> Value {
+    json_of(args, Command::new(env!("CARGO_BIN_EXE_lutlab")).args(args).envs(env.iter().copied()).output().expect("runs lutlab"))
+}
+
+/// The one JSON object a successful run printed.
+fn json_of(args: &[&str], out: Output) -> Value {
     assert!(out.status.success(), "lutlab {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lutlab {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
