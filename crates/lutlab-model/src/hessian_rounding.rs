@@ -292,7 +292,7 @@ async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, d
     profile::stop("host: GPU rounding: … of which the damped Hessian ordered and uploaded", phase);
     let Some((l, diagonal_of_l)) = cholesky(p, n).await? else { return Ok(None) };
     // R = J L J; Ú + I = R with column j divided by R[j, j] = L[n−1−j, n−1−j].
-    let pivots: Vec<f32> = diagonal_of_l.iter().rev().map(|&d| d as f32).collect();
+    let pivots: Vec<f32> = diagonal_of_l.iter().rev().copied().collect();
     let unit_upper = l.flip([0, 1]) / upload(&pivots, [1, n], device);
     Ok(Some((unit_upper, pivots)))
 }
@@ -319,14 +319,14 @@ fn host_ldl_factor(h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -
 /// `None` when `a` is not positive definite in f32 (`tests/hessian_rounding_gpu.rs` against faer).
 pub async fn cholesky_on_gpu(a: &[f32], n: usize, device: &Device) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
     let Some((l, diagonal)) = cholesky(upload(a, [n, n], device), n).await? else { return Ok(None) };
-    Ok(Some((download(l).await?, diagonal.iter().map(|&d| d as f32).collect())))
+    Ok(Some((download(l).await?, diagonal)))
 }
 
 /// The lower Cholesky factor of the symmetric `a` (`[n, n]`, consumed) and its diagonal, blocked
 /// right-looking and queued whole on the GPU (`shaders/cholesky.wgsl`): each 64-wide diagonal
 /// block factored by one workgroup, the panel below it solved by a kernel, the trailing matrix
 /// updated by a matmul. The pivots come back once, at the end: `None` when one is not positive.
-async fn cholesky(a: Tensor<2>, n: usize) -> Result<Option<(Tensor<2>, Vec<f64>)>> {
+async fn cholesky(a: Tensor<2>, n: usize) -> Result<Option<(Tensor<2>, Vec<f32>)>> {
     let mut a = contiguous(a)?;
     let client = a.client.clone();
     let pivots = client.empty(n * 4);
@@ -353,7 +353,7 @@ async fn cholesky(a: Tensor<2>, n: usize) -> Result<Option<(Tensor<2>, Vec<f64>)
         return Ok(None);
     }
     // The strictly upper part still holds the input.
-    Ok(Some((Tensor::<2>::from_primitive::<Wgpu>(a).tril(0), pivots.iter().map(|&p| f64::from(p)).collect())))
+    Ok(Some((Tensor::<2>::from_primitive::<Wgpu>(a).tril(0), pivots)))
 }
 
 /// What the row loop found: each weight's code (rows in processing order, into the tables
