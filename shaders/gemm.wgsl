@@ -5,13 +5,18 @@
 // A workgroup of 16 × 16 invocations computes a 128 × 128 tile of C, each invocation 8 × 8
 // outputs held in registers: rows ty·4 + i and 64 + ty·4 + i, columns tx·4 + j and 64 + tx·4 + j,
 // so that neighbouring invocations read neighbouring vec4s of workgroup memory (no bank
-// conflicts). K goes by slices of 16: each invocation loads 8 values of A's and 8 of B's slice into
-// registers while the previous slice is multiplied, then stores them to workgroup memory (A
-// transposed: both operands are then read along m and n). 16 KiB of workgroup memory, WebGPU's
-// limit: the deeper the slice, the fewer barriers per multiply-add.
+// conflicts). K goes by slices of {{slice}} (16 fits WebGPU's default 16 KiB of workgroup memory; 32,
+// where the adapter gives 32 KiB, halves the barriers per multiply-add): each invocation loads
+// its share of A's and B's slice into registers while the previous slice is multiplied, then
+// stores it to workgroup memory (A transposed: both operands are then read along m and n).
+// Every output sums its K in order, so the slice depth and the loads' width leave the result
+// bit for bit the same.
 //
-// {{a_k_fast}}: A's k index is the contiguous one (stride 1), so a slice is loaded two
-// invocations per row; otherwise along m. {{b_n_fast}}: likewise for B along n, else along k.
+// Loads go by quads, four values along the operand's contiguous index. {{a_k_fast}}: A's k
+// index is the contiguous one (stride 1), so a slice is loaded two invocations per row; otherwise
+// along m. {{b_n_fast}}: likewise for B along n, else along k. {{a_vec4}} / {{b_vec4}}: the
+// operand is bound as vec4s (its contiguous extent and other strides multiples of 4), so a quad
+// is one 16-byte load and one bounds check instead of four.
 // {{upper_tiles}}: only the tiles on and above the diagonal are computed (a Gram matrix xᵀx, which
 // the host mirrors: half the work). {{accumulate}}: C += A·B, into C's existing values.
 //
@@ -21,8 +26,8 @@
 // and writes its partial product to C's slot (z % splits) · batches + z / splits; the host sums
 // the slots.
 
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@group(0) @binding(0) var<storage, read_write> a: array<{{a_elem}}>;
+@group(0) @binding(1) var<storage, read_write> b: array<{{b_elem}}>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 // m, n, k, A's strides (row, col, outer batch), B's strides (row, col, outer batch), matrices per
 // outer batch (inner), A's and B's inner batch strides: batch z is (z / inner, z % inner); splits of
@@ -31,23 +36,105 @@
 
 const A_K_FAST: bool = {{a_k_fast}};
 const B_N_FAST: bool = {{b_n_fast}};
+const A_VEC4: bool = {{a_vec4}};
+const B_VEC4: bool = {{b_vec4}};
 
 const UPPER_TILES: bool = {{upper_tiles}};
 const ACCUMULATE: bool = {{accumulate}};
 
-const BK: u32 = 16u;
+const BK: u32 = {{slice}}u;
+// Quads of each operand an invocation loads per slice (128 × BK values over 256 invocations).
+const QUADS: u32 = BK / 8u;
 
-var<workgroup> sa: array<vec4<f32>, 512>; // [16 k][128 m] as vec4s along m
-var<workgroup> sb: array<vec4<f32>, 512>; // [16 k][128 n] as vec4s along n
+var<workgroup> sa: array<vec4<f32>, BK * 32u>; // [BK k][128 m] as vec4s along m
+var<workgroup> sb: array<vec4<f32>, BK * 32u>; // [BK k][128 n] as vec4s along n
 var<workgroup> slice_count: u32;
 
-// Where invocation `li` loads value j (of 8) of a 128 × 16 slice: (index along m or n, along k),
-// neighbouring invocations reading neighbouring elements along the contiguous index.
-fn slot(li: u32, j: u32, mn_fast: bool) -> vec2<u32> {
+// The operands' geometry, set once at the start of `main`.
+var<private> m: u32;
+var<private> n: u32;
+var<private> k: u32;
+var<private> a_base: u32;
+var<private> a_row: u32;
+var<private> a_col: u32;
+var<private> b_base: u32;
+var<private> b_row: u32;
+var<private> b_col: u32;
+var<private> m0: u32;
+var<private> n0: u32;
+
+// Element i of an operand, and the four from i on (i a multiple of 4 where it is bound as vec4s).
+fn a_one(i: u32) -> f32 { return {{a_one}}; }
+fn a_four(i: u32) -> vec4<f32> { return {{a_four}}; }
+fn b_one(i: u32) -> f32 { return {{b_one}}; }
+fn b_four(i: u32) -> vec4<f32> { return {{b_four}}; }
+
+// Where quad q of invocation `li`'s share of a 128 × BK slice starts: (index along m or n, along
+// k), the quad running along the contiguous index and neighbouring invocations reading
+// neighbouring quads.
+fn quad_at(li: u32, q: u32, mn_fast: bool) -> vec2<u32> {
     if mn_fast {
-        return vec2<u32>((li % 32u) * 4u + j % 4u, li / 32u + 8u * (j / 4u));
+        return vec2<u32>((li % 32u) * 4u, li / 32u + 8u * q);
     }
-    return vec2<u32>(li / 2u, (li % 2u) * 8u + j);
+    return vec2<u32>(li / 2u, (li % 2u) * (BK / 2u) + 4u * q);
+}
+
+// Quad q of A's slice from k0 on, zeros outside A.
+fn load_a(li: u32, q: u32, k0: u32) -> vec4<f32> {
+    let at = quad_at(li, q, !A_K_FAST);
+    let row = m0 + at.x;
+    let col = k0 + at.y;
+    var v = vec4<f32>();
+    if A_VEC4 {
+        // The contiguous extent is a multiple of 4: the quad is inside A whole or not at all.
+        if row < m && col < k {
+            v = a_four(a_base + row * a_row + col * a_col);
+        }
+        return v;
+    }
+    for (var e = 0u; e < 4u; e++) {
+        let r = select(row + e, row, A_K_FAST);
+        let c = select(col, col + e, A_K_FAST);
+        if r < m && c < k {
+            v[e] = a_one(a_base + r * a_row + c * a_col);
+        }
+    }
+    return v;
+}
+
+// Quad q of B's slice from k0 on, zeros outside B.
+fn load_b(li: u32, q: u32, k0: u32) -> vec4<f32> {
+    let at = quad_at(li, q, B_N_FAST);
+    let col = n0 + at.x;
+    let row = k0 + at.y;
+    var v = vec4<f32>();
+    if B_VEC4 {
+        if col < n && row < k {
+            v = b_four(b_base + row * b_row + col * b_col);
+        }
+        return v;
+    }
+    for (var e = 0u; e < 4u; e++) {
+        let r = select(row + e, row, B_N_FAST);
+        let c = select(col, col + e, B_N_FAST);
+        if c < n && r < k {
+            v[e] = b_one(b_base + r * b_row + c * b_col);
+        }
+    }
+    return v;
+}
+
+// A quad into workgroup memory ([k][m or n]): one vec4 where it runs along m or n, else four
+// values down k.
+fn stage(li: u32, q: u32, v: vec4<f32>, mn_fast: bool, into_a: bool) {
+    let at = quad_at(li, q, mn_fast);
+    if mn_fast {
+        if into_a { sa[at.y * 32u + at.x / 4u] = v; } else { sb[at.y * 32u + at.x / 4u] = v; }
+        return;
+    }
+    for (var e = 0u; e < 4u; e++) {
+        if into_a { sa[(at.y + e) * 32u + at.x / 4u][at.x % 4u] = v[e]; } else { sb[(at.y + e) * 32u + at.x / 4u][at.x % 4u] = v[e]; }
+    }
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -56,14 +143,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     if UPPER_TILES && wg.y > wg.x {
         return;
     }
-    let m = p[0];
-    let n = p[1];
+    m = p[0];
+    n = p[1];
     let k_total = p[2];
-    // The strides in registers: read once, not at every load.
-    let a_row = p[3];
-    let a_col = p[4];
-    let b_row = p[6];
-    let b_col = p[7];
+    a_row = p[3];
+    a_col = p[4];
+    b_row = p[6];
+    b_col = p[7];
     let splits = p[12];
     let batch = wg.z / splits;
     let split = wg.z % splits;
@@ -71,12 +157,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let inner = batch % p[9];
     // This workgroup's K: k_first.. (the chunk's offset folded into the bases), `k` long.
     let k_first = split * p[13];
-    let k = min(k_total - min(k_total, k_first), p[13]);
-    let a_base = outer * p[5] + inner * p[10] + k_first * a_col;
-    let b_base = outer * p[8] + inner * p[11] + k_first * b_row;
+    k = min(k_total - min(k_total, k_first), p[13]);
+    a_base = outer * p[5] + inner * p[10] + k_first * a_col;
+    b_base = outer * p[8] + inner * p[11] + k_first * b_row;
     let c_base = (split * p[14] + batch) * m * n;
-    let m0 = wg.y * 128u;
-    let n0 = wg.x * 128u;
+    m0 = wg.y * 128u;
+    n0 = wg.x * 128u;
     let tx = lid.x;
     let ty = lid.y;
     let li = ty * 16u + tx;
@@ -86,8 +172,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var acc8 = vec4<f32>(); var acc9 = vec4<f32>(); var acc10 = vec4<f32>(); var acc11 = vec4<f32>();
     var acc12 = vec4<f32>(); var acc13 = vec4<f32>(); var acc14 = vec4<f32>(); var acc15 = vec4<f32>();
 
-    var ra: array<f32, 8>;
-    var rb: array<f32, 8>;
+    var ra: array<vec4<f32>, QUADS>;
+    var rb: array<vec4<f32>, QUADS>;
     // The slice count, made provably uniform for the barriers in the loop (browsers check: a
     // value read from a read_write buffer is not uniform to them).
     if li == 0u {
@@ -95,39 +181,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
     let slices = workgroupUniformLoad(&slice_count);
     // The first slice into registers.
-    for (var j = 0u; j < 8u; j++) {
-        let s = slot(li, j, !A_K_FAST);
-        if m0 + s.x < m && s.y < k {
-            ra[j] = a[a_base + (m0 + s.x) * a_row + s.y * a_col];
-        }
-        let t = slot(li, j, B_N_FAST);
-        if n0 + t.x < n && t.y < k {
-            rb[j] = b[b_base + t.y * b_row + (n0 + t.x) * b_col];
-        }
+    for (var q = 0u; q < QUADS; q++) {
+        ra[q] = load_a(li, q, 0u);
+        rb[q] = load_b(li, q, 0u);
     }
     for (var slice = 0u; slice < slices; slice++) {
         workgroupBarrier();
-        for (var j = 0u; j < 8u; j++) {
-            let s = slot(li, j, !A_K_FAST);
-            sa[s.y * 32u + s.x / 4u][s.x % 4u] = ra[j];
-            let t = slot(li, j, B_N_FAST);
-            sb[t.y * 32u + t.x / 4u][t.x % 4u] = rb[j];
+        for (var q = 0u; q < QUADS; q++) {
+            stage(li, q, ra[q], !A_K_FAST, true);
+            stage(li, q, rb[q], B_N_FAST, false);
         }
         workgroupBarrier();
         // The next slice's loads are in flight while this one is multiplied.
-        let k0 = (slice + 1u) * BK;
         if slice + 1u < slices {
-            for (var j = 0u; j < 8u; j++) {
-                ra[j] = 0.0;
-                rb[j] = 0.0;
-                let s = slot(li, j, !A_K_FAST);
-                if m0 + s.x < m && k0 + s.y < k {
-                    ra[j] = a[a_base + (m0 + s.x) * a_row + (k0 + s.y) * a_col];
-                }
-                let t = slot(li, j, B_N_FAST);
-                if n0 + t.x < n && k0 + t.y < k {
-                    rb[j] = b[b_base + (k0 + t.y) * b_row + (n0 + t.x) * b_col];
-                }
+            for (var q = 0u; q < QUADS; q++) {
+                ra[q] = load_a(li, q, (slice + 1u) * BK);
+                rb[q] = load_b(li, q, (slice + 1u) * BK);
             }
         }
         for (var kk = 0u; kk < BK; kk++) {
@@ -150,18 +219,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let r1 = m0 + 64u + ty * 4u;
     let c0 = n0 + tx * 4u;
     let c1 = n0 + 64u + tx * 4u;
-    store(c_base, r0, c0, acc0, m, n); store(c_base, r0, c1, acc1, m, n);
-    store(c_base, r0 + 1u, c0, acc2, m, n); store(c_base, r0 + 1u, c1, acc3, m, n);
-    store(c_base, r0 + 2u, c0, acc4, m, n); store(c_base, r0 + 2u, c1, acc5, m, n);
-    store(c_base, r0 + 3u, c0, acc6, m, n); store(c_base, r0 + 3u, c1, acc7, m, n);
-    store(c_base, r1, c0, acc8, m, n); store(c_base, r1, c1, acc9, m, n);
-    store(c_base, r1 + 1u, c0, acc10, m, n); store(c_base, r1 + 1u, c1, acc11, m, n);
-    store(c_base, r1 + 2u, c0, acc12, m, n); store(c_base, r1 + 2u, c1, acc13, m, n);
-    store(c_base, r1 + 3u, c0, acc14, m, n); store(c_base, r1 + 3u, c1, acc15, m, n);
+    store(c_base, r0, c0, acc0); store(c_base, r0, c1, acc1);
+    store(c_base, r0 + 1u, c0, acc2); store(c_base, r0 + 1u, c1, acc3);
+    store(c_base, r0 + 2u, c0, acc4); store(c_base, r0 + 2u, c1, acc5);
+    store(c_base, r0 + 3u, c0, acc6); store(c_base, r0 + 3u, c1, acc7);
+    store(c_base, r1, c0, acc8); store(c_base, r1, c1, acc9);
+    store(c_base, r1 + 1u, c0, acc10); store(c_base, r1 + 1u, c1, acc11);
+    store(c_base, r1 + 2u, c0, acc12); store(c_base, r1 + 2u, c1, acc13);
+    store(c_base, r1 + 3u, c0, acc14); store(c_base, r1 + 3u, c1, acc15);
 }
 
 // Four outputs of one row from column `col` on, those inside C.
-fn store(base: u32, row: u32, col: u32, v: vec4<f32>, m: u32, n: u32) {
+fn store(base: u32, row: u32, col: u32, v: vec4<f32>) {
     if row >= m {
         return;
     }

@@ -1,7 +1,8 @@
 //! The model's f32 matmul kernel (`shaders/gemm.wgsl` through `lutlab_model::gemm::matmul`)
 //! against an f64 CPU product, on shapes that are not multiples of its 128 × 128 tiles or its
-//! 16-deep K slices, with transposed operands (read through strides, both load paths of each
-//! operand) and batches (attention's `[b, h, t, d]` products, a `swap_dims` view included).
+//! 16- or 32-deep K slices, with transposed operands (read through strides, both load paths of each
+//! operand, as scalars and as vec4s) and batches (attention's `[b, h, t, d]` products, a
+//! `swap_dims` view included); every tuning of the kernel gives the same bits.
 //!
 //! Tolerance: the GPU sums in f32 in another order than the f64 reference, so each output may
 //! differ by `1e-5 · Σ|a·b|` (a few f32 ulps of the terms' magnitude) plus 1e-6.
@@ -12,29 +13,54 @@
 use lutlab_core::quant::kmeans::rng::SplitMix64;
 use lutlab_model::burn::tensor::{Tensor, TensorData};
 use lutlab_core::NoProgress;
-use lutlab_model::gemm::{matmul, use_gemm_in_model};
+use lutlab_model::gemm::{matmul, set_tuning, tuning, use_gemm_in_model, SLICES};
 use lutlab_model::tracked_gemm::tracked_matmul;
 use lutlab_tests::*;
 use std::sync::Mutex;
 
-/// Held by the tests that switch the model's matmul, which is one switch for the process; the
-/// choice made at start-up is restored when it is released (on the device's GPU it is ours).
+/// Held by the tests that switch the model's matmul or the kernel's tuning, which are switches
+/// for the whole process; the choices made at start-up are restored when it is released (on the
+/// device's GPU the model's matmul is ours).
 static MODEL_MATMUL_SWITCH: Mutex<()> = Mutex::new(());
 
 struct Switching {
     at_start: bool,
+    tuning_at_start: (u32, bool),
     _lock: std::sync::MutexGuard<'static, ()>,
 }
 
 fn switching() -> Switching {
     let lock = MODEL_MATMUL_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    Switching { at_start: lutlab_model::gemm::gemm_in_model(), _lock: lock }
+    Switching { at_start: lutlab_model::gemm::gemm_in_model(), tuning_at_start: tuning(), _lock: lock }
 }
 
 impl Drop for Switching {
     fn drop(&mut self) {
         use_gemm_in_model(self.at_start);
+        set_tuning(self.tuning_at_start.0, self.tuning_at_start.1);
     }
+}
+
+/// `product` under every tuning of the kernel (K slices of 16 and 32, operands read as scalars and,
+/// where aligned, as vec4s), which must agree bit for bit: each output sums its K in the same
+/// order whichever way the slices are loaded. The caller holds [`switching`].
+fn under_every_tuning(label: &str, product: impl Fn() -> Tensor<3>) -> Tensor<3> {
+    let mut first: Option<(Tensor<3>, Vec<f32>)> = None;
+    for slice in SLICES {
+        for vector_loads in [false, true] {
+            set_tuning(slice, vector_loads);
+            let got = product();
+            let values = got.clone().into_data().try_to_vec::<f32>().unwrap();
+            match &first {
+                None => first = Some((got, values)),
+                Some((_, want)) => {
+                    let differ = values.iter().zip(want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+                    assert_eq!(differ, 0, "{label}: {differ} outputs differ with K slices of {slice}, vec4 loads {vector_loads}, from slices of 16 read as scalars");
+                }
+            }
+        }
+    }
+    first.unwrap().0
 }
 
 fn random(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
@@ -75,11 +101,15 @@ fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[test]
 fn matmul_matches_the_cpu_on_odd_shapes_and_transposed_operands() {
+    let _switch = switching();
     let device = gpu();
     let mut rng = SplitMix64::new(7);
     // (m, k, n): one partial tile, several tiles with ragged edges, K not a multiple of 16, a
     // single row and column (the decode path's shapes); few tiles over a long K, which the kernel
-    // splits into chunks summed after (4 chunks of 288, the last 236 long; 8 of 512).
+    // splits into chunks summed after (4 chunks of 288, the last 236 long; 8 of 512). Extents that
+    // are multiples of 4 are read as vec4s along them: K in (64, 8, 512), (130, 1100, 70) and
+    // (40, 4096, 200), m and n where they are (the transposed cases), a K that is not a multiple
+    // of 32 (136, 1100) leaving a partial 32-deep slice.
     for (m, k, n) in [(5, 3, 7), (130, 77, 259), (257, 136, 129), (1, 300, 1), (64, 8, 512), (130, 1100, 70), (40, 4096, 200)] {
         let a = random(&mut rng, m * k);
         let b = random(&mut rng, k * n);
@@ -87,16 +117,20 @@ fn matmul_matches_the_cpu_on_odd_shapes_and_transposed_operands() {
         let up = |x: &[f32], shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(x.to_vec(), shape), &device);
         let label = format!("{m}x{k}x{n}");
         // Row-major operands: A loaded along k, B along n.
-        check(&format!("{label} plain"), matmul(up(&a, [m, k]), up(&b, [k, n])).unsqueeze(), &want);
+        let plain = format!("{label} plain");
+        check(&plain, under_every_tuning(&plain, || matmul(up(&a, [m, k]), up(&b, [k, n])).unsqueeze()), &want);
         // Bᵀ stored as [n, k] (HF's Linear weight): B loaded along k.
-        check(&format!("{label} b transposed"), matmul(up(&a, [m, k]), up(&transposed(&b, k, n), [n, k]).transpose()).unsqueeze(), &want);
+        let bt = format!("{label} b transposed");
+        check(&bt, under_every_tuning(&bt, || matmul(up(&a, [m, k]), up(&transposed(&b, k, n), [n, k]).transpose()).unsqueeze()), &want);
         // Aᵀ stored as [k, m] (the Hessians' xᵀx): A loaded along m.
-        check(&format!("{label} a transposed"), matmul(up(&transposed(&a, m, k), [k, m]).transpose(), up(&b, [k, n])).unsqueeze(), &want);
+        let at = format!("{label} a transposed");
+        check(&at, under_every_tuning(&at, || matmul(up(&transposed(&a, m, k), [k, m]).transpose(), up(&b, [k, n])).unsqueeze()), &want);
     }
 }
 
 #[test]
 fn matmul_matches_the_cpu_over_batches() {
+    let _switch = switching();
     let device = gpu();
     let mut rng = SplitMix64::new(8);
     // Attention's scores and values: [b, h, t, d] · [b, h, d, t], the keys a swapped view.
@@ -107,7 +141,7 @@ fn matmul_matches_the_cpu_over_batches() {
     let k4 = Tensor::<4>::from_data(TensorData::new(keys.clone(), [b, h, t, d]), &device);
     let kt: Vec<f32> = (0..b * h).flat_map(|z| transposed(&keys[z * t * d..(z + 1) * t * d], t, d)).collect();
     let want = reference(&q, &kt, b * h, t, d, t);
-    check("q·kᵀ", matmul(q4, k4.swap_dims(2, 3)).reshape([b * h, t, t]), &want);
+    check("q·kᵀ", under_every_tuning("q·kᵀ", || matmul(q4.clone(), k4.clone().swap_dims(2, 3)).reshape([b * h, t, t])), &want);
     // Heads split off the projections ([b, t, h, d] seen as [b, h, t, d]): two batch strides.
     let x = random(&mut rng, b * t * h * d);
     let v = random(&mut rng, b * h * d * 5);
@@ -115,14 +149,14 @@ fn matmul_matches_the_cpu_over_batches() {
     let v4 = Tensor::<4>::from_data(TensorData::new(v.clone(), [b, h, d, 5]), &device);
     let xs: Vec<f32> = (0..b * h).flat_map(|z| (0..t * d).map(move |i| (z / h, z % h, i / d, i % d))).map(|(bi, hi, ti, di)| x[((bi * t + ti) * h + hi) * d + di]).collect();
     let want = reference(&xs, &v, b * h, t, d, 5);
-    check("[b, t, h, d] view · v", matmul(x4, v4).reshape([b * h, t, 5]), &want);
+    check("[b, t, h, d] view · v", under_every_tuning("view · v", || matmul(x4.clone(), v4.clone()).reshape([b * h, t, 5])), &want);
     // A batch of products over a K long enough to split (3 batches of 1 tile: 8 chunks each).
     let (z, m, k, n) = (3, 20, 2100, 30);
     let a = random(&mut rng, z * m * k);
     let bm = random(&mut rng, z * k * n);
     let want = reference(&a, &bm, z, m, k, n);
     let up = |x: &[f32], shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(x.to_vec(), shape), &device);
-    check("batched, K split", matmul(up(&a, [z, m, k]), up(&bm, [z, k, n])), &want);
+    check("batched, K split", under_every_tuning("batched", || matmul(up(&a, [z, m, k]), up(&bm, [z, k, n]))), &want);
 }
 
 /// Whole models through each matmul (`same_logits_either_way`: GPT-2 and the trained Llama,

@@ -36,6 +36,12 @@ impl Gpu {
         self.setup.adapter.features().contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16)
     }
 
+    /// Workgroup memory one shader's workgroup may declare (16 KiB in WebGPU by default; burn asks
+    /// for the adapter's own figure, 48 KiB on NVIDIA's Vulkan driver).
+    pub fn max_workgroup_memory(&self) -> u32 {
+        self.setup.device.limits().max_compute_workgroup_storage_size
+    }
+
     /// The largest buffer one shader may bind; burn asks the adapter for its real limits, so this
     /// is the hardware's figure (1 GiB on SwiftShader), not WebGPU's 128 MiB default.
     pub fn max_binding_bytes(&self) -> u64 {
@@ -113,9 +119,9 @@ pub async fn open_gpu() -> Result<Gpu> {
 fn choose_kernels(setup: &WgpuSetup) {
     let gpu = cfg!(target_arch = "wasm32") || setup.adapter.get_info().device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu;
     crate::fused::choose_at_startup(gpu);
-    // Our matmul stages 16 KiB of each workgroup's operands (WebGPU's default limit, which some
-    // native downlevel adapters do not reach).
-    crate::gemm::choose_at_startup(gpu && setup.adapter.limits().max_compute_workgroup_storage_size >= crate::gemm::WORKGROUP_BYTES);
+    // Our matmul stages at least 16 KiB of each workgroup's operands (WebGPU's default limit, which
+    // some native downlevel adapters do not reach).
+    crate::gemm::choose_at_startup(gpu, setup.adapter.limits().max_compute_workgroup_storage_size);
 }
 
 /// Workgroups per grid row for a kernel over a long 1-D range (WebGPU allows 65,535 per grid

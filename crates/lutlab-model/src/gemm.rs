@@ -20,22 +20,50 @@ use burn::backend::Wgpu;
 use burn::tensor::{DType, Shape, Tensor};
 use cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use cubecl::server::KernelArguments;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Rows and columns of C a workgroup computes (`gemm.wgsl`).
 const TILE: usize = 128;
-/// Workgroup memory the kernel declares (`sa` and `sb`: 2 × 16 × 128 f32).
-pub(crate) const WORKGROUP_BYTES: u32 = 2 * 16 * 128 * 4;
+/// Workgroup memory the kernel declares at K slices of `slice` (`sa` and `sb`: 2 × slice × 128 f32).
+pub const fn workgroup_bytes(slice: u32) -> u32 {
+    2 * slice * 128 * 4
+}
+/// The K slice depths the kernel is built with: 16 fits WebGPU's default 16 KiB of workgroup memory.
+pub const SLICES: [u32; 2] = [16, 32];
 /// The most workgroups cubecl dispatches along one grid axis (WebGPU's limit).
 const MAX_GROUPS: usize = 65_535;
 
 /// Whether the model's f32 matmuls run on our kernel.
 static MODEL_USES_GEMM: AtomicBool = AtomicBool::new(false);
+/// The kernel's K slice depth (one of [`SLICES`]).
+static SLICE: AtomicU32 = AtomicU32::new(16);
+/// Whether operands aligned for it are read as vec4s.
+static VECTOR_LOADS: AtomicBool = AtomicBool::new(true);
 
-/// Picks the model's f32 matmul when the process opens its GPU: ours on GPUs (`gpu`), burn's on
-/// CPU adapters; `LUTLAB_MATMUL=gemm|burn` overrides it natively (benchmarks).
-pub(crate) fn choose_at_startup(gpu: bool) {
-    use_gemm_in_model(override_from_env().unwrap_or(gpu));
+/// Picks the model's f32 matmul when the process opens its GPU: ours on GPUs (`gpu`) whose
+/// workgroups get `workgroup_memory` bytes (at least the 16 KiB of 16-deep slices), burn's on CPU
+/// adapters; `LUTLAB_MATMUL=gemm|burn` overrides it natively (benchmarks), and
+/// `LUTLAB_GEMM_SLICE=16|32`, `LUTLAB_GEMM_VEC4=0` how ours reads its operands.
+pub(crate) fn choose_at_startup(gpu: bool, workgroup_memory: u32) {
+    use_gemm_in_model(override_from_env().unwrap_or(gpu && workgroup_memory >= workgroup_bytes(16)));
+    let (slice, vector_loads) = tuning_from_env();
+    let slice = slice.filter(|&s| workgroup_bytes(s) <= workgroup_memory).unwrap_or(16);
+    set_tuning(slice, vector_loads.unwrap_or(true));
+}
+
+/// How our kernel reads its operands from now on: K slices of `slice` (one of [`SLICES`]; the
+/// adapter must give `2 · slice · 512` bytes of workgroup memory), aligned operands as vec4s or not.
+/// The products are the same bit for bit either way (each output sums its K in order); only the
+/// speed differs.
+pub fn set_tuning(slice: u32, vector_loads: bool) {
+    assert!(SLICES.contains(&slice), "a K slice of {slice} (the kernel is built for {SLICES:?})");
+    SLICE.store(slice, Ordering::Relaxed);
+    VECTOR_LOADS.store(vector_loads, Ordering::Relaxed);
+}
+
+/// The kernel's K slice depth and whether it reads aligned operands as vec4s now.
+pub fn tuning() -> (u32, bool) {
+    (SLICE.load(Ordering::Relaxed), VECTOR_LOADS.load(Ordering::Relaxed))
 }
 
 /// Makes the model's f32 matmuls run on our kernel (`true`) or burn's, from now on.
@@ -60,6 +88,17 @@ fn override_from_env() -> Option<bool> {
 #[cfg(target_arch = "wasm32")]
 fn override_from_env() -> Option<bool> {
     None
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn tuning_from_env() -> (Option<u32>, Option<bool>) {
+    let slice = std::env::var("LUTLAB_GEMM_SLICE").ok().and_then(|s| s.parse().ok()).filter(|s| SLICES.contains(s));
+    (slice, std::env::var("LUTLAB_GEMM_VEC4").ok().map(|v| v != "0"))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn tuning_from_env() -> (Option<u32>, Option<bool>) {
+    (None, None)
 }
 
 /// Products of fewer rows than this (generation's one new token a step) go to burn's matmul:
@@ -145,7 +184,17 @@ fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> R
         .with_buffer(c.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
     let gram = gram_sum.is_some();
-    let kernel = GemmKernel { a_k_fast: la.col == 1, b_n_fast: lb.col == 1, upper_tiles: gram, accumulate: gram };
+    let (slice, vector_loads) = tuning();
+    let (a_k_fast, b_n_fast) = (la.col == 1, lb.col == 1);
+    let kernel = GemmKernel {
+        a_k_fast,
+        b_n_fast,
+        a_vec4: vector_loads && la.reads_as_vec4(a_k_fast),
+        b_vec4: vector_loads && lb.reads_as_vec4(b_n_fast),
+        slice,
+        upper_tiles: gram,
+        accumulate: gram,
+    };
     let grid = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, (batch * splits) as u32);
     client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_2d(16, 16))), grid, arguments);
     let mut dims = a.meta.shape().as_slice().to_vec();
@@ -247,6 +296,16 @@ impl Layout {
         Some(Self { outer, inner, rows, cols, row: strides[d - 2], col: strides[d - 1], outer_stride, inner_stride })
     }
 
+    /// Whether the kernel can read the operand as vec4s, four values at once along its contiguous
+    /// index (the columns' where `along_cols`, else the rows'): that index of stride 1, the extent
+    /// along it and every other stride multiples of 4, so that each quad the kernel loads is one
+    /// aligned vec4, inside the operand whole or not at all. (K's chunks are multiples of 16.)
+    fn reads_as_vec4(&self, along_cols: bool) -> bool {
+        let (unit, extent, other) = if along_cols { (self.col, self.cols, self.row) } else { (self.row, self.rows, self.col) };
+        let batch_strides = [(self.outer, self.outer_stride), (self.inner, self.inner_stride)];
+        unit == 1 && extent % 4 == 0 && other % 4 == 0 && batch_strides.iter().all(|&(count, stride)| count == 1 || stride % 4 == 0)
+    }
+
     /// The index of the operand's last element, the largest the kernel computes for it.
     fn last_index(&self) -> usize {
         (self.outer - 1) * self.outer_stride + (self.inner - 1) * self.inner_stride + (self.rows - 1) * self.row + (self.cols - 1) * self.col
@@ -297,21 +356,45 @@ pub fn mirror_upper(values: &mut [f32], n: usize) {
 struct GemmKernel {
     a_k_fast: bool,
     b_n_fast: bool,
+    a_vec4: bool,
+    b_vec4: bool,
+    slice: u32,
     upper_tiles: bool,
     accumulate: bool,
 }
 
+/// The template's words for reading one operand (`name`) as scalars or as vec4s: its element
+/// type, one value at index i, four from i on.
+fn operand_reads(name: &str, vec4: bool) -> [String; 3] {
+    if vec4 {
+        ["vec4<f32>".into(), format!("{name}[i / 4u][i % 4u]"), format!("{name}[i / 4u]")]
+    } else {
+        ["f32".into(), format!("{name}[i]"), format!("vec4<f32>({name}[i], {name}[i + 1u], {name}[i + 2u], {name}[i + 3u])")]
+    }
+}
+
 impl KernelSource for GemmKernel {
     fn source(&self) -> SourceTemplate {
+        let [a_elem, a_one, a_four] = operand_reads("a", self.a_vec4);
+        let [b_elem, b_one, b_four] = operand_reads("b", self.b_vec4);
         SourceTemplate::new(include_str!("../../../shaders/gemm.wgsl"))
             .register("a_k_fast", self.a_k_fast.to_string())
             .register("b_n_fast", self.b_n_fast.to_string())
+            .register("a_vec4", self.a_vec4.to_string())
+            .register("b_vec4", self.b_vec4.to_string())
+            .register("a_elem", a_elem)
+            .register("a_one", a_one)
+            .register("a_four", a_four)
+            .register("b_elem", b_elem)
+            .register("b_one", b_one)
+            .register("b_four", b_four)
+            .register("slice", self.slice.to_string())
             .register("upper_tiles", self.upper_tiles.to_string())
             .register("accumulate", self.accumulate.to_string())
     }
 
     fn id(&self) -> KernelId {
-        kernel_id::<Self>().info((self.a_k_fast, self.b_n_fast, self.upper_tiles, self.accumulate))
+        kernel_id::<Self>().info((self.a_k_fast, self.b_n_fast, self.a_vec4, self.b_vec4, self.slice, self.upper_tiles, self.accumulate))
     }
 
     fn lang(&self) -> &'static str {

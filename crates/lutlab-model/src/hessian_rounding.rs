@@ -279,16 +279,7 @@ async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, d
     let phase = profile::start();
     // J H J in processing order: row i is original row order[n − 1 − i].
     let reversed: Vec<usize> = order.iter().rev().copied().collect();
-    let mut p = vec![0f32; n * n];
-    lutlab_core::parallel::for_row_chunks(&mut p, n, |first, chunk| {
-        for (i, out) in chunk.chunks_exact_mut(n).enumerate() {
-            let r = reversed[first + i];
-            for (j, &c) in reversed.iter().enumerate() {
-                out[j] = if r == c { (diagonal[r] + lambda) as f32 } else { h.at(r, c) as f32 };
-            }
-        }
-    });
-    let p = upload(&p, [n, n], device);
+    let p = upload(&damped_in_order(h, diagonal, lambda, &reversed, 0f32, |v| v as f32), [n, n], device);
     profile::stop("host: GPU rounding: … of which the damped Hessian ordered and uploaded", phase);
     let Some((l, diagonal_of_l)) = cholesky(p, n).await? else { return Ok(None) };
     // R = J L J; Ú + I = R with column j divided by R[j, j] = L[n−1−j, n−1−j].
@@ -300,18 +291,25 @@ async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, d
 /// [`ldl_factor`] on the host in f64: `Ú` (`[n, n]` row-major, strictly upper) and the pivots
 /// `√D`, or `None` when the damped Hessian is not positive definite.
 fn host_ldl_factor(h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -> Option<(Vec<f32>, Vec<f32>)> {
+    let damped = Square { n: h.n, data: damped_in_order(h, diagonal, lambda, order, 0f64, |v| v) };
+    let (unit_upper, d) = lutlab_core::quant::hessian::linalg::ldl_upper(&damped)?;
+    Some((unit_upper.data.iter().map(|&v| v as f32).collect(), d.iter().map(|d| d.sqrt() as f32).collect()))
+}
+
+/// The damped Hessian (`h` with `diagonal + lambda` on its diagonal) with its rows and columns in
+/// `order`, row-major, each entry converted by `to`; rows gathered on every core.
+fn damped_in_order<T: Copy + Send>(h: &Square, diagonal: &[f64], lambda: f64, order: &[usize], zero: T, to: impl Fn(f64) -> T + Sync) -> Vec<T> {
     let n = h.n;
-    let mut damped = Square::zeros(n);
-    lutlab_core::parallel::for_row_chunks(&mut damped.data, n, |first, chunk| {
-        for (i, out) in chunk.chunks_exact_mut(n).enumerate() {
+    let mut out = vec![zero; n * n];
+    lutlab_core::parallel::for_row_chunks(&mut out, n, |first, chunk| {
+        for (i, row) in chunk.chunks_exact_mut(n).enumerate() {
             let r = order[first + i];
             for (j, &c) in order.iter().enumerate() {
-                out[j] = if r == c { diagonal[r] + lambda } else { h.at(r, c) };
+                row[j] = to(if r == c { diagonal[r] + lambda } else { h.at(r, c) });
             }
         }
     });
-    let (unit_upper, d) = lutlab_core::quant::hessian::linalg::ldl_upper(&damped)?;
-    Some((unit_upper.data.iter().map(|&v| v as f32).collect(), d.iter().map(|d| d.sqrt() as f32).collect()))
+    out
 }
 
 /// The GPU's lower Cholesky factor of the symmetric `a` (`[n, n]` row-major, f32), the one

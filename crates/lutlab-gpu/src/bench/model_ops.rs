@@ -94,6 +94,10 @@ async fn matmuls(gpu: &Gpu, m: usize, k: usize, n: usize, iters: usize) -> Resul
             out.push(OpTiming { op: format!("matmul {name}: wrong at {i} ({} vs {})", got[i], want[i]), shape: format!("{m}x{k}x{n}"), micros: f64::NAN, tflops: 0.0 });
             continue;
         }
+        if dtype == DType::F32 {
+            out.extend(our_tunings(gpu, &format!("matmul {name}"), &format!("{m}x{k}x{n}"), flops, iters, run).await?);
+            continue;
+        }
         let micros = wall_micros(iters, run).await?;
         out.push(OpTiming { op: format!("matmul {name}"), shape: format!("{m}x{k}x{n}"), micros, tflops: flops / micros / 1e6 });
     }
@@ -128,6 +132,25 @@ async fn matmuls(gpu: &Gpu, m: usize, k: usize, n: usize, iters: usize) -> Resul
     Ok(out)
 }
 
+/// `run` (our kernel) timed under each tuning this adapter can run: K slices of 16 and 32 (32 where
+/// workgroups get 32 KiB), operands read as scalars or, where aligned, as vec4s; the first row is
+/// the tuning the process runs by default, the tuning it started with restored after.
+async fn our_tunings(gpu: &Gpu, name: &str, shape: &str, flops: f64, iters: usize, run: impl Fn() -> Result<Tensor<2>>) -> Result<Vec<OpTiming>> {
+    use lutlab_model::gemm::{set_tuning, tuning, workgroup_bytes, SLICES};
+    let at_start = tuning();
+    let others = SLICES.into_iter().filter(|&s| workgroup_bytes(s) <= gpu.max_workgroup_memory()).flat_map(|s| [(s, false), (s, true)]);
+    let mut out = Vec::new();
+    for (slice, vector_loads) in std::iter::once(at_start).chain(others.filter(|&t| t != at_start)) {
+        set_tuning(slice, vector_loads);
+        let timed = wall_micros(iters, &run).await;
+        set_tuning(at_start.0, at_start.1);
+        let micros = timed?;
+        let loads = if vector_loads { "vec4 loads" } else { "scalar loads" };
+        out.push(OpTiming { op: format!("{name}, K slices of {slice}, {loads}"), shape: shape.to_string(), micros, tflops: flops / micros / 1e6 });
+    }
+    Ok(out)
+}
+
 #[derive(Clone, Copy)]
 enum Operands {
     /// `a · bᵀ` with `b` stored `[n, k]`.
@@ -152,9 +175,7 @@ async fn strided_matmul(gpu: &Gpu, m: usize, k: usize, n: usize, layout: Operand
     if let Some(i) = (0..want.len()).find(|&i| (got[i] - want[i]).abs() > 1e-3 * scale) {
         return Ok(vec![OpTiming { op: format!("matmul {what}, the model's: wrong at {i} ({} vs {})", got[i], want[i]), shape, micros: f64::NAN, tflops: 0.0 }]);
     }
-    let mut out = Vec::new();
-    let ours = wall_micros(iters, || Ok(lutlab_model::gemm::matmul(a.clone(), b.clone()))).await?;
-    out.push(OpTiming { op: format!("matmul {what}, the model's f32 (shaders/gemm.wgsl)"), shape: shape.clone(), micros: ours, tflops: flops / ours / 1e6 });
+    let mut out = our_tunings(gpu, &format!("matmul {what}, the model's f32 (shaders/gemm.wgsl)"), &shape, flops, iters, || Ok(lutlab_model::gemm::matmul(a.clone(), b.clone()))).await?;
     let burns = wall_micros(iters, || Ok(a.clone().matmul(b.clone()))).await?;
     out.push(OpTiming { op: format!("matmul {what}, burn's default"), shape, micros: burns, tflops: flops / burns / 1e6 });
     Ok(out)
