@@ -6,7 +6,9 @@ const NONE: u32 = 0xffffffffu;
 
 // Every binding is read_write: the host launches through cubecl, which binds them so.
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;        // [m, rows]
-@group(0) @binding(1) var<storage, read_write> qweight: array<u32>;  // [cols, blocks, bits] (reduce: f32 partial sums)
+// [cols, blocks, bits] (reduce: f32 partial sums); the scalar GEMV may bind it as vec2s or vec4s of
+// words (`lut_linear::gemv_code_width`).
+@group(0) @binding(1) var<storage, read_write> qweight: array<{{code_word}}>;
 @group(0) @binding(2) var<storage, read_write> aux: array<f32>;      // tables | sparse values | scales | shift | bias
 @group(0) @binding(3) var<storage, read_write> index: array<u32>;    // sparse col_ptr | row_idx
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;        // [m, cols], or GEMV partials [m, splits, cols]

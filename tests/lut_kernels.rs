@@ -11,7 +11,7 @@ use lutlab_core::quant::lut::InputGroupScales;
 use lutlab_core::quant::vector::VectorLut;
 use lutlab_core::quant::{Granularity, LutMatrix, PackedLinear, SparseColumns, SparseOutliers};
 use lutlab_model::burn::tensor::{Tensor, TensorData};
-use lutlab_model::lut_linear::{PackedGpuLayer, GEMV_COLUMNS_PER_LANE_OVERRIDE, GEMV_MAX_TOKENS, GEMV_TARGET_OVERRIDE};
+use lutlab_model::lut_linear::{PackedGpuLayer, GEMV_COLUMNS_PER_LANE_OVERRIDE, GEMV_MAX_TOKENS, GEMV_SCALAR_WORDS, GEMV_TARGET_OVERRIDE};
 use std::sync::atomic::Ordering;
 use lutlab_tests::gpu;
 
@@ -122,10 +122,15 @@ fn gemv_matches_the_cpu_for_every_bit_width_and_columns_per_lane() {
         let packed = random_layer(&mut rng, 2100, 40, bits, Granularity::Channel, bits % 2 == 0);
         for per_lane in [1, 2, 4] {
             GEMV_COLUMNS_PER_LANE_OVERRIDE.store(per_lane, Ordering::Relaxed);
-            GEMV_TARGET_OVERRIDE.store(1, Ordering::Relaxed);
-            check(&packed, 1, true, &mut rng);
-            GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
-            check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+            // Even widths load their code words as vec2s/vec4s; each also one word at a time.
+            for scalar_words in [false, true] {
+                GEMV_SCALAR_WORDS.store(scalar_words, Ordering::Relaxed);
+                GEMV_TARGET_OVERRIDE.store(1, Ordering::Relaxed);
+                check(&packed, 1, true, &mut rng);
+                GEMV_TARGET_OVERRIDE.store(0, Ordering::Relaxed);
+                check(&packed, GEMV_MAX_TOKENS, true, &mut rng);
+            }
+            GEMV_SCALAR_WORDS.store(false, Ordering::Relaxed);
         }
         GEMV_COLUMNS_PER_LANE_OVERRIDE.store(0, Ordering::Relaxed);
     }

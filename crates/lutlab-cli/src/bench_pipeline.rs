@@ -72,6 +72,8 @@ pub struct PipelineReport {
     pub fisher_tokens: usize,
     pub fisher_seconds: f64,
     pub fisher_tokens_per_s: f64,
+    /// The GPU memory pools' peak during Fisher, where the backend reports it.
+    pub fisher_peak_reserved_bytes: Option<u64>,
     pub kmeans_on: &'static str,
     pub kmeans_seconds: f64,
     pub pack_seconds: f64,
@@ -129,7 +131,8 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
     let settings = FisherSettings::with_overrides(&dense, Some(args.nsamples), args.seqlen, None, Some(args.micro_batch)).fitted_to(&gpu);
     let mut bar = Bar::new("fisher", "tokens", args.json);
     let what = calibration_path.display().to_string();
-    let diagonal = pollster::block_on(fisher(&dense, &calibration_tokens, settings, &what, &mut bar))?.diagonal;
+    let run = pollster::block_on(fisher(&dense, &calibration_tokens, settings, &what, &mut bar))?;
+    let (diagonal, fisher_peak_reserved_bytes) = (run.diagonal, run.peak_reserved_bytes);
     bar.finish();
     let fisher_seconds = clock.elapsed().as_secs_f64();
 
@@ -175,6 +178,7 @@ fn pipeline(args: &PipelineArgs) -> Result<PipelineReport> {
         fisher_tokens,
         fisher_seconds,
         fisher_tokens_per_s: fisher_tokens as f64 / fisher_seconds,
+        fisher_peak_reserved_bytes,
         kmeans_on: if args.cpu_kmeans { "cpu" } else { "gpu" },
         kmeans_seconds,
         pack_seconds,

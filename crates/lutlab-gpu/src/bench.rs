@@ -153,6 +153,10 @@ pub async fn bench_gemm(gpu: &Gpu, shapes: &[(usize, usize)], bits: &[u32], toke
         let w = lutlab_model::device::upload(&w, [rows, cols], &gpu.device);
         let micros = wall_micros(iters, || Ok(x_gpu.clone().matmul(w.clone()))).await?;
         out.push(KernelTiming::new("burn f32 gemm", tokens, rows, cols, (rows * cols * 4) as u64 + bytes_io, micros));
+        // The dense layer as the model multiplies it (ours on GPUs), which the LUT GEMM's
+        // dequantize-then-matmul is measured against.
+        let micros = wall_micros(iters, || Ok(lutlab_model::gemm::model_matmul(x_gpu.clone(), w.clone()))).await?;
+        out.push(KernelTiming::new("model f32 gemm", tokens, rows, cols, (rows * cols * 4) as u64 + bytes_io, micros));
     }
     Ok(out)
 }

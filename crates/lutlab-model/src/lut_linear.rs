@@ -361,6 +361,32 @@ pub static GEMV_TARGET_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::ato
 #[doc(hidden)]
 pub static GEMV_COLUMNS_PER_LANE_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Test and benchmark hook: when set, the scalar GEMV loads its code words one u32 at a time
+/// instead of as vec2/vec4s (natively also `LUTLAB_GEMV_VEC4=0`). Either gives the same results.
+#[doc(hidden)]
+pub static GEMV_SCALAR_WORDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How many code words the scalar GEMV loads at once for `bits`-bit codes: a block's `bits`
+/// words are contiguous and start at a multiple of `bits`, so as vec4s where `bits` is a multiple
+/// of 4, vec2s where it is even (one 16- or 8-byte load instead of four or two), else one by one.
+fn gemv_code_width(bits: u32) -> u32 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *OFF.get_or_init(|| std::env::var("LUTLAB_GEMV_VEC4").as_deref() == Ok("0")) {
+            return 1;
+        }
+    }
+    if GEMV_SCALAR_WORDS.load(std::sync::atomic::Ordering::Relaxed) {
+        return 1;
+    }
+    match bits % 4 {
+        0 => 4,
+        2 => 2,
+        _ => 1,
+    }
+}
+
 /// Columns per lane of the scalar GEMV.
 fn gemv_columns_per_lane() -> usize {
     match GEMV_COLUMNS_PER_LANE_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
@@ -412,12 +438,14 @@ struct LutKernel {
     shared_tables: bool,
     grouped: bool,
     cols_per_lane: u32,
+    /// Code words per load in the scalar GEMV (1, 2 or 4: `qweight` bound as u32, vec2 or vec4).
+    code_width: u32,
 }
 
 impl LutKernel {
     /// The scalar GEMV: its tables staged in workgroup memory when 32 columns' worth fit.
     fn scalar_gemv(bits: u32, grouped: bool) -> Self {
-        Self { shader: Shader::Gemv, bits, shared_tables: bits <= 6, grouped, ..Self::default() }
+        Self { shader: Shader::Gemv, bits, shared_tables: bits <= 6, grouped, code_width: gemv_code_width(bits), ..Self::default() }
     }
 }
 
@@ -430,7 +458,7 @@ pub fn scalar_gemv_sources(bits: u32, grouped: bool) -> (String, String) {
 
 impl Default for LutKernel {
     fn default() -> Self {
-        Self { shader: Shader::Gemv, bits: 1, dim: 1, shared_tables: false, grouped: false, cols_per_lane: gemv_columns_per_lane() as u32 }
+        Self { shader: Shader::Gemv, bits: 1, dim: 1, shared_tables: false, grouped: false, cols_per_lane: gemv_columns_per_lane() as u32, code_width: 1 }
     }
 }
 
@@ -444,13 +472,14 @@ impl KernelSource for LutKernel {
             .register("bits", self.bits.to_string())
             .register("dim", self.dim.to_string())
             .register("shared_tables", self.shared_tables.to_string())
-            .register("cols_per_lane", self.cols_per_lane.to_string());
-        let decode = gemv_decode(self.bits, self.cols_per_lane, self.grouped);
+            .register("cols_per_lane", self.cols_per_lane.to_string())
+            .register("code_word", ["u32", "vec2<u32>", "", "vec4<u32>"][self.code_width as usize - 1]);
+        let decode = gemv_decode(self.bits, self.cols_per_lane, self.grouped, self.code_width);
         template.register("columns", decode.columns).register("decode", decode.decode).register("sums", decode.sums)
     }
 
     fn id(&self) -> KernelId {
-        kernel_id::<Self>().info((self.shader, self.bits, self.dim, self.shared_tables, self.grouped, self.cols_per_lane))
+        kernel_id::<Self>().info((self.shader, self.bits, self.dim, self.shared_tables, self.grouped, self.cols_per_lane, self.code_width))
     }
 
     fn lang(&self) -> &'static str {
@@ -484,7 +513,7 @@ struct GemvDecode {
     sums: String,
 }
 
-fn gemv_decode(bits: u32, r: u32, grouped: bool) -> GemvDecode {
+fn gemv_decode(bits: u32, r: u32, grouped: bool, width: u32) -> GemvDecode {
     let mut columns = String::new();
     for i in 0..r {
         columns += &format!("    let c{i} = min(first + {i}u, cols - 1u);
@@ -503,9 +532,22 @@ fn gemv_decode(bits: u32, r: u32, grouped: bool) -> GemvDecode {
 ");
     }
     for i in 0..r {
-        for j in 0..bits {
-            decode += &format!("{INDENT}let w{i}_{j} = qweight[words{i} + k * BITS + {j}u];
+        if width == 1 {
+            for j in 0..bits {
+                decode += &format!("{INDENT}let w{i}_{j} = qweight[words{i} + k * BITS + {j}u];
 ");
+            }
+            continue;
+        }
+        // The block's words as `bits / width` vectors (its first word's index is a multiple of
+        // `bits`, so of `width`), then named one by one for the lookups.
+        for g in 0..bits / width {
+            decode += &format!("{INDENT}let v{i}_{g} = qweight[(words{i} + k * BITS) / {width}u + {g}u];
+");
+        }
+        for j in 0..bits {
+            decode += &format!("{INDENT}let w{i}_{j} = v{i}_{}.{};
+", j / width, ["x", "y", "z", "w"][(j % width) as usize]);
         }
     }
     if grouped {
