@@ -21,7 +21,9 @@ M=/tmp/gpt2-124m
 [ -f "$M/model.safetensors" ] || make_gpt2_124m "$M"
 SHAPES=${SHAPES:-4096x11008,11008x4096,4096x4096}
 
-# The GPT-2 124M-shaped pipeline as a user runs it: separate CLI commands, each a fresh process,
+# The GPT-2 124M-shaped pipeline as a user runs it (the pipeline's settings: k-means on the GPU
+# with one restart as sklearn's n_init="auto", evaluation windows of 1024 at stride 512, every
+# token of test): separate CLI commands, each a fresh process,
 # two rounds: "cold" (the first lutlab processes on this machine: every shader compiled; the
 # NVIDIA driver then keeps them on disk) and "warm" (the next processes). Wall clock per command
 # beside its own `seconds`.
@@ -30,15 +32,15 @@ if part cli; then
     for step in fisher quantize eval; do
       case $step in
         fisher) cmd=(fisher --model "$M" --data data/wikitext-2/valid.txt --seqlen 1024 --nsamples "$NSAMPLES" --micro-batch 1 --out /tmp/cli-fisher.safetensors --json) ;;
-        quantize) cmd=(quantize --model "$M" --method kmeans --bits 4 --granularity channel --fisher /tmp/cli-fisher.safetensors --packed /tmp/cli-packed.lut --json) ;;
-        eval) cmd=(eval --model "$M" --packed /tmp/cli-packed.lut --data data/wikitext-2/test.txt --max-length 1024 --stride 1024 --json) ;;
+        quantize) cmd=(quantize --gpu --restarts 1 --model "$M" --method kmeans --bits 4 --granularity channel --fisher /tmp/cli-fisher.safetensors --packed /tmp/cli-packed.lut --json) ;;
+        eval) cmd=(eval --model "$M" --packed /tmp/cli-packed.lut --data data/wikitext-2/test.txt --max-length 1024 --json) ;;
       esac
       start=$(date +%s.%N)
       .carry/lutlab "${cmd[@]}" 2>>"$RES/errors.txt" | tail -1 > /tmp/cli-step.json
       end=$(date +%s.%N)
-      python3 - "$round" "$step" "$start" "$end" < /tmp/cli-step.json <<'PY' | tee -a "$RES/cli.jsonl"
+      python3 - "$round" "$step" "$start" "$end" /tmp/cli-step.json <<'PY' | tee -a "$RES/cli.jsonl"
 import json, sys
-r = json.loads(sys.stdin.read())
+r = json.loads(open(sys.argv[5]).read())
 keys = ("seconds", "quantize_seconds", "tokens_per_s", "perplexity", "scored_tokens")
 print(json.dumps({"round": sys.argv[1], "step": sys.argv[2], "wall_seconds": float(sys.argv[4]) - float(sys.argv[3]), **{k: r[k] for k in keys if k in r}}))
 PY
@@ -69,9 +71,9 @@ for run in warm-up kept; do
     "${EVAL_ARGS[@]}" --save /tmp/pipeline-124m --json > "$RES/pipeline_124m.json"
 done
 
-# Peers on the same model and text (window 1024, stride 1024 as the pipeline's evaluation).
+# Peers on the same model and text (window 1024, stride 512 as the pipeline's evaluation).
 python3 scripts/fisher_peer.py --model "$M" --data data/wikitext-2/valid.txt --nsamples "$NSAMPLES" --seqlen 1024 > "$RES/fisher_peer_124m.json"
-python3 scripts/eval_peer.py --model "$M" --data data/wikitext-2/test.txt --tokens "${EVAL_TOKENS:-0}" --max-length 1024 --stride 1024 > "$RES/eval_peer_124m.json"
+python3 scripts/eval_peer.py --model "$M" --data data/wikitext-2/test.txt --tokens "${EVAL_TOKENS:-0}" --max-length 1024 > "$RES/eval_peer_124m.json"
 python3 scripts/bench_sklearn.py --model "$M" --channels 64 --fisher /tmp/pipeline-124m/fisher.safetensors \
   --packed /tmp/pipeline-124m/packed.safetensors > "$RES/sklearn_124m.json"
 keep
