@@ -79,47 +79,44 @@ fn quad_at(li: u32, q: u32, mn_fast: bool) -> vec2<u32> {
     return vec2<u32>(li / 2u, (li % 2u) * (BK / 2u) + 4u * q);
 }
 
-// Quad q of A's slice from k0 on, zeros outside A.
+// The index of value e of a quad starting at (mn, kk) of an operand (`base`, strides along m or n
+// and along k; `extent` values along m or n), the quad running along m or n (`along_mn`) or along
+// k; NONE outside the operand.
+const NONE: u32 = 0xffffffffu;
+fn element(mn: u32, kk: u32, e: u32, along_mn: bool, extent: u32, base: u32, stride_mn: u32, stride_k: u32) -> u32 {
+    let i = select(mn, mn + e, along_mn);
+    let j = select(kk + e, kk, along_mn);
+    if i >= extent || j >= k {
+        return NONE;
+    }
+    return base + i * stride_mn + j * stride_k;
+}
+
+// Quad q of A's slice from k0 on, zeros outside A. As vec4s, the contiguous extent is a multiple
+// of 4: the quad is inside A whole or not at all.
 fn load_a(li: u32, q: u32, k0: u32) -> vec4<f32> {
     let at = quad_at(li, q, !A_K_FAST);
-    let row = m0 + at.x;
-    let col = k0 + at.y;
     var v = vec4<f32>();
-    if A_VEC4 {
-        // The contiguous extent is a multiple of 4: the quad is inside A whole or not at all.
-        if row < m && col < k {
-            v = a_four(a_base + row * a_row + col * a_col);
+    for (var e = 0u; e < select(4u, 1u, A_VEC4); e++) {
+        let i = element(m0 + at.x, k0 + at.y, e, !A_K_FAST, m, a_base, a_row, a_col);
+        if i == NONE {
+            continue;
         }
-        return v;
-    }
-    for (var e = 0u; e < 4u; e++) {
-        let r = select(row + e, row, A_K_FAST);
-        let c = select(col, col + e, A_K_FAST);
-        if r < m && c < k {
-            v[e] = a_one(a_base + r * a_row + c * a_col);
-        }
+        if A_VEC4 { v = a_four(i); } else { v[e] = a_one(i); }
     }
     return v;
 }
 
-// Quad q of B's slice from k0 on, zeros outside B.
+// Quad q of B's slice from k0 on, zeros outside B (as `load_a`).
 fn load_b(li: u32, q: u32, k0: u32) -> vec4<f32> {
     let at = quad_at(li, q, B_N_FAST);
-    let col = n0 + at.x;
-    let row = k0 + at.y;
     var v = vec4<f32>();
-    if B_VEC4 {
-        if col < n && row < k {
-            v = b_four(b_base + row * b_row + col * b_col);
+    for (var e = 0u; e < select(4u, 1u, B_VEC4); e++) {
+        let i = element(n0 + at.x, k0 + at.y, e, B_N_FAST, n, b_base, b_col, b_row);
+        if i == NONE {
+            continue;
         }
-        return v;
-    }
-    for (var e = 0u; e < 4u; e++) {
-        let r = select(row + e, row, B_N_FAST);
-        let c = select(col, col + e, B_N_FAST);
-        if c < n && r < k {
-            v[e] = b_one(b_base + r * b_row + c * b_col);
-        }
+        if B_VEC4 { v = b_four(i); } else { v[e] = b_one(i); }
     }
     return v;
 }
