@@ -124,6 +124,20 @@ fn choose_kernels(setup: &WgpuSetup) {
     crate::gemm::choose_at_startup(gpu, setup.adapter.limits().max_compute_workgroup_storage_size);
 }
 
+/// Whether the benchmark switch `name` is set to "0" in the environment, turning one of our
+/// kernels' defaults off (read once into `cell`, a static of the caller's); never in the browser.
+pub(crate) fn switched_off(cell: &'static std::sync::OnceLock<bool>, name: &str) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        *cell.get_or_init(|| std::env::var(name).as_deref() == Ok("0"))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (cell, name);
+        false
+    }
+}
+
 /// Workgroups per grid row for a kernel over a long 1-D range (WebGPU allows 65,535 per grid
 /// dimension); the kernel's workgroup index is `y · GROUPS_PER_ROW + x`.
 pub(crate) const GROUPS_PER_ROW: usize = 32_768;

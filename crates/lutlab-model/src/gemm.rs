@@ -28,26 +28,29 @@ const TILE: usize = 128;
 pub const fn workgroup_bytes(slice: u32) -> u32 {
     2 * slice * 128 * 4
 }
-/// The K slice depths the kernel is built with: 16 fits WebGPU's default 16 KiB of workgroup memory.
+/// The K slice depths the kernel is built with.
 pub const SLICES: [u32; 2] = [16, 32];
+/// The slice depth it runs unless told otherwise: it fits WebGPU's default 16 KiB of workgroup
+/// memory, and the deeper one measured no faster (BENCHMARKS.md).
+const DEFAULT_SLICE: u32 = 16;
 /// The most workgroups cubecl dispatches along one grid axis (WebGPU's limit).
 const MAX_GROUPS: usize = 65_535;
 
 /// Whether the model's f32 matmuls run on our kernel.
 static MODEL_USES_GEMM: AtomicBool = AtomicBool::new(false);
 /// The kernel's K slice depth (one of [`SLICES`]).
-static SLICE: AtomicU32 = AtomicU32::new(16);
+static SLICE: AtomicU32 = AtomicU32::new(DEFAULT_SLICE);
 /// Whether operands aligned for it are read as vec4s.
 static VECTOR_LOADS: AtomicBool = AtomicBool::new(true);
 
 /// Picks the model's f32 matmul when the process opens its GPU: ours on GPUs (`gpu`) whose
-/// workgroups get `workgroup_memory` bytes (at least the 16 KiB of 16-deep slices), burn's on CPU
+/// workgroups get `workgroup_memory` bytes (at least what the default slices take), burn's on CPU
 /// adapters; `LUTLAB_MATMUL=gemm|burn` overrides it natively (benchmarks), and
 /// `LUTLAB_GEMM_SLICE=16|32`, `LUTLAB_GEMM_VEC4=0` how ours reads its operands.
 pub(crate) fn choose_at_startup(gpu: bool, workgroup_memory: u32) {
-    use_gemm_in_model(override_from_env().unwrap_or(gpu && workgroup_memory >= workgroup_bytes(16)));
+    use_gemm_in_model(override_from_env().unwrap_or(gpu && workgroup_memory >= workgroup_bytes(DEFAULT_SLICE)));
     let (slice, vector_loads) = tuning_from_env();
-    let slice = slice.filter(|&s| workgroup_bytes(s) <= workgroup_memory).unwrap_or(16);
+    let slice = slice.filter(|&s| workgroup_bytes(s) <= workgroup_memory).unwrap_or(DEFAULT_SLICE);
     set_tuning(slice, vector_loads.unwrap_or(true));
 }
 
@@ -218,12 +221,9 @@ const MIN_CHUNK: usize = 256;
 /// [`TARGET_WORKGROUPS`], each chunk at least [`MIN_CHUNK`] long, and at most 8 (each chunk's
 /// partial product is written and summed). `LUTLAB_GEMM_SPLIT=0` turns it off natively (benchmarks).
 fn k_splits(tiles: usize, k: usize) -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *OFF.get_or_init(|| std::env::var("LUTLAB_GEMM_SPLIT").as_deref() == Ok("0")) {
-            return 1;
-        }
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if crate::device::switched_off(&OFF, "LUTLAB_GEMM_SPLIT") {
+        return 1;
     }
     TARGET_WORKGROUPS.div_ceil(tiles).min(k / MIN_CHUNK).clamp(1, 8)
 }

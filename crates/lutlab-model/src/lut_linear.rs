@@ -370,20 +370,23 @@ pub static GEMV_SCALAR_WORDS: std::sync::atomic::AtomicBool = std::sync::atomic:
 /// words are contiguous and start at a multiple of `bits`, so as vec4s where `bits` is a multiple
 /// of 4, vec2s where it is even (one 16- or 8-byte load instead of four or two), else one by one.
 fn gemv_code_width(bits: u32) -> u32 {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *OFF.get_or_init(|| std::env::var("LUTLAB_GEMV_VEC4").as_deref() == Ok("0")) {
-            return 1;
-        }
-    }
-    if GEMV_SCALAR_WORDS.load(std::sync::atomic::Ordering::Relaxed) {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if crate::device::switched_off(&OFF, "LUTLAB_GEMV_VEC4") || GEMV_SCALAR_WORDS.load(std::sync::atomic::Ordering::Relaxed) {
         return 1;
     }
     match bits % 4 {
         0 => 4,
         2 => 2,
         _ => 1,
+    }
+}
+
+/// The WGSL type `qweight` is bound as, for `width` code words per load.
+fn code_word(width: u32) -> &'static str {
+    match width {
+        4 => "vec4<u32>",
+        2 => "vec2<u32>",
+        _ => "u32",
     }
 }
 
@@ -473,7 +476,7 @@ impl KernelSource for LutKernel {
             .register("dim", self.dim.to_string())
             .register("shared_tables", self.shared_tables.to_string())
             .register("cols_per_lane", self.cols_per_lane.to_string())
-            .register("code_word", ["u32", "vec2<u32>", "", "vec4<u32>"][self.code_width as usize - 1]);
+            .register("code_word", code_word(self.code_width));
         let decode = gemv_decode(self.bits, self.cols_per_lane, self.grouped, self.code_width);
         template.register("columns", decode.columns).register("decode", decode.decode).register("sums", decode.sums)
     }
