@@ -254,30 +254,34 @@ fn matmul_reads_sliced_operands() {
 }
 
 /// The Hessians' `Σ xᵀx` (`gemm::add_gram`, then `mirror_upper` on the host) over two batches,
-/// on our kernel (upper tiles only, accumulated in place: 300 × 200 inputs span 2 × 2 tiles, one
-/// of them skipped) and on burn's matmul, against the f64 sum.
+/// on our kernel and on burn's matmul, against the f64 sum. 200 inputs span 2 × 2 tiles, one of
+/// them skipped; over 300 rows the kernel adds the upper tiles in place, over 1,100 rows (few
+/// tiles, a long K) it splits K into 4 chunks of 288, the last one short, and sums their partial
+/// Grams.
 #[test]
 fn gram_sums_match_the_cpu_on_either_matmul() {
     let _switch = switching();
     let device = gpu();
     let mut rng = SplitMix64::new(11);
-    let (rows, n) = (300, 200);
-    let xs: Vec<Vec<f32>> = (0..2).map(|_| random(&mut rng, rows * n)).collect();
-    let (mut want, mut magnitude) = (vec![0f64; n * n], vec![0f64; n * n]);
-    for x in &xs {
-        let (sum, mag) = reference(&transposed(x, rows, n), x, 1, n, rows, n);
-        want.iter_mut().zip(&sum).for_each(|(w, s)| *w += s);
-        magnitude.iter_mut().zip(&mag).for_each(|(w, s)| *w += s);
-    }
-    for ours in [true, false] {
-        use_gemm_in_model(ours);
-        let mut sum = None;
+    for (rows, n) in [(300, 200), (1100, 200)] {
+        let xs: Vec<Vec<f32>> = (0..2).map(|_| random(&mut rng, rows * n)).collect();
+        let (mut want, mut magnitude) = (vec![0f64; n * n], vec![0f64; n * n]);
         for x in &xs {
-            sum = Some(lutlab_model::gemm::add_gram(sum, Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, n]), &device)).unwrap());
+            let (sum, mag) = reference(&transposed(x, rows, n), x, 1, n, rows, n);
+            want.iter_mut().zip(&sum).for_each(|(w, s)| *w += s);
+            magnitude.iter_mut().zip(&mag).for_each(|(w, s)| *w += s);
         }
-        let mut got = sum.unwrap().into_data().try_to_vec::<f32>().unwrap();
-        lutlab_model::gemm::mirror_upper(&mut got, n);
-        let got = Tensor::<3>::from_data(TensorData::new(got, [1, n, n]), &device);
-        check(if ours { "Σ xᵀx, our kernel" } else { "Σ xᵀx, burn's matmul" }, got, &(want.clone(), magnitude.clone()));
+        for ours in [true, false] {
+            use_gemm_in_model(ours);
+            let mut sum = None;
+            for x in &xs {
+                sum = Some(lutlab_model::gemm::add_gram(sum, Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, n]), &device)).unwrap());
+            }
+            let mut got = sum.unwrap().into_data().try_to_vec::<f32>().unwrap();
+            lutlab_model::gemm::mirror_upper(&mut got, n);
+            let got = Tensor::<3>::from_data(TensorData::new(got, [1, n, n]), &device);
+            let label = format!("Σ xᵀx over {rows} rows, {}", if ours { "our kernel" } else { "burn's matmul" });
+            check(&label, got, &(want.clone(), magnitude.clone()));
+        }
     }
 }

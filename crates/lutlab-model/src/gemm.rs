@@ -151,12 +151,24 @@ pub(crate) fn takes<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> bool {
 
 /// The product of the primitives, or both back where the kernel cannot read them as they are.
 pub(crate) fn launch(a: CubeTensor, b: CubeTensor) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
-    launch_into(a, b, None)
+    launch_into(a, b, Output::New)
 }
 
-/// [`launch`], or with `gram_sum` (a contiguous `[n, n]` buffer nothing else holds), `gram_sum +=
-/// a · b` in place on the tiles on and above the diagonal only (`a · b` a Gram matrix `xᵀx`).
-fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
+/// Where [`launch_into`] puts a product.
+enum Output<'a> {
+    /// A new tensor; K split into chunks where the output tiles are too few to fill the GPU, their
+    /// partial products summed.
+    New,
+    /// Added in place to a Gram sum's tiles on and above the diagonal (a contiguous `[n, n]`
+    /// buffer nothing else holds; `a · b` a Gram matrix `xᵀx`).
+    AddToUpper(&'a CubeTensor),
+    /// The tiles on and above the diagonal of K's `splits` chunks, each into its slot of a zeroed
+    /// `[splits, n, n]` buffer, then summed: a Gram matrix of few tiles over a long K.
+    UpperInChunks(&'a CubeTensor, usize),
+}
+
+/// The product `a · b` as `output` asks.
+fn launch_into(a: CubeTensor, b: CubeTensor, output: Output) -> Result<CubeTensor, Box<(CubeTensor, CubeTensor)>> {
     let (a, b) = unaliased(readable(a), readable(b))?;
     let (Some(la), Some(lb)) = (Layout::of(&a), Layout::of(&b)) else { return Err(Box::new((a, b))) };
     let (m, k, n) = (la.rows, la.cols, lb.cols);
@@ -168,17 +180,18 @@ fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> R
     let client = a.client.clone();
     let tiles = batch * m.div_ceil(TILE) * n.div_ceil(TILE);
     // Split only where the partial products still have u32 indices.
-    let splits = match gram_sum {
-        None if k_splits(tiles, k) * batch * m * n <= u32::MAX as usize => k_splits(tiles, k),
-        _ => 1,
+    let splits = match output {
+        Output::New if k_splits(tiles, k) * batch * m * n <= u32::MAX as usize => k_splits(tiles, k),
+        Output::New | Output::AddToUpper(_) => 1,
+        Output::UpperInChunks(_, splits) => splits,
     };
     let chunk = k.div_ceil(splits).next_multiple_of(16);
     if batch * splits > MAX_GROUPS {
         return Err(Box::new((a, b)));
     }
-    let c = match gram_sum {
-        Some(sum) => sum.handle.clone(),
-        None => client.empty(splits * batch * m * n * 4),
+    let c = match output {
+        Output::AddToUpper(sum) | Output::UpperInChunks(sum, _) => sum.handle.clone(),
+        Output::New => client.empty(splits * batch * m * n * 4),
     };
     let params: [u32; 15] = [m, n, k, la.row, la.col, la.outer_stride, lb.row, lb.col, lb.outer_stride, la.inner, la.inner_stride, lb.inner_stride, splits, chunk, batch].map(|v| v as u32);
     let arguments = KernelArguments::new()
@@ -186,7 +199,6 @@ fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> R
         .with_buffer(b.handle.clone().binding())
         .with_buffer(c.clone().binding())
         .with_buffer(client.create_from_slice(bytemuck::cast_slice(&params)).binding());
-    let gram = gram_sum.is_some();
     let (slice, vector_loads) = tuning();
     let (a_k_fast, b_n_fast) = (la.col == 1, lb.col == 1);
     let kernel = GemmKernel {
@@ -195,8 +207,8 @@ fn launch_into(a: CubeTensor, b: CubeTensor, gram_sum: Option<&CubeTensor>) -> R
         a_vec4: vector_loads && la.reads_as_vec4(a_k_fast),
         b_vec4: vector_loads && lb.reads_as_vec4(b_n_fast),
         slice,
-        upper_tiles: gram,
-        accumulate: gram,
+        upper_tiles: !matches!(output, Output::New),
+        accumulate: matches!(output, Output::AddToUpper(_)),
     };
     let grid = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, (batch * splits) as u32);
     client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_2d(16, 16))), grid, arguments);
@@ -314,7 +326,8 @@ impl Layout {
 
 /// `sum + xᵀx` for `x: [rows, n]` (`sum` `[n, n]`, none: zeros), the Hessians' accumulation. On our
 /// kernel only the tiles on and above the diagonal are computed, in place in `sum` (half the
-/// multiply-adds, no second `[n, n]` buffer), and the entries below them hold whatever they held:
+/// multiply-adds, no second `[n, n]` buffer) or, for few tiles, in K chunks whose zeroed partial
+/// Grams are summed and added; the entries below them hold whatever they held:
 /// read the result through [`mirror_upper`]. With burn's matmul the whole product is added.
 pub fn add_gram(sum: Option<Tensor<2>>, x: Tensor<2>) -> crate::error::Result<Tensor<2>> {
     let n = x.dims()[1];
@@ -331,12 +344,26 @@ pub fn add_gram(sum: Option<Tensor<2>>, x: Tensor<2>) -> crate::error::Result<Te
         return Ok(added(sum));
     }
     let (pa, pb) = (primitive(xt.clone())?, primitive(x.clone())?);
+    // A narrow input's Gram has few tiles (21 on and above the diagonal at 768 wide): its long K
+    // (a pass's every position) goes in chunks, as for any product, their partial Grams summed.
+    let tiles = n.div_ceil(TILE) * (n.div_ceil(TILE) + 1) / 2;
+    let splits = k_splits(tiles, x.dims()[0]);
+    if splits > 1 && splits * n * n <= u32::MAX as usize {
+        let partials = primitive(Tensor::<2>::zeros([splits, n * n], &x.device()))?;
+        return Ok(match launch_into(pa, pb, Output::UpperInChunks(&partials, splits)) {
+            Ok(gram) => match (sum, Tensor::<2>::from_primitive::<Wgpu>(gram)) {
+                (Some(sum), gram) => sum + gram,
+                (None, gram) => gram,
+            },
+            Err(_) => added(sum),
+        });
+    }
     let acc = primitive(sum.unwrap_or_else(|| Tensor::zeros([n, n], &x.device())))?;
     // In place only into a buffer this sum alone holds, laid out as rows.
     if !acc.can_mut() || !acc.is_contiguous() || acc.meta.is_tiled() {
         return Ok(added(Some(Tensor::from_primitive::<Wgpu>(acc))));
     }
-    Ok(match launch_into(pa, pb, Some(&acc)) {
+    Ok(match launch_into(pa, pb, Output::AddToUpper(&acc)) {
         Ok(_) => Tensor::from_primitive::<Wgpu>(acc),
         Err(_) => added(Some(Tensor::from_primitive::<Wgpu>(acc))),
     })
