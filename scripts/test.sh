@@ -18,6 +18,7 @@ lutlab="$CARGO_TARGET_DIR/release/lutlab"
 "$lutlab" bench requantize --shape 128x512 --bits 4 --iters 1 --no-cpu
 "$lutlab" bench pipeline --quick
 "$lutlab" bench stream --model models/llama-tiny-wikitext --rounds 1
+"$lutlab" bench tokenize --model models/gpt2-tiny-wikitext --data data/wikitext-2/valid.txt --rounds 1
 
 echo "== wasm build =="
 bash scripts/build-web.sh

@@ -37,6 +37,23 @@ enum BenchKind {
     /// GPU, `--rounds` times over the blocks (the first round reads from disk or the page cache
     /// as it finds them). `LUTLAB_PROFILE=1` adds the host's share.
     Stream(StreamArgs),
+    /// A text file through a model's tokenizer: in one call on one thread, and in the pieces
+    /// `encode` cuts it into on every core (the ids checked equal), best of `--rounds` each.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// A model folder (tokenizer.json, or vocab.json + merges.txt).
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// The text file.
+    #[arg(long)]
+    data: std::path::PathBuf,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -107,7 +124,44 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchKind::Pipeline(args) => crate::bench_pipeline::run(args),
         BenchKind::ModelOps { iters, json } => model_ops(iters.max(1), json),
         BenchKind::Stream(args) => stream(args),
+        BenchKind::Tokenize(args) => tokenize(args),
     }
+}
+
+fn tokenize(args: TokenizeArgs) -> Result<()> {
+    use lutlab_core::{ModelFiles, TextTokenizer};
+    let tokenizer = TextTokenizer::from_files(&ModelFiles::read_tokenizer(&args.model)?)?;
+    let text = lutlab_core::files::read_text(&args.data)?;
+    let best = |encode: &dyn Fn() -> lutlab_core::Result<Vec<u32>>| -> Result<(f64, Vec<u32>)> {
+        let mut runs = Vec::new();
+        for _ in 0..args.rounds.max(1) {
+            let start = std::time::Instant::now();
+            let ids = encode()?;
+            runs.push((start.elapsed().as_secs_f64(), ids));
+        }
+        runs.into_iter().min_by(|a, b| a.0.total_cmp(&b.0)).context("no rounds")
+    };
+    let (whole_seconds, whole) = best(&|| tokenizer.encode_in_one_piece(&text))?;
+    let (pieces_seconds, pieces) = best(&|| tokenizer.encode(&text))?;
+    if whole != pieces {
+        bail!("{}: the pieces gave other ids than the whole text (a bug in lutlab: please report it with the file)", args.data.display());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "bytes": text.len(), "tokens": whole.len(), "cut": tokenizer.cuts_keep_tokens(), "threads": threads, "one_piece_seconds": whole_seconds, "pieces_seconds": pieces_seconds })
+        );
+    } else {
+        println!(
+            "{} bytes, {} tokens: one piece {whole_seconds:.3} s, in pieces on {threads} threads {pieces_seconds:.3} s ({:.2}x){}",
+            text.len(),
+            whole.len(),
+            whole_seconds / pieces_seconds,
+            if tokenizer.cuts_keep_tokens() { "" } else { " (this tokenizer is never cut)" }
+        );
+    }
+    Ok(())
 }
 
 fn stream(args: StreamArgs) -> Result<()> {

@@ -62,7 +62,8 @@ impl TextTokenizer {
     /// core, where the cuts provably leave every token as the whole text gives it (a calibration
     /// file of 3 MB took a second on one thread); else in one piece.
     pub fn encode_in_pieces(&self, text: &str, piece_bytes: usize) -> Result<Vec<u32>> {
-        let pieces = match self.cuts_keep_tokens() {
+        // The browser's one thread gains nothing from pieces.
+        let pieces = match self.cuts_keep_tokens() && !cfg!(target_arch = "wasm32") {
             true => pieces_at_word_starts(text, piece_bytes, &self.special_texts()),
             false => vec![text],
         };
