@@ -54,8 +54,12 @@ impl TextTokenizer {
     /// [`Self::encode`] in one call to the tokenizer: one thread for the whole text (the
     /// reference the pieces are tested against).
     pub fn encode_in_one_piece(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode_fast(text, true).map_err(tokenizer_error)?;
-        Ok(encoding.get_ids().to_vec())
+        self.ids(text, true)
+    }
+
+    /// One call to the tokenizer, with or without its special tokens.
+    fn ids(&self, text: &str, special_tokens: bool) -> Result<Vec<u32>> {
+        Ok(self.inner.encode_fast(text, special_tokens).map_err(tokenizer_error)?.get_ids().to_vec())
     }
 
     /// [`Self::encode`] with the text cut into pieces of about `piece_bytes` tokenized on every
@@ -70,13 +74,12 @@ impl TextTokenizer {
         if pieces.len() < 2 {
             return self.encode_in_one_piece(text);
         }
-        let encode = |piece: &str, special: bool| -> Result<Vec<u32>> { Ok(self.inner.encode_fast(piece, special).map_err(tokenizer_error)?.get_ids().to_vec()) };
         // The special tokens go in front of the first piece only, so they must all be in front.
-        let first = encode(pieces[0], true)?;
-        if !first.ends_with(&encode(pieces[0], false)?) {
+        let first = self.ids(pieces[0], true)?;
+        if !first.ends_with(&self.ids(pieces[0], false)?) {
             return self.encode_in_one_piece(text);
         }
-        let rest = crate::parallel::map_ranges(pieces.len() - 1, |range| range.map(|i| encode(pieces[i + 1], false)).collect::<Result<Vec<_>>>());
+        let rest = crate::parallel::map_ranges(pieces.len() - 1, |range| range.map(|i| self.ids(pieces[i + 1], false)).collect::<Result<Vec<_>>>());
         let mut ids = first;
         for part in rest {
             part?.into_iter().for_each(|piece| ids.extend(piece));
