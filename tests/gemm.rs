@@ -253,7 +253,7 @@ fn matmul_reads_sliced_operands() {
     check("sliced", matmul(at, bt).unsqueeze(), &want);
 }
 
-/// The Hessians' `Σ xᵀx` (`gemm::add_gram`, then `mirror_upper` on the host) over two batches,
+/// The Hessians' `Σ xᵀx` (`gemm::add_gram`, then `symmetric_from_upper`) over two batches,
 /// on our kernel and on burn's matmul, against the f64 sum. 200 inputs span 2 × 2 tiles, one of
 /// them skipped; over 300 rows the kernel adds the upper tiles in place, over 1,100 rows (few
 /// tiles, a long K) it splits K into 4 chunks of 288, the last one short, and sums their partial
@@ -277,9 +277,7 @@ fn gram_sums_match_the_cpu_on_either_matmul() {
             for x in &xs {
                 sum = Some(lutlab_model::gemm::add_gram(sum, Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, n]), &device)).unwrap());
             }
-            let mut got = sum.unwrap().into_data().try_to_vec::<f32>().unwrap();
-            lutlab_model::gemm::mirror_upper(&mut got, n);
-            let got = Tensor::<3>::from_data(TensorData::new(got, [1, n, n]), &device);
+            let got = lutlab_model::gemm::symmetric_from_upper(sum.unwrap()).unsqueeze();
             let label = format!("Σ xᵀx over {rows} rows, {}", if ours { "our kernel" } else { "burn's matmul" });
             check(&label, got, &(want.clone(), magnitude.clone()));
         }

@@ -328,7 +328,7 @@ impl Layout {
 /// kernel only the tiles on and above the diagonal are computed, in place in `sum` (half the
 /// multiply-adds, no second `[n, n]` buffer) or, for few tiles, in K chunks whose zeroed partial
 /// Grams are summed and added; the entries below them hold whatever they held:
-/// read the result through [`mirror_upper`]. With burn's matmul the whole product is added.
+/// read the result through [`symmetric_from_upper`]. With burn's matmul the whole product is added.
 pub fn add_gram(sum: Option<Tensor<2>>, x: Tensor<2>) -> crate::error::Result<Tensor<2>> {
     let n = x.dims()[1];
     let xt = x.clone().transpose();
@@ -369,13 +369,10 @@ pub fn add_gram(sum: Option<Tensor<2>>, x: Tensor<2>) -> crate::error::Result<Te
     })
 }
 
-/// A symmetric `[n, n]` matrix from its upper triangle (row-major): what [`add_gram`] computed.
-pub fn mirror_upper(values: &mut [f32], n: usize) {
-    for i in 0..n {
-        for j in 0..i {
-            values[i * n + j] = values[j * n + i];
-        }
-    }
+/// The symmetric `[n, n]` matrix whose upper triangle [`add_gram`] computed, on the GPU: the host
+/// then reads it row by row instead of down the columns of the upper triangle.
+pub fn symmetric_from_upper(sum: Tensor<2>) -> Tensor<2> {
+    sum.clone().triu(0) + sum.triu(1).transpose()
 }
 
 /// `shaders/gemm.wgsl` for one pair of operand layouts, writing C or adding a Gram matrix's upper

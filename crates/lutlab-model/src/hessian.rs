@@ -115,6 +115,7 @@ pub async fn quantize_sequential(
             visit_block_inputs(i, &block, &states, &mut sums)?;
             let hessians = sums.read(settings.windows.nsamples, &groups, &names).await?;
             profile::stop("GPU: block forwards, x·xᵀ sums, read-back (waits for the previous block's last pass)", gpu);
+            profile::span(|| format!("block {i} GPU phase"), gpu);
             let jobs: Vec<(usize, &Square)> = hessians.iter().flat_map(|(g, h)| groups[*g].clone().map(move |linear| (linear, h))).collect();
             // q, k and v (gate and up) round against one Hessian: factor it once for them.
             let _shared: Vec<ShareFactors> = hessians.iter().filter(|(g, _)| groups[*g].len() > 1).map(|(_, h)| ShareFactors::new(h)).collect();
@@ -125,6 +126,7 @@ pub async fn quantize_sequential(
                         let layer = profile::start();
                         let quantized = quantize(LayerHessian { block: i, linear: jobs[j].0, name: &names[jobs[j].0], hessian: jobs[j].1 });
                         profile::stop("host: a layer quantized (summed over the step's layers)", layer);
+                        profile::span(|| format!("block {i} {}", names[jobs[j].0]), layer);
                         quantized
                     })
                     .collect::<Vec<_>>()
@@ -218,20 +220,18 @@ impl InputHessians {
         for (g, sum) in self.sums.into_iter().enumerate() {
             let Some(sum) = sum else { continue };
             let n = sum.dims()[0];
-            let values = download(sum).await?;
+            let values = download(crate::gemm::symmetric_from_upper(sum)).await?;
             let widen = profile::start();
             let name = &names[groups[g].start];
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(ModelError::Gpu(format!("the Hessian of `{name}` has a non-finite entry at ({}, {}): the activations reaching it are not finite", i / n, i % n)));
             }
-            // Scaled, in f64, each entry from the upper triangle the GPU summed (on every core:
-            // 9.4 M entries for a 3072-wide input, every block).
+            // Scaled, in f64 (on every core: 9.4 M entries for a 3072-wide input, every block).
             let scale = 2.0 / windows as f64;
             let mut data = vec![0.0; n * n];
             lutlab_core::parallel::for_row_chunks(&mut data, n, |first, rows| {
-                for (i, row) in rows.chunks_exact_mut(n).enumerate().map(|(r, row)| (first + r, row)) {
-                    row.iter_mut().enumerate().for_each(|(j, v)| *v = f64::from(values[i.min(j) * n + i.max(j)]) * scale);
-                }
+                let from = &values[first * n..first * n + rows.len()];
+                rows.iter_mut().zip(from).for_each(|(v, &x)| *v = f64::from(x) * scale);
             });
             profile::stop("GPU: … of which the Hessians checked and widened to f64 on the host", widen);
             out.push((g, Square { n, data }));

@@ -213,34 +213,51 @@ pub async fn round_on_gpu(device: &Device, factorization: Factorization, weights
         let phase = profile::start();
         let factored = shared_ldl_factor(device, factorization, h, &diagonal, lambda, &order, [settings.percdamp.to_bits(), u64::from(settings.act_order), factor.to_bits(), factorization as u64]).await?;
         profile::stop("host: GPU rounding: damping and factor", phase);
+        profile::span(|| format!("  {n}x{cols} damping and factor"), phase);
         let Some((ldl, pivots)) = &factored.0 else { continue };
         let phase = profile::start();
         let rounded = round_rows(device, &w, n, cols, &order, ldl.clone(), pivots, &row_tables, settings.blocksize).await?;
         profile::stop("host: GPU rounding: row loop", phase);
+        profile::span(|| format!("  {n}x{cols} row loop"), phase);
         // Back to the original row order, and the proxy loss against the undamped `H`.
         let phase = profile::start();
         let tables = match &row_tables {
             RowTables::Fixed { tables, .. } => tables,
             RowTables::Fitted { .. } => rounded.fitted_tables.as_slice(),
         };
-        let mut out_codes = vec![0u8; n * cols];
-        let mut values = vec![0f32; n * cols];
-        let (mut damping, mut dead_share) = (0.0, 0.0);
-        for (k, &row) in order.iter().enumerate() {
-            for c in 0..cols {
-                let code = rounded.codes[k * cols + c];
-                let value = tables[row_tables.table_of(k, c, cols) + code as usize];
-                out_codes[row * cols + c] = code as u8;
-                values[row * cols + c] = value;
-                let delta = f64::from(w[row * cols + c]) - f64::from(value);
-                damping += delta * delta;
-                if dead[row] {
-                    dead_share += delta * delta;
+        // Each original row from its place in processing order, rows split over the cores.
+        let mut position = vec![0; n];
+        order.iter().enumerate().for_each(|(k, &row)| position[row] = k);
+        let gathered = lutlab_core::parallel::map_ranges(n, |rows| {
+            let (mut codes, mut values) = (Vec::with_capacity(rows.len() * cols), Vec::with_capacity(rows.len() * cols));
+            let (mut damping, mut dead_share) = (0.0, 0.0);
+            for row in rows {
+                let k = position[row];
+                for c in 0..cols {
+                    let code = rounded.codes[k * cols + c];
+                    let value = tables[row_tables.table_of(k, c, cols) + code as usize];
+                    codes.push(code as u8);
+                    values.push(value);
+                    let delta = f64::from(w[row * cols + c]) - f64::from(value);
+                    damping += delta * delta;
+                    if dead[row] {
+                        dead_share += delta * delta;
+                    }
                 }
             }
+            (codes, values, damping, dead_share)
+        });
+        let (mut out_codes, mut values) = (Vec::with_capacity(n * cols), Vec::with_capacity(n * cols));
+        let (mut damping, mut dead_share) = (0.0, 0.0);
+        for (codes, vals, d, dead) in gathered {
+            out_codes.extend_from_slice(&codes);
+            values.extend_from_slice(&vals);
+            damping += d;
+            dead_share += dead;
         }
         let proxy_loss = (rounded.loss.iter().map(|&l| f64::from(l)).sum::<f64>() - lambda * damping - dead_share).max(0.0);
         profile::stop("host: GPU rounding: codes gathered, proxy loss", phase);
+        profile::span(|| format!("  {n}x{cols} codes gathered, proxy loss"), phase);
         let groups = static_fit.map(|fit| FittedGroups { scales: fit.scales, zero_points: fit.zero_points }).or(rounded.fitted);
         return Ok(Rounded { codes: out_codes, values, proxy_loss, groups });
     }
@@ -456,7 +473,8 @@ async fn round_rows(
     }
     let codes = CubeTensor::new_contiguous(client, weights.device.clone(), Shape::new([n * m]), codes, DType::I32);
     let codes = Tensor::<1, Int>::from_primitive::<Wgpu>(codes).into_data_async().await.map_err(|e| ModelError::Gpu(e.to_string()))?;
-    let codes: Vec<u32> = codes.iter::<i64>().map(|c| c as u32).collect();
+    // The kernel writes u32 codes into an i32 buffer: read its bytes as they are.
+    let codes: Vec<u32> = codes.as_slice::<i32>().map_err(|e| ModelError::Gpu(format!("{e:?}")))?.iter().map(|&c| c as u32).collect();
     let loss = download(Tensor::<1>::from_primitive::<Wgpu>(loss)).await?;
     let fitted = matches!(row_tables, RowTables::Fitted { .. }).then_some(FittedGroups { scales, zero_points });
     Ok(RowLoop { codes, loss, fitted_tables, fitted })
