@@ -181,6 +181,25 @@ fn a_hessian_that_is_not_positive_definite_is_named() {
     }
 }
 
+#[test]
+fn a_failed_factor_is_tried_again_with_tenfold_damping() {
+    // Eigenvalues 2.05 and −0.05: damped by 0.01 of the mean diagonal it stays indefinite, by 0.1
+    // it is definite. The GPU's factor is checked only after its row loop, so that loop's
+    // codes from the failed factor must be thrown away, as the CPU reference never makes them.
+    let h = Square { n: 2, data: vec![1.0, 1.05, 1.05, 1.0] };
+    let grid = Grid::Tables { levels: 4, channels_per_table: 2, tables: vec![-1.0, -0.3, 0.3, 1.0] };
+    let weights = [0.7, -0.2, 0.1, 0.9];
+    let settings = RoundingSettings::default();
+    let cpu = round_with_hessian(&weights, 2, 2, &h, &grid, None, &settings).unwrap();
+    for rounder in rounders() {
+        let gpu = rounder.round(&weights, 2, 2, &h, &grid, None, &settings).expect("handled").unwrap();
+        assert_eq!(gpu.codes, cpu.codes, "{:?}", rounder.factorization);
+        // An indefinite H can make tr(ΔW H ΔWᵀ) negative; the GPU's loss stops at 0.
+        let want = cpu.proxy_loss.max(0.0);
+        assert!((gpu.proxy_loss - want).abs() <= 1e-5, "{:?}: proxy loss {} against {want}", rounder.factorization, gpu.proxy_loss);
+    }
+}
+
 /// `shaders/cholesky.wgsl` (the GPU's blocked factor: 64-wide diagonal blocks, panel solves and
 /// trailing matmuls, queued whole) against faer's f64 factor of the same matrix: a Hessian-like
 /// matrix of 600 rows (nine whole blocks and a partial one), every entry of `L` within

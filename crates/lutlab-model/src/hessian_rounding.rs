@@ -216,9 +216,13 @@ pub async fn round_on_gpu(device: &Device, factorization: Factorization, weights
         profile::span(|| format!("  {n}x{cols} damping and factor"), phase);
         let Some((ldl, pivots)) = &factored.0 else { continue };
         let phase = profile::start();
-        let rounded = round_rows(device, &w, n, cols, &order, ldl.clone(), pivots, &row_tables, settings.blocksize).await?;
+        let rounded = round_rows(device, &w, n, cols, &order, ldl.clone(), pivots.clone(), &row_tables, settings.blocksize).await?;
         profile::stop("host: GPU rounding: row loop", phase);
         profile::span(|| format!("  {n}x{cols} row loop"), phase);
+        // The GPU's factor is checked here, its pivots read back with the codes: one wait.
+        if !factor_succeeded(&rounded.pivots) {
+            continue;
+        }
         // Back to the original row order, and the proxy loss against the undamped `H`.
         let phase = profile::start();
         let tables = match &row_tables {
@@ -269,7 +273,13 @@ pub async fn round_on_gpu(device: &Device, factorization: Factorization, weights
 }
 
 /// [`ldl_factor`]'s result, shared by the layers that read one input (`quant::hessian::shared`).
-struct GpuFactor(Option<(Tensor<2>, Vec<f32>)>);
+struct GpuFactor(Option<(Tensor<2>, Tensor<1>)>);
+
+/// Whether a factor's pivots (read back after the row loop) are all positive: the GPU's marks a
+/// failed one 0.
+fn factor_succeeded(pivots: &[f32]) -> bool {
+    pivots.iter().all(|p| *p > 0.0 && p.is_finite())
+}
 
 /// [`ldl_factor`], computed once for the layers given the same shared Hessian (natively; the
 /// page rounds one layer at a time and factors each). `key`: what the factor depends on besides
@@ -287,10 +297,12 @@ async fn shared_ldl_factor(device: &Device, factorization: Factorization, h: &Sq
 }
 
 /// QuIP's `Ú` (as a full `[n, n]` tensor whose strictly upper part is used) and the pivots `√D`
-/// of the damped Hessian in processing order; `None` when it is not positive definite in f32.
-async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -> Result<Option<(Tensor<2>, Vec<f32>)>> {
+/// of the damped Hessian in processing order, on the GPU; `None` when the host's factor finds it
+/// not positive definite. The GPU's factor is not read back here (no wait): a failed one has a
+/// zero pivot, which [`factor_succeeded`] finds after the row loop.
+async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, diagonal: &[f64], lambda: f64, order: &[usize]) -> Result<Option<(Tensor<2>, Tensor<1>)>> {
     if factorization == Factorization::Host {
-        return Ok(host_ldl_factor(h, diagonal, lambda, order).map(|(unit_upper, pivots)| (upload(&unit_upper, [h.n, h.n], device), pivots)));
+        return Ok(host_ldl_factor(h, diagonal, lambda, order).map(|(unit_upper, pivots)| (upload(&unit_upper, [h.n, h.n], device), upload(&pivots, [h.n], device))));
     }
     let n = h.n;
     let phase = profile::start();
@@ -298,10 +310,10 @@ async fn ldl_factor(device: &Device, factorization: Factorization, h: &Square, d
     let reversed: Vec<usize> = order.iter().rev().copied().collect();
     let p = upload(&damped_in_order(h, diagonal, lambda, &reversed, 0f32, |v| v as f32), [n, n], device);
     profile::stop("host: GPU rounding: … of which the damped Hessian ordered and uploaded", phase);
-    let Some((l, diagonal_of_l)) = cholesky(p, n).await? else { return Ok(None) };
+    let (l, diagonal_of_l) = cholesky(p, n)?;
     // R = J L J; Ú + I = R with column j divided by R[j, j] = L[n−1−j, n−1−j].
-    let pivots: Vec<f32> = diagonal_of_l.iter().rev().copied().collect();
-    let unit_upper = l.flip([0, 1]) / upload(&pivots, [1, n], device);
+    let pivots = diagonal_of_l.flip([0]);
+    let unit_upper = l.flip([0, 1]) / pivots.clone().reshape([1, n]);
     Ok(Some((unit_upper, pivots)))
 }
 
@@ -333,15 +345,16 @@ fn damped_in_order<T: Copy + Send>(h: &Square, diagonal: &[f64], lambda: f64, or
 /// GPTQ's GPU factorization uses: `L` (row-major, zero above the diagonal) and its diagonal, or
 /// `None` when `a` is not positive definite in f32 (`tests/hessian_rounding_gpu.rs` against faer).
 pub async fn cholesky_on_gpu(a: &[f32], n: usize, device: &Device) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    let Some((l, diagonal)) = cholesky(upload(a, [n, n], device), n).await? else { return Ok(None) };
-    Ok(Some((download(l).await?, diagonal)))
+    let (l, diagonal) = cholesky(upload(a, [n, n], device), n)?;
+    let diagonal = download(diagonal).await?;
+    Ok(factor_succeeded(&diagonal).then_some((download(l).await?, diagonal)))
 }
 
 /// The lower Cholesky factor of the symmetric `a` (`[n, n]`, consumed) and its diagonal, blocked
 /// right-looking and queued whole on the GPU (`shaders/cholesky.wgsl`): each 64-wide diagonal
 /// block factored by one workgroup, the panel below it solved by a kernel, the trailing matrix
-/// updated by a matmul. The pivots come back once, at the end: `None` when one is not positive.
-async fn cholesky(a: Tensor<2>, n: usize) -> Result<Option<(Tensor<2>, Vec<f32>)>> {
+/// updated by a matmul. Nothing is read back: a pivot that is not positive is 0 in the diagonal.
+fn cholesky(a: Tensor<2>, n: usize) -> Result<(Tensor<2>, Tensor<1>)> {
     let mut a = contiguous(a)?;
     let client = a.client.clone();
     let pivots = client.empty(n * 4);
@@ -363,12 +376,8 @@ async fn cholesky(a: Tensor<2>, n: usize) -> Result<Option<(Tensor<2>, Vec<f32>)
         }
     }
     let pivots = CubeTensor::new_contiguous(client, a.device.clone(), Shape::new([n]), pivots, DType::F32);
-    let pivots = download(Tensor::<1>::from_primitive::<Wgpu>(pivots)).await?;
-    if !pivots.iter().all(|p| *p > 0.0 && p.is_finite()) {
-        return Ok(None);
-    }
     // The strictly upper part still holds the input.
-    Ok(Some((Tensor::<2>::from_primitive::<Wgpu>(a).tril(0), pivots)))
+    Ok((Tensor::<2>::from_primitive::<Wgpu>(a).tril(0), Tensor::from_primitive::<Wgpu>(pivots)))
 }
 
 /// What the row loop found: each weight's code (rows in processing order, into the tables
@@ -376,6 +385,8 @@ async fn cholesky(a: Tensor<2>, n: usize) -> Result<Option<(Tensor<2>, Vec<f32>)
 /// the tables fitted (`[groups, cols]`, `levels` entries each) with their scales and zero points.
 struct RowLoop {
     codes: Vec<u32>,
+    /// The factor's pivots, read back with the codes.
+    pivots: Vec<f32>,
     loss: Vec<f32>,
     fitted_tables: Vec<f32>,
     fitted: Option<FittedGroups>,
@@ -393,7 +404,7 @@ async fn round_rows(
     m: usize,
     order: &[usize],
     unit_upper: Tensor<2>,
-    pivots: &[f32],
+    pivots: Tensor<1>,
     row_tables: &RowTables<'_>,
     blocksize: usize,
 ) -> Result<RowLoop> {
@@ -406,17 +417,17 @@ async fn round_rows(
     let loss = contiguous(Tensor::<1>::zeros([m], device))?;
     // aux = tables | pivots | each row's table set (as f32: exact below 2^24). Fixed tables go
     // up once; fitted groups put their tables up per group.
+    // The pivots join on the GPU, where the factor left them.
     let aux_of = |tables: &[f32], row_sets: Option<&[usize]>| -> Result<(CubeTensor, u32, u32)> {
-        let mut aux: Vec<f32> = tables.iter().chain(pivots).copied().collect();
+        let mut parts = vec![upload(tables, [tables.len()], device), pivots.clone()];
         let sets_at = match row_sets {
             Some(sets) => {
-                let at = aux.len() as u32;
-                aux.extend(sets.iter().map(|&g| g as f32));
-                at
+                parts.push(upload(&sets.iter().map(|&g| g as f32).collect::<Vec<_>>(), [sets.len()], device));
+                (tables.len() + n) as u32
             }
             None => NONE,
         };
-        Ok((contiguous(upload(&aux, [aux.len()], device))?, tables.len() as u32, sets_at))
+        Ok((contiguous(Tensor::cat(parts, 0))?, tables.len() as u32, sets_at))
     };
     let (levels, channels_per_table) = (row_tables.levels(), row_tables.channels_per_table());
     let group_size = match row_tables {
@@ -476,8 +487,9 @@ async fn round_rows(
     // The kernel writes u32 codes into an i32 buffer: read its bytes as they are.
     let codes: Vec<u32> = codes.as_slice::<i32>().map_err(|e| ModelError::Gpu(format!("{e:?}")))?.iter().map(|&c| c as u32).collect();
     let loss = download(Tensor::<1>::from_primitive::<Wgpu>(loss)).await?;
+    let pivots = download(pivots).await?;
     let fitted = matches!(row_tables, RowTables::Fitted { .. }).then_some(FittedGroups { scales, zero_points });
-    Ok(RowLoop { codes, loss, fitted_tables, fitted })
+    Ok(RowLoop { codes, pivots, loss, fitted_tables, fitted })
 }
 
 /// A group's rows as GPTQ's updates leave them when the loop reaches the group, from the same rows
