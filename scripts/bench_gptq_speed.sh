@@ -2,7 +2,9 @@
 # Issue 18's speed comparison: GPTQ (4-bit, per channel, asymmetric) of every linear of a GPT-2
 # 124M-shaped model (random weights, the shipped tokenizer) with 128 x 1024 calibration windows,
 # Hessians included, by lutlab (`quantize --method gptq`, sequential; quantize_seconds) and by a
-# straightforward PyTorch GPTQ (scripts/bench_gptq_peer.py) on the same GPU.
+# straightforward PyTorch GPTQ (scripts/bench_gptq_peer.py) on the same GPU. Two ratios: against
+# `quantize_seconds` (tokenizing the text and uploading the model included) and against
+# `sequential_seconds`, which starts where the peer's clock starts (after both).
 # Device: carry [".carry/lutlab.xz", ".carry/train-head.txt.xz", ".gl"].
 set -o pipefail
 source scripts/device_env.sh
@@ -26,6 +28,10 @@ out, tag = sys.argv[1], sys.argv[2]
 peer = json.load(open(f"{out}/peer.json"))
 ours = json.loads(open(f"{out}/lutlab{tag}.json").read().splitlines()[-1])
 print(f"PyTorch GPTQ {peer['seconds']:.1f} s, lutlab{tag} {ours['quantize_seconds']:.1f} s: lutlab {peer['seconds'] / ours['quantize_seconds']:.2f}x PyTorch's speed")
+# The same clock as PyTorch's: the sequential loop alone (tokenizing and the model's upload before).
+if ours.get("sequential_seconds"):
+    s = ours["sequential_seconds"]
+    print(f"same clock as PyTorch's (the loop alone): lutlab{tag} {s:.2f} s, {peer['seconds'] / s:.2f}x")
 PY
   grep -E "Elapsed|Maximum resident|profile" "$OUT/lutlab$tag.time" | cut -c1-900
 done

@@ -293,12 +293,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let rounded_lookup = |name: &str| rounded_fisher.and_then(|f| f.get(name)).map(|t| t.data.as_slice());
     let rounded_sample_weights: Option<lutlab_core::quant::model::SampleWeights> = rounded_fisher.map(|_| &rounded_lookup as _);
     let calibration = Calibration { fisher: rounded_sample_weights, input_means: input_means.as_ref(), ..Default::default() };
+    let mut sequential_seconds = None;
     let mut quantize_at = |method: &Method| -> Result<QuantizedModel> {
         let title = if request.is_mixed() { format!("quantize {}-bit", method.bits()) } else { "quantize".to_string() };
         let mut bar = Bar::new(&title, "weights", args.json);
         let quantized = if method.needs_hessians() {
             let target = crate::quantize_hessian::Target { loaded: &loaded, fisher: rounded_fisher, smoothing: smoothing.as_ref() };
-            crate::quantize_hessian::run(&args, target, method, selection.clone(), &mut bar)?
+            let (quantized, seconds) = crate::quantize_hessian::run(&args, target, method, selection.clone(), &mut bar)?;
+            sequential_seconds = seconds;
+            quantized
         } else {
             let rounded = if let Some(gpu) = &gpu {
                 pollster::block_on(quantize_model_gpu(gpu, rounded_weights, method, selection.clone(), calibration, &mut bar))?
@@ -335,7 +338,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     } else {
         weights
     };
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = Seconds { total: start.elapsed().as_secs_f64(), sequential: sequential_seconds };
     let label = meta.method.clone();
 
     // Every layer a LUT: the model is packed, and evaluated as packed through the LUT kernels.
@@ -489,11 +492,18 @@ impl LayerLine {
     }
 }
 
+/// `quantize_seconds` (the whole quantization: tokenizing, uploading, every layer) and, for
+/// GPTQ-style methods with calibration text, `sequential_seconds` (their layer loop alone).
+pub struct Seconds {
+    pub total: f64,
+    pub sequential: Option<f64>,
+}
+
 pub fn report(
     args: &QuantizeArgs,
     label: &str,
     layers: &[LayerLine],
-    seconds: f64,
+    seconds: Seconds,
     eval: Option<&crate::eval::EvalReport>,
     sizes: Sizes,
     allocation: Option<&AllocationReport>,
@@ -510,7 +520,8 @@ pub fn report(
             "method": label,
             "bits_per_weight": bits_per_weight,
             "outlier_percent": 100.0 * outliers as f64 / weights.max(1) as f64,
-            "quantize_seconds": seconds,
+            "quantize_seconds": seconds.total,
+            "sequential_seconds": seconds.sequential,
             "layers": lines,
             // The quantized layers' tensors, and the same weights as dense f16.
             "packed_bytes": sizes.as_ref().map(|s| s.layer_bytes),
@@ -533,11 +544,12 @@ pub fn report(
         println!("{:<20} {:>12.4e} {:>9} {:>6.3}{loss}", l.name, l.mse, l.outliers, l.bits_per_weight);
     }
     println!(
-        "{}: {} layers, {:.3} bits/weight, {:.3}% outliers, in {seconds:.1} s",
+        "{}: {} layers, {:.3} bits/weight, {:.3}% outliers, in {:.1} s",
         label,
         layers.len(),
         bits_per_weight,
-        100.0 * outliers as f64 / weights.max(1) as f64
+        100.0 * outliers as f64 / weights.max(1) as f64,
+        seconds.total
     );
     if args.quantize_embeddings && args.fisher.is_some() {
         println!("note: lm_head (the tied embedding) was quantized without Fisher weights: the Fisher file covers the blocks' linears");

@@ -25,7 +25,10 @@ pub struct Target<'a> {
     pub smoothing: Option<&'a LayerwiseSmoothing>,
 }
 
-pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: LayerSelection, bar: &mut Bar) -> Result<QuantizedModel> {
+/// The quantized layers, and with calibration text the seconds of GPTQ's sequential loop alone
+/// (from the embedded windows on, the text tokenized and the model uploaded before it: the clock
+/// `scripts/bench_gptq_peer.py` keeps for PyTorch's GPTQ).
+pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: LayerSelection, bar: &mut Bar) -> Result<(QuantizedModel, Option<f64>)> {
     let Target { loaded, fisher, smoothing } = target;
     let weights = &loaded.weights;
     let selected: Vec<String> = selected_layers(weights, selection)?.into_iter().map(|(name, _)| name).collect();
@@ -61,7 +64,7 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
             bar.update(i as u64, selected.len() as u64);
             layers.push(one(name, &file.read(name)?)?);
         }
-        return Ok(QuantizedModel { layers });
+        return Ok((QuantizedModel { layers }, None));
     }
     let tokens = calibration_tokens(args, &loaded.tokenizer)?;
     let gpu = pollster::block_on(lutlab_model::open_gpu())?;
@@ -70,6 +73,7 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
     let settings = settings(args, &model);
     // A step's layers are quantized concurrently: each result is kept with its place in the model.
     let done = std::sync::Mutex::new(Vec::with_capacity(selected.len()));
+    let start = std::time::Instant::now();
     pollster::block_on(quantize_sequential(
         &model,
         &tokens,
@@ -86,10 +90,11 @@ pub fn run(args: &QuantizeArgs, target: Target, method: &Method, selection: Laye
         },
         bar,
     ))?;
+    let seconds = start.elapsed().as_secs_f64();
     let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
     done.sort_by_key(|(index, _)| *index);
     layers.extend(done.into_iter().map(|(_, layer)| layer));
-    Ok(QuantizedModel { layers })
+    Ok((QuantizedModel { layers }, Some(seconds)))
 }
 
 /// With `--gpu`, GPTQ and LDLQ round on the GPU (f32, as GPTQ's own code; the other cases on

@@ -8,7 +8,7 @@
 
 use crate::eval::measure_packed_owned;
 use crate::progress::Bar;
-use crate::quantize::{report, LayerLine, QuantizeArgs};
+use crate::quantize::{report, LayerLine, QuantizeArgs, Seconds};
 use anyhow::{bail, Context, Result};
 use lutlab_core::fisher_file::FisherFile;
 use lutlab_core::files::checkpoint_bytes;
@@ -141,7 +141,7 @@ pub fn run(args: &QuantizeArgs, model_dir: &Path, request: &QuantizeRequest, blo
     profile::report("streamed quantization's end");
     let file_bytes = std::fs::metadata(packed_path).with_context(|| format!("reading {}", packed_path.display()))?.len() as usize;
     let sizes = PackedSizes::from_layers(&summaries, dense_bytes, file_bytes, checkpoint_bytes(model_dir).ok());
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = Seconds { total: start.elapsed().as_secs_f64(), sequential: None };
     bar.finish();
 
     let eval = if args.eval {
