@@ -3,7 +3,7 @@
 //! weights each time the block is used, which single-threaded took longer than the GPU's work.
 
 /// Below this many elements one thread does it: spawning costs more than it saves.
-const MIN_PARALLEL: usize = 1 << 20;
+pub const MIN_PARALLEL: usize = 1 << 20;
 
 /// Calls `f(first_row, rows)` on `out` cut into runs of whole rows of `row_len` elements, in
 /// parallel. `f` must write only its own rows.

@@ -330,12 +330,17 @@ pub fn quantize_uniform(
     let mut scales = Vec::with_capacity(groups);
     let mut zero_points = Vec::with_capacity(groups);
     let params = group_params(weights, rows, cols, settings, &grid, groups)?;
-    let mut indices = Vec::new();
-    for (group, p) in params.iter().enumerate() {
-        settings.granularity.indices(group, rows, cols, &mut indices);
-        for &i in &indices {
-            codes[i] = grid.encode(weights[i], p.scale, p.zero_point);
+    // Row by row, rows split over the cores.
+    crate::parallel::for_row_chunks(&mut codes, cols, |first, chunk| {
+        for (r, row) in chunk.chunks_exact_mut(cols).enumerate() {
+            let at = (first + r) * cols;
+            for (c, code) in row.iter_mut().enumerate() {
+                let p = &params[settings.granularity.group_of(first + r, c, cols)];
+                *code = grid.encode(weights[at + c], p.scale, p.zero_point);
+            }
         }
+    });
+    for p in &params {
         // Minifloat tables are indexed by bit pattern; NaN/Inf patterns (never produced) hold 0.
         tables.extend((0..levels).map(|code| grid.table_value(code as u8, p.scale, p.zero_point)));
         scales.push(p.scale);
@@ -379,27 +384,11 @@ fn group_params(
             })
             .collect::<Vec<_>>()
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let searching = matches!(settings.scale_stats, ScaleStats::Mse | ScaleStats::Hqo);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(groups);
-        if searching && threads > 1 {
-            let chunk = groups.div_ceil(threads);
-            return std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..groups)
-                    .step_by(chunk)
-                    .map(|start| scope.spawn(move || work(start..(start + chunk).min(groups))))
-                    .collect();
-                let mut params = Vec::with_capacity(groups);
-                for handle in handles {
-                    let part = handle
-                        .join()
-                        .map_err(|_| LoadError::InvalidSetting("a uniform quantizer thread failed".into()))?;
-                    params.extend(part);
-                }
-                Ok(params)
-            });
-        }
+    // A search per group, or a large matrix (a 3072 × 768 layer's channels, each gathered down
+    // the rows): on every core.
+    let searching = matches!(settings.scale_stats, ScaleStats::Mse | ScaleStats::Hqo);
+    if searching || weights.len() >= crate::parallel::MIN_PARALLEL {
+        return Ok(crate::parallel::map_ranges(groups, work).into_iter().flatten().collect());
     }
     Ok(work(0..groups))
 }
